@@ -1,0 +1,16 @@
+{
+  "targets": [
+    {
+      "target_name": "ipdeadgate_native",
+      "sources": [
+        "native/addon.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Werror=return-type"],
+      "cflags": ["-Wall", "-Wextra"]
+    }
+  ]
+}

@@ -1,0 +1,16 @@
+// Placeholder registration: the command arrives with its issue (see issues list).
+import type { Command } from 'commander';
+import { IpdeadgateError } from '../errors';
+import { action } from './common';
+
+export function registerDaemon(program: Command): void {
+  program
+    .command('daemon')
+    .description('(not yet available in this build)')
+    .allowUnknownOption()
+    .action(
+      action(async () => {
+        throw new IpdeadgateError('ERR_NOT_AVAILABLE', 'daemon is not available in this build yet');
+      }),
+    );
+}
