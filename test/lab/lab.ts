@@ -4,6 +4,10 @@
 // teardown runs on success, failure, exit and SIGINT.
 import { execFile, execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+/** The repository root (this file is dist/test/lab/lab.js when running). */
+export const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
 
 export interface LanMember {
   host: string;
@@ -184,6 +188,24 @@ export class Lab {
   /** Run a command in a host's namespace; throws with its stderr on a non-zero exit. */
   execOk(host: string, argv: string[], timeoutMs = 20_000): Promise<string> {
     return runOk('ip', ['netns', 'exec', this.ns(host), ...argv], timeoutMs);
+  }
+
+  /**
+   * Run a compiled node script (path relative to the repository root, e.g.
+   * "dist/test/fixtures/x.js") inside a host's namespace; returns its exit code and output.
+   */
+  node(host: string, script: string, args: string[] = [], timeoutMs = 30_000): Promise<ExecResult> {
+    return this.exec(host, [process.execPath, path.resolve(REPO_ROOT, script), ...args], timeoutMs);
+  }
+
+  /** Run ./bin/ipdeadgate inside a host's namespace. */
+  cli(host: string, args: string[], timeoutMs = 30_000): Promise<ExecResult> {
+    return this.exec(host, [process.execPath, path.join(REPO_ROOT, 'bin', 'ipdeadgate'), ...args], timeoutMs);
+  }
+
+  /** Start ./bin/ipdeadgate (e.g. the daemon) inside a host's namespace; killed at close(). */
+  spawnCli(host: string, args: string[], opts: SpawnOptions = {}): ChildProcess {
+    return this.spawn(host, [process.execPath, path.join(REPO_ROOT, 'bin', 'ipdeadgate'), ...args], opts);
   }
 
   /** `ip -n HOST ...` */
