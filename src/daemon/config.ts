@@ -1,0 +1,212 @@
+// The config file: YAML, keys in snake_case, durations as strings. Parsed with the `yaml` package
+// (which keeps source positions) and validated with zod; every error names the file, the line and
+// the key, so an operator at 3 a.m. can fix it without reading code (DESIGN.md "Config file").
+import { readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
+import { LineCounter, isMap, isScalar, parseDocument, type Document } from 'yaml';
+import { z } from 'zod';
+import { ConfigError } from '../errors';
+import { parseDuration } from '../util/duration';
+
+/** A duration string within [min, max] milliseconds, parsed to a number of milliseconds. */
+export function duration(min: number, max: number, label = 'duration') {
+  return z.string({ invalid_type_error: `${label} must be a string like "250ms", "2s", "2m"` }).transform((text, ctx) => {
+    let ms: number;
+    try {
+      ms = parseDuration(text);
+    } catch (err) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, message: (err as Error).message });
+      return z.NEVER;
+    }
+    if (ms < min || ms > max) {
+      ctx.addIssue({
+        code: z.ZodIssueCode.custom,
+        message: `"${text}" is out of range (${fmt(min)} .. ${fmt(max)})`,
+      });
+      return z.NEVER;
+    }
+    return ms;
+  });
+}
+
+function fmt(ms: number): string {
+  if (ms % 3_600_000 === 0) return `${ms / 3_600_000}h`;
+  if (ms % 60_000 === 0) return `${ms / 60_000}m`;
+  if (ms % 1000 === 0) return `${ms / 1000}s`;
+  return `${ms}ms`;
+}
+
+const ipAddress = z.string().refine((s) => isIP(s) !== 0, (s) => ({ message: `"${s}" is not an IP address` }));
+
+const intIn = (min: number, max: number) =>
+  z
+    .number({ invalid_type_error: `must be a whole number from ${min} to ${max}` })
+    .int(`must be a whole number from ${min} to ${max}`)
+    .min(min, `must be a whole number from ${min} to ${max}`)
+    .max(max, `must be a whole number from ${min} to ${max}`);
+
+/** A routing table: main, local, default, or a number 1..2^32-1 (names from rt_tables resolve later). */
+const tableName = z.union([
+  z.enum(['main', 'local', 'default']),
+  intIn(1, 0xffffffff),
+  z.string().regex(/^[A-Za-z_][\w.-]*$/, 'must be main, local, default, a number or a name from /etc/iproute2/rt_tables'),
+]);
+
+const activeProbe = z
+  .object({
+    gateway: ipAddress,
+    interval: duration(10, 3_600_000).default('1s'),
+    misses: intIn(1, 100).default(3),
+  })
+  .strict();
+
+export const dgdSchema = z
+  .object({
+    enabled: z.boolean().default(true),
+    retransmit_threshold: intIn(1, 15).default(3),
+    scan_interval: duration(10, 10_000).default('200ms'),
+    verify_probes: intIn(1, 20).default(3),
+    verify_timeout: duration(10, 10_000).default('250ms'),
+    slow_poll_interval: duration(1000, 3_600_000).default('2m'),
+    revive_probes: intIn(1, 20).default(2),
+    keep_last_route: z.boolean().default(true),
+    allow_mac_change: z.boolean().default(false),
+    tables: z.array(tableName).min(1, 'needs at least one table').default(['main']),
+    gateways: z.array(ipAddress).default([]),
+    active: z.array(activeProbe).default([]),
+    flap_limit: intIn(1, 1000).default(3),
+    flap_window: duration(1000, 86_400_000).default('10m'),
+    flap_hold_down: duration(1000, 3_600_000).default('1m'),
+  })
+  .strict();
+
+const listenAddress = z
+  .string()
+  .refine((s) => /^(\[[0-9a-fA-F:]+\]|[\d.]+|localhost):\d{1,5}$/.test(s) && Number(s.split(':').pop()) <= 65535, {
+    message: 'must be HOST:PORT, e.g. 127.0.0.1:9741 or [::1]:9741',
+  });
+
+export const metricsSchema = z.object({ listen: listenAddress.optional() }).strict();
+
+export const logSchema = z
+  .object({
+    level: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+    format: z.enum(['json', 'text']).default('json'),
+  })
+  .strict();
+
+/**
+ * The tunnel section is validated by the tunnel's own schema (src/tunnel/config.ts) when a tunnel
+ * role runs; here it only has to be a mapping.
+ */
+const tunnelSection = z.record(z.unknown());
+
+export const configSchema = z
+  .object({
+    dgd: dgdSchema.default({}),
+    tunnel: tunnelSection.default({}),
+    metrics: metricsSchema.default({}),
+    log: logSchema.default({}),
+  })
+  .strict();
+
+export type Config = z.infer<typeof configSchema>;
+export type DgdConfig = Config['dgd'];
+
+/** The defaults: what the daemon runs with when it has no config file. */
+export function defaultConfig(): Config {
+  return configSchema.parse({});
+}
+
+/** Load and validate a config file. Throws ConfigError naming file, line and key. */
+export async function loadConfig(file: string): Promise<Config> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
+    throw new ConfigError(`${file}: cannot read the config file (${code})`, file);
+  }
+  return parseConfig(text, file);
+}
+
+/** Parse and validate config text; `file` names it in errors. */
+export function parseConfig(text: string, file = '<config>'): Config {
+  const { value, doc, lines } = parseYaml(text, file);
+  const result = configSchema.safeParse(value ?? {});
+  if (!result.success) throw zodToConfigError(result.error, doc, lines, file);
+  return result.data;
+}
+
+/** Parse YAML keeping positions; YAML syntax errors become ConfigErrors with a line. */
+export function parseYaml(text: string, file: string): { value: unknown; doc: Document; lines: LineCounter } {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
+  if (doc.errors.length > 0) {
+    const e = doc.errors[0]!;
+    const line = lines.linePos(e.pos[0]).line;
+    const what = e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
+    throw new ConfigError(`${file}:${line}: YAML syntax error: ${what}`, file, line);
+  }
+  if (doc.contents !== null && !isMap(doc.contents) && !(isScalar(doc.contents) && doc.contents.value === null))
+    throw new ConfigError(`${file}:1: the config must be a mapping of sections (dgd:, tunnel:, metrics:)`, file, 1);
+  return { value: doc.toJS({ maxAliasCount: 100 }) as unknown, doc, lines };
+}
+
+/** Turn the first zod issue into "FILE:LINE: KEY: problem". */
+export function zodToConfigError(error: z.ZodError, doc: Document, lines: LineCounter, file: string): ConfigError {
+  const issue = error.issues[0]!;
+  let path = issue.path.map(String);
+  let message = issue.message;
+  if (issue.code === z.ZodIssueCode.unrecognized_keys) {
+    path = [...path, issue.keys[0]!];
+    message = `unknown key (expected one of: ${knownKeys(issue.path)})`;
+  } else if (issue.code === z.ZodIssueCode.invalid_type && issue.received === 'undefined') {
+    message = 'is required';
+  } else if (issue.code === z.ZodIssueCode.invalid_enum_value) {
+    message = `must be one of: ${issue.options.join(', ')}`;
+  }
+  const line = lineOf(doc, lines, path);
+  const key = path.join('.') || '(top level)';
+  return new ConfigError(`${file}${line ? `:${line}` : ''}: ${key}: ${message}`, file, line, key);
+}
+
+function knownKeys(path: (string | number)[]): string {
+  let schema: z.ZodTypeAny = configSchema;
+  for (const p of path) {
+    schema = unwrap(schema);
+    if (schema instanceof z.ZodObject) schema = (schema.shape as Record<string, z.ZodTypeAny>)[String(p)]!;
+    else if (schema instanceof z.ZodArray) schema = schema.element as z.ZodTypeAny;
+    if (!schema) return '?';
+  }
+  schema = unwrap(schema);
+  return schema instanceof z.ZodObject ? Object.keys(schema.shape as object).join(', ') : '?';
+}
+
+function unwrap(s: z.ZodTypeAny): z.ZodTypeAny {
+  for (;;) {
+    if (s instanceof z.ZodDefault) s = s._def.innerType as z.ZodTypeAny;
+    else if (s instanceof z.ZodOptional) s = s._def.innerType as z.ZodTypeAny;
+    else if (s instanceof z.ZodEffects) s = s._def.schema as z.ZodTypeAny;
+    else return s;
+  }
+}
+
+/** The line of the deepest node on `path` that exists in the document (the key's line for a missing value). */
+function lineOf(doc: Document, lines: LineCounter, path: string[]): number | undefined {
+  for (let n = path.length; n >= 0; n--) {
+    const sub = path.slice(0, n).map((p) => (/^\d+$/.test(p) ? Number(p) : p));
+    // For a mapping key, point at the key itself.
+    if (n > 0) {
+      const parent = n === 1 ? doc.contents : doc.getIn(sub.slice(0, -1), true);
+      if (isMap(parent)) {
+        const pair = parent.items.find((it) => isScalar(it.key) && String(it.key.value) === String(sub[n - 1]));
+        const range = (pair?.key as { range?: [number, number, number] } | undefined)?.range;
+        if (range) return lines.linePos(range[0]).line;
+      }
+    }
+    const node = doc.getIn(sub, true) as { range?: [number, number, number] } | undefined;
+    if (node && typeof node === 'object' && node.range) return lines.linePos(node.range[0]).line;
+  }
+  return undefined;
+}
