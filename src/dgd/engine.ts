@@ -1,0 +1,907 @@
+// The dead gateway detection engine: triggers, ARP/NDP verification, route withdrawal and restore,
+// slow polling, flap damping, on/off. Hand-written: this is the product's core decision logic
+// (IBM i V4R4 Dead Gateway, seeds/003), and it runs only over the ports in ./ports.ts, so every
+// rule here is unit-tested with fakes and a fake clock.
+//
+// Life of a gateway:  active --trigger--> suspect --ARP answers--> active   (downstream problem)
+//                                                 --no answer----> dead     (routes withdrawn)
+//                     dead --slow poll / sighting, revive_probes answers--> active (routes restored)
+import type { DgdConfig } from '../daemon/config';
+import type { EventLog } from '../daemon/log';
+import type { Clock, Timer } from '../util/clock';
+import type { DgdPorts, DgdStore, JournalEntry, KernelRoute, ScannedSocket, Verification } from './ports';
+import { destinationOf, gatewayKey, gatewaysOf, reducedRoute, routeIdentity, targetOf, transition } from './routeplan';
+
+export type GatewayState = 'active' | 'suspect' | 'dead';
+export type TriggerKind = 'retransmit' | 'neighbour_failed' | 'active_probe' | 'sighting';
+
+interface Transition {
+  at: string;
+  from: GatewayState;
+  to: GatewayState;
+  reason: string;
+}
+
+interface InflightVerification {
+  promise: Promise<Verification>;
+  startedAt: number;
+  speculative: boolean;
+}
+
+interface Gateway {
+  key: string;
+  address: string;
+  family: 4 | 6;
+  ifindex: number;
+  ifname: string;
+  state: GatewayState;
+  mac: string | null;
+  lastVerification: (Verification & { at: number }) | null;
+  inflight: InflightVerification | null;
+  triggers: Record<TriggerKind, number>;
+  verifications: number;
+  deadSince: number | null;
+  deaths: number[];
+  holdDownUntil: number | null;
+  pollTimer: Timer | null;
+  nextPollAt: number | null;
+  polling: boolean;
+  lastSightingPoll: number;
+  transitions: Transition[];
+  active: { intervalMs: number; misses: number; missed: number; timer: Timer | null; answers: number } | null;
+  /** Routes currently in the kernel through this gateway (refreshed with the route table). */
+  present: boolean;
+}
+
+export interface EngineOptions {
+  config: DgdConfig;
+  /** Managed table numbers (config names already resolved). */
+  tables: number[];
+  ports: DgdPorts;
+  store: DgdStore;
+  log: EventLog;
+  clock: Clock;
+}
+
+/** How long a verification's verdict may be reused by a later trigger, in units of its own length. */
+const FRESHNESS_FACTOR = 2;
+/** Re-verify a gateway for a socket still retransmitting past the threshold at most this often. */
+const RETRIGGER_MS = 10_000;
+/** A sighting of a dead gateway polls it at once, but at most once per this interval. */
+const SIGHTING_POLL_MS = 1000;
+/** Longest hold-down of a flapping gateway. */
+const MAX_HOLD_DOWN_MS = 3_600_000;
+const MAX_TRANSITIONS = 32;
+
+export class DgdEngine {
+  private cfg: DgdConfig;
+  private tables: number[];
+  private readonly ports: DgdPorts;
+  private readonly store: DgdStore;
+  private readonly log: EventLog;
+  private readonly clock: Clock;
+  private enabled = true;
+  private readonly gateways = new Map<string, Gateway>();
+  private readonly journal = new Map<string, JournalEntry>();
+  private kernelRoutes: KernelRoute[] = [];
+  private readonly retransmitSeen = new Map<string, number>();
+  private readonly lookupCache = new Map<string, { gateway: string | null; ifindex: number; ifname: string }>();
+  private scanTimer: Timer | null = null;
+  private scanning = false;
+  private routeChain: Promise<unknown> = Promise.resolve();
+  private refreshTimer: Timer | null = null;
+  private closed = false;
+  private lastScan = { at: 0, durationMs: 0, sockets: 0, retransmitting: 0 };
+
+  constructor(opts: EngineOptions) {
+    this.cfg = opts.config;
+    this.tables = opts.tables;
+    this.ports = opts.ports;
+    this.store = opts.store;
+    this.log = opts.log;
+    this.clock = opts.clock;
+  }
+
+  /** Load persisted state, reconcile the journal with the kernel, and start scanning. */
+  async start(): Promise<void> {
+    const persisted = await this.store.loadEnabled();
+    this.enabled = persisted ?? this.cfg.enabled;
+    for (const e of await this.store.loadJournal()) this.journal.set(e.key, e);
+    await this.refreshRoutes();
+    if (this.journal.size > 0) {
+      this.log.event('journal_loaded', { entries: this.journal.size, enabled: this.enabled });
+      if (!this.enabled) await this.restoreAll('disabled at start');
+      else await this.reconcileJournal();
+    }
+    this.setupActiveProbes();
+    this.scheduleScan(0);
+    this.log.event('dgd_started', {
+      enabled: this.enabled,
+      tables: this.tables,
+      gateways: [...this.gateways.values()].map((g) => `${g.address}%${g.ifname}`),
+    });
+  }
+
+  /** Stop every timer; with restore, put every withdrawn route back first (SIGTERM). */
+  async stop(opts: { restore: boolean }): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.scanTimer?.cancel();
+    this.refreshTimer?.cancel();
+    for (const g of this.gateways.values()) this.cancelGatewayTimers(g);
+    if (opts.restore) await this.restoreAll('daemon stopping');
+    else await this.routeChain.catch(() => undefined);
+  }
+
+  isEnabled(): boolean {
+    return this.enabled;
+  }
+
+  /** `ipdeadgate on` / `off`: off restores every withdrawn route and stops all triggers; persisted. */
+  async setEnabled(enabled: boolean): Promise<void> {
+    await this.store.saveEnabled(enabled);
+    if (enabled === this.enabled) return;
+    this.enabled = enabled;
+    this.log.event(enabled ? 'dgd_on' : 'dgd_off', {});
+    if (!enabled) {
+      for (const g of this.gateways.values()) this.cancelGatewayTimers(g);
+      await this.restoreAll('ipdeadgate off');
+      for (const g of this.gateways.values()) if (g.state !== 'active') this.transition(g, 'active', 'ipdeadgate off');
+    } else {
+      this.setupActiveProbes();
+      this.scheduleScan(0);
+    }
+  }
+
+  /** SIGHUP: a new, already validated config. */
+  async reload(cfg: DgdConfig, tables: number[]): Promise<void> {
+    this.cfg = cfg;
+    this.tables = tables;
+    this.lookupCache.clear();
+    await this.refreshRoutes();
+    for (const g of this.gateways.values()) {
+      g.active?.timer?.cancel();
+      g.active = null;
+    }
+    this.setupActiveProbes();
+    this.log.event('config_reloaded', { tables });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Gateways and the route table
+
+  /** Re-read the managed tables and update the set of gateways. Called on route events. */
+  async refreshRoutes(): Promise<void> {
+    const routes = await this.ports.listRoutes(this.tables);
+    this.kernelRoutes = routes;
+    this.lookupCache.clear();
+    const filter = new Set(this.cfg.gateways.map((a) => a.toLowerCase()));
+    const seen = new Set<string>();
+    const consider = (route: KernelRoute) => {
+      const hops =
+        route.nexthops && route.nexthops.length > 0
+          ? route.nexthops
+          : route.gateway && route.ifindex !== null
+            ? [{ gateway: route.gateway, ifindex: route.ifindex }]
+            : [];
+      for (const nh of hops) {
+        if (!nh.gateway) continue;
+        if (filter.size > 0 && !filter.has(nh.gateway.toLowerCase())) continue;
+        const key = gatewayKey(nh.gateway, nh.ifindex);
+        seen.add(key);
+        this.ensureGateway(nh.gateway, nh.ifindex);
+      }
+    };
+    for (const r of routes) consider(r);
+    for (const e of this.journal.values()) consider(e.original);
+    for (const g of this.gateways.values()) {
+      g.present = seen.has(g.key);
+      if (!seen.has(g.key) && g.state === 'active' && !g.active && !g.inflight) {
+        this.cancelGatewayTimers(g);
+        this.gateways.delete(g.key);
+      }
+    }
+    // A route added through a gateway that is already dead is withdrawn too.
+    for (const g of this.gateways.values()) {
+      if (g.state !== 'dead' || !this.enabled) continue;
+      const fresh = routes.filter((r) => gatewaysOf(r).includes(g.key) && !this.journal.has(routeIdentity(r)));
+      if (fresh.length > 0) await this.withdrawRoutesVia(g, 'route added via a dead gateway');
+    }
+  }
+
+  /** Debounced refresh after rtnetlink route events. */
+  onRoutesChanged(): void {
+    this.lookupCache.clear();
+    if (this.refreshTimer || this.closed) return;
+    this.refreshTimer = this.clock.setTimeout(() => {
+      this.refreshTimer = null;
+      this.refreshRoutes().catch((err: unknown) => this.log.event('error', { during: 'route refresh', error: msg(err) }, 'error'));
+    }, 100);
+  }
+
+  private ensureGateway(address: string, ifindex: number): Gateway {
+    const key = gatewayKey(address, ifindex);
+    let g = this.gateways.get(key);
+    if (!g) {
+      g = {
+        key,
+        address,
+        family: address.includes(':') ? 6 : 4,
+        ifindex,
+        ifname: this.ports.ifname(ifindex),
+        state: 'active',
+        mac: null,
+        lastVerification: null,
+        inflight: null,
+        triggers: { retransmit: 0, neighbour_failed: 0, active_probe: 0, sighting: 0 },
+        verifications: 0,
+        deadSince: null,
+        deaths: [],
+        holdDownUntil: null,
+        pollTimer: null,
+        nextPollAt: null,
+        polling: false,
+        lastSightingPoll: -Infinity,
+        transitions: [],
+        active: null,
+        present: true,
+      };
+      this.gateways.set(key, g);
+    }
+    return g;
+  }
+
+  private findGateway(address: string, ifindex?: number): Gateway | undefined {
+    if (ifindex !== undefined) return this.gateways.get(gatewayKey(address, ifindex));
+    const a = address.toLowerCase();
+    for (const g of this.gateways.values()) if (g.address.toLowerCase() === a) return g;
+    return undefined;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Trigger (a): TCP retransmissions seen by sock_diag
+
+  private scheduleScan(delayMs: number): void {
+    if (this.closed || !this.enabled) return;
+    this.scanTimer?.cancel();
+    this.scanTimer = this.clock.setTimeout(() => {
+      this.scanTimer = null;
+      void this.scanOnce();
+    }, delayMs);
+  }
+
+  /** One scan; the next comes sooner while any socket is retransmitting. */
+  async scanOnce(): Promise<void> {
+    if (this.scanning || this.closed || !this.enabled) return;
+    this.scanning = true;
+    let retransmitting = 0;
+    const t0 = this.clock.now();
+    try {
+      const sockets = await this.ports.scanSockets();
+      const live = new Set<string>();
+      for (const s of sockets) {
+        if (s.timer !== 1 || s.timerRetransmits <= 0) continue;
+        retransmitting++;
+        const key = `${s.src}|${s.srcPort}|${s.dst}|${s.dstPort}|${s.inode}`;
+        live.add(key);
+        const before = this.retransmitSeen.get(key) ?? 0;
+        const now = s.timerRetransmits;
+        this.retransmitSeen.set(key, now);
+        if (now <= before) continue;
+        await this.onRetransmission(s, before, now);
+      }
+      for (const k of this.retransmitSeen.keys()) if (!live.has(k)) this.retransmitSeen.delete(k);
+      this.lastScan = { at: this.clock.wallNow(), durationMs: this.clock.now() - t0, sockets: sockets.length, retransmitting };
+    } catch (err) {
+      this.log.event('error', { during: 'socket scan', error: msg(err) }, 'error');
+    } finally {
+      this.scanning = false;
+    }
+    const fast = Math.max(10, Math.floor(this.cfg.scan_interval / 4));
+    this.scheduleScan(retransmitting > 0 ? fast : this.cfg.scan_interval);
+  }
+
+  private async onRetransmission(s: ScannedSocket, before: number, now: number): Promise<void> {
+    const threshold = this.cfg.retransmit_threshold;
+    if (now < threshold - 1) return;
+    let choice;
+    try {
+      choice = await this.routeFor(s.dst, s.src);
+    } catch (err) {
+      this.log.event('error', { during: 'route lookup', dst: s.dst, error: msg(err) }, 'warn');
+      return;
+    }
+    if (!choice.gateway) return; // a directly connected peer: no gateway to blame
+    const g = this.gateways.get(gatewayKey(choice.gateway, choice.ifindex));
+    if (!g || g.state === 'dead') return;
+    const socket = {
+      src: fmtAddr(s.src, s.srcPort),
+      dst: fmtAddr(s.dst, s.dstPort),
+      state: s.state,
+      retransmits: now,
+    };
+    if (now >= threshold && before < threshold) {
+      await this.trigger(g, 'retransmit', { socket });
+    } else if (now >= threshold) {
+      const last = g.lastVerification?.at ?? -Infinity;
+      if (this.clock.now() - last >= RETRIGGER_MS && !g.inflight) await this.trigger(g, 'retransmit', { socket });
+    } else if (before < threshold - 1 && !g.inflight && g.state === 'active') {
+      // One retransmission before the threshold: verify speculatively, act only if the threshold is hit.
+      this.log.event('speculative_verify', { gateway: g.address, interface: g.ifname, socket });
+      void this.verification(g, 'speculative').catch(() => undefined);
+    }
+  }
+
+  private async routeFor(dst: string, src: string | null): Promise<{ gateway: string | null; ifindex: number; ifname: string }> {
+    const key = `${src ?? ''}>${dst}`;
+    const hit = this.lookupCache.get(key);
+    if (hit) return hit;
+    const choice = await this.ports.lookupRoute(dst, src);
+    if (this.lookupCache.size > 65_536) this.lookupCache.clear();
+    this.lookupCache.set(key, choice);
+    return choice;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Trigger (b): the kernel's neighbour entry for a gateway turning FAILED
+
+  onNeighbour(address: string, ifindex: number, state: string): void {
+    if (!this.enabled || this.closed || state !== 'FAILED') return;
+    const g = this.findGateway(address, ifindex);
+    if (!g || g.state === 'dead') return;
+    void this.trigger(g, 'neighbour_failed', { neighbour_state: state });
+  }
+
+  // Any ARP/NDP packet from a dead gateway: it may have come back, poll it now.
+  onSighting(address: string, ifindex: number | undefined, mac: string): void {
+    if (!this.enabled || this.closed) return;
+    const g = this.findGateway(address, ifindex);
+    if (!g || g.state !== 'dead' || g.polling) return;
+    if (this.clock.now() - g.lastSightingPoll < SIGHTING_POLL_MS) return;
+    g.lastSightingPoll = this.clock.now();
+    g.triggers.sighting++;
+    this.log.event('sighting', { gateway: g.address, interface: g.ifname, mac });
+    this.schedulePoll(g, 0);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Trigger (c): opt-in active probing
+
+  private setupActiveProbes(): void {
+    if (!this.enabled || this.closed) return;
+    for (const a of this.cfg.active) {
+      let g = this.findGateway(a.gateway);
+      if (!g) {
+        // Not (yet) a gateway of a managed route: probe it anyway on the interface the kernel would use.
+        void this.ports
+          .lookupRoute(a.gateway, null)
+          .then((choice) => {
+            if (this.closed || this.findGateway(a.gateway)) return;
+            if (choice.gateway) {
+              this.log.event('error', { during: 'active probing', gateway: a.gateway, error: 'not on-link (routed via ' + choice.gateway + ')' }, 'warn');
+              return;
+            }
+            g = this.ensureGateway(a.gateway, choice.ifindex);
+            this.startActive(g, a.interval, a.misses);
+          })
+          .catch((err: unknown) => this.log.event('error', { during: 'active probing', gateway: a.gateway, error: msg(err) }, 'warn'));
+        continue;
+      }
+      this.startActive(g, a.interval, a.misses);
+    }
+  }
+
+  private startActive(g: Gateway, intervalMs: number, misses: number): void {
+    if (g.active) return;
+    g.active = { intervalMs, misses, missed: 0, timer: null, answers: 0 };
+    this.log.event('active_probing', { gateway: g.address, interface: g.ifname, interval_ms: intervalMs, misses });
+    const tick = async () => {
+      const a = g.active;
+      if (!a || this.closed || !this.enabled) return;
+      a.timer = null;
+      let answer: { mac: string; rttMs: number } | null = null;
+      try {
+        answer = await this.ports.probeOnce(g.address, g.ifname, a.intervalMs);
+      } catch (err) {
+        this.log.event('error', { during: 'active probe', gateway: g.address, error: msg(err) }, 'warn');
+      }
+      if (g.active !== a || this.closed || !this.enabled) return;
+      if (answer && this.macTrusted(g, answer.mac)) {
+        a.missed = 0;
+        if (g.state === 'dead' && !g.polling) {
+          a.answers++;
+          if (a.answers >= this.cfg.revive_probes) {
+            a.answers = 0;
+            await this.revive(g, 'active probe answered');
+          }
+        }
+        if (!g.mac) g.mac = answer.mac;
+      } else {
+        a.answers = 0;
+        a.missed++;
+        if (a.missed >= a.misses && g.state !== 'dead') {
+          g.triggers.active_probe++;
+          this.log.event('trigger', { gateway: g.address, interface: g.ifname, reason: 'active_probe', missed: a.missed });
+          // Unanswered ARP/NDP probes are the verdict itself (ARP decides).
+          await this.declareDead(g, `${a.missed} active probes unanswered`);
+        }
+      }
+      // The probe waited up to one interval for its answer; start the next one right away if it
+      // did, so probes go out every interval.
+      const elapsed = answer ? answer.rttMs : a.intervalMs;
+      a.timer = this.clock.setTimeout(() => void tick(), Math.max(0, a.intervalMs - elapsed));
+    };
+    g.active.timer = this.clock.setTimeout(() => void tick(), 0);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Verification and verdicts
+
+  /** A trigger: the gateway becomes suspect and is verified by ARP/NDP; the verdict acts. */
+  async trigger(g: Gateway, kind: TriggerKind, detail: Record<string, unknown>): Promise<void> {
+    if (!this.enabled || this.closed || g.state === 'dead') return;
+    g.triggers[kind]++;
+    this.log.event('trigger', { gateway: g.address, interface: g.ifname, reason: kind, ...detail });
+    if (g.state === 'active') this.transition(g, 'suspect', kind);
+    let v: Verification;
+    try {
+      v = await this.verification(g, 'trigger');
+    } catch (err) {
+      this.log.event('error', { during: 'verification', gateway: g.address, error: msg(err) }, 'error');
+      if (g.state === 'suspect') this.transition(g, 'active', 'verification failed to run');
+      return;
+    }
+    if (!this.enabled || this.closed || g.state !== 'suspect') return;
+    if (v.alive) {
+      this.transition(g, 'active', 'answered ARP/NDP');
+      this.log.event('downstream_problem', {
+        gateway: g.address,
+        interface: g.ifname,
+        reason: kind,
+        note: 'the gateway answers ARP/NDP: the problem is beyond it; routes untouched',
+        ...detail,
+      });
+    } else {
+      await this.declareDead(g, `no ARP/NDP answer to ${v.probesSent} probes after ${kind}`);
+    }
+  }
+
+  /**
+   * The verdict for g: an in-flight verification is shared; a finished one is reused while fresh
+   * (the speculative one started a retransmission early); otherwise a new one runs.
+   */
+  private async verification(g: Gateway, mode: 'speculative' | 'trigger' | 'poll'): Promise<Verification> {
+    const speculative = mode === 'speculative';
+    const span = this.cfg.verify_probes * this.cfg.verify_timeout;
+    const freshMs = FRESHNESS_FACTOR * span + 2 * this.cfg.scan_interval;
+    if (g.inflight) {
+      if (mode !== 'poll') {
+        if (!speculative) g.inflight.speculative = false;
+        return g.inflight.promise;
+      }
+      // A poll needs an answer from now on: let the running one finish, then ask again.
+      await g.inflight.promise.catch(() => undefined);
+    }
+    const last = g.lastVerification;
+    if (mode === 'trigger' && last && this.clock.now() - last.at <= freshMs) {
+      this.log.event('verdict_reused', { gateway: g.address, alive: last.alive, age_ms: Math.round(this.clock.now() - last.at) });
+      return Promise.resolve(last);
+    }
+    const startedAt = this.clock.now();
+    const promise = this.ports
+      .verify({
+        gateway: g.address,
+        ifname: g.ifname,
+        ifindex: g.ifindex,
+        probes: this.cfg.verify_probes,
+        intervalMs: this.cfg.verify_timeout,
+        knownMac: g.mac,
+        allowMacChange: this.cfg.allow_mac_change,
+      })
+      .then((v) => {
+        g.verifications++;
+        g.lastVerification = { ...v, at: startedAt };
+        if (v.alive && v.mac && (!g.mac || this.cfg.allow_mac_change)) g.mac = v.mac;
+        for (const s of v.steps) this.log.event('verify_step', { gateway: g.address, interface: g.ifname, ...s }, 'debug');
+        if (v.untrustedMac)
+          this.log.event('mac_changed', { gateway: g.address, known_mac: g.mac, seen_mac: v.untrustedMac, trusted: false }, 'warn');
+        this.log.event('verdict', {
+          gateway: g.address,
+          interface: g.ifname,
+          alive: v.alive,
+          speculative: inflight.speculative,
+          mac: v.mac,
+          arp_rtt_ms: v.arpRttMs,
+          echo_rtt_ms: v.echoRttMs,
+          probes_sent: v.probesSent,
+          duration_ms: Math.round(v.durationMs),
+        });
+        return v;
+      })
+      .finally(() => {
+        if (g.inflight === inflight) g.inflight = null;
+      });
+    const inflight: InflightVerification = { promise, startedAt, speculative };
+    g.inflight = inflight;
+    return promise;
+  }
+
+  private macTrusted(g: Gateway, mac: string): boolean {
+    return !g.mac || g.mac === mac || this.cfg.allow_mac_change;
+  }
+
+  private async declareDead(g: Gateway, reason: string): Promise<void> {
+    if (g.state === 'dead') return;
+    const now = this.clock.now();
+    g.deadSince = now;
+    g.deaths = g.deaths.filter((t) => now - t <= this.cfg.flap_window);
+    g.deaths.push(now);
+    if (g.deaths.length > this.cfg.flap_limit) {
+      const excess = g.deaths.length - this.cfg.flap_limit;
+      const hold = Math.min(MAX_HOLD_DOWN_MS, this.cfg.flap_hold_down * 2 ** (excess - 1));
+      g.holdDownUntil = now + hold;
+      this.log.event('flap_damping', { gateway: g.address, deaths_in_window: g.deaths.length, hold_down_ms: hold }, 'warn');
+    }
+    this.transition(g, 'dead', reason);
+    await this.withdrawRoutesVia(g, reason);
+    this.schedulePoll(g, this.cfg.slow_poll_interval);
+  }
+
+  private async revive(g: Gateway, reason: string): Promise<void> {
+    if (g.state !== 'dead') return;
+    if (g.holdDownUntil !== null && this.clock.now() < g.holdDownUntil) {
+      this.log.event('held_down', { gateway: g.address, until_ms: Math.round(g.holdDownUntil - this.clock.now()) });
+      this.schedulePoll(g, g.holdDownUntil - this.clock.now());
+      return;
+    }
+    g.holdDownUntil = null;
+    this.cancelPoll(g);
+    await this.restoreRoutesVia(g, reason);
+    g.deadSince = null;
+    if (g.active) g.active.missed = 0;
+    this.transition(g, 'active', reason);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Slow polling of dead gateways
+
+  private schedulePoll(g: Gateway, delayMs: number): void {
+    this.cancelPoll(g);
+    if (this.closed || !this.enabled) return;
+    g.nextPollAt = this.clock.wallNow() + delayMs;
+    g.pollTimer = this.clock.setTimeout(() => {
+      g.pollTimer = null;
+      void this.poll(g);
+    }, delayMs);
+  }
+
+  private cancelPoll(g: Gateway): void {
+    g.pollTimer?.cancel();
+    g.pollTimer = null;
+    g.nextPollAt = null;
+  }
+
+  private cancelGatewayTimers(g: Gateway): void {
+    this.cancelPoll(g);
+    g.active?.timer?.cancel();
+    if (g.active) g.active.timer = null;
+  }
+
+  /** Purge and re-resolve; revive_probes answers in a row restore the gateway's routes. */
+  async poll(g: Gateway): Promise<void> {
+    if (g.state !== 'dead' || g.polling || this.closed || !this.enabled) return;
+    g.polling = true;
+    let answers = 0;
+    try {
+      for (let i = 0; i < this.cfg.revive_probes; i++) {
+        const v = await this.verification(g, 'poll');
+        if (!v.alive) break;
+        answers++;
+        if (i + 1 < this.cfg.revive_probes) await this.clock.sleep(this.cfg.verify_timeout);
+        g.lastVerification = null; // each answer must be a fresh one
+      }
+    } catch (err) {
+      this.log.event('error', { during: 'slow poll', gateway: g.address, error: msg(err) }, 'error');
+    } finally {
+      g.polling = false;
+    }
+    this.log.event('poll', { gateway: g.address, interface: g.ifname, answers, needed: this.cfg.revive_probes });
+    if (g.state !== 'dead' || this.closed || !this.enabled) return;
+    if (answers >= this.cfg.revive_probes) await this.revive(g, `${answers} ARP/NDP answers in a row`);
+    else this.schedulePoll(g, this.cfg.slow_poll_interval);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Route withdrawal and restore. Every change is journaled (fsync'd) before the kernel changes.
+
+  private serially<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.routeChain.then(fn, fn);
+    this.routeChain = run.catch(() => undefined);
+    return run;
+  }
+
+  private withdrawRoutesVia(g: Gateway, reason: string): Promise<void> {
+    return this.serially(async () => {
+      if (!this.enabled) return;
+      const routes = await this.ports.listRoutes(this.tables);
+      this.kernelRoutes = routes;
+      const deadKeys = new Set([...this.gateways.values()].filter((x) => x.state === 'dead').map((x) => x.key));
+      // Plan: for each route through g, the journal entry with g removed.
+      const plans: { entry: JournalEntry; from: KernelRoute | null; to: KernelRoute | null }[] = [];
+      const touched = new Map<string, JournalEntry>();
+      for (const r of routes) {
+        if (!gatewaysOf(r).includes(g.key)) continue;
+        // A route we changed earlier shows up reduced: its journal entry holds the original.
+        const existing = [...this.journal.values()].find((e) => routeIdentity(targetOf(e) ?? e.original) === routeIdentity(r));
+        const entry: JournalEntry = existing
+          ? { ...existing, removed: [...new Set([...existing.removed, g.key])] }
+          : { key: routeIdentity(r), original: r, removed: [g.key], at: new Date(this.clock.wallNow()).toISOString() };
+        if (existing && existing.removed.includes(g.key)) continue;
+        plans.push({ entry, from: r, to: targetOf(entry) });
+        touched.set(entry.key, entry);
+      }
+      // keep_last_route: never take away the last route to a destination.
+      const kept: KernelRoute[] = [];
+      const accepted = plans.filter((p) => {
+        if (p.to !== null || !this.cfg.keep_last_route) return true;
+        const dest = destinationOf(p.from!);
+        const others = routes.filter((r) => {
+          if (destinationOf(r) !== dest || r === p.from) return false;
+          const planned = plans.find((q) => q.from === r);
+          if (planned && planned.to === null) return false;
+          return reducedRoute(r, deadKeys) !== null || gatewaysOf(r).length === 0;
+        });
+        if (others.length > 0) return true;
+        kept.push(p.from!);
+        return false;
+      });
+      if (kept.length > 0)
+        this.log.event('route_kept', { gateway: g.address, reason: 'keep_last_route', routes: kept.map(describe) }, 'warn');
+      if (accepted.length === 0) return;
+      for (const p of accepted) this.journal.set(p.entry.key, p.entry);
+      await this.store.saveJournal([...this.journal.values()]);
+      const done: string[] = [];
+      for (const p of accepted) {
+        const op = transition(p.from, p.to);
+        if (!op) continue;
+        try {
+          await this.applyOp(op);
+          done.push(describe(p.from!));
+        } catch (err) {
+          this.log.event('error', { during: `withdraw (${op.op})`, route: describe(p.from!), error: msg(err) }, 'error');
+          // The kernel did not change: forget the plan for this route.
+          const e = this.journal.get(p.entry.key);
+          if (e) {
+            e.removed = e.removed.filter((k) => k !== g.key);
+            if (e.removed.length === 0) this.journal.delete(p.entry.key);
+          }
+        }
+      }
+      await this.store.saveJournal([...this.journal.values()]);
+      this.log.event('routes_withdrawn', { gateway: g.address, interface: g.ifname, reason, routes: done });
+    });
+  }
+
+  private restoreRoutesVia(g: Gateway, reason: string): Promise<void> {
+    return this.serially(async () => {
+      const restored: string[] = [];
+      for (const entry of [...this.journal.values()]) {
+        if (!entry.removed.includes(g.key)) continue;
+        if (await this.restoreEntry(entry, g.key)) restored.push(describe(entry.original));
+      }
+      await this.store.saveJournal([...this.journal.values()]);
+      this.log.event('routes_restored', { gateway: g.address, interface: g.ifname, reason, routes: restored });
+    });
+  }
+
+  /** Put back what `gatewayKeyToRestore` (or every gateway, if null) took from an entry. */
+  private async restoreEntry(entry: JournalEntry, gatewayKeyToRestore: string | null): Promise<boolean> {
+    const before = targetOf(entry);
+    const removed = gatewayKeyToRestore === null ? [] : entry.removed.filter((k) => k !== gatewayKeyToRestore);
+    const after = reducedRoute(entry.original, new Set(removed));
+    const current = this.kernelMatch(before) ?? this.kernelMatch(entry.original);
+    const op = transition(current ? before : null, after);
+    try {
+      if (op) await this.applyOp(op);
+    } catch (err) {
+      this.log.event('error', { during: `restore (${op?.op})`, route: describe(entry.original), error: msg(err) }, 'error');
+      return false;
+    }
+    if (removed.length === 0) this.journal.delete(entry.key);
+    else entry.removed = removed;
+    return true;
+  }
+
+  private kernelMatch(route: KernelRoute | null): KernelRoute | null {
+    if (!route) return null;
+    const id = routeIdentity(route);
+    return this.kernelRoutes.find((r) => routeIdentity(r) === id) ?? null;
+  }
+
+  private async applyOp(op: { op: 'add' | 'replace' | 'delete'; route: KernelRoute }): Promise<void> {
+    if (op.op === 'delete') return this.ports.deleteRoute(op.route);
+    if (op.op === 'replace') return this.ports.replaceRoute(op.route);
+    try {
+      await this.ports.addRoute(op.route);
+    } catch (err) {
+      // Already there (someone put it back, or a crash after the kernel change): make it exact.
+      if ((err as { code?: string }).code === 'EEXIST') await this.ports.replaceRoute(op.route);
+      else throw err;
+    }
+  }
+
+  /** Restore every withdrawn route (off, SIGTERM). */
+  private restoreAll(reason: string): Promise<void> {
+    return this.serially(async () => {
+      if (this.journal.size === 0) return;
+      this.kernelRoutes = await this.ports.listRoutes(this.tables);
+      const restored: string[] = [];
+      for (const entry of [...this.journal.values()]) {
+        if (await this.restoreEntry(entry, null)) restored.push(describe(entry.original));
+      }
+      await this.store.saveJournal([...this.journal.values()]);
+      this.log.event('routes_restored', { gateway: null, reason, routes: restored });
+    });
+  }
+
+  /**
+   * After a restart (kill -9): the journal is the truth. Make the kernel match it and treat its
+   * gateways as dead, polling each at once; the slow poll brings back those that answer.
+   */
+  private reconcileJournal(): Promise<void> {
+    return this.serially(async () => {
+      for (const entry of this.journal.values()) {
+        const target = targetOf(entry);
+        const current = this.kernelMatch(target) ?? this.kernelMatch(entry.original);
+        const op = transition(current, target);
+        if (op) {
+          try {
+            await this.applyOp(op);
+            this.log.event('journal_reconciled', { route: describe(entry.original), op: op.op });
+          } catch (err) {
+            this.log.event('error', { during: 'journal reconcile', route: describe(entry.original), error: msg(err) }, 'error');
+          }
+        }
+        for (const key of entry.removed) {
+          const [address, idx] = key.split('%') as [string, string];
+          const g = this.ensureGateway(address, Number(idx));
+          if (g.state !== 'dead') {
+            g.deadSince = this.clock.now();
+            this.transition(g, 'dead', 'withdrawn before restart (journal)');
+            this.schedulePoll(g, 0);
+          }
+        }
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  private transition(g: Gateway, to: GatewayState, reason: string): void {
+    if (g.state === to) return;
+    const t: Transition = { at: new Date(this.clock.wallNow()).toISOString(), from: g.state, to, reason };
+    g.transitions.push(t);
+    if (g.transitions.length > MAX_TRANSITIONS) g.transitions.shift();
+    this.log.event('state', { gateway: g.address, interface: g.ifname, from: g.state, to, reason });
+    g.state = to;
+  }
+
+  /** Everything `ipdeadgate status` shows about detection. */
+  status(): DgdStatus {
+    const gateways = [...this.gateways.values()].map((g) => {
+      const routes: GatewayRouteStatus[] = [];
+      for (const r of this.kernelRoutes) {
+        if (!gatewaysOf(r).includes(g.key)) continue;
+        const kept = g.state === 'dead';
+        routes.push({ ...routeSummary(r), state: kept ? 'kept' : 'active' });
+      }
+      for (const e of this.journal.values())
+        if (e.removed.includes(g.key)) routes.push({ ...routeSummary(e.original), state: 'withdrawn' });
+      const v = g.lastVerification;
+      return {
+        address: g.address,
+        interface: g.ifname,
+        family: g.family,
+        state: g.state,
+        mac: g.mac,
+        routes,
+        last_verification: v
+          ? {
+              at: new Date(v.startedAt).toISOString(),
+              alive: v.alive,
+              arp_rtt_ms: v.arpRttMs,
+              echo_rtt_ms: v.echoRttMs,
+              probes_sent: v.probesSent,
+              duration_ms: Math.round(v.durationMs),
+            }
+          : null,
+        verifications: g.verifications,
+        triggers: { ...g.triggers },
+        active_probing: g.active ? { interval_ms: g.active.intervalMs, misses: g.active.misses, missed: g.active.missed } : null,
+        dead_since_ms: g.deadSince === null ? null : Math.round(this.clock.now() - g.deadSince),
+        next_poll: g.nextPollAt === null ? null : new Date(g.nextPollAt).toISOString(),
+        hold_down_ms: g.holdDownUntil === null ? null : Math.max(0, Math.round(g.holdDownUntil - this.clock.now())),
+        transitions: [...g.transitions],
+      };
+    });
+    return {
+      enabled: this.enabled,
+      tables: this.tables,
+      gateways,
+      withdrawn_routes: [...this.journal.values()].map((e) => ({ ...routeSummary(e.original), removed_gateways: e.removed })),
+      last_scan: {
+        at: this.lastScan.at ? new Date(this.lastScan.at).toISOString() : null,
+        duration_ms: Math.round(this.lastScan.durationMs * 10) / 10,
+        sockets: this.lastScan.sockets,
+        retransmitting: this.lastScan.retransmitting,
+      },
+    };
+  }
+
+  /** Withdrawn routes (originals) for `ipdeadgate routes`. */
+  withdrawnRoutes(): KernelRoute[] {
+    return [...this.journal.values()].map((e) => e.original);
+  }
+}
+
+export interface GatewayRouteStatus {
+  dst: string;
+  table: number;
+  metric: number;
+  gateway: string | null;
+  nexthops: { gateway: string | null; weight: number }[] | null;
+  state: 'active' | 'withdrawn' | 'kept';
+}
+
+export interface DgdStatus {
+  enabled: boolean;
+  tables: number[];
+  gateways: {
+    address: string;
+    interface: string;
+    family: 4 | 6;
+    state: GatewayState;
+    mac: string | null;
+    routes: GatewayRouteStatus[];
+    last_verification: {
+      at: string;
+      alive: boolean;
+      arp_rtt_ms: number | null;
+      echo_rtt_ms: number | null;
+      probes_sent: number;
+      duration_ms: number;
+    } | null;
+    verifications: number;
+    triggers: Record<TriggerKind, number>;
+    active_probing: { interval_ms: number; misses: number; missed: number } | null;
+    dead_since_ms: number | null;
+    next_poll: string | null;
+    hold_down_ms: number | null;
+    transitions: Transition[];
+  }[];
+  withdrawn_routes: (Omit<GatewayRouteStatus, 'state'> & { removed_gateways: string[] })[];
+  last_scan: { at: string | null; duration_ms: number; sockets: number; retransmitting: number };
+}
+
+function routeSummary(r: KernelRoute): Omit<GatewayRouteStatus, 'state'> {
+  return {
+    dst: r.dst,
+    table: r.table,
+    metric: r.metric,
+    gateway: r.gateway,
+    nexthops: r.nexthops ? r.nexthops.map((n) => ({ gateway: n.gateway, weight: n.weight })) : null,
+  };
+}
+
+function describe(r: KernelRoute): string {
+  const via = r.nexthops ? r.nexthops.map((n) => `nexthop via ${n.gateway} weight ${n.weight}`).join(' ') : `via ${r.gateway}`;
+  return `${r.dst} ${via} table ${r.table} metric ${r.metric}`;
+}
+
+function fmtAddr(addr: string, port: number): string {
+  return addr.includes(':') ? `[${addr}]:${port}` : `${addr}:${port}`;
+}
+
+function msg(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,113 @@
+// The detection engine's view of the system. Adapters over src/sys/ implement these in the daemon;
+// unit tests implement them with fakes, so every decision is tested without a kernel or a clock.
+
+export type Family = 4 | 6;
+
+/** A nexthop of a multipath route (RTA_MULTIPATH), as src/sys/rtnl.ts reports it. */
+export interface KernelNexthop {
+  gateway: string | null;
+  ifindex: number;
+  ifname?: string | null;
+  weight: number;
+  flags?: number;
+}
+
+/**
+ * A kernel route, as src/sys/rtnl.ts reports it. The engine reads only these fields; every other
+ * field the facade puts on the object (protocol, scope, metrics, raw attributes...) is carried
+ * through untouched so a withdrawn route is put back exactly.
+ */
+export interface KernelRoute {
+  family: Family;
+  dst: string;
+  table: number;
+  metric: number;
+  tos: number;
+  gateway: string | null;
+  ifindex: number | null;
+  ifname?: string | null;
+  nexthops: KernelNexthop[] | null;
+}
+
+/** What one cheap sock_diag scan reports per TCP socket (no tcp_info needed). */
+export interface ScannedSocket {
+  family: Family;
+  src: string;
+  srcPort: number;
+  dst: string;
+  dstPort: number;
+  state: string;
+  inode: number;
+  /** inet_diag_msg.idiag_timer: 1 = retransmit timer pending. */
+  timer: number;
+  /** inet_diag_msg.idiag_retrans: consecutive retransmissions of the current segment. */
+  timerRetransmits: number;
+}
+
+export interface RouteChoice {
+  gateway: string | null;
+  ifindex: number;
+  ifname: string;
+}
+
+/** The outcome of one verification (src/dgd/verify.ts). */
+export interface Verification {
+  alive: boolean;
+  mac: string | null;
+  macChanged: boolean;
+  untrustedMac: string | null;
+  arpRttMs: number | null;
+  echoRttMs: number | null;
+  probesSent: number;
+  durationMs: number;
+  startedAt: number;
+  steps: { at_ms: number; step: string; detail?: string }[];
+}
+
+export interface VerifyArgs {
+  gateway: string;
+  ifname: string;
+  ifindex: number;
+  probes: number;
+  intervalMs: number;
+  knownMac: string | null;
+  allowMacChange: boolean;
+}
+
+export interface DgdPorts {
+  /** One cheap scan of TCP sockets that can retransmit (established, SYN-SENT, closing states). */
+  scanSockets(): Promise<ScannedSocket[]>;
+  /** Which gateway and interface the kernel would use for dst (from src). */
+  lookupRoute(dst: string, src: string | null): Promise<RouteChoice>;
+  /** Every route of the given tables (numbers), both families. */
+  listRoutes(tables: number[]): Promise<KernelRoute[]>;
+  addRoute(route: KernelRoute): Promise<void>;
+  replaceRoute(route: KernelRoute): Promise<void>;
+  deleteRoute(route: KernelRoute): Promise<void>;
+  /** Purge the neighbour entry and re-resolve by ARP/NDP; ARP/NDP decides. */
+  verify(args: VerifyArgs): Promise<Verification>;
+  /** One ARP request / neighbour solicitation without purging (active probing); null = no answer in time. */
+  probeOnce(gateway: string, ifname: string, timeoutMs: number): Promise<{ mac: string; rttMs: number } | null>;
+  /** Interface name of an index, for display. */
+  ifname(ifindex: number): string;
+}
+
+/** Where withdrawn routes and the on/off switch are kept across restarts. */
+export interface DgdStore {
+  loadJournal(): Promise<JournalEntry[]>;
+  saveJournal(entries: JournalEntry[]): Promise<void>;
+  loadEnabled(): Promise<boolean | null>;
+  saveEnabled(enabled: boolean): Promise<void>;
+}
+
+/**
+ * One route the engine has changed: the original as it was in the kernel, and the gateways
+ * (keys "address%ifindex") whose nexthops are withdrawn from it. A single-path route with its
+ * gateway removed is deleted; a multipath route keeps its other nexthops.
+ */
+export interface JournalEntry {
+  key: string;
+  original: KernelRoute;
+  removed: string[];
+  at: string;
+}

@@ -1,0 +1,84 @@
+// Pure route planning: which routes go through a gateway, what a route looks like with some of its
+// gateways withdrawn, and which kernel operation turns one state into another. No I/O here.
+import type { JournalEntry, KernelNexthop, KernelRoute } from './ports';
+
+/** A gateway's identity: the address and the interface (IPv6 link-local gateways repeat across links). */
+export function gatewayKey(address: string, ifindex: number): string {
+  return `${address.toLowerCase()}%${ifindex}`;
+}
+
+function nexthopKey(nh: KernelNexthop): string | null {
+  return nh.gateway ? gatewayKey(nh.gateway, nh.ifindex) : null;
+}
+
+/** The gateway keys a route uses (one for a single-path route, one per nexthop for multipath). */
+export function gatewaysOf(route: KernelRoute): string[] {
+  if (route.nexthops && route.nexthops.length > 0)
+    return route.nexthops.map(nexthopKey).filter((k): k is string => k !== null);
+  return route.gateway && route.ifindex !== null ? [gatewayKey(route.gateway, route.ifindex)] : [];
+}
+
+/**
+ * A route's identity in the kernel FIB: family, table, destination, TOS and metric; single-path
+ * routes add their gateway (IPv4 `ip route append` allows several that differ only in gateway).
+ */
+export function routeIdentity(route: KernelRoute): string {
+  const base = `${route.family}|${route.table}|${route.dst}|${route.tos}|${route.metric}`;
+  if (route.nexthops && route.nexthops.length > 0) return `${base}|multipath`;
+  return `${base}|${route.gateway ?? '-'}|${route.ifindex ?? '-'}`;
+}
+
+/** The route as it should be with `removed` gateways withdrawn; null when nothing of it remains. */
+export function reducedRoute(original: KernelRoute, removed: ReadonlySet<string>): KernelRoute | null {
+  if (original.nexthops && original.nexthops.length > 0) {
+    const keep = original.nexthops.filter((nh) => {
+      const k = nexthopKey(nh);
+      return k === null || !removed.has(k);
+    });
+    if (keep.length === 0) return null;
+    if (keep.length === original.nexthops.length) return original;
+    if (keep.length === 1) {
+      // The kernel reports a multipath route with one nexthop left as a single-path route.
+      const nh = keep[0]!;
+      return { ...original, nexthops: null, gateway: nh.gateway, ifindex: nh.ifindex, ifname: nh.ifname ?? null };
+    }
+    return { ...original, nexthops: keep };
+  }
+  const k = gatewaysOf(original)[0];
+  return k !== undefined && removed.has(k) ? null : original;
+}
+
+export type RouteOp =
+  | { op: 'add'; route: KernelRoute }
+  | { op: 'replace'; route: KernelRoute }
+  | { op: 'delete'; route: KernelRoute };
+
+/** The kernel operation that turns `from` into `to` (null = absent); null when nothing changes. */
+export function transition(from: KernelRoute | null, to: KernelRoute | null): RouteOp | null {
+  if (from === to) return null;
+  if (from && !to) return { op: 'delete', route: from };
+  if (!from && to) return { op: 'add', route: to };
+  if (from && to) {
+    if (routeIdentity(from) === routeIdentity(to) && sameNexthops(from, to)) return null;
+    return { op: 'replace', route: to };
+  }
+  return null;
+}
+
+function sameNexthops(a: KernelRoute, b: KernelRoute): boolean {
+  const hops = (r: KernelRoute) => (r.nexthops ?? []).map((n) => `${nexthopKey(n)}/${n.weight}`).join(',');
+  return hops(a) === hops(b) && a.gateway === b.gateway;
+}
+
+/** The kernel state a journal entry stands for. */
+export function targetOf(entry: JournalEntry): KernelRoute | null {
+  return reducedRoute(entry.original, new Set(entry.removed));
+}
+
+/**
+ * Destination identity for keep_last_route: family, table and prefix. Each table is its own FIB
+ * (policy routing picks the table first), so "the last route" is counted per table.
+ */
+export function destinationOf(route: KernelRoute): string {
+  return `${route.family}|${route.table}|${route.dst}`;
+}

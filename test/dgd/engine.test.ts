@@ -1,0 +1,350 @@
+import { strict as assert } from 'node:assert';
+import { parseConfig, type DgdConfig } from '../../src/daemon/config';
+import { MemoryEventLog } from '../../src/daemon/log';
+import { DgdEngine } from '../../src/dgd/engine';
+import { MemoryStore } from '../../src/dgd/store';
+import { FakeClock } from '../../src/util/clock';
+import type { KernelRoute } from '../../src/dgd/ports';
+import { FakePorts, multipath, route } from './fakes';
+
+const R1 = '198.18.1.1';
+const R2 = '198.18.1.2';
+const SERVER = '198.18.2.10';
+
+interface Setup {
+  clock: FakeClock;
+  ports: FakePorts;
+  store: MemoryStore;
+  log: MemoryEventLog;
+  engine: DgdEngine;
+  order: string[];
+}
+
+async function setup(routes: KernelRoute[], yaml = '', opts: { store?: MemoryStore; alive?: string[] } = {}): Promise<Setup> {
+  const clock = new FakeClock();
+  const order: string[] = [];
+  const ports = new FakePorts(clock, routes, (op) => order.push(op));
+  for (const a of opts.alive ?? [R1, R2]) ports.alive.add(a);
+  const store = opts.store ?? new MemoryStore();
+  const origSave = store.saveJournal.bind(store);
+  store.saveJournal = async (entries) => {
+    order.push(`journal ${entries.length}`);
+    await origSave(entries);
+  };
+  const log = new MemoryEventLog();
+  const cfg: DgdConfig = parseConfig(yaml).dgd;
+  const engine = new DgdEngine({ config: cfg, tables: [254], ports, store, log, clock });
+  await engine.start();
+  return { clock, ports, store, log, engine, order };
+}
+
+const twoDefaults = () => [route('0.0.0.0/0', R1, 100), route('0.0.0.0/0', R2, 200)];
+
+function gw(s: Setup, address: string) {
+  const g = s.engine.status().gateways.find((x) => x.address === address);
+  assert.ok(g, `gateway ${address} known`);
+  return g;
+}
+
+/** Drive a socket through retransmissions 1..n, one per scan interval. */
+async function retransmit(s: Setup, dst: string, upTo: number, stepMs = 200): Promise<void> {
+  for (let n = 1; n <= upTo; n++) {
+    s.ports.setRetransmitting(dst, n);
+    await s.clock.advance(stepMs);
+  }
+}
+
+describe('DGD engine', () => {
+  afterEach(function () {
+    // Nothing to tear down: every test uses fakes and a fake clock.
+  });
+
+  it('finds every gateway of the managed tables', async () => {
+    const s = await setup(twoDefaults());
+    assert.deepEqual(
+      s.engine.status().gateways.map((g) => [g.address, g.state]),
+      [
+        [R1, 'active'],
+        [R2, 'active'],
+      ],
+    );
+    await s.engine.stop({ restore: true });
+  });
+
+  it('a dead gateway: speculative verification at threshold-1, routes withdrawn at the threshold, journal first', async () => {
+    const s = await setup(twoDefaults(), '', { alive: [R2] });
+    await retransmit(s, SERVER, 2);
+    assert.equal(s.log.named('speculative_verify').length, 1);
+    assert.equal(gw(s, R1).state, 'active', 'speculation never acts');
+    assert.deepEqual(s.ports.ops, []);
+    await s.clock.advance(800); // the speculative verdict (3 x 250 ms) is in
+    s.ports.setRetransmitting(SERVER, 3);
+    await s.clock.advance(200);
+    assert.equal(gw(s, R1).state, 'dead');
+    assert.equal(s.ports.verifications.length, 1, 'the speculative verdict was reused, not repeated');
+    assert.equal(s.log.named('verdict_reused').length, 1);
+    assert.deepEqual(s.ports.routes.map((r) => r.gateway), [R2], 'only the route via r2 is left');
+    const journalIdx = s.order.indexOf('journal 1');
+    const deleteIdx = s.order.findIndex((o) => o.startsWith('delete 0.0.0.0/0 via 198.18.1.1'));
+    assert.ok(journalIdx >= 0 && deleteIdx > journalIdx, `journal before kernel: ${s.order.join(', ')}`);
+    assert.equal(s.store.journal.length, 1);
+    assert.equal(s.store.journal[0]!.original.gateway, R1);
+    const trig = s.log.named('trigger')[0]!;
+    assert.equal(trig.reason, 'retransmit');
+    assert.deepEqual(trig.socket, { src: '198.18.1.10:40000', dst: '198.18.2.10:443', state: 'ESTABLISHED', retransmits: 3 });
+    await s.engine.stop({ restore: true });
+  });
+
+  it('a live gateway (a dead server behind it) is never marked dead: downstream problem, nothing moves', async () => {
+    const s = await setup(twoDefaults());
+    await retransmit(s, SERVER, 8);
+    assert.equal(gw(s, R1).state, 'active');
+    assert.deepEqual(s.ports.ops, []);
+    assert.ok(s.log.named('downstream_problem').length >= 1);
+    assert.equal(s.log.named('verdict').every((v) => v.alive === true), true);
+    await s.engine.stop({ restore: true });
+  });
+
+  it('ignores sockets to directly connected peers and sockets below the threshold', async () => {
+    const s = await setup(twoDefaults(), '', { alive: [] });
+    await retransmit(s, '198.18.1.99', 6);
+    assert.equal(s.ports.verifications.length, 0);
+    s.ports.sockets = [];
+    s.ports.setRetransmitting(SERVER, 1);
+    await s.clock.advance(1000);
+    assert.equal(s.ports.verifications.length, 0);
+    await s.engine.stop({ restore: true });
+  });
+
+  it('slow polling: revive_probes answers in a row restore the routes exactly', async () => {
+    const s = await setup(twoDefaults(), 'dgd: { slow_poll_interval: 10s }', { alive: [R2] });
+    const before = structuredClone(s.ports.routes);
+    await retransmit(s, SERVER, 3);
+    await s.clock.advance(1000);
+    assert.equal(gw(s, R1).state, 'dead');
+    assert.ok(gw(s, R1).next_poll, 'a poll is scheduled');
+    await s.clock.advance(10_500); // first poll (at 10 s after death, 750 ms of probes): still dead
+    assert.equal(gw(s, R1).state, 'dead');
+    assert.equal(s.log.named('poll').at(-1)!.answers, 0);
+    s.ports.alive.add(R1);
+    await s.clock.advance(10_500);
+    assert.equal(gw(s, R1).state, 'active');
+    assert.equal(s.log.named('poll').at(-1)!.answers, 2);
+    const sort = (rs: KernelRoute[]) => [...rs].sort((a, b) => a.metric - b.metric);
+    assert.deepEqual(sort(s.ports.routes), sort(before));
+    assert.equal(s.store.journal.length, 0);
+    await s.engine.stop({ restore: true });
+  });
+
+  it('one unanswered poll among revive_probes keeps the gateway dead', async () => {
+    const s = await setup(twoDefaults(), 'dgd: { slow_poll_interval: 10s, revive_probes: 3 }', { alive: [R2] });
+    await retransmit(s, SERVER, 3);
+    await s.clock.advance(1000);
+    s.ports.alive.add(R1);
+    const origVerify = s.ports.verify.bind(s.ports);
+    let n = 0;
+    s.ports.verify = async (a) => {
+      if (a.gateway === R1 && ++n === 2) s.ports.alive.delete(R1);
+      return origVerify(a);
+    };
+    await s.clock.advance(10_500);
+    assert.equal(gw(s, R1).state, 'dead');
+    await s.engine.stop({ restore: true });
+  });
+
+  it('an ARP/NDP sighting from a dead gateway polls it at once', async () => {
+    const s = await setup(twoDefaults(), 'dgd: { slow_poll_interval: 1h }', { alive: [R2] });
+    await retransmit(s, SERVER, 3);
+    await s.clock.advance(1000);
+    assert.equal(gw(s, R1).state, 'dead');
+    s.ports.alive.add(R1);
+    s.engine.onSighting(R1, 2, '02:00:00:00:00:01');
+    await s.clock.advance(2000);
+    assert.equal(gw(s, R1).state, 'active');
+    assert.equal(gw(s, R1).triggers.sighting, 1);
+    await s.engine.stop({ restore: true });
+  });
+
+  it('multipath: only the dead nexthop is removed, and put back with its weight', async () => {
+    const mp = multipath('198.18.5.0/24', [
+      [R1, 1],
+      [R2, 3],
+    ], 0);
+    const s = await setup([route('0.0.0.0/0', R1, 100), route('0.0.0.0/0', R2, 200), mp], 'dgd: { slow_poll_interval: 5s }', {
+      alive: [R2],
+    });
+    s.engine.onNeighbour(R1, 2, 'FAILED');
+    await s.clock.advance(1000);
+    assert.equal(gw(s, R1).state, 'dead');
+    const left = s.ports.routes.find((r) => r.dst === '198.18.5.0/24')!;
+    assert.equal(left.gateway, R2, 'one nexthop left: the kernel shows a single-path route');
+    assert.equal(left.nexthops, null);
+    s.ports.alive.add(R1);
+    await s.clock.advance(6000);
+    assert.equal(gw(s, R1).state, 'active');
+    assert.deepEqual(s.ports.routes.find((r) => r.dst === '198.18.5.0/24'), mp);
+    await s.engine.stop({ restore: true });
+  });
+
+  it('keep_last_route: the only route to a destination is never withdrawn', async () => {
+    const s = await setup([route('0.0.0.0/0', R1, 100)], '', { alive: [] });
+    s.engine.onNeighbour(R1, 2, 'FAILED');
+    await s.clock.advance(1000);
+    assert.equal(gw(s, R1).state, 'dead');
+    assert.equal(s.ports.routes.length, 1);
+    assert.equal(s.log.named('route_kept').length, 1);
+    assert.equal(gw(s, R1).routes[0]!.state, 'kept');
+    await s.engine.stop({ restore: true });
+  });
+
+  it('keep_last_route off: the last route goes too', async () => {
+    const s = await setup([route('0.0.0.0/0', R1, 100)], 'dgd: { keep_last_route: false }', { alive: [] });
+    s.engine.onNeighbour(R1, 2, 'FAILED');
+    await s.clock.advance(1000);
+    assert.equal(s.ports.routes.length, 0);
+    await s.engine.stop({ restore: true });
+  });
+
+  it('a neighbour entry turning FAILED triggers verification; other states do not', async () => {
+    const s = await setup(twoDefaults());
+    s.engine.onNeighbour(R1, 2, 'STALE');
+    s.engine.onNeighbour(R1, 2, 'FAILED');
+    await s.clock.advance(1000);
+    assert.equal(s.ports.verifications.length, 1);
+    assert.equal(gw(s, R1).triggers.neighbour_failed, 1);
+    assert.equal(gw(s, R1).state, 'active');
+    await s.engine.stop({ restore: true });
+  });
+
+  it('off restores every withdrawn route and stops all triggers; on resumes; both persist', async () => {
+    const s = await setup(twoDefaults(), '', { alive: [R2] });
+    s.engine.onNeighbour(R1, 2, 'FAILED');
+    await s.clock.advance(1000);
+    assert.equal(s.ports.routes.length, 1);
+    await s.engine.setEnabled(false);
+    assert.equal(s.store.enabled, false);
+    assert.equal(s.ports.routes.length, 2);
+    assert.equal(gw(s, R1).state, 'active');
+    s.engine.onNeighbour(R1, 2, 'FAILED');
+    await retransmit(s, SERVER, 5);
+    assert.equal(s.ports.routes.length, 2, 'no trigger acts while off');
+    await s.engine.setEnabled(true);
+    assert.equal(s.store.enabled, true);
+    s.engine.onNeighbour(R1, 2, 'FAILED');
+    await s.clock.advance(1000);
+    assert.equal(s.ports.routes.length, 1);
+    await s.engine.stop({ restore: true });
+    assert.equal(s.ports.routes.length, 2, 'stop with restore puts routes back');
+  });
+
+  it('the persisted switch wins over the config at start', async () => {
+    const store = new MemoryStore();
+    store.enabled = false;
+    const s = await setup(twoDefaults(), '', { store, alive: [] });
+    assert.equal(s.engine.isEnabled(), false);
+    s.engine.onNeighbour(R1, 2, 'FAILED');
+    await s.clock.advance(1000);
+    assert.equal(s.ports.verifications.length, 0);
+    await s.engine.stop({ restore: true });
+  });
+
+  it('after a crash, the journal is reconciled: a route still in the kernel is withdrawn, its gateway polled at once', async () => {
+    const store = new MemoryStore();
+    const r1 = route('0.0.0.0/0', R1, 100);
+    store.journal = [{ key: 'k', original: r1, removed: [`${R1}%2`], at: '2026-01-01T00:00:00Z' }];
+    const s = await setup(twoDefaults(), 'dgd: { slow_poll_interval: 1h }', { store, alive: [R2] });
+    assert.deepEqual(s.ports.routes.map((r) => r.gateway), [R2]);
+    assert.equal(gw(s, R1).state, 'dead');
+    s.ports.alive.add(R1);
+    await s.clock.advance(1000);
+    assert.equal(gw(s, R1).state, 'active');
+    assert.equal(s.ports.routes.length, 2);
+    await s.engine.stop({ restore: true });
+  });
+
+  it('after a crash while disabled, everything in the journal is restored at start', async () => {
+    const store = new MemoryStore();
+    store.enabled = false;
+    store.journal = [{ key: 'k', original: route('0.0.0.0/0', R1, 100), removed: [`${R1}%2`], at: 'x' }];
+    const s = await setup([route('0.0.0.0/0', R2, 200)], '', { store });
+    assert.equal(s.ports.routes.length, 2);
+    assert.equal(s.store.journal.length, 0);
+    await s.engine.stop({ restore: true });
+  });
+
+  it('a kernel refusal to withdraw leaves the journal without that route', async () => {
+    const s = await setup(twoDefaults(), '', { alive: [R2] });
+    s.ports.failNextDelete = true;
+    s.engine.onNeighbour(R1, 2, 'FAILED');
+    await s.clock.advance(1000);
+    assert.equal(s.ports.routes.length, 2);
+    assert.equal(s.store.journal.length, 0);
+    assert.ok(s.log.named('error').some((e) => String(e.error).includes('EPERM')));
+    await s.engine.stop({ restore: true });
+  });
+
+  it('flap damping holds a flapping gateway dead', async () => {
+    const s = await setup(
+      twoDefaults(),
+      'dgd: { slow_poll_interval: 2s, flap_limit: 2, flap_window: 10m, flap_hold_down: 1m }',
+      { alive: [R2] },
+    );
+    for (let i = 0; i < 3; i++) {
+      s.ports.alive.delete(R1);
+      s.engine.onNeighbour(R1, 2, 'FAILED');
+      await s.clock.advance(1000);
+      assert.equal(gw(s, R1).state, 'dead', `death ${i + 1}`);
+      s.ports.alive.add(R1);
+      await s.clock.advance(3000);
+      if (i < 2) assert.equal(gw(s, R1).state, 'active', `revival ${i + 1}`);
+    }
+    assert.equal(gw(s, R1).state, 'dead', 'the third death within the window is held down');
+    assert.ok(gw(s, R1).hold_down_ms! > 50_000);
+    await s.clock.advance(61_000);
+    assert.equal(gw(s, R1).state, 'active');
+    await s.engine.stop({ restore: true });
+  });
+
+  it('active probing: misses declare death with no traffic at all; answers revive', async () => {
+    const s = await setup(twoDefaults(), `dgd: { active: [ { gateway: ${R1}, interval: 100ms, misses: 3 } ] }`, {
+      alive: [R1, R2],
+    });
+    await s.clock.advance(1000);
+    assert.equal(gw(s, R1).state, 'active');
+    s.ports.alive.delete(R1);
+    await s.clock.advance(400);
+    assert.equal(gw(s, R1).state, 'dead');
+    assert.equal(s.ports.verifications.length, 0, 'the unanswered probes are the verdict');
+    assert.equal(s.ports.routes.length, 1);
+    s.ports.alive.add(R1);
+    await s.clock.advance(500);
+    assert.equal(gw(s, R1).state, 'active');
+    assert.equal(s.ports.routes.length, 2);
+    await s.engine.stop({ restore: true });
+  });
+
+  it('a reply from a new MAC is not trusted unless allow_mac_change', async () => {
+    const s = await setup(twoDefaults(), '', { alive: [R1, R2] });
+    s.engine.onNeighbour(R1, 2, 'FAILED');
+    await s.clock.advance(1000);
+    assert.equal(gw(s, R1).mac, '02:00:00:00:00:01');
+    s.ports.macs.set(R1, '02:00:00:00:00:99');
+    await s.clock.advance(10_000);
+    s.engine.onNeighbour(R1, 2, 'FAILED');
+    await s.clock.advance(1000);
+    assert.equal(gw(s, R1).state, 'dead', 'an impostor answering for the gateway does not count');
+    assert.equal(s.log.named('mac_changed').length, 1);
+    await s.engine.stop({ restore: true });
+  });
+
+  it('IPv6 gateways alike', async () => {
+    const s = await setup([route('::/0', '2001:db8:1::1', 100), route('::/0', '2001:db8:1::2', 200)], '', {
+      alive: ['2001:db8:1::2'],
+    });
+    await retransmit(s, '2001:db8:2::10', 3);
+    await s.clock.advance(1000);
+    assert.equal(gw(s, '2001:db8:1::1').state, 'dead');
+    assert.deepEqual(s.ports.routes.map((r) => r.gateway), ['2001:db8:1::2']);
+    await s.engine.stop({ restore: true });
+  });
+});

@@ -1,0 +1,164 @@
+// Fakes of the detection engine's ports: a kernel FIB with real add/replace/delete semantics, a
+// verifier whose answers are set per gateway and that takes probes x interval of fake time.
+import type { Clock } from '../../src/util/clock';
+import type { DgdPorts, KernelRoute, RouteChoice, ScannedSocket, Verification, VerifyArgs } from '../../src/dgd/ports';
+import { routeIdentity } from '../../src/dgd/routeplan';
+
+export function route(dst: string, gateway: string, metric: number, extra: Partial<KernelRoute> = {}): KernelRoute {
+  return {
+    family: dst.includes(':') ? 6 : 4,
+    dst,
+    table: 254,
+    metric,
+    tos: 0,
+    gateway,
+    ifindex: 2,
+    ifname: 'lan0',
+    nexthops: null,
+    protocol: 3,
+    scope: 0,
+    metrics: { mtu: 1400 },
+    ...extra,
+  } as KernelRoute;
+}
+
+export function multipath(dst: string, gateways: [string, number][], metric: number): KernelRoute {
+  return {
+    family: 4,
+    dst,
+    table: 254,
+    metric,
+    tos: 0,
+    gateway: null,
+    ifindex: null,
+    nexthops: gateways.map(([gw, weight]) => ({ gateway: gw, ifindex: 2, ifname: 'lan0', weight, flags: 0 })),
+  };
+}
+
+export class FakePorts implements DgdPorts {
+  routes: KernelRoute[];
+  sockets: ScannedSocket[] = [];
+  /** Gateways that answer ARP (by address). */
+  alive = new Set<string>();
+  /** MAC each gateway answers with. */
+  macs = new Map<string, string>();
+  ops: string[] = [];
+  verifications: VerifyArgs[] = [];
+  probes: string[] = [];
+  failNextDelete = false;
+
+  constructor(
+    private readonly clock: Clock,
+    routes: KernelRoute[],
+    private readonly onOp?: (op: string) => void,
+  ) {
+    this.routes = routes.map((r) => structuredClone(r));
+  }
+
+  async scanSockets(): Promise<ScannedSocket[]> {
+    return this.sockets.map((s) => ({ ...s }));
+  }
+
+  async lookupRoute(dst: string): Promise<RouteChoice> {
+    if (dst.startsWith('198.18.1.')) return { gateway: null, ifindex: 2, ifname: 'lan0' };
+    const fam = dst.includes(':') ? 6 : 4;
+    const best = this.routes
+      .filter((r) => r.family === fam && (r.dst === '0.0.0.0/0' || r.dst === '::/0'))
+      .sort((a, b) => a.metric - b.metric)[0];
+    if (!best) throw Object.assign(new Error('no route'), { code: 'ENETUNREACH' });
+    const gw = best.gateway ?? best.nexthops![0]!.gateway;
+    return { gateway: gw, ifindex: 2, ifname: 'lan0' };
+  }
+
+  async listRoutes(): Promise<KernelRoute[]> {
+    return this.routes.map((r) => structuredClone(r));
+  }
+
+  private record(op: string): void {
+    this.ops.push(op);
+    this.onOp?.(op);
+  }
+
+  async addRoute(r: KernelRoute): Promise<void> {
+    if (this.routes.some((x) => routeIdentity(x) === routeIdentity(r)))
+      throw Object.assign(new Error('exists'), { code: 'EEXIST' });
+    this.record(`add ${describe(r)}`);
+    this.routes.push(structuredClone(r));
+  }
+
+  async replaceRoute(r: KernelRoute): Promise<void> {
+    this.record(`replace ${describe(r)}`);
+    const key = `${r.family}|${r.table}|${r.dst}|${r.tos}|${r.metric}`;
+    const i = this.routes.findIndex((x) => `${x.family}|${x.table}|${x.dst}|${x.tos}|${x.metric}` === key);
+    if (i >= 0) this.routes[i] = structuredClone(r);
+    else this.routes.push(structuredClone(r));
+  }
+
+  async deleteRoute(r: KernelRoute): Promise<void> {
+    if (this.failNextDelete) {
+      this.failNextDelete = false;
+      throw Object.assign(new Error('EPERM: not allowed'), { code: 'EPERM' });
+    }
+    const i = this.routes.findIndex((x) => routeIdentity(x) === routeIdentity(r));
+    if (i < 0) throw Object.assign(new Error('no such route'), { code: 'ESRCH' });
+    this.record(`delete ${describe(r)}`);
+    this.routes.splice(i, 1);
+  }
+
+  async verify(args: VerifyArgs): Promise<Verification> {
+    this.verifications.push(args);
+    const started = this.clock.now();
+    const alive = this.alive.has(args.gateway);
+    const mac = this.macs.get(args.gateway) ?? '02:00:00:00:00:01';
+    const macOk = alive && (!args.knownMac || args.knownMac === mac || args.allowMacChange);
+    // A live gateway answers the first probe after 1 ms; a dead one costs every probe's wait.
+    await this.clock.sleep(alive ? 1 : args.probes * args.intervalMs);
+    return {
+      alive: macOk,
+      mac: alive ? mac : null,
+      macChanged: alive && !!args.knownMac && args.knownMac !== mac,
+      untrustedMac: alive && !macOk ? mac : null,
+      arpRttMs: alive ? 1 : null,
+      echoRttMs: null,
+      probesSent: alive ? 1 : args.probes,
+      durationMs: this.clock.now() - started,
+      startedAt: this.clock.wallNow(),
+      steps: [{ at_ms: 0, step: 'purge' }],
+    };
+  }
+
+  async probeOnce(gateway: string, _ifname: string, timeoutMs: number): Promise<{ mac: string; rttMs: number } | null> {
+    this.probes.push(gateway);
+    if (this.alive.has(gateway)) {
+      await this.clock.sleep(1);
+      return { mac: this.macs.get(gateway) ?? '02:00:00:00:00:01', rttMs: 1 };
+    }
+    await this.clock.sleep(timeoutMs);
+    return null;
+  }
+
+  ifname(): string {
+    return 'lan0';
+  }
+
+  /** A socket with `retrans` consecutive retransmissions towards dst. */
+  setRetransmitting(dst: string, retrans: number, port = 40000): void {
+    const s: ScannedSocket = {
+      family: dst.includes(':') ? 6 : 4,
+      src: dst.includes(':') ? '2001:db8:1::10' : '198.18.1.10',
+      srcPort: port,
+      dst,
+      dstPort: 443,
+      state: 'ESTABLISHED',
+      inode: port,
+      timer: retrans > 0 ? 1 : 0,
+      timerRetransmits: retrans,
+    };
+    this.sockets = this.sockets.filter((x) => x.srcPort !== port).concat(s);
+  }
+}
+
+export function describe(r: KernelRoute): string {
+  const via = r.nexthops ? r.nexthops.map((n) => `${n.gateway}*${n.weight}`).join('+') : r.gateway;
+  return `${r.dst} via ${via} metric ${r.metric}`;
+}
