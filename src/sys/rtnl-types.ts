@@ -1,0 +1,155 @@
+// The typed surface of the rtnetlink facade (src/sys/rtnl.ts). Everything above src/sys/ programs
+// against these types, so detection logic runs against fakes as well as the kernel.
+
+export type Family = 4 | 6;
+
+/** One path of a multipath route (struct rtnexthop, linux/rtnetlink.h). */
+export interface Nexthop {
+  /** Gateway address; an IPv6 gateway of an IPv4 route (RTA_VIA) is allowed. null: a device route. */
+  gateway: string | null;
+  ifindex: number;
+  ifname: string;
+  /** 1..256, as `ip route` shows it (rtnh_hops + 1). */
+  weight: number;
+  /** RTNH_F_* (linux/rtnetlink.h): 1 dead, 2 pervasive, 4 onlink, 16 linkdown, ... */
+  flags: number;
+}
+
+/**
+ * A route as the kernel reports it (RTM_NEWROUTE). JSON-serialisable: the journal writes it to
+ * disk, and a Route parsed back from that JSON can be added again exactly.
+ */
+export interface Route {
+  family: Family;
+  /** CIDR; "0.0.0.0/0" / "::/0" for the default route. */
+  dst: string;
+  table: number;
+  /** RTA_PRIORITY, 0 if absent. */
+  metric: number;
+  /** RTPROT_*: 2 kernel, 3 boot, 4 static, 9 ra, 16 dhcp, ... */
+  protocol: number;
+  /** RT_SCOPE_*: 0 universe, 200 site, 253 link, 254 host, 255 nowhere. */
+  scope: number;
+  /** RTN_*: 1 unicast, 2 local, 3 broadcast, 6 blackhole, 7 unreachable, ... */
+  type: number;
+  /** rtm_flags: RTNH_F_* of a single-path route (4 onlink, 16 linkdown) and RTM_F_*. */
+  flags: number;
+  tos: number;
+  gateway: string | null;
+  ifindex: number | null;
+  ifname: string | null;
+  prefsrc: string | null;
+  /** RTA_MULTIPATH, else null. */
+  nexthops: Nexthop[] | null;
+  /** RTAX_* by name: mtu, advmss, hoplimit, lock, window, rtt, ... (numeric metrics only). */
+  metrics: Record<string, number>;
+  /** IPv6 RTA_PREF (ICMPV6_ROUTER_PREF_*: 0 medium, 1 high, 3 low). */
+  pref?: number;
+  /** Seconds until the kernel expires the route (IPv6 routes learned from RAs, or added with expires). */
+  expires?: number;
+  /**
+   * What the typed fields do not model but an exact restore needs: the source prefix length and
+   * the attributes passed back verbatim (RTA_SRC, RTA_ENCAP, RTA_FLOW, RTA_NH_ID, ...), as hex.
+   * See RouteRaw; routes built by hand may leave it null.
+   */
+  raw: unknown;
+}
+
+export type NeighState =
+  'INCOMPLETE' | 'REACHABLE' | 'STALE' | 'DELAY' | 'PROBE' | 'FAILED' | 'NOARP' | 'PERMANENT' | 'NONE';
+
+export interface Neighbour {
+  family: Family;
+  ifindex: number;
+  ifname: string;
+  address: string;
+  /** aa:bb:cc:dd:ee:ff, or null while unresolved. */
+  lladdr: string | null;
+  state: NeighState;
+  /** NTF_* (linux/neighbour.h): 0x80 router, 0x08 proxy, ... */
+  flags: number;
+}
+
+export interface Link {
+  ifindex: number;
+  ifname: string;
+  mac: string | null;
+  /** IFF_UP: administratively up. */
+  up: boolean;
+  /** IFF_RUNNING: operationally up (carrier). */
+  running: boolean;
+  mtu: number;
+}
+
+export interface Address {
+  family: Family;
+  ifindex: number;
+  ifname: string;
+  address: string;
+  prefixLength: number;
+  scope: number;
+}
+
+/** What the kernel would do with a packet to `dst` (RTM_GETROUTE, RTM_F_LOOKUP_TABLE). */
+export interface RouteLookup {
+  gateway: string | null;
+  ifindex: number;
+  ifname: string;
+  table: number;
+  prefsrc: string | null;
+  dst: string;
+}
+
+export type RtnlEvent =
+  | { kind: 'neighbour'; op: 'new' | 'del'; neighbour: Neighbour }
+  | { kind: 'route'; op: 'new' | 'del'; route: Route }
+  | { kind: 'link'; op: 'new' | 'del'; link: Link };
+
+export type RtnlGroup = 'neighbour' | 'route' | 'link';
+
+export interface RtnlSubscription {
+  close(): void;
+  [Symbol.dispose](): void;
+}
+
+export interface SubscribeOptions {
+  /**
+   * Called when the subscription socket fails, e.g. ENOBUFS: the kernel dropped notifications
+   * because we read too slowly, so the caller should re-read the state it tracks. Without it such
+   * errors are ignored and the subscription goes on.
+   */
+  onError?: (err: Error) => void;
+}
+
+export interface Rtnl {
+  listRoutes(opts?: { family?: Family; table?: number }): Promise<Route[]>;
+  /** NLM_F_CREATE|NLM_F_EXCL, or NLM_F_CREATE|NLM_F_REPLACE with `replace`. */
+  addRoute(r: Route, opts?: { replace?: boolean }): Promise<void>;
+  replaceRoute(r: Route): Promise<void>;
+  /** Deletes exactly that route (dst, table, metric, tos, type, protocol, scope, gateway/nexthops). */
+  deleteRoute(r: Route): Promise<void>;
+  /** Which gateway and interface the kernel would use for `dst`. */
+  lookupRoute(dst: string, opts?: { oif?: number; src?: string }): Promise<RouteLookup>;
+  listNeighbours(opts?: { family?: Family; ifindex?: number }): Promise<Neighbour[]>;
+  /** ENOENT/ESRCH means already gone: resolves. */
+  deleteNeighbour(ifindex: number, address: string): Promise<void>;
+  getNeighbour(ifindex: number, address: string): Promise<Neighbour | null>;
+  listLinks(): Promise<Link[]>;
+  linkByName(name: string): Promise<Link | null>;
+  linkByIndex(ifindex: number): Promise<Link | null>;
+  listAddresses(opts?: { family?: Family }): Promise<Address[]>;
+  /** Multicast subscription on its own socket: RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE/IPV6_ROUTE, RTNLGRP_LINK. */
+  subscribe(
+    groups: RtnlGroup[],
+    onEvent: (ev: RtnlEvent) => void,
+    opts?: SubscribeOptions,
+  ): Promise<RtnlSubscription>;
+  /** Idempotent; pending requests reject. */
+  close(): void;
+  [Symbol.dispose](): void;
+}
+
+export interface OpenRtnlOptions {
+  /** Per-request timeout in milliseconds (default 5000). */
+  timeoutMs?: number;
+}
