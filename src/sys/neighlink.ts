@@ -1,0 +1,509 @@
+// ARP (RFC 826) and IPv6 neighbour discovery (RFC 4861) on one interface, through one libpcap
+// handle (`cap`): we send who-has / neighbour solicitations ourselves and watch every ARP and ND
+// packet the link carries. This is what dead gateway verification stands on: "any ARP/NDP reply
+// from the gateway means alive" (DESIGN.md), so nothing here relies on the kernel's neighbour
+// table, which the verifier purges first.
+//
+// Frames are decoded by the pure functions of frames.ts. Frames come from the wire, so decoding is
+// defensive: a truncated or malformed frame is counted in `stats` and dropped, and nothing thrown
+// while handling a packet escapes into libpcap's callback.
+import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { isIPv4, isIPv6 } from 'node:net';
+import { networkInterfaces } from 'node:os';
+import { AbortError, IpdeadgateError, UsageError, systemError } from '../errors';
+import {
+  ARP_REPLY,
+  ARP_REQUEST,
+  FrameError,
+  ND_NEIGHBOR_ADVERT,
+  ND_NEIGHBOR_SOLICIT,
+  buildArpRequest,
+  buildNeighbourSolicitation,
+  decodeNeighbourFrame,
+  ipv4ToBytes,
+  ipv6ToBytes,
+  normalizeIp,
+  normalizeMac,
+} from './frames';
+
+export interface NeighbourSighting {
+  family: 4 | 6;
+  /** The neighbour's address (canonical text, no zone). */
+  ip: string;
+  /** Its link-layer address, lower case. */
+  mac: string;
+  kind: 'arp-reply' | 'arp-request' | 'garp' | 'na' | 'ns' | 'ra';
+  /**
+   * True when the packet was not an answer addressed to this host: gratuitous ARP, an ARP reply
+   * to another MAC, an NA without the Solicited flag, an RA to all-nodes, and every request (the
+   * neighbour asking on its own).
+   */
+  unsolicited: boolean;
+  /** performance.now() when the packet was handled. */
+  at: number;
+}
+
+export interface ResolveOptions {
+  /** How many requests to send (>= 1). */
+  probes: number;
+  /** Spacing between requests, and how long to wait after the last one. */
+  intervalMs: number;
+  signal?: AbortSignal;
+}
+
+export interface ResolveResult {
+  mac: string;
+  /** From the latest request sent before the reply to the reply. */
+  rttMs: number;
+  probesSent: number;
+}
+
+/** Counters of what the link saw; `dropped*` are frames that could not be decoded. */
+export interface NeighbourLinkStats {
+  framesReceived: number;
+  sightings: number;
+  /** Well-formed frames that are ours to ignore: our own, foreign protocols, DAD probes. */
+  ignored: number;
+  droppedTruncated: number;
+  droppedMalformed: number;
+  framesSent: number;
+}
+
+/** The packet I/O a NeighbourLink needs; `cap` in production, a fake in unit tests. */
+export interface FrameTransport {
+  /** Send one Ethernet frame; throws on failure. */
+  send(frame: Buffer): void;
+  /** Register the one receiver: `frame` is only valid during the call (the buffer is reused). */
+  onFrame(receiver: (frame: Buffer, truncated: boolean) => void): void;
+  close(): void;
+}
+
+/** The addresses of an interface the link needs to send from. */
+export interface InterfaceAddresses {
+  mac: string;
+  ipv4: { address: string; prefixLength: number }[];
+  ipv6: { address: string; prefixLength: number }[];
+}
+
+/**
+ * BPF: every ARP packet, and ICMPv6 RA (134), NS (135), NA (136). `ip6[40]` is the ICMPv6 type when
+ * no extension header precedes it, which RFC 4861 messages never have in practice.
+ */
+export const NEIGHBOUR_BPF_FILTER = 'arp or (icmp6 and (ip6[40] == 134 or ip6[40] == 135 or ip6[40] == 136))';
+
+const REPLY_KINDS: ReadonlySet<NeighbourSighting['kind']> = new Set(['arp-reply', 'garp', 'na']);
+const IFNAME = /^[^\s/:]{1,15}$/;
+
+function checkIfname(ifname: string): void {
+  if (typeof ifname !== 'string' || !IFNAME.test(ifname))
+    throw new UsageError(`"${ifname}" is not a valid interface name`);
+}
+
+/** Read an interface's MAC and addresses in the current network namespace; null if it does not exist. */
+export function readInterfaceAddresses(ifname: string): InterfaceAddresses | null {
+  const entries = networkInterfaces()[ifname];
+  let mac: string | null = null;
+  const ipv4: InterfaceAddresses['ipv4'] = [];
+  const ipv6: InterfaceAddresses['ipv6'] = [];
+  for (const e of entries ?? []) {
+    if (e.mac && e.mac !== '00:00:00:00:00:00') mac = e.mac;
+    const prefixLength = Number(e.cidr?.split('/')[1] ?? (e.family === 'IPv4' ? 32 : 128));
+    if (e.family === 'IPv4') ipv4.push({ address: e.address, prefixLength });
+    else ipv6.push({ address: normalizeIp(e.address), prefixLength });
+  }
+  if (!mac) {
+    // An interface without addresses is missing from networkInterfaces(); sysfs still knows it
+    // (ip netns exec mounts the namespace's own /sys).
+    try {
+      mac = readFileSync(`/sys/class/net/${ifname}/address`, 'utf8').trim();
+    } catch {
+      if (!entries) return null;
+    }
+  }
+  if (!mac) return null;
+  return { mac: normalizeMac(mac), ipv4, ipv6 };
+}
+
+function samePrefix(a: Buffer, b: Buffer, bits: number): boolean {
+  for (let i = 0; i < a.length && bits > 0; i++, bits -= 8) {
+    const mask = bits >= 8 ? 0xff : (0xff << (8 - bits)) & 0xff;
+    if ((a[i]! & mask) !== (b[i]! & mask)) return false;
+  }
+  return true;
+}
+
+/** The IPv4 address to put in an ARP request's sender field: ours on the target's subnet first. */
+export function pickArpSender(addrs: InterfaceAddresses, targetIp: string): string {
+  const t = ipv4ToBytes(targetIp);
+  const onSubnet = addrs.ipv4.find((a) => samePrefix(ipv4ToBytes(a.address), t, a.prefixLength));
+  // With no IPv4 address at all, an RFC 5227 ARP probe (sender 0.0.0.0) still gets an answer.
+  return (onSubnet ?? addrs.ipv4[0])?.address ?? '0.0.0.0';
+}
+
+function isLinkLocal6(ip: string): boolean {
+  const b = ipv6ToBytes(ip);
+  return b[0] === 0xfe && (b[1]! & 0xc0) === 0x80;
+}
+
+/**
+ * The IPv6 source of a solicitation: a link-local target gets our link-local address; a global one
+ * our address on its prefix, then any global, then link-local. With none at all the unspecified
+ * address (the target then answers to all-nodes, RFC 4861 7.2.4).
+ */
+export function pickNsSource(addrs: InterfaceAddresses, targetIp: string): string {
+  const linkLocal = addrs.ipv6.find((a) => isLinkLocal6(a.address))?.address;
+  if (isLinkLocal6(targetIp)) return linkLocal ?? addrs.ipv6[0]?.address ?? '::';
+  const t = ipv6ToBytes(targetIp);
+  const globals = addrs.ipv6.filter((a) => !isLinkLocal6(a.address));
+  const onPrefix = globals.find((a) => samePrefix(ipv6ToBytes(a.address), t, a.prefixLength));
+  return (onPrefix ?? globals[0])?.address ?? linkLocal ?? '::';
+}
+
+/** `cap` as a FrameTransport. */
+function openCapTransport(ifname: string): FrameTransport {
+  // Loaded here, not at the top, so that unit tests with a fake transport need no libpcap.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { Cap } = require('cap') as typeof import('cap');
+  const cap = new Cap();
+  const buffer = Buffer.alloc(65535);
+  let linkType: string;
+  try {
+    linkType = cap.open(ifname, NEIGHBOUR_BPF_FILTER, 1 << 20, buffer);
+  } catch (err) {
+    throw pcapError(err, ifname, 'opening');
+  }
+  if (linkType !== 'ETHERNET') {
+    cap.close();
+    throw new UsageError(
+      `${ifname} is not an Ethernet interface (libpcap link type ${linkType}); ARP and NDP need Ethernet`,
+    );
+  }
+  let closed = false;
+  return {
+    send(frame) {
+      if (closed) throw new IpdeadgateError('ERR_CLOSED', `the ARP/NDP handle on ${ifname} is closed`);
+      try {
+        cap.send(frame, frame.length);
+      } catch (err) {
+        throw pcapError(err, ifname, 'sending ARP/NDP on');
+      }
+    },
+    onFrame(receiver) {
+      cap.on('packet', (nbytes: number, truncated: boolean) =>
+        receiver(buffer.subarray(0, nbytes), truncated),
+      );
+    },
+    close() {
+      if (closed) return;
+      closed = true;
+      cap.close();
+    },
+  };
+}
+
+/** libpcap reports errors as text only; recover the errno name so the message can say what to do. */
+function pcapError(err: unknown, ifname: string, doing: string): IpdeadgateError {
+  const text = err instanceof Error ? err.message : String(err);
+  if (/permission|not permitted|EPERM|EACCES/i.test(text))
+    return systemError({ code: 'EPERM', errno: 1, message: text }, 'pcap', `${doing} ${ifname} for ARP/NDP`);
+  if (/no such device|ENODEV|doesn't exist/i.test(text))
+    return new UsageError(`no network interface named "${ifname}" (${text})`, { cause: err });
+  if (/network is down|ENETDOWN/i.test(text))
+    return systemError(
+      { code: 'ENETDOWN', errno: 100, message: text },
+      'pcap',
+      `${doing} ${ifname}: the interface is down`,
+    );
+  return systemError({ code: 'EIO', errno: 5, message: text }, 'pcap', `${doing} ${ifname}`);
+}
+
+export class NeighbourLink extends EventEmitter {
+  readonly ifname: string;
+  readonly mac: string;
+  readonly stats: NeighbourLinkStats = {
+    framesReceived: 0,
+    sightings: 0,
+    ignored: 0,
+    droppedTruncated: 0,
+    droppedMalformed: 0,
+    framesSent: 0,
+  };
+  private closed = false;
+  private readonly transport: FrameTransport;
+  private readonly readAddresses: () => InterfaceAddresses;
+
+  /**
+   * Open the interface for ARP and NDP (needs CAP_NET_RAW). Throws UsageError for an unknown or
+   * non-Ethernet interface and a SystemError EPERM with a hint without the privilege.
+   */
+  static async open(ifname: string): Promise<NeighbourLink> {
+    checkIfname(ifname);
+    const addrs = readInterfaceAddresses(ifname);
+    if (!addrs) throw new UsageError(`no network interface named "${ifname}" in this network namespace`);
+    const transport = openCapTransport(ifname);
+    return new NeighbourLink(ifname, addrs.mac, transport, () => readInterfaceAddresses(ifname) ?? addrs);
+  }
+
+  /** Build a link over any transport (unit tests use a fake one). */
+  static withTransport(
+    ifname: string,
+    transport: FrameTransport,
+    addresses: InterfaceAddresses | (() => InterfaceAddresses),
+  ): NeighbourLink {
+    const read = typeof addresses === 'function' ? addresses : () => addresses;
+    return new NeighbourLink(ifname, normalizeMac(read().mac), transport, read);
+  }
+
+  private constructor(
+    ifname: string,
+    mac: string,
+    transport: FrameTransport,
+    readAddresses: () => InterfaceAddresses,
+  ) {
+    super();
+    this.ifname = ifname;
+    this.mac = mac;
+    this.transport = transport;
+    this.readAddresses = readAddresses;
+    transport.onFrame((frame, truncated) => this.handleFrame(frame, truncated));
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Broadcast an ARP who-has for targetIp. The sender IP is ours on the target's subnet. */
+  sendArpRequest(targetIp: string, opts: { senderIp?: string } = {}): void {
+    if (!isIPv4(targetIp)) throw new TypeError(`sendArpRequest: "${targetIp}" is not an IPv4 address`);
+    if (opts.senderIp !== undefined && !isIPv4(opts.senderIp))
+      throw new TypeError(`sendArpRequest: sender "${opts.senderIp}" is not an IPv4 address`);
+    const senderIp = opts.senderIp ?? pickArpSender(this.readAddresses(), targetIp);
+    this.send(buildArpRequest({ senderMac: this.mac, senderIp, targetIp }));
+  }
+
+  /**
+   * Send an NS for targetIp to its solicited-node group (or unicast to `unicastMac`), from our
+   * link-local or global address, with the source link-layer option so the answer comes straight back.
+   */
+  sendNeighbourSolicitation(targetIp: string, opts: { unicastMac?: string } = {}): void {
+    if (!isIPv6(targetIp.split('%')[0]!))
+      throw new TypeError(`sendNeighbourSolicitation: "${targetIp}" is not an IPv6 address`);
+    const target = normalizeIp(targetIp);
+    const srcIp = pickNsSource(this.readAddresses(), target);
+    const frame = buildNeighbourSolicitation({
+      srcMac: this.mac,
+      srcIp,
+      target,
+      ...(opts.unicastMac ? { unicastMac: normalizeMac(opts.unicastMac) } : {}),
+    });
+    this.send(frame);
+  }
+
+  /**
+   * Send `probes` requests (ARP for IPv4, NS for IPv6) spaced by `intervalMs` until a reply from `ip`
+   * arrives (an ARP reply, a gratuitous ARP or an NA for it). Resolves null when none came within
+   * probes * intervalMs. Rejects with AbortError on abort and with the send error if sending fails.
+   */
+  resolve(ip: string, opts: ResolveOptions): Promise<ResolveResult | null> {
+    if (!Number.isInteger(opts.probes) || opts.probes < 1)
+      throw new RangeError(`resolve: probes must be a whole number >= 1, not ${opts.probes}`);
+    if (!(opts.intervalMs > 0) || !Number.isFinite(opts.intervalMs))
+      throw new RangeError(
+        `resolve: intervalMs must be a positive number of milliseconds, not ${opts.intervalMs}`,
+      );
+    const family: 4 | 6 = isIPv4(ip) ? 4 : 6;
+    const target = normalizeIp(ip); // throws RangeError for a non-address
+    const { signal } = opts;
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) return reject(new AbortError(`resolving ${target} on ${this.ifname} was aborted`));
+      if (this.closed)
+        return reject(new IpdeadgateError('ERR_CLOSED', `the ARP/NDP handle on ${this.ifname} is closed`));
+      let sent = 0;
+      let lastSentAt = 0;
+      let timer: NodeJS.Timeout | undefined;
+      const finish = (fn: () => void) => {
+        clearTimeout(timer);
+        this.off('sighting', onSighting);
+        this.off('closed', onClosed);
+        signal?.removeEventListener('abort', onAbort);
+        fn();
+      };
+      const onSighting = (s: NeighbourSighting) => {
+        if (s.ip !== target || !REPLY_KINDS.has(s.kind)) return;
+        const rttMs = Math.max(0, s.at - lastSentAt);
+        finish(() => resolve({ mac: s.mac, rttMs, probesSent: sent }));
+      };
+      const onClosed = () =>
+        finish(() =>
+          reject(
+            new IpdeadgateError(
+              'ERR_CLOSED',
+              `the ARP/NDP handle on ${this.ifname} was closed while resolving ${target}`,
+            ),
+          ),
+        );
+      const onAbort = () =>
+        finish(() => reject(new AbortError(`resolving ${target} on ${this.ifname} was aborted`)));
+      const sendNext = () => {
+        if (sent >= opts.probes) return finish(() => resolve(null));
+        try {
+          if (family === 4) this.sendArpRequest(target);
+          else this.sendNeighbourSolicitation(target);
+        } catch (err) {
+          return finish(() => reject(err));
+        }
+        sent++;
+        lastSentAt = performance.now();
+        timer = setTimeout(sendNext, opts.intervalMs);
+      };
+      this.on('sighting', onSighting);
+      this.once('closed', onClosed);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      sendNext();
+    });
+  }
+
+  /** Idempotent; safe from inside a 'sighting' listener. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.transport.close();
+    this.emit('closed');
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  private send(frame: Buffer): void {
+    if (this.closed)
+      throw new IpdeadgateError('ERR_CLOSED', `the ARP/NDP handle on ${this.ifname} is closed`);
+    this.transport.send(frame);
+    this.stats.framesSent++;
+  }
+
+  /** Decode one captured frame; never throws (it runs inside libpcap's dispatch). */
+  private handleFrame(frame: Buffer, truncated: boolean): void {
+    if (this.closed) return;
+    this.stats.framesReceived++;
+    let sighting: NeighbourSighting | null;
+    try {
+      if (truncated) throw new FrameError('ERR_FRAME_TRUNCATED', 'frame larger than the capture buffer');
+      sighting = this.classify(frame);
+    } catch (err) {
+      if (err instanceof FrameError && err.code === 'ERR_FRAME_TRUNCATED') this.stats.droppedTruncated++;
+      else this.stats.droppedMalformed++;
+      return;
+    }
+    if (!sighting) {
+      this.stats.ignored++;
+      return;
+    }
+    this.stats.sightings++;
+    try {
+      this.emit('sighting', sighting);
+    } catch (err) {
+      // A listener's bug must not unwind through libpcap; report it if anyone listens for errors.
+      if (this.listenerCount('error') > 0)
+        this.emit('error', err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  private classify(frame: Buffer): NeighbourSighting | null {
+    const d = decodeNeighbourFrame(frame);
+    if (!d) return null;
+    // Our own packets (and the kernel's from this interface) are seen on the way out: not neighbours.
+    if (d.eth.src === this.mac) return null;
+    const at = performance.now();
+    if (d.proto === 'arp') {
+      const a = d.arp;
+      if (a.senderMac === this.mac || a.senderIp === '0.0.0.0') return null; // RFC 5227 probes carry no binding
+      const garp = a.senderIp === a.targetIp;
+      if (garp) return { family: 4, ip: a.senderIp, mac: a.senderMac, kind: 'garp', unsolicited: true, at };
+      if (a.op === ARP_REPLY)
+        return {
+          family: 4,
+          ip: a.senderIp,
+          mac: a.senderMac,
+          kind: 'arp-reply',
+          unsolicited: a.targetMac !== this.mac,
+          at,
+        };
+      if (a.op === ARP_REQUEST)
+        return { family: 4, ip: a.senderIp, mac: a.senderMac, kind: 'arp-request', unsolicited: true, at };
+      return null;
+    }
+    const n = d.ndp;
+    if (n.type === ND_NEIGHBOR_ADVERT)
+      return {
+        family: 6,
+        ip: n.target,
+        mac: n.targetMac ?? d.eth.src,
+        kind: 'na',
+        unsolicited: !n.solicited,
+        at,
+      };
+    if (n.type === ND_NEIGHBOR_SOLICIT) {
+      if (d.ip6.src === '::') return null; // duplicate address detection: no binding yet
+      return { family: 6, ip: d.ip6.src, mac: n.sourceMac ?? d.eth.src, kind: 'ns', unsolicited: true, at };
+    }
+    return {
+      family: 6,
+      ip: d.ip6.src,
+      mac: n.sourceMac ?? d.eth.src,
+      kind: 'ra',
+      unsolicited: d.ip6.dst.startsWith('ff'),
+      at,
+    };
+  }
+}
+
+/**
+ * One NeighbourLink per interface, opened on first use and shared: what the verifier's `resolve`
+ * port needs in the daemon and the CLI.
+ */
+export class NeighbourLinks {
+  private readonly links = new Map<string, Promise<NeighbourLink>>();
+  private closed = false;
+
+  constructor(
+    private readonly opener: (ifname: string) => Promise<NeighbourLink> = (n) => NeighbourLink.open(n),
+  ) {}
+
+  get(ifname: string): Promise<NeighbourLink> {
+    if (this.closed)
+      return Promise.reject(new IpdeadgateError('ERR_CLOSED', 'the neighbour links are closed'));
+    let p = this.links.get(ifname);
+    if (!p) {
+      p = this.opener(ifname);
+      this.links.set(ifname, p);
+      // A failed open is not cached: the interface may appear later.
+      p.catch(() => this.links.delete(ifname));
+    }
+    return p;
+  }
+
+  async resolve(ifname: string, ip: string, opts: ResolveOptions): Promise<ResolveResult | null> {
+    return (await this.get(ifname)).resolve(ip, opts);
+  }
+
+  /** Close and forget one interface's link (e.g. when the interface went away). */
+  async drop(ifname: string): Promise<void> {
+    const p = this.links.get(ifname);
+    this.links.delete(ifname);
+    if (p) (await p.catch(() => null))?.close();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const all = [...this.links.values()];
+    this.links.clear();
+    for (const p of all) (await p.catch(() => null))?.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
