@@ -1,0 +1,61 @@
+// Shared helpers for the tunnel's unit tests: loopback TCP pairs, hashing, bounded waits.
+import { createHash } from 'node:crypto';
+import * as net from 'node:net';
+import type { Readable } from 'node:stream';
+
+/** A connected pair of TCP sockets on 127.0.0.1: [client (dialer), server (acceptor)]. */
+export async function tcpPair(): Promise<[net.Socket, net.Socket]> {
+  const server = net.createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as net.AddressInfo).port;
+  const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
+  const client = net.connect(port, '127.0.0.1');
+  await new Promise<void>((r, j) => client.once('connect', r).once('error', j));
+  const s = await accepted;
+  server.close();
+  return [client, s];
+}
+
+export function sha256(buf: Buffer): string {
+  return createHash('sha256').update(buf).digest('hex');
+}
+
+/** Read a stream to its end, with a time bound. */
+export function readAll(s: Readable, timeoutMs = 20_000): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const t = setTimeout(() => reject(new Error(`readAll: no end after ${timeoutMs} ms`)), timeoutMs);
+    s.on('data', (c: Buffer) => chunks.push(c));
+    s.once('end', () => {
+      clearTimeout(t);
+      resolve(Buffer.concat(chunks));
+    });
+    s.once('error', (e) => {
+      clearTimeout(t);
+      reject(e);
+    });
+  });
+}
+
+/** Resolve with the first error a stream emits (or reject after the bound). */
+export function nextError(s: NodeJS.EventEmitter, timeoutMs = 5000): Promise<Error & { code?: string }> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no error within ${timeoutMs} ms`)), timeoutMs);
+    s.once('error', (e: Error) => {
+      clearTimeout(t);
+      resolve(e);
+    });
+  });
+}
+
+export function once<T = unknown>(e: NodeJS.EventEmitter, name: string, timeoutMs = 5000): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no '${name}' within ${timeoutMs} ms`)), timeoutMs);
+    e.once(name, (v: T) => {
+      clearTimeout(t);
+      resolve(v);
+    });
+  });
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
