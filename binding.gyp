@@ -3,7 +3,11 @@
     {
       "target_name": "ipdeadgate_native",
       "sources": [
-        "native/addon.cc"
+        "native/addon.cc",
+        "native/errors.cc",
+        "native/sockdiag.cc",
+        "native/tcpinfo.cc",
+        "native/watcher.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],

@@ -1,8 +1,13 @@
-// Module entry point: each concern registers its exports from its own file.
+// Module entry point: each concern registers its exports from its own file (exports.h).
 #include <napi.h>
+
+#include "exports.h"
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("abiVersion", Napi::Number::New(env, 1));
+  idg::RegisterSockDiag(env, exports);
+  idg::RegisterTcpInfo(env, exports);
+  idg::RegisterWatcher(env, exports);
   return exports;
 }
 

@@ -2,12 +2,55 @@
 // style); nothing outside src/sys/ imports this file. When the addon is missing, the error lists
 // every path that was tried and what to run.
 import * as path from 'node:path';
-import { IpdeadgateError } from '../errors';
+import { IpdeadgateError, SystemError } from '../errors';
+
+/** An error thrown or passed by the addon: a plain Error carrying errno `code`, `errno`, `syscall`. */
+export interface NativeSystemError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+  /** strerror() text, e.g. "Bad file descriptor". */
+  description: string;
+}
+
+/** One sock_diag dump as the worker thread left it (native/sockdiag.cc). */
+export interface NativeSockDiagResult {
+  readonly count: number;
+  /** Values per socket in `rows` (sockDiagColumns, or only its base part without tcp_info). */
+  readonly columns: number;
+  /** Row-major: socket i is rows[i*columns .. (i+1)*columns). */
+  readonly rows: Uint32Array;
+  /** Distinct addresses as text, back to back; address j is addrs[addrOffsets[j]..addrOffsets[j+1]). */
+  readonly addrs: Uint8Array;
+  readonly addrOffsets: Uint32Array;
+}
 
 /** Raw surface of build/Release/ipdeadgate_native.node. Each concern adds its members here. */
 export interface NativeAddon {
   readonly abiVersion: number;
-  [member: string]: unknown;
+
+  // sock_diag (native/sockdiag.cc)
+  /** family 0 = IPv4 and IPv6; states = kernel bitmask (1 << TCP_*); returns a cancel function. */
+  sockDiagDump(
+    family: 0 | 4 | 6,
+    states: number,
+    withInfo: boolean,
+    callback: (err: NativeSystemError | null, result?: NativeSockDiagResult) => void,
+  ): () => void;
+  /** Column names of a dump row with tcp_info: base columns, then tcpInfoColumns. */
+  readonly sockDiagColumns: readonly string[];
+
+  // TCP_INFO / SO_ERROR by fd (native/tcpinfo.cc); both throw NativeSystemError
+  tcpInfo(fd: number): Uint32Array;
+  socketError(fd: number): number;
+  readonly tcpInfoColumns: readonly string[];
+
+  // socket-state watcher (native/watcher.cc)
+  /** Calls back with the cumulative condition bits (watchBits) each time a new one appears. */
+  watchOpen(fd: number, callback: (bits: number) => void): number;
+  watchClose(id: number): void;
+  watchCount(): number;
+  readonly watchBits: { readonly rdhup: number; readonly hup: number; readonly err: number };
 }
 
 let cached: NativeAddon | undefined;
@@ -34,3 +77,35 @@ export function loadNative(): NativeAddon {
     `the ipdeadgate native addon is not built; tried:\n${failures.join('\n')}\nrun scripts/setup (or: npx node-gyp rebuild)`,
   );
 }
+
+/** Advice per errno code, appended to messages of errors that come from the addon. */
+export type ErrnoAdvice = Partial<Record<string, string>>;
+
+/**
+ * Turn an error from the addon into a SystemError whose message says what failed and what to do:
+ * `EBADF: TCP_INFO on fd 12 failed (getsockopt: Bad file descriptor); <advice>`. Anything that is not
+ * a native system error is returned unchanged.
+ */
+export function nativeSystemError(err: unknown, what: string, advice: ErrnoAdvice = {}): unknown {
+  const e = err as Partial<NativeSystemError> | null;
+  if (!e || typeof e !== 'object' || typeof e.code !== 'string' || typeof e.errno !== 'number') return err;
+  const hint = advice[e.code] ?? DEFAULT_ADVICE[e.code];
+  const syscall = typeof e.syscall === 'string' ? e.syscall : 'unknown';
+  const description = typeof e.description === 'string' ? e.description : (e.message ?? '');
+  return new SystemError(
+    e.code,
+    e.errno,
+    syscall,
+    `${e.code}: ${what} failed (${syscall}: ${description})${hint ? `; ${hint}` : ''}`,
+    { cause: err },
+  );
+}
+
+const DEFAULT_ADVICE: ErrnoAdvice = {
+  EPERM: 'not permitted; run as root (needs CAP_NET_ADMIN)',
+  EACCES: 'not permitted; run as root (needs CAP_NET_ADMIN)',
+  EMFILE: 'this process has too many open files; raise its limit (ulimit -n) or close some',
+  ENFILE: 'the system has too many open files; raise fs.file-max or close some',
+  ENOMEM: 'the kernel is out of memory',
+  ENOBUFS: 'the kernel is out of socket buffer memory; try again',
+};

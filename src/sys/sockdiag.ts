@@ -1,0 +1,330 @@
+// TCP sockets as the kernel's sock_diag reports them (NETLINK_SOCK_DIAG, inet_diag_req_v2; see
+// native/sockdiag.cc). The dump runs on a libuv threadpool thread and comes back as flat rows; this
+// file turns rows into objects in time-bounded slices, yielding to the event loop between slices, so
+// a dump of 100 000 sockets never stalls the loop for more than a few milliseconds.
+//
+// The cheap scan that detection runs every 200 ms needs no tcp_info: inet_diag_msg itself carries the
+// pending timer, the consecutive retransmissions of the current segment and the timer's expiry (what
+// `ss -o` shows). `info: true` adds struct tcp_info (what `ss -i` shows).
+import { AbortError, IpdeadgateError } from '../errors';
+import { loadNative, nativeSystemError, type NativeAddon, type NativeSockDiagResult } from './native';
+
+export type TcpState =
+  | 'ESTABLISHED'
+  | 'SYN-SENT'
+  | 'SYN-RECV'
+  | 'FIN-WAIT-1'
+  | 'FIN-WAIT-2'
+  | 'TIME-WAIT'
+  | 'CLOSE'
+  | 'CLOSE-WAIT'
+  | 'LAST-ACK'
+  | 'LISTEN'
+  | 'CLOSING';
+
+/** The tcp_info fields detection and the tunnel use (struct tcp_info, include/uapi/linux/tcp.h). */
+export interface TcpInfoFields {
+  /** tcpi_retransmits: consecutive retransmissions of the current segment (timeouts, not fast retransmits). */
+  retransmits: number;
+  /** tcpi_backoff: how often the RTO has been doubled for the current segment. */
+  backoff: number;
+  /** tcpi_total_retrans: retransmitted segments over the connection's life. */
+  totalRetrans: number;
+  rtoMs: number;
+  rttMs: number;
+  rttVarMs: number;
+  /** tcpi_unacked: segments sent and not yet acknowledged. */
+  unacked: number;
+  /** tcpi_lost: segments the sender considers lost. */
+  lost: number;
+  /** Milliseconds since data was last sent / an ACK received / data received. */
+  lastDataSentMs: number;
+  lastAckRecvMs: number;
+  lastDataRecvMs: number;
+  state: TcpState;
+  /** tcpi_ca_state: 0 open, 1 disorder, 2 CWR, 3 recovery, 4 loss. */
+  caState: number;
+  /** tcpi_probes: unanswered zero-window or keepalive probes. */
+  probes: number;
+  /** Linux 4.1+ only; absent on older kernels. */
+  bytesAcked?: number;
+  bytesReceived?: number;
+}
+
+export interface TcpSocketEntry {
+  family: 4 | 6;
+  src: string;
+  srcPort: number;
+  dst: string;
+  dstPort: number;
+  state: TcpState;
+  /** 0 for sockets without one (TIME-WAIT, SYN-RECV request sockets). */
+  inode: number;
+  uid: number;
+  /** Bound interface (SO_BINDTODEVICE or a link-local scope), 0 if none. */
+  ifindex: number;
+  /** idiag_timer: 0 none, 1 retransmit, 2 keepalive, 3 time-wait, 4 zero-window probe. */
+  timer: number;
+  /** idiag_retrans: with timer 1, consecutive retransmissions of the current segment (SYNs included). */
+  timerRetransmits: number;
+  /** idiag_expires: milliseconds until the pending timer fires. */
+  timerExpiresMs: number;
+  /** Only with `info: true`, and only for sockets that have one (not TIME-WAIT or request sockets). */
+  info?: TcpInfoFields;
+}
+
+export interface DumpOptions {
+  /** Default: every state but LISTEN and TIME-WAIT. */
+  states?: TcpState[];
+  /** Default 'all'. */
+  family?: 4 | 6 | 'all';
+  /** Request tcp_info (INET_DIAG_INFO) per socket. Default false. */
+  info?: boolean;
+  signal?: AbortSignal;
+}
+
+/** Kernel TCP state numbers (include/net/tcp_states.h); index = state number. */
+const STATE_BY_NUMBER: readonly (TcpState | undefined)[] = [
+  undefined,
+  'ESTABLISHED', // 1 TCP_ESTABLISHED
+  'SYN-SENT', // 2 TCP_SYN_SENT
+  'SYN-RECV', // 3 TCP_SYN_RECV (fast open child sockets)
+  'FIN-WAIT-1', // 4
+  'FIN-WAIT-2', // 5
+  'TIME-WAIT', // 6
+  'CLOSE', // 7
+  'CLOSE-WAIT', // 8
+  'LAST-ACK', // 9
+  'LISTEN', // 10
+  'CLOSING', // 11
+  'SYN-RECV', // 12 TCP_NEW_SYN_RECV: a request socket, what ss also shows as SYN-RECV
+];
+
+const NUMBER_BY_STATE: Readonly<Record<TcpState, number>> = {
+  ESTABLISHED: 1,
+  'SYN-SENT': 2,
+  'SYN-RECV': 3,
+  'FIN-WAIT-1': 4,
+  'FIN-WAIT-2': 5,
+  'TIME-WAIT': 6,
+  CLOSE: 7,
+  'CLOSE-WAIT': 8,
+  'LAST-ACK': 9,
+  LISTEN: 10,
+  CLOSING: 11,
+};
+const TCP_NEW_SYN_RECV = 12;
+
+export const ALL_TCP_STATES: readonly TcpState[] = Object.keys(NUMBER_BY_STATE) as TcpState[];
+export const DEFAULT_DUMP_STATES: readonly TcpState[] = ALL_TCP_STATES.filter(
+  (s) => s !== 'LISTEN' && s !== 'TIME-WAIT',
+);
+
+/** The state name of a kernel TCP state number ('CLOSE' for an unknown one). */
+export function tcpStateName(n: number): TcpState {
+  return STATE_BY_NUMBER[n] ?? 'CLOSE';
+}
+
+/** The kernel's idiag_states bitmask for a list of states (SYN-RECV includes request sockets). */
+export function tcpStateMask(states: readonly TcpState[]): number {
+  let mask = 0;
+  for (const s of states) {
+    const n = NUMBER_BY_STATE[s];
+    if (n === undefined)
+      throw new TypeError(
+        `unknown TCP state ${JSON.stringify(s)}; expected one of ${ALL_TCP_STATES.join(', ')}`,
+      );
+    mask |= 1 << n;
+    if (n === NUMBER_BY_STATE['SYN-RECV']) mask |= 1 << TCP_NEW_SYN_RECV;
+  }
+  return mask >>> 0;
+}
+
+// Row layout (native/sockdiag.cc, native/tcp_info_row.h). Checked against the addon at first use.
+const BASE_COLUMNS = [
+  'family',
+  'srcAddr',
+  'srcPort',
+  'dstAddr',
+  'dstPort',
+  'state',
+  'inode',
+  'uid',
+  'ifindex',
+  'timer',
+  'timerRetransmits',
+  'timerExpiresMs',
+] as const;
+export const TCP_INFO_COLUMNS = [
+  'flags',
+  'state',
+  'caState',
+  'retransmits',
+  'probes',
+  'backoff',
+  'rtoUs',
+  'rttUs',
+  'rttVarUs',
+  'unacked',
+  'lost',
+  'lastDataSentMs',
+  'lastAckRecvMs',
+  'lastDataRecvMs',
+  'totalRetrans',
+  'bytesAckedLo',
+  'bytesAckedHi',
+  'bytesReceivedLo',
+  'bytesReceivedHi',
+] as const;
+const INFO_PRESENT = 1;
+const INFO_HAS_BYTES = 2;
+const U32 = 2 ** 32;
+
+let checkedAddon: NativeAddon | undefined;
+
+/** The addon, after checking that its row layout is the one this file decodes. */
+export function sockDiagAddon(): NativeAddon {
+  if (checkedAddon) return checkedAddon;
+  const native = loadNative();
+  const expected = [...BASE_COLUMNS, ...TCP_INFO_COLUMNS].join(',');
+  if (
+    native.sockDiagColumns.join(',') !== expected ||
+    native.tcpInfoColumns.join(',') !== TCP_INFO_COLUMNS.join(',')
+  )
+    throw new IpdeadgateError(
+      'ERR_NATIVE_MISMATCH',
+      'the native addon does not match this build of ipdeadgate (sock_diag row layout differs); rebuild it: npm run build:native',
+    );
+  checkedAddon = native;
+  return native;
+}
+
+/**
+ * Decode a tcp_info row (TCP_INFO_COLUMNS) at `at` in `row`; undefined when the kernel sent none.
+ * Shared with src/sys/tcpinfo.ts (TCP_INFO by fd uses the same row).
+ */
+export function decodeTcpInfoRow(row: Uint32Array, at: number): TcpInfoFields | undefined {
+  const flags = row[at]!;
+  if (!(flags & INFO_PRESENT)) return undefined;
+  const info: TcpInfoFields = {
+    retransmits: row[at + 3]!,
+    backoff: row[at + 5]!,
+    totalRetrans: row[at + 14]!,
+    rtoMs: row[at + 6]! / 1000,
+    rttMs: row[at + 7]! / 1000,
+    rttVarMs: row[at + 8]! / 1000,
+    unacked: row[at + 9]!,
+    lost: row[at + 10]!,
+    lastDataSentMs: row[at + 11]!,
+    lastAckRecvMs: row[at + 12]!,
+    lastDataRecvMs: row[at + 13]!,
+    state: tcpStateName(row[at + 1]!),
+    caState: row[at + 2]!,
+    probes: row[at + 4]!,
+  };
+  if (flags & INFO_HAS_BYTES) {
+    info.bytesAcked = row[at + 16]! * U32 + row[at + 15]!;
+    info.bytesReceived = row[at + 18]! * U32 + row[at + 17]!;
+  }
+  return info;
+}
+
+/** Longest slice of main-thread work between two yields to the event loop. */
+const SLICE_BUDGET_MS = 2;
+/** Entries decoded between two clock reads. */
+const CLOCK_EVERY = 256;
+
+const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+function abortError(signal: AbortSignal): AbortError {
+  const reason: unknown = signal.reason;
+  return new AbortError(
+    reason instanceof Error && reason.name !== 'AbortError'
+      ? `the sock_diag dump was aborted: ${reason.message}`
+      : undefined,
+  );
+}
+
+const SOCK_DIAG_ADVICE = {
+  ENOENT: 'this kernel has no TCP sock_diag support; load it: modprobe tcp_diag (needs inet_diag)',
+  EPROTONOSUPPORT: 'this kernel has no NETLINK_SOCK_DIAG; it needs CONFIG_INET_DIAG and CONFIG_INET_TCP_DIAG',
+  EINVAL: 'the kernel rejected the request; it needs CONFIG_INET_TCP_DIAG (modprobe tcp_diag)',
+  EAGAIN: 'the kernel did not answer within 10 s; try again',
+};
+
+/** Dump TCP sockets of this network namespace. Never blocks the event loop for long. */
+export async function dumpTcpSockets(opts: DumpOptions = {}): Promise<TcpSocketEntry[]> {
+  const states = opts.states ?? DEFAULT_DUMP_STATES;
+  if (!Array.isArray(states)) throw new TypeError('states must be an array of TCP state names');
+  const mask = tcpStateMask(states);
+  const familyOpt = opts.family ?? 'all';
+  if (familyOpt !== 4 && familyOpt !== 6 && familyOpt !== 'all')
+    throw new TypeError(`family must be 4, 6 or 'all', not ${JSON.stringify(familyOpt)}`);
+  const withInfo = opts.info ?? false;
+  if (typeof withInfo !== 'boolean') throw new TypeError('info must be a boolean');
+  const { signal } = opts;
+  if (signal?.aborted) throw abortError(signal);
+  if (mask === 0) return [];
+  const native = sockDiagAddon();
+
+  const raw = await new Promise<NativeSockDiagResult>((resolve, reject) => {
+    let onAbort: (() => void) | undefined;
+    const cancel = native.sockDiagDump(familyOpt === 'all' ? 0 : familyOpt, mask, withInfo, (err, result) => {
+      if (onAbort) signal?.removeEventListener('abort', onAbort);
+      if (err) reject(nativeSystemError(err, 'dumping TCP sockets with sock_diag', SOCK_DIAG_ADVICE));
+      else resolve(result!);
+    });
+    if (signal) {
+      onAbort = () => {
+        cancel();
+        reject(abortError(signal));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+    }
+  });
+  return decodeDump(raw, withInfo, signal);
+}
+
+async function decodeDump(
+  raw: NativeSockDiagResult,
+  withInfo: boolean,
+  signal?: AbortSignal,
+): Promise<TcpSocketEntry[]> {
+  const { count, columns, rows } = raw;
+  const text = Buffer.from(raw.addrs.buffer, raw.addrs.byteOffset, raw.addrs.byteLength);
+  const offsets = raw.addrOffsets;
+  const addrCache: (string | undefined)[] = new Array<string | undefined>(Math.max(0, offsets.length - 1));
+  const addr = (i: number): string =>
+    (addrCache[i] ??= text.toString('latin1', offsets[i]!, offsets[i + 1]!));
+
+  const out: TcpSocketEntry[] = new Array<TcpSocketEntry>(count);
+  let sliceStart = performance.now();
+  for (let i = 0; i < count; i++) {
+    if ((i & (CLOCK_EVERY - 1)) === CLOCK_EVERY - 1 && performance.now() - sliceStart > SLICE_BUDGET_MS) {
+      await yieldToLoop();
+      if (signal?.aborted) throw abortError(signal);
+      sliceStart = performance.now();
+    }
+    const at = i * columns;
+    const entry: TcpSocketEntry = {
+      family: rows[at] === 6 ? 6 : 4,
+      src: addr(rows[at + 1]!),
+      srcPort: rows[at + 2]!,
+      dst: addr(rows[at + 3]!),
+      dstPort: rows[at + 4]!,
+      state: tcpStateName(rows[at + 5]!),
+      inode: rows[at + 6]!,
+      uid: rows[at + 7]!,
+      ifindex: rows[at + 8]!,
+      timer: rows[at + 9]!,
+      timerRetransmits: rows[at + 10]!,
+      timerExpiresMs: rows[at + 11]!,
+    };
+    if (withInfo) {
+      const info = decodeTcpInfoRow(rows, at + BASE_COLUMNS.length);
+      if (info) entry.info = info;
+    }
+    out[i] = entry;
+  }
+  return out;
+}
