@@ -1,0 +1,101 @@
+// The `tunnel:` section of the config file (issue 4's contract): keys in snake_case, durations as
+// strings. The daemon's loader (src/daemon/config.ts) embeds this schema under `tunnel`; errors
+// carry the zod path so the loader can name the file, line and key.
+import * as path from 'node:path';
+import { isIP } from 'node:net';
+import { z } from 'zod';
+import { parseDuration } from '../util/duration';
+
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+/** "198.18.0.1:9401", "[2001:db8::1]:9401", "gw.example:9401". */
+export function parseHostPort(text: string): HostPort | undefined {
+  const m = /^\[([0-9a-fA-F:.]+)\]:(\d{1,5})$/.exec(text) ?? /^([^\s:[\]]+):(\d{1,5})$/.exec(text);
+  if (!m) return undefined;
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535) return undefined;
+  if (text.startsWith('[') && isIP(m[1]!) !== 6) return undefined;
+  return { host: m[1]!, port };
+}
+
+export function formatHostPort(hp: HostPort): string {
+  return isIP(hp.host) === 6 ? `[${hp.host}]:${hp.port}` : `${hp.host}:${hp.port}`;
+}
+
+const hostPort = z
+  .string({ invalid_type_error: 'must be a string HOST:PORT, e.g. 198.18.0.1:9401 or [2001:db8::1]:9401' })
+  .transform((text, ctx) => {
+    const hp = parseHostPort(text.trim());
+    if (!hp) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, message: `"${text}" is not HOST:PORT (e.g. 198.18.0.1:9401, [2001:db8::1]:9401)` });
+      return z.NEVER;
+    }
+    return hp;
+  });
+
+function durationIn(min: number, max: number, dflt: string) {
+  return z
+    .string({ invalid_type_error: 'must be a duration string like "250ms", "10s", "2m"' })
+    .default(dflt)
+    .transform((text, ctx) => {
+      let ms: number;
+      try {
+        ms = parseDuration(text);
+      } catch (err) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, message: (err as Error).message });
+        return z.NEVER;
+      }
+      if (ms < min || ms > max) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, message: `"${text}" is out of range (${min}ms .. ${max}ms)` });
+        return z.NEVER;
+      }
+      return ms;
+    });
+}
+
+const intIn = (min: number, max: number, dflt: number) =>
+  z
+    .number({ invalid_type_error: `must be a whole number from ${min} to ${max}` })
+    .int(`must be a whole number from ${min} to ${max}`)
+    .min(min, `must be a whole number from ${min} to ${max}`)
+    .max(max, `must be a whole number from ${min} to ${max}`)
+    .default(dflt);
+
+/** Service and node names: what peers ask for and announce. '@' is reserved for the link's own streams. */
+export const SERVICE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
+const serviceName = z.string().regex(SERVICE_NAME, 'must be 1-63 letters, digits, "_", "." or "-", starting with a letter or digit');
+
+export const tunnelConfigSchema = z
+  .object({
+    role: z.enum(['gateway-proxy', 'endpoint-proxy', 'relay']),
+    name: serviceName,
+    tls: z.object({ ca: z.string().min(1), cert: z.string().min(1), key: z.string().min(1) }).strict(),
+    listen: hostPort.optional(),
+    links: z.array(z.object({ connect: hostPort }).strict()).default([]),
+    services: z.record(serviceName, hostPort).default({}),
+    forwards: z.array(z.object({ listen: hostPort, service: serviceName }).strict()).default([]),
+    heartbeat: durationIn(100, 3_600_000, '10s'),
+    heartbeat_misses: intIn(1, 100, 3),
+    close_timeout: durationIn(100, 86_400_000, '60s'),
+    max_sessions: intIn(1, 1_000_000, 10_000),
+  })
+  .strict()
+  .superRefine((c, ctx) => {
+    if (!c.listen && c.links.length === 0)
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['links'], message: 'a node needs `listen` or at least one entry in `links`, or it has no link at all' });
+    if (c.role === 'relay' && (Object.keys(c.services).length > 0 || c.forwards.length > 0))
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['role'], message: 'a relay only joins links: move `services` and `forwards` to a gateway-proxy or endpoint-proxy' });
+  });
+
+/** The parsed section; durations are milliseconds, addresses {host, port}. */
+export type TunnelConfig = z.output<typeof tunnelConfigSchema>;
+export type TunnelConfigInput = z.input<typeof tunnelConfigSchema>;
+
+/** TLS file paths in a config are relative to the config file's directory. */
+export function resolveTlsPaths(cfg: TunnelConfig, configDir: string): TunnelConfig {
+  const r = (p: string): string => path.resolve(configDir, p);
+  return { ...cfg, tls: { ca: r(cfg.tls.ca), cert: r(cfg.tls.cert), key: r(cfg.tls.key) } };
+}

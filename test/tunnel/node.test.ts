@@ -1,0 +1,218 @@
+// TunnelNode on loopback: real TLS 1.3 links with mutual authentication, real TCP sessions.
+// (The lab tests in tunnel-lab.test.ts run the same across namespaces and an nftables firewall.)
+import { strict as assert } from 'node:assert';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { tunnelConfigSchema, type TunnelConfigInput } from '../../src/tunnel/config';
+import { MuxSession } from '../../src/tunnel/mux';
+import { TunnelNode } from '../../src/tunnel/node';
+import { encodeOpen, readAnswer, Refusal, CONTROL_SERVICE } from '../../src/tunnel/protocol';
+import { makePki, type TestPki } from '../fixtures/tunnel-pki';
+import { readAll, sha256, sleep } from './helpers';
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const p = (s.address() as net.AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return p;
+}
+
+/** A TCP service that answers each connection with "<prefix>" + everything it read, after the client's FIN. */
+async function replyServer(prefix: string): Promise<{ port: number; server: net.Server }> {
+  const server = net.createServer({ allowHalfOpen: true }, (s) => {
+    s.on('error', () => undefined);
+    const chunks: Buffer[] = [];
+    s.on('data', (c: Buffer) => chunks.push(c));
+    s.on('end', () => s.end(Buffer.concat([Buffer.from(prefix), ...chunks])));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { port: (server.address() as net.AddressInfo).port, server };
+}
+
+async function until(fn: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+/** Connect to a forward, send `data`, shut the write side, return the reply (half-close). */
+async function call(port: number, data: Buffer): Promise<Buffer> {
+  const c = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  await new Promise<void>((r, j) => c.once('connect', r).once('error', j));
+  const reply = readAll(c);
+  c.end(data);
+  return reply;
+}
+
+describe('tunnel: nodes over TLS on loopback', function () {
+  this.timeout(30_000);
+  let pki: TestPki;
+  const nodes: TunnelNode[] = [];
+  const servers: net.Server[] = [];
+
+  before(() => {
+    pki = makePki(['gw1', 'gw2', 'ep', 'relay']);
+  });
+  after(() => pki.cleanup());
+  afterEach(async () => {
+    for (const n of nodes.splice(0)) await n.close();
+    for (const s of servers.splice(0)) s.close();
+  });
+
+  const cfg = (name: string, c: Partial<TunnelConfigInput>) =>
+    tunnelConfigSchema.parse({
+      name,
+      role: 'gateway-proxy',
+      tls: { ca: pki.ca, ...pki.nodes[name]! },
+      heartbeat: '500ms',
+      heartbeat_misses: 3,
+      close_timeout: '5s',
+      ...c,
+    });
+
+  async function start(name: string, c: Partial<TunnelConfigInput>): Promise<TunnelNode> {
+    const n = await TunnelNode.start(cfg(name, c));
+    nodes.push(n);
+    return n;
+  }
+
+  async function pair(maxSessions = 100): Promise<{ gw: TunnelNode; ep: TunnelNode; fwd: number; gwPort: number }> {
+    const svc = await replyServer('gateway:');
+    servers.push(svc.server);
+    const gwPort = await freePort();
+    const fwd = await freePort();
+    const gw = await start('gw1', { listen: `127.0.0.1:${gwPort}`, services: { gateway: `127.0.0.1:${svc.port}` }, max_sessions: maxSessions });
+    const ep = await start('ep', {
+      role: 'endpoint-proxy',
+      links: [{ connect: `127.0.0.1:${gwPort}` }],
+      forwards: [{ listen: `127.0.0.1:${fwd}`, service: 'gateway' }],
+    });
+    await until(() => ep.status().links.some((l) => l.state === 'up' && 'gateway' in l.services), 5000, 'the link and its announcement');
+    return { gw, ep, fwd, gwPort };
+  }
+
+  it('carries sessions end to end with sha256 integrity and half-close, and reports status', async () => {
+    const { gw, ep, fwd } = await pair();
+    const data = randomBytes(8 * 1024 * 1024);
+    const got = await call(fwd, data);
+    assert.equal(sha256(got), sha256(Buffer.concat([Buffer.from('gateway:'), data])));
+    const replies = await Promise.all(Array.from({ length: 50 }, (_, i) => call(fwd, Buffer.from(`n${i}`))));
+    replies.forEach((r, i) => assert.equal(r.toString(), `gateway:n${i}`));
+    await until(() => ep.status().sessions.count === 0 && gw.status().sessions.count === 0, 3000, 'sessions to end');
+    const st = ep.status();
+    assert.equal(st.links[0]!.peer, 'gw1');
+    assert.equal(st.links[0]!.state, 'up');
+    assert.ok(st.links[0]!.bytes_out > data.length);
+    assert.equal(st.sessions.opened, 51);
+    assert.equal(gw.status().links[0]!.peer, 'ep');
+  });
+
+  it('refuses an unlisted service on the stream with a reason (no open proxy)', async () => {
+    const { gw, gwPort } = await pair();
+    const sock = tls.connect({ host: '127.0.0.1', port: gwPort, ca: fs.readFileSync(pki.ca), cert: fs.readFileSync(pki.nodes.ep!.cert), key: fs.readFileSync(pki.nodes.ep!.key), minVersion: 'TLSv1.3', checkServerIdentity: () => undefined });
+    await new Promise<void>((r, j) => sock.once('secureConnect', r).once('error', j));
+    const m = new MuxSession(sock, { role: 'client' });
+    try {
+      const control = m.open(encodeOpen(CONTROL_SERVICE));
+      assert.equal((await readAnswer(control)).status, 0);
+      control.write(JSON.stringify({ type: 'hello', name: 'raw', role: 'endpoint-proxy', services: {} }) + '\n');
+      await sleep(100);
+      for (const svc of ['ssh', '198.18.0.1:22']) {
+        const s = m.open(encodeOpen(svc));
+        const a = await readAnswer(s);
+        assert.equal(a.status, Refusal.UnknownService, `${svc} must be refused`);
+        assert.match(a.reason, /no service named/);
+        s.destroy();
+      }
+      assert.equal(gw.status().sessions.refusals.unknown_service, 1 + 1);
+    } finally {
+      m.close();
+    }
+  });
+
+  it('a peer with a foreign CA certificate, or none, never gets a link', async () => {
+    const { gw, gwPort } = await pair();
+    const attempts = [
+      { ca: fs.readFileSync(pki.ca), cert: fs.readFileSync(pki.foreign.cert), key: fs.readFileSync(pki.foreign.key) },
+      { ca: fs.readFileSync(pki.ca) },
+    ];
+    for (const opts of attempts) {
+      const sock = tls.connect({ host: '127.0.0.1', port: gwPort, minVersion: 'TLSv1.3', checkServerIdentity: () => undefined, ...opts });
+      const outcome = await new Promise<string>((r) => {
+        sock.once('error', (e: Error) => r(`error: ${e.message}`));
+        sock.once('close', () => r('closed'));
+        sock.once('data', () => r('data'));
+      });
+      sock.destroy();
+      assert.notEqual(outcome, 'data', 'no bytes for an unauthenticated peer');
+    }
+    assert.equal(gw.status().links.length, 1, 'only the real endpoint proxy has a link');
+  });
+
+  it('max_sessions is enforced with a clear refusal', async () => {
+    const slow = net.createServer({ allowHalfOpen: true }, (s) => s.on('error', () => undefined)); // never answers
+    await new Promise<void>((r) => slow.listen(0, '127.0.0.1', r));
+    servers.push(slow);
+    const gwPort = await freePort();
+    const fwd = await freePort();
+    const gw = await start('gw1', { listen: `127.0.0.1:${gwPort}`, services: { gateway: `127.0.0.1:${(slow.address() as net.AddressInfo).port}` }, max_sessions: 3 });
+    const ep = await start('ep', { role: 'endpoint-proxy', links: [{ connect: `127.0.0.1:${gwPort}` }], forwards: [{ listen: `127.0.0.1:${fwd}`, service: 'gateway' }] });
+    await until(() => ep.status().links.some((l) => l.state === 'up' && 'gateway' in l.services), 5000, 'link');
+    const held: net.Socket[] = [];
+    for (let i = 0; i < 3; i++) {
+      const c = net.connect(fwd, '127.0.0.1');
+      c.on('error', () => undefined);
+      held.push(c);
+    }
+    await until(() => gw.status().sessions.count === 3, 3000, 'three sessions');
+    const extra = net.connect({ port: fwd, host: '127.0.0.1', allowHalfOpen: true });
+    extra.on('error', () => undefined);
+    await new Promise((r) => extra.once('close', r));
+    assert.equal(gw.status().sessions.refusals.max_sessions, 1);
+    assert.equal(ep.status().sessions.refused_by_peer.max_sessions, 1);
+    for (const c of held) c.destroy();
+  });
+
+  it('relay chain: ep -> relay -> gw routes by service name', async () => {
+    const svc = await replyServer('via-relay:');
+    servers.push(svc.server);
+    const gwPort = await freePort();
+    const relayPort = await freePort();
+    const fwd = await freePort();
+    await start('gw1', { links: [{ connect: `127.0.0.1:${relayPort}` }], services: { gateway: `127.0.0.1:${svc.port}` } });
+    const relay = await start('relay', { role: 'relay', listen: `127.0.0.1:${relayPort}` });
+    const ep = await start('ep', { role: 'endpoint-proxy', links: [{ connect: `127.0.0.1:${relayPort}` }], forwards: [{ listen: `127.0.0.1:${fwd}`, service: 'gateway' }] });
+    void gwPort;
+    await until(() => ep.status().links.some((l) => l.services.gateway === 1), 5000, 'the relay to announce gateway at 1 hop');
+    const data = randomBytes(2 * 1024 * 1024);
+    assert.equal(sha256(await call(fwd, data)), sha256(Buffer.concat([Buffer.from('via-relay:'), data])));
+    await until(() => relay.status().sessions.count === 0, 3000, 'relay sessions to end');
+    assert.equal(relay.status().sessions.opened, 1);
+  });
+
+  it('fails over to the second gateway proxy when the first one dies', async () => {
+    const s1 = await replyServer('gw1:');
+    const s2 = await replyServer('gw2:');
+    servers.push(s1.server, s2.server);
+    const p1 = await freePort();
+    const p2 = await freePort();
+    const fwd = await freePort();
+    const gw1 = await start('gw1', { listen: `127.0.0.1:${p1}`, services: { gateway: `127.0.0.1:${s1.port}` } });
+    await start('gw2', { listen: `127.0.0.1:${p2}`, services: { gateway: `127.0.0.1:${s2.port}` } });
+    const ep = await start('ep', {
+      role: 'endpoint-proxy',
+      links: [{ connect: `127.0.0.1:${p1}` }, { connect: `127.0.0.1:${p2}` }],
+      forwards: [{ listen: `127.0.0.1:${fwd}`, service: 'gateway' }],
+    });
+    await until(() => ep.status().links.filter((l) => l.state === 'up').length === 2, 5000, 'two links');
+    assert.match((await call(fwd, Buffer.from('x'))).toString(), /^gw[12]:x$/);
+    await gw1.close();
+    await until(() => ep.status().links.filter((l) => l.state === 'up').length === 1, 5000, 'one link left');
+    for (let i = 0; i < 5; i++) assert.equal((await call(fwd, Buffer.from('y'))).toString(), 'gw2:y');
+  });
+});
