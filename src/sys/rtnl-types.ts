@@ -138,7 +138,13 @@ export interface Rtnl {
   linkByName(name: string): Promise<Link | null>;
   linkByIndex(ifindex: number): Promise<Link | null>;
   listAddresses(opts?: { family?: Family }): Promise<Address[]>;
-  /** Multicast subscription on its own socket: RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE/IPV6_ROUTE, RTNLGRP_LINK. */
+  /**
+   * Multicast subscription on its own socket: RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE/IPV6_ROUTE, RTNLGRP_LINK.
+   * A neighbour event in state FAILED means resolution failed: the kernel also reports a deleted
+   * entry (ip neigh del, deleteNeighbour) as FAILED just before its 'del'; that FAILED is suppressed
+   * here (held 25 ms), so a purge shows up as 'del' only. Cloned IPv6 routes (PMTU exceptions) are
+   * not reported. The subscription is in place when the promise resolves.
+   */
   subscribe(
     groups: RtnlGroup[],
     onEvent: (ev: RtnlEvent) => void,

@@ -77,6 +77,8 @@ export {
 
 const DEFAULT_TIMEOUT_MS = 5000;
 const IFNAMSIZ = 16;
+/** How long a neighbour FAILED event waits for the RTM_DELNEIGH that would show it was a deletion. */
+const FAILED_HOLD_MS = 25;
 
 /** What an errno means for the operation at hand; the generic ones apply to every operation. */
 type Hints = Record<string, string>;
@@ -437,7 +439,7 @@ class RtnlSocket implements Rtnl {
     let closed = false;
     // Events are decoded in arrival order; a name lookup for an unknown interface must not reorder them.
     let queue: Promise<void> = Promise.resolve();
-    const deliver = (ev: RtnlEvent) => {
+    const emit = (ev: RtnlEvent) => {
       if (closed || !wanted.has(ev.kind)) return;
       try {
         onEvent(ev);
@@ -448,6 +450,33 @@ class RtnlSocket implements Rtnl {
             throw err;
           });
       }
+    };
+    // Deleting a neighbour entry (ip neigh del, our own deleteNeighbour, a flush) makes the kernel
+    // announce it as RTM_NEWNEIGH in state FAILED and then RTM_DELNEIGH (neigh_delete() in
+    // net/core/neighbour.c). That FAILED is not a failed resolution, and detection must not take its
+    // own purge for a trigger; so a FAILED is held back briefly and dropped if the deletion follows.
+    const heldFailed = new Map<string, { ev: RtnlEvent; timer: NodeJS.Timeout }>();
+    const neighKey = (n: Neighbour) => `${n.family}/${n.ifindex}/${n.address}`;
+    const flushHeld = (key: string) => {
+      const held = heldFailed.get(key);
+      if (!held) return;
+      heldFailed.delete(key);
+      clearTimeout(held.timer);
+      emit(held.ev);
+    };
+    const deliver = (ev: RtnlEvent) => {
+      if (ev.kind !== 'neighbour') return emit(ev);
+      const key = neighKey(ev.neighbour);
+      const held = heldFailed.get(key);
+      if (held && ev.op === 'del') {
+        heldFailed.delete(key);
+        clearTimeout(held.timer);
+      } else flushHeld(key);
+      if (ev.op === 'new' && ev.neighbour.state === 'FAILED') {
+        heldFailed.set(key, { ev, timer: setTimeout(() => flushHeld(key), FAILED_HOLD_MS) });
+        return;
+      }
+      emit(ev);
     };
     const handle = async (msg: NetlinkMessage): Promise<void> => {
       switch (msg.type) {
@@ -497,6 +526,8 @@ class RtnlSocket implements Rtnl {
       close: () => {
         if (closed) return;
         closed = true;
+        for (const h of heldFailed.values()) clearTimeout(h.timer);
+        heldFailed.clear();
         channel.close();
         this.subscriptions.delete(sub);
       },
