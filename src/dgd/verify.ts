@@ -229,6 +229,11 @@ export async function verifyGateway(
           aborted,
         ]);
         if (more === 'aborted') throw stop.signal.reason;
+        if (more === 'timeout')
+          step(
+            'echo_unanswered',
+            'no echo reply yet (ping blocked?): informational only, not waited for longer',
+          );
       }
     }
     // A dead verdict never waits for the echo: it no longer matters.

@@ -144,6 +144,10 @@ describe('verify: ARP/NDP decides (fake ports, fake clock)', () => {
     assert.equal(r.alive, true);
     assert.equal(r.echoRttMs, null);
     assert.equal(r.arpRttMs, 1);
+    assert.deepEqual(
+      r.steps.map((s) => s.step),
+      ['purge', 'arp_probes', 'echo', 'arp_reply', 'echo_unanswered', 'verdict'],
+    );
   });
 
   it('no ARP reply: dead, verdict exactly at probes x interval, all probes counted', async () => {
