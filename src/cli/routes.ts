@@ -1,12 +1,13 @@
 // `ipdeadgate routes [--json]`: the routes that go through a gateway, as dead gateway detection
 // sees them. Every table except local; multipath routes with their nexthops and weights.
 //
-// Rows are built by buildRouteRows(kernelRoutes, withdrawnRoutes): today the command passes only
-// the kernel's routes (all "active"); a running daemon passes its journal of withdrawn routes too,
-// which appear with state "withdrawn".
+// Rows are built by buildRouteRows(kernelRoutes, withdrawnRoutes): the kernel's routes are
+// "active"; the routes a running daemon has withdrawn (its journal, asked for over the control
+// socket) are "withdrawn". Without a daemon the command shows the kernel's routes only.
 import type { Command } from 'commander';
+import { controlRequest } from '../daemon/control';
 import { openRtnl, protocolName, routeKey, tableName, type Route } from '../sys/rtnl';
-import { action, printJson } from './common';
+import { DEFAULT_CONTROL, action, printJson } from './common';
 
 export type RouteState = 'active' | 'withdrawn';
 
@@ -116,23 +117,60 @@ export function formatRouteTable(rows: RouteRow[]): string {
   );
 }
 
+function isRouteLike(v: unknown): v is Route {
+  const r = v as Partial<Route> | null;
+  return (
+    !!r &&
+    typeof r === 'object' &&
+    (r.family === 4 || r.family === 6) &&
+    typeof r.dst === 'string' &&
+    typeof r.table === 'number' &&
+    typeof r.metric === 'number'
+  );
+}
+
+/**
+ * The routes the daemon on `controlPath` has withdrawn; [] when no daemon runs there. Any other
+ * failure is reported on stderr, and the kernel's routes are shown alone.
+ */
+export async function withdrawnFromDaemon(controlPath: string): Promise<Route[]> {
+  try {
+    const result = await controlRequest(controlPath, 'withdrawn', {}, 3000);
+    return Array.isArray(result) ? result.filter(isRouteLike) : [];
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    if (code === 'ENOENT' || code === 'ECONNREFUSED') return [];
+    process.stderr.write(
+      `ipdeadgate: warning: ${(err as Error).message}; showing the kernel's routes only\n`,
+    );
+    return [];
+  }
+}
+
 export function registerRoutes(program: Command): void {
   program
     .command('routes')
     .description(
-      'routes through a gateway, in every table but local: table, metric, interface, protocol, nexthops with weights',
+      'routes through a gateway, in every table but local: table, metric, interface, protocol, nexthops ' +
+        'with weights; with a daemon running, also the routes it has withdrawn',
     )
     .option('--json', 'print JSON: [{ dst, table, metric, gateway, interface, protocol, nexthops, state }]')
+    .option(
+      '--control <path>',
+      'control socket of the daemon, asked for its withdrawn routes',
+      DEFAULT_CONTROL,
+    )
     .allowExcessArguments(false)
     .action(
-      action(async (opts: { json?: boolean }) => {
+      action(async (opts: { json?: boolean; control: string }) => {
         const rtnl = await openRtnl();
-        let rows: RouteRow[];
+        let kernel: Route[];
         try {
-          rows = buildRouteRows(await rtnl.listRoutes());
+          kernel = await rtnl.listRoutes();
         } finally {
           rtnl.close();
         }
+        const rows = buildRouteRows(kernel, await withdrawnFromDaemon(opts.control));
         if (opts.json) printJson(rows);
         else process.stdout.write(formatRouteTable(rows));
       }),

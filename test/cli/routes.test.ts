@@ -1,6 +1,7 @@
 // `ipdeadgate routes`: the real CLI inside a lab namespace, plus the row builder the daemon will
 // feed with its withdrawn routes.
 import { strict as assert } from 'node:assert';
+import * as net from 'node:net';
 import { Lab, requireRoot } from '../lab/lab';
 import { DGD, dgdLab } from '../lab/topologies';
 import { buildRouteRows, formatRouteTable, type RouteRow } from '../../src/cli/routes';
@@ -98,9 +99,11 @@ describe('routes rows (no privileges)', () => {
 describe('ipdeadgate routes in the lab', function () {
   this.timeout(60_000);
   let lab: Lab;
+  let noDaemon: string;
   before(async function () {
     requireRoot(this);
     lab = await dgdLab();
+    noDaemon = lab.tempPath('no-daemon.sock');
     await lab.ip('client', [
       'route',
       'add',
@@ -132,7 +135,7 @@ describe('ipdeadgate routes in the lab', function () {
   });
 
   it('--json lists both default routes with their metrics, and multipath nexthops with weights', async () => {
-    const r = await lab.cli('client', ['routes', '--json']);
+    const r = await lab.cli('client', ['routes', '--json', '--control', noDaemon]);
     assert.equal(r.code, 0, r.stderr);
     const rows = JSON.parse(r.stdout) as RouteRow[];
     const defaults4 = rows.filter((x) => x.dst === '0.0.0.0/0');
@@ -190,7 +193,7 @@ describe('ipdeadgate routes in the lab', function () {
   });
 
   it('prints an aligned table', async () => {
-    const r = await lab.cli('client', ['routes']);
+    const r = await lab.cli('client', ['routes', '--control', noDaemon]);
     assert.equal(r.code, 0, r.stderr);
     const lines = r.stdout.trimEnd().split('\n');
     assert.match(lines[0]!, /^DST\s+TABLE\s+METRIC\s+GATEWAY\s+INTERFACE\s+PROTOCOL\s+WEIGHT\s+STATE$/);
@@ -213,6 +216,52 @@ describe('ipdeadgate routes in the lab', function () {
       assert.equal(r.code, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
       assert.match(r.stderr, /error: (unknown option '--bogus'|too many arguments)/);
       assert.doesNotMatch(r.stderr, /\n\s+at /);
+    }
+  });
+
+  it('shows the routes a running daemon has withdrawn, asked over its control socket', async () => {
+    // What the daemon does when r1 dies: journal the route, delete it from the kernel.
+    const listed = await lab.node('client', 'dist/test/fixtures/rtnl-op.js', [
+      JSON.stringify([{ op: 'listRoutes', args: [{ family: 4, table: 254 }] }]),
+    ]);
+    const [res] = JSON.parse(listed.stdout) as { value: Route[] }[];
+    const viaR1 = res!.value.find((r) => r.gateway === DGD.r1_4)!;
+    await lab.ip('client', ['route', 'del', 'default', 'via', DGD.r1_4, 'metric', '100']);
+    // A stand-in for the daemon's control socket (JSON lines: {cmd,args} -> {ok,result}).
+    const sockPath = lab.tempPath('ctl.sock');
+    const asked: string[] = [];
+    const server = net.createServer((c) => {
+      let buf = '';
+      c.on('data', (d) => {
+        buf += d.toString();
+        if (!buf.includes('\n')) return;
+        const req = JSON.parse(buf.slice(0, buf.indexOf('\n'))) as { cmd: string };
+        asked.push(req.cmd);
+        c.end(
+          JSON.stringify(
+            req.cmd === 'withdrawn'
+              ? { ok: true, result: [viaR1] }
+              : { ok: false, error: { code: 'ERR_UNKNOWN', message: 'no' } },
+          ) + '\n',
+        );
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(sockPath, resolve));
+    try {
+      const r = await lab.cli('client', ['routes', '--json', '--control', sockPath]);
+      assert.equal(r.code, 0, r.stderr);
+      const rows = (JSON.parse(r.stdout) as RouteRow[]).filter((x) => x.dst === '0.0.0.0/0');
+      assert.deepEqual(
+        rows.map((x) => [x.metric, x.gateway, x.state]),
+        [
+          [200, DGD.r2_4, 'active'],
+          [100, DGD.r1_4, 'withdrawn'],
+        ],
+      );
+      assert.deepEqual(asked, ['withdrawn']);
+    } finally {
+      server.close();
+      await lab.ip('client', ['route', 'add', 'default', 'via', DGD.r1_4, 'dev', 'lan0', 'metric', '100']);
     }
   });
 });
