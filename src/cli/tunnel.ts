@@ -1,16 +1,78 @@
-// Placeholder registration: the command arrives with its issue (see issues list).
+// `ipdeadgate tunnel --config FILE [--control PATH] [--log-format json|text]`: run only the tunnel
+// section of a config (gateway proxy, endpoint proxy or relay). Bad config: exit 2 naming the file,
+// line and key. SIGTERM/SIGINT close every link and session and exit 0.
+import { readFile } from 'node:fs/promises';
+import * as path from 'node:path';
 import type { Command } from 'commander';
-import { IpdeadgateError } from '../errors';
+import { z } from 'zod';
+import { ConfigError, UsageError } from '../errors';
+import { parseConfig, parseYaml, zodToConfigError } from '../daemon/config';
+import { ControlServer } from '../daemon/control';
+import { createLogger } from '../daemon/log';
+import { peerUidOf } from '../sys/peercred';
+import { resolveTlsPaths, tunnelConfigSchema, type TunnelConfig } from '../tunnel/config';
+import { TunnelNode } from '../tunnel/node';
 import { action } from './common';
+
+/** Load and validate the `tunnel:` section of a config file; errors name the file, line and key. */
+export async function loadTunnelConfig(file: string): Promise<TunnelConfig> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`${file}: cannot read the config: ${(err as Error).message}`, file);
+  }
+  const whole = parseConfig(text, file); // the other sections must be valid too
+  const section = whole.tunnel as Record<string, unknown> | undefined;
+  if (!section || Object.keys(section).length === 0)
+    throw new ConfigError(`${file}: tunnel: the config has no tunnel section (role, name, tls, ...)`, file, undefined, 'tunnel');
+  const r = tunnelConfigSchema.safeParse(section);
+  if (!r.success) {
+    const { doc, lines } = parseYaml(text, file);
+    const prefixed = new z.ZodError(r.error.issues.map((i) => ({ ...i, path: ['tunnel', ...i.path] })));
+    throw zodToConfigError(prefixed, doc, lines, file);
+  }
+  return resolveTlsPaths(r.data, path.dirname(path.resolve(file)));
+}
 
 export function registerTunnel(program: Command): void {
   program
     .command('tunnel')
-    .description('(not yet available in this build)')
-    .allowUnknownOption()
+    .description('run only the tunnel role(s) of a config: gateway proxy, endpoint proxy or relay')
+    .requiredOption('--config <file>', 'YAML config file with a tunnel: section')
+    .option('--control <path>', 'serve status on this control socket (ipdeadgate status --control PATH)')
+    .option('--log-format <format>', 'json (one line per event) or text', 'json')
+    .addHelpText('after', '\nExample:\n  ipdeadgate tunnel --config /etc/ipdeadgate/gw1.yaml --control /run/ipdeadgate-tunnel.sock\n')
     .action(
-      action(async () => {
-        throw new IpdeadgateError('ERR_NOT_AVAILABLE', 'tunnel is not available in this build yet');
+      action(async (opts: { config: string; control?: string; logFormat: string }) => {
+        if (opts.logFormat !== 'json' && opts.logFormat !== 'text')
+          throw new UsageError(`--log-format must be json or text, not "${opts.logFormat}"`);
+        const cfg = await loadTunnelConfig(opts.config);
+        const logger = createLogger({ format: opts.logFormat });
+        const node = await TunnelNode.start(cfg, { logger });
+        let control: ControlServer | undefined;
+        if (opts.control) {
+          control = new ControlServer(opts.control, peerUidOf).handle('status', async () => ({ tunnel: node.status() }));
+          try {
+            await control.listen();
+          } catch (err) {
+            await node.close();
+            throw err;
+          }
+        }
+        logger.info({ event: 'tunnel_started', name: cfg.name, role: cfg.role, pid: process.pid });
+        return new Promise<number>((resolve) => {
+          const stop = (): void => {
+            void (async () => {
+              await node.close();
+              await control?.close();
+              logger.info({ event: 'tunnel_stopped', name: cfg.name });
+              resolve(0);
+            })();
+          };
+          process.once('SIGTERM', stop);
+          process.once('SIGINT', stop);
+        });
       }),
     );
 }

@@ -16,6 +16,8 @@ import { IpdeadgateError } from '../errors';
 import { systemClock, type Clock, type Timer } from '../util/clock';
 import type { HostPort } from './config';
 import type { MuxStream } from './mux';
+import { fdOf, tcpInfoByFd } from '../sys/tcpinfo';
+import { watchSocket } from '../sys/watcher';
 
 /** The socket-state event of src/sys/watcher.ts. */
 export interface SocketEvent {
@@ -35,58 +37,37 @@ export interface SocketPorts {
   fdOf: (socket: net.Socket) => number | undefined;
 }
 
-type WatcherModule = { watchSocket?: SocketPorts['watchSocket'] };
-type TcpInfoModule = { tcpInfoByFd?: (fd: number) => { state: string }; fdOf?: (s: net.Socket) => number };
-
-/** The real ports: src/sys when it is built, else the /proc fallback for the state and no watcher. */
+/** The real ports: src/sys's watcher and TCP_INFO; /proc when the native addon cannot load. */
 export function systemSocketPorts(): SocketPorts {
-  let watcher: WatcherModule = {};
-  let tcpinfo: TcpInfoModule = {};
-  try {
-    // Loaded at run time: src/sys/watcher.ts is the foundation's; without it the other three
-    // mechanisms still bound every session.
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    watcher = require('../sys/watcher') as WatcherModule;
-  } catch {
-    watcher = {};
-  }
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    tcpinfo = require('../sys/tcpinfo') as TcpInfoModule;
-  } catch {
-    tcpinfo = {};
-  }
-  const fdOf = (s: net.Socket): number | undefined => {
-    try {
-      if (tcpinfo.fdOf) return tcpinfo.fdOf(s);
-    } catch {
-      /* fall through */
-    }
-    const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    return typeof fd === 'number' && fd >= 0 ? fd : undefined;
-  };
+  let nativeOk = true;
   const tcpState = (fd: number): string | undefined => {
-    if (tcpinfo.tcpInfoByFd) {
+    if (nativeOk) {
       try {
-        return tcpinfo.tcpInfoByFd(fd).state;
-      } catch {
-        return undefined;
+        return tcpInfoByFd(fd).state;
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'ERR_NATIVE_MISSING') return undefined;
+        nativeOk = false;
       }
     }
     return procTcpState(fd);
   };
-  let watch: SocketPorts['watchSocket'];
-  if (watcher.watchSocket) {
-    const w = watcher.watchSocket;
-    watch = (fd, cb) => {
-      try {
-        return w(fd, cb);
-      } catch {
-        return { close: () => undefined };
-      }
-    };
-  }
-  return { watchSocket: watch, tcpState, fdOf };
+  const fdOfSocket = (s: net.Socket): number | undefined => {
+    try {
+      return fdOf(s);
+    } catch {
+      return undefined;
+    }
+  };
+  const watch: SocketPorts['watchSocket'] = (fd, cb) => {
+    if (!nativeOk) return { close: () => undefined };
+    try {
+      return watchSocket(fd, cb);
+    } catch (err) {
+      if ((err as { code?: string }).code === 'ERR_NATIVE_MISSING') nativeOk = false;
+      return { close: () => undefined };
+    }
+  };
+  return { watchSocket: watch, tcpState, fdOf: fdOfSocket };
 }
 
 // /proc/net/tcp state codes (include/net/tcp_states.h).

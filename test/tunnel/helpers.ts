@@ -4,12 +4,12 @@ import * as net from 'node:net';
 import type { Readable } from 'node:stream';
 
 /** A connected pair of TCP sockets on 127.0.0.1: [client (dialer), server (acceptor)]. */
-export async function tcpPair(): Promise<[net.Socket, net.Socket]> {
-  const server = net.createServer();
+export async function tcpPair(allowHalfOpen = false): Promise<[net.Socket, net.Socket]> {
+  const server = net.createServer({ allowHalfOpen });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as net.AddressInfo).port;
   const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
-  const client = net.connect(port, '127.0.0.1');
+  const client = net.connect({ port, host: '127.0.0.1', allowHalfOpen });
   await new Promise<void>((r, j) => client.once('connect', r).once('error', j));
   const s = await accepted;
   server.close();
@@ -59,3 +59,12 @@ export function once<T = unknown>(e: NodeJS.EventEmitter, name: string, timeoutM
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+export async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const p = (s.address() as net.AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return p;
+}

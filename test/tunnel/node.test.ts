@@ -10,15 +10,7 @@ import { MuxSession } from '../../src/tunnel/mux';
 import { TunnelNode } from '../../src/tunnel/node';
 import { encodeOpen, readAnswer, Refusal, CONTROL_SERVICE } from '../../src/tunnel/protocol';
 import { makePki, type TestPki } from '../fixtures/tunnel-pki';
-import { readAll, sha256, sleep } from './helpers';
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const p = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return p;
-}
+import { freePort, readAll, sha256, sleep } from './helpers';
 
 /** A TCP service that answers each connection with "<prefix>" + everything it read, after the client's FIN. */
 async function replyServer(prefix: string): Promise<{ port: number; server: net.Server }> {

@@ -1,0 +1,119 @@
+// The close guard on real sockets: the watcher sees a local FIN while the bridge is paused, the
+// reaper closes a CLOSE_WAIT socket that slipped through, RST travels end to end, and EMFILE on
+// accept backs off instead of crashing.
+import { strict as assert } from 'node:assert';
+import * as net from 'node:net';
+import { AcceptBackoff, CloseGuard, procTcpState, systemSocketPorts, type SocketPorts } from '../../src/tunnel/closeguard';
+import { MuxSession, type MuxStream } from '../../src/tunnel/mux';
+import { once, sleep, tcpPair } from './helpers';
+
+async function muxPair(closeTimeoutMs: number): Promise<{ a: MuxSession; b: MuxSession }> {
+  const [sa, sb] = await tcpPair();
+  // Small fixed windows so a test can fill them with little data.
+  const w = { initialWindow: 256 * 1024, maxWindow: 256 * 1024, closeTimeoutMs };
+  return { a: new MuxSession(sa, { role: 'client', ...w }), b: new MuxSession(sb, { role: 'server', ...w }) };
+}
+
+async function until(fn: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+describe('tunnel: close guard on real sockets', function () {
+  this.timeout(20_000);
+  const cleanups: (() => void)[] = [];
+  afterEach(() => {
+    for (const c of cleanups.splice(0)) c();
+  });
+
+  it('RST from the local peer resets the stream and the far socket', async () => {
+    const { a, b } = await muxPair(60_000);
+    const guard = new CloseGuard({ closeTimeoutMs: 60_000 });
+    cleanups.push(() => (guard.close(), a.close(), b.close()));
+    const [localClient, local] = await tcpPair(true);
+    const [farClient, far] = await tcpPair();
+    const accepted = once<MuxStream>(b, 'stream');
+    let doneA = false;
+    let doneB = false;
+    guard.bridge(local, a.open(), () => (doneA = true));
+    guard.bridge(far, await accepted, () => (doneB = true));
+    localClient.write('hello');
+    const farErr = new Promise<string>((r) => farClient.once('error', (e: NodeJS.ErrnoException) => r(e.code ?? '')).once('close', () => r('close')));
+    localClient.resetAndDestroy();
+    assert.equal(await farErr, 'ECONNRESET');
+    await until(() => doneA && doneB, 3000, 'both bridges to finish');
+    assert.equal(guard.size, 0);
+  });
+
+  it('the watcher sees a local FIN behind unread data while the bridge is paused, and close_timeout ends it', async function () {
+    const ports = systemSocketPorts();
+    const { a, b } = await muxPair(400);
+    const guard = new CloseGuard({ closeTimeoutMs: 400, ports });
+    cleanups.push(() => (guard.close(), a.close(), b.close()));
+    const [localClient, local] = await tcpPair(true);
+    const accepted = once<MuxStream>(b, 'stream');
+    let done = false;
+    const stream = a.open();
+    guard.bridge(local, stream, () => (done = true));
+    let finReadByNode = false;
+    local.once('end', () => (finReadByNode = true));
+    await accepted; // the far consumer never reads: the window fills, the bridge pauses
+    const big = Buffer.alloc(384 * 1024);
+    localClient.on('error', () => undefined);
+    localClient.end(big); // data, then FIN, which Node will not read while paused
+    await sleep(300);
+    assert.equal(done, false);
+    await until(() => done, 5000, 'the session to be ended by close_timeout');
+    if (ports.watchSocket) assert.ok(guard.stats.watcherFins >= 1, 'the watcher reported the FIN');
+    assert.ok(a.closeTimeouts >= 1);
+    assert.ok(local.destroyed);
+    assert.equal(finReadByNode, false, 'the bridge was paused: Node never read the FIN itself');
+  });
+
+  it('the reaper closes and counts a socket left in CLOSE_WAIT', async () => {
+    const { a, b } = await muxPair(3_600_000); // the stream's own bound is far away
+    const guard = new CloseGuard({ closeTimeoutMs: 300, reapIntervalMs: 100 });
+    cleanups.push(() => (guard.close(), a.close(), b.close()));
+    const [localClient, local] = await tcpPair(true);
+    const accepted = once<MuxStream>(b, 'stream');
+    guard.bridge(local, a.open(), () => undefined);
+    await accepted; // answers nothing, never ends: the local socket stays half-closed
+    localClient.end(); // FIN: our socket goes to CLOSE_WAIT
+    const fd = guard.ports.fdOf(local)!;
+    await until(() => guard.ports.tcpState(fd) === 'CLOSE-WAIT', 2000, 'CLOSE-WAIT');
+    await until(() => guard.stats.reaped === 1, 3000, 'the reaper');
+    assert.ok(local.destroyed);
+    localClient.destroy();
+  });
+
+  it('/proc fallback reads the same TCP state as TCP_INFO', async () => {
+    const [c, s] = await tcpPair();
+    cleanups.push(() => (c.destroy(), s.destroy()));
+    const fd = systemSocketPorts().fdOf(s)!;
+    assert.equal(procTcpState(fd), 'ESTABLISHED');
+    assert.equal(systemSocketPorts().tcpState(fd), 'ESTABLISHED');
+  });
+
+  it('EMFILE on accept pauses accepting with backoff, and accepting resumes', async () => {
+    const server = net.createServer((s) => s.destroy());
+    const backoff = new AcceptBackoff(server, { host: '127.0.0.1', port: 0 });
+    cleanups.push(() => backoff.close());
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as net.AddressInfo).port;
+    (backoff as unknown as { address: { host: string; port: number } }).address.port = port;
+    const emfile = Object.assign(new Error('accept EMFILE'), { code: 'EMFILE', errno: -24, syscall: 'accept' });
+    server.emit('error', emfile); // what net.Server emits when accept(2) fails with EMFILE
+    assert.equal(backoff.errors, 1);
+    assert.equal(server.listening, false, 'accepting is paused');
+    await until(() => server.listening, 2000, 'listening again after the backoff');
+    const c = net.connect(port, '127.0.0.1');
+    await new Promise<void>((r, j) => c.once('connect', () => r()).once('error', j));
+    c.destroy();
+  });
+});
+
+// Keep the type import used when the watcher is unavailable.
+export type { SocketPorts };
