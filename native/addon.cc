@@ -8,6 +8,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   idg::RegisterSockDiag(env, exports);
   idg::RegisterTcpInfo(env, exports);
   idg::RegisterWatcher(env, exports);
+  idg::RegisterPeerCred(env, exports);
   return exports;
 }
 

@@ -1,16 +1,35 @@
-// Placeholder registration: the command arrives with its issue (see issues list).
+// `ipdeadgate daemon [--config FILE] [--control PATH] [--state-dir DIR] [--log-format json|text]`
 import type { Command } from 'commander';
-import { IpdeadgateError } from '../errors';
-import { action } from './common';
+import { UsageError } from '../errors';
+import { DEFAULT_STATE_DIR, runDaemon } from '../daemon/daemon';
+import { action, DEFAULT_CONTROL } from './common';
 
 export function registerDaemon(program: Command): void {
   program
     .command('daemon')
-    .description('(not yet available in this build)')
-    .allowUnknownOption()
+    .description(
+      'run the daemon: dead gateway detection (and the tunnel roles of the config);\n' +
+        'with no config it protects every gateway route of the main table with the defaults',
+    )
+    .option('--config <file>', 'YAML config file')
+    .option('--control <path>', 'control socket', DEFAULT_CONTROL)
+    .option('--state-dir <dir>', 'where withdrawn routes are journaled', DEFAULT_STATE_DIR)
+    .option('--log-format <format>', 'json (one line per event) or text', 'json')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  ipdeadgate daemon\n  ipdeadgate daemon --config /etc/ipdeadgate.yaml --log-format text\n\n' +
+        'SIGTERM restores every withdrawn route and exits 0; SIGHUP reloads the config.',
+    )
     .action(
-      action(async () => {
-        throw new IpdeadgateError('ERR_NOT_AVAILABLE', 'daemon is not available in this build yet');
+      action(async (opts: { config?: string; control: string; stateDir: string; logFormat: string }) => {
+        if (opts.logFormat !== 'json' && opts.logFormat !== 'text')
+          throw new UsageError(`--log-format must be json or text, not "${opts.logFormat}"`);
+        return runDaemon({
+          configPath: opts.config,
+          controlPath: opts.control,
+          stateDir: opts.stateDir,
+          logFormat: opts.logFormat,
+        });
       }),
     );
 }

@@ -1,16 +1,23 @@
-// Placeholder registration: the command arrives with its issue (see issues list).
+// `ipdeadgate on` / `ipdeadgate off`: CHGTCPA IPDEADGATE(*YES/*NO), persisted by the daemon.
 import type { Command } from 'commander';
-import { IpdeadgateError } from '../errors';
-import { action } from './common';
+import { controlRequest } from '../daemon/control';
+import { action, DEFAULT_CONTROL } from './common';
 
 export function registerOnOff(program: Command): void {
-  program
-    .command('onoff')
-    .description('(not yet available in this build)')
-    .allowUnknownOption()
-    .action(
-      action(async () => {
-        throw new IpdeadgateError('ERR_NOT_AVAILABLE', 'onoff is not available in this build yet');
-      }),
-    );
+  for (const on of [true, false]) {
+    program
+      .command(on ? 'on' : 'off')
+      .description(
+        on
+          ? 'enable dead gateway detection in the running daemon (persisted)'
+          : 'disable dead gateway detection: every withdrawn route is restored, no trigger acts (persisted)',
+      )
+      .option('--control <path>', 'control socket', DEFAULT_CONTROL)
+      .action(
+        action(async (opts: { control: string }) => {
+          await controlRequest(opts.control, on ? 'on' : 'off');
+          process.stdout.write(`dead gateway detection is ${on ? 'on' : 'off'}\n`);
+        }),
+      );
+  }
 }

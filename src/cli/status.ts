@@ -1,16 +1,61 @@
-// Placeholder registration: the command arrives with its issue (see issues list).
+// `ipdeadgate status [--json]`: daemon state, gateways, their routes, tunnel links and sessions.
 import type { Command } from 'commander';
-import { IpdeadgateError } from '../errors';
-import { action } from './common';
+import { controlRequest } from '../daemon/control';
+import type { DgdStatus } from '../dgd/engine';
+import { action, DEFAULT_CONTROL, printJson } from './common';
+
+type Status = DgdStatus & { pid: number; started_at: string; config: string | null; tunnel: unknown };
 
 export function registerStatus(program: Command): void {
   program
     .command('status')
-    .description('(not yet available in this build)')
-    .allowUnknownOption()
+    .description('daemon state, gateways and their routes, tunnel links and sessions')
+    .option('--json', 'machine-readable output')
+    .option('--control <path>', 'control socket', DEFAULT_CONTROL)
     .action(
-      action(async () => {
-        throw new IpdeadgateError('ERR_NOT_AVAILABLE', 'status is not available in this build yet');
+      action(async (opts: { json?: boolean; control: string }) => {
+        const status = (await controlRequest(opts.control, 'status')) as Status;
+        if (opts.json) printJson(status);
+        else process.stdout.write(formatStatus(status));
       }),
     );
+}
+
+export function formatStatus(s: Status): string {
+  const lines: string[] = [];
+  lines.push(`dead gateway detection: ${s.enabled ? 'on' : 'OFF'}   (pid ${s.pid}, since ${s.started_at})`);
+  if (s.last_scan?.at)
+    lines.push(
+      `last scan: ${s.last_scan.sockets} TCP sockets, ${s.last_scan.retransmitting} retransmitting, ${s.last_scan.duration_ms} ms`,
+    );
+  if (s.gateways.length === 0) lines.push('no gateways in the managed tables');
+  for (const g of s.gateways) {
+    lines.push('');
+    lines.push(`gateway ${g.address} on ${g.interface}: ${g.state.toUpperCase()}${g.mac ? `  mac ${g.mac}` : ''}`);
+    const v = g.last_verification;
+    if (v)
+      lines.push(
+        `  last verification ${v.at}: ${v.alive ? 'alive' : 'no answer'}` +
+          (v.arp_rtt_ms !== null ? `, arp ${v.arp_rtt_ms.toFixed(2)} ms` : '') +
+          (v.echo_rtt_ms !== null ? `, echo ${v.echo_rtt_ms.toFixed(2)} ms` : ', echo unanswered') +
+          `, ${v.probes_sent} probes, ${v.duration_ms} ms`,
+      );
+    const t = g.triggers;
+    lines.push(
+      `  triggers: retransmit ${t.retransmit}, neighbour FAILED ${t.neighbour_failed}, active probe ${t.active_probe}, sighting ${t.sighting}`,
+    );
+    if (g.active_probing) lines.push(`  active probing every ${g.active_probing.interval_ms} ms, dead after ${g.active_probing.misses} misses`);
+    if (g.next_poll) lines.push(`  next poll: ${g.next_poll}`);
+    if (g.hold_down_ms) lines.push(`  held down (flapping) for another ${Math.round(g.hold_down_ms / 1000)} s`);
+    for (const r of g.routes) {
+      const via = r.nexthops ? r.nexthops.map((n) => `${n.gateway}*${n.weight}`).join(' ') : (r.gateway ?? '');
+      lines.push(`  route ${r.dst} via ${via} table ${r.table} metric ${r.metric}: ${r.state}`);
+    }
+    for (const tr of g.transitions.slice(-5)) lines.push(`  ${tr.at} ${tr.from} -> ${tr.to}: ${tr.reason}`);
+  }
+  if (s.tunnel) {
+    lines.push('');
+    lines.push(`tunnel: ${JSON.stringify(s.tunnel)}`);
+  }
+  return lines.join('\n') + '\n';
 }

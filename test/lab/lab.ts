@@ -274,7 +274,7 @@ export class Lab {
       }
       await run('ip', ['netns', 'del', ns]);
     }
-    for (const f of this.tempFiles) fs.rmSync(f, { force: true });
+    for (const f of this.tempFiles) fs.rmSync(f, { force: true, recursive: true });
     live.delete(this);
   }
 
@@ -302,7 +302,7 @@ export class Lab {
         /* best effort at exit */
       }
     }
-    for (const f of this.tempFiles) fs.rmSync(f, { force: true });
+    for (const f of this.tempFiles) fs.rmSync(f, { force: true, recursive: true });
     live.delete(this);
   }
 }

@@ -1,0 +1,202 @@
+// The daemon's lifecycle: load the config (a bad one exits 2 and changes nothing), open the system
+// facades, start detection (and the tunnel roles of the config), serve the control socket, and
+// handle signals: SIGTERM/SIGINT restore every withdrawn route and exit 0; SIGHUP reloads the
+// config (a bad new config is refused and the old one stays).
+import { mkdir } from 'node:fs/promises';
+import type { Logger } from 'pino';
+import { ConfigError, IpdeadgateError } from '../errors';
+import { SystemPorts } from '../dgd/adapters';
+import { DgdEngine } from '../dgd/engine';
+import { FileStore } from '../dgd/store';
+import { openRtnl, type Rtnl } from '../sys/rtnl';
+import type { NeighbourSighting } from '../sys/neighlink';
+import { peerUidOf } from '../sys/peercred';
+import { systemClock } from '../util/clock';
+import { defaultConfig, loadConfig, type Config } from './config';
+import { ControlServer } from './control';
+import { createLogger, eventLog, type LogFormat } from './log';
+import { resolveTables } from './tables';
+
+export interface DaemonOptions {
+  configPath?: string;
+  controlPath: string;
+  stateDir: string;
+  logFormat?: LogFormat;
+}
+
+export const DEFAULT_STATE_DIR = '/var/lib/ipdeadgate';
+
+/** Load the config, or the defaults when there is no config file. */
+export async function loadDaemonConfig(configPath?: string): Promise<{ config: Config; tables: number[] }> {
+  const config = configPath ? await loadConfig(configPath) : defaultConfig();
+  let tables: number[];
+  try {
+    tables = resolveTables(config.dgd.tables);
+  } catch (err) {
+    throw new ConfigError(`${configPath ?? '<defaults>'}: ${(err as Error).message}`, configPath, undefined, 'dgd.tables');
+  }
+  return { config, tables };
+}
+
+export class Daemon {
+  private engine: DgdEngine | null = null;
+  private ports: SystemPorts | null = null;
+  private rtnl: Rtnl | null = null;
+  private control: ControlServer | null = null;
+  private subscription: { close(): void } | null = null;
+  private linkTimer: NodeJS.Timeout | null = null;
+  private stopping: Promise<void> | null = null;
+  private readonly startedAt = new Date();
+  private config!: Config;
+  private readonly log: Logger;
+
+  constructor(private readonly opts: DaemonOptions) {
+    this.log = createLogger({ format: opts.logFormat ?? 'json' });
+  }
+
+  async start(): Promise<void> {
+    const { config, tables } = await loadDaemonConfig(this.opts.configPath);
+    this.config = config;
+    const events = eventLog(this.log);
+    await mkdir(this.opts.stateDir, { recursive: true, mode: 0o700 });
+
+    // The control socket first: a second daemon must fail before it touches any route.
+    this.control = new ControlServer(this.opts.controlPath, peerUidOf);
+    this.registerCommands(this.control);
+    await this.control.listen();
+
+    this.rtnl = await openRtnl();
+    this.ports = new SystemPorts(this.rtnl);
+    await this.ports.refreshLinks();
+    this.engine = new DgdEngine({
+      config: config.dgd,
+      tables,
+      ports: this.ports,
+      store: new FileStore(this.opts.stateDir),
+      log: events,
+      clock: systemClock,
+    });
+    const engine = this.engine;
+    const ports = this.ports;
+    ports.on('sighting', (s: NeighbourSighting, ifname: string) => {
+      engine.onSighting(s.ip, ports.ifindexOf(ifname), s.mac);
+    });
+    ports.on('error', (err: Error) => events.event('error', { during: 'packet capture', error: err.message }, 'warn'));
+    this.subscription = await this.rtnl.subscribe(['neighbour', 'route', 'link'], (ev) => {
+      if (ev.kind === 'neighbour' && ev.op === 'new') engine.onNeighbour(ev.neighbour.address, ev.neighbour.ifindex, ev.neighbour.state);
+      else if (ev.kind === 'route') engine.onRoutesChanged();
+      else if (ev.kind === 'link') void ports.refreshLinks().catch(() => undefined);
+    });
+    await engine.start();
+    // Listen for ARP/NDP on every gateway interface, so a dead gateway announcing itself is seen.
+    const openLinks = () => {
+      for (const g of engine.status().gateways)
+        void ports.link(g.interface).catch((err: Error) =>
+          events.event('error', { during: `opening ${g.interface} for ARP/NDP`, error: err.message }, 'warn'),
+        );
+    };
+    openLinks();
+    this.linkTimer = setInterval(openLinks, 5000);
+    this.linkTimer.unref();
+    events.event('daemon_started', {
+      pid: process.pid,
+      config: this.opts.configPath ?? null,
+      control: this.opts.controlPath,
+      state_dir: this.opts.stateDir,
+    });
+  }
+
+  private registerCommands(control: ControlServer): void {
+    control
+      .handle('status', async () => this.status())
+      .handle('on', async () => {
+        await this.requireEngine().setEnabled(true);
+        return { enabled: true };
+      })
+      .handle('off', async () => {
+        await this.requireEngine().setEnabled(false);
+        return { enabled: false };
+      })
+      .handle('withdrawn', async () => this.requireEngine().withdrawnRoutes())
+      .handle('reload', async () => {
+        await this.reload();
+        return { reloaded: true };
+      });
+  }
+
+  private requireEngine(): DgdEngine {
+    if (!this.engine) throw new IpdeadgateError('ERR_STARTING', 'the daemon is still starting; try again');
+    return this.engine;
+  }
+
+  status(): Record<string, unknown> {
+    const dgd = this.requireEngine().status();
+    return {
+      ...dgd,
+      pid: process.pid,
+      started_at: this.startedAt.toISOString(),
+      config: this.opts.configPath ?? null,
+      state_dir: this.opts.stateDir,
+      tunnel: null,
+    };
+  }
+
+  /** SIGHUP: load the new config; a bad one is refused and the old one stays. */
+  async reload(): Promise<void> {
+    const log = eventLog(this.log);
+    let next;
+    try {
+      next = await loadDaemonConfig(this.opts.configPath);
+    } catch (err) {
+      log.event('config_refused', { error: (err as Error).message, note: 'the running config stays' }, 'error');
+      throw err;
+    }
+    this.config = next.config;
+    await this.requireEngine().reload(next.config.dgd, next.tables);
+  }
+
+  /** SIGTERM: restore every withdrawn route, close everything. Idempotent. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      if (this.linkTimer) clearInterval(this.linkTimer);
+      await this.engine?.stop({ restore: true });
+      this.subscription?.close();
+      await this.ports?.close();
+      this.rtnl?.close();
+      await this.control?.close();
+      eventLog(this.log).event('daemon_stopped', {});
+    })();
+    return this.stopping;
+  }
+
+  get currentConfig(): Config {
+    return this.config;
+  }
+}
+
+/** Run until SIGTERM/SIGINT; returns the exit code. */
+export async function runDaemon(opts: DaemonOptions): Promise<number> {
+  const daemon = new Daemon(opts);
+  try {
+    await daemon.start();
+  } catch (err) {
+    await daemon.stop().catch(() => undefined);
+    throw err;
+  }
+  return new Promise<number>((resolve) => {
+    const onStop = (sig: string) => {
+      process.off('SIGHUP', onHup);
+      void daemon
+        .stop()
+        .then(() => resolve(0))
+        .catch((err: unknown) => {
+          process.stderr.write(`ipdeadgate: stopping on ${sig}: ${(err as Error).message}\n`);
+          resolve(1);
+        });
+    };
+    const onHup = () => void daemon.reload().catch(() => undefined);
+    process.once('SIGTERM', () => onStop('SIGTERM'));
+    process.once('SIGINT', () => onStop('SIGINT'));
+    process.on('SIGHUP', onHup);
+  });
+}

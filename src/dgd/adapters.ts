@@ -1,0 +1,142 @@
+// The detection engine's ports over the real system facades (src/sys/): sock_diag for the scan,
+// rtnetlink for routes, lookups and neighbour purges, one pcap handle per gateway interface for
+// ARP/NDP, raw ICMP sockets for the echo that forces the kernel's own resolution.
+import { EventEmitter } from 'node:events';
+import { dumpTcpSockets, type TcpState } from '../sys/sockdiag';
+import { NeighbourLink, type NeighbourSighting } from '../sys/neighlink';
+import { EchoSocket } from '../sys/icmp';
+import type { Route, Rtnl } from '../sys/rtnl';
+import type { DgdPorts, KernelRoute, RouteChoice, ScannedSocket, Verification, VerifyArgs } from './ports';
+import { verifyGateway } from './verify';
+
+/** States in which a socket has unacknowledged data or a SYN/FIN to retransmit. */
+const SCAN_STATES: TcpState[] = ['ESTABLISHED', 'SYN-SENT', 'SYN-RECV', 'FIN-WAIT-1', 'CLOSE-WAIT', 'LAST-ACK', 'CLOSING'];
+
+export class SystemPorts extends EventEmitter implements DgdPorts {
+  private readonly links = new Map<string, Promise<NeighbourLink>>();
+  private readonly echo = new Map<4 | 6, EchoSocket>();
+  private readonly names = new Map<number, string>();
+  private closed = false;
+
+  constructor(private readonly rtnl: Rtnl) {
+    super();
+  }
+
+  /** Learn interface names (and refresh them on link events). */
+  async refreshLinks(): Promise<void> {
+    for (const l of await this.rtnl.listLinks()) this.names.set(l.ifindex, l.ifname);
+  }
+
+  ifindexOf(ifname: string): number | undefined {
+    for (const [i, n] of this.names) if (n === ifname) return i;
+    return undefined;
+  }
+
+  ifname(ifindex: number): string {
+    return this.names.get(ifindex) ?? `if${ifindex}`;
+  }
+
+  async scanSockets(): Promise<ScannedSocket[]> {
+    const entries = await dumpTcpSockets({ states: SCAN_STATES, info: false });
+    return entries.map((e) => ({
+      family: e.family,
+      src: e.src,
+      srcPort: e.srcPort,
+      dst: e.dst,
+      dstPort: e.dstPort,
+      state: e.state,
+      inode: e.inode,
+      timer: e.timer,
+      timerRetransmits: e.timerRetransmits,
+    }));
+  }
+
+  async lookupRoute(dst: string, src: string | null): Promise<RouteChoice> {
+    const r = await this.rtnl.lookupRoute(dst, src ? { src } : {});
+    return { gateway: r.gateway, ifindex: r.ifindex, ifname: r.ifname };
+  }
+
+  async listRoutes(tables: number[]): Promise<KernelRoute[]> {
+    const want = new Set(tables);
+    const routes = await this.rtnl.listRoutes();
+    return routes.filter((r) => want.has(r.table) && (r.gateway !== null || r.nexthops !== null)) as KernelRoute[];
+  }
+
+  addRoute(route: KernelRoute): Promise<void> {
+    return this.rtnl.addRoute(route as Route);
+  }
+
+  replaceRoute(route: KernelRoute): Promise<void> {
+    return this.rtnl.replaceRoute(route as Route);
+  }
+
+  deleteRoute(route: KernelRoute): Promise<void> {
+    return this.rtnl.deleteRoute(route as Route);
+  }
+
+  /** The pcap handle of an interface, opened once and kept (it also reports sightings). */
+  link(ifname: string): Promise<NeighbourLink> {
+    let p = this.links.get(ifname);
+    if (!p) {
+      p = NeighbourLink.open(ifname).then((link) => {
+        link.on('sighting', (s: NeighbourSighting) => this.emit('sighting', s, ifname));
+        link.on('error', (err: Error) => this.emit('error', err));
+        if (this.closed) link.close();
+        return link;
+      });
+      p.catch(() => this.links.delete(ifname));
+      this.links.set(ifname, p);
+    }
+    return p;
+  }
+
+  private echoSocket(family: 4 | 6): EchoSocket {
+    let s = this.echo.get(family);
+    if (!s) {
+      s = EchoSocket.open(family);
+      this.echo.set(family, s);
+    }
+    return s;
+  }
+
+  async verify(args: VerifyArgs): Promise<Verification> {
+    const link = await this.link(args.ifname);
+    const family = args.gateway.includes(':') ? 6 : 4;
+    return verifyGateway(
+      {
+        purgeNeighbour: (ifindex, ip) => this.rtnl.deleteNeighbour(ifindex, ip),
+        resolve: (_ifname, ip, opts) => link.resolve(ip, opts),
+        echo: (_family, ip, opts) => this.echoSocket(family).echo(ip, { timeoutMs: opts.timeoutMs }),
+      },
+      {
+        gateway: args.gateway,
+        ifname: args.ifname,
+        ifindex: args.ifindex,
+        probes: args.probes,
+        intervalMs: args.intervalMs,
+        knownMac: args.knownMac,
+        allowMacChange: args.allowMacChange,
+      },
+    );
+  }
+
+  async probeOnce(gateway: string, ifname: string, timeoutMs: number): Promise<{ mac: string; rttMs: number } | null> {
+    const link = await this.link(ifname);
+    const r = await link.resolve(gateway, { probes: 1, intervalMs: timeoutMs });
+    return r ? { mac: r.mac, rttMs: r.rttMs } : null;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const p of this.links.values()) {
+      try {
+        (await p).close();
+      } catch {
+        /* it never opened */
+      }
+    }
+    this.links.clear();
+    for (const s of this.echo.values()) s.close();
+    this.echo.clear();
+  }
+}
