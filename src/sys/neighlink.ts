@@ -218,6 +218,23 @@ function pcapError(err: unknown, ifname: string, doing: string): IpdeadgateError
   return systemError({ code: 'EIO', errno: 5, message: text }, 'pcap', `${doing} ${ifname}`);
 }
 
+let warmedUp = false;
+/**
+ * Decode a few canned frames once per process: the first reply would otherwise pay for compiling
+ * the decoders (about 5 ms measured in the lab against 0.05 ms after), and its RTT would say so.
+ */
+function warmUpDecoders(): void {
+  if (warmedUp) return;
+  warmedUp = true;
+  const mac = '02:00:00:00:00:01';
+  for (let i = 0; i < 3; i++) {
+    decodeNeighbourFrame(buildArpRequest({ senderMac: mac, senderIp: '198.18.0.1', targetIp: '198.18.0.2' }));
+    decodeNeighbourFrame(
+      buildNeighbourSolicitation({ srcMac: mac, srcIp: '2001:db8::1', target: '2001:db8::2' }),
+    );
+  }
+}
+
 export class NeighbourLink extends EventEmitter {
   readonly ifname: string;
   readonly mac: string;
@@ -267,6 +284,7 @@ export class NeighbourLink extends EventEmitter {
     this.transport = transport;
     this.readAddresses = readAddresses;
     transport.onFrame((frame, truncated) => this.handleFrame(frame, truncated));
+    warmUpDecoders();
   }
 
   get isClosed(): boolean {
