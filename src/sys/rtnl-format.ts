@@ -1,5 +1,6 @@
 // Routes as people and logs read them: identity keys, iproute2 names, and the `ip route` argv that
 // would recreate a route.
+import { formatIp } from './rtnl-ip';
 import type { Route } from './rtnl-types';
 
 /** rt_tables names iproute2 knows without /etc/iproute2/rt_tables. */
@@ -77,7 +78,10 @@ export function describeRoute(r: Route): string {
   return s;
 }
 
-/** The `ip route add` argv (without the leading `ip`) that would recreate `r`. */
+/**
+ * The `ip route add` argv (without the leading `ip`) that would recreate `r`, for logs and docs.
+ * Nexthops come last: iproute2 reads everything after the first `nexthop` as nexthop options.
+ */
 export function routeToIpArgs(r: Route): string[] {
   const args: string[] = [];
   if (r.family === 6) args.push('-6');
@@ -85,18 +89,13 @@ export function routeToIpArgs(r: Route): string[] {
   if (r.type !== 1) args.push(routeTypeName(r.type));
   const zero = r.family === 4 ? '0.0.0.0/0' : '::/0';
   args.push(r.dst === zero ? 'default' : r.dst);
+  const from = sourcePrefix(r);
+  if (from) args.push('from', from);
   if (r.tos) args.push('tos', `0x${r.tos.toString(16)}`);
-  if (r.nexthops && r.nexthops.length) {
-    for (const h of r.nexthops) {
-      args.push('nexthop');
-      if (h.gateway)
-        args.push('via', ...(h.gateway.includes(':') && r.family === 4 ? ['inet6', h.gateway] : [h.gateway]));
-      args.push('dev', h.ifname, 'weight', String(h.weight));
-      if (h.flags & 4) args.push('onlink');
-    }
-  } else {
-    if (r.gateway)
-      args.push('via', ...(r.gateway.includes(':') && r.family === 4 ? ['inet6', r.gateway] : [r.gateway]));
+  const via = (gw: string) => (gw.includes(':') && r.family === 4 ? ['inet6', gw] : [gw]);
+  const multipath = !!(r.nexthops && r.nexthops.length);
+  if (!multipath) {
+    if (r.gateway) args.push('via', ...via(r.gateway));
     if (r.ifname) args.push('dev', r.ifname);
     if (r.flags & 4) args.push('onlink');
   }
@@ -109,14 +108,49 @@ export function routeToIpArgs(r: Route): string[] {
   const locked = metrics.lock ?? 0;
   for (const [name, value] of Object.entries(metrics)) {
     if (name === 'lock') continue;
+    if (name === 'features') {
+      if (value & 1) args.push('features', 'ecn'); // RTAX_FEATURE_ECN, the only one iproute2 sets
+      continue;
+    }
     const bit = METRIC_BITS[name];
     args.push(name);
     if (bit !== undefined && locked & (1 << bit)) args.push('lock');
-    args.push(name === 'rto_min' || name === 'rtt' || name === 'rttvar' ? `${value}ms` : String(value));
+    // The kernel keeps rtt in 1/8 ms and rttvar in 1/4 ms units (iproute2 scales them the same way).
+    if (name === 'rtt') args.push(`${value / 8}ms`);
+    else if (name === 'rttvar') args.push(`${value / 4}ms`);
+    else if (name === 'rto_min') args.push(`${value}ms`);
+    else args.push(String(value));
   }
   if (r.family === 6 && r.pref !== undefined) args.push('pref', PREF_NAMES[r.pref] ?? String(r.pref));
   if (r.expires) args.push('expires', String(r.expires));
+  if (multipath)
+    for (const h of r.nexthops!) {
+      args.push('nexthop');
+      if (h.gateway) args.push('via', ...via(h.gateway));
+      args.push('dev', h.ifname, 'weight', String(h.weight));
+      if (h.flags & 4) args.push('onlink');
+    }
   return args;
+}
+
+/** The source prefix of a source-specific route (rtm_src_len + RTA_SRC, kept in Route.raw). */
+function sourcePrefix(r: Route): string | null {
+  const raw = r.raw as { srcLen?: unknown; attrs?: unknown } | null;
+  if (
+    !raw ||
+    typeof raw !== 'object' ||
+    typeof raw.srcLen !== 'number' ||
+    raw.srcLen === 0 ||
+    !Array.isArray(raw.attrs)
+  )
+    return null;
+  const src = (raw.attrs as unknown[]).find(
+    (a) => Array.isArray(a) && a[0] === 2 /* RTA_SRC */ && typeof a[1] === 'string',
+  );
+  if (!src) return null;
+  const hex = (src as [number, string])[1];
+  if (!/^([0-9a-f]{8}|[0-9a-f]{32})$/i.test(hex)) return null;
+  return `${formatIp(Buffer.from(hex, 'hex'))}/${raw.srcLen}`;
 }
 
 const METRIC_BITS: Record<string, number> = {

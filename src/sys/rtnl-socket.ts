@@ -182,6 +182,8 @@ export class NetlinkChannel {
         this.settle(p.seq, errno > 0 ? new NetlinkErrno(errno, '') : null);
       } else {
         p.replies.push(msg);
+        // The timeout is for a kernel that stops answering, not for a long dump that keeps coming.
+        p.timer.refresh();
         if (p.dump && !(msg.flags & NLM_F_MULTI)) this.settle(p.seq, null);
       }
     }

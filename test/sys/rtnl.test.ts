@@ -17,6 +17,20 @@ interface CallResult<T = unknown> {
   error?: { name: string; code?: string; errno?: number; syscall?: string; message: string };
 }
 
+/** The routes the pair lab is given, each one restored in the tests below. */
+const DSTS = [
+  '198.19.5.0/24',
+  '198.19.6.0/24',
+  '198.19.8.0/24',
+  '198.19.9.0/24',
+  '198.19.7.0/24',
+  '2001:db8:5::/64',
+  '2001:db8:6::/64',
+  '2001:db8:8::/64',
+  '2001:db8:9::/64',
+  '2001:db8:7::/64',
+];
+
 const FIXTURE = 'dist/test/fixtures/rtnl-op.js';
 const WATCH = 'dist/test/fixtures/rtnl-watch.js';
 
@@ -218,34 +232,11 @@ describe('rtnl codec (no privileges)', () => {
         { gateway: '2001:db8::3', ifindex: 2, ifname: 'eth0', weight: 5, flags: 0 },
       ],
     };
-    assert.deepEqual(routeToIpArgs(mp), [
-      '-6',
-      'route',
-      'add',
-      '2001:db8:7::/64',
-      'nexthop',
-      'via',
-      '2001:db8::2',
-      'dev',
-      'eth0',
-      'weight',
-      '2',
-      'nexthop',
-      'via',
-      '2001:db8::3',
-      'dev',
-      'eth0',
-      'weight',
-      '5',
-      'table',
-      '100',
-      'proto',
-      'boot',
-      'metric',
-      '30',
-      'pref',
-      'high',
-    ]);
+    assert.equal(
+      routeToIpArgs(mp).join(' '),
+      '-6 route add 2001:db8:7::/64 table 100 proto boot metric 30 pref high ' +
+        'nexthop via 2001:db8::2 dev eth0 weight 2 nexthop via 2001:db8::3 dev eth0 weight 5',
+    );
   });
 });
 
@@ -466,18 +457,7 @@ describe('rtnl facade in the lab', function () {
     it('deletes each route exactly and adds it back from JSON in another process: ip -d route identical', async () => {
       const before = await snapshot(lab, 'a');
       const routes = await call<Route[]>(lab, 'a', 'listRoutes');
-      const dsts = [
-        '198.19.5.0/24',
-        '198.19.6.0/24',
-        '198.19.8.0/24',
-        '198.19.9.0/24',
-        '198.19.7.0/24',
-        '2001:db8:5::/64',
-        '2001:db8:6::/64',
-        '2001:db8:8::/64',
-        '2001:db8:9::/64',
-        '2001:db8:7::/64',
-      ];
+      const dsts = DSTS;
       for (const dst of dsts) {
         // The journal's path: serialise, write, read back, parse.
         const fromJournal = JSON.parse(JSON.stringify(byDst(routes, dst))) as Route;
@@ -495,6 +475,17 @@ describe('rtnl facade in the lab', function () {
       for (const dst of dsts) await call(lab, 'a', 'deleteRoute', byDst(routes, dst));
       for (const dst of [...dsts].reverse()) await call(lab, 'a', 'addRoute', byDst(routes, dst));
       assert.equal(await snapshot(lab, 'a'), before);
+    });
+
+    it('routeToIpArgs gives the ip command that recreates each route exactly', async () => {
+      const before = await snapshot(lab, 'a');
+      const routes = await call<Route[]>(lab, 'a', 'listRoutes');
+      for (const dst of DSTS) {
+        const r = byDst(routes, dst);
+        await call(lab, 'a', 'deleteRoute', r);
+        await lab.ip('a', routeToIpArgs(r));
+        assert.equal(await snapshot(lab, 'a'), before, `ip ${routeToIpArgs(r).join(' ')}`);
+      }
     });
 
     it('replaces a route in place and back', async () => {
@@ -567,6 +558,13 @@ describe('rtnl facade in the lab', function () {
       assert.match(badIf!.error!.message, /unknown interface "nope0"/);
       assert.deepEqual([notIp!.error!.name, notIp!.error!.code], ['RangeError', 'ERR_INVALID_ARG_VALUE']);
       assert.match(notIp!.error!.message, /route\.gateway "not-an-ip" is not an IP address/);
+    });
+
+    it('close() is idempotent and rejects a request still in flight', async () => {
+      const [res] = await rtnl(lab, 'a', [{ op: 'closeWhilePending' }]);
+      assert.equal(res!.ok, false);
+      assert.deepEqual([res!.error!.name, res!.error!.code, res!.error!.errno], ['SystemError', 'EBADF', 9]);
+      assert.match(res!.error!.message, /^EBADF: listing IPv4 routes: the rtnetlink socket is closed$/);
     });
 
     it('links and addresses', async () => {
