@@ -108,10 +108,10 @@ Napi::ArrayBuffer TakeAsArrayBuffer(Napi::Env env, std::unique_ptr<std::vector<T
 
 class DumpWorker : public Napi::AsyncWorker {
  public:
-  DumpWorker(Napi::Function callback, std::vector<int> families, uint32_t states, bool withInfo,
+  DumpWorker(Napi::Function callback, int reportedFamily, uint32_t states, bool withInfo,
              std::shared_ptr<std::atomic<bool>> cancelled)
       : Napi::AsyncWorker(callback, "ipdeadgate:sock_diag"),
-        families_(std::move(families)),
+        reportedFamily_(reportedFamily),
         states_(states),
         withInfo_(withInfo),
         columns_(kBaseColumns + (withInfo ? kTcpInfoColumns : 0)),
@@ -125,9 +125,10 @@ class DumpWorker : public Napi::AsyncWorker {
       return Fail(errno, "setsockopt", "setting SO_RCVTIMEO on the sock_diag socket");
     std::vector<uint8_t> buffer(kRecvBufferSize);
     uint32_t seq = 1;
-    for (int family : families_) {
-      if (!DumpFamily(fd.Get(), family, seq++, buffer)) return;
-    }
+    // IPv4 sockets live in two kernel families: AF_INET, and AF_INET6 with IPv4-mapped addresses.
+    // So IPv4 needs both dumps; IPv6 only AF_INET6 (its mapped sockets are dropped in AppendSocket).
+    if (reportedFamily_ != 6 && !DumpFamily(fd.Get(), AF_INET, seq++, buffer)) return;
+    if (!DumpFamily(fd.Get(), AF_INET6, seq++, buffer)) return;
   }
 
   void OnOK() override {
@@ -242,9 +243,6 @@ class DumpWorker : public Napi::AsyncWorker {
   }
 
   void AppendSocket(const struct inet_diag_msg* m, const struct nlmsghdr* h) {
-    const size_t start = rows_->size();
-    rows_->resize(start + columns_);
-    uint32_t* row = rows_->data() + start;
     const auto* src = reinterpret_cast<const uint8_t*>(m->id.idiag_src);
     const auto* dst = reinterpret_cast<const uint8_t*>(m->id.idiag_dst);
     int family = m->idiag_family;
@@ -258,6 +256,10 @@ class DumpWorker : public Napi::AsyncWorker {
       src += 12;
       dst += 12;
     }
+    if (reportedFamily_ != 0 && reportedFamily_ != (family == AF_INET6 ? 6 : 4)) return;
+    const size_t start = rows_->size();
+    rows_->resize(start + columns_);
+    uint32_t* row = rows_->data() + start;
     size_t i = 0;
     row[i++] = family == AF_INET6 ? 6 : 4;
     row[i++] = addresses_.Index(family, src);
@@ -284,7 +286,7 @@ class DumpWorker : public Napi::AsyncWorker {
     }
   }
 
-  const std::vector<int> families_;
+  const int reportedFamily_;  // 0 (both), 4 or 6, as reported (after IPv4-mapped are made 4)
   const uint32_t states_;
   const bool withInfo_;
   const size_t columns_;
@@ -302,13 +304,10 @@ Napi::Value SockDiagDump(const Napi::CallbackInfo& info) {
   if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsBoolean() || !info[3].IsFunction())
     return ThrowTypeError(env, "sockDiagDump(family, states, withInfo, callback): bad arguments");
   const int family = info[0].As<Napi::Number>().Int32Value();
-  std::vector<int> families;
-  if (family == 0 || family == 4) families.push_back(AF_INET);
-  if (family == 0 || family == 6) families.push_back(AF_INET6);
-  if (families.empty()) return ThrowTypeError(env, "sockDiagDump: family must be 0, 4 or 6");
+  if (family != 0 && family != 4 && family != 6) return ThrowTypeError(env, "sockDiagDump: family must be 0, 4 or 6");
   const uint32_t states = info[1].As<Napi::Number>().Uint32Value();
   auto cancelled = std::make_shared<std::atomic<bool>>(false);
-  auto* worker = new DumpWorker(info[3].As<Napi::Function>(), std::move(families), states,
+  auto* worker = new DumpWorker(info[3].As<Napi::Function>(), family, states,
                                 info[2].As<Napi::Boolean>().Value(), cancelled);
   worker->Queue();
   return Napi::Function::New(

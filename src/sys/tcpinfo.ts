@@ -9,6 +9,7 @@ const FD_ADVICE = {
   EBADF: 'the descriptor is not open; pass the fd of an open TCP socket (see fdOf)',
   ENOTSOCK: 'the descriptor is not a socket; pass the fd of a TCP socket',
   EOPNOTSUPP: 'the socket is not a TCP socket',
+  ENOTSUP: 'the socket is not a TCP socket', // libuv's name for EOPNOTSUPP (same errno on Linux)
   ENOPROTOOPT: 'the socket is not a TCP socket',
 };
 

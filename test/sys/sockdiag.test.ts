@@ -1,0 +1,285 @@
+// sock_diag dump: real sockets in the lab (pairLab: a 198.18.0.1 / 2001:db8::1, b .2 / ::2), held
+// against `ss -tinoe` run in the same namespace at the same moment.
+import * as assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
+import type { Lab } from '../lab/lab';
+import { REPO_ROOT, requireRoot } from '../lab/lab';
+import { pairLab } from '../lab/topologies';
+import { AbortError, SystemError } from '../../src/errors';
+import { dumpTcpSockets, tcpStateMask, type TcpSocketEntry } from '../../src/sys/sockdiag';
+import { nativeSystemError } from '../../src/sys/native';
+import { parseSs, SS_STATE, type SsSocket } from '../fixtures/sockdiag-ss';
+
+const PEER = 'dist/test/fixtures/sockdiag-peer.js';
+const CLIENT = 'dist/test/fixtures/sockdiag-client.js';
+const PORT = 5000;
+
+type Json = Record<string, unknown>;
+
+/** ss's timer names by idiag_timer (misc/ss.c tmr_name); ss prints no timer for 0. */
+const SS_TIMER: readonly (string | null)[] = [null, 'on', 'keepalive', 'timewait', 'persist'];
+
+/** JSON lines printed by a spawned fixture; `next(pred)` waits for a matching one. */
+function jsonLines(child: ChildProcess): {
+  next(pred: (v: Json) => boolean, timeoutMs: number): Promise<Json>;
+} {
+  const seen: Json[] = [];
+  const waiters: { pred: (v: Json) => boolean; resolve: (v: Json) => void }[] = [];
+  let buf = '';
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.stdout!.on('data', (d: Buffer) => {
+    buf += d.toString();
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      let v: Json;
+      try {
+        v = JSON.parse(line) as Json;
+      } catch {
+        continue;
+      }
+      seen.push(v);
+      for (const w of [...waiters]) {
+        if (!w.pred(v)) continue;
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(v);
+      }
+    }
+  });
+  return {
+    next(pred, timeoutMs) {
+      const hit = seen.find(pred);
+      if (hit) return Promise.resolve(hit);
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(
+          () => reject(new Error(`fixture printed nothing matching in ${timeoutMs} ms; stderr: ${stderr}`)),
+          timeoutMs,
+        );
+        waiters.push({
+          pred,
+          resolve: (v) => {
+            clearTimeout(timer);
+            resolve(v);
+          },
+        });
+      });
+    },
+  };
+}
+
+/** Run the client fixture to completion in host a; its last JSON line is the result. */
+async function client(lab: Lab, args: string[]): Promise<Json> {
+  const r = await lab.node('a', CLIENT, args, 30_000);
+  const last = r.stdout.trim().split('\n').pop() ?? '';
+  assert.equal(r.code, 0, `fixture ${args.join(' ')} failed (${r.code}): ${r.stdout}\n${r.stderr}`);
+  return JSON.parse(last) as Json;
+}
+
+interface Sample {
+  ours: TcpSocketEntry;
+  ss: string;
+}
+
+function ssFor(sample: Sample): SsSocket {
+  const e = sample.ours;
+  const row = parseSs(sample.ss).find(
+    (s) => s.local.port === e.srcPort && s.peer.port === e.dstPort && s.peer.addr.endsWith(e.dst),
+  );
+  assert.ok(row, `ss does not show ${e.src}:${e.srcPort} -> ${e.dst}:${e.dstPort}:\n${sample.ss}`);
+  return row;
+}
+
+/** Our entry and ss's line for the same socket at the same moment agree on every shared field. */
+function assertAgreesWithSs(sample: Sample): void {
+  const e = sample.ours;
+  const ss = ssFor(sample);
+  const ctx = `ours ${JSON.stringify(e)}\nss ${JSON.stringify(ss)}`;
+  assert.equal(ss.state, SS_STATE[e.state], ctx);
+  assert.equal(ss.local.addr, e.src, ctx);
+  assert.equal(ss.inode, e.inode, ctx);
+  assert.equal(ss.uid, e.uid, ctx);
+  assert.equal(ss.timer?.name ?? null, SS_TIMER[e.timer], ctx);
+  assert.equal(ss.timer?.count ?? 0, e.timerRetransmits, ctx);
+  assert.ok(e.info, ctx);
+  assert.equal(ss.backoff, e.info.backoff, ctx);
+  assert.equal(ss.totalRetrans, e.info.totalRetrans, ctx);
+  assert.equal(ss.rtoMs, e.info.rtoMs, ctx);
+  assert.equal(ss.unacked, e.info.unacked, ctx);
+  assert.equal(ss.lost, e.info.lost, ctx);
+}
+
+describe('sock_diag dump in the lab', function () {
+  this.timeout(60_000);
+  let lab: Lab;
+  let peer: ChildProcess;
+
+  before(async function () {
+    requireRoot(this);
+    lab = await pairLab();
+    peer = lab.spawn('b', [process.execPath, `${REPO_ROOT}/${PEER}`, String(PORT)]);
+    await jsonLines(peer).next((v) => v.listening === PORT, 10_000);
+  });
+  after(async () => {
+    await lab?.close();
+  });
+
+  it('reports IPv4, IPv6 and IPv4-mapped sockets, with family and state filters', async () => {
+    const r = await client(lab, ['mapped', '2001:db8::2', String(PORT)]);
+    const all = r.all as TcpSocketEntry[];
+    const self4Port = r.self4Port as number;
+    const v6Port = r.v6Port as number;
+    // The outgoing IPv4 socket (AF_INET) and the accepted one on the [::] listener (AF_INET6 with
+    // ::ffff:198.18.0.1 in the kernel) are both family 4 with dotted addresses.
+    const out4 = all.find((e) => e.srcPort === self4Port && e.dstPort === 7001);
+    const in4 = all.find((e) => e.srcPort === 7001 && e.dstPort === self4Port);
+    assert.deepEqual(
+      [out4?.family, out4?.src, out4?.dst, out4?.state],
+      [4, '198.18.0.1', '198.18.0.1', 'ESTABLISHED'],
+    );
+    assert.deepEqual(
+      [in4?.family, in4?.src, in4?.dst, in4?.state],
+      [4, '198.18.0.1', '198.18.0.1', 'ESTABLISHED'],
+    );
+    const v6 = all.find((e) => e.srcPort === v6Port);
+    assert.deepEqual(
+      [v6?.family, v6?.src, v6?.dst, v6?.dstPort, v6?.state],
+      [6, '2001:db8::1', '2001:db8::2', PORT, 'ESTABLISHED'],
+    );
+    for (const e of [out4!, in4!, v6!]) {
+      assert.ok(e.inode > 0, 'a connected socket has an inode');
+      assert.equal(e.uid, 0);
+      assert.equal(e.info, undefined, 'no tcp_info unless asked');
+      assert.equal(e.timer, 0, 'an idle connection has no timer pending');
+    }
+    assert.ok(!all.some((e) => e.state === 'LISTEN'), 'LISTEN is not in the default states');
+    const only4 = r.only4 as TcpSocketEntry[];
+    const only6 = r.only6 as TcpSocketEntry[];
+    assert.ok(
+      only4.every((e) => e.family === 4) && only4.some((e) => e.srcPort === 7001),
+      'family 4 has the mapped',
+    );
+    assert.ok(
+      only6.every((e) => e.family === 6) && only6.some((e) => e.srcPort === v6Port),
+      'family 6 has the v6',
+    );
+    assert.equal(only4.length + only6.length, all.length);
+    const listen = r.listen as TcpSocketEntry[];
+    assert.deepEqual(
+      listen.map((e) => [e.family, e.src, e.srcPort, e.state]),
+      [[6, '::', 7001, 'LISTEN']],
+      'a [::] listener is family 6',
+    );
+    const both = r.listenAndEstablished as TcpSocketEntry[];
+    assert.ok(both.some((e) => e.state === 'LISTEN') && both.some((e) => e.state === 'ESTABLISHED'));
+    const established = both.find((e) => e.srcPort === v6Port);
+    assert.equal(established?.info?.state, 'ESTABLISHED');
+    assert.ok((established?.info?.rttMs ?? 0) > 0, 'tcp_info carries an rtt');
+    assert.deepEqual(r.none, []);
+  });
+
+  it('retransmission counters climb on a blackholed path and agree with ss -tinoe', async () => {
+    const child = lab.spawn('a', [
+      process.execPath,
+      `${REPO_ROOT}/${CLIENT}`,
+      'blackhole',
+      '198.18.0.2',
+      String(PORT),
+    ]);
+    const lines = jsonLines(child);
+    await lines.next((v) => v.ready === true, 10_000);
+    await lab.killSilently('b', 'eth0');
+    try {
+      child.stdin!.write('go\n');
+      const r = await lines.next((v) => Array.isArray(v.samples), 20_000);
+      const samples = r.samples as Sample[];
+      assert.ok(samples.length >= 10, `enough samples (${samples.length})`);
+      for (const s of samples) assertAgreesWithSs(s);
+      // Consecutive retransmissions of the current segment: never go down, reach 3 within ~3.6 s
+      // (RTO 200 ms doubling: 0.2, 0.6, 1.4, 3.0 s), the same in inet_diag_msg and tcp_info.
+      const seq = samples.map((s) => s.ours.timerRetransmits);
+      for (let i = 1; i < seq.length; i++) assert.ok(seq[i]! >= seq[i - 1]!, `monotonic: ${seq.join(',')}`);
+      assert.ok(seq[seq.length - 1]! >= 3, `reached 3 consecutive retransmissions: ${seq.join(',')}`);
+      for (const s of samples) {
+        assert.equal(s.ours.info!.retransmits, s.ours.timerRetransmits);
+        if (s.ours.timerRetransmits > 0) assert.equal(s.ours.timer, 1, 'retransmit timer pending');
+      }
+      const last = samples[samples.length - 1]!.ours;
+      assert.ok(
+        last.info!.backoff >= 3 && last.info!.totalRetrans >= 3 && last.info!.rtoMs >= 800,
+        JSON.stringify(last),
+      );
+    } finally {
+      child.kill('SIGKILL');
+      await lab.revive('b', 'eth0');
+    }
+  });
+
+  it('sees a SYN-SENT socket to a silent peer (IPv6) with its SYN retransmissions', async () => {
+    await lab.killSilently('b', 'eth0');
+    try {
+      const r = await client(lab, ['synsent', '2001:db8::2', String(PORT)]);
+      const samples = r.samples as Sample[];
+      assert.ok(samples.length >= 8, `enough samples (${samples.length})`);
+      for (const s of samples) {
+        assert.equal(s.ours.state, 'SYN-SENT');
+        assert.equal(s.ours.family, 6);
+        assert.equal(s.ours.dst, '2001:db8::2');
+        assertAgreesWithSs(s);
+      }
+      // SYN retransmissions at 1 s and 3 s (initial RTO 1 s, doubling).
+      const seq = samples.map((s) => s.ours.timerRetransmits);
+      assert.ok(seq[0]! === 0 && seq[seq.length - 1]! >= 2, `SYN retransmissions counted: ${seq.join(',')}`);
+      assert.ok(samples.every((s) => s.ours.timer === 1));
+    } finally {
+      await lab.revive('b', 'eth0');
+    }
+  });
+});
+
+describe('sock_diag dump: options and errors', () => {
+  it('rejects an already aborted signal without dumping', async () => {
+    await assert.rejects(dumpTcpSockets({ signal: AbortSignal.abort() }), AbortError);
+  });
+
+  it('an abort during the dump rejects with AbortError', async () => {
+    const ac = new AbortController();
+    const p = dumpTcpSockets({ signal: ac.signal, info: true });
+    ac.abort();
+    await assert.rejects(p, AbortError);
+  });
+
+  it('rejects unknown states and families with a TypeError naming them', async () => {
+    await assert.rejects(
+      dumpTcpSockets({ states: ['ESTABLISHED', 'BOGUS' as never] }),
+      /unknown TCP state "BOGUS"/,
+    );
+    await assert.rejects(dumpTcpSockets({ family: 5 as never }), /family must be 4, 6 or 'all'/);
+  });
+
+  it('asks the kernel for request sockets along with SYN-RECV', () => {
+    assert.equal(tcpStateMask(['SYN-RECV']), (1 << 3) | (1 << 12));
+    assert.equal(tcpStateMask(['ESTABLISHED', 'LISTEN']), (1 << 1) | (1 << 10));
+  });
+
+  it('turns a native errno error into a SystemError with advice', () => {
+    const native = Object.assign(new Error('x'), {
+      code: 'ENOENT',
+      errno: 2,
+      syscall: 'sendmsg',
+      description: 'No such file or directory',
+    });
+    const e = nativeSystemError(native, 'dumping TCP sockets with sock_diag', {
+      ENOENT: 'modprobe tcp_diag',
+    });
+    assert.ok(e instanceof SystemError);
+    assert.equal(e.code, 'ENOENT');
+    assert.equal(e.errno, 2);
+    assert.equal(e.syscall, 'sendmsg');
+    assert.equal(
+      e.message,
+      'ENOENT: dumping TCP sockets with sock_diag failed (sendmsg: No such file or directory); modprobe tcp_diag',
+    );
+  });
+});
