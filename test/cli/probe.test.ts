@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
-import { type ExecResult, type Lab, requireRoot } from '../lab/lab';
+import { type ExecResult, type Lab, REPO_ROOT, requireRoot } from '../lab/lab';
 import { DGD, dgdLab } from '../lab/topologies';
-import { macOf, waitDgdLabReady } from '../fixtures/neigh-lab';
+import { AS_NOBODY, macOf, waitDgdLabReady } from '../fixtures/neigh-lab';
 
 interface ProbeJson {
   gateway: string;
@@ -172,6 +172,23 @@ describe('ipdeadgate probe (lab)', function () {
       const r = await lab.cli('client', ['probe', '--json', DGD.r2_4]);
       assert.equal(r.code, 0, r.stderr);
     });
+  });
+
+  it('without root: exit 1 and one line saying what privilege is needed, no stack trace', async () => {
+    const r = await lab.exec('client', [
+      ...AS_NOBODY,
+      process.execPath,
+      `${REPO_ROOT}/bin/ipdeadgate`,
+      'probe',
+      DGD.r1_4,
+    ]);
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+    assert.equal(r.stdout, '');
+    assert.match(
+      r.stderr,
+      /^ipdeadgate: EPERM: opening lan0 for ARP\/NDP needs .*CAP_NET_RAW \(run as root\)/,
+    );
+    assert.doesNotMatch(r.stderr, /\n\s+at /);
   });
 
   describe('bad usage: exit 2 and one clear line', () => {

@@ -8,9 +8,9 @@ import {
   IPPROTO_ICMP,
 } from '../../src/sys/frames';
 import { EchoSocket, type RawIcmpSocket } from '../../src/sys/icmp';
-import { type Lab, requireRoot } from '../lab/lab';
+import { type Lab, REPO_ROOT, requireRoot } from '../lab/lab';
 import { DGD, dgdLab } from '../lab/topologies';
-import { waitDgdLabReady } from '../fixtures/neigh-lab';
+import { AS_NOBODY, waitDgdLabReady } from '../fixtures/neigh-lab';
 
 const FIXTURE = 'dist/test/fixtures/neigh-echo.js';
 
@@ -147,6 +147,17 @@ describe('icmp: echo on raw sockets (lab)', function () {
     const r = out.results![0]!;
     assert.equal(r.error?.code, 'ENETUNREACH', JSON.stringify(out));
     assert.match(r.error!.message, /ENETUNREACH: sending an ICMP echo to 198\.19\.5\.5/);
+  });
+
+  it('without CAP_NET_RAW: EPERM with a hint saying what is needed', async () => {
+    const args = JSON.stringify({ family: 6, echoes: [] });
+    const r = await lab.exec('client', [...AS_NOBODY, process.execPath, `${REPO_ROOT}/${FIXTURE}`, args]);
+    const out = JSON.parse(r.stdout) as EchoOut;
+    assert.equal(out.error?.code, 'EPERM', r.stdout + r.stderr);
+    assert.match(
+      out.error!.message,
+      /^EPERM: opening a raw ICMPv6 socket needs .*CAP_NET_RAW \(run as root\)/,
+    );
   });
 
   it('an unknown interface is a UsageError', async () => {

@@ -15,8 +15,8 @@ import {
   type InterfaceAddresses,
   type NeighbourSighting,
 } from '../../src/sys/neighlink';
-import { type Lab, requireRoot } from '../lab/lab';
-import { macOf, waitDgdLabReady } from '../fixtures/neigh-lab';
+import { type Lab, REPO_ROOT, requireRoot } from '../lab/lab';
+import { AS_NOBODY, macOf, waitDgdLabReady } from '../fixtures/neigh-lab';
 import { DGD, dgdLab } from '../lab/topologies';
 
 const FIXTURE = 'dist/test/fixtures/neigh-probe.js';
@@ -197,6 +197,18 @@ describe('neighlink: ARP and NDP on a real link (lab)', function () {
       intervalMs: 100,
     });
     assert.equal(out.result?.mac, r1mac);
+  });
+
+  it('without CAP_NET_RAW: EPERM with a hint saying what is needed', async () => {
+    const r = await lab.exec('client', [
+      ...AS_NOBODY,
+      process.execPath,
+      `${REPO_ROOT}/${FIXTURE}`,
+      JSON.stringify({ op: 'open', ifname: 'lan0' }),
+    ]);
+    const out = JSON.parse(r.stdout) as FixtureOut;
+    assert.equal(out.error?.code, 'EPERM', r.stdout + r.stderr);
+    assert.match(out.error!.message, /^EPERM: opening lan0 for ARP\/NDP needs .*CAP_NET_RAW \(run as root\)/);
   });
 
   it('refuses an unknown interface with a UsageError naming it', async () => {
