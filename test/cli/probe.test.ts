@@ -155,7 +155,7 @@ describe('ipdeadgate probe (lab)', function () {
       assert.equal(p.arp_rtt_ms, null);
       assert.equal(p.echo_rtt_ms, null);
       assert.equal(p.probes_sent, 3);
-      assert.ok(p.duration_ms >= 295 && p.duration_ms <= 350, `${p.duration_ms}`);
+      assert.ok(p.duration_ms >= 295 && p.duration_ms <= 400, `${p.duration_ms}`); // 300 ms + event-loop slack
       assert.doesNotMatch(r.stderr, /\n\s+at /);
     });
 
