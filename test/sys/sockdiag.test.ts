@@ -4,7 +4,7 @@ import * as assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import type { Lab } from '../lab/lab';
 import { REPO_ROOT, requireRoot } from '../lab/lab';
-import { pairLab } from '../lab/topologies';
+import { DGD, dgdLab, pairLab } from '../lab/topologies';
 import { AbortError, SystemError } from '../../src/errors';
 import { dumpTcpSockets, tcpStateMask, type TcpSocketEntry } from '../../src/sys/sockdiag';
 import { nativeSystemError } from '../../src/sys/native';
@@ -281,5 +281,95 @@ describe('sock_diag dump: options and errors', () => {
       e.message,
       'ENOENT: dumping TCP sockets with sock_diag failed (sendmsg: No such file or directory); modprobe tcp_diag',
     );
+  });
+});
+
+describe('ipdeadgate sockets (dgd lab)', function () {
+  this.timeout(60_000);
+  let lab: Lab;
+
+  before(async function () {
+    requireRoot(this);
+    lab = await dgdLab();
+    for (const host of ['server', 'r2']) {
+      const peer = lab.spawn(host, [process.execPath, `${REPO_ROOT}/${PEER}`, String(PORT)]);
+      await jsonLines(peer).next((v) => v.listening === PORT, 10_000);
+    }
+  });
+  after(async () => {
+    await lab?.close();
+  });
+
+  it('shows the gateway and climbing retransmits of connections through a dead router, none for a direct peer', async () => {
+    const start = (dst: string): { child: ChildProcess; ready: Promise<Json> } => {
+      const child = lab.spawn('client', [
+        process.execPath,
+        `${REPO_ROOT}/${CLIENT}`,
+        'blackhole',
+        dst,
+        String(PORT),
+      ]);
+      return { child, ready: jsonLines(child).next((v) => v.ready === true, 10_000) };
+    };
+    const via4 = start(DGD.server4);
+    const via6 = start(DGD.server6);
+    const direct = start(DGD.r2_4);
+    const [r4, r6, rd] = await Promise.all([via4.ready, via6.ready, direct.ready]);
+    await lab.killSilently('r1', 'lan0');
+    try {
+      via4.child.stdin!.write('go\n');
+      via6.child.stdin!.write('go\n');
+      await new Promise((r) => setTimeout(r, 1700)); // retransmissions at ~0.2, 0.6, 1.4 s
+      const res = await lab.cli('client', ['sockets', '--json']);
+      assert.equal(res.code, 0, res.stderr);
+      const rows = JSON.parse(res.stdout) as Record<string, unknown>[];
+      const row = (src: string): Record<string, unknown> | undefined => rows.find((r) => r.src === src);
+      const v4 = row(`${DGD.client4}:${r4.localPort}`);
+      const v6 = row(`[${DGD.client6}]:${r6.localPort}`);
+      const d = row(`${DGD.client4}:${rd.localPort}`);
+      assert.ok(v4 && v6 && d, res.stdout);
+      assert.deepEqual(
+        [v4.dst, v4.state, v4.gateway, v4.interface],
+        [`${DGD.server4}:${PORT}`, 'ESTABLISHED', DGD.r1_4, 'lan0'],
+      );
+      assert.equal(v6.route_error, null, JSON.stringify(v6));
+      assert.deepEqual([v6.dst, v6.gateway, v6.interface], [`[${DGD.server6}]:${PORT}`, DGD.r1_6, 'lan0']);
+      for (const r of [v4, v6]) {
+        assert.ok((r.retransmits as number) >= 2, `consecutive retransmits: ${JSON.stringify(r)}`);
+        assert.ok((r.total_retrans as number) >= (r.retransmits as number));
+        assert.ok((r.rto_ms as number) >= 400 && r.timer === 'retransmit', JSON.stringify(r));
+      }
+      assert.deepEqual(
+        [d.dst, d.gateway, d.interface, d.retransmits],
+        [`${DGD.r2_4}:${PORT}`, null, 'lan0', 0],
+      );
+      assert.equal(d.route_error, null);
+
+      const filtered = await lab.cli('client', ['sockets', '--json', '--min-retrans', '2']);
+      const kept = (JSON.parse(filtered.stdout) as Record<string, unknown>[]).map((r) => r.src);
+      assert.ok(kept.includes(v4.src) && kept.includes(v6.src) && !kept.includes(d.src), filtered.stdout);
+
+      const text = await lab.cli('client', ['sockets']);
+      assert.equal(text.code, 0, text.stderr);
+      const lines = text.stdout.trimEnd().split('\n');
+      assert.match(
+        lines[0]!,
+        /^STATE\s+SRC\s+DST\s+GATEWAY\s+IFACE\s+RETRANS\s+TOTAL\s+RTO_MS\s+RTT_MS\s+TIMER$/,
+      );
+      const col = lines[0]!.indexOf('GATEWAY');
+      assert.ok(
+        lines.slice(1).every((l) => l.length > col && l[col - 1] === ' '),
+        'columns are aligned',
+      );
+      assert.ok(lines.some((l) => l.includes(`${DGD.server4}:${PORT}`) && l.includes(DGD.r1_4)));
+
+      const bad = await lab.cli('client', ['sockets', '--min-retrans', '-1']);
+      assert.equal(bad.code, 2);
+      assert.match(bad.stderr, /--min-retrans must be a whole number/);
+      assert.doesNotMatch(bad.stderr, /\n\s+at /, 'no stack trace');
+    } finally {
+      for (const c of [via4.child, via6.child, direct.child]) c.kill('SIGKILL');
+      await lab.revive('r1', 'lan0');
+    }
   });
 });
