@@ -1,0 +1,191 @@
+// Failover benchmark (issue 3): in the lab, from the moment r1 dies silently,
+//   - defaults: when the routes switch and when the TCP flow resumes (10 trials, median and worst);
+//   - active probing 100 ms x 3 misses, no traffic at all: when the routes switch;
+//   - no daemon at all, for comparison: whether the flow recovers within 60 s;
+//   - the daemon's CPU while idle and while scanning 10k established sockets.
+// The moment of death is taken just before the nftables rule is loaded, so the nft command's own
+// latency counts against us. Every loop is bounded; the lab is torn down on exit and SIGINT.
+import * as path from 'node:path';
+import { readFileSync } from 'node:fs';
+import { Lab, REPO_ROOT, waitFor } from '../../test/lab/lab';
+import { LabDaemon } from '../../test/lab/daemon';
+import { DGD, dgdLabSpec } from '../../test/lab/topologies';
+
+const FLOW = path.join(REPO_ROOT, 'dist', 'test', 'lab', 'flow.js');
+const HOLD = path.join(REPO_ROOT, 'dist', 'scripts', 'lib', 'hold-sockets.js');
+const PORT = 7000;
+
+const args = process.argv.slice(2);
+const opt = (name: string, dflt: number) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? Number(args[i + 1]) : dflt;
+};
+const TRIALS = opt('trials', 10);
+const NODAEMON_TRIALS = opt('nodaemon-trials', 1);
+const SOCKETS = opt('sockets', 10_000);
+
+const say = (s = '') => process.stdout.write(s + '\n');
+const stats = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const median = s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+  return { median, worst: s[s.length - 1]!, best: s[0]! };
+};
+const fmt = (ms: number) => `${(ms / 1000).toFixed(3)} s`;
+
+async function newLab(): Promise<Lab> {
+  const lab = await Lab.create(dgdLabSpec());
+  await lab.blockPing('r1');
+  lab.spawn('server', [process.execPath, FLOW, 'server', String(PORT)]);
+  return lab;
+}
+
+function flow(lab: Lab, durationMs: number): { echoes: number[] } {
+  const child = lab.spawn('client', [process.execPath, FLOW, 'client', DGD.server4, String(PORT), '50', String(durationMs)]);
+  const out = { echoes: [] as number[] };
+  let buf = '';
+  child.stdout!.setEncoding('utf8');
+  child.stdout!.on('data', (c: string) => {
+    buf += c;
+    let nl;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = JSON.parse(buf.slice(0, nl)) as { seq?: number; t: number };
+      buf = buf.slice(nl + 1);
+      if (line.seq !== undefined) out.echoes.push(line.t);
+    }
+  });
+  return out;
+}
+
+async function trialDefaults(): Promise<{ switched: number; resumed: number }> {
+  const lab = await newLab();
+  try {
+    const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
+    const f = flow(lab, 30_000);
+    await waitFor(() => f.echoes.length >= 20, 5000, 'the flow');
+    const t0 = Date.now();
+    await lab.killSilently('r1', 'lan0');
+    const w = await d.waitFor((e) => e.event === 'routes_withdrawn', 20_000, 'routes withdrawn');
+    const tw = Date.parse(w.time);
+    const resumed = await waitFor(() => f.echoes.find((t) => t > tw), 20_000, 'the flow to resume');
+    await d.stop();
+    return { switched: tw - t0, resumed: resumed! - t0 };
+  } finally {
+    await lab.close();
+  }
+}
+
+async function trialActive(): Promise<number> {
+  const lab = await newLab();
+  try {
+    const d = await LabDaemon.start(
+      lab,
+      'client',
+      `dgd:\n  slow_poll_interval: 2m\n  active:\n    - { gateway: ${DGD.r1_4}, interval: 100ms, misses: 3 }\n`,
+    );
+    await d.waitFor((e) => e.event === 'active_probing', 5000, 'active probing');
+    await new Promise((r) => setTimeout(r, 300 + Math.random() * 100)); // a random phase of the probe cycle
+    const t0 = Date.now();
+    await lab.killSilently('r1', 'lan0');
+    const w = await d.waitFor((e) => e.event === 'routes_withdrawn', 10_000, 'routes withdrawn');
+    await d.stop();
+    return Date.parse(w.time) - t0;
+  } finally {
+    await lab.close();
+  }
+}
+
+async function trialNoDaemon(): Promise<number | null> {
+  const lab = await newLab();
+  try {
+    const f = flow(lab, 70_000);
+    await waitFor(() => f.echoes.length >= 20, 5000, 'the flow');
+    const t0 = Date.now();
+    await lab.killSilently('r1', 'lan0');
+    const deadline = t0 + 60_000;
+    while (Date.now() < deadline) {
+      const resumed = f.echoes.find((t) => t > t0 + 100);
+      if (resumed) return resumed - t0;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    return null;
+  } finally {
+    await lab.close();
+  }
+}
+
+function cpuTicks(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return Number(f[11]) + Number(f[12]); // utime + stime (fields 14, 15)
+}
+
+async function cpuShare(pid: number, seconds: number): Promise<number> {
+  const hz = 100; // USER_HZ on Linux
+  const a = cpuTicks(pid);
+  const t = performance.now();
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  const b = cpuTicks(pid);
+  return (b - a) / hz / ((performance.now() - t) / 1000);
+}
+
+async function cpuBench(): Promise<{ idle: number; scanning: number; sockets: number }> {
+  const lab = await newLab();
+  try {
+    const d = await LabDaemon.start(lab, 'client', null);
+    const pid = d.child.pid!;
+    await new Promise((r) => setTimeout(r, 1000));
+    const idle = await cpuShare(pid, 10);
+    const conns = Math.floor(SOCKETS / 2); // each loopback connection is two established sockets
+    const hold = lab.spawn('client', ['prlimit', `--nofile=${conns * 2 + 1000}`, process.execPath, HOLD, String(conns)]);
+    let ready = '';
+    hold.stdout!.setEncoding('utf8');
+    hold.stdout!.on('data', (c: string) => (ready += c));
+    await waitFor(() => ready.includes('ready'), 120_000, 'the sockets to be established');
+    const counted = (await lab.exec('client', ['ss', '-Htn', 'state', 'established'])).stdout.trim().split('\n').length;
+    await new Promise((r) => setTimeout(r, 1000));
+    const scanning = await cpuShare(pid, 10);
+    const st = await d.status();
+    await d.stop();
+    return { idle, scanning, sockets: Math.max(counted, Number((st.last_scan as { sockets: number }).sockets)) };
+  } finally {
+    await lab.close();
+  }
+}
+
+async function main(): Promise<void> {
+  say(`bench-failover: ${TRIALS} trials per case, ${new Date().toISOString()}, node ${process.version}`);
+  const def: { switched: number; resumed: number }[] = [];
+  for (let i = 0; i < TRIALS; i++) {
+    def.push(await trialDefaults());
+    say(`  defaults trial ${i + 1}: routes switched ${fmt(def[i]!.switched)}, flow resumed ${fmt(def[i]!.resumed)}`);
+  }
+  const act: number[] = [];
+  for (let i = 0; i < TRIALS; i++) {
+    act.push(await trialActive());
+    say(`  active probing trial ${i + 1}: routes switched ${fmt(act[i]!)}`);
+  }
+  const none: (number | null)[] = [];
+  for (let i = 0; i < NODAEMON_TRIALS; i++) {
+    none.push(await trialNoDaemon());
+    say(`  no daemon trial ${i + 1}: ${none[i] === null ? 'flow never recovered within 60 s' : `flow recovered after ${fmt(none[i]!)}`}`);
+  }
+  const cpu = await cpuBench();
+  const s = stats(def.map((x) => x.switched));
+  const r = stats(def.map((x) => x.resumed));
+  const a = stats(act);
+  say('');
+  say('| case | median | worst | target |');
+  say('| --- | --- | --- | --- |');
+  say(`| defaults: routes switched | ${fmt(s.median)} | ${fmt(s.worst)} | <= 1.6 s |`);
+  say(`| defaults: flow resumed | ${fmt(r.median)} | ${fmt(r.worst)} | <= 3.2 s |`);
+  say(`| active probing 100ms x 3: routes switched | ${fmt(a.median)} | ${fmt(a.worst)} | <= 0.4 s |`);
+  say(
+    `| no daemon: flow recovered | ${none.every((x) => x === null) ? 'never (60 s)' : none.map((x) => (x === null ? 'never' : fmt(x))).join(', ')} | | never |`,
+  );
+  say(`| daemon CPU idle | ${(cpu.idle * 100).toFixed(2)}% of a core | | < 2% |`);
+  say(`| daemon CPU scanning ${cpu.sockets} established sockets | ${(cpu.scanning * 100).toFixed(2)}% of a core | | < 2% |`);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench-failover failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+  process.exitCode = 1;
+});
