@@ -2,6 +2,9 @@
 // gateways withdrawn, and which kernel operation turns one state into another. No I/O here.
 import type { JournalEntry, KernelNexthop, KernelRoute } from './ports';
 
+/** include/uapi/linux/rtnetlink.h: the gateway is on-link even if no prefix says so. */
+const RTNH_F_ONLINK = 4;
+
 /** A gateway's identity: the address and the interface (IPv6 link-local gateways repeat across links). */
 export function gatewayKey(address: string, ifindex: number): string {
   return `${address.toLowerCase()}%${ifindex}`;
@@ -40,7 +43,9 @@ export function reducedRoute(original: KernelRoute, removed: ReadonlySet<string>
     if (keep.length === 1) {
       // The kernel reports a multipath route with one nexthop left as a single-path route.
       const nh = keep[0]!;
-      return { ...original, nexthops: null, gateway: nh.gateway, ifindex: nh.ifindex, ifname: nh.ifname ?? null };
+      // The nexthop's own flags (RTNH_F_ONLINK) become the route's flags (rtnetlink.h).
+      const flags = ((original as { flags?: number }).flags ?? 0) | ((nh.flags ?? 0) & RTNH_F_ONLINK);
+      return { ...original, nexthops: null, gateway: nh.gateway, ifindex: nh.ifindex, ifname: nh.ifname ?? null, flags } as KernelRoute;
     }
     return { ...original, nexthops: keep };
   }

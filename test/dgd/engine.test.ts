@@ -348,3 +348,17 @@ describe('DGD engine', () => {
     await s.engine.stop({ restore: true });
   });
 });
+
+describe('route planning', () => {
+  it('a multipath route reduced to one nexthop keeps that nexthop onlink', async () => {
+    const { reducedRoute, gatewayKey } = await import('../../src/dgd/routeplan');
+    const mp = multipath('198.18.5.0/24', [
+      [R1, 1],
+      [R2, 1],
+    ], 0);
+    mp.nexthops![1]!.flags = 4;
+    const r = reducedRoute(mp, new Set([gatewayKey(R1, 2)]))!;
+    assert.equal(r.gateway, R2);
+    assert.equal((r as unknown as { flags: number }).flags & 4, 4);
+  });
+});
