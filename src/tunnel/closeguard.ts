@@ -110,6 +110,7 @@ export interface GuardStats {
 
 interface Tracked {
   socket: net.Socket;
+  stream: MuxStream;
   fd: number | undefined;
   done: boolean;
   lastBytes: number;
@@ -148,7 +149,7 @@ export class CloseGuard {
    * the local socket only after the answer; a refusal resets both.
    */
   bridge(local: net.Socket, stream: MuxStream, onDone: () => void, answer?: Promise<void>): void {
-    const t: Tracked = { socket: local, fd: this.ports.fdOf(local), done: false, lastBytes: 0, lastChange: this.clock.now() };
+    const t: Tracked = { socket: local, stream, fd: this.ports.fdOf(local), done: false, lastBytes: 0, lastChange: this.clock.now() };
     this.tracked.add(t);
     let watch: { close(): void } | undefined;
     let finished = false;
@@ -181,14 +182,19 @@ export class CloseGuard {
       resetLocal();
     });
     stream.on('error', () => resetLocal()); // RST, close_timeout, link death: reset the local socket
+    const maybeFinish = (): void => {
+      if (local.destroyed && stream.destroyed) finish();
+    };
     stream.on('close', () => {
       // Destroyed before a clean end both ways: nothing more will come; do not leave the socket.
       if (!stream.finished || !stream.remoteEnded) resetLocal();
-      if (local.destroyed) finish();
+      maybeFinish();
     });
-    local.on('close', () => {
-      if (!stream.destroyed && !stream.finished) stream.reset(new IpdeadgateError('ECONNRESET', 'the local socket closed'));
-      finish();
+    local.on('close', (hadError: boolean) => {
+      // A clean close (the local FIN read, ours sent) races the stream's own FIN, which pipe()
+      // has already asked for with stream.end(): let it go out. Anything else resets the stream.
+      if (!stream.destroyed && (hadError || !local.readableEnded)) stream.reset(new IpdeadgateError('ECONNRESET', 'the local socket closed'));
+      maybeFinish();
     });
     if (t.fd !== undefined && this.ports.watchSocket) {
       watch = this.ports.watchSocket(t.fd, (ev) => {
@@ -222,7 +228,12 @@ export class CloseGuard {
     let n = 0;
     for (const t of [...this.tracked]) {
       if (t.socket.destroyed) {
-        this.tracked.delete(t);
+        // The socket is gone but its stream lingers (a FIN that never came): bound it too.
+        if (t.stream.destroyed) this.tracked.delete(t);
+        else if (now - t.lastChange >= this.opts.closeTimeoutMs) {
+          t.stream.reset(new IpdeadgateError('ERR_TUNNEL_CLOSE_TIMEOUT', 'the local socket closed and the stream never finished'));
+          n++;
+        }
         continue;
       }
       const bytes = t.socket.bytesRead + t.socket.bytesWritten;
