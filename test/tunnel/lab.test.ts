@@ -179,3 +179,48 @@ describe('tunnel lab: firewall, gateway proxies, endpoint proxy', function () {
     assert.ok(sessions >= 2000);
   });
 });
+
+describe('tunnel lab: a relay chain of two', function () {
+  this.timeout(60_000);
+  let lab: Lab;
+  let pki: TestPki;
+
+  before(async function () {
+    requireRoot(this);
+    pki = makePki(['gwp', 'r1', 'r2', 'epp']);
+    const a = (host: string, last: number) => ({ host, iface: 'eth0', addrs: [`198.18.3.${last}/24`] });
+    lab = await Lab.create({
+      hosts: { server: {}, epp: {}, r1: {}, r2: {}, gwp: {}, client: {} },
+      lans: [{ name: 'chain', members: [a('server', 10), a('epp', 2), a('r1', 31), a('r2', 32), a('gwp', 11), a('client', 20)] }],
+    });
+  });
+  after(async () => {
+    await lab?.close();
+    pki?.cleanup();
+  });
+
+  it('client -> gateway proxy -> relay -> relay -> endpoint proxy -> server, routed by service name, sha256 intact', async () => {
+    startEcho(lab, 'server', '198.18.3.10', 9494);
+    const r1 = startNode(lab, pki, { host: 'r1', name: 'r1', role: 'relay', listen: '198.18.3.31:9401' });
+    const r2 = startNode(lab, pki, { host: 'r2', name: 'r2', role: 'relay', listen: '198.18.3.32:9401', links: ['198.18.3.31:9401'] });
+    startNode(lab, pki, { host: 'epp', name: 'epp', role: 'endpoint-proxy', links: ['198.18.3.31:9401'], services: { gateway: '198.18.3.10:9494' } });
+    const gwp = startNode(lab, pki, {
+      host: 'gwp',
+      name: 'gwp',
+      role: 'gateway-proxy',
+      links: ['198.18.3.32:9401'],
+      forwards: [{ listen: '198.18.3.11:9494', service: 'gateway' }],
+    });
+    const st = await waitStatus(gwp, (s) => s.links.some((l) => l.services.gateway === 2), 15_000, 'gateway announced two relays away');
+    assert.equal(st.links[0]!.peer, 'r2');
+    const t = await client<Transfer>(lab, 'client', ['transfer', '198.18.3.11', '9494', String(16 * 1024 * 1024)]);
+    assert.equal(t.sha_got, t.sha_sent);
+    const m = await client<Many>(lab, 'client', ['many', '198.18.3.11', '9494', '200', '20']);
+    assert.equal(m.failed, 0, JSON.stringify(m));
+    for (const relay of [r1, r2]) {
+      const s = await waitStatus(relay, (x) => x.sessions.count === 0, 10_000, 'relay sessions to end');
+      assert.equal(s.sessions.opened, 201, `${relay.spec.name} relayed every session`);
+    }
+    for (const host of ['gwp', 'r1', 'r2', 'epp']) assert.deepEqual(await closeWait(lab, host), [], `CLOSE_WAIT in ${host}`);
+  });
+});
