@@ -1,0 +1,174 @@
+// scripts/bench-tunnel: the tunnel against OpenSSH -L, socat and a direct connection over the same
+// path, in a lab of two namespaces (a: client side, b: server side) on one veth pair.
+import type { ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { controlRequest } from '../src/daemon/control';
+import { Lab, REPO_ROOT, waitFor } from '../test/lab/lab';
+import { makePki } from '../test/fixtures/tunnel-pki';
+
+const A = '198.18.5.1';
+const B = '198.18.5.2';
+const args = process.argv.slice(2);
+const opt = (name: string, dflt: number): number => {
+  const i = args.indexOf(name);
+  return i >= 0 ? Number(args[i + 1]) : dflt;
+};
+const SECONDS = opt('--seconds', 5);
+const SESSIONS = opt('--sessions', 10_000);
+
+const log = (s: string): void => void process.stderr.write(`bench-tunnel: ${s}\n`);
+
+async function main(): Promise<void> {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'idg-bench-tunnel-'));
+  const pki = makePki(['a', 'b'], tmp);
+  let createdRunSshd = false;
+  const lab = await Lab.create({
+    hosts: { a: {}, b: {} },
+    lans: [{ name: 'ab', members: [{ host: 'a', iface: 'eth0', addrs: [`${A}/24`] }, { host: 'b', iface: 'eth0', addrs: [`${B}/24`] }] }],
+  });
+  const kids: ChildProcess[] = [];
+  const bg = (host: string, argv: string[]): ChildProcess => {
+    const c = lab.spawn(host, argv);
+    c.stdout?.resume();
+    c.stderr?.resume();
+    kids.push(c);
+    return c;
+  };
+  const listening = (host: string, port: number): Promise<unknown> =>
+    waitFor(async () => (await lab.exec(host, ['ss', '-Hltn', `sport = :${port}`])).stdout.trim() !== '', 10_000, `${host} listening on ${port}`, 50);
+  try {
+    const helper = path.join(REPO_ROOT, 'dist', 'scripts', 'bench-tunnel-conns.js');
+    // Servers on b.
+    bg('b', ['iperf3', '-s', '-B', B, '-p', '5201']);
+    bg('b', [process.execPath, helper, 'echo-server', B, '7001']);
+    bg('b', [process.execPath, helper, 'hold-server', B, '7002']);
+    // socat on a: a plain user-space TCP relay.
+    bg('a', ['socat', `TCP-LISTEN:6000,bind=${A},reuseaddr,fork`, `TCP:${B}:5201`]);
+    // OpenSSH: sshd on b, ssh -L on a, throw-away keys.
+    if (!fs.existsSync('/run/sshd')) {
+      fs.mkdirSync('/run/sshd', { mode: 0o755 });
+      createdRunSshd = true;
+    }
+    const k = (n: string): string => path.join(tmp, n);
+    for (const n of ['hostkey', 'userkey']) await lab.execOk('a', ['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', k(n)]);
+    fs.copyFileSync(k('userkey.pub'), k('authorized_keys'));
+    fs.writeFileSync(
+      k('sshd_config'),
+      [`ListenAddress ${B}`, 'Port 22', `HostKey ${k('hostkey')}`, `PidFile ${k('sshd.pid')}`, `AuthorizedKeysFile ${k('authorized_keys')}`, 'StrictModes no', 'PermitRootLogin prohibit-password', 'PasswordAuthentication no', 'KbdInteractiveAuthentication no', 'UsePAM no', 'AllowTcpForwarding yes', ''].join('\n'),
+    );
+    bg('b', ['/usr/sbin/sshd', '-D', '-e', '-f', k('sshd_config')]);
+    await listening('b', 22);
+    bg('a', ['ssh', '-N', '-L', `${A}:7000:${B}:5201`, '-i', k('userkey'), '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'BatchMode=yes', '-o', 'ExitOnForwardFailure=yes', `root@${B}`]);
+    // Our tunnel: a on a dials b; forwards on a, services on b.
+    const cfgFile = (name: string, lines: string[]): string => {
+      fs.copyFileSync(pki.nodes[name]!.cert, k(`${name}.pem`));
+      fs.copyFileSync(pki.nodes[name]!.key, k(`${name}.key`));
+      fs.copyFileSync(pki.ca, k('ca.pem'));
+      const f = k(`${name}.yaml`);
+      fs.writeFileSync(f, ['tunnel:', ...lines, `  name: ${name}`, `  tls: { ca: ca.pem, cert: ${name}.pem, key: ${name}.key }`, '  max_sessions: 30000', ''].join('\n'));
+      return f;
+    };
+    const bCfg = cfgFile('b', ['  role: endpoint-proxy', `  listen: ${B}:9401`, '  services:', `    iperf: ${B}:5201`, `    echo: ${B}:7001`, `    hold: ${B}:7002`]);
+    const aCfg = cfgFile('a', ['  role: gateway-proxy', '  links:', `    - { connect: ${B}:9401 }`, '  forwards:', `    - { listen: ${A}:8000, service: iperf }`, `    - { listen: ${A}:8001, service: echo }`, `    - { listen: ${A}:8002, service: hold }`]);
+    const bin = path.join(REPO_ROOT, 'bin', 'ipdeadgate');
+    const tb = bg('b', [process.execPath, bin, 'tunnel', '--config', bCfg, '--control', k('b.sock')]);
+    const ta = bg('a', [process.execPath, bin, 'tunnel', '--config', aCfg, '--control', k('a.sock')]);
+    await waitFor(
+      async () => {
+        const s = (await controlRequest(k('a.sock'), 'status').catch(() => undefined)) as { tunnel: { links: { state: string }[] } } | undefined;
+        return s?.tunnel.links[0]?.state === 'up';
+      },
+      15_000,
+      'the tunnel link',
+      100,
+    );
+    await Promise.all([listening('a', 6000), listening('a', 7000), listening('a', 8000), listening('b', 5201)]);
+
+    const ping = await lab.execOk('a', ['ping', '-c', '10', '-i', '0.2', '-q', B]);
+    const rtt = Number(/= [\d.]+\/([\d.]+)\//.exec(ping)?.[1] ?? NaN);
+    log(`RTT a -> b: ${rtt} ms`);
+
+    const paths: [string, string, number][] = [
+      ['direct', B, 5201],
+      ['socat', A, 6000],
+      ['ssh -L', A, 7000],
+      ['tunnel (TLS)', A, 8000],
+    ];
+    const gbps: Record<string, Record<number, number>> = {};
+    for (const streams of [1, 8]) {
+      for (const [name, host, port] of paths) {
+        const r = await lab.exec('a', ['iperf3', '-c', host, '-p', String(port), '-t', String(SECONDS), '-P', String(streams), '-J'], (SECONDS + 20) * 1000);
+        let bps = NaN;
+        try {
+          bps = (JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second;
+        } catch {
+          log(`iperf3 ${name} -P ${streams} failed: ${r.stderr.trim() || r.stdout.slice(0, 200)}`);
+        }
+        (gbps[name] ??= {})[streams] = bps / 1e9;
+        log(`${name.padEnd(13)} -P ${streams}: ${(bps / 1e9).toFixed(2)} Gbit/s`);
+      }
+    }
+
+    const lat = async (host: string, port: number): Promise<{ median_ms: number; p90_ms: number }> =>
+      JSON.parse((await lab.execOk('a', [process.execPath, helper, 'latency', host, String(port), '300'], 60_000)).trim()) as { median_ms: number; p90_ms: number };
+    const latDirect = await lat(B, 7001);
+    const latTunnel = await lat(A, 8001);
+    log(`session open + 1 byte round trip: direct ${latDirect.median_ms.toFixed(3)} ms, tunnel ${latTunnel.median_ms.toFixed(3)} ms (median of 300)`);
+
+    const rss = (pid: number): number => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN);
+    // Warm up (JIT, pools), then measure RSS before and with SESSIONS idle sessions open.
+    await lab.execOk('a', [process.execPath, helper, 'latency', A, '8002', '200'], 60_000).catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 2000));
+    const before = { a: rss(ta.pid!), b: rss(tb.pid!) };
+    const holder = lab.spawn('a', [process.execPath, helper, 'hold', A, '8002', String(SESSIONS), '30']);
+    kids.push(holder);
+    let holdOut = '';
+    holder.stdout?.on('data', (c: Buffer) => (holdOut += c.toString()));
+    holder.stderr?.resume();
+    await waitFor(() => /"ready"/.test(holdOut), 120_000, `${SESSIONS} sessions`, 100);
+    const ready = JSON.parse(holdOut.split('\n')[0]!) as { ready: number; failed: number };
+    await new Promise((r) => setTimeout(r, 3000));
+    const during = { a: rss(ta.pid!), b: rss(tb.pid!) };
+    const st = (await controlRequest(k('a.sock'), 'status')) as { tunnel: { sessions: { count: number } } };
+    const perA = ((during.a - before.a) / ready.ready).toFixed(1);
+    const perB = ((during.b - before.b) / ready.ready).toFixed(1);
+    log(`${ready.ready} idle sessions (${ready.failed} failed, ${st.tunnel.sessions.count} in status): RSS a ${before.a} -> ${during.a} KiB (${perA} KiB/session), b ${before.b} -> ${during.b} KiB (${perB} KiB/session)`);
+    holder.kill('SIGKILL');
+
+    // The report.
+    const f = (x: number | undefined): string => (x === undefined || Number.isNaN(x) ? 'n/a' : x.toFixed(2));
+    const ratio = (a: number | undefined, b: number | undefined): string => (a && b ? (a / b).toFixed(2) : 'n/a');
+    const lines = [
+      `Measured ${new Date().toISOString().slice(0, 10)} on ${os.cpus().length} cores (${os.cpus()[0]?.model ?? '?'}), Node ${process.version}, iperf3 -t ${SECONDS}, lab veth pair (RTT ${rtt} ms).`,
+      '',
+      '| path | 1 stream Gbit/s | 8 streams Gbit/s |',
+      '| --- | ---: | ---: |',
+      ...paths.map(([n]) => `| ${n} | ${f(gbps[n]?.[1])} | ${f(gbps[n]?.[8])} |`),
+      '',
+      `Ratios, tunnel / ssh -L: ${ratio(gbps['tunnel (TLS)']?.[1], gbps['ssh -L']?.[1])} (1 stream), ${ratio(gbps['tunnel (TLS)']?.[8], gbps['ssh -L']?.[8])} (8 streams); ` +
+        `tunnel / socat: ${ratio(gbps['tunnel (TLS)']?.[1], gbps.socat?.[1])}, ${ratio(gbps['tunnel (TLS)']?.[8], gbps.socat?.[8])}; ` +
+        `tunnel / direct: ${ratio(gbps['tunnel (TLS)']?.[1], gbps.direct?.[1])}, ${ratio(gbps['tunnel (TLS)']?.[8], gbps.direct?.[8])}.`,
+      '',
+      `Session open (connect, 1 byte, its echo; median of 300): direct ${latDirect.median_ms.toFixed(3)} ms, through the tunnel ${latTunnel.median_ms.toFixed(3)} ms (p90 ${latTunnel.p90_ms.toFixed(3)} ms).`,
+      '',
+      `Idle sessions: ${ready.ready} open (${ready.failed} failed): RSS of the dialing proxy ${before.a} -> ${during.a} KiB (${perA} KiB per session), of the accepting proxy ${before.b} -> ${during.b} KiB (${perB} KiB per session).`,
+    ];
+    process.stdout.write(lines.join('\n') + '\n');
+  } finally {
+    for (const c of kids) c.kill('SIGKILL');
+    await lab.close();
+    pki.cleanup();
+    fs.rmSync(tmp, { recursive: true, force: true });
+    if (createdRunSshd) fs.rmSync('/run/sshd', { recursive: true, force: true });
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: Error) => {
+    process.stderr.write(`bench-tunnel: ${err.message}\n`);
+    process.exit(1);
+  },
+);
