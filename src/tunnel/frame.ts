@@ -101,6 +101,12 @@ const EMPTY = Buffer.alloc(0);
 export interface DecoderOptions {
   /** Largest Data payload accepted; a larger one is a protocol error (default 1 MiB). */
   maxFrameSize?: number;
+  /**
+   * Deliver a data frame's payload in pieces as its bytes arrive instead of reassembling it
+   * (no copy, no wait for the whole frame). SYN/ACK stay only on the first piece, FIN/RST only on
+   * the last; `length` is the piece's length.
+   */
+  streamData?: boolean;
 }
 
 /**
@@ -114,9 +120,14 @@ export class FrameDecoder {
   private buffered = 0;
   private header: { type: FrameType; flags: number; streamId: number; length: number } | undefined;
   private failed: ProtocolError | undefined;
+  private readonly streamData: boolean;
+  /** Streaming mode: payload bytes of the current data frame still to come, and whether a piece went out. */
+  private remaining = 0;
+  private pieceSent = false;
 
   constructor(opts: DecoderOptions = {}) {
     this.maxFrameSize = opts.maxFrameSize ?? 1024 * 1024;
+    this.streamData = opts.streamData ?? false;
   }
 
   /** Bytes received but not yet part of a complete frame. */
@@ -142,6 +153,21 @@ export class FrameDecoder {
         if (h.type !== FrameType.Data) {
           frames.push({ type: h.type, flags: h.flags, streamId: h.streamId, length: h.length });
           this.header = undefined;
+          continue;
+        }
+        if (this.streamData && h.length > 0) {
+          if (!this.pieceSent) this.remaining = h.length;
+          if (this.buffered === 0) break;
+          const n = Math.min(this.remaining, this.chunks[0]!.length);
+          const data = this.take(n);
+          this.remaining -= n;
+          const last = this.remaining === 0;
+          let flags = h.flags;
+          if (this.pieceSent) flags &= ~(Flag.SYN | Flag.ACK);
+          if (!last) flags &= ~(Flag.FIN | Flag.RST);
+          frames.push({ type: h.type, flags, streamId: h.streamId, length: n, data });
+          this.pieceSent = !last;
+          if (last) this.header = undefined;
           continue;
         }
         if (this.buffered < h.length) break;

@@ -79,6 +79,40 @@ describe('tunnel: yamux frame codec', () => {
     }
   });
 
+  it('streaming mode delivers payload pieces as they arrive: same bytes, SYN on the first piece, FIN on the last', () => {
+    const rnd = prng(9);
+    const frames = Array.from({ length: 30 }, () => randomFrame(rnd));
+    const wire = Buffer.concat(frames.map(encodeFrame));
+    const dec = new FrameDecoder({ maxFrameSize: 4096, streamData: true });
+    const got: Frame[] = [];
+    for (const c of chop(wire, rnd)) got.push(...dec.push(c).frames);
+    let i = 0;
+    for (const want of frames) {
+      if (want.type !== FrameType.Data || want.length === 0) {
+        const g = got[i++]!;
+        assert.equal(g.type, want.type);
+        assert.equal(g.flags, want.flags);
+        continue;
+      }
+      const pieces: Frame[] = [];
+      let n = 0;
+      while (n < want.length) {
+        const g = got[i++]!;
+        assert.equal(g.streamId, want.streamId);
+        pieces.push(g);
+        n += g.data!.length;
+      }
+      assert.ok(Buffer.concat(pieces.map((p) => p.data!)).equals(want.data!));
+      pieces.forEach((p, k) => {
+        const synAck = Flag.SYN | Flag.ACK;
+        const finRst = Flag.FIN | Flag.RST;
+        assert.equal(p.flags & synAck, k === 0 ? want.flags & synAck : 0);
+        assert.equal(p.flags & finRst, k === pieces.length - 1 ? want.flags & finRst : 0);
+      });
+    }
+    assert.equal(i, got.length);
+  });
+
   const bad: [string, Buffer, string][] = [
     ['version 1', Buffer.from([1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]), 'ERR_YAMUX_VERSION'],
     ['type 4', Buffer.from([0, 4, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]), 'ERR_YAMUX_TYPE'],
