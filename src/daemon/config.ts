@@ -95,6 +95,18 @@ export const logSchema = z
   })
   .strict();
 
+/** The failover flight recorder (src/daemon/flightrec.ts): pcap files of the moments around each death. */
+export const flightRecorderSchema = z
+  .object({
+    enabled: z.boolean().default(true),
+    before: duration(1000, 300_000).default('10s'),
+    after: duration(0, 60_000).default('3s'),
+    ring_bytes: intIn(65_536, 268_435_456).default(4_194_304),
+    max_files: intIn(1, 1000).default(20),
+    max_bytes: intIn(1_048_576, 4_294_967_296).default(33_554_432),
+  })
+  .strict();
+
 /**
  * The tunnel section is validated by the tunnel's own schema (src/tunnel/config.ts) when a tunnel
  * role runs; here it only has to be a mapping.
@@ -107,6 +119,7 @@ export const configSchema = z
     tunnel: tunnelSection.default({}),
     metrics: metricsSchema.default({}),
     log: logSchema.default({}),
+    flight_recorder: flightRecorderSchema.default({}),
   })
   .strict();
 

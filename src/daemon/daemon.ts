@@ -15,6 +15,7 @@ import { systemClock } from '../util/clock';
 import { defaultConfig, loadConfig, type Config } from './config';
 import { ControlServer } from './control';
 import { createLogger, eventLog, type LogFormat } from './log';
+import { DaemonOps } from './ops';
 import { resolveTables } from './tables';
 
 export interface DaemonOptions {
@@ -49,6 +50,8 @@ export class Daemon {
   private readonly startedAt = new Date();
   private config!: Config;
   private readonly log: Logger;
+  /** Flight recorder and metrics (src/daemon/ops.ts): they see detection through its events. */
+  private ops: DaemonOps | null = null;
 
   constructor(private readonly opts: DaemonOptions) {
     this.log = createLogger({ format: opts.logFormat ?? 'json' });
@@ -57,7 +60,9 @@ export class Daemon {
   async start(): Promise<void> {
     const { config, tables } = await loadDaemonConfig(this.opts.configPath);
     this.config = config;
-    const events = eventLog(this.log);
+    this.log.level = config.log.level;
+    this.ops = new DaemonOps(this.opts.stateDir, config);
+    const events = this.ops.wrapEvents(eventLog(this.log));
     await mkdir(this.opts.stateDir, { recursive: true, mode: 0o700 });
 
     // The control socket first: a second daemon must fail before it touches any route.
@@ -88,6 +93,7 @@ export class Daemon {
       else if (ev.kind === 'link') void ports.refreshLinks().catch(() => undefined);
     });
     await engine.start();
+    await this.ops.start(engine, ports);
     // Listen for ARP/NDP on every gateway interface, so a dead gateway announcing itself is seen.
     const openLinks = () => {
       for (const g of engine.status().gateways)
@@ -131,7 +137,7 @@ export class Daemon {
 
   status(): Record<string, unknown> {
     const dgd = this.requireEngine().status();
-    return {
+    const status = {
       ...dgd,
       pid: process.pid,
       started_at: this.startedAt.toISOString(),
@@ -139,6 +145,7 @@ export class Daemon {
       state_dir: this.opts.stateDir,
       tunnel: null,
     };
+    return this.ops ? this.ops.decorateStatus(status) : status;
   }
 
   /** SIGHUP: load the new config; a bad one is refused and the old one stays. */
@@ -152,7 +159,9 @@ export class Daemon {
       throw err;
     }
     this.config = next.config;
+    this.log.level = next.config.log.level;
     await this.requireEngine().reload(next.config.dgd, next.tables);
+    await this.ops?.reconfigure(next.config);
   }
 
   /** SIGTERM: restore every withdrawn route, close everything. Idempotent. */
@@ -160,6 +169,7 @@ export class Daemon {
     this.stopping ??= (async () => {
       if (this.linkTimer) clearInterval(this.linkTimer);
       await this.engine?.stop({ restore: true });
+      await this.ops?.close();
       this.subscription?.close();
       await this.ports?.close();
       this.rtnl?.close();

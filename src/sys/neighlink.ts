@@ -26,6 +26,7 @@ import {
   normalizeIp,
   normalizeMac,
 } from './frames';
+import { preciseNowMs } from './pcapfile';
 
 export interface NeighbourSighting {
   family: 4 | 6;
@@ -88,9 +89,28 @@ export interface InterfaceAddresses {
 
 /**
  * BPF: every ARP packet, and ICMPv6 RA (134), NS (135), NA (136). `ip6[40]` is the ICMPv6 type when
- * no extension header precedes it, which RFC 4861 messages never have in practice.
+ * no extension header precedes it, which RFC 4861 messages never have in practice. ICMP/ICMPv6
+ * echo requests and replies (8/0, 128/129) are captured too, for the flight recorder's picture of a
+ * verification (the echo that forces the kernel's own resolution); they make no sightings and
+ * count as `ignored`.
  */
-export const NEIGHBOUR_BPF_FILTER = 'arp or (icmp6 and (ip6[40] == 134 or ip6[40] == 135 or ip6[40] == 136))';
+export const NEIGHBOUR_BPF_FILTER =
+  'arp or (icmp6 and (ip6[40] == 134 or ip6[40] == 135 or ip6[40] == 136)) or ' +
+  '(icmp and (icmp[icmptype] == icmp-echo or icmp[icmptype] == icmp-echoreply)) or ' +
+  '(icmp6 and (ip6[40] == 128 or ip6[40] == 129))';
+
+/**
+ * A raw frame the link captured ('in') or sent ('out'): the 'frame' event, emitted only while
+ * someone listens. libpcap does not show a handle the frames it sent itself, so sent ones are
+ * reported here directly. `data` is a copy, safe to keep.
+ */
+export interface LinkFrame {
+  ifname: string;
+  direction: 'in' | 'out';
+  /** Epoch milliseconds (fractional) when the frame was handled. */
+  tsMs: number;
+  data: Buffer;
+}
 
 const REPLY_KINDS: ReadonlySet<NeighbourSighting['kind']> = new Set(['arp-reply', 'garp', 'na']);
 const IFNAME = /^[^\s/:]{1,15}$/;
@@ -399,12 +419,24 @@ export class NeighbourLink extends EventEmitter {
       throw new IpdeadgateError('ERR_CLOSED', `the ARP/NDP handle on ${this.ifname} is closed`);
     this.transport.send(frame);
     this.stats.framesSent++;
+    if (this.listenerCount('frame') > 0) this.emitFrame('out', frame);
+  }
+
+  private emitFrame(direction: LinkFrame['direction'], frame: Buffer): void {
+    const f: LinkFrame = { ifname: this.ifname, direction, tsMs: preciseNowMs(), data: Buffer.from(frame) };
+    try {
+      this.emit('frame', f);
+    } catch (err) {
+      if (this.listenerCount('error') > 0)
+        this.emit('error', err instanceof Error ? err : new Error(String(err)));
+    }
   }
 
   /** Decode one captured frame; never throws (it runs inside libpcap's dispatch). */
   private handleFrame(frame: Buffer, truncated: boolean): void {
     if (this.closed) return;
     this.stats.framesReceived++;
+    if (this.listenerCount('frame') > 0 && !truncated) this.emitFrame('in', frame);
     let sighting: NeighbourSighting | null;
     try {
       if (truncated) throw new FrameError('ERR_FRAME_TRUNCATED', 'frame larger than the capture buffer');

@@ -403,8 +403,8 @@ describe('ipdeadgate capture (lab)', function () {
     let echoes = 0;
     flow.stdout!.on('data', (b: Buffer) => (echoes += (b.toString().match(/"seq"/g) ?? []).length));
     await waitFor(() => echoes >= 10, 5000, 'the flow to run');
-    const killedAt = Date.now();
     await lab.killSilently('r1', 'lan0');
+    const killedAt = Date.now(); // after nft returned: from here on r1 is silent
     await d.waitFor(
       (e) => e.event === 'routes_withdrawn' && e.gateway === DGD.r1_4,
       15_000,

@@ -1,0 +1,323 @@
+// The failover flight recorder: a bounded ring of the gateways' ARP/NDP/ICMP frames seen (and sent)
+// on the gateway interfaces, and, whenever detection declares a gateway dead, a pcap file of the
+// moments around it (`before` the verdict to `after` it) in the state directory, for tcpdump -r
+// or Wireshark. No detection code knows about it: it reads the engine's `state` events through a
+// wrapped EventLog and the frames through NeighbourLink's 'frame' event.
+//
+// Bounded everywhere: the ring by time and bytes, the files by count and total size (oldest
+// removed first), one pending dump per gateway.
+import { mkdir, readdir, rm, stat } from 'node:fs/promises';
+import * as path from 'node:path';
+import { frameAddresses } from '../sys/capture';
+import { normalizeIp } from '../sys/frames';
+import { encodePcap, type PcapPacket } from '../sys/pcapfile';
+import { writeFileAtomic } from '../util/atomic';
+import type { EventLog } from './log';
+
+export interface FlightRecorderSettings {
+  enabled: boolean;
+  /** Milliseconds of frames before the dead verdict that a capture holds. */
+  before: number;
+  /** Milliseconds after the verdict that the recorder waits for before writing. */
+  after: number;
+  /** Most bytes of frames the ring holds (oldest dropped first). */
+  ring_bytes: number;
+  /** Most capture files kept in the directory. */
+  max_files: number;
+  /** Most bytes all capture files may take together. */
+  max_bytes: number;
+}
+
+export const FLIGHT_RECORDER_DEFAULTS: FlightRecorderSettings = {
+  enabled: true,
+  before: 10_000,
+  after: 3_000,
+  ring_bytes: 4 << 20,
+  max_files: 20,
+  max_bytes: 32 << 20,
+};
+
+export interface RecordedFrame {
+  ifname: string;
+  tsMs: number;
+  data: Buffer;
+}
+
+export interface CaptureFileInfo {
+  file: string;
+  gateway: string;
+  /** ISO time of the dead verdict. */
+  dead_at: string;
+  packets: number;
+  bytes: number;
+}
+
+export interface FlightRecorderStatus {
+  enabled: boolean;
+  directory: string;
+  ring_packets: number;
+  ring_bytes: number;
+  files: number;
+  files_bytes: number;
+  captures_written: number;
+  write_errors: number;
+}
+
+interface PendingDump {
+  gateway: string;
+  ifname: string;
+  deadAtMs: number;
+  timer: NodeJS.Timeout;
+}
+
+/** Per-record overhead in the pcap file: what the byte bounds count besides the frame. */
+const RECORD_OVERHEAD = 16;
+/** File names: 20240102T030405.123Z_198.18.1.1.pcap (IPv6 colons as '-'): sorting by name sorts by time. */
+const FILE_RE = /^(\d{8}T\d{6}\.\d{3}Z)_([0-9a-fA-F.-]+)\.pcap$/;
+
+function fileStamp(ms: number): string {
+  return new Date(ms).toISOString().replace(/[-:]/g, '');
+}
+
+function stampToIso(stamp: string): string {
+  const m = /^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)\.(\d{3})Z$/.exec(stamp)!;
+  return `${m[1]}-${m[2]}-${m[3]}T${m[4]}:${m[5]}:${m[6]}.${m[7]}Z`;
+}
+
+export class FlightRecorder {
+  private ring: RecordedFrame[] = [];
+  private ringStart = 0;
+  private ringBytes = 0;
+  private gateways = new Set<string>();
+  private readonly pending = new Map<string, PendingDump>();
+  private readonly last = new Map<string, CaptureFileInfo>();
+  private writing: Promise<void> = Promise.resolve();
+  private written = 0;
+  private writeErrors = 0;
+  private filesCount = 0;
+  private filesBytes = 0;
+  private closed = false;
+
+  constructor(
+    readonly directory: string,
+    private settings: FlightRecorderSettings,
+    private readonly log: EventLog,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Learn the capture files already in the directory (after a restart `status` still names them). */
+  async load(): Promise<void> {
+    const files = await this.listFiles();
+    this.filesCount = files.length;
+    this.filesBytes = files.reduce((n, f) => n + f.size, 0);
+    for (const f of files) {
+      this.last.set(f.gateway, {
+        file: path.join(this.directory, f.name),
+        gateway: f.gateway,
+        dead_at: stampToIso(f.stamp),
+        packets: -1,
+        bytes: f.size,
+      });
+    }
+  }
+
+  /** New settings (SIGHUP); the ring is trimmed to the new bounds. */
+  configure(settings: FlightRecorderSettings): void {
+    this.settings = settings;
+    if (!settings.enabled) {
+      this.ring = [];
+      this.ringStart = 0;
+      this.ringBytes = 0;
+    }
+    this.trim();
+  }
+
+  /** The gateways whose frames the ring keeps (addresses, any form). */
+  setGateways(addresses: Iterable<string>): void {
+    const next = new Set<string>();
+    for (const a of addresses) {
+      try {
+        next.add(normalizeIp(a));
+      } catch {
+        /* not an address: nothing to match */
+      }
+    }
+    this.gateways = next;
+  }
+
+  /** Offer one frame: kept if it is about a gateway (ARP sender/target, IP src/dst, NDP target). */
+  record(frame: RecordedFrame): void {
+    if (this.closed || !this.settings.enabled) return;
+    if (!frameAddresses(frame.data).some((a) => this.gateways.has(a))) return;
+    this.ring.push(frame);
+    this.ringBytes += frame.data.length + RECORD_OVERHEAD;
+    this.trim();
+  }
+
+  private trim(): void {
+    // Time: what a dump could still need (before + after), with a second of slack.
+    const horizon = this.now() - (this.settings.before + this.settings.after + 1000);
+    while (this.ringStart < this.ring.length) {
+      const f = this.ring[this.ringStart]!;
+      if (f.tsMs >= horizon && this.ringBytes <= this.settings.ring_bytes) break;
+      this.ringBytes -= f.data.length + RECORD_OVERHEAD;
+      this.ringStart++;
+    }
+    if (this.ringStart > 1024 && this.ringStart * 2 > this.ring.length) {
+      this.ring = this.ring.slice(this.ringStart);
+      this.ringStart = 0;
+    }
+  }
+
+  /** An EventLog that forwards everything to `inner` and starts a dump on every `state` to dead. */
+  wrap(inner: EventLog): EventLog {
+    return {
+      event: (name, fields = {}, level) => {
+        inner.event(name, fields, level);
+        if (name === 'state' && fields.to === 'dead' && typeof fields.gateway === 'string')
+          this.onDead(fields.gateway, typeof fields.interface === 'string' ? fields.interface : null);
+      },
+    };
+  }
+
+  /** A gateway was declared dead now: write the capture `after` ms from now. */
+  onDead(gateway: string, ifname: string | null): void {
+    if (this.closed || !this.settings.enabled || this.pending.has(gateway)) return;
+    const deadAtMs = this.now();
+    const timer = setTimeout(() => this.flush(gateway), this.settings.after);
+    timer.unref();
+    this.pending.set(gateway, { gateway, ifname: ifname ?? '', deadAtMs, timer });
+  }
+
+  private flush(gateway: string): Promise<void> {
+    const p = this.pending.get(gateway);
+    if (!p) return this.writing;
+    clearTimeout(p.timer);
+    this.pending.delete(gateway);
+    const from = p.deadAtMs - this.settings.before;
+    const to = p.deadAtMs + this.settings.after;
+    const frames = this.ring
+      .slice(this.ringStart)
+      .filter((f) => f.tsMs >= from && f.tsMs <= to && (!p.ifname || f.ifname === p.ifname));
+    this.writing = this.writing.then(() => this.write(p, frames));
+    return this.writing;
+  }
+
+  private async write(p: PendingDump, frames: RecordedFrame[]): Promise<void> {
+    if (frames.length === 0) {
+      // Nothing was seen: the link was not open yet, or the gateway was dead before a restart.
+      this.log.event('capture_skipped', {
+        gateway: p.gateway,
+        reason: 'no frames of the gateway in the ring',
+      });
+      return;
+    }
+    const name = `${fileStamp(p.deadAtMs)}_${normalizeSafe(p.gateway).replace(/:/g, '-')}.pcap`;
+    const file = path.join(this.directory, name);
+    // A single capture never exceeds the total bound: keep its newest frames.
+    let packets: PcapPacket[] = frames.map((f) => ({ tsMs: f.tsMs, data: f.data }));
+    const limit = this.settings.max_bytes - 24;
+    let size = packets.reduce((n, f) => n + f.data.length + RECORD_OVERHEAD, 0);
+    while (size > limit && packets.length > 0) {
+      size -= packets[0]!.data.length + RECORD_OVERHEAD;
+      packets = packets.slice(1);
+    }
+    const bytes = encodePcap(packets);
+    try {
+      await mkdir(this.directory, { recursive: true, mode: 0o700 });
+      await writeFileAtomic(file, bytes, 0o600);
+      this.written++;
+      const info: CaptureFileInfo = {
+        file,
+        gateway: p.gateway,
+        dead_at: new Date(p.deadAtMs).toISOString(),
+        packets: packets.length,
+        bytes: bytes.length,
+      };
+      this.last.set(p.gateway, info);
+      const removed = await this.enforceBounds();
+      this.log.event('capture_written', { ...info, interface: p.ifname || null, removed_files: removed });
+    } catch (err) {
+      this.writeErrors++;
+      this.log.event(
+        'error',
+        { during: 'flight recorder', gateway: p.gateway, file, error: (err as Error).message },
+        'warn',
+      );
+    }
+  }
+
+  private async listFiles(): Promise<{ name: string; stamp: string; gateway: string; size: number }[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.directory);
+    } catch {
+      return [];
+    }
+    const out: { name: string; stamp: string; gateway: string; size: number }[] = [];
+    for (const name of names.sort()) {
+      const m = FILE_RE.exec(name);
+      if (!m) continue;
+      try {
+        const st = await stat(path.join(this.directory, name));
+        const gw = m[2]!.includes('-') ? m[2]!.replace(/-/g, ':') : m[2]!;
+        out.push({ name, stamp: m[1]!, gateway: normalizeSafe(gw), size: st.size });
+      } catch {
+        /* removed meanwhile */
+      }
+    }
+    return out;
+  }
+
+  /** Remove the oldest files until both bounds hold; returns the removed names. */
+  private async enforceBounds(): Promise<string[]> {
+    const files = await this.listFiles();
+    let total = files.reduce((n, f) => n + f.size, 0);
+    const removed: string[] = [];
+    while (files.length > 0 && (files.length > this.settings.max_files || total > this.settings.max_bytes)) {
+      const f = files.shift()!;
+      await rm(path.join(this.directory, f.name), { force: true });
+      total -= f.size;
+      removed.push(f.name);
+      const full = path.join(this.directory, f.name);
+      for (const [gw, info] of this.last) if (info.file === full) this.last.delete(gw);
+    }
+    this.filesCount = files.length;
+    this.filesBytes = total;
+    return removed;
+  }
+
+  /** The newest capture written for a gateway, if any. */
+  lastCapture(gateway: string): CaptureFileInfo | null {
+    return this.last.get(normalizeSafe(gateway)) ?? this.last.get(gateway) ?? null;
+  }
+
+  status(): FlightRecorderStatus {
+    return {
+      enabled: this.settings.enabled,
+      directory: this.directory,
+      ring_packets: this.ring.length - this.ringStart,
+      ring_bytes: this.ringBytes,
+      files: this.filesCount,
+      files_bytes: this.filesBytes,
+      captures_written: this.written,
+      write_errors: this.writeErrors,
+    };
+  }
+
+  /** Write every pending capture now (with what the ring has), then stop recording. Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return this.writing;
+    for (const gw of [...this.pending.keys()]) void this.flush(gw);
+    this.closed = true;
+    await this.writing;
+  }
+}
+
+function normalizeSafe(ip: string): string {
+  try {
+    return normalizeIp(ip);
+  } catch {
+    return ip;
+  }
+}

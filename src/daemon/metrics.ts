@@ -1,0 +1,456 @@
+// Prometheus metrics (prom-client), served as the text exposition format on `metrics.listen` (off
+// unless configured). Nothing in the detection engine or the tunnel calls a metric: counters and
+// histograms are derived from the engine's events (a wrapped EventLog sees every `verdict`,
+// `state`, `trigger`, `routes_withdrawn`, ...), and gauges are read from `status()` at scrape
+// time. The tunnel is read from `TunnelNode.status()` at scrape time through the `tunnel` source,
+// which is null while the daemon runs no tunnel node.
+import * as http from 'node:http';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { IpdeadgateError, UsageError, systemError } from '../errors';
+import type { DgdStatus } from '../dgd/engine';
+import type { TunnelStatus } from '../tunnel/node';
+import type { FlightRecorderStatus } from './flightrec';
+import type { EventLog } from './log';
+
+/** What the scrape reads; each source may be absent or return null (not running). */
+export interface MetricsSources {
+  dgd?: () => DgdStatus | null;
+  tunnel?: () => TunnelStatus | null;
+  flightRecorder?: () => FlightRecorderStatus | null;
+}
+
+const STATES = ['active', 'suspect', 'dead'] as const;
+/** ARP/NDP round trips on a LAN: 50 µs to a second. */
+const RTT_BUCKETS = [
+  0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+];
+/** A verification lasts up to verify_probes x verify_timeout (default 750 ms). */
+const VERIFY_BUCKETS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30];
+
+/** Parse "HOST:PORT" / "[V6]:PORT" (validated by the config schema) into listen() arguments. */
+export function parseListen(listen: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:]+)\]|([\d.]+|localhost)):(\d{1,5})$/.exec(listen);
+  if (!m || Number(m[3]) > 65535) throw new UsageError(`metrics.listen must be HOST:PORT, not "${listen}"`);
+  return { host: m[1] ?? m[2]!, port: Number(m[3]) };
+}
+
+function num(v: unknown): number | null {
+  return typeof v === 'number' && Number.isFinite(v) ? v : null;
+}
+
+function str(v: unknown, fallback = ''): string {
+  return typeof v === 'string' ? v : fallback;
+}
+
+/** A counter whose value is copied from a status total at scrape time (after its reset()). */
+function setCounter(c: Counter<string>, labels: Record<string, string>, value: number): void {
+  c.inc(labels, Math.max(0, value));
+}
+
+export class DaemonMetrics {
+  readonly registry = new Registry();
+  private server: http.Server | null = null;
+
+  // From events.
+  private readonly verifications: Counter<'gateway' | 'outcome' | 'speculative'>;
+  private readonly rtt: Histogram<'gateway' | 'protocol'>;
+  private readonly verifyDuration: Histogram<'gateway'>;
+  private readonly triggers: Counter<'gateway' | 'reason'>;
+  private readonly deaths: Counter<'gateway'>;
+  private readonly revivals: Counter<'gateway'>;
+  private readonly transitions: Counter<'gateway' | 'from' | 'to'>;
+  private readonly withdrawn: Counter<'gateway'>;
+  private readonly restored: Counter<'gateway'>;
+  private readonly downstream: Counter<'gateway'>;
+  private readonly events: Counter<'event' | 'level'>;
+  private readonly captures: Counter<'gateway'>;
+
+  constructor(private readonly sources: MetricsSources = {}) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry, prefix: 'ipdeadgate_' });
+    this.verifications = new Counter({
+      name: 'ipdeadgate_verifications_total',
+      help: 'ARP/NDP verifications of a gateway by outcome (alive/dead); speculative ones started a retransmission early',
+      labelNames: ['gateway', 'outcome', 'speculative'],
+      registers,
+    });
+    this.rtt = new Histogram({
+      name: 'ipdeadgate_neighbour_rtt_seconds',
+      help: 'ARP (IPv4) / NDP (IPv6) round trip of the reply that proved a gateway alive',
+      labelNames: ['gateway', 'protocol'],
+      buckets: RTT_BUCKETS,
+      registers,
+    });
+    this.verifyDuration = new Histogram({
+      name: 'ipdeadgate_verification_duration_seconds',
+      help: 'How long a verification took to reach its verdict',
+      labelNames: ['gateway'],
+      buckets: VERIFY_BUCKETS,
+      registers,
+    });
+    this.triggers = new Counter({
+      name: 'ipdeadgate_triggers_total',
+      help: 'Triggers that made a gateway suspect, by reason (retransmissions, neighbour_failed, active_probe)',
+      labelNames: ['gateway', 'reason'],
+      registers,
+    });
+    this.deaths = new Counter({
+      name: 'ipdeadgate_gateway_deaths_total',
+      help: 'Failovers: times a gateway was declared dead and its routes withdrawn',
+      labelNames: ['gateway'],
+      registers,
+    });
+    this.revivals = new Counter({
+      name: 'ipdeadgate_gateway_revivals_total',
+      help: 'Times a dead gateway answered again and its routes were restored',
+      labelNames: ['gateway'],
+      registers,
+    });
+    this.transitions = new Counter({
+      name: 'ipdeadgate_state_transitions_total',
+      help: 'Gateway state transitions',
+      labelNames: ['gateway', 'from', 'to'],
+      registers,
+    });
+    this.withdrawn = new Counter({
+      name: 'ipdeadgate_routes_withdrawn_total',
+      help: 'Routes (or multipath nexthops) withdrawn from the kernel because their gateway died',
+      labelNames: ['gateway'],
+      registers,
+    });
+    this.restored = new Counter({
+      name: 'ipdeadgate_routes_restored_total',
+      help: 'Withdrawn routes put back',
+      labelNames: ['gateway'],
+      registers,
+    });
+    this.downstream = new Counter({
+      name: 'ipdeadgate_downstream_problems_total',
+      help: 'Triggers whose gateway answered ARP/NDP: the problem was beyond it, routes untouched',
+      labelNames: ['gateway'],
+      registers,
+    });
+    this.events = new Counter({
+      name: 'ipdeadgate_events_total',
+      help: 'Log events by name and level',
+      labelNames: ['event', 'level'],
+      registers,
+    });
+    this.captures = new Counter({
+      name: 'ipdeadgate_flight_recorder_captures_total',
+      help: 'pcap files the flight recorder wrote around a gateway death',
+      labelNames: ['gateway'],
+      registers,
+    });
+    this.defineScrapeGauges(registers);
+  }
+
+  private defineScrapeGauges(registers: Registry[]): void {
+    const dgd = () => this.sources.dgd?.() ?? null;
+    const tunnel = () => this.sources.tunnel?.() ?? null;
+    new Gauge({
+      name: 'ipdeadgate_dgd_enabled',
+      help: '1 while dead gateway detection is on (ipdeadgate on/off)',
+      registers,
+      collect() {
+        const s = dgd();
+        this.reset();
+        if (s) this.set(s.enabled ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'ipdeadgate_gateway_state',
+      help: 'Gateway state: 1 for the current one of active, suspect, dead',
+      labelNames: ['gateway', 'interface', 'state'],
+      registers,
+      collect() {
+        this.reset();
+        for (const g of dgd()?.gateways ?? [])
+          for (const st of STATES)
+            this.set({ gateway: g.address, interface: g.interface, state: st }, g.state === st ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'ipdeadgate_withdrawn_routes',
+      help: 'Routes currently withdrawn (journaled, to be restored)',
+      registers,
+      collect() {
+        const s = dgd();
+        this.reset();
+        if (s) this.set(s.withdrawn_routes.length);
+      },
+    });
+    new Gauge({
+      name: 'ipdeadgate_scan_duration_seconds',
+      help: 'Duration of the last sock_diag scan of TCP sockets',
+      registers,
+      collect() {
+        const s = dgd();
+        this.reset();
+        if (s?.last_scan.at) this.set(s.last_scan.duration_ms / 1000);
+      },
+    });
+    new Gauge({
+      name: 'ipdeadgate_scan_sockets',
+      help: 'TCP sockets seen by the last scan, and how many of them were retransmitting',
+      labelNames: ['kind'],
+      registers,
+      collect() {
+        const s = dgd();
+        this.reset();
+        if (!s?.last_scan.at) return;
+        this.set({ kind: 'scanned' }, s.last_scan.sockets);
+        this.set({ kind: 'retransmitting' }, s.last_scan.retransmitting);
+      },
+    });
+    // Tunnel: present only while the daemon runs a tunnel node.
+    new Gauge({
+      name: 'ipdeadgate_tunnel_links',
+      help: 'Tunnel links by state',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        this.reset();
+        const t = tunnel();
+        if (!t) return;
+        const by = new Map<string, number>();
+        for (const l of t.links) by.set(l.state, (by.get(l.state) ?? 0) + 1);
+        for (const [state, n] of by) this.set({ state }, n);
+      },
+    });
+    new Gauge({
+      name: 'ipdeadgate_tunnel_link_rtt_seconds',
+      help: 'Heartbeat round trip of each tunnel link',
+      labelNames: ['peer', 'address'],
+      registers,
+      collect() {
+        this.reset();
+        for (const l of tunnel()?.links ?? [])
+          if (l.rtt_ms !== null) this.set({ peer: l.peer, address: l.address }, l.rtt_ms / 1000);
+      },
+    });
+    new Counter({
+      name: 'ipdeadgate_tunnel_link_bytes_total',
+      help: 'Bytes carried by each tunnel link (flow in/out, TLS payload)',
+      labelNames: ['peer', 'address', 'flow'],
+      registers,
+      collect() {
+        this.reset();
+        for (const l of tunnel()?.links ?? []) {
+          setCounter(this, { peer: l.peer, address: l.address, flow: 'in' }, l.bytes_in);
+          setCounter(this, { peer: l.peer, address: l.address, flow: 'out' }, l.bytes_out);
+        }
+      },
+    });
+    new Counter({
+      name: 'ipdeadgate_tunnel_link_reconnects_total',
+      help: 'Reconnections of each dialled tunnel link',
+      labelNames: ['peer', 'address'],
+      registers,
+      collect() {
+        this.reset();
+        for (const l of tunnel()?.links ?? [])
+          setCounter(this, { peer: l.peer, address: l.address }, l.reconnects);
+      },
+    });
+    new Gauge({
+      name: 'ipdeadgate_tunnel_sessions',
+      help: 'Tunnel sessions open now',
+      registers,
+      collect() {
+        this.reset();
+        const t = tunnel();
+        if (t) this.set(t.sessions.count);
+      },
+    });
+    const sessionCounter = (name: string, help: string, pick: (s: TunnelStatus['sessions']) => number) =>
+      new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          this.reset();
+          const t = tunnel();
+          if (t) setCounter(this, {}, pick(t.sessions));
+        },
+      });
+    sessionCounter('ipdeadgate_tunnel_sessions_opened_total', 'Tunnel sessions opened', (s) => s.opened);
+    sessionCounter(
+      'ipdeadgate_tunnel_close_timeouts_total',
+      'Tunnel streams closed because their life after a FIN exceeded close_timeout',
+      (s) => s.close_timeouts,
+    );
+    sessionCounter(
+      'ipdeadgate_tunnel_reaped_sockets_total',
+      'Sockets found in CLOSE_WAIT by the reaper and closed (each one a leak that was stopped)',
+      (s) => s.reaped,
+    );
+    sessionCounter(
+      'ipdeadgate_tunnel_accept_errors_total',
+      'Accept errors (EMFILE/ENFILE back-offs included)',
+      (s) => s.accept_errors,
+    );
+    for (const [name, help, pick] of [
+      [
+        'ipdeadgate_tunnel_refusals_total',
+        'Streams this node refused, by reason',
+        (s: TunnelStatus['sessions']) => s.refusals,
+      ],
+      [
+        'ipdeadgate_tunnel_refused_by_peer_total',
+        'Streams peers refused, by reason',
+        (s: TunnelStatus['sessions']) => s.refused_by_peer,
+      ],
+    ] as const)
+      new Counter({
+        name,
+        help,
+        labelNames: ['reason'],
+        registers,
+        collect() {
+          this.reset();
+          for (const [reason, n] of Object.entries(pick(tunnel()?.sessions ?? emptySessions())))
+            setCounter(this, { reason }, n);
+        },
+      });
+    const recorder = () => this.sources.flightRecorder?.() ?? null;
+    new Gauge({
+      name: 'ipdeadgate_flight_recorder_ring',
+      help: 'Frames held by the flight recorder ring (packets, bytes)',
+      labelNames: ['unit'],
+      registers,
+      collect() {
+        this.reset();
+        const f = recorder();
+        if (!f) return;
+        this.set({ unit: 'packets' }, f.ring_packets);
+        this.set({ unit: 'bytes' }, f.ring_bytes);
+      },
+    });
+  }
+
+  /** Count what one event says. Public for tests; the daemon feeds it through wrap(). */
+  observe(name: string, f: Record<string, unknown>, level = 'info'): void {
+    this.events.inc({ event: name, level });
+    const gateway = str(f.gateway, 'none');
+    switch (name) {
+      case 'verdict': {
+        this.verifications.inc({
+          gateway,
+          outcome: f.alive ? 'alive' : 'dead',
+          speculative: f.speculative ? 'true' : 'false',
+        });
+        const rtt = num(f.arp_rtt_ms);
+        if (f.alive && rtt !== null)
+          this.rtt.observe({ gateway, protocol: gateway.includes(':') ? 'ndp' : 'arp' }, rtt / 1000);
+        const d = num(f.duration_ms);
+        if (d !== null) this.verifyDuration.observe({ gateway }, d / 1000);
+        break;
+      }
+      case 'trigger':
+        this.triggers.inc({ gateway, reason: str(f.reason, 'unknown') });
+        break;
+      case 'state': {
+        const from = str(f.from);
+        const to = str(f.to);
+        this.transitions.inc({ gateway, from, to });
+        if (to === 'dead') this.deaths.inc({ gateway });
+        if (from === 'dead') this.revivals.inc({ gateway });
+        break;
+      }
+      case 'routes_withdrawn':
+        this.withdrawn.inc({ gateway }, Array.isArray(f.routes) ? f.routes.length : 0);
+        break;
+      case 'routes_restored':
+        this.restored.inc({ gateway }, Array.isArray(f.routes) ? f.routes.length : 0);
+        break;
+      case 'downstream_problem':
+        this.downstream.inc({ gateway });
+        break;
+      case 'capture_written':
+        this.captures.inc({ gateway });
+        break;
+    }
+  }
+
+  /** An EventLog that forwards to `inner` and counts every event. */
+  wrap(inner: EventLog): EventLog {
+    return {
+      event: (name, fields = {}, level = 'info') => {
+        inner.event(name, fields, level);
+        try {
+          this.observe(name, fields, level);
+        } catch {
+          /* a metric must never break logging or detection */
+        }
+      },
+    };
+  }
+
+  /** The exposition text (what GET /metrics returns). */
+  scrape(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  /** Serve GET /metrics on HOST:PORT. Throws a clear error if the address is taken. */
+  async listen(listen: string): Promise<{ host: string; port: number }> {
+    if (this.server)
+      throw new IpdeadgateError('ERR_ALREADY_LISTENING', 'the metrics endpoint is already listening');
+    const { host, port } = parseListen(listen);
+    const server = http.createServer((req, res) => {
+      const url = (req.url ?? '/').split('?')[0];
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        res.writeHead(405, { allow: 'GET, HEAD' }).end();
+        return;
+      }
+      if (url === '/metrics') {
+        this.scrape().then(
+          (body) =>
+            res
+              .writeHead(200, { 'content-type': this.registry.contentType })
+              .end(req.method === 'HEAD' ? '' : body),
+          (err: Error) =>
+            res.writeHead(500, { 'content-type': 'text/plain' }).end(`scrape failed: ${err.message}\n`),
+        );
+        return;
+      }
+      if (url === '/') {
+        res.writeHead(200, { 'content-type': 'text/plain' }).end('ipdeadgate: metrics at /metrics\n');
+        return;
+      }
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics\n');
+    });
+    server.keepAliveTimeout = 5000;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err) =>
+        reject(systemError(err, 'listen', `serving metrics on ${listen} (metrics.listen)`)),
+      );
+      server.listen(port, host, () => resolve());
+    });
+    this.server = server;
+    const addr = server.address();
+    return { host, port: typeof addr === 'object' && addr ? addr.port : port };
+  }
+
+  /** Stop serving (idempotent). */
+  async close(): Promise<void> {
+    const s = this.server;
+    this.server = null;
+    if (!s) return;
+    s.closeAllConnections();
+    await new Promise<void>((resolve) => s.close(() => resolve()));
+  }
+}
+
+function emptySessions(): TunnelStatus['sessions'] {
+  return {
+    count: 0,
+    opened: 0,
+    close_timeouts: 0,
+    reaped: 0,
+    watcher_resets: 0,
+    refusals: {},
+    refused_by_peer: {},
+    accept_errors: 0,
+  };
+}

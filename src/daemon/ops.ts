@@ -1,0 +1,151 @@
+// The daemon's operations side in one place, so the lifecycle (daemon.ts) wires it with a handful
+// of calls: the failover flight recorder and the Prometheus endpoint. Both see detection only
+// through its events (a wrapped EventLog) and its status(); the recorder gets frames from the
+// NeighbourLinks the detection ports already keep open on every gateway interface.
+import type { EventEmitter } from 'node:events';
+import * as path from 'node:path';
+import type { DgdStatus } from '../dgd/engine';
+import type { LinkFrame } from '../sys/neighlink';
+import type { TunnelStatus } from '../tunnel/node';
+import type { Config } from './config';
+import { FlightRecorder, type CaptureFileInfo, type FlightRecorderSettings } from './flightrec';
+import type { EventLog } from './log';
+import { DaemonMetrics } from './metrics';
+
+/** The engine as ops sees it. */
+export interface OpsEngine {
+  status(): DgdStatus;
+}
+
+/** The detection ports as ops sees them: the shared ARP/NDP handle of an interface. */
+export interface OpsPorts {
+  link(ifname: string): Promise<EventEmitter>;
+}
+
+/** How often the recorder learns the gateways and their interfaces from status(). */
+const GATEWAY_REFRESH_MS = 2000;
+
+export class DaemonOps {
+  readonly metrics: DaemonMetrics;
+  readonly recorder: FlightRecorder;
+  private outer: EventLog | null = null;
+  private inner: EventLog | null = null;
+  private engine: OpsEngine | null = null;
+  private ports: OpsPorts | null = null;
+  private tunnel: () => TunnelStatus | null = () => null;
+  private readonly attached = new WeakSet<EventEmitter>();
+  private timer: NodeJS.Timeout | null = null;
+  private listening: string | null = null;
+  private closed = false;
+
+  constructor(
+    stateDir: string,
+    private config: Config,
+  ) {
+    this.metrics = new DaemonMetrics({
+      dgd: () => this.engine?.status() ?? null,
+      tunnel: () => this.tunnel(),
+      flightRecorder: () => this.recorder.status(),
+    });
+    // The recorder logs through the outer log (so its events are counted too); set in wrapEvents.
+    const log: EventLog = { event: (n, f, l) => (this.outer ?? this.inner)?.event(n, f, l) };
+    this.recorder = new FlightRecorder(path.join(stateDir, 'captures'), recorderSettings(config), log);
+  }
+
+  /** The EventLog detection should log through: forwards to `inner`, feeding the recorder and metrics. */
+  wrapEvents(inner: EventLog): EventLog {
+    this.inner = inner;
+    this.outer = this.metrics.wrap(this.recorder.wrap(inner));
+    return this.outer;
+  }
+
+  /** Start serving metrics (if configured) and recording gateway frames. */
+  async start(engine: OpsEngine, ports: OpsPorts): Promise<void> {
+    this.engine = engine;
+    this.ports = ports;
+    await this.recorder.load();
+    await this.applyListen();
+    this.refreshGateways();
+    this.timer = setInterval(() => this.refreshGateways(), GATEWAY_REFRESH_MS);
+    this.timer.unref();
+  }
+
+  /**
+   * The seam for the tunnel half: once the daemon runs a TunnelNode, pass `() => node.status()`
+   * and the tunnel metrics appear at the next scrape.
+   */
+  setTunnelSource(source: (() => TunnelStatus | null) | null): void {
+    this.tunnel = source ?? (() => null);
+  }
+
+  /** SIGHUP: new recorder bounds; the metrics endpoint moves if metrics.listen changed. */
+  async reconfigure(config: Config): Promise<void> {
+    this.config = config;
+    this.recorder.configure(recorderSettings(config));
+    await this.applyListen();
+  }
+
+  private async applyListen(): Promise<void> {
+    const want = this.config.metrics.listen ?? null;
+    if (want === this.listening || this.closed) return;
+    await this.metrics.close();
+    this.listening = null;
+    if (want) {
+      const { host, port } = await this.metrics.listen(want);
+      this.listening = want;
+      this.outer?.event('metrics_listening', { listen: want, host, port });
+    }
+  }
+
+  private refreshGateways(): void {
+    if (!this.engine || !this.ports || this.closed) return;
+    let gateways: DgdStatus['gateways'];
+    try {
+      gateways = this.engine.status().gateways;
+    } catch {
+      return; // still starting
+    }
+    this.recorder.setGateways(gateways.map((g) => g.address));
+    for (const ifname of new Set(gateways.map((g) => g.interface))) {
+      this.ports.link(ifname).then(
+        (link) => {
+          if (this.attached.has(link) || this.closed) return;
+          this.attached.add(link);
+          link.on('frame', (f: LinkFrame) => this.recorder.record(f));
+        },
+        () => undefined, // the daemon reports links that fail to open
+      );
+    }
+  }
+
+  /** The newest flight-recorder capture of a gateway. */
+  lastCapture(gateway: string): CaptureFileInfo | null {
+    return this.recorder.lastCapture(gateway);
+  }
+
+  /** Add `last_capture` to every gateway of a status and a `flight_recorder` section. */
+  decorateStatus<S extends { gateways?: unknown }>(status: S): S {
+    const gws = Array.isArray(status.gateways) ? (status.gateways as { address?: unknown }[]) : [];
+    return {
+      ...status,
+      gateways: gws.map((g) => ({
+        ...g,
+        last_capture: typeof g.address === 'string' ? (this.lastCapture(g.address)?.file ?? null) : null,
+      })),
+      flight_recorder: this.recorder.status(),
+      metrics: { listen: this.listening },
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.timer) clearInterval(this.timer);
+    await this.recorder.close();
+    await this.metrics.close();
+  }
+}
+
+function recorderSettings(config: Config): FlightRecorderSettings {
+  return { ...config.flight_recorder };
+}
