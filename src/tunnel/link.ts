@@ -44,7 +44,16 @@ export function loadTls(files: TlsFiles): TlsMaterial {
  * and nodes are addressed by IP across firewalls; the peer's node name comes from its hello.
  */
 function tlsOptions(m: TlsMaterial): tls.SecureContextOptions & tls.CommonConnectionOptions {
-  return { ca: m.ca, cert: m.cert, key: m.key, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3', rejectUnauthorized: true };
+  return {
+    ca: m.ca,
+    cert: m.cert,
+    key: m.key,
+    minVersion: 'TLSv1.3',
+    maxVersion: 'TLSv1.3',
+    rejectUnauthorized: true,
+    // AES-128-GCM first: with AES-NI it is the cheapest AEAD per byte, and a link carries bulk data.
+    ciphers: 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256',
+  };
 }
 
 export interface LinkOptions {
@@ -318,7 +327,7 @@ export class LinkListener extends EventEmitter {
     private readonly opts: LinkOptions,
   ) {
     super();
-    this.server = tls.createServer({ ...tlsOptions(material), requestCert: true, handshakeTimeout: 10_000 });
+    this.server = tls.createServer({ ...tlsOptions(material), requestCert: true, honorCipherOrder: true, handshakeTimeout: 10_000 });
     this.server.on('secureConnection', (socket: tls.TLSSocket) => {
       this.backoff.accepted();
       socket.on('error', () => undefined);
