@@ -187,26 +187,47 @@ export class Daemon {
 /** Run until SIGTERM/SIGINT; returns the exit code. */
 export async function runDaemon(opts: DaemonOptions): Promise<number> {
   const daemon = new Daemon(opts);
+  // Signal handlers come first: a SIGHUP or SIGTERM that arrives while the daemon starts must not
+  // take the default action (which kills the process without restoring anything).
+  let started = false;
+  let hupWhileStarting = false;
+  let stopRequested: string | null = null;
+  let resolveStop: (code: number) => void = () => undefined;
+  const stopped = new Promise<number>((r) => (resolveStop = r));
+  const doStop = (sig: string) => {
+    process.off('SIGHUP', onHup);
+    daemon
+      .stop()
+      .then(() => resolveStop(0))
+      .catch((err: unknown) => {
+        process.stderr.write(`ipdeadgate: stopping on ${sig}: ${(err as Error).message}\n`);
+        resolveStop(1);
+      });
+  };
+  const onStop = (sig: string) => {
+    if (!started) stopRequested = sig;
+    else doStop(sig);
+  };
+  const onHup = () => {
+    if (!started) hupWhileStarting = true;
+    else void daemon.reload().catch(() => undefined);
+  };
+  const onTerm = () => onStop('SIGTERM');
+  const onInt = () => onStop('SIGINT');
+  process.once('SIGTERM', onTerm);
+  process.once('SIGINT', onInt);
+  process.on('SIGHUP', onHup);
   try {
     await daemon.start();
   } catch (err) {
+    process.off('SIGTERM', onTerm);
+    process.off('SIGINT', onInt);
+    process.off('SIGHUP', onHup);
     await daemon.stop().catch(() => undefined);
     throw err;
   }
-  return new Promise<number>((resolve) => {
-    const onStop = (sig: string) => {
-      process.off('SIGHUP', onHup);
-      void daemon
-        .stop()
-        .then(() => resolve(0))
-        .catch((err: unknown) => {
-          process.stderr.write(`ipdeadgate: stopping on ${sig}: ${(err as Error).message}\n`);
-          resolve(1);
-        });
-    };
-    const onHup = () => void daemon.reload().catch(() => undefined);
-    process.once('SIGTERM', () => onStop('SIGTERM'));
-    process.once('SIGINT', () => onStop('SIGINT'));
-    process.on('SIGHUP', onHup);
-  });
+  started = true;
+  if (stopRequested) doStop(stopRequested);
+  else if (hupWhileStarting) onHup();
+  return stopped;
 }

@@ -5,6 +5,7 @@ import { EventEmitter } from 'node:events';
 import { dumpTcpSockets, type TcpState } from '../sys/sockdiag';
 import { NeighbourLink, type NeighbourSighting } from '../sys/neighlink';
 import { EchoSocket } from '../sys/icmp';
+import { readRetransSegs } from '../sys/snmp';
 import type { Route, Rtnl } from '../sys/rtnl';
 import type { DgdPorts, KernelRoute, RouteChoice, ScannedSocket, Verification, VerifyArgs } from './ports';
 import { verifyGateway } from './verify';
@@ -48,7 +49,16 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
       inode: e.inode,
       timer: e.timer,
       timerRetransmits: e.timerRetransmits,
+      timerExpiresMs: e.timerExpiresMs,
     }));
+  }
+
+  retransmitCounter(): number {
+    return readRetransSegs();
+  }
+
+  flushNeighbour(ifindex: number, address: string): Promise<void> {
+    return this.rtnl.deleteNeighbour(ifindex, address);
   }
 
   async lookupRoute(dst: string, src: string | null): Promise<RouteChoice> {

@@ -69,6 +69,12 @@ const FRESHNESS_FACTOR = 2;
 const RETRIGGER_MS = 10_000;
 /** A sighting of a dead gateway polls it at once, but at most once per this interval. */
 const SIGHTING_POLL_MS = 1000;
+/** A full socket dump at least this often, for status, even when nothing retransmits. */
+const FULL_SCAN_MS = 30_000;
+/** Look this long after a retransmit timer's expiry, so the kernel has retransmitted. */
+const TIMER_SLACK_MS = 4;
+/** Never dump more often than this. */
+const MIN_SCAN_GAP_MS = 10;
 /** Longest hold-down of a flapping gateway. */
 const MAX_HOLD_DOWN_MS = 3_600_000;
 const MAX_TRANSITIONS = 32;
@@ -92,6 +98,10 @@ export class DgdEngine {
   private refreshTimer: Timer | null = null;
   private closed = false;
   private lastScan = { at: 0, durationMs: 0, sockets: 0, retransmitting: 0 };
+  private lastCounter = -1;
+  private lastDumpAt = -Infinity;
+  private retransmitting = 0;
+  private dumps = 0;
 
   constructor(opts: EngineOptions) {
     this.cfg = opts.config;
@@ -270,35 +280,59 @@ export class DgdEngine {
     }, delayMs);
   }
 
-  /** One scan; the next comes sooner while any socket is retransmitting. */
+  /**
+   * One scan tick. The namespace's RetransSegs counter is read every scan_interval (microseconds);
+   * sockets are dumped with sock_diag (tens of milliseconds of kernel time: it walks the whole
+   * established hash) only when that counter moved, while sockets are retransmitting, and once in
+   * a while for status. While a socket is retransmitting, the next dump is timed to its retransmit
+   * timer (idiag_expires), so a threshold crossing is seen milliseconds after the kernel acts.
+   */
   async scanOnce(): Promise<void> {
     if (this.scanning || this.closed || !this.enabled) return;
     this.scanning = true;
-    let retransmitting = 0;
-    const t0 = this.clock.now();
+    let next = this.cfg.scan_interval;
     try {
-      const sockets = await this.ports.scanSockets();
-      const live = new Set<string>();
-      for (const s of sockets) {
-        if (s.timer !== 1 || s.timerRetransmits <= 0) continue;
-        retransmitting++;
-        const key = `${s.src}|${s.srcPort}|${s.dst}|${s.dstPort}|${s.inode}`;
-        live.add(key);
-        const before = this.retransmitSeen.get(key) ?? 0;
-        const now = s.timerRetransmits;
-        this.retransmitSeen.set(key, now);
-        if (now <= before) continue;
-        await this.onRetransmission(s, before, now);
-      }
-      for (const k of this.retransmitSeen.keys()) if (!live.has(k)) this.retransmitSeen.delete(k);
-      this.lastScan = { at: this.clock.wallNow(), durationMs: this.clock.now() - t0, sockets: sockets.length, retransmitting };
+      const counter = this.ports.retransmitCounter();
+      const moved = counter !== this.lastCounter;
+      this.lastCounter = counter;
+      const stale = this.clock.now() - this.lastDumpAt >= FULL_SCAN_MS;
+      if (moved || this.retransmitting > 0 || stale) next = await this.dumpAndCheck();
     } catch (err) {
       this.log.event('error', { during: 'socket scan', error: msg(err) }, 'error');
     } finally {
       this.scanning = false;
     }
-    const fast = Math.max(10, Math.floor(this.cfg.scan_interval / 4));
-    this.scheduleScan(retransmitting > 0 ? fast : this.cfg.scan_interval);
+    this.scheduleScan(next);
+  }
+
+  /** Dump the sockets, act on retransmissions; returns the delay to the next scan. */
+  private async dumpAndCheck(): Promise<number> {
+    const t0 = this.clock.now();
+    const sockets = await this.ports.scanSockets();
+    this.lastDumpAt = this.clock.now();
+    const threshold = this.cfg.retransmit_threshold;
+    let retransmitting = 0;
+    let due = Infinity;
+    const live = new Set<string>();
+    for (const s of sockets) {
+      if (s.timer !== 1 || s.timerRetransmits <= 0) continue;
+      retransmitting++;
+      // The next retransmission of a socket that is one or two short of the threshold matters
+      // to the millisecond: look again just after its timer fires.
+      if (s.timerRetransmits >= threshold - 2) due = Math.min(due, Math.max(0, s.timerExpiresMs) + TIMER_SLACK_MS);
+      const key = `${s.src}|${s.srcPort}|${s.dst}|${s.dstPort}|${s.inode}`;
+      live.add(key);
+      const before = this.retransmitSeen.get(key) ?? 0;
+      const now = s.timerRetransmits;
+      this.retransmitSeen.set(key, now);
+      if (now <= before) continue;
+      await this.onRetransmission(s, before, now);
+    }
+    for (const k of this.retransmitSeen.keys()) if (!live.has(k)) this.retransmitSeen.delete(k);
+    this.retransmitting = retransmitting;
+    this.lastScan = { at: this.clock.wallNow(), durationMs: this.clock.now() - t0, sockets: sockets.length, retransmitting };
+    this.dumps++;
+    return Math.max(MIN_SCAN_GAP_MS, Math.min(this.cfg.scan_interval, due));
   }
 
   private async onRetransmission(s: ScannedSocket, before: number, now: number): Promise<void> {
@@ -544,6 +578,13 @@ export class DgdEngine {
     }
     this.transition(g, 'dead', reason);
     await this.withdrawRoutesVia(g, reason);
+    // Our purge left the gateway's neighbour entry unresolved, and the kernel parks packets
+    // (TCP's retransmissions among them) in it until it fails; TCP does not retransmit a segment
+    // still held in the host. Deleting the entry frees them, so the next retransmission takes the
+    // new route instead of waiting one more backoff.
+    await this.ports.flushNeighbour(g.ifindex, g.address).catch((err: unknown) =>
+      this.log.event('error', { during: 'neighbour flush', gateway: g.address, error: msg(err) }, 'warn'),
+    );
     this.schedulePoll(g, this.cfg.slow_poll_interval);
   }
 
@@ -834,6 +875,7 @@ export class DgdEngine {
         duration_ms: Math.round(this.lastScan.durationMs * 10) / 10,
         sockets: this.lastScan.sockets,
         retransmitting: this.lastScan.retransmitting,
+        dumps: this.dumps,
       },
     };
   }
@@ -880,7 +922,7 @@ export interface DgdStatus {
     transitions: Transition[];
   }[];
   withdrawn_routes: (Omit<GatewayRouteStatus, 'state'> & { removed_gateways: string[] })[];
-  last_scan: { at: string | null; duration_ms: number; sockets: number; retransmitting: number };
+  last_scan: { at: string | null; duration_ms: number; sockets: number; retransmitting: number; dumps: number };
 }
 
 function routeSummary(r: KernelRoute): Omit<GatewayRouteStatus, 'state'> {

@@ -42,6 +42,8 @@ export interface ScannedSocket {
   timer: number;
   /** inet_diag_msg.idiag_retrans: consecutive retransmissions of the current segment. */
   timerRetransmits: number;
+  /** inet_diag_msg.idiag_expires: milliseconds until the timer fires (the next retransmission). */
+  timerExpiresMs: number;
 }
 
 export interface RouteChoice {
@@ -77,6 +79,14 @@ export interface VerifyArgs {
 export interface DgdPorts {
   /** One cheap scan of TCP sockets that can retransmit (established, SYN-SENT, closing states). */
   scanSockets(): Promise<ScannedSocket[]>;
+  /**
+   * The namespace's count of retransmitted TCP segments (Tcp: RetransSegs in /proc/net/snmp,
+   * IPv4 and IPv6 alike). Reading it costs microseconds, a sock_diag dump tens of milliseconds
+   * (the kernel walks its whole established hash), so dumps run only when this moves.
+   */
+  retransmitCounter(): number;
+  /** Delete a neighbour entry (no error if it is already gone). */
+  flushNeighbour(ifindex: number, address: string): Promise<void>;
   /** Which gateway and interface the kernel would use for dst (from src). */
   lookupRoute(dst: string, src: string | null): Promise<RouteChoice>;
   /** Every route of the given tables (numbers), both families. */

@@ -337,6 +337,31 @@ describe('DGD engine', () => {
     await s.engine.stop({ restore: true });
   });
 
+  it('no socket dump while the RetransSegs counter stands still; one as soon as it moves', async () => {
+    const s = await setup(twoDefaults());
+    await s.clock.advance(5000);
+    const idle = s.ports.dumps.length;
+    assert.ok(idle <= 1, `dumps while idle: ${idle}`);
+    s.ports.setRetransmitting(SERVER, 1);
+    await s.clock.advance(200);
+    assert.equal(s.ports.dumps.length, idle + 1);
+    await s.engine.stop({ restore: true });
+  });
+
+  it('while a socket nears the threshold, the next dump is timed to its retransmit timer', async () => {
+    const s = await setup(twoDefaults(), '', { alive: [R2] });
+    s.ports.setRetransmitting(SERVER, 2, 40000, 130);
+    await s.clock.advance(200);
+    const first = s.ports.dumps.at(-1)!;
+    s.ports.setRetransmitting(SERVER, 3, 40000, 500);
+    await s.clock.advance(140);
+    assert.equal(s.ports.dumps.at(-1), first + 134, 'dumped 4 ms after the timer fired');
+    await s.clock.advance(1000);
+    assert.equal(gw(s, R1).state, 'dead');
+    assert.deepEqual(s.ports.flushed, [`${R1}%2`], "the dead gateway's neighbour entry is flushed");
+    await s.engine.stop({ restore: true });
+  });
+
   it('IPv6 gateways alike', async () => {
     const s = await setup([route('::/0', '2001:db8:1::1', 100), route('::/0', '2001:db8:1::2', 200)], '', {
       alive: ['2001:db8:1::2'],

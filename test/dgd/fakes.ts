@@ -46,6 +46,11 @@ export class FakePorts implements DgdPorts {
   verifications: VerifyArgs[] = [];
   probes: string[] = [];
   failNextDelete = false;
+  /** Tcp: RetransSegs as the fake kernel counts it. */
+  retransSegs = 0;
+  /** Number of sock_diag dumps the engine asked for, and when. */
+  dumps: number[] = [];
+  flushed: string[] = [];
 
   constructor(
     private readonly clock: Clock,
@@ -56,7 +61,16 @@ export class FakePorts implements DgdPorts {
   }
 
   async scanSockets(): Promise<ScannedSocket[]> {
+    this.dumps.push(this.clock.now());
     return this.sockets.map((s) => ({ ...s }));
+  }
+
+  retransmitCounter(): number {
+    return this.retransSegs;
+  }
+
+  async flushNeighbour(ifindex: number, address: string): Promise<void> {
+    this.flushed.push(`${address}%${ifindex}`);
   }
 
   async lookupRoute(dst: string): Promise<RouteChoice> {
@@ -141,8 +155,10 @@ export class FakePorts implements DgdPorts {
     return 'lan0';
   }
 
-  /** A socket with `retrans` consecutive retransmissions towards dst. */
-  setRetransmitting(dst: string, retrans: number, port = 40000): void {
+  /** A socket with `retrans` consecutive retransmissions towards dst, the next one due in `expiresMs`. */
+  setRetransmitting(dst: string, retrans: number, port = 40000, expiresMs = 200): void {
+    const prev = this.sockets.find((x) => x.srcPort === port)?.timerRetransmits ?? 0;
+    if (retrans > prev) this.retransSegs += retrans - prev;
     const s: ScannedSocket = {
       family: dst.includes(':') ? 6 : 4,
       src: dst.includes(':') ? '2001:db8:1::10' : '198.18.1.10',
@@ -153,6 +169,7 @@ export class FakePorts implements DgdPorts {
       inode: port,
       timer: retrans > 0 ? 1 : 0,
       timerRetransmits: retrans,
+      timerExpiresMs: expiresMs,
     };
     this.sockets = this.sockets.filter((x) => x.srcPort !== port).concat(s);
   }
