@@ -207,7 +207,7 @@ export class DaemonMetrics {
     new Gauge({
       name: 'ipdeadgate_tunnel_links',
       help: 'Tunnel links by state',
-      labelNames: ['state'],
+      labelNames: ['node', 'state'],
       registers,
       collect() {
         this.reset();
@@ -215,37 +215,40 @@ export class DaemonMetrics {
         if (!t) return;
         const by = new Map<string, number>();
         for (const l of t.links) by.set(l.state, (by.get(l.state) ?? 0) + 1);
-        for (const [state, n] of by) this.set({ state }, n);
+        for (const [state, n] of by) this.set({ node: t.name, state }, n);
       },
     });
     new Gauge({
       name: 'ipdeadgate_tunnel_link_rtt_seconds',
       help: 'Heartbeat round trip of each tunnel link',
-      labelNames: ['peer', 'address'],
+      labelNames: ['node', 'peer', 'address'],
       registers,
       collect() {
         this.reset();
-        for (const l of tunnel()?.links ?? [])
-          if (l.rtt_ms !== null) this.set({ peer: l.peer, address: l.address }, l.rtt_ms / 1000);
+        const t = tunnel();
+        for (const l of t?.links ?? [])
+          if (l.rtt_ms !== null)
+            this.set({ node: t!.name, peer: l.peer, address: l.address }, l.rtt_ms / 1000);
       },
     });
     new Counter({
       name: 'ipdeadgate_tunnel_link_bytes_total',
       help: 'Bytes carried by each tunnel link (flow in/out, TLS payload)',
-      labelNames: ['peer', 'address', 'flow'],
+      labelNames: ['node', 'peer', 'address', 'flow'],
       registers,
       collect() {
         this.reset();
-        for (const l of tunnel()?.links ?? []) {
-          setCounter(this, { peer: l.peer, address: l.address, flow: 'in' }, l.bytes_in);
-          setCounter(this, { peer: l.peer, address: l.address, flow: 'out' }, l.bytes_out);
+        const t = tunnel();
+        for (const l of t?.links ?? []) {
+          setCounter(this, { node: t!.name, peer: l.peer, address: l.address, flow: 'in' }, l.bytes_in);
+          setCounter(this, { node: t!.name, peer: l.peer, address: l.address, flow: 'out' }, l.bytes_out);
         }
       },
     });
     new Counter({
       name: 'ipdeadgate_tunnel_link_reconnects_total',
       help: 'Reconnections of each dialled tunnel link',
-      labelNames: ['peer', 'address'],
+      labelNames: ['node', 'peer', 'address'],
       registers,
       collect() {
         this.reset();
@@ -256,22 +259,24 @@ export class DaemonMetrics {
     new Gauge({
       name: 'ipdeadgate_tunnel_sessions',
       help: 'Tunnel sessions open now',
+      labelNames: ['node'],
       registers,
       collect() {
         this.reset();
         const t = tunnel();
-        if (t) this.set(t.sessions.count);
+        if (t) this.set({ node: t.name }, t.sessions.count);
       },
     });
     const sessionCounter = (name: string, help: string, pick: (s: TunnelStatus['sessions']) => number) =>
       new Counter({
         name,
         help,
+        labelNames: ['node'],
         registers,
         collect() {
           this.reset();
           const t = tunnel();
-          if (t) setCounter(this, {}, pick(t.sessions));
+          if (t) setCounter(this, { node: t.name }, pick(t.sessions));
         },
       });
     sessionCounter('ipdeadgate_tunnel_sessions_opened_total', 'Tunnel sessions opened', (s) => s.opened);
@@ -305,12 +310,14 @@ export class DaemonMetrics {
       new Counter({
         name,
         help,
-        labelNames: ['reason'],
+        labelNames: ['node', 'reason'],
         registers,
         collect() {
           this.reset();
-          for (const [reason, n] of Object.entries(pick(tunnel()?.sessions ?? emptySessions())))
-            setCounter(this, { reason }, n);
+          const t = tunnel();
+          if (!t) return;
+          for (const [reason, n] of Object.entries(pick(t.sessions)))
+            setCounter(this, { node: t.name, reason }, n);
         },
       });
     const recorder = () => this.sources.flightRecorder?.() ?? null;
@@ -440,17 +447,4 @@ export class DaemonMetrics {
     s.closeAllConnections();
     await new Promise<void>((resolve) => s.close(() => resolve()));
   }
-}
-
-function emptySessions(): TunnelStatus['sessions'] {
-  return {
-    count: 0,
-    opened: 0,
-    close_timeouts: 0,
-    reaped: 0,
-    watcher_resets: 0,
-    refusals: {},
-    refused_by_peer: {},
-    accept_errors: 0,
-  };
 }
