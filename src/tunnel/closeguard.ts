@@ -270,7 +270,10 @@ export class CloseGuard {
 }
 
 /**
- * A listening server that survives EMFILE/ENFILE: on such an accept error it stops listening and
+ * A listening server that survives EMFILE/ENFILE. libuv already survives most of them (it closes a
+ * reserve descriptor, accepts and closes the pending connections, and reports nothing); when an
+ * EMFILE/ENFILE does reach the server as an 'error' (no reserve descriptor, or listening again
+ * fails), accepting is paused: the server stops listening and
  * listens again after a backoff (100 ms doubling to 5 s), so a process out of descriptors slows
  * down instead of spinning or crashing, and recovers when descriptors are freed.
  */
