@@ -164,6 +164,10 @@ export class CloseGuard {
     const resetLocal = (): void => {
       if (!local.destroyed) local.resetAndDestroy();
     };
+    // A local peer that vanishes without FIN or RST (powered off, cable cut) is found by TCP
+    // keepalive instead of holding its descriptor forever.
+    local.setKeepAlive(true, 60_000);
+    local.setNoDelay(true);
     local.pipe(stream); // local FIN -> stream.end() -> yamux FIN
     if (answer)
       answer.then(
