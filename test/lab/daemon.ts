@@ -97,7 +97,10 @@ export class LabDaemon {
           new Error(
             `timed out after ${timeoutMs} ms waiting for ${what}; exit ${this.exitCode}; events: ${this.events
               .map((e) => e.event)
-              .join(' ')}; stderr: ${this.stderr.join('').slice(-2000)}`,
+              .slice(-30)
+              .join(' ')}; errors: ${[...new Set(this.events.filter((e) => e.level !== 'info').map((e) => `${String(e.during)}: ${String(e.error)}`))]
+              .slice(0, 5)
+              .join(' | ')}; stderr: ${this.stderr.join('').slice(-2000)}`,
           ),
         );
       }, timeoutMs);
