@@ -536,7 +536,7 @@ export class DgdEngine {
         g.verifications++;
         g.lastVerification = { ...v, at: startedAt };
         if (v.alive && v.mac && (!g.mac || this.cfg.allow_mac_change)) g.mac = v.mac;
-        for (const s of v.steps) this.log.event('verify_step', { gateway: g.address, interface: g.ifname, ...s }, 'debug');
+        for (const s of v.steps) this.log.event('verify_step', { gateway: g.address, interface: g.ifname, ...s });
         if (v.untrustedMac)
           this.log.event('mac_changed', { gateway: g.address, known_mac: g.mac, seen_mac: v.untrustedMac, trusted: false }, 'warn');
         this.log.event('verdict', {
