@@ -109,11 +109,12 @@ Napi::ArrayBuffer TakeAsArrayBuffer(Napi::Env env, std::unique_ptr<std::vector<T
 class DumpWorker : public Napi::AsyncWorker {
  public:
   DumpWorker(Napi::Function callback, int reportedFamily, uint32_t states, bool withInfo,
-             std::shared_ptr<std::atomic<bool>> cancelled)
+             uint32_t minRetransmits, std::shared_ptr<std::atomic<bool>> cancelled)
       : Napi::AsyncWorker(callback, "ipdeadgate:sock_diag"),
         reportedFamily_(reportedFamily),
         states_(states),
         withInfo_(withInfo),
+        minRetransmits_(minRetransmits),
         columns_(kBaseColumns + (withInfo ? kTcpInfoColumns : 0)),
         cancelled_(std::move(cancelled)) {}
 
@@ -243,6 +244,8 @@ class DumpWorker : public Napi::AsyncWorker {
   }
 
   void AppendSocket(const struct inet_diag_msg* m, const struct nlmsghdr* h) {
+    // Detection's frequent scan only wants sockets retransmitting now (idiag_timer 1).
+    if (minRetransmits_ > 0 && (m->idiag_timer != 1 || m->idiag_retrans < minRetransmits_)) return;
     const auto* src = reinterpret_cast<const uint8_t*>(m->id.idiag_src);
     const auto* dst = reinterpret_cast<const uint8_t*>(m->id.idiag_dst);
     int family = m->idiag_family;
@@ -289,6 +292,7 @@ class DumpWorker : public Napi::AsyncWorker {
   const int reportedFamily_;  // 0 (both), 4 or 6, as reported (after IPv4-mapped are made 4)
   const uint32_t states_;
   const bool withInfo_;
+  const uint32_t minRetransmits_;  // 0: every socket
   const size_t columns_;
   std::shared_ptr<std::atomic<bool>> cancelled_;
   std::unique_ptr<std::vector<uint32_t>> rows_ = std::make_unique<std::vector<uint32_t>>();
@@ -298,17 +302,18 @@ class DumpWorker : public Napi::AsyncWorker {
   std::string what_;
 };
 
-// sockDiagDump(family: 0|4|6, states: number, withInfo: boolean, callback(err, result)): cancel()
+// sockDiagDump(family: 0|4|6, states, withInfo, minRetransmits, callback(err, result)): cancel()
 Napi::Value SockDiagDump(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsBoolean() || !info[3].IsFunction())
-    return ThrowTypeError(env, "sockDiagDump(family, states, withInfo, callback): bad arguments");
+  if (info.Length() < 5 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsBoolean() ||
+      !info[3].IsNumber() || !info[4].IsFunction())
+    return ThrowTypeError(env, "sockDiagDump(family, states, withInfo, minRetransmits, callback): bad arguments");
   const int family = info[0].As<Napi::Number>().Int32Value();
   if (family != 0 && family != 4 && family != 6) return ThrowTypeError(env, "sockDiagDump: family must be 0, 4 or 6");
   const uint32_t states = info[1].As<Napi::Number>().Uint32Value();
   auto cancelled = std::make_shared<std::atomic<bool>>(false);
-  auto* worker = new DumpWorker(info[3].As<Napi::Function>(), family, states,
-                                info[2].As<Napi::Boolean>().Value(), cancelled);
+  auto* worker = new DumpWorker(info[4].As<Napi::Function>(), family, states, info[2].As<Napi::Boolean>().Value(),
+                                info[3].As<Napi::Number>().Uint32Value(), cancelled);
   worker->Queue();
   return Napi::Function::New(
       env, [cancelled](const Napi::CallbackInfo& ci) -> Napi::Value {

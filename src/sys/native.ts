@@ -30,11 +30,15 @@ export interface NativeAddon {
   readonly abiVersion: number;
 
   // sock_diag (native/sockdiag.cc)
-  /** family 0 = IPv4 and IPv6; states = kernel bitmask (1 << TCP_*); returns a cancel function. */
+  /**
+   * family 0 = IPv4 and IPv6; states = kernel bitmask (1 << TCP_*); minRetransmits > 0 keeps only
+   * sockets with the retransmit timer pending and at least that many; returns a cancel function.
+   */
   sockDiagDump(
     family: 0 | 4 | 6,
     states: number,
     withInfo: boolean,
+    minRetransmits: number,
     callback: (err: NativeSystemError | null, result?: NativeSockDiagResult) => void,
   ): () => void;
   /** Column names of a dump row with tcp_info: base columns, then tcpInfoColumns. */

@@ -205,6 +205,14 @@ describe('sock_diag dump in the lab', function () {
         assert.equal(s.ours.info!.retransmits, s.ours.timerRetransmits);
         if (s.ours.timerRetransmits > 0) assert.equal(s.ours.timer, 1, 'retransmit timer pending');
       }
+      // minRetransmits keeps exactly the retransmitting socket, not the idle ones around it.
+      const scan = r.scan as TcpSocketEntry[];
+      assert.ok((r.scanAllCount as number) > 1, 'there are other sockets to filter out');
+      assert.deepEqual(
+        scan.map((e) => [e.srcPort, e.dstPort, e.timer]),
+        [[r.localPort, PORT, 1]],
+      );
+      assert.ok(scan[0]!.timerRetransmits >= 2);
       const last = samples[samples.length - 1]!.ours;
       assert.ok(
         last.info!.backoff >= 3 && last.info!.totalRetrans >= 3 && last.info!.rtoMs >= 800,
@@ -256,6 +264,8 @@ describe('sock_diag dump: options and errors', () => {
       /unknown TCP state "BOGUS"/,
     );
     await assert.rejects(dumpTcpSockets({ family: 5 as never }), /family must be 4, 6 or 'all'/);
+    await assert.rejects(dumpTcpSockets({ minRetransmits: -1 }), RangeError);
+    await assert.rejects(dumpTcpSockets({ minRetransmits: 1.5 }), RangeError);
   });
 
   it('asks the kernel for request sockets along with SYN-RECV', () => {
