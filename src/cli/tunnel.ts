@@ -63,6 +63,9 @@ export function registerTunnel(program: Command): void {
         logger.info({ event: 'tunnel_started', name: cfg.name, role: cfg.role, pid: process.pid });
         return new Promise<number>((resolve) => {
           const stop = (): void => {
+            // Bounded shutdown: links and sessions are closed at once; whatever still lingers
+            // (a TLS close_notify to a dead peer) gets 3 s.
+            setTimeout(() => process.exit(process.exitCode ?? 0), 3000).unref();
             void (async () => {
               await node.close();
               await control?.close();

@@ -240,6 +240,7 @@ export class LinkDialer extends EventEmitter {
   attempts = 0;
   lastError = '';
   private timer: Timer | undefined;
+  private connectTimer: Timer | undefined;
   private socket: tls.TLSSocket | undefined;
   private closed = false;
   private readonly clock: Clock;
@@ -271,6 +272,7 @@ export class LinkDialer extends EventEmitter {
     });
     this.socket = socket;
     const connectTimer = this.clock.setTimeout(() => socket.destroy(new IpdeadgateError('ETIMEDOUT', `connecting to ${this.address} timed out`)), 15_000);
+    this.connectTimer = connectTimer;
     const fail = (err: Error): void => {
       connectTimer.cancel();
       this.lastError = err.message;
@@ -309,6 +311,7 @@ export class LinkDialer extends EventEmitter {
     if (this.closed) return;
     this.closed = true;
     this.timer?.cancel();
+    this.connectTimer?.cancel(); // a dial in progress must not keep the process alive
     this.link?.close();
     this.socket?.destroy();
   }
