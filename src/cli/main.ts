@@ -11,6 +11,7 @@ import { registerSockets } from './sockets';
 import { registerRoutes } from './routes';
 import { registerCapture } from './capture';
 import { registerTunnel } from './tunnel';
+import { addExamples } from './help';
 
 function packageVersion(): string {
   const pkg = path.join(__dirname, '..', '..', '..', 'package.json');
@@ -35,6 +36,7 @@ export function buildProgram(): Command {
   registerCapture(program);
   registerTunnel(program);
   for (const cmd of program.commands) cmd.exitOverride().showHelpAfterError();
+  addExamples(program);
   return program;
 }
 
