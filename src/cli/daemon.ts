@@ -14,15 +14,15 @@ export function registerDaemon(program: Command): void {
     .option('--config <file>', 'YAML config file')
     .option('--control <path>', 'control socket', DEFAULT_CONTROL)
     .option('--state-dir <dir>', 'where withdrawn routes are journaled', DEFAULT_STATE_DIR)
-    .option('--log-format <format>', 'json (one line per event) or text', 'json')
+    .option('--log-format <format>', 'json (one line per event) or text (default: log.format of the config, json)')
     .addHelpText(
       'after',
       '\nExamples:\n  ipdeadgate daemon\n  ipdeadgate daemon --config /etc/ipdeadgate.yaml --log-format text\n\n' +
         'SIGTERM restores every withdrawn route and exits 0; SIGHUP reloads the config.',
     )
     .action(
-      action(async (opts: { config?: string; control: string; stateDir: string; logFormat: string }) => {
-        if (opts.logFormat !== 'json' && opts.logFormat !== 'text')
+      action(async (opts: { config?: string; control: string; stateDir: string; logFormat?: string }) => {
+        if (opts.logFormat !== undefined && opts.logFormat !== 'json' && opts.logFormat !== 'text')
           throw new UsageError(`--log-format must be json or text, not "${opts.logFormat}"`);
         return runDaemon({
           configPath: opts.config,

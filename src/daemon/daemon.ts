@@ -49,7 +49,7 @@ export class Daemon {
   private stopping: Promise<void> | null = null;
   private readonly startedAt = new Date();
   private config!: Config;
-  private readonly log: Logger;
+  private log: Logger;
   /** Flight recorder and metrics (src/daemon/ops.ts): they see detection through its events. */
   private ops: DaemonOps | null = null;
 
@@ -60,6 +60,8 @@ export class Daemon {
   async start(): Promise<void> {
     const { config, tables } = await loadDaemonConfig(this.opts.configPath);
     this.config = config;
+    // --log-format on the command line wins over log.format in the config.
+    this.log = createLogger({ format: this.opts.logFormat ?? config.log.format });
     this.log.level = config.log.level;
     this.ops = new DaemonOps(this.opts.stateDir, config);
     const events = this.ops.wrapEvents(eventLog(this.log));

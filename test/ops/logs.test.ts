@@ -133,4 +133,14 @@ describe('daemon logs (lab)', function () {
       [],
     );
   });
+
+  it('log.format: text in the config is used when --log-format is not given; the flag wins over it', async () => {
+    lab = await pairLab();
+    let d = await runDaemon('log:\n  format: text\n', []);
+    assert.equal(await d.stop(), 0);
+    assert.ok(d.out().trim().split('\n').every((l) => !l.startsWith('{') && / INFO {2}\w+/.test(l)), d.out());
+    d = await runDaemon('log:\n  format: text\n', ['--log-format', 'json']);
+    assert.equal(await d.stop(), 0);
+    assert.ok(d.out().trim().split('\n').every((l) => l.startsWith('{')), d.out());
+  });
 });
