@@ -17,6 +17,9 @@ import { ControlServer } from './control';
 import { createLogger, eventLog, type LogFormat } from './log';
 import { DaemonOps } from './ops';
 import { resolveTables } from './tables';
+import { loadTunnelConfig } from '../cli/tunnel';
+import { TunnelNode } from '../tunnel/node';
+import type { TunnelConfig } from '../tunnel/config';
 
 export interface DaemonOptions {
   configPath?: string;
@@ -27,16 +30,19 @@ export interface DaemonOptions {
 
 export const DEFAULT_STATE_DIR = '/var/lib/ipdeadgate';
 
-/** Load the config, or the defaults when there is no config file. */
-export async function loadDaemonConfig(configPath?: string): Promise<{ config: Config; tables: number[] }> {
+/** Load the config, or the defaults when there is no config file; a tunnel section is validated too. */
+export async function loadDaemonConfig(
+  configPath?: string,
+): Promise<{ config: Config; tables: number[]; tunnel: TunnelConfig | null }> {
   const config = configPath ? await loadConfig(configPath) : defaultConfig();
+  const tunnel = configPath && Object.keys(config.tunnel).length > 0 ? await loadTunnelConfig(configPath) : null;
   let tables: number[];
   try {
     tables = resolveTables(config.dgd.tables);
   } catch (err) {
     throw new ConfigError(`${configPath ?? '<defaults>'}: ${(err as Error).message}`, configPath, undefined, 'dgd.tables');
   }
-  return { config, tables };
+  return { config, tables, tunnel };
 }
 
 export class Daemon {
@@ -52,14 +58,18 @@ export class Daemon {
   private log: Logger;
   /** Flight recorder and metrics (src/daemon/ops.ts): they see detection through its events. */
   private ops: DaemonOps | null = null;
+  /** The tunnel role(s) of the config, in the same process as detection. */
+  private tunnel: TunnelNode | null = null;
+  private tunnelConfig: TunnelConfig | null = null;
 
   constructor(private readonly opts: DaemonOptions) {
     this.log = createLogger({ format: opts.logFormat ?? 'json' });
   }
 
   async start(): Promise<void> {
-    const { config, tables } = await loadDaemonConfig(this.opts.configPath);
+    const { config, tables, tunnel } = await loadDaemonConfig(this.opts.configPath);
     this.config = config;
+    this.tunnelConfig = tunnel;
     // --log-format on the command line wins over log.format in the config.
     this.log = createLogger({ format: this.opts.logFormat ?? config.log.format });
     this.log.level = config.log.level;
@@ -96,6 +106,11 @@ export class Daemon {
     });
     await engine.start();
     await this.ops.start(engine, ports);
+    if (tunnel) {
+      this.tunnel = await TunnelNode.start(tunnel, { logger: this.log });
+      const node = this.tunnel;
+      this.ops.setTunnelSource(() => node.status());
+    }
     // Listen for ARP/NDP on every gateway interface, so a dead gateway announcing itself is seen.
     const openLinks = () => {
       for (const g of engine.status().gateways)
@@ -145,7 +160,7 @@ export class Daemon {
       started_at: this.startedAt.toISOString(),
       config: this.opts.configPath ?? null,
       state_dir: this.opts.stateDir,
-      tunnel: null,
+      tunnel: this.tunnel?.status() ?? null,
     };
     return this.ops ? this.ops.decorateStatus(status) : status;
   }
@@ -162,6 +177,8 @@ export class Daemon {
     }
     this.config = next.config;
     this.log.level = next.config.log.level;
+    if (JSON.stringify(next.tunnel) !== JSON.stringify(this.tunnelConfig))
+      log.event('tunnel_config_changed', { note: 'tunnel changes take effect when the daemon restarts' }, 'warn');
     await this.requireEngine().reload(next.config.dgd, next.tables);
     await this.ops?.reconfigure(next.config);
   }
@@ -171,6 +188,7 @@ export class Daemon {
     this.stopping ??= (async () => {
       if (this.linkTimer) clearInterval(this.linkTimer);
       await this.engine?.stop({ restore: true });
+      await this.tunnel?.close();
       await this.ops?.close();
       this.subscription?.close();
       await this.ports?.close();
