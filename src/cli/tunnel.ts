@@ -1,39 +1,14 @@
 // `ipdeadgate tunnel --config FILE [--control PATH] [--log-format json|text]`: run only the tunnel
 // section of a config (gateway proxy, endpoint proxy or relay). Bad config: exit 2 naming the file,
 // line and key. SIGTERM/SIGINT close every link and session and exit 0.
-import { readFile } from 'node:fs/promises';
-import * as path from 'node:path';
 import type { Command } from 'commander';
-import { z } from 'zod';
-import { ConfigError, UsageError } from '../errors';
-import { parseConfig, parseYaml, zodToConfigError } from '../daemon/config';
+import { UsageError } from '../errors';
+import { loadTunnelConfig } from '../daemon/config';
 import { ControlServer } from '../daemon/control';
 import { createLogger } from '../daemon/log';
 import { peerUidOf } from '../sys/peercred';
-import { resolveTlsPaths, tunnelConfigSchema, type TunnelConfig } from '../tunnel/config';
 import { TunnelNode } from '../tunnel/node';
 import { action } from './common';
-
-/** Load and validate the `tunnel:` section of a config file; errors name the file, line and key. */
-export async function loadTunnelConfig(file: string): Promise<TunnelConfig> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    throw new ConfigError(`${file}: cannot read the config: ${(err as Error).message}`, file);
-  }
-  const whole = parseConfig(text, file); // the other sections must be valid too
-  const section = whole.tunnel as Record<string, unknown> | undefined;
-  if (!section || Object.keys(section).length === 0)
-    throw new ConfigError(`${file}: tunnel: the config has no tunnel section (role, name, tls, ...)`, file, undefined, 'tunnel');
-  const r = tunnelConfigSchema.safeParse(section);
-  if (!r.success) {
-    const { doc, lines } = parseYaml(text, file);
-    const prefixed = new z.ZodError(r.error.issues.map((i) => ({ ...i, path: ['tunnel', ...i.path] })));
-    throw zodToConfigError(prefixed, doc, lines, file);
-  }
-  return resolveTlsPaths(r.data, path.dirname(path.resolve(file)));
-}
 
 export function registerTunnel(program: Command): void {
   program

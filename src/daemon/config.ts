@@ -2,11 +2,13 @@
 // (which keeps source positions) and validated with zod; every error names the file, the line and
 // the key, so an operator at 3 a.m. can fix it without reading code (DESIGN.md "Config file").
 import { readFile } from 'node:fs/promises';
+import * as path from 'node:path';
 import { isIP } from 'node:net';
 import { LineCounter, isMap, isScalar, parseDocument, type Document } from 'yaml';
 import { z } from 'zod';
 import { ConfigError } from '../errors';
 import { parseDuration } from '../util/duration';
+import { resolveTlsPaths, tunnelConfigSchema, type TunnelConfig } from '../tunnel/config';
 
 /** A duration string within [min, max] milliseconds, parsed to a number of milliseconds. */
 export function duration(min: number, max: number, label = 'duration') {
@@ -222,4 +224,25 @@ function lineOf(doc: Document, lines: LineCounter, path: string[]): number | und
     if (node && typeof node === 'object' && node.range) return lines.linePos(node.range[0]).line;
   }
   return undefined;
+}
+
+/** Load and validate the `tunnel:` section of a config file; errors name the file, line and key. */
+export async function loadTunnelConfig(file: string): Promise<TunnelConfig> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`${file}: cannot read the config: ${(err as Error).message}`, file);
+  }
+  const whole = parseConfig(text, file); // the other sections must be valid too
+  const section = whole.tunnel as Record<string, unknown> | undefined;
+  if (!section || Object.keys(section).length === 0)
+    throw new ConfigError(`${file}: tunnel: the config has no tunnel section (role, name, tls, ...)`, file, undefined, 'tunnel');
+  const r = tunnelConfigSchema.safeParse(section);
+  if (!r.success) {
+    const { doc, lines } = parseYaml(text, file);
+    const prefixed = new z.ZodError(r.error.issues.map((i) => ({ ...i, path: ['tunnel', ...i.path] })));
+    throw zodToConfigError(prefixed, doc, lines, file);
+  }
+  return resolveTlsPaths(r.data, path.dirname(path.resolve(file)));
 }

@@ -12,12 +12,11 @@ import { openRtnl, type Rtnl } from '../sys/rtnl';
 import type { NeighbourSighting } from '../sys/neighlink';
 import { peerUidOf } from '../sys/peercred';
 import { systemClock } from '../util/clock';
-import { defaultConfig, loadConfig, type Config } from './config';
+import { defaultConfig, loadConfig, loadTunnelConfig, type Config } from './config';
 import { ControlServer } from './control';
 import { createLogger, eventLog, type LogFormat } from './log';
 import { DaemonOps } from './ops';
 import { resolveTables } from './tables';
-import { loadTunnelConfig } from '../cli/tunnel';
 import { TunnelNode } from '../tunnel/node';
 import type { TunnelConfig } from '../tunnel/config';
 

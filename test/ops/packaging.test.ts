@@ -5,7 +5,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { loadTunnelConfig } from '../../src/cli/tunnel';
+import { loadTunnelConfig } from '../../src/daemon/config';
 import { defaultConfig, loadConfig } from '../../src/daemon/config';
 import { ConfigError } from '../../src/errors';
 import { REPO_ROOT } from '../lab/lab';
