@@ -1,0 +1,149 @@
+// Benchmark helper, run inside the lab namespace that holds the sockets: times `ss -tin` (output to
+// /dev/null) against our dump on the same sockets, interleaved, and measures the longest event-loop
+// stall during each of our dumps. `bench-sockdiag-measure REPS MIN_SOCKETS` prints one JSON line.
+//
+// Stall: a 1 ms setInterval runs during the dump and the longest gap between two of its ticks (and
+// from the last tick to the end) is the longest time the loop could not run a callback; the maximum
+// of perf_hooks' monitorEventLoopDelay (1 ms resolution) is reported next to it.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import { monitorEventLoopDelay, PerformanceObserver, type PerformanceEntry } from 'node:perf_hooks';
+import { dumpTcpSockets, type TcpSocketEntry } from '../src/sys/sockdiag';
+
+interface Timed {
+  ms: number;
+  stallMs: number;
+  elDelayMaxMs: number;
+  /** Longest garbage-collection pause on the main thread during the dump. */
+  gcMaxMs: number;
+  /** Time the main thread was runnable but not running (waiting for a CPU) during the dump. */
+  runqWaitMs: number;
+  count: number;
+}
+
+/** The main thread's run-queue wait so far, in ms (/proc/thread-self/schedstat, field 2, ns). */
+function runqWaitMs(): number {
+  return Number(fs.readFileSync('/proc/thread-self/schedstat', 'utf8').split(' ')[1]) / 1e6;
+}
+
+const gcPauses: PerformanceEntry[] = [];
+new PerformanceObserver((list) => gcPauses.push(...list.getEntries())).observe({ entryTypes: ['gc'] });
+
+async function timedDump(info: boolean, minRetransmits = 0): Promise<Timed> {
+  const histogram = monitorEventLoopDelay({ resolution: 1 });
+  let last = performance.now();
+  let longest = 0;
+  const tick = setInterval(() => {
+    const now = performance.now();
+    longest = Math.max(longest, now - last);
+    last = now;
+  }, 1);
+  // Let the interval start ticking before the dump begins.
+  await new Promise((r) => setTimeout(r, 5));
+  last = performance.now();
+  longest = 0;
+  histogram.enable();
+  const runq0 = runqWaitMs();
+  const started = performance.now();
+  const entries: TcpSocketEntry[] = await dumpTcpSockets({ info, minRetransmits });
+  const ended = performance.now();
+  const runqWait = runqWaitMs() - runq0;
+  longest = Math.max(longest, ended - last);
+  histogram.disable();
+  clearInterval(tick);
+  // GC entries are delivered asynchronously: collect them after a turn of the loop.
+  await new Promise((r) => setImmediate(r));
+  const gcMaxMs = Math.max(
+    0,
+    ...gcPauses.filter((e) => e.startTime >= started && e.startTime <= ended).map((e) => e.duration),
+  );
+  return {
+    ms: ended - started,
+    stallMs: longest,
+    elDelayMaxMs: histogram.max / 1e6,
+    gcMaxMs,
+    runqWaitMs: runqWait,
+    count: entries.length,
+  };
+}
+
+function timedSs(devNull: number): { ms: number; status: number | null } {
+  const started = performance.now();
+  const r = spawnSync('ss', ['-tin'], { stdio: ['ignore', devNull, 'ignore'] });
+  return { ms: performance.now() - started, status: r.status };
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+const round = (x: number): number => Math.round(x * 100) / 100;
+
+async function main(): Promise<void> {
+  const reps = Number(process.argv[2] ?? 7);
+  const minSockets = Number(process.argv[3] ?? 0);
+  const devNull = fs.openSync('/dev/null', 'w');
+  // Warm-up: page in ss, load the addon, let V8 compile the decoder.
+  timedSs(devNull);
+  await timedDump(true);
+  await timedDump(false);
+  const ss: number[] = [];
+  const withInfo: Timed[] = [];
+  const cheap: Timed[] = [];
+  const scan: Timed[] = [];
+  for (let i = 0; i < reps; i++) {
+    const s = timedSs(devNull);
+    if (s.status !== 0) throw new Error(`ss -tin exited with ${s.status}`);
+    ss.push(s.ms);
+    withInfo.push(await timedDump(true));
+    cheap.push(await timedDump(false));
+    // Detection's 200 ms scan: only sockets retransmitting now (none on this healthy host).
+    scan.push(await timedDump(false, 1));
+  }
+  const counts = withInfo.map((t) => t.count);
+  if (Math.min(...counts) < minSockets)
+    throw new Error(`dump saw ${Math.min(...counts)} sockets, expected ${minSockets}`);
+  const ssMedian = median(ss);
+  const infoMedian = median(withInfo.map((t) => t.ms));
+  process.stdout.write(
+    JSON.stringify({
+      reps,
+      sockets: median(counts),
+      ss_tin_ms: round(ssMedian),
+      ours_info_ms: round(infoMedian),
+      ratio: round(infoMedian / ssMedian),
+      ours_cheap_ms: round(median(cheap.map((t) => t.ms))),
+      stall_max_ms: round(Math.max(...withInfo.map((t) => t.stallMs), ...cheap.map((t) => t.stallMs))),
+      stall_median_ms: round(median(withInfo.map((t) => t.stallMs))),
+      gc_max_ms: round(Math.max(...withInfo.map((t) => t.gcMaxMs), ...cheap.map((t) => t.gcMaxMs))),
+      runq_wait_max_ms: round(
+        Math.max(...withInfo.map((t) => t.runqWaitMs), ...cheap.map((t) => t.runqWaitMs)),
+      ),
+      scan_ms: round(median(scan.map((t) => t.ms))),
+      scan_stall_max_ms: round(Math.max(...scan.map((t) => t.stallMs))),
+      el_delay_max_ms: round(
+        Math.max(...withInfo.map((t) => t.elDelayMaxMs), ...cheap.map((t) => t.elDelayMaxMs)),
+      ),
+      raw: {
+        ss: ss.map(round),
+        info: withInfo.map((t) => round(t.ms)),
+        info_stall: withInfo.map((t) => round(t.stallMs)),
+        info_gc: withInfo.map((t) => round(t.gcMaxMs)),
+        info_runq: withInfo.map((t) => round(t.runqWaitMs)),
+        cheap: cheap.map((t) => round(t.ms)),
+        cheap_stall: cheap.map((t) => round(t.stallMs)),
+        cheap_gc: cheap.map((t) => round(t.gcMaxMs)),
+        cheap_runq: cheap.map((t) => round(t.runqWaitMs)),
+        scan: scan.map((t) => round(t.ms)),
+        scan_stall: scan.map((t) => round(t.stallMs)),
+        scan_runq: scan.map((t) => round(t.runqWaitMs)),
+      },
+    }) + '\n',
+  );
+}
+
+main().catch((err: unknown) => {
+  process.stdout.write(JSON.stringify({ error: String((err as Error)?.stack ?? err) }) + '\n');
+  process.exit(1);
+});
