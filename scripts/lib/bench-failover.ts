@@ -10,8 +10,8 @@ import { readFileSync } from 'node:fs';
 import { Lab, REPO_ROOT, waitFor } from '../../test/lab/lab';
 import { LabDaemon } from '../../test/lab/daemon';
 import { DGD, dgdLabSpec } from '../../test/lab/topologies';
+import { startFlowClient, startFlowServer } from '../../test/lab/flows';
 
-const FLOW = path.join(REPO_ROOT, 'dist', 'test', 'lab', 'flow.js');
 const HOLD = path.join(REPO_ROOT, 'dist', 'scripts', 'lib', 'hold-sockets.js');
 const PORT = 7000;
 
@@ -35,40 +35,23 @@ const fmt = (ms: number) => `${(ms / 1000).toFixed(3)} s`;
 async function newLab(): Promise<Lab> {
   const lab = await Lab.create(dgdLabSpec());
   await lab.blockPing('r1');
-  lab.spawn('server', [process.execPath, FLOW, 'server', String(PORT)]);
+  startFlowServer(lab, 'server', PORT);
   return lab;
-}
-
-function flow(lab: Lab, durationMs: number): { echoes: number[] } {
-  const child = lab.spawn('client', [process.execPath, FLOW, 'client', DGD.server4, String(PORT), '50', String(durationMs)]);
-  const out = { echoes: [] as number[] };
-  let buf = '';
-  child.stdout!.setEncoding('utf8');
-  child.stdout!.on('data', (c: string) => {
-    buf += c;
-    let nl;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = JSON.parse(buf.slice(0, nl)) as { seq?: number; t: number };
-      buf = buf.slice(nl + 1);
-      if (line.seq !== undefined) out.echoes.push(line.t);
-    }
-  });
-  return out;
 }
 
 async function trialDefaults(): Promise<{ switched: number; resumed: number }> {
   const lab = await newLab();
   try {
     const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
-    const f = flow(lab, 30_000);
+    const f = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 30_000 });
     await waitFor(() => f.echoes.length >= 20, 5000, 'the flow');
     const t0 = Date.now();
     await lab.killSilently('r1', 'lan0');
     const w = await d.waitFor((e) => e.event === 'routes_withdrawn', 20_000, 'routes withdrawn');
     const tw = Date.parse(w.time);
-    const resumed = await waitFor(() => f.echoes.find((t) => t > tw), 20_000, 'the flow to resume');
+    const resumed = (await waitFor(() => f.echoes.find((e) => e.t > tw), 20_000, 'the flow to resume'))!.t;
     await d.stop();
-    return { switched: tw - t0, resumed: resumed! - t0 };
+    return { switched: tw - t0, resumed: resumed - t0 };
   } finally {
     await lab.close();
   }
@@ -97,14 +80,14 @@ async function trialActive(): Promise<number> {
 async function trialNoDaemon(): Promise<number | null> {
   const lab = await newLab();
   try {
-    const f = flow(lab, 70_000);
+    const f = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 70_000 });
     await waitFor(() => f.echoes.length >= 20, 5000, 'the flow');
     const t0 = Date.now();
     await lab.killSilently('r1', 'lan0');
     const deadline = t0 + 60_000;
     while (Date.now() < deadline) {
-      const resumed = f.echoes.find((t) => t > t0 + 100);
-      if (resumed) return resumed - t0;
+      const resumed = f.echoes.find((e) => e.t > t0 + 100);
+      if (resumed) return resumed.t - t0;
       await new Promise((r) => setTimeout(r, 200));
     }
     return null;

@@ -3,47 +3,14 @@
 // silently; the timeline shows the trigger, the ARP verdict, the route switch and the flow resuming;
 // the router comes back and the routes are restored; then the server dies while the gateway lives,
 // and nothing moves. Everything is torn down at the end (also on failure and Ctrl-C).
-import { Lab } from '../../test/lab/lab';
+import { Lab, waitFor } from '../../test/lab/lab';
+import { startFlowClient, startFlowServer } from '../../test/lab/flows';
 import { LabDaemon, type DaemonEvent } from '../../test/lab/daemon';
 import { DGD, dgdLabSpec } from '../../test/lab/topologies';
 
 const PORT = 7000;
 const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
 const say = (s = '') => process.stdout.write(s + '\n');
-
-interface Echo {
-  seq: number;
-  t: number;
-}
-
-function followFlow(child: import('node:child_process').ChildProcess): { echoes: Echo[]; connected: Promise<void> } {
-  const echoes: Echo[] = [];
-  let buf = '';
-  let onConnect: () => void = () => undefined;
-  const connected = new Promise<void>((r) => (onConnect = r));
-  child.stdout!.setEncoding('utf8');
-  child.stdout!.on('data', (c: string) => {
-    buf += c;
-    let nl;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = JSON.parse(buf.slice(0, nl)) as { seq?: number; t: number; connected?: boolean };
-      buf = buf.slice(nl + 1);
-      if (line.connected) onConnect();
-      if (line.seq !== undefined) echoes.push({ seq: line.seq, t: line.t });
-    }
-  });
-  return { echoes, connected };
-}
-
-async function until<T>(what: string, timeoutMs: number, fn: () => T | undefined | false): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 function ms(fromEpoch: number, eventTime: string | number): string {
   const t = typeof eventTime === 'number' ? eventTime : Date.parse(eventTime);
@@ -68,7 +35,7 @@ async function main(): Promise<void> {
   const lab = await Lab.create(dgdLabSpec());
   try {
     await lab.blockPing('r1');
-    lab.spawn('server', [process.execPath, require.resolve('../../test/lab/flow.js'), 'server', String(PORT)]);
+    startFlowServer(lab, 'server', PORT);
     const yaml = 'dgd:\n  slow_poll_interval: 5s\n';
     const daemon = await LabDaemon.start(lab, 'client', yaml);
     say();
@@ -78,18 +45,9 @@ async function main(): Promise<void> {
     say(await defaultRoutes(lab));
 
     // A TCP flow: an 8-byte message every 50 ms, echoed by the server.
-    const flowChild = lab.spawn('client', [
-      process.execPath,
-      require.resolve('../../test/lab/flow.js'),
-      'client',
-      DGD.server4,
-      String(PORT),
-      '50',
-      '40000',
-    ]);
-    const flow = followFlow(flowChild);
+    const flow = startFlowClient(lab, 'client', DGD.server4, PORT, { intervalMs: 50, durationMs: 40_000 });
     await flow.connected;
-    await until('the flow to run', 5000, () => flow.echoes.length >= 20);
+    await waitFor(() => flow.echoes.length >= 20, 5000, 'the flow to run');
     say();
     say(`TCP flow client -> server:${PORT} running (${flow.echoes.length} echoes so far).`);
 
@@ -99,7 +57,7 @@ async function main(): Promise<void> {
     const t0 = Date.now();
     await lab.killSilently('r1', 'lan0');
     const withdrawn = await daemon.waitFor((e) => e.event === 'routes_withdrawn', 15_000, 'routes withdrawn');
-    const resumed = await until('the flow to resume', 15_000, () => flow.echoes.find((e) => e.t > Date.parse(withdrawn.time)));
+    const resumed = (await waitFor(() => flow.echoes.find((e) => e.t > Date.parse(withdrawn.time)), 15_000, 'the flow to resume'))!;
     const lastBefore = [...flow.echoes].reverse().find((e) => e.t <= t0);
     const ev = (name: string, pred: (e: DaemonEvent) => boolean = () => true) =>
       daemon.events.find((e) => e.event === name && Date.parse(e.time) >= t0 && pred(e));

@@ -1,38 +1,17 @@
 // Dead gateway detection on real kernels: a client with two routers and a server, in namespaces.
 import { strict as assert } from 'node:assert';
-import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Lab, REPO_ROOT, requireRoot, waitFor } from '../lab/lab';
 import { LabDaemon } from '../lab/daemon';
 import { DGD, dgdLabSpec } from '../lab/topologies';
+import { startFlowClient, startFlowServer, type FlowClient } from '../lab/flows';
 
-const FLOW = path.join(REPO_ROOT, 'dist', 'test', 'lab', 'flow.js');
 const PORT = 7000;
 const FAST = 'dgd:\n  slow_poll_interval: 2s\n';
 
-interface Flow {
-  child: ChildProcess;
-  echoes: { seq: number; t: number }[];
-  connectedAt: number | null;
-}
-
-function startFlow(lab: Lab, dst: string, durationMs = 20_000): Flow {
-  const child = lab.spawn('client', [process.execPath, FLOW, 'client', dst, String(PORT), '50', String(durationMs)]);
-  const flow: Flow = { child, echoes: [], connectedAt: null };
-  let buf = '';
-  child.stdout!.setEncoding('utf8');
-  child.stdout!.on('data', (c: string) => {
-    buf += c;
-    let nl;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = JSON.parse(buf.slice(0, nl)) as { seq?: number; t: number; connected?: boolean };
-      buf = buf.slice(nl + 1);
-      if (line.connected) flow.connectedAt = line.t;
-      if (line.seq !== undefined) flow.echoes.push({ seq: line.seq, t: line.t });
-    }
-  });
-  return flow;
+function startFlow(lab: Lab, dst: string, durationMs = 20_000): FlowClient {
+  return startFlowClient(lab, 'client', dst, PORT, { durationMs });
 }
 
 async function routeDump(lab: Lab, host = 'client'): Promise<string> {
@@ -67,7 +46,7 @@ describe('dead gateway detection in the lab', function () {
 
   beforeEach(async () => {
     lab = await Lab.create(dgdLabSpec());
-    lab.spawn('server', [process.execPath, FLOW, 'server', String(PORT)]);
+    startFlowServer(lab, 'server', PORT);
     await lab.blockPing('r1'); // r1 drops ping like a firewall, always: ping must never decide
   });
 

@@ -4,14 +4,14 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Lab, REPO_ROOT, requireRoot, waitFor } from '../lab/lab';
+import { Lab, requireRoot, waitFor } from '../lab/lab';
+import { startFlowClient, startFlowServer } from '../lab/flows';
 import { LabDaemon } from '../lab/daemon';
 import { DGD, dgdLabSpec } from '../lab/topologies';
 import { makePki, type TestPki } from '../fixtures/tunnel-pki';
 import { controlRequest } from '../../src/daemon/control';
 import type { TunnelStatus } from '../../src/tunnel/node';
 
-const FLOW = path.join(REPO_ROOT, 'dist', 'test', 'lab', 'flow.js');
 
 describe('detection and the tunnel in one daemon', function () {
   this.timeout(90_000);
@@ -30,7 +30,7 @@ describe('detection and the tunnel in one daemon', function () {
     lab = await Lab.create(dgdLabSpec());
     pki = makePki(['gw1', 'ep1']);
     // The server side: an echo service and an endpoint proxy accepting the link.
-    lab.spawn('server', [process.execPath, FLOW, 'server', '7000']);
+    startFlowServer(lab, 'server', 7000);
     const epCfg = path.join(pki.dir, 'ep1.yaml');
     fs.writeFileSync(
       epCfg,
@@ -51,33 +51,20 @@ describe('detection and the tunnel in one daemon', function () {
     await waitFor(async () => (await tunnel()).links.some((l) => l.state === 'up'), 15_000, `the link to come up (${epErr})`);
 
     // A session through the tunnel: the flow client talks to the local forward.
-    const flow = lab.spawn('client', [process.execPath, FLOW, 'client', '127.0.0.1', '9494', '50', '20000']);
-    const echoes: number[] = [];
-    const errors: string[] = [];
-    let buf = '';
-    flow.stdout!.setEncoding('utf8').on('data', (c: string) => {
-      buf += c;
-      let nl;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = JSON.parse(buf.slice(0, nl)) as { seq?: number; t: number; error?: string };
-        buf = buf.slice(nl + 1);
-        if (line.seq !== undefined) echoes.push(line.t);
-        if (line.error) errors.push(line.error);
-      }
-    });
-    await waitFor(() => echoes.length >= 10, 10_000, 'the session to carry data');
+    const flow = startFlowClient(lab, 'client', '127.0.0.1', 9494, { durationMs: 20_000 });
+    await waitFor(() => flow.echoes.length >= 10, 10_000, 'the session to carry data');
     const before = (await tunnel()).links[0]!;
 
     await lab.killSilently('r1', 'lan0');
     const withdrawn = await d.waitFor((e) => e.event === 'routes_withdrawn', 15_000, 'detection to fail over');
     const trigger = d.named('trigger')[0]!;
     assert.match(JSON.stringify(trigger.socket), /9401/, 'the link socket itself triggered detection');
-    await waitFor(() => echoes.some((t) => t > Date.parse(withdrawn.time)), 15_000, 'the session to resume');
+    await waitFor(() => flow.echoes.some((e) => e.t > Date.parse(withdrawn.time)), 15_000, 'the session to resume');
 
     const after = (await tunnel()).links[0]!;
     assert.equal(after.state, 'up');
     assert.equal(after.reconnects, before.reconnects, 'the link never reconnected');
-    assert.deepEqual(errors, [], 'the session never broke');
+    assert.deepEqual(flow.errors, [], 'the session never broke');
     const st = await d.status();
     assert.equal(st.gateways.find((g) => g.address === DGD.r1_4)!.state, 'dead');
     assert.ok((st.tunnel as TunnelStatus).sessions.count >= 1, 'status shows the tunnel sessions');

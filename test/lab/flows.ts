@@ -1,0 +1,66 @@
+// Bounded TCP flows in the lab (test/lab/flow.ts run in a host): an echo server, and a client that
+// sends a sequence number every interval and records each echo's arrival time.
+import type { ChildProcess } from 'node:child_process';
+import * as path from 'node:path';
+import { REPO_ROOT, type Lab } from './lab';
+
+export const FLOW_SCRIPT = path.join(REPO_ROOT, 'dist', 'test', 'lab', 'flow.js');
+
+export interface FlowClient {
+  child: ChildProcess;
+  /** Each echo received: its sequence number and arrival time (epoch ms). */
+  echoes: { seq: number; t: number }[];
+  /** Socket errors the client reported. */
+  errors: string[];
+  connectedAt: number | null;
+  connected: Promise<void>;
+}
+
+/** An echo server on [::]:port in `host` (both families). */
+export function startFlowServer(lab: Lab, host: string, port: number): ChildProcess {
+  return lab.spawn(host, [process.execPath, FLOW_SCRIPT, 'server', String(port)]);
+}
+
+/** A client in `host` sending to dst:port every intervalMs for durationMs. */
+export function startFlowClient(
+  lab: Lab,
+  host: string,
+  dst: string,
+  port: number,
+  opts: { intervalMs?: number; durationMs?: number } = {},
+): FlowClient {
+  const child = lab.spawn(host, [
+    process.execPath,
+    FLOW_SCRIPT,
+    'client',
+    dst,
+    String(port),
+    String(opts.intervalMs ?? 50),
+    String(opts.durationMs ?? 20_000),
+  ]);
+  let onConnect: () => void = () => undefined;
+  const flow: FlowClient = {
+    child,
+    echoes: [],
+    errors: [],
+    connectedAt: null,
+    connected: new Promise<void>((r) => (onConnect = r)),
+  };
+  let buf = '';
+  child.stdout!.setEncoding('utf8');
+  child.stdout!.on('data', (c: string) => {
+    buf += c;
+    let nl;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = JSON.parse(buf.slice(0, nl)) as { seq?: number; t: number; connected?: boolean; error?: string };
+      buf = buf.slice(nl + 1);
+      if (line.connected) {
+        flow.connectedAt = line.t;
+        onConnect();
+      }
+      if (line.seq !== undefined) flow.echoes.push({ seq: line.seq, t: line.t });
+      if (line.error) flow.errors.push(line.error);
+    }
+  });
+  return flow;
+}
