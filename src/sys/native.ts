@@ -55,6 +55,9 @@ export interface NativeAddon {
   watchClose(id: number): void;
   watchCount(): number;
   readonly watchBits: { readonly rdhup: number; readonly hup: number; readonly err: number };
+
+  // SO_PEERCRED of a connected Unix socket (native/peercred.cc); throws NativeSystemError
+  peerCred(fd: number): { pid: number; uid: number; gid: number };
 }
 
 let cached: NativeAddon | undefined;
