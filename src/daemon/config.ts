@@ -7,45 +7,10 @@ import { isIP } from 'node:net';
 import { LineCounter, isMap, isScalar, parseDocument, type Document } from 'yaml';
 import { z } from 'zod';
 import { ConfigError } from '../errors';
-import { parseDuration } from '../util/duration';
+import { duration, intIn } from '../util/schema';
 import { resolveTlsPaths, tunnelConfigSchema, type TunnelConfig } from '../tunnel/config';
 
-/** A duration string within [min, max] milliseconds, parsed to a number of milliseconds. */
-export function duration(min: number, max: number, label = 'duration') {
-  return z.string({ invalid_type_error: `${label} must be a string like "250ms", "2s", "2m"` }).transform((text, ctx) => {
-    let ms: number;
-    try {
-      ms = parseDuration(text);
-    } catch (err) {
-      ctx.addIssue({ code: z.ZodIssueCode.custom, message: (err as Error).message });
-      return z.NEVER;
-    }
-    if (ms < min || ms > max) {
-      ctx.addIssue({
-        code: z.ZodIssueCode.custom,
-        message: `"${text}" is out of range (${fmt(min)} .. ${fmt(max)})`,
-      });
-      return z.NEVER;
-    }
-    return ms;
-  });
-}
-
-function fmt(ms: number): string {
-  if (ms % 3_600_000 === 0) return `${ms / 3_600_000}h`;
-  if (ms % 60_000 === 0) return `${ms / 60_000}m`;
-  if (ms % 1000 === 0) return `${ms / 1000}s`;
-  return `${ms}ms`;
-}
-
 const ipAddress = z.string().refine((s) => isIP(s) !== 0, (s) => ({ message: `"${s}" is not an IP address` }));
-
-const intIn = (min: number, max: number) =>
-  z
-    .number({ invalid_type_error: `must be a whole number from ${min} to ${max}` })
-    .int(`must be a whole number from ${min} to ${max}`)
-    .min(min, `must be a whole number from ${min} to ${max}`)
-    .max(max, `must be a whole number from ${min} to ${max}`);
 
 /** A routing table: main, local, default, or a number 1..2^32-1 (names from rt_tables resolve later). */
 const tableName = z.union([

@@ -4,7 +4,7 @@
 import * as path from 'node:path';
 import { isIP } from 'node:net';
 import { z } from 'zod';
-import { parseDuration } from '../util/duration';
+import { duration, intIn as wholeNumber } from '../util/schema';
 
 export interface HostPort {
   host: string;
@@ -36,33 +36,8 @@ const hostPort = z
     return hp;
   });
 
-function durationIn(min: number, max: number, dflt: string) {
-  return z
-    .string({ invalid_type_error: 'must be a duration string like "250ms", "10s", "2m"' })
-    .default(dflt)
-    .transform((text, ctx) => {
-      let ms: number;
-      try {
-        ms = parseDuration(text);
-      } catch (err) {
-        ctx.addIssue({ code: z.ZodIssueCode.custom, message: (err as Error).message });
-        return z.NEVER;
-      }
-      if (ms < min || ms > max) {
-        ctx.addIssue({ code: z.ZodIssueCode.custom, message: `"${text}" is out of range (${min}ms .. ${max}ms)` });
-        return z.NEVER;
-      }
-      return ms;
-    });
-}
-
-const intIn = (min: number, max: number, dflt: number) =>
-  z
-    .number({ invalid_type_error: `must be a whole number from ${min} to ${max}` })
-    .int(`must be a whole number from ${min} to ${max}`)
-    .min(min, `must be a whole number from ${min} to ${max}`)
-    .max(max, `must be a whole number from ${min} to ${max}`)
-    .default(dflt);
+const durationIn = (min: number, max: number, dflt: string) => duration(min, max).default(dflt);
+const intIn = (min: number, max: number, dflt: number) => wholeNumber(min, max).default(dflt);
 
 /** Service and node names: what peers ask for and announce. '@' is reserved for the link's own streams. */
 export const SERVICE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
