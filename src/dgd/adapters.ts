@@ -118,15 +118,7 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
         resolve: (_ifname, ip, opts) => link.resolve(ip, opts),
         echo: (_family, ip, opts) => this.echoSocket(family).echo(ip, { timeoutMs: opts.timeoutMs }),
       },
-      {
-        gateway: args.gateway,
-        ifname: args.ifname,
-        ifindex: args.ifindex,
-        probes: args.probes,
-        intervalMs: args.intervalMs,
-        knownMac: args.knownMac,
-        allowMacChange: args.allowMacChange,
-      },
+      args,
     );
   }
 

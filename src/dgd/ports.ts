@@ -1,5 +1,6 @@
 // The detection engine's view of the system. Adapters over src/sys/ implement these in the daemon;
 // unit tests implement them with fakes, so every decision is tested without a kernel or a clock.
+import type { VerifyRequest, VerifyResult } from './verify';
 
 export type Family = 4 | 6;
 
@@ -52,29 +53,14 @@ export interface RouteChoice {
   ifname: string;
 }
 
-/** The outcome of one verification (src/dgd/verify.ts). */
-export interface Verification {
-  alive: boolean;
-  mac: string | null;
-  macChanged: boolean;
-  untrustedMac: string | null;
-  arpRttMs: number | null;
-  echoRttMs: number | null;
-  probesSent: number;
-  durationMs: number;
-  startedAt: number;
-  steps: { at_ms: number; step: string; detail?: string }[];
-}
+/** The outcome of one verification (src/dgd/verify.ts), without the names the engine already has. */
+export type Verification = Omit<VerifyResult, 'gateway' | 'interface'>;
 
-export interface VerifyArgs {
-  gateway: string;
-  ifname: string;
-  ifindex: number;
-  probes: number;
-  intervalMs: number;
+/** What the engine asks a verification for (src/dgd/verify.ts), minus the abort signal. */
+export type VerifyArgs = Omit<VerifyRequest, 'signal' | 'knownMac' | 'allowMacChange'> & {
   knownMac: string | null;
   allowMacChange: boolean;
-}
+};
 
 export interface DgdPorts {
   /** One cheap scan of TCP sockets that can retransmit (established, SYN-SENT, closing states). */
