@@ -50,3 +50,18 @@ export function intOption(name: string, text: string, min = 0, max = Number.MAX_
     throw new UsageError(`${name} must be a whole number from ${min} to ${max}, not "${text}"`);
   return n;
 }
+
+/** Rows of cells as an aligned text table (two spaces between columns, no trailing blanks). */
+export function formatTable(rows: string[][]): string {
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));
+  return (
+    rows
+      .map((r) =>
+        r
+          .map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!)))
+          .join('  ')
+          .trimEnd(),
+      )
+      .join('\n') + '\n'
+  );
+}

@@ -7,7 +7,7 @@
 import type { Command } from 'commander';
 import { controlRequest } from '../daemon/control';
 import { openRtnl, protocolName, routeKey, tableName, type Route } from '../sys/rtnl';
-import { DEFAULT_CONTROL, action, printJson } from './common';
+import { DEFAULT_CONTROL, action, printJson, formatTable } from './common';
 
 export type RouteState = 'active' | 'withdrawn';
 
@@ -104,17 +104,7 @@ export function formatRouteTable(rows: RouteRow[]): string {
       ]);
     });
   }
-  const widths = header.map((_, c) => Math.max(...lines.map((l) => l[c]!.length)));
-  return (
-    lines
-      .map((l) =>
-        l
-          .map((cell, c) => (c === l.length - 1 ? cell : cell.padEnd(widths[c]!)))
-          .join('  ')
-          .trimEnd(),
-      )
-      .join('\n') + '\n'
-  );
+  return formatTable(lines);
 }
 
 function isRouteLike(v: unknown): v is Route {

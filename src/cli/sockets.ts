@@ -9,7 +9,7 @@
 import type { Command } from 'commander';
 import { dumpTcpSockets, type TcpSocketEntry } from '../sys/sockdiag';
 import { openRtnl } from '../sys/rtnl';
-import { action, intOption, printJson } from './common';
+import { action, intOption, printJson, formatTable } from './common';
 
 /** One line of `sockets --json` (snake_case keys, like every --json output). */
 export interface SocketRow {
@@ -136,17 +136,7 @@ export function formatSocketTable(rows: SocketRow[]): string {
       r.timer ? `${r.timer}(${r.timer_expires_ms}ms)` : '-',
     ]),
   ];
-  const widths = header.map((_, c) => Math.max(...lines.map((l) => l[c]!.length)));
-  return (
-    lines
-      .map((l) =>
-        l
-          .map((cell, c) => (c === l.length - 1 ? cell : cell.padEnd(widths[c]!)))
-          .join('  ')
-          .trimEnd(),
-      )
-      .join('\n') + '\n'
-  );
+  return formatTable(lines);
 }
 
 export function registerSockets(program: Command): void {
