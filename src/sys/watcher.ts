@@ -30,6 +30,7 @@ export interface SocketWatcher {
   /** Stop watching; idempotent, safe from inside the callback. Does not close the socket. */
   close(): void;
   [Symbol.dispose](): void;
+  [Symbol.asyncDispose](): Promise<void>;
 }
 
 /**
@@ -83,7 +84,11 @@ export function watchSocket(
     closed = true;
     native.watchClose(id);
   };
-  return { close, [Symbol.dispose]: close };
+  return {
+    close,
+    [Symbol.dispose]: close,
+    [Symbol.asyncDispose]: async () => close(),
+  };
 }
 
 /** Watchers open in this environment (tests and metrics). */

@@ -148,6 +148,7 @@ describe('socket-state watcher: lifecycle on Unix sockets', () => {
     w.close();
     w.close();
     w[Symbol.dispose]();
+    await w[Symbol.asyncDispose]();
     assert.equal(openWatcherCount(), before);
     const again = watchSocket(fdOf(local), () => undefined); // the socket can be watched again
     again.close();
