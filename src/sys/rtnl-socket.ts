@@ -97,6 +97,7 @@ export class NetlinkChannel {
   private readonly pending = new Map<number, Pending>();
   private seq = Math.floor(Math.random() * 0x7fffffff) + 1;
   private closed = false;
+  private queue: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly opts: ChannelOptions = {}) {
     try {
@@ -135,6 +136,21 @@ export class NetlinkChannel {
    * a GET (up to the ACK), or none for an acknowledged change.
    */
   request(
+    type: number,
+    flags: number,
+    payload: Buffer,
+    timeoutMs: number,
+    syscall: string,
+  ): Promise<NetlinkMessage[]> {
+    // One request at a time on this socket: the kernel refuses a second dump while one is in
+    // progress (EBUSY), and requests take microseconds, so queueing them costs nothing.
+    const run = () => this.requestNow(type, flags, payload, timeoutMs, syscall);
+    const p = this.queue.then(run, run);
+    this.queue = p.catch(() => undefined);
+    return p;
+  }
+
+  private requestNow(
     type: number,
     flags: number,
     payload: Buffer,

@@ -607,6 +607,20 @@ describe('rtnl facade in the lab', function () {
       await lab?.close();
     });
 
+    it('many requests at once on one socket all succeed (dumps and lookups are queued, never EBUSY)', async () => {
+      const inner = [
+        { op: 'listRoutes' },
+        ...Array.from({ length: 8 }, () => ({ op: 'lookupRoute', args: [DGD.server4] })),
+        { op: 'listLinks' },
+        { op: 'listNeighbours' },
+        { op: 'listAddresses' },
+        ...Array.from({ length: 4 }, () => ({ op: 'lookupRoute', args: [DGD.server6] })),
+        { op: 'listRoutes', args: [{ family: 6 }] },
+      ];
+      const [res] = await rtnl(lab, 'client', [{ op: 'concurrent', args: inner }]);
+      assert.deepEqual(res!.value, inner.map(() => ({ ok: true })));
+    });
+
     it('lookupRoute picks the lower-metric gateway and the interface; a connected destination has no gateway', async () => {
       const [v4, v6, direct4, direct6, unreachable] = await rtnl(lab, 'client', [
         { op: 'lookupRoute', args: [DGD.server4] },
