@@ -37,8 +37,8 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     return this.names.get(ifindex) ?? `if${ifindex}`;
   }
 
-  async scanSockets(): Promise<ScannedSocket[]> {
-    const entries = await dumpTcpSockets({ states: SCAN_STATES, info: false });
+  async scanSockets(opts: { minRetransmits: number }): Promise<ScannedSocket[]> {
+    const entries = await dumpTcpSockets({ states: SCAN_STATES, info: false, minRetransmits: opts.minRetransmits });
     return entries.map((e) => ({
       family: e.family,
       src: e.src,

@@ -99,7 +99,9 @@ export class DgdEngine {
   private closed = false;
   private lastScan = { at: 0, durationMs: 0, sockets: 0, retransmitting: 0 };
   private lastCounter = -1;
-  private lastDumpAt = -Infinity;
+  private lastFullDumpAt = -Infinity;
+  /** Sockets seen in the last full dump. */
+  private socketCount = 0;
   private retransmitting = 0;
   private dumps = 0;
 
@@ -295,8 +297,8 @@ export class DgdEngine {
       const counter = this.ports.retransmitCounter();
       const moved = counter !== this.lastCounter;
       this.lastCounter = counter;
-      const stale = this.clock.now() - this.lastDumpAt >= FULL_SCAN_MS;
-      if (moved || this.retransmitting > 0 || stale) next = await this.dumpAndCheck();
+      const stale = this.clock.now() - this.lastFullDumpAt >= FULL_SCAN_MS;
+      if (moved || this.retransmitting > 0 || stale) next = await this.dumpAndCheck(stale);
     } catch (err) {
       this.log.event('error', { during: 'socket scan', error: msg(err) }, 'error');
     } finally {
@@ -305,11 +307,17 @@ export class DgdEngine {
     this.scheduleScan(next);
   }
 
-  /** Dump the sockets, act on retransmissions; returns the delay to the next scan. */
-  private async dumpAndCheck(): Promise<number> {
+  /**
+   * Dump the sockets, act on retransmissions; returns the delay to the next scan. Only sockets
+   * that are retransmitting are asked for, except in the occasional full dump (for status).
+   */
+  private async dumpAndCheck(full: boolean): Promise<number> {
     const t0 = this.clock.now();
-    const sockets = await this.ports.scanSockets();
-    this.lastDumpAt = this.clock.now();
+    const sockets = await this.ports.scanSockets({ minRetransmits: full ? 0 : 1 });
+    if (full) {
+      this.lastFullDumpAt = this.clock.now();
+      this.socketCount = sockets.length;
+    }
     const threshold = this.cfg.retransmit_threshold;
     let retransmitting = 0;
     let due = Infinity;
@@ -330,7 +338,7 @@ export class DgdEngine {
     }
     for (const k of this.retransmitSeen.keys()) if (!live.has(k)) this.retransmitSeen.delete(k);
     this.retransmitting = retransmitting;
-    this.lastScan = { at: this.clock.wallNow(), durationMs: this.clock.now() - t0, sockets: sockets.length, retransmitting };
+    this.lastScan = { at: this.clock.wallNow(), durationMs: this.clock.now() - t0, sockets: this.socketCount, retransmitting };
     this.dumps++;
     return Math.max(MIN_SCAN_GAP_MS, Math.min(this.cfg.scan_interval, due));
   }

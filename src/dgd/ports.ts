@@ -63,8 +63,12 @@ export type VerifyArgs = Omit<VerifyRequest, 'signal' | 'knownMac' | 'allowMacCh
 };
 
 export interface DgdPorts {
-  /** One cheap scan of TCP sockets that can retransmit (established, SYN-SENT, closing states). */
-  scanSockets(): Promise<ScannedSocket[]>;
+  /**
+   * One cheap scan of TCP sockets that can retransmit (established, SYN-SENT, closing states);
+   * with minRetransmits > 0, only sockets whose retransmit timer is pending with at least that many
+   * retransmissions (filtered before any object is made for the others).
+   */
+  scanSockets(opts: { minRetransmits: number }): Promise<ScannedSocket[]>;
   /**
    * The namespace's count of retransmitted TCP segments (Tcp: RetransSegs in /proc/net/snmp,
    * IPv4 and IPv6 alike). Reading it costs microseconds, a sock_diag dump tens of milliseconds

@@ -60,9 +60,11 @@ export class FakePorts implements DgdPorts {
     this.routes = routes.map((r) => structuredClone(r));
   }
 
-  async scanSockets(): Promise<ScannedSocket[]> {
+  async scanSockets(opts: { minRetransmits: number }): Promise<ScannedSocket[]> {
     this.dumps.push(this.clock.now());
-    return this.sockets.map((s) => ({ ...s }));
+    return this.sockets
+      .filter((s) => opts.minRetransmits === 0 || (s.timer === 1 && s.timerRetransmits >= opts.minRetransmits))
+      .map((s) => ({ ...s }));
   }
 
   retransmitCounter(): number {
