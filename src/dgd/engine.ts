@@ -733,6 +733,8 @@ export class DgdEngine {
 
   private restoreRoutesVia(g: Gateway, reason: string): Promise<void> {
     return this.serially(async () => {
+      // Decide from the kernel as it is now, not as it was at the last route event.
+      this.kernelRoutes = await this.ports.listRoutes(this.tables);
       const restored: string[] = [];
       for (const entry of [...this.journal.values()]) {
         if (!entry.removed.includes(g.key)) continue;
