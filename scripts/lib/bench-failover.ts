@@ -35,7 +35,7 @@ const fmt = (ms: number) => `${(ms / 1000).toFixed(3)} s`;
 async function newLab(): Promise<Lab> {
   const lab = await Lab.create(dgdLabSpec());
   await lab.blockPing('r1');
-  startFlowServer(lab, 'server', PORT);
+  await startFlowServer(lab, 'server', PORT).listening;
   return lab;
 }
 

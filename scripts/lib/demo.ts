@@ -35,7 +35,7 @@ async function main(): Promise<void> {
   const lab = await Lab.create(dgdLabSpec());
   try {
     await lab.blockPing('r1');
-    startFlowServer(lab, 'server', PORT);
+    await startFlowServer(lab, 'server', PORT).listening;
     const yaml = 'dgd:\n  slow_poll_interval: 5s\n';
     const daemon = await LabDaemon.start(lab, 'client', yaml);
     say();

@@ -46,7 +46,7 @@ describe('dead gateway detection in the lab', function () {
 
   beforeEach(async () => {
     lab = await Lab.create(dgdLabSpec());
-    startFlowServer(lab, 'server', PORT);
+    await startFlowServer(lab, 'server', PORT).listening;
     await lab.blockPing('r1'); // r1 drops ping like a firewall, always: ping must never decide
   });
 

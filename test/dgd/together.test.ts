@@ -30,7 +30,7 @@ describe('detection and the tunnel in one daemon', function () {
     lab = await Lab.create(dgdLabSpec());
     pki = makePki(['gw1', 'ep1']);
     // The server side: an echo service and an endpoint proxy accepting the link.
-    startFlowServer(lab, 'server', 7000);
+    await startFlowServer(lab, 'server', 7000).listening;
     const epCfg = path.join(pki.dir, 'ep1.yaml');
     fs.writeFileSync(
       epCfg,

@@ -16,9 +16,20 @@ export interface FlowClient {
   connected: Promise<void>;
 }
 
-/** An echo server on [::]:port in `host` (both families). */
-export function startFlowServer(lab: Lab, host: string, port: number): ChildProcess {
-  return lab.spawn(host, [process.execPath, FLOW_SCRIPT, 'server', String(port)]);
+/** An echo server on [::]:port in `host` (both families); `listening` resolves once it accepts. */
+export function startFlowServer(lab: Lab, host: string, port: number): ChildProcess & { listening: Promise<void> } {
+  const child = lab.spawn(host, [process.execPath, FLOW_SCRIPT, 'server', String(port)]);
+  const listening = new Promise<void>((resolve, reject) => {
+    let out = '';
+    child.stdout!.setEncoding('utf8');
+    child.stdout!.on('data', (c: string) => {
+      out += c;
+      if (out.includes('"listening"')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`the flow server in ${host} exited (${code}) before listening`)));
+  });
+  listening.catch(() => undefined);
+  return Object.assign(child, { listening });
 }
 
 /** A client in `host` sending to dst:port every intervalMs for durationMs. */
