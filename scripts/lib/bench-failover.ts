@@ -161,9 +161,13 @@ async function main(): Promise<void> {
   say(`| defaults: routes switched | ${fmt(s.median)} | ${fmt(s.worst)} | <= 1.6 s |`);
   say(`| defaults: flow resumed | ${fmt(r.median)} | ${fmt(r.worst)} | <= 3.2 s |`);
   say(`| active probing 100ms x 3: routes switched | ${fmt(a.median)} | ${fmt(a.worst)} | <= 0.4 s |`);
-  say(
-    `| no daemon: flow recovered | ${none.every((x) => x === null) ? 'never (60 s)' : none.map((x) => (x === null ? 'never' : fmt(x))).join(', ')} | | never |`,
-  );
+  const noDaemon =
+    none.length === 0
+      ? 'not run'
+      : none.every((x) => x === null)
+        ? `never within 60 s (${none.length} trial${none.length > 1 ? 's' : ''})`
+        : none.map((x) => (x === null ? 'never' : fmt(x))).join(', ');
+  say(`| no daemon: flow recovered | ${noDaemon} | | never |`);
   say(`| daemon CPU idle | ${(cpu.idle * 100).toFixed(2)}% of a core | | < 2% |`);
   say(`| daemon CPU scanning ${cpu.sockets} established sockets | ${(cpu.scanning * 100).toFixed(2)}% of a core | | < 2% |`);
 }
