@@ -118,17 +118,29 @@ async function cpuBench(): Promise<{ idle: number; scanning: number; sockets: nu
     await new Promise((r) => setTimeout(r, 1000));
     const idle = await cpuShare(pid, 10);
     const conns = Math.floor(SOCKETS / 2); // each loopback connection is two established sockets
-    const hold = lab.spawn('client', ['prlimit', `--nofile=${conns * 2 + 1000}`, process.execPath, HOLD, String(conns)]);
+    const hold = lab.spawn('client', [
+      'prlimit',
+      `--nofile=${conns * 2 + 1000}`,
+      process.execPath,
+      HOLD,
+      String(conns),
+    ]);
     let ready = '';
     hold.stdout!.setEncoding('utf8');
     hold.stdout!.on('data', (c: string) => (ready += c));
     await waitFor(() => ready.includes('ready'), 120_000, 'the sockets to be established');
-    const counted = (await lab.exec('client', ['ss', '-Htn', 'state', 'established'])).stdout.trim().split('\n').length;
+    const counted = (await lab.exec('client', ['ss', '-Htn', 'state', 'established'])).stdout
+      .trim()
+      .split('\n').length;
     await new Promise((r) => setTimeout(r, 1000));
     const scanning = await cpuShare(pid, 10);
     const st = await d.status();
     await d.stop();
-    return { idle, scanning, sockets: Math.max(counted, Number((st.last_scan as { sockets: number }).sockets)) };
+    return {
+      idle,
+      scanning,
+      sockets: Math.max(counted, Number((st.last_scan as { sockets: number }).sockets)),
+    };
   } finally {
     await lab.close();
   }
@@ -139,7 +151,9 @@ async function main(): Promise<void> {
   const def: { switched: number; resumed: number }[] = [];
   for (let i = 0; i < TRIALS; i++) {
     def.push(await trialDefaults());
-    say(`  defaults trial ${i + 1}: routes switched ${fmt(def[i]!.switched)}, flow resumed ${fmt(def[i]!.resumed)}`);
+    say(
+      `  defaults trial ${i + 1}: routes switched ${fmt(def[i]!.switched)}, flow resumed ${fmt(def[i]!.resumed)}`,
+    );
   }
   const act: number[] = [];
   for (let i = 0; i < TRIALS; i++) {
@@ -149,7 +163,9 @@ async function main(): Promise<void> {
   const none: (number | null)[] = [];
   for (let i = 0; i < NODAEMON_TRIALS; i++) {
     none.push(await trialNoDaemon());
-    say(`  no daemon trial ${i + 1}: ${none[i] === null ? 'flow never recovered within 60 s' : `flow recovered after ${fmt(none[i]!)}`}`);
+    say(
+      `  no daemon trial ${i + 1}: ${none[i] === null ? 'flow never recovered within 60 s' : `flow recovered after ${fmt(none[i]!)}`}`,
+    );
   }
   const cpu = await cpuBench();
   const s = stats(def.map((x) => x.switched));
@@ -169,7 +185,9 @@ async function main(): Promise<void> {
         : none.map((x) => (x === null ? 'never' : fmt(x))).join(', ');
   say(`| no daemon: flow recovered | ${noDaemon} | | never |`);
   say(`| daemon CPU idle | ${(cpu.idle * 100).toFixed(2)}% of a core | | < 2% |`);
-  say(`| daemon CPU scanning ${cpu.sockets} established sockets | ${(cpu.scanning * 100).toFixed(2)}% of a core | | < 2% |`);
+  say(
+    `| daemon CPU scanning ${cpu.sockets} established sockets | ${(cpu.scanning * 100).toFixed(2)}% of a core | | < 2% |`,
+  );
 }
 
 main().catch((err: unknown) => {

@@ -29,9 +29,13 @@ async function defaultRoutes(lab: Lab): Promise<string> {
 async function main(): Promise<void> {
   say(bold('ipdeadgate demo: a first-hop router dies silently'));
   say();
-  say('Building the lab (network namespaces; nothing touches this host\'s own network):');
-  say(`  client ${DGD.client4} --+-- r1 ${DGD.r1_4} (preferred, metric 100; drops ping like a firewall) --+-- server ${DGD.server4}`);
-  say(`                          +-- r2 ${DGD.r2_4} (backup, metric 200)                                 --+`);
+  say("Building the lab (network namespaces; nothing touches this host's own network):");
+  say(
+    `  client ${DGD.client4} --+-- r1 ${DGD.r1_4} (preferred, metric 100; drops ping like a firewall) --+-- server ${DGD.server4}`,
+  );
+  say(
+    `                          +-- r2 ${DGD.r2_4} (backup, metric 200)                                 --+`,
+  );
   const lab = await Lab.create(dgdLabSpec());
   try {
     await lab.blockPing('r1');
@@ -53,11 +57,15 @@ async function main(): Promise<void> {
 
     // 1. Silent death.
     say();
-    say(bold('1. r1 dies silently (it drops everything on its LAN side; the client\'s link stays up).'));
+    say(bold("1. r1 dies silently (it drops everything on its LAN side; the client's link stays up)."));
     const t0 = Date.now();
     await lab.killSilently('r1', 'lan0');
     const withdrawn = await daemon.waitFor((e) => e.event === 'routes_withdrawn', 15_000, 'routes withdrawn');
-    const resumed = (await waitFor(() => flow.echoes.find((e) => e.t > Date.parse(withdrawn.time)), 15_000, 'the flow to resume'))!;
+    const resumed = (await waitFor(
+      () => flow.echoes.find((e) => e.t > Date.parse(withdrawn.time)),
+      15_000,
+      'the flow to resume',
+    ))!;
     const lastBefore = [...flow.echoes].reverse().find((e) => e.t <= t0);
     const ev = (name: string, pred: (e: DaemonEvent) => boolean = () => true) =>
       daemon.events.find((e) => e.event === name && Date.parse(e.time) >= t0 && pred(e));
@@ -68,15 +76,25 @@ async function main(): Promise<void> {
     const timeline: [number, string][] = [];
     const at = (t: string | number) => (typeof t === 'number' ? t : Date.parse(t));
     if (spec)
-      timeline.push([at(spec.time), `speculative verification starts: a socket has ${(spec.socket as { retransmits: number }).retransmits} retransmissions`]);
+      timeline.push([
+        at(spec.time),
+        `speculative verification starts: a socket has ${(spec.socket as { retransmits: number }).retransmits} retransmissions`,
+      ]);
     if (verdict)
       timeline.push([
         at(verdict.time),
         `verdict ready: r1 did not answer ${String(verdict.probes_sent)} ARP requests${verdict.speculative ? ' (speculative: nothing acts yet)' : ''}`,
       ]);
-    if (trig) timeline.push([at(trig.time), `trigger: the socket reached ${(trig.socket as { retransmits: number }).retransmits} retransmissions -> r1 is dead`]);
+    if (trig)
+      timeline.push([
+        at(trig.time),
+        `trigger: the socket reached ${(trig.socket as { retransmits: number }).retransmits} retransmissions -> r1 is dead`,
+      ]);
     timeline.push([at(withdrawn.time), `routes switched: withdrew ${JSON.stringify(withdrawn.routes)}`]);
-    timeline.push([resumed.t, `flow resumed: the next echo came back via r2 (TCP's own backoff decided when it retried)`]);
+    timeline.push([
+      resumed.t,
+      `flow resumed: the next echo came back via r2 (TCP's own backoff decided when it retried)`,
+    ]);
     timeline.sort((a, b) => a[0] - b[0]);
     if (lastBefore) say(`  ${ms(t0, lastBefore.t)}  last echo before the death`);
     for (const [t, text] of timeline) say(`  ${ms(t0, t)}  ${text}`);
@@ -95,7 +113,10 @@ async function main(): Promise<void> {
       'routes restored',
     );
     const sighting = daemon.events.find((e) => e.event === 'sighting' && Date.parse(e.time) >= t1);
-    if (sighting) say(`  ${ms(t1, sighting.time)}  r1 sent ARP/NDP on its own: polled at once instead of waiting for the slow poll`);
+    if (sighting)
+      say(
+        `  ${ms(t1, sighting.time)}  r1 sent ARP/NDP on its own: polled at once instead of waiting for the slow poll`,
+      );
     say(`  ${ms(t1, restored.time)}  r1 answered ARP twice in a row -> routes restored exactly`);
     say('Client routes now:');
     say(await defaultRoutes(lab));
@@ -110,7 +131,9 @@ async function main(): Promise<void> {
       20_000,
       'the downstream verdict',
     );
-    const aliveVerdict = daemon.events.find((e) => e.event === 'verdict' && Date.parse(e.time) >= t2 && e.alive === true);
+    const aliveVerdict = daemon.events.find(
+      (e) => e.event === 'verdict' && Date.parse(e.time) >= t2 && e.alive === true,
+    );
     say(`  ${ms(t2, downstream.time)}  trigger: ${String(downstream.reason)}; r1 verified by ARP:`);
     if (aliveVerdict)
       say(

@@ -14,15 +14,17 @@ server.listen(0, '127.0.0.1', async () => {
   const batch = 200;
   for (let i = 0; i < n; i += batch) {
     await Promise.all(
-      Array.from({ length: Math.min(batch, n - i) }, () =>
-        new Promise<void>((resolve, reject) => {
-          const c = net.connect(port, '127.0.0.1', () => {
-            open++;
-            resolve();
-          });
-          c.on('error', reject);
-          held.push(c);
-        }),
+      Array.from(
+        { length: Math.min(batch, n - i) },
+        () =>
+          new Promise<void>((resolve, reject) => {
+            const c = net.connect(port, '127.0.0.1', () => {
+              open++;
+              resolve();
+            });
+            c.on('error', reject);
+            held.push(c);
+          }),
       ),
     );
   }

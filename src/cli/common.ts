@@ -27,7 +27,9 @@ export function reportError(err: unknown): number {
 }
 
 /** Wrap a command action: run it, map errors to exit codes, set process.exitCode. */
-export function action<A extends unknown[]>(fn: (...args: A) => Promise<number | void>): (...args: A) => Promise<void> {
+export function action<A extends unknown[]>(
+  fn: (...args: A) => Promise<number | void>,
+): (...args: A) => Promise<void> {
   return async (...args: A) => {
     try {
       const code = await fn(...args);

@@ -14,7 +14,10 @@ export function registerDaemon(program: Command): void {
     .option('--config <file>', 'YAML config file')
     .option('--control <path>', 'control socket', DEFAULT_CONTROL)
     .option('--state-dir <dir>', 'where withdrawn routes are journaled', DEFAULT_STATE_DIR)
-    .option('--log-format <format>', 'json (one line per event) or text (default: log.format of the config, json)')
+    .option(
+      '--log-format <format>',
+      'json (one line per event) or text (default: log.format of the config, json)',
+    )
     .addHelpText(
       'after',
       '\nExamples:\n  ipdeadgate daemon\n  ipdeadgate daemon --config /etc/ipdeadgate.yaml --log-format text\n\n' +

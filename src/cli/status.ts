@@ -31,7 +31,9 @@ export function formatStatus(s: Status): string {
   if (s.gateways.length === 0) lines.push('no gateways in the managed tables');
   for (const g of s.gateways) {
     lines.push('');
-    lines.push(`gateway ${g.address} on ${g.interface}: ${g.state.toUpperCase()}${g.mac ? `  mac ${g.mac}` : ''}`);
+    lines.push(
+      `gateway ${g.address} on ${g.interface}: ${g.state.toUpperCase()}${g.mac ? `  mac ${g.mac}` : ''}`,
+    );
     const v = g.last_verification;
     if (v)
       lines.push(
@@ -44,11 +46,17 @@ export function formatStatus(s: Status): string {
     lines.push(
       `  triggers: retransmit ${t.retransmit}, neighbour FAILED ${t.neighbour_failed}, active probe ${t.active_probe}, sighting ${t.sighting}`,
     );
-    if (g.active_probing) lines.push(`  active probing every ${g.active_probing.interval_ms} ms, dead after ${g.active_probing.misses} misses`);
+    if (g.active_probing)
+      lines.push(
+        `  active probing every ${g.active_probing.interval_ms} ms, dead after ${g.active_probing.misses} misses`,
+      );
     if (g.next_poll) lines.push(`  next poll: ${g.next_poll}`);
-    if (g.hold_down_ms) lines.push(`  held down (flapping) for another ${Math.round(g.hold_down_ms / 1000)} s`);
+    if (g.hold_down_ms)
+      lines.push(`  held down (flapping) for another ${Math.round(g.hold_down_ms / 1000)} s`);
     for (const r of g.routes) {
-      const via = r.nexthops ? r.nexthops.map((n) => `${n.gateway}*${n.weight}`).join(' ') : (r.gateway ?? '');
+      const via = r.nexthops
+        ? r.nexthops.map((n) => `${n.gateway}*${n.weight}`).join(' ')
+        : (r.gateway ?? '');
       lines.push(`  route ${r.dst} via ${via} table ${r.table} metric ${r.metric}: ${r.state}`);
     }
     for (const tr of g.transitions.slice(-5)) lines.push(`  ${tr.at} ${tr.from} -> ${tr.to}: ${tr.reason}`);

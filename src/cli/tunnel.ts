@@ -17,7 +17,10 @@ export function registerTunnel(program: Command): void {
     .requiredOption('--config <file>', 'YAML config file with a tunnel: section')
     .option('--control <path>', 'serve status on this control socket (ipdeadgate status --control PATH)')
     .option('--log-format <format>', 'json (one line per event) or text', 'json')
-    .addHelpText('after', '\nExample:\n  ipdeadgate tunnel --config /etc/ipdeadgate/gw1.yaml --control /run/ipdeadgate-tunnel.sock\n')
+    .addHelpText(
+      'after',
+      '\nExample:\n  ipdeadgate tunnel --config /etc/ipdeadgate/gw1.yaml --control /run/ipdeadgate-tunnel.sock\n',
+    )
     .action(
       action(async (opts: { config: string; control?: string; logFormat: string }) => {
         if (opts.logFormat !== 'json' && opts.logFormat !== 'text')
@@ -27,7 +30,9 @@ export function registerTunnel(program: Command): void {
         const node = await TunnelNode.start(cfg, { logger });
         let control: ControlServer | undefined;
         if (opts.control) {
-          control = new ControlServer(opts.control, peerUidOf).handle('status', async () => ({ tunnel: node.status() }));
+          control = new ControlServer(opts.control, peerUidOf).handle('status', async () => ({
+            tunnel: node.status(),
+          }));
           try {
             await control.listen();
           } catch (err) {

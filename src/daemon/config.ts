@@ -10,13 +10,21 @@ import { ConfigError } from '../errors';
 import { duration, intIn } from '../util/schema';
 import { resolveTlsPaths, tunnelConfigSchema, type TunnelConfig } from '../tunnel/config';
 
-const ipAddress = z.string().refine((s) => isIP(s) !== 0, (s) => ({ message: `"${s}" is not an IP address` }));
+const ipAddress = z.string().refine(
+  (s) => isIP(s) !== 0,
+  (s) => ({ message: `"${s}" is not an IP address` }),
+);
 
 /** A routing table: main, local, default, or a number 1..2^32-1 (names from rt_tables resolve later). */
 const tableName = z.union([
   z.enum(['main', 'local', 'default']),
   intIn(1, 0xffffffff),
-  z.string().regex(/^[A-Za-z_][\w.-]*$/, 'must be main, local, default, a number or a name from /etc/iproute2/rt_tables'),
+  z
+    .string()
+    .regex(
+      /^[A-Za-z_][\w.-]*$/,
+      'must be main, local, default, a number or a name from /etc/iproute2/rt_tables',
+    ),
 ]);
 
 const activeProbe = z
@@ -49,9 +57,12 @@ export const dgdSchema = z
 
 const listenAddress = z
   .string()
-  .refine((s) => /^(\[[0-9a-fA-F:]+\]|[\d.]+|localhost):\d{1,5}$/.test(s) && Number(s.split(':').pop()) <= 65535, {
-    message: 'must be HOST:PORT, e.g. 127.0.0.1:9741 or [::1]:9741',
-  });
+  .refine(
+    (s) => /^(\[[0-9a-fA-F:]+\]|[\d.]+|localhost):\d{1,5}$/.test(s) && Number(s.split(':').pop()) <= 65535,
+    {
+      message: 'must be HOST:PORT, e.g. 127.0.0.1:9741 or [::1]:9741',
+    },
+  );
 
 export const metricsSchema = z.object({ listen: listenAddress.optional() }).strict();
 
@@ -128,13 +139,26 @@ export function parseYaml(text: string, file: string): { value: unknown; doc: Do
     const what = e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
     throw new ConfigError(`${file}:${line}: YAML syntax error: ${what}`, file, line);
   }
-  if (doc.contents !== null && !isMap(doc.contents) && !(isScalar(doc.contents) && doc.contents.value === null))
-    throw new ConfigError(`${file}:1: the config must be a mapping of sections (dgd:, tunnel:, metrics:)`, file, 1);
+  if (
+    doc.contents !== null &&
+    !isMap(doc.contents) &&
+    !(isScalar(doc.contents) && doc.contents.value === null)
+  )
+    throw new ConfigError(
+      `${file}:1: the config must be a mapping of sections (dgd:, tunnel:, metrics:)`,
+      file,
+      1,
+    );
   return { value: doc.toJS({ maxAliasCount: 100 }) as unknown, doc, lines };
 }
 
 /** Turn the first zod issue into "FILE:LINE: KEY: problem". */
-export function zodToConfigError(error: z.ZodError, doc: Document, lines: LineCounter, file: string): ConfigError {
+export function zodToConfigError(
+  error: z.ZodError,
+  doc: Document,
+  lines: LineCounter,
+  file: string,
+): ConfigError {
   const issue = error.issues[0]!;
   let path = issue.path.map(String);
   let message = issue.message;
@@ -180,7 +204,9 @@ function lineOf(doc: Document, lines: LineCounter, path: string[]): number | und
     if (n > 0) {
       const parent = n === 1 ? doc.contents : doc.getIn(sub.slice(0, -1), true);
       if (isMap(parent)) {
-        const pair = parent.items.find((it) => isScalar(it.key) && String(it.key.value) === String(sub[n - 1]));
+        const pair = parent.items.find(
+          (it) => isScalar(it.key) && String(it.key.value) === String(sub[n - 1]),
+        );
         const range = (pair?.key as { range?: [number, number, number] } | undefined)?.range;
         if (range) return lines.linePos(range[0]).line;
       }
@@ -202,7 +228,12 @@ export async function loadTunnelConfig(file: string): Promise<TunnelConfig> {
   const whole = parseConfig(text, file); // the other sections must be valid too
   const section = whole.tunnel as Record<string, unknown> | undefined;
   if (!section || Object.keys(section).length === 0)
-    throw new ConfigError(`${file}: tunnel: the config has no tunnel section (role, name, tls, ...)`, file, undefined, 'tunnel');
+    throw new ConfigError(
+      `${file}: tunnel: the config has no tunnel section (role, name, tls, ...)`,
+      file,
+      undefined,
+      'tunnel',
+    );
   const r = tunnelConfigSchema.safeParse(section);
   if (!r.success) {
     const { doc, lines } = parseYaml(text, file);

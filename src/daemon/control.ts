@@ -33,13 +33,21 @@ export class ControlServer {
   /** Listen; a stale socket file is replaced, a live one (another daemon) is an error. */
   async listen(): Promise<void> {
     if (await isListening(this.path))
-      throw new IpdeadgateError('ERR_CONTROL_IN_USE', `another ipdeadgate is already listening on ${this.path}`);
+      throw new IpdeadgateError(
+        'ERR_CONTROL_IN_USE',
+        `another ipdeadgate is already listening on ${this.path}`,
+      );
     await unlink(this.path).catch(() => undefined);
     const server = net.createServer((s) => this.onConnection(s));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: NodeJS.ErrnoException) =>
-        reject(new IpdeadgateError(err.code ?? 'EIO', `cannot listen on the control socket ${this.path}: ${err.message}`)),
+        reject(
+          new IpdeadgateError(
+            err.code ?? 'EIO',
+            `cannot listen on the control socket ${this.path}: ${err.message}`,
+          ),
+        ),
       );
       // Created with mode 0600 from the start: no window in which others could connect.
       const oldMask = process.umask(0o177);
@@ -74,7 +82,10 @@ export class ControlServer {
     s.on('data', (chunk: string) => {
       buf += chunk;
       if (buf.length > MAX_REQUEST) {
-        s.end(JSON.stringify({ ok: false, error: { code: 'ERR_TOO_LARGE', message: 'request too large' } }) + '\n');
+        s.end(
+          JSON.stringify({ ok: false, error: { code: 'ERR_TOO_LARGE', message: 'request too large' } }) +
+            '\n',
+        );
         return;
       }
       let nl;
@@ -100,7 +111,10 @@ export class ControlServer {
     if (!handler)
       return {
         ok: false,
-        error: { code: 'ERR_UNKNOWN_COMMAND', message: `unknown command "${cmd}" (known: ${[...this.handlers.keys()].join(', ')})` },
+        error: {
+          code: 'ERR_UNKNOWN_COMMAND',
+          message: `unknown command "${cmd}" (known: ${[...this.handlers.keys()].join(', ')})`,
+        },
       };
     try {
       const args = req.args && typeof req.args === 'object' ? (req.args as Record<string, unknown>) : {};
@@ -109,7 +123,10 @@ export class ControlServer {
       const e = err as { code?: unknown; message?: unknown };
       return {
         ok: false,
-        error: { code: typeof e.code === 'string' ? e.code : 'ERR_INTERNAL', message: String(e.message ?? err) },
+        error: {
+          code: typeof e.code === 'string' ? e.code : 'ERR_INTERNAL',
+          message: String(e.message ?? err),
+        },
       };
     }
   }
@@ -139,13 +156,23 @@ function isListening(path: string): Promise<boolean> {
 }
 
 /** One request to the daemon; errors name the socket and say what to do. */
-export async function controlRequest(path: string, cmd: string, args: Record<string, unknown> = {}, timeoutMs = 10_000): Promise<unknown> {
+export async function controlRequest(
+  path: string,
+  cmd: string,
+  args: Record<string, unknown> = {},
+  timeoutMs = 10_000,
+): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const s = net.connect(path);
     let buf = '';
     const timer = setTimeout(() => {
       s.destroy();
-      reject(new IpdeadgateError('ETIMEDOUT', `the daemon on ${path} did not answer "${cmd}" within ${timeoutMs} ms`));
+      reject(
+        new IpdeadgateError(
+          'ETIMEDOUT',
+          `the daemon on ${path} did not answer "${cmd}" within ${timeoutMs} ms`,
+        ),
+      );
     }, timeoutMs);
     s.setEncoding('utf8');
     s.once('connect', () => s.write(JSON.stringify({ cmd, args }) + '\n'));
@@ -159,10 +186,15 @@ export async function controlRequest(path: string, cmd: string, args: Record<str
       try {
         resp = JSON.parse(buf.slice(0, nl)) as typeof resp;
       } catch {
-        return reject(new IpdeadgateError('ERR_BAD_RESPONSE', `the daemon on ${path} sent a response that is not JSON`));
+        return reject(
+          new IpdeadgateError('ERR_BAD_RESPONSE', `the daemon on ${path} sent a response that is not JSON`),
+        );
       }
       if (resp.ok) resolve(resp.result);
-      else reject(new IpdeadgateError(resp.error?.code ?? 'ERR_DAEMON', resp.error?.message ?? 'the daemon refused'));
+      else
+        reject(
+          new IpdeadgateError(resp.error?.code ?? 'ERR_DAEMON', resp.error?.message ?? 'the daemon refused'),
+        );
     });
     s.once('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);
@@ -176,7 +208,10 @@ export async function controlRequest(path: string, cmd: string, args: Record<str
     });
     s.once('close', () => {
       clearTimeout(timer);
-      if (!buf.includes('\n')) reject(new IpdeadgateError('ECONNRESET', `the daemon on ${path} closed the connection without answering`));
+      if (!buf.includes('\n'))
+        reject(
+          new IpdeadgateError('ECONNRESET', `the daemon on ${path} closed the connection without answering`),
+        );
     });
   });
 }

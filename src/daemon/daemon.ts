@@ -34,12 +34,18 @@ export async function loadDaemonConfig(
   configPath?: string,
 ): Promise<{ config: Config; tables: number[]; tunnel: TunnelConfig | null }> {
   const config = configPath ? await loadConfig(configPath) : defaultConfig();
-  const tunnel = configPath && Object.keys(config.tunnel).length > 0 ? await loadTunnelConfig(configPath) : null;
+  const tunnel =
+    configPath && Object.keys(config.tunnel).length > 0 ? await loadTunnelConfig(configPath) : null;
   let tables: number[];
   try {
     tables = resolveTables(config.dgd.tables);
   } catch (err) {
-    throw new ConfigError(`${configPath ?? '<defaults>'}: ${(err as Error).message}`, configPath, undefined, 'dgd.tables');
+    throw new ConfigError(
+      `${configPath ?? '<defaults>'}: ${(err as Error).message}`,
+      configPath,
+      undefined,
+      'dgd.tables',
+    );
   }
   return { config, tables, tunnel };
 }
@@ -97,9 +103,12 @@ export class Daemon {
     ports.on('sighting', (s: NeighbourSighting, ifname: string) => {
       engine.onSighting(s.ip, ports.ifindexOf(ifname), s.mac);
     });
-    ports.on('error', (err: Error) => events.event('error', { during: 'packet capture', error: err.message }, 'warn'));
+    ports.on('error', (err: Error) =>
+      events.event('error', { during: 'packet capture', error: err.message }, 'warn'),
+    );
     this.subscription = await this.rtnl.subscribe(['neighbour', 'route', 'link'], (ev) => {
-      if (ev.kind === 'neighbour' && ev.op === 'new') engine.onNeighbour(ev.neighbour.address, ev.neighbour.ifindex, ev.neighbour.state);
+      if (ev.kind === 'neighbour' && ev.op === 'new')
+        engine.onNeighbour(ev.neighbour.address, ev.neighbour.ifindex, ev.neighbour.state);
       else if (ev.kind === 'route') engine.onRoutesChanged();
       else if (ev.kind === 'link') void ports.refreshLinks().catch(() => undefined);
     });
@@ -113,9 +122,15 @@ export class Daemon {
     // Listen for ARP/NDP on every gateway interface, so a dead gateway announcing itself is seen.
     const openLinks = () => {
       for (const g of engine.status().gateways)
-        void ports.link(g.interface).catch((err: Error) =>
-          events.event('error', { during: `opening ${g.interface} for ARP/NDP`, error: err.message }, 'warn'),
-        );
+        void ports
+          .link(g.interface)
+          .catch((err: Error) =>
+            events.event(
+              'error',
+              { during: `opening ${g.interface} for ARP/NDP`, error: err.message },
+              'warn',
+            ),
+          );
     };
     openLinks();
     this.linkTimer = setInterval(openLinks, 5000);
@@ -171,13 +186,21 @@ export class Daemon {
     try {
       next = await loadDaemonConfig(this.opts.configPath);
     } catch (err) {
-      log.event('config_refused', { error: (err as Error).message, note: 'the running config stays' }, 'error');
+      log.event(
+        'config_refused',
+        { error: (err as Error).message, note: 'the running config stays' },
+        'error',
+      );
       throw err;
     }
     this.config = next.config;
     this.log.level = next.config.log.level;
     if (JSON.stringify(next.tunnel) !== JSON.stringify(this.tunnelConfig))
-      log.event('tunnel_config_changed', { note: 'tunnel changes take effect when the daemon restarts' }, 'warn');
+      log.event(
+        'tunnel_config_changed',
+        { note: 'tunnel changes take effect when the daemon restarts' },
+        'warn',
+      );
     await this.requireEngine().reload(next.config.dgd, next.tables);
     await this.ops?.reconfigure(next.config);
   }

@@ -11,7 +11,9 @@ export interface EventLog {
   event(name: string, fields?: Record<string, unknown>, level?: LogLevel): void;
 }
 
-export function createLogger(opts: { level?: LogLevel; format?: LogFormat; stream?: NodeJS.WritableStream } = {}): Logger {
+export function createLogger(
+  opts: { level?: LogLevel; format?: LogFormat; stream?: NodeJS.WritableStream } = {},
+): Logger {
   const out = opts.stream ?? process.stdout;
   const dest = opts.format === 'text' ? textStream(out) : out;
   return pino(
@@ -57,9 +59,14 @@ function textStream(out: NodeJS.WritableStream): Writable {
         try {
           const { time, level, event, msg, ...rest } = JSON.parse(line) as Record<string, unknown>;
           const kv = Object.entries(rest)
-            .map(([k, v]) => `${k}=${typeof v === 'string' ? (/\s/.test(v) ? JSON.stringify(v) : v) : JSON.stringify(v)}`)
+            .map(
+              ([k, v]) =>
+                `${k}=${typeof v === 'string' ? (/\s/.test(v) ? JSON.stringify(v) : v) : JSON.stringify(v)}`,
+            )
             .join(' ');
-          out.write(`${String(time)} ${String(level).toUpperCase().padEnd(5)} ${String(event ?? msg ?? '')}${kv ? ' ' + kv : ''}\n`);
+          out.write(
+            `${String(time)} ${String(level).toUpperCase().padEnd(5)} ${String(event ?? msg ?? '')}${kv ? ' ' + kv : ''}\n`,
+          );
         } catch {
           out.write(line + '\n');
         }

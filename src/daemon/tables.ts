@@ -12,7 +12,8 @@ function namedTables(): Map<string, number> {
   for (const dir of DIRS) {
     files.push(path.join(dir, 'rt_tables'));
     try {
-      for (const f of readdirSync(path.join(dir, 'rt_tables.d'))) if (f.endsWith('.conf')) files.push(path.join(dir, 'rt_tables.d', f));
+      for (const f of readdirSync(path.join(dir, 'rt_tables.d')))
+        if (f.endsWith('.conf')) files.push(path.join(dir, 'rt_tables.d', f));
     } catch {
       /* no such directory */
     }

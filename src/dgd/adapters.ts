@@ -11,7 +11,15 @@ import type { DgdPorts, KernelRoute, RouteChoice, ScannedSocket, Verification, V
 import { verifyGateway } from './verify';
 
 /** States in which a socket has unacknowledged data or a SYN/FIN to retransmit. */
-const SCAN_STATES: TcpState[] = ['ESTABLISHED', 'SYN-SENT', 'SYN-RECV', 'FIN-WAIT-1', 'CLOSE-WAIT', 'LAST-ACK', 'CLOSING'];
+const SCAN_STATES: TcpState[] = [
+  'ESTABLISHED',
+  'SYN-SENT',
+  'SYN-RECV',
+  'FIN-WAIT-1',
+  'CLOSE-WAIT',
+  'LAST-ACK',
+  'CLOSING',
+];
 
 export class SystemPorts extends EventEmitter implements DgdPorts {
   private readonly links = new Map<string, Promise<NeighbourLink>>();
@@ -38,7 +46,11 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
   }
 
   async scanSockets(opts: { minRetransmits: number }): Promise<ScannedSocket[]> {
-    const entries = await dumpTcpSockets({ states: SCAN_STATES, info: false, minRetransmits: opts.minRetransmits });
+    const entries = await dumpTcpSockets({
+      states: SCAN_STATES,
+      info: false,
+      minRetransmits: opts.minRetransmits,
+    });
     return entries.map((e) => ({
       family: e.family,
       src: e.src,
@@ -69,7 +81,9 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
   async listRoutes(tables: number[]): Promise<KernelRoute[]> {
     const want = new Set(tables);
     const routes = await this.rtnl.listRoutes();
-    return routes.filter((r) => want.has(r.table) && (r.gateway !== null || r.nexthops !== null)) as KernelRoute[];
+    return routes.filter(
+      (r) => want.has(r.table) && (r.gateway !== null || r.nexthops !== null),
+    ) as KernelRoute[];
   }
 
   addRoute(route: KernelRoute): Promise<void> {
@@ -122,7 +136,11 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     );
   }
 
-  async probeOnce(gateway: string, ifname: string, timeoutMs: number): Promise<{ mac: string; rttMs: number } | null> {
+  async probeOnce(
+    gateway: string,
+    ifname: string,
+    timeoutMs: number,
+  ): Promise<{ mac: string; rttMs: number } | null> {
     const link = await this.link(ifname);
     const r = await link.resolve(gateway, { probes: 1, intervalMs: timeoutMs });
     return r ? { mac: r.mac, rttMs: r.rttMs } : null;

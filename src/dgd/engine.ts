@@ -10,7 +10,15 @@ import type { DgdConfig } from '../daemon/config';
 import type { EventLog } from '../daemon/log';
 import type { Clock, Timer } from '../util/clock';
 import type { DgdPorts, DgdStore, JournalEntry, KernelRoute, ScannedSocket, Verification } from './ports';
-import { destinationOf, gatewayKey, gatewaysOf, reducedRoute, routeIdentity, targetOf, transition } from './routeplan';
+import {
+  destinationOf,
+  gatewayKey,
+  gatewaysOf,
+  reducedRoute,
+  routeIdentity,
+  targetOf,
+  transition,
+} from './routeplan';
 
 export type GatewayState = 'active' | 'suspect' | 'dead';
 export type TriggerKind = 'retransmit' | 'neighbour_failed' | 'active_probe' | 'sighting';
@@ -91,7 +99,10 @@ export class DgdEngine {
   private readonly journal = new Map<string, JournalEntry>();
   private kernelRoutes: KernelRoute[] = [];
   private readonly retransmitSeen = new Map<string, number>();
-  private readonly lookupCache = new Map<string, { gateway: string | null; ifindex: number; ifname: string }>();
+  private readonly lookupCache = new Map<
+    string,
+    { gateway: string | null; ifindex: number; ifname: string }
+  >();
   private scanTimer: Timer | null = null;
   private scanning = false;
   private routeChain: Promise<unknown> = Promise.resolve();
@@ -158,7 +169,8 @@ export class DgdEngine {
     if (!enabled) {
       for (const g of this.gateways.values()) this.cancelGatewayTimers(g);
       await this.restoreAll('ipdeadgate off');
-      for (const g of this.gateways.values()) if (g.state !== 'active') this.transition(g, 'active', 'ipdeadgate off');
+      for (const g of this.gateways.values())
+        if (g.state !== 'active') this.transition(g, 'active', 'ipdeadgate off');
     } else {
       this.setupActiveProbes();
       this.scheduleScan(0);
@@ -216,7 +228,9 @@ export class DgdEngine {
     // A route added through a gateway that is already dead is withdrawn too.
     for (const g of this.gateways.values()) {
       if (g.state !== 'dead' || !this.enabled) continue;
-      const fresh = routes.filter((r) => gatewaysOf(r).includes(g.key) && !this.journal.has(routeIdentity(r)));
+      const fresh = routes.filter(
+        (r) => gatewaysOf(r).includes(g.key) && !this.journal.has(routeIdentity(r)),
+      );
       if (fresh.length > 0) await this.withdrawRoutesVia(g, 'route added via a dead gateway');
     }
   }
@@ -227,7 +241,9 @@ export class DgdEngine {
     if (this.refreshTimer || this.closed) return;
     this.refreshTimer = this.clock.setTimeout(() => {
       this.refreshTimer = null;
-      this.refreshRoutes().catch((err: unknown) => this.log.event('error', { during: 'route refresh', error: msg(err) }, 'error'));
+      this.refreshRoutes().catch((err: unknown) =>
+        this.log.event('error', { during: 'route refresh', error: msg(err) }, 'error'),
+      );
     }, 100);
   }
 
@@ -327,7 +343,8 @@ export class DgdEngine {
       retransmitting++;
       // The next retransmission of a socket that is one or two short of the threshold matters
       // to the millisecond: look again just after its timer fires.
-      if (s.timerRetransmits >= threshold - 2) due = Math.min(due, Math.max(0, s.timerExpiresMs) + TIMER_SLACK_MS);
+      if (s.timerRetransmits >= threshold - 2)
+        due = Math.min(due, Math.max(0, s.timerExpiresMs) + TIMER_SLACK_MS);
       const key = `${s.src}|${s.srcPort}|${s.dst}|${s.dstPort}|${s.inode}`;
       live.add(key);
       const before = this.retransmitSeen.get(key) ?? 0;
@@ -338,7 +355,12 @@ export class DgdEngine {
     }
     for (const k of this.retransmitSeen.keys()) if (!live.has(k)) this.retransmitSeen.delete(k);
     this.retransmitting = retransmitting;
-    this.lastScan = { at: this.clock.wallNow(), durationMs: this.clock.now() - t0, sockets: this.socketCount, retransmitting };
+    this.lastScan = {
+      at: this.clock.wallNow(),
+      durationMs: this.clock.now() - t0,
+      sockets: this.socketCount,
+      retransmitting,
+    };
     this.dumps++;
     return Math.max(MIN_SCAN_GAP_MS, Math.min(this.cfg.scan_interval, due));
   }
@@ -366,7 +388,8 @@ export class DgdEngine {
       await this.trigger(g, 'retransmit', { socket });
     } else if (now >= threshold) {
       const last = g.lastVerification?.at ?? -Infinity;
-      if (this.clock.now() - last >= RETRIGGER_MS && !g.inflight) await this.trigger(g, 'retransmit', { socket });
+      if (this.clock.now() - last >= RETRIGGER_MS && !g.inflight)
+        await this.trigger(g, 'retransmit', { socket });
     } else if (before < threshold - 1 && !g.inflight && g.state === 'active') {
       // One retransmission before the threshold: verify speculatively, act only if the threshold is hit.
       this.log.event('speculative_verify', { gateway: g.address, interface: g.ifname, socket });
@@ -374,7 +397,10 @@ export class DgdEngine {
     }
   }
 
-  private async routeFor(dst: string, src: string | null): Promise<{ gateway: string | null; ifindex: number; ifname: string }> {
+  private async routeFor(
+    dst: string,
+    src: string | null,
+  ): Promise<{ gateway: string | null; ifindex: number; ifname: string }> {
     const key = `${src ?? ''}>${dst}`;
     const hit = this.lookupCache.get(key);
     if (hit) return hit;
@@ -420,13 +446,27 @@ export class DgdEngine {
           .then((choice) => {
             if (this.closed || this.findGateway(a.gateway)) return;
             if (choice.gateway) {
-              this.log.event('error', { during: 'active probing', gateway: a.gateway, error: 'not on-link (routed via ' + choice.gateway + ')' }, 'warn');
+              this.log.event(
+                'error',
+                {
+                  during: 'active probing',
+                  gateway: a.gateway,
+                  error: 'not on-link (routed via ' + choice.gateway + ')',
+                },
+                'warn',
+              );
               return;
             }
             g = this.ensureGateway(a.gateway, choice.ifindex);
             this.startActive(g, a.interval, a.misses);
           })
-          .catch((err: unknown) => this.log.event('error', { during: 'active probing', gateway: a.gateway, error: msg(err) }, 'warn'));
+          .catch((err: unknown) =>
+            this.log.event(
+              'error',
+              { during: 'active probing', gateway: a.gateway, error: msg(err) },
+              'warn',
+            ),
+          );
         continue;
       }
       this.startActive(g, a.interval, a.misses);
@@ -436,7 +476,12 @@ export class DgdEngine {
   private startActive(g: Gateway, intervalMs: number, misses: number): void {
     if (g.active) return;
     g.active = { intervalMs, misses, missed: 0, timer: null, answers: 0 };
-    this.log.event('active_probing', { gateway: g.address, interface: g.ifname, interval_ms: intervalMs, misses });
+    this.log.event('active_probing', {
+      gateway: g.address,
+      interface: g.ifname,
+      interval_ms: intervalMs,
+      misses,
+    });
     const tick = async () => {
       const a = g.active;
       if (!a || this.closed || !this.enabled) return;
@@ -463,7 +508,12 @@ export class DgdEngine {
         a.missed++;
         if (a.missed >= a.misses && g.state !== 'dead') {
           g.triggers.active_probe++;
-          this.log.event('trigger', { gateway: g.address, interface: g.ifname, reason: 'active_probe', missed: a.missed });
+          this.log.event('trigger', {
+            gateway: g.address,
+            interface: g.ifname,
+            reason: 'active_probe',
+            missed: a.missed,
+          });
           // Unanswered ARP/NDP probes are the verdict itself (ARP decides).
           await this.declareDead(g, `${a.missed} active probes unanswered`);
         }
@@ -526,7 +576,11 @@ export class DgdEngine {
     }
     const last = g.lastVerification;
     if (mode === 'trigger' && last && this.clock.now() - last.at <= freshMs) {
-      this.log.event('verdict_reused', { gateway: g.address, alive: last.alive, age_ms: Math.round(this.clock.now() - last.at) });
+      this.log.event('verdict_reused', {
+        gateway: g.address,
+        alive: last.alive,
+        age_ms: Math.round(this.clock.now() - last.at),
+      });
       return Promise.resolve(last);
     }
     const startedAt = this.clock.now();
@@ -544,9 +598,14 @@ export class DgdEngine {
         g.verifications++;
         g.lastVerification = { ...v, at: startedAt };
         if (v.alive && v.mac && (!g.mac || this.cfg.allow_mac_change)) g.mac = v.mac;
-        for (const s of v.steps) this.log.event('verify_step', { gateway: g.address, interface: g.ifname, ...s });
+        for (const s of v.steps)
+          this.log.event('verify_step', { gateway: g.address, interface: g.ifname, ...s });
         if (v.untrustedMac)
-          this.log.event('mac_changed', { gateway: g.address, known_mac: g.mac, seen_mac: v.untrustedMac, trusted: false }, 'warn');
+          this.log.event(
+            'mac_changed',
+            { gateway: g.address, known_mac: g.mac, seen_mac: v.untrustedMac, trusted: false },
+            'warn',
+          );
         this.log.event('verdict', {
           gateway: g.address,
           interface: g.ifname,
@@ -582,7 +641,11 @@ export class DgdEngine {
       const excess = g.deaths.length - this.cfg.flap_limit;
       const hold = Math.min(MAX_HOLD_DOWN_MS, this.cfg.flap_hold_down * 2 ** (excess - 1));
       g.holdDownUntil = now + hold;
-      this.log.event('flap_damping', { gateway: g.address, deaths_in_window: g.deaths.length, hold_down_ms: hold }, 'warn');
+      this.log.event(
+        'flap_damping',
+        { gateway: g.address, deaths_in_window: g.deaths.length, hold_down_ms: hold },
+        'warn',
+      );
     }
     this.transition(g, 'dead', reason);
     await this.withdrawRoutesVia(g, reason);
@@ -590,16 +653,21 @@ export class DgdEngine {
     // (TCP's retransmissions among them) in it until it fails; TCP does not retransmit a segment
     // still held in the host. Deleting the entry frees them, so the next retransmission takes the
     // new route instead of waiting one more backoff.
-    await this.ports.flushNeighbour(g.ifindex, g.address).catch((err: unknown) =>
-      this.log.event('error', { during: 'neighbour flush', gateway: g.address, error: msg(err) }, 'warn'),
-    );
+    await this.ports
+      .flushNeighbour(g.ifindex, g.address)
+      .catch((err: unknown) =>
+        this.log.event('error', { during: 'neighbour flush', gateway: g.address, error: msg(err) }, 'warn'),
+      );
     this.schedulePoll(g, this.cfg.slow_poll_interval);
   }
 
   private async revive(g: Gateway, reason: string): Promise<void> {
     if (g.state !== 'dead') return;
     if (g.holdDownUntil !== null && this.clock.now() < g.holdDownUntil) {
-      this.log.event('held_down', { gateway: g.address, until_ms: Math.round(g.holdDownUntil - this.clock.now()) });
+      this.log.event('held_down', {
+        gateway: g.address,
+        until_ms: Math.round(g.holdDownUntil - this.clock.now()),
+      });
       this.schedulePoll(g, g.holdDownUntil - this.clock.now());
       return;
     }
@@ -654,7 +722,12 @@ export class DgdEngine {
     } finally {
       g.polling = false;
     }
-    this.log.event('poll', { gateway: g.address, interface: g.ifname, answers, needed: this.cfg.revive_probes });
+    this.log.event('poll', {
+      gateway: g.address,
+      interface: g.ifname,
+      answers,
+      needed: this.cfg.revive_probes,
+    });
     if (g.state !== 'dead' || this.closed || !this.enabled) return;
     if (answers >= this.cfg.revive_probes) await this.revive(g, `${answers} ARP/NDP answers in a row`);
     else this.schedulePoll(g, this.cfg.slow_poll_interval);
@@ -674,17 +747,26 @@ export class DgdEngine {
       if (!this.enabled) return;
       const routes = await this.ports.listRoutes(this.tables);
       this.kernelRoutes = routes;
-      const deadKeys = new Set([...this.gateways.values()].filter((x) => x.state === 'dead').map((x) => x.key));
+      const deadKeys = new Set(
+        [...this.gateways.values()].filter((x) => x.state === 'dead').map((x) => x.key),
+      );
       // Plan: for each route through g, the journal entry with g removed.
       const plans: { entry: JournalEntry; from: KernelRoute | null; to: KernelRoute | null }[] = [];
       const touched = new Map<string, JournalEntry>();
       for (const r of routes) {
         if (!gatewaysOf(r).includes(g.key)) continue;
         // A route we changed earlier shows up reduced: its journal entry holds the original.
-        const existing = [...this.journal.values()].find((e) => routeIdentity(targetOf(e) ?? e.original) === routeIdentity(r));
+        const existing = [...this.journal.values()].find(
+          (e) => routeIdentity(targetOf(e) ?? e.original) === routeIdentity(r),
+        );
         const entry: JournalEntry = existing
           ? { ...existing, removed: [...new Set([...existing.removed, g.key])] }
-          : { key: routeIdentity(r), original: r, removed: [g.key], at: new Date(this.clock.wallNow()).toISOString() };
+          : {
+              key: routeIdentity(r),
+              original: r,
+              removed: [g.key],
+              at: new Date(this.clock.wallNow()).toISOString(),
+            };
         if (existing && existing.removed.includes(g.key)) continue;
         plans.push({ entry, from: r, to: targetOf(entry) });
         touched.set(entry.key, entry);
@@ -705,7 +787,11 @@ export class DgdEngine {
         return false;
       });
       if (kept.length > 0)
-        this.log.event('route_kept', { gateway: g.address, reason: 'keep_last_route', routes: kept.map(describe) }, 'warn');
+        this.log.event(
+          'route_kept',
+          { gateway: g.address, reason: 'keep_last_route', routes: kept.map(describe) },
+          'warn',
+        );
       if (accepted.length === 0) return;
       for (const p of accepted) this.journal.set(p.entry.key, p.entry);
       await this.store.saveJournal([...this.journal.values()]);
@@ -717,7 +803,11 @@ export class DgdEngine {
           await this.applyOp(op);
           done.push(describe(p.from!));
         } catch (err) {
-          this.log.event('error', { during: `withdraw (${op.op})`, route: describe(p.from!), error: msg(err) }, 'error');
+          this.log.event(
+            'error',
+            { during: `withdraw (${op.op})`, route: describe(p.from!), error: msg(err) },
+            'error',
+          );
           // The kernel did not change: forget the plan for this route.
           const e = this.journal.get(p.entry.key);
           if (e) {
@@ -741,21 +831,31 @@ export class DgdEngine {
         if (await this.restoreEntry(entry, g.key)) restored.push(describe(entry.original));
       }
       await this.store.saveJournal([...this.journal.values()]);
-      this.log.event('routes_restored', { gateway: g.address, interface: g.ifname, reason, routes: restored });
+      this.log.event('routes_restored', {
+        gateway: g.address,
+        interface: g.ifname,
+        reason,
+        routes: restored,
+      });
     });
   }
 
   /** Put back what `gatewayKeyToRestore` (or every gateway, if null) took from an entry. */
   private async restoreEntry(entry: JournalEntry, gatewayKeyToRestore: string | null): Promise<boolean> {
     const before = targetOf(entry);
-    const removed = gatewayKeyToRestore === null ? [] : entry.removed.filter((k) => k !== gatewayKeyToRestore);
+    const removed =
+      gatewayKeyToRestore === null ? [] : entry.removed.filter((k) => k !== gatewayKeyToRestore);
     const after = reducedRoute(entry.original, new Set(removed));
     const current = this.kernelMatch(before) ?? this.kernelMatch(entry.original);
     const op = transition(current ? before : null, after);
     try {
       if (op) await this.applyOp(op);
     } catch (err) {
-      this.log.event('error', { during: `restore (${op?.op})`, route: describe(entry.original), error: msg(err) }, 'error');
+      this.log.event(
+        'error',
+        { during: `restore (${op?.op})`, route: describe(entry.original), error: msg(err) },
+        'error',
+      );
       return false;
     }
     if (removed.length === 0) this.journal.delete(entry.key);
@@ -810,7 +910,11 @@ export class DgdEngine {
             await this.applyOp(op);
             this.log.event('journal_reconciled', { route: describe(entry.original), op: op.op });
           } catch (err) {
-            this.log.event('error', { during: 'journal reconcile', route: describe(entry.original), error: msg(err) }, 'error');
+            this.log.event(
+              'error',
+              { during: 'journal reconcile', route: describe(entry.original), error: msg(err) },
+              'error',
+            );
           }
         }
         for (const key of entry.removed) {
@@ -868,10 +972,13 @@ export class DgdEngine {
           : null,
         verifications: g.verifications,
         triggers: { ...g.triggers },
-        active_probing: g.active ? { interval_ms: g.active.intervalMs, misses: g.active.misses, missed: g.active.missed } : null,
+        active_probing: g.active
+          ? { interval_ms: g.active.intervalMs, misses: g.active.misses, missed: g.active.missed }
+          : null,
         dead_since_ms: g.deadSince === null ? null : Math.round(this.clock.now() - g.deadSince),
         next_poll: g.nextPollAt === null ? null : new Date(g.nextPollAt).toISOString(),
-        hold_down_ms: g.holdDownUntil === null ? null : Math.max(0, Math.round(g.holdDownUntil - this.clock.now())),
+        hold_down_ms:
+          g.holdDownUntil === null ? null : Math.max(0, Math.round(g.holdDownUntil - this.clock.now())),
         transitions: [...g.transitions],
       };
     });
@@ -879,7 +986,10 @@ export class DgdEngine {
       enabled: this.enabled,
       tables: this.tables,
       gateways,
-      withdrawn_routes: [...this.journal.values()].map((e) => ({ ...routeSummary(e.original), removed_gateways: e.removed })),
+      withdrawn_routes: [...this.journal.values()].map((e) => ({
+        ...routeSummary(e.original),
+        removed_gateways: e.removed,
+      })),
       last_scan: {
         at: this.lastScan.at ? new Date(this.lastScan.at).toISOString() : null,
         duration_ms: Math.round(this.lastScan.durationMs * 10) / 10,
@@ -932,7 +1042,13 @@ export interface DgdStatus {
     transitions: Transition[];
   }[];
   withdrawn_routes: (Omit<GatewayRouteStatus, 'state'> & { removed_gateways: string[] })[];
-  last_scan: { at: string | null; duration_ms: number; sockets: number; retransmitting: number; dumps: number };
+  last_scan: {
+    at: string | null;
+    duration_ms: number;
+    sockets: number;
+    retransmitting: number;
+    dumps: number;
+  };
 }
 
 function routeSummary(r: KernelRoute): Omit<GatewayRouteStatus, 'state'> {
@@ -946,7 +1062,9 @@ function routeSummary(r: KernelRoute): Omit<GatewayRouteStatus, 'state'> {
 }
 
 function describe(r: KernelRoute): string {
-  const via = r.nexthops ? r.nexthops.map((n) => `nexthop via ${n.gateway} weight ${n.weight}`).join(' ') : `via ${r.gateway}`;
+  const via = r.nexthops
+    ? r.nexthops.map((n) => `nexthop via ${n.gateway} weight ${n.weight}`).join(' ')
+    : `via ${r.gateway}`;
   return `${r.dst} ${via} table ${r.table} metric ${r.metric}`;
 }
 

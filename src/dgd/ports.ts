@@ -87,7 +87,11 @@ export interface DgdPorts {
   /** Purge the neighbour entry and re-resolve by ARP/NDP; ARP/NDP decides. */
   verify(args: VerifyArgs): Promise<Verification>;
   /** One ARP request / neighbour solicitation without purging (active probing); null = no answer in time. */
-  probeOnce(gateway: string, ifname: string, timeoutMs: number): Promise<{ mac: string; rttMs: number } | null>;
+  probeOnce(
+    gateway: string,
+    ifname: string,
+    timeoutMs: number,
+  ): Promise<{ mac: string; rttMs: number } | null>;
   /** Interface name of an index, for display. */
   ifname(ifindex: number): string;
 }

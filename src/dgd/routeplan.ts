@@ -45,7 +45,14 @@ export function reducedRoute(original: KernelRoute, removed: ReadonlySet<string>
       const nh = keep[0]!;
       // The nexthop's own flags (RTNH_F_ONLINK) become the route's flags (rtnetlink.h).
       const flags = ((original as { flags?: number }).flags ?? 0) | ((nh.flags ?? 0) & RTNH_F_ONLINK);
-      return { ...original, nexthops: null, gateway: nh.gateway, ifindex: nh.ifindex, ifname: nh.ifname ?? null, flags } as KernelRoute;
+      return {
+        ...original,
+        nexthops: null,
+        gateway: nh.gateway,
+        ifindex: nh.ifindex,
+        ifname: nh.ifname ?? null,
+        flags,
+      } as KernelRoute;
     }
     return { ...original, nexthops: keep };
   }

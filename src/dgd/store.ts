@@ -21,12 +21,18 @@ export class FileStore implements DgdStore {
     if (data === null) return [];
     const entries = (data as { entries?: unknown }).entries;
     if (!Array.isArray(entries))
-      throw new IpdeadgateError('ERR_JOURNAL', `${this.journalPath} is not a journal of withdrawn routes; move it away to start fresh`);
+      throw new IpdeadgateError(
+        'ERR_JOURNAL',
+        `${this.journalPath} is not a journal of withdrawn routes; move it away to start fresh`,
+      );
     return entries as JournalEntry[];
   }
 
   async saveJournal(entries: JournalEntry[]): Promise<void> {
-    await writeFileAtomic(path.join(this.dir, JOURNAL), JSON.stringify({ version: 1, entries }, null, 1) + '\n');
+    await writeFileAtomic(
+      path.join(this.dir, JOURNAL),
+      JSON.stringify({ version: 1, entries }, null, 1) + '\n',
+    );
   }
 
   async loadEnabled(): Promise<boolean | null> {
@@ -50,7 +56,10 @@ async function readJson(file: string): Promise<unknown> {
   try {
     return JSON.parse(text) as unknown;
   } catch {
-    throw new IpdeadgateError('ERR_JOURNAL', `${file} is not valid JSON (a torn write is impossible with atomic writes; was it edited?)`);
+    throw new IpdeadgateError(
+      'ERR_JOURNAL',
+      `${file} is not valid JSON (a torn write is impossible with atomic writes; was it edited?)`,
+    );
   }
 }
 

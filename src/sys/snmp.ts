@@ -14,6 +14,7 @@ export function parseRetransSegs(text: string): number {
   const names = lines[0]!.trim().split(/\s+/);
   const values = lines[1]!.trim().split(/\s+/);
   const i = names.indexOf('RetransSegs');
-  if (i < 0 || values[i] === undefined) throw new IpdeadgateError('ERR_SNMP', 'no RetransSegs in /proc/net/snmp');
+  if (i < 0 || values[i] === undefined)
+    throw new IpdeadgateError('ERR_SNMP', 'no RetransSegs in /proc/net/snmp');
   return Number(values[i]);
 }

@@ -20,7 +20,11 @@ interface Setup {
   order: string[];
 }
 
-async function setup(routes: KernelRoute[], yaml = '', opts: { store?: MemoryStore; alive?: string[] } = {}): Promise<Setup> {
+async function setup(
+  routes: KernelRoute[],
+  yaml = '',
+  opts: { store?: MemoryStore; alive?: string[] } = {},
+): Promise<Setup> {
   const clock = new FakeClock();
   const order: string[] = [];
   const ports = new FakePorts(clock, routes, (op) => order.push(op));
@@ -83,7 +87,11 @@ describe('DGD engine', () => {
     assert.equal(gw(s, R1).state, 'dead');
     assert.equal(s.ports.verifications.length, 1, 'the speculative verdict was reused, not repeated');
     assert.equal(s.log.named('verdict_reused').length, 1);
-    assert.deepEqual(s.ports.routes.map((r) => r.gateway), [R2], 'only the route via r2 is left');
+    assert.deepEqual(
+      s.ports.routes.map((r) => r.gateway),
+      [R2],
+      'only the route via r2 is left',
+    );
     const journalIdx = s.order.indexOf('journal 1');
     const deleteIdx = s.order.findIndex((o) => o.startsWith('delete 0.0.0.0/0 via 198.18.1.1'));
     assert.ok(journalIdx >= 0 && deleteIdx > journalIdx, `journal before kernel: ${s.order.join(', ')}`);
@@ -91,7 +99,12 @@ describe('DGD engine', () => {
     assert.equal(s.store.journal[0]!.original.gateway, R1);
     const trig = s.log.named('trigger')[0]!;
     assert.equal(trig.reason, 'retransmit');
-    assert.deepEqual(trig.socket, { src: '198.18.1.10:40000', dst: '198.18.2.10:443', state: 'ESTABLISHED', retransmits: 3 });
+    assert.deepEqual(trig.socket, {
+      src: '198.18.1.10:40000',
+      dst: '198.18.2.10:443',
+      state: 'ESTABLISHED',
+      retransmits: 3,
+    });
     await s.engine.stop({ restore: true });
   });
 
@@ -101,7 +114,10 @@ describe('DGD engine', () => {
     assert.equal(gw(s, R1).state, 'active');
     assert.deepEqual(s.ports.ops, []);
     assert.ok(s.log.named('downstream_problem').length >= 1);
-    assert.equal(s.log.named('verdict').every((v) => v.alive === true), true);
+    assert.equal(
+      s.log.named('verdict').every((v) => v.alive === true),
+      true,
+    );
     await s.engine.stop({ restore: true });
   });
 
@@ -137,7 +153,9 @@ describe('DGD engine', () => {
   });
 
   it('one unanswered poll among revive_probes keeps the gateway dead', async () => {
-    const s = await setup(twoDefaults(), 'dgd: { slow_poll_interval: 10s, revive_probes: 3 }', { alive: [R2] });
+    const s = await setup(twoDefaults(), 'dgd: { slow_poll_interval: 10s, revive_probes: 3 }', {
+      alive: [R2],
+    });
     await retransmit(s, SERVER, 3);
     await s.clock.advance(1000);
     s.ports.alive.add(R1);
@@ -166,13 +184,21 @@ describe('DGD engine', () => {
   });
 
   it('multipath: only the dead nexthop is removed, and put back with its weight', async () => {
-    const mp = multipath('198.18.5.0/24', [
-      [R1, 1],
-      [R2, 3],
-    ], 0);
-    const s = await setup([route('0.0.0.0/0', R1, 100), route('0.0.0.0/0', R2, 200), mp], 'dgd: { slow_poll_interval: 5s }', {
-      alive: [R2],
-    });
+    const mp = multipath(
+      '198.18.5.0/24',
+      [
+        [R1, 1],
+        [R2, 3],
+      ],
+      0,
+    );
+    const s = await setup(
+      [route('0.0.0.0/0', R1, 100), route('0.0.0.0/0', R2, 200), mp],
+      'dgd: { slow_poll_interval: 5s }',
+      {
+        alive: [R2],
+      },
+    );
     s.engine.onNeighbour(R1, 2, 'FAILED');
     await s.clock.advance(1000);
     assert.equal(gw(s, R1).state, 'dead');
@@ -182,7 +208,10 @@ describe('DGD engine', () => {
     s.ports.alive.add(R1);
     await s.clock.advance(6000);
     assert.equal(gw(s, R1).state, 'active');
-    assert.deepEqual(s.ports.routes.find((r) => r.dst === '198.18.5.0/24'), mp);
+    assert.deepEqual(
+      s.ports.routes.find((r) => r.dst === '198.18.5.0/24'),
+      mp,
+    );
     await s.engine.stop({ restore: true });
   });
 
@@ -253,7 +282,10 @@ describe('DGD engine', () => {
     const r1 = route('0.0.0.0/0', R1, 100);
     store.journal = [{ key: 'k', original: r1, removed: [`${R1}%2`], at: '2026-01-01T00:00:00Z' }];
     const s = await setup(twoDefaults(), 'dgd: { slow_poll_interval: 1h }', { store, alive: [R2] });
-    assert.deepEqual(s.ports.routes.map((r) => r.gateway), [R2]);
+    assert.deepEqual(
+      s.ports.routes.map((r) => r.gateway),
+      [R2],
+    );
     assert.equal(gw(s, R1).state, 'dead');
     s.ports.alive.add(R1);
     await s.clock.advance(1000);
@@ -306,9 +338,13 @@ describe('DGD engine', () => {
   });
 
   it('active probing: misses declare death with no traffic at all; answers revive', async () => {
-    const s = await setup(twoDefaults(), `dgd: { active: [ { gateway: ${R1}, interval: 100ms, misses: 3 } ] }`, {
-      alive: [R1, R2],
-    });
+    const s = await setup(
+      twoDefaults(),
+      `dgd: { active: [ { gateway: ${R1}, interval: 100ms, misses: 3 } ] }`,
+      {
+        alive: [R1, R2],
+      },
+    );
     await s.clock.advance(1000);
     assert.equal(gw(s, R1).state, 'active');
     s.ports.alive.delete(R1);
@@ -369,7 +405,10 @@ describe('DGD engine', () => {
     await retransmit(s, '2001:db8:2::10', 3);
     await s.clock.advance(1000);
     assert.equal(gw(s, '2001:db8:1::1').state, 'dead');
-    assert.deepEqual(s.ports.routes.map((r) => r.gateway), ['2001:db8:1::2']);
+    assert.deepEqual(
+      s.ports.routes.map((r) => r.gateway),
+      ['2001:db8:1::2'],
+    );
     await s.engine.stop({ restore: true });
   });
 });
@@ -377,10 +416,14 @@ describe('DGD engine', () => {
 describe('route planning', () => {
   it('a multipath route reduced to one nexthop keeps that nexthop onlink', async () => {
     const { reducedRoute, gatewayKey } = await import('../../src/dgd/routeplan');
-    const mp = multipath('198.18.5.0/24', [
-      [R1, 1],
-      [R2, 1],
-    ], 0);
+    const mp = multipath(
+      '198.18.5.0/24',
+      [
+        [R1, 1],
+        [R2, 1],
+      ],
+      0,
+    );
     mp.nexthops![1]!.flags = 4;
     const r = reducedRoute(mp, new Set([gatewayKey(R1, 2)]))!;
     assert.equal(r.gateway, R2);

@@ -1,10 +1,22 @@
 // Fakes of the detection engine's ports: a kernel FIB with real add/replace/delete semantics, a
 // verifier whose answers are set per gateway and that takes probes x interval of fake time.
 import type { Clock } from '../../src/util/clock';
-import type { DgdPorts, KernelRoute, RouteChoice, ScannedSocket, Verification, VerifyArgs } from '../../src/dgd/ports';
+import type {
+  DgdPorts,
+  KernelRoute,
+  RouteChoice,
+  ScannedSocket,
+  Verification,
+  VerifyArgs,
+} from '../../src/dgd/ports';
 import { routeIdentity } from '../../src/dgd/routeplan';
 
-export function route(dst: string, gateway: string, metric: number, extra: Partial<KernelRoute> = {}): KernelRoute {
+export function route(
+  dst: string,
+  gateway: string,
+  metric: number,
+  extra: Partial<KernelRoute> = {},
+): KernelRoute {
   return {
     family: dst.includes(':') ? 6 : 4,
     dst,
@@ -63,7 +75,9 @@ export class FakePorts implements DgdPorts {
   async scanSockets(opts: { minRetransmits: number }): Promise<ScannedSocket[]> {
     this.dumps.push(this.clock.now());
     return this.sockets
-      .filter((s) => opts.minRetransmits === 0 || (s.timer === 1 && s.timerRetransmits >= opts.minRetransmits))
+      .filter(
+        (s) => opts.minRetransmits === 0 || (s.timer === 1 && s.timerRetransmits >= opts.minRetransmits),
+      )
       .map((s) => ({ ...s }));
   }
 
@@ -143,7 +157,11 @@ export class FakePorts implements DgdPorts {
     };
   }
 
-  async probeOnce(gateway: string, _ifname: string, timeoutMs: number): Promise<{ mac: string; rttMs: number } | null> {
+  async probeOnce(
+    gateway: string,
+    _ifname: string,
+    timeoutMs: number,
+  ): Promise<{ mac: string; rttMs: number } | null> {
     this.probes.push(gateway);
     if (this.alive.has(gateway)) {
       await this.clock.sleep(1);

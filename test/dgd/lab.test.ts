@@ -15,7 +15,10 @@ function startFlow(lab: Lab, dst: string, durationMs = 20_000): FlowClient {
 }
 
 async function routeDump(lab: Lab, host = 'client'): Promise<string> {
-  return (await lab.ip(host, ['-d', 'route', 'show', 'table', 'all'])) + (await lab.ip(host, ['-d', '-6', 'route', 'show', 'table', 'all']));
+  return (
+    (await lab.ip(host, ['-d', 'route', 'show', 'table', 'all'])) +
+    (await lab.ip(host, ['-d', '-6', 'route', 'show', 'table', 'all']))
+  );
 }
 
 /** The kernel's own routes, minus what the kernel adds and removes by itself (cache, neighbours). */
@@ -72,7 +75,11 @@ describe('dead gateway detection in the lab', function () {
       assert.equal(left.length, 1, left.join(' | '));
       assert.match(left[0]!, new RegExp(`via ${r2}`));
       // The established flow resumes through r2.
-      await waitFor(() => flow.echoes.some((e) => e.t > Date.parse(withdrawn.time)), 15_000, 'the flow to resume');
+      await waitFor(
+        () => flow.echoes.some((e) => e.t > Date.parse(withdrawn.time)),
+        15_000,
+        'the flow to resume',
+      );
       // A new connection goes through r2 at once.
       const fresh = startFlow(lab, server, 2000);
       await waitFor(() => fresh.echoes.length > 0, 5000, 'a new connection to work');
@@ -94,7 +101,9 @@ describe('dead gateway detection in the lab', function () {
     await lab.killSilently('server', 'wan0');
     const down = await d.waitFor((e) => e.event === 'downstream_problem', 15_000, 'the downstream verdict');
     assert.equal(down.gateway, DGD.r1_4);
-    const verdict = d.events.find((e) => e.event === 'verdict' && e.gateway === DGD.r1_4 && e.alive === true)!;
+    const verdict = d.events.find(
+      (e) => e.event === 'verdict' && e.gateway === DGD.r1_4 && e.alive === true,
+    )!;
     assert.equal(verdict.echo_rtt_ms, null, 'r1 drops ping, and is alive all the same');
     await new Promise((r) => setTimeout(r, 3000)); // more retransmissions: still nothing moves
     assert.equal(d.named('routes_withdrawn').length, 0);
@@ -107,7 +116,11 @@ describe('dead gateway detection in the lab', function () {
     // Without active probing: UDP never triggers the TCP scan, and within this window the kernel's
     // neighbour entry for r1 stays REACHABLE (15-45 s), so nothing is detected.
     const udp = (seconds: number) =>
-      lab.spawn('client', ['bash', '-c', `for i in $(seq ${seconds * 10}); do echo x; sleep 0.1; done | socat -u - UDP:${DGD.server4}:9999`]);
+      lab.spawn('client', [
+        'bash',
+        '-c',
+        `for i in $(seq ${seconds * 10}); do echo x; sleep 0.1; done | socat -u - UDP:${DGD.server4}:9999`,
+      ]);
     let d = await LabDaemon.start(lab, 'client', FAST);
     udp(8);
     await new Promise((r) => setTimeout(r, 500));
@@ -117,12 +130,20 @@ describe('dead gateway detection in the lab', function () {
     await d.stop();
     await lab.revive('r1', 'lan0');
     // With active probing every 100 ms, dead after 3 misses: no traffic needed at all.
-    d = await LabDaemon.start(lab, 'client', `dgd:\n  slow_poll_interval: 2s\n  active:\n    - { gateway: ${DGD.r1_4}, interval: 100ms, misses: 3 }\n`);
+    d = await LabDaemon.start(
+      lab,
+      'client',
+      `dgd:\n  slow_poll_interval: 2s\n  active:\n    - { gateway: ${DGD.r1_4}, interval: 100ms, misses: 3 }\n`,
+    );
     await d.waitFor((e) => e.event === 'active_probing', 5000, 'active probing to start');
     await new Promise((r) => setTimeout(r, 500));
     const t0 = Date.now();
     await lab.killSilently('r1', 'lan0');
-    const w = await d.waitFor((e) => e.event === 'routes_withdrawn', 5000, 'routes withdrawn by active probing');
+    const w = await d.waitFor(
+      (e) => e.event === 'routes_withdrawn',
+      5000,
+      'routes withdrawn by active probing',
+    );
     assert.ok(Date.parse(w.time) - t0 < 2000, `switched after ${Date.parse(w.time) - t0} ms`);
     assert.deepEqual(
       (await defaults(lab)).map((l) => l.split(' ')[2]),
@@ -132,7 +153,23 @@ describe('dead gateway detection in the lab', function () {
   });
 
   it('multipath: only the dead nexthop is removed, and it is put back with its weight', async () => {
-    await lab.ip('client', ['route', 'add', '198.18.9.0/24', 'metric', '50', 'nexthop', 'via', DGD.r1_4, 'weight', '1', 'nexthop', 'via', DGD.r2_4, 'weight', '3']);
+    await lab.ip('client', [
+      'route',
+      'add',
+      '198.18.9.0/24',
+      'metric',
+      '50',
+      'nexthop',
+      'via',
+      DGD.r1_4,
+      'weight',
+      '1',
+      'nexthop',
+      'via',
+      DGD.r2_4,
+      'weight',
+      '3',
+    ]);
     const before = await stableRoutes(lab);
     const d = await LabDaemon.start(lab, 'client', FAST);
     const flow = startFlow(lab, DGD.server4);
@@ -192,13 +229,19 @@ describe('dead gateway detection in the lab', function () {
     await d.waitFor((e) => e.event === 'routes_withdrawn', 15_000, 'routes withdrawn');
     d.child.kill('SIGKILL');
     await waitFor(() => d.child.exitCode !== null || d.child.signalCode !== null, 5000, 'the daemon to die');
-    const journal = JSON.parse(fs.readFileSync(path.join(d.stateDir, 'withdrawn-routes.json'), 'utf8')) as { entries: unknown[] };
+    const journal = JSON.parse(fs.readFileSync(path.join(d.stateDir, 'withdrawn-routes.json'), 'utf8')) as {
+      entries: unknown[];
+    };
     assert.equal(journal.entries.length, 1);
     d = await LabDaemon.restart(d, FAST);
     const st = await d.status();
     assert.equal(st.gateways.find((g) => g.address === DGD.r1_4)!.state, 'dead');
     await lab.revive('r1', 'lan0');
-    await d.waitFor((e) => e.event === 'routes_restored' && e.gateway === DGD.r1_4, 15_000, 'routes restored after restart');
+    await d.waitFor(
+      (e) => e.event === 'routes_restored' && e.gateway === DGD.r1_4,
+      15_000,
+      'routes restored after restart',
+    );
     assert.equal(await stableRoutes(lab), before);
     await d.stop();
   });
@@ -206,14 +249,20 @@ describe('dead gateway detection in the lab', function () {
   it('SIGHUP: a good config is taken, a bad one refused and the old one kept', async () => {
     const d = await LabDaemon.start(lab, 'client', FAST);
     const cfg = lab.tempPath('client-config.yaml');
-    fs.writeFileSync(cfg, `dgd:\n  slow_poll_interval: 2s\n  active:\n    - { gateway: ${DGD.r1_4}, interval: 200ms, misses: 3 }\n`);
+    fs.writeFileSync(
+      cfg,
+      `dgd:\n  slow_poll_interval: 2s\n  active:\n    - { gateway: ${DGD.r1_4}, interval: 200ms, misses: 3 }\n`,
+    );
     await d.signal('SIGHUP');
     await d.waitFor((e) => e.event === 'config_reloaded', 5000, 'the reload');
     await d.waitFor((e) => e.event === 'active_probing', 5000, 'active probing from the new config');
     fs.writeFileSync(cfg, 'dgd:\n  slow_poll_interval: soon\n');
     await d.signal('SIGHUP');
     const refused = await d.waitFor((e) => e.event === 'config_refused', 5000, 'the refusal');
-    assert.match(String(refused.error), /client-config\.yaml:2: dgd\.slow_poll_interval: "soon" is not a duration/);
+    assert.match(
+      String(refused.error),
+      /client-config\.yaml:2: dgd\.slow_poll_interval: "soon" is not a duration/,
+    );
     // The old config still acts: active probing declares r1 dead without any traffic.
     await lab.killSilently('r1', 'lan0');
     await d.waitFor((e) => e.event === 'routes_withdrawn', 5000, 'withdrawal under the kept config');
@@ -265,7 +314,15 @@ describe('dead gateway detection in the lab', function () {
     const before = await stableRoutes(lab);
     const cfg = lab.tempPath('bad.yaml');
     fs.writeFileSync(cfg, 'dgd:\n  retransmit_threshold: 3\n  verify_probes: many\n');
-    const r = await lab.cli('client', ['daemon', '--config', cfg, '--control', lab.tempPath('bad.sock'), '--state-dir', lab.tempPath('bad-state')]);
+    const r = await lab.cli('client', [
+      'daemon',
+      '--config',
+      cfg,
+      '--control',
+      lab.tempPath('bad.sock'),
+      '--state-dir',
+      lab.tempPath('bad-state'),
+    ]);
     assert.equal(r.code, 2);
     assert.match(r.stderr, /bad\.yaml:3: dgd\.verify_probes: /);
     assert.equal(await stableRoutes(lab), before);

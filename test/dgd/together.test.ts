@@ -12,7 +12,6 @@ import { makePki, type TestPki } from '../fixtures/tunnel-pki';
 import { controlRequest } from '../../src/daemon/control';
 import type { TunnelStatus } from '../../src/tunnel/node';
 
-
 describe('detection and the tunnel in one daemon', function () {
   this.timeout(90_000);
   let lab: Lab;
@@ -37,7 +36,13 @@ describe('detection and the tunnel in one daemon', function () {
       'tunnel:\n  role: endpoint-proxy\n  name: ep1\n  tls: { ca: ca.pem, cert: ep1.pem, key: ep1.key }\n' +
         '  listen: 0.0.0.0:9401\n  services:\n    echo: 127.0.0.1:7000\n',
     );
-    const ep = lab.spawnCli('server', ['tunnel', '--config', epCfg, '--control', path.join(pki.dir, 'ep1.sock')]);
+    const ep = lab.spawnCli('server', [
+      'tunnel',
+      '--config',
+      epCfg,
+      '--control',
+      path.join(pki.dir, 'ep1.sock'),
+    ]);
     let epErr = '';
     ep.stderr!.on('data', (c: Buffer) => (epErr += c.toString()));
     // The client: one daemon, detection with the defaults plus a gateway proxy dialing the link.
@@ -47,8 +52,13 @@ describe('detection and the tunnel in one daemon', function () {
       `  links:\n    - { connect: ${DGD.server4}:9401 }\n  forwards:\n    - { listen: 127.0.0.1:9494, service: echo }\n` +
       '  heartbeat: 10s\n  heartbeat_misses: 3\n';
     const d = await LabDaemon.start(lab, 'client', yaml);
-    const tunnel = async () => ((await controlRequest(d.control, 'status')) as { tunnel: TunnelStatus }).tunnel;
-    await waitFor(async () => (await tunnel()).links.some((l) => l.state === 'up'), 15_000, `the link to come up (${epErr})`);
+    const tunnel = async () =>
+      ((await controlRequest(d.control, 'status')) as { tunnel: TunnelStatus }).tunnel;
+    await waitFor(
+      async () => (await tunnel()).links.some((l) => l.state === 'up'),
+      15_000,
+      `the link to come up (${epErr})`,
+    );
 
     // A session through the tunnel: the flow client talks to the local forward.
     const flow = startFlowClient(lab, 'client', '127.0.0.1', 9494, { durationMs: 20_000 });
@@ -56,10 +66,18 @@ describe('detection and the tunnel in one daemon', function () {
     const before = (await tunnel()).links[0]!;
 
     await lab.killSilently('r1', 'lan0');
-    const withdrawn = await d.waitFor((e) => e.event === 'routes_withdrawn', 15_000, 'detection to fail over');
+    const withdrawn = await d.waitFor(
+      (e) => e.event === 'routes_withdrawn',
+      15_000,
+      'detection to fail over',
+    );
     const trigger = d.named('trigger')[0]!;
     assert.match(JSON.stringify(trigger.socket), /9401/, 'the link socket itself triggered detection');
-    await waitFor(() => flow.echoes.some((e) => e.t > Date.parse(withdrawn.time)), 15_000, 'the session to resume');
+    await waitFor(
+      () => flow.echoes.some((e) => e.t > Date.parse(withdrawn.time)),
+      15_000,
+      'the session to resume',
+    );
 
     const after = (await tunnel()).links[0]!;
     assert.equal(after.state, 'up');

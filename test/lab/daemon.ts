@@ -59,7 +59,12 @@ export class LabDaemon {
   }
 
   /** Start the daemon in `host` with a YAML config; resolves once it reports dgd_started. */
-  static async start(lab: Lab, host: string, yaml: string | null, extraArgs: string[] = []): Promise<LabDaemon> {
+  static async start(
+    lab: Lab,
+    host: string,
+    yaml: string | null,
+    extraArgs: string[] = [],
+  ): Promise<LabDaemon> {
     const control = lab.tempPath(`${host}-ctl.sock`);
     const stateDir = lab.tempPath(`${host}-state`);
     const args = ['daemon', '--control', control, '--state-dir', stateDir, ...extraArgs];
@@ -81,7 +86,13 @@ export class LabDaemon {
       fs.writeFileSync(cfg, yaml);
       args.push('--config', cfg);
     }
-    const d = new LabDaemon(prev.lab, prev.host, prev.lab.spawnCli(prev.host, args), prev.control, prev.stateDir);
+    const d = new LabDaemon(
+      prev.lab,
+      prev.host,
+      prev.lab.spawnCli(prev.host, args),
+      prev.control,
+      prev.stateDir,
+    );
     await d.waitFor((e) => e.event === 'daemon_started', 15_000, 'the daemon to restart');
     return d;
   }
@@ -98,7 +109,13 @@ export class LabDaemon {
             `timed out after ${timeoutMs} ms waiting for ${what}; exit ${this.exitCode}; events: ${this.events
               .map((e) => e.event)
               .slice(-30)
-              .join(' ')}; errors: ${[...new Set(this.events.filter((e) => e.level !== 'info').map((e) => `${String(e.during)}: ${String(e.error)}`))]
+              .join(' ')}; errors: ${[
+              ...new Set(
+                this.events
+                  .filter((e) => e.level !== 'info')
+                  .map((e) => `${String(e.during)}: ${String(e.error)}`),
+              ),
+            ]
               .slice(0, 5)
               .join(' | ')}; stderr: ${this.stderr.join('').slice(-2000)}`,
           ),
@@ -112,7 +129,11 @@ export class LabDaemon {
       void this.exited.then((code) => {
         if (this.waiters.some((w) => w.resolve === done)) {
           clearTimeout(timer);
-          reject(new Error(`the daemon exited (${code}) while waiting for ${what}; stderr: ${this.stderr.join('').slice(-2000)}`));
+          reject(
+            new Error(
+              `the daemon exited (${code}) while waiting for ${what}; stderr: ${this.stderr.join('').slice(-2000)}`,
+            ),
+          );
         }
       });
     });
@@ -128,7 +149,12 @@ export class LabDaemon {
     return this.lab.cli(this.host, [...args, '--control', this.control]);
   }
 
-  async status(): Promise<{ enabled: boolean; gateways: { address: string; state: string; routes: { state: string }[] }[] } & Record<string, unknown>> {
+  async status(): Promise<
+    {
+      enabled: boolean;
+      gateways: { address: string; state: string; routes: { state: string }[] }[];
+    } & Record<string, unknown>
+  > {
     const r = await this.cli(['status', '--json']);
     if (r.code !== 0) throw new Error(`status failed (${r.code}): ${r.stderr}`);
     return JSON.parse(r.stdout) as never;
@@ -141,7 +167,9 @@ export class LabDaemon {
     if (sig === 'SIGHUP') return null;
     return Promise.race([
       this.exited,
-      new Promise<number | null>((_, rej) => setTimeout(() => rej(new Error(`daemon did not exit on ${sig}`)), timeoutMs)),
+      new Promise<number | null>((_, rej) =>
+        setTimeout(() => rej(new Error(`daemon did not exit on ${sig}`)), timeoutMs),
+      ),
     ]);
   }
 

@@ -17,7 +17,11 @@ export interface FlowClient {
 }
 
 /** An echo server on [::]:port in `host` (both families); `listening` resolves once it accepts. */
-export function startFlowServer(lab: Lab, host: string, port: number): ChildProcess & { listening: Promise<void> } {
+export function startFlowServer(
+  lab: Lab,
+  host: string,
+  port: number,
+): ChildProcess & { listening: Promise<void> } {
   const child = lab.spawn(host, [process.execPath, FLOW_SCRIPT, 'server', String(port)]);
   const listening = new Promise<void>((resolve, reject) => {
     let out = '';
@@ -26,7 +30,9 @@ export function startFlowServer(lab: Lab, host: string, port: number): ChildProc
       out += c;
       if (out.includes('"listening"')) resolve();
     });
-    child.once('exit', (code) => reject(new Error(`the flow server in ${host} exited (${code}) before listening`)));
+    child.once('exit', (code) =>
+      reject(new Error(`the flow server in ${host} exited (${code}) before listening`)),
+    );
   });
   listening.catch(() => undefined);
   return Object.assign(child, { listening });
@@ -63,7 +69,12 @@ export function startFlowClient(
     buf += c;
     let nl;
     while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = JSON.parse(buf.slice(0, nl)) as { seq?: number; t: number; connected?: boolean; error?: string };
+      const line = JSON.parse(buf.slice(0, nl)) as {
+        seq?: number;
+        t: number;
+        connected?: boolean;
+        error?: string;
+      };
       buf = buf.slice(nl + 1);
       if (line.connected) {
         flow.connectedAt = line.t;

@@ -28,8 +28,14 @@ describe('lab harness', function () {
     } finally {
       await lab.close();
     }
-    assert.deepEqual(rootNamespaces().filter((n) => n.startsWith(lab.prefix)), []);
-    assert.equal(execFileSync('ip', ['route', 'show', 'table', 'all'], { encoding: 'utf8' }), rootRoutesBefore);
+    assert.deepEqual(
+      rootNamespaces().filter((n) => n.startsWith(lab.prefix)),
+      [],
+    );
+    assert.equal(
+      execFileSync('ip', ['route', 'show', 'table', 'all'], { encoding: 'utf8' }),
+      rootRoutesBefore,
+    );
   });
 
   it('kills a router silently: the client link stays up, traffic through it stops, revive restores it', async () => {
@@ -52,7 +58,15 @@ describe('lab harness', function () {
     await assert.rejects(
       Lab.create({
         hosts: { a: {}, b: {} },
-        lans: [{ name: 'x', members: [{ host: 'a', iface: 'e0', addrs: ['10.0.0.1/24'] }, { host: 'b', iface: 'e0' }] }],
+        lans: [
+          {
+            name: 'x',
+            members: [
+              { host: 'a', iface: 'e0', addrs: ['10.0.0.1/24'] },
+              { host: 'b', iface: 'e0' },
+            ],
+          },
+        ],
       }),
       /outside 198\.18\.0\.0\/15/,
     );

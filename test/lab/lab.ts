@@ -62,7 +62,11 @@ function run(cmd: string, args: string[], timeoutMs = 20_000): Promise<ExecResul
   return new Promise((resolve) => {
     execFile(cmd, args, { timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-      resolve({ code, stdout: String(stdout), stderr: String(stderr) || (err && !stderr ? err.message : '') });
+      resolve({
+        code,
+        stdout: String(stdout),
+        stderr: String(stderr) || (err && !stderr ? err.message : ''),
+      });
     });
   });
 }
@@ -132,7 +136,8 @@ export class Lab {
   }
 
   private async build(): Promise<void> {
-    for (const lan of this.spec.lans) for (const m of lan.members) for (const a of m.addrs ?? []) checkAddr(a);
+    for (const lan of this.spec.lans)
+      for (const m of lan.members) for (const a of m.addrs ?? []) checkAddr(a);
     for (const [host, hs] of Object.entries(this.spec.hosts)) {
       const ns = this.ns(host);
       await this.addNs(ns);
@@ -143,25 +148,62 @@ export class Lab {
         // Routers and hosts here route asymmetrically on purpose; strict rp_filter would drop it.
         'net.ipv4.conf.all.rp_filter': '0',
         'net.ipv4.conf.default.rp_filter': '0',
-        ...(hs.router
-          ? { 'net.ipv4.ip_forward': '1', 'net.ipv6.conf.all.forwarding': '1' }
-          : {}),
+        ...(hs.router ? { 'net.ipv4.ip_forward': '1', 'net.ipv6.conf.all.forwarding': '1' } : {}),
         ...hs.sysctls,
       };
-      for (const [k, v] of Object.entries(sysctls)) await runOk('ip', ['netns', 'exec', ns, 'sysctl', '-qw', `${k}=${v}`]);
+      for (const [k, v] of Object.entries(sysctls))
+        await runOk('ip', ['netns', 'exec', ns, 'sysctl', '-qw', `${k}=${v}`]);
     }
     for (const lan of this.spec.lans) {
       if (lan.members.length === 2 && !lan.bridge) {
         const [a, b] = lan.members as [LanMember, LanMember];
-        await runOk('ip', ['-n', this.ns(a.host), 'link', 'add', a.iface, 'type', 'veth', 'peer', 'name', b.iface, 'netns', this.ns(b.host)]);
+        await runOk('ip', [
+          '-n',
+          this.ns(a.host),
+          'link',
+          'add',
+          a.iface,
+          'type',
+          'veth',
+          'peer',
+          'name',
+          b.iface,
+          'netns',
+          this.ns(b.host),
+        ]);
       } else {
         const sw = this.prefix + 'sw-' + lan.name;
         await this.addNs(sw);
-        await runOk('ip', ['-n', sw, 'link', 'add', 'br0', 'type', 'bridge', 'stp_state', '0', 'forward_delay', '0']);
+        await runOk('ip', [
+          '-n',
+          sw,
+          'link',
+          'add',
+          'br0',
+          'type',
+          'bridge',
+          'stp_state',
+          '0',
+          'forward_delay',
+          '0',
+        ]);
         await runOk('ip', ['-n', sw, 'link', 'set', 'br0', 'up']);
         for (const m of lan.members) {
           const port = `p-${m.host}`.slice(0, 15);
-          await runOk('ip', ['-n', sw, 'link', 'add', port, 'type', 'veth', 'peer', 'name', m.iface, 'netns', this.ns(m.host)]);
+          await runOk('ip', [
+            '-n',
+            sw,
+            'link',
+            'add',
+            port,
+            'type',
+            'veth',
+            'peer',
+            'name',
+            m.iface,
+            'netns',
+            this.ns(m.host),
+          ]);
           await runOk('ip', ['-n', sw, 'link', 'set', port, 'master', 'br0', 'up']);
         }
       }
@@ -289,7 +331,9 @@ export class Lab {
     for (const child of this.children) child.kill('SIGKILL');
     for (const ns of [...this.namespaces].reverse()) {
       try {
-        const pids = execFileSync('ip', ['netns', 'pids', ns], { encoding: 'utf8' }).split(/\s+/).filter(Boolean);
+        const pids = execFileSync('ip', ['netns', 'pids', ns], { encoding: 'utf8' })
+          .split(/\s+/)
+          .filter(Boolean);
         for (const pid of pids) {
           try {
             process.kill(Number(pid), 'SIGKILL');
@@ -330,7 +374,9 @@ export function sweepStaleNamespaces(): string[] {
     if (!m) continue;
     if (fs.existsSync(`/proc/${m[1]}`)) continue;
     try {
-      const pids = execFileSync('ip', ['netns', 'pids', name], { encoding: 'utf8' }).split(/\s+/).filter(Boolean);
+      const pids = execFileSync('ip', ['netns', 'pids', name], { encoding: 'utf8' })
+        .split(/\s+/)
+        .filter(Boolean);
       for (const pid of pids) process.kill(Number(pid), 'SIGKILL');
       execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' });
       removed.push(name);
@@ -347,13 +393,19 @@ export function sweepStaleNamespaces(): string[] {
  */
 export function requireRoot(ctx: Mocha.Context): void {
   if (isRoot()) return;
-  if (process.env.CI === 'true') throw new Error('privileged test cannot run: not root (CI=true makes this a failure)');
+  if (process.env.CI === 'true')
+    throw new Error('privileged test cannot run: not root (CI=true makes this a failure)');
   ctx.test!.title += ' (skipped: needs root for network namespaces)';
   ctx.skip();
 }
 
 /** Wait until fn() returns a truthy value, polling every stepMs, at most timeoutMs. */
-export async function waitFor<T>(fn: () => Promise<T> | T, timeoutMs: number, what: string, stepMs = 25): Promise<T> {
+export async function waitFor<T>(
+  fn: () => Promise<T> | T,
+  timeoutMs: number,
+  what: string,
+  stepMs = 25,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await fn();

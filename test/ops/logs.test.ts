@@ -138,9 +138,23 @@ describe('daemon logs (lab)', function () {
     lab = await pairLab();
     let d = await runDaemon('log:\n  format: text\n', []);
     assert.equal(await d.stop(), 0);
-    assert.ok(d.out().trim().split('\n').every((l) => !l.startsWith('{') && / INFO {2}\w+/.test(l)), d.out());
+    assert.ok(
+      d
+        .out()
+        .trim()
+        .split('\n')
+        .every((l) => !l.startsWith('{') && / INFO {2}\w+/.test(l)),
+      d.out(),
+    );
     d = await runDaemon('log:\n  format: text\n', ['--log-format', 'json']);
     assert.equal(await d.stop(), 0);
-    assert.ok(d.out().trim().split('\n').every((l) => l.startsWith('{')), d.out());
+    assert.ok(
+      d
+        .out()
+        .trim()
+        .split('\n')
+        .every((l) => l.startsWith('{')),
+      d.out(),
+    );
   });
 });

@@ -618,7 +618,10 @@ describe('rtnl facade in the lab', function () {
         { op: 'listRoutes', args: [{ family: 6 }] },
       ];
       const [res] = await rtnl(lab, 'client', [{ op: 'concurrent', args: inner }]);
-      assert.deepEqual(res!.value, inner.map(() => ({ ok: true })));
+      assert.deepEqual(
+        res!.value,
+        inner.map(() => ({ ok: true })),
+      );
     });
 
     it('lookupRoute picks the lower-metric gateway and the interface; a connected destination has no gateway', async () => {

@@ -35,10 +35,22 @@ describe('tunnel: the ipdeadgate tunnel command', function () {
 
   it('exits 2 on a bad config, naming the file, line and key', async () => {
     const cases: [string, RegExp][] = [
-      ['tunnel:\n  role: gateway\n  name: gw1\n  tls: { ca: ca.pem, cert: gw1.pem, key: gw1.key }\n  listen: 127.0.0.1:9401\n', /bad1\.yaml:2: tunnel\.role: must be one of/],
-      ['tunnel:\n  role: relay\n  name: r\n  tls: { ca: ca.pem, cert: gw1.pem, key: gw1.key }\n  listen: 127.0.0.1:9401\n  heartbeat: soon\n', /bad2\.yaml:6: tunnel\.heartbeat: "soon" is not a duration/],
-      ['tunnel:\n  role: relay\n  name: r\n  tls: { ca: ca.pem, cert: gw1.pem, key: gw1.key }\n  links:\n    - { connect: nowhere }\n', /bad3\.yaml:6: tunnel\.links\.0\.connect: "nowhere" is not HOST:PORT/],
-      ['tunnel:\n  role: relay\n  name: r\n  tls: { ca: ca.pem, cert: gw1.pem, key: gw1.key }\n  listen: 127.0.0.1:9401\n  max_session: 5\n', /bad4\.yaml:6: tunnel\.max_session: unknown key/],
+      [
+        'tunnel:\n  role: gateway\n  name: gw1\n  tls: { ca: ca.pem, cert: gw1.pem, key: gw1.key }\n  listen: 127.0.0.1:9401\n',
+        /bad1\.yaml:2: tunnel\.role: must be one of/,
+      ],
+      [
+        'tunnel:\n  role: relay\n  name: r\n  tls: { ca: ca.pem, cert: gw1.pem, key: gw1.key }\n  listen: 127.0.0.1:9401\n  heartbeat: soon\n',
+        /bad2\.yaml:6: tunnel\.heartbeat: "soon" is not a duration/,
+      ],
+      [
+        'tunnel:\n  role: relay\n  name: r\n  tls: { ca: ca.pem, cert: gw1.pem, key: gw1.key }\n  links:\n    - { connect: nowhere }\n',
+        /bad3\.yaml:6: tunnel\.links\.0\.connect: "nowhere" is not HOST:PORT/,
+      ],
+      [
+        'tunnel:\n  role: relay\n  name: r\n  tls: { ca: ca.pem, cert: gw1.pem, key: gw1.key }\n  listen: 127.0.0.1:9401\n  max_session: 5\n',
+        /bad4\.yaml:6: tunnel\.max_session: unknown key/,
+      ],
     ];
     let i = 0;
     for (const [text, want] of cases) {
@@ -57,7 +69,9 @@ describe('tunnel: the ipdeadgate tunnel command', function () {
       `tunnel:\n  role: gateway-proxy\n  name: gw1\n  tls: { ca: ca.pem, cert: node.pem, key: node.key }\n  listen: 127.0.0.1:${await freePort()}\n  services:\n    gateway: 127.0.0.1:9\n`,
     );
     const control = path.join(pki.dir, 'control.sock');
-    const child = spawn(process.execPath, [BIN, 'tunnel', '--config', f, '--control', control], { stdio: 'pipe' });
+    const child = spawn(process.execPath, [BIN, 'tunnel', '--config', f, '--control', control], {
+      stdio: 'pipe',
+    });
     let stderr = '';
     child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
     try {
@@ -91,14 +105,31 @@ describe('tunnel: the ipdeadgate tunnel command', function () {
       fs.copyFileSync(pki.nodes[n]!.cert, path.join(pki.dir, `${n}.pem`));
       fs.copyFileSync(pki.nodes[n]!.key, path.join(pki.dir, `${n}.key`));
     }
-    const gwCfg = write('emfile-gw.yaml', `tunnel:\n  role: gateway-proxy\n  name: gw1\n  tls: { ca: ca.pem, cert: gw1.pem, key: gw1.key }\n  listen: 127.0.0.1:${linkPort}\n  services:\n    echo: 127.0.0.1:${echoPort}\n`);
-    const epCfg = write('emfile-ep.yaml', `tunnel:\n  role: endpoint-proxy\n  name: ep\n  tls: { ca: ca.pem, cert: gw1.pem, key: gw1.key }\n  links:\n    - { connect: 127.0.0.1:${linkPort} }\n  forwards:\n    - { listen: 127.0.0.1:${fwdPort}, service: echo }\n`);
+    const gwCfg = write(
+      'emfile-gw.yaml',
+      `tunnel:\n  role: gateway-proxy\n  name: gw1\n  tls: { ca: ca.pem, cert: gw1.pem, key: gw1.key }\n  listen: 127.0.0.1:${linkPort}\n  services:\n    echo: 127.0.0.1:${echoPort}\n`,
+    );
+    const epCfg = write(
+      'emfile-ep.yaml',
+      `tunnel:\n  role: endpoint-proxy\n  name: ep\n  tls: { ca: ca.pem, cert: gw1.pem, key: gw1.key }\n  links:\n    - { connect: 127.0.0.1:${linkPort} }\n  forwards:\n    - { listen: 127.0.0.1:${fwdPort}, service: echo }\n`,
+    );
     const control = path.join(pki.dir, 'emfile.sock');
     const gw = spawn(process.execPath, [BIN, 'tunnel', '--config', gwCfg], { stdio: 'ignore' });
-    const ep = spawn('bash', ['-c', `ulimit -n 64 && exec "${process.execPath}" "${BIN}" tunnel --config "${epCfg}" --control "${control}"`], { stdio: 'ignore' });
+    const ep = spawn(
+      'bash',
+      [
+        '-c',
+        `ulimit -n 64 && exec "${process.execPath}" "${BIN}" tunnel --config "${epCfg}" --control "${control}"`,
+      ],
+      { stdio: 'ignore' },
+    );
     const clients: import('node:net').Socket[] = [];
     try {
-      const st = async (): Promise<TunnelStatus | undefined> => ((await controlRequest(control, 'status').catch(() => undefined)) as { tunnel: TunnelStatus } | undefined)?.tunnel;
+      const st = async (): Promise<TunnelStatus | undefined> =>
+        (
+          (await controlRequest(control, 'status').catch(() => undefined)) as
+            { tunnel: TunnelStatus } | undefined
+        )?.tunnel;
       for (let i = 0; i < 100; i++) {
         const s = await st();
         if (s?.links[0]?.state === 'up') break;
@@ -122,7 +153,10 @@ describe('tunnel: the ipdeadgate tunnel command', function () {
       // libuv answers EMFILE on accept itself (it frees a reserve descriptor, accepts and closes the
       // pending connections), so the limit shows as sessions that never opened; AcceptBackoff
       // handles the EMFILE errors that do reach the server.
-      assert.ok(after.sessions.opened < 120, `the descriptor limit was hit: ${JSON.stringify(after.sessions)}`);
+      assert.ok(
+        after.sessions.opened < 120,
+        `the descriptor limit was hit: ${JSON.stringify(after.sessions)}`,
+      );
       // Recovered: a new session works end to end.
       const c = net.connect({ port: fwdPort, host: '127.0.0.1', allowHalfOpen: true });
       const chunks: Buffer[] = [];

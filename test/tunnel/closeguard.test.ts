@@ -3,7 +3,13 @@
 // accept backs off instead of crashing.
 import { strict as assert } from 'node:assert';
 import * as net from 'node:net';
-import { AcceptBackoff, CloseGuard, procTcpState, systemSocketPorts, type SocketPorts } from '../../src/tunnel/closeguard';
+import {
+  AcceptBackoff,
+  CloseGuard,
+  procTcpState,
+  systemSocketPorts,
+  type SocketPorts,
+} from '../../src/tunnel/closeguard';
 import { MuxSession, type MuxStream } from '../../src/tunnel/mux';
 import { once, sleep, tcpPair } from './helpers';
 
@@ -41,7 +47,9 @@ describe('tunnel: close guard on real sockets', function () {
     guard.bridge(local, a.open(), () => (doneA = true));
     guard.bridge(far, await accepted, () => (doneB = true));
     localClient.write('hello');
-    const farErr = new Promise<string>((r) => farClient.once('error', (e: NodeJS.ErrnoException) => r(e.code ?? '')).once('close', () => r('close')));
+    const farErr = new Promise<string>((r) =>
+      farClient.once('error', (e: NodeJS.ErrnoException) => r(e.code ?? '')).once('close', () => r('close')),
+    );
     localClient.resetAndDestroy();
     assert.equal(await farErr, 'ECONNRESET');
     await until(() => doneA && doneB, 3000, 'both bridges to finish');
@@ -104,7 +112,11 @@ describe('tunnel: close guard on real sockets', function () {
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const port = (server.address() as net.AddressInfo).port;
     (backoff as unknown as { address: { host: string; port: number } }).address.port = port;
-    const emfile = Object.assign(new Error('accept EMFILE'), { code: 'EMFILE', errno: -24, syscall: 'accept' });
+    const emfile = Object.assign(new Error('accept EMFILE'), {
+      code: 'EMFILE',
+      errno: -24,
+      syscall: 'accept',
+    });
     server.emit('error', emfile); // what net.Server emits when accept(2) fails with EMFILE
     assert.equal(backoff.errors, 1);
     assert.equal(server.listening, false, 'accepting is paused');

@@ -29,7 +29,8 @@ function randomFrame(rnd: () => number): Frame {
     const n = Math.floor(rnd() * 3000);
     return { type, flags, streamId: 1 + Math.floor(rnd() * 1000), length: n, data: randomBytes(n) };
   }
-  if (type === FrameType.WindowUpdate) return { type, flags, streamId: 1 + Math.floor(rnd() * 1000), length: Math.floor(rnd() * 2 ** 32) };
+  if (type === FrameType.WindowUpdate)
+    return { type, flags, streamId: 1 + Math.floor(rnd() * 1000), length: Math.floor(rnd() * 2 ** 32) };
   return { type, flags, streamId: 0, length: Math.floor(rnd() * 2 ** 32) };
 }
 
@@ -47,9 +48,20 @@ function chop(buf: Buffer, rnd: () => number): Buffer[] {
 
 describe('tunnel: yamux frame codec', () => {
   it('encodes the 12-byte big-endian header exactly as spec.md says', () => {
-    const b = encodeFrame({ type: FrameType.WindowUpdate, flags: Flag.SYN | Flag.ACK, streamId: 0x01020304, length: 0x0a0b0c0d });
+    const b = encodeFrame({
+      type: FrameType.WindowUpdate,
+      flags: Flag.SYN | Flag.ACK,
+      streamId: 0x01020304,
+      length: 0x0a0b0c0d,
+    });
     assert.deepEqual([...b], [0, 1, 0, 3, 1, 2, 3, 4, 0x0a, 0x0b, 0x0c, 0x0d]);
-    const d = encodeFrame({ type: FrameType.Data, flags: Flag.FIN, streamId: 3, length: 0, data: Buffer.from('hi') });
+    const d = encodeFrame({
+      type: FrameType.Data,
+      flags: Flag.FIN,
+      streamId: 3,
+      length: 0,
+      data: Buffer.from('hi'),
+    });
     assert.deepEqual([...d], [0, 0, 0, 4, 0, 0, 0, 3, 0, 0, 0, 2, 0x68, 0x69]);
   });
 
@@ -119,7 +131,11 @@ describe('tunnel: yamux frame codec', () => {
     ['unknown flag 0x10 (LZW)', Buffer.from([0, 0, 0, 0x10, 0, 0, 0, 1, 0, 0, 0, 0]), 'ERR_YAMUX_FLAGS'],
     ['ping on stream 5', Buffer.from([0, 2, 0, 1, 0, 0, 0, 5, 0, 0, 0, 0]), 'ERR_YAMUX_SESSION_FRAME'],
     ['data on stream 0', Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), 'ERR_YAMUX_STREAM_ID'],
-    ['4 GiB data frame', Buffer.from([0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff]), 'ERR_YAMUX_FRAME_TOO_LARGE'],
+    [
+      '4 GiB data frame',
+      Buffer.from([0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff]),
+      'ERR_YAMUX_FRAME_TOO_LARGE',
+    ],
   ];
   for (const [what, wire, code] of bad) {
     it(`rejects ${what} as a protocol error (${code}), and stays failed`, () => {
@@ -144,9 +160,12 @@ describe('tunnel: yamux frame codec', () => {
       if (round % 3 === 0) {
         wire = randomBytes(Math.floor(rnd() * 200));
       } else {
-        wire = Buffer.concat(Array.from({ length: 1 + Math.floor(rnd() * 5) }, () => encodeFrame(randomFrame(rnd))));
+        wire = Buffer.concat(
+          Array.from({ length: 1 + Math.floor(rnd() * 5) }, () => encodeFrame(randomFrame(rnd))),
+        );
         const flips = 1 + Math.floor(rnd() * 6);
-        for (let i = 0; i < flips && wire.length; i++) wire[Math.floor(rnd() * wire.length)] = Math.floor(rnd() * 256);
+        for (let i = 0; i < flips && wire.length; i++)
+          wire[Math.floor(rnd() * wire.length)] = Math.floor(rnd() * 256);
         if (rnd() < 0.3) wire = wire.subarray(0, Math.floor(rnd() * wire.length));
       }
       const dec = new FrameDecoder({ maxFrameSize });

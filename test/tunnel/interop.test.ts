@@ -38,7 +38,10 @@ function readN(s: Duplex, n: number, timeoutMs = 20_000): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let got = 0;
-    const t = setTimeout(() => reject(new Error(`readN: ${got} of ${n} bytes after ${timeoutMs} ms`)), timeoutMs);
+    const t = setTimeout(
+      () => reject(new Error(`readN: ${got} of ${n} bytes after ${timeoutMs} ms`)),
+      timeoutMs,
+    );
     s.on('data', (c: Buffer) => {
       chunks.push(c);
       got += c.length;
@@ -55,10 +58,13 @@ describe('tunnel: mux interop with yamux-js over TCP', function () {
 
   it('our dialer -> yamux-js listener: 4 streams, opening data right behind the SYN, 8 MiB each echoed with sha256, pings both ways', async () => {
     const [ca, sb] = await tcpPair();
-    const theirs = new YamuxJsServer((s: Duplex) => {
-      s.on('data', (c: Buffer) => s.write(c)); // echo
-      s.on('error', () => undefined);
-    }, { ...quiet, enableKeepAlive: true, keepAliveInterval: 1 });
+    const theirs = new YamuxJsServer(
+      (s: Duplex) => {
+        s.on('data', (c: Buffer) => s.write(c)); // echo
+        s.on('error', () => undefined);
+      },
+      { ...quiet, enableKeepAlive: true, keepAliveInterval: 1 },
+    );
     theirs.on('error', () => undefined);
     sb.pipe(wholeFrames()).pipe(theirs).pipe(sb);
     const ours = new MuxSession(ca, { role: 'client' });

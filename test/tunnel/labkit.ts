@@ -30,7 +30,14 @@ export function firewallLabSpec(): LabSpec {
   const viaIn = [['route', 'add', 'default', 'via', TUN.fwIn]];
   const viaOut = [['route', 'add', 'default', 'via', TUN.fwOut]];
   return {
-    hosts: { gateway: { ip: viaIn }, ep: { ip: viaIn }, fw: { router: true }, gw1: { ip: viaOut }, gw2: { ip: viaOut }, endpoint: { ip: viaOut } },
+    hosts: {
+      gateway: { ip: viaIn },
+      ep: { ip: viaIn },
+      fw: { router: true },
+      gw1: { ip: viaOut },
+      gw2: { ip: viaOut },
+      endpoint: { ip: viaOut },
+    },
     lans: [
       {
         name: 'sec',
@@ -93,7 +100,9 @@ export function writeConfig(pki: TestPki, n: NodeSpec): string {
     ...(n.listen ? [`  listen: ${n.listen}`] : []),
     ...(n.links?.length ? ['  links:', ...n.links.map((l) => `    - { connect: ${l} }`)] : []),
     ...(n.services ? ['  services:', ...Object.entries(n.services).map(([k, v]) => `    ${k}: ${v}`)] : []),
-    ...(n.forwards?.length ? ['  forwards:', ...n.forwards.map((f) => `    - { listen: ${f.listen}, service: ${f.service} }`)] : []),
+    ...(n.forwards?.length
+      ? ['  forwards:', ...n.forwards.map((f) => `    - { listen: ${f.listen}, service: ${f.service} }`)]
+      : []),
     '  heartbeat: 500ms',
     '  heartbeat_misses: 3',
     `  close_timeout: ${n.closeTimeout ?? '3s'}`,
@@ -107,7 +116,15 @@ export function writeConfig(pki: TestPki, n: NodeSpec): string {
 export function startNode(lab: Lab, pki: TestPki, n: NodeSpec): RunningNode {
   const file = writeConfig(pki, n);
   const control = path.join(pki.dir, `${n.name}.sock`);
-  const child = lab.spawnCli(n.host, ['tunnel', '--config', file, '--control', control, '--log-format', 'text']);
+  const child = lab.spawnCli(n.host, [
+    'tunnel',
+    '--config',
+    file,
+    '--control',
+    control,
+    '--log-format',
+    'text',
+  ]);
   const log: string[] = [];
   child.stdout?.on('data', (c: Buffer) => log.push(...c.toString().split('\n').filter(Boolean)));
   child.stderr?.on('data', (c: Buffer) => log.push(...c.toString().split('\n').filter(Boolean)));
@@ -119,7 +136,12 @@ export async function status(n: RunningNode): Promise<TunnelStatus> {
   return r.tunnel;
 }
 
-export async function waitStatus(n: RunningNode, ok: (s: TunnelStatus) => boolean, ms: number, what: string): Promise<TunnelStatus> {
+export async function waitStatus(
+  n: RunningNode,
+  ok: (s: TunnelStatus) => boolean,
+  ms: number,
+  what: string,
+): Promise<TunnelStatus> {
   return waitFor<TunnelStatus | undefined>(
     async () => {
       const s = await status(n).catch(() => undefined);
@@ -142,7 +164,12 @@ export function fdCount(pid: number): number {
 }
 
 /** Run a client fixture in a host; parse its JSON line. */
-export async function client<T = Record<string, unknown>>(lab: Lab, host: string, args: string[], timeoutMs = 60_000): Promise<T> {
+export async function client<T = Record<string, unknown>>(
+  lab: Lab,
+  host: string,
+  args: string[],
+  timeoutMs = 60_000,
+): Promise<T> {
   const r = await lab.node(host, 'dist/test/fixtures/tunnel-client.js', args, timeoutMs);
   const line = r.stdout.trim().split('\n').pop() ?? '';
   try {
@@ -152,8 +179,18 @@ export async function client<T = Record<string, unknown>>(lab: Lab, host: string
   }
 }
 
-export function startEcho(lab: Lab, host: string, addr: string, port: number): ChildProcess & { events: string[] } {
-  const child = lab.spawn(host, [process.execPath, path.resolve(__dirname, '..', 'fixtures', 'tunnel-echo.js'), addr, String(port)]) as ChildProcess & { events: string[] };
+export function startEcho(
+  lab: Lab,
+  host: string,
+  addr: string,
+  port: number,
+): ChildProcess & { events: string[] } {
+  const child = lab.spawn(host, [
+    process.execPath,
+    path.resolve(__dirname, '..', 'fixtures', 'tunnel-echo.js'),
+    addr,
+    String(port),
+  ]) as ChildProcess & { events: string[] };
   child.events = [];
   child.stdout?.on('data', (c: Buffer) => child.events.push(...c.toString().split('\n').filter(Boolean)));
   return child;

@@ -2,11 +2,21 @@ import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
 import type * as net from 'node:net';
 import { FakeClock } from '../../src/util/clock';
-import { encodeHeader, FrameDecoder, FrameType, Flag, GoAwayCode, INITIAL_WINDOW, type Frame } from '../../src/tunnel/frame';
+import {
+  encodeHeader,
+  FrameDecoder,
+  FrameType,
+  Flag,
+  GoAwayCode,
+  INITIAL_WINDOW,
+  type Frame,
+} from '../../src/tunnel/frame';
 import { MuxSession, type MuxStream, type MuxOptions } from '../../src/tunnel/mux';
 import { nextError, once, readAll, sha256, sleep, tcpPair } from './helpers';
 
-async function sessions(opts: Partial<MuxOptions> = {}): Promise<{ a: MuxSession; b: MuxSession; sa: net.Socket; sb: net.Socket }> {
+async function sessions(
+  opts: Partial<MuxOptions> = {},
+): Promise<{ a: MuxSession; b: MuxSession; sa: net.Socket; sb: net.Socket }> {
   const [sa, sb] = await tcpPair();
   const a = new MuxSession(sa, { role: 'client', ...opts });
   const b = new MuxSession(sb, { role: 'server', ...opts });

@@ -73,18 +73,28 @@ describe('tunnel: nodes over TLS on loopback', function () {
     return n;
   }
 
-  async function pair(maxSessions = 100): Promise<{ gw: TunnelNode; ep: TunnelNode; fwd: number; gwPort: number }> {
+  async function pair(
+    maxSessions = 100,
+  ): Promise<{ gw: TunnelNode; ep: TunnelNode; fwd: number; gwPort: number }> {
     const svc = await replyServer('gateway:');
     servers.push(svc.server);
     const gwPort = await freePort();
     const fwd = await freePort();
-    const gw = await start('gw1', { listen: `127.0.0.1:${gwPort}`, services: { gateway: `127.0.0.1:${svc.port}` }, max_sessions: maxSessions });
+    const gw = await start('gw1', {
+      listen: `127.0.0.1:${gwPort}`,
+      services: { gateway: `127.0.0.1:${svc.port}` },
+      max_sessions: maxSessions,
+    });
     const ep = await start('ep', {
       role: 'endpoint-proxy',
       links: [{ connect: `127.0.0.1:${gwPort}` }],
       forwards: [{ listen: `127.0.0.1:${fwd}`, service: 'gateway' }],
     });
-    await until(() => ep.status().links.some((l) => l.state === 'up' && 'gateway' in l.services), 5000, 'the link and its announcement');
+    await until(
+      () => ep.status().links.some((l) => l.state === 'up' && 'gateway' in l.services),
+      5000,
+      'the link and its announcement',
+    );
     return { gw, ep, fwd, gwPort };
   }
 
@@ -95,7 +105,11 @@ describe('tunnel: nodes over TLS on loopback', function () {
     assert.equal(sha256(got), sha256(Buffer.concat([Buffer.from('gateway:'), data])));
     const replies = await Promise.all(Array.from({ length: 50 }, (_, i) => call(fwd, Buffer.from(`n${i}`))));
     replies.forEach((r, i) => assert.equal(r.toString(), `gateway:n${i}`));
-    await until(() => ep.status().sessions.count === 0 && gw.status().sessions.count === 0, 3000, 'sessions to end');
+    await until(
+      () => ep.status().sessions.count === 0 && gw.status().sessions.count === 0,
+      3000,
+      'sessions to end',
+    );
     const st = ep.status();
     assert.equal(st.links[0]!.peer, 'gw1');
     assert.equal(st.links[0]!.state, 'up');
@@ -106,13 +120,23 @@ describe('tunnel: nodes over TLS on loopback', function () {
 
   it('refuses an unlisted service on the stream with a reason (no open proxy)', async () => {
     const { gw, gwPort } = await pair();
-    const sock = tls.connect({ host: '127.0.0.1', port: gwPort, ca: fs.readFileSync(pki.ca), cert: fs.readFileSync(pki.nodes.ep!.cert), key: fs.readFileSync(pki.nodes.ep!.key), minVersion: 'TLSv1.3', checkServerIdentity: () => undefined });
+    const sock = tls.connect({
+      host: '127.0.0.1',
+      port: gwPort,
+      ca: fs.readFileSync(pki.ca),
+      cert: fs.readFileSync(pki.nodes.ep!.cert),
+      key: fs.readFileSync(pki.nodes.ep!.key),
+      minVersion: 'TLSv1.3',
+      checkServerIdentity: () => undefined,
+    });
     await new Promise<void>((r, j) => sock.once('secureConnect', r).once('error', j));
     const m = new MuxSession(sock, { role: 'client' });
     try {
       const control = m.open(encodeOpen(CONTROL_SERVICE));
       assert.equal((await readAnswer(control)).status, 0);
-      control.write(JSON.stringify({ type: 'hello', name: 'raw', role: 'endpoint-proxy', services: {} }) + '\n');
+      control.write(
+        JSON.stringify({ type: 'hello', name: 'raw', role: 'endpoint-proxy', services: {} }) + '\n',
+      );
       await sleep(100);
       for (const svc of ['ssh', '198.18.0.1:22']) {
         const s = m.open(encodeOpen(svc));
@@ -130,11 +154,21 @@ describe('tunnel: nodes over TLS on loopback', function () {
   it('a peer with a foreign CA certificate, or none, never gets a link', async () => {
     const { gw, gwPort } = await pair();
     const attempts = [
-      { ca: fs.readFileSync(pki.ca), cert: fs.readFileSync(pki.foreign.cert), key: fs.readFileSync(pki.foreign.key) },
+      {
+        ca: fs.readFileSync(pki.ca),
+        cert: fs.readFileSync(pki.foreign.cert),
+        key: fs.readFileSync(pki.foreign.key),
+      },
       { ca: fs.readFileSync(pki.ca) },
     ];
     for (const opts of attempts) {
-      const sock = tls.connect({ host: '127.0.0.1', port: gwPort, minVersion: 'TLSv1.3', checkServerIdentity: () => undefined, ...opts });
+      const sock = tls.connect({
+        host: '127.0.0.1',
+        port: gwPort,
+        minVersion: 'TLSv1.3',
+        checkServerIdentity: () => undefined,
+        ...opts,
+      });
       const outcome = await new Promise<string>((r) => {
         sock.once('error', (e: Error) => r(`error: ${e.message}`));
         sock.once('close', () => r('closed'));
@@ -152,9 +186,21 @@ describe('tunnel: nodes over TLS on loopback', function () {
     servers.push(slow);
     const gwPort = await freePort();
     const fwd = await freePort();
-    const gw = await start('gw1', { listen: `127.0.0.1:${gwPort}`, services: { gateway: `127.0.0.1:${(slow.address() as net.AddressInfo).port}` }, max_sessions: 3 });
-    const ep = await start('ep', { role: 'endpoint-proxy', links: [{ connect: `127.0.0.1:${gwPort}` }], forwards: [{ listen: `127.0.0.1:${fwd}`, service: 'gateway' }] });
-    await until(() => ep.status().links.some((l) => l.state === 'up' && 'gateway' in l.services), 5000, 'link');
+    const gw = await start('gw1', {
+      listen: `127.0.0.1:${gwPort}`,
+      services: { gateway: `127.0.0.1:${(slow.address() as net.AddressInfo).port}` },
+      max_sessions: 3,
+    });
+    const ep = await start('ep', {
+      role: 'endpoint-proxy',
+      links: [{ connect: `127.0.0.1:${gwPort}` }],
+      forwards: [{ listen: `127.0.0.1:${fwd}`, service: 'gateway' }],
+    });
+    await until(
+      () => ep.status().links.some((l) => l.state === 'up' && 'gateway' in l.services),
+      5000,
+      'link',
+    );
     const held: net.Socket[] = [];
     for (let i = 0; i < 3; i++) {
       const c = net.connect(fwd, '127.0.0.1');
@@ -176,11 +222,22 @@ describe('tunnel: nodes over TLS on loopback', function () {
     const gwPort = await freePort();
     const relayPort = await freePort();
     const fwd = await freePort();
-    await start('gw1', { links: [{ connect: `127.0.0.1:${relayPort}` }], services: { gateway: `127.0.0.1:${svc.port}` } });
+    await start('gw1', {
+      links: [{ connect: `127.0.0.1:${relayPort}` }],
+      services: { gateway: `127.0.0.1:${svc.port}` },
+    });
     const relay = await start('relay', { role: 'relay', listen: `127.0.0.1:${relayPort}` });
-    const ep = await start('ep', { role: 'endpoint-proxy', links: [{ connect: `127.0.0.1:${relayPort}` }], forwards: [{ listen: `127.0.0.1:${fwd}`, service: 'gateway' }] });
+    const ep = await start('ep', {
+      role: 'endpoint-proxy',
+      links: [{ connect: `127.0.0.1:${relayPort}` }],
+      forwards: [{ listen: `127.0.0.1:${fwd}`, service: 'gateway' }],
+    });
     void gwPort;
-    await until(() => ep.status().links.some((l) => l.services.gateway === 1), 5000, 'the relay to announce gateway at 1 hop');
+    await until(
+      () => ep.status().links.some((l) => l.services.gateway === 1),
+      5000,
+      'the relay to announce gateway at 1 hop',
+    );
     const data = randomBytes(2 * 1024 * 1024);
     assert.equal(sha256(await call(fwd, data)), sha256(Buffer.concat([Buffer.from('via-relay:'), data])));
     await until(() => relay.status().sessions.count === 0, 3000, 'relay sessions to end');
@@ -194,7 +251,10 @@ describe('tunnel: nodes over TLS on loopback', function () {
     const p1 = await freePort();
     const p2 = await freePort();
     const fwd = await freePort();
-    const gw1 = await start('gw1', { listen: `127.0.0.1:${p1}`, services: { gateway: `127.0.0.1:${s1.port}` } });
+    const gw1 = await start('gw1', {
+      listen: `127.0.0.1:${p1}`,
+      services: { gateway: `127.0.0.1:${s1.port}` },
+    });
     await start('gw2', { listen: `127.0.0.1:${p2}`, services: { gateway: `127.0.0.1:${s2.port}` } });
     const ep = await start('ep', {
       role: 'endpoint-proxy',

@@ -65,16 +65,36 @@ describe('config', () => {
   });
 
   it('names file, line and key for a bad duration', () => {
-    expectConfigError('dgd:\n  enabled: true\n  scan_interval: 2x\n', 3, 'dgd.scan_interval', /"2x" is not a duration/);
+    expectConfigError(
+      'dgd:\n  enabled: true\n  scan_interval: 2x\n',
+      3,
+      'dgd.scan_interval',
+      /"2x" is not a duration/,
+    );
   });
 
   it('names an out-of-range value', () => {
-    expectConfigError('dgd:\n  slow_poll_interval: 2h\n', 2, 'dgd.slow_poll_interval', /out of range \(1s \.\. 1h\)/);
-    expectConfigError('dgd:\n  retransmit_threshold: 0\n', 2, 'dgd.retransmit_threshold', /whole number from 1 to 15/);
+    expectConfigError(
+      'dgd:\n  slow_poll_interval: 2h\n',
+      2,
+      'dgd.slow_poll_interval',
+      /out of range \(1s \.\. 1h\)/,
+    );
+    expectConfigError(
+      'dgd:\n  retransmit_threshold: 0\n',
+      2,
+      'dgd.retransmit_threshold',
+      /whole number from 1 to 15/,
+    );
   });
 
   it('names an unknown key and lists the known ones', () => {
-    expectConfigError('dgd:\n  enabled: true\n  scan_intervall: 1s\n', 3, 'dgd.scan_intervall', /unknown key .*scan_interval/);
+    expectConfigError(
+      'dgd:\n  enabled: true\n  scan_intervall: 1s\n',
+      3,
+      'dgd.scan_intervall',
+      /unknown key .*scan_interval/,
+    );
     expectConfigError('dgdd: {}\n', 1, 'dgdd', /unknown key/);
   });
 
@@ -94,7 +114,8 @@ describe('config', () => {
   it('reports YAML syntax errors with a line', () => {
     assert.throws(
       () => parseConfig('dgd:\n  enabled: true\n   bad: [\n', 'x.yaml'),
-      (e: unknown) => e instanceof ConfigError && e.line === 2 && /^x\.yaml:2: YAML syntax error: /.test(e.message),
+      (e: unknown) =>
+        e instanceof ConfigError && e.line === 2 && /^x\.yaml:2: YAML syntax error: /.test(e.message),
     );
   });
 

@@ -47,7 +47,10 @@ describe('control socket', () => {
     await server.listen();
     try {
       await assert.rejects(controlRequest(sock, 'nope'), /unknown command "nope" \(known: boom\)/);
-      await assert.rejects(controlRequest(sock, 'boom'), (e: Error & { code?: string }) => e.code === 'EBROKE');
+      await assert.rejects(
+        controlRequest(sock, 'boom'),
+        (e: Error & { code?: string }) => e.code === 'EBROKE',
+      );
     } finally {
       await server.close();
     }
@@ -77,6 +80,9 @@ describe('control socket', () => {
   });
 
   it('a missing daemon is a clear error', async () => {
-    await assert.rejects(controlRequest(path.join(dir, 'none.sock'), 'status'), /no daemon is running on .*none\.sock/);
+    await assert.rejects(
+      controlRequest(path.join(dir, 'none.sock'), 'status'),
+      /no daemon is running on .*none\.sock/,
+    );
   });
 });

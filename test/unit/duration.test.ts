@@ -12,7 +12,10 @@ describe('durations', () => {
   });
   it('rejects text that is not a duration, naming it', () => {
     for (const bad of ['', '2', 'ms', '-1s', '2 days', '1e3ms'])
-      assert.throws(() => parseDuration(bad), (e: Error) => e instanceof RangeError && e.message.includes(`"${bad}"`));
+      assert.throws(
+        () => parseDuration(bad),
+        (e: Error) => e instanceof RangeError && e.message.includes(`"${bad}"`),
+      );
   });
   it('formats for humans', () => {
     assert.equal(formatDuration(250), '250ms');
