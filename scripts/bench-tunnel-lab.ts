@@ -17,6 +17,14 @@ const opt = (name: string, dflt: number): number => {
 };
 const SECONDS = opt('--seconds', 5);
 const SESSIONS = opt('--sessions', 10_000);
+/** Throughput rounds (each measures every path once, in turn, so the ratios come from one round). */
+const ROUNDS = opt('--rounds', 1);
+/** Only throughput: no session-open latency, no idle sessions. */
+const THROUGHPUT_ONLY = args.includes('--throughput-only');
+/** Extra node flags for both proxies (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"), for profiling. */
+/** Only these paths (comma-separated name prefixes, e.g. "ssh,tunnel"); default all. */
+const PATHS = (args.includes('--paths') ? String(args[args.indexOf('--paths') + 1]) : '').split(',').filter(Boolean);
+const PROXY_NODE_ARGS = (process.env.BENCH_TUNNEL_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
 
 const log = (s: string): void => void process.stderr.write(`bench-tunnel: ${s}\n`);
 
@@ -29,6 +37,7 @@ async function main(): Promise<void> {
     lans: [{ name: 'ab', members: [{ host: 'a', iface: 'eth0', addrs: [`${A}/24`] }, { host: 'b', iface: 'eth0', addrs: [`${B}/24`] }] }],
   });
   const kids: ChildProcess[] = [];
+  const proxies: ChildProcess[] = [];
   const bg = (host: string, argv: string[]): ChildProcess => {
     const c = lab.spawn(host, argv);
     c.stdout?.resume();
@@ -73,8 +82,9 @@ async function main(): Promise<void> {
     const bCfg = cfgFile('b', ['  role: endpoint-proxy', `  listen: ${B}:9401`, '  services:', `    iperf: ${B}:5201`, `    echo: ${B}:7001`, `    hold: ${B}:7002`]);
     const aCfg = cfgFile('a', ['  role: gateway-proxy', '  links:', `    - { connect: ${B}:9401 }`, '  forwards:', `    - { listen: ${A}:8000, service: iperf }`, `    - { listen: ${A}:8001, service: echo }`, `    - { listen: ${A}:8002, service: hold }`]);
     const bin = path.join(REPO_ROOT, 'bin', 'ipdeadgate');
-    const tb = bg('b', [process.execPath, bin, 'tunnel', '--config', bCfg, '--control', k('b.sock')]);
-    const ta = bg('a', [process.execPath, bin, 'tunnel', '--config', aCfg, '--control', k('a.sock')]);
+    const tb = bg('b', [process.execPath, ...PROXY_NODE_ARGS, bin, 'tunnel', '--config', bCfg, '--control', k('b.sock')]);
+    const ta = bg('a', [process.execPath, ...PROXY_NODE_ARGS, bin, 'tunnel', '--config', aCfg, '--control', k('a.sock')]);
+    proxies.push(ta, tb);
     await waitFor(
       async () => {
         const s = (await controlRequest(k('a.sock'), 'status').catch(() => undefined)) as { tunnel: { links: { state: string }[] } } | undefined;
@@ -90,25 +100,61 @@ async function main(): Promise<void> {
     const rtt = Number(/= [\d.]+\/([\d.]+)\//.exec(ping)?.[1] ?? NaN);
     log(`RTT a -> b: ${rtt} ms`);
 
-    const paths: [string, string, number][] = [
-      ['direct', B, 5201],
-      ['socat', A, 6000],
-      ['ssh -L', A, 7000],
-      ['tunnel (TLS)', A, 8000],
-    ];
-    const gbps: Record<string, Record<number, number>> = {};
-    for (const streams of [1, 8]) {
-      for (const [name, host, port] of paths) {
-        const r = await lab.exec('a', ['iperf3', '-c', host, '-p', String(port), '-t', String(SECONDS), '-P', String(streams), '-J'], (SECONDS + 20) * 1000);
-        let bps = NaN;
-        try {
-          bps = (JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second;
-        } catch {
-          log(`iperf3 ${name} -P ${streams} failed: ${r.stderr.trim() || r.stdout.slice(0, 200)}`);
+    const paths = (
+      [
+        ['direct', B, 5201],
+        ['socat', A, 6000],
+        ['ssh -L', A, 7000],
+        ['tunnel (TLS)', A, 8000],
+      ] as [string, string, number][]
+    ).filter(([name]) => !PATHS.length || PATHS.some((p) => name.startsWith(p)));
+    // gbps[round][path][streams]
+    const gbps: Record<string, Record<number, number>>[] = [];
+    for (let round = 0; round < ROUNDS; round++) {
+      const g: Record<string, Record<number, number>> = {};
+      gbps.push(g);
+      for (const streams of [1, 8]) {
+        for (const [name, host, port] of paths) {
+          const r = await lab.exec('a', ['iperf3', '-c', host, '-p', String(port), '-t', String(SECONDS), '-P', String(streams), '-J'], (SECONDS + 20) * 1000);
+          let bps = NaN;
+          try {
+            bps = (JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second;
+          } catch {
+            log(`iperf3 ${name} -P ${streams} failed: ${r.stderr.trim() || r.stdout.slice(0, 200)}`);
+          }
+          (g[name] ??= {})[streams] = bps / 1e9;
+          log(`round ${round + 1}: ${name.padEnd(13)} -P ${streams}: ${(bps / 1e9).toFixed(2)} Gbit/s`);
         }
-        (gbps[name] ??= {})[streams] = bps / 1e9;
-        log(`${name.padEnd(13)} -P ${streams}: ${(bps / 1e9).toFixed(2)} Gbit/s`);
       }
+    }
+
+    const f = (x: number | undefined): string => (x === undefined || Number.isNaN(x) ? 'n/a' : x.toFixed(2));
+    const range = (xs: (number | undefined)[]): string => {
+      const ok = xs.filter((x): x is number => x !== undefined && !Number.isNaN(x));
+      if (!ok.length) return 'n/a';
+      const lo = Math.min(...ok);
+      const hi = Math.max(...ok);
+      return ok.length === 1 || lo.toFixed(2) === hi.toFixed(2) ? lo.toFixed(2) : `${lo.toFixed(2)} – ${hi.toFixed(2)}`;
+    };
+    const ratio = (a: number | undefined, b: number | undefined): number | undefined => (a && b ? a / b : undefined);
+    const T = 'tunnel (TLS)';
+    const ratioLine = (g: Record<string, Record<number, number>>): string =>
+      `tunnel / ssh -L ${f(ratio(g[T]?.[1], g['ssh -L']?.[1]))} (1 stream), ${f(ratio(g[T]?.[8], g['ssh -L']?.[8]))} (8 streams); ` +
+      `tunnel / socat ${f(ratio(g[T]?.[1], g.socat?.[1]))}, ${f(ratio(g[T]?.[8], g.socat?.[8]))}; ` +
+      `tunnel / direct ${f(ratio(g[T]?.[1], g.direct?.[1]))}, ${f(ratio(g[T]?.[8], g.direct?.[8]))}`;
+    const lines = [
+      `Measured ${new Date().toISOString().slice(0, 10)} on ${os.cpus().length} cores (${os.cpus()[0]?.model ?? '?'}), Node ${process.version}, iperf3 -t ${SECONDS}, ${ROUNDS} round(s), lab veth pair (RTT ${rtt} ms).`,
+      '',
+      '| path | 1 stream Gbit/s | 8 streams Gbit/s |',
+      '| --- | ---: | ---: |',
+      ...paths.map(([n]) => `| ${n} | ${range(gbps.map((g) => g[n]?.[1]))} | ${range(gbps.map((g) => g[n]?.[8]))} |`),
+      '',
+      ...gbps.map((g, i) => `Round ${i + 1} ratios: ${ratioLine(g)}.`),
+      `Ratio tunnel / ssh -L over the rounds: ${range(gbps.map((g) => ratio(g[T]?.[1], g['ssh -L']?.[1])))} (1 stream), ${range(gbps.map((g) => ratio(g[T]?.[8], g['ssh -L']?.[8])))} (8 streams).`,
+    ];
+    if (THROUGHPUT_ONLY) {
+      process.stdout.write(lines.join('\n') + '\n');
+      return;
     }
 
     const lat = async (host: string, port: number): Promise<{ median_ms: number; p90_ms: number }> =>
@@ -137,26 +183,29 @@ async function main(): Promise<void> {
     log(`${ready.ready} idle sessions (${ready.failed} failed, ${st.tunnel.sessions.count} in status): RSS a ${before.a} -> ${during.a} KiB (${perA} KiB/session), b ${before.b} -> ${during.b} KiB (${perB} KiB/session)`);
     holder.kill('SIGKILL');
 
-    // The report.
-    const f = (x: number | undefined): string => (x === undefined || Number.isNaN(x) ? 'n/a' : x.toFixed(2));
-    const ratio = (a: number | undefined, b: number | undefined): string => (a && b ? (a / b).toFixed(2) : 'n/a');
-    const lines = [
-      `Measured ${new Date().toISOString().slice(0, 10)} on ${os.cpus().length} cores (${os.cpus()[0]?.model ?? '?'}), Node ${process.version}, iperf3 -t ${SECONDS}, lab veth pair (RTT ${rtt} ms).`,
-      '',
-      '| path | 1 stream Gbit/s | 8 streams Gbit/s |',
-      '| --- | ---: | ---: |',
-      ...paths.map(([n]) => `| ${n} | ${f(gbps[n]?.[1])} | ${f(gbps[n]?.[8])} |`),
-      '',
-      `Ratios, tunnel / ssh -L: ${ratio(gbps['tunnel (TLS)']?.[1], gbps['ssh -L']?.[1])} (1 stream), ${ratio(gbps['tunnel (TLS)']?.[8], gbps['ssh -L']?.[8])} (8 streams); ` +
-        `tunnel / socat: ${ratio(gbps['tunnel (TLS)']?.[1], gbps.socat?.[1])}, ${ratio(gbps['tunnel (TLS)']?.[8], gbps.socat?.[8])}; ` +
-        `tunnel / direct: ${ratio(gbps['tunnel (TLS)']?.[1], gbps.direct?.[1])}, ${ratio(gbps['tunnel (TLS)']?.[8], gbps.direct?.[8])}.`,
+    lines.push(
       '',
       `Session open (connect, 1 byte, its echo; median of 300): direct ${latDirect.median_ms.toFixed(3)} ms, through the tunnel ${latTunnel.median_ms.toFixed(3)} ms (p90 ${latTunnel.p90_ms.toFixed(3)} ms).`,
       '',
       `Idle sessions: ${ready.ready} open (${ready.failed} failed): RSS of the dialing proxy ${before.a} -> ${during.a} KiB (${perA} KiB per session), of the accepting proxy ${before.b} -> ${during.b} KiB (${perB} KiB per session).`,
-    ];
+    );
     process.stdout.write(lines.join('\n') + '\n');
   } finally {
+    // The proxies stop with SIGTERM first, so a --cpu-prof profile is written; bounded wait.
+    await Promise.all(
+      proxies.map(
+        (c) =>
+          new Promise<void>((resolve) => {
+            if (c.exitCode !== null || c.signalCode !== null) return resolve();
+            const t = setTimeout(resolve, 5000);
+            c.once('exit', () => {
+              clearTimeout(t);
+              resolve();
+            });
+            c.kill('SIGTERM');
+          }),
+      ),
+    );
     for (const c of kids) c.kill('SIGKILL');
     await lab.close();
     pki.cleanup();
