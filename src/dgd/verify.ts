@@ -26,7 +26,7 @@ export interface VerifierPorts {
   resolve(
     ifname: string,
     ip: string,
-    opts: { probes: number; intervalMs: number; signal?: AbortSignal },
+    opts: { probes: number; intervalMs: number; signal?: AbortSignal; onProbe?: (n: number) => void },
   ): Promise<{ mac: string; rttMs: number; probesSent: number } | null>;
   /** One ICMP/ICMPv6 echo; null when no reply came within timeoutMs. */
   echo(
@@ -167,6 +167,11 @@ export async function verifyGateway(
         probes: req.probes,
         intervalMs: req.intervalMs,
         signal: stop.signal,
+        onProbe: (n) =>
+          step(
+            `${proto}_probe`,
+            `#${n} ${family === 4 ? 'who-has' : 'neighbour solicitation for'} ${req.gateway}`,
+          ),
       })
       .then(
         (answer) => ({ answer }),

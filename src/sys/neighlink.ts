@@ -51,6 +51,8 @@ export interface ResolveOptions {
   /** Spacing between requests, and how long to wait after the last one. */
   intervalMs: number;
   signal?: AbortSignal;
+  /** Called as each request goes out (1-based), so callers can log every probe. */
+  onProbe?: (n: number) => void;
 }
 
 export interface ResolveResult {
@@ -393,6 +395,7 @@ export class NeighbourLink extends EventEmitter {
         }
         sent++;
         lastSentAt = performance.now();
+        opts.onProbe?.(sent);
         timer = setTimeout(sendNext, opts.intervalMs);
       };
       this.on('sighting', onSighting);

@@ -308,4 +308,26 @@ describe('verify: ARP/NDP decides (fake ports, fake clock)', () => {
     await assert.rejects(verifyGateway(f.ports, { ...REQ, intervalMs: 0 }, clock), RangeError);
     assert.deepEqual(f.calls, []);
   });
+
+  it('records one step per probe sent, as the resolver reports them', async () => {
+    const clock = new FakeClock();
+    const { ports } = fakePorts(clock, { arpReplyAt: null, echoReplyAt: null });
+    const plain = ports.resolve.bind(ports);
+    ports.resolve = (ifname, ip, opts) => {
+      for (let n = 1; n <= opts.probes; n++)
+        clock.setTimeout(() => opts.onProbe?.(n), (n - 1) * opts.intervalMs);
+      return plain(ifname, ip, opts);
+    };
+    const v = start(clock, ports);
+    await clock.advance(1000);
+    const probes = v.result()!.steps.filter((s) => s.step === 'arp_probe');
+    assert.deepEqual(
+      probes.map((s) => [s.at_ms, s.detail]),
+      [
+        [0, '#1 who-has 198.18.1.1'],
+        [250, '#2 who-has 198.18.1.1'],
+        [500, '#3 who-has 198.18.1.1'],
+      ],
+    );
+  });
 });
