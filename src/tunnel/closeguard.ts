@@ -169,17 +169,35 @@ export class CloseGuard {
     local.setKeepAlive(true, 60_000);
     local.setNoDelay(true);
     local.pipe(stream); // local FIN -> stream.end() -> yamux FIN
+    // TLS hands a link's bytes to JavaScript one 16 KiB record at a time, each in its own callback:
+    // the pieces bound for this socket are gathered until the loop's check phase and leave in one
+    // writev, instead of a write system call per record.
+    let localCorked = false;
+    const uncorkLocal = (): void => {
+      localCorked = false;
+      local.uncork();
+    };
+    const corkLocal = (): void => {
+      if (localCorked) return;
+      localCorked = true;
+      local.cork();
+      setImmediate(uncorkLocal);
+    };
+    const streamToLocal = (): void => {
+      stream.on('data', corkLocal); // before pipe's own listener, so the first piece is corked too
+      stream.pipe(local); // yamux FIN -> local.end() -> TCP FIN
+    };
     if (answer)
       answer.then(
         () => {
-          if (!stream.destroyed) stream.pipe(local);
+          if (!stream.destroyed) streamToLocal();
         },
         (err: Error) => {
           stream.reset(err);
           resetLocal();
         },
       );
-    else stream.pipe(local); // yamux FIN -> local.end() -> TCP FIN
+    else streamToLocal();
     local.on('error', () => {
       // ECONNRESET, EPIPE...: the stream is reset so the far end's socket is reset too.
       stream.reset(new IpdeadgateError('ECONNRESET', 'the local peer reset the connection'));

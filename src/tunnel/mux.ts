@@ -65,6 +65,9 @@ export interface MuxStats {
 
 type StreamEnd = 'open' | 'closed' | 'reset';
 
+/** Bytes queued on the transport before streams wait for its 'drain'. */
+const SESSION_HIGH_WATER = 256 * 1024;
+
 /** One yamux stream. Readable side: the peer's data; writable side: ours. */
 export class MuxStream extends Duplex {
   /** Bytes the peer may still send before our next window update. */
@@ -451,13 +454,17 @@ export class MuxSession extends EventEmitter {
       // syscalls than a write per 12-byte header.
       this.corked = true;
       this.transport.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        this.transport.uncork();
-      });
+      process.nextTick(this.uncorkTransport);
     }
-    if (!this.transport.write(buf)) this.writable = false;
+    // Streams stop at the session's own threshold rather than the transport's (16 KiB for a TLS
+    // socket): pausing every stream after each 64 KiB frame costs a drain round per frame.
+    if (!this.transport.write(buf) && this.transport.writableLength >= SESSION_HIGH_WATER) this.writable = false;
   }
+
+  private readonly uncorkTransport = (): void => {
+    this.corked = false;
+    this.transport.uncork();
+  };
 
   /** @internal */
   waitForDrain(s: MuxStream): void {

@@ -20,6 +20,14 @@ export interface TunnelLogger {
   error(obj: object, msg?: string): void;
 }
 
+/**
+ * Stream buffer threshold of bridged local sockets. With Node's default (16 KiB) a bridge pauses
+ * its stream after each 16 KiB TLS record written to the socket, and resumes it a tick later; these
+ * buffers fill only while a local peer is slower than the tunnel (the stream's receive window
+ * bounds the rest), and an idle session does not allocate them.
+ */
+const LOCAL_SOCKET_HIGH_WATER = 256 * 1024;
+
 const silent: TunnelLogger = { info: () => undefined, warn: () => undefined, error: () => undefined };
 
 export interface LinkStatus {
@@ -120,7 +128,7 @@ export class TunnelNode extends EventEmitter {
       this.logger.info({ listen: formatHostPort(this.cfg.listen) }, 'tunnel: accepting links');
     }
     for (const f of this.cfg.forwards) {
-      const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
+      const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, highWaterMark: LOCAL_SOCKET_HIGH_WATER });
       const backoff = new AcceptBackoff(server, f.listen, this.clock);
       server.on('connection', (sock: net.Socket) => {
         backoff.accepted();
@@ -186,7 +194,9 @@ export class TunnelNode extends EventEmitter {
 
   private dialService(stream: MuxStream, service: string, target: HostPort): void {
     this.sessionStarted();
-    const sock = net.connect({ host: target.host, port: target.port, allowHalfOpen: true });
+    // net.Socket passes its options on to stream.Duplex, which takes highWaterMark (not in @types/node's NetConnectOpts).
+    const connectOpts: net.NetConnectOpts & { highWaterMark: number } = { host: target.host, port: target.port, allowHalfOpen: true, highWaterMark: LOCAL_SOCKET_HIGH_WATER };
+    const sock = net.connect(connectOpts);
     const timer = this.clock.setTimeout(() => sock.destroy(new IpdeadgateError('ETIMEDOUT', 'connect timed out')), 15_000);
     const onErr = (err: NodeJS.ErrnoException): void => {
       timer.cancel();
