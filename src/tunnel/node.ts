@@ -8,6 +8,7 @@ import { IpdeadgateError } from '../errors';
 import { systemClock, type Clock } from '../util/clock';
 import { AcceptBackoff, CloseGuard, type SocketPorts } from './closeguard';
 import { formatHostPort, type HostPort, type TunnelConfig } from './config';
+import { preferAtomicMarking } from './gc';
 import { Link, LinkDialer, LinkListener, loadTls, type LinkOptions } from './link';
 import type { MuxStream } from './mux';
 import { encodeAnswer, MAX_HOPS, readAnswer, RefusedError, Refusal, refusalName, type OpenRequest } from './protocol';
@@ -65,6 +66,8 @@ export interface StartOptions {
   clock?: Clock;
   /** Native socket ports (watcher, TCP_INFO); defaults to src/sys. */
   ports?: SocketPorts;
+  /** Turn V8's incremental marking off for the process (src/tunnel/gc.ts; default true). */
+  atomicMarking?: boolean;
 }
 
 export class TunnelNode extends EventEmitter {
@@ -96,6 +99,7 @@ export class TunnelNode extends EventEmitter {
 
   /** Start listeners and links; rejects (and releases everything) if a listener cannot bind. */
   static async start(cfg: TunnelConfig, opts: StartOptions = {}): Promise<TunnelNode> {
+    if (opts.atomicMarking ?? true) preferAtomicMarking();
     const node = new TunnelNode(cfg, opts);
     try {
       await node.startAll();
