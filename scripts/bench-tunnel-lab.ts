@@ -1,6 +1,6 @@
 // scripts/bench-tunnel: the tunnel against OpenSSH -L, socat and a direct connection over the same
 // path, in a lab of two namespaces (a: client side, b: server side) on one veth pair.
-import type { ChildProcess } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -28,6 +28,45 @@ const PROXY_NODE_ARGS = (process.env.BENCH_TUNNEL_NODE_ARGS ?? '').split(/\s+/).
 
 const log = (s: string): void => void process.stderr.write(`bench-tunnel: ${s}\n`);
 
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+/** CPU seconds used so far by these processes (all threads, and children they have reaped), from /proc/PID/stat. */
+function cpuSeconds(pids: number[]): number {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      // proc(5): the fields after the ")" closing comm start at field 3; utime, stime, cutime, cstime are 14-17.
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
+    } catch {
+      // gone: its time is lost (only short-lived helpers)
+    }
+  }
+  return ticks / CLOCK_TICKS;
+}
+
+/** All descendants of a process (/proc/PID/task/TID/children). */
+function descendants(pid: number): number[] {
+  const out: number[] = [];
+  let tasks: string[] = [];
+  try {
+    tasks = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tasks) {
+    let text = '';
+    try {
+      text = fs.readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const c of text.trim().split(/\s+/).filter(Boolean).map(Number)) out.push(c, ...descendants(c));
+  }
+  return out;
+}
+
 async function main(): Promise<void> {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'idg-bench-tunnel-'));
   const pki = makePki(['a', 'b'], tmp);
@@ -54,7 +93,7 @@ async function main(): Promise<void> {
     bg('b', [process.execPath, helper, 'echo-server', B, '7001']);
     bg('b', [process.execPath, helper, 'hold-server', B, '7002']);
     // socat on a: a plain user-space TCP relay.
-    bg('a', ['socat', `TCP-LISTEN:6000,bind=${A},reuseaddr,fork`, `TCP:${B}:5201`]);
+    const socat = bg('a', ['socat', `TCP-LISTEN:6000,bind=${A},reuseaddr,fork`, `TCP:${B}:5201`]);
     // OpenSSH: sshd on b, ssh -L on a, throw-away keys.
     if (!fs.existsSync('/run/sshd')) {
       fs.mkdirSync('/run/sshd', { mode: 0o755 });
@@ -67,9 +106,9 @@ async function main(): Promise<void> {
       k('sshd_config'),
       [`ListenAddress ${B}`, 'Port 22', `HostKey ${k('hostkey')}`, `PidFile ${k('sshd.pid')}`, `AuthorizedKeysFile ${k('authorized_keys')}`, 'StrictModes no', 'PermitRootLogin prohibit-password', 'PasswordAuthentication no', 'KbdInteractiveAuthentication no', 'UsePAM no', 'AllowTcpForwarding yes', ''].join('\n'),
     );
-    bg('b', ['/usr/sbin/sshd', '-D', '-e', '-f', k('sshd_config')]);
+    const sshd = bg('b', ['/usr/sbin/sshd', '-D', '-e', '-f', k('sshd_config')]);
     await listening('b', 22);
-    bg('a', ['ssh', '-N', '-L', `${A}:7000:${B}:5201`, '-i', k('userkey'), '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'BatchMode=yes', '-o', 'ExitOnForwardFailure=yes', `root@${B}`]);
+    const ssh = bg('a', ['ssh', '-N', '-L', `${A}:7000:${B}:5201`, '-i', k('userkey'), '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'BatchMode=yes', '-o', 'ExitOnForwardFailure=yes', `root@${B}`]);
     // Our tunnel: a on a dials b; forwards on a, services on b.
     const cfgFile = (name: string, lines: string[]): string => {
       fs.copyFileSync(pki.nodes[name]!.cert, k(`${name}.pem`));
@@ -108,22 +147,41 @@ async function main(): Promise<void> {
         ['tunnel (TLS)', A, 8000],
       ] as [string, string, number][]
     ).filter(([name]) => !PATHS.length || PATHS.some((p) => name.startsWith(p)));
-    // gbps[round][path][streams]
+    // The processes that relay each path, for their CPU time per GB (a measure that other work on
+    // a shared machine disturbs far less than throughput): sshd's per-connection children and
+    // socat's forked children count too (socat's are reaped, so they are in its cutime/cstime).
+    const relayPids: Record<string, () => number[]> = {
+      socat: () => [socat.pid!],
+      'ssh -L': () => [ssh.pid!, ...descendants(sshd.pid!)],
+      'tunnel (TLS)': () => [ta.pid!, tb.pid!],
+    };
+    // gbps[round][path][streams], cpuPerGB[round][path][streams] (CPU seconds of the relays per GB received)
     const gbps: Record<string, Record<number, number>>[] = [];
+    const cpuPerGB: Record<string, Record<number, number>>[] = [];
     for (let round = 0; round < ROUNDS; round++) {
       const g: Record<string, Record<number, number>> = {};
+      const c: Record<string, Record<number, number>> = {};
       gbps.push(g);
+      cpuPerGB.push(c);
       for (const streams of [1, 8]) {
         for (const [name, host, port] of paths) {
+          const pids = relayPids[name]?.() ?? [];
+          const cpu0 = cpuSeconds(pids);
           const r = await lab.exec('a', ['iperf3', '-c', host, '-p', String(port), '-t', String(SECONDS), '-P', String(streams), '-J'], (SECONDS + 20) * 1000);
+          const cpu = cpuSeconds(pids) - cpu0;
           let bps = NaN;
+          let bytes = NaN;
           try {
-            bps = (JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second;
+            const sum = (JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number; bytes: number } } }).end.sum_received;
+            bps = sum.bits_per_second;
+            bytes = sum.bytes;
           } catch {
             log(`iperf3 ${name} -P ${streams} failed: ${r.stderr.trim() || r.stdout.slice(0, 200)}`);
           }
           (g[name] ??= {})[streams] = bps / 1e9;
-          log(`round ${round + 1}: ${name.padEnd(13)} -P ${streams}: ${(bps / 1e9).toFixed(2)} Gbit/s`);
+          if (pids.length) (c[name] ??= {})[streams] = cpu / (bytes / 1e9);
+          const cpuText = pids.length ? `, relays ${(cpu / (bytes / 1e9)).toFixed(2)} CPU s/GB` : '';
+          log(`round ${round + 1}: ${name.padEnd(13)} -P ${streams}: ${(bps / 1e9).toFixed(2)} Gbit/s${cpuText}`);
         }
       }
     }
@@ -151,6 +209,12 @@ async function main(): Promise<void> {
       '',
       ...gbps.map((g, i) => `Round ${i + 1} ratios: ${ratioLine(g)}.`),
       `Ratio tunnel / ssh -L over the rounds: ${range(gbps.map((g) => ratio(g[T]?.[1], g['ssh -L']?.[1])))} (1 stream), ${range(gbps.map((g) => ratio(g[T]?.[8], g['ssh -L']?.[8])))} (8 streams).`,
+      '',
+      'CPU seconds of the relaying processes per GB received (all their threads; ssh -L: ssh and sshd):',
+      '',
+      '| path | 1 stream | 8 streams |',
+      '| --- | ---: | ---: |',
+      ...paths.filter(([n]) => relayPids[n]).map(([n]) => `| ${n} | ${range(cpuPerGB.map((c) => c[n]?.[1]))} | ${range(cpuPerGB.map((c) => c[n]?.[8]))} |`),
     ];
     if (THROUGHPUT_ONLY) {
       process.stdout.write(lines.join('\n') + '\n');
