@@ -168,6 +168,7 @@ async function main(): Promise<void> {
           const pids = relayPids[name]?.() ?? [];
           const cpu0 = cpuSeconds(pids);
           const r = await lab.exec('a', ['iperf3', '-c', host, '-p', String(port), '-t', String(SECONDS), '-P', String(streams), '-J'], (SECONDS + 20) * 1000);
+          await new Promise((res) => setTimeout(res, 500)); // socat's children exit and are reaped
           const cpu = cpuSeconds(pids) - cpu0;
           let bps = NaN;
           let bytes = NaN;
