@@ -65,8 +65,13 @@ export interface MuxStats {
 
 type StreamEnd = 'open' | 'closed' | 'reset';
 
-/** Bytes queued on the transport before streams wait for its 'drain'. */
-const SESSION_HIGH_WATER = 256 * 1024;
+/**
+ * Bytes queued on the transport before streams wait for its 'drain'. 'drain' comes only once the
+ * queue is empty, so a small threshold leaves the link idle between refills: 1 MiB measured 15-25 %
+ * less CPU per GB than 256 KiB in the bench lab. Per link, not per stream; control frames queue
+ * behind it too (1 MiB is 80 ms at 100 Mbit/s, small against heartbeat x misses).
+ */
+const SESSION_HIGH_WATER = 1024 * 1024;
 
 /** One yamux stream. Readable side: the peer's data; writable side: ours. */
 export class MuxStream extends Duplex {
