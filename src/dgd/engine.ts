@@ -487,8 +487,12 @@ export class DgdEngine {
       if (!a || this.closed || !this.enabled) return;
       a.timer = null;
       let answer: { mac: string; rttMs: number } | null = null;
+      const sentAt = this.clock.now();
       try {
-        answer = await this.ports.probeOnce(g.address, g.ifname, a.intervalMs);
+        // A probe is missed when no answer came within half the interval (an ARP/NDP answer on a
+        // LAN takes well under a millisecond); probes still go out every interval. So `misses`
+        // unanswered probes are concluded half an interval after the last one, not a whole one.
+        answer = await this.ports.probeOnce(g.address, g.ifname, activeProbeTimeout(a.intervalMs));
       } catch (err) {
         this.log.event('error', { during: 'active probe', gateway: g.address, error: msg(err) }, 'warn');
       }
@@ -518,9 +522,8 @@ export class DgdEngine {
           await this.declareDead(g, `${a.missed} active probes unanswered`);
         }
       }
-      // The probe waited up to one interval for its answer; start the next one right away if it
-      // did, so probes go out every interval.
-      const elapsed = answer ? answer.rttMs : a.intervalMs;
+      // The next probe goes out one interval after this one was sent.
+      const elapsed = this.clock.now() - sentAt;
       a.timer = this.clock.setTimeout(() => void tick(), Math.max(0, a.intervalMs - elapsed));
     };
     g.active.timer = this.clock.setTimeout(() => void tick(), 0);
@@ -1066,6 +1069,11 @@ function describe(r: KernelRoute): string {
     ? r.nexthops.map((n) => `nexthop via ${n.gateway} weight ${n.weight}`).join(' ')
     : `via ${r.gateway}`;
   return `${r.dst} ${via} table ${r.table} metric ${r.metric}`;
+}
+
+/** How long an active probe waits for its answer: half the interval, at least 10 ms. */
+export function activeProbeTimeout(intervalMs: number): number {
+  return Math.max(10, Math.floor(intervalMs / 2));
 }
 
 function fmtAddr(addr: string, port: number): string {
