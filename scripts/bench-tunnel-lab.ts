@@ -23,7 +23,9 @@ const ROUNDS = opt('--rounds', 1);
 const THROUGHPUT_ONLY = args.includes('--throughput-only');
 /** Extra node flags for both proxies (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"), for profiling. */
 /** Only these paths (comma-separated name prefixes, e.g. "ssh,tunnel"); default all. */
-const PATHS = (args.includes('--paths') ? String(args[args.indexOf('--paths') + 1]) : '').split(',').filter(Boolean);
+const PATHS = (args.includes('--paths') ? String(args[args.indexOf('--paths') + 1]) : '')
+  .split(',')
+  .filter(Boolean);
 const PROXY_NODE_ARGS = (process.env.BENCH_TUNNEL_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
 
 const log = (s: string): void => void process.stderr.write(`bench-tunnel: ${s}\n`);
@@ -73,7 +75,15 @@ async function main(): Promise<void> {
   let createdRunSshd = false;
   const lab = await Lab.create({
     hosts: { a: {}, b: {} },
-    lans: [{ name: 'ab', members: [{ host: 'a', iface: 'eth0', addrs: [`${A}/24`] }, { host: 'b', iface: 'eth0', addrs: [`${B}/24`] }] }],
+    lans: [
+      {
+        name: 'ab',
+        members: [
+          { host: 'a', iface: 'eth0', addrs: [`${A}/24`] },
+          { host: 'b', iface: 'eth0', addrs: [`${B}/24`] },
+        ],
+      },
+    ],
   });
   const kids: ChildProcess[] = [];
   const proxies: ChildProcess[] = [];
@@ -85,7 +95,12 @@ async function main(): Promise<void> {
     return c;
   };
   const listening = (host: string, port: number): Promise<unknown> =>
-    waitFor(async () => (await lab.exec(host, ['ss', '-Hltn', `sport = :${port}`])).stdout.trim() !== '', 10_000, `${host} listening on ${port}`, 50);
+    waitFor(
+      async () => (await lab.exec(host, ['ss', '-Hltn', `sport = :${port}`])).stdout.trim() !== '',
+      10_000,
+      `${host} listening on ${port}`,
+      50,
+    );
   try {
     const helper = path.join(REPO_ROOT, 'dist', 'scripts', 'bench-tunnel-conns.js');
     // Servers on b.
@@ -100,15 +115,46 @@ async function main(): Promise<void> {
       createdRunSshd = true;
     }
     const k = (n: string): string => path.join(tmp, n);
-    for (const n of ['hostkey', 'userkey']) await lab.execOk('a', ['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', k(n)]);
+    for (const n of ['hostkey', 'userkey'])
+      await lab.execOk('a', ['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', k(n)]);
     fs.copyFileSync(k('userkey.pub'), k('authorized_keys'));
     fs.writeFileSync(
       k('sshd_config'),
-      [`ListenAddress ${B}`, 'Port 22', `HostKey ${k('hostkey')}`, `PidFile ${k('sshd.pid')}`, `AuthorizedKeysFile ${k('authorized_keys')}`, 'StrictModes no', 'PermitRootLogin prohibit-password', 'PasswordAuthentication no', 'KbdInteractiveAuthentication no', 'UsePAM no', 'AllowTcpForwarding yes', ''].join('\n'),
+      [
+        `ListenAddress ${B}`,
+        'Port 22',
+        `HostKey ${k('hostkey')}`,
+        `PidFile ${k('sshd.pid')}`,
+        `AuthorizedKeysFile ${k('authorized_keys')}`,
+        'StrictModes no',
+        'PermitRootLogin prohibit-password',
+        'PasswordAuthentication no',
+        'KbdInteractiveAuthentication no',
+        'UsePAM no',
+        'AllowTcpForwarding yes',
+        '',
+      ].join('\n'),
     );
     const sshd = bg('b', ['/usr/sbin/sshd', '-D', '-e', '-f', k('sshd_config')]);
     await listening('b', 22);
-    const sshArgs = (port: number, extra: string[]): string[] => ['ssh', '-N', ...extra, '-L', `${A}:${port}:${B}:5201`, '-i', k('userkey'), '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'BatchMode=yes', '-o', 'ExitOnForwardFailure=yes', `root@${B}`];
+    const sshArgs = (port: number, extra: string[]): string[] => [
+      'ssh',
+      '-N',
+      ...extra,
+      '-L',
+      `${A}:${port}:${B}:5201`,
+      '-i',
+      k('userkey'),
+      '-o',
+      'StrictHostKeyChecking=no',
+      '-o',
+      'UserKnownHostsFile=/dev/null',
+      '-o',
+      'BatchMode=yes',
+      '-o',
+      'ExitOnForwardFailure=yes',
+      `root@${B}`,
+    ];
     // OpenSSH's default cipher choice (ChaCha20-Poly1305 first), and the cipher our links prefer.
     const ssh = bg('a', sshArgs(7000, []));
     const sshGcm = bg('a', sshArgs(7100, ['-c', 'aes128-gcm@openssh.com']));
@@ -118,25 +164,75 @@ async function main(): Promise<void> {
       fs.copyFileSync(pki.nodes[name]!.key, k(`${name}.key`));
       fs.copyFileSync(pki.ca, k('ca.pem'));
       const f = k(`${name}.yaml`);
-      fs.writeFileSync(f, ['tunnel:', ...lines, `  name: ${name}`, `  tls: { ca: ca.pem, cert: ${name}.pem, key: ${name}.key }`, '  max_sessions: 30000', ''].join('\n'));
+      fs.writeFileSync(
+        f,
+        [
+          'tunnel:',
+          ...lines,
+          `  name: ${name}`,
+          `  tls: { ca: ca.pem, cert: ${name}.pem, key: ${name}.key }`,
+          '  max_sessions: 30000',
+          '',
+        ].join('\n'),
+      );
       return f;
     };
-    const bCfg = cfgFile('b', ['  role: endpoint-proxy', `  listen: ${B}:9401`, '  services:', `    iperf: ${B}:5201`, `    echo: ${B}:7001`, `    hold: ${B}:7002`]);
-    const aCfg = cfgFile('a', ['  role: gateway-proxy', '  links:', `    - { connect: ${B}:9401 }`, '  forwards:', `    - { listen: ${A}:8000, service: iperf }`, `    - { listen: ${A}:8001, service: echo }`, `    - { listen: ${A}:8002, service: hold }`]);
+    const bCfg = cfgFile('b', [
+      '  role: endpoint-proxy',
+      `  listen: ${B}:9401`,
+      '  services:',
+      `    iperf: ${B}:5201`,
+      `    echo: ${B}:7001`,
+      `    hold: ${B}:7002`,
+    ]);
+    const aCfg = cfgFile('a', [
+      '  role: gateway-proxy',
+      '  links:',
+      `    - { connect: ${B}:9401 }`,
+      '  forwards:',
+      `    - { listen: ${A}:8000, service: iperf }`,
+      `    - { listen: ${A}:8001, service: echo }`,
+      `    - { listen: ${A}:8002, service: hold }`,
+    ]);
     const bin = path.join(REPO_ROOT, 'bin', 'ipdeadgate');
-    const tb = bg('b', [process.execPath, ...PROXY_NODE_ARGS, bin, 'tunnel', '--config', bCfg, '--control', k('b.sock')]);
-    const ta = bg('a', [process.execPath, ...PROXY_NODE_ARGS, bin, 'tunnel', '--config', aCfg, '--control', k('a.sock')]);
+    const tb = bg('b', [
+      process.execPath,
+      ...PROXY_NODE_ARGS,
+      bin,
+      'tunnel',
+      '--config',
+      bCfg,
+      '--control',
+      k('b.sock'),
+    ]);
+    const ta = bg('a', [
+      process.execPath,
+      ...PROXY_NODE_ARGS,
+      bin,
+      'tunnel',
+      '--config',
+      aCfg,
+      '--control',
+      k('a.sock'),
+    ]);
     proxies.push(ta, tb);
     await waitFor(
       async () => {
-        const s = (await controlRequest(k('a.sock'), 'status').catch(() => undefined)) as { tunnel: { links: { state: string }[] } } | undefined;
+        const s = (await controlRequest(k('a.sock'), 'status').catch(() => undefined)) as
+          { tunnel: { links: { state: string }[] } } | undefined;
         return s?.tunnel.links[0]?.state === 'up';
       },
       15_000,
       'the tunnel link',
       100,
     );
-    await Promise.all([listening('a', 6000), listening('a', 7000), listening('a', 7100), listening('a', 8000), listening('b', 5201)]);
+    await Promise.all([
+      listening('a', 6000),
+      listening('a', 7000),
+      listening('a', 7100),
+      listening('a', 8000),
+      listening('b', 5201),
+    ]);
 
     const ping = await lab.execOk('a', ['ping', '-c', '10', '-i', '0.2', '-q', B]);
     const rtt = Number(/= [\d.]+\/([\d.]+)\//.exec(ping)?.[1] ?? NaN);
@@ -174,13 +270,19 @@ async function main(): Promise<void> {
         for (const [name, host, port] of paths) {
           const pids = relayPids[name]?.() ?? [];
           const cpu0 = cpuSeconds(pids);
-          const r = await lab.exec('a', ['iperf3', '-c', host, '-p', String(port), '-t', String(SECONDS), '-P', String(streams), '-J'], (SECONDS + 20) * 1000);
+          const r = await lab.exec(
+            'a',
+            ['iperf3', '-c', host, '-p', String(port), '-t', String(SECONDS), '-P', String(streams), '-J'],
+            (SECONDS + 20) * 1000,
+          );
           await new Promise((res) => setTimeout(res, 500)); // socat's children exit and are reaped
           const cpu = cpuSeconds(pids) - cpu0;
           let bps = NaN;
           let bytes = NaN;
           try {
-            const sum = (JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number; bytes: number } } }).end.sum_received;
+            const sum = (
+              JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number; bytes: number } } }
+            ).end.sum_received;
             bps = sum.bits_per_second;
             bytes = sum.bytes;
           } catch {
@@ -189,7 +291,9 @@ async function main(): Promise<void> {
           (g[name] ??= {})[streams] = bps / 1e9;
           if (pids.length) (c[name] ??= {})[streams] = cpu / (bytes / 1e9);
           const cpuText = pids.length ? `, relays ${(cpu / (bytes / 1e9)).toFixed(2)} CPU s/GB` : '';
-          log(`round ${round + 1}: ${name.padEnd(13)} -P ${streams}: ${(bps / 1e9).toFixed(2)} Gbit/s${cpuText}`);
+          log(
+            `round ${round + 1}: ${name.padEnd(13)} -P ${streams}: ${(bps / 1e9).toFixed(2)} Gbit/s${cpuText}`,
+          );
         }
       }
     }
@@ -200,9 +304,12 @@ async function main(): Promise<void> {
       if (!ok.length) return 'n/a';
       const lo = Math.min(...ok);
       const hi = Math.max(...ok);
-      return ok.length === 1 || lo.toFixed(2) === hi.toFixed(2) ? lo.toFixed(2) : `${lo.toFixed(2)} – ${hi.toFixed(2)}`;
+      return ok.length === 1 || lo.toFixed(2) === hi.toFixed(2)
+        ? lo.toFixed(2)
+        : `${lo.toFixed(2)} – ${hi.toFixed(2)}`;
     };
-    const ratio = (a: number | undefined, b: number | undefined): number | undefined => (a && b ? a / b : undefined);
+    const ratio = (a: number | undefined, b: number | undefined): number | undefined =>
+      a && b ? a / b : undefined;
     const T = 'tunnel (TLS)';
     const G = 'ssh -L (AES-GCM)';
     const ratioLine = (g: Record<string, Record<number, number>>): string =>
@@ -215,7 +322,9 @@ async function main(): Promise<void> {
       '',
       '| path | 1 stream Gbit/s | 8 streams Gbit/s |',
       '| --- | ---: | ---: |',
-      ...paths.map(([n]) => `| ${n} | ${range(gbps.map((g) => g[n]?.[1]))} | ${range(gbps.map((g) => g[n]?.[8]))} |`),
+      ...paths.map(
+        ([n]) => `| ${n} | ${range(gbps.map((g) => g[n]?.[1]))} | ${range(gbps.map((g) => g[n]?.[8]))} |`,
+      ),
       '',
       ...gbps.map((g, i) => `Round ${i + 1} ratios: ${ratioLine(g)}.`),
       `Ratio tunnel / ssh -L over the rounds: ${range(gbps.map((g) => ratio(g[T]?.[1], g['ssh -L']?.[1])))} (1 stream), ${range(gbps.map((g) => ratio(g[T]?.[8], g['ssh -L']?.[8])))} (8 streams); ` +
@@ -225,7 +334,12 @@ async function main(): Promise<void> {
       '',
       '| path | 1 stream | 8 streams |',
       '| --- | ---: | ---: |',
-      ...paths.filter(([n]) => relayPids[n]).map(([n]) => `| ${n} | ${range(cpuPerGB.map((c) => c[n]?.[1]))} | ${range(cpuPerGB.map((c) => c[n]?.[8]))} |`),
+      ...paths
+        .filter(([n]) => relayPids[n])
+        .map(
+          ([n]) =>
+            `| ${n} | ${range(cpuPerGB.map((c) => c[n]?.[1]))} | ${range(cpuPerGB.map((c) => c[n]?.[8]))} |`,
+        ),
     ];
     if (THROUGHPUT_ONLY) {
       process.stdout.write(lines.join('\n') + '\n');
@@ -233,14 +347,23 @@ async function main(): Promise<void> {
     }
 
     const lat = async (host: string, port: number): Promise<{ median_ms: number; p90_ms: number }> =>
-      JSON.parse((await lab.execOk('a', [process.execPath, helper, 'latency', host, String(port), '300'], 60_000)).trim()) as { median_ms: number; p90_ms: number };
+      JSON.parse(
+        (
+          await lab.execOk('a', [process.execPath, helper, 'latency', host, String(port), '300'], 60_000)
+        ).trim(),
+      ) as { median_ms: number; p90_ms: number };
     const latDirect = await lat(B, 7001);
     const latTunnel = await lat(A, 8001);
-    log(`session open + 1 byte round trip: direct ${latDirect.median_ms.toFixed(3)} ms, tunnel ${latTunnel.median_ms.toFixed(3)} ms (median of 300)`);
+    log(
+      `session open + 1 byte round trip: direct ${latDirect.median_ms.toFixed(3)} ms, tunnel ${latTunnel.median_ms.toFixed(3)} ms (median of 300)`,
+    );
 
-    const rss = (pid: number): number => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN);
+    const rss = (pid: number): number =>
+      Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN);
     // Warm up (JIT, pools), then measure RSS before and with SESSIONS idle sessions open.
-    await lab.execOk('a', [process.execPath, helper, 'latency', A, '8002', '200'], 60_000).catch(() => undefined);
+    await lab
+      .execOk('a', [process.execPath, helper, 'latency', A, '8002', '200'], 60_000)
+      .catch(() => undefined);
     await new Promise((r) => setTimeout(r, 2000));
     const before = { a: rss(ta.pid!), b: rss(tb.pid!) };
     const holder = lab.spawn('a', [process.execPath, helper, 'hold', A, '8002', String(SESSIONS), '30']);
@@ -255,7 +378,9 @@ async function main(): Promise<void> {
     const st = (await controlRequest(k('a.sock'), 'status')) as { tunnel: { sessions: { count: number } } };
     const perA = ((during.a - before.a) / ready.ready).toFixed(1);
     const perB = ((during.b - before.b) / ready.ready).toFixed(1);
-    log(`${ready.ready} idle sessions (${ready.failed} failed, ${st.tunnel.sessions.count} in status): RSS a ${before.a} -> ${during.a} KiB (${perA} KiB/session), b ${before.b} -> ${during.b} KiB (${perB} KiB/session)`);
+    log(
+      `${ready.ready} idle sessions (${ready.failed} failed, ${st.tunnel.sessions.count} in status): RSS a ${before.a} -> ${during.a} KiB (${perA} KiB/session), b ${before.b} -> ${during.b} KiB (${perB} KiB/session)`,
+    );
     holder.kill('SIGKILL');
 
     lines.push(

@@ -72,8 +72,17 @@ export function systemSocketPorts(): SocketPorts {
 
 // /proc/net/tcp state codes (include/net/tcp_states.h).
 const PROC_STATES: Record<string, string> = {
-  '01': 'ESTABLISHED', '02': 'SYN-SENT', '03': 'SYN-RECV', '04': 'FIN-WAIT-1', '05': 'FIN-WAIT-2', '06': 'TIME-WAIT',
-  '07': 'CLOSE', '08': 'CLOSE-WAIT', '09': 'LAST-ACK', '0A': 'LISTEN', '0B': 'CLOSING',
+  '01': 'ESTABLISHED',
+  '02': 'SYN-SENT',
+  '03': 'SYN-RECV',
+  '04': 'FIN-WAIT-1',
+  '05': 'FIN-WAIT-2',
+  '06': 'TIME-WAIT',
+  '07': 'CLOSE',
+  '08': 'CLOSE-WAIT',
+  '09': 'LAST-ACK',
+  '0A': 'LISTEN',
+  '0B': 'CLOSING',
 };
 
 /** A socket's TCP state from /proc: fd -> socket inode -> /proc/net/tcp{,6} line. */
@@ -128,7 +137,12 @@ export class CloseGuard {
   private readonly clock: Clock;
 
   constructor(
-    private readonly opts: { closeTimeoutMs: number; reapIntervalMs?: number; clock?: Clock; ports?: SocketPorts },
+    private readonly opts: {
+      closeTimeoutMs: number;
+      reapIntervalMs?: number;
+      clock?: Clock;
+      ports?: SocketPorts;
+    },
   ) {
     this.clock = opts.clock ?? systemClock;
     this.ports = opts.ports ?? systemSocketPorts();
@@ -149,7 +163,14 @@ export class CloseGuard {
    * the local socket only after the answer; a refusal resets both.
    */
   bridge(local: net.Socket, stream: MuxStream, onDone: () => void, answer?: Promise<void>): void {
-    const t: Tracked = { socket: local, stream, fd: this.ports.fdOf(local), done: false, lastBytes: 0, lastChange: this.clock.now() };
+    const t: Tracked = {
+      socket: local,
+      stream,
+      fd: this.ports.fdOf(local),
+      done: false,
+      lastBytes: 0,
+      lastChange: this.clock.now(),
+    };
     this.tracked.add(t);
     let watch: { close(): void } | undefined;
     let finished = false;
@@ -215,7 +236,8 @@ export class CloseGuard {
     local.on('close', (hadError: boolean) => {
       // A clean close (the local FIN read, ours sent) races the stream's own FIN, which pipe()
       // has already asked for with stream.end(): let it go out. Anything else resets the stream.
-      if (!stream.destroyed && (hadError || !local.readableEnded)) stream.reset(new IpdeadgateError('ECONNRESET', 'the local socket closed'));
+      if (!stream.destroyed && (hadError || !local.readableEnded))
+        stream.reset(new IpdeadgateError('ECONNRESET', 'the local socket closed'));
       maybeFinish();
     });
     if (t.fd !== undefined && this.ports.watchSocket) {
@@ -253,7 +275,12 @@ export class CloseGuard {
         // The socket is gone but its stream lingers (a FIN that never came): bound it too.
         if (t.stream.destroyed) this.tracked.delete(t);
         else if (now - t.lastChange >= this.opts.closeTimeoutMs) {
-          t.stream.reset(new IpdeadgateError('ERR_TUNNEL_CLOSE_TIMEOUT', 'the local socket closed and the stream never finished'));
+          t.stream.reset(
+            new IpdeadgateError(
+              'ERR_TUNNEL_CLOSE_TIMEOUT',
+              'the local socket closed and the stream never finished',
+            ),
+          );
           n++;
         }
         continue;
@@ -272,7 +299,11 @@ export class CloseGuard {
       const fd = this.ports.fdOf(t.socket) ?? t.fd;
       if (fd === undefined) continue;
       const state = this.ports.tcpState(fd);
-      if (state && state.replace('_', '-').toUpperCase() === 'CLOSE-WAIT' && now - t.lastChange >= this.opts.closeTimeoutMs) {
+      if (
+        state &&
+        state.replace('_', '-').toUpperCase() === 'CLOSE-WAIT' &&
+        now - t.lastChange >= this.opts.closeTimeoutMs
+      ) {
         t.socket.resetAndDestroy();
         this.tracked.delete(t);
         n++;
@@ -316,7 +347,13 @@ export class AcceptBackoff {
 
   listen(): Promise<void> {
     return new Promise((resolve, reject) => {
-      const onErr = (err: Error): void => reject(new IpdeadgateError('ERR_TUNNEL_LISTEN', `cannot listen on ${this.address.host}:${this.address.port}: ${err.message}`));
+      const onErr = (err: Error): void =>
+        reject(
+          new IpdeadgateError(
+            'ERR_TUNNEL_LISTEN',
+            `cannot listen on ${this.address.host}:${this.address.port}: ${err.message}`,
+          ),
+        );
       this.server.once('error', onErr);
       this.server.listen(this.address.port, this.address.host, 1024, () => {
         this.server.off('error', onErr);

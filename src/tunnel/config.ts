@@ -30,7 +30,10 @@ const hostPort = z
   .transform((text, ctx) => {
     const hp = parseHostPort(text.trim());
     if (!hp) {
-      ctx.addIssue({ code: z.ZodIssueCode.custom, message: `"${text}" is not HOST:PORT (e.g. 198.18.0.1:9401, [2001:db8::1]:9401)` });
+      ctx.addIssue({
+        code: z.ZodIssueCode.custom,
+        message: `"${text}" is not HOST:PORT (e.g. 198.18.0.1:9401, [2001:db8::1]:9401)`,
+      });
       return z.NEVER;
     }
     return hp;
@@ -41,7 +44,9 @@ const intIn = (min: number, max: number, dflt: number) => wholeNumber(min, max).
 
 /** Service and node names: what peers ask for and announce. '@' is reserved for the link's own streams. */
 export const SERVICE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
-const serviceName = z.string().regex(SERVICE_NAME, 'must be 1-63 letters, digits, "_", "." or "-", starting with a letter or digit');
+const serviceName = z
+  .string()
+  .regex(SERVICE_NAME, 'must be 1-63 letters, digits, "_", "." or "-", starting with a letter or digit');
 
 export const tunnelConfigSchema = z
   .object({
@@ -60,9 +65,18 @@ export const tunnelConfigSchema = z
   .strict()
   .superRefine((c, ctx) => {
     if (!c.listen && c.links.length === 0)
-      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['links'], message: 'a node needs `listen` or at least one entry in `links`, or it has no link at all' });
+      ctx.addIssue({
+        code: z.ZodIssueCode.custom,
+        path: ['links'],
+        message: 'a node needs `listen` or at least one entry in `links`, or it has no link at all',
+      });
     if (c.role === 'relay' && (Object.keys(c.services).length > 0 || c.forwards.length > 0))
-      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['role'], message: 'a relay only joins links: move `services` and `forwards` to a gateway-proxy or endpoint-proxy' });
+      ctx.addIssue({
+        code: z.ZodIssueCode.custom,
+        path: ['role'],
+        message:
+          'a relay only joins links: move `services` and `forwards` to a gateway-proxy or endpoint-proxy',
+      });
   });
 
 /** The parsed section; durations are milliseconds, addresses {host, port}. */

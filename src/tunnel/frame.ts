@@ -85,9 +85,18 @@ export function encodeHeader(type: FrameType, flags: number, streamId: number, l
   return buf;
 }
 
-function encodeHeaderInto(buf: Buffer, at: number, type: FrameType, flags: number, streamId: number, length: number): void {
-  if (!Number.isInteger(streamId) || streamId < 0 || streamId > 0xffffffff) throw new RangeError(`stream id ${streamId} is outside 0..2^32-1`);
-  if (!Number.isInteger(length) || length < 0 || length > 0xffffffff) throw new RangeError(`frame length ${length} is outside 0..2^32-1`);
+function encodeHeaderInto(
+  buf: Buffer,
+  at: number,
+  type: FrameType,
+  flags: number,
+  streamId: number,
+  length: number,
+): void {
+  if (!Number.isInteger(streamId) || streamId < 0 || streamId > 0xffffffff)
+    throw new RangeError(`stream id ${streamId} is outside 0..2^32-1`);
+  if (!Number.isInteger(length) || length < 0 || length > 0xffffffff)
+    throw new RangeError(`frame length ${length} is outside 0..2^32-1`);
   if ((flags & ~0xffff) !== 0) throw new RangeError(`flags 0x${flags.toString(16)} do not fit 16 bits`);
   buf.writeUInt8(YAMUX_VERSION, at);
   buf.writeUInt8(type, at + 1);
@@ -216,21 +225,34 @@ export class FrameDecoder {
 }
 
 /** Validate a header per spec.md; the rules a peer can break are protocol errors. */
-export function parseHeader(h: Buffer, maxFrameSize: number): { type: FrameType; flags: number; streamId: number; length: number } {
+export function parseHeader(
+  h: Buffer,
+  maxFrameSize: number,
+): { type: FrameType; flags: number; streamId: number; length: number } {
   const version = h.readUInt8(0);
   const type = h.readUInt8(1);
   const flags = h.readUInt16BE(2);
   const streamId = h.readUInt32BE(4);
   const length = h.readUInt32BE(8);
-  if (version !== YAMUX_VERSION) throw new ProtocolError('ERR_YAMUX_VERSION', `yamux version ${version} is not supported (only 0)`);
+  if (version !== YAMUX_VERSION)
+    throw new ProtocolError('ERR_YAMUX_VERSION', `yamux version ${version} is not supported (only 0)`);
   if (type > FrameType.GoAway) throw new ProtocolError('ERR_YAMUX_TYPE', `unknown yamux frame type ${type}`);
   if ((flags & ~KNOWN_FLAGS) !== 0)
-    throw new ProtocolError('ERR_YAMUX_FLAGS', `unknown yamux flags 0x${flags.toString(16)} on a ${FrameType[type]} frame`);
+    throw new ProtocolError(
+      'ERR_YAMUX_FLAGS',
+      `unknown yamux flags 0x${flags.toString(16)} on a ${FrameType[type]} frame`,
+    );
   if ((type === FrameType.Ping || type === FrameType.GoAway) && streamId !== 0)
-    throw new ProtocolError('ERR_YAMUX_SESSION_FRAME', `a ${FrameType[type]} frame must use stream 0, not ${streamId}`);
+    throw new ProtocolError(
+      'ERR_YAMUX_SESSION_FRAME',
+      `a ${FrameType[type]} frame must use stream 0, not ${streamId}`,
+    );
   if ((type === FrameType.Data || type === FrameType.WindowUpdate) && streamId === 0)
     throw new ProtocolError('ERR_YAMUX_STREAM_ID', `a ${FrameType[type]} frame on stream 0 (the session)`);
   if (type === FrameType.Data && length > maxFrameSize)
-    throw new ProtocolError('ERR_YAMUX_FRAME_TOO_LARGE', `a data frame of ${length} bytes exceeds the maximum of ${maxFrameSize}`);
+    throw new ProtocolError(
+      'ERR_YAMUX_FRAME_TOO_LARGE',
+      `a data frame of ${length} bytes exceeds the maximum of ${maxFrameSize}`,
+    );
   return { type: type as FrameType, flags, streamId, length };
 }

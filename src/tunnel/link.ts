@@ -11,7 +11,14 @@ import { IpdeadgateError } from '../errors';
 import { systemClock, type Clock, type Timer } from '../util/clock';
 import { formatHostPort, type HostPort } from './config';
 import { MuxSession, type MuxStream } from './mux';
-import { CONTROL_SERVICE, encodeAnswer, encodeOpen, readAnswer, readOpen, type ControlMessage } from './protocol';
+import {
+  CONTROL_SERVICE,
+  encodeAnswer,
+  encodeOpen,
+  readAnswer,
+  readOpen,
+  type ControlMessage,
+} from './protocol';
 import { AcceptBackoff } from './closeguard';
 
 export interface TlsFiles {
@@ -32,7 +39,10 @@ export function loadTls(files: TlsFiles): TlsMaterial {
     try {
       return fs.readFileSync(files[what]);
     } catch (err) {
-      throw new IpdeadgateError('ERR_TUNNEL_TLS', `tunnel.tls.${what}: cannot read ${files[what]}: ${(err as Error).message}`);
+      throw new IpdeadgateError(
+        'ERR_TUNNEL_TLS',
+        `tunnel.tls.${what}: cannot read ${files[what]}: ${(err as Error).message}`,
+      );
     }
   };
   return { ca: read('ca'), cert: read('cert'), key: read('key') };
@@ -108,13 +118,21 @@ export class Link extends EventEmitter {
     this.session.on('close', (err?: Error) => this.onClose(err));
     this.session.on('stream', (s: MuxStream) => this.onStream(s));
     this.handshakeTimer = this.clock.setTimeout(
-      () => this.close(new IpdeadgateError('ETIMEDOUT', `link ${this.remote}: no hello within the handshake time`)),
+      () =>
+        this.close(
+          new IpdeadgateError('ETIMEDOUT', `link ${this.remote}: no hello within the handshake time`),
+        ),
       opts.handshakeTimeoutMs ?? 10_000,
     );
     if (dialer) {
       const c = this.session.open(encodeOpen(CONTROL_SERVICE));
       readAnswer(c).then(
-        (a) => (a.status === 0 ? this.attachControl(c) : this.close(new IpdeadgateError('ERR_TUNNEL_HANDSHAKE', `the peer refused the link: ${a.reason}`))),
+        (a) =>
+          a.status === 0
+            ? this.attachControl(c)
+            : this.close(
+                new IpdeadgateError('ERR_TUNNEL_HANDSHAKE', `the peer refused the link: ${a.reason}`),
+              ),
         (err: Error) => this.close(err),
       );
     }
@@ -142,7 +160,8 @@ export class Link extends EventEmitter {
     c.setEncoding('utf8');
     c.on('data', (text: string) => {
       buf += text;
-      if (buf.length > 1024 * 1024) return this.close(new IpdeadgateError('ERR_TUNNEL_HANDSHAKE', 'control message too long'));
+      if (buf.length > 1024 * 1024)
+        return this.close(new IpdeadgateError('ERR_TUNNEL_HANDSHAKE', 'control message too long'));
       let nl: number;
       while ((nl = buf.indexOf('\n')) >= 0) {
         const line = buf.slice(0, nl);
@@ -150,8 +169,12 @@ export class Link extends EventEmitter {
         this.onControl(line);
       }
     });
-    c.on('end', () => this.close(new IpdeadgateError('ERR_TUNNEL_LINK_CLOSED', 'the peer closed the control stream')));
-    c.on('close', () => this.close(new IpdeadgateError('ERR_TUNNEL_LINK_CLOSED', 'the control stream closed')));
+    c.on('end', () =>
+      this.close(new IpdeadgateError('ERR_TUNNEL_LINK_CLOSED', 'the peer closed the control stream')),
+    );
+    c.on('close', () =>
+      this.close(new IpdeadgateError('ERR_TUNNEL_LINK_CLOSED', 'the control stream closed')),
+    );
     const services = this.opts.services(this);
     this.lastTold = JSON.stringify(services);
     this.send({ type: 'hello', name: this.opts.localName, role: this.opts.localRole, services });
@@ -222,13 +245,25 @@ function sanitizeServices(v: unknown): Record<string, number> {
   const out: Record<string, number> = {};
   if (!v || typeof v !== 'object') return out;
   for (const [k, h] of Object.entries(v as Record<string, unknown>)) {
-    if (/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(k) && typeof h === 'number' && Number.isInteger(h) && h >= 0 && h < 64) out[k] = h;
+    if (
+      /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(k) &&
+      typeof h === 'number' &&
+      Number.isInteger(h) &&
+      h >= 0 &&
+      h < 64
+    )
+      out[k] = h;
   }
   return out;
 }
 
 /** Jittered exponential backoff: a random delay in [d/2, d] with d doubling from base to cap. */
-export function backoffDelay(attempt: number, baseMs = 250, capMs = 30_000, random: () => number = Math.random): number {
+export function backoffDelay(
+  attempt: number,
+  baseMs = 250,
+  capMs = 30_000,
+  random: () => number = Math.random,
+): number {
   const d = Math.min(capMs, baseMs * 2 ** Math.min(attempt, 20));
   return d / 2 + random() * (d / 2);
 }
@@ -271,7 +306,10 @@ export class LinkDialer extends EventEmitter {
       checkServerIdentity: () => undefined,
     });
     this.socket = socket;
-    const connectTimer = this.clock.setTimeout(() => socket.destroy(new IpdeadgateError('ETIMEDOUT', `connecting to ${this.address} timed out`)), 15_000);
+    const connectTimer = this.clock.setTimeout(
+      () => socket.destroy(new IpdeadgateError('ETIMEDOUT', `connecting to ${this.address} timed out`)),
+      15_000,
+    );
     this.connectTimer = connectTimer;
     const fail = (err: Error): void => {
       connectTimer.cancel();
@@ -330,7 +368,12 @@ export class LinkListener extends EventEmitter {
     private readonly opts: LinkOptions,
   ) {
     super();
-    this.server = tls.createServer({ ...tlsOptions(material), requestCert: true, honorCipherOrder: true, handshakeTimeout: 10_000 });
+    this.server = tls.createServer({
+      ...tlsOptions(material),
+      requestCert: true,
+      honorCipherOrder: true,
+      handshakeTimeout: 10_000,
+    });
     this.server.on('secureConnection', (socket: tls.TLSSocket) => {
       this.backoff.accepted();
       socket.on('error', () => undefined);

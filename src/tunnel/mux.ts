@@ -138,10 +138,19 @@ export class MuxStream extends Duplex {
     this.recvWindow += delta;
     this.recvTarget = INITIAL_WINDOW + delta;
     if (synData && synData.length) {
-      if (synData.length > Math.min(this.sendWindow, this.session.sendFrameSize)) throw new RangeError('the opening data is larger than one frame');
+      if (synData.length > Math.min(this.sendWindow, this.session.sendFrameSize))
+        throw new RangeError('the opening data is larger than one frame');
       this.sendWindow -= synData.length;
       this.bytesOut += synData.length;
-      this.session.writeFrame(encodeFrame({ type: FrameType.Data, flags: 0, streamId: this.id, length: synData.length, data: synData }));
+      this.session.writeFrame(
+        encodeFrame({
+          type: FrameType.Data,
+          flags: 0,
+          streamId: this.id,
+          length: synData.length,
+          data: synData,
+        }),
+      );
     }
   }
 
@@ -170,11 +179,16 @@ export class MuxStream extends Duplex {
     } else if (f.data && f.data.length) {
       if (this.remoteFin) {
         // Data after the peer's FIN: the stream is broken, not the session.
-        this.reset(new IpdeadgateError('ERR_TUNNEL_DATA_AFTER_FIN', `yamux stream ${this.id}: data after FIN`));
+        this.reset(
+          new IpdeadgateError('ERR_TUNNEL_DATA_AFTER_FIN', `yamux stream ${this.id}: data after FIN`),
+        );
         return undefined;
       }
       if (f.data.length > this.recvWindow)
-        return new ProtocolError('ERR_YAMUX_WINDOW', `yamux stream ${this.id}: ${f.data.length} bytes exceed the receive window of ${this.recvWindow}`);
+        return new ProtocolError(
+          'ERR_YAMUX_WINDOW',
+          `yamux stream ${this.id}: ${f.data.length} bytes exceed the receive window of ${this.recvWindow}`,
+        );
       this.recvWindow -= f.data.length;
       this.bytesIn += f.data.length;
       this.touch();
@@ -201,7 +215,10 @@ export class MuxStream extends Duplex {
     const now = this.session.clock.now();
     let grow = 0;
     const rtt = this.session.rttMs;
-    if (this.recvTarget < this.session.maxWindow && (rtt === undefined || now - this.lastUpdateAt < 2 * Math.max(rtt, 1))) {
+    if (
+      this.recvTarget < this.session.maxWindow &&
+      (rtt === undefined || now - this.lastUpdateAt < 2 * Math.max(rtt, 1))
+    ) {
       // The consumer drained a quarter window within two RTTs: the window, not the reader, is the
       // limit, so double it (as quic-go and newer yamux do).
       const next = Math.min(this.recvTarget * 2, this.session.maxWindow);
@@ -218,7 +235,8 @@ export class MuxStream extends Duplex {
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
-    if (this.state === 'reset') return cb(new IpdeadgateError('ERR_TUNNEL_STREAM_RESET', `yamux stream ${this.id} was reset`));
+    if (this.state === 'reset')
+      return cb(new IpdeadgateError('ERR_TUNNEL_STREAM_RESET', `yamux stream ${this.id} was reset`));
     this.pending = { buf: chunk, cb };
     this.flush();
   }
@@ -268,7 +286,8 @@ export class MuxStream extends Duplex {
     this.cleanup();
     const p = this.pending;
     this.pending = undefined;
-    if (p) p.cb(err ?? new IpdeadgateError('ERR_TUNNEL_STREAM_RESET', `yamux stream ${this.id} was destroyed`));
+    if (p)
+      p.cb(err ?? new IpdeadgateError('ERR_TUNNEL_STREAM_RESET', `yamux stream ${this.id} was destroyed`));
     cb(err);
   }
 
@@ -312,7 +331,12 @@ export class MuxStream extends Duplex {
       const idle = this.session.clock.now() - this.lastActivity;
       if (idle >= ms) {
         this.session.countCloseTimeout();
-        this.reset(new IpdeadgateError('ERR_TUNNEL_CLOSE_TIMEOUT', `yamux stream ${this.id}: idle ${Math.round(idle)} ms after FIN (close_timeout)`));
+        this.reset(
+          new IpdeadgateError(
+            'ERR_TUNNEL_CLOSE_TIMEOUT',
+            `yamux stream ${this.id}: idle ${Math.round(idle)} ms after FIN (close_timeout)`,
+          ),
+        );
       } else {
         this.closeTimer = this.session.clock.setTimeout(check, ms - idle);
       }
@@ -344,7 +368,10 @@ export class MuxSession extends EventEmitter {
   private readonly remoteParity: number;
   private highestRemoteId = 0;
   private nextPing = 1;
-  private readonly pings = new Map<number, { sentAt: number; resolve: (rtt: number) => void; timer: Timer | undefined }>();
+  private readonly pings = new Map<
+    number,
+    { sentAt: number; resolve: (rtt: number) => void; timer: Timer | undefined }
+  >();
   private heartbeatTimer: Timer | undefined;
   private heartbeatOutstanding = false;
   private framesSinceTick = 0;
@@ -374,8 +401,12 @@ export class MuxSession extends EventEmitter {
     this.remoteParity = opts.role === 'client' ? 0 : 1;
     transport.on('data', (chunk: Buffer) => this.onData(chunk));
     transport.on('drain', () => this.onDrain());
-    transport.once('end', () => this.close(new IpdeadgateError('ERR_TUNNEL_LINK_CLOSED', 'the link was closed by the peer')));
-    transport.once('close', () => this.close(new IpdeadgateError('ERR_TUNNEL_LINK_CLOSED', 'the link closed')));
+    transport.once('end', () =>
+      this.close(new IpdeadgateError('ERR_TUNNEL_LINK_CLOSED', 'the link was closed by the peer')),
+    );
+    transport.once('close', () =>
+      this.close(new IpdeadgateError('ERR_TUNNEL_LINK_CLOSED', 'the link closed')),
+    );
     transport.on('error', (err: Error) => this.close(err));
     if (opts.heartbeatMs && opts.heartbeatMs > 0) this.scheduleHeartbeat();
   }
@@ -385,7 +416,13 @@ export class MuxSession extends EventEmitter {
   }
 
   stats(): MuxStats {
-    return { bytesIn: this.bytesIn, bytesOut: this.bytesOut, streamsOpen: this.streams.size, closeTimeouts: this.closeTimeouts, rttMs: this.rttMs };
+    return {
+      bytesIn: this.bytesIn,
+      bytesOut: this.bytesOut,
+      streamsOpen: this.streams.size,
+      closeTimeouts: this.closeTimeouts,
+      rttMs: this.rttMs,
+    };
   }
 
   get streamCount(): number {
@@ -394,10 +431,12 @@ export class MuxSession extends EventEmitter {
 
   /** Open a stream; `synData` (e.g. the service header) travels in the SYN frame itself. */
   open(synData?: Buffer): MuxStream {
-    if (this.closedWith) throw new IpdeadgateError('ERR_TUNNEL_LINK_CLOSED', 'cannot open a stream: the link is closed');
+    if (this.closedWith)
+      throw new IpdeadgateError('ERR_TUNNEL_LINK_CLOSED', 'cannot open a stream: the link is closed');
     if (this.remoteGoAway !== undefined || this.localGoAway)
       throw new IpdeadgateError('ERR_TUNNEL_GOAWAY', 'cannot open a stream: the link is going away');
-    if (this.nextId > 0xffffffff) throw new IpdeadgateError('ERR_TUNNEL_IDS_EXHAUSTED', 'stream IDs exhausted on this link; reconnect');
+    if (this.nextId > 0xffffffff)
+      throw new IpdeadgateError('ERR_TUNNEL_IDS_EXHAUSTED', 'stream IDs exhausted on this link; reconnect');
     const s = new MuxStream(this.nextId, this, true);
     this.nextId += 2;
     this.streams.set(s.id, s);
@@ -407,7 +446,8 @@ export class MuxSession extends EventEmitter {
 
   /** Measure the round trip with a yamux ping; rejects on timeout or when the session closes. */
   ping(timeoutMs = 10_000): Promise<number> {
-    if (this.closedWith) return Promise.reject(new IpdeadgateError('ERR_TUNNEL_LINK_CLOSED', 'the link is closed'));
+    if (this.closedWith)
+      return Promise.reject(new IpdeadgateError('ERR_TUNNEL_LINK_CLOSED', 'the link is closed'));
     const id = this.nextPing;
     this.nextPing = (this.nextPing % 0xffffffff) + 1;
     return new Promise<number>((resolve, reject) => {
@@ -431,7 +471,8 @@ export class MuxSession extends EventEmitter {
   close(err?: Error): void {
     if (this.closedWith) return;
     if (!this.localGoAway && !this.transport.destroyed && this.transport.writable) {
-      const code = err instanceof ProtocolError ? err.goAway : err ? GoAwayCode.InternalError : GoAwayCode.Normal;
+      const code =
+        err instanceof ProtocolError ? err.goAway : err ? GoAwayCode.InternalError : GoAwayCode.Normal;
       this.goAway(code);
     }
     this.closedWith = { err };
@@ -463,7 +504,8 @@ export class MuxSession extends EventEmitter {
     }
     // Streams stop at the session's own threshold rather than the transport's (16 KiB for a TLS
     // socket): pausing every stream after each 64 KiB frame costs a drain round per frame.
-    if (!this.transport.write(buf) && this.transport.writableLength >= SESSION_HIGH_WATER) this.writable = false;
+    if (!this.transport.write(buf) && this.transport.writableLength >= SESSION_HIGH_WATER)
+      this.writable = false;
   }
 
   private readonly uncorkTransport = (): void => {
@@ -543,7 +585,10 @@ export class MuxSession extends EventEmitter {
     if (existing) return existing.onFrame(f);
     if (!(f.flags & Flag.SYN)) return undefined; // late frame for a stream already gone: ignore
     if (f.streamId % 2 !== this.remoteParity)
-      return new ProtocolError('ERR_YAMUX_STREAM_ID', `the peer opened stream ${f.streamId}, an ID of our parity`);
+      return new ProtocolError(
+        'ERR_YAMUX_STREAM_ID',
+        `the peer opened stream ${f.streamId}, an ID of our parity`,
+      );
     if (f.streamId <= this.highestRemoteId)
       return new ProtocolError('ERR_YAMUX_STREAM_ID', `the peer reused stream ID ${f.streamId}`);
     this.highestRemoteId = f.streamId;
@@ -569,7 +614,12 @@ export class MuxSession extends EventEmitter {
       else this.misses = 0;
       this.framesSinceTick = 0;
       if (this.misses >= limit) {
-        this.close(new IpdeadgateError('ERR_TUNNEL_HEARTBEAT', `the link's heartbeat went unanswered ${this.misses} times (${limit} x ${every} ms)`));
+        this.close(
+          new IpdeadgateError(
+            'ERR_TUNNEL_HEARTBEAT',
+            `the link's heartbeat went unanswered ${this.misses} times (${limit} x ${every} ms)`,
+          ),
+        );
         return;
       }
       this.heartbeatOutstanding = true;

@@ -11,7 +11,15 @@ import { formatHostPort, type HostPort, type TunnelConfig } from './config';
 import { preferAtomicMarking } from './gc';
 import { Link, LinkDialer, LinkListener, loadTls, type LinkOptions } from './link';
 import type { MuxStream } from './mux';
-import { encodeAnswer, MAX_HOPS, readAnswer, RefusedError, Refusal, refusalName, type OpenRequest } from './protocol';
+import {
+  encodeAnswer,
+  MAX_HOPS,
+  readAnswer,
+  RefusedError,
+  Refusal,
+  refusalName,
+  type OpenRequest,
+} from './protocol';
 import { Router } from './router';
 
 /** The subset of pino's API the node logs with. */
@@ -77,7 +85,12 @@ export class TunnelNode extends EventEmitter {
   private readonly guard: CloseGuard;
   private readonly dialers: LinkDialer[] = [];
   private listener: LinkListener | undefined;
-  private readonly forwards: { server: net.Server; backoff: AcceptBackoff; service: string; address: HostPort }[] = [];
+  private readonly forwards: {
+    server: net.Server;
+    backoff: AcceptBackoff;
+    service: string;
+    address: HostPort;
+  }[] = [];
   private readonly allLinks = new Set<Link>();
   private sessions = 0;
   private opened = 0;
@@ -132,7 +145,11 @@ export class TunnelNode extends EventEmitter {
       this.logger.info({ listen: formatHostPort(this.cfg.listen) }, 'tunnel: accepting links');
     }
     for (const f of this.cfg.forwards) {
-      const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, highWaterMark: LOCAL_SOCKET_HIGH_WATER });
+      const server = net.createServer({
+        allowHalfOpen: true,
+        pauseOnConnect: true,
+        highWaterMark: LOCAL_SOCKET_HIGH_WATER,
+      });
       const backoff = new AcceptBackoff(server, f.listen, this.clock);
       server.on('connection', (sock: net.Socket) => {
         backoff.accepted();
@@ -153,14 +170,20 @@ export class TunnelNode extends EventEmitter {
   private onLink(link: Link, direction: 'dial' | 'accept'): void {
     this.allLinks.add(link);
     this.router.add(link);
-    this.logger.info({ peer: link.peerName, remote: link.remote, direction, services: link.peerServices }, 'tunnel: link up');
+    this.logger.info(
+      { peer: link.peerName, remote: link.remote, direction, services: link.peerServices },
+      'tunnel: link up',
+    );
     link.on('stream', (s: MuxStream, req: OpenRequest) => this.onStream(link, s, req));
     link.on('tell', () => this.retell());
     link.once('down', (err?: Error) => {
       this.retiredCloseTimeouts += link.session.closeTimeouts;
       this.allLinks.delete(link);
       this.router.remove(link);
-      this.logger.warn({ peer: link.peerName, remote: link.remote, reason: err?.message ?? 'closed' }, 'tunnel: link down');
+      this.logger.warn(
+        { peer: link.peerName, remote: link.remote, reason: err?.message ?? 'closed' },
+        'tunnel: link down',
+      );
       this.retell();
     });
     link.session.ping().catch(() => undefined); // a first RTT for routing and status
@@ -184,28 +207,54 @@ export class TunnelNode extends EventEmitter {
   /** A peer opened a stream for `req.service`. */
   private onStream(from: Link, stream: MuxStream, req: OpenRequest): void {
     if (this.closing) return this.refuse(stream, Refusal.ShuttingDown, `${this.cfg.name} is shutting down`);
-    if (req.hops > MAX_HOPS) return this.refuse(stream, Refusal.TooManyHops, `more than ${MAX_HOPS} hops to ${req.service} (a routing loop?)`);
+    if (req.hops > MAX_HOPS)
+      return this.refuse(
+        stream,
+        Refusal.TooManyHops,
+        `more than ${MAX_HOPS} hops to ${req.service} (a routing loop?)`,
+      );
     if (this.sessions >= this.cfg.max_sessions)
-      return this.refuse(stream, Refusal.MaxSessions, `${this.cfg.name} has max_sessions (${this.cfg.max_sessions}) sessions open`);
+      return this.refuse(
+        stream,
+        Refusal.MaxSessions,
+        `${this.cfg.name} has max_sessions (${this.cfg.max_sessions}) sessions open`,
+      );
     const target = this.cfg.services[req.service];
     if (target) return this.dialService(stream, req.service, target);
     if (this.cfg.role !== 'relay')
-      return this.refuse(stream, Refusal.UnknownService, `${this.cfg.name} offers no service named "${req.service}"`);
+      return this.refuse(
+        stream,
+        Refusal.UnknownService,
+        `${this.cfg.name} offers no service named "${req.service}"`,
+      );
     const next = this.router.route(req.service, from);
-    if (!next) return this.refuse(stream, Refusal.NoRoute, `${this.cfg.name} has no live route to "${req.service}"`);
+    if (!next)
+      return this.refuse(stream, Refusal.NoRoute, `${this.cfg.name} has no live route to "${req.service}"`);
     this.relay(stream, next, req);
   }
 
   private dialService(stream: MuxStream, service: string, target: HostPort): void {
     this.sessionStarted();
     // net.Socket passes its options on to stream.Duplex, which takes highWaterMark (not in @types/node's NetConnectOpts).
-    const connectOpts: net.NetConnectOpts & { highWaterMark: number } = { host: target.host, port: target.port, allowHalfOpen: true, highWaterMark: LOCAL_SOCKET_HIGH_WATER };
+    const connectOpts: net.NetConnectOpts & { highWaterMark: number } = {
+      host: target.host,
+      port: target.port,
+      allowHalfOpen: true,
+      highWaterMark: LOCAL_SOCKET_HIGH_WATER,
+    };
     const sock = net.connect(connectOpts);
-    const timer = this.clock.setTimeout(() => sock.destroy(new IpdeadgateError('ETIMEDOUT', 'connect timed out')), 15_000);
+    const timer = this.clock.setTimeout(
+      () => sock.destroy(new IpdeadgateError('ETIMEDOUT', 'connect timed out')),
+      15_000,
+    );
     const onErr = (err: NodeJS.ErrnoException): void => {
       timer.cancel();
       this.sessionEnded();
-      this.refuse(stream, Refusal.DialFailed, `${this.cfg.name} could not connect to ${service} at ${formatHostPort(target)}: ${err.code ?? err.message}`);
+      this.refuse(
+        stream,
+        Refusal.DialFailed,
+        `${this.cfg.name} could not connect to ${service} at ${formatHostPort(target)}: ${err.code ?? err.message}`,
+      );
     };
     sock.once('error', onErr);
     sock.once('connect', () => {
@@ -228,7 +277,10 @@ export class TunnelNode extends EventEmitter {
     let ended = false;
     const end = (): void => {
       if (ended) return;
-      if ((up.destroyed || (up.finished && up.remoteEnded)) && (down.destroyed || (down.finished && down.remoteEnded))) {
+      if (
+        (up.destroyed || (up.finished && up.remoteEnded)) &&
+        (down.destroyed || (down.finished && down.remoteEnded))
+      ) {
         ended = true;
         this.sessionEnded();
       }
@@ -251,7 +303,10 @@ export class TunnelNode extends EventEmitter {
     if (this.closing) return void sock.resetAndDestroy();
     if (this.sessions >= this.cfg.max_sessions) {
       this.refusals.max_sessions = (this.refusals.max_sessions ?? 0) + 1;
-      this.logger.warn({ service }, `tunnel: max_sessions (${this.cfg.max_sessions}) reached, connection reset`);
+      this.logger.warn(
+        { service },
+        `tunnel: max_sessions (${this.cfg.max_sessions}) reached, connection reset`,
+      );
       return void sock.resetAndDestroy();
     }
     const link = this.router.route(service);
@@ -272,7 +327,10 @@ export class TunnelNode extends EventEmitter {
       if (a.status !== 0) {
         const name = refusalName(a.status);
         this.refusedByPeer[name] = (this.refusedByPeer[name] ?? 0) + 1;
-        this.logger.warn({ service, refusal: name, reason: a.reason }, 'tunnel: the far end refused the session');
+        this.logger.warn(
+          { service, refusal: name, reason: a.reason },
+          'tunnel: the far end refused the session',
+        );
         throw new RefusedError(a.status, a.reason);
       }
     });
@@ -292,7 +350,12 @@ export class TunnelNode extends EventEmitter {
   status(): TunnelStatus {
     const links: LinkStatus[] = [];
     const seen = new Set<Link>();
-    const linkStatus = (l: Link, direction: 'dial' | 'accept', reconnects: number, address: string): LinkStatus => {
+    const linkStatus = (
+      l: Link,
+      direction: 'dial' | 'accept',
+      reconnects: number,
+      address: string,
+    ): LinkStatus => {
       const st = l.session.stats();
       return {
         peer: l.peerName,
@@ -312,10 +375,23 @@ export class TunnelNode extends EventEmitter {
         seen.add(d.link);
         links.push(linkStatus(d.link, 'dial', d.reconnects, d.address));
       } else {
-        links.push({ peer: '', address: d.address, direction: 'dial', state: 'connecting', rtt_ms: null, bytes_in: 0, bytes_out: 0, reconnects: d.reconnects, streams: 0, services: {}, last_error: d.lastError });
+        links.push({
+          peer: '',
+          address: d.address,
+          direction: 'dial',
+          state: 'connecting',
+          rtt_ms: null,
+          bytes_in: 0,
+          bytes_out: 0,
+          reconnects: d.reconnects,
+          streams: 0,
+          services: {},
+          last_error: d.lastError,
+        });
       }
     }
-    for (const l of this.listener?.links ?? []) if (!seen.has(l)) links.push(linkStatus(l, 'accept', 0, l.remote));
+    for (const l of this.listener?.links ?? [])
+      if (!seen.has(l)) links.push(linkStatus(l, 'accept', 0, l.remote));
     let closeTimeouts = this.retiredCloseTimeouts;
     for (const l of this.allLinks) closeTimeouts += l.session.closeTimeouts;
     return {
@@ -330,7 +406,8 @@ export class TunnelNode extends EventEmitter {
         watcher_resets: this.guard.stats.watcherResets,
         refusals: { ...this.refusals },
         refused_by_peer: { ...this.refusedByPeer },
-        accept_errors: (this.listener?.acceptErrors ?? 0) + this.forwards.reduce((n, f) => n + f.backoff.errors, 0),
+        accept_errors:
+          (this.listener?.acceptErrors ?? 0) + this.forwards.reduce((n, f) => n + f.backoff.errors, 0),
       },
     };
   }

@@ -53,7 +53,8 @@ export class RefusedError extends IpdeadgateError {
 
 export function encodeOpen(service: string, hops = 0): Buffer {
   const name = Buffer.from(service, 'ascii');
-  if (name.length === 0 || name.length > 255) throw new RangeError(`service name "${service}" must be 1-255 bytes`);
+  if (name.length === 0 || name.length > 255)
+    throw new RangeError(`service name "${service}" must be 1-255 bytes`);
   return Buffer.concat([Buffer.from([OPEN_MAGIC, OPEN_VERSION, hops, name.length]), name]);
 }
 
@@ -68,7 +69,12 @@ export function encodeAnswer(status: number, reason = ''): Buffer {
  * after them. `need(buf)` returns how many bytes the header needs in total given what is there
  * (or -1 when it is malformed). Rejects on end, error or the time bound.
  */
-function readHeader(s: Readable, need: (buf: Buffer) => number, timeoutMs: number, what: string): Promise<Buffer> {
+function readHeader(
+  s: Readable,
+  need: (buf: Buffer) => number,
+  timeoutMs: number,
+  what: string,
+): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     let buf: Buffer = Buffer.alloc(0);
     const done = (err: Error | undefined, header?: Buffer): void => {
@@ -93,9 +99,13 @@ function readHeader(s: Readable, need: (buf: Buffer) => number, timeoutMs: numbe
         }
       }
     };
-    const onEnd = (): void => done(new IpdeadgateError('ERR_TUNNEL_BAD_HEADER', `the stream ended before its ${what}`));
+    const onEnd = (): void =>
+      done(new IpdeadgateError('ERR_TUNNEL_BAD_HEADER', `the stream ended before its ${what}`));
     const onError = (err: Error): void => done(err);
-    const timer = setTimeout(() => done(new IpdeadgateError('ETIMEDOUT', `no ${what} within ${timeoutMs} ms`)), timeoutMs);
+    const timer = setTimeout(
+      () => done(new IpdeadgateError('ETIMEDOUT', `no ${what} within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
     s.on('readable', onReadable);
     s.once('end', onEnd);
     s.once('close', onEnd);
@@ -124,8 +134,16 @@ export async function readOpen(s: Readable, timeoutMs = 10_000): Promise<OpenReq
   return { hops: h[2]!, service: h.subarray(4).toString('ascii') };
 }
 
-export async function readAnswer(s: Readable, timeoutMs = 15_000): Promise<{ status: number; reason: string }> {
-  const h = await readHeader(s, (b) => (b.length >= 2 ? 2 + b[1]! : 2), timeoutMs, 'answer to the service request');
+export async function readAnswer(
+  s: Readable,
+  timeoutMs = 15_000,
+): Promise<{ status: number; reason: string }> {
+  const h = await readHeader(
+    s,
+    (b) => (b.length >= 2 ? 2 + b[1]! : 2),
+    timeoutMs,
+    'answer to the service request',
+  );
   return { status: h[0]!, reason: h.subarray(2).toString('utf8') };
 }
 

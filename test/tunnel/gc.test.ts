@@ -10,7 +10,9 @@ const gcModule = path.resolve(__dirname, '..', '..', 'src', 'tunnel', 'gc.js');
 /** Run preferAtomicMarking() twice in a new node process started with `nodeFlags`; its two results. */
 function inChild(nodeFlags: string[]): boolean[] {
   const script = `const { preferAtomicMarking } = require(${JSON.stringify(gcModule)}); console.log(JSON.stringify([preferAtomicMarking(), preferAtomicMarking()]));`;
-  return JSON.parse(execFileSync(process.execPath, [...nodeFlags, '-e', script], { encoding: 'utf8', timeout: 20_000 })) as boolean[];
+  return JSON.parse(
+    execFileSync(process.execPath, [...nodeFlags, '-e', script], { encoding: 'utf8', timeout: 20_000 }),
+  ) as boolean[];
 }
 
 describe('tunnel: garbage-collector tuning', () => {
@@ -26,6 +28,9 @@ describe('tunnel: garbage-collector tuning', () => {
   it('recognises the flag in both spellings and only that flag', () => {
     assert.equal(setsIncrementalMarking(['--incremental_marking']), true);
     assert.equal(setsIncrementalMarking(['--no-incremental-marking']), true);
-    assert.equal(setsIncrementalMarking(['--incremental-marking-soft-trigger=80', '--max-old-space-size=100']), false);
+    assert.equal(
+      setsIncrementalMarking(['--incremental-marking-soft-trigger=80', '--max-old-space-size=100']),
+      false,
+    );
   });
 });
