@@ -2,9 +2,15 @@
 import type { Command } from 'commander';
 import { controlRequest } from '../daemon/control';
 import type { DgdStatus } from '../dgd/engine';
+import type { TunnelStatus } from '../tunnel/node';
 import { action, DEFAULT_CONTROL, printJson } from './common';
 
-type Status = DgdStatus & { pid: number; started_at: string; config: string | null; tunnel: unknown };
+type Status = DgdStatus & {
+  pid: number;
+  started_at: string;
+  config: string | null;
+  tunnel: TunnelStatus | null;
+};
 
 export function registerStatus(program: Command): void {
   program
@@ -61,9 +67,29 @@ export function formatStatus(s: Status): string {
     }
     for (const tr of g.transitions.slice(-5)) lines.push(`  ${tr.at} ${tr.from} -> ${tr.to}: ${tr.reason}`);
   }
-  if (s.tunnel) {
-    lines.push('');
-    lines.push(`tunnel: ${JSON.stringify(s.tunnel)}`);
-  }
+  if (s.tunnel) lines.push('', ...formatTunnel(s.tunnel));
   return lines.join('\n') + '\n';
+}
+
+/** The tunnel part of `status`: one line per link, then the session counters. */
+export function formatTunnel(t: TunnelStatus): string[] {
+  const lines = [`tunnel ${t.name} (${t.role}): ${t.links.length} link(s)`];
+  for (const l of t.links) {
+    const rtt = l.rtt_ms === null ? 'rtt -' : `rtt ${l.rtt_ms.toFixed(2)} ms`;
+    const services = Object.keys(l.services).join(', ') || 'none';
+    lines.push(
+      `  link ${l.peer || '?'} ${l.direction === 'dial' ? 'to' : 'from'} ${l.address}: ${l.state.toUpperCase()}, ${rtt}, ` +
+        `${l.streams} streams, in ${l.bytes_in} B, out ${l.bytes_out} B, reconnects ${l.reconnects}; services: ${services}` +
+        (l.last_error ? `; last error: ${l.last_error}` : ''),
+    );
+  }
+  const se = t.sessions;
+  const refusals = Object.entries(se.refusals)
+    .map(([k, v]) => `${k} ${v}`)
+    .join(', ');
+  lines.push(
+    `  sessions: ${se.count} open, ${se.opened} opened, close timeouts ${se.close_timeouts}, reaped ${se.reaped}` +
+      (refusals ? `, refused: ${refusals}` : ''),
+  );
+  return lines;
 }
