@@ -90,7 +90,10 @@ describe('detection and the tunnel in one daemon', function () {
     assert.equal(text.code, 0, text.stderr);
     assert.match(text.stdout, /gateway 198\.18\.1\.1 on lan0: DEAD/);
     assert.match(text.stdout, /tunnel gw1 \(gateway-proxy\): 1 link\(s\)/);
-    assert.match(text.stdout, /link ep1 to 198\.18\.2\.10:9401: UP, rtt [\d.]+ ms, .* reconnects 0; services: echo/);
+    assert.match(
+      text.stdout,
+      /link ep1 to 198\.18\.2\.10:9401: UP, rtt [\d.]+ ms, .* reconnects 0; services: echo/,
+    );
     assert.match(text.stdout, /sessions: [1-9]\d* open/);
     assert.equal(await d.stop(), 0);
   });
