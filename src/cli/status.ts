@@ -28,6 +28,9 @@ export function registerStatus(program: Command): void {
 }
 
 export function formatStatus(s: Status): string {
+  // `ipdeadgate tunnel --control PATH` serves only its tunnel.
+  if (!Array.isArray(s.gateways))
+    return (s.tunnel ? formatTunnel(s.tunnel) : ['no status']).join('\n') + '\n';
   const lines: string[] = [];
   lines.push(`dead gateway detection: ${s.enabled ? 'on' : 'OFF'}   (pid ${s.pid}, since ${s.started_at})`);
   if (s.last_scan?.at)

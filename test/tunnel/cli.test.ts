@@ -1,7 +1,7 @@
 // `ipdeadgate tunnel`: a bad config exits 2 naming the file, line and key; a good one runs, serves
 // status on --control, and exits 0 on SIGTERM.
 import { strict as assert } from 'node:assert';
-import { execFile, spawn } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { controlRequest } from '../../src/daemon/control';
@@ -84,6 +84,10 @@ describe('tunnel: the ipdeadgate tunnel command', function () {
       assert.equal(status.tunnel.name, 'gw1');
       assert.equal(status.tunnel.role, 'gateway-proxy');
       assert.deepEqual(status.tunnel.sessions.refusals, {});
+      // The CLI's text status of a tunnel-only process shows just the tunnel.
+      const text = spawnSync(process.execPath, [BIN, 'status', '--control', control], { encoding: 'utf8' });
+      assert.equal(text.status, 0, text.stderr);
+      assert.match(text.stdout, /^tunnel gw1 \(gateway-proxy\): 0 link\(s\)\n {2}sessions: 0 open/);
       const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
       child.kill('SIGTERM');
       assert.equal(await exited, 0, stderr);
