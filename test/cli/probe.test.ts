@@ -2,20 +2,7 @@ import { strict as assert } from 'node:assert';
 import { type ExecResult, type Lab, REPO_ROOT, requireRoot } from '../lab/lab';
 import { DGD, dgdLab } from '../lab/topologies';
 import { AS_NOBODY, macOf, waitDgdLabReady } from '../fixtures/neigh-lab';
-
-interface ProbeJson {
-  gateway: string;
-  interface: string;
-  alive: boolean;
-  mac: string | null;
-  arp_rtt_ms: number | null;
-  echo_rtt_ms: number | null;
-  probes_sent: number;
-  duration_ms: number;
-  mac_changed: boolean;
-  previous_mac: string | null;
-  steps: { at_ms: number; step: string; detail?: string }[];
-}
+import type { ProbeJson } from '../../src/cli/probe';
 
 function json(r: ExecResult): ProbeJson {
   try {

@@ -1,13 +1,12 @@
 // TCP_INFO and SO_ERROR by fd: on live lab connections (pairLab), after a refused connect, and on bad
 // descriptors (no network needed for those).
 import * as assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { constants as osConstants } from 'node:os';
 import type { Lab } from '../lab/lab';
-import { REPO_ROOT, requireRoot, waitFor } from '../lab/lab';
-import { pairLab } from '../lab/topologies';
+import { requireRoot } from '../lab/lab';
+import { pairLabWithPeer } from '../fixtures/sockdiag-lab';
 import { IpdeadgateError, SystemError } from '../../src/errors';
 import type { TcpInfoFields, TcpSocketEntry } from '../../src/sys/sockdiag';
 import { fdOf, socketErrorByFd, tcpInfoByFd } from '../../src/sys/tcpinfo';
@@ -36,19 +35,10 @@ function isSystemError(code: string, syscall: string, advice: RegExp): (e: unkno
 describe('TCP_INFO and SO_ERROR by fd in the lab', function () {
   this.timeout(60_000);
   let lab: Lab;
-  let peer: ChildProcess;
 
   before(async function () {
     requireRoot(this);
-    lab = await pairLab();
-    peer = lab.spawn('b', [
-      process.execPath,
-      `${REPO_ROOT}/dist/test/fixtures/sockdiag-peer.js`,
-      String(PORT),
-    ]);
-    let out = '';
-    peer.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    await waitFor(() => out.includes('listening'), 10_000, 'the peer to listen');
+    ({ lab } = await pairLabWithPeer(PORT));
   });
   after(async () => {
     await lab?.close();

@@ -2,7 +2,6 @@
 // consuming data; lifecycle rules (idempotent close, close inside the callback, one watcher per
 // socket, worker threads and environment teardown) on Unix socket pairs, which need no network.
 import * as assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { constants as osConstants } from 'node:os';
@@ -10,7 +9,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { Lab } from '../lab/lab';
 import { REPO_ROOT, requireRoot, waitFor } from '../lab/lab';
-import { pairLab } from '../lab/topologies';
+import { pairLabWithPeer } from '../fixtures/sockdiag-lab';
 import { SystemError } from '../../src/errors';
 import { fdOf } from '../../src/sys/tcpinfo';
 import { openWatcherCount, watchSocket, type SocketStateEvent } from '../../src/sys/watcher';
@@ -34,19 +33,10 @@ interface WatchResult {
 describe('socket-state watcher in the lab', function () {
   this.timeout(60_000);
   let lab: Lab;
-  let peer: ChildProcess;
 
   before(async function () {
     requireRoot(this);
-    lab = await pairLab();
-    peer = lab.spawn('b', [
-      process.execPath,
-      `${REPO_ROOT}/dist/test/fixtures/sockdiag-peer.js`,
-      String(PORT),
-    ]);
-    let out = '';
-    peer.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    await waitFor(() => out.includes('listening'), 10_000, 'the peer to listen');
+    ({ lab } = await pairLabWithPeer(PORT));
   });
   after(async () => {
     await lab?.close();
