@@ -9,10 +9,26 @@
 import type { DgdConfig } from '../daemon/config';
 import type { EventLog } from '../daemon/log';
 import type { Clock, Timer } from '../util/clock';
-import type { DgdPorts, DgdStore, JournalEntry, KernelRoute, ScannedSocket, Verification } from './ports';
+import { protocolName } from '../sys/rtnl-format';
+import type {
+  DgdPorts,
+  DgdStore,
+  GroupJournalEntry,
+  JournalEntry,
+  KernelNexthopObject,
+  KernelRoute,
+  ScannedSocket,
+  Verification,
+} from './ports';
+import { RewithdrawGuard } from './rewithdraw';
 import {
+  describeGroup,
   destinationOf,
   gatewayKey,
+  groupKey,
+  groupTarget,
+  memberKeys,
+  splitKey,
   gatewaysOf,
   reducedRoute,
   routeIdentity,
@@ -97,7 +113,16 @@ export class DgdEngine {
   private enabled = true;
   private readonly gateways = new Map<string, Gateway>();
   private readonly journal = new Map<string, JournalEntry>();
+  /** Nexthop groups with dead members taken out, by group id. */
+  private readonly groupJournal = new Map<number, GroupJournalEntry>();
   private kernelRoutes: KernelRoute[] = [];
+  private nexthopObjects = new Map<number, KernelNexthopObject>();
+  /** Routes (identity) left through a dead gateway by keep_last_route: reported once, not retried. */
+  private readonly keptRoutes = new Set<string>();
+  /** Routes and groups put back through a dead gateway: withdrawn again, within a bound. */
+  private readonly rewithdraw: RewithdrawGuard;
+  /** When retransmissions through a dead gateway last made us re-read its routes. */
+  private readonly deadRecheckAt = new Map<string, number>();
   private readonly retransmitSeen = new Map<string, number>();
   private readonly lookupCache = new Map<
     string,
@@ -123,6 +148,7 @@ export class DgdEngine {
     this.store = opts.store;
     this.log = opts.log;
     this.clock = opts.clock;
+    this.rewithdraw = new RewithdrawGuard(this.cfg.rewithdraw_limit, this.cfg.rewithdraw_window, this.clock);
   }
 
   /** Load persisted state, reconcile the journal with the kernel, and start scanning. */
@@ -130,9 +156,14 @@ export class DgdEngine {
     const persisted = await this.store.loadEnabled();
     this.enabled = persisted ?? this.cfg.enabled;
     for (const e of await this.store.loadJournal()) this.journal.set(e.key, e);
+    for (const e of await this.store.loadGroupJournal()) this.groupJournal.set(e.id, e);
     await this.refreshRoutes();
-    if (this.journal.size > 0) {
-      this.log.event('journal_loaded', { entries: this.journal.size, enabled: this.enabled });
+    if (this.journal.size > 0 || this.groupJournal.size > 0) {
+      this.log.event('journal_loaded', {
+        entries: this.journal.size,
+        nexthop_groups: this.groupJournal.size,
+        enabled: this.enabled,
+      });
       if (!this.enabled) await this.restoreAll('disabled at start');
       else await this.reconcileJournal();
     }
@@ -181,6 +212,7 @@ export class DgdEngine {
   async reload(cfg: DgdConfig, tables: number[]): Promise<void> {
     this.cfg = cfg;
     this.tables = tables;
+    this.rewithdraw.configure(cfg.rewithdraw_limit, cfg.rewithdraw_window);
     this.lookupCache.clear();
     await this.refreshRoutes();
     for (const g of this.gateways.values()) {
@@ -198,26 +230,25 @@ export class DgdEngine {
   async refreshRoutes(): Promise<void> {
     const routes = await this.ports.listRoutes(this.tables);
     this.kernelRoutes = routes;
+    this.nexthopObjects = new Map((await this.ports.listNexthops()).map((n) => [n.id, n]));
     this.lookupCache.clear();
     const filter = new Set(this.cfg.gateways.map((a) => a.toLowerCase()));
     const seen = new Set<string>();
-    const consider = (route: KernelRoute) => {
-      const hops =
-        route.nexthops && route.nexthops.length > 0
-          ? route.nexthops
-          : route.gateway && route.ifindex !== null
-            ? [{ gateway: route.gateway, ifindex: route.ifindex }]
-            : [];
-      for (const nh of hops) {
-        if (!nh.gateway) continue;
-        if (filter.size > 0 && !filter.has(nh.gateway.toLowerCase())) continue;
-        const key = gatewayKey(nh.gateway, nh.ifindex);
-        seen.add(key);
-        this.ensureGateway(nh.gateway, nh.ifindex);
-      }
+    const consider = (address: string | null, ifindex: number) => {
+      if (!address) return;
+      if (filter.size > 0 && !filter.has(address.toLowerCase())) return;
+      seen.add(gatewayKey(address, ifindex));
+      this.ensureGateway(address, ifindex);
     };
-    for (const r of routes) consider(r);
-    for (const e of this.journal.values()) consider(e.original);
+    const considerRoute = (route: KernelRoute) => {
+      if (route.nexthops && route.nexthops.length > 0)
+        for (const nh of route.nexthops) consider(nh.gateway, nh.ifindex);
+      else if (route.gateway && route.ifindex !== null) consider(route.gateway, route.ifindex);
+    };
+    for (const r of routes) considerRoute(r);
+    for (const e of this.journal.values()) considerRoute(e.original);
+    for (const e of this.groupJournal.values())
+      for (const key of Object.values(e.members)) if (key) consider(...splitKey(key));
     for (const g of this.gateways.values()) {
       g.present = seen.has(g.key);
       if (!seen.has(g.key) && g.state === 'active' && !g.active && !g.inflight) {
@@ -225,26 +256,48 @@ export class DgdEngine {
         this.gateways.delete(g.key);
       }
     }
-    // A route added through a gateway that is already dead is withdrawn too.
+    // Whatever anyone added (or put back) through a gateway that is already dead is withdrawn too:
+    // a DHCP client renewing its lease, a network manager, `ip route add`, a routing daemon.
     for (const g of this.gateways.values()) {
       if (g.state !== 'dead' || !this.enabled) continue;
-      const fresh = routes.filter(
-        (r) => gatewaysOf(r).includes(g.key) && !this.journal.has(routeIdentity(r)),
-      );
-      if (fresh.length > 0) await this.withdrawRoutesVia(g, 'route added via a dead gateway');
+      if (this.routesBackVia(g, routes).length > 0)
+        await this.withdrawRoutesVia(g, 'route added via a dead gateway');
     }
+  }
+
+  /**
+   * Kernel routes through dead gateway g that should not be there: neither kept by keep_last_route
+   * nor given up on as contested.
+   */
+  private routesBackVia(g: Gateway, routes: KernelRoute[]): KernelRoute[] {
+    return routes.filter((r) => {
+      if (!gatewaysOf(r).includes(g.key)) return false;
+      if (this.keptRoutes.has(routeIdentity(r))) return false;
+      return !this.isContested(r);
+    });
+  }
+
+  /** The daemon gave up withdrawing this route (or its nexthop group) again. */
+  private isContested(r: KernelRoute): boolean {
+    if (this.rewithdraw.isStopped(routeIdentity(r))) return true;
+    return r.nhid !== undefined && this.rewithdraw.isStopped(groupKey(r.nhid));
   }
 
   /** Debounced refresh after rtnetlink route events. */
   onRoutesChanged(): void {
     this.lookupCache.clear();
     if (this.refreshTimer || this.closed) return;
-    this.refreshTimer = this.clock.setTimeout(() => {
-      this.refreshTimer = null;
-      this.refreshRoutes().catch((err: unknown) =>
-        this.log.event('error', { during: 'route refresh', error: msg(err) }, 'error'),
-      );
-    }, 100);
+    // Short enough that a route put back through a dead gateway is gone again within one scan
+    // interval of its event; long enough to take a burst of events (a table flush) as one.
+    this.refreshTimer = this.clock.setTimeout(
+      () => {
+        this.refreshTimer = null;
+        this.refreshRoutes().catch((err: unknown) =>
+          this.log.event('error', { during: 'route refresh', error: msg(err) }, 'error'),
+        );
+      },
+      Math.min(50, Math.floor(this.cfg.scan_interval / 4)),
+    );
   }
 
   private ensureGateway(address: string, ifindex: number): Gateway {
@@ -367,7 +420,6 @@ export class DgdEngine {
 
   private async onRetransmission(s: ScannedSocket, before: number, now: number): Promise<void> {
     const threshold = this.cfg.retransmit_threshold;
-    if (now < threshold - 1) return;
     let choice;
     try {
       choice = await this.routeFor(s.dst, s.src);
@@ -377,7 +429,14 @@ export class DgdEngine {
     }
     if (!choice.gateway) return; // a directly connected peer: no gateway to blame
     const g = this.gateways.get(gatewayKey(choice.gateway, choice.ifindex));
-    if (!g || g.state === 'dead') return;
+    if (!g) return;
+    if (g.state === 'dead') {
+      // The kernel still sends through a gateway we know is dead: a route through it is back (put
+      // there by someone else) and its event was missed or is still to come. Re-read and withdraw.
+      await this.recheckDeadGateway(g);
+      return;
+    }
+    if (now < threshold - 1) return;
     const socket = {
       src: fmtAddr(s.src, s.srcPort),
       dst: fmtAddr(s.dst, s.dstPort),
@@ -395,6 +454,16 @@ export class DgdEngine {
       this.log.event('speculative_verify', { gateway: g.address, interface: g.ifname, socket });
       void this.verification(g, 'speculative').catch(() => undefined);
     }
+  }
+
+  /** At most once per scan interval per gateway: withdraw whatever is back through dead g. */
+  private async recheckDeadGateway(g: Gateway): Promise<void> {
+    const now = this.clock.now();
+    if (now - (this.deadRecheckAt.get(g.key) ?? -Infinity) < this.cfg.scan_interval) return;
+    this.deadRecheckAt.set(g.key, now);
+    const routes = await this.ports.listRoutes(this.tables);
+    if (this.routesBackVia(g, routes).length > 0)
+      await this.withdrawRoutesVia(g, 'retransmissions via a dead gateway');
   }
 
   private async routeFor(
@@ -750,29 +819,81 @@ export class DgdEngine {
       if (!this.enabled) return;
       const routes = await this.ports.listRoutes(this.tables);
       this.kernelRoutes = routes;
+      const objects = new Map((await this.ports.listNexthops()).map((n) => [n.id, n]));
+      this.nexthopObjects = objects;
       const deadKeys = new Set(
         [...this.gateways.values()].filter((x) => x.state === 'dead').map((x) => x.key),
       );
+      const readded: { what: string; protocol: number | undefined }[] = [];
+      // Nexthop groups first: a group through g loses that member (`ip nexthop replace`, weights
+      // kept); its routes follow it. A group whose every member is dead cannot be emptied: its
+      // routes are withdrawn instead (below), and come back when a member revives.
+      const groupPlans: { entry: GroupJournalEntry; to: KernelNexthopObject }[] = [];
+      const emptied = new Set<number>();
+      for (const nh of objects.values()) {
+        if (!nh.group) continue;
+        const members = memberKeys(nh, objects);
+        if (!Object.values(members).includes(g.key)) continue;
+        const existing = this.groupJournal.get(nh.id);
+        let entry: GroupJournalEntry;
+        if (existing?.removed.includes(g.key)) {
+          // The group has g again: its owner put the member back.
+          if (!this.mayWithdrawAgain(groupKey(nh.id), g, describeGroup(nh), nh.protocol)) continue;
+          readded.push({ what: describeGroup(nh), protocol: nh.protocol });
+          entry = { ...existing, original: nh, members };
+        } else if (existing) {
+          entry = {
+            ...existing,
+            members: { ...existing.members, ...members },
+            removed: [...existing.removed, g.key],
+          };
+        } else {
+          entry = {
+            id: nh.id,
+            original: nh,
+            members,
+            removed: [g.key],
+            at: new Date(this.clock.wallNow()).toISOString(),
+          };
+        }
+        const to = groupTarget(entry);
+        if (to === null) {
+          emptied.add(nh.id);
+          this.groupJournal.set(nh.id, entry); // restore needs it; the kernel's group stays
+          continue;
+        }
+        groupPlans.push({ entry, to });
+      }
       // Plan: for each route through g, the journal entry with g removed.
       const plans: { entry: JournalEntry; from: KernelRoute | null; to: KernelRoute | null }[] = [];
-      const touched = new Map<string, JournalEntry>();
       for (const r of routes) {
         if (!gatewaysOf(r).includes(g.key)) continue;
+        if (r.nhid !== undefined && objects.get(r.nhid)?.group && !emptied.has(r.nhid)) continue;
+        const id = routeIdentity(r);
         // A route we changed earlier shows up reduced: its journal entry holds the original.
         const existing = [...this.journal.values()].find(
-          (e) => routeIdentity(targetOf(e) ?? e.original) === routeIdentity(r),
+          (e) => routeIdentity(targetOf(e) ?? e.original) === id,
         );
-        const entry: JournalEntry = existing
-          ? { ...existing, removed: [...new Set([...existing.removed, g.key])] }
-          : {
-              key: routeIdentity(r),
-              original: r,
-              removed: [g.key],
-              at: new Date(this.clock.wallNow()).toISOString(),
-            };
-        if (existing && existing.removed.includes(g.key)) continue;
-        plans.push({ entry, from: r, to: targetOf(entry) });
-        touched.set(entry.key, entry);
+        let entry: JournalEntry;
+        if (existing?.removed.includes(g.key)) {
+          // Back through a dead gateway: someone (DHCP, a network manager, ip route add) put it
+          // back. Journaled once: the entry now holds what its owner last installed.
+          if (this.keptRoutes.has(id)) continue;
+          if (!this.mayWithdrawAgain(id, g, describe(r), r.protocol)) continue;
+          readded.push({ what: describe(r), protocol: r.protocol });
+          entry = { ...existing, original: r };
+        } else if (existing) {
+          entry = { ...existing, removed: [...existing.removed, g.key] };
+        } else {
+          entry = {
+            key: id,
+            original: r,
+            removed: [g.key],
+            at: new Date(this.clock.wallNow()).toISOString(),
+          };
+        }
+        const to = r.nhid !== undefined && emptied.has(r.nhid) ? null : targetOf(entry);
+        plans.push({ entry, from: r, to });
       }
       // keep_last_route: never take away the last route to a destination.
       const kept: KernelRoute[] = [];
@@ -789,16 +910,51 @@ export class DgdEngine {
         kept.push(p.from!);
         return false;
       });
-      if (kept.length > 0)
+      const newlyKept = kept.filter((r) => !this.keptRoutes.has(routeIdentity(r)));
+      for (const r of kept) this.keptRoutes.add(routeIdentity(r));
+      if (newlyKept.length > 0)
         this.log.event(
           'route_kept',
-          { gateway: g.address, reason: 'keep_last_route', routes: kept.map(describe) },
+          { gateway: g.address, reason: 'keep_last_route', routes: newlyKept.map(describe) },
           'warn',
         );
-      if (accepted.length === 0) return;
+      for (const r of readded)
+        this.log.event('route_readded', {
+          gateway: g.address,
+          interface: g.ifname,
+          route: r.what,
+          owner: r.protocol === undefined ? null : protocolName(r.protocol),
+          note: 'put back through a dead gateway by its owner; withdrawn again',
+        });
+      if (accepted.length === 0 && groupPlans.length === 0) {
+        if (emptied.size > 0) await this.saveJournal();
+        return;
+      }
       for (const p of accepted) this.journal.set(p.entry.key, p.entry);
-      await this.store.saveJournal([...this.journal.values()]);
+      for (const p of groupPlans) this.groupJournal.set(p.entry.id, p.entry);
+      await this.saveJournal();
       const done: string[] = [];
+      for (const p of groupPlans) {
+        try {
+          await this.ports.replaceNexthop(p.to);
+          done.push(`${describeGroup(p.entry.original)} -> ${describeGroup(p.to)}`);
+        } catch (err) {
+          this.log.event(
+            'error',
+            {
+              during: 'withdraw (nexthop replace)',
+              nexthop: describeGroup(p.entry.original),
+              error: msg(err),
+            },
+            'error',
+          );
+          const e = this.groupJournal.get(p.entry.id);
+          if (e) {
+            e.removed = e.removed.filter((k) => k !== g.key);
+            if (e.removed.length === 0) this.groupJournal.delete(p.entry.id);
+          }
+        }
+      }
       for (const p of accepted) {
         const op = transition(p.from, p.to);
         if (!op) continue;
@@ -819,9 +975,46 @@ export class DgdEngine {
           }
         }
       }
-      await this.store.saveJournal([...this.journal.values()]);
-      this.log.event('routes_withdrawn', { gateway: g.address, interface: g.ifname, reason, routes: done });
+      await this.saveJournal();
+      this.kernelRoutes = await this.ports.listRoutes(this.tables);
+      this.log.event('routes_withdrawn', {
+        gateway: g.address,
+        interface: g.ifname,
+        reason,
+        routes: done,
+        ...(readded.length > 0 ? { readded: readded.length } : {}),
+      });
     });
+  }
+
+  /**
+   * Someone put `key` back through dead gateway g: withdraw it again, unless it keeps coming back
+   * (the bound is in RewithdrawGuard); the first refusal is reported once, as a fight.
+   */
+  private mayWithdrawAgain(key: string, g: Gateway, what: string, protocol: number | undefined): boolean {
+    const verdict = this.rewithdraw.comeBack(key);
+    if (verdict === 'withdraw') return true;
+    if (verdict === 'stop') {
+      const { limit, windowMs } = this.rewithdraw.limits;
+      this.log.event(
+        'route_fight',
+        {
+          gateway: g.address,
+          interface: g.ifname,
+          route: what,
+          owner: protocol === undefined ? null : protocolName(protocol),
+          rewithdrawals: limit,
+          window_ms: windowMs,
+          note: 'its owner puts it back after every withdrawal; left in place until the gateway revives',
+        },
+        'warn',
+      );
+    }
+    return false;
+  }
+
+  private saveJournal(): Promise<void> {
+    return this.store.saveJournal([...this.journal.values()], [...this.groupJournal.values()]);
   }
 
   private restoreRoutesVia(g: Gateway, reason: string): Promise<void> {
@@ -829,11 +1022,18 @@ export class DgdEngine {
       // Decide from the kernel as it is now, not as it was at the last route event.
       this.kernelRoutes = await this.ports.listRoutes(this.tables);
       const restored: string[] = [];
-      for (const entry of [...this.journal.values()]) {
+      // Groups first: a route withdrawn because its whole group was dead needs a member back.
+      for (const entry of [...this.groupJournal.values()]) {
         if (!entry.removed.includes(g.key)) continue;
-        if (await this.restoreEntry(entry, g.key)) restored.push(describe(entry.original));
+        const done = await this.restoreGroup(entry, g.key);
+        if (done) restored.push(done);
       }
-      await this.store.saveJournal([...this.journal.values()]);
+      for (const entry of [...this.journal.values()]) {
+        const viaGroup = this.groupRouteRevivable(entry);
+        if (!entry.removed.includes(g.key) && !viaGroup) continue;
+        if (await this.restoreEntry(entry, viaGroup ? null : g.key)) restored.push(describe(entry.original));
+      }
+      await this.saveJournal();
       this.log.event('routes_restored', {
         gateway: g.address,
         interface: g.ifname,
@@ -841,6 +1041,54 @@ export class DgdEngine {
         routes: restored,
       });
     });
+  }
+
+  /** A route withdrawn because every member of its nexthop group was dead, whose group has one again. */
+  private groupRouteRevivable(entry: JournalEntry): boolean {
+    const id = entry.original.nhid;
+    if (id === undefined) return false;
+    const grp = this.groupJournal.get(id);
+    if (grp) return groupTarget(grp) !== null;
+    // The group is whole again (its entry is gone): the route goes back.
+    return !!this.nexthopObjects.get(id)?.group;
+  }
+
+  /**
+   * Give back to a group what `gatewayKeyToRestore` (or every gateway, if null) took from it;
+   * returns what was done, or null. A group its owner deleted meanwhile is not re-created.
+   */
+  private async restoreGroup(
+    entry: GroupJournalEntry,
+    gatewayKeyToRestore: string | null,
+  ): Promise<string | null> {
+    const removed =
+      gatewayKeyToRestore === null ? [] : entry.removed.filter((k) => k !== gatewayKeyToRestore);
+    const objects = new Map((await this.ports.listNexthops()).map((n) => [n.id, n]));
+    this.nexthopObjects = objects;
+    this.rewithdraw.forget(groupKey(entry.id));
+    if (!objects.get(entry.id)?.group) {
+      this.groupJournal.delete(entry.id);
+      this.log.event(
+        'nexthop_group_gone',
+        { nexthop: describeGroup(entry.original), note: 'deleted by its owner meanwhile; not re-created' },
+        'warn',
+      );
+      return null;
+    }
+    const after = groupTarget({ ...entry, removed });
+    try {
+      if (after) await this.ports.replaceNexthop(after);
+    } catch (err) {
+      this.log.event(
+        'error',
+        { during: 'restore (nexthop replace)', nexthop: describeGroup(entry.original), error: msg(err) },
+        'error',
+      );
+      return null;
+    }
+    if (removed.length === 0) this.groupJournal.delete(entry.id);
+    else entry.removed = removed;
+    return after ? describeGroup(after) : null;
   }
 
   /** Put back what `gatewayKeyToRestore` (or every gateway, if null) took from an entry. */
@@ -863,6 +1111,7 @@ export class DgdEngine {
     }
     if (removed.length === 0) this.journal.delete(entry.key);
     else entry.removed = removed;
+    this.rewithdraw.forget(entry.key);
     return true;
   }
 
@@ -887,13 +1136,18 @@ export class DgdEngine {
   /** Restore every withdrawn route (off, SIGTERM). */
   private restoreAll(reason: string): Promise<void> {
     return this.serially(async () => {
-      if (this.journal.size === 0) return;
+      this.keptRoutes.clear();
+      if (this.journal.size === 0 && this.groupJournal.size === 0) return;
       this.kernelRoutes = await this.ports.listRoutes(this.tables);
       const restored: string[] = [];
+      for (const entry of [...this.groupJournal.values()]) {
+        const done = await this.restoreGroup(entry, null);
+        if (done) restored.push(done);
+      }
       for (const entry of [...this.journal.values()]) {
         if (await this.restoreEntry(entry, null)) restored.push(describe(entry.original));
       }
-      await this.store.saveJournal([...this.journal.values()]);
+      await this.saveJournal();
       this.log.event('routes_restored', { gateway: null, reason, routes: restored });
     });
   }
@@ -904,6 +1158,29 @@ export class DgdEngine {
    */
   private reconcileJournal(): Promise<void> {
     return this.serially(async () => {
+      const objects = new Map((await this.ports.listNexthops()).map((n) => [n.id, n]));
+      for (const entry of [...this.groupJournal.values()]) {
+        const target = groupTarget(entry);
+        const current = objects.get(entry.id);
+        if (!current?.group) {
+          this.groupJournal.delete(entry.id);
+          this.log.event('nexthop_group_gone', { nexthop: describeGroup(entry.original) }, 'warn');
+          continue;
+        }
+        if (target && describeGroup(current) !== describeGroup(target)) {
+          try {
+            await this.ports.replaceNexthop(target);
+            this.log.event('journal_reconciled', { nexthop: describeGroup(entry.original), op: 'replace' });
+          } catch (err) {
+            this.log.event(
+              'error',
+              { during: 'journal reconcile', nexthop: describeGroup(entry.original), error: msg(err) },
+              'error',
+            );
+          }
+        }
+        this.markDeadFromJournal(entry.removed);
+      }
       for (const entry of this.journal.values()) {
         const target = targetOf(entry);
         const current = this.kernelMatch(target) ?? this.kernelMatch(entry.original);
@@ -920,17 +1197,21 @@ export class DgdEngine {
             );
           }
         }
-        for (const key of entry.removed) {
-          const [address, idx] = key.split('%') as [string, string];
-          const g = this.ensureGateway(address, Number(idx));
-          if (g.state !== 'dead') {
-            g.deadSince = this.clock.now();
-            this.transition(g, 'dead', 'withdrawn before restart (journal)');
-            this.schedulePoll(g, 0);
-          }
-        }
+        this.markDeadFromJournal(entry.removed);
       }
+      await this.saveJournal();
     });
+  }
+
+  private markDeadFromJournal(keys: string[]): void {
+    for (const key of keys) {
+      const g = this.ensureGateway(...splitKey(key));
+      if (g.state !== 'dead') {
+        g.deadSince = this.clock.now();
+        this.transition(g, 'dead', 'withdrawn before restart (journal)');
+        this.schedulePoll(g, 0);
+      }
+    }
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -948,13 +1229,19 @@ export class DgdEngine {
   status(): DgdStatus {
     const gateways = [...this.gateways.values()].map((g) => {
       const routes: GatewayRouteStatus[] = [];
+      // A route listed once: in the kernel through g (active; kept or contested while g is dead),
+      // or withdrawn (journaled and not in the kernel through g).
+      const inKernel = new Set<string>();
       for (const r of this.kernelRoutes) {
         if (!gatewaysOf(r).includes(g.key)) continue;
-        const kept = g.state === 'dead';
-        routes.push({ ...routeSummary(r), state: kept ? 'kept' : 'active' });
+        inKernel.add(routeIdentity(r));
+        let state: GatewayRouteStatus['state'] = 'active';
+        if (g.state === 'dead') state = this.isContested(r) ? 'contested' : 'kept';
+        routes.push({ ...routeSummary(r), state });
       }
       for (const e of this.journal.values())
-        if (e.removed.includes(g.key)) routes.push({ ...routeSummary(e.original), state: 'withdrawn' });
+        if (e.removed.includes(g.key) && !inKernel.has(routeIdentity(e.original)))
+          routes.push({ ...routeSummary(e.original), state: 'withdrawn' });
       const v = g.lastVerification;
       return {
         address: g.address,
@@ -993,6 +1280,14 @@ export class DgdEngine {
         ...routeSummary(e.original),
         removed_gateways: e.removed,
       })),
+      withdrawn_nexthop_members: [...this.groupJournal.values()].map((e) => ({
+        id: e.id,
+        owner: protocolName(e.original.protocol),
+        original: describeGroup(e.original),
+        now: groupTarget(e) ? describeGroup(groupTarget(e)!) : describeGroup(e.original),
+        removed_gateways: e.removed,
+        contested: this.rewithdraw.isStopped(groupKey(e.id)),
+      })),
       last_scan: {
         at: this.lastScan.at ? new Date(this.lastScan.at).toISOString() : null,
         duration_ms: Math.round(this.lastScan.durationMs * 10) / 10,
@@ -1015,7 +1310,15 @@ export interface GatewayRouteStatus {
   metric: number;
   gateway: string | null;
   nexthops: { gateway: string | null; weight: number }[] | null;
-  state: 'active' | 'withdrawn' | 'kept';
+  /** Who installed the route (rtm_protocol): kernel, boot, static, dhcp, ra, zebra, bird, ... */
+  owner: string | null;
+  /** The nexthop object the route goes through, if any. */
+  nhid: number | null;
+  /**
+   * active: in use; withdrawn: taken out of the kernel; kept: through a dead gateway, left by
+   * keep_last_route; contested: through a dead gateway, put back by its owner too often to fight.
+   */
+  state: 'active' | 'withdrawn' | 'kept' | 'contested';
 }
 
 export interface DgdStatus {
@@ -1045,6 +1348,15 @@ export interface DgdStatus {
     transitions: Transition[];
   }[];
   withdrawn_routes: (Omit<GatewayRouteStatus, 'state'> & { removed_gateways: string[] })[];
+  /** Nexthop groups with dead members taken out (`ip nexthop replace`), as they were and are. */
+  withdrawn_nexthop_members: {
+    id: number;
+    owner: string;
+    original: string;
+    now: string;
+    removed_gateways: string[];
+    contested: boolean;
+  }[];
   last_scan: {
     at: string | null;
     duration_ms: number;
@@ -1061,6 +1373,8 @@ function routeSummary(r: KernelRoute): Omit<GatewayRouteStatus, 'state'> {
     metric: r.metric,
     gateway: r.gateway,
     nexthops: r.nexthops ? r.nexthops.map((n) => ({ gateway: n.gateway, weight: n.weight })) : null,
+    owner: r.protocol === undefined ? null : protocolName(r.protocol),
+    nhid: r.nhid ?? null,
   };
 }
 
@@ -1068,7 +1382,9 @@ function describe(r: KernelRoute): string {
   const via = r.nexthops
     ? r.nexthops.map((n) => `nexthop via ${n.gateway} weight ${n.weight}`).join(' ')
     : `via ${r.gateway}`;
-  return `${r.dst} ${via} table ${r.table} metric ${r.metric}`;
+  const nh = r.nhid === undefined ? '' : ` nhid ${r.nhid}`;
+  const proto = r.protocol === undefined ? '' : ` proto ${protocolName(r.protocol)}`;
+  return `${r.dst}${nh} ${via} table ${r.table} metric ${r.metric}${proto}`;
 }
 
 /** How long an active probe waits for its answer: half the interval, at least 10 ms. */

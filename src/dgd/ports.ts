@@ -28,6 +28,35 @@ export interface KernelRoute {
   ifindex: number | null;
   ifname?: string | null;
   nexthops: KernelNexthop[] | null;
+  /**
+   * RTPROT_* of the route: who installed it (2 kernel, 3 boot, 4 static, 9 ra, 11 zebra, 12 bird,
+   * 16 dhcp, ...). Events name the owner of a route put back through a dead gateway with it.
+   */
+  protocol?: number;
+  /**
+   * The route goes through nexthop object `nhid` (RTA_NH_ID). Its gateway / nexthops above are the
+   * object's (reported by the kernel or filled in by the adapter): a single object's route is
+   * withdrawn and restored like any route, a group is changed instead of its routes.
+   */
+  nhid?: number;
+}
+
+/**
+ * A nexthop object as src/sys/rtnl.ts reports it (`ip nexthop`). The engine reads these fields;
+ * the rest (scope, flags, raw attributes) is carried through so a group is put back exactly.
+ */
+export interface KernelNexthopObject {
+  id: number;
+  family: Family | null;
+  /** RTPROT_* of whoever installed the object: 11 zebra (FRR), 12 bird, 4 static, ... */
+  protocol: number;
+  gateway: string | null;
+  ifindex: number | null;
+  ifname?: string | null;
+  blackhole: boolean;
+  fdb: boolean;
+  group: { id: number; weight: number }[] | null;
+  groupType: 'mpath' | 'resilient' | null;
 }
 
 /** What one cheap sock_diag scan reports per TCP socket (no tcp_info needed). */
@@ -81,6 +110,10 @@ export interface DgdPorts {
   lookupRoute(dst: string, src: string | null): Promise<RouteChoice>;
   /** Every route of the given tables (numbers), both families. */
   listRoutes(tables: number[]): Promise<KernelRoute[]>;
+  /** Every nexthop object (`ip nexthop`); empty on kernels without them. */
+  listNexthops(): Promise<KernelNexthopObject[]>;
+  /** `ip nexthop replace`: a group with other members, or back as it was. */
+  replaceNexthop(nh: KernelNexthopObject): Promise<void>;
   addRoute(route: KernelRoute): Promise<void>;
   replaceRoute(route: KernelRoute): Promise<void>;
   deleteRoute(route: KernelRoute): Promise<void>;
@@ -99,7 +132,9 @@ export interface DgdPorts {
 /** Where withdrawn routes and the on/off switch are kept across restarts. */
 export interface DgdStore {
   loadJournal(): Promise<JournalEntry[]>;
-  saveJournal(entries: JournalEntry[]): Promise<void>;
+  /** Nexthop groups with members withdrawn (kept in the same journal file). */
+  loadGroupJournal(): Promise<GroupJournalEntry[]>;
+  saveJournal(entries: JournalEntry[], groups?: GroupJournalEntry[]): Promise<void>;
   loadEnabled(): Promise<boolean | null>;
   saveEnabled(enabled: boolean): Promise<void>;
 }
@@ -112,6 +147,20 @@ export interface DgdStore {
 export interface JournalEntry {
   key: string;
   original: KernelRoute;
+  removed: string[];
+  at: string;
+}
+
+/**
+ * One nexthop group the engine has changed (`ip nexthop replace id N group ...` without the dead
+ * members): the group as it was, each member's gateway key, and the gateway keys withdrawn from it.
+ * The routes using the group are not touched; they follow the group.
+ */
+export interface GroupJournalEntry {
+  id: number;
+  original: KernelNexthopObject;
+  /** Member object id -> gateway key ("address%ifindex"), as they were when the group was changed. */
+  members: Record<string, string | null>;
   removed: string[];
   at: string;
 }

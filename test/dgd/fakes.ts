@@ -3,6 +3,7 @@
 import type { Clock } from '../../src/util/clock';
 import type {
   DgdPorts,
+  KernelNexthopObject,
   KernelRoute,
   RouteChoice,
   ScannedSocket,
@@ -92,7 +93,7 @@ export class FakePorts implements DgdPorts {
   async lookupRoute(dst: string): Promise<RouteChoice> {
     if (dst.startsWith('198.18.1.')) return { gateway: null, ifindex: 2, ifname: 'lan0' };
     const fam = dst.includes(':') ? 6 : 4;
-    const best = this.routes
+    const best = (await this.listRoutes())
       .filter((r) => r.family === fam && (r.dst === '0.0.0.0/0' || r.dst === '::/0'))
       .sort((a, b) => a.metric - b.metric)[0];
     if (!best) throw Object.assign(new Error('no route'), { code: 'ENETUNREACH' });
@@ -101,7 +102,39 @@ export class FakePorts implements DgdPorts {
   }
 
   async listRoutes(): Promise<KernelRoute[]> {
-    return this.routes.map((r) => structuredClone(r));
+    // Routes through a nexthop object show the object's paths, as the kernel's compat mode does.
+    return this.routes.map((r) => {
+      const out = structuredClone(r);
+      const nh = r.nhid === undefined ? undefined : this.nexthops.find((n) => n.id === r.nhid);
+      if (nh?.group)
+        out.nexthops = nh.group.map((m) => {
+          const member = this.nexthops.find((n) => n.id === m.id)!;
+          return {
+            gateway: member.gateway,
+            ifindex: member.ifindex!,
+            ifname: 'lan0',
+            weight: m.weight,
+            flags: 0,
+          };
+        });
+      return out;
+    });
+  }
+
+  /** Nexthop objects (`ip nexthop`). */
+  nexthops: KernelNexthopObject[] = [];
+
+  async listNexthops(): Promise<KernelNexthopObject[]> {
+    return this.nexthops.map((n) => structuredClone(n));
+  }
+
+  async replaceNexthop(nh: KernelNexthopObject): Promise<void> {
+    this.record(
+      `replace nexthop ${nh.id} group ${(nh.group ?? []).map((m) => `${m.id},${m.weight}`).join('/')}`,
+    );
+    const i = this.nexthops.findIndex((n) => n.id === nh.id);
+    if (i >= 0) this.nexthops[i] = structuredClone(nh);
+    else this.nexthops.push(structuredClone(nh));
   }
 
   private record(op: string): void {
@@ -198,4 +231,36 @@ export class FakePorts implements DgdPorts {
 export function describe(r: KernelRoute): string {
   const via = r.nexthops ? r.nexthops.map((n) => `${n.gateway}*${n.weight}`).join('+') : r.gateway;
   return `${r.dst} via ${via} metric ${r.metric}`;
+}
+
+/** A single nexthop object via `gateway` on lan0 (ifindex 2), owned by `protocol`. */
+export function nexthopObject(id: number, gateway: string, protocol = 0): KernelNexthopObject {
+  return {
+    id,
+    family: gateway.includes(':') ? 6 : 4,
+    protocol,
+    gateway,
+    ifindex: 2,
+    ifname: 'lan0',
+    blackhole: false,
+    fdb: false,
+    group: null,
+    groupType: null,
+  };
+}
+
+/** A group of nexthop objects with weights: [[id, weight], ...]. */
+export function nexthopGroup(id: number, members: [number, number][], protocol = 0): KernelNexthopObject {
+  return {
+    id,
+    family: null,
+    protocol,
+    gateway: null,
+    ifindex: null,
+    ifname: null,
+    blackhole: false,
+    fdb: false,
+    group: members.map(([m, weight]) => ({ id: m, weight })),
+    groupType: 'mpath',
+  };
 }
