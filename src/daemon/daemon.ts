@@ -106,10 +106,11 @@ export class Daemon {
     ports.on('error', (err: Error) =>
       events.event('error', { during: 'packet capture', error: err.message }, 'warn'),
     );
-    this.subscription = await this.rtnl.subscribe(['neighbour', 'route', 'link'], (ev) => {
+    this.subscription = await this.rtnl.subscribe(['neighbour', 'route', 'link', 'nexthop'], (ev) => {
       if (ev.kind === 'neighbour' && ev.op === 'new')
         engine.onNeighbour(ev.neighbour.address, ev.neighbour.ifindex, ev.neighbour.state);
-      else if (ev.kind === 'route') engine.onRoutesChanged();
+      // A nexthop object changed or deleted changes its routes without route events of their own.
+      else if (ev.kind === 'route' || ev.kind === 'nexthop') engine.onRoutesChanged();
       else if (ev.kind === 'link') void ports.refreshLinks().catch(() => undefined);
     });
     await engine.start();

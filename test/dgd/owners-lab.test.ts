@@ -160,6 +160,16 @@ describe('dead gateway detection and other route owners, in the lab', function (
     assert.doesNotMatch(v4, /198\.18\.8\.0\/24 nhid 1 /, 'the single-object route is withdrawn');
     const v6 = await lab.ip('client', ['-6', 'route', 'show']);
     assert.doesNotMatch(v6, /2001:db8:8::\/64 nhid 4 /);
+    // The group's owner puts the dead member back (`ip nexthop replace`, as zebra would): out again,
+    // on the nexthop event alone (the kernel sends no route event for it).
+    await lab.ip('client', ['nexthop', 'replace', 'id', '10', 'group', '1,3/2', 'proto', 'zebra']);
+    const back = await d.waitFor((e) => e.event === 'route_readded', 5000, 'the member taken out again');
+    assert.equal(back.owner, 'zebra');
+    await waitFor(
+      async () => /group 2 /.test(await lab.ip('client', ['nexthop', 'show', 'id', '10'])),
+      2000,
+      'group 10 without r1 again',
+    );
     // The nexthop objects themselves are left alone.
     assert.match(await lab.ip('client', ['nexthop', 'show', 'id', '1']), /via 198\.18\.1\.1/);
     const st = (await d.status()) as unknown as {
