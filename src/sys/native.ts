@@ -58,6 +58,9 @@ export interface NativeAddon {
 
   // SO_PEERCRED of a connected Unix socket (native/peercred.cc); throws NativeSystemError
   peerCred(fd: number): { pid: number; uid: number; gid: number };
+
+  // sd_notify datagram (native/sdnotify.cc); throws NativeSystemError
+  sdNotify(socketPath: string, message: string): void;
 }
 
 let cached: NativeAddon | undefined;
