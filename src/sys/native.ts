@@ -84,6 +84,8 @@ export interface NativeAddon {
   pcapClose(id: number): void;
   pcapCount(): number;
   readonly pcapLinkTypeEthernet: number;
+  // sd_notify datagram (native/sdnotify.cc); throws NativeSystemError
+  sdNotify(socketPath: string, message: string): void;
 }
 
 let cached: NativeAddon | undefined;
