@@ -57,6 +57,7 @@ export const dgdSchema = z
     aggregate_sockets: intIn(0, 10_000).default(3),
     aggregate_window: duration(100, 60_000).default('1s'),
     syn_stall: duration(100, 10_000).default('500ms'),
+    interface_wait: duration(1000, 86_400_000).default('10m'),
   })
   .strict();
 
