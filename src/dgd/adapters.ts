@@ -5,7 +5,7 @@ import { EventEmitter } from 'node:events';
 import { countTcpSockets, dumpTcpSockets, type TcpState } from '../sys/sockdiag';
 import { NeighbourLink, type NeighbourSighting } from '../sys/neighlink';
 import { EchoSocket } from '../sys/icmp';
-import { readRetransSegs } from '../sys/snmp';
+import { readActiveOpens, readRetransSegs } from '../sys/snmp';
 import type { NexthopObject, Route, Rtnl } from '../sys/rtnl';
 import type {
   DgdPorts,
@@ -63,12 +63,19 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     return this.names.get(ifindex) ?? `if${ifindex}`;
   }
 
-  async scanSockets(opts: { minRetransmits: number }): Promise<ScannedSocket[]> {
+  async scanSockets(opts: { minRetransmits: number; synSent?: boolean }): Promise<ScannedSocket[]> {
     const entries = await dumpTcpSockets({
       states: SCAN_STATES,
       info: false,
       minRetransmits: opts.minRetransmits,
     });
+    if (opts.synSent && opts.minRetransmits > 0) {
+      // SYN-SENT sockets still on their first SYN are not retransmitting yet: a second dump for
+      // them alone (the kernel skips other states before building a message).
+      const seen = new Set(entries.map((e) => e.inode));
+      for (const e of await dumpTcpSockets({ states: ['SYN-SENT'], info: false }))
+        if (!seen.has(e.inode)) entries.push(e);
+    }
     return entries.map((e) => ({
       family: e.family,
       src: e.src,
@@ -89,6 +96,10 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
 
   retransmitCounter(): number {
     return readRetransSegs();
+  }
+
+  activeOpensCounter(): number {
+    return readActiveOpens();
   }
 
   flushNeighbour(ifindex: number, address: string): Promise<void> {

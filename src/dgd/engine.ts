@@ -38,13 +38,33 @@ import {
 import { entryHasNames, remapEntry, routeInterfaces, type InterfaceInfo, type LinkState } from './interfaces';
 
 export type GatewayState = 'active' | 'suspect' | 'dead';
-export type TriggerKind = 'retransmit' | 'neighbour_failed' | 'active_probe' | 'sighting';
+export type TriggerKind = 'retransmit' | 'aggregate' | 'neighbour_failed' | 'active_probe' | 'sighting';
 
 interface Transition {
   at: string;
   from: GatewayState;
   to: GatewayState;
   reason: string;
+}
+
+/** A socket as events show it. */
+interface SocketSample {
+  src: string;
+  dst: string;
+  state: string;
+  retransmits: number;
+}
+
+/**
+ * One incident: the sockets that blamed one gateway, from the first trigger until none has joined
+ * for INCIDENT_QUIET_MS. Its trigger and verdict are logged once (with the count and a few
+ * samples); each further socket only at debug level.
+ */
+interface Incident {
+  startedAt: number;
+  lastJoinAt: number;
+  sockets: Set<string>;
+  samples: SocketSample[];
 }
 
 interface InflightVerification {
@@ -64,6 +84,10 @@ interface Gateway {
   lastVerification: (Verification & { at: number }) | null;
   inflight: InflightVerification | null;
   triggers: Record<TriggerKind, number>;
+  /** The incident in progress: every socket that blames g until it has been quiet a while. */
+  incident: Incident | null;
+  /** The aggregate trigger's evidence: socket key -> when it was seen failing, within the window. */
+  aggregate: Map<string, { at: number; socket: SocketSample }>;
   verifications: number;
   deadSince: number | null;
   deaths: number[];
@@ -107,6 +131,15 @@ const MIN_SCAN_GAP_MS = 10;
 /** Longest hold-down of a flapping gateway. */
 const MAX_HOLD_DOWN_MS = 3_600_000;
 const MAX_TRANSITIONS = 32;
+/** An incident ends when no socket has blamed its gateway for this long. */
+const INCIDENT_QUIET_MS = 10_000;
+/** Samples of sockets an incident's events carry. */
+const INCIDENT_SAMPLES = 3;
+/**
+ * TCP_TIMEOUT_INIT (include/net/tcp.h): the first SYN's retransmission timer. A SYN-SENT socket
+ * that has not retransmitted yet has been waiting this minus idiag_expires.
+ */
+const SYN_RTO_INIT_MS = 1000;
 
 export class DgdEngine {
   private cfg: DgdConfig;
@@ -140,6 +173,9 @@ export class DgdEngine {
   private closed = false;
   private lastScan = { at: 0, durationMs: 0, sockets: 0, retransmitting: 0 };
   private lastCounter = -1;
+  private lastActiveOpens = -1;
+  /** SYN-SENT sockets seen in the last dump, and when each was first seen. */
+  private readonly synFirstSeen = new Map<string, number>();
   private lastFullDumpAt = -Infinity;
   /** Sockets counted by the last count (countSockets). */
   private socketCount = 0;
@@ -353,7 +389,9 @@ export class DgdEngine {
         mac: null,
         lastVerification: null,
         inflight: null,
-        triggers: { retransmit: 0, neighbour_failed: 0, active_probe: 0, sighting: 0 },
+        triggers: { retransmit: 0, aggregate: 0, neighbour_failed: 0, active_probe: 0, sighting: 0 },
+        incident: null,
+        aggregate: new Map(),
         verifications: 0,
         deadSince: null,
         deaths: [],
@@ -405,8 +443,17 @@ export class DgdEngine {
       const counter = this.ports.retransmitCounter();
       const moved = counter !== this.lastCounter;
       this.lastCounter = counter;
+      // Connection attempts under way (ActiveOpens moved, or SYNs still unanswered at the last
+      // look): SYN-SENT sockets are looked at too, for the aggregate trigger.
+      let connecting = false;
+      if (this.cfg.aggregate_sockets > 0) {
+        const opens = this.ports.activeOpensCounter();
+        connecting = opens !== this.lastActiveOpens || this.synFirstSeen.size > 0;
+        this.lastActiveOpens = opens;
+      }
       const stale = this.clock.now() - this.lastFullDumpAt >= FULL_SCAN_MS;
-      if (moved || this.retransmitting > 0 || stale) next = await this.dumpAndCheck(stale);
+      if (moved || this.retransmitting > 0 || stale || connecting)
+        next = await this.dumpAndCheck(stale, connecting);
     } catch (err) {
       this.log.event('error', { during: 'socket scan', error: msg(err) }, 'error');
     } finally {
@@ -420,33 +467,43 @@ export class DgdEngine {
    * returns the delay to the next scan. Once in a while (`withCount`) the sockets are also counted
    * for status, by the kernel walk alone: no object per socket, so no stall at 100 000 sockets.
    */
-  private async dumpAndCheck(withCount: boolean): Promise<number> {
+  private async dumpAndCheck(withCount: boolean, connecting = false): Promise<number> {
     const t0 = this.clock.now();
     if (withCount) {
       this.socketCount = await this.ports.countSockets();
       this.lastFullDumpAt = this.clock.now();
     }
-    const sockets = await this.ports.scanSockets({ minRetransmits: 1 });
+    const sockets = await this.ports.scanSockets({ minRetransmits: 1, synSent: connecting });
     const threshold = this.cfg.retransmit_threshold;
     let retransmitting = 0;
     let due = Infinity;
     const live = new Set<string>();
+    const synLive = new Set<string>();
+    // Sockets that crossed the threshold in this dump, per gateway: one trigger for all of them.
+    const crossed = new Map<Gateway, SocketSample[]>();
     for (const s of sockets) {
+      const key = `${s.src}|${s.srcPort}|${s.dst}|${s.dstPort}|${s.inode}`;
+      if (s.state === 'SYN-SENT' && s.timer === 1) {
+        synLive.add(key);
+        if (!this.synFirstSeen.has(key)) this.synFirstSeen.set(key, this.clock.now());
+      }
+      if (this.cfg.aggregate_sockets > 0 && this.failingSocket(s, key)) await this.addEvidence(s, key);
       if (s.timer !== 1 || s.timerRetransmits <= 0) continue;
       retransmitting++;
       // The next retransmission of a socket that is one or two short of the threshold matters
       // to the millisecond: look again just after its timer fires.
       if (s.timerRetransmits >= threshold - 2)
         due = Math.min(due, Math.max(0, s.timerExpiresMs) + TIMER_SLACK_MS);
-      const key = `${s.src}|${s.srcPort}|${s.dst}|${s.dstPort}|${s.inode}`;
       live.add(key);
       const before = this.retransmitSeen.get(key) ?? 0;
       const now = s.timerRetransmits;
       this.retransmitSeen.set(key, now);
       if (now <= before) continue;
-      await this.onRetransmission(s, before, now);
+      await this.onRetransmission(s, before, now, crossed);
     }
     for (const k of this.retransmitSeen.keys()) if (!live.has(k)) this.retransmitSeen.delete(k);
+    if (connecting)
+      for (const k of this.synFirstSeen.keys()) if (!synLive.has(k)) this.synFirstSeen.delete(k);
     this.retransmitting = retransmitting;
     this.lastScan = {
       at: this.clock.wallNow(),
@@ -455,10 +512,107 @@ export class DgdEngine {
       retransmitting,
     };
     this.dumps++;
+    const triggers: Promise<void>[] = [];
+    for (const [g, samples] of crossed) triggers.push(this.incidentTrigger(g, 'retransmit', samples));
+    for (const g of this.gateways.values()) {
+      if (g.state !== 'active' || g.aggregate.size < this.cfg.aggregate_sockets) continue;
+      const samples = [...g.aggregate.values()].map((e) => e.socket);
+      g.aggregate.clear();
+      triggers.push(this.incidentTrigger(g, 'aggregate', samples));
+    }
+    await Promise.all(triggers);
     return Math.max(MIN_SCAN_GAP_MS, Math.min(this.cfg.scan_interval, due));
   }
 
-  private async onRetransmission(s: ScannedSocket, before: number, now: number): Promise<void> {
+  /**
+   * Evidence for the aggregate trigger: a SYN retransmitted, a SYN unanswered for syn_stall (a
+   * client with a 1 s connect timeout gives up before the kernel retransmits it), or any segment
+   * retransmitted twice in a row. One lost segment is ordinary loss; these are not.
+   */
+  private failingSocket(s: ScannedSocket, key: string): boolean {
+    if (s.timer !== 1) return false;
+    if (s.state === 'SYN-SENT') {
+      if (s.timerRetransmits >= 1) return true;
+      const seen = this.clock.now() - (this.synFirstSeen.get(key) ?? this.clock.now());
+      const waited = Math.max(seen, SYN_RTO_INIT_MS - s.timerExpiresMs);
+      return waited >= this.cfg.syn_stall;
+    }
+    return s.timerRetransmits >= 2;
+  }
+
+  /** Count a failing socket against its gateway, within aggregate_window. */
+  private async addEvidence(s: ScannedSocket, key: string): Promise<void> {
+    let choice;
+    try {
+      choice = await this.routeFor(s.dst, s.src);
+    } catch {
+      return; // the retransmission path reports lookup errors
+    }
+    if (!choice.gateway) return;
+    const g = this.gateways.get(gatewayKey(choice.gateway, choice.ifindex));
+    if (!g || g.state !== 'active') return;
+    const now = this.clock.now();
+    for (const [k, e] of g.aggregate) if (now - e.at > this.cfg.aggregate_window) g.aggregate.delete(k);
+    if (!g.aggregate.has(key))
+      g.aggregate.set(key, {
+        at: now,
+        socket: {
+          src: fmtAddr(s.src, s.srcPort),
+          dst: fmtAddr(s.dst, s.dstPort),
+          state: s.state,
+          retransmits: s.timerRetransmits,
+        },
+      });
+  }
+
+  /**
+   * Sockets blame g (all that crossed in one dump, or the aggregate's): one incident. The first
+   * trigger of an incident is logged with the count and a few samples and verified; sockets that
+   * join while its verdict is pending or fresh are logged at debug level only.
+   */
+  private async incidentTrigger(g: Gateway, kind: TriggerKind, samples: SocketSample[]): Promise<void> {
+    const now = this.clock.now();
+    let inc = g.incident;
+    if (!inc || now - inc.lastJoinAt > INCIDENT_QUIET_MS) {
+      inc = { startedAt: now, lastJoinAt: now, sockets: new Set(), samples: [] };
+      g.incident = inc;
+    }
+    const joining = inc.sockets.size > 0;
+    inc.lastJoinAt = now;
+    for (const sock of samples) {
+      const key = `${sock.src}>${sock.dst}`;
+      if (inc.sockets.has(key)) continue;
+      inc.sockets.add(key);
+      if (inc.samples.length < INCIDENT_SAMPLES) inc.samples.push(sock);
+      this.log.event(
+        'trigger_socket',
+        { gateway: g.address, interface: g.ifname, reason: kind, socket: sock },
+        'debug',
+      );
+    }
+    // Joining an incident: its verdict (pending, or given) covers this socket too. A gateway that
+    // answered is asked again only RETRIGGER_MS after its last verification, as for one socket.
+    const sinceVerified = now - (g.lastVerification?.at ?? -Infinity);
+    if (joining && (g.inflight || g.state !== 'active' || sinceVerified < RETRIGGER_MS)) {
+      g.triggers[kind]++;
+      return;
+    }
+    await this.trigger(g, kind, { socket: inc.samples[0], sockets: inc.sockets.size, samples: inc.samples });
+  }
+
+  private verdictFresh(g: Gateway): boolean {
+    const last = g.lastVerification;
+    if (!last) return false;
+    const span = this.cfg.verify_probes * this.cfg.verify_timeout;
+    return this.clock.now() - last.at <= FRESHNESS_FACTOR * span + 2 * this.cfg.scan_interval;
+  }
+
+  private async onRetransmission(
+    s: ScannedSocket,
+    before: number,
+    now: number,
+    crossed: Map<Gateway, SocketSample[]>,
+  ): Promise<void> {
     const threshold = this.cfg.retransmit_threshold;
     let choice;
     try {
@@ -483,13 +637,13 @@ export class DgdEngine {
       state: s.state,
       retransmits: now,
     };
+    const blame = () => crossed.set(g, [...(crossed.get(g) ?? []), socket]);
     if (now >= threshold && before < threshold) {
-      await this.trigger(g, 'retransmit', { socket });
+      blame();
     } else if (now >= threshold) {
       const last = g.lastVerification?.at ?? -Infinity;
-      if (this.clock.now() - last >= RETRIGGER_MS && !g.inflight)
-        await this.trigger(g, 'retransmit', { socket });
-    } else if (before < threshold - 1 && !g.inflight && g.state === 'active') {
+      if (this.clock.now() - last >= RETRIGGER_MS && !g.inflight) blame();
+    } else if (before < threshold - 1 && !g.inflight && g.state === 'active' && !this.verdictFresh(g)) {
       // One retransmission before the threshold: verify speculatively, act only if the threshold is hit.
       this.log.event('speculative_verify', { gateway: g.address, interface: g.ifname, socket });
       void this.verification(g, 'speculative').catch(() => undefined);
@@ -672,6 +826,10 @@ export class DgdEngine {
         reason: kind,
         note: 'the gateway answers ARP/NDP: the problem is beyond it; routes untouched',
         ...detail,
+        // Sockets that joined the incident while it was being verified count too.
+        ...(g.incident && detail.sockets !== undefined
+          ? { sockets: g.incident.sockets.size, samples: g.incident.samples }
+          : {}),
       });
     } else {
       await this.declareDead(g, `no ARP/NDP answer to ${v.probesSent} probes after ${kind}`);

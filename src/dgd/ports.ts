@@ -95,9 +95,11 @@ export interface DgdPorts {
   /**
    * One cheap scan of TCP sockets that can retransmit (established, SYN-SENT, closing states);
    * with minRetransmits > 0, only sockets whose retransmit timer is pending with at least that many
-   * retransmissions (filtered before any object is made for the others).
+   * retransmissions (filtered before any object is made for the others). With synSent, every
+   * SYN-SENT socket besides (a second dump filtered by state): connection attempts whose SYN has had
+   * no answer yet, for the aggregate trigger.
    */
-  scanSockets(opts: { minRetransmits: number }): Promise<ScannedSocket[]>;
+  scanSockets(opts: { minRetransmits: number; synSent?: boolean }): Promise<ScannedSocket[]>;
   /**
    * How many TCP sockets the scan's states hold (for status), counted on the worker thread from
    * the kernel's dump without an object per socket.
@@ -109,6 +111,8 @@ export interface DgdPorts {
    * (the kernel walks its whole established hash), so dumps run only when this moves.
    */
   retransmitCounter(): number;
+  /** Tcp: ActiveOpens (connect() calls that sent a SYN): moves while connections are attempted. */
+  activeOpensCounter(): number;
   /** Delete a neighbour entry (no error if it is already gone). */
   flushNeighbour(ifindex: number, address: string): Promise<void>;
   /** Which gateway and interface the kernel would use for dst (from src). */

@@ -77,14 +77,43 @@ export class FakePorts implements DgdPorts {
     this.routes = routes.map((r) => structuredClone(r));
   }
 
-  async scanSockets(opts: { minRetransmits: number }): Promise<ScannedSocket[]> {
+  async scanSockets(opts: { minRetransmits: number; synSent?: boolean }): Promise<ScannedSocket[]> {
     this.dumps.push(this.clock.now());
     this.dumpMinRetransmits.push(opts.minRetransmits);
     return this.sockets
       .filter(
-        (s) => opts.minRetransmits === 0 || (s.timer === 1 && s.timerRetransmits >= opts.minRetransmits),
+        (s) =>
+          opts.minRetransmits === 0 ||
+          (s.timer === 1 && s.timerRetransmits >= opts.minRetransmits) ||
+          (opts.synSent === true && s.state === 'SYN-SENT'),
       )
       .map((s) => ({ ...s }));
+  }
+
+  /** Tcp: ActiveOpens as the fake kernel counts it. */
+  activeOpens = 0;
+
+  activeOpensCounter(): number {
+    return this.activeOpens;
+  }
+
+  /** A connection attempt towards dst whose SYN went out `ageMs` ago (retransmitted `retrans` times). */
+  setConnecting(dst: string, port: number, ageMs: number, retrans = 0): void {
+    if (!this.sockets.some((x) => x.srcPort === port)) this.activeOpens++;
+    if (retrans > (this.sockets.find((x) => x.srcPort === port)?.timerRetransmits ?? 0)) this.retransSegs++;
+    const s: ScannedSocket = {
+      family: dst.includes(':') ? 6 : 4,
+      src: dst.includes(':') ? '2001:db8:1::10' : '198.18.1.10',
+      srcPort: port,
+      dst,
+      dstPort: 443,
+      state: 'SYN-SENT',
+      inode: port,
+      timer: 1,
+      timerRetransmits: retrans,
+      timerExpiresMs: Math.max(0, 1000 * 2 ** retrans - ageMs),
+    };
+    this.sockets = this.sockets.filter((x) => x.srcPort !== port).concat(s);
   }
 
   async countSockets(): Promise<number> {

@@ -188,3 +188,56 @@ describe('DGD engine and other route owners', () => {
     await s.engine.stop({ restore: true });
   });
 });
+
+describe('DGD engine: the aggregate trigger and one incident per event', () => {
+  it('short connections: stalled SYNs across distinct sockets make the gateway suspect; ARP decides (dead)', async () => {
+    const s = await setup([route('0.0.0.0/0', R1, 100), route('0.0.0.0/0', R2, 200)]);
+    // A client retries every 200 ms with a 1 s connect timeout: no socket ever retransmits.
+    for (let i = 0; i < 5; i++) {
+      s.ports.sockets = s.ports.sockets.filter((x) => x.srcPort > 50_000 + i - 5);
+      for (const x of s.ports.sockets) x.timerExpiresMs = Math.max(0, x.timerExpiresMs - 200);
+      s.ports.setConnecting(SERVER, 50_000 + i, 0);
+      await s.clock.advance(200);
+    }
+    await s.clock.advance(1000);
+    const trig = s.log.named('trigger');
+    assert.equal(trig.length, 1);
+    assert.equal(trig[0]!.reason, 'aggregate');
+    assert.ok((trig[0]!.sockets as number) >= 3);
+    assert.equal(s.engine.status().gateways.find((g) => g.address === R1)!.state, 'dead');
+    await s.engine.stop({ restore: true });
+  });
+
+  it('short connections to a dead server behind a live gateway: one downstream verdict, nothing moves', async () => {
+    const s = await setup([route('0.0.0.0/0', R1, 100), route('0.0.0.0/0', R2, 200)], '', [R1, R2]);
+    for (let i = 0; i < 10; i++) {
+      for (const x of s.ports.sockets) x.timerExpiresMs = Math.max(0, x.timerExpiresMs - 200);
+      s.ports.setConnecting(SERVER, 50_000 + i, 0);
+      await s.clock.advance(200);
+    }
+    assert.equal(s.log.named('trigger').length, 1);
+    assert.equal(s.log.named('downstream_problem').length, 1);
+    assert.deepEqual(s.ports.ops, []);
+    await s.engine.stop({ restore: true });
+  });
+
+  it('many sockets retransmitting to a dead server: one trigger with the count and samples, one verdict; each socket at debug level', async () => {
+    const s = await setup([route('0.0.0.0/0', R1, 100), route('0.0.0.0/0', R2, 200)], '', [R1, R2]);
+    // 60 sockets cross the threshold over 2 s, a few per scan.
+    for (let n = 1; n <= 3; n++)
+      for (let i = 0; i < 60; i++) {
+        s.ports.setRetransmitting(SERVER, n, 40_000 + i);
+        if (i % 6 === 5) await s.clock.advance(100);
+      }
+    await s.clock.advance(1000);
+    const info = s.log.events.filter((e) => e.level !== 'debug');
+    assert.equal(info.filter((e) => e.event === 'trigger').length, 1);
+    assert.equal(info.filter((e) => e.event === 'downstream_problem').length, 1);
+    assert.equal(info.filter((e) => e.event === 'verdict').length, 1);
+    const down = s.log.named('downstream_problem')[0]!;
+    assert.ok((down.sockets as number) >= 1 && (down.samples as unknown[]).length <= 3);
+    assert.equal(s.log.named('trigger_socket').length, 60, 'every socket, at debug level');
+    assert.deepEqual(s.ports.ops, []);
+    await s.engine.stop({ restore: true });
+  });
+});
