@@ -1,6 +1,8 @@
 // Failover benchmark (issue 3): in the lab, from the moment r1 dies silently,
 //   - defaults: when the routes switch and when the TCP flow resumes (10 trials, median and worst);
 //   - active probing 100 ms x 3 misses, no traffic at all: when the routes switch;
+//   - connect-only traffic (a new connection every 200 ms, 1 s connect timeout), defaults, no
+//     active probing: when the routes switch and when a new connection first succeeds through r2;
 //   - no daemon at all, for comparison: whether the flow recovers within 60 s;
 //   - the daemon's CPU while idle and while scanning 10k established sockets.
 // The moment of death is taken just before the nftables rule is loaded, so the nft command's own
@@ -10,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { Lab, REPO_ROOT, waitFor } from '../../test/lab/lab';
 import { LabDaemon } from '../../test/lab/daemon';
 import { DGD, dgdLabSpec } from '../../test/lab/topologies';
-import { startFlowClient, startFlowServer } from '../../test/lab/flows';
+import { startConnector, startFlowClient, startFlowServer } from '../../test/lab/flows';
 
 const HOLD = path.join(REPO_ROOT, 'dist', 'scripts', 'lib', 'hold-sockets.js');
 const PORT = 7000;
@@ -23,6 +25,8 @@ const opt = (name: string, dflt: number) => {
 const TRIALS = opt('trials', 10);
 const NODAEMON_TRIALS = opt('nodaemon-trials', 1);
 const SOCKETS = opt('sockets', 10_000);
+/** --only connect: just the connect-only case (its own trial count: --trials). */
+const ONLY = args.includes('--only') ? args[args.indexOf('--only') + 1] : null;
 
 const say = (s = '') => process.stdout.write(s + '\n');
 const stats = (xs: number[]) => {
@@ -75,6 +79,48 @@ async function trialActive(): Promise<number> {
   } finally {
     await lab.close();
   }
+}
+
+/** Short connections every 200 ms with a 1 s connect timeout; r1 dies; no active probing. */
+async function trialConnect(): Promise<{ switched: number; connected: number; aggregate: boolean }> {
+  const lab = await newLab();
+  try {
+    const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
+    const c = startConnector(lab, 'client', DGD.server4, PORT, { durationMs: 12_000 });
+    await waitFor(() => c.attempts.filter((a) => a.ok).length >= 5, 5000, 'connections through r1');
+    await new Promise((r) => setTimeout(r, Math.random() * 200)); // a random phase of the client's cycle
+    const t0 = Date.now();
+    await lab.killSilently('r1', 'lan0');
+    const w = await d.waitFor((e) => e.event === 'routes_withdrawn', 20_000, 'routes withdrawn');
+    const ok = await waitFor(
+      () => c.attempts.find((a) => a.ok && a.started > t0),
+      20_000,
+      'a connection through r2',
+    );
+    const aggregate = d.named('trigger')[0]?.reason === 'aggregate';
+    await d.stop();
+    return { switched: Date.parse(w.time) - t0, connected: ok!.t - t0, aggregate };
+  } finally {
+    await lab.close();
+  }
+}
+
+async function connectOnly(): Promise<void> {
+  const runs: { switched: number; connected: number; aggregate: boolean }[] = [];
+  for (let i = 0; i < TRIALS; i++) {
+    runs.push(await trialConnect());
+    const r = runs[i]!;
+    say(
+      `  connect-only trial ${i + 1}: routes switched ${fmt(r.switched)}, first new connection through r2 ${fmt(r.connected)}${r.aggregate ? '' : ' (not by the aggregate trigger)'}`,
+    );
+  }
+  const s = stats(runs.map((x) => x.switched));
+  const c = stats(runs.map((x) => x.connected));
+  say('');
+  say('| case | median | worst | target |');
+  say('| --- | --- | --- | --- |');
+  say(`| connect-only (200 ms, 1 s timeout): routes switched | ${fmt(s.median)} | ${fmt(s.worst)} | |`);
+  say(`| connect-only: first new connection through r2 | ${fmt(c.median)} | ${fmt(c.worst)} | < 3 s |`);
 }
 
 async function trialNoDaemon(): Promise<number | null> {
@@ -148,6 +194,8 @@ async function cpuBench(): Promise<{ idle: number; scanning: number; sockets: nu
 
 async function main(): Promise<void> {
   say(`bench-failover: ${TRIALS} trials per case, ${new Date().toISOString()}, node ${process.version}`);
+  if (ONLY === 'connect') return connectOnly();
+  if (ONLY !== null) throw new Error(`--only takes "connect", not ${JSON.stringify(ONLY)}`);
   const def: { switched: number; resumed: number }[] = [];
   for (let i = 0; i < TRIALS; i++) {
     def.push(await trialDefaults());
@@ -184,6 +232,8 @@ async function main(): Promise<void> {
         ? `never within 60 s (${none.length} trial${none.length > 1 ? 's' : ''})`
         : none.map((x) => (x === null ? 'never' : fmt(x))).join(', ');
   say(`| no daemon: flow recovered | ${noDaemon} | | never |`);
+  say('');
+  await connectOnly();
   say(`| daemon CPU idle | ${(cpu.idle * 100).toFixed(2)}% of a core | | < 2% |`);
   say(
     `| daemon CPU scanning ${cpu.sockets} established sockets | ${(cpu.scanning * 100).toFixed(2)}% of a core | | < 2% |`,
