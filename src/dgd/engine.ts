@@ -723,6 +723,19 @@ export class DgdEngine {
     g.holdDownUntil = null;
     this.cancelPoll(g);
     await this.restoreRoutesVia(g, reason);
+    const left = [...this.journal.values()].filter((e) => e.removed.includes(g.key));
+    if (left.some((e) => !this.entryPlaceable(e))) {
+      // Its interface went down or away, or is being renumbered, meanwhile: the gateway stays dead
+      // and those routes wait in the journal; the interface's return polls it again.
+      this.log.event('routes_waiting', {
+        gateway: g.address,
+        interface: g.ifname,
+        routes: left.map((e) => describe(e.original)),
+        note: 'their interface is not up (or is being renumbered); restored when it is',
+      });
+      this.schedulePoll(g, this.cfg.slow_poll_interval);
+      return;
+    }
     g.deadSince = null;
     if (g.active) g.active.missed = 0;
     this.transition(g, 'active', reason);
@@ -1016,16 +1029,22 @@ export class DgdEngine {
     return !l ? 'absent' : l.up ? 'up' : 'down';
   }
 
-  /** Can the entry's route be put back now: is every interface it names present and up? */
+  /**
+   * Can the entry's route be put back now: is every interface it names present and up, and has the
+   * entry already followed each name to its current ifindex (a renumbering may still be queued)?
+   */
   private entryPlaceable(entry: JournalEntry): boolean {
-    return routeInterfaces(entry.original).every(
-      (i) => i.ifname !== null && this.linkStateOf(i.ifname) === 'up',
-    );
+    return routeInterfaces(entry.original).every((i) => {
+      if (i.ifname === null || this.linkStateOf(i.ifname) !== 'up') return false;
+      const now = this.links?.get(i.ifname);
+      return !now || now.ifindex === i.ifindex;
+    });
   }
 
   private async applyInterfaces(): Promise<void> {
     const links = this.links;
     if (!links || this.closed) return;
+    const moved = new Set<Gateway>();
     await this.serially(async () => {
       // An interface re-created (or a reboot): the same name, another ifindex.
       const moves = new Map<string, { ifname: string; from: number; to: number }>();
@@ -1050,6 +1069,7 @@ export class DgdEngine {
           this.gateways.delete(g.key);
           g.ifindex = m.to;
           g.key = gatewayKey(g.address, m.to);
+          moved.add(g);
           const twin = this.gateways.get(g.key);
           if (twin && twin.state === 'dead' && g.state !== 'dead') {
             this.cancelGatewayTimers(g); // the one that knows the gateway is dead stays
@@ -1092,6 +1112,16 @@ export class DgdEngine {
       if (state === 'up' && g.state === 'dead' && this.enabled && !this.closed) this.schedulePoll(g, 0);
       if (state !== 'up' && g.state === 'suspect') this.transition(g, 'active', `interface ${state}`);
     }
+    // A dead gateway whose interface was re-created while up: poll it on the new interface now.
+    for (const g of moved)
+      if (
+        g.link === 'up' &&
+        g.state === 'dead' &&
+        this.enabled &&
+        !this.closed &&
+        this.gateways.get(g.key) === g
+      )
+        this.schedulePoll(g, 0);
     // While detection is off, routes that waited for their interface go back as soon as it is up.
     if (!this.enabled && [...this.journal.values()].some((e) => this.entryPlaceable(e)))
       await this.restoreAll('interface back while detection is off');
