@@ -9,7 +9,8 @@
         "native/tcpinfo.cc",
         "native/watcher.cc",
         "native/peercred.cc",
-        "native/pcap.cc"
+        "native/pcap.cc",
+        "native/sdnotify.cc"
       ],
       "libraries": ["-lpcap"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -10,6 +10,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   idg::RegisterWatcher(env, exports);
   idg::RegisterPeerCred(env, exports);
   idg::RegisterPcap(env, exports);
+  idg::RegisterSdNotify(env, exports);
   return exports;
 }
 

@@ -12,6 +12,7 @@ import { openRtnl, type Rtnl } from '../sys/rtnl';
 import { missingCapabilities, readBootId, type CapabilityName } from '../sys/host';
 import type { NeighbourSighting } from '../sys/neighlink';
 import { peerUidOf } from '../sys/peercred';
+import { openServiceNotifier } from '../sys/sdnotify';
 import { systemClock } from '../util/clock';
 import { defaultConfig, loadConfig, loadTunnelConfig, type Config } from './config';
 import { ControlServer } from './control';
@@ -79,6 +80,8 @@ export class Daemon {
   private subscription: { close(): void } | null = null;
   private linkTimer: NodeJS.Timeout | null = null;
   private stopping: Promise<void> | null = null;
+  /** Set once start() completed: a failed start logs no daemon_stopped. */
+  private running = false;
   private readonly startedAt = new Date();
   private config!: Config;
   private log: Logger;
@@ -204,6 +207,7 @@ export class Daemon {
       control: this.opts.controlPath,
       state_dir: this.opts.stateDir,
     });
+    this.running = true;
   }
 
   private registerCommands(control: ControlServer): void {
@@ -279,7 +283,7 @@ export class Daemon {
       await this.ports?.close();
       this.rtnl?.close();
       await this.control?.close();
-      eventLog(this.log).event('daemon_stopped', {});
+      if (this.running) eventLog(this.log).event('daemon_stopped', {});
     })();
     return this.stopping;
   }
@@ -292,6 +296,12 @@ export class Daemon {
 /** Run until SIGTERM/SIGINT; returns the exit code. */
 export async function runDaemon(opts: DaemonOptions): Promise<number> {
   const daemon = new Daemon(opts);
+  // systemd (Type=notify): READY=1 once start() resolved (routes read, control socket listening,
+  // tunnel listeners bound), WATCHDOG=1 from the event loop, RELOADING/STOPPING around SIGHUP/TERM.
+  const service = openServiceNotifier({
+    onError: (err) => process.stderr.write(`ipdeadgate: ${err.message}\n`),
+  });
+
   // Signal handlers come first: a SIGHUP or SIGTERM that arrives while the daemon starts must not
   // take the default action (which kills the process without restoring anything).
   let started = false;
@@ -301,6 +311,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   const stopped = new Promise<number>((r) => (resolveStop = r));
   const doStop = (sig: string) => {
     process.off('SIGHUP', onHup);
+    service.notify('STOPPING=1', `STATUS=restoring withdrawn routes (${sig})`);
     daemon
       .stop()
       .then(() => resolveStop(0))
@@ -315,7 +326,13 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   };
   const onHup = () => {
     if (!started) hupWhileStarting = true;
-    else void daemon.reload().catch(() => undefined);
+    else {
+      service.notify('RELOADING=1');
+      void daemon
+        .reload()
+        .catch(() => undefined)
+        .finally(() => service.notify('READY=1'));
+    }
   };
   const onTerm = () => onStop('SIGTERM');
   const onInt = () => onStop('SIGINT');
@@ -332,6 +349,9 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     throw err;
   }
   started = true;
+  service.notify('READY=1', `STATUS=serving on ${opts.controlPath}`, `MAINPID=${process.pid}`);
+  const stopWatchdog = service.startWatchdog();
+  void stopped.then(stopWatchdog);
   if (stopRequested) doStop(stopRequested);
   else if (hupWhileStarting) onHup();
   return stopped;

@@ -2,7 +2,7 @@
 // rtnetlink for routes, lookups and neighbour purges, one pcap handle per gateway interface for
 // ARP/NDP, raw ICMP sockets for the echo that forces the kernel's own resolution.
 import { EventEmitter } from 'node:events';
-import { dumpTcpSockets, type TcpState } from '../sys/sockdiag';
+import { countTcpSockets, dumpTcpSockets, type TcpState } from '../sys/sockdiag';
 import { NeighbourLink, type NeighbourSighting } from '../sys/neighlink';
 import { EchoSocket } from '../sys/icmp';
 import { readRetransSegs } from '../sys/snmp';
@@ -73,6 +73,10 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
       timerRetransmits: e.timerRetransmits,
       timerExpiresMs: e.timerExpiresMs,
     }));
+  }
+
+  async countSockets(): Promise<number> {
+    return (await countTcpSockets({ states: SCAN_STATES })).total;
   }
 
   retransmitCounter(): number {

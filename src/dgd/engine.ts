@@ -82,7 +82,7 @@ const FRESHNESS_FACTOR = 2;
 const RETRIGGER_MS = 10_000;
 /** A sighting of a dead gateway polls it at once, but at most once per this interval. */
 const SIGHTING_POLL_MS = 1000;
-/** A full socket dump at least this often, for status, even when nothing retransmits. */
+/** Count the sockets at least this often, for status, even when nothing retransmits. */
 const FULL_SCAN_MS = 30_000;
 /** Look this long after a retransmit timer's expiry, so the kernel has retransmitted. */
 const TIMER_SLACK_MS = 4;
@@ -116,7 +116,7 @@ export class DgdEngine {
   private lastScan = { at: 0, durationMs: 0, sockets: 0, retransmitting: 0 };
   private lastCounter = -1;
   private lastFullDumpAt = -Infinity;
-  /** Sockets seen in the last full dump. */
+  /** Sockets counted by the last count (countSockets). */
   private socketCount = 0;
   private retransmitting = 0;
   private dumps = 0;
@@ -362,16 +362,17 @@ export class DgdEngine {
   }
 
   /**
-   * Dump the sockets, act on retransmissions; returns the delay to the next scan. Only sockets
-   * that are retransmitting are asked for, except in the occasional full dump (for status).
+   * Dump the sockets that are retransmitting (filtered before any object is made), act on them;
+   * returns the delay to the next scan. Once in a while (`withCount`) the sockets are also counted
+   * for status, by the kernel walk alone: no object per socket, so no stall at 100 000 sockets.
    */
-  private async dumpAndCheck(full: boolean): Promise<number> {
+  private async dumpAndCheck(withCount: boolean): Promise<number> {
     const t0 = this.clock.now();
-    const sockets = await this.ports.scanSockets({ minRetransmits: full ? 0 : 1 });
-    if (full) {
+    if (withCount) {
+      this.socketCount = await this.ports.countSockets();
       this.lastFullDumpAt = this.clock.now();
-      this.socketCount = sockets.length;
     }
+    const sockets = await this.ports.scanSockets({ minRetransmits: 1 });
     const threshold = this.cfg.retransmit_threshold;
     let retransmitting = 0;
     let due = Infinity;

@@ -70,6 +70,11 @@ export interface DgdPorts {
    */
   scanSockets(opts: { minRetransmits: number }): Promise<ScannedSocket[]>;
   /**
+   * How many TCP sockets the scan's states hold (for status), counted on the worker thread from
+   * the kernel's dump without an object per socket.
+   */
+  countSockets(): Promise<number>;
+  /**
    * The namespace's count of retransmitted TCP segments (Tcp: RetransSegs in /proc/net/snmp,
    * IPv4 and IPv6 alike). Reading it costs microseconds, a sock_diag dump tens of milliseconds
    * (the kernel walks its whole established hash), so dumps run only when this moves.

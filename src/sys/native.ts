@@ -41,6 +41,15 @@ export interface NativeAddon {
     minRetransmits: number,
     callback: (err: NativeSystemError | null, result?: NativeSockDiagResult) => void,
   ): () => void;
+  /**
+   * The same dump, counted on the worker thread: counts[f * 16 + state] with f 0 = IPv4 (IPv4-mapped
+   * included), 1 = IPv6, state = kernel TCP state number. No per-socket value reaches JavaScript.
+   */
+  sockDiagCount(
+    family: 0 | 4 | 6,
+    states: number,
+    callback: (err: NativeSystemError | null, counts?: Uint32Array) => void,
+  ): () => void;
   /** Column names of a dump row with tcp_info: base columns, then tcpInfoColumns. */
   readonly sockDiagColumns: readonly string[];
 
@@ -75,6 +84,8 @@ export interface NativeAddon {
   pcapClose(id: number): void;
   pcapCount(): number;
   readonly pcapLinkTypeEthernet: number;
+  // sd_notify datagram (native/sdnotify.cc); throws NativeSystemError
+  sdNotify(socketPath: string, message: string): void;
 }
 
 let cached: NativeAddon | undefined;
