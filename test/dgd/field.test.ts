@@ -370,6 +370,26 @@ describe('detection in the field: interfaces, reboots, capabilities (lab)', func
     assert.equal(await d2.stop(), 0);
   });
 
+  it('ipdeadgate capture on an interface that goes down waits for it and captures again when it is back', async () => {
+    const cap = lab.spawnCli('client', ['capture', '-i', 'lan0', '-c', '1', 'arp']);
+    let err = '';
+    let out = '';
+    cap.stderr!.setEncoding('utf8').on('data', (c: string) => (err += c));
+    cap.stdout!.setEncoding('utf8').on('data', (c: string) => (out += c));
+    const exited = new Promise<number | null>((r) => cap.once('exit', (code) => r(code)));
+    await waitFor(() => /listening on lan0/.test(err), 10_000, `the capture to start: ${err}`);
+    await lab.ip('client', ['link', 'set', 'lan0', 'down']);
+    await waitFor(() => /lan0 went down or away/.test(err), 5000, `the capture to see lan0 go: ${err}`);
+    await lab.ip('client', ['link', 'set', 'lan0', 'up']);
+    await waitFor(() => /lan0 is back/.test(err), 5000, `the capture to reopen: ${err}`);
+    // An ARP exchange on the reopened interface ends the capture (-c 1).
+    await ensureDefaults(lab);
+    await lab.exec('client', ['ping', '-c', '1', '-W', '1', R1]);
+    const code = await Promise.race([exited, new Promise((r) => setTimeout(() => r('timeout'), 5000))]);
+    assert.equal(code, 0, `capture exit: ${String(code)}; stderr: ${err}`);
+    assert.match(out, /ARP/);
+  });
+
   it('without CAP_NET_ADMIN or CAP_NET_RAW the daemon exits 1 with one line naming each missing capability', async () => {
     const run = (drop: string) =>
       lab.exec(
