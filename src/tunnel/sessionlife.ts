@@ -307,6 +307,7 @@ export class SessionLife {
         return this.arm(this.bounds.closeTimeoutMs, true);
       case 'closing':
         this.resetOpenEnds();
+        if (!this.local) this.gone.local = true; // no dial was started: there is no local end
         if (this.gone.local && this.gone.stream) return this.enter('closed');
         return this.arm(CLOSING_MS, false);
       case 'closed':
