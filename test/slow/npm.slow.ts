@@ -1,5 +1,5 @@
 // The npm package: `npm pack` makes a tarball with the built JavaScript, and `npm install -g` of it
-// into a scratch prefix builds the native addons (ours, cap, raw-socket, netlink) and puts
+// into a scratch prefix builds the native addons (ours, raw-socket, netlink) and puts
 // `ipdeadgate` on PATH. Slow (npm fetches and compiles the dependencies): scripts/test --slow.
 import { strict as assert } from 'node:assert';
 import { execFile } from 'node:child_process';
@@ -85,7 +85,7 @@ describe('the npm package', function () {
       process.execPath,
       [
         '-e',
-        `for (const m of ['build/Release/ipdeadgate_native.node', 'node_modules/cap', 'node_modules/raw-socket', 'node_modules/netlink']) require(${JSON.stringify(root)} + '/' + m);`,
+        `for (const m of ['build/Release/ipdeadgate_native.node', 'node_modules/raw-socket', 'node_modules/netlink']) require(${JSON.stringify(root)} + '/' + m);`,
       ],
       { cwd: '/' },
     );
