@@ -10,6 +10,7 @@ import type { DgdConfig } from '../daemon/config';
 import type { EventLog } from '../daemon/log';
 import type { Clock, Timer } from '../util/clock';
 import type { DgdPorts, DgdStore, JournalEntry, KernelRoute, ScannedSocket, Verification } from './ports';
+import { FlowResumer } from './resume';
 import {
   destinationOf,
   gatewayKey,
@@ -115,6 +116,8 @@ export class DgdEngine {
   private socketCount = 0;
   private retransmitting = 0;
   private dumps = 0;
+  /** Resends stuck flows' segments when their gateway's routes are withdrawn (./resume.ts). */
+  private readonly flowResumer: FlowResumer | null;
 
   constructor(opts: EngineOptions) {
     this.cfg = opts.config;
@@ -123,6 +126,19 @@ export class DgdEngine {
     this.store = opts.store;
     this.log = opts.log;
     this.clock = opts.clock;
+    const { watchFlows, resendSegment } = opts.ports;
+    this.flowResumer =
+      watchFlows && resendSegment
+        ? new FlowResumer(
+            {
+              lookupRoute: (dst, src) => opts.ports.lookupRoute(dst, src),
+              watchFlows: watchFlows.bind(opts.ports),
+              resendSegment: resendSegment.bind(opts.ports),
+            },
+            opts.log,
+            (ms) => opts.clock.sleep(ms),
+          )
+        : null;
   }
 
   /** Load persisted state, reconcile the journal with the kernel, and start scanning. */
@@ -335,6 +351,7 @@ export class DgdEngine {
       this.lastFullDumpAt = this.clock.now();
     }
     const sockets = await this.ports.scanSockets({ minRetransmits: 1 });
+    if (this.cfg.resend_on_switch) void this.flowResumer?.observe(sockets);
     const threshold = this.cfg.retransmit_threshold;
     let retransmitting = 0;
     let due = Infinity;
@@ -653,6 +670,9 @@ export class DgdEngine {
     }
     this.transition(g, 'dead', reason);
     await this.withdrawRoutesVia(g, reason);
+    // Flows that were retransmitting through g get their latest segment resent through the new
+    // route now (./resume.ts), before the neighbour flush below.
+    if (this.cfg.resend_on_switch) await this.flowResumer?.routesSwitched(g);
     // Our purge left the gateway's neighbour entry unresolved, and the kernel parks packets
     // (TCP's retransmissions among them) in it until it fails; TCP does not retransmit a segment
     // still held in the host. Deleting the entry frees them, so the next retransmission takes the
