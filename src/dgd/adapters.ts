@@ -11,6 +11,7 @@ import { SegmentRecorder, SegmentSender, TCP_FLAG_SYN } from '../sys/tcpreplay';
 import type { DgdPorts, KernelRoute, RouteChoice, ScannedSocket, Verification, VerifyArgs } from './ports';
 import type { ResendOutcome, ResumeFlow } from './resume';
 import { verifyGateway } from './verify';
+import type { InterfaceInfo } from './interfaces';
 
 /** States in which a socket has unacknowledged data or a SYN/FIN to retransmit. */
 const SCAN_STATES: TcpState[] = [
@@ -24,9 +25,10 @@ const SCAN_STATES: TcpState[] = [
 ];
 
 export class SystemPorts extends EventEmitter implements DgdPorts {
-  private readonly links = new Map<string, Promise<NeighbourLink>>();
+  private readonly neighbourLinks = new Map<string, Promise<NeighbourLink>>();
   private readonly echo = new Map<4 | 6, EchoSocket>();
-  private readonly names = new Map<number, string>();
+  private names = new Map<number, string>();
+  private links: InterfaceInfo[] = [];
   private readonly recorders = new Map<string, SegmentRecorder>();
   private sender: SegmentSender | null = null;
   private closed = false;
@@ -35,9 +37,17 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     super();
   }
 
-  /** Learn interface names (and refresh them on link events). */
-  async refreshLinks(): Promise<void> {
-    for (const l of await this.rtnl.listLinks()) this.names.set(l.ifindex, l.ifname);
+  /** Learn the interfaces (and refresh them on link events): names, indexes, up or down. */
+  async refreshLinks(): Promise<InterfaceInfo[]> {
+    const links = await this.rtnl.listLinks();
+    this.names = new Map(links.map((l) => [l.ifindex, l.ifname]));
+    this.links = links.map((l) => ({ ifindex: l.ifindex, ifname: l.ifname, up: l.up }));
+    return this.links;
+  }
+
+  /** The interfaces as last read by refreshLinks. */
+  interfaces(): InterfaceInfo[] {
+    return this.links;
   }
 
   ifindexOf(ifname: string): number | undefined {
@@ -133,18 +143,30 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     };
   }
 
-  /** The pcap handle of an interface, opened once and kept (it also reports sightings). */
+  /**
+   * The pcap handle of an interface, opened once and kept (it also reports sightings). When its
+   * interface goes down or away the handle closes itself ('link_closed'); the next call opens a
+   * new one ('link_opened'), so a capture is back as soon as the interface is.
+   */
   link(ifname: string): Promise<NeighbourLink> {
-    let p = this.links.get(ifname);
+    let p = this.neighbourLinks.get(ifname);
     if (!p) {
-      p = NeighbourLink.open(ifname).then((link) => {
+      const opening = NeighbourLink.open(ifname).then((link) => {
         link.on('sighting', (s: NeighbourSighting) => this.emit('sighting', s, ifname));
         link.on('error', (err: Error) => this.emit('error', err));
+        link.once('down', (err: Error) => this.emit('link_closed', ifname, err));
+        link.once('closed', () => {
+          if (this.neighbourLinks.get(ifname) === opening) this.neighbourLinks.delete(ifname);
+        });
         if (this.closed) link.close();
+        else this.emit('link_opened', ifname);
         return link;
       });
-      p.catch(() => this.links.delete(ifname));
-      this.links.set(ifname, p);
+      opening.catch(() => {
+        if (this.neighbourLinks.get(ifname) === opening) this.neighbourLinks.delete(ifname);
+      });
+      this.neighbourLinks.set(ifname, opening);
+      p = opening;
     }
     return p;
   }
@@ -183,14 +205,14 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
 
   async close(): Promise<void> {
     this.closed = true;
-    for (const p of this.links.values()) {
+    for (const p of this.neighbourLinks.values()) {
       try {
         (await p).close();
       } catch {
         /* it never opened */
       }
     }
-    this.links.clear();
+    this.neighbourLinks.clear();
     for (const s of this.echo.values()) s.close();
     this.echo.clear();
     for (const r of this.recorders.values()) r.close();

@@ -123,7 +123,13 @@ export interface DgdStore {
  */
 export interface JournalEntry {
   key: string;
+  /** The route as it was, with its interface names (ifname, nexthops[].ifname): names decide where it goes back. */
   original: KernelRoute;
   removed: string[];
   at: string;
+  /**
+   * The boot it was withdrawn in (/proc/sys/kernel/random/boot_id); absent in journals written
+   * before boot ids were recorded. Informational: ifindexes are never trusted across restarts.
+   */
+  boot_id?: string | null;
 }

@@ -67,6 +67,25 @@ export interface NativeAddon {
 
   // SO_PEERCRED of a connected Unix socket (native/peercred.cc); throws NativeSystemError
   peerCred(fd: number): { pid: number; uid: number; gid: number };
+
+  // live libpcap handles (native/pcap.cc); open and send throw NativeSystemError (with pcapMessage)
+  /** The callback gets (null, packets) per loop turn, or once (error) when the handle failed. */
+  pcapOpen(
+    ifname: string,
+    filter: string,
+    snaplen: number,
+    bufferBytes: number,
+    callback: (
+      err: NativeSystemError | null,
+      packets?: { data: Buffer; wireLength: number; tsMs: number }[],
+    ) => void,
+  ): { id: number; linkType: number; fd: number };
+  pcapSend(id: number, frame: Buffer): void;
+  pcapClose(id: number): void;
+  pcapCount(): number;
+  readonly pcapLinkTypeEthernet: number;
+  // sd_notify datagram (native/sdnotify.cc); throws NativeSystemError
+  sdNotify(socketPath: string, message: string): void;
 }
 
 let cached: NativeAddon | undefined;

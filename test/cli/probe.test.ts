@@ -1,7 +1,8 @@
 import { strict as assert } from 'node:assert';
-import { type ExecResult, type Lab, REPO_ROOT, requireRoot } from '../lab/lab';
+import { type ExecResult, type Lab, requireRoot } from '../lab/lab';
 import { DGD, dgdLab } from '../lab/topologies';
-import { AS_NOBODY, macOf, waitDgdLabReady } from '../fixtures/neigh-lab';
+import { macOf, waitDgdLabReady } from '../fixtures/neigh-lab';
+import { nodeAsNobody } from '../fixtures/unprivileged';
 import type { ProbeJson } from '../../src/cli/probe';
 
 function json(r: ExecResult): ProbeJson {
@@ -80,6 +81,8 @@ describe('ipdeadgate probe (lab)', function () {
   });
 
   it("purges the kernel's entry and makes it re-resolve: a wrong cached MAC is replaced and reported", async () => {
+    // Permanent, not stale: the kernel overwrites a stale entry on any ARP from r2 (its own
+    // unicast probe of the client, say), which once fixed the MAC before the probe could see it.
     await lab.ip('client', [
       'neigh',
       'replace',
@@ -89,7 +92,7 @@ describe('ipdeadgate probe (lab)', function () {
       'dev',
       'lan0',
       'nud',
-      'stale',
+      'permanent',
     ]);
     const r = await lab.cli('client', ['probe', '--json', DGD.r2_4]);
     assert.equal(r.code, 0, r.stderr);
@@ -162,13 +165,7 @@ describe('ipdeadgate probe (lab)', function () {
   });
 
   it('without root: exit 1 and one line saying what privilege is needed, no stack trace', async () => {
-    const r = await lab.exec('client', [
-      ...AS_NOBODY,
-      process.execPath,
-      `${REPO_ROOT}/bin/ipdeadgate`,
-      'probe',
-      DGD.r1_4,
-    ]);
+    const r = await lab.exec('client', nodeAsNobody('bin/ipdeadgate', 'probe', DGD.r1_4));
     assert.equal(r.code, 1, r.stdout + r.stderr);
     assert.equal(r.stdout, '');
     assert.match(
