@@ -1,7 +1,8 @@
 // Flows resume the moment routes switch (src/dgd/resume.ts, src/sys/tcpreplay.ts), on real
 // sockets in the lab and observed on the wire with tcpdump: after r1's routes are withdrawn, the
 // segment a flow through r1 was retransmitting leaves again at once towards r2; a flow that was
-// retransmitting through r2 (alive, a server behind it silent) gets nothing from us.
+// retransmitting through r2 (alive, a server behind it silent) gets nothing from us; a connection
+// whose SYN retransmits through r1 connects through r2 right after the switch.
 import { strict as assert } from 'node:assert';
 import type { ChildProcess } from 'node:child_process';
 import { Lab, requireRoot, waitFor } from '../lab/lab';
@@ -62,6 +63,50 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
 
   afterEach(async () => {
     await lab?.close();
+  });
+
+  it('IPv4: a connection whose SYN retransmits through the dead gateway connects through r2 right after the switch', async () => {
+    lab = await Lab.create(dgdLabSpec());
+    await startFlowServer(lab, 'server', PORT).listening;
+    await lab.blockPing('r1');
+    const r2Mac = (await lab.execOk('r2', ['cat', '/sys/class/net/lan0/address'])).trim();
+    const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
+    // A first flow through r1, so r1's neighbour entry is valid (a host that was using r1).
+    const warm = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 300 });
+    await waitFor(() => warm.echoes.length >= 3, 5000, 'a first flow through r1');
+    await new Promise((r) => warm.child.once('exit', r));
+    const dump = lab.spawn('client', [
+      'tcpdump',
+      '-i',
+      'lan0',
+      '-l',
+      '--immediate-mode',
+      '-n',
+      '-e',
+      '-tt',
+      '-S',
+      `tcp port ${PORT} and tcp[tcpflags] & tcp-syn != 0`,
+    ]);
+    const wire = tcpdumpLines(dump);
+    await new Promise((r) => setTimeout(r, 300));
+    await lab.killSilently('r1', 'lan0');
+    const c = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 20_000 });
+    const withdrawn = await d.waitFor((e) => e.event === 'routes_withdrawn', 15_000, 'routes withdrawn');
+    const tw = Date.parse(withdrawn.time);
+    await waitFor(() => c.connectedAt !== null || c.errors.length > 0, 5000, 'the connection');
+    assert.deepEqual(c.errors, [], 'the connection was not aborted');
+    const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+    const detail = (resent.detail as { resent: boolean; syn?: boolean; seq?: number }[])[0]!;
+    assert.deepEqual([detail.resent, detail.syn], [true, true], JSON.stringify(resent));
+    const syns = wire.filter((p) => p.dst === DGD.server4 && p.dstPort === PORT);
+    const before = syns.filter((p) => p.t < tw && p.dstMac !== r2Mac);
+    const after = syns.find((p) => p.t >= tw - 5 && p.dstMac === r2Mac);
+    assert.ok(before.length >= 1 && after, `SYNs on the wire: ${JSON.stringify(syns)}`);
+    assert.equal(after.seq, before.at(-1)!.seq, 'the same SYN, through r2');
+    assert.equal(after.seq, detail.seq);
+    // Without the resend the next SYN would leave 4 s after the third (1, 3, 7, 15 s).
+    assert.ok(c.connectedAt! - tw < 300, `connected ${c.connectedAt! - tw} ms after the switch`);
+    await d.stop();
   });
 
   for (const family of [4, 6] as const) {
