@@ -173,7 +173,7 @@ export class Daemon {
     await engine.start();
     await this.ops.start(engine, ports);
     if (tunnel) {
-      this.tunnel = await TunnelNode.start(tunnel, { logger: this.log });
+      this.tunnel = await TunnelNode.start(tunnel, { events }); // counted in ipdeadgate_events_total
       const node = this.tunnel;
       this.ops.setTunnelSource(() => node.status());
     }

@@ -21,6 +21,7 @@ import type {
   Verification,
 } from './ports';
 import { RewithdrawGuard } from './rewithdraw';
+import { FlowResumer } from './resume';
 import {
   describeGroup,
   destinationOf,
@@ -188,6 +189,8 @@ export class DgdEngine {
   private readonly absentSince = new Map<string, number>();
   private waitTimer: Timer | null = null;
   private started = false;
+  /** Resends stuck flows' segments when their gateway's routes are withdrawn (./resume.ts). */
+  private readonly flowResumer: FlowResumer | null;
 
   constructor(opts: EngineOptions) {
     this.cfg = opts.config;
@@ -198,6 +201,19 @@ export class DgdEngine {
     this.clock = opts.clock;
     this.rewithdraw = new RewithdrawGuard(this.cfg.rewithdraw_limit, this.cfg.rewithdraw_window, this.clock);
     this.bootId = opts.bootId ?? null;
+    const { watchFlows, resendSegment } = opts.ports;
+    this.flowResumer =
+      watchFlows && resendSegment
+        ? new FlowResumer(
+            {
+              lookupRoute: (dst, src) => opts.ports.lookupRoute(dst, src),
+              watchFlows: watchFlows.bind(opts.ports),
+              resendSegment: resendSegment.bind(opts.ports),
+            },
+            opts.log,
+            (ms) => opts.clock.sleep(ms),
+          )
+        : null;
   }
 
   /** Load persisted state, reconcile the journal with the kernel, and start scanning. */
@@ -474,6 +490,7 @@ export class DgdEngine {
       this.lastFullDumpAt = this.clock.now();
     }
     const sockets = await this.ports.scanSockets({ minRetransmits: 1, synSent: connecting });
+    if (this.cfg.resend_on_switch) void this.flowResumer?.observe(sockets);
     const threshold = this.cfg.retransmit_threshold;
     let retransmitting = 0;
     let due = Infinity;
@@ -927,6 +944,9 @@ export class DgdEngine {
     }
     this.transition(g, 'dead', reason);
     await this.withdrawRoutesVia(g, reason);
+    // Flows that were retransmitting through g get their latest segment resent through the new
+    // route now (./resume.ts), before the neighbour flush below.
+    if (this.cfg.resend_on_switch) await this.flowResumer?.routesSwitched(g);
     // Our purge left the gateway's neighbour entry unresolved, and the kernel parks packets
     // (TCP's retransmissions among them) in it until it fails; TCP does not retransmit a segment
     // still held in the host. Deleting the entry frees them, so the next retransmission takes the
@@ -952,6 +972,19 @@ export class DgdEngine {
     g.holdDownUntil = null;
     this.cancelPoll(g);
     await this.restoreRoutesVia(g, reason);
+    const left = [...this.journal.values()].filter((e) => e.removed.includes(g.key));
+    if (left.some((e) => !this.entryPlaceable(e))) {
+      // Its interface went down or away, or is being renumbered, meanwhile: the gateway stays dead
+      // and those routes wait in the journal; the interface's return polls it again.
+      this.log.event('routes_waiting', {
+        gateway: g.address,
+        interface: g.ifname,
+        routes: left.map((e) => describe(e.original)),
+        note: 'their interface is not up (or is being renumbered); restored when it is',
+      });
+      this.schedulePoll(g, this.cfg.slow_poll_interval);
+      return;
+    }
     g.deadSince = null;
     if (g.active) g.active.missed = 0;
     this.transition(g, 'active', reason);
@@ -1458,16 +1491,22 @@ export class DgdEngine {
     return !l ? 'absent' : l.up ? 'up' : 'down';
   }
 
-  /** Can the entry's route be put back now: is every interface it names present and up? */
+  /**
+   * Can the entry's route be put back now: is every interface it names present and up, and has the
+   * entry already followed each name to its current ifindex (a renumbering may still be queued)?
+   */
   private entryPlaceable(entry: JournalEntry): boolean {
-    return routeInterfaces(entry.original).every(
-      (i) => i.ifname !== null && this.linkStateOf(i.ifname) === 'up',
-    );
+    return routeInterfaces(entry.original).every((i) => {
+      if (i.ifname === null || this.linkStateOf(i.ifname) !== 'up') return false;
+      const now = this.links?.get(i.ifname);
+      return !now || now.ifindex === i.ifindex;
+    });
   }
 
   private async applyInterfaces(): Promise<void> {
     const links = this.links;
     if (!links || this.closed) return;
+    const moved = new Set<Gateway>();
     await this.serially(async () => {
       // An interface re-created (or a reboot): the same name, another ifindex.
       const moves = new Map<string, { ifname: string; from: number; to: number }>();
@@ -1492,6 +1531,7 @@ export class DgdEngine {
           this.gateways.delete(g.key);
           g.ifindex = m.to;
           g.key = gatewayKey(g.address, m.to);
+          moved.add(g);
           const twin = this.gateways.get(g.key);
           if (twin && twin.state === 'dead' && g.state !== 'dead') {
             this.cancelGatewayTimers(g); // the one that knows the gateway is dead stays
@@ -1534,6 +1574,16 @@ export class DgdEngine {
       if (state === 'up' && g.state === 'dead' && this.enabled && !this.closed) this.schedulePoll(g, 0);
       if (state !== 'up' && g.state === 'suspect') this.transition(g, 'active', `interface ${state}`);
     }
+    // A dead gateway whose interface was re-created while up: poll it on the new interface now.
+    for (const g of moved)
+      if (
+        g.link === 'up' &&
+        g.state === 'dead' &&
+        this.enabled &&
+        !this.closed &&
+        this.gateways.get(g.key) === g
+      )
+        this.schedulePoll(g, 0);
     // While detection is off, routes that waited for their interface go back as soon as it is up.
     if (!this.enabled && [...this.journal.values()].some((e) => this.entryPlaceable(e)))
       await this.restoreAll('interface back while detection is off');
