@@ -6,8 +6,8 @@
 // Life of a gateway:  active --trigger--> suspect --ARP answers--> active   (downstream problem)
 //                                                 --no answer----> dead     (routes withdrawn)
 //                     dead --slow poll / sighting, revive_probes answers--> active (routes restored)
-import type { DgdConfig } from '../daemon/config';
-import type { EventLog } from '../daemon/log';
+import type { DgdConfig } from './config';
+import type { EventLog } from './events';
 import type { Clock, Timer } from '../util/clock';
 import { protocolName } from '../sys/rtnl-format';
 import type {
@@ -247,7 +247,7 @@ export class DgdEngine {
     if (this.journal.size > 0 || this.groupJournal.size > 0) {
       this.log.event('journal_loaded', {
         entries: this.journal.size,
-        nexthop_groups: this.groupJournal.size,
+        ...(this.groupJournal.size > 0 ? { nexthop_groups: this.groupJournal.size } : {}),
         enabled: this.enabled,
         ...boots,
       });
