@@ -1,9 +1,8 @@
 // Prometheus metrics (prom-client), served as the text exposition format on `metrics.listen` (off
 // unless configured). Nothing in the detection engine or the tunnel calls a metric: counters and
-// histograms are derived from the engine's events, a typed union (DgdEvent, src/dgd/events.ts; a
-// wrapped EventLog sees every `verdict`,
-// `state`, `trigger`, `routes_withdrawn`, ...), and gauges are read from `status()` at scrape
-// time. The tunnel is read from `TunnelNode.status()` at scrape time through the `tunnel` source,
+// histograms are derived from the engine's events, a typed union (DgdEvent, src/dgd/events.ts:
+// a wrapped EventLog sees every `verdict`, `state`, `trigger`, `routes_withdrawn`, ...), and
+// gauges are read from `status()` at scrape time. The tunnel is read from `TunnelNode.status()` at scrape time through the `tunnel` source,
 // which is null while the daemon runs no tunnel node.
 import * as http from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
