@@ -246,7 +246,7 @@ export class DgdEngine {
     if (this.journal.size > 0 || this.groupJournal.size > 0) {
       this.log.event('journal_loaded', {
         entries: this.journal.size,
-        ...(this.groupJournal.size > 0 ? { nexthop_groups: this.groupJournal.size } : {}),
+        nexthop_groups: this.groupJournal.size,
         enabled: this.enabled,
         ...boots,
       });
