@@ -9,6 +9,7 @@
 import type { DgdConfig } from './config';
 import { emit, type EventLog, type GatewayState, type SocketSample, type TriggerKind } from './events';
 import type { Clock, Timer } from '../util/clock';
+import { formatEndpoint, normalizeIp } from '../sys/ipaddr';
 import { protocolName } from '../sys/rtnl-format';
 import type {
   DgdPorts,
@@ -319,11 +320,12 @@ export class DgdEngine {
     this.kernelRoutes = routes;
     this.nexthopObjects = new Map((await this.ports.listNexthops()).map((n) => [n.id, n]));
     this.lookupCache.clear();
-    const filter = new Set(this.cfg.gateways.map((a) => a.toLowerCase()));
+    // Config and kernel may spell an address differently (2001:DB8::1, 2001:db8:0::1).
+    const filter = new Set(this.cfg.gateways.map(normalizeIp));
     const seen = new Set<string>();
     const consider = (address: string | null, ifindex: number, ifname?: string | null) => {
       if (!address) return;
-      if (filter.size > 0 && !filter.has(address.toLowerCase())) return;
+      if (filter.size > 0 && !filter.has(normalizeIp(address))) return;
       seen.add(gatewayKey(address, ifindex));
       this.ensureGateway(address, ifindex, ifname ?? undefined);
     };
@@ -573,8 +575,8 @@ export class DgdEngine {
       g.aggregate.set(key, {
         at: now,
         socket: {
-          src: fmtAddr(s.src, s.srcPort),
-          dst: fmtAddr(s.dst, s.dstPort),
+          src: formatEndpoint(s.src, s.srcPort),
+          dst: formatEndpoint(s.dst, s.dstPort),
           state: s.state,
           retransmits: s.timerRetransmits,
         },
@@ -648,8 +650,8 @@ export class DgdEngine {
     }
     if (now < threshold - 1) return;
     const socket = {
-      src: fmtAddr(s.src, s.srcPort),
-      dst: fmtAddr(s.dst, s.dstPort),
+      src: formatEndpoint(s.src, s.srcPort),
+      dst: formatEndpoint(s.dst, s.dstPort),
       state: s.state,
       retransmits: now,
     };
@@ -1834,10 +1836,6 @@ function describe(r: KernelRoute): string {
 /** How long an active probe waits for its answer: half the interval, at least 10 ms. */
 export function activeProbeTimeout(intervalMs: number): number {
   return Math.max(10, Math.floor(intervalMs / 2));
-}
-
-function fmtAddr(addr: string, port: number): string {
-  return addr.includes(':') ? `[${addr}]:${port}` : `${addr}:${port}`;
 }
 
 function msg(err: unknown): string {
