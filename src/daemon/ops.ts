@@ -106,7 +106,10 @@ export class DaemonOps {
       return; // still starting
     }
     this.recorder.setGateways(gateways.map((g) => g.address));
-    for (const ifname of new Set(gateways.map((g) => g.interface))) {
+    // Only interfaces that are up: a handle cannot open on one that is down or gone.
+    for (const ifname of new Set(
+      gateways.filter((g) => g.link !== 'down' && g.link !== 'absent').map((g) => g.interface),
+    )) {
       this.ports.link(ifname).then(
         (link) => {
           if (this.attached.has(link) || this.closed) return;
