@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { controlRequest } from '../daemon/control';
 import type { DgdStatus } from '../dgd/engine';
 import type { TunnelStatus } from '../tunnel/node';
+import { tableName } from '../sys/rtnl';
 import { action, DEFAULT_CONTROL, printJson } from './common';
 
 type Status = DgdStatus & {
@@ -66,7 +67,9 @@ export function formatStatus(s: Status): string {
       const via = r.nexthops
         ? r.nexthops.map((n) => `${n.gateway}*${n.weight}`).join(' ')
         : (r.gateway ?? '');
-      lines.push(`  route ${r.dst} via ${via} table ${r.table} metric ${r.metric}: ${r.state}`);
+      // Tables by name, as `routes` and iproute2 print them (main, not 254).
+      const table = typeof r.table === 'number' ? tableName(r.table) : String(r.table);
+      lines.push(`  route ${r.dst} via ${via} table ${table} metric ${r.metric}: ${r.state}`);
     }
     for (const tr of g.transitions.slice(-5)) lines.push(`  ${tr.at} ${tr.from} -> ${tr.to}: ${tr.reason}`);
   }
