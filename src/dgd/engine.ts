@@ -1640,6 +1640,9 @@ export class DgdEngine {
         for (const g of [...this.gateways.values()]) {
           if (!expired.has(g.ifname) || [...this.journal.values()].some((e) => e.removed.includes(g.key)))
             continue;
+          // A gateway the config probes actively stays (absent): probing resumes when an interface
+          // of that name is back.
+          if (g.active) continue;
           this.cancelGatewayTimers(g);
           this.gateways.delete(g.key);
         }
