@@ -6,8 +6,8 @@
 // Life of a gateway:  active --trigger--> suspect --ARP answers--> active   (downstream problem)
 //                                                 --no answer----> dead     (routes withdrawn)
 //                     dead --slow poll / sighting, revive_probes answers--> active (routes restored)
-import type { DgdConfig } from '../daemon/config';
-import type { EventLog } from '../daemon/log';
+import type { DgdConfig } from './config';
+import { emit, type EventLog, type GatewayState, type SocketSample, type TriggerKind } from './events';
 import type { Clock, Timer } from '../util/clock';
 import { protocolName } from '../sys/rtnl-format';
 import type {
@@ -38,22 +38,13 @@ import {
 } from './routeplan';
 import { entryHasNames, remapEntry, routeInterfaces, type InterfaceInfo, type LinkState } from './interfaces';
 
-export type GatewayState = 'active' | 'suspect' | 'dead';
-export type TriggerKind = 'retransmit' | 'aggregate' | 'neighbour_failed' | 'active_probe' | 'sighting';
+export type { GatewayState, TriggerKind } from './events';
 
 interface Transition {
   at: string;
   from: GatewayState;
   to: GatewayState;
   reason: string;
-}
-
-/** A socket as events show it. */
-interface SocketSample {
-  src: string;
-  dst: string;
-  state: string;
-  retransmits: number;
 }
 
 /**
@@ -66,6 +57,14 @@ interface Incident {
   lastJoinAt: number;
   sockets: Set<string>;
   samples: SocketSample[];
+}
+
+/** What a trigger says beyond the gateway and its reason (see DgdEvent 'trigger'). */
+interface TriggerDetail {
+  sockets?: number;
+  samples?: SocketSample[];
+  socket?: SocketSample;
+  neighbour_state?: string;
 }
 
 interface InflightVerification {
@@ -800,7 +799,8 @@ export class DgdEngine {
         a.missed++;
         if (a.missed >= a.misses && g.state !== 'dead') {
           g.triggers.active_probe++;
-          this.log.event('trigger', {
+          emit(this.log, {
+            event: 'trigger',
             gateway: g.address,
             interface: g.ifname,
             reason: 'active_probe',
@@ -821,10 +821,10 @@ export class DgdEngine {
   // Verification and verdicts
 
   /** A trigger: the gateway becomes suspect and is verified by ARP/NDP; the verdict acts. */
-  async trigger(g: Gateway, kind: TriggerKind, detail: Record<string, unknown>): Promise<void> {
+  async trigger(g: Gateway, kind: TriggerKind, detail: TriggerDetail): Promise<void> {
     if (!this.enabled || this.closed || g.state === 'dead' || g.link !== 'up') return;
     g.triggers[kind]++;
-    this.log.event('trigger', { gateway: g.address, interface: g.ifname, reason: kind, ...detail });
+    emit(this.log, { event: 'trigger', gateway: g.address, interface: g.ifname, reason: kind, ...detail });
     if (g.state === 'active') this.transition(g, 'suspect', kind);
     let v: Verification;
     try {
@@ -837,7 +837,8 @@ export class DgdEngine {
     if (!this.enabled || this.closed || g.state !== 'suspect') return;
     if (v.alive) {
       this.transition(g, 'active', 'answered ARP/NDP');
-      this.log.event('downstream_problem', {
+      emit(this.log, {
+        event: 'downstream_problem',
         gateway: g.address,
         interface: g.ifname,
         reason: kind,
@@ -901,7 +902,8 @@ export class DgdEngine {
             { gateway: g.address, known_mac: g.mac, seen_mac: v.untrustedMac, trusted: false },
             'warn',
           );
-        this.log.event('verdict', {
+        emit(this.log, {
+          event: 'verdict',
           gateway: g.address,
           interface: g.ifname,
           alive: v.alive,
@@ -1219,7 +1221,8 @@ export class DgdEngine {
       }
       await this.saveJournal();
       this.kernelRoutes = await this.ports.listRoutes(this.tables);
-      this.log.event('routes_withdrawn', {
+      emit(this.log, {
+        event: 'routes_withdrawn',
         gateway: g.address,
         interface: g.ifname,
         reason,
@@ -1276,7 +1279,8 @@ export class DgdEngine {
         if (await this.restoreEntry(entry, viaGroup ? null : g.key)) restored.push(describe(entry.original));
       }
       await this.saveJournal();
-      this.log.event('routes_restored', {
+      emit(this.log, {
+        event: 'routes_restored',
         gateway: g.address,
         interface: g.ifname,
         reason,
@@ -1394,7 +1398,8 @@ export class DgdEngine {
         else if (await this.restoreEntry(entry, null)) restored.push(describe(entry.original));
       }
       await this.saveJournal();
-      this.log.event('routes_restored', {
+      emit(this.log, {
+        event: 'routes_restored',
         gateway: null,
         reason,
         routes: restored,
@@ -1658,7 +1663,7 @@ export class DgdEngine {
     const t: Transition = { at: new Date(this.clock.wallNow()).toISOString(), from: g.state, to, reason };
     g.transitions.push(t);
     if (g.transitions.length > MAX_TRANSITIONS) g.transitions.shift();
-    this.log.event('state', { gateway: g.address, interface: g.ifname, from: g.state, to, reason });
+    emit(this.log, { event: 'state', gateway: g.address, interface: g.ifname, from: g.state, to, reason });
     g.state = to;
   }
 
