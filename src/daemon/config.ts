@@ -9,6 +9,7 @@ import { z } from 'zod';
 import { ConfigError } from '../errors';
 import { duration, intIn } from '../util/schema';
 import { resolveTlsPaths, tunnelConfigSchema, type TunnelConfig } from '../tunnel/config';
+import { fightKeys, ownersSchema } from '../dgd/owners';
 
 const ipAddress = z.string().refine(
   (s) => isIP(s) !== 0,
@@ -52,6 +53,8 @@ export const dgdSchema = z
     flap_limit: intIn(1, 1000).default(3),
     flap_window: duration(1000, 86_400_000).default('10m'),
     flap_hold_down: duration(1000, 3_600_000).default('1m'),
+    owners: ownersSchema.default({}),
+    ...fightKeys,
   })
   .strict();
 
