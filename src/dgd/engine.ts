@@ -10,6 +10,14 @@ import type { DgdConfig } from '../daemon/config';
 import type { EventLog } from '../daemon/log';
 import type { Clock, Timer } from '../util/clock';
 import type { DgdPorts, DgdStore, JournalEntry, KernelRoute, ScannedSocket, Verification } from './ports';
+import { FightGuard, type Fight } from './fights';
+import {
+  ownerOfProtocol,
+  protocolOf,
+  type OwnerStatus,
+  type RouteOwners,
+  type RoutingDaemon,
+} from './owners';
 import {
   destinationOf,
   gatewayKey,
@@ -69,6 +77,8 @@ export interface EngineOptions {
   store: DgdStore;
   log: EventLog;
   clock: Clock;
+  /** Routing daemons told about dead gateways through their own interface (dgd.owners). */
+  owners?: RouteOwners;
 }
 
 /** How long a verification's verdict may be reused by a later trigger, in units of its own length. */
@@ -115,6 +125,10 @@ export class DgdEngine {
   private socketCount = 0;
   private retransmitting = 0;
   private dumps = 0;
+  private readonly owners: RouteOwners | null;
+  private readonly fights: FightGuard;
+  /** Adapter-owned routes seen through dead gateways at the last refresh (to re-tell only on change). */
+  private ownedViaDead = '';
 
   constructor(opts: EngineOptions) {
     this.cfg = opts.config;
@@ -123,6 +137,8 @@ export class DgdEngine {
     this.store = opts.store;
     this.log = opts.log;
     this.clock = opts.clock;
+    this.owners = opts.owners ?? null;
+    this.fights = new FightGuard(fightOptions(opts.config), opts.clock);
   }
 
   /** Load persisted state, reconcile the journal with the kernel, and start scanning. */
@@ -130,11 +146,19 @@ export class DgdEngine {
     const persisted = await this.store.loadEnabled();
     this.enabled = persisted ?? this.cfg.enabled;
     for (const e of await this.store.loadJournal()) this.journal.set(e.key, e);
+    const held = (await this.owners?.load()) ?? new Map<RoutingDaemon, string[]>();
     await this.refreshRoutes();
-    if (this.journal.size > 0) {
-      this.log.event('journal_loaded', { entries: this.journal.size, enabled: this.enabled });
+    if (this.journal.size > 0 || held.size > 0) {
+      this.log.event('journal_loaded', {
+        entries: this.journal.size,
+        owners: Object.fromEntries(held),
+        enabled: this.enabled,
+      });
       if (!this.enabled) await this.restoreAll('disabled at start');
-      else await this.reconcileJournal();
+      else {
+        await this.reconcileJournal();
+        await this.reconcileOwners(held);
+      }
     }
     this.setupActiveProbes();
     this.scheduleScan(0);
@@ -180,6 +204,7 @@ export class DgdEngine {
   /** SIGHUP: a new, already validated config. */
   async reload(cfg: DgdConfig, tables: number[]): Promise<void> {
     this.cfg = cfg;
+    this.fights.setOptions(fightOptions(cfg));
     this.tables = tables;
     this.lookupCache.clear();
     await this.refreshRoutes();
@@ -225,14 +250,98 @@ export class DgdEngine {
         this.gateways.delete(g.key);
       }
     }
-    // A route added through a gateway that is already dead is withdrawn too.
+    // A route added through a gateway that is already dead is withdrawn too; one we withdrew
+    // that is back (its owner put it back) is withdrawn again, within the fight guard's bounds.
+    const owned: string[] = [];
     for (const g of this.gateways.values()) {
       if (g.state !== 'dead' || !this.enabled) continue;
-      const fresh = routes.filter(
-        (r) => gatewaysOf(r).includes(g.key) && !this.journal.has(routeIdentity(r)),
-      );
+      const via = routes.filter((r) => gatewaysOf(r).includes(g.key));
+      const mine = via.filter((r) => !this.adapterOwner(r));
+      owned.push(...via.filter((r) => this.adapterOwner(r)).map((r) => `${g.key} ${routeIdentity(r)}`));
+      const fresh = mine.filter((r) => !this.journal.has(routeIdentity(r)));
       if (fresh.length > 0) await this.withdrawRoutesVia(g, 'route added via a dead gateway');
+      await this.rewithdrawReturned(g, mine);
     }
+    // Routes of a routing daemon through dead gateways: tell it again (it converges; idempotent),
+    // only when that set changed, so a daemon that cannot drop them is not asked on every event.
+    const sig = owned.sort().join('\n');
+    if (sig !== this.ownedViaDead) {
+      this.ownedViaDead = sig;
+      for (const g of this.gateways.values()) {
+        if (g.state !== 'dead' || !this.enabled) continue;
+        const owners = new Set(
+          routes
+            .filter((r) => gatewaysOf(r).includes(g.key))
+            .map((r) => this.adapterOwner(r))
+            .filter((o): o is RoutingDaemon => o !== null),
+        );
+        for (const o of owners)
+          await this.serially(() => this.owners!.markDead(o, g.key, 'routes through a dead gateway'));
+      }
+    }
+  }
+
+  /** The routing daemon (configured as an adapter) that owns a route, or null. */
+  private adapterOwner(r: KernelRoute): RoutingDaemon | null {
+    return this.owners?.adapterFor(protocolOf(r)) ?? null;
+  }
+
+  /**
+   * Journaled routes through dead gateway g that are back in the kernel as they were before we
+   * withdrew them (a DHCP client, a network manager or a routing daemon put them back): withdraw
+   * them again, at most fight_limit times in fight_window; then stop and say so once.
+   */
+  private rewithdrawReturned(g: Gateway, routes: KernelRoute[]): Promise<void> {
+    return this.serially(async () => {
+      if (!this.enabled) return;
+      let changed = false;
+      for (const entry of [...this.journal.values()]) {
+        if (!entry.removed.includes(g.key)) continue;
+        const current = routes.find(
+          (r) => routeIdentity(r) === routeIdentity(entry.original) || routeIdentity(r) === entry.key,
+        );
+        if (!current || !gatewaysOf(current).some((k) => entry.removed.includes(k))) continue;
+        const owner = ownerOfProtocol(protocolOf(current));
+        const verdict = this.fights.onReturn(entry.key, { route: describe(current), owner, gateway: g.key });
+        if (!verdict.act) {
+          if (verdict.first)
+            this.log.event(
+              'route_fight',
+              {
+                gateway: g.address,
+                interface: g.ifname,
+                route: verdict.fight.route,
+                owner,
+                returns: verdict.fight.returns,
+                window_ms: this.cfg.fight_window,
+                note: `${owner} puts this route back after each withdrawal; ipdeadgate stops withdrawing it (configure dgd.owners for a routing daemon, or stop its owner from re-adding it)`,
+              },
+              'warn',
+            );
+          continue;
+        }
+        const op = transition(current, targetOf(entry));
+        if (!op) continue;
+        try {
+          await this.applyOp(op);
+          changed = true;
+          this.log.event('route_rewithdrawn', {
+            gateway: g.address,
+            interface: g.ifname,
+            route: describe(current),
+            owner,
+            returns: verdict.returns,
+          });
+        } catch (err) {
+          this.log.event(
+            'error',
+            { during: `re-withdraw (${op.op})`, route: describe(current), error: msg(err) },
+            'error',
+          );
+        }
+      }
+      if (changed) this.kernelRoutes = await this.ports.listRoutes(this.tables);
+    });
   }
 
   /** Debounced refresh after rtnetlink route events. */
@@ -756,8 +865,28 @@ export class DgdEngine {
       // Plan: for each route through g, the journal entry with g removed.
       const plans: { entry: JournalEntry; from: KernelRoute | null; to: KernelRoute | null }[] = [];
       const touched = new Map<string, JournalEntry>();
+      // Routes owned by a configured routing daemon: the daemon itself is told (journaled there).
+      const handed = new Map<RoutingDaemon, KernelRoute[]>();
+      for (const r of routes) {
+        const o = gatewaysOf(r).includes(g.key) ? this.adapterOwner(r) : null;
+        if (o) handed.set(o, [...(handed.get(o) ?? []), r]);
+      }
+      for (const [owner, rs] of handed) {
+        const outcome = await this.owners!.markDead(owner, g.key, reason);
+        this.log.event('routes_handed_over', {
+          gateway: g.address,
+          interface: g.ifname,
+          owner,
+          reason,
+          routes: rs.map(describe),
+          applied: outcome?.applied ?? [],
+          kept: outcome?.kept ?? [],
+          ok: outcome !== null,
+        });
+      }
       for (const r of routes) {
         if (!gatewaysOf(r).includes(g.key)) continue;
+        if (this.adapterOwner(r)) continue;
         // A route we changed earlier shows up reduced: its journal entry holds the original.
         const existing = [...this.journal.values()].find(
           (e) => routeIdentity(targetOf(e) ?? e.original) === routeIdentity(r),
@@ -826,6 +955,8 @@ export class DgdEngine {
 
   private restoreRoutesVia(g: Gateway, reason: string): Promise<void> {
     return this.serially(async () => {
+      this.fights.forgetGateway(g.key);
+      await this.owners?.markAlive(g.key, reason);
       // Decide from the kernel as it is now, not as it was at the last route event.
       this.kernelRoutes = await this.ports.listRoutes(this.tables);
       const restored: string[] = [];
@@ -887,6 +1018,8 @@ export class DgdEngine {
   /** Restore every withdrawn route (off, SIGTERM). */
   private restoreAll(reason: string): Promise<void> {
     return this.serially(async () => {
+      this.fights.clear();
+      await this.owners?.restoreAll(reason);
       if (this.journal.size === 0) return;
       this.kernelRoutes = await this.ports.listRoutes(this.tables);
       const restored: string[] = [];
@@ -930,6 +1063,24 @@ export class DgdEngine {
           }
         }
       }
+    });
+  }
+
+  /** After a restart: routing daemons told before are told again; their gateways are dead, polled now. */
+  private reconcileOwners(held: Map<RoutingDaemon, string[]>): Promise<void> {
+    return this.serially(async () => {
+      if (!this.owners || held.size === 0) return;
+      await this.owners.reconcile();
+      for (const keys of held.values())
+        for (const key of keys) {
+          const i = key.lastIndexOf('%');
+          const g = this.ensureGateway(key.slice(0, i), Number(key.slice(i + 1)));
+          if (g.state !== 'dead') {
+            g.deadSince = this.clock.now();
+            this.transition(g, 'dead', 'routing daemon told before restart (journal)');
+            this.schedulePoll(g, 0);
+          }
+        }
     });
   }
 
@@ -993,6 +1144,8 @@ export class DgdEngine {
         ...routeSummary(e.original),
         removed_gateways: e.removed,
       })),
+      route_owners: this.owners?.status() ?? [],
+      fights: this.fights.fights(),
       last_scan: {
         at: this.lastScan.at ? new Date(this.lastScan.at).toISOString() : null,
         duration_ms: Math.round(this.lastScan.durationMs * 10) / 10,
@@ -1045,6 +1198,10 @@ export interface DgdStatus {
     transitions: Transition[];
   }[];
   withdrawn_routes: (Omit<GatewayRouteStatus, 'state'> & { removed_gateways: string[] })[];
+  /** Routing daemons configured in dgd.owners: what each has been told and what it holds. */
+  route_owners: OwnerStatus[];
+  /** Routes the daemon stopped withdrawing because their owner kept putting them back. */
+  fights: Fight[];
   last_scan: {
     at: string | null;
     duration_ms: number;
@@ -1074,6 +1231,10 @@ function describe(r: KernelRoute): string {
 /** How long an active probe waits for its answer: half the interval, at least 10 ms. */
 export function activeProbeTimeout(intervalMs: number): number {
   return Math.max(10, Math.floor(intervalMs / 2));
+}
+
+function fightOptions(cfg: DgdConfig): { limit: number; windowMs: number } {
+  return { limit: cfg.fight_limit, windowMs: cfg.fight_window };
 }
 
 function fmtAddr(addr: string, port: number): string {

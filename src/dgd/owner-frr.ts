@@ -34,7 +34,9 @@ export class FrrOwnerAdapter implements OwnerAdapter {
     const now = await this.frr.filterState();
     for (const p of planProtocols(rib, v4))
       if (now.foreign[p])
-        problems.push(`zebra filters ${p} routes with route-map ${now.foreign[p]} already; ipdeadgate left ${p} alone`);
+        problems.push(
+          `zebra filters ${p} routes with route-map ${now.foreign[p]} already; ipdeadgate left ${p} alone`,
+        );
     const want = planFrrFilter(rib, v4, opts.keepLastRoute, now);
     const changed = filterCommands(now, want).length > 0;
     let after = now;
@@ -67,7 +69,9 @@ function nexthopVia(r: FrrRoute, dead: ReadonlySet<string>): boolean {
 /** FRR protocols with a route through a dead gateway. */
 export function planProtocols(rib: FrrRoute[], dead: string[]): string[] {
   const d = new Set(dead);
-  return [...new Set(rib.filter((r) => !NOT_FILTERED.has(r.protocol) && nexthopVia(r, d)).map((r) => r.protocol))].sort();
+  return [
+    ...new Set(rib.filter((r) => !NOT_FILTERED.has(r.protocol) && nexthopVia(r, d)).map((r) => r.protocol)),
+  ].sort();
 }
 
 /**
@@ -75,14 +79,21 @@ export function planProtocols(rib: FrrRoute[], dead: string[]): string[] {
  * already filters), and with keep_last_route the destinations that have no route but through dead
  * gateways (a connected or kernel route, another distance, another ECMP member are alternatives).
  */
-export function planFrrFilter(rib: FrrRoute[], dead: string[], keepLast: boolean, now: FrrFilterState): FrrFilter {
+export function planFrrFilter(
+  rib: FrrRoute[],
+  dead: string[],
+  keepLast: boolean,
+  now: FrrFilterState,
+): FrrFilter {
   if (dead.length === 0) return { gateways: [], keep: [], protocols: [] };
   const d = new Set(dead);
   const protocols = planProtocols(rib, dead).filter((p) => !now.foreign[p]);
   if (protocols.length === 0) return { gateways: [], keep: [], protocols: [] };
   const keep: string[] = [];
   if (keepLast) {
-    const prefixes = new Set(rib.filter((r) => protocols.includes(r.protocol) && nexthopVia(r, d)).map((r) => r.prefix));
+    const prefixes = new Set(
+      rib.filter((r) => protocols.includes(r.protocol) && nexthopVia(r, d)).map((r) => r.prefix),
+    );
     for (const prefix of prefixes) {
       const alternative = rib.some(
         (r) =>

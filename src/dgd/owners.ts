@@ -225,7 +225,7 @@ export class RouteOwners {
     return (owner === 'frr' || owner === 'bird') && this.adapters.has(owner) ? owner : null;
   }
 
-  /** Read the journal (start). Returns the dead gateways it names, per daemon. */
+  /** Read the journal (start). Returns the dead gateways (keys) it names, per daemon. */
   async load(): Promise<Map<RoutingDaemon, string[]>> {
     this.loaded = await this.store.load();
     const out = new Map<RoutingDaemon, string[]>();
@@ -259,7 +259,7 @@ export class RouteOwners {
     }
   }
 
-  /** The routing daemon `owner` must treat `gateway` (an address) as unusable. */
+  /** The routing daemon `owner` must treat `gateway` (a gateway key, address%ifindex) as unusable. */
   async markDead(owner: RoutingDaemon, gateway: string, reason: string): Promise<OwnerOutcome | null> {
     const set = this.dead.get(owner) ?? new Set<string>();
     this.dead.set(owner, set);
@@ -294,8 +294,9 @@ export class RouteOwners {
     const adapter = this.adapters.get(owner);
     if (!adapter) return null;
     const dead = [...(this.dead.get(owner) ?? [])].sort();
+    const addresses = [...new Set(dead.map(addressOfKey))].sort();
     try {
-      const outcome = await adapter.converge(dead, {
+      const outcome = await adapter.converge(addresses, {
         keepLastRoute: this.keepLastRoute,
         previous: this.states.get(owner) ?? null,
         persist: async (state) => {
@@ -324,7 +325,11 @@ export class RouteOwners {
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       this.errors.set(owner, message);
-      this.log.event('error', { during: `telling ${owner}`, owner, dead_gateways: dead, error: message }, 'error');
+      this.log.event(
+        'error',
+        { during: `telling ${owner}`, owner, dead_gateways: dead, error: message },
+        'error',
+      );
       return null;
     }
   }
@@ -356,11 +361,20 @@ export class RouteOwners {
   }
 }
 
+/** "198.18.1.1%2" -> "198.18.1.1" (gateway keys carry the interface index). */
+export function addressOfKey(key: string): string {
+  const i = key.lastIndexOf('%');
+  return i < 0 ? key : key.slice(0, i);
+}
+
 /** An adapter state that stands for "nothing configured in the daemon". */
 function isEmptyState(state: unknown): boolean {
   if (state === null || state === undefined) return true;
   if (typeof state !== 'object') return false;
   return Object.values(state as Record<string, unknown>).every(
-    (v) => v === null || (Array.isArray(v) && v.length === 0) || (typeof v === 'object' && Object.keys(v).length === 0),
+    (v) =>
+      v === null ||
+      (Array.isArray(v) && v.length === 0) ||
+      (typeof v === 'object' && Object.keys(v).length === 0),
   );
 }
