@@ -70,6 +70,23 @@ export function formatStatus(s: Status): string {
     }
     for (const tr of g.transitions.slice(-5)) lines.push(`  ${tr.at} ${tr.from} -> ${tr.to}: ${tr.reason}`);
   }
+  for (const o of s.route_owners ?? []) {
+    lines.push(
+      '',
+      `routing daemon ${o.owner}: told of dead gateways: ${o.dead_gateways.join(', ') || 'none'}`,
+    );
+    for (const a of o.applied) lines.push(`  applied: ${a}`);
+    if (o.kept.length) lines.push(`  kept (last route): ${o.kept.join(', ')}`);
+    for (const p of o.problems) lines.push(`  problem: ${p}`);
+    if (o.last_error) lines.push(`  ERROR: ${o.last_error}`);
+  }
+  if ((s.fights ?? []).length > 0) {
+    lines.push('', 'fights given up (the owner puts the route back after each withdrawal):');
+    for (const f of s.fights)
+      lines.push(
+        `  ${f.route}: owner ${f.owner}, gateway ${f.gateway}, ${f.returns} returns, since ${f.stopped_at}`,
+      );
+  }
   if (s.tunnel) lines.push('', ...formatTunnel(s.tunnel));
   return lines.join('\n') + '\n';
 }
