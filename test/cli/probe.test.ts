@@ -1,7 +1,8 @@
 import { strict as assert } from 'node:assert';
-import { type ExecResult, type Lab, REPO_ROOT, requireRoot } from '../lab/lab';
+import { type ExecResult, type Lab, requireRoot } from '../lab/lab';
 import { DGD, dgdLab } from '../lab/topologies';
-import { AS_NOBODY, macOf, waitDgdLabReady } from '../fixtures/neigh-lab';
+import { macOf, waitDgdLabReady } from '../fixtures/neigh-lab';
+import { nodeAsNobody } from '../fixtures/unprivileged';
 import type { ProbeJson } from '../../src/cli/probe';
 
 function json(r: ExecResult): ProbeJson {
@@ -162,13 +163,7 @@ describe('ipdeadgate probe (lab)', function () {
   });
 
   it('without root: exit 1 and one line saying what privilege is needed, no stack trace', async () => {
-    const r = await lab.exec('client', [
-      ...AS_NOBODY,
-      process.execPath,
-      `${REPO_ROOT}/bin/ipdeadgate`,
-      'probe',
-      DGD.r1_4,
-    ]);
+    const r = await lab.exec('client', nodeAsNobody('bin/ipdeadgate', 'probe', DGD.r1_4));
     assert.equal(r.code, 1, r.stdout + r.stderr);
     assert.equal(r.stdout, '');
     assert.match(

@@ -2,10 +2,11 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Lab, REPO_ROOT, requireRoot, waitFor } from '../lab/lab';
+import { Lab, requireRoot, waitFor } from '../lab/lab';
 import { LabDaemon } from '../lab/daemon';
 import { DGD, dgdLabSpec } from '../lab/topologies';
 import { startFlowClient, startFlowServer, type FlowClient } from '../lab/flows';
+import { nodeAsNobody } from '../fixtures/unprivileged';
 
 const PORT = 7000;
 const FAST = 'dgd:\n  slow_poll_interval: 2s\n';
@@ -271,18 +272,7 @@ describe('dead gateway detection in the lab', function () {
 
   it('a non-root client is refused by the control socket: by its mode, and by SO_PEERCRED', async () => {
     const d = await LabDaemon.start(lab, 'client', FAST);
-    const asNobody = () =>
-      lab.exec('client', [
-        'setpriv',
-        '--reuid=65534',
-        '--regid=65534',
-        '--clear-groups',
-        process.execPath,
-        path.join(REPO_ROOT, 'bin', 'ipdeadgate'),
-        'off',
-        '--control',
-        d.control,
-      ]);
+    const asNobody = () => lab.exec('client', nodeAsNobody('bin/ipdeadgate', 'off', '--control', d.control));
     assert.equal(fs.statSync(d.control).mode & 0o777, 0o600);
     let r = await asNobody();
     assert.equal(r.code, 1);

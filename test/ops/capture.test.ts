@@ -334,10 +334,14 @@ describe('ipdeadgate capture (lab)', function () {
     lab = await pairLab();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'idg-cap-'));
     // -c: three ICMP packets, decoded.
-    const counted = lab.cli('a', ['capture', '-i', 'eth0', '-c', '3', 'icmp'], 20_000);
-    await new Promise((r) => setTimeout(r, 800));
+    // Ping only once the capture says it listens (a fixed wait lost the first echo on a busy machine).
+    const counted = await startCapture(lab, 'a', ['-i', 'eth0', '-c', '3', 'icmp']);
     await lab.exec('b', ['ping', '-c', '3', '-i', '0.2', '198.18.0.1']);
-    const r = await counted;
+    const code = await Promise.race([
+      counted.exited,
+      new Promise<null>((_, rej) => setTimeout(() => rej(new Error('capture -c 3 did not end')), 20_000)),
+    ]);
+    const r = { code, stdout: counted.stdout(), stderr: counted.stderr() };
     assert.equal(r.code, 0, r.stderr);
     const lines = r.stdout.trim().split('\n');
     assert.equal(lines.length, 3, r.stdout);

@@ -8,9 +8,10 @@ import {
   IPPROTO_ICMP,
 } from '../../src/sys/frames';
 import { EchoSocket, type RawIcmpSocket } from '../../src/sys/icmp';
-import { type Lab, REPO_ROOT, requireRoot } from '../lab/lab';
+import { type Lab, requireRoot } from '../lab/lab';
 import { DGD, dgdLab } from '../lab/topologies';
-import { AS_NOBODY, waitDgdLabReady } from '../fixtures/neigh-lab';
+import { waitDgdLabReady } from '../fixtures/neigh-lab';
+import { nodeAsNobody } from '../fixtures/unprivileged';
 
 const FIXTURE = 'dist/test/fixtures/neigh-echo.js';
 
@@ -151,7 +152,7 @@ describe('icmp: echo on raw sockets (lab)', function () {
 
   it('without CAP_NET_RAW: EPERM with a hint saying what is needed', async () => {
     const args = JSON.stringify({ family: 6, echoes: [] });
-    const r = await lab.exec('client', [...AS_NOBODY, process.execPath, `${REPO_ROOT}/${FIXTURE}`, args]);
+    const r = await lab.exec('client', nodeAsNobody(FIXTURE, args));
     const out = JSON.parse(r.stdout) as EchoOut;
     assert.equal(out.error?.code, 'EPERM', r.stdout + r.stderr);
     assert.match(

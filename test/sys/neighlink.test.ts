@@ -15,8 +15,9 @@ import {
   type InterfaceAddresses,
   type NeighbourSighting,
 } from '../../src/sys/neighlink';
-import { type Lab, REPO_ROOT, requireRoot } from '../lab/lab';
-import { AS_NOBODY, macOf, waitDgdLabReady } from '../fixtures/neigh-lab';
+import { type Lab, requireRoot } from '../lab/lab';
+import { macOf, waitDgdLabReady } from '../fixtures/neigh-lab';
+import { nodeAsNobody } from '../fixtures/unprivileged';
 import { DGD, dgdLab } from '../lab/topologies';
 
 const FIXTURE = 'dist/test/fixtures/neigh-probe.js';
@@ -200,12 +201,7 @@ describe('neighlink: ARP and NDP on a real link (lab)', function () {
   });
 
   it('without CAP_NET_RAW: EPERM with a hint saying what is needed', async () => {
-    const r = await lab.exec('client', [
-      ...AS_NOBODY,
-      process.execPath,
-      `${REPO_ROOT}/${FIXTURE}`,
-      JSON.stringify({ op: 'open', ifname: 'lan0' }),
-    ]);
+    const r = await lab.exec('client', nodeAsNobody(FIXTURE, JSON.stringify({ op: 'open', ifname: 'lan0' })));
     const out = JSON.parse(r.stdout) as FixtureOut;
     assert.equal(out.error?.code, 'EPERM', r.stdout + r.stderr);
     assert.match(out.error!.message, /^EPERM: opening lan0 for ARP\/NDP needs .*CAP_NET_RAW \(run as root\)/);
