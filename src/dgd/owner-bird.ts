@@ -46,6 +46,9 @@ export class BirdOwnerAdapter implements OwnerAdapter {
     if (dead.length > 0) {
       const [protocols, routes] = await Promise.all([this.bird.protocols(), this.bird.routes()]);
       const kinds = new Map(protocols.map((p) => [p.name, p]));
+      // Disabled by us but up again: BIRD restarted (it forgets runtime disables) or someone
+      // enabled it. Still needed for a dead gateway: disable it again.
+      for (const p of Object.keys(next.disabled)) if (kinds.get(p)?.state === 'up') toDisable.push(p);
       const candidates = new Set(
         routes
           .filter((r) => r.gateways.some((g) => d.has(g)))

@@ -104,6 +104,13 @@ describe('routing daemons own their routes: FRR in the lab', function () {
     assert.match(shown, new RegExp(`S   198\\.18\\.2\\.0/24 \\[10/0\\] via ${esc(RD.r1)}`), shown);
     assert.match(await frr.runningConfig(), /ip protocol static route-map IPDEADGATE-[AB]/);
     await resumedAfter(fl, Date.parse(handed.time), 'the flows');
+    // An operator drops the binding by hand (or FRR restarts): zebra puts r1's routes back, and the
+    // daemon tells zebra again.
+    const told = d.named('owner_told').length;
+    const bound = /ip protocol static route-map (IPDEADGATE-[AB])/.exec(await frr.runningConfig())![1]!;
+    await frr.vtysh(['configure terminal', `no ip protocol static route-map ${bound}`]);
+    await waitFor(() => d.named('owner_told').length > told, 5000, 'the daemon to tell zebra again');
+    await waitFor(() => failedOver(lab), 3000, 'zebra to fail over again');
     const st = await d.status();
     assert.equal(st.gateways.find((g) => g.address === RD.r1)!.state, 'dead');
     const owners = st.route_owners as { owner: string; dead_gateways: string[]; applied: string[] }[];
@@ -262,6 +269,12 @@ describe('routing daemons own their routes: BIRD in the lab', function () {
     );
     assert.match((await bird.birdc('show protocols')).stdout, /via_r1\s+Static\s+master4\s+down/);
     await resumedAfter(fl, Date.parse(handed.time), 'the flows');
+    // Someone enables the protocol again (or BIRD restarts and forgets): r1's routes come back,
+    // and the daemon disables it again.
+    const told = d.named('owner_told').length;
+    await bird.birdc('enable via_r1');
+    await waitFor(() => d.named('owner_told').length > told, 5000, 'the daemon to tell BIRD again');
+    await waitFor(() => failedOver(lab), 3000, 'BIRD to fail over again');
 
     await lab.revive('r1', 'lan0');
     await d.waitFor((e) => e.event === 'routes_restored' && e.gateway === RD.r1, 20_000, 'r1 revived');
