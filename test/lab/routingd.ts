@@ -47,8 +47,9 @@ export async function startFrr(
 ): Promise<FrrInstance> {
   const dir = lab.tempPath(`frr-${host}`);
   fs.mkdirSync(dir, { recursive: true });
-  // The daemons drop to user frr (group frrvty for the vty sockets): they must own their directory.
-  fs.chmodSync(dir, 0o770);
+  // The daemons drop to user frr: they own their directory, as Debian's frrinit.sh makes
+  // /var/run/frr (frr:frr, 0750); the vty sockets in it are frr:frrvty 0770.
+  fs.chmodSync(dir, 0o750);
   const { uid, gid } = frrIds();
   fs.chownSync(dir, uid, gid);
   const zserv = path.join(dir, 'zserv.api');
@@ -133,9 +134,15 @@ function frrLog(dir: string, d: string): string {
 }
 
 function frrIds(): { uid: number; gid: number } {
+  return userIds('frr', 'frr');
+}
+
+/** The uid and primary gid of a system user a Debian package made. */
+function userIds(user: string, pkg: string): { uid: number; gid: number } {
   const passwd = fs.readFileSync('/etc/passwd', 'utf8');
-  const line = passwd.split('\n').find((l) => l.startsWith('frr:'));
-  if (!line) throw new Error("lab: user frr does not exist (install Debian's frr package: scripts/setup)");
+  const line = passwd.split('\n').find((l) => l.startsWith(`${user}:`));
+  if (!line)
+    throw new Error(`lab: user ${user} does not exist (install Debian's ${pkg} package: scripts/setup)`);
   const f = line.split(':');
   return { uid: Number(f[2]), gid: Number(f[3]) };
 }
@@ -158,10 +165,17 @@ export async function startBird(lab: Lab, host: string, config: string): Promise
   const conf = path.join(dir, 'bird.conf');
   const socket = path.join(dir, 'bird.ctl');
   fs.writeFileSync(conf, config);
-  // -f: foreground, so the lab owns the process; -c config, -s socket, -P pid file.
-  const child = lab.spawn(host, ['bird', '-f', '-c', conf, '-s', socket, '-P', path.join(dir, 'bird.pid')], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
+  // As Debian's bird.service runs it: user and group bird, in a directory like /run/bird
+  // (bird:bird 0775, /usr/lib/bird/prepare-environment). -f: foreground, so the lab owns the
+  // process; -c config, -s socket, -P pid file.
+  const { uid, gid } = userIds('bird', 'bird2');
+  fs.chownSync(dir, uid, gid);
+  fs.chmodSync(dir, 0o775);
+  const child = lab.spawn(
+    host,
+    ['bird', '-f', '-u', 'bird', '-g', 'bird', '-c', conf, '-s', socket, '-P', path.join(dir, 'bird.pid')],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
   let err = '';
   child.stderr?.setEncoding('utf8');
   child.stderr?.on('data', (c: string) => (err += c));

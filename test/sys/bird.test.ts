@@ -85,6 +85,28 @@ describe('BIRD 2 in the lab', function () {
     await waitFor(async () => (await kernelRoutes(lab)) === before, 3000, 'the routes back exactly');
   });
 
+  it("the control socket is reachable with only the unit's capabilities in group bird (the drop-in of docs/host-integration.md), not without it", async () => {
+    const as = (groups: string) =>
+      lab.exec('client', [
+        'setpriv',
+        '--reuid=0',
+        '--regid=0',
+        `--groups=${groups}`,
+        '--inh-caps=-all,+net_admin,+net_raw',
+        '--bounding-set=-all,+net_admin,+net_raw',
+        'birdc',
+        '-s',
+        bird.socket,
+        'show',
+        'status',
+      ]);
+    const ok = await as('bird');
+    assert.equal(ok.code, 0, ok.stderr + ok.stdout);
+    assert.match(ok.stdout, /BIRD 2\.\d+\.\d+ ready/);
+    const denied = await as('root');
+    assert.notEqual(denied.code, 0);
+  });
+
   it('names the socket and the problem when BIRD is not there, and refuses odd protocol names', async () => {
     const none = new BirdControl(`${bird.socket}-nonexistent`);
     await assert.rejects(none.protocols(), /bird control socket .*-nonexistent: ENOENT/);

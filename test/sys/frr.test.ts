@@ -155,6 +155,31 @@ describe('FRR (zebra + staticd) in the lab', function () {
     }
   });
 
+  it("vtysh reaches zebra with only the unit's capabilities when in groups frr and frrvty (the drop-in of docs/host-integration.md), not without them", async () => {
+    // As packaging/ipdeadgate.service runs the daemon: root, bounding set CAP_NET_ADMIN CAP_NET_RAW
+    // (no CAP_DAC_OVERRIDE): FRR's run directory (frr:frr 0750) and /etc/frr/vtysh.conf need group
+    // frr, the vty sockets in it (frr:frrvty 0770) group frrvty.
+    const as = (groups: string) =>
+      lab.exec('client', [
+        'setpriv',
+        '--reuid=0',
+        '--regid=0',
+        `--groups=${groups}`,
+        '--inh-caps=-all,+net_admin,+net_raw',
+        '--bounding-set=-all,+net_admin,+net_raw',
+        'vtysh',
+        '--vty_socket',
+        frr.dir,
+        '-c',
+        'show ip route json',
+      ]);
+    const ok = await as('frr,frrvty');
+    assert.equal(ok.code, 0, ok.stderr + ok.stdout);
+    assert.ok(JSON.parse(ok.stdout)['198.18.2.0/24']);
+    const denied = await as('root');
+    assert.notEqual(denied.code, 0);
+  });
+
   it('reports a vtysh that cannot reach FRR with the socket directory it tried', async () => {
     const wrong = new Vtysh({ vtySocket: `${frr.dir}-nonexistent` });
     await assert.rejects(wrong.ipv4Routes(), /vtysh .*show ip route json/);
