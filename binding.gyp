@@ -8,8 +8,11 @@
         "native/sockdiag.cc",
         "native/tcpinfo.cc",
         "native/watcher.cc",
-        "native/peercred.cc"
+        "native/peercred.cc",
+        "native/pcap.cc",
+        "native/sdnotify.cc"
       ],
+      "libraries": ["-lpcap"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
       "cflags!": ["-fno-exceptions"],

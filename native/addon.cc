@@ -9,6 +9,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   idg::RegisterTcpInfo(env, exports);
   idg::RegisterWatcher(env, exports);
   idg::RegisterPeerCred(env, exports);
+  idg::RegisterPcap(env, exports);
+  idg::RegisterSdNotify(env, exports);
   return exports;
 }
 

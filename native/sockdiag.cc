@@ -10,6 +10,10 @@
 //   addrOffsets: Uint32Array, address i is addrs[addrOffsets[i] .. addrOffsets[i+1])
 // Addresses are deduplicated on the worker (a host has few local addresses and usually few peers),
 // so the main thread decodes each distinct address once instead of once per socket.
+//
+// sockDiagCount runs the same dump (without tcp_info) but only counts sockets per family and state
+// on the worker: the main thread gets one small Uint32Array, however many sockets the host has, so
+// a count for `status` creates no per-socket objects and no garbage.
 #include <arpa/inet.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
@@ -45,6 +49,9 @@ constexpr size_t kBaseColumns = 0 IDG_SOCK_COLUMNS(IDG_COUNT_COLUMN);
 constexpr size_t kRecvBufferSize = 64 * 1024;
 // A dump never hangs a threadpool thread: the kernel answers at once or something is badly wrong.
 constexpr time_t kRecvTimeoutSeconds = 10;
+// Kernel TCP states are 1..12 (include/net/tcp_states.h, TCP_NEW_SYN_RECV = 12); counts are indexed
+// [family (0 = IPv4, 1 = IPv6)][state], 16 slots per family.
+constexpr size_t kCountStates = 16;
 
 struct AddressKey {
   uint64_t hi;
@@ -109,13 +116,14 @@ Napi::ArrayBuffer TakeAsArrayBuffer(Napi::Env env, std::unique_ptr<std::vector<T
 class DumpWorker : public Napi::AsyncWorker {
  public:
   DumpWorker(Napi::Function callback, int reportedFamily, uint32_t states, bool withInfo,
-             uint32_t minRetransmits, std::shared_ptr<std::atomic<bool>> cancelled)
+             uint32_t minRetransmits, bool countOnly, std::shared_ptr<std::atomic<bool>> cancelled)
       : Napi::AsyncWorker(callback, "ipdeadgate:sock_diag"),
         reportedFamily_(reportedFamily),
         states_(states),
-        withInfo_(withInfo),
+        withInfo_(withInfo && !countOnly),
         minRetransmits_(minRetransmits),
-        columns_(kBaseColumns + (withInfo ? kTcpInfoColumns : 0)),
+        countOnly_(countOnly),
+        columns_(kBaseColumns + (withInfo_ ? kTcpInfoColumns : 0)),
         cancelled_(std::move(cancelled)) {}
 
   void Execute() override {
@@ -140,6 +148,12 @@ class DumpWorker : public Napi::AsyncWorker {
     }
     if (errno_ != 0) {
       Callback().Call({MakeSystemError(env, errno_, syscall_, what_).Value()});
+      return;
+    }
+    if (countOnly_) {
+      auto counts = std::make_unique<std::vector<uint32_t>>(counts_, counts_ + 2 * kCountStates);
+      Napi::ArrayBuffer buffer = TakeAsArrayBuffer(env, std::move(counts));
+      Callback().Call({env.Null(), Napi::Uint32Array::New(env, 2 * kCountStates, buffer, 0)});
       return;
     }
     Napi::Object result = Napi::Object::New(env);
@@ -260,6 +274,10 @@ class DumpWorker : public Napi::AsyncWorker {
       dst += 12;
     }
     if (reportedFamily_ != 0 && reportedFamily_ != (family == AF_INET6 ? 6 : 4)) return;
+    if (countOnly_) {
+      counts_[(family == AF_INET6 ? kCountStates : 0) + (m->idiag_state & (kCountStates - 1))]++;
+      return;
+    }
     const size_t start = rows_->size();
     rows_->resize(start + columns_);
     uint32_t* row = rows_->data() + start;
@@ -293,14 +311,25 @@ class DumpWorker : public Napi::AsyncWorker {
   const uint32_t states_;
   const bool withInfo_;
   const uint32_t minRetransmits_;  // 0: every socket
+  const bool countOnly_;           // count per family and state; no rows, no addresses
   const size_t columns_;
   std::shared_ptr<std::atomic<bool>> cancelled_;
   std::unique_ptr<std::vector<uint32_t>> rows_ = std::make_unique<std::vector<uint32_t>>();
   AddressTable addresses_;
+  uint32_t counts_[2 * kCountStates] = {};
   int errno_ = 0;
   const char* syscall_ = "";
   std::string what_;
 };
+
+Napi::Function CancelFunction(Napi::Env env, std::shared_ptr<std::atomic<bool>> cancelled) {
+  return Napi::Function::New(
+      env, [cancelled](const Napi::CallbackInfo& ci) -> Napi::Value {
+        cancelled->store(true);
+        return ci.Env().Undefined();
+      },
+      "cancel");
+}
 
 // sockDiagDump(family: 0|4|6, states, withInfo, minRetransmits, callback(err, result)): cancel()
 Napi::Value SockDiagDump(const Napi::CallbackInfo& info) {
@@ -313,14 +342,24 @@ Napi::Value SockDiagDump(const Napi::CallbackInfo& info) {
   const uint32_t states = info[1].As<Napi::Number>().Uint32Value();
   auto cancelled = std::make_shared<std::atomic<bool>>(false);
   auto* worker = new DumpWorker(info[4].As<Napi::Function>(), family, states, info[2].As<Napi::Boolean>().Value(),
-                                info[3].As<Napi::Number>().Uint32Value(), cancelled);
+                                info[3].As<Napi::Number>().Uint32Value(), false, cancelled);
   worker->Queue();
-  return Napi::Function::New(
-      env, [cancelled](const Napi::CallbackInfo& ci) -> Napi::Value {
-        cancelled->store(true);
-        return ci.Env().Undefined();
-      },
-      "cancel");
+  return CancelFunction(env, cancelled);
+}
+
+// sockDiagCount(family: 0|4|6, states, callback(err, counts: Uint32Array(32))): cancel()
+// counts[f * 16 + state]: f 0 = IPv4 (IPv4-mapped included), 1 = IPv6; state = kernel TCP state number.
+Napi::Value SockDiagCount(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsFunction())
+    return ThrowTypeError(env, "sockDiagCount(family, states, callback): bad arguments");
+  const int family = info[0].As<Napi::Number>().Int32Value();
+  if (family != 0 && family != 4 && family != 6) return ThrowTypeError(env, "sockDiagCount: family must be 0, 4 or 6");
+  const uint32_t states = info[1].As<Napi::Number>().Uint32Value();
+  auto cancelled = std::make_shared<std::atomic<bool>>(false);
+  auto* worker = new DumpWorker(info[2].As<Napi::Function>(), family, states, false, 0, true, cancelled);
+  worker->Queue();
+  return CancelFunction(env, cancelled);
 }
 
 Napi::Array ColumnNames(Napi::Env env, bool withInfo) {
@@ -338,6 +377,7 @@ Napi::Array ColumnNames(Napi::Env env, bool withInfo) {
 
 void RegisterSockDiag(Napi::Env env, Napi::Object exports) {
   exports.Set("sockDiagDump", Napi::Function::New(env, SockDiagDump, "sockDiagDump"));
+  exports.Set("sockDiagCount", Napi::Function::New(env, SockDiagCount, "sockDiagCount"));
   exports.Set("sockDiagColumns", ColumnNames(env, true));
 }
 

@@ -1,6 +1,10 @@
 // Benchmark helper, run inside the lab namespace that holds the sockets: times `ss -tin` (output to
 // /dev/null) against our dump on the same sockets, interleaved, and measures the longest event-loop
-// stall during each of our dumps. `bench-sockdiag-measure REPS MIN_SOCKETS` prints one JSON line.
+// stall during each of our operations: the whole array (with and without tcp_info), detection's
+// filtered scan and the status count (what the daemon does), the paged dump (what `ipdeadgate
+// sockets` does), and, as a control, the same measurement while nothing runs at all (so a stall
+// the machine's other load causes is told apart from one our work causes).
+// `bench-sockdiag-measure REPS MIN_SOCKETS` prints one JSON line.
 //
 // Stall: a 1 ms setInterval runs during the dump and the longest gap between two of its ticks (and
 // from the last tick to the end) is the longest time the loop could not run a callback; the maximum
@@ -8,7 +12,7 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { monitorEventLoopDelay, PerformanceObserver, type PerformanceEntry } from 'node:perf_hooks';
-import { dumpTcpSockets, type TcpSocketEntry } from '../src/sys/sockdiag';
+import { countTcpSockets, dumpTcpSocketPages, dumpTcpSockets } from '../src/sys/sockdiag';
 
 interface Timed {
   ms: number;
@@ -29,7 +33,8 @@ function runqWaitMs(): number {
 const gcPauses: PerformanceEntry[] = [];
 new PerformanceObserver((list) => gcPauses.push(...list.getEntries())).observe({ entryTypes: ['gc'] });
 
-async function timedDump(info: boolean, minRetransmits = 0): Promise<Timed> {
+/** Run `op` with the stall probes on; `op` returns how many sockets it saw. */
+async function timed(op: () => Promise<number>): Promise<Timed> {
   const histogram = monitorEventLoopDelay({ resolution: 1 });
   let last = performance.now();
   let longest = 0;
@@ -38,14 +43,14 @@ async function timedDump(info: boolean, minRetransmits = 0): Promise<Timed> {
     longest = Math.max(longest, now - last);
     last = now;
   }, 1);
-  // Let the interval start ticking before the dump begins.
+  // Let the interval start ticking before the operation begins.
   await new Promise((r) => setTimeout(r, 5));
   last = performance.now();
   longest = 0;
   histogram.enable();
   const runq0 = runqWaitMs();
   const started = performance.now();
-  const entries: TcpSocketEntry[] = await dumpTcpSockets({ info, minRetransmits });
+  const count = await op();
   const ended = performance.now();
   const runqWait = runqWaitMs() - runq0;
   longest = Math.max(longest, ended - last);
@@ -63,9 +68,26 @@ async function timedDump(info: boolean, minRetransmits = 0): Promise<Timed> {
     elDelayMaxMs: histogram.max / 1e6,
     gcMaxMs,
     runqWaitMs: runqWait,
-    count: entries.length,
+    count,
   };
 }
+
+const timedDump = (info: boolean, minRetransmits = 0): Promise<Timed> =>
+  timed(async () => (await dumpTcpSockets({ info, minRetransmits })).length);
+const timedCount = (): Promise<Timed> => timed(async () => (await countTcpSockets()).total);
+/** What `ipdeadgate sockets` does: pages with tcp_info, each looked at and dropped. */
+const timedPages = (): Promise<Timed> =>
+  timed(async () => {
+    let n = 0;
+    for await (const page of dumpTcpSocketPages({ info: true })) n += page.length;
+    return n;
+  });
+/** The control: nothing runs for `ms`. */
+const timedIdle = (ms: number): Promise<Timed> =>
+  timed(async () => {
+    await new Promise((r) => setTimeout(r, ms));
+    return 0;
+  });
 
 function timedSs(devNull: number): { ms: number; status: number | null } {
   const started = performance.now();
@@ -88,24 +110,46 @@ async function main(): Promise<void> {
   timedSs(devNull);
   await timedDump(true);
   await timedDump(false);
+  await timedCount();
+  await timedPages();
   const ss: number[] = [];
   const withInfo: Timed[] = [];
   const cheap: Timed[] = [];
   const scan: Timed[] = [];
+  const count: Timed[] = [];
+  const pages: Timed[] = [];
+  const idle: Timed[] = [];
   for (let i = 0; i < reps; i++) {
     const s = timedSs(devNull);
     if (s.status !== 0) throw new Error(`ss -tin exited with ${s.status}`);
     ss.push(s.ms);
     withInfo.push(await timedDump(true));
     cheap.push(await timedDump(false));
-    // Detection's 200 ms scan: only sockets retransmitting now (none on this healthy host).
+    // Detection's scan: only sockets retransmitting now (none on this healthy host).
     scan.push(await timedDump(false, 1));
+    // The daemon's count for status (every 30 s).
+    count.push(await timedCount());
+    pages.push(await timedPages());
+    // The control lasts as long as the count did: same exposure to the machine's load.
+    idle.push(await timedIdle(Math.max(20, Math.round(count.at(-1)!.ms))));
   }
   const counts = withInfo.map((t) => t.count);
   if (Math.min(...counts) < minSockets)
     throw new Error(`dump saw ${Math.min(...counts)} sockets, expected ${minSockets}`);
+  if (Math.min(...count.map((t) => t.count), ...pages.map((t) => t.count)) < minSockets)
+    throw new Error('the count or the paged dump saw fewer sockets than the holders opened');
   const ssMedian = median(ss);
   const infoMedian = median(withInfo.map((t) => t.ms));
+  const stat = (ts: Timed[]) => ({
+    ms: round(median(ts.map((t) => t.ms))),
+    stall_max_ms: round(Math.max(...ts.map((t) => t.stallMs))),
+    stall_median_ms: round(median(ts.map((t) => t.stallMs))),
+    gc_max_ms: round(Math.max(...ts.map((t) => t.gcMaxMs))),
+    runq_wait_max_ms: round(Math.max(...ts.map((t) => t.runqWaitMs))),
+    raw_ms: ts.map((t) => round(t.ms)),
+    raw_stall_ms: ts.map((t) => round(t.stallMs)),
+    raw_runq_ms: ts.map((t) => round(t.runqWaitMs)),
+  });
   process.stdout.write(
     JSON.stringify({
       reps,
@@ -114,31 +158,13 @@ async function main(): Promise<void> {
       ours_info_ms: round(infoMedian),
       ratio: round(infoMedian / ssMedian),
       ours_cheap_ms: round(median(cheap.map((t) => t.ms))),
-      stall_max_ms: round(Math.max(...withInfo.map((t) => t.stallMs), ...cheap.map((t) => t.stallMs))),
-      stall_median_ms: round(median(withInfo.map((t) => t.stallMs))),
-      gc_max_ms: round(Math.max(...withInfo.map((t) => t.gcMaxMs), ...cheap.map((t) => t.gcMaxMs))),
-      runq_wait_max_ms: round(
-        Math.max(...withInfo.map((t) => t.runqWaitMs), ...cheap.map((t) => t.runqWaitMs)),
-      ),
-      scan_ms: round(median(scan.map((t) => t.ms))),
-      scan_stall_max_ms: round(Math.max(...scan.map((t) => t.stallMs))),
-      el_delay_max_ms: round(
-        Math.max(...withInfo.map((t) => t.elDelayMaxMs), ...cheap.map((t) => t.elDelayMaxMs)),
-      ),
-      raw: {
-        ss: ss.map(round),
-        info: withInfo.map((t) => round(t.ms)),
-        info_stall: withInfo.map((t) => round(t.stallMs)),
-        info_gc: withInfo.map((t) => round(t.gcMaxMs)),
-        info_runq: withInfo.map((t) => round(t.runqWaitMs)),
-        cheap: cheap.map((t) => round(t.ms)),
-        cheap_stall: cheap.map((t) => round(t.stallMs)),
-        cheap_gc: cheap.map((t) => round(t.gcMaxMs)),
-        cheap_runq: cheap.map((t) => round(t.runqWaitMs)),
-        scan: scan.map((t) => round(t.ms)),
-        scan_stall: scan.map((t) => round(t.stallMs)),
-        scan_runq: scan.map((t) => round(t.runqWaitMs)),
-      },
+      raw_ss_ms: ss.map(round),
+      array_info: stat(withInfo),
+      array_cheap: stat(cheap),
+      scan: stat(scan),
+      count: stat(count),
+      pages: stat(pages),
+      idle: stat(idle),
     }) + '\n',
   );
 }

@@ -96,6 +96,9 @@ export function summaryText(
   return lines.join('\n') + '\n';
 }
 
+/** How often a capture whose interface went away looks for it again. */
+const REOPEN_MS = 500;
+
 export async function runCapture(filterWords: string[], opts: CaptureOptions): Promise<number> {
   const userFilter = filterWords.join(' ').trim();
   const count = opts.count !== undefined ? intOption('-c/--count', opts.count, 1) : null;
@@ -153,6 +156,7 @@ export async function runCapture(filterWords: string[], opts: CaptureOptions): P
       if (stopped) return;
       stopped = true;
       clearTimeout(timer);
+      for (const t of reopenTimers) clearTimeout(t);
       process.off('SIGINT', onInt);
       process.off('SIGTERM', onTerm);
       for (const h of handles) h.close();
@@ -194,10 +198,35 @@ export async function runCapture(filterWords: string[], opts: CaptureOptions): P
       }
       if (count !== null && total >= count) stop(`${count} packet${count === 1 ? '' : 's'}`);
     };
-    for (const h of handles) {
+    // An interface that goes down or away closes its capture; it is reopened (same filter) when
+    // the interface is back, and the capture goes on meanwhile on the others.
+    const reopenTimers = new Set<NodeJS.Timeout>();
+    const attach = (h: LiveCapture) => {
       h.on('packet', onPacket);
       h.on('error', (err: Error) => stop('error', err));
-    }
+      h.on('down', (err: Error) => {
+        if (stopped) return;
+        process.stderr.write(`capture: ${h.ifname} went down or away (${err.message}); waiting for it\n`);
+        const retry = () => {
+          const t = setTimeout(() => {
+            reopenTimers.delete(t);
+            if (stopped) return;
+            let next: LiveCapture;
+            try {
+              next = LiveCapture.open(h.ifname, h.filter);
+            } catch {
+              return retry();
+            }
+            handles[handles.indexOf(h)] = next;
+            process.stderr.write(`capture: ${h.ifname} is back; listening again\n`);
+            attach(next);
+          }, REOPEN_MS);
+          reopenTimers.add(t);
+        };
+        retry();
+      });
+    };
+    for (const h of handles) attach(h);
   });
 }
 

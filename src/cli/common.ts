@@ -1,6 +1,7 @@
 // Shared CLI plumbing: exit codes (0 ok, 1 runtime failure, 2 bad usage/config), error printing
 // without stack traces, JSON output in snake_case.
 import { ConfigError, IpdeadgateError, UsageError } from '../errors';
+import { isJournalStream, journalPrefix } from '../daemon/log';
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
@@ -11,17 +12,19 @@ export const DEFAULT_CONTROL = '/run/ipdeadgate.sock';
 /** Print an error the way an operator wants it: one line naming the problem; exit code by kind. */
 export function reportError(err: unknown): number {
   const debug = process.env.IPDEADGATE_DEBUG === '1';
+  // Under systemd the message goes to the journal as an error (journalctl -p err shows it).
+  const p = isJournalStream(2) ? journalPrefix('error') : '';
   if (err instanceof UsageError || err instanceof ConfigError) {
-    process.stderr.write(`ipdeadgate: ${err.message}\n`);
+    process.stderr.write(`${p}ipdeadgate: ${err.message}\n`);
     return EXIT_USAGE;
   }
   if (err instanceof IpdeadgateError) {
-    process.stderr.write(`ipdeadgate: ${err.message}\n`);
+    process.stderr.write(`${p}ipdeadgate: ${err.message}\n`);
     if (debug && err.stack) process.stderr.write(err.stack + '\n');
     return EXIT_FAILURE;
   }
   const e = err as Error;
-  process.stderr.write(`ipdeadgate: ${e?.message ?? String(err)}\n`);
+  process.stderr.write(`${p}ipdeadgate: ${e?.message ?? String(err)}\n`);
   if (debug && e?.stack) process.stderr.write(e.stack + '\n');
   return EXIT_FAILURE;
 }

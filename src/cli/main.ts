@@ -11,6 +11,7 @@ import { registerSockets } from './sockets';
 import { registerRoutes } from './routes';
 import { registerCapture } from './capture';
 import { registerTunnel } from './tunnel';
+import { registerCheckConfig } from './checkconfig';
 import { addExamples } from './help';
 
 function packageVersion(): string {
@@ -35,6 +36,7 @@ export function buildProgram(): Command {
   registerRoutes(program);
   registerCapture(program);
   registerTunnel(program);
+  registerCheckConfig(program);
   for (const cmd of program.commands) cmd.exitOverride().showHelpAfterError();
   addExamples(program);
   return program;

@@ -3,13 +3,18 @@
 // trigger detection (a socket whose current segment was retransmitted `retransmit_threshold` times in
 // a row, behind a gateway, makes that gateway suspect).
 //
-// Sockets come from one sock_diag dump with tcp_info (src/sys/sockdiag.ts); the gateway from an
+// Sockets come from sock_diag dumps with tcp_info (src/sys/sockdiag.ts); the gateway from an
 // rtnetlink route lookup per distinct (destination, source, bound interface), as the kernel would
 // route it now (src/sys/rtnl.ts).
+//
+// Output is streamed, so 100 000 sockets never sit in memory as objects at once: first the sockets
+// whose retransmit timer is pending with retransmissions (a dump filtered on the worker thread, so
+// few), most retransmissions first; then, without --min-retrans, every other socket a page at a
+// time in the kernel's order.
 import type { Command } from 'commander';
-import { dumpTcpSockets, type TcpSocketEntry } from '../sys/sockdiag';
+import { dumpTcpSocketPages, dumpTcpSockets, type TcpSocketEntry } from '../sys/sockdiag';
 import { openRtnl } from '../sys/rtnl';
-import { action, intOption, printJson, formatTable } from './common';
+import { action, intOption, formatTable } from './common';
 
 /** One line of `sockets --json` (snake_case keys, like every --json output). */
 export interface SocketRow {
@@ -116,27 +121,137 @@ export async function buildSocketRows(
   return rows.sort((a, b) => b.retransmits - a.retransmits || b.total_retrans - a.total_retrans);
 }
 
+const TABLE_HEADER = [
+  'STATE',
+  'SRC',
+  'DST',
+  'GATEWAY',
+  'IFACE',
+  'RETRANS',
+  'TOTAL',
+  'RTO_MS',
+  'RTT_MS',
+  'TIMER',
+];
+
+function tableCells(r: SocketRow): string[] {
+  const num = (n: number | null): string => (n === null ? '-' : String(Math.round(n * 1000) / 1000));
+  return [
+    r.state,
+    r.src,
+    r.dst,
+    r.gateway ?? (r.route_error ? '?' : '-'),
+    r.interface ?? '-',
+    String(r.retransmits),
+    String(r.total_retrans),
+    num(r.rto_ms),
+    num(r.rtt_ms),
+    r.timer ? `${r.timer}(${r.timer_expires_ms}ms)` : '-',
+  ];
+}
+
 /** An aligned text table. */
 export function formatSocketTable(rows: SocketRow[]): string {
   if (rows.length === 0) return 'no TCP sockets\n';
-  const header = ['STATE', 'SRC', 'DST', 'GATEWAY', 'IFACE', 'RETRANS', 'TOTAL', 'RTO_MS', 'RTT_MS', 'TIMER'];
-  const num = (n: number | null): string => (n === null ? '-' : String(Math.round(n * 1000) / 1000));
-  const lines = [
-    header,
-    ...rows.map((r) => [
-      r.state,
-      r.src,
-      r.dst,
-      r.gateway ?? (r.route_error ? '?' : '-'),
-      r.interface ?? '-',
-      String(r.retransmits),
-      String(r.total_retrans),
-      num(r.rto_ms),
-      num(r.rtt_ms),
-      r.timer ? `${r.timer}(${r.timer_expires_ms}ms)` : '-',
-    ]),
-  ];
-  return formatTable(lines);
+  return formatTable([TABLE_HEADER, ...rows.map(tableCells)]);
+}
+
+/**
+ * Writes rows as they come, as text (a table whose column widths are fixed by the first batch;
+ * a longer value later only pushes its own line) or as one JSON array, the same text
+ * printJson would give for all rows at once.
+ */
+export class SocketRowWriter {
+  private widths: number[] | null = null;
+  private rows = 0;
+
+  constructor(
+    private readonly json: boolean,
+    private readonly write: (text: string) => void,
+  ) {}
+
+  batch(rows: SocketRow[]): void {
+    if (rows.length === 0) return;
+    if (this.json) {
+      const items = rows.map((r) => JSON.stringify(r, null, 2).replace(/^/gm, '  '));
+      this.write((this.rows === 0 ? '[\n' : ',\n') + items.join(',\n'));
+    } else {
+      const cells = rows.map(tableCells);
+      if (!this.widths) {
+        this.widths = TABLE_HEADER.map((h, c) => Math.max(h.length, ...cells.map((r) => r[c]!.length)));
+        this.write(this.line(TABLE_HEADER));
+      }
+      this.write(cells.map((r) => this.line(r)).join(''));
+    }
+    this.rows += rows.length;
+  }
+
+  end(): void {
+    if (this.json) this.write(this.rows === 0 ? '[]\n' : '\n]\n');
+    else if (this.rows === 0) this.write('no TCP sockets\n');
+  }
+
+  private line(cells: string[]): string {
+    const w = this.widths!;
+    return (
+      cells
+        .map((cell, c) => (c === cells.length - 1 ? cell : cell.padEnd(w[c]!)))
+        .join('  ')
+        .trimEnd() + '\n'
+    );
+  }
+}
+
+/** Sockets printed in the first pass are skipped in the second; a socket is its ends and inode. */
+const socketKey = (e: TcpSocketEntry): string => `${e.src}|${e.srcPort}|${e.dst}|${e.dstPort}|${e.inode}`;
+
+/**
+ * Stream the rows of `sockets`: first the retransmitting sockets (timer pending, at least
+ * max(1, minRetrans) retransmissions; filtered on the worker thread) sorted, then with minRetrans
+ * 0 every other socket a page at a time. `first` / `pages` are the two dumps (injectable for tests).
+ */
+export async function streamSocketRows(
+  minRetrans: number,
+  lookup: RouteLookupFn,
+  writer: SocketRowWriter,
+  dumps: {
+    first: (minRetransmits: number) => Promise<TcpSocketEntry[]>;
+    pages: () => AsyncIterable<TcpSocketEntry[]>;
+  } = {
+    first: (minRetransmits) => dumpTcpSockets({ info: true, minRetransmits }),
+    pages: () => dumpTcpSocketPages({ info: true }),
+  },
+): Promise<void> {
+  // One route per distinct (dst, src, ifindex) for the whole run; a host has few.
+  const routes = new Map<string, Promise<RouteChoice>>();
+  const cached: RouteLookupFn = (dst, src, ifindex) => {
+    const key = `${dst}|${src ?? ''}|${ifindex}`;
+    let r = routes.get(key);
+    if (!r) {
+      if (routes.size >= 65_536) routes.clear();
+      r = lookup(dst, src, ifindex);
+      routes.set(key, r);
+    }
+    return r;
+  };
+  const retransmitting = await dumps.first(Math.max(1, minRetrans));
+  const printed = new Set(retransmitting.map(socketKey));
+  const firstRows = await buildSocketRows(retransmitting, cached, minRetrans);
+  if (minRetrans > 0) {
+    writer.batch(firstRows);
+    return;
+  }
+  let pending: SocketRow[] | null = firstRows;
+  for await (const page of dumps.pages()) {
+    const rest = page.filter((e) => !printed.has(socketKey(e)));
+    const rows = await buildSocketRows(rest, cached, 0);
+    // The table's widths come from the retransmitting sockets and the first page together.
+    if (pending) {
+      writer.batch([...pending, ...rows]);
+      pending = null;
+    } else writer.batch(rows);
+  }
+  if (pending) writer.batch(pending);
 }
 
 export function registerSockets(program: Command): void {
@@ -144,7 +259,8 @@ export function registerSockets(program: Command): void {
     .command('sockets')
     .description(
       'TCP sockets as dead gateway detection sees them: state, peer, the gateway the kernel routes ' +
-        'the peer through (none for a directly connected peer), and retransmission counters',
+        'the peer through (none for a directly connected peer), and retransmission counters; ' +
+        'retransmitting sockets first (most retransmissions first), then the rest as the kernel lists them',
     )
     .option(
       '--json',
@@ -159,12 +275,11 @@ export function registerSockets(program: Command): void {
     .action(
       action(async (opts: { json?: boolean; minRetrans: string }) => {
         const minRetrans = intOption('--min-retrans', opts.minRetrans, 0, 255);
-        const entries = await dumpTcpSockets({ info: true });
         const rtnl = await openRtnl();
-        let rows: SocketRow[];
+        const writer = new SocketRowWriter(opts.json === true, (t) => void process.stdout.write(t));
         try {
-          rows = await buildSocketRows(
-            entries,
+          await streamSocketRows(
+            minRetrans,
             async (dst, src, ifindex) => {
               const r = await rtnl.lookupRoute(dst, {
                 ...(src ? { src } : {}),
@@ -172,13 +287,12 @@ export function registerSockets(program: Command): void {
               });
               return { gateway: r.gateway, ifname: r.ifname };
             },
-            minRetrans,
+            writer,
           );
         } finally {
           rtnl.close();
         }
-        if (opts.json) printJson(rows);
-        else process.stdout.write(formatSocketTable(rows));
+        writer.end();
       }),
     );
 }

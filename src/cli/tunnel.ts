@@ -7,6 +7,7 @@ import { loadTunnelConfig } from '../daemon/config';
 import { ControlServer } from '../daemon/control';
 import { createLogger } from '../daemon/log';
 import { peerUidOf } from '../sys/peercred';
+import { openServiceNotifier } from '../sys/sdnotify';
 import { TunnelNode } from '../tunnel/node';
 import { action } from './common';
 
@@ -26,6 +27,7 @@ export function registerTunnel(program: Command): void {
         if (opts.logFormat !== 'json' && opts.logFormat !== 'text')
           throw new UsageError(`--log-format must be json or text, not "${opts.logFormat}"`);
         const cfg = await loadTunnelConfig(opts.config);
+        const service = openServiceNotifier();
         const logger = createLogger({ format: opts.logFormat });
         const node = await TunnelNode.start(cfg, { logger });
         let control: ControlServer | undefined;
@@ -41,8 +43,13 @@ export function registerTunnel(program: Command): void {
           }
         }
         logger.info({ event: 'tunnel_started', name: cfg.name, role: cfg.role, pid: process.pid });
+        // systemd (ipdeadgate-tunnel@.service, Type=notify): ready once listeners are bound.
+        service.notify('READY=1', `STATUS=tunnel ${cfg.role} ${cfg.name}`, `MAINPID=${process.pid}`);
+        const stopWatchdog = service.startWatchdog();
         return new Promise<number>((resolve) => {
           const stop = (): void => {
+            service.notify('STOPPING=1');
+            stopWatchdog();
             // Bounded shutdown: links and sessions are closed at once; whatever still lingers
             // (a TLS close_notify to a dead peer) gets 3 s.
             setTimeout(() => process.exit(process.exitCode ?? 0), 3000).unref();

@@ -53,6 +53,7 @@ export const dgdSchema = z
     flap_limit: intIn(1, 1000).default(3),
     flap_window: duration(1000, 86_400_000).default('10m'),
     flap_hold_down: duration(1000, 3_600_000).default('1m'),
+    interface_wait: duration(1000, 86_400_000).default('10m'),
     owners: ownersSchema.default({}),
     ...fightKeys,
   })

@@ -11,8 +11,10 @@ import { FileStore } from '../dgd/store';
 import { FileOwnerStore, RouteOwners } from '../dgd/owners';
 import { ownerAdapters } from '../dgd/owner-system';
 import { openRtnl, type Rtnl } from '../sys/rtnl';
+import { missingCapabilities, readBootId, type CapabilityName } from '../sys/host';
 import type { NeighbourSighting } from '../sys/neighlink';
 import { peerUidOf } from '../sys/peercred';
+import { openServiceNotifier } from '../sys/sdnotify';
 import { systemClock } from '../util/clock';
 import { defaultConfig, loadConfig, loadTunnelConfig, type Config } from './config';
 import { ControlServer } from './control';
@@ -30,6 +32,26 @@ export interface DaemonOptions {
 }
 
 export const DEFAULT_STATE_DIR = '/var/lib/ipdeadgate';
+
+/** What each capability the daemon needs is for, in the message that refuses to start without it. */
+const NEEDED_CAPABILITIES: Record<CapabilityName, string> = {
+  CAP_NET_ADMIN: 'to withdraw and restore routes and purge neighbour entries',
+  CAP_NET_RAW: 'to send and capture ARP/NDP',
+};
+
+/**
+ * Refuse to run blind: without these the daemon would start, log EPERM warnings and protect
+ * nothing. Throws one error whose message names each missing capability.
+ */
+export function requireCapabilities(effective?: bigint): void {
+  const missing = missingCapabilities(Object.keys(NEEDED_CAPABILITIES) as CapabilityName[], effective);
+  if (missing.length === 0) return;
+  throw new IpdeadgateError(
+    'ERR_CAPABILITIES',
+    `missing ${missing.map((c) => `${c} (${NEEDED_CAPABILITIES[c]})`).join(' and ')}; ` +
+      'run as root, or grant them (systemd: AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW)',
+  );
+}
 
 /** Load the config, or the defaults when there is no config file; a tunnel section is validated too. */
 export async function loadDaemonConfig(
@@ -62,6 +84,8 @@ export class Daemon {
   private subscription: { close(): void } | null = null;
   private linkTimer: NodeJS.Timeout | null = null;
   private stopping: Promise<void> | null = null;
+  /** Set once start() completed: a failed start logs no daemon_stopped. */
+  private running = false;
   private readonly startedAt = new Date();
   private config!: Config;
   private log: Logger;
@@ -77,6 +101,8 @@ export class Daemon {
 
   async start(): Promise<void> {
     const { config, tables, tunnel } = await loadDaemonConfig(this.opts.configPath);
+    // A bad config is exit 2 before this; missing capabilities exit 1 before anything is touched.
+    requireCapabilities();
     this.config = config;
     this.tunnelConfig = tunnel;
     // --log-format on the command line wins over log.format in the config.
@@ -93,7 +119,7 @@ export class Daemon {
 
     this.rtnl = await openRtnl();
     this.ports = new SystemPorts(this.rtnl);
-    await this.ports.refreshLinks();
+    const interfaces = await this.ports.refreshLinks();
     this.owners = new RouteOwners(
       ownerAdapters(config.dgd.owners),
       new FileOwnerStore(this.opts.stateDir),
@@ -108,7 +134,9 @@ export class Daemon {
       log: events,
       clock: systemClock,
       owners: this.owners,
+      bootId: readBootId(),
     });
+    await this.engine.setInterfaces(interfaces);
     const engine = this.engine;
     const ports = this.ports;
     ports.on('sighting', (s: NeighbourSighting, ifname: string) => {
@@ -117,11 +145,40 @@ export class Daemon {
     ports.on('error', (err: Error) =>
       events.event('error', { during: 'packet capture', error: err.message }, 'warn'),
     );
+    ports.on('link_closed', (ifname: string, err: Error) =>
+      events.event('capture_closed', { interface: ifname, purpose: 'ARP/NDP', error: err.message }, 'warn'),
+    );
+    ports.on('link_opened', (ifname: string) =>
+      events.event('capture_opened', { interface: ifname, purpose: 'ARP/NDP' }),
+    );
+    // Link events: the interface list is re-read, detection follows names to new ifindexes, and
+    // ARP/NDP handles are reopened on interfaces that came back. One refresh at a time; events
+    // that arrive meanwhile fold into one more.
+    let linkRefresh: Promise<void> | null = null;
+    let linkAgain = false;
+    const onLinkEvent = () => {
+      if (linkRefresh) {
+        linkAgain = true;
+        return;
+      }
+      linkRefresh = (async () => {
+        do {
+          linkAgain = false;
+          const list = await ports.refreshLinks();
+          await engine.setInterfaces(list);
+          openLinks();
+        } while (linkAgain);
+      })()
+        .catch((err: unknown) =>
+          events.event('error', { during: 'interface refresh', error: (err as Error).message }, 'warn'),
+        )
+        .finally(() => (linkRefresh = null));
+    };
     this.subscription = await this.rtnl.subscribe(['neighbour', 'route', 'link'], (ev) => {
       if (ev.kind === 'neighbour' && ev.op === 'new')
         engine.onNeighbour(ev.neighbour.address, ev.neighbour.ifindex, ev.neighbour.state);
       else if (ev.kind === 'route') engine.onRoutesChanged();
-      else if (ev.kind === 'link') void ports.refreshLinks().catch(() => undefined);
+      else if (ev.kind === 'link') onLinkEvent();
     });
     await engine.start();
     await this.ops.start(engine, ports);
@@ -131,8 +188,16 @@ export class Daemon {
       this.ops.setTunnelSource(() => node.status());
     }
     // Listen for ARP/NDP on every gateway interface, so a dead gateway announcing itself is seen.
-    const openLinks = () => {
-      for (const g of engine.status().gateways)
+    function openLinks(): void {
+      const up = new Set(
+        ports
+          .interfaces()
+          .filter((l) => l.up)
+          .map((l) => l.ifname),
+      );
+      for (const g of engine.status().gateways) {
+        // A handle cannot open on an interface that is down or gone; it opens when it is back.
+        if (!up.has(g.interface)) continue;
         void ports
           .link(g.interface)
           .catch((err: Error) =>
@@ -142,7 +207,8 @@ export class Daemon {
               'warn',
             ),
           );
-    };
+      }
+    }
     openLinks();
     this.linkTimer = setInterval(openLinks, 5000);
     this.linkTimer.unref();
@@ -152,6 +218,7 @@ export class Daemon {
       control: this.opts.controlPath,
       state_dir: this.opts.stateDir,
     });
+    this.running = true;
   }
 
   private registerCommands(control: ControlServer): void {
@@ -228,7 +295,7 @@ export class Daemon {
       await this.ports?.close();
       this.rtnl?.close();
       await this.control?.close();
-      eventLog(this.log).event('daemon_stopped', {});
+      if (this.running) eventLog(this.log).event('daemon_stopped', {});
     })();
     return this.stopping;
   }
@@ -241,6 +308,12 @@ export class Daemon {
 /** Run until SIGTERM/SIGINT; returns the exit code. */
 export async function runDaemon(opts: DaemonOptions): Promise<number> {
   const daemon = new Daemon(opts);
+  // systemd (Type=notify): READY=1 once start() resolved (routes read, control socket listening,
+  // tunnel listeners bound), WATCHDOG=1 from the event loop, RELOADING/STOPPING around SIGHUP/TERM.
+  const service = openServiceNotifier({
+    onError: (err) => process.stderr.write(`ipdeadgate: ${err.message}\n`),
+  });
+
   // Signal handlers come first: a SIGHUP or SIGTERM that arrives while the daemon starts must not
   // take the default action (which kills the process without restoring anything).
   let started = false;
@@ -250,6 +323,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   const stopped = new Promise<number>((r) => (resolveStop = r));
   const doStop = (sig: string) => {
     process.off('SIGHUP', onHup);
+    service.notify('STOPPING=1', `STATUS=restoring withdrawn routes (${sig})`);
     daemon
       .stop()
       .then(() => resolveStop(0))
@@ -264,7 +338,13 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   };
   const onHup = () => {
     if (!started) hupWhileStarting = true;
-    else void daemon.reload().catch(() => undefined);
+    else {
+      service.notify('RELOADING=1');
+      void daemon
+        .reload()
+        .catch(() => undefined)
+        .finally(() => service.notify('READY=1'));
+    }
   };
   const onTerm = () => onStop('SIGTERM');
   const onInt = () => onStop('SIGINT');
@@ -281,6 +361,9 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     throw err;
   }
   started = true;
+  service.notify('READY=1', `STATUS=serving on ${opts.controlPath}`, `MAINPID=${process.pid}`);
+  const stopWatchdog = service.startWatchdog();
+  void stopped.then(stopWatchdog);
   if (stopRequested) doStop(stopRequested);
   else if (hupWhileStarting) onHup();
   return stopped;

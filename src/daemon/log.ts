@@ -1,5 +1,8 @@
 // Logging: one structured JSON line per event on stdout (journald keeps them), via pino; or a
-// compact text line per event for humans (--log-format text).
+// compact text line per event for humans (--log-format text). When stdout is the journal
+// (JOURNAL_STREAM names it), each line starts with its syslog priority, "<3>" for an error
+// (sd-daemon(3)), so `journalctl -p err` finds errors; the unit keeps SyslogLevelPrefix=yes.
+import { fstatSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
 
@@ -15,7 +18,8 @@ export function createLogger(
   opts: { level?: LogLevel; format?: LogFormat; stream?: NodeJS.WritableStream } = {},
 ): Logger {
   const out = opts.stream ?? process.stdout;
-  const dest = opts.format === 'text' ? textStream(out) : out;
+  const journal = opts.stream === undefined && isJournalStream(1);
+  const dest = opts.format === 'text' ? textStream(out, journal) : journal ? journalPrefixStream(out) : out;
   return pino(
     {
       level: opts.level ?? 'info',
@@ -50,8 +54,46 @@ export class MemoryEventLog implements EventLog {
   }
 }
 
-/** Reformat pino's JSON lines as "TIME LEVEL EVENT key=value ...". */
-function textStream(out: NodeJS.WritableStream): Writable {
+/** syslog(3) priorities of our levels, as sd-daemon(3) prefixes want them. */
+const PRIORITY: Record<string, number> = { fatal: 2, error: 3, warn: 4, info: 6, debug: 7, trace: 7 };
+
+/** "<3>" for "error": the prefix journald reads as the line's priority. */
+export function journalPrefix(level: string): string {
+  return `<${PRIORITY[level] ?? 6}>`;
+}
+
+/**
+ * Whether file descriptor `fd` (1 stdout, 2 stderr) is connected to the journal: systemd sets
+ * JOURNAL_STREAM to "DEVICE:INODE" of that stream (systemd.exec(5)); a redirected stream differs.
+ */
+export function isJournalStream(fd: number, env: NodeJS.ProcessEnv = process.env): boolean {
+  const m = /^(\d+):(\d+)$/.exec(env.JOURNAL_STREAM ?? '');
+  if (!m) return false;
+  try {
+    const st = fstatSync(fd, { bigint: true });
+    return st.dev === BigInt(m[1]!) && st.ino === BigInt(m[2]!);
+  } catch {
+    return false;
+  }
+}
+
+/** Prefix each of pino's JSON lines with its priority. */
+function journalPrefixStream(out: NodeJS.WritableStream): Writable {
+  return new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      let text = '';
+      for (const line of chunk.toString('utf8').split('\n')) {
+        if (!line) continue;
+        const level = /"level":"(\w+)"/.exec(line)?.[1] ?? 'info';
+        text += `${journalPrefix(level)}${line}\n`;
+      }
+      out.write(text, () => cb());
+    },
+  });
+}
+
+/** Reformat pino's JSON lines as "TIME LEVEL EVENT key=value ..." (with priority prefixes for the journal). */
+function textStream(out: NodeJS.WritableStream, journal = false): Writable {
   return new Writable({
     write(chunk: Buffer, _enc, cb) {
       for (const line of chunk.toString('utf8').split('\n')) {
@@ -65,7 +107,7 @@ function textStream(out: NodeJS.WritableStream): Writable {
             )
             .join(' ');
           out.write(
-            `${String(time)} ${String(level).toUpperCase().padEnd(5)} ${String(event ?? msg ?? '')}${kv ? ' ' + kv : ''}\n`,
+            `${journal ? journalPrefix(String(level)) : ''}${String(time)} ${String(level).toUpperCase().padEnd(5)} ${String(event ?? msg ?? '')}${kv ? ' ' + kv : ''}\n`,
           );
         } catch {
           out.write(line + '\n');

@@ -2,13 +2,14 @@
 // rtnetlink for routes, lookups and neighbour purges, one pcap handle per gateway interface for
 // ARP/NDP, raw ICMP sockets for the echo that forces the kernel's own resolution.
 import { EventEmitter } from 'node:events';
-import { dumpTcpSockets, type TcpState } from '../sys/sockdiag';
+import { countTcpSockets, dumpTcpSockets, type TcpState } from '../sys/sockdiag';
 import { NeighbourLink, type NeighbourSighting } from '../sys/neighlink';
 import { EchoSocket } from '../sys/icmp';
 import { readRetransSegs } from '../sys/snmp';
 import type { Route, Rtnl } from '../sys/rtnl';
 import type { DgdPorts, KernelRoute, RouteChoice, ScannedSocket, Verification, VerifyArgs } from './ports';
 import { verifyGateway } from './verify';
+import type { InterfaceInfo } from './interfaces';
 
 /** States in which a socket has unacknowledged data or a SYN/FIN to retransmit. */
 const SCAN_STATES: TcpState[] = [
@@ -22,18 +23,27 @@ const SCAN_STATES: TcpState[] = [
 ];
 
 export class SystemPorts extends EventEmitter implements DgdPorts {
-  private readonly links = new Map<string, Promise<NeighbourLink>>();
+  private readonly neighbourLinks = new Map<string, Promise<NeighbourLink>>();
   private readonly echo = new Map<4 | 6, EchoSocket>();
-  private readonly names = new Map<number, string>();
+  private names = new Map<number, string>();
+  private links: InterfaceInfo[] = [];
   private closed = false;
 
   constructor(private readonly rtnl: Rtnl) {
     super();
   }
 
-  /** Learn interface names (and refresh them on link events). */
-  async refreshLinks(): Promise<void> {
-    for (const l of await this.rtnl.listLinks()) this.names.set(l.ifindex, l.ifname);
+  /** Learn the interfaces (and refresh them on link events): names, indexes, up or down. */
+  async refreshLinks(): Promise<InterfaceInfo[]> {
+    const links = await this.rtnl.listLinks();
+    this.names = new Map(links.map((l) => [l.ifindex, l.ifname]));
+    this.links = links.map((l) => ({ ifindex: l.ifindex, ifname: l.ifname, up: l.up }));
+    return this.links;
+  }
+
+  /** The interfaces as last read by refreshLinks. */
+  interfaces(): InterfaceInfo[] {
+    return this.links;
   }
 
   ifindexOf(ifname: string): number | undefined {
@@ -63,6 +73,10 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
       timerRetransmits: e.timerRetransmits,
       timerExpiresMs: e.timerExpiresMs,
     }));
+  }
+
+  async countSockets(): Promise<number> {
+    return (await countTcpSockets({ states: SCAN_STATES })).total;
   }
 
   retransmitCounter(): number {
@@ -98,18 +112,30 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     return this.rtnl.deleteRoute(route as Route);
   }
 
-  /** The pcap handle of an interface, opened once and kept (it also reports sightings). */
+  /**
+   * The pcap handle of an interface, opened once and kept (it also reports sightings). When its
+   * interface goes down or away the handle closes itself ('link_closed'); the next call opens a
+   * new one ('link_opened'), so a capture is back as soon as the interface is.
+   */
   link(ifname: string): Promise<NeighbourLink> {
-    let p = this.links.get(ifname);
+    let p = this.neighbourLinks.get(ifname);
     if (!p) {
-      p = NeighbourLink.open(ifname).then((link) => {
+      const opening = NeighbourLink.open(ifname).then((link) => {
         link.on('sighting', (s: NeighbourSighting) => this.emit('sighting', s, ifname));
         link.on('error', (err: Error) => this.emit('error', err));
+        link.once('down', (err: Error) => this.emit('link_closed', ifname, err));
+        link.once('closed', () => {
+          if (this.neighbourLinks.get(ifname) === opening) this.neighbourLinks.delete(ifname);
+        });
         if (this.closed) link.close();
+        else this.emit('link_opened', ifname);
         return link;
       });
-      p.catch(() => this.links.delete(ifname));
-      this.links.set(ifname, p);
+      opening.catch(() => {
+        if (this.neighbourLinks.get(ifname) === opening) this.neighbourLinks.delete(ifname);
+      });
+      this.neighbourLinks.set(ifname, opening);
+      p = opening;
     }
     return p;
   }
@@ -148,14 +174,14 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
 
   async close(): Promise<void> {
     this.closed = true;
-    for (const p of this.links.values()) {
+    for (const p of this.neighbourLinks.values()) {
       try {
         (await p).close();
       } catch {
         /* it never opened */
       }
     }
-    this.links.clear();
+    this.neighbourLinks.clear();
     for (const s of this.echo.values()) s.close();
     this.echo.clear();
   }

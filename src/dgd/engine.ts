@@ -27,6 +27,7 @@ import {
   targetOf,
   transition,
 } from './routeplan';
+import { entryHasNames, remapEntry, routeInterfaces, type InterfaceInfo, type LinkState } from './interfaces';
 
 export type GatewayState = 'active' | 'suspect' | 'dead';
 export type TriggerKind = 'retransmit' | 'neighbour_failed' | 'active_probe' | 'sighting';
@@ -67,6 +68,8 @@ interface Gateway {
   active: { intervalMs: number; misses: number; missed: number; timer: Timer | null; answers: number } | null;
   /** Routes currently in the kernel through this gateway (refreshed with the route table). */
   present: boolean;
+  /** Its interface: up, down (no ARP/NDP, no verdicts), or absent (deleted; routes wait for its name). */
+  link: LinkState;
 }
 
 export interface EngineOptions {
@@ -79,6 +82,8 @@ export interface EngineOptions {
   clock: Clock;
   /** Routing daemons told about dead gateways through their own interface (dgd.owners). */
   owners?: RouteOwners;
+  /** This boot's id (/proc/sys/kernel/random/boot_id), recorded with each journal entry. */
+  bootId?: string | null;
 }
 
 /** How long a verification's verdict may be reused by a later trigger, in units of its own length. */
@@ -87,7 +92,7 @@ const FRESHNESS_FACTOR = 2;
 const RETRIGGER_MS = 10_000;
 /** A sighting of a dead gateway polls it at once, but at most once per this interval. */
 const SIGHTING_POLL_MS = 1000;
-/** A full socket dump at least this often, for status, even when nothing retransmits. */
+/** Count the sockets at least this often, for status, even when nothing retransmits. */
 const FULL_SCAN_MS = 30_000;
 /** Look this long after a retransmit timer's expiry, so the kernel has retransmitted. */
 const TIMER_SLACK_MS = 4;
@@ -121,7 +126,7 @@ export class DgdEngine {
   private lastScan = { at: 0, durationMs: 0, sockets: 0, retransmitting: 0 };
   private lastCounter = -1;
   private lastFullDumpAt = -Infinity;
-  /** Sockets seen in the last full dump. */
+  /** Sockets counted by the last count (countSockets). */
   private socketCount = 0;
   private retransmitting = 0;
   private dumps = 0;
@@ -129,6 +134,13 @@ export class DgdEngine {
   private readonly fights: FightGuard;
   /** Adapter-owned routes seen through dead gateways at the last refresh (to re-tell only on change). */
   private ownedViaDead = '';
+  private readonly bootId: string | null;
+  /** Interfaces by name; null until setInterfaces is first called (then every interface counts as up). */
+  private links: Map<string, InterfaceInfo> | null = null;
+  /** Names of interfaces the journal or a gateway needs that are absent, and since when (clock ms). */
+  private readonly absentSince = new Map<string, number>();
+  private waitTimer: Timer | null = null;
+  private started = false;
 
   constructor(opts: EngineOptions) {
     this.cfg = opts.config;
@@ -139,20 +151,43 @@ export class DgdEngine {
     this.clock = opts.clock;
     this.owners = opts.owners ?? null;
     this.fights = new FightGuard(fightOptions(opts.config), opts.clock);
+    this.bootId = opts.bootId ?? null;
   }
 
   /** Load persisted state, reconcile the journal with the kernel, and start scanning. */
   async start(): Promise<void> {
     const persisted = await this.store.loadEnabled();
     this.enabled = persisted ?? this.cfg.enabled;
-    for (const e of await this.store.loadJournal()) this.journal.set(e.key, e);
+    const boots = { this_boot: 0, earlier_boot: 0, unknown_boot: 0 };
+    let unplaceable = false;
+    for (const e of await this.store.loadJournal()) {
+      if (!entryHasNames(e)) {
+        // Without a name nothing says which interface its ifindex meant: never guess.
+        this.log.event(
+          'route_dropped',
+          { route: describe(e.original), reason: 'the journal entry names no interface; not restored' },
+          'warn',
+        );
+        unplaceable = true;
+        continue;
+      }
+      if (!e.boot_id) boots.unknown_boot++;
+      else if (e.boot_id === this.bootId) boots.this_boot++;
+      else boots.earlier_boot++;
+      this.journal.set(e.key, e);
+    }
+    if (unplaceable) await this.store.saveJournal([...this.journal.values()]);
     const held = (await this.owners?.load()) ?? new Map<RoutingDaemon, string[]>();
+    this.started = true;
+    // Interface names decide where journaled routes belong: ifindexes move to the names' indexes now.
+    await this.applyInterfaces();
     await this.refreshRoutes();
     if (this.journal.size > 0 || held.size > 0) {
       this.log.event('journal_loaded', {
         entries: this.journal.size,
         owners: Object.fromEntries(held),
         enabled: this.enabled,
+        ...boots,
       });
       if (!this.enabled) await this.restoreAll('disabled at start');
       else {
@@ -175,6 +210,7 @@ export class DgdEngine {
     this.closed = true;
     this.scanTimer?.cancel();
     this.refreshTimer?.cancel();
+    this.waitTimer?.cancel();
     for (const g of this.gateways.values()) this.cancelGatewayTimers(g);
     if (opts.restore) await this.restoreAll('daemon stopping');
     else await this.routeChain.catch(() => undefined);
@@ -231,21 +267,22 @@ export class DgdEngine {
         route.nexthops && route.nexthops.length > 0
           ? route.nexthops
           : route.gateway && route.ifindex !== null
-            ? [{ gateway: route.gateway, ifindex: route.ifindex }]
+            ? [{ gateway: route.gateway, ifindex: route.ifindex, ifname: route.ifname }]
             : [];
       for (const nh of hops) {
         if (!nh.gateway) continue;
         if (filter.size > 0 && !filter.has(nh.gateway.toLowerCase())) continue;
         const key = gatewayKey(nh.gateway, nh.ifindex);
         seen.add(key);
-        this.ensureGateway(nh.gateway, nh.ifindex);
+        this.ensureGateway(nh.gateway, nh.ifindex, nh.ifname ?? undefined);
       }
     };
     for (const r of routes) consider(r);
     for (const e of this.journal.values()) consider(e.original);
     for (const g of this.gateways.values()) {
       g.present = seen.has(g.key);
-      if (!seen.has(g.key) && g.state === 'active' && !g.active && !g.inflight) {
+      // A gateway whose interface is down or absent stays listed (status shows why its routes are gone).
+      if (!seen.has(g.key) && g.state === 'active' && !g.active && !g.inflight && g.link === 'up') {
         this.cancelGatewayTimers(g);
         this.gateways.delete(g.key);
       }
@@ -356,16 +393,18 @@ export class DgdEngine {
     }, 100);
   }
 
-  private ensureGateway(address: string, ifindex: number): Gateway {
+  private ensureGateway(address: string, ifindex: number, ifname?: string): Gateway {
     const key = gatewayKey(address, ifindex);
     let g = this.gateways.get(key);
     if (!g) {
+      const name = ifname ?? this.ports.ifname(ifindex);
       g = {
         key,
         address,
         family: address.includes(':') ? 6 : 4,
         ifindex,
-        ifname: this.ports.ifname(ifindex),
+        ifname: name,
+        link: this.linkStateOf(name),
         state: 'active',
         mac: null,
         lastVerification: null,
@@ -433,16 +472,17 @@ export class DgdEngine {
   }
 
   /**
-   * Dump the sockets, act on retransmissions; returns the delay to the next scan. Only sockets
-   * that are retransmitting are asked for, except in the occasional full dump (for status).
+   * Dump the sockets that are retransmitting (filtered before any object is made), act on them;
+   * returns the delay to the next scan. Once in a while (`withCount`) the sockets are also counted
+   * for status, by the kernel walk alone: no object per socket, so no stall at 100 000 sockets.
    */
-  private async dumpAndCheck(full: boolean): Promise<number> {
+  private async dumpAndCheck(withCount: boolean): Promise<number> {
     const t0 = this.clock.now();
-    const sockets = await this.ports.scanSockets({ minRetransmits: full ? 0 : 1 });
-    if (full) {
+    if (withCount) {
+      this.socketCount = await this.ports.countSockets();
       this.lastFullDumpAt = this.clock.now();
-      this.socketCount = sockets.length;
     }
+    const sockets = await this.ports.scanSockets({ minRetransmits: 1 });
     const threshold = this.cfg.retransmit_threshold;
     let retransmitting = 0;
     let due = Infinity;
@@ -525,7 +565,7 @@ export class DgdEngine {
   onNeighbour(address: string, ifindex: number, state: string): void {
     if (!this.enabled || this.closed || state !== 'FAILED') return;
     const g = this.findGateway(address, ifindex);
-    if (!g || g.state === 'dead') return;
+    if (!g || g.state === 'dead' || g.link !== 'up') return;
     void this.trigger(g, 'neighbour_failed', { neighbour_state: state });
   }
 
@@ -533,7 +573,7 @@ export class DgdEngine {
   onSighting(address: string, ifindex: number | undefined, mac: string): void {
     if (!this.enabled || this.closed) return;
     const g = this.findGateway(address, ifindex);
-    if (!g || g.state !== 'dead' || g.polling) return;
+    if (!g || g.state !== 'dead' || g.polling || g.link !== 'up') return;
     if (this.clock.now() - g.lastSightingPoll < SIGHTING_POLL_MS) return;
     g.lastSightingPoll = this.clock.now();
     g.triggers.sighting++;
@@ -595,6 +635,14 @@ export class DgdEngine {
       const a = g.active;
       if (!a || this.closed || !this.enabled) return;
       a.timer = null;
+      if (g.link !== 'up') {
+        // No probing on a link that is down or gone: an unanswered probe there says nothing about
+        // the gateway. Probing resumes when the interface is back.
+        a.missed = 0;
+        a.answers = 0;
+        a.timer = this.clock.setTimeout(() => void tick(), a.intervalMs);
+        return;
+      }
       let answer: { mac: string; rttMs: number } | null = null;
       const sentAt = this.clock.now();
       try {
@@ -643,7 +691,7 @@ export class DgdEngine {
 
   /** A trigger: the gateway becomes suspect and is verified by ARP/NDP; the verdict acts. */
   async trigger(g: Gateway, kind: TriggerKind, detail: Record<string, unknown>): Promise<void> {
-    if (!this.enabled || this.closed || g.state === 'dead') return;
+    if (!this.enabled || this.closed || g.state === 'dead' || g.link !== 'up') return;
     g.triggers[kind]++;
     this.log.event('trigger', { gateway: g.address, interface: g.ifname, reason: kind, ...detail });
     if (g.state === 'active') this.transition(g, 'suspect', kind);
@@ -819,6 +867,8 @@ export class DgdEngine {
   /** Purge and re-resolve; revive_probes answers in a row restore the gateway's routes. */
   async poll(g: Gateway): Promise<void> {
     if (g.state !== 'dead' || g.polling || this.closed || !this.enabled) return;
+    // Its interface is down or gone: the poll runs when the interface is back (applyInterfaces).
+    if (g.link !== 'up') return;
     g.polling = true;
     let answers = 0;
     try {
@@ -840,7 +890,7 @@ export class DgdEngine {
       answers,
       needed: this.cfg.revive_probes,
     });
-    if (g.state !== 'dead' || this.closed || !this.enabled) return;
+    if (g.state !== 'dead' || this.closed || !this.enabled || g.link !== 'up') return;
     if (answers >= this.cfg.revive_probes) await this.revive(g, `${answers} ARP/NDP answers in a row`);
     else this.schedulePoll(g, this.cfg.slow_poll_interval);
   }
@@ -898,6 +948,7 @@ export class DgdEngine {
               original: r,
               removed: [g.key],
               at: new Date(this.clock.wallNow()).toISOString(),
+              boot_id: this.bootId,
             };
         if (existing && existing.removed.includes(g.key)) continue;
         plans.push({ entry, from: r, to: targetOf(entry) });
@@ -976,6 +1027,8 @@ export class DgdEngine {
 
   /** Put back what `gatewayKeyToRestore` (or every gateway, if null) took from an entry. */
   private async restoreEntry(entry: JournalEntry, gatewayKeyToRestore: string | null): Promise<boolean> {
+    // A route cannot go back onto an interface that is down or gone: it waits in the journal.
+    if (!this.entryPlaceable(entry)) return false;
     const before = targetOf(entry);
     const removed =
       gatewayKeyToRestore === null ? [] : entry.removed.filter((k) => k !== gatewayKeyToRestore);
@@ -1023,11 +1076,20 @@ export class DgdEngine {
       if (this.journal.size === 0) return;
       this.kernelRoutes = await this.ports.listRoutes(this.tables);
       const restored: string[] = [];
+      const waiting: string[] = [];
       for (const entry of [...this.journal.values()]) {
-        if (await this.restoreEntry(entry, null)) restored.push(describe(entry.original));
+        if (!this.entryPlaceable(entry)) waiting.push(describe(entry.original));
+        else if (await this.restoreEntry(entry, null)) restored.push(describe(entry.original));
       }
       await this.store.saveJournal([...this.journal.values()]);
-      this.log.event('routes_restored', { gateway: null, reason, routes: restored });
+      this.log.event('routes_restored', {
+        gateway: null,
+        reason,
+        routes: restored,
+        ...(waiting.length > 0
+          ? { waiting_for_interface: waiting, note: 'kept in the journal until their interface is back' }
+          : {}),
+      });
     });
   }
 
@@ -1040,7 +1102,7 @@ export class DgdEngine {
       for (const entry of this.journal.values()) {
         const target = targetOf(entry);
         const current = this.kernelMatch(target) ?? this.kernelMatch(entry.original);
-        const op = transition(current, target);
+        const op = this.entryPlaceable(entry) ? transition(current, target) : null;
         if (op) {
           try {
             await this.applyOp(op);
@@ -1054,8 +1116,11 @@ export class DgdEngine {
           }
         }
         for (const key of entry.removed) {
-          const [address, idx] = key.split('%') as [string, string];
-          const g = this.ensureGateway(address, Number(idx));
+          const cut = key.lastIndexOf('%');
+          const address = key.slice(0, cut);
+          const idx = Number(key.slice(cut + 1));
+          const name = routeInterfaces(entry.original).find((i) => i.ifindex === idx)?.ifname ?? undefined;
+          const g = this.ensureGateway(address, idx, name);
           if (g.state !== 'dead') {
             g.deadSince = this.clock.now();
             this.transition(g, 'dead', 'withdrawn before restart (journal)');
@@ -1085,6 +1150,166 @@ export class DgdEngine {
   }
 
   // ---------------------------------------------------------------------------------------------
+  // Interfaces coming and going (src/dgd/interfaces.ts says why names, not ifindexes, decide)
+
+  /**
+   * The namespace's interfaces now (at start and after every rtnetlink link event). Journal
+   * entries and gateways follow their interface's name to its current ifindex; gateways on an
+   * interface that is down or gone stop being verified, and are polled at once when it is back.
+   */
+  async setInterfaces(list: readonly InterfaceInfo[]): Promise<void> {
+    this.links = new Map(list.map((l) => [l.ifname, { ...l }]));
+    if (!this.started || this.closed) return;
+    await this.applyInterfaces();
+  }
+
+  private linkStateOf(ifname: string): LinkState {
+    if (!this.links) return 'up';
+    const l = this.links.get(ifname);
+    return !l ? 'absent' : l.up ? 'up' : 'down';
+  }
+
+  /** Can the entry's route be put back now: is every interface it names present and up? */
+  private entryPlaceable(entry: JournalEntry): boolean {
+    return routeInterfaces(entry.original).every(
+      (i) => i.ifname !== null && this.linkStateOf(i.ifname) === 'up',
+    );
+  }
+
+  private async applyInterfaces(): Promise<void> {
+    const links = this.links;
+    if (!links || this.closed) return;
+    await this.serially(async () => {
+      // An interface re-created (or a reboot): the same name, another ifindex.
+      const moves = new Map<string, { ifname: string; from: number; to: number }>();
+      const note = (ifname: string | null | undefined, from: number) => {
+        const now = ifname ? links.get(ifname) : undefined;
+        if (ifname && now && now.ifindex !== from)
+          moves.set(`${ifname}|${from}`, { ifname, from, to: now.ifindex });
+      };
+      for (const e of this.journal.values())
+        for (const i of routeInterfaces(e.original)) note(i.ifname, i.ifindex);
+      for (const g of this.gateways.values()) note(g.ifname, g.ifindex);
+      if (moves.size === 0) return;
+      for (const m of moves.values()) {
+        for (const [k, e] of [...this.journal]) {
+          const moved = remapEntry(e, m.ifname, m.from, m.to);
+          if (moved === e) continue;
+          this.journal.delete(k);
+          this.journal.set(moved.key, moved);
+        }
+        for (const g of [...this.gateways.values()]) {
+          if (g.ifname !== m.ifname || g.ifindex !== m.from) continue;
+          this.gateways.delete(g.key);
+          g.ifindex = m.to;
+          g.key = gatewayKey(g.address, m.to);
+          const twin = this.gateways.get(g.key);
+          if (twin && twin.state === 'dead' && g.state !== 'dead') {
+            this.cancelGatewayTimers(g); // the one that knows the gateway is dead stays
+            continue;
+          }
+          if (twin) this.cancelGatewayTimers(twin);
+          this.gateways.set(g.key, g);
+        }
+        this.log.event('interface_renumbered', {
+          interface: m.ifname,
+          old_ifindex: m.from,
+          ifindex: m.to,
+          note: 'journaled routes and gateways follow the interface name',
+        });
+      }
+      this.lookupCache.clear();
+      await this.store.saveJournal([...this.journal.values()]);
+    });
+    // Which needed interfaces are absent, and since when.
+    const now = this.clock.now();
+    const needed = new Set<string>();
+    for (const e of this.journal.values())
+      for (const i of routeInterfaces(e.original)) if (i.ifname) needed.add(i.ifname);
+    for (const g of this.gateways.values()) needed.add(g.ifname);
+    for (const n of needed)
+      if (links.has(n)) this.absentSince.delete(n);
+      else if (!this.absentSince.has(n)) this.absentSince.set(n, now);
+    for (const n of [...this.absentSince.keys()]) if (!needed.has(n)) this.absentSince.delete(n);
+    // Each gateway's view of its interface.
+    for (const g of this.gateways.values()) {
+      const state = this.linkStateOf(g.ifname);
+      if (state === g.link) continue;
+      const from = g.link;
+      g.link = state;
+      this.log.event(
+        'gateway_interface',
+        { gateway: g.address, interface: g.ifname, ifindex: g.ifindex, from, to: state },
+        state === 'up' ? 'info' : 'warn',
+      );
+      if (state === 'up' && g.state === 'dead' && this.enabled && !this.closed) this.schedulePoll(g, 0);
+      if (state !== 'up' && g.state === 'suspect') this.transition(g, 'active', `interface ${state}`);
+    }
+    // While detection is off, routes that waited for their interface go back as soon as it is up.
+    if (!this.enabled && [...this.journal.values()].some((e) => this.entryPlaceable(e)))
+      await this.restoreAll('interface back while detection is off');
+    this.scheduleWaitCheck();
+  }
+
+  /** Journaled routes whose interface stays absent longer than interface_wait are dropped. */
+  private scheduleWaitCheck(): void {
+    this.waitTimer?.cancel();
+    this.waitTimer = null;
+    if (this.absentSince.size === 0 || this.closed) return;
+    const now = this.clock.now();
+    const due = Math.min(...[...this.absentSince.values()].map((t) => t + this.cfg.interface_wait - now));
+    this.waitTimer = this.clock.setTimeout(
+      () => {
+        this.waitTimer = null;
+        this.dropVanished().catch((err: unknown) =>
+          this.log.event(
+            'error',
+            { during: 'dropping routes of a vanished interface', error: msg(err) },
+            'error',
+          ),
+        );
+      },
+      Math.max(0, due),
+    );
+  }
+
+  private async dropVanished(): Promise<void> {
+    const now = this.clock.now();
+    const expired = new Set(
+      [...this.absentSince].filter(([, t]) => now - t >= this.cfg.interface_wait).map(([n]) => n),
+    );
+    if (expired.size > 0)
+      await this.serially(async () => {
+        let changed = false;
+        for (const [k, e] of [...this.journal]) {
+          const gone = routeInterfaces(e.original).find((i) => i.ifname && expired.has(i.ifname));
+          if (!gone) continue;
+          this.journal.delete(k);
+          changed = true;
+          this.log.event(
+            'route_dropped',
+            {
+              route: describe(e.original),
+              interface: gone.ifname,
+              absent_ms: Math.round(now - this.absentSince.get(gone.ifname!)!),
+              reason: 'its interface has been gone longer than dgd.interface_wait; it can never be restored',
+            },
+            'warn',
+          );
+        }
+        if (changed) await this.store.saveJournal([...this.journal.values()]);
+        for (const g of [...this.gateways.values()]) {
+          if (!expired.has(g.ifname) || [...this.journal.values()].some((e) => e.removed.includes(g.key)))
+            continue;
+          this.cancelGatewayTimers(g);
+          this.gateways.delete(g.key);
+        }
+        for (const n of expired) this.absentSince.delete(n);
+      });
+    this.scheduleWaitCheck();
+  }
+
+  // ---------------------------------------------------------------------------------------------
 
   private transition(g: Gateway, to: GatewayState, reason: string): void {
     if (g.state === to) return;
@@ -1110,6 +1335,8 @@ export class DgdEngine {
       return {
         address: g.address,
         interface: g.ifname,
+        ifindex: g.ifindex,
+        link: g.link,
         family: g.family,
         state: g.state,
         mac: g.mac,
@@ -1177,6 +1404,9 @@ export interface DgdStatus {
   gateways: {
     address: string;
     interface: string;
+    ifindex: number;
+    /** The interface is up, down (administratively), or absent (deleted; routes wait for its name). */
+    link: LinkState;
     family: 4 | 6;
     state: GatewayState;
     mac: string | null;

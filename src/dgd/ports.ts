@@ -70,6 +70,11 @@ export interface DgdPorts {
    */
   scanSockets(opts: { minRetransmits: number }): Promise<ScannedSocket[]>;
   /**
+   * How many TCP sockets the scan's states hold (for status), counted on the worker thread from
+   * the kernel's dump without an object per socket.
+   */
+  countSockets(): Promise<number>;
+  /**
    * The namespace's count of retransmitted TCP segments (Tcp: RetransSegs in /proc/net/snmp,
    * IPv4 and IPv6 alike). Reading it costs microseconds, a sock_diag dump tens of milliseconds
    * (the kernel walks its whole established hash), so dumps run only when this moves.
@@ -111,7 +116,13 @@ export interface DgdStore {
  */
 export interface JournalEntry {
   key: string;
+  /** The route as it was, with its interface names (ifname, nexthops[].ifname): names decide where it goes back. */
   original: KernelRoute;
   removed: string[];
   at: string;
+  /**
+   * The boot it was withdrawn in (/proc/sys/kernel/random/boot_id); absent in journals written
+   * before boot ids were recorded. Informational: ifindexes are never trusted across restarts.
+   */
+  boot_id?: string | null;
 }

@@ -1,16 +1,14 @@
 // Packet capture for debugging (`ipdeadgate capture`) and the daemon's flight recorder: libpcap
-// handles through `cap` with tcpdump-syntax BPF filters (pcap-filter(7)), and one-line decodes of
+// handles (src/sys/pcap.ts) with tcpdump-syntax BPF filters (pcap-filter(7)), and one-line decodes of
 // what dead gateway detection and the tunnel do on the wire: ARP, NDP, ICMP/ICMPv6, TCP (with
 // retransmissions marked) and UDP. Decoding reuses the pure decoders of frames.ts.
 //
-// Timestamps: `cap` hands Node the packet bytes but not libpcap's header, so a packet is stamped
-// with the wall clock when it reaches JavaScript. The handle runs in immediate mode, so that is
-// within a fraction of a millisecond of the kernel's stamp on an idle daemon; under a burst, the
-// packets of one read share the moment of that read.
+// Timestamps are the kernel's receive stamps from libpcap's packet header (microseconds).
 import { EventEmitter } from 'node:events';
 import { existsSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
-import { IpdeadgateError, UsageError, systemError } from '../errors';
+import { UsageError } from '../errors';
+import { LINKTYPE_ETHERNET, PcapHandle, type PcapPacket } from './pcap';
 import {
   ARP_REPLY,
   ARP_REQUEST,
@@ -52,7 +50,6 @@ import {
   solicitedNodeMulticast,
   type TcpHeader,
 } from './frames';
-import { preciseNowMs } from './pcapfile';
 
 /** What a decoded packet is; the capture summary counts packets by these. */
 export type PacketKind =
@@ -454,7 +451,7 @@ export function andFilters(...parts: (string | undefined | null)[]): string {
 
 export interface CapturedPacket {
   ifname: string;
-  /** Epoch milliseconds (fractional) when the packet reached JavaScript. */
+  /** Epoch milliseconds (fractional): the kernel's receive stamp. */
   tsMs: number;
   /** A copy of the frame: safe to keep. */
   data: Buffer;
@@ -471,8 +468,9 @@ export function interfaceExists(ifname: string): boolean {
 }
 
 /**
- * One libpcap handle on one interface with a BPF filter, emitting 'packet' (CapturedPacket).
- * Promiscuous and immediate (cap's settings). close() is idempotent and safe from a listener.
+ * One libpcap handle on one interface with a BPF filter, emitting 'packet' (CapturedPacket), and
+ * 'down' (SystemError) once if the interface goes down or away — the capture is closed then.
+ * Promiscuous and immediate. close() is idempotent and safe from a listener.
  */
 export class LiveCapture extends EventEmitter {
   private closed = false;
@@ -481,56 +479,50 @@ export class LiveCapture extends EventEmitter {
   private constructor(
     readonly ifname: string,
     readonly filter: string,
-    private readonly cap: import('cap').Cap,
-    buffer: Buffer,
+    private readonly handle: PcapHandle,
   ) {
     super();
-    cap.on('packet', (nbytes: number, truncated: boolean) => {
+    handle.on('packet', (pkt: PcapPacket) => {
       if (this.closed) return;
       this.packets++;
       const p: CapturedPacket = {
         ifname,
-        tsMs: preciseNowMs(),
-        data: Buffer.from(buffer.subarray(0, nbytes)),
-        truncated,
+        tsMs: pkt.tsMs,
+        data: pkt.data,
+        truncated: pkt.wireLength > pkt.data.length,
       };
       try {
         this.emit('packet', p);
       } catch (err) {
-        // Nothing thrown by a listener may unwind through libpcap's dispatch.
+        // Nothing thrown by a listener may unwind through the packet callback.
         if (this.listenerCount('error') > 0)
           this.emit('error', err instanceof Error ? err : new Error(String(err)));
       }
+    });
+    handle.on('down', (err: Error) => {
+      if (this.closed) return;
+      this.close();
+      this.emit('down', err);
     });
   }
 
   /**
    * Open `ifname` with a tcpdump-syntax filter ('' for everything). Throws UsageError for an
    * unknown interface, a non-Ethernet one or a bad filter (naming it), SystemError EPERM without
-   * CAP_NET_RAW.
+   * CAP_NET_RAW, ENETDOWN for an interface that is down.
    */
   static open(ifname: string, filter = ''): LiveCapture {
     if (!IFNAME.test(ifname)) throw new UsageError(`"${ifname}" is not a valid interface name`);
     if (!interfaceExists(ifname))
       throw new UsageError(`no network interface named "${ifname}" in this network namespace (see: ip link)`);
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const { Cap } = require('cap') as typeof import('cap');
-    const buffer = Buffer.alloc(CAPTURE_BUFFER);
-    const cap = new Cap();
-    let linkType: string;
-    try {
-      linkType = cap.open(ifname, filter, 4 << 20, buffer);
-    } catch (err) {
-      keepFailedHandle(cap);
-      throw openError(err, ifname, filter);
-    }
-    if (linkType !== 'ETHERNET') {
-      cap.close();
+    const handle = PcapHandle.open(ifname, { filter, snaplen: CAPTURE_BUFFER, bufferBytes: 4 << 20 });
+    if (handle.linkType !== LINKTYPE_ETHERNET) {
+      handle.close();
       throw new UsageError(
-        `${ifname} is not an Ethernet interface (libpcap link type ${linkType}); capture writes Ethernet (DLT_EN10MB) only`,
+        `${ifname} is not an Ethernet interface (libpcap link type ${handle.linkType}); capture writes Ethernet (DLT_EN10MB) only`,
       );
     }
-    return new LiveCapture(ifname, filter, cap, buffer);
+    return new LiveCapture(ifname, filter, handle);
   }
 
   get isClosed(): boolean {
@@ -540,62 +532,11 @@ export class LiveCapture extends EventEmitter {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.cap.close();
+    this.handle.close();
     this.emit('closed');
   }
 
   [Symbol.dispose](): void {
     this.close();
   }
-}
-
-/**
- * libpcap errors are text only. A failed open with a filter is retried without one: if that works,
- * the filter was the problem, and the message says so in the operator's terms.
- */
-function openError(err: unknown, ifname: string, filter: string): IpdeadgateError {
-  const text = err instanceof Error ? err.message : String(err);
-  if (/permission|not permitted|EPERM|EACCES/i.test(text))
-    return systemError({ code: 'EPERM', errno: 1, message: text }, 'pcap', `capturing on ${ifname}`);
-  if (/no such device|ENODEV|doesn't exist/i.test(text))
-    return new UsageError(`no network interface named "${ifname}" in this network namespace (${text})`, {
-      cause: err,
-    });
-  if (/network is down|ENETDOWN/i.test(text))
-    return systemError(
-      { code: 'ENETDOWN', errno: 100, message: text },
-      'pcap',
-      `capturing on ${ifname}: the interface is down`,
-    );
-  if (filter !== '' && filterIsTheProblem(ifname))
-    return new UsageError(
-      `bad capture filter "${filter}": ${text} (tcpdump filter syntax, see man pcap-filter)`,
-      { cause: err },
-    );
-  return systemError({ code: 'EIO', errno: 5, message: text }, 'pcap', `capturing on ${ifname}`);
-}
-
-function filterIsTheProblem(ifname: string): boolean {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { Cap } = require('cap') as typeof import('cap');
-  const cap = new Cap();
-  try {
-    cap.open(ifname, '', 1 << 16, Buffer.alloc(64));
-  } catch {
-    keepFailedHandle(cap);
-    return false;
-  }
-  cap.close();
-  return true;
-}
-
-/**
- * cap 0.2 leaves a half-open handle after a failed open(): its close() would stop a uv_poll handle
- * that was never started (an assertion in libuv), and so would its destructor if the garbage
- * collector reached it. Such handles are kept referenced, never closed: failed opens are rare and
- * end the capture command, so the leak is bounded by the number of failures.
- */
-const failedHandles: import('cap').Cap[] = [];
-function keepFailedHandle(cap: import('cap').Cap): void {
-  failedHandles.push(cap);
 }

@@ -41,6 +41,15 @@ export interface NativeAddon {
     minRetransmits: number,
     callback: (err: NativeSystemError | null, result?: NativeSockDiagResult) => void,
   ): () => void;
+  /**
+   * The same dump, counted on the worker thread: counts[f * 16 + state] with f 0 = IPv4 (IPv4-mapped
+   * included), 1 = IPv6, state = kernel TCP state number. No per-socket value reaches JavaScript.
+   */
+  sockDiagCount(
+    family: 0 | 4 | 6,
+    states: number,
+    callback: (err: NativeSystemError | null, counts?: Uint32Array) => void,
+  ): () => void;
   /** Column names of a dump row with tcp_info: base columns, then tcpInfoColumns. */
   readonly sockDiagColumns: readonly string[];
 
@@ -58,6 +67,25 @@ export interface NativeAddon {
 
   // SO_PEERCRED of a connected Unix socket (native/peercred.cc); throws NativeSystemError
   peerCred(fd: number): { pid: number; uid: number; gid: number };
+
+  // live libpcap handles (native/pcap.cc); open and send throw NativeSystemError (with pcapMessage)
+  /** The callback gets (null, packets) per loop turn, or once (error) when the handle failed. */
+  pcapOpen(
+    ifname: string,
+    filter: string,
+    snaplen: number,
+    bufferBytes: number,
+    callback: (
+      err: NativeSystemError | null,
+      packets?: { data: Buffer; wireLength: number; tsMs: number }[],
+    ) => void,
+  ): { id: number; linkType: number; fd: number };
+  pcapSend(id: number, frame: Buffer): void;
+  pcapClose(id: number): void;
+  pcapCount(): number;
+  readonly pcapLinkTypeEthernet: number;
+  // sd_notify datagram (native/sdnotify.cc); throws NativeSystemError
+  sdNotify(socketPath: string, message: string): void;
 }
 
 let cached: NativeAddon | undefined;

@@ -1,5 +1,5 @@
 // ARP (RFC 826) and IPv6 neighbour discovery (RFC 4861) on one interface, through one libpcap
-// handle (`cap`): we send who-has / neighbour solicitations ourselves and watch every ARP and ND
+// handle (src/sys/pcap.ts): we send who-has / neighbour solicitations ourselves and watch every ARP and ND
 // packet the link carries. This is what dead gateway verification stands on: "any ARP/NDP reply
 // from the gateway means alive" (DESIGN.md), so nothing here relies on the kernel's neighbour
 // table, which the verifier purges first.
@@ -11,7 +11,7 @@ import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { isIPv4, isIPv6 } from 'node:net';
 import { networkInterfaces } from 'node:os';
-import { AbortError, IpdeadgateError, UsageError, systemError } from '../errors';
+import { AbortError, IpdeadgateError, UsageError } from '../errors';
 import {
   ARP_REPLY,
   ARP_REQUEST,
@@ -26,6 +26,7 @@ import {
   normalizeIp,
   normalizeMac,
 } from './frames';
+import { LINKTYPE_ETHERNET, PcapHandle, type PcapPacket } from './pcap';
 import { preciseNowMs } from './pcapfile';
 
 export interface NeighbourSighting {
@@ -79,6 +80,8 @@ export interface FrameTransport {
   send(frame: Buffer): void;
   /** Register the one receiver: `frame` is only valid during the call (the buffer is reused). */
   onFrame(receiver: (frame: Buffer, truncated: boolean) => void): void;
+  /** Register the one listener for the interface going down or away (the transport is closed then). */
+  onDown?(listener: (err: Error) => void): void;
   close(): void;
 }
 
@@ -182,62 +185,33 @@ export function pickNsSource(addrs: InterfaceAddresses, targetIp: string): strin
   return (onPrefix ?? globals[0])?.address ?? linkLocal ?? '::';
 }
 
-/** `cap` as a FrameTransport. */
-function openCapTransport(ifname: string): FrameTransport {
-  // Loaded here, not at the top, so that unit tests with a fake transport need no libpcap.
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { Cap } = require('cap') as typeof import('cap');
-  const cap = new Cap();
-  const buffer = Buffer.alloc(65535);
-  let linkType: string;
-  try {
-    linkType = cap.open(ifname, NEIGHBOUR_BPF_FILTER, 1 << 20, buffer);
-  } catch (err) {
-    throw pcapError(err, ifname, 'opening');
-  }
-  if (linkType !== 'ETHERNET') {
-    cap.close();
+/** A libpcap handle (src/sys/pcap.ts) as a FrameTransport. */
+function openPcapTransport(ifname: string): FrameTransport {
+  const handle = PcapHandle.open(ifname, {
+    filter: NEIGHBOUR_BPF_FILTER,
+    bufferBytes: 1 << 20,
+    purpose: ' for ARP/NDP',
+  });
+  if (handle.linkType !== LINKTYPE_ETHERNET) {
+    handle.close();
     throw new UsageError(
-      `${ifname} is not an Ethernet interface (libpcap link type ${linkType}); ARP and NDP need Ethernet`,
+      `${ifname} is not an Ethernet interface (libpcap link type ${handle.linkType}); ARP and NDP need Ethernet`,
     );
   }
-  let closed = false;
   return {
     send(frame) {
-      if (closed) throw new IpdeadgateError('ERR_CLOSED', `the ARP/NDP handle on ${ifname} is closed`);
-      try {
-        cap.send(frame, frame.length);
-      } catch (err) {
-        throw pcapError(err, ifname, 'sending ARP/NDP on');
-      }
+      handle.send(frame);
     },
     onFrame(receiver) {
-      cap.on('packet', (nbytes: number, truncated: boolean) =>
-        receiver(buffer.subarray(0, nbytes), truncated),
-      );
+      handle.on('packet', (p: PcapPacket) => receiver(p.data, p.wireLength > p.data.length));
+    },
+    onDown(listener) {
+      handle.on('down', listener);
     },
     close() {
-      if (closed) return;
-      closed = true;
-      cap.close();
+      handle.close();
     },
   };
-}
-
-/** libpcap reports errors as text only; recover the errno name so the message can say what to do. */
-function pcapError(err: unknown, ifname: string, doing: string): IpdeadgateError {
-  const text = err instanceof Error ? err.message : String(err);
-  if (/permission|not permitted|EPERM|EACCES/i.test(text))
-    return systemError({ code: 'EPERM', errno: 1, message: text }, 'pcap', `${doing} ${ifname} for ARP/NDP`);
-  if (/no such device|ENODEV|doesn't exist/i.test(text))
-    return new UsageError(`no network interface named "${ifname}" (${text})`, { cause: err });
-  if (/network is down|ENETDOWN/i.test(text))
-    return systemError(
-      { code: 'ENETDOWN', errno: 100, message: text },
-      'pcap',
-      `${doing} ${ifname}: the interface is down`,
-    );
-  return systemError({ code: 'EIO', errno: 5, message: text }, 'pcap', `${doing} ${ifname}`);
 }
 
 let warmedUp = false;
@@ -280,7 +254,7 @@ export class NeighbourLink extends EventEmitter {
     checkIfname(ifname);
     const addrs = readInterfaceAddresses(ifname);
     if (!addrs) throw new UsageError(`no network interface named "${ifname}" in this network namespace`);
-    const transport = openCapTransport(ifname);
+    const transport = openPcapTransport(ifname);
     return new NeighbourLink(ifname, addrs.mac, transport, () => readInterfaceAddresses(ifname) ?? addrs);
   }
 
@@ -306,6 +280,12 @@ export class NeighbourLink extends EventEmitter {
     this.transport = transport;
     this.readAddresses = readAddresses;
     transport.onFrame((frame, truncated) => this.handleFrame(frame, truncated));
+    transport.onDown?.((err) => {
+      // The interface went down or away: this link is finished; its owner opens a new one later.
+      if (this.closed) return;
+      this.emit('down', err);
+      this.close();
+    });
     warmUpDecoders();
   }
 
@@ -529,10 +509,15 @@ export class NeighbourLinks {
       return Promise.reject(new IpdeadgateError('ERR_CLOSED', 'the neighbour links are closed'));
     let p = this.links.get(ifname);
     if (!p) {
-      p = this.opener(ifname);
-      this.links.set(ifname, p);
-      // A failed open is not cached: the interface may appear later.
-      p.catch(() => this.links.delete(ifname));
+      const opened = this.opener(ifname);
+      p = opened;
+      this.links.set(ifname, opened);
+      // A failed open is not cached, nor a link that closed (its interface went down or away):
+      // the interface may appear later.
+      opened.then(
+        (link) => link.once('closed', () => this.links.get(ifname) === opened && this.links.delete(ifname)),
+        () => this.links.get(ifname) === opened && this.links.delete(ifname),
+      );
     }
     return p;
   }

@@ -1,21 +1,30 @@
 // Close-leak protection, the IY55176 lesson: TFST left its end of a routed connection in
 // CLOSE_WAIT whenever the peer proxy failed to pass on "no more data", until the process ran out of
 // descriptors (accept() failed, e=24). Here a session is a local TCP socket bridged to a yamux
-// stream, and four independent mechanisms end it:
-//  1. FIN and RST travel end to end (bridge): a local FIN becomes a stream FIN, a stream FIN a
-//     local FIN (half-close works), a local error or RST a stream RST, a stream RST a local RST;
-//  2. every stream's idle life after a FIN is bounded by close_timeout (MuxStream);
+// stream, and its whole life is one state machine (src/tunnel/sessionlife.ts) held in this table:
+//  1. FIN and RST travel end to end: a local FIN becomes a stream FIN, a stream FIN a local FIN
+//     (half-close works), a local error or RST a stream RST, a stream RST a local RST;
+//  2. every state has a bound (dial_timeout, open_timeout, close_timeout after a FIN, ...), and
+//     every exit from every state closes both ends and frees the slot;
 //  3. a watcher on the local socket (src/sys/watcher: EPOLLRDHUP/HUP/ERR via uv_poll) sees the local
 //     peer's FIN or RST even while the bridge is paused by backpressure and Node reads nothing;
-//  4. a reaper (TCP_INFO, src/sys/tcpinfo) finds any of our sockets that still sits in CLOSE_WAIT
-//     idle past close_timeout, or outlives its session, closes it and counts it.
+//  4. a reaper (TCP_INFO, src/sys/tcpinfo) ends any session whose state outlived its bound, whose
+//     stream is gone while its socket is not (in any TCP state), or whose socket sits in
+//     CLOSE_WAIT idle past close_timeout, and counts it.
 // And running out of descriptors (EMFILE/ENFILE on accept) pauses accepting with backoff.
 import * as fs from 'node:fs';
 import type * as net from 'node:net';
 import { IpdeadgateError } from '../errors';
 import { systemClock, type Clock, type Timer } from '../util/clock';
 import type { HostPort } from './config';
-import type { MuxStream } from './mux';
+import type { MuxStream } from './muxstream';
+import {
+  SessionLife,
+  type SessionBounds,
+  type SessionExit,
+  type SessionHost,
+  type SessionState,
+} from './sessionlife';
 import { fdOf, tcpInfoByFd } from '../sys/tcpinfo';
 import { watchSocket } from '../sys/watcher';
 
@@ -115,146 +124,159 @@ export interface GuardStats {
   reaped: number;
   watcherResets: number;
   watcherFins: number;
+  closeTimeouts: number;
+  /** Sessions ended, by why. */
+  exits: Partial<Record<SessionExit, number>>;
 }
 
-interface Tracked {
-  socket: net.Socket;
-  stream: MuxStream;
-  fd: number | undefined;
-  done: boolean;
-  lastBytes: number;
-  lastChange: number;
+export interface GuardOptions {
+  closeTimeoutMs: number;
+  /** dialing's bound (default 15 s). */
+  dialTimeoutMs?: number;
+  /** opening's bound (default 30 s). */
+  openTimeoutMs?: number;
+  reapIntervalMs?: number;
+  clock?: Clock;
+  ports?: SocketPorts;
+  /** Called once per session when it reaches closed. */
+  onEnded?: (s: SessionLife, exit: SessionExit) => void;
 }
 
 /**
- * Bridges local sockets to streams and reaps what slips through. One per node.
+ * The table of sessions (src/tunnel/sessionlife.ts): creates them, frees their slot when they
+ * reach closed, and reaps what slips through. One per node.
  */
-export class CloseGuard {
-  readonly stats: GuardStats = { reaped: 0, watcherResets: 0, watcherFins: 0 };
-  private readonly tracked = new Set<Tracked>();
+export class CloseGuard implements SessionHost {
+  readonly stats: GuardStats = { reaped: 0, watcherResets: 0, watcherFins: 0, closeTimeouts: 0, exits: {} };
+  private readonly sessions = new Set<SessionLife>();
+  private readonly onDone = new WeakMap<SessionLife, () => void>();
   private timer: Timer | undefined;
   private closed = false;
-  private readonly clock: Clock;
+  readonly clock: Clock;
+  readonly bounds: SessionBounds;
+  readonly ports: SocketPorts;
 
-  constructor(
-    private readonly opts: {
-      closeTimeoutMs: number;
-      reapIntervalMs?: number;
-      clock?: Clock;
-      ports?: SocketPorts;
-    },
-  ) {
+  constructor(private readonly opts: GuardOptions) {
     this.clock = opts.clock ?? systemClock;
     this.ports = opts.ports ?? systemSocketPorts();
+    this.bounds = {
+      closeTimeoutMs: opts.closeTimeoutMs,
+      dialMs: opts.dialTimeoutMs ?? 15_000,
+      openMs: opts.openTimeoutMs ?? 30_000,
+    };
     this.schedule();
   }
 
-  readonly ports: SocketPorts;
+  /** Change the bounds (a reload); sessions pick them up at their next state change. */
+  setBounds(b: Partial<SessionBounds>): void {
+    Object.assign(this.bounds, b);
+  }
 
-  /** Sockets currently bridged. */
+  /** Sessions not yet closed: the slots in use. */
   get size(): number {
-    return this.tracked.size;
+    return this.sessions.size;
+  }
+
+  /** Sessions by state, for status. */
+  byState(): Partial<Record<SessionState, number>> {
+    const out: Partial<Record<SessionState, number>> = {};
+    for (const s of this.sessions) out[s.state] = (out[s.state] ?? 0) + 1;
+    return out;
+  }
+
+  private add(s: SessionLife, onDone?: () => void): SessionLife {
+    this.sessions.add(s);
+    if (onDone) this.onDone.set(s, onDone);
+    return s;
+  }
+
+  /** A local client accepted on a forward, with the stream opened for it; `answer` settles with the far end's. */
+  forward(local: net.Socket, stream: MuxStream, answer: Promise<void>, onDone?: () => void): SessionLife {
+    const s = this.add(new SessionLife('forward', stream, this, 'opening'), onDone);
+    if (this.closed) return this.stopped(s);
+    s.startForward(local, answer);
+    return s;
+  }
+
+  /** A stream asking for a service this node dials: dial `target`; `refuse` answers a failed dial. */
+  service(
+    stream: MuxStream,
+    target: HostPort,
+    answerOk: Buffer,
+    refuse: (stream: MuxStream, reason: string) => void,
+    connect: (t: HostPort) => net.Socket,
+    onDone?: () => void,
+  ): SessionLife {
+    const s = this.add(new SessionLife('service', stream, this, 'dialing'), onDone);
+    s.answerOk = answerOk;
+    s.refuse = refuse;
+    if (this.closed) return this.stopped(s);
+    s.startService(target, connect);
+    return s;
+  }
+
+  /** A relayed session: `up` from a peer, `down` opened to the next hop. */
+  relay(
+    up: MuxStream,
+    down: MuxStream,
+    answer: Promise<{ status: number; reason: string }>,
+    encodeAnswer: (status: number, reason: string) => Buffer,
+    onDone?: () => void,
+  ): SessionLife {
+    const s = this.add(new SessionLife('relay', up, this, 'opening'), onDone);
+    s.answerOk = encodeAnswer(0, '');
+    s.refuse = (st, reason, status) => {
+      st.on('error', () => undefined);
+      st.resume();
+      st.end(encodeAnswer(status ?? 0, reason));
+    };
+    if (this.closed) return this.stopped(s);
+    s.startRelay(down, answer);
+    return s;
   }
 
   /**
-   * Join a local socket and a stream until both are over. `onDone` runs once, when the local
-   * socket has closed and the stream is finished or destroyed. With `answer` (an opener waiting
-   * for the far end's OK), local data flows at once (no round trip) but the stream's bytes reach
-   * the local socket only after the answer; a refusal resets both.
+   * Join a connected local socket and a stream until both are over. `onDone` runs once, when the
+   * session is closed. With `answer` (an opener waiting for the far end's OK), local data flows at
+   * once (no round trip) but the stream's bytes reach the local socket only after the answer; a
+   * refusal resets both.
    */
-  bridge(local: net.Socket, stream: MuxStream, onDone: () => void, answer?: Promise<void>): void {
-    const t: Tracked = {
-      socket: local,
-      stream,
-      fd: this.ports.fdOf(local),
-      done: false,
-      lastBytes: 0,
-      lastChange: this.clock.now(),
-    };
-    this.tracked.add(t);
-    let watch: { close(): void } | undefined;
-    let finished = false;
-    const finish = (): void => {
-      if (finished) return;
-      finished = true;
-      t.done = true;
-      watch?.close();
-      this.tracked.delete(t);
-      onDone();
-    };
-    const resetLocal = (): void => {
-      if (!local.destroyed) local.resetAndDestroy();
-    };
-    // A local peer that vanishes without FIN or RST (powered off, cable cut) is found by TCP
-    // keepalive instead of holding its descriptor forever.
-    local.setKeepAlive(true, 60_000);
-    local.setNoDelay(true);
-    local.pipe(stream); // local FIN -> stream.end() -> yamux FIN
-    // TLS hands a link's bytes to JavaScript one 16 KiB record at a time, each in its own callback:
-    // the pieces bound for this socket are gathered until the loop's check phase and leave in one
-    // writev, instead of a write system call per record.
-    let localCorked = false;
-    const uncorkLocal = (): void => {
-      localCorked = false;
-      local.uncork();
-    };
-    const corkLocal = (): void => {
-      if (localCorked) return;
-      localCorked = true;
-      local.cork();
-      setImmediate(uncorkLocal);
-    };
-    const streamToLocal = (): void => {
-      stream.on('data', corkLocal); // before pipe's own listener, so the first piece is corked too
-      stream.pipe(local); // yamux FIN -> local.end() -> TCP FIN
-    };
-    if (answer)
-      answer.then(
-        () => {
-          if (!stream.destroyed) streamToLocal();
-        },
-        (err: Error) => {
-          stream.reset(err);
-          resetLocal();
-        },
-      );
-    else streamToLocal();
-    local.on('error', () => {
-      // ECONNRESET, EPIPE...: the stream is reset so the far end's socket is reset too.
-      stream.reset(new IpdeadgateError('ECONNRESET', 'the local peer reset the connection'));
-      resetLocal();
+  bridge(local: net.Socket, stream: MuxStream, onDone: () => void, answer?: Promise<void>): SessionLife {
+    const s = this.add(new SessionLife('forward', stream, this, 'opening'), onDone);
+    if (this.closed) return this.stopped(s);
+    s.startBridged(local, answer);
+    return s;
+  }
+
+  private stopped(s: SessionLife): SessionLife {
+    s.dispatch({
+      type: 'stop',
+      exit: 'stopped',
+      error: new IpdeadgateError('ERR_TUNNEL_STOPPED', 'stopping'),
     });
-    stream.on('error', () => resetLocal()); // RST, close_timeout, link death: reset the local socket
-    const maybeFinish = (): void => {
-      if (local.destroyed && stream.destroyed) finish();
-    };
-    stream.on('close', () => {
-      // Destroyed before a clean end both ways: nothing more will come; do not leave the socket.
-      if (!stream.finished || !stream.remoteEnded) resetLocal();
-      maybeFinish();
+    return s;
+  }
+
+  /** @internal SessionHost */
+  watch(socket: net.Socket, onEvent: (ev: SocketEvent) => void): { close(): void } {
+    const fd = this.ports.fdOf(socket);
+    if (fd === undefined || !this.ports.watchSocket) return { close: () => undefined };
+    return this.ports.watchSocket(fd, (ev) => {
+      if (ev.err) this.stats.watcherResets++;
+      else if (ev.rdhup || ev.hup) this.stats.watcherFins++;
+      onEvent(ev);
     });
-    local.on('close', (hadError: boolean) => {
-      // A clean close (the local FIN read, ours sent) races the stream's own FIN, which pipe()
-      // has already asked for with stream.end(): let it go out. Anything else resets the stream.
-      if (!stream.destroyed && (hadError || !local.readableEnded))
-        stream.reset(new IpdeadgateError('ECONNRESET', 'the local socket closed'));
-      maybeFinish();
-    });
-    if (t.fd !== undefined && this.ports.watchSocket) {
-      watch = this.ports.watchSocket(t.fd, (ev) => {
-        if (ev.err) {
-          // The local peer reset the connection: seen even if Node is not reading (backpressure).
-          this.stats.watcherResets++;
-          stream.reset(new IpdeadgateError('ECONNRESET', 'the local peer reset the connection'));
-          resetLocal();
-        } else if (ev.rdhup || ev.hup) {
-          // The local peer's FIN is queued behind data we have not read yet: the bridge keeps
-          // delivering in order, and the stream's idle life is bounded from now on.
-          this.stats.watcherFins++;
-          stream.armCloseTimer();
-        }
-      });
-    }
+  }
+
+  /** @internal SessionHost: the session is closed; its slot is free. */
+  ended(s: SessionLife, exit: SessionExit): void {
+    if (!this.sessions.delete(s)) return;
+    this.stats.exits[exit] = (this.stats.exits[exit] ?? 0) + 1;
+    this.stats.closeTimeouts += s.closeTimeouts;
+    this.opts.onEnded?.(s, exit);
+    const done = this.onDone.get(s);
+    this.onDone.delete(s);
+    done?.();
   }
 
   private schedule(): void {
@@ -266,59 +288,47 @@ export class CloseGuard {
     }, every);
   }
 
-  /** One reaper pass; returns how many sockets it closed. */
+  /**
+   * One reaper pass; returns how many sessions it ended. It ends any session whose state outlived
+   * its bound, whose stream is gone while its socket is not (in any TCP state), whose socket is
+   * gone while its stream lingers, or whose socket sits in CLOSE_WAIT idle past close_timeout.
+   */
   reap(): number {
     const now = this.clock.now();
     let n = 0;
-    for (const t of [...this.tracked]) {
-      if (t.socket.destroyed) {
-        // The socket is gone but its stream lingers (a FIN that never came): bound it too.
-        if (t.stream.destroyed) this.tracked.delete(t);
-        else if (now - t.lastChange >= this.opts.closeTimeoutMs) {
-          t.stream.reset(
-            new IpdeadgateError(
-              'ERR_TUNNEL_CLOSE_TIMEOUT',
-              'the local socket closed and the stream never finished',
-            ),
-          );
-          n++;
-        }
-        continue;
-      }
-      const bytes = t.socket.bytesRead + t.socket.bytesWritten;
-      if (bytes !== t.lastBytes) {
-        t.lastBytes = bytes;
-        t.lastChange = now;
-      }
-      if (t.done) {
-        t.socket.resetAndDestroy();
-        this.tracked.delete(t);
-        n++;
-        continue;
-      }
-      const fd = this.ports.fdOf(t.socket) ?? t.fd;
-      if (fd === undefined) continue;
-      const state = this.ports.tcpState(fd);
-      if (
-        state &&
-        state.replace('_', '-').toUpperCase() === 'CLOSE-WAIT' &&
-        now - t.lastChange >= this.opts.closeTimeoutMs
-      ) {
-        t.socket.resetAndDestroy();
-        this.tracked.delete(t);
-        n++;
-      }
+    const tcpState = (sock: net.Socket): string | undefined => {
+      const fd = this.ports.fdOf(sock);
+      return fd === undefined ? undefined : this.ports.tcpState(fd);
+    };
+    for (const s of [...this.sessions]) {
+      const why = s.reapReason(now, tcpState);
+      if (!why) continue;
+      n++;
+      if (s.state === 'closing') s.forceClosed();
+      else
+        s.dispatch({
+          type: 'stop',
+          exit: 'reaped',
+          error: new IpdeadgateError('ERR_TUNNEL_REAPED', `reaped: ${why}`),
+        });
     }
     this.stats.reaped += n;
     return n;
   }
 
+  /** Stop: every session is ended (both ends reset) and the reaper stops. Idempotent. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
     this.timer?.cancel();
-    for (const t of this.tracked) t.socket.resetAndDestroy();
-    this.tracked.clear();
+    for (const s of [...this.sessions]) {
+      s.dispatch({
+        type: 'stop',
+        exit: 'stopped',
+        error: new IpdeadgateError('ERR_TUNNEL_STOPPED', 'the node is stopping'),
+      });
+      if (s.state === 'closing') s.forceClosed();
+    }
   }
 }
 

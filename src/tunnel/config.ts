@@ -60,6 +60,8 @@ export const tunnelConfigSchema = z
     heartbeat: durationIn(100, 3_600_000, '10s'),
     heartbeat_misses: intIn(1, 100, 3),
     close_timeout: durationIn(100, 86_400_000, '60s'),
+    dial_timeout: durationIn(100, 3_600_000, '15s'),
+    open_timeout: durationIn(100, 3_600_000, '30s'),
     max_sessions: intIn(1, 1_000_000, 10_000),
   })
   .strict()

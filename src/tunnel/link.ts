@@ -10,7 +10,7 @@ import * as tls from 'node:tls';
 import { IpdeadgateError } from '../errors';
 import { systemClock, type Clock, type Timer } from '../util/clock';
 import { formatHostPort, type HostPort } from './config';
-import { MuxSession, type MuxStream } from './mux';
+import { MuxSession, type MuxStream } from './muxsession';
 import {
   CONTROL_SERVICE,
   encodeAnswer,

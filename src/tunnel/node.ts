@@ -4,13 +4,12 @@
 // - `listen` / `links`: links accepted and dialed; relays route streams by service name.
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
-import { IpdeadgateError } from '../errors';
 import { systemClock, type Clock } from '../util/clock';
 import { AcceptBackoff, CloseGuard, type SocketPorts } from './closeguard';
 import { formatHostPort, type HostPort, type TunnelConfig } from './config';
 import { preferAtomicMarking } from './gc';
 import { Link, LinkDialer, LinkListener, loadTls, type LinkOptions } from './link';
-import type { MuxStream } from './mux';
+import type { MuxStream } from './muxsession';
 import {
   encodeAnswer,
   MAX_HOPS,
@@ -21,6 +20,7 @@ import {
   type OpenRequest,
 } from './protocol';
 import { Router } from './router';
+import type { SessionExit, SessionState } from './sessionlife';
 
 /** The subset of pino's API the node logs with. */
 export interface TunnelLogger {
@@ -61,6 +61,10 @@ export interface TunnelStatus {
     count: number;
     opened: number;
     close_timeouts: number;
+    /** Open sessions by state (src/tunnel/sessionlife.ts). */
+    states?: Partial<Record<SessionState, number>>;
+    /** Sessions ended since start, by why. */
+    ends?: Partial<Record<SessionExit, number>>;
     reaped: number;
     watcher_resets: number;
     refusals: Record<string, number>;
@@ -92,7 +96,6 @@ export class TunnelNode extends EventEmitter {
     address: HostPort;
   }[] = [];
   private readonly allLinks = new Set<Link>();
-  private sessions = 0;
   private opened = 0;
   private retiredCloseTimeouts = 0;
   private readonly refusals: Record<string, number> = {};
@@ -107,7 +110,13 @@ export class TunnelNode extends EventEmitter {
     this.logger = opts.logger ?? silent;
     this.clock = opts.clock ?? systemClock;
     this.router = new Router<Link>(Object.keys(cfg.services), cfg.role === 'relay');
-    this.guard = new CloseGuard({ closeTimeoutMs: cfg.close_timeout, clock: this.clock, ports: opts.ports });
+    this.guard = new CloseGuard({
+      closeTimeoutMs: cfg.close_timeout,
+      dialTimeoutMs: cfg.dial_timeout,
+      openTimeoutMs: cfg.open_timeout,
+      clock: this.clock,
+      ports: opts.ports,
+    });
   }
 
   /** Start listeners and links; rejects (and releases everything) if a listener cannot bind. */
@@ -234,35 +243,29 @@ export class TunnelNode extends EventEmitter {
   }
 
   private dialService(stream: MuxStream, service: string, target: HostPort): void {
-    this.sessionStarted();
+    this.opened++;
     // net.Socket passes its options on to stream.Duplex, which takes highWaterMark (not in @types/node's NetConnectOpts).
-    const connectOpts: net.NetConnectOpts & { highWaterMark: number } = {
-      host: target.host,
-      port: target.port,
-      allowHalfOpen: true,
-      highWaterMark: LOCAL_SOCKET_HIGH_WATER,
+    const connect = (t: HostPort): net.Socket => {
+      const opts: net.NetConnectOpts & { highWaterMark: number } = {
+        host: t.host,
+        port: t.port,
+        allowHalfOpen: true,
+        highWaterMark: LOCAL_SOCKET_HIGH_WATER,
+      };
+      return net.connect(opts);
     };
-    const sock = net.connect(connectOpts);
-    const timer = this.clock.setTimeout(
-      () => sock.destroy(new IpdeadgateError('ETIMEDOUT', 'connect timed out')),
-      15_000,
+    this.guard.service(
+      stream,
+      target,
+      encodeAnswer(0),
+      (st, reason) =>
+        this.refuse(
+          st,
+          Refusal.DialFailed,
+          `${this.cfg.name} could not connect to ${service} at ${formatHostPort(target)}: ${reason}`,
+        ),
+      connect,
     );
-    const onErr = (err: NodeJS.ErrnoException): void => {
-      timer.cancel();
-      this.sessionEnded();
-      this.refuse(
-        stream,
-        Refusal.DialFailed,
-        `${this.cfg.name} could not connect to ${service} at ${formatHostPort(target)}: ${err.code ?? err.message}`,
-      );
-    };
-    sock.once('error', onErr);
-    sock.once('connect', () => {
-      timer.cancel();
-      sock.off('error', onErr);
-      stream.write(encodeAnswer(0));
-      this.guard.bridge(sock, stream, () => this.sessionEnded());
-    });
   }
 
   /** Relay: open the same request one hop further and join the two streams byte for byte. */
@@ -273,28 +276,8 @@ export class TunnelNode extends EventEmitter {
     } catch (err) {
       return this.refuse(up, Refusal.NoRoute, `${this.cfg.name}: ${(err as Error).message}`);
     }
-    this.sessionStarted();
-    let ended = false;
-    const end = (): void => {
-      if (ended) return;
-      if (
-        (up.destroyed || (up.finished && up.remoteEnded)) &&
-        (down.destroyed || (down.finished && down.remoteEnded))
-      ) {
-        ended = true;
-        this.sessionEnded();
-      }
-    };
-    up.pipe(down);
-    down.pipe(up);
-    up.on('error', (e: Error) => down.reset(e));
-    down.on('error', (e: Error) => up.reset(e));
-    for (const s of [up, down]) {
-      s.on('close', () => {
-        if (!s.finished || !s.remoteEnded) (s === up ? down : up).reset();
-        end();
-      });
-    }
+    this.opened++;
+    this.guard.relay(up, down, readAnswer(down, this.cfg.open_timeout), encodeAnswer);
   }
 
   /** A local connection to a forward listener: open a stream to the service and bridge. */
@@ -322,8 +305,8 @@ export class TunnelNode extends EventEmitter {
       this.refusals.no_route = (this.refusals.no_route ?? 0) + 1;
       return void sock.resetAndDestroy();
     }
-    this.sessionStarted();
-    const answer = readAnswer(stream).then((a) => {
+    this.opened++;
+    const answer = readAnswer(stream, this.cfg.open_timeout).then((a) => {
       if (a.status !== 0) {
         const name = refusalName(a.status);
         this.refusedByPeer[name] = (this.refusedByPeer[name] ?? 0) + 1;
@@ -334,17 +317,12 @@ export class TunnelNode extends EventEmitter {
         throw new RefusedError(a.status, a.reason);
       }
     });
-    this.guard.bridge(sock, stream, () => this.sessionEnded(), answer);
-    sock.resume();
+    this.guard.forward(sock, stream, answer);
   }
 
-  private sessionStarted(): void {
-    this.sessions++;
-    this.opened++;
-  }
-
-  private sessionEnded(): void {
-    this.sessions--;
+  /** Sessions open: the slots in use (the session table's size, so it cannot drift). */
+  private get sessions(): number {
+    return this.guard.size;
   }
 
   status(): TunnelStatus {
@@ -401,7 +379,9 @@ export class TunnelNode extends EventEmitter {
       sessions: {
         count: this.sessions,
         opened: this.opened,
-        close_timeouts: closeTimeouts,
+        close_timeouts: closeTimeouts + this.guard.stats.closeTimeouts,
+        states: this.guard.byState(),
+        ends: { ...this.guard.stats.exits },
         reaped: this.guard.stats.reaped,
         watcher_resets: this.guard.stats.watcherResets,
         refusals: { ...this.refusals },

@@ -81,6 +81,8 @@ describe('ipdeadgate probe (lab)', function () {
   });
 
   it("purges the kernel's entry and makes it re-resolve: a wrong cached MAC is replaced and reported", async () => {
+    // Permanent, not stale: the kernel overwrites a stale entry on any ARP from r2 (its own
+    // unicast probe of the client, say), which once fixed the MAC before the probe could see it.
     await lab.ip('client', [
       'neigh',
       'replace',
@@ -90,7 +92,7 @@ describe('ipdeadgate probe (lab)', function () {
       'dev',
       'lan0',
       'nud',
-      'stale',
+      'permanent',
     ]);
     const r = await lab.cli('client', ['probe', '--json', DGD.r2_4]);
     assert.equal(r.code, 0, r.stderr);

@@ -387,6 +387,32 @@ describe('DGD engine', () => {
     await s.engine.stop({ restore: true });
   });
 
+  it('status counts sockets every 30 s without dumping every socket', async () => {
+    const s = await setup(twoDefaults());
+    s.ports.sockets.push(
+      ...Array.from({ length: 5 }, (_, i) => ({
+        family: 4 as const,
+        src: '198.18.0.2',
+        srcPort: 40000 + i,
+        dst: SERVER,
+        dstPort: 80,
+        state: 'ESTABLISHED',
+        inode: 100 + i,
+        timer: 0,
+        timerRetransmits: 0,
+        timerExpiresMs: 0,
+      })),
+    );
+    await s.clock.advance(61_000);
+    assert.ok(s.ports.counts.length >= 2 && s.ports.counts.length <= 4, `counts: ${s.ports.counts.length}`);
+    assert.equal(s.engine.status().last_scan.sockets, 5);
+    assert.ok(
+      s.ports.dumpMinRetransmits.every((m) => m >= 1),
+      `every dump filtered: ${s.ports.dumpMinRetransmits.join(',')}`,
+    );
+    await s.engine.stop({ restore: true });
+  });
+
   it('while a socket nears the threshold, the next dump is timed to its retransmit timer', async () => {
     const s = await setup(twoDefaults(), '', { alive: [R2] });
     s.ports.setRetransmitting(SERVER, 2, 40000, 130);

@@ -62,6 +62,10 @@ export class FakePorts implements DgdPorts {
   retransSegs = 0;
   /** Number of sock_diag dumps the engine asked for, and when. */
   dumps: number[] = [];
+  /** minRetransmits of each dump. */
+  dumpMinRetransmits: number[] = [];
+  /** When the engine counted sockets (for status). */
+  counts: number[] = [];
   flushed: string[] = [];
 
   constructor(
@@ -74,11 +78,17 @@ export class FakePorts implements DgdPorts {
 
   async scanSockets(opts: { minRetransmits: number }): Promise<ScannedSocket[]> {
     this.dumps.push(this.clock.now());
+    this.dumpMinRetransmits.push(opts.minRetransmits);
     return this.sockets
       .filter(
         (s) => opts.minRetransmits === 0 || (s.timer === 1 && s.timerRetransmits >= opts.minRetransmits),
       )
       .map((s) => ({ ...s }));
+  }
+
+  async countSockets(): Promise<number> {
+    this.counts.push(this.clock.now());
+    return this.sockets.length;
   }
 
   retransmitCounter(): number {

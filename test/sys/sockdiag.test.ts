@@ -6,7 +6,13 @@ import type { Lab } from '../lab/lab';
 import { REPO_ROOT, requireRoot } from '../lab/lab';
 import { DGD, dgdLab, pairLab } from '../lab/topologies';
 import { AbortError, SystemError } from '../../src/errors';
-import { dumpTcpSockets, tcpStateMask, type TcpSocketEntry } from '../../src/sys/sockdiag';
+import {
+  countTcpSockets,
+  dumpTcpSocketPages,
+  dumpTcpSockets,
+  tcpStateMask,
+  type TcpSocketEntry,
+} from '../../src/sys/sockdiag';
 import { nativeSystemError } from '../../src/sys/native';
 import { parseSs, SS_STATE, type SsSocket } from '../fixtures/sockdiag-ss';
 
@@ -177,6 +183,30 @@ describe('sock_diag dump in the lab', function () {
     assert.equal(established?.info?.state, 'ESTABLISHED');
     assert.ok((established?.info?.rttMs ?? 0) > 0, 'tcp_info carries an rtt');
     assert.deepEqual(r.none, []);
+
+    // countTcpSockets: the same numbers as a dump of the same idle sockets, per state and family.
+    const every = r.dumpEveryState as TcpSocketEntry[];
+    const counts = r.countEveryState as { total: number; byFamily: Record<string, number>; byState: Json };
+    assert.ok(every.length >= 4, `sockets to count: ${every.length}`);
+    const byState: Json = {};
+    for (const e of every) byState[e.state] = ((byState[e.state] as number | undefined) ?? 0) + 1;
+    assert.deepEqual(counts.byState, byState);
+    assert.equal(counts.total, every.length);
+    assert.deepEqual(counts.byFamily, {
+      4: every.filter((e) => e.family === 4).length,
+      6: every.filter((e) => e.family === 6).length,
+    });
+    const counted = (v: unknown): number => (v as { total: number }).total;
+    assert.equal(counted(r.countDefault), every.filter((e) => e.state !== 'LISTEN').length);
+    assert.equal(counted(r.countOnly6), every.filter((e) => e.family === 6 && e.state !== 'LISTEN').length);
+    assert.equal(counted(r.countNone), 0);
+    // dumpTcpSocketPages: pages of at most 2 that together are the dump, in its order.
+    const pages = r.pages as TcpSocketEntry[][];
+    assert.ok(pages.length >= 2 && pages.every((p) => p.length >= 1 && p.length <= 2));
+    assert.deepEqual(
+      pages.flat().map((e) => [e.src, e.srcPort, e.dst, e.dstPort, e.state, e.info?.state]),
+      every.map((e) => [e.src, e.srcPort, e.dst, e.dstPort, e.state, e.info?.state]),
+    );
   });
 
   it('retransmission counters climb on a blackholed path and agree with ss -tinoe', async () => {
@@ -266,6 +296,9 @@ describe('sock_diag dump: options and errors', () => {
     await assert.rejects(dumpTcpSockets({ family: 5 as never }), /family must be 4, 6 or 'all'/);
     await assert.rejects(dumpTcpSockets({ minRetransmits: -1 }), RangeError);
     await assert.rejects(dumpTcpSockets({ minRetransmits: 1.5 }), RangeError);
+    await assert.rejects(countTcpSockets({ family: 5 as never }), /family must be 4, 6 or 'all'/);
+    await assert.rejects(countTcpSockets({ signal: AbortSignal.abort() }), AbortError);
+    await assert.rejects(dumpTcpSocketPages({ pageSize: 0 }).next(), /pageSize must be a whole number/);
   });
 
   it('asks the kernel for request sockets along with SYN-RECV', () => {

@@ -10,7 +10,7 @@ import {
   systemSocketPorts,
   type SocketPorts,
 } from '../../src/tunnel/closeguard';
-import { MuxSession, type MuxStream } from '../../src/tunnel/mux';
+import { MuxSession, type MuxStream } from '../../src/tunnel/muxsession';
 import { once, sleep, tcpPair } from './helpers';
 
 async function muxPair(closeTimeoutMs: number): Promise<{ a: MuxSession; b: MuxSession }> {
@@ -76,23 +76,55 @@ describe('tunnel: close guard on real sockets', function () {
     assert.equal(done, false);
     await until(() => done, 5000, 'the session to be ended by close_timeout');
     if (ports.watchSocket) assert.ok(guard.stats.watcherFins >= 1, 'the watcher reported the FIN');
-    assert.ok(a.closeTimeouts >= 1);
+    assert.ok(guard.stats.closeTimeouts + a.closeTimeouts >= 1, 'ended by close_timeout');
+    assert.equal(guard.stats.exits.close_timeout, 1);
     assert.ok(local.destroyed);
     assert.equal(finReadByNode, false, 'the bridge was paused: Node never read the FIN itself');
   });
 
-  it('the reaper closes and counts a socket left in CLOSE_WAIT', async () => {
+  // The reaper is the backstop for a session whose events were lost (a bug elsewhere): here the
+  // session's listeners are removed by hand, so only the reaper can see what happened.
+  it('the reaper ends and counts a session whose socket sits in CLOSE_WAIT, unseen by the session', async () => {
     const { a, b } = await muxPair(3_600_000); // the stream's own bound is far away
-    const guard = new CloseGuard({ closeTimeoutMs: 300, reapIntervalMs: 100 });
+    const ports: SocketPorts = { ...systemSocketPorts(), watchSocket: undefined };
+    const guard = new CloseGuard({ closeTimeoutMs: 300, reapIntervalMs: 100, ports });
     cleanups.push(() => (guard.close(), a.close(), b.close()));
     const [localClient, local] = await tcpPair(true);
     const accepted = once<MuxStream>(b, 'stream');
-    guard.bridge(local, a.open(), () => undefined);
-    await accepted; // answers nothing, never ends: the local socket stays half-closed
+    let done = false;
+    guard.bridge(local, a.open(), () => (done = true));
+    await accepted; // answers nothing, never ends
+    local.removeAllListeners('end'); // the FIN below reaches neither the session nor the pipe
+    local.pause();
     localClient.end(); // FIN: our socket goes to CLOSE_WAIT
     const fd = guard.ports.fdOf(local)!;
     await until(() => guard.ports.tcpState(fd) === 'CLOSE-WAIT', 2000, 'CLOSE-WAIT');
     await until(() => guard.stats.reaped === 1, 3000, 'the reaper');
+    await until(() => done, 3000, 'the session to close');
+    assert.ok(local.destroyed);
+    assert.equal(guard.size, 0);
+    assert.equal(guard.stats.exits.reaped, 1);
+    localClient.destroy();
+  });
+
+  it('the reaper ends a session whose stream is gone while its socket is ESTABLISHED', async () => {
+    const { a, b } = await muxPair(3_600_000);
+    const guard = new CloseGuard({ closeTimeoutMs: 60_000, reapIntervalMs: 100 });
+    cleanups.push(() => (guard.close(), a.close(), b.close()));
+    const [localClient, local] = await tcpPair(true);
+    localClient.on('error', () => undefined);
+    const accepted = once<MuxStream>(b, 'stream');
+    const stream = a.open();
+    let done = false;
+    guard.bridge(local, stream, () => (done = true));
+    await accepted;
+    for (const ev of ['close', 'error', 'end', 'data']) stream.removeAllListeners(ev);
+    stream.on('error', () => undefined);
+    stream.destroy(); // the session never hears of it
+    await sleep(50);
+    assert.equal(guard.ports.tcpState(guard.ports.fdOf(local)!), 'ESTABLISHED');
+    await until(() => done, 3000, 'the reaper to end the session');
+    assert.equal(guard.stats.reaped, 1);
     assert.ok(local.destroyed);
     localClient.destroy();
   });

@@ -7,7 +7,7 @@ import type { Duplex } from 'node:stream';
 import { Client as YamuxJsClient, Server as YamuxJsServer } from 'yamux-js';
 import { Transform, type TransformCallback } from 'node:stream';
 import { FrameDecoder, encodeFrame } from '../../src/tunnel/frame';
-import { MuxSession, type MuxStream } from '../../src/tunnel/mux';
+import { MuxSession, type MuxStream } from '../../src/tunnel/muxsession';
 import { sha256, tcpPair, sleep } from './helpers';
 
 const quiet = { enableKeepAlive: false, logger: () => undefined };

@@ -11,7 +11,7 @@ import {
   INITIAL_WINDOW,
   type Frame,
 } from '../../src/tunnel/frame';
-import { MuxSession, type MuxStream, type MuxOptions } from '../../src/tunnel/mux';
+import { MuxSession, type MuxStream, type MuxOptions } from '../../src/tunnel/muxsession';
 import { nextError, once, readAll, sha256, sleep, tcpPair } from './helpers';
 
 async function sessions(
@@ -195,7 +195,7 @@ describe('tunnel: mux (hand-written yamux)', function () {
     sb.destroy();
   });
 
-  it('a SYN with our own parity or a reused id is a protocol error; beyond maxStreams the SYN is reset', async () => {
+  it('beyond maxStreams a SYN is reset, and the link stays', async () => {
     const [sa, sb] = await tcpPair();
     const a = new MuxSession(sa, { role: 'server', maxStreams: 1 });
     open.push(a);
@@ -205,9 +205,93 @@ describe('tunnel: mux (hand-written yamux)', function () {
     await sleep(50);
     assert.ok(seen.some((f) => f.streamId === 1 && f.flags & Flag.ACK));
     assert.ok(seen.some((f) => f.streamId === 3 && f.flags & Flag.RST));
-    const closed = once<Error & { code: string }>(a, 'close');
-    sb.write(encodeHeader(FrameType.WindowUpdate, Flag.SYN, 2, 0));
-    assert.equal((await closed).code, 'ERR_YAMUX_STREAM_ID');
+    assert.equal(a.closed, false);
+    sb.destroy();
+  });
+
+  // spec.md "StreamID Field": the opener's parity, never 0; nothing about order. A peer that hands
+  // out IDs atomically from several threads puts its SYNs on the wire in any order.
+  it('stream IDs per the spec: 200 SYNs in shuffled ID order are all served; our parity and a duplicate of a live stream get a stream RST; the link stays', async () => {
+    const [sa, sb] = await tcpPair();
+    const a = new MuxSession(sa, { role: 'server' });
+    open.push(a);
+    a.on('stream', (s: MuxStream) => s.pipe(s)); // echo
+    const seen = collectFrames(sb);
+    const ids = Array.from({ length: 200 }, (_, i) => 2 * i + 1);
+    for (let i = ids.length - 1; i > 0; i--) {
+      const j = Math.floor(Math.random() * (i + 1));
+      [ids[i], ids[j]] = [ids[j]!, ids[i]!];
+    }
+    assert.notDeepEqual(
+      ids,
+      [...ids].sort((x, y) => x - y),
+      'the order is shuffled',
+    );
+    // Interleaved like concurrent openers: every SYN first (shuffled), then each stream's data.
+    const wire: Buffer[] = [];
+    for (const id of ids) wire.push(encodeHeader(FrameType.WindowUpdate, Flag.SYN, id, 0));
+    for (const id of ids) {
+      const d = Buffer.from(`stream ${id}`);
+      wire.push(encodeHeader(FrameType.Data, 0, id, d.length), d);
+    }
+    sb.write(Buffer.concat(wire));
+    const echoed = (id: number): string =>
+      Buffer.concat(seen.filter((f) => f.streamId === id && f.data).map((f) => f.data!)).toString();
+    const end = Date.now() + 5000;
+    while (ids.some((id) => echoed(id) !== `stream ${id}`) && Date.now() < end) await sleep(20);
+    for (const id of ids) {
+      assert.ok(
+        seen.some((f) => f.streamId === id && f.flags & Flag.ACK),
+        `stream ${id} acknowledged`,
+      );
+      assert.equal(echoed(id), `stream ${id}`);
+    }
+    assert.ok(!seen.some((f) => f.flags & Flag.RST), 'no stream reset');
+    assert.equal(a.streamCount, 200);
+
+    // Wrong parity (an even ID opened by the client side): that stream only is refused.
+    sb.write(encodeHeader(FrameType.WindowUpdate, Flag.SYN, 400, 0));
+    // A duplicate SYN for live stream 7: refused, and stream 7 reset (the peer applies our RST to it).
+    sb.write(encodeHeader(FrameType.WindowUpdate, Flag.SYN, 7, 0));
+    await sleep(100);
+    assert.ok(
+      seen.some((f) => f.streamId === 400 && f.flags & Flag.RST),
+      'RST for the wrong parity',
+    );
+    assert.ok(
+      seen.some((f) => f.streamId === 7 && f.flags & Flag.RST),
+      'RST for the duplicate',
+    );
+    assert.equal(a.refusedSyns, 2);
+    assert.equal(a.closed, false, 'the link stays up');
+    assert.equal(a.streamCount, 199);
+    // The other streams still carry data, and a new stream (an ID lower than many seen) opens.
+    const more = Buffer.from('still here');
+    sb.write(Buffer.concat([encodeHeader(FrameType.Data, 0, 3, more.length), more]));
+    sb.write(encodeHeader(FrameType.WindowUpdate, Flag.SYN, 401, 0));
+    await sleep(100);
+    assert.equal(echoed(3), 'stream 3still here');
+    assert.ok(seen.some((f) => f.streamId === 401 && f.flags & Flag.ACK));
+    assert.ok(!seen.some((f) => f.type === FrameType.GoAway), 'no go-away');
+    sb.destroy();
+  });
+
+  it('an ID is free again once its stream closed: a new SYN with it opens a new stream', async () => {
+    const [sa, sb] = await tcpPair();
+    const a = new MuxSession(sa, { role: 'server' });
+    open.push(a);
+    const streams: MuxStream[] = [];
+    a.on('stream', (s: MuxStream) => streams.push(s));
+    const seen = collectFrames(sb);
+    sb.write(encodeHeader(FrameType.WindowUpdate, Flag.SYN, 9, 0));
+    await sleep(50);
+    sb.write(encodeHeader(FrameType.WindowUpdate, Flag.RST, 9, 0));
+    await sleep(50);
+    sb.write(encodeHeader(FrameType.WindowUpdate, Flag.SYN, 9, 0));
+    await sleep(50);
+    assert.equal(streams.length, 2);
+    assert.equal(seen.filter((f) => f.streamId === 9 && f.flags & Flag.ACK).length, 2);
+    assert.equal(a.closed, false);
     sb.destroy();
   });
 

@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { tunnelConfigSchema, type TunnelConfigInput } from '../../src/tunnel/config';
-import { MuxSession } from '../../src/tunnel/mux';
+import { MuxSession } from '../../src/tunnel/muxsession';
 import { TunnelNode } from '../../src/tunnel/node';
 import { encodeOpen, readAnswer, Refusal, CONTROL_SERVICE } from '../../src/tunnel/protocol';
 import { makePki, type TestPki } from '../fixtures/tunnel-pki';

@@ -1,30 +1,25 @@
-// A yamux session (hashicorp/yamux spec.md) written by hand as the core of the tunnel, not taken
-// from npm: the close-leak guarantees (IY55176) live in exactly the details libraries get wrong or
-// hide: what happens after one FIN (close_timeout), a heartbeat that counts any received frame as
-// life, a receive window that grows past yamux's fixed 256 KiB on long links, RST on every abnormal
-// end, and a protocol error that costs one link and never the process.
-//
-// Streams are Node Duplex streams with backpressure both ways:
-//  - outbound, a stream never sends more than the peer's window, and waits for the transport's
-//    'drain' before sending more data frames (control frames always go);
-//  - inbound, the receive window bounds what a peer can make us buffer; a window update is sent
-//    only for bytes the stream's consumer has actually taken, so a paused consumer stops the peer.
+// A yamux session (hashicorp/yamux spec.md; session.go in the reference, the stream in its own file
+// here too, see muxstream.ts) written by hand as the core of the tunnel, not taken from npm: the
+// close-leak guarantees (IY55176) live in exactly the details libraries get wrong or hide: what
+// happens after one FIN (close_timeout), a heartbeat that counts any received frame as life, a
+// receive window that grows past yamux's fixed 256 KiB on long links, RST on every abnormal end, a
+// stream-level RST (not the link) for a bad SYN, and a protocol error that costs one link and never
+// the process.
 import { EventEmitter } from 'node:events';
-import { Duplex } from 'node:stream';
+import type { Duplex } from 'node:stream';
 import { IpdeadgateError } from '../errors';
 import { systemClock, type Clock, type Timer } from '../util/clock';
 import {
-  encodeFrame,
   encodeHeader,
   Flag,
   FrameDecoder,
   FrameType,
   GoAwayCode,
   HEADER_SIZE,
-  INITIAL_WINDOW,
   ProtocolError,
   type Frame,
 } from './frame';
+import { MuxStream } from './muxstream';
 
 export interface MuxOptions {
   /** 'client' (the dialer of the link) opens odd stream IDs, 'server' even ones (spec.md "StreamID Field"). */
@@ -63,8 +58,6 @@ export interface MuxStats {
   rttMs: number | undefined;
 }
 
-type StreamEnd = 'open' | 'closed' | 'reset';
-
 /**
  * Bytes queued on the transport before streams wait for its 'drain'. 'drain' comes only once the
  * queue is empty, so a small threshold leaves the link idle between refills: 1 MiB measured 15-25 %
@@ -72,284 +65,6 @@ type StreamEnd = 'open' | 'closed' | 'reset';
  * behind it too (1 MiB is 80 ms at 100 Mbit/s, small against heartbeat x misses).
  */
 const SESSION_HIGH_WATER = 1024 * 1024;
-
-/** One yamux stream. Readable side: the peer's data; writable side: ours. */
-export class MuxStream extends Duplex {
-  /** Bytes the peer may still send before our next window update. */
-  private recvWindow: number;
-  /** Our receive window target; grows by doubling when updates come faster than two RTTs. */
-  private recvTarget: number;
-  private lastUpdateAt: number;
-  private sendWindow = INITIAL_WINDOW;
-  private pending: { buf: Buffer; cb: (err?: Error | null) => void } | undefined;
-  private localFin = false;
-  private remoteFin = false;
-  private state: StreamEnd = 'open';
-  private closeTimer: Timer | undefined;
-  private lastActivity: number;
-  /** Set by the session once a SYN (outbound) or ACK (inbound) has gone out. */
-  private needFlags: number;
-  bytesIn = 0;
-  bytesOut = 0;
-
-  /** @internal */
-  constructor(
-    readonly id: number,
-    private readonly session: MuxSession,
-    outbound: boolean,
-  ) {
-    super({ allowHalfOpen: true, readableHighWaterMark: 64 * 1024, writableHighWaterMark: 64 * 1024 });
-    this.recvWindow = INITIAL_WINDOW;
-    this.recvTarget = INITIAL_WINDOW;
-    this.lastActivity = session.clock.now();
-    this.lastUpdateAt = this.lastActivity;
-    this.needFlags = outbound ? Flag.SYN : Flag.ACK;
-    // A stream error must never escape to the process as an unhandled 'error' event: users that
-    // care attach their own listener (pipeline does); resets are also visible through 'close'.
-    this.on('error', () => undefined);
-  }
-
-  /** The current receive window target (grows from initialWindow up to maxWindow). */
-  get receiveWindow(): number {
-    return this.recvTarget;
-  }
-
-  /** True once FIN went both ways or the stream was reset. */
-  get finished(): boolean {
-    return this.state !== 'open';
-  }
-
-  /** Whether the peer sent FIN. */
-  get remoteEnded(): boolean {
-    return this.remoteFin;
-  }
-
-  /**
-   * Send the first frame: SYN (outbound) or ACK (inbound) on a window update that raises the peer's
-   * view of our window from yamux's 256 KiB to our initial one; an outbound stream's `synData` (the
-   * service header) follows in the same write, before any ACK: opening costs no round trip.
-   * SYN travels on a window update rather than on the data frame because that is what hashicorp's
-   * own implementation sends, and some implementations (yamux-js) drop data carried on a SYN frame.
-   * @internal
-   */
-  sendOpen(synData?: Buffer): void {
-    const delta = Math.max(0, this.session.initialWindow - INITIAL_WINDOW);
-    this.sendWindowUpdate(delta, this.takeFlags());
-    this.recvWindow += delta;
-    this.recvTarget = INITIAL_WINDOW + delta;
-    if (synData && synData.length) {
-      if (synData.length > Math.min(this.sendWindow, this.session.sendFrameSize))
-        throw new RangeError('the opening data is larger than one frame');
-      this.sendWindow -= synData.length;
-      this.bytesOut += synData.length;
-      this.session.writeFrame(
-        encodeFrame({
-          type: FrameType.Data,
-          flags: 0,
-          streamId: this.id,
-          length: synData.length,
-          data: synData,
-        }),
-      );
-    }
-  }
-
-  private takeFlags(): number {
-    const f = this.needFlags;
-    this.needFlags = 0;
-    return f;
-  }
-
-  private sendWindowUpdate(delta: number, flags: number): void {
-    this.session.writeFrame(encodeHeader(FrameType.WindowUpdate, flags, this.id, delta));
-  }
-
-  /** @internal A frame for this stream from the peer. Returns a ProtocolError to end the session. */
-  onFrame(f: Frame): ProtocolError | undefined {
-    if (this.state === 'reset') return undefined;
-    if (f.flags & Flag.RST) {
-      this.resetByPeer();
-      return undefined;
-    }
-    if (f.type === FrameType.WindowUpdate) {
-      if (f.length > 0) {
-        this.sendWindow = Math.min(this.sendWindow + f.length, 0xffffffff);
-        this.flush();
-      }
-    } else if (f.data && f.data.length) {
-      if (this.remoteFin) {
-        // Data after the peer's FIN: the stream is broken, not the session.
-        this.reset(
-          new IpdeadgateError('ERR_TUNNEL_DATA_AFTER_FIN', `yamux stream ${this.id}: data after FIN`),
-        );
-        return undefined;
-      }
-      if (f.data.length > this.recvWindow)
-        return new ProtocolError(
-          'ERR_YAMUX_WINDOW',
-          `yamux stream ${this.id}: ${f.data.length} bytes exceed the receive window of ${this.recvWindow}`,
-        );
-      this.recvWindow -= f.data.length;
-      this.bytesIn += f.data.length;
-      this.touch();
-      this.push(f.data);
-      this.maybeUpdateWindow();
-    }
-    if (f.flags & Flag.FIN && !this.remoteFin) {
-      this.remoteFin = true;
-      this.push(null);
-      this.afterFin();
-    }
-    return undefined;
-  }
-
-  private touch(): void {
-    this.lastActivity = this.session.clock.now();
-  }
-
-  /** Credit the peer with what our consumer has taken, once that is a quarter of the target. */
-  private maybeUpdateWindow(): void {
-    if (this.state !== 'open' || this.remoteFin) return;
-    const credit = this.recvTarget - this.recvWindow - this.readableLength;
-    if (credit <= 0 || credit < this.recvTarget / 4) return;
-    const now = this.session.clock.now();
-    let grow = 0;
-    const rtt = this.session.rttMs;
-    if (
-      this.recvTarget < this.session.maxWindow &&
-      (rtt === undefined || now - this.lastUpdateAt < 2 * Math.max(rtt, 1))
-    ) {
-      // The consumer drained a quarter window within two RTTs: the window, not the reader, is the
-      // limit, so double it (as quic-go and newer yamux do).
-      const next = Math.min(this.recvTarget * 2, this.session.maxWindow);
-      grow = next - this.recvTarget;
-      this.recvTarget = next;
-    }
-    this.lastUpdateAt = now;
-    this.recvWindow += credit + grow;
-    this.sendWindowUpdate(credit + grow, this.takeFlags());
-  }
-
-  override _read(): void {
-    this.maybeUpdateWindow();
-  }
-
-  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
-    if (this.state === 'reset')
-      return cb(new IpdeadgateError('ERR_TUNNEL_STREAM_RESET', `yamux stream ${this.id} was reset`));
-    this.pending = { buf: chunk, cb };
-    this.flush();
-  }
-
-  /** @internal Send as much of the pending write as the window and the transport allow. */
-  flush(): void {
-    while (this.pending && this.state !== 'reset') {
-      if (this.sendWindow <= 0) return; // resumed by the peer's window update
-      if (!this.session.writable) {
-        this.session.waitForDrain(this);
-        return;
-      }
-      const p = this.pending;
-      const n = Math.min(p.buf.length, this.sendWindow, this.session.sendFrameSize);
-      const data = n === p.buf.length ? p.buf : p.buf.subarray(0, n);
-      // Header and payload as two writes in one corked batch: no copy of the payload here.
-      this.session.writeFrame(encodeHeader(FrameType.Data, this.takeFlags(), this.id, n));
-      this.session.writeFrame(data);
-      this.sendWindow -= n;
-      this.bytesOut += n;
-      this.touch();
-      if (n === p.buf.length) {
-        this.pending = undefined;
-        p.cb();
-      } else {
-        p.buf = p.buf.subarray(n);
-      }
-    }
-  }
-
-  override _final(cb: (err?: Error | null) => void): void {
-    if (this.state === 'reset') return cb();
-    if (!this.localFin) {
-      this.localFin = true;
-      this.sendWindowUpdate(0, this.takeFlags() | Flag.FIN);
-      this.afterFin();
-    }
-    cb();
-  }
-
-  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    if (this.state === 'open') {
-      // Destroyed before FIN went both ways: tell the peer with RST so its end closes too.
-      this.state = 'reset';
-      this.sendWindowUpdate(0, this.takeFlags() | Flag.RST);
-    }
-    this.cleanup();
-    const p = this.pending;
-    this.pending = undefined;
-    if (p)
-      p.cb(err ?? new IpdeadgateError('ERR_TUNNEL_STREAM_RESET', `yamux stream ${this.id} was destroyed`));
-    cb(err);
-  }
-
-  /** Reset the stream (RST to the peer) and destroy it with `err`. */
-  reset(err?: Error): void {
-    if (this.destroyed) return;
-    this.destroy(err ?? new IpdeadgateError('ERR_TUNNEL_STREAM_RESET', `yamux stream ${this.id} was reset`));
-  }
-
-  private resetByPeer(): void {
-    this.state = 'reset';
-    this.cleanup();
-    const err = new IpdeadgateError('ECONNRESET', `yamux stream ${this.id} was reset by the peer`);
-    this.destroy(err);
-  }
-
-  /** @internal The session is gone: the stream dies without sending anything. */
-  abort(err: Error): void {
-    if (this.state === 'open') this.state = 'reset';
-    this.cleanup();
-    this.destroy(err);
-  }
-
-  /** After the first FIN either way, the stream's idle life is bounded by close_timeout (IY55176). */
-  private afterFin(): void {
-    if (this.localFin && this.remoteFin) {
-      this.state = 'closed';
-      this.cleanup();
-      return;
-    }
-    this.armCloseTimer();
-  }
-
-  /** Arm the close_timeout bound now (also used when a local peer's FIN is seen while paused). */
-  armCloseTimer(): void {
-    const ms = this.session.closeTimeoutMs;
-    if (this.closeTimer || ms <= 0 || this.state !== 'open') return;
-    const check = (): void => {
-      this.closeTimer = undefined;
-      if (this.state !== 'open') return;
-      const idle = this.session.clock.now() - this.lastActivity;
-      if (idle >= ms) {
-        this.session.countCloseTimeout();
-        this.reset(
-          new IpdeadgateError(
-            'ERR_TUNNEL_CLOSE_TIMEOUT',
-            `yamux stream ${this.id}: idle ${Math.round(idle)} ms after FIN (close_timeout)`,
-          ),
-        );
-      } else {
-        this.closeTimer = this.session.clock.setTimeout(check, ms - idle);
-      }
-    };
-    this.closeTimer = this.session.clock.setTimeout(check, ms);
-  }
-
-  private cleanup(): void {
-    this.closeTimer?.cancel();
-    this.closeTimer = undefined;
-    this.session.forget(this);
-  }
-}
 
 /**
  * One yamux session over a byte transport (a TLS socket in production, a TCP socket or an in-memory
@@ -366,7 +81,8 @@ export class MuxSession extends EventEmitter {
   private readonly drainWaiters = new Set<MuxStream>();
   private nextId: number;
   private readonly remoteParity: number;
-  private highestRemoteId = 0;
+  /** SYNs refused with a stream RST (our parity, ID 0, or a duplicate of a live stream). */
+  refusedSyns = 0;
   private nextPing = 1;
   private readonly pings = new Map<
     number,
@@ -580,18 +296,36 @@ export class MuxSession extends EventEmitter {
     p.resolve(rtt);
   }
 
+  /**
+   * A frame for a stream. spec.md "StreamID Field" asks only that an opener use its own parity
+   * (client odd, server even) and never 0; it does not ask for increasing order, and peers that
+   * open streams from several threads put SYNs on the wire out of ID order. So a SYN is refused,
+   * with a stream-level RST ("Opening a stream": ACK to accept, RST to reject) and the link kept,
+   * only when its ID is 0, has our parity, or names a stream that is still live (then that stream
+   * is reset too: the peer applies our RST to whatever it holds under the ID).
+   */
   private onStreamFrame(f: Frame): ProtocolError | undefined {
     const existing = this.streams.get(f.streamId);
-    if (existing) return existing.onFrame(f);
+    if (existing && !(f.flags & Flag.SYN)) return existing.onFrame(f);
     if (!(f.flags & Flag.SYN)) return undefined; // late frame for a stream already gone: ignore
-    if (f.streamId % 2 !== this.remoteParity)
-      return new ProtocolError(
-        'ERR_YAMUX_STREAM_ID',
-        `the peer opened stream ${f.streamId}, an ID of our parity`,
+    if (f.flags & Flag.RST) return undefined; // opened and reset at once: nothing to answer
+    if (existing) {
+      this.refusedSyns++;
+      this.emit('refused-syn', f.streamId, 'duplicate');
+      existing.reset(
+        new IpdeadgateError(
+          'ERR_YAMUX_STREAM_ID',
+          `the peer opened stream ${f.streamId} again while it was live`,
+        ),
       );
-    if (f.streamId <= this.highestRemoteId)
-      return new ProtocolError('ERR_YAMUX_STREAM_ID', `the peer reused stream ID ${f.streamId}`);
-    this.highestRemoteId = f.streamId;
+      return undefined;
+    }
+    if (f.streamId === 0 || f.streamId % 2 !== this.remoteParity) {
+      this.refusedSyns++;
+      this.emit('refused-syn', f.streamId, 'parity');
+      this.writeFrame(encodeHeader(FrameType.WindowUpdate, Flag.RST, f.streamId, 0));
+      return undefined;
+    }
     if (this.localGoAway || this.streams.size >= (this.opts.maxStreams ?? 65536)) {
       this.writeFrame(encodeHeader(FrameType.WindowUpdate, Flag.RST, f.streamId, 0));
       return undefined;
@@ -632,4 +366,4 @@ export class MuxSession extends EventEmitter {
   }
 }
 
-export { GoAwayCode, HEADER_SIZE };
+export { GoAwayCode, HEADER_SIZE, MuxStream };

@@ -1,0 +1,39 @@
+// `ipdeadgate check-config FILE [--tunnel]` (as keepalived -t, nginx -t): load and validate a
+// config exactly as a start would (the same loaders, so the same messages), change nothing, exit 0
+// or 2. The systemd units run it in ExecStartPre and ExecReload, so a bad config is refused before
+// the daemon is started or signalled.
+import type { Command } from 'commander';
+import { loadTunnelConfig } from '../daemon/config';
+import { loadDaemonConfig } from '../daemon/daemon';
+import { action } from './common';
+
+export function registerCheckConfig(program: Command): void {
+  program
+    .command('check-config')
+    .description(
+      'validate a config as a start would; exit 0 (valid) or 2 (the error names file, line and key)',
+    )
+    .argument('<file>', 'YAML config file')
+    .option('--tunnel', 'check it as `ipdeadgate tunnel --config FILE` would (the tunnel section alone)')
+    .option('-q, --quiet', 'print nothing when the config is valid')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  ipdeadgate check-config /etc/ipdeadgate/ipdeadgate.yaml\n' +
+        '  ipdeadgate check-config --tunnel /etc/ipdeadgate/tunnel-gw1.yaml\n',
+    )
+    .action(
+      action(async (file: string, opts: { tunnel?: boolean; quiet?: boolean }) => {
+        let summary: string;
+        if (opts.tunnel) {
+          const t = await loadTunnelConfig(file);
+          summary = `tunnel ${t.role} ${t.name}`;
+        } else {
+          const { config, tunnel } = await loadDaemonConfig(file);
+          summary =
+            `detection ${config.dgd.enabled ? 'on' : 'off'}, tables ${config.dgd.tables.join(',')}` +
+            (tunnel ? `, tunnel ${tunnel.role} ${tunnel.name}` : '');
+        }
+        if (!opts.quiet) process.stdout.write(`${file}: ok (${summary})\n`);
+      }),
+    );
+}
