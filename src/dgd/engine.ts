@@ -313,7 +313,7 @@ export class DgdEngine {
             .filter((o): o is RoutingDaemon => o !== null),
         );
         for (const o of owners)
-          await this.serially(() => this.owners!.markDead(o, g.key, 'routes through a dead gateway'));
+          await this.serially(() => this.owners!.markDead(o, ownerKey(g), 'routes through a dead gateway'));
       }
     }
   }
@@ -922,7 +922,7 @@ export class DgdEngine {
         if (o) handed.set(o, [...(handed.get(o) ?? []), r]);
       }
       for (const [owner, rs] of handed) {
-        const outcome = await this.owners!.markDead(owner, g.key, reason);
+        const outcome = await this.owners!.markDead(owner, ownerKey(g), reason);
         this.log.event('routes_handed_over', {
           gateway: g.address,
           interface: g.ifname,
@@ -1007,7 +1007,7 @@ export class DgdEngine {
   private restoreRoutesVia(g: Gateway, reason: string): Promise<void> {
     return this.serially(async () => {
       this.fights.forgetGateway(g.key);
-      await this.owners?.markAlive(g.key, reason);
+      await this.owners?.markAlive(ownerKey(g), reason);
       // Decide from the kernel as it is now, not as it was at the last route event.
       this.kernelRoutes = await this.ports.listRoutes(this.tables);
       const restored: string[] = [];
@@ -1138,8 +1138,24 @@ export class DgdEngine {
       await this.owners.reconcile();
       for (const keys of held.values())
         for (const key of keys) {
+          // Keys name the interface (address%ifname): after a reboot its ifindex may differ.
           const i = key.lastIndexOf('%');
-          const g = this.ensureGateway(key.slice(0, i), Number(key.slice(i + 1)));
+          const address = key.slice(0, i);
+          const ifname = key.slice(i + 1);
+          const ifindex = /^\d+$/.test(ifname) ? Number(ifname) : this.links?.get(ifname)?.ifindex;
+          if (ifindex === undefined) {
+            this.log.event(
+              'error',
+              {
+                during: 'owner journal reconcile',
+                gateway: address,
+                error: `interface ${ifname} is absent; the gateway is polled when it returns`,
+              },
+              'warn',
+            );
+            continue;
+          }
+          const g = this.ensureGateway(address, ifindex, /^\d+$/.test(ifname) ? undefined : ifname);
           if (g.state !== 'dead') {
             g.deadSince = this.clock.now();
             this.transition(g, 'dead', 'routing daemon told before restart (journal)');
@@ -1461,6 +1477,11 @@ function describe(r: KernelRoute): string {
 /** How long an active probe waits for its answer: half the interval, at least 10 ms. */
 export function activeProbeTimeout(intervalMs: number): number {
   return Math.max(10, Math.floor(intervalMs / 2));
+}
+
+/** A gateway as the owner journal names it: address and interface name (ifindexes move). */
+function ownerKey(g: { address: string; ifname: string }): string {
+  return `${g.address.toLowerCase()}%${g.ifname}`;
 }
 
 function fightOptions(cfg: DgdConfig): { limit: number; windowMs: number } {

@@ -259,7 +259,7 @@ export class RouteOwners {
     }
   }
 
-  /** The routing daemon `owner` must treat `gateway` (a gateway key, address%ifindex) as unusable. */
+  /** The routing daemon `owner` must treat `gateway` (address%ifname) as unusable. */
   async markDead(owner: RoutingDaemon, gateway: string, reason: string): Promise<OwnerOutcome | null> {
     const set = this.dead.get(owner) ?? new Set<string>();
     this.dead.set(owner, set);
@@ -361,7 +361,7 @@ export class RouteOwners {
   }
 }
 
-/** "198.18.1.1%2" -> "198.18.1.1" (gateway keys carry the interface index). */
+/** "198.18.1.1%lan0" -> "198.18.1.1" (the owner journal's gateway keys name the interface). */
 export function addressOfKey(key: string): string {
   const i = key.lastIndexOf('%');
   return i < 0 ? key : key.slice(0, i);
