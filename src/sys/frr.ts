@@ -19,6 +19,7 @@
 // - zebra's route-maps cannot match IPv6 nexthops (`match ipv6 next-hop prefix-list` is bgpd's),
 //   so this works for IPv4 gateways only.
 import { execFile } from 'node:child_process';
+import { isIP } from 'node:net';
 import { IpdeadgateError } from '../errors';
 
 export const FRR_FILTER_PREFIX = 'IPDEADGATE';
@@ -148,6 +149,32 @@ export class Vtysh {
     return parseFilterState(await this.runningConfig());
   }
 
+  /** The default VRF's BGP neighbours; [] when bgpd does not run. */
+  async bgpNeighbors(): Promise<BgpNeighbor[]> {
+    let config: string;
+    try {
+      config = await this.run(['show running-config'], { daemon: 'bgpd' });
+    } catch (err) {
+      if (/not running|failed to connect/i.test((err as Error).message)) return [];
+      throw err;
+    }
+    return parseBgpNeighbors(config);
+  }
+
+  /**
+   * `neighbor ADDRESS shutdown` (or its `no`) in `router bgp ASN`, runtime only: bgpd drops the
+   * session and every path learned over it, and selects the next best paths; `no` lets the session
+   * come back.
+   */
+  async setBgpShutdown(asn: string, address: string, shutdown: boolean): Promise<void> {
+    if (!/^\d+$/.test(asn) || isIP(address) === 0)
+      throw new FrrError(`bad BGP neighbour ${address} in AS ${asn}`);
+    await this.run(
+      ['configure terminal', `router bgp ${asn}`, `${shutdown ? '' : 'no '}neighbor ${address} shutdown`],
+      { daemon: 'bgpd' },
+    );
+  }
+
   /**
    * Make zebra's filter exactly `want` (runtime config only, never written). Returns the state
    * read back afterwards. Refuses to bind a protocol that already has another route-map.
@@ -158,6 +185,41 @@ export class Vtysh {
     if (commands.length > 0) await this.run(['configure terminal', ...commands], { daemon: 'zebra' });
     return this.filterState();
   }
+}
+
+/** A BGP neighbour of the default VRF's `router bgp`, from the running config. */
+export interface BgpNeighbor {
+  asn: string;
+  address: string;
+  /** `neighbor ADDRESS shutdown` is configured. */
+  shutdown: boolean;
+}
+
+/**
+ * The default VRF's BGP neighbours (addresses only; interface-named unnumbered neighbours and
+ * peer-group names are not gateways) from the running config of all daemons.
+ */
+export function parseBgpNeighbors(config: string): BgpNeighbor[] {
+  const out = new Map<string, BgpNeighbor>();
+  let asn: string | null = null;
+  for (const line of config.split('\n')) {
+    const start = /^router bgp (\d+)(\s+vrf\s+\S+)?\s*$/.exec(line);
+    if (start) {
+      asn = start[2] ? null : start[1]!;
+      continue;
+    }
+    if (/^\S/.test(line)) {
+      asn = null;
+      continue;
+    }
+    if (asn === null) continue;
+    const m = /^ neighbor (\S+) (.*)$/.exec(line);
+    if (!m || isIP(m[1]!) === 0) continue;
+    const n = out.get(m[1]!) ?? { asn, address: m[1]!, shutdown: false };
+    if (/^shutdown\b/.test(m[2]!)) n.shutdown = true;
+    out.set(m[1]!, n);
+  }
+  return [...out.values()];
 }
 
 /** Parse `show ip route json`: { "prefix": [ {route entry}, ... ] }. */

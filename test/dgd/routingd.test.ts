@@ -9,8 +9,10 @@ import { LabDaemon, type DaemonEvent } from '../lab/daemon';
 import { startFlowClient, startFlowServer, type FlowClient } from '../lab/flows';
 import {
   BIRD_STATIC,
+  FRR_BGP,
   FRR_STATIC,
   RD,
+  birdBgpRouter,
   haveBird,
   haveFrr,
   routedLabSpec,
@@ -289,5 +291,68 @@ describe('routing daemons own their routes: BIRD in the lab', function () {
     assert.equal(await kernelRoutes(lab), before);
     assert.match((await bird.birdc('show protocols')).stdout, /via_r1\s+Static\s+master4\s+up/);
     await lab.revive('r1', 'lan0');
+  });
+});
+
+describe('routing daemons own their routes: FRR BGP with two routers in the lab', function () {
+  this.timeout(120_000);
+  let lab: Lab;
+  let frr: FrrInstance;
+
+  before(async function () {
+    requireDaemon(this, haveFrr() && haveBird(), 'frr and bird2');
+    lab = await Lab.create(routedLabSpec());
+    await startFlowServer(lab, 'server', PORT).listening;
+    await startBird(lab, 'r1', birdBgpRouter(RD.r1, 65001, false));
+    await startBird(lab, 'r2', birdBgpRouter(RD.r2, 65002, true));
+    frr = await startFrr(lab, 'client', { bgpd: FRR_BGP });
+    await waitFor(
+      async () => /via 198\.18\.1\.1 .*proto bgp/.test(await kernelRoute(lab, '198.18.2.0/24')),
+      20_000,
+      'BGP to install the route through r1',
+      200,
+    );
+  });
+
+  after(async () => {
+    await frr?.stop();
+    await lab?.close();
+  });
+
+  it("a route learned from r1 and r2: r1 dies silently under a live flow, bgpd drops the session and installs r2's path; revival brings back exactly the same", async () => {
+    const before = await kernelRoutes(lab);
+    const configBefore = await frr.runningConfig();
+    const d = await LabDaemon.start(
+      lab,
+      'client',
+      `dgd:\n  slow_poll_interval: 2s\n  owners:\n    frr:\n      vty_socket: ${frr.dir}\n`,
+    );
+    const fl = startFlowClient(lab, 'client', RD.server, PORT, { durationMs: 60_000 });
+    await waitFor(() => fl.echoes.length >= 10, 5000, 'the flow to run');
+    await lab.killSilently('r1', 'lan0');
+    const handed = await d.waitFor((e) => e.event === 'routes_handed_over', 15_000, 'routes handed to FRR');
+    assert.deepEqual(handed.applied, [`router bgp 65000: neighbor ${RD.r1} shutdown`]);
+    await waitFor(
+      async () => /via 198\.18\.1\.2 .*proto bgp/.test(await kernelRoute(lab, '198.18.2.0/24')),
+      5000,
+      "bgpd to install r2's path",
+    );
+    // FRR's own view: the BGP route through r2 selected, the session with r1 administratively down.
+    const shown = await frr.showRoute();
+    assert.match(shown, new RegExp(`B>\\* 198\\.18\\.2\\.0/24 \\[20/0\\] via ${esc(RD.r2)}`), shown);
+    const summary = (await frr.vtysh(['show bgp summary'])).stdout;
+    assert.match(summary, new RegExp(`${esc(RD.r1)} .*Idle \\(Admin\\)`), summary);
+    await waitFor(() => fl.echoes.some((e) => e.t > Date.parse(handed.time)), 15_000, 'the flow to resume');
+
+    await lab.revive('r1', 'lan0');
+    await d.waitFor((e) => e.event === 'routes_restored' && e.gateway === RD.r1, 20_000, 'r1 revived');
+    assert.equal(await frr.runningConfig(), configBefore);
+    await waitFor(
+      async () => (await kernelRoutes(lab)) === before,
+      30_000,
+      'the session and route back',
+      200,
+    );
+    assert.equal(await d.stop(), 0);
   });
 });

@@ -295,3 +295,34 @@ protocol static via_r2_ecmp {
   route 198.18.3.0/24 via ${RD.r2};
 }
 `;
+
+/** bgpd's config on the client: eBGP with r1 (AS 65001) and r2 (AS 65002). */
+export const FRR_BGP = [
+  'router bgp 65000',
+  ` bgp router-id ${RD.client}`,
+  ' no bgp ebgp-requires-policy',
+  ` neighbor ${RD.r1} remote-as 65001`,
+  ` neighbor ${RD.r1} timers connect 1`,
+  ` neighbor ${RD.r2} remote-as 65002`,
+  ` neighbor ${RD.r2} timers connect 1`,
+  'exit',
+].join('\n');
+
+/**
+ * BIRD on a router of the lab as a BGP speaker towards the client (AS 65000), announcing its WAN
+ * prefix 198.18.2.0/24 with itself as the next hop; `prepend` lengthens the AS path so the other
+ * router is preferred.
+ */
+export function birdBgpRouter(self: string, asn: number, prepend: boolean): string {
+  return `router id ${self};
+protocol device {}
+protocol direct { ipv4; interface "wan0"; }
+protocol bgp to_client {
+  local ${self} as ${asn};
+  neighbor ${RD.client} as 65000;
+  connect delay time 1;
+  connect retry time 1;
+  ipv4 { import none; export filter { ${prepend ? `bgp_path.prepend(${asn}); ` : ''}accept; }; };
+}
+`;
+}

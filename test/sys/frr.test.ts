@@ -4,7 +4,7 @@
 import { strict as assert } from 'node:assert';
 import { Lab, requireRoot, waitFor } from '../lab/lab';
 import { FRR_STATIC, RD, haveFrr, routedLabSpec, startFrr, type FrrInstance } from '../lab/routingd';
-import { Vtysh, filterCommands, parseFilterState } from '../../src/sys/frr';
+import { Vtysh, filterCommands, parseBgpNeighbors, parseFilterState } from '../../src/sys/frr';
 
 async function kernelRoutes(lab: Lab): Promise<string> {
   return (await lab.ip('client', ['route', 'show'])).trim();
@@ -187,6 +187,26 @@ describe('FRR (zebra + staticd) in the lab', function () {
 });
 
 describe('FRR filter commands (no FRR needed)', () => {
+  it("reads the default VRF's BGP neighbours (not a VRF's, not peer-groups or interfaces)", () => {
+    const cfg = [
+      'router bgp 65000',
+      ' neighbor 198.18.1.1 remote-as 65001',
+      ' neighbor 198.18.1.1 shutdown',
+      ' neighbor 2001:db8:1::2 remote-as 65002',
+      ' neighbor lan0 interface remote-as external',
+      ' neighbor GROUP peer-group',
+      'exit',
+      '!',
+      'router bgp 65000 vrf blue',
+      ' neighbor 198.18.9.1 remote-as 65009',
+      'exit',
+    ].join('\n');
+    assert.deepEqual(parseBgpNeighbors(cfg), [
+      { asn: '65000', address: '198.18.1.1', shutdown: true },
+      { asn: '65000', address: '2001:db8:1::2', shutdown: false },
+    ]);
+  });
+
   it('reads its own filter back from a running config and leaves foreign bindings alone', () => {
     const cfg = [
       'ip prefix-list IPDEADGATE-B-DEAD seq 5 permit 198.18.1.1/32',
