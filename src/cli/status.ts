@@ -80,13 +80,6 @@ export function formatStatus(s: Status): string {
     for (const p of o.problems) lines.push(`  problem: ${p}`);
     if (o.last_error) lines.push(`  ERROR: ${o.last_error}`);
   }
-  if ((s.fights ?? []).length > 0) {
-    lines.push('', 'fights given up (the owner puts the route back after each withdrawal):');
-    for (const f of s.fights)
-      lines.push(
-        `  ${f.route}: owner ${f.owner}, gateway ${f.gateway}, ${f.returns} returns, since ${f.stopped_at}`,
-      );
-  }
   if (s.tunnel) lines.push('', ...formatTunnel(s.tunnel));
   return lines.join('\n') + '\n';
 }

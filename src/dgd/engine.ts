@@ -10,7 +10,7 @@ import type { DgdConfig } from '../daemon/config';
 import type { EventLog } from '../daemon/log';
 import type { Clock, Timer } from '../util/clock';
 import type { DgdPorts, DgdStore, JournalEntry, KernelRoute, ScannedSocket, Verification } from './ports';
-import { FightGuard, type Fight } from './fights';
+import { FightGuard } from './fights';
 import {
   ownerOfProtocol,
   protocolOf,
@@ -326,7 +326,7 @@ export class DgdEngine {
   /**
    * Journaled routes through dead gateway g that are back in the kernel as they were before we
    * withdrew them (a DHCP client, a network manager or a routing daemon put them back): withdraw
-   * them again, at most fight_limit times in fight_window; then stop and say so once.
+   * them again, at most rewithdraw_limit times in rewithdraw_window; then stop and say so once.
    */
   private rewithdrawReturned(g: Gateway, routes: KernelRoute[]): Promise<void> {
     return this.serially(async () => {
@@ -349,8 +349,8 @@ export class DgdEngine {
                 interface: g.ifname,
                 route: verdict.fight.route,
                 owner,
-                returns: verdict.fight.returns,
-                window_ms: this.cfg.fight_window,
+                rewithdrawals: verdict.fight.returns - 1,
+                window_ms: this.cfg.rewithdraw_window,
                 note: `${owner} puts this route back after each withdrawal; ipdeadgate stops withdrawing it (configure dgd.owners for a routing daemon, or stop its owner from re-adding it)`,
               },
               'warn',
@@ -362,12 +362,12 @@ export class DgdEngine {
         try {
           await this.applyOp(op);
           changed = true;
-          this.log.event('route_rewithdrawn', {
+          this.log.event('route_readded', {
             gateway: g.address,
             interface: g.ifname,
             route: describe(current),
             owner,
-            returns: verdict.returns,
+            note: 'put back through a dead gateway by its owner; withdrawn again',
           });
         } catch (err) {
           this.log.event(
@@ -1342,8 +1342,10 @@ export class DgdEngine {
       const routes: GatewayRouteStatus[] = [];
       for (const r of this.kernelRoutes) {
         if (!gatewaysOf(r).includes(g.key)) continue;
-        const kept = g.state === 'dead';
-        routes.push({ ...routeSummary(r), state: kept ? 'kept' : 'active' });
+        // Through a dead gateway: kept (keep_last_route), or contested (its owner put it back too often).
+        const state =
+          g.state !== 'dead' ? 'active' : this.fights.stopped(routeIdentity(r)) ? 'contested' : 'kept';
+        routes.push({ ...routeSummary(r), state });
       }
       for (const e of this.journal.values())
         if (e.removed.includes(g.key)) routes.push({ ...routeSummary(e.original), state: 'withdrawn' });
@@ -1388,7 +1390,6 @@ export class DgdEngine {
         removed_gateways: e.removed,
       })),
       route_owners: this.owners?.status() ?? [],
-      fights: this.fights.fights(),
       last_scan: {
         at: this.lastScan.at ? new Date(this.lastScan.at).toISOString() : null,
         duration_ms: Math.round(this.lastScan.durationMs * 10) / 10,
@@ -1411,7 +1412,7 @@ export interface GatewayRouteStatus {
   metric: number;
   gateway: string | null;
   nexthops: { gateway: string | null; weight: number }[] | null;
-  state: 'active' | 'withdrawn' | 'kept';
+  state: 'active' | 'withdrawn' | 'kept' | 'contested';
 }
 
 export interface DgdStatus {
@@ -1446,8 +1447,6 @@ export interface DgdStatus {
   withdrawn_routes: (Omit<GatewayRouteStatus, 'state'> & { removed_gateways: string[] })[];
   /** Routing daemons configured in dgd.owners: what each has been told and what it holds. */
   route_owners: OwnerStatus[];
-  /** Routes the daemon stopped withdrawing because their owner kept putting them back. */
-  fights: Fight[];
   last_scan: {
     at: string | null;
     duration_ms: number;
@@ -1485,7 +1484,7 @@ function ownerKey(g: { address: string; ifname: string }): string {
 }
 
 function fightOptions(cfg: DgdConfig): { limit: number; windowMs: number } {
-  return { limit: cfg.fight_limit, windowMs: cfg.fight_window };
+  return { limit: cfg.rewithdraw_limit, windowMs: cfg.rewithdraw_window };
 }
 
 function fmtAddr(addr: string, port: number): string {

@@ -48,7 +48,7 @@ const absolutePath = (what: string) =>
 /**
  * dgd.owners: the routing daemons to tell about dead gateways, each with what its adapter needs.
  * A routing daemon that is not listed has its routes withdrawn in the kernel like anyone else's
- * (it will put them back: the fight guard stops that after dgd.fight_limit returns).
+ * (it will put them back: the fight guard stops that after dgd.rewithdraw_limit returns).
  */
 export const ownersSchema = z
   .object({
@@ -76,8 +76,8 @@ export type OwnersConfig = z.infer<typeof ownersSchema>;
 
 /** The fight guard's keys of the dgd section (src/dgd/fights.ts). */
 export const fightKeys = {
-  fight_limit: intIn(0, 100).default(3),
-  fight_window: duration(1000, 3_600_000).default('1m'),
+  rewithdraw_limit: intIn(1, 1000).default(5),
+  rewithdraw_window: duration(1000, 3_600_000).default('1m'),
 };
 
 /** The routing daemons that ipdeadgate can tell about dead gateways. */

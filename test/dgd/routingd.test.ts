@@ -189,7 +189,7 @@ describe('routing daemons own their routes: FRR in the lab', function () {
     const d = await LabDaemon.start(
       lab,
       'client',
-      `dgd:\n  slow_poll_interval: 2s\n  keep_last_route: false\n  fight_limit: ${limit}\n  fight_window: 1m\n`,
+      `dgd:\n  slow_poll_interval: 2s\n  keep_last_route: false\n  rewithdraw_limit: ${limit}\n  rewithdraw_window: 1m\n`,
     );
     const fl = flows(lab);
     await waitFor(() => fl.every((f) => f.echoes.length >= 5), 5000, 'the flows to run');
@@ -202,27 +202,27 @@ describe('routing daemons own their routes: FRR in the lab', function () {
     );
     assert.equal(fight.owner, 'frr');
     assert.equal(fight.gateway, RD.r1);
-    assert.equal(fight.returns, limit + 1);
+    assert.equal(fight.rewithdrawals, limit);
     // Never a loop: wait through several more of zebra's re-adds; nothing more for that route.
-    const rewithdrawn = () => d.named('route_rewithdrawn').filter(isTwo).length;
+    const rewithdrawn = () => d.named('route_readded').filter(isTwo).length;
     assert.equal(rewithdrawn(), limit);
     await new Promise((r) => setTimeout(r, 4000));
     assert.equal(rewithdrawn(), limit);
     assert.equal(d.named('route_fight').filter(isTwo).length, 1);
     // zebra's route stays through r1 (the fight is given up) and status says why.
     assert.match(await kernelRoute(lab, '198.18.2.0/24'), new RegExp(`via ${esc(RD.r1)}`));
-    const st = await d.status();
-    const fights = st.fights as { route: string; owner: string; returns: number }[];
-    assert.ok(
-      fights.some((f) => f.route.startsWith('198.18.2.0/24') && f.owner === 'frr'),
-      JSON.stringify(fights),
-    );
+    const contested = async () =>
+      (await d.status()).gateways
+        .find((g) => g.address === RD.r1)!
+        .routes.filter((r) => r.state === 'contested')
+        .map((r) => (r as unknown as { dst: string }).dst);
+    assert.ok((await contested()).includes('198.18.2.0/24'));
     const text = await d.cli(['status']);
-    assert.match(text.stdout, /fight/i);
+    assert.match(text.stdout, /route 198\.18\.2\.0\/24 via 198\.18\.1\.1 .*: contested/);
     // Revival ends the fight.
     await lab.revive('r1', 'lan0');
     await d.waitFor((e) => e.event === 'routes_restored' && e.gateway === RD.r1, 20_000, 'r1 revived');
-    assert.deepEqual((await d.status()).fights, []);
+    assert.deepEqual(await contested(), []);
     assert.equal(await d.stop(), 0);
     await waitFor(async () => (await kernelRoutes(lab)) === routesBefore, 5000, "zebra's routes as before");
   });
