@@ -279,7 +279,7 @@ export class Daemon {
         { note: 'tunnel changes take effect when the daemon restarts' },
         'warn',
       );
-    this.owners?.configure(ownerAdapters(next.config.dgd.owners), next.config.dgd.keep_last_route);
+    await this.owners?.configure(ownerAdapters(next.config.dgd.owners), next.config.dgd.keep_last_route);
     await this.requireEngine().reload(next.config.dgd, next.tables);
     await this.ops?.reconfigure(next.config);
   }

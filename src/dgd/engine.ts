@@ -892,7 +892,11 @@ export class DgdEngine {
     });
     if (g.state !== 'dead' || this.closed || !this.enabled || g.link !== 'up') return;
     if (answers >= this.cfg.revive_probes) await this.revive(g, `${answers} ARP/NDP answers in a row`);
-    else this.schedulePoll(g, this.cfg.slow_poll_interval);
+    else {
+      // Still dead: a routing daemon that could not be told (restarting, unreachable) is told now.
+      if (this.owners) await this.serially(() => this.owners!.retryFailed('slow poll: still dead'));
+      this.schedulePoll(g, this.cfg.slow_poll_interval);
+    }
   }
 
   // ---------------------------------------------------------------------------------------------

@@ -214,9 +214,20 @@ export class RouteOwners {
   ) {}
 
   /** Reconfigure (SIGHUP): adapters may come and go; the journal keeps what was done. */
-  configure(adapters: Map<RoutingDaemon, OwnerAdapter>, keepLastRoute: boolean): void {
+  async configure(adapters: Map<RoutingDaemon, OwnerAdapter>, keepLastRoute: boolean): Promise<void> {
+    // A daemon taken out of dgd.owners is put back as it was first, while its adapter is known.
+    for (const owner of this.adapters.keys())
+      if (!adapters.has(owner) && (this.dead.get(owner)?.size ?? 0) > 0) {
+        this.dead.set(owner, new Set());
+        await this.converge(owner, 'no longer in dgd.owners');
+      }
     this.adapters = adapters;
     this.keepLastRoute = keepLastRoute;
+  }
+
+  /** Daemons whose last telling failed (not reachable, restarting): try again. */
+  async retryFailed(reason: string): Promise<void> {
+    for (const owner of [...this.errors.keys()]) await this.converge(owner, reason);
   }
 
   /** The routing daemon that owns routes of this protocol, if it is configured as an adapter. */

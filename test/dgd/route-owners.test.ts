@@ -171,9 +171,30 @@ describe('route owners', () => {
     await owners.markDead('frr', `${R1}%lan0`, 'test');
     assert.equal(owners.status()[0]!.last_error, 'vtysh: failed to connect to any daemons');
     assert.ok(events.includes('error'));
+    // The slow poll retries a daemon that could not be told.
     fail = false;
+    await owners.retryFailed('slow poll');
+    assert.deepEqual(calls.at(-1), [R1, R2]);
+    assert.equal(owners.status()[0]!.last_error, null);
     await owners.restoreAll('off');
     assert.deepEqual(calls.at(-1), []);
-    assert.equal(owners.status()[0]!.last_error, null);
+  });
+
+  it('RouteOwners: a daemon taken out of dgd.owners (SIGHUP) is put back first, with its old adapter', async () => {
+    const calls: string[][] = [];
+    const fake: OwnerAdapter = {
+      owner: 'bird',
+      async converge(dead) {
+        calls.push(dead);
+        return { state: { disabled: dead }, changed: true, applied: [], kept: [], problems: [] };
+      },
+    };
+    const store = new MemoryOwnerStore();
+    const owners = new RouteOwners(new Map([['bird', fake]]), store, { event: () => undefined }, true);
+    await owners.markDead('bird', `${R1}%lan0`, 'test');
+    await owners.configure(new Map(), true);
+    assert.deepEqual(calls, [[R1], []]);
+    assert.deepEqual(store.journal!.owners, {});
+    assert.equal(owners.adapterFor(12), null);
   });
 });
