@@ -11,7 +11,6 @@ import { readFile } from 'node:fs/promises';
 import { writeFileAtomic } from '../util/atomic';
 import { z } from 'zod';
 import { IpdeadgateError } from '../errors';
-import { duration, intIn } from '../util/schema';
 
 /**
  * rtm_protocol -> owner. Numbers from include/uapi/linux/rtnetlink.h (RTPROT_*) and
@@ -73,12 +72,6 @@ export const ownersSchema = z
   .strict();
 
 export type OwnersConfig = z.infer<typeof ownersSchema>;
-
-/** The fight guard's keys of the dgd section (src/dgd/fights.ts). */
-export const fightKeys = {
-  rewithdraw_limit: intIn(1, 1000).default(5),
-  rewithdraw_window: duration(1000, 3_600_000).default('1m'),
-};
 
 /** The routing daemons that ipdeadgate can tell about dead gateways. */
 export type RoutingDaemon = 'frr' | 'bird';

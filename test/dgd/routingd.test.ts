@@ -200,7 +200,7 @@ describe('routing daemons own their routes: FRR in the lab', function () {
       30_000,
       'the fight to be seen',
     );
-    assert.equal(fight.owner, 'frr');
+    assert.equal(fight.routing_daemon, 'frr');
     assert.equal(fight.gateway, RD.r1);
     assert.equal(fight.rewithdrawals, limit);
     // Never a loop: wait through several more of zebra's re-adds; nothing more for that route.
