@@ -8,6 +8,7 @@ import { Lab, requireRoot, waitFor } from '../lab/lab';
 import { LabDaemon, type DaemonEvent } from '../lab/daemon';
 import { startFlowClient, startFlowServer, type FlowClient } from '../lab/flows';
 import {
+  BIRD_BGP,
   BIRD_STATIC,
   FRR_BGP,
   FRR_STATIC,
@@ -294,7 +295,7 @@ describe('routing daemons own their routes: BIRD in the lab', function () {
   });
 });
 
-describe('routing daemons own their routes: FRR BGP with two routers in the lab', function () {
+describe('routing daemons own their routes: BGP sessions with two routers in the lab (FRR, then BIRD, on the client)', function () {
   this.timeout(120_000);
   let lab: Lab;
   let frr: FrrInstance;
@@ -354,5 +355,44 @@ describe('routing daemons own their routes: FRR BGP with two routers in the lab'
       200,
     );
     assert.equal(await d.stop(), 0);
+  });
+
+  it("the same routers with BIRD on the client: the dead neighbour's BGP protocol is disabled, r2's path exported; revival enables it again", async () => {
+    await frr.stop();
+    const bird = await startBird(lab, 'client', BIRD_BGP);
+    await waitFor(
+      async () => /via 198\.18\.1\.1 .*proto bird/.test(await kernelRoute(lab, '198.18.2.0/24')),
+      30_000,
+      'BIRD to export the route learned from r1',
+      200,
+    );
+    const before = await kernelRoutes(lab);
+    const d = await LabDaemon.start(
+      lab,
+      'client',
+      `dgd:\n  slow_poll_interval: 2s\n  owners:\n    bird:\n      socket: ${bird.socket}\n`,
+    );
+    const fl = startFlowClient(lab, 'client', RD.server, PORT, { durationMs: 60_000 });
+    await waitFor(() => fl.echoes.length >= 10, 5000, 'the flow to run');
+    await lab.killSilently('r1', 'lan0');
+    const handed = await d.waitFor((e) => e.event === 'routes_handed_over', 15_000, 'routes handed to BIRD');
+    assert.deepEqual(handed.applied, [`disable bgp_r1 (routes via ${RD.r1})`]);
+    await waitFor(
+      async () => /via 198\.18\.1\.2 .*proto bird/.test(await kernelRoute(lab, '198.18.2.0/24')),
+      5000,
+      "BIRD to export r2's path",
+    );
+    assert.match((await bird.birdc('show protocols')).stdout, /bgp_r1\s+BGP\s+---\s+down/);
+    await waitFor(() => fl.echoes.some((e) => e.t > Date.parse(handed.time)), 15_000, 'the flow to resume');
+    await lab.revive('r1', 'lan0');
+    await d.waitFor((e) => e.event === 'routes_restored' && e.gateway === RD.r1, 20_000, 'r1 revived');
+    await waitFor(
+      async () => (await kernelRoutes(lab)) === before,
+      30_000,
+      'the session and route back',
+      200,
+    );
+    assert.equal(await d.stop(), 0);
+    await bird.stop();
   });
 });

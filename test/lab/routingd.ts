@@ -326,3 +326,23 @@ protocol bgp to_client {
 }
 `;
 }
+
+/** BIRD on the client with a BGP session to each router (the same peers as FRR_BGP). */
+export const BIRD_BGP = `router id ${RD.client};
+protocol device {}
+protocol kernel { ipv4 { export all; }; }
+protocol bgp bgp_r1 {
+  local ${RD.client} as 65000;
+  neighbor ${RD.r1} as 65001;
+  connect delay time 1;
+  connect retry time 1;
+  ipv4 { import all; export none; };
+}
+protocol bgp bgp_r2 {
+  local ${RD.client} as 65000;
+  neighbor ${RD.r2} as 65002;
+  connect delay time 1;
+  connect retry time 1;
+  ipv4 { import all; export none; };
+}
+`;
