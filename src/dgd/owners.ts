@@ -41,6 +41,11 @@ const PROTOCOL_OWNERS: Record<number, string> = {
 };
 for (let p = 186; p <= 198; p++) PROTOCOL_OWNERS[p] = 'frr';
 
+/** An optional section where `frr:` with nothing after it (YAML null) means "with the defaults". */
+function present<T extends z.ZodRawShape>(section: z.ZodObject<T>) {
+  return z.preprocess((v) => (v === null ? {} : v), section.strict().optional());
+}
+
 const absolutePath = (what: string) =>
   z.string().refine((s) => s.startsWith('/'), { message: `must be an absolute path (${what})` });
 
@@ -51,23 +56,21 @@ const absolutePath = (what: string) =>
  */
 export const ownersSchema = z
   .object({
-    frr: z
-      .object({
+    frr: present(
+      z.object({
         vtysh: z.string().min(1).default('vtysh'),
         vty_socket: absolutePath("the directory of FRR's *.vty sockets, vtysh --vty_socket").optional(),
         pathspace: z
           .string()
           .regex(/^[A-Za-z0-9_.-]+$/, 'must be a pathspace name (FRR -N), letters, digits, _ . -')
           .optional(),
-      })
-      .strict()
-      .optional(),
-    bird: z
-      .object({
+      }),
+    ),
+    bird: present(
+      z.object({
         socket: absolutePath("BIRD's control socket, bird -s").default('/run/bird/bird.ctl'),
-      })
-      .strict()
-      .optional(),
+      }),
+    ),
   })
   .strict();
 
