@@ -61,6 +61,50 @@ describe('tunnel: the ipdeadgate tunnel command', function () {
     }
   });
 
+  it('exits 2 on an unreadable or malformed TLS file, naming the file and the key', async () => {
+    write('garbage.pem', 'this is not PEM\n');
+    fs.copyFileSync(pki.nodes.ep!.key, path.join(pki.dir, 'other.key'));
+    fs.copyFileSync(pki.nodes.gw1!.cert, path.join(pki.dir, 'gw1.pem'));
+    fs.copyFileSync(pki.nodes.gw1!.key, path.join(pki.dir, 'gw1.key'));
+    const cases: [string, RegExp][] = [
+      [
+        '{ ca: missing.pem, cert: gw1.pem, key: gw1.key }',
+        /missing\.pem: tunnel\.tls\.ca: cannot read the file: ENOENT/,
+      ],
+      [
+        '{ ca: garbage.pem, cert: gw1.pem, key: gw1.key }',
+        /garbage\.pem: tunnel\.tls\.ca: not a PEM certificate/,
+      ],
+      [
+        '{ ca: ca.pem, cert: garbage.pem, key: gw1.key }',
+        /garbage\.pem: tunnel\.tls\.cert: not a PEM certificate/,
+      ],
+      [
+        '{ ca: ca.pem, cert: gw1.pem, key: garbage.pem }',
+        /garbage\.pem: tunnel\.tls\.key: not a PEM private key/,
+      ],
+      [
+        '{ ca: ca.pem, cert: gw1.pem, key: other.key }',
+        /other\.key: tunnel\.tls\.key: is not the private key of the certificate/,
+      ],
+    ];
+    let i = 0;
+    for (const [tlsLine, want] of cases) {
+      const f = write(
+        `badtls${++i}.yaml`,
+        `tunnel:\n  role: relay\n  name: gw1\n  tls: ${tlsLine}\n  listen: 127.0.0.1:${await freePort()}\n`,
+      );
+      const r = await run(['tunnel', '--config', f]);
+      assert.equal(r.code, 2, `${tlsLine}: ${r.stderr}`);
+      assert.match(r.stderr, want);
+      assert.match(
+        r.stderr.trim().split('\n')[0]!,
+        /tunnel\.tls\.(ca|cert|key): /,
+        'one line naming file and key first',
+      );
+    }
+  });
+
   it('runs a gateway proxy from a config with relative TLS paths, serves status on --control, exits 0 on SIGTERM', async () => {
     fs.copyFileSync(pki.nodes.gw1!.cert, path.join(pki.dir, 'node.pem'));
     fs.copyFileSync(pki.nodes.gw1!.key, path.join(pki.dir, 'node.key'));
