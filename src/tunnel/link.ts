@@ -226,6 +226,8 @@ export class Link extends EventEmitter {
   peerCertSubject = '';
   private readonly peerCert: tls.PeerCertificate | undefined;
   peerServices: Record<string, number> = {};
+  /** What the peer announced, before tunnel.peers filtered it. */
+  private announced: Record<string, number> = {};
   private control: MuxStream | undefined;
   private lastTold = '';
   private refused = false;
@@ -351,13 +353,22 @@ export class Link extends EventEmitter {
       this.peerName = name;
       this.peerRole = String(m.role).slice(0, 32);
       this.state = 'up';
+      this.announced = services;
       this.peerServices = this.opts.filterAnnounced?.(this, services) ?? services;
       this.handshakeTimer?.cancel();
       this.emit('up');
     } else if (m.type === 'tell' && this.state === 'up') {
+      this.announced = services;
       this.peerServices = this.opts.filterAnnounced?.(this, services) ?? services;
       this.emit('tell');
     }
+  }
+
+  /** The rules changed (a reload): filter what the peer announced again. */
+  refilter(): void {
+    if (this.state !== 'up') return;
+    this.peerServices = this.opts.filterAnnounced?.(this, this.announced) ?? this.announced;
+    this.emit('tell');
   }
 
   /**
