@@ -46,12 +46,18 @@ export const dgdSchema = z
     revive_probes: intIn(1, 20).default(2),
     keep_last_route: z.boolean().default(true),
     allow_mac_change: z.boolean().default(false),
+    resend_on_switch: z.boolean().default(true),
     tables: z.array(tableName).min(1, 'needs at least one table').default(['main']),
     gateways: z.array(ipAddress).default([]),
     active: z.array(activeProbe).default([]),
     flap_limit: intIn(1, 1000).default(3),
     flap_window: duration(1000, 86_400_000).default('10m'),
     flap_hold_down: duration(1000, 3_600_000).default('1m'),
+    rewithdraw_limit: intIn(1, 1000).default(5),
+    rewithdraw_window: duration(1000, 3_600_000).default('1m'),
+    aggregate_sockets: intIn(0, 10_000).default(3),
+    aggregate_window: duration(100, 60_000).default('1s'),
+    syn_stall: duration(100, 10_000).default('500ms'),
     interface_wait: duration(1000, 86_400_000).default('10m'),
   })
   .strict();

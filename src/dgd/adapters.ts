@@ -5,9 +5,19 @@ import { EventEmitter } from 'node:events';
 import { countTcpSockets, dumpTcpSockets, type TcpState } from '../sys/sockdiag';
 import { NeighbourLink, type NeighbourSighting } from '../sys/neighlink';
 import { EchoSocket } from '../sys/icmp';
-import { readRetransSegs } from '../sys/snmp';
-import type { Route, Rtnl } from '../sys/rtnl';
-import type { DgdPorts, KernelRoute, RouteChoice, ScannedSocket, Verification, VerifyArgs } from './ports';
+import { readActiveOpens, readRetransSegs } from '../sys/snmp';
+import type { NexthopObject, Route, Rtnl } from '../sys/rtnl';
+import { SegmentRecorder, SegmentSender, TCP_FLAG_SYN } from '../sys/tcpreplay';
+import type {
+  DgdPorts,
+  KernelNexthopObject,
+  KernelRoute,
+  RouteChoice,
+  ScannedSocket,
+  Verification,
+  VerifyArgs,
+} from './ports';
+import type { ResendOutcome, ResumeFlow } from './resume';
 import { verifyGateway } from './verify';
 import type { InterfaceInfo } from './interfaces';
 
@@ -27,6 +37,8 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
   private readonly echo = new Map<4 | 6, EchoSocket>();
   private names = new Map<number, string>();
   private links: InterfaceInfo[] = [];
+  private readonly recorders = new Map<string, SegmentRecorder>();
+  private sender: SegmentSender | null = null;
   private closed = false;
 
   constructor(private readonly rtnl: Rtnl) {
@@ -55,12 +67,19 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     return this.names.get(ifindex) ?? `if${ifindex}`;
   }
 
-  async scanSockets(opts: { minRetransmits: number }): Promise<ScannedSocket[]> {
+  async scanSockets(opts: { minRetransmits: number; synSent?: boolean }): Promise<ScannedSocket[]> {
     const entries = await dumpTcpSockets({
       states: SCAN_STATES,
       info: false,
       minRetransmits: opts.minRetransmits,
     });
+    if (opts.synSent && opts.minRetransmits > 0) {
+      // SYN-SENT sockets still on their first SYN are not retransmitting yet: a second dump for
+      // them alone (the kernel skips other states before building a message).
+      const seen = new Set(entries.map((e) => e.inode));
+      for (const e of await dumpTcpSockets({ states: ['SYN-SENT'], info: false }))
+        if (!seen.has(e.inode)) entries.push(e);
+    }
     return entries.map((e) => ({
       family: e.family,
       src: e.src,
@@ -72,6 +91,7 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
       timer: e.timer,
       timerRetransmits: e.timerRetransmits,
       timerExpiresMs: e.timerExpiresMs,
+      ifindex: e.ifindex,
     }));
   }
 
@@ -81,6 +101,10 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
 
   retransmitCounter(): number {
     return readRetransSegs();
+  }
+
+  activeOpensCounter(): number {
+    return readActiveOpens();
   }
 
   flushNeighbour(ifindex: number, address: string): Promise<void> {
@@ -94,10 +118,22 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
 
   async listRoutes(tables: number[]): Promise<KernelRoute[]> {
     const want = new Set(tables);
-    const routes = await this.rtnl.listRoutes();
-    return routes.filter(
-      (r) => want.has(r.table) && (r.gateway !== null || r.nexthops !== null),
-    ) as KernelRoute[];
+    const routes = (await this.rtnl.listRoutes()).filter((r) => want.has(r.table));
+    // With net.ipv4.nexthop_compat_mode=0 the kernel reports a route through a nexthop object by
+    // its id alone: take the gateway or the group's paths from the objects.
+    if (routes.some((r) => r.nhid !== undefined && r.gateway === null && r.nexthops === null)) {
+      const objects = new Map((await this.rtnl.listNexthops()).map((n) => [n.id, n]));
+      for (const r of routes) if (r.nhid !== undefined) fillFromObject(r, objects);
+    }
+    return routes.filter((r) => r.gateway !== null || r.nexthops !== null) as KernelRoute[];
+  }
+
+  listNexthops(): Promise<KernelNexthopObject[]> {
+    return this.rtnl.listNexthops();
+  }
+
+  replaceNexthop(nh: KernelNexthopObject): Promise<void> {
+    return this.rtnl.replaceNexthop(nh as NexthopObject);
   }
 
   addRoute(route: KernelRoute): Promise<void> {
@@ -110,6 +146,32 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
 
   deleteRoute(route: KernelRoute): Promise<void> {
     return this.rtnl.deleteRoute(route as Route);
+  }
+
+  watchFlows(ifname: string, flows: ResumeFlow[]): void {
+    if (this.closed) return;
+    let r = this.recorders.get(ifname);
+    if (!r) {
+      if (flows.length === 0) return;
+      r = new SegmentRecorder(ifname, (err) => this.emit('error', err));
+      this.recorders.set(ifname, r);
+    }
+    r.watch(flows);
+  }
+
+  async resendSegment(ifname: string, flow: ResumeFlow): Promise<ResendOutcome> {
+    const seg = this.recorders.get(ifname)?.segment(flow);
+    if (!seg) return { sent: false, reason: 'no segment of it was seen on the wire' };
+    this.sender ??= new SegmentSender();
+    const now = performance.now();
+    await this.sender.send(seg, now);
+    return {
+      sent: true,
+      seq: seg.seq,
+      syn: (seg.flags & TCP_FLAG_SYN) !== 0,
+      bytes: seg.payloadLength,
+      ageMs: Math.round(now - seg.recordedAt),
+    };
   }
 
   /**
@@ -184,5 +246,33 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     this.neighbourLinks.clear();
     for (const s of this.echo.values()) s.close();
     this.echo.clear();
+    for (const r of this.recorders.values()) r.close();
+    this.recorders.clear();
+    this.sender?.close();
+    this.sender = null;
+  }
+}
+
+/** A route through nexthop object r.nhid, given the paths of that object (a gateway or a group's). */
+function fillFromObject(r: Route, objects: Map<number, NexthopObject>): void {
+  if (r.gateway !== null || r.nexthops !== null) return;
+  const nh = objects.get(r.nhid!);
+  if (!nh) return;
+  if (nh.group) {
+    const hops = nh.group
+      .map((m) => ({ member: objects.get(m.id), weight: m.weight }))
+      .filter((m) => m.member && m.member.ifindex !== null)
+      .map(({ member, weight }) => ({
+        gateway: member!.gateway,
+        ifindex: member!.ifindex!,
+        ifname: member!.ifname ?? '',
+        weight: Math.min(256, weight),
+        flags: member!.flags,
+      }));
+    if (hops.length > 0) r.nexthops = hops;
+  } else if (nh.ifindex !== null) {
+    r.gateway = nh.gateway;
+    r.ifindex = nh.ifindex;
+    r.ifname = nh.ifname;
   }
 }
