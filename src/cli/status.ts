@@ -42,7 +42,7 @@ export function formatStatus(s: Status): string {
   for (const g of s.gateways) {
     lines.push('');
     lines.push(
-      `gateway ${g.address} on ${g.interface}: ${g.state.toUpperCase()}${g.mac ? `  mac ${g.mac}` : ''}`,
+      `gateway ${g.address} on ${g.interface}${linkNote(g.link)}: ${g.state.toUpperCase()}${g.mac ? `  mac ${g.mac}` : ''}`,
     );
     const v = g.last_verification;
     if (v)
@@ -98,4 +98,11 @@ export function formatTunnel(t: TunnelStatus): string[] {
       (refusals ? `, refused: ${refusals}` : ''),
   );
   return lines;
+}
+
+/** How the text status says a gateway's interface is not up (older daemons do not report it). */
+function linkNote(link: string | undefined): string {
+  if (link === 'down') return ' (interface DOWN: not verified; withdrawn routes wait for it)';
+  if (link === 'absent') return ' (interface GONE: withdrawn routes wait for one of that name)';
+  return '';
 }
