@@ -1,5 +1,8 @@
 // Failover benchmark (issue 3): in the lab, from the moment r1 dies silently,
-//   - defaults: when the routes switch and when the TCP flow resumes (10 trials, median and worst);
+//   - defaults: when the routes switch and when the TCP flow resumes (10 trials, median and worst),
+//     IPv4 and IPv6 (--families 4,6);
+//   - a connection started after the death (its SYN retransmits): when the routes switch and when
+//     it connects;
 //   - active probing 100 ms x 3 misses, no traffic at all: when the routes switch;
 //   - no daemon at all, for comparison: whether the flow recovers within 60 s;
 //   - the daemon's CPU while idle and while scanning 10k established sockets.
@@ -8,8 +11,9 @@
 import * as path from 'node:path';
 import { readFileSync } from 'node:fs';
 import { Lab, REPO_ROOT, waitFor } from '../../test/lab/lab';
-import { LabDaemon } from '../../test/lab/daemon';
+import { LabDaemon, type DaemonEvent } from '../../test/lab/daemon';
 import { DGD, dgdLabSpec } from '../../test/lab/topologies';
+// --cases defaults,syn,active,nodaemon,cpu selects what runs.
 import { startFlowClient, startFlowServer } from '../../test/lab/flows';
 
 const HOLD = path.join(REPO_ROOT, 'dist', 'scripts', 'lib', 'hold-sockets.js');
@@ -23,6 +27,14 @@ const opt = (name: string, dflt: number) => {
 const TRIALS = opt('trials', 10);
 const NODAEMON_TRIALS = opt('nodaemon-trials', 1);
 const SOCKETS = opt('sockets', 10_000);
+const listOpt = (name: string, dflt: string): string[] => {
+  const i = args.indexOf(`--${name}`);
+  return (i >= 0 ? args[i + 1]! : dflt).split(',').filter(Boolean);
+};
+const FAMILIES = listOpt('families', '4,6').map(Number) as (4 | 6)[];
+const CASES = new Set(listOpt('cases', 'defaults,syn,active,nodaemon,cpu'));
+/** --no-resend: the daemon with dgd.resend_on_switch off (flows wait for their own timers), for comparison. */
+const DGD_CONFIG = `dgd:\n  slow_poll_interval: 2m\n${args.includes('--no-resend') ? '  resend_on_switch: false\n' : ''}`;
 
 const say = (s = '') => process.stdout.write(s + '\n');
 const stats = (xs: number[]) => {
@@ -39,19 +51,83 @@ async function newLab(): Promise<Lab> {
   return lab;
 }
 
-async function trialDefaults(): Promise<{ switched: number; resumed: number }> {
+interface Resumed {
+  switched: number;
+  /** Null: the connection failed (aborted) instead. */
+  resumed: number | null;
+  /** When the daemon had resent the flows' segments (its flows_resent event), or null. */
+  resent: number | null;
+  detail: string;
+}
+
+const serverOf = (family: 4 | 6): string => (family === 4 ? DGD.server4 : DGD.server6);
+
+function resentDetail(e: Record<string, unknown> | undefined): string {
+  if (!e) return 'no flows_resent event';
+  const d = (e.detail as Record<string, unknown>[] | undefined)?.[0];
+  return d
+    ? d.resent
+      ? `resent seq ${String(d.seq)}${d.syn ? ' (SYN)' : ''}, ${String(d.bytes)} bytes, recorded ${String(d.age_ms)} ms before`
+      : `not resent: ${String(d.reason)}`
+    : 'flows_resent without flows';
+}
+
+/** An established flow through r1; r1 dies; when do the routes switch and the echoes resume? */
+async function trialDefaults(family: 4 | 6): Promise<Resumed> {
   const lab = await newLab();
   try {
-    const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
-    const f = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 30_000 });
+    const d = await LabDaemon.start(lab, 'client', DGD_CONFIG);
+    const f = startFlowClient(lab, 'client', serverOf(family), PORT, { durationMs: 30_000 });
     await waitFor(() => f.echoes.length >= 20, 5000, 'the flow');
     const t0 = Date.now();
     await lab.killSilently('r1', 'lan0');
     const w = await d.waitFor((e) => e.event === 'routes_withdrawn', 20_000, 'routes withdrawn');
     const tw = Date.parse(w.time);
     const resumed = (await waitFor(() => f.echoes.find((e) => e.t > tw), 20_000, 'the flow to resume'))!.t;
+    const r = await resentEvent(d);
     await d.stop();
-    return { switched: tw - t0, resumed: resumed - t0 };
+    return {
+      switched: tw - t0,
+      resumed: resumed - t0,
+      resent: r ? Date.parse(r.time) - t0 : null,
+      detail: resentDetail(r),
+    };
+  } finally {
+    await lab.close();
+  }
+}
+
+/** The daemon's flows_resent event, if it comes within a second (none without resend_on_switch). */
+async function resentEvent(d: LabDaemon): Promise<DaemonEvent | undefined> {
+  if (args.includes('--no-resend')) return undefined;
+  return d.waitFor((e) => e.event === 'flows_resent', 1000, 'flows_resent').catch(() => undefined);
+}
+
+/**
+ * A connection started just after r1 died (r1's neighbour entry still valid from earlier traffic,
+ * as on a host that was using r1): its SYN retransmits; when does it connect?
+ */
+async function trialSyn(family: 4 | 6): Promise<Resumed> {
+  const lab = await newLab();
+  try {
+    const d = await LabDaemon.start(lab, 'client', DGD_CONFIG);
+    const warm = startFlowClient(lab, 'client', serverOf(family), PORT, { durationMs: 500 });
+    await waitFor(() => warm.echoes.length >= 5, 5000, 'a first flow through r1');
+    await new Promise((r) => warm.child.once('exit', r));
+    await lab.killSilently('r1', 'lan0');
+    const t0 = Date.now();
+    const f = startFlowClient(lab, 'client', serverOf(family), PORT, { durationMs: 30_000 });
+    const w = await d.waitFor((e) => e.event === 'routes_withdrawn', 20_000, 'routes withdrawn');
+    const tw = Date.parse(w.time);
+    await waitFor(() => f.connectedAt !== null || f.errors.length > 0, 20_000, 'the connection');
+    const r = await resentEvent(d);
+    await d.stop();
+    return {
+      switched: tw - t0,
+      resumed: f.connectedAt === null ? null : f.connectedAt - t0,
+      resent: r ? Date.parse(r.time) - t0 : null,
+      detail: f.connectedAt === null ? `the connection failed: ${f.errors.join('; ')}` : resentDetail(r),
+    };
   } finally {
     await lab.close();
   }
@@ -147,47 +223,86 @@ async function cpuBench(): Promise<{ idle: number; scanning: number; sockets: nu
 }
 
 async function main(): Promise<void> {
-  say(`bench-failover: ${TRIALS} trials per case, ${new Date().toISOString()}, node ${process.version}`);
-  const def: { switched: number; resumed: number }[] = [];
-  for (let i = 0; i < TRIALS; i++) {
-    def.push(await trialDefaults());
-    say(
-      `  defaults trial ${i + 1}: routes switched ${fmt(def[i]!.switched)}, flow resumed ${fmt(def[i]!.resumed)}`,
+  say(
+    `bench-failover: ${TRIALS} trials per case, families ${FAMILIES.join(',')}, cases ${[...CASES].join(',')}, ` +
+      `${new Date().toISOString()}, node ${process.version}, load ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`,
+  );
+  const rows: string[] = [];
+  const resumeRows = (name: string, xs: Resumed[], resumedTarget: string): void => {
+    const s = stats(xs.map((x) => x.switched));
+    const ok = xs.filter((x) => x.resumed !== null);
+    const failed = xs.length - ok.length;
+    rows.push(`| ${name}: routes switched | ${fmt(s.median)} | ${fmt(s.worst)} | |`);
+    if (failed > 0) rows.push(`| ${name}: connection aborted | ${failed} of ${xs.length} trials | | never |`);
+    if (ok.length === 0) return;
+    const r = stats(ok.map((x) => x.resumed!));
+    const gap = stats(ok.map((x) => x.resumed! - x.switched));
+    rows.push(`| ${name}: flow resumed | ${fmt(r.median)} | ${fmt(r.worst)} | |`);
+    rows.push(
+      `| ${name}: resumed after the switch | ${fmt(gap.median)} | ${fmt(gap.worst)} | ${resumedTarget} |`,
     );
+  };
+  for (const [kind, run] of [
+    ['defaults', trialDefaults],
+    ['syn', trialSyn],
+  ] as const) {
+    if (!CASES.has(kind)) continue;
+    for (const family of FAMILIES) {
+      const xs: Resumed[] = [];
+      for (let i = 0; i < TRIALS; i++) {
+        const x = await run(family);
+        xs.push(x);
+        say(
+          `  ${kind} IPv${family} trial ${i + 1}: routes switched ${fmt(x.switched)}, ` +
+            (x.resumed === null
+              ? 'connection aborted ('
+              : `${kind === 'syn' ? 'connected' : 'flow resumed'} ${fmt(x.resumed)} (${fmt(x.resumed - x.switched)} after the switch; `) +
+            `resent ${x.resent === null ? 'never' : fmt(x.resent)}: ${x.detail})`,
+        );
+      }
+      resumeRows(
+        kind === 'syn' ? `SYN retransmitting, IPv${family}` : `defaults, IPv${family}`,
+        xs,
+        '<= 0.1 s median, <= 0.3 s worst',
+      );
+    }
   }
   const act: number[] = [];
-  for (let i = 0; i < TRIALS; i++) {
+  for (let i = 0; CASES.has('active') && i < TRIALS; i++) {
     act.push(await trialActive());
     say(`  active probing trial ${i + 1}: routes switched ${fmt(act[i]!)}`);
   }
+  if (act.length > 0) {
+    const a = stats(act);
+    rows.push(
+      `| active probing 100ms x 3: routes switched | ${fmt(a.median)} | ${fmt(a.worst)} | <= 0.4 s |`,
+    );
+  }
   const none: (number | null)[] = [];
-  for (let i = 0; i < NODAEMON_TRIALS; i++) {
+  for (let i = 0; CASES.has('nodaemon') && i < NODAEMON_TRIALS; i++) {
     none.push(await trialNoDaemon());
     say(
       `  no daemon trial ${i + 1}: ${none[i] === null ? 'flow never recovered within 60 s' : `flow recovered after ${fmt(none[i]!)}`}`,
     );
   }
-  const cpu = await cpuBench();
-  const s = stats(def.map((x) => x.switched));
-  const r = stats(def.map((x) => x.resumed));
-  const a = stats(act);
+  if (none.length > 0) {
+    const noDaemon = none.every((x) => x === null)
+      ? `never within 60 s (${none.length} trial${none.length > 1 ? 's' : ''})`
+      : none.map((x) => (x === null ? 'never' : fmt(x))).join(', ');
+    rows.push(`| no daemon: flow recovered | ${noDaemon} | | never |`);
+  }
+  if (CASES.has('cpu')) {
+    const cpu = await cpuBench();
+    rows.push(`| daemon CPU idle | ${(cpu.idle * 100).toFixed(2)}% of a core | | < 2% |`);
+    rows.push(
+      `| daemon CPU scanning ${cpu.sockets} established sockets | ${(cpu.scanning * 100).toFixed(2)}% of a core | | < 2% |`,
+    );
+  }
   say('');
   say('| case | median | worst | target |');
   say('| --- | --- | --- | --- |');
-  say(`| defaults: routes switched | ${fmt(s.median)} | ${fmt(s.worst)} | <= 1.6 s |`);
-  say(`| defaults: flow resumed | ${fmt(r.median)} | ${fmt(r.worst)} | <= 3.2 s |`);
-  say(`| active probing 100ms x 3: routes switched | ${fmt(a.median)} | ${fmt(a.worst)} | <= 0.4 s |`);
-  const noDaemon =
-    none.length === 0
-      ? 'not run'
-      : none.every((x) => x === null)
-        ? `never within 60 s (${none.length} trial${none.length > 1 ? 's' : ''})`
-        : none.map((x) => (x === null ? 'never' : fmt(x))).join(', ');
-  say(`| no daemon: flow recovered | ${noDaemon} | | never |`);
-  say(`| daemon CPU idle | ${(cpu.idle * 100).toFixed(2)}% of a core | | < 2% |`);
-  say(
-    `| daemon CPU scanning ${cpu.sockets} established sockets | ${(cpu.scanning * 100).toFixed(2)}% of a core | | < 2% |`,
-  );
+  for (const r of rows) say(r);
+  say(`load at the end: ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`);
 }
 
 main().catch((err: unknown) => {

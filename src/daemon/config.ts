@@ -46,6 +46,7 @@ export const dgdSchema = z
     revive_probes: intIn(1, 20).default(2),
     keep_last_route: z.boolean().default(true),
     allow_mac_change: z.boolean().default(false),
+    resend_on_switch: z.boolean().default(true),
     tables: z.array(tableName).min(1, 'needs at least one table').default(['main']),
     gateways: z.array(ipAddress).default([]),
     active: z.array(activeProbe).default([]),

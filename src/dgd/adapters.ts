@@ -7,6 +7,7 @@ import { NeighbourLink, type NeighbourSighting } from '../sys/neighlink';
 import { EchoSocket } from '../sys/icmp';
 import { readActiveOpens, readRetransSegs } from '../sys/snmp';
 import type { NexthopObject, Route, Rtnl } from '../sys/rtnl';
+import { SegmentRecorder, SegmentSender, TCP_FLAG_SYN } from '../sys/tcpreplay';
 import type {
   DgdPorts,
   KernelNexthopObject,
@@ -16,6 +17,7 @@ import type {
   Verification,
   VerifyArgs,
 } from './ports';
+import type { ResendOutcome, ResumeFlow } from './resume';
 import { verifyGateway } from './verify';
 import type { InterfaceInfo } from './interfaces';
 
@@ -35,6 +37,8 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
   private readonly echo = new Map<4 | 6, EchoSocket>();
   private names = new Map<number, string>();
   private links: InterfaceInfo[] = [];
+  private readonly recorders = new Map<string, SegmentRecorder>();
+  private sender: SegmentSender | null = null;
   private closed = false;
 
   constructor(private readonly rtnl: Rtnl) {
@@ -87,6 +91,7 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
       timer: e.timer,
       timerRetransmits: e.timerRetransmits,
       timerExpiresMs: e.timerExpiresMs,
+      ifindex: e.ifindex,
     }));
   }
 
@@ -141,6 +146,32 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
 
   deleteRoute(route: KernelRoute): Promise<void> {
     return this.rtnl.deleteRoute(route as Route);
+  }
+
+  watchFlows(ifname: string, flows: ResumeFlow[]): void {
+    if (this.closed) return;
+    let r = this.recorders.get(ifname);
+    if (!r) {
+      if (flows.length === 0) return;
+      r = new SegmentRecorder(ifname, (err) => this.emit('error', err));
+      this.recorders.set(ifname, r);
+    }
+    r.watch(flows);
+  }
+
+  async resendSegment(ifname: string, flow: ResumeFlow): Promise<ResendOutcome> {
+    const seg = this.recorders.get(ifname)?.segment(flow);
+    if (!seg) return { sent: false, reason: 'no segment of it was seen on the wire' };
+    this.sender ??= new SegmentSender();
+    const now = performance.now();
+    await this.sender.send(seg, now);
+    return {
+      sent: true,
+      seq: seg.seq,
+      syn: (seg.flags & TCP_FLAG_SYN) !== 0,
+      bytes: seg.payloadLength,
+      ageMs: Math.round(now - seg.recordedAt),
+    };
   }
 
   /**
@@ -215,6 +246,10 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     this.neighbourLinks.clear();
     for (const s of this.echo.values()) s.close();
     this.echo.clear();
+    for (const r of this.recorders.values()) r.close();
+    this.recorders.clear();
+    this.sender?.close();
+    this.sender = null;
   }
 }
 

@@ -21,6 +21,7 @@ import type {
   Verification,
 } from './ports';
 import { RewithdrawGuard } from './rewithdraw';
+import { FlowResumer } from './resume';
 import {
   describeGroup,
   destinationOf,
@@ -188,6 +189,8 @@ export class DgdEngine {
   private readonly absentSince = new Map<string, number>();
   private waitTimer: Timer | null = null;
   private started = false;
+  /** Resends stuck flows' segments when their gateway's routes are withdrawn (./resume.ts). */
+  private readonly flowResumer: FlowResumer | null;
 
   constructor(opts: EngineOptions) {
     this.cfg = opts.config;
@@ -198,6 +201,19 @@ export class DgdEngine {
     this.clock = opts.clock;
     this.rewithdraw = new RewithdrawGuard(this.cfg.rewithdraw_limit, this.cfg.rewithdraw_window, this.clock);
     this.bootId = opts.bootId ?? null;
+    const { watchFlows, resendSegment } = opts.ports;
+    this.flowResumer =
+      watchFlows && resendSegment
+        ? new FlowResumer(
+            {
+              lookupRoute: (dst, src) => opts.ports.lookupRoute(dst, src),
+              watchFlows: watchFlows.bind(opts.ports),
+              resendSegment: resendSegment.bind(opts.ports),
+            },
+            opts.log,
+            (ms) => opts.clock.sleep(ms),
+          )
+        : null;
   }
 
   /** Load persisted state, reconcile the journal with the kernel, and start scanning. */
@@ -474,6 +490,7 @@ export class DgdEngine {
       this.lastFullDumpAt = this.clock.now();
     }
     const sockets = await this.ports.scanSockets({ minRetransmits: 1, synSent: connecting });
+    if (this.cfg.resend_on_switch) void this.flowResumer?.observe(sockets);
     const threshold = this.cfg.retransmit_threshold;
     let retransmitting = 0;
     let due = Infinity;
@@ -927,6 +944,9 @@ export class DgdEngine {
     }
     this.transition(g, 'dead', reason);
     await this.withdrawRoutesVia(g, reason);
+    // Flows that were retransmitting through g get their latest segment resent through the new
+    // route now (./resume.ts), before the neighbour flush below.
+    if (this.cfg.resend_on_switch) await this.flowResumer?.routesSwitched(g);
     // Our purge left the gateway's neighbour entry unresolved, and the kernel parks packets
     // (TCP's retransmissions among them) in it until it fails; TCP does not retransmit a segment
     // still held in the host. Deleting the entry frees them, so the next retransmission takes the

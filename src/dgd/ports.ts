@@ -1,5 +1,6 @@
 // The detection engine's view of the system. Adapters over src/sys/ implement these in the daemon;
 // unit tests implement them with fakes, so every decision is tested without a kernel or a clock.
+import type { ResumePorts } from './resume';
 import type { VerifyRequest, VerifyResult } from './verify';
 
 export type Family = 4 | 6;
@@ -74,6 +75,8 @@ export interface ScannedSocket {
   timerRetransmits: number;
   /** inet_diag_msg.idiag_expires: milliseconds until the timer fires (the next retransmission). */
   timerExpiresMs: number;
+  /** Bound interface (SO_BINDTODEVICE), 0 or absent if none. */
+  ifindex?: number;
 }
 
 export interface RouteChoice {
@@ -136,6 +139,10 @@ export interface DgdPorts {
   ): Promise<{ mac: string; rttMs: number } | null>;
   /** Interface name of an index, for display. */
   ifname(ifindex: number): string;
+  /** Record retransmitting flows' segments on an interface (./resume.ts); absent: flows are not resumed. */
+  watchFlows?: ResumePorts['watchFlows'];
+  /** Send a flow's latest recorded segment again through the current routes (./resume.ts). */
+  resendSegment?: ResumePorts['resendSegment'];
 }
 
 /** Where withdrawn routes and the on/off switch are kept across restarts. */

@@ -1,0 +1,217 @@
+// Flows resume the moment routes switch (src/dgd/resume.ts, src/sys/tcpreplay.ts), on real
+// sockets in the lab and observed on the wire with tcpdump: after r1's routes are withdrawn, the
+// segment a flow through r1 was retransmitting leaves again at once towards r2; a flow that was
+// retransmitting through r2 (alive, a server behind it silent) gets nothing from us; a connection
+// whose SYN retransmits through r1 connects through r2 right after the switch.
+import { strict as assert } from 'node:assert';
+import type { ChildProcess } from 'node:child_process';
+import { Lab, requireRoot, waitFor } from '../lab/lab';
+import { LabDaemon } from '../lab/daemon';
+import { DGD, dgdLabSpec } from '../lab/topologies';
+import { startFlowClient, startFlowServer } from '../lab/flows';
+
+const PORT = 7000;
+
+interface WirePacket {
+  t: number;
+  dstMac: string;
+  src: string;
+  srcPort: number;
+  dst: string;
+  dstPort: number;
+  seq: number;
+  payload: number;
+}
+
+/** tcpdump -e -tt -S -n lines of TCP segments, as they are printed. */
+function tcpdumpLines(child: ChildProcess): WirePacket[] {
+  const out: WirePacket[] = [];
+  let buf = '';
+  const re =
+    /^(\d+\.\d+) \S+ > ([0-9a-f:]{17}), .*?: (\S+)\.(\d+) > (\S+)\.(\d+): Flags \[[^\]]*\], seq (\d+)(?::(\d+))?/;
+  child.stdout!.setEncoding('utf8');
+  child.stdout!.on('data', (c: string) => {
+    buf += c;
+    let nl;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      const m = re.exec(line);
+      if (!m) continue;
+      out.push({
+        t: Number(m[1]) * 1000,
+        dstMac: m[2]!,
+        src: m[3]!,
+        srcPort: Number(m[4]),
+        dst: m[5]!,
+        dstPort: Number(m[6]),
+        seq: Number(m[7]),
+        payload: m[8] ? Number(m[8]) - Number(m[7]) : 0,
+      });
+    }
+  });
+  return out;
+}
+
+describe('flows resume when routes switch (lab, on the wire)', function () {
+  this.timeout(60_000);
+  let lab: Lab;
+
+  before(function () {
+    requireRoot(this);
+  });
+
+  afterEach(async () => {
+    await lab?.close();
+  });
+
+  it('IPv4: a connection whose SYN retransmits through the dead gateway connects through r2 right after the switch', async () => {
+    lab = await Lab.create(dgdLabSpec());
+    await startFlowServer(lab, 'server', PORT).listening;
+    await lab.blockPing('r1');
+    const r2Mac = (await lab.execOk('r2', ['cat', '/sys/class/net/lan0/address'])).trim();
+    const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
+    // A first flow through r1, so r1's neighbour entry is valid (a host that was using r1).
+    const warm = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 300 });
+    await waitFor(() => warm.echoes.length >= 3, 5000, 'a first flow through r1');
+    await new Promise((r) => warm.child.once('exit', r));
+    const dump = lab.spawn('client', [
+      'tcpdump',
+      '-i',
+      'lan0',
+      '-l',
+      '--immediate-mode',
+      '-n',
+      '-e',
+      '-tt',
+      '-S',
+      `tcp port ${PORT} and tcp[tcpflags] & tcp-syn != 0`,
+    ]);
+    const wire = tcpdumpLines(dump);
+    await new Promise((r) => setTimeout(r, 300));
+    await lab.killSilently('r1', 'lan0');
+    const c = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 20_000 });
+    const withdrawn = await d.waitFor((e) => e.event === 'routes_withdrawn', 15_000, 'routes withdrawn');
+    const tw = Date.parse(withdrawn.time);
+    await waitFor(() => c.connectedAt !== null || c.errors.length > 0, 5000, 'the connection');
+    assert.deepEqual(c.errors, [], 'the connection was not aborted');
+    const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+    const detail = (resent.detail as { resent: boolean; syn?: boolean; seq?: number }[])[0]!;
+    assert.deepEqual([detail.resent, detail.syn], [true, true], JSON.stringify(resent));
+    const syns = wire.filter((p) => p.dst === DGD.server4 && p.dstPort === PORT);
+    const before = syns.filter((p) => p.t < tw && p.dstMac !== r2Mac);
+    const after = syns.find((p) => p.t >= tw - 5 && p.dstMac === r2Mac);
+    assert.ok(before.length >= 1 && after, `SYNs on the wire: ${JSON.stringify(syns)}`);
+    assert.equal(after.seq, before.at(-1)!.seq, 'the same SYN, through r2');
+    assert.equal(after.seq, detail.seq);
+    // Without the resend the next SYN would leave 4 s after the third (1, 3, 7, 15 s).
+    assert.ok(c.connectedAt! - tw < 300, `connected ${c.connectedAt! - tw} ms after the switch`);
+    await d.stop();
+  });
+
+  for (const family of [4, 6] as const) {
+    it(`IPv${family}: the flow through the dead gateway retransmits through the new route at once; a flow through another gateway is left alone`, async () => {
+      lab = await Lab.create(dgdLabSpec());
+      const server = family === 4 ? DGD.server4 : DGD.server6;
+      const viaR2 = family === 4 ? DGD.r2s4 : DGD.r2s6; // r2's own WAN address, routed via r2 below
+      const r2 = family === 4 ? DGD.r2_4 : DGD.r2_6;
+      await lab.ip('client', [
+        family === 6 ? '-6' : '-4',
+        'route',
+        'add',
+        family === 4 ? `${viaR2}/32` : `${viaR2}/128`,
+        'via',
+        r2,
+        'dev',
+        'lan0',
+      ]);
+      await startFlowServer(lab, 'server', PORT).listening;
+      await startFlowServer(lab, 'r2', PORT).listening;
+      await lab.blockPing('r1');
+      const r2Mac = (await lab.execOk('r2', ['cat', '/sys/class/net/lan0/address'])).trim();
+      const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
+      const dump = lab.spawn('client', [
+        'tcpdump',
+        '-i',
+        'lan0',
+        '-l',
+        '--immediate-mode',
+        '-n',
+        '-e',
+        '-tt',
+        '-S',
+        `tcp port ${PORT}`,
+      ]);
+      const wire = tcpdumpLines(dump);
+      const a = startFlowClient(lab, 'client', server, PORT, { durationMs: 30_000 });
+      const b = startFlowClient(lab, 'client', viaR2, PORT, { durationMs: 30_000 });
+      await waitFor(() => a.echoes.length >= 10 && b.echoes.length >= 10, 8000, 'both flows to run');
+      const aPort = wire.find((p) => p.dst === server && p.payload > 0)!.srcPort;
+      const bPort = wire.find((p) => p.dst === viaR2 && p.payload > 0)!.srcPort;
+      // b's server goes silent (r2 itself stays alive and answers ARP/NDP): b retransmits via r2.
+      await lab.exec('r2', ['nft', 'add', 'table', 'inet', 'silent']);
+      await lab.exec('r2', [
+        'nft',
+        'add',
+        'chain',
+        'inet',
+        'silent',
+        'in',
+        '{ type filter hook input priority 0; policy accept; }',
+      ]);
+      await lab.execOk('r2', [
+        'nft',
+        'add',
+        'rule',
+        'inet',
+        'silent',
+        'in',
+        'tcp',
+        'dport',
+        String(PORT),
+        'drop',
+      ]);
+      await new Promise((r) => setTimeout(r, 500));
+      await lab.killSilently('r1', 'lan0');
+      const withdrawn = await d.waitFor(
+        (e) => e.event === 'routes_withdrawn' && e.gateway === (family === 4 ? DGD.r1_4 : DGD.r1_6),
+        15_000,
+        'routes withdrawn',
+      );
+      const tw = Date.parse(withdrawn.time);
+      const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+      await waitFor(() => a.echoes.some((e) => e.t > tw), 5000, 'flow a to resume');
+      await new Promise((r) => setTimeout(r, 300));
+
+      // The daemon resent flow a's segment, and only a's.
+      const detail = resent.detail as { src: string; resent: boolean; seq?: number }[];
+      assert.deepEqual(
+        detail.map((x) => [x.src.endsWith(`:${aPort}`), x.resent]),
+        [[true, true]],
+        JSON.stringify(resent),
+      );
+      // On the wire: a's data segments towards r1 before the switch (the retransmissions), then
+      // the same first unacknowledged byte towards r2 within a moment of the switch.
+      const aOut = wire.filter((p) => p.srcPort === aPort && p.dst === server && p.payload > 0);
+      const stuck = aOut.filter((p) => p.t < tw && p.dstMac !== r2Mac).at(-1);
+      assert.ok(stuck, `a's retransmissions towards r1 were seen: ${JSON.stringify(aOut)}`);
+      const first = aOut.find((p) => p.t >= tw - 5 && p.dstMac === r2Mac);
+      assert.ok(first, `a sent through r2 after the switch: ${JSON.stringify(aOut)}`);
+      assert.equal(first.seq, stuck.seq, 'it is the segment a was retransmitting');
+      assert.equal(first.seq, detail[0]!.seq);
+      // Without the resend the kernel's next retransmission would come 0.8 s (IPv4) to 1.6 s later.
+      assert.ok(first.t - tw < 300, `a's segment left ${Math.round(first.t - tw)} ms after the switch`);
+      // b was retransmitting through r2 the whole time, on its own backed-off timer (its next
+      // retransmission is not due within this window): nothing of b's leaves right after the switch.
+      const bOut = wire.filter(
+        (p) => p.srcPort === bPort && p.dst === viaR2 && p.t >= tw - 5 && p.t <= tw + 150,
+      );
+      assert.deepEqual(bOut, [], 'no segment of b right after the switch');
+      assert.ok(
+        wire.some((p) => p.srcPort === bPort && p.t < tw && p.t > tw - 2000),
+        'b was retransmitting before the switch',
+      );
+      await d.stop();
+    });
+  }
+});
