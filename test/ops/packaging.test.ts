@@ -162,3 +162,41 @@ describe('systemd unit', () => {
     }
   });
 });
+
+describe('scripts/setup split', () => {
+  const setup = fs.readFileSync(path.join(REPO_ROOT, 'scripts', 'setup'), 'utf8');
+  const list = (name: string): string[] => {
+    const m = new RegExp(`^${name}=\\(([^)]*)\\)`, 'm').exec(setup);
+    assert.ok(m, `${name} in scripts/setup`);
+    return m[1]!.split(/\s+/).filter(Boolean);
+  };
+
+  it('a production host gets only what running needs; building and tests are separate lists', () => {
+    assert.deepEqual(list('RUNTIME_PKGS'), ['libpcap0.8']);
+    const build = list('BUILD_PKGS');
+    for (const p of ['libpcap-dev', 'g++', 'make', 'python3', 'dpkg-dev', 'lintian'])
+      assert.ok(build.includes(p), p);
+    const tests = list('DEB_PKGS');
+    for (const p of ['iperf3', 'socat', 'openssh-server', 'systemd-container', 'debootstrap'])
+      assert.ok(tests.includes(p), p);
+    for (const p of [...build, ...tests])
+      assert.ok(!list('RUNTIME_PKGS').includes(p), `${p} is not a runtime need`);
+  });
+
+  it('--runtime checks Node and libpcap, builds nothing and exits 0', function () {
+    if (process.getuid?.() !== 0 && spawnSync('dpkg-query', ['-W', 'libpcap0.8']).status !== 0) {
+      this.test!.title += ' (skipped: not root and libpcap0.8 missing, so setup would have to install it)';
+      this.skip();
+    }
+    const r = spawnSync(path.join(REPO_ROOT, 'scripts', 'setup'), ['--runtime'], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    assert.equal(r.status, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, /setup: ok \(runtime: Node\.js v\d+/);
+    assert.doesNotMatch(r.stdout, /npm|building|TypeScript/);
+    const bad = spawnSync(path.join(REPO_ROOT, 'scripts', 'setup'), ['--nope'], { encoding: 'utf8' });
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /unknown argument --nope/);
+  });
+});
