@@ -200,3 +200,45 @@ describe('scripts/setup split', () => {
     assert.match(bad.stderr, /unknown argument --nope/);
   });
 });
+
+describe('bash completion', () => {
+  const lib = '/usr/share/bash-completion/bash_completion';
+  const complete = (words: string[]): string[] => {
+    const script =
+      `source ${lib}; source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$((\${#COMP_WORDS[@]}-1)); ` +
+      'COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}; COMPREPLY=(); _ipdeadgate; printf "%s\\n" "${COMPREPLY[@]}"';
+    const r = spawnSync(
+      'bash',
+      ['-c', script, 'bash', path.join(REPO_ROOT, 'packaging', 'ipdeadgate.bash-completion'), ...words],
+      { encoding: 'utf8' },
+    );
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout.split('\n').filter(Boolean);
+  };
+
+  it('completes commands, each command options and their values', function () {
+    if (!fs.existsSync(lib)) {
+      if (process.env.CI === 'true')
+        throw new Error(`${lib} missing: scripts/setup installs bash-completion`);
+      this.test!.title += ' (skipped: apt-get install bash-completion to run it)';
+      this.skip();
+    }
+    assert.deepEqual(complete(['ipdeadgate', 'che']), ['check-config']);
+    assert.deepEqual(complete(['ipdeadgate', 's']).sort(), ['sockets', 'status']);
+    assert.deepEqual(complete(['ipdeadgate', 'status', '--']), ['--json', '--control', '--help']);
+    assert.deepEqual(complete(['ipdeadgate', 'daemon', '--log-format', '']), ['json', 'text']);
+    assert.deepEqual(complete(['ipdeadgate', 'check-config', '--t']), ['--tunnel']);
+    // Every command the CLI has is offered.
+    const help = spawnSync(process.execPath, [path.join(REPO_ROOT, 'bin', 'ipdeadgate'), '--help'], {
+      encoding: 'utf8',
+    }).stdout;
+    const section = help.slice(
+      help.indexOf('\nCommands:\n'),
+      help.indexOf('\n\n', help.indexOf('\nCommands:\n')),
+    );
+    const commands = [...section.matchAll(/^ {2}([a-z-]+)\b/gm)].map((m) => m[1]!);
+    assert.ok(commands.length >= 10, section);
+    const offered = complete(['ipdeadgate', '']);
+    for (const c of commands.filter((c) => c !== 'help')) assert.ok(offered.includes(c), `${c} is completed`);
+  });
+});
