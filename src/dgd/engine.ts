@@ -719,6 +719,7 @@ export class DgdEngine {
     // Flows that were retransmitting through g get their latest segment resent through the new
     // route now (./resume.ts), before the neighbour flush below.
     if (this.cfg.resend_on_switch) await this.flowResumer?.routesSwitched(g);
+    if (this.closed) return;
     // Our purge left the gateway's neighbour entry unresolved, and the kernel parks packets
     // (TCP's retransmissions among them) in it until it fails; TCP does not retransmit a segment
     // still held in the host. Deleting the entry frees them, so the next retransmission takes the
