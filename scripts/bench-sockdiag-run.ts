@@ -64,6 +64,7 @@ function nextJson(child: ChildProcess, timeoutMs: number): Promise<Record<string
 
 async function main(): Promise<void> {
   const { sizes, reps } = parseArgs(process.argv.slice(2));
+  const loadStart = fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
   const lab = await Lab.create({
     hosts: {
       h: {
@@ -141,6 +142,7 @@ async function main(): Promise<void> {
       stall_median_ms: number;
       gc_max_ms: number;
       runq_wait_max_ms: number;
+      main_cpu_median_ms: number;
     };
     const st = (r: Record<string, unknown>, k: string): Stat => r[k] as Stat;
     const speed = [
@@ -153,7 +155,7 @@ async function main(): Promise<void> {
       ),
     ];
     const cell = (s: Stat): string =>
-      `${s.stall_max_ms} (${s.stall_median_ms}) ms; GC ${s.gc_max_ms}; runq ${s.runq_wait_max_ms}`;
+      `${s.stall_max_ms} (${s.stall_median_ms}) ms; GC ${s.gc_max_ms}; runq ${s.runq_wait_max_ms}; main CPU ${s.main_cpu_median_ms}`;
     const stalls = [
       '| sockets | nothing running (control) | status count | detection scan | paged, tcp_info | array, tcp_info | array, no tcp_info |',
       '|' + ' --- |'.repeat(7),
@@ -167,7 +169,8 @@ async function main(): Promise<void> {
       [...speed, '', ...stalls].join('\n') +
         `\n\nTimes are medians of ${reps} repetitions. Stall cells: longest event-loop stall over the ` +
         `repetitions (median in brackets); longest GC pause; longest time the main thread was runnable ` +
-        `without a CPU (run-queue wait). Load average at the end: ${load}.\n`,
+        `without a CPU (run-queue wait); median time the main thread was on a CPU during the operation ` +
+        `(its own work, the 1 ms probe included). Load average at the start: ${loadStart}; at the end: ${load}.\n`,
     );
   } finally {
     await lab.close();

@@ -117,8 +117,9 @@ export class DgdEngine {
   private lastScan = { at: 0, durationMs: 0, sockets: 0, retransmitting: 0 };
   private lastCounter = -1;
   private lastFullDumpAt = -Infinity;
-  /** Sockets counted by the last count (countSockets). */
+  /** Sockets counted by the last count (countSockets), and whether one is under way. */
   private socketCount = 0;
+  private counting = false;
   private retransmitting = 0;
   private dumps = 0;
   private readonly bootId: string | null;
@@ -385,8 +386,19 @@ export class DgdEngine {
   private async dumpAndCheck(withCount: boolean): Promise<number> {
     const t0 = this.clock.now();
     if (withCount) {
-      this.socketCount = await this.ports.countSockets();
       this.lastFullDumpAt = this.clock.now();
+      // Beside the scan, not before it: at 100 000 sockets the kernel's walk takes a few hundred
+      // milliseconds, which must not delay detection.
+      if (!this.counting) {
+        this.counting = true;
+        this.ports
+          .countSockets()
+          .then(
+            (n) => void (this.socketCount = n),
+            (err: unknown) => this.log.event('error', { during: 'socket count', error: msg(err) }, 'warn'),
+          )
+          .finally(() => (this.counting = false));
+      }
     }
     const sockets = await this.ports.scanSockets({ minRetransmits: 1 });
     if (this.cfg.resend_on_switch) void this.flowResumer?.observe(sockets);
