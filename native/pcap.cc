@@ -30,6 +30,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "env_data.h"
 #include "errors.h"
 #include "exports.h"
 
@@ -274,14 +275,7 @@ class PcapRegistry {
   std::unique_ptr<Napi::AsyncContext> context_;
 };
 
-PcapRegistry& Registry(Napi::Env env) {
-  auto* registry = env.GetInstanceData<PcapRegistry>();
-  if (registry == nullptr) {
-    registry = new PcapRegistry(env);
-    env.SetInstanceData(registry);
-  }
-  return *registry;
-}
+PcapRegistry& Registry(Napi::Env env) { return EnvData::Get<PcapRegistry>(env); }
 
 // pcapOpen(ifname, filter, snaplen, bufferBytes, callback(err, packets)): { id, linkType, fd }
 Napi::Value PcapOpen(const Napi::CallbackInfo& info) {

@@ -30,6 +30,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "env_data.h"
 #include "errors.h"
 #include "exports.h"
 #include "unique_fd.h"
@@ -209,14 +210,7 @@ class WatcherRegistry {
   std::unique_ptr<Napi::AsyncContext> context_;
 };
 
-WatcherRegistry& Registry(Napi::Env env) {
-  auto* registry = env.GetInstanceData<WatcherRegistry>();
-  if (registry == nullptr) {
-    registry = new WatcherRegistry(env);
-    env.SetInstanceData(registry);  // deleted by node-addon-api when the environment goes away
-  }
-  return *registry;
-}
+WatcherRegistry& Registry(Napi::Env env) { return EnvData::Get<WatcherRegistry>(env); }
 
 // watchOpen(fd, callback(bits)): id
 Napi::Value WatchOpen(const Napi::CallbackInfo& info) {

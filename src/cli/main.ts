@@ -37,12 +37,27 @@ export function buildProgram(): Command {
   registerCapture(program);
   registerTunnel(program);
   registerCheckConfig(program);
-  for (const cmd of program.commands) cmd.exitOverride().showHelpAfterError();
+  // An extra argument is an error (`status foo` is not `status`).
+  for (const cmd of program.commands) cmd.exitOverride().showHelpAfterError().allowExcessArguments(false);
   addExamples(program);
   return program;
 }
 
+/**
+ * A reader that stops early (`ipdeadgate --help | head -2`) closes the pipe: a short command then
+ * ends quietly instead of dying with an EPIPE stack trace. The long-running ones (daemon, tunnel)
+ * keep running without their output: exiting would leave withdrawn routes behind.
+ */
+function quietOnClosedPipe(longRunning: boolean): void {
+  for (const stream of [process.stdout, process.stderr])
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE') throw err;
+      if (!longRunning) process.exit(process.exitCode ?? 0);
+    });
+}
+
 export function main(argv: string[]): void {
+  quietOnClosedPipe(argv[2] === 'daemon' || argv[2] === 'tunnel');
   const program = buildProgram();
   program.parseAsync(argv).catch((err: unknown) => {
     if (err instanceof CommanderError) {

@@ -111,7 +111,8 @@ export async function buildSocketRows(
       backoff: info ? info.backoff : null,
       unacked: info ? info.unacked : null,
       last_ack_ms: info ? info.lastAckRecvMs : null,
-      timer: TIMER_NAMES[e.timer] ?? `timer-${e.timer}`,
+      // idiag_timer 0 is "no timer pending": no name and no expiry (not "timer-0(nullms)").
+      timer: e.timer === 0 ? null : (TIMER_NAMES[e.timer] ?? `timer-${e.timer}`),
       timer_expires_ms: e.timer === 0 ? null : e.timerExpiresMs,
       uid: e.uid,
       inode: e.inode,
@@ -146,7 +147,7 @@ function tableCells(r: SocketRow): string[] {
     String(r.total_retrans),
     num(r.rto_ms),
     num(r.rtt_ms),
-    r.timer ? `${r.timer}(${r.timer_expires_ms}ms)` : '-',
+    r.timer ? (r.timer_expires_ms === null ? r.timer : `${r.timer}(${r.timer_expires_ms}ms)`) : '-',
   ];
 }
 

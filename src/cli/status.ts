@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { controlRequest } from '../daemon/control';
 import type { DgdStatus } from '../dgd/engine';
 import type { TunnelStatus } from '../tunnel/node';
+import { tableName } from '../sys/rtnl';
 import { action, DEFAULT_CONTROL, printJson } from './common';
 
 type Status = DgdStatus & {
@@ -41,7 +42,7 @@ export function formatStatus(s: Status): string {
   for (const g of s.gateways) {
     lines.push('');
     lines.push(
-      `gateway ${g.address} on ${g.interface}: ${g.state.toUpperCase()}${g.mac ? `  mac ${g.mac}` : ''}`,
+      `gateway ${g.address} on ${g.interface}${linkNote(g.link)}: ${g.state.toUpperCase()}${g.mac ? `  mac ${g.mac}` : ''}`,
     );
     const v = g.last_verification;
     if (v)
@@ -66,7 +67,9 @@ export function formatStatus(s: Status): string {
       const via = r.nexthops
         ? r.nexthops.map((n) => `${n.gateway}*${n.weight}`).join(' ')
         : (r.gateway ?? '');
-      lines.push(`  route ${r.dst} via ${via} table ${r.table} metric ${r.metric}: ${r.state}`);
+      // Tables by name, as `routes` and iproute2 print them (main, not 254).
+      const table = typeof r.table === 'number' ? tableName(r.table) : String(r.table);
+      lines.push(`  route ${r.dst} via ${via} table ${table} metric ${r.metric}: ${r.state}`);
     }
     for (const tr of g.transitions.slice(-5)) lines.push(`  ${tr.at} ${tr.from} -> ${tr.to}: ${tr.reason}`);
   }
@@ -95,4 +98,11 @@ export function formatTunnel(t: TunnelStatus): string[] {
       (refusals ? `, refused: ${refusals}` : ''),
   );
   return lines;
+}
+
+/** How the text status says a gateway's interface is not up (older daemons do not report it). */
+function linkNote(link: string | undefined): string {
+  if (link === 'down') return ' (interface DOWN: not verified; withdrawn routes wait for it)';
+  if (link === 'absent') return ' (interface GONE: withdrawn routes wait for one of that name)';
+  return '';
 }

@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import { loadTunnelConfig } from '../daemon/config';
 import { ControlServer } from '../daemon/control';
-import { createLogger } from '../daemon/log';
+import { createLogger, eventLog } from '../daemon/log';
 import { peerUidOf } from '../sys/peercred';
 import { openServiceNotifier } from '../sys/sdnotify';
 import { TunnelNode } from '../tunnel/node';
@@ -29,7 +29,7 @@ export function registerTunnel(program: Command): void {
         const cfg = await loadTunnelConfig(opts.config);
         const service = openServiceNotifier();
         const logger = createLogger({ format: opts.logFormat });
-        const node = await TunnelNode.start(cfg, { logger });
+        const node = await TunnelNode.start(cfg, { events: eventLog(logger) });
         let control: ControlServer | undefined;
         if (opts.control) {
           control = new ControlServer(opts.control, peerUidOf).handle('status', async () => ({

@@ -53,6 +53,11 @@ export const dgdSchema = z
     flap_limit: intIn(1, 1000).default(3),
     flap_window: duration(1000, 86_400_000).default('10m'),
     flap_hold_down: duration(1000, 3_600_000).default('1m'),
+    rewithdraw_limit: intIn(1, 1000).default(5),
+    rewithdraw_window: duration(1000, 3_600_000).default('1m'),
+    aggregate_sockets: intIn(0, 10_000).default(3),
+    aggregate_window: duration(100, 60_000).default('1s'),
+    syn_stall: duration(100, 10_000).default('500ms'),
     interface_wait: duration(1000, 86_400_000).default('10m'),
   })
   .strict();

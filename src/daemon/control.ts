@@ -2,8 +2,9 @@
 // SO_PEERCRED). Protocol: one JSON request per line, one JSON response per line:
 //   -> {"cmd":"status"}            <- {"ok":true,"result":{...}}
 //   -> {"cmd":"nope"}              <- {"ok":false,"error":{"code":"ERR_UNKNOWN_COMMAND","message":"..."}}
-import { chmod, unlink } from 'node:fs/promises';
+import { chmod, stat, unlink } from 'node:fs/promises';
 import * as net from 'node:net';
+import * as path from 'node:path';
 import { IpdeadgateError } from '../errors';
 
 export type ControlHandler = (args: Record<string, unknown>) => Promise<unknown>;
@@ -38,6 +39,15 @@ export class ControlServer {
         `another ipdeadgate is already listening on ${this.path}`,
       );
     await unlink(this.path).catch(() => undefined);
+    // libuv reports bind() in a missing directory as EACCES; name the real problem.
+    const dir = path.dirname(path.resolve(this.path));
+    const st = await stat(dir).catch(() => null);
+    if (!st || !st.isDirectory())
+      throw new IpdeadgateError(
+        'ENOENT',
+        `cannot listen on the control socket ${this.path}: the directory ${dir} does not exist ` +
+          '(create it, or pass --control PATH in an existing directory)',
+      );
     const server = net.createServer((s) => this.onConnection(s));
     this.server = server;
     await new Promise<void>((resolve, reject) => {

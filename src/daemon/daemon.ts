@@ -163,16 +163,17 @@ export class Daemon {
         )
         .finally(() => (linkRefresh = null));
     };
-    this.subscription = await this.rtnl.subscribe(['neighbour', 'route', 'link'], (ev) => {
+    this.subscription = await this.rtnl.subscribe(['neighbour', 'route', 'link', 'nexthop'], (ev) => {
       if (ev.kind === 'neighbour' && ev.op === 'new')
         engine.onNeighbour(ev.neighbour.address, ev.neighbour.ifindex, ev.neighbour.state);
-      else if (ev.kind === 'route') engine.onRoutesChanged();
+      // A nexthop object changed or deleted changes its routes without route events of their own.
+      else if (ev.kind === 'route' || ev.kind === 'nexthop') engine.onRoutesChanged();
       else if (ev.kind === 'link') onLinkEvent();
     });
     await engine.start();
     await this.ops.start(engine, ports);
     if (tunnel) {
-      this.tunnel = await TunnelNode.start(tunnel, { logger: this.log });
+      this.tunnel = await TunnelNode.start(tunnel, { events }); // counted in ipdeadgate_events_total
       const node = this.tunnel;
       this.ops.setTunnelSource(() => node.status());
     }

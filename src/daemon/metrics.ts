@@ -306,6 +306,11 @@ export class DaemonMetrics {
         'Streams peers refused, by reason',
         (s: TunnelStatus['sessions']) => s.refused_by_peer,
       ],
+      [
+        'ipdeadgate_tunnel_session_ends_total',
+        'Tunnel sessions ended, by why (completed, local_reset, dial_failed, close_timeout, ...)',
+        (s: TunnelStatus['sessions']) => s.ends ?? {},
+      ],
     ] as const)
       new Counter({
         name,
@@ -320,6 +325,19 @@ export class DaemonMetrics {
             setCounter(this, { node: t.name, reason }, n);
         },
       });
+    new Counter({
+      name: 'ipdeadgate_tunnel_link_refusals_total',
+      help: 'Tunnel links refused (by this node or by its peer), by reason (cert_expired, unknown_ca, name_mismatch, ...)',
+      labelNames: ['node', 'reason'],
+      registers,
+      collect() {
+        this.reset();
+        const t = tunnel();
+        if (!t) return;
+        for (const [reason, n] of Object.entries(t.link_refusals ?? {}))
+          setCounter(this, { node: t.name, reason }, n);
+      },
+    });
     const recorder = () => this.sources.flightRecorder?.() ?? null;
     new Gauge({
       name: 'ipdeadgate_flight_recorder_ring',

@@ -5,10 +5,18 @@ import { EventEmitter } from 'node:events';
 import { countTcpSockets, dumpTcpSockets, type TcpState } from '../sys/sockdiag';
 import { NeighbourLink, type NeighbourSighting } from '../sys/neighlink';
 import { EchoSocket } from '../sys/icmp';
-import { readRetransSegs } from '../sys/snmp';
-import type { Route, Rtnl } from '../sys/rtnl';
+import { readActiveOpens, readRetransSegs } from '../sys/snmp';
+import type { NexthopObject, Route, Rtnl } from '../sys/rtnl';
 import { SegmentRecorder, SegmentSender, TCP_FLAG_SYN } from '../sys/tcpreplay';
-import type { DgdPorts, KernelRoute, RouteChoice, ScannedSocket, Verification, VerifyArgs } from './ports';
+import type {
+  DgdPorts,
+  KernelNexthopObject,
+  KernelRoute,
+  RouteChoice,
+  ScannedSocket,
+  Verification,
+  VerifyArgs,
+} from './ports';
 import type { ResendOutcome, ResumeFlow } from './resume';
 import { verifyGateway } from './verify';
 import type { InterfaceInfo } from './interfaces';
@@ -59,12 +67,19 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     return this.names.get(ifindex) ?? `if${ifindex}`;
   }
 
-  async scanSockets(opts: { minRetransmits: number }): Promise<ScannedSocket[]> {
+  async scanSockets(opts: { minRetransmits: number; synSent?: boolean }): Promise<ScannedSocket[]> {
     const entries = await dumpTcpSockets({
       states: SCAN_STATES,
       info: false,
       minRetransmits: opts.minRetransmits,
     });
+    if (opts.synSent && opts.minRetransmits > 0) {
+      // SYN-SENT sockets still on their first SYN are not retransmitting yet: a second dump for
+      // them alone (the kernel skips other states before building a message).
+      const seen = new Set(entries.map((e) => e.inode));
+      for (const e of await dumpTcpSockets({ states: ['SYN-SENT'], info: false }))
+        if (!seen.has(e.inode)) entries.push(e);
+    }
     return entries.map((e) => ({
       family: e.family,
       src: e.src,
@@ -88,6 +103,10 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     return readRetransSegs();
   }
 
+  activeOpensCounter(): number {
+    return readActiveOpens();
+  }
+
   flushNeighbour(ifindex: number, address: string): Promise<void> {
     return this.rtnl.deleteNeighbour(ifindex, address);
   }
@@ -99,10 +118,22 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
 
   async listRoutes(tables: number[]): Promise<KernelRoute[]> {
     const want = new Set(tables);
-    const routes = await this.rtnl.listRoutes();
-    return routes.filter(
-      (r) => want.has(r.table) && (r.gateway !== null || r.nexthops !== null),
-    ) as KernelRoute[];
+    const routes = (await this.rtnl.listRoutes()).filter((r) => want.has(r.table));
+    // With net.ipv4.nexthop_compat_mode=0 the kernel reports a route through a nexthop object by
+    // its id alone: take the gateway or the group's paths from the objects.
+    if (routes.some((r) => r.nhid !== undefined && r.gateway === null && r.nexthops === null)) {
+      const objects = new Map((await this.rtnl.listNexthops()).map((n) => [n.id, n]));
+      for (const r of routes) if (r.nhid !== undefined) fillFromObject(r, objects);
+    }
+    return routes.filter((r) => r.gateway !== null || r.nexthops !== null) as KernelRoute[];
+  }
+
+  listNexthops(): Promise<KernelNexthopObject[]> {
+    return this.rtnl.listNexthops();
+  }
+
+  replaceNexthop(nh: KernelNexthopObject): Promise<void> {
+    return this.rtnl.replaceNexthop(nh as NexthopObject);
   }
 
   addRoute(route: KernelRoute): Promise<void> {
@@ -219,5 +250,29 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     this.recorders.clear();
     this.sender?.close();
     this.sender = null;
+  }
+}
+
+/** A route through nexthop object r.nhid, given the paths of that object (a gateway or a group's). */
+function fillFromObject(r: Route, objects: Map<number, NexthopObject>): void {
+  if (r.gateway !== null || r.nexthops !== null) return;
+  const nh = objects.get(r.nhid!);
+  if (!nh) return;
+  if (nh.group) {
+    const hops = nh.group
+      .map((m) => ({ member: objects.get(m.id), weight: m.weight }))
+      .filter((m) => m.member && m.member.ifindex !== null)
+      .map(({ member, weight }) => ({
+        gateway: member!.gateway,
+        ifindex: member!.ifindex!,
+        ifname: member!.ifname ?? '',
+        weight: Math.min(256, weight),
+        flags: member!.flags,
+      }));
+    if (hops.length > 0) r.nexthops = hops;
+  } else if (nh.ifindex !== null) {
+    r.gateway = nh.gateway;
+    r.ifindex = nh.ifindex;
+    r.ifname = nh.ifname;
   }
 }

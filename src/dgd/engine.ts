@@ -9,11 +9,27 @@
 import type { DgdConfig } from '../daemon/config';
 import type { EventLog } from '../daemon/log';
 import type { Clock, Timer } from '../util/clock';
-import type { DgdPorts, DgdStore, JournalEntry, KernelRoute, ScannedSocket, Verification } from './ports';
+import { protocolName } from '../sys/rtnl-format';
+import type {
+  DgdPorts,
+  DgdStore,
+  GroupJournalEntry,
+  JournalEntry,
+  KernelNexthopObject,
+  KernelRoute,
+  ScannedSocket,
+  Verification,
+} from './ports';
+import { RewithdrawGuard } from './rewithdraw';
 import { FlowResumer } from './resume';
 import {
+  describeGroup,
   destinationOf,
   gatewayKey,
+  groupKey,
+  groupTarget,
+  memberKeys,
+  splitKey,
   gatewaysOf,
   reducedRoute,
   routeIdentity,
@@ -23,13 +39,33 @@ import {
 import { entryHasNames, remapEntry, routeInterfaces, type InterfaceInfo, type LinkState } from './interfaces';
 
 export type GatewayState = 'active' | 'suspect' | 'dead';
-export type TriggerKind = 'retransmit' | 'neighbour_failed' | 'active_probe' | 'sighting';
+export type TriggerKind = 'retransmit' | 'aggregate' | 'neighbour_failed' | 'active_probe' | 'sighting';
 
 interface Transition {
   at: string;
   from: GatewayState;
   to: GatewayState;
   reason: string;
+}
+
+/** A socket as events show it. */
+interface SocketSample {
+  src: string;
+  dst: string;
+  state: string;
+  retransmits: number;
+}
+
+/**
+ * One incident: the sockets that blamed one gateway, from the first trigger until none has joined
+ * for INCIDENT_QUIET_MS. Its trigger and verdict are logged once (with the count and a few
+ * samples); each further socket only at debug level.
+ */
+interface Incident {
+  startedAt: number;
+  lastJoinAt: number;
+  sockets: Set<string>;
+  samples: SocketSample[];
 }
 
 interface InflightVerification {
@@ -49,6 +85,10 @@ interface Gateway {
   lastVerification: (Verification & { at: number }) | null;
   inflight: InflightVerification | null;
   triggers: Record<TriggerKind, number>;
+  /** The incident in progress: every socket that blames g until it has been quiet a while. */
+  incident: Incident | null;
+  /** The aggregate trigger's evidence: socket key -> when it was seen failing, within the window. */
+  aggregate: Map<string, { at: number; socket: SocketSample }>;
   verifications: number;
   deadSince: number | null;
   deaths: number[];
@@ -92,6 +132,15 @@ const MIN_SCAN_GAP_MS = 10;
 /** Longest hold-down of a flapping gateway. */
 const MAX_HOLD_DOWN_MS = 3_600_000;
 const MAX_TRANSITIONS = 32;
+/** An incident ends when no socket has blamed its gateway for this long. */
+const INCIDENT_QUIET_MS = 10_000;
+/** Samples of sockets an incident's events carry. */
+const INCIDENT_SAMPLES = 3;
+/**
+ * TCP_TIMEOUT_INIT (include/net/tcp.h): the first SYN's retransmission timer. A SYN-SENT socket
+ * that has not retransmitted yet has been waiting this minus idiag_expires.
+ */
+const SYN_RTO_INIT_MS = 1000;
 
 export class DgdEngine {
   private cfg: DgdConfig;
@@ -103,7 +152,16 @@ export class DgdEngine {
   private enabled = true;
   private readonly gateways = new Map<string, Gateway>();
   private readonly journal = new Map<string, JournalEntry>();
+  /** Nexthop groups with dead members taken out, by group id. */
+  private readonly groupJournal = new Map<number, GroupJournalEntry>();
   private kernelRoutes: KernelRoute[] = [];
+  private nexthopObjects = new Map<number, KernelNexthopObject>();
+  /** Routes (identity) left through a dead gateway by keep_last_route: reported once, not retried. */
+  private readonly keptRoutes = new Set<string>();
+  /** Routes and groups put back through a dead gateway: withdrawn again, within a bound. */
+  private readonly rewithdraw: RewithdrawGuard;
+  /** When retransmissions through a dead gateway last made us re-read its routes. */
+  private readonly deadRecheckAt = new Map<string, number>();
   private readonly retransmitSeen = new Map<string, number>();
   private readonly lookupCache = new Map<
     string,
@@ -116,6 +174,9 @@ export class DgdEngine {
   private closed = false;
   private lastScan = { at: 0, durationMs: 0, sockets: 0, retransmitting: 0 };
   private lastCounter = -1;
+  private lastActiveOpens = -1;
+  /** SYN-SENT sockets seen in the last dump, and when each was first seen. */
+  private readonly synFirstSeen = new Map<string, number>();
   private lastFullDumpAt = -Infinity;
   /** Sockets counted by the last count (countSockets), and whether one is under way. */
   private socketCount = 0;
@@ -139,6 +200,7 @@ export class DgdEngine {
     this.store = opts.store;
     this.log = opts.log;
     this.clock = opts.clock;
+    this.rewithdraw = new RewithdrawGuard(this.cfg.rewithdraw_limit, this.cfg.rewithdraw_window, this.clock);
     this.bootId = opts.bootId ?? null;
     const { watchFlows, resendSegment } = opts.ports;
     this.flowResumer =
@@ -177,13 +239,19 @@ export class DgdEngine {
       else boots.earlier_boot++;
       this.journal.set(e.key, e);
     }
-    if (unplaceable) await this.store.saveJournal([...this.journal.values()]);
+    for (const e of await this.store.loadGroupJournal()) this.groupJournal.set(e.id, e);
+    if (unplaceable) await this.saveJournal();
     this.started = true;
     // Interface names decide where journaled routes belong: ifindexes move to the names' indexes now.
     await this.applyInterfaces();
     await this.refreshRoutes();
-    if (this.journal.size > 0) {
-      this.log.event('journal_loaded', { entries: this.journal.size, enabled: this.enabled, ...boots });
+    if (this.journal.size > 0 || this.groupJournal.size > 0) {
+      this.log.event('journal_loaded', {
+        entries: this.journal.size,
+        nexthop_groups: this.groupJournal.size,
+        enabled: this.enabled,
+        ...boots,
+      });
       if (!this.enabled) await this.restoreAll('disabled at start');
       else await this.reconcileJournal();
     }
@@ -233,6 +301,7 @@ export class DgdEngine {
   async reload(cfg: DgdConfig, tables: number[]): Promise<void> {
     this.cfg = cfg;
     this.tables = tables;
+    this.rewithdraw.configure(cfg.rewithdraw_limit, cfg.rewithdraw_window);
     this.lookupCache.clear();
     await this.refreshRoutes();
     for (const g of this.gateways.values()) {
@@ -250,26 +319,25 @@ export class DgdEngine {
   async refreshRoutes(): Promise<void> {
     const routes = await this.ports.listRoutes(this.tables);
     this.kernelRoutes = routes;
+    this.nexthopObjects = new Map((await this.ports.listNexthops()).map((n) => [n.id, n]));
     this.lookupCache.clear();
     const filter = new Set(this.cfg.gateways.map((a) => a.toLowerCase()));
     const seen = new Set<string>();
-    const consider = (route: KernelRoute) => {
-      const hops =
-        route.nexthops && route.nexthops.length > 0
-          ? route.nexthops
-          : route.gateway && route.ifindex !== null
-            ? [{ gateway: route.gateway, ifindex: route.ifindex, ifname: route.ifname }]
-            : [];
-      for (const nh of hops) {
-        if (!nh.gateway) continue;
-        if (filter.size > 0 && !filter.has(nh.gateway.toLowerCase())) continue;
-        const key = gatewayKey(nh.gateway, nh.ifindex);
-        seen.add(key);
-        this.ensureGateway(nh.gateway, nh.ifindex, nh.ifname ?? undefined);
-      }
+    const consider = (address: string | null, ifindex: number, ifname?: string | null) => {
+      if (!address) return;
+      if (filter.size > 0 && !filter.has(address.toLowerCase())) return;
+      seen.add(gatewayKey(address, ifindex));
+      this.ensureGateway(address, ifindex, ifname ?? undefined);
     };
-    for (const r of routes) consider(r);
-    for (const e of this.journal.values()) consider(e.original);
+    const considerRoute = (route: KernelRoute) => {
+      if (route.nexthops && route.nexthops.length > 0)
+        for (const nh of route.nexthops) consider(nh.gateway, nh.ifindex, nh.ifname);
+      else if (route.gateway && route.ifindex !== null) consider(route.gateway, route.ifindex, route.ifname);
+    };
+    for (const r of routes) considerRoute(r);
+    for (const e of this.journal.values()) considerRoute(e.original);
+    for (const e of this.groupJournal.values())
+      for (const key of Object.values(e.members)) if (key) consider(...splitKey(key));
     for (const g of this.gateways.values()) {
       g.present = seen.has(g.key);
       // A gateway whose interface is down or absent stays listed (status shows why its routes are gone).
@@ -278,26 +346,48 @@ export class DgdEngine {
         this.gateways.delete(g.key);
       }
     }
-    // A route added through a gateway that is already dead is withdrawn too.
+    // Whatever anyone added (or put back) through a gateway that is already dead is withdrawn too:
+    // a DHCP client renewing its lease, a network manager, `ip route add`, a routing daemon.
     for (const g of this.gateways.values()) {
       if (g.state !== 'dead' || !this.enabled) continue;
-      const fresh = routes.filter(
-        (r) => gatewaysOf(r).includes(g.key) && !this.journal.has(routeIdentity(r)),
-      );
-      if (fresh.length > 0) await this.withdrawRoutesVia(g, 'route added via a dead gateway');
+      if (this.routesBackVia(g, routes).length > 0)
+        await this.withdrawRoutesVia(g, 'route added via a dead gateway');
     }
+  }
+
+  /**
+   * Kernel routes through dead gateway g that should not be there: neither kept by keep_last_route
+   * nor given up on as contested.
+   */
+  private routesBackVia(g: Gateway, routes: KernelRoute[]): KernelRoute[] {
+    return routes.filter((r) => {
+      if (!gatewaysOf(r).includes(g.key)) return false;
+      if (this.keptRoutes.has(routeIdentity(r))) return false;
+      return !this.isContested(r);
+    });
+  }
+
+  /** The daemon gave up withdrawing this route (or its nexthop group) again. */
+  private isContested(r: KernelRoute): boolean {
+    if (this.rewithdraw.isStopped(routeIdentity(r))) return true;
+    return r.nhid !== undefined && this.rewithdraw.isStopped(groupKey(r.nhid));
   }
 
   /** Debounced refresh after rtnetlink route events. */
   onRoutesChanged(): void {
     this.lookupCache.clear();
     if (this.refreshTimer || this.closed) return;
-    this.refreshTimer = this.clock.setTimeout(() => {
-      this.refreshTimer = null;
-      this.refreshRoutes().catch((err: unknown) =>
-        this.log.event('error', { during: 'route refresh', error: msg(err) }, 'error'),
-      );
-    }, 100);
+    // Short enough that a route put back through a dead gateway is gone again within one scan
+    // interval of its event; long enough to take a burst of events (a table flush) as one.
+    this.refreshTimer = this.clock.setTimeout(
+      () => {
+        this.refreshTimer = null;
+        this.refreshRoutes().catch((err: unknown) =>
+          this.log.event('error', { during: 'route refresh', error: msg(err) }, 'error'),
+        );
+      },
+      Math.min(50, Math.floor(this.cfg.scan_interval / 4)),
+    );
   }
 
   private ensureGateway(address: string, ifindex: number, ifname?: string): Gateway {
@@ -316,7 +406,9 @@ export class DgdEngine {
         mac: null,
         lastVerification: null,
         inflight: null,
-        triggers: { retransmit: 0, neighbour_failed: 0, active_probe: 0, sighting: 0 },
+        triggers: { retransmit: 0, aggregate: 0, neighbour_failed: 0, active_probe: 0, sighting: 0 },
+        incident: null,
+        aggregate: new Map(),
         verifications: 0,
         deadSince: null,
         deaths: [],
@@ -368,8 +460,17 @@ export class DgdEngine {
       const counter = this.ports.retransmitCounter();
       const moved = counter !== this.lastCounter;
       this.lastCounter = counter;
+      // Connection attempts under way (ActiveOpens moved, or SYNs still unanswered at the last
+      // look): SYN-SENT sockets are looked at too, for the aggregate trigger.
+      let connecting = false;
+      if (this.cfg.aggregate_sockets > 0) {
+        const opens = this.ports.activeOpensCounter();
+        connecting = opens !== this.lastActiveOpens || this.synFirstSeen.size > 0;
+        this.lastActiveOpens = opens;
+      }
       const stale = this.clock.now() - this.lastFullDumpAt >= FULL_SCAN_MS;
-      if (moved || this.retransmitting > 0 || stale) next = await this.dumpAndCheck(stale);
+      if (moved || this.retransmitting > 0 || stale || connecting)
+        next = await this.dumpAndCheck(stale, connecting);
     } catch (err) {
       this.log.event('error', { during: 'socket scan', error: msg(err) }, 'error');
     } finally {
@@ -383,7 +484,7 @@ export class DgdEngine {
    * returns the delay to the next scan. Once in a while (`withCount`) the sockets are also counted
    * for status, by the kernel walk alone: no object per socket, so no stall at 100 000 sockets.
    */
-  private async dumpAndCheck(withCount: boolean): Promise<number> {
+  private async dumpAndCheck(withCount: boolean, connecting = false): Promise<number> {
     const t0 = this.clock.now();
     if (withCount) {
       this.lastFullDumpAt = this.clock.now();
@@ -400,28 +501,38 @@ export class DgdEngine {
           .finally(() => (this.counting = false));
       }
     }
-    const sockets = await this.ports.scanSockets({ minRetransmits: 1 });
+    const sockets = await this.ports.scanSockets({ minRetransmits: 1, synSent: connecting });
     if (this.cfg.resend_on_switch) void this.flowResumer?.observe(sockets);
     const threshold = this.cfg.retransmit_threshold;
     let retransmitting = 0;
     let due = Infinity;
     const live = new Set<string>();
+    const synLive = new Set<string>();
+    // Sockets that crossed the threshold in this dump, per gateway: one trigger for all of them.
+    const crossed = new Map<Gateway, SocketSample[]>();
     for (const s of sockets) {
+      const key = `${s.src}|${s.srcPort}|${s.dst}|${s.dstPort}|${s.inode}`;
+      if (s.state === 'SYN-SENT' && s.timer === 1) {
+        synLive.add(key);
+        if (!this.synFirstSeen.has(key)) this.synFirstSeen.set(key, this.clock.now());
+      }
+      if (this.cfg.aggregate_sockets > 0 && this.failingSocket(s, key)) await this.addEvidence(s, key);
       if (s.timer !== 1 || s.timerRetransmits <= 0) continue;
       retransmitting++;
       // The next retransmission of a socket that is one or two short of the threshold matters
       // to the millisecond: look again just after its timer fires.
       if (s.timerRetransmits >= threshold - 2)
         due = Math.min(due, Math.max(0, s.timerExpiresMs) + TIMER_SLACK_MS);
-      const key = `${s.src}|${s.srcPort}|${s.dst}|${s.dstPort}|${s.inode}`;
       live.add(key);
       const before = this.retransmitSeen.get(key) ?? 0;
       const now = s.timerRetransmits;
       this.retransmitSeen.set(key, now);
       if (now <= before) continue;
-      await this.onRetransmission(s, before, now);
+      await this.onRetransmission(s, before, now, crossed);
     }
     for (const k of this.retransmitSeen.keys()) if (!live.has(k)) this.retransmitSeen.delete(k);
+    if (connecting)
+      for (const k of this.synFirstSeen.keys()) if (!synLive.has(k)) this.synFirstSeen.delete(k);
     this.retransmitting = retransmitting;
     this.lastScan = {
       at: this.clock.wallNow(),
@@ -430,12 +541,108 @@ export class DgdEngine {
       retransmitting,
     };
     this.dumps++;
+    const triggers: Promise<void>[] = [];
+    for (const [g, samples] of crossed) triggers.push(this.incidentTrigger(g, 'retransmit', samples));
+    for (const g of this.gateways.values()) {
+      if (g.state !== 'active' || g.aggregate.size < this.cfg.aggregate_sockets) continue;
+      const samples = [...g.aggregate.values()].map((e) => e.socket);
+      g.aggregate.clear();
+      triggers.push(this.incidentTrigger(g, 'aggregate', samples));
+    }
+    await Promise.all(triggers);
     return Math.max(MIN_SCAN_GAP_MS, Math.min(this.cfg.scan_interval, due));
   }
 
-  private async onRetransmission(s: ScannedSocket, before: number, now: number): Promise<void> {
+  /**
+   * Evidence for the aggregate trigger: a SYN retransmitted, a SYN unanswered for syn_stall (a
+   * client with a 1 s connect timeout gives up before the kernel retransmits it), or any segment
+   * retransmitted twice in a row. One lost segment is ordinary loss; these are not.
+   */
+  private failingSocket(s: ScannedSocket, key: string): boolean {
+    if (s.timer !== 1) return false;
+    if (s.state === 'SYN-SENT') {
+      if (s.timerRetransmits >= 1) return true;
+      const seen = this.clock.now() - (this.synFirstSeen.get(key) ?? this.clock.now());
+      const waited = Math.max(seen, SYN_RTO_INIT_MS - s.timerExpiresMs);
+      return waited >= this.cfg.syn_stall;
+    }
+    return s.timerRetransmits >= 2;
+  }
+
+  /** Count a failing socket against its gateway, within aggregate_window. */
+  private async addEvidence(s: ScannedSocket, key: string): Promise<void> {
+    let choice;
+    try {
+      choice = await this.routeFor(s.dst, s.src);
+    } catch {
+      return; // the retransmission path reports lookup errors
+    }
+    if (!choice.gateway) return;
+    const g = this.gateways.get(gatewayKey(choice.gateway, choice.ifindex));
+    if (!g || g.state !== 'active') return;
+    const now = this.clock.now();
+    for (const [k, e] of g.aggregate) if (now - e.at > this.cfg.aggregate_window) g.aggregate.delete(k);
+    if (!g.aggregate.has(key))
+      g.aggregate.set(key, {
+        at: now,
+        socket: {
+          src: fmtAddr(s.src, s.srcPort),
+          dst: fmtAddr(s.dst, s.dstPort),
+          state: s.state,
+          retransmits: s.timerRetransmits,
+        },
+      });
+  }
+
+  /**
+   * Sockets blame g (all that crossed in one dump, or the aggregate's): one incident. The first
+   * trigger of an incident is logged with the count and a few samples and verified; sockets that
+   * join while its verdict is pending or fresh are logged at debug level only.
+   */
+  private async incidentTrigger(g: Gateway, kind: TriggerKind, samples: SocketSample[]): Promise<void> {
+    const now = this.clock.now();
+    let inc = g.incident;
+    if (!inc || now - inc.lastJoinAt > INCIDENT_QUIET_MS) {
+      inc = { startedAt: now, lastJoinAt: now, sockets: new Set(), samples: [] };
+      g.incident = inc;
+    }
+    const joining = inc.sockets.size > 0;
+    inc.lastJoinAt = now;
+    for (const sock of samples) {
+      const key = `${sock.src}>${sock.dst}`;
+      if (inc.sockets.has(key)) continue;
+      inc.sockets.add(key);
+      if (inc.samples.length < INCIDENT_SAMPLES) inc.samples.push(sock);
+      this.log.event(
+        'trigger_socket',
+        { gateway: g.address, interface: g.ifname, reason: kind, socket: sock },
+        'debug',
+      );
+    }
+    // Joining an incident: its verdict (pending, or given) covers this socket too. A gateway that
+    // answered is asked again only RETRIGGER_MS after its last verification, as for one socket.
+    const sinceVerified = now - (g.lastVerification?.at ?? -Infinity);
+    if (joining && (g.inflight || g.state !== 'active' || sinceVerified < RETRIGGER_MS)) {
+      g.triggers[kind]++;
+      return;
+    }
+    await this.trigger(g, kind, { socket: inc.samples[0], sockets: inc.sockets.size, samples: inc.samples });
+  }
+
+  private verdictFresh(g: Gateway): boolean {
+    const last = g.lastVerification;
+    if (!last) return false;
+    const span = this.cfg.verify_probes * this.cfg.verify_timeout;
+    return this.clock.now() - last.at <= FRESHNESS_FACTOR * span + 2 * this.cfg.scan_interval;
+  }
+
+  private async onRetransmission(
+    s: ScannedSocket,
+    before: number,
+    now: number,
+    crossed: Map<Gateway, SocketSample[]>,
+  ): Promise<void> {
     const threshold = this.cfg.retransmit_threshold;
-    if (now < threshold - 1) return;
     let choice;
     try {
       choice = await this.routeFor(s.dst, s.src);
@@ -445,24 +652,41 @@ export class DgdEngine {
     }
     if (!choice.gateway) return; // a directly connected peer: no gateway to blame
     const g = this.gateways.get(gatewayKey(choice.gateway, choice.ifindex));
-    if (!g || g.state === 'dead') return;
+    if (!g) return;
+    if (g.state === 'dead') {
+      // The kernel still sends through a gateway we know is dead: a route through it is back (put
+      // there by someone else) and its event was missed or is still to come. Re-read and withdraw.
+      await this.recheckDeadGateway(g);
+      return;
+    }
+    if (now < threshold - 1) return;
     const socket = {
       src: fmtAddr(s.src, s.srcPort),
       dst: fmtAddr(s.dst, s.dstPort),
       state: s.state,
       retransmits: now,
     };
+    const blame = () => crossed.set(g, [...(crossed.get(g) ?? []), socket]);
     if (now >= threshold && before < threshold) {
-      await this.trigger(g, 'retransmit', { socket });
+      blame();
     } else if (now >= threshold) {
       const last = g.lastVerification?.at ?? -Infinity;
-      if (this.clock.now() - last >= RETRIGGER_MS && !g.inflight)
-        await this.trigger(g, 'retransmit', { socket });
-    } else if (before < threshold - 1 && !g.inflight && g.state === 'active') {
+      if (this.clock.now() - last >= RETRIGGER_MS && !g.inflight) blame();
+    } else if (before < threshold - 1 && !g.inflight && g.state === 'active' && !this.verdictFresh(g)) {
       // One retransmission before the threshold: verify speculatively, act only if the threshold is hit.
       this.log.event('speculative_verify', { gateway: g.address, interface: g.ifname, socket });
       void this.verification(g, 'speculative').catch(() => undefined);
     }
+  }
+
+  /** At most once per scan interval per gateway: withdraw whatever is back through dead g. */
+  private async recheckDeadGateway(g: Gateway): Promise<void> {
+    const now = this.clock.now();
+    if (now - (this.deadRecheckAt.get(g.key) ?? -Infinity) < this.cfg.scan_interval) return;
+    this.deadRecheckAt.set(g.key, now);
+    const routes = await this.ports.listRoutes(this.tables);
+    if (this.routesBackVia(g, routes).length > 0)
+      await this.withdrawRoutesVia(g, 'retransmissions via a dead gateway');
   }
 
   private async routeFor(
@@ -631,6 +855,10 @@ export class DgdEngine {
         reason: kind,
         note: 'the gateway answers ARP/NDP: the problem is beyond it; routes untouched',
         ...detail,
+        // Sockets that joined the incident while it was being verified count too.
+        ...(g.incident && detail.sockets !== undefined
+          ? { sockets: g.incident.sockets.size, samples: g.incident.samples }
+          : {}),
       });
     } else {
       await this.declareDead(g, `no ARP/NDP answer to ${v.probesSent} probes after ${kind}`);
@@ -757,6 +985,19 @@ export class DgdEngine {
     g.holdDownUntil = null;
     this.cancelPoll(g);
     await this.restoreRoutesVia(g, reason);
+    const left = [...this.journal.values()].filter((e) => e.removed.includes(g.key));
+    if (left.some((e) => !this.entryPlaceable(e))) {
+      // Its interface went down or away, or is being renumbered, meanwhile: the gateway stays dead
+      // and those routes wait in the journal; the interface's return polls it again.
+      this.log.event('routes_waiting', {
+        gateway: g.address,
+        interface: g.ifname,
+        routes: left.map((e) => describe(e.original)),
+        note: 'their interface is not up (or is being renumbered); restored when it is',
+      });
+      this.schedulePoll(g, this.cfg.slow_poll_interval);
+      return;
+    }
     g.deadSince = null;
     if (g.active) g.active.missed = 0;
     this.transition(g, 'active', reason);
@@ -832,30 +1073,82 @@ export class DgdEngine {
       if (!this.enabled) return;
       const routes = await this.ports.listRoutes(this.tables);
       this.kernelRoutes = routes;
+      const objects = new Map((await this.ports.listNexthops()).map((n) => [n.id, n]));
+      this.nexthopObjects = objects;
       const deadKeys = new Set(
         [...this.gateways.values()].filter((x) => x.state === 'dead').map((x) => x.key),
       );
+      const readded: { what: string; protocol: number | undefined }[] = [];
+      // Nexthop groups first: a group through g loses that member (`ip nexthop replace`, weights
+      // kept); its routes follow it. A group whose every member is dead cannot be emptied: its
+      // routes are withdrawn instead (below), and come back when a member revives.
+      const groupPlans: { entry: GroupJournalEntry; to: KernelNexthopObject }[] = [];
+      const emptied = new Set<number>();
+      for (const nh of objects.values()) {
+        if (!nh.group) continue;
+        const members = memberKeys(nh, objects);
+        if (!Object.values(members).includes(g.key)) continue;
+        const existing = this.groupJournal.get(nh.id);
+        let entry: GroupJournalEntry;
+        if (existing?.removed.includes(g.key)) {
+          // The group has g again: its owner put the member back.
+          if (!this.mayWithdrawAgain(groupKey(nh.id), g, describeGroup(nh), nh.protocol)) continue;
+          readded.push({ what: describeGroup(nh), protocol: nh.protocol });
+          entry = { ...existing, original: nh, members };
+        } else if (existing) {
+          entry = {
+            ...existing,
+            members: { ...existing.members, ...members },
+            removed: [...existing.removed, g.key],
+          };
+        } else {
+          entry = {
+            id: nh.id,
+            original: nh,
+            members,
+            removed: [g.key],
+            at: new Date(this.clock.wallNow()).toISOString(),
+          };
+        }
+        const to = groupTarget(entry);
+        if (to === null) {
+          emptied.add(nh.id);
+          this.groupJournal.set(nh.id, entry); // restore needs it; the kernel's group stays
+          continue;
+        }
+        groupPlans.push({ entry, to });
+      }
       // Plan: for each route through g, the journal entry with g removed.
       const plans: { entry: JournalEntry; from: KernelRoute | null; to: KernelRoute | null }[] = [];
-      const touched = new Map<string, JournalEntry>();
       for (const r of routes) {
         if (!gatewaysOf(r).includes(g.key)) continue;
+        if (r.nhid !== undefined && objects.get(r.nhid)?.group && !emptied.has(r.nhid)) continue;
+        const id = routeIdentity(r);
         // A route we changed earlier shows up reduced: its journal entry holds the original.
         const existing = [...this.journal.values()].find(
-          (e) => routeIdentity(targetOf(e) ?? e.original) === routeIdentity(r),
+          (e) => routeIdentity(targetOf(e) ?? e.original) === id,
         );
-        const entry: JournalEntry = existing
-          ? { ...existing, removed: [...new Set([...existing.removed, g.key])] }
-          : {
-              key: routeIdentity(r),
-              original: r,
-              removed: [g.key],
-              at: new Date(this.clock.wallNow()).toISOString(),
-              boot_id: this.bootId,
-            };
-        if (existing && existing.removed.includes(g.key)) continue;
-        plans.push({ entry, from: r, to: targetOf(entry) });
-        touched.set(entry.key, entry);
+        let entry: JournalEntry;
+        if (existing?.removed.includes(g.key)) {
+          // Back through a dead gateway: someone (DHCP, a network manager, ip route add) put it
+          // back. Journaled once: the entry now holds what its owner last installed.
+          if (this.keptRoutes.has(id)) continue;
+          if (!this.mayWithdrawAgain(id, g, describe(r), r.protocol)) continue;
+          readded.push({ what: describe(r), protocol: r.protocol });
+          entry = { ...existing, original: r };
+        } else if (existing) {
+          entry = { ...existing, removed: [...existing.removed, g.key] };
+        } else {
+          entry = {
+            key: id,
+            original: r,
+            removed: [g.key],
+            at: new Date(this.clock.wallNow()).toISOString(),
+            boot_id: this.bootId,
+          };
+        }
+        const to = r.nhid !== undefined && emptied.has(r.nhid) ? null : targetOf(entry);
+        plans.push({ entry, from: r, to });
       }
       // keep_last_route: never take away the last route to a destination.
       const kept: KernelRoute[] = [];
@@ -872,16 +1165,51 @@ export class DgdEngine {
         kept.push(p.from!);
         return false;
       });
-      if (kept.length > 0)
+      const newlyKept = kept.filter((r) => !this.keptRoutes.has(routeIdentity(r)));
+      for (const r of kept) this.keptRoutes.add(routeIdentity(r));
+      if (newlyKept.length > 0)
         this.log.event(
           'route_kept',
-          { gateway: g.address, reason: 'keep_last_route', routes: kept.map(describe) },
+          { gateway: g.address, reason: 'keep_last_route', routes: newlyKept.map(describe) },
           'warn',
         );
-      if (accepted.length === 0) return;
+      for (const r of readded)
+        this.log.event('route_readded', {
+          gateway: g.address,
+          interface: g.ifname,
+          route: r.what,
+          owner: r.protocol === undefined ? null : protocolName(r.protocol),
+          note: 'put back through a dead gateway by its owner; withdrawn again',
+        });
+      if (accepted.length === 0 && groupPlans.length === 0) {
+        if (emptied.size > 0) await this.saveJournal();
+        return;
+      }
       for (const p of accepted) this.journal.set(p.entry.key, p.entry);
-      await this.store.saveJournal([...this.journal.values()]);
+      for (const p of groupPlans) this.groupJournal.set(p.entry.id, p.entry);
+      await this.saveJournal();
       const done: string[] = [];
+      for (const p of groupPlans) {
+        try {
+          await this.ports.replaceNexthop(p.to);
+          done.push(`${describeGroup(p.entry.original)} -> ${describeGroup(p.to)}`);
+        } catch (err) {
+          this.log.event(
+            'error',
+            {
+              during: 'withdraw (nexthop replace)',
+              nexthop: describeGroup(p.entry.original),
+              error: msg(err),
+            },
+            'error',
+          );
+          const e = this.groupJournal.get(p.entry.id);
+          if (e) {
+            e.removed = e.removed.filter((k) => k !== g.key);
+            if (e.removed.length === 0) this.groupJournal.delete(p.entry.id);
+          }
+        }
+      }
       for (const p of accepted) {
         const op = transition(p.from, p.to);
         if (!op) continue;
@@ -902,9 +1230,46 @@ export class DgdEngine {
           }
         }
       }
-      await this.store.saveJournal([...this.journal.values()]);
-      this.log.event('routes_withdrawn', { gateway: g.address, interface: g.ifname, reason, routes: done });
+      await this.saveJournal();
+      this.kernelRoutes = await this.ports.listRoutes(this.tables);
+      this.log.event('routes_withdrawn', {
+        gateway: g.address,
+        interface: g.ifname,
+        reason,
+        routes: done,
+        ...(readded.length > 0 ? { readded: readded.length } : {}),
+      });
     });
+  }
+
+  /**
+   * Someone put `key` back through dead gateway g: withdraw it again, unless it keeps coming back
+   * (the bound is in RewithdrawGuard); the first refusal is reported once, as a fight.
+   */
+  private mayWithdrawAgain(key: string, g: Gateway, what: string, protocol: number | undefined): boolean {
+    const verdict = this.rewithdraw.comeBack(key);
+    if (verdict === 'withdraw') return true;
+    if (verdict === 'stop') {
+      const { limit, windowMs } = this.rewithdraw.limits;
+      this.log.event(
+        'route_fight',
+        {
+          gateway: g.address,
+          interface: g.ifname,
+          route: what,
+          owner: protocol === undefined ? null : protocolName(protocol),
+          rewithdrawals: limit,
+          window_ms: windowMs,
+          note: 'its owner puts it back after every withdrawal; left in place until the gateway revives',
+        },
+        'warn',
+      );
+    }
+    return false;
+  }
+
+  private saveJournal(): Promise<void> {
+    return this.store.saveJournal([...this.journal.values()], [...this.groupJournal.values()]);
   }
 
   private restoreRoutesVia(g: Gateway, reason: string): Promise<void> {
@@ -912,11 +1277,18 @@ export class DgdEngine {
       // Decide from the kernel as it is now, not as it was at the last route event.
       this.kernelRoutes = await this.ports.listRoutes(this.tables);
       const restored: string[] = [];
-      for (const entry of [...this.journal.values()]) {
+      // Groups first: a route withdrawn because its whole group was dead needs a member back.
+      for (const entry of [...this.groupJournal.values()]) {
         if (!entry.removed.includes(g.key)) continue;
-        if (await this.restoreEntry(entry, g.key)) restored.push(describe(entry.original));
+        const done = await this.restoreGroup(entry, g.key);
+        if (done) restored.push(done);
       }
-      await this.store.saveJournal([...this.journal.values()]);
+      for (const entry of [...this.journal.values()]) {
+        const viaGroup = this.groupRouteRevivable(entry);
+        if (!entry.removed.includes(g.key) && !viaGroup) continue;
+        if (await this.restoreEntry(entry, viaGroup ? null : g.key)) restored.push(describe(entry.original));
+      }
+      await this.saveJournal();
       this.log.event('routes_restored', {
         gateway: g.address,
         interface: g.ifname,
@@ -924,6 +1296,54 @@ export class DgdEngine {
         routes: restored,
       });
     });
+  }
+
+  /** A route withdrawn because every member of its nexthop group was dead, whose group has one again. */
+  private groupRouteRevivable(entry: JournalEntry): boolean {
+    const id = entry.original.nhid;
+    if (id === undefined) return false;
+    const grp = this.groupJournal.get(id);
+    if (grp) return groupTarget(grp) !== null;
+    // The group is whole again (its entry is gone): the route goes back.
+    return !!this.nexthopObjects.get(id)?.group;
+  }
+
+  /**
+   * Give back to a group what `gatewayKeyToRestore` (or every gateway, if null) took from it;
+   * returns what was done, or null. A group its owner deleted meanwhile is not re-created.
+   */
+  private async restoreGroup(
+    entry: GroupJournalEntry,
+    gatewayKeyToRestore: string | null,
+  ): Promise<string | null> {
+    const removed =
+      gatewayKeyToRestore === null ? [] : entry.removed.filter((k) => k !== gatewayKeyToRestore);
+    const objects = new Map((await this.ports.listNexthops()).map((n) => [n.id, n]));
+    this.nexthopObjects = objects;
+    this.rewithdraw.forget(groupKey(entry.id));
+    if (!objects.get(entry.id)?.group) {
+      this.groupJournal.delete(entry.id);
+      this.log.event(
+        'nexthop_group_gone',
+        { nexthop: describeGroup(entry.original), note: 'deleted by its owner meanwhile; not re-created' },
+        'warn',
+      );
+      return null;
+    }
+    const after = groupTarget({ ...entry, removed });
+    try {
+      if (after) await this.ports.replaceNexthop(after);
+    } catch (err) {
+      this.log.event(
+        'error',
+        { during: 'restore (nexthop replace)', nexthop: describeGroup(entry.original), error: msg(err) },
+        'error',
+      );
+      return null;
+    }
+    if (removed.length === 0) this.groupJournal.delete(entry.id);
+    else entry.removed = removed;
+    return after ? describeGroup(after) : null;
   }
 
   /** Put back what `gatewayKeyToRestore` (or every gateway, if null) took from an entry. */
@@ -948,6 +1368,7 @@ export class DgdEngine {
     }
     if (removed.length === 0) this.journal.delete(entry.key);
     else entry.removed = removed;
+    this.rewithdraw.forget(entry.key);
     return true;
   }
 
@@ -972,15 +1393,20 @@ export class DgdEngine {
   /** Restore every withdrawn route (off, SIGTERM). */
   private restoreAll(reason: string): Promise<void> {
     return this.serially(async () => {
-      if (this.journal.size === 0) return;
+      this.keptRoutes.clear();
+      if (this.journal.size === 0 && this.groupJournal.size === 0) return;
       this.kernelRoutes = await this.ports.listRoutes(this.tables);
       const restored: string[] = [];
+      for (const entry of [...this.groupJournal.values()]) {
+        const done = await this.restoreGroup(entry, null);
+        if (done) restored.push(done);
+      }
       const waiting: string[] = [];
       for (const entry of [...this.journal.values()]) {
         if (!this.entryPlaceable(entry)) waiting.push(describe(entry.original));
         else if (await this.restoreEntry(entry, null)) restored.push(describe(entry.original));
       }
-      await this.store.saveJournal([...this.journal.values()]);
+      await this.saveJournal();
       this.log.event('routes_restored', {
         gateway: null,
         reason,
@@ -998,6 +1424,29 @@ export class DgdEngine {
    */
   private reconcileJournal(): Promise<void> {
     return this.serially(async () => {
+      const objects = new Map((await this.ports.listNexthops()).map((n) => [n.id, n]));
+      for (const entry of [...this.groupJournal.values()]) {
+        const target = groupTarget(entry);
+        const current = objects.get(entry.id);
+        if (!current?.group) {
+          this.groupJournal.delete(entry.id);
+          this.log.event('nexthop_group_gone', { nexthop: describeGroup(entry.original) }, 'warn');
+          continue;
+        }
+        if (target && describeGroup(current) !== describeGroup(target)) {
+          try {
+            await this.ports.replaceNexthop(target);
+            this.log.event('journal_reconciled', { nexthop: describeGroup(entry.original), op: 'replace' });
+          } catch (err) {
+            this.log.event(
+              'error',
+              { during: 'journal reconcile', nexthop: describeGroup(entry.original), error: msg(err) },
+              'error',
+            );
+          }
+        }
+        this.markDeadFromJournal(entry.removed);
+      }
       for (const entry of this.journal.values()) {
         const target = targetOf(entry);
         const current = this.kernelMatch(target) ?? this.kernelMatch(entry.original);
@@ -1014,20 +1463,25 @@ export class DgdEngine {
             );
           }
         }
-        for (const key of entry.removed) {
-          const cut = key.lastIndexOf('%');
-          const address = key.slice(0, cut);
-          const idx = Number(key.slice(cut + 1));
-          const name = routeInterfaces(entry.original).find((i) => i.ifindex === idx)?.ifname ?? undefined;
-          const g = this.ensureGateway(address, idx, name);
-          if (g.state !== 'dead') {
-            g.deadSince = this.clock.now();
-            this.transition(g, 'dead', 'withdrawn before restart (journal)');
-            this.schedulePoll(g, 0);
-          }
-        }
+        this.markDeadFromJournal(entry.removed, entry.original);
       }
+      await this.saveJournal();
     });
+  }
+
+  private markDeadFromJournal(keys: string[], original?: KernelRoute): void {
+    for (const key of keys) {
+      const [address, idx] = splitKey(key);
+      const name = original
+        ? (routeInterfaces(original).find((i) => i.ifindex === idx)?.ifname ?? undefined)
+        : undefined;
+      const g = this.ensureGateway(address, idx, name);
+      if (g.state !== 'dead') {
+        g.deadSince = this.clock.now();
+        this.transition(g, 'dead', 'withdrawn before restart (journal)');
+        this.schedulePoll(g, 0);
+      }
+    }
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -1050,16 +1504,22 @@ export class DgdEngine {
     return !l ? 'absent' : l.up ? 'up' : 'down';
   }
 
-  /** Can the entry's route be put back now: is every interface it names present and up? */
+  /**
+   * Can the entry's route be put back now: is every interface it names present and up, and has the
+   * entry already followed each name to its current ifindex (a renumbering may still be queued)?
+   */
   private entryPlaceable(entry: JournalEntry): boolean {
-    return routeInterfaces(entry.original).every(
-      (i) => i.ifname !== null && this.linkStateOf(i.ifname) === 'up',
-    );
+    return routeInterfaces(entry.original).every((i) => {
+      if (i.ifname === null || this.linkStateOf(i.ifname) !== 'up') return false;
+      const now = this.links?.get(i.ifname);
+      return !now || now.ifindex === i.ifindex;
+    });
   }
 
   private async applyInterfaces(): Promise<void> {
     const links = this.links;
     if (!links || this.closed) return;
+    const moved = new Set<Gateway>();
     await this.serially(async () => {
       // An interface re-created (or a reboot): the same name, another ifindex.
       const moves = new Map<string, { ifname: string; from: number; to: number }>();
@@ -1084,6 +1544,7 @@ export class DgdEngine {
           this.gateways.delete(g.key);
           g.ifindex = m.to;
           g.key = gatewayKey(g.address, m.to);
+          moved.add(g);
           const twin = this.gateways.get(g.key);
           if (twin && twin.state === 'dead' && g.state !== 'dead') {
             this.cancelGatewayTimers(g); // the one that knows the gateway is dead stays
@@ -1100,7 +1561,7 @@ export class DgdEngine {
         });
       }
       this.lookupCache.clear();
-      await this.store.saveJournal([...this.journal.values()]);
+      await this.saveJournal();
     });
     // Which needed interfaces are absent, and since when.
     const now = this.clock.now();
@@ -1126,6 +1587,16 @@ export class DgdEngine {
       if (state === 'up' && g.state === 'dead' && this.enabled && !this.closed) this.schedulePoll(g, 0);
       if (state !== 'up' && g.state === 'suspect') this.transition(g, 'active', `interface ${state}`);
     }
+    // A dead gateway whose interface was re-created while up: poll it on the new interface now.
+    for (const g of moved)
+      if (
+        g.link === 'up' &&
+        g.state === 'dead' &&
+        this.enabled &&
+        !this.closed &&
+        this.gateways.get(g.key) === g
+      )
+        this.schedulePoll(g, 0);
     // While detection is off, routes that waited for their interface go back as soon as it is up.
     if (!this.enabled && [...this.journal.values()].some((e) => this.entryPlaceable(e)))
       await this.restoreAll('interface back while detection is off');
@@ -1178,7 +1649,7 @@ export class DgdEngine {
             'warn',
           );
         }
-        if (changed) await this.store.saveJournal([...this.journal.values()]);
+        if (changed) await this.saveJournal();
         for (const g of [...this.gateways.values()]) {
           if (!expired.has(g.ifname) || [...this.journal.values()].some((e) => e.removed.includes(g.key)))
             continue;
@@ -1205,13 +1676,19 @@ export class DgdEngine {
   status(): DgdStatus {
     const gateways = [...this.gateways.values()].map((g) => {
       const routes: GatewayRouteStatus[] = [];
+      // A route listed once: in the kernel through g (active; kept or contested while g is dead),
+      // or withdrawn (journaled and not in the kernel through g).
+      const inKernel = new Set<string>();
       for (const r of this.kernelRoutes) {
         if (!gatewaysOf(r).includes(g.key)) continue;
-        const kept = g.state === 'dead';
-        routes.push({ ...routeSummary(r), state: kept ? 'kept' : 'active' });
+        inKernel.add(routeIdentity(r));
+        let state: GatewayRouteStatus['state'] = 'active';
+        if (g.state === 'dead') state = this.isContested(r) ? 'contested' : 'kept';
+        routes.push({ ...routeSummary(r), state });
       }
       for (const e of this.journal.values())
-        if (e.removed.includes(g.key)) routes.push({ ...routeSummary(e.original), state: 'withdrawn' });
+        if (e.removed.includes(g.key) && !inKernel.has(routeIdentity(e.original)))
+          routes.push({ ...routeSummary(e.original), state: 'withdrawn' });
       const v = g.lastVerification;
       return {
         address: g.address,
@@ -1252,6 +1729,14 @@ export class DgdEngine {
         ...routeSummary(e.original),
         removed_gateways: e.removed,
       })),
+      withdrawn_nexthop_members: [...this.groupJournal.values()].map((e) => ({
+        id: e.id,
+        owner: protocolName(e.original.protocol),
+        original: describeGroup(e.original),
+        now: groupTarget(e) ? describeGroup(groupTarget(e)!) : describeGroup(e.original),
+        removed_gateways: e.removed,
+        contested: this.rewithdraw.isStopped(groupKey(e.id)),
+      })),
       last_scan: {
         at: this.lastScan.at ? new Date(this.lastScan.at).toISOString() : null,
         duration_ms: Math.round(this.lastScan.durationMs * 10) / 10,
@@ -1274,7 +1759,15 @@ export interface GatewayRouteStatus {
   metric: number;
   gateway: string | null;
   nexthops: { gateway: string | null; weight: number }[] | null;
-  state: 'active' | 'withdrawn' | 'kept';
+  /** Who installed the route (rtm_protocol): kernel, boot, static, dhcp, ra, zebra, bird, ... */
+  owner: string | null;
+  /** The nexthop object the route goes through, if any. */
+  nhid: number | null;
+  /**
+   * active: in use; withdrawn: taken out of the kernel; kept: through a dead gateway, left by
+   * keep_last_route; contested: through a dead gateway, put back by its owner too often to fight.
+   */
+  state: 'active' | 'withdrawn' | 'kept' | 'contested';
 }
 
 export interface DgdStatus {
@@ -1307,6 +1800,15 @@ export interface DgdStatus {
     transitions: Transition[];
   }[];
   withdrawn_routes: (Omit<GatewayRouteStatus, 'state'> & { removed_gateways: string[] })[];
+  /** Nexthop groups with dead members taken out (`ip nexthop replace`), as they were and are. */
+  withdrawn_nexthop_members: {
+    id: number;
+    owner: string;
+    original: string;
+    now: string;
+    removed_gateways: string[];
+    contested: boolean;
+  }[];
   last_scan: {
     at: string | null;
     duration_ms: number;
@@ -1323,6 +1825,8 @@ function routeSummary(r: KernelRoute): Omit<GatewayRouteStatus, 'state'> {
     metric: r.metric,
     gateway: r.gateway,
     nexthops: r.nexthops ? r.nexthops.map((n) => ({ gateway: n.gateway, weight: n.weight })) : null,
+    owner: r.protocol === undefined ? null : protocolName(r.protocol),
+    nhid: r.nhid ?? null,
   };
 }
 
@@ -1330,7 +1834,9 @@ function describe(r: KernelRoute): string {
   const via = r.nexthops
     ? r.nexthops.map((n) => `nexthop via ${n.gateway} weight ${n.weight}`).join(' ')
     : `via ${r.gateway}`;
-  return `${r.dst} ${via} table ${r.table} metric ${r.metric}`;
+  const nh = r.nhid === undefined ? '' : ` nhid ${r.nhid}`;
+  const proto = r.protocol === undefined ? '' : ` proto ${protocolName(r.protocol)}`;
+  return `${r.dst}${nh} ${via} table ${r.table} metric ${r.metric}${proto}`;
 }
 
 /** How long an active probe waits for its answer: half the interval, at least 10 ms. */

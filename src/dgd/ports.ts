@@ -29,6 +29,35 @@ export interface KernelRoute {
   ifindex: number | null;
   ifname?: string | null;
   nexthops: KernelNexthop[] | null;
+  /**
+   * RTPROT_* of the route: who installed it (2 kernel, 3 boot, 4 static, 9 ra, 11 zebra, 12 bird,
+   * 16 dhcp, ...). Events name the owner of a route put back through a dead gateway with it.
+   */
+  protocol?: number;
+  /**
+   * The route goes through nexthop object `nhid` (RTA_NH_ID). Its gateway / nexthops above are the
+   * object's (reported by the kernel or filled in by the adapter): a single object's route is
+   * withdrawn and restored like any route, a group is changed instead of its routes.
+   */
+  nhid?: number;
+}
+
+/**
+ * A nexthop object as src/sys/rtnl.ts reports it (`ip nexthop`). The engine reads these fields;
+ * the rest (scope, flags, raw attributes) is carried through so a group is put back exactly.
+ */
+export interface KernelNexthopObject {
+  id: number;
+  family: Family | null;
+  /** RTPROT_* of whoever installed the object: 11 zebra (FRR), 12 bird, 4 static, ... */
+  protocol: number;
+  gateway: string | null;
+  ifindex: number | null;
+  ifname?: string | null;
+  blackhole: boolean;
+  fdb: boolean;
+  group: { id: number; weight: number }[] | null;
+  groupType: 'mpath' | 'resilient' | null;
 }
 
 /** What one cheap sock_diag scan reports per TCP socket (no tcp_info needed). */
@@ -69,9 +98,11 @@ export interface DgdPorts {
   /**
    * One cheap scan of TCP sockets that can retransmit (established, SYN-SENT, closing states);
    * with minRetransmits > 0, only sockets whose retransmit timer is pending with at least that many
-   * retransmissions (filtered before any object is made for the others).
+   * retransmissions (filtered before any object is made for the others). With synSent, every
+   * SYN-SENT socket besides (a second dump filtered by state): connection attempts whose SYN has had
+   * no answer yet, for the aggregate trigger.
    */
-  scanSockets(opts: { minRetransmits: number }): Promise<ScannedSocket[]>;
+  scanSockets(opts: { minRetransmits: number; synSent?: boolean }): Promise<ScannedSocket[]>;
   /**
    * How many TCP sockets the scan's states hold (for status), counted on the worker thread from
    * the kernel's dump without an object per socket.
@@ -83,12 +114,18 @@ export interface DgdPorts {
    * (the kernel walks its whole established hash), so dumps run only when this moves.
    */
   retransmitCounter(): number;
+  /** Tcp: ActiveOpens (connect() calls that sent a SYN): moves while connections are attempted. */
+  activeOpensCounter(): number;
   /** Delete a neighbour entry (no error if it is already gone). */
   flushNeighbour(ifindex: number, address: string): Promise<void>;
   /** Which gateway and interface the kernel would use for dst (from src). */
   lookupRoute(dst: string, src: string | null): Promise<RouteChoice>;
   /** Every route of the given tables (numbers), both families. */
   listRoutes(tables: number[]): Promise<KernelRoute[]>;
+  /** Every nexthop object (`ip nexthop`); empty on kernels without them. */
+  listNexthops(): Promise<KernelNexthopObject[]>;
+  /** `ip nexthop replace`: a group with other members, or back as it was. */
+  replaceNexthop(nh: KernelNexthopObject): Promise<void>;
   addRoute(route: KernelRoute): Promise<void>;
   replaceRoute(route: KernelRoute): Promise<void>;
   deleteRoute(route: KernelRoute): Promise<void>;
@@ -111,7 +148,9 @@ export interface DgdPorts {
 /** Where withdrawn routes and the on/off switch are kept across restarts. */
 export interface DgdStore {
   loadJournal(): Promise<JournalEntry[]>;
-  saveJournal(entries: JournalEntry[]): Promise<void>;
+  /** Nexthop groups with members withdrawn (kept in the same journal file). */
+  loadGroupJournal(): Promise<GroupJournalEntry[]>;
+  saveJournal(entries: JournalEntry[], groups?: GroupJournalEntry[]): Promise<void>;
   loadEnabled(): Promise<boolean | null>;
   saveEnabled(enabled: boolean): Promise<void>;
 }
@@ -132,4 +171,18 @@ export interface JournalEntry {
    * before boot ids were recorded. Informational: ifindexes are never trusted across restarts.
    */
   boot_id?: string | null;
+}
+
+/**
+ * One nexthop group the engine has changed (`ip nexthop replace id N group ...` without the dead
+ * members): the group as it was, each member's gateway key, and the gateway keys withdrawn from it.
+ * The routes using the group are not touched; they follow the group.
+ */
+export interface GroupJournalEntry {
+  id: number;
+  original: KernelNexthopObject;
+  /** Member object id -> gateway key ("address%ifindex"), as they were when the group was changed. */
+  members: Record<string, string | null>;
+  removed: string[];
+  at: string;
 }

@@ -1,6 +1,12 @@
 // Pure route planning: which routes go through a gateway, what a route looks like with some of its
 // gateways withdrawn, and which kernel operation turns one state into another. No I/O here.
-import type { JournalEntry, KernelNexthop, KernelRoute } from './ports';
+import type {
+  GroupJournalEntry,
+  JournalEntry,
+  KernelNexthop,
+  KernelNexthopObject,
+  KernelRoute,
+} from './ports';
 
 /** include/uapi/linux/rtnetlink.h: the gateway is on-link even if no prefix says so. */
 const RTNH_F_ONLINK = 4;
@@ -93,4 +99,48 @@ export function targetOf(entry: JournalEntry): KernelRoute | null {
  */
 export function destinationOf(route: KernelRoute): string {
   return `${route.family}|${route.table}|${route.dst}`;
+}
+
+/** "address%ifindex" back into its parts. */
+export function splitKey(key: string): [string, number] {
+  const i = key.lastIndexOf('%');
+  return [key.slice(0, i), Number(key.slice(i + 1))];
+}
+
+/** The key a nexthop group is journaled and bounded under. */
+export function groupKey(id: number): string {
+  return `nexthop-group|${id}`;
+}
+
+/** Each member of group `nh` (by id) with the gateway key of its object; null for a gatewayless one. */
+export function memberKeys(
+  nh: KernelNexthopObject,
+  objects: ReadonlyMap<number, KernelNexthopObject>,
+): Record<string, string | null> {
+  const out: Record<string, string | null> = {};
+  for (const m of nh.group ?? []) {
+    const o = objects.get(m.id);
+    out[String(m.id)] = o?.gateway && o.ifindex !== null ? gatewayKey(o.gateway, o.ifindex) : null;
+  }
+  return out;
+}
+
+/**
+ * The group as it should be with the entry's dead gateways taken out, weights and order kept;
+ * null when no member would remain (the kernel has no empty groups).
+ */
+export function groupTarget(entry: GroupJournalEntry): KernelNexthopObject | null {
+  const removed = new Set(entry.removed);
+  const keep = (entry.original.group ?? []).filter((m) => {
+    const k = entry.members[String(m.id)];
+    return !k || !removed.has(k);
+  });
+  if (keep.length === 0) return null;
+  return { ...entry.original, group: keep };
+}
+
+/** `nexthop id 10 group 1,3/2`, as `ip nexthop` prints it. */
+export function describeGroup(nh: KernelNexthopObject): string {
+  const members = (nh.group ?? []).map((m) => (m.weight === 1 ? `${m.id}` : `${m.id},${m.weight}`));
+  return `nexthop id ${nh.id} group ${members.join('/')}`;
 }

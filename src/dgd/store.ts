@@ -4,7 +4,7 @@ import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { IpdeadgateError } from '../errors';
 import { writeFileAtomic } from '../util/atomic';
-import type { DgdStore, JournalEntry } from './ports';
+import type { DgdStore, GroupJournalEntry, JournalEntry } from './ports';
 
 const JOURNAL = 'withdrawn-routes.json';
 const SWITCH = 'dgd-enabled.json';
@@ -28,11 +28,22 @@ export class FileStore implements DgdStore {
     return entries as JournalEntry[];
   }
 
-  async saveJournal(entries: JournalEntry[]): Promise<void> {
-    await writeFileAtomic(
-      path.join(this.dir, JOURNAL),
-      JSON.stringify({ version: 1, entries }, null, 1) + '\n',
-    );
+  async loadGroupJournal(): Promise<GroupJournalEntry[]> {
+    const data = await readJson(path.join(this.dir, JOURNAL));
+    const groups = (data as { nexthop_groups?: unknown } | null)?.nexthop_groups;
+    if (groups === undefined || groups === null) return [];
+    if (!Array.isArray(groups))
+      throw new IpdeadgateError(
+        'ERR_JOURNAL',
+        `${this.journalPath}: nexthop_groups is not a list; move the file away to start fresh`,
+      );
+    return groups as GroupJournalEntry[];
+  }
+
+  async saveJournal(entries: JournalEntry[], groups: GroupJournalEntry[] = []): Promise<void> {
+    const body =
+      groups.length > 0 ? { version: 1, entries, nexthop_groups: groups } : { version: 1, entries };
+    await writeFileAtomic(path.join(this.dir, JOURNAL), JSON.stringify(body, null, 1) + '\n');
   }
 
   async loadEnabled(): Promise<boolean | null> {
@@ -66,14 +77,19 @@ async function readJson(file: string): Promise<unknown> {
 /** In-memory store for tests. */
 export class MemoryStore implements DgdStore {
   journal: JournalEntry[] = [];
+  groups: GroupJournalEntry[] = [];
   enabled: boolean | null = null;
   saves = 0;
   async loadJournal(): Promise<JournalEntry[]> {
     return structuredClone(this.journal);
   }
-  async saveJournal(entries: JournalEntry[]): Promise<void> {
+  async loadGroupJournal(): Promise<GroupJournalEntry[]> {
+    return structuredClone(this.groups);
+  }
+  async saveJournal(entries: JournalEntry[], groups: GroupJournalEntry[] = []): Promise<void> {
     this.saves++;
     this.journal = structuredClone(entries);
+    this.groups = structuredClone(groups);
   }
   async loadEnabled(): Promise<boolean | null> {
     return this.enabled;

@@ -34,6 +34,10 @@ export const RTM = {
   NEWNEIGH: 28,
   DELNEIGH: 29,
   GETNEIGH: 30,
+  /** linux/nexthop.h objects (`ip nexthop`), Linux 5.3+. */
+  NEWNEXTHOP: 104,
+  DELNEXTHOP: 105,
+  GETNEXTHOP: 106,
 } as const;
 
 export function rtmName(type: number): string {
@@ -42,7 +46,7 @@ export function rtmName(type: number): string {
 }
 
 /** enum rtnetlink_groups (group numbers, for NETLINK_ADD_MEMBERSHIP). */
-export const RTNLGRP = { LINK: 1, NEIGH: 3, IPV4_ROUTE: 7, IPV6_ROUTE: 11 } as const;
+export const RTNLGRP = { LINK: 1, NEIGH: 3, IPV4_ROUTE: 7, IPV6_ROUTE: 11, NEXTHOP: 32 } as const;
 
 export const AF_INET = 2;
 export const AF_INET6 = 10;
@@ -86,7 +90,6 @@ const PASSTHROUGH_ROUTE_ATTRS = new Set<number>([
   RTA.ENCAP_TYPE,
   RTA.ENCAP,
   RTA.TTL_PROPAGATE,
-  RTA.NH_ID,
 ]);
 /** Per-nexthop attributes passed back verbatim (inside struct rtnexthop). */
 const PASSTHROUGH_NEXTHOP_ATTRS = new Set<number>([RTA.FLOW, RTA.NEWDST, RTA.ENCAP_TYPE, RTA.ENCAP]);
@@ -153,11 +156,11 @@ const LE = endianness() === 'LE';
 export const u16 = (b: Buffer, o: number): number => (LE ? b.readUInt16LE(o) : b.readUInt16BE(o));
 export const u32 = (b: Buffer, o: number): number => (LE ? b.readUInt32LE(o) : b.readUInt32BE(o));
 export const s32 = (b: Buffer, o: number): number => (LE ? b.readInt32LE(o) : b.readInt32BE(o));
-function put16(b: Buffer, v: number, o: number): void {
+export function put16(b: Buffer, v: number, o: number): void {
   if (LE) b.writeUInt16LE(v, o);
   else b.writeUInt16BE(v, o);
 }
-function put32(b: Buffer, v: number, o: number): void {
+export function put32(b: Buffer, v: number, o: number): void {
   if (LE) b.writeUInt32LE(v >>> 0, o);
   else b.writeUInt32BE(v >>> 0, o);
 }
@@ -263,7 +266,9 @@ export function parseRouteRaw(raw: unknown): ParsedRaw {
       throw invalidArg('route.raw.srcLen must be a prefix length');
     out.srcLen = r.srcLen as number;
   }
-  out.attrs = attrListFromJson(r.attrs, 'route.raw.attrs').filter((a) => PASSTHROUGH_ROUTE_ATTRS.has(a.type));
+  out.attrs = attrListFromJson(r.attrs, 'route.raw.attrs').filter(
+    (a) => PASSTHROUGH_ROUTE_ATTRS.has(a.type) || a.type === RTA.NH_ID,
+  );
   out.metricsAttrs = attrListFromJson(r.metricsAttrs, 'route.raw.metricsAttrs');
   if (r.nexthopAttrs && typeof r.nexthopAttrs === 'object')
     for (const [k, v] of Object.entries(r.nexthopAttrs as Record<string, unknown>))
@@ -343,6 +348,11 @@ export function decodeRoute(data: Buffer, ifname: (ifindex: number) => string): 
         break;
       case RTA.MULTIPATH:
         route.nexthops = decodeMultipath(a.data, ifname, raw);
+        break;
+      case RTA.NH_ID:
+        // With nexthop_compat_mode (the default) the kernel also reports the object's gateway or
+        // multipath; decoded above for reading, never sent back (the object is the route's path).
+        route.nhid = u32(a.data, 0);
         break;
       default:
         if (PASSTHROUGH_ROUTE_ATTRS.has(a.type)) raw.attrs.push([a.type, a.data.toString('hex')]);
@@ -440,6 +450,7 @@ export function validateRoute(r: unknown): Route {
       u32Field(v, `route.metrics.${k}`);
     }
   }
+  if (route.nhid !== undefined && route.nhid !== null) u32Field(route.nhid, 'route.nhid', 1);
   if (route.pref !== undefined) u32Field(route.pref, 'route.pref', 0, 3);
   if (route.expires !== undefined) u32Field(route.expires, 'route.expires');
   parseRouteRaw(route.raw);
@@ -477,8 +488,12 @@ export function encodeRoute(rr: ResolvedRoute, purpose: 'new' | 'del'): Buffer {
   if (rr.dst.prefix > 0) parts.push(attr(RTA.DST, rr.dst.bytes));
   if (r.metric > 0) parts.push(attr(RTA.PRIORITY, u32Buf(r.metric)));
   if (r.prefsrc) parts.push(attr(RTA.PREFSRC, parseIp(r.prefsrc, 'prefsrc', r.family).bytes));
-  // A route using a nexthop object (RTA_NH_ID) must not also carry gateway/oif/multipath.
-  const usesNhObject = raw.attrs.some((a) => a.type === RTA.NH_ID);
+  // A route using a nexthop object (RTA_NH_ID) must not also carry gateway/oif/multipath: the
+  // kernel takes them from the object. (Journals written before Route.nhid kept RTA_NH_ID raw.)
+  const legacyNhId = raw.attrs.find((a) => a.type === RTA.NH_ID);
+  if (r.nhid !== undefined && r.nhid !== null) parts.push(attr(RTA.NH_ID, u32Buf(r.nhid)));
+  else if (legacyNhId) parts.push(attr(RTA.NH_ID, legacyNhId.data));
+  const usesNhObject = (r.nhid !== undefined && r.nhid !== null) || legacyNhId !== undefined;
   if (!usesNhObject) {
     if (r.nexthops && r.nexthops.length > 0) {
       parts.push(attr(RTA.MULTIPATH, encodeMultipath(r.family, r.nexthops, rr.nexthopIfindexes, raw)));
@@ -499,7 +514,7 @@ export function encodeRoute(rr: ResolvedRoute, purpose: 'new' | 'del'): Buffer {
     if (r.family === 6 && r.expires !== undefined && r.expires > 0)
       parts.push(attr(RTA.EXPIRES, u32Buf(r.expires)));
   }
-  for (const a of raw.attrs) parts.push(attr(a.type, a.data));
+  for (const a of raw.attrs) if (a.type !== RTA.NH_ID) parts.push(attr(a.type, a.data));
   return Buffer.concat(parts);
 }
 

@@ -39,8 +39,16 @@ export interface Route {
   ifindex: number | null;
   ifname: string | null;
   prefsrc: string | null;
-  /** RTA_MULTIPATH, else null. */
+  /**
+   * RTA_MULTIPATH, else null. For a route through a nexthop object (nhid) these are what the kernel
+   * reports of the object (nexthop_compat_mode), or what the facade's caller filled in from it.
+   */
   nexthops: Nexthop[] | null;
+  /**
+   * RTA_NH_ID: the route goes through nexthop object `nhid` (`ip route add ... nhid N`), and the
+   * kernel takes its gateway, interface and multipath from that object. Absent otherwise.
+   */
+  nhid?: number;
   /** RTAX_* by name: mtu, advmss, hoplimit, lock, window, rtt, ... (numeric metrics only). */
   metrics: Record<string, number>;
   /** IPv6 RTA_PREF (ICMPV6_ROUTER_PREF_*: 0 medium, 1 high, 3 low). */
@@ -53,6 +61,50 @@ export interface Route {
    * See RouteRaw; routes built by hand may leave it null.
    */
   raw: unknown;
+}
+
+/** One member of a nexthop group (struct nexthop_grp, linux/nexthop.h). */
+export interface NexthopGroupMember {
+  /** The member nexthop object's id. */
+  id: number;
+  /** 1..65536, as `ip nexthop` shows it (the kernel stores weight - 1). */
+  weight: number;
+}
+
+/**
+ * A nexthop object (RTM_NEWNEXTHOP, linux/nexthop.h): `ip nexthop add id 1 via GW dev IF`, a group
+ * `ip nexthop add id 10 group 1,3/2`, a blackhole, or a bridge FDB nexthop. Routes name one by id
+ * (Route.nhid). JSON-serialisable, like Route: the journal keeps groups as they were.
+ */
+export interface NexthopObject {
+  id: number;
+  /** nh_family: 4 or 6 for a gateway nexthop; null (AF_UNSPEC) for groups and blackholes. */
+  family: Family | null;
+  /**
+   * nh_protocol (RTPROT_*): who installed it: 3 boot (`ip nexthop` without proto), 4 static,
+   * 11 zebra (FRR), 12 bird, 16 dhcp, ... Routing daemons own what they install.
+   */
+  protocol: number;
+  /** nh_scope (reported only). */
+  scope: number;
+  /** nh_flags: RTNH_F_* (4 onlink, 1 dead and 16 linkdown as reported). */
+  flags: number;
+  gateway: string | null;
+  ifindex: number | null;
+  ifname: string | null;
+  /** NHA_BLACKHOLE. */
+  blackhole: boolean;
+  /** NHA_FDB: a bridge/VXLAN FDB nexthop, never used by routes. */
+  fdb: boolean;
+  /** NHA_GROUP: the members with their weights, in kernel order; null for a single nexthop. */
+  group: NexthopGroupMember[] | null;
+  /** NHA_GROUP_TYPE: 'mpath' (hash-threshold, the default) or 'resilient'; null for a single nexthop. */
+  groupType: 'mpath' | 'resilient' | null;
+  /**
+   * What an exact re-creation needs beyond the typed fields, as [NHA_* type, hex] pairs passed back
+   * verbatim: NHA_ENCAP_TYPE, NHA_ENCAP, and a resilient group's settable NHA_RES_GROUP members.
+   */
+  raw: [number, string][] | null;
 }
 
 export type NeighState =
@@ -103,9 +155,15 @@ export interface RouteLookup {
 export type RtnlEvent =
   | { kind: 'neighbour'; op: 'new' | 'del'; neighbour: Neighbour }
   | { kind: 'route'; op: 'new' | 'del'; route: Route }
-  | { kind: 'link'; op: 'new' | 'del'; link: Link };
+  | { kind: 'link'; op: 'new' | 'del'; link: Link }
+  /**
+   * RTNLGRP_NEXTHOP. When a nexthop object is deleted the kernel removes every route using it
+   * without an RTM_DELROUTE of its own, and a group replaced in place changes its routes without an
+   * RTM_NEWROUTE: whoever tracks routes re-reads them on these events too.
+   */
+  | { kind: 'nexthop'; op: 'new' | 'del'; nexthop: NexthopObject };
 
-export type RtnlGroup = 'neighbour' | 'route' | 'link';
+export type RtnlGroup = 'neighbour' | 'route' | 'link' | 'nexthop';
 
 export interface RtnlSubscription {
   close(): void;
@@ -130,6 +188,15 @@ export interface Rtnl {
   deleteRoute(r: Route): Promise<void>;
   /** Which gateway and interface the kernel would use for `dst`. */
   lookupRoute(dst: string, opts?: { oif?: number; src?: string }): Promise<RouteLookup>;
+  /** Every nexthop object (RTM_GETNEXTHOP dump), both families and groups. */
+  listNexthops(): Promise<NexthopObject[]>;
+  /** One nexthop object by id; null when there is none. */
+  getNexthop(id: number): Promise<NexthopObject | null>;
+  /** NLM_F_CREATE|NLM_F_EXCL, or NLM_F_CREATE|NLM_F_REPLACE with `replace` (`ip nexthop replace`). */
+  addNexthop(nh: NexthopObject, opts?: { replace?: boolean }): Promise<void>;
+  replaceNexthop(nh: NexthopObject): Promise<void>;
+  /** Deletes the object by id; the kernel also removes every route using it. */
+  deleteNexthop(id: number): Promise<void>;
   listNeighbours(opts?: { family?: Family; ifindex?: number }): Promise<Neighbour[]>;
   /** ENOENT/ESRCH means already gone: resolves. */
   deleteNeighbour(ifindex: number, address: string): Promise<void>;
@@ -139,7 +206,8 @@ export interface Rtnl {
   linkByIndex(ifindex: number): Promise<Link | null>;
   listAddresses(opts?: { family?: Family }): Promise<Address[]>;
   /**
-   * Multicast subscription on its own socket: RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE/IPV6_ROUTE, RTNLGRP_LINK.
+   * Multicast subscription on its own socket: RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE/IPV6_ROUTE, RTNLGRP_LINK,
+   * RTNLGRP_NEXTHOP.
    * A neighbour event in state FAILED means resolution failed: the kernel also reports a deleted
    * entry (ip neigh del, deleteNeighbour) as FAILED just before its 'del'; that FAILED is suppressed
    * here (held 25 ms), so a purge shows up as 'del' only. Cloned IPv6 routes (PMTU exceptions) are

@@ -31,6 +31,14 @@ import {
   type ResolvedRoute,
 } from './rtnl-codec';
 import { invalidArg, parseCidr, parseIp } from './rtnl-ip';
+import {
+  decodeNexthop,
+  describeNexthop,
+  encodeNexthop,
+  encodeNexthopDump,
+  encodeNexthopKey,
+  validateNexthop,
+} from './rtnl-nexthop';
 import { describeRoute } from './rtnl-format';
 import { NetlinkChannel, NetlinkErrno, type NetlinkMessage } from './rtnl-socket';
 import type {
@@ -38,6 +46,7 @@ import type {
   Family,
   Link,
   Neighbour,
+  NexthopObject,
   OpenRtnlOptions,
   Route,
   RouteLookup,
@@ -48,6 +57,7 @@ import type {
   SubscribeOptions,
 } from './rtnl-types';
 
+export { describeNexthop } from './rtnl-nexthop';
 export type {
   Address,
   Family,
@@ -55,6 +65,8 @@ export type {
   NeighState,
   Neighbour,
   Nexthop,
+  NexthopGroupMember,
+  NexthopObject,
   OpenRtnlOptions,
   Route,
   RouteLookup,
@@ -290,6 +302,77 @@ class RtnlSocket implements Rtnl {
     };
   }
 
+  // ---- nexthop objects (linux/nexthop.h) ----
+
+  async listNexthops(): Promise<NexthopObject[]> {
+    let msgs: NetlinkMessage[];
+    try {
+      msgs = await this.call(RTM.GETNEXTHOP, NLM_F_DUMP, encodeNexthopDump(), 'listing nexthop objects', {
+        EOPNOTSUPP: 'this kernel has no nexthop objects (Linux 5.3+)',
+      });
+    } catch (err) {
+      // A kernel without nexthop objects has none to list.
+      if (err instanceof SystemError && (err.code === 'EOPNOTSUPP' || err.code === 'EINVAL')) return [];
+      throw err;
+    }
+    return this.withNames((name) =>
+      msgs
+        .filter((m) => m.type === RTM.NEWNEXTHOP)
+        .map((m) => decodeNexthop(m.data, name))
+        .filter((n): n is NexthopObject => n !== null),
+    );
+  }
+
+  async getNexthop(id: number): Promise<NexthopObject | null> {
+    const key = encodeNexthopKey(id);
+    let msgs: NetlinkMessage[];
+    try {
+      msgs = await this.call(RTM.GETNEXTHOP, 0, key, `reading nexthop id ${id}`);
+    } catch (err) {
+      if (err instanceof SystemError && (err.code === 'ENOENT' || err.code === 'ESRCH')) return null;
+      throw err;
+    }
+    const reply = msgs.find((m) => m.type === RTM.NEWNEXTHOP);
+    return reply ? this.withNames((name) => decodeNexthop(reply.data, name)) : null;
+  }
+
+  async addNexthop(input: NexthopObject, opts: { replace?: boolean } = {}): Promise<void> {
+    const nh = validateNexthop(input);
+    let ifindex: number | null = null;
+    if (!nh.group && !nh.blackhole) {
+      if (nh.ifname) {
+        const link = await this.linkByName(checkIfname(nh.ifname, 'nexthop.ifname'));
+        if (!link)
+          throw invalidArg(`unknown interface "${nh.ifname}" (nexthop.ifname of ${describeNexthop(nh)})`);
+        ifindex = link.ifindex;
+      } else if (nh.ifindex !== null && nh.ifindex !== undefined)
+        ifindex = checkIfindex(nh.ifindex, 'nexthop.ifindex');
+    }
+    const flags = NLM_F_CREATE | (opts.replace ? NLM_F_REPLACE : NLM_F_EXCL);
+    await this.call(
+      RTM.NEWNEXTHOP,
+      flags,
+      encodeNexthop(nh, ifindex),
+      `${opts.replace ? 'replacing' : 'adding'} ${describeNexthop(nh)}`,
+      {
+        EEXIST: 'a nexthop object with that id already exists',
+        ENOENT: 'a group member does not exist',
+        EINVAL: 'the kernel rejected the nexthop object (check gateway, interface, group members and type)',
+        ENETUNREACH: 'the gateway is not on a directly connected network (add it with onlink)',
+      },
+    );
+  }
+
+  replaceNexthop(nh: NexthopObject): Promise<void> {
+    return this.addNexthop(nh, { replace: true });
+  }
+
+  async deleteNexthop(id: number): Promise<void> {
+    await this.call(RTM.DELNEXTHOP, 0, encodeNexthopKey(id), `deleting nexthop id ${id}`, {
+      ENOENT: 'no such nexthop object',
+    });
+  }
+
   // ---- neighbours ----
 
   async listNeighbours(opts: { family?: Family; ifindex?: number } = {}): Promise<Neighbour[]> {
@@ -427,14 +510,15 @@ class RtnlSocket implements Rtnl {
     if (!Array.isArray(groups) || groups.length === 0)
       throw invalidArg('subscribe needs at least one group', 'type');
     for (const g of groups)
-      if (g !== 'neighbour' && g !== 'route' && g !== 'link')
-        throw invalidArg(`unknown rtnetlink group "${String(g)}" (neighbour, route, link)`);
+      if (g !== 'neighbour' && g !== 'route' && g !== 'link' && g !== 'nexthop')
+        throw invalidArg(`unknown rtnetlink group "${String(g)}" (neighbour, route, link, nexthop)`);
     if (typeof onEvent !== 'function') throw invalidArg('onEvent must be a function', 'type');
     const wanted = new Set(groups);
     // Link events are always joined: they keep the interface names of the other events current.
     const nums: number[] = [RTNLGRP.LINK];
     if (wanted.has('neighbour')) nums.push(RTNLGRP.NEIGH);
     if (wanted.has('route')) nums.push(RTNLGRP.IPV4_ROUTE, RTNLGRP.IPV6_ROUTE);
+    if (wanted.has('nexthop')) nums.push(RTNLGRP.NEXTHOP);
 
     let closed = false;
     // Events are decoded in arrival order; a name lookup for an unknown interface must not reorder them.
@@ -500,6 +584,12 @@ class RtnlSocket implements Rtnl {
           if (msg.data.length >= 12 && u32(msg.data, 8) & RTM_F_CLONED) return; // IPv6 exceptions (PMTU), not FIB routes
           const route = await this.eventNames((name) => decodeRoute(msg.data, name));
           if (route) deliver({ kind: 'route', op: msg.type === RTM.NEWROUTE ? 'new' : 'del', route });
+          return;
+        }
+        case RTM.NEWNEXTHOP:
+        case RTM.DELNEXTHOP: {
+          const nexthop = await this.eventNames((name) => decodeNexthop(msg.data, name));
+          if (nexthop) deliver({ kind: 'nexthop', op: msg.type === RTM.NEWNEXTHOP ? 'new' : 'del', nexthop });
           return;
         }
       }

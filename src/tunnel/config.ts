@@ -48,6 +48,32 @@ const serviceName = z
   .string()
   .regex(SERVICE_NAME, 'must be 1-63 letters, digits, "_", "." or "-", starting with a letter or digit');
 
+/** A service name, a prefix ending in "*", or "*" alone (any). */
+const servicePattern = z
+  .string()
+  .regex(
+    /^(\*|[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\*?)$/,
+    'must be a service name, a prefix ending in "*" (e.g. "endpoint-*"), or "*" for any',
+  );
+
+/** Whether `service` matches one of `patterns` (exact names, "prefix*", "*"). */
+export function matchesAny(patterns: readonly string[], service: string): boolean {
+  return patterns.some((p) => (p.endsWith('*') ? service.startsWith(p.slice(0, -1)) : p === service));
+}
+
+/**
+ * Which peers may link, and what each may announce and open (issue 9). Absent: any peer whose
+ * certificate is from the CA and vouches for the name it gives may link, announce and open any
+ * service (today's behaviour, with identities bound). Present: only the peers named here may link;
+ * each may announce and open what its lists say (default "*").
+ */
+const peerRule = z
+  .object({
+    announce: z.array(servicePattern).default(['*']),
+    open: z.array(servicePattern).default(['*']),
+  })
+  .strict();
+
 export const tunnelConfigSchema = z
   .object({
     role: z.enum(['gateway-proxy', 'endpoint-proxy', 'relay']),
@@ -62,7 +88,9 @@ export const tunnelConfigSchema = z
     close_timeout: durationIn(100, 86_400_000, '60s'),
     dial_timeout: durationIn(100, 3_600_000, '15s'),
     open_timeout: durationIn(100, 3_600_000, '30s'),
+    handshake_timeout: durationIn(100, 600_000, '10s'),
     max_sessions: intIn(1, 1_000_000, 10_000),
+    peers: z.record(serviceName, peerRule).optional(),
   })
   .strict()
   .superRefine((c, ctx) => {

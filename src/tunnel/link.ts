@@ -5,7 +5,6 @@
 // a control stream (TFST's WHO/TELL), and tell again whenever that changes.
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { IpdeadgateError } from '../errors';
 import { systemClock, type Clock, type Timer } from '../util/clock';
@@ -20,6 +19,108 @@ import {
   type ControlMessage,
 } from './protocol';
 import { AcceptBackoff } from './closeguard';
+
+/** The link protocol and its version, carried in ALPN (docs/protocol.md). */
+export const LINK_ALPN = 'ipdeadgate/1';
+
+/** Why a link was refused: stable names, used in log events, status and metrics. */
+export type LinkRefusal =
+  | 'cert_expired'
+  | 'cert_not_yet_valid'
+  | 'unknown_ca'
+  | 'wrong_purpose'
+  | 'no_certificate'
+  | 'bad_certificate'
+  | 'name_mismatch'
+  | 'peer_not_allowed'
+  | 'protocol_version'
+  | 'handshake_timeout'
+  | 'refused_by_peer'
+  | 'tls_error';
+
+/** A link refused, with the reason's stable name and what exactly was wrong. */
+export class LinkRefusedError extends IpdeadgateError {
+  constructor(
+    readonly reason: LinkRefusal,
+    message: string,
+  ) {
+    super('ERR_TUNNEL_LINK_REFUSED', message);
+  }
+}
+
+/** What a refusal event carries (Link, LinkListener and LinkDialer emit 'refused' with it). */
+export interface RefusalEvent {
+  remote: string;
+  reason: LinkRefusal;
+  detail: string;
+  /** 'accept': we refused a peer that connected to us; 'dial': the link we dialed was refused. */
+  direction: 'accept' | 'dial';
+}
+
+/** Map an OpenSSL verification code or a TLS error to a refusal reason. */
+export function classifyTlsError(code: string | undefined, message = ''): LinkRefusal {
+  switch (code) {
+    case 'CERT_HAS_EXPIRED':
+    case 'ERR_SSL_SSLV3_ALERT_CERTIFICATE_EXPIRED':
+      return 'cert_expired';
+    case 'CERT_NOT_YET_VALID':
+      return 'cert_not_yet_valid';
+    case 'UNABLE_TO_GET_ISSUER_CERT':
+    case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
+    case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
+    case 'SELF_SIGNED_CERT_IN_CHAIN':
+    case 'DEPTH_ZERO_SELF_SIGNED_CERT':
+    case 'CERT_UNTRUSTED':
+    case 'CERT_SIGNATURE_FAILURE':
+    case 'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA':
+      return 'unknown_ca';
+    case 'INVALID_PURPOSE':
+    case 'ERR_SSL_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE':
+      return 'wrong_purpose';
+    case 'ERR_TLS_HANDSHAKE_TIMEOUT':
+      return 'handshake_timeout';
+    case 'ERR_SSL_NO_APPLICATION_PROTOCOL':
+    case 'ERR_SSL_TLSV1_ALERT_NO_APPLICATION_PROTOCOL':
+    case 'ERR_SSL_UNSUPPORTED_PROTOCOL':
+    case 'ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION':
+    case 'ERR_SSL_WRONG_VERSION_NUMBER':
+      return 'protocol_version';
+    case 'ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE':
+    case 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED':
+      return 'no_certificate';
+  }
+  if (/no application protocol|protocol version|wrong version number/i.test(message))
+    return 'protocol_version';
+  if (code && /CERT/.test(code)) return 'bad_certificate';
+  return 'tls_error';
+}
+
+/**
+ * The names a certificate vouches for (docs/protocol.md "Identities"): its DNS subject alternative
+ * names and the last segment of each URI SAN (after the last "/" or ":", as in SPIFFE IDs such as
+ * spiffe://example.org/tunnel/gw1); its CN only when it has no DNS or URI SAN (RFC 6125 6.4.4).
+ */
+export function certificateNames(cert: tls.PeerCertificate | undefined): string[] {
+  if (!cert || !Object.keys(cert).length) return [];
+  const names: string[] = [];
+  for (const part of (cert.subjectaltname ?? '').split(/,\s*/)) {
+    const m = /^(DNS|URI):(.*)$/.exec(part.trim().replace(/^"|"$/g, ''));
+    if (!m) continue;
+    if (m[1] === 'DNS') names.push(m[2]!);
+    else {
+      const seg = /[^/:]*$/.exec(m[2]!.replace(/\/+$/, ''))?.[0] ?? '';
+      if (seg) names.push(seg);
+    }
+  }
+  if (names.length) return names;
+  const cn = cert.subject?.CN;
+  return typeof cn === 'string' ? [cn] : Array.isArray(cn) ? cn.map(String) : [];
+}
+
+/** Whether `name` (a hello's node name) is one the certificate vouches for (DNS names case-insensitively). */
+export function certificateVouchesFor(cert: tls.PeerCertificate | undefined, name: string): boolean {
+  return certificateNames(cert).some((n) => n.toLowerCase() === name.toLowerCase());
+}
 
 export interface TlsFiles {
   ca: string;
@@ -61,6 +162,9 @@ function tlsOptions(m: TlsMaterial): tls.SecureContextOptions & tls.CommonConnec
     minVersion: 'TLSv1.3',
     maxVersion: 'TLSv1.3',
     rejectUnauthorized: true,
+    // The link protocol's version (docs/protocol.md): a peer that offers no common one is refused
+    // by the TLS server with the no_application_protocol alert.
+    ALPNProtocols: [LINK_ALPN],
     // AES-128-GCM first: with AES-NI it is the cheapest AEAD per byte, and a link carries bulk data.
     ciphers: 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256',
   };
@@ -76,6 +180,10 @@ export interface LinkOptions {
   /** What we announce on a link (service -> hops). */
   services: (link: Link) => Record<string, number>;
   handshakeTimeoutMs?: number;
+  /** After the hello (name already bound to the certificate): may this peer link at all? A reason when not. */
+  admitPeer?: (name: string) => string | undefined;
+  /** Keep the services this peer may announce; report the ones it may not. */
+  filterAnnounced?: (link: Link, services: Record<string, number>) => Record<string, number>;
 }
 
 export type LinkState = 'connecting' | 'handshake' | 'up' | 'down';
@@ -90,9 +198,11 @@ export class Link extends EventEmitter {
   peerName = '';
   peerRole = '';
   peerCertSubject = '';
+  private readonly peerCert: tls.PeerCertificate | undefined;
   peerServices: Record<string, number> = {};
   private control: MuxStream | undefined;
   private lastTold = '';
+  private refused = false;
   private handshakeTimer: Timer | undefined;
   readonly remote: string;
   private readonly clock: Clock;
@@ -105,8 +215,9 @@ export class Link extends EventEmitter {
     super();
     this.clock = opts.clock ?? systemClock;
     this.remote = `${socket.remoteAddress}:${socket.remotePort}`;
-    const cert = socket.getPeerCertificate();
-    this.peerCertSubject = typeof cert?.subject?.CN === 'string' ? cert.subject.CN : '';
+    this.peerCert = socket.getPeerCertificate();
+    const cn = this.peerCert?.subject?.CN;
+    this.peerCertSubject = typeof cn === 'string' ? cn : '';
     socket.setNoDelay(true);
     this.session = new MuxSession(socket, {
       role: dialer ? 'client' : 'server',
@@ -119,8 +230,9 @@ export class Link extends EventEmitter {
     this.session.on('stream', (s: MuxStream) => this.onStream(s));
     this.handshakeTimer = this.clock.setTimeout(
       () =>
-        this.close(
-          new IpdeadgateError('ETIMEDOUT', `link ${this.remote}: no hello within the handshake time`),
+        this.refuse(
+          'handshake_timeout',
+          `link ${this.remote}: no hello within ${opts.handshakeTimeoutMs ?? 10_000} ms`,
         ),
       opts.handshakeTimeoutMs ?? 10_000,
     );
@@ -130,9 +242,7 @@ export class Link extends EventEmitter {
         (a) =>
           a.status === 0
             ? this.attachControl(c)
-            : this.close(
-                new IpdeadgateError('ERR_TUNNEL_HANDSHAKE', `the peer refused the link: ${a.reason}`),
-              ),
+            : this.refuse('refused_by_peer', `the peer refused the link: ${a.reason}`, false),
         (err: Error) => this.close(err),
       );
     }
@@ -185,24 +295,62 @@ export class Link extends EventEmitter {
   }
 
   private onControl(line: string): void {
+    if (this.refused) return;
     let m: ControlMessage;
     try {
       m = JSON.parse(line) as ControlMessage;
     } catch {
       return this.close(new IpdeadgateError('ERR_TUNNEL_HANDSHAKE', 'malformed control message'));
     }
+    if (m.type === 'bye') {
+      const reason = String(m.reason ?? '').slice(0, 64);
+      return this.refuse(
+        'refused_by_peer',
+        `the peer refused the link (${reason}): ${String(m.detail ?? '').slice(0, 512)}`,
+        false,
+      );
+    }
     const services = sanitizeServices(m.services);
     if (m.type === 'hello' && this.state === 'handshake') {
-      this.peerName = String(m.name).slice(0, 63);
+      const name = String(m.name).slice(0, 63);
+      // Identity: the name a peer gives must be one its certificate vouches for, or any peer with a
+      // certificate from the CA could pose as any node and draw its traffic.
+      if (!certificateVouchesFor(this.peerCert, name))
+        return this.refuse(
+          'name_mismatch',
+          `the peer at ${this.remote} says it is "${name}" but its certificate is for ${JSON.stringify(certificateNames(this.peerCert))}`,
+        );
+      const notAllowed = this.opts.admitPeer?.(name);
+      if (notAllowed) return this.refuse('peer_not_allowed', notAllowed);
+      this.peerName = name;
       this.peerRole = String(m.role).slice(0, 32);
-      this.peerServices = services;
       this.state = 'up';
+      this.peerServices = this.opts.filterAnnounced?.(this, services) ?? services;
       this.handshakeTimer?.cancel();
       this.emit('up');
     } else if (m.type === 'tell' && this.state === 'up') {
-      this.peerServices = services;
+      this.peerServices = this.opts.filterAnnounced?.(this, services) ?? services;
       this.emit('tell');
     }
+  }
+
+  /**
+   * Refuse the link: tell the peer why on the control stream when there is one (so the other
+   * side logs the reason too), report it ('refused'), and close.
+   */
+  refuse(reason: LinkRefusal, detail: string, tellPeer = true): void {
+    if (this.state === 'down' || this.refused) return;
+    this.refused = true;
+    if (tellPeer) this.send({ type: 'bye', reason, detail });
+    const ev: RefusalEvent = {
+      remote: this.remote,
+      reason,
+      detail,
+      direction: this.dialer ? 'dial' : 'accept',
+    };
+    this.emit('refused', ev);
+    // Let the bye go out before the session's go-away and close.
+    setImmediate(() => this.close(new LinkRefusedError(reason, detail)));
   }
 
   get up(): boolean {
@@ -311,11 +459,14 @@ export class LinkDialer extends EventEmitter {
       15_000,
     );
     this.connectTimer = connectTimer;
-    const fail = (err: Error): void => {
+    const fail = (err: NodeJS.ErrnoException): void => {
       connectTimer.cancel();
       this.lastError = err.message;
       this.socket = undefined;
       socket.destroy();
+      const reason = classifyTlsError(err.code, err.message);
+      if (reason !== 'tls_error') this.emitRefused(reason, err.message);
+      else this.emit('dial_failed', { remote: this.address, error: err.message, code: err.code });
       this.retry();
     };
     socket.once('error', fail);
@@ -323,8 +474,17 @@ export class LinkDialer extends EventEmitter {
       connectTimer.cancel();
       socket.off('error', fail);
       socket.on('error', () => undefined); // the session reports it
+      if (socket.alpnProtocol !== LINK_ALPN) {
+        const detail = `${this.address} does not speak ${LINK_ALPN} (ALPN: ${String(socket.alpnProtocol)})`;
+        this.lastError = detail;
+        this.socket = undefined;
+        socket.destroy();
+        this.emitRefused('protocol_version', detail);
+        return this.retry();
+      }
       const link = new Link(socket, true, this.opts);
       this.link = link;
+      link.on('refused', (ev: RefusalEvent) => this.emit('refused', ev));
       link.once('up', () => {
         this.attempts = 0;
         this.emit('link', link);
@@ -336,6 +496,11 @@ export class LinkDialer extends EventEmitter {
         this.retry();
       });
     });
+  }
+
+  private emitRefused(reason: LinkRefusal, detail: string): void {
+    const ev: RefusalEvent = { remote: this.address, reason, detail, direction: 'dial' };
+    this.emit('refused', ev);
   }
 
   private retry(): void {
@@ -371,20 +536,57 @@ export class LinkListener extends EventEmitter {
     this.server = tls.createServer({
       ...tlsOptions(material),
       requestCert: true,
+      // The peer's certificate is checked below rather than by Node, which would close the
+      // connection without saying why: here every refusal is reported with its reason. (Node's
+      // server verifies the client certificate after the handshake, in JavaScript, and has no way
+      // to send a TLS alert for it either way; see docs/protocol.md.)
+      rejectUnauthorized: false,
       honorCipherOrder: true,
-      handshakeTimeout: 10_000,
+      handshakeTimeout: opts.handshakeTimeoutMs ?? 10_000,
     });
     this.server.on('secureConnection', (socket: tls.TLSSocket) => {
       this.backoff.accepted();
       socket.on('error', () => undefined);
+      const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+      const cert = socket.getPeerCertificate();
+      let refusal: [LinkRefusal, string] | undefined;
+      if (!cert || !Object.keys(cert).length)
+        refusal = ['no_certificate', `the peer at ${remote} sent no certificate`];
+      else if (!socket.authorized) {
+        const code = String(socket.authorizationError ?? '');
+        refusal = [
+          classifyTlsError(code) === 'tls_error' ? 'bad_certificate' : classifyTlsError(code),
+          `the certificate of the peer at ${remote} (CN ${String(cert.subject?.CN)}) was refused: ${code}`,
+        ];
+      } else if (socket.alpnProtocol !== LINK_ALPN)
+        refusal = [
+          'protocol_version',
+          `the peer at ${remote} does not offer ${LINK_ALPN} (ALPN: ${String(socket.alpnProtocol)})`,
+        ];
+      if (refusal) {
+        this.handshakeFailures++;
+        socket.destroy();
+        const ev: RefusalEvent = { remote, reason: refusal[0], detail: refusal[1], direction: 'accept' };
+        this.emit('refused', ev);
+        return;
+      }
       const link = new Link(socket, false, this.opts);
       this.links.add(link);
+      link.on('refused', (ev: RefusalEvent) => this.emit('refused', ev));
       link.once('up', () => this.emit('link', link));
       link.once('down', () => this.links.delete(link));
     });
-    this.server.on('tlsClientError', (_err: Error, socket: net.Socket) => {
+    this.server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
       this.handshakeFailures++;
+      const remote = `${socket.remoteAddress}:${socket.remotePort}`;
       socket.destroy();
+      const ev: RefusalEvent = {
+        remote,
+        reason: classifyTlsError(err.code, err.message),
+        detail: `TLS handshake with ${remote} failed: ${err.message}`,
+        direction: 'accept',
+      };
+      this.emit('refused', ev);
     });
     this.backoff = new AcceptBackoff(this.server, address, opts.clock ?? systemClock);
   }

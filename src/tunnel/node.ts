@@ -6,9 +6,9 @@ import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import { systemClock, type Clock } from '../util/clock';
 import { AcceptBackoff, CloseGuard, type SocketPorts } from './closeguard';
-import { formatHostPort, type HostPort, type TunnelConfig } from './config';
+import { formatHostPort, matchesAny, type HostPort, type TunnelConfig } from './config';
 import { preferAtomicMarking } from './gc';
-import { Link, LinkDialer, LinkListener, loadTls, type LinkOptions } from './link';
+import { Link, LinkDialer, LinkListener, loadTls, type LinkOptions, type RefusalEvent } from './link';
 import type { MuxStream } from './muxsession';
 import {
   encodeAnswer,
@@ -22,11 +22,66 @@ import {
 import { Router } from './router';
 import type { SessionExit, SessionState } from './sessionlife';
 
-/** The subset of pino's API the node logs with. */
+/** The subset of pino's API a node can log with (adapted to the event port, see `events`). */
 export interface TunnelLogger {
   info(obj: object, msg?: string): void;
   warn(obj: object, msg?: string): void;
   error(obj: object, msg?: string): void;
+}
+
+export type TunnelEventLevel = 'debug' | 'info' | 'warn' | 'error';
+
+/**
+ * The tunnel's event port: one call per event, every one with a stable name (the same shape as the
+ * daemon's EventLog, which the daemon passes in, counting events for metrics; src/tunnel never
+ * imports src/daemon).
+ */
+export interface TunnelEvents {
+  event(name: string, fields?: Record<string, unknown>, level?: TunnelEventLevel): void;
+}
+
+/** A pino-like logger as an event port: each line gets its `event`. */
+export function eventsFromLogger(logger: TunnelLogger): TunnelEvents {
+  return {
+    event(name, fields = {}, level = 'info') {
+      (level === 'debug' ? logger.info : logger[level]).call(logger, { event: name, ...fields });
+    },
+  };
+}
+
+const silent: TunnelEvents = { event: () => undefined };
+
+/**
+ * Rate limit for events a peer can cause in bulk (refused links, refused sessions): at most
+ * `burst` per key in each `windowMs`; what was held back is counted into the next one that goes
+ * out (`suppressed`). Counters in status and metrics count every one.
+ */
+export class EventRateLimit {
+  private readonly keys = new Map<string, { windowStart: number; sent: number; suppressed: number }>();
+  constructor(
+    private readonly clock: Clock,
+    private readonly burst = 5,
+    private readonly windowMs = 10_000,
+  ) {}
+
+  /** Fields to log with (plus `suppressed` when some were held back), or undefined to hold this one. */
+  admit(key: string, fields: Record<string, unknown>): Record<string, unknown> | undefined {
+    const now = this.clock.now();
+    let k = this.keys.get(key);
+    if (!k || now - k.windowStart >= this.windowMs) {
+      const suppressed = k?.suppressed ?? 0;
+      k = { windowStart: now, sent: 0, suppressed: 0 };
+      this.keys.set(key, k);
+      if (this.keys.size > 10_000) this.keys.clear(); // bounded memory under a flood of keys
+      if (suppressed) fields = { ...fields, suppressed };
+    }
+    if (k.sent >= this.burst) {
+      k.suppressed++;
+      return undefined;
+    }
+    k.sent++;
+    return fields;
+  }
 }
 
 /**
@@ -36,8 +91,6 @@ export interface TunnelLogger {
  * bounds the rest), and an idle session does not allocate them.
  */
 const LOCAL_SOCKET_HIGH_WATER = 256 * 1024;
-
-const silent: TunnelLogger = { info: () => undefined, warn: () => undefined, error: () => undefined };
 
 export interface LinkStatus {
   peer: string;
@@ -71,9 +124,14 @@ export interface TunnelStatus {
     refused_by_peer: Record<string, number>;
     accept_errors: number;
   };
+  /** Links refused (by us or by the peer), by reason (src/tunnel/link.ts LinkRefusal). */
+  link_refusals?: Record<string, number>;
 }
 
 export interface StartOptions {
+  /** Where events go (the daemon passes its counting EventLog). */
+  events?: TunnelEvents;
+  /** A pino-like logger, used when `events` is not given. */
   logger?: TunnelLogger;
   clock?: Clock;
   /** Native socket ports (watcher, TCP_INFO); defaults to src/sys. */
@@ -83,7 +141,9 @@ export interface StartOptions {
 }
 
 export class TunnelNode extends EventEmitter {
-  private readonly logger: TunnelLogger;
+  private readonly events: TunnelEvents;
+  private readonly limit: EventRateLimit;
+  private readonly linkRefusals: Record<string, number> = {};
   private readonly clock: Clock;
   private readonly router: Router<Link>;
   private readonly guard: CloseGuard;
@@ -107,8 +167,9 @@ export class TunnelNode extends EventEmitter {
     opts: StartOptions,
   ) {
     super();
-    this.logger = opts.logger ?? silent;
+    this.events = opts.events ?? (opts.logger ? eventsFromLogger(opts.logger) : silent);
     this.clock = opts.clock ?? systemClock;
+    this.limit = new EventRateLimit(this.clock);
     this.router = new Router<Link>(Object.keys(cfg.services), cfg.role === 'relay');
     this.guard = new CloseGuard({
       closeTimeoutMs: cfg.close_timeout,
@@ -139,8 +200,14 @@ export class TunnelNode extends EventEmitter {
       heartbeatMs: this.cfg.heartbeat,
       heartbeatMisses: this.cfg.heartbeat_misses,
       closeTimeoutMs: this.cfg.close_timeout,
+      handshakeTimeoutMs: this.cfg.handshake_timeout,
       clock: this.clock,
       services: (link) => this.router.announceTo(link),
+      admitPeer: (name) =>
+        this.cfg.peers && !this.cfg.peers[name]
+          ? `${name} is not in tunnel.peers of ${this.cfg.name}`
+          : undefined,
+      filterAnnounced: (link, services) => this.filterAnnounced(link, services),
     };
   }
 
@@ -150,8 +217,9 @@ export class TunnelNode extends EventEmitter {
     if (this.cfg.listen) {
       this.listener = new LinkListener(this.cfg.listen, material, lo);
       this.listener.on('link', (l: Link) => this.onLink(l, 'accept'));
+      this.listener.on('refused', (ev: RefusalEvent) => this.onLinkRefused(ev));
       await this.listener.listen();
-      this.logger.info({ listen: formatHostPort(this.cfg.listen) }, 'tunnel: accepting links');
+      this.events.event('tunnel_listening', { listen: formatHostPort(this.cfg.listen) });
     }
     for (const f of this.cfg.forwards) {
       const server = net.createServer({
@@ -166,11 +234,16 @@ export class TunnelNode extends EventEmitter {
       });
       this.forwards.push({ server, backoff, service: f.service, address: f.listen });
       await backoff.listen();
-      this.logger.info({ listen: formatHostPort(f.listen), service: f.service }, 'tunnel: forwarding');
+      this.events.event('tunnel_forwarding', { listen: formatHostPort(f.listen), service: f.service });
     }
     for (const l of this.cfg.links) {
       const d = new LinkDialer(l.connect, material, lo);
       d.on('link', (link: Link) => this.onLink(link, 'dial'));
+      d.on('refused', (ev: RefusalEvent) => this.onLinkRefused(ev));
+      d.on('dial_failed', (ev: { remote: string; error: string; code?: string }) => {
+        const f = this.limit.admit(`dial_failed ${ev.remote}`, { ...ev });
+        if (f) this.events.event('tunnel_link_dial_failed', f, 'warn');
+      });
       this.dialers.push(d);
       d.start();
     }
@@ -179,24 +252,52 @@ export class TunnelNode extends EventEmitter {
   private onLink(link: Link, direction: 'dial' | 'accept'): void {
     this.allLinks.add(link);
     this.router.add(link);
-    this.logger.info(
-      { peer: link.peerName, remote: link.remote, direction, services: link.peerServices },
-      'tunnel: link up',
-    );
+    this.events.event('tunnel_link_up', {
+      peer: link.peerName,
+      remote: link.remote,
+      direction,
+      services: link.peerServices,
+    });
     link.on('stream', (s: MuxStream, req: OpenRequest) => this.onStream(link, s, req));
     link.on('tell', () => this.retell());
     link.once('down', (err?: Error) => {
       this.retiredCloseTimeouts += link.session.closeTimeouts;
       this.allLinks.delete(link);
       this.router.remove(link);
-      this.logger.warn(
+      this.events.event(
+        'tunnel_link_down',
         { peer: link.peerName, remote: link.remote, reason: err?.message ?? 'closed' },
-        'tunnel: link down',
+        'warn',
       );
       this.retell();
     });
     link.session.ping().catch(() => undefined); // a first RTT for routing and status
     this.retell();
+  }
+
+  /** A link refused (by us, or ours by the peer): counted always, logged rate-limited. */
+  private onLinkRefused(ev: RefusalEvent): void {
+    this.linkRefusals[ev.reason] = (this.linkRefusals[ev.reason] ?? 0) + 1;
+    const f = this.limit.admit(`link_refused ${ev.reason}`, { ...ev });
+    if (f) this.events.event('tunnel_link_refused', f, 'warn');
+  }
+
+  /** Keep what a peer may announce (tunnel.peers.NAME.announce); an event for what it may not. */
+  private filterAnnounced(link: Link, services: Record<string, number>): Record<string, number> {
+    const rule = this.cfg.peers?.[link.peerName];
+    if (!this.cfg.peers) return services;
+    const kept: Record<string, number> = {};
+    const ignored: string[] = [];
+    for (const [svc, hops] of Object.entries(services)) {
+      if (rule && matchesAny(rule.announce, svc)) kept[svc] = hops;
+      else ignored.push(svc);
+    }
+    if (ignored.length) {
+      const key = `announce_ignored ${link.peerName} ${ignored.join(',')}`;
+      const f = this.limit.admit(key, { peer: link.peerName, remote: link.remote, services: ignored });
+      if (f) this.events.event('tunnel_announcement_ignored', f, 'warn');
+    }
+    return kept;
   }
 
   /** Services changed: tell every link (each link sends only when its view changed). */
@@ -207,7 +308,8 @@ export class TunnelNode extends EventEmitter {
   private refuse(stream: MuxStream, code: Refusal, reason: string): void {
     const name = refusalName(code);
     this.refusals[name] = (this.refusals[name] ?? 0) + 1;
-    this.logger.warn({ refusal: name, reason }, 'tunnel: session refused');
+    const f = this.limit.admit(`session_refused ${name}`, { refusal: name, reason });
+    if (f) this.events.event('tunnel_session_refused', f, 'warn');
     stream.on('error', () => undefined);
     stream.resume(); // discard what the opener pipelined
     stream.end(encodeAnswer(code, reason));
@@ -227,6 +329,12 @@ export class TunnelNode extends EventEmitter {
         stream,
         Refusal.MaxSessions,
         `${this.cfg.name} has max_sessions (${this.cfg.max_sessions}) sessions open`,
+      );
+    if (this.cfg.peers && !matchesAny(this.cfg.peers[from.peerName]?.open ?? [], req.service))
+      return this.refuse(
+        stream,
+        Refusal.NotAllowed,
+        `${from.peerName} may not open "${req.service}" through ${this.cfg.name} (tunnel.peers.${from.peerName}.open)`,
       );
     const target = this.cfg.services[req.service];
     if (target) return this.dialService(stream, req.service, target);
@@ -286,16 +394,23 @@ export class TunnelNode extends EventEmitter {
     if (this.closing) return void sock.resetAndDestroy();
     if (this.sessions >= this.cfg.max_sessions) {
       this.refusals.max_sessions = (this.refusals.max_sessions ?? 0) + 1;
-      this.logger.warn(
-        { service },
-        `tunnel: max_sessions (${this.cfg.max_sessions}) reached, connection reset`,
-      );
+      const f = this.limit.admit('forward_refused max_sessions', {
+        service,
+        refusal: 'max_sessions',
+        reason: `max_sessions (${this.cfg.max_sessions}) reached, connection reset`,
+      });
+      if (f) this.events.event('tunnel_forward_refused', f, 'warn');
       return void sock.resetAndDestroy();
     }
     const link = this.router.route(service);
     if (!link) {
       this.refusals.no_route = (this.refusals.no_route ?? 0) + 1;
-      this.logger.warn({ service }, 'tunnel: no live link reaches the service, connection reset');
+      const f = this.limit.admit(`forward_refused no_route ${service}`, {
+        service,
+        refusal: 'no_route',
+        reason: 'no live link reaches the service, connection reset',
+      });
+      if (f) this.events.event('tunnel_forward_refused', f, 'warn');
       return void sock.resetAndDestroy();
     }
     let stream: MuxStream;
@@ -310,10 +425,8 @@ export class TunnelNode extends EventEmitter {
       if (a.status !== 0) {
         const name = refusalName(a.status);
         this.refusedByPeer[name] = (this.refusedByPeer[name] ?? 0) + 1;
-        this.logger.warn(
-          { service, refusal: name, reason: a.reason },
-          'tunnel: the far end refused the session',
-        );
+        const f = this.limit.admit(`refused_by_peer ${name}`, { service, refusal: name, reason: a.reason });
+        if (f) this.events.event('tunnel_refused_by_peer', f, 'warn');
         throw new RefusedError(a.status, a.reason);
       }
     });
@@ -389,6 +502,7 @@ export class TunnelNode extends EventEmitter {
         accept_errors:
           (this.listener?.acceptErrors ?? 0) + this.forwards.reduce((n, f) => n + f.backoff.errors, 0),
       },
+      link_refusals: { ...this.linkRefusals },
     };
   }
 

@@ -25,6 +25,8 @@ export enum Refusal {
   TooManyHops = 5,
   BadRequest = 6,
   ShuttingDown = 7,
+  /** The opener's node may not open this service here (tunnel.peers.NAME.open). */
+  NotAllowed = 8,
 }
 
 export const REFUSAL_NAMES: Record<Refusal, string> = {
@@ -35,6 +37,7 @@ export const REFUSAL_NAMES: Record<Refusal, string> = {
   [Refusal.TooManyHops]: 'too_many_hops',
   [Refusal.BadRequest]: 'bad_request',
   [Refusal.ShuttingDown]: 'shutting_down',
+  [Refusal.NotAllowed]: 'not_allowed',
 };
 
 export function refusalName(code: number): string {
@@ -150,4 +153,5 @@ export async function readAnswer(
 /** Control stream messages, one JSON object per line. */
 export type ControlMessage =
   | { type: 'hello'; name: string; role: string; services: Record<string, number> }
-  | { type: 'tell'; services: Record<string, number> };
+  | { type: 'tell'; services: Record<string, number> }
+  | { type: 'bye'; reason: string; detail: string; services?: undefined };

@@ -307,6 +307,7 @@ export class SessionLife {
         return this.arm(this.bounds.closeTimeoutMs, true);
       case 'closing':
         this.resetOpenEnds();
+        if (!this.local) this.gone.local = true; // no dial was started: there is no local end
         if (this.gone.local && this.gone.stream) return this.enter('closed');
         return this.arm(CLOSING_MS, false);
       case 'closed':
@@ -372,7 +373,7 @@ export class SessionLife {
     const l = this.local;
     if (l && !l.destroyed) {
       if (l instanceof MuxStream) l.reset(err);
-      else l.resetAndDestroy();
+      else resetSocket(l);
     }
     if (!this.stream.destroyed && !this.lingerStream) this.stream.reset(err);
   }
@@ -600,6 +601,21 @@ export class SessionLife {
     }
     return undefined;
   }
+}
+
+/**
+ * Reset a socket (RST to its peer) and close its descriptor, whatever its state. Node's
+ * resetAndDestroy() alone is not enough: on a socket still connecting it waits for 'connect' (a
+ * service that never accepts never sends one), and on a socket whose write side was already shut
+ * (our FIN sent: libuv's uv_tcp_close_reset() answers EINVAL for a handle shutting down) Node
+ * reports the error and drops the handle without closing it, leaking the descriptor (seen in the
+ * churn test). Those two are closed with destroy(); the kernel still sends an RST if unread data
+ * is left in the socket.
+ */
+export function resetSocket(s: net.Socket): void {
+  if (s.destroyed) return;
+  if (s.connecting || s.writableEnded) s.destroy();
+  else s.resetAndDestroy();
 }
 
 /** Keepalive finds a local peer that vanished without FIN or RST; no Nagle delay on a relay. */

@@ -31,9 +31,9 @@ async function setup(
   for (const a of opts.alive ?? [R1, R2]) ports.alive.add(a);
   const store = opts.store ?? new MemoryStore();
   const origSave = store.saveJournal.bind(store);
-  store.saveJournal = async (entries) => {
+  store.saveJournal = async (entries, groups) => {
     order.push(`journal ${entries.length}`);
-    await origSave(entries);
+    await origSave(entries, groups);
   };
   const log = new MemoryEventLog();
   const cfg: DgdConfig = parseConfig(yaml).dgd;

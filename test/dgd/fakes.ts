@@ -3,6 +3,7 @@
 import type { Clock } from '../../src/util/clock';
 import type {
   DgdPorts,
+  KernelNexthopObject,
   KernelRoute,
   RouteChoice,
   ScannedSocket,
@@ -76,14 +77,43 @@ export class FakePorts implements DgdPorts {
     this.routes = routes.map((r) => structuredClone(r));
   }
 
-  async scanSockets(opts: { minRetransmits: number }): Promise<ScannedSocket[]> {
+  async scanSockets(opts: { minRetransmits: number; synSent?: boolean }): Promise<ScannedSocket[]> {
     this.dumps.push(this.clock.now());
     this.dumpMinRetransmits.push(opts.minRetransmits);
     return this.sockets
       .filter(
-        (s) => opts.minRetransmits === 0 || (s.timer === 1 && s.timerRetransmits >= opts.minRetransmits),
+        (s) =>
+          opts.minRetransmits === 0 ||
+          (s.timer === 1 && s.timerRetransmits >= opts.minRetransmits) ||
+          (opts.synSent === true && s.state === 'SYN-SENT'),
       )
       .map((s) => ({ ...s }));
+  }
+
+  /** Tcp: ActiveOpens as the fake kernel counts it. */
+  activeOpens = 0;
+
+  activeOpensCounter(): number {
+    return this.activeOpens;
+  }
+
+  /** A connection attempt towards dst whose SYN went out `ageMs` ago (retransmitted `retrans` times). */
+  setConnecting(dst: string, port: number, ageMs: number, retrans = 0): void {
+    if (!this.sockets.some((x) => x.srcPort === port)) this.activeOpens++;
+    if (retrans > (this.sockets.find((x) => x.srcPort === port)?.timerRetransmits ?? 0)) this.retransSegs++;
+    const s: ScannedSocket = {
+      family: dst.includes(':') ? 6 : 4,
+      src: dst.includes(':') ? '2001:db8:1::10' : '198.18.1.10',
+      srcPort: port,
+      dst,
+      dstPort: 443,
+      state: 'SYN-SENT',
+      inode: port,
+      timer: 1,
+      timerRetransmits: retrans,
+      timerExpiresMs: Math.max(0, 1000 * 2 ** retrans - ageMs),
+    };
+    this.sockets = this.sockets.filter((x) => x.srcPort !== port).concat(s);
   }
 
   async countSockets(): Promise<number> {
@@ -102,7 +132,7 @@ export class FakePorts implements DgdPorts {
   async lookupRoute(dst: string): Promise<RouteChoice> {
     if (dst.startsWith('198.18.1.')) return { gateway: null, ifindex: 2, ifname: 'lan0' };
     const fam = dst.includes(':') ? 6 : 4;
-    const best = this.routes
+    const best = (await this.listRoutes())
       .filter((r) => r.family === fam && (r.dst === '0.0.0.0/0' || r.dst === '::/0'))
       .sort((a, b) => a.metric - b.metric)[0];
     if (!best) throw Object.assign(new Error('no route'), { code: 'ENETUNREACH' });
@@ -111,7 +141,39 @@ export class FakePorts implements DgdPorts {
   }
 
   async listRoutes(): Promise<KernelRoute[]> {
-    return this.routes.map((r) => structuredClone(r));
+    // Routes through a nexthop object show the object's paths, as the kernel's compat mode does.
+    return this.routes.map((r) => {
+      const out = structuredClone(r);
+      const nh = r.nhid === undefined ? undefined : this.nexthops.find((n) => n.id === r.nhid);
+      if (nh?.group)
+        out.nexthops = nh.group.map((m) => {
+          const member = this.nexthops.find((n) => n.id === m.id)!;
+          return {
+            gateway: member.gateway,
+            ifindex: member.ifindex!,
+            ifname: 'lan0',
+            weight: m.weight,
+            flags: 0,
+          };
+        });
+      return out;
+    });
+  }
+
+  /** Nexthop objects (`ip nexthop`). */
+  nexthops: KernelNexthopObject[] = [];
+
+  async listNexthops(): Promise<KernelNexthopObject[]> {
+    return this.nexthops.map((n) => structuredClone(n));
+  }
+
+  async replaceNexthop(nh: KernelNexthopObject): Promise<void> {
+    this.record(
+      `replace nexthop ${nh.id} group ${(nh.group ?? []).map((m) => `${m.id},${m.weight}`).join('/')}`,
+    );
+    const i = this.nexthops.findIndex((n) => n.id === nh.id);
+    if (i >= 0) this.nexthops[i] = structuredClone(nh);
+    else this.nexthops.push(structuredClone(nh));
   }
 
   private record(op: string): void {
@@ -208,4 +270,36 @@ export class FakePorts implements DgdPorts {
 export function describe(r: KernelRoute): string {
   const via = r.nexthops ? r.nexthops.map((n) => `${n.gateway}*${n.weight}`).join('+') : r.gateway;
   return `${r.dst} via ${via} metric ${r.metric}`;
+}
+
+/** A single nexthop object via `gateway` on lan0 (ifindex 2), owned by `protocol`. */
+export function nexthopObject(id: number, gateway: string, protocol = 0): KernelNexthopObject {
+  return {
+    id,
+    family: gateway.includes(':') ? 6 : 4,
+    protocol,
+    gateway,
+    ifindex: 2,
+    ifname: 'lan0',
+    blackhole: false,
+    fdb: false,
+    group: null,
+    groupType: null,
+  };
+}
+
+/** A group of nexthop objects with weights: [[id, weight], ...]. */
+export function nexthopGroup(id: number, members: [number, number][], protocol = 0): KernelNexthopObject {
+  return {
+    id,
+    family: null,
+    protocol,
+    gateway: null,
+    ifindex: null,
+    ifname: null,
+    blackhole: false,
+    fdb: false,
+    group: members.map(([m, weight]) => ({ id: m, weight })),
+    groupType: 'mpath',
+  };
 }

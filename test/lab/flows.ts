@@ -86,3 +86,79 @@ export function startFlowClient(
   });
   return flow;
 }
+
+export interface ConnectAttempt {
+  attempt: number;
+  ok: boolean;
+  /** Epoch ms when the attempt started and when it ended (connected, refused or given up). */
+  started: number;
+  t: number;
+}
+
+/**
+ * Short connections from `host` to dst:port: a new one every intervalMs, each given up after
+ * timeoutMs (an HTTP client or a health check with a connect timeout), for durationMs.
+ */
+export function startConnector(
+  lab: Lab,
+  host: string,
+  dst: string,
+  port: number,
+  opts: { intervalMs?: number; timeoutMs?: number; durationMs?: number } = {},
+): { child: ChildProcess; attempts: ConnectAttempt[] } {
+  const child = lab.spawn(host, [
+    process.execPath,
+    FLOW_SCRIPT,
+    'connect',
+    dst,
+    String(port),
+    String(opts.intervalMs ?? 200),
+    String(opts.timeoutMs ?? 1000),
+    String(opts.durationMs ?? 10_000),
+  ]);
+  const attempts: ConnectAttempt[] = [];
+  let buf = '';
+  child.stdout!.setEncoding('utf8');
+  child.stdout!.on('data', (c: string) => {
+    buf += c;
+    let nl;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      attempts.push(JSON.parse(buf.slice(0, nl)) as ConnectAttempt);
+      buf = buf.slice(nl + 1);
+    }
+  });
+  return { child, attempts };
+}
+
+/** `count` connections from `host` to dst:port that all send every intervalMs; resolves once all are up. */
+export async function startManyFlows(
+  lab: Lab,
+  host: string,
+  dst: string,
+  port: number,
+  count: number,
+  opts: { intervalMs?: number; durationMs?: number } = {},
+): Promise<ChildProcess> {
+  const child = lab.spawn(host, [
+    process.execPath,
+    FLOW_SCRIPT,
+    'many',
+    dst,
+    String(port),
+    String(count),
+    String(opts.intervalMs ?? 200),
+    String(opts.durationMs ?? 20_000),
+  ]);
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    child.stdout!.setEncoding('utf8');
+    child.stdout!.on('data', (c: string) => {
+      out += c;
+      if (out.includes('"connected"')) resolve();
+    });
+    child.once('exit', (code) =>
+      reject(new Error(`${count} flows from ${host} exited (${code}) before connecting`)),
+    );
+  });
+  return child;
+}

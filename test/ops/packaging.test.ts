@@ -12,6 +12,7 @@ import { REPO_ROOT } from '../lab/lab';
 
 const EXAMPLES = path.join(REPO_ROOT, 'examples');
 const UNIT = path.join(REPO_ROOT, 'packaging', 'ipdeadgate.service');
+const TUNNEL_UNIT = path.join(REPO_ROOT, 'packaging', 'ipdeadgate-tunnel@.service');
 
 describe('example configs', () => {
   it('there is one for each role', () => {
@@ -103,7 +104,23 @@ describe('systemd unit', () => {
     // The CLI's default control path still works: a symlink made outside the sandbox.
     assert.equal(one('ExecStartPost'), '+/bin/ln -sfn /run/ipdeadgate/ipdeadgate.sock /run/ipdeadgate.sock');
     assert.equal(one('ExecStopPost'), '+/bin/rm -f /run/ipdeadgate.sock');
-    assert.equal(one('ExecReload'), '/bin/kill -HUP $MAINPID');
+    // Reload checks the config first (a bad one fails `systemctl reload`), then signals.
+    assert.deepEqual(s.get('ExecReload'), [
+      '/usr/bin/ipdeadgate check-config --quiet /etc/ipdeadgate/ipdeadgate.yaml',
+      '/bin/kill -HUP $MAINPID',
+    ]);
+    assert.equal(
+      one('ExecStartPre'),
+      '/usr/bin/ipdeadgate check-config --quiet /etc/ipdeadgate/ipdeadgate.yaml',
+    );
+  });
+
+  it('is Type=notify with a watchdog, and log priorities from the line prefix', () => {
+    assert.equal(one('Type'), 'notify');
+    assert.equal(one('NotifyAccess'), 'main');
+    assert.equal(one('WatchdogSec'), '20s');
+    assert.equal(one('SyslogLevelPrefix'), 'yes');
+    assert.match(one('ExecStart'), /^\/usr\/bin\/ipdeadgate daemon /);
   });
 
   const analyze = spawnSync('systemd-analyze', ['--version'], { encoding: 'utf8' });
@@ -119,18 +136,27 @@ describe('systemd unit', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'idg-unit-'));
     try {
       // verify checks that ExecStart's binary exists: point it at this checkout's bin/ipdeadgate.
-      const unit = path.join(dir, 'ipdeadgate.service');
-      fs.writeFileSync(
-        unit,
-        text.replace(/\/usr\/local\/bin\/ipdeadgate/g, path.join(REPO_ROOT, 'bin', 'ipdeadgate')),
-      );
-      const v = spawnSync('systemd-analyze', ['verify', unit], { encoding: 'utf8' });
-      assert.equal(v.status, 0, `systemd-analyze verify: ${v.stdout}${v.stderr}`);
-      assert.equal(v.stderr.trim(), '', v.stderr);
-      const sec = execFileSync('systemd-analyze', ['security', '--offline=yes', unit], { encoding: 'utf8' });
-      const m = /Overall exposure level for ipdeadgate\.service: ([\d.]+)/.exec(sec);
-      assert.ok(m, sec.slice(-500));
-      assert.ok(Number(m[1]) <= 3.0, `exposure ${m[1]}`);
+      for (const [src, name] of [
+        [UNIT, 'ipdeadgate.service'],
+        [TUNNEL_UNIT, 'ipdeadgate-tunnel@t1.service'],
+      ] as const) {
+        const unit = path.join(dir, name);
+        fs.writeFileSync(
+          unit,
+          fs
+            .readFileSync(src, 'utf8')
+            .replace(/\/usr\/bin\/ipdeadgate/g, path.join(REPO_ROOT, 'bin', 'ipdeadgate')),
+        );
+        const v = spawnSync('systemd-analyze', ['verify', '--man=no', unit], { encoding: 'utf8' });
+        assert.equal(v.status, 0, `systemd-analyze verify ${name}: ${v.stdout}${v.stderr}`);
+        assert.equal(v.stderr.trim(), '', v.stderr);
+        const sec = execFileSync('systemd-analyze', ['security', '--offline=yes', unit], {
+          encoding: 'utf8',
+        });
+        const m = /Overall exposure level for \S+: ([\d.]+)/.exec(sec);
+        assert.ok(m, sec.slice(-500));
+        assert.ok(Number(m[1]) <= 3.0, `${name}: exposure ${m[1]}`);
+      }
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

@@ -8,8 +8,9 @@ import { Lab, REPO_ROOT, requireRoot, waitFor } from '../lab/lab';
 import { DGD, dgdLab, pairLab } from '../lab/topologies';
 import { decodeRoute, encodeRoute, parseRouteRaw, RTA } from '../../src/sys/rtnl-codec';
 import { formatIp, parseCidr, parseIp } from '../../src/sys/rtnl-ip';
+import { decodeNexthop, encodeNexthop, validateNexthop } from '../../src/sys/rtnl-nexthop';
 import { routeKey, routeToIpArgs } from '../../src/sys/rtnl';
-import type { Route } from '../../src/sys/rtnl';
+import type { NexthopObject, Route } from '../../src/sys/rtnl';
 
 interface CallResult<T = unknown> {
   ok: boolean;
@@ -152,6 +153,47 @@ describe('rtnl codec (no privileges)', () => {
     const names: Record<number, string> = { 2: 'eth0', 3: 'eth1' };
     const back = decodeRoute(payload, (i) => names[i] ?? '');
     assert.deepEqual(JSON.parse(JSON.stringify(back)), route);
+  });
+
+  it('encodes nexthop objects (a group with 16-bit weights, a gateway, a blackhole) and decodes them back', () => {
+    const names: Record<number, string> = { 2: 'eth0' };
+    const base = {
+      family: null,
+      protocol: 11,
+      scope: 0,
+      flags: 0,
+      gateway: null,
+      ifindex: null,
+      ifname: null,
+      blackhole: false,
+      fdb: false,
+      group: null,
+      groupType: null,
+      raw: null,
+    };
+    const objects: NexthopObject[] = [
+      {
+        ...base,
+        id: 10,
+        group: [
+          { id: 1, weight: 3 },
+          { id: 2, weight: 1000 },
+        ],
+        groupType: 'mpath',
+      },
+      { ...base, id: 1, family: 6, gateway: '2001:db8::2', ifindex: 2, ifname: 'eth0', flags: 4 },
+      { ...base, id: 20, blackhole: true },
+    ];
+    for (const nh of objects)
+      assert.deepEqual(
+        decodeNexthop(encodeNexthop(nh, nh.ifindex), (i) => names[i] ?? ''),
+        nh,
+      );
+    assert.throws(
+      () => validateNexthop({ ...base, id: 5, group: [{ id: 1, weight: 0 }] }),
+      /weight must be from 1/,
+    );
+    assert.throws(() => validateNexthop({ ...base, id: 5, gateway: '198.18.0.256' }), /not an IP address/);
   });
 
   it('reads raw attributes back from JSON in any of the shapes JSON.stringify leaves a Buffer in', () => {
@@ -595,6 +637,180 @@ describe('rtnl facade in the lab', function () {
         ),
         ['lo 127.0.0.1/8', 'eth0 198.18.0.1/24'],
       );
+    });
+  });
+
+  describe('nexthop objects and groups (linux/nexthop.h) on a pair of hosts', () => {
+    let lab: Lab;
+    /** What exactness is measured by: ip -d nexthop and ip -d route of both families. */
+    const nhSnapshot = async () =>
+      `${await lab.ip('a', ['-d', 'nexthop', 'show'])}\n${await snapshot(lab, 'a')}`;
+    before(async () => {
+      lab = await pairLab();
+      const cmds = [
+        'nexthop add id 1 via 198.18.0.2 dev eth0',
+        'nexthop add id 2 via 198.18.0.3 dev eth0 proto static',
+        'nexthop add id 3 via 2001:db8::2 dev eth0',
+        'nexthop add id 4 via 2001:db8::3 dev eth0 proto 11',
+        'nexthop add id 10 group 1,3/2 proto 11',
+        'nexthop add id 11 group 3/4,2',
+        'nexthop add id 12 group 1/2 type resilient buckets 8 idle_timer 60',
+        'nexthop add id 20 blackhole',
+        'route add 198.19.20.0/24 nhid 10 metric 5',
+        'route add 198.19.21.0/24 nhid 1 proto static',
+        'route add 198.19.22.0/24 nhid 12',
+        'route add 2001:db8:20::/64 nhid 11 metric 7',
+        'route add 2001:db8:21::/64 nhid 3',
+      ];
+      for (const c of cmds) await lab.ip('a', c.split(' '));
+    });
+    after(async () => {
+      await lab?.close();
+    });
+
+    it('lists objects with gateway, interface, protocol, groups with weights and type; routes carry nhid', async () => {
+      const nhs = await call<NexthopObject[]>(lab, 'a', 'listNexthops');
+      const byId = (id: number) => nhs.find((n) => n.id === id)!;
+      assert.deepEqual(
+        { ...byId(1), scope: 0 },
+        {
+          id: 1,
+          family: 4,
+          protocol: 0,
+          scope: 0,
+          flags: 0,
+          gateway: '198.18.0.2',
+          ifindex: byId(1).ifindex,
+          ifname: 'eth0',
+          blackhole: false,
+          fdb: false,
+          group: null,
+          groupType: null,
+          raw: null,
+        },
+      );
+      assert.equal(byId(2).protocol, 4);
+      assert.equal(byId(4).family, 6);
+      assert.deepEqual(byId(10).group, [
+        { id: 1, weight: 3 },
+        { id: 2, weight: 1 },
+      ]);
+      assert.equal(byId(10).protocol, 11, 'a group owned by zebra says so');
+      assert.equal(byId(10).groupType, 'mpath');
+      assert.equal(byId(12).groupType, 'resilient');
+      assert.equal(byId(20).blackhole, true);
+      const one = await call<NexthopObject | null>(lab, 'a', 'getNexthop', 11);
+      assert.deepEqual(one!.group, [
+        { id: 3, weight: 1 },
+        { id: 4, weight: 2 },
+      ]);
+      assert.equal(await call(lab, 'a', 'getNexthop', 99), null);
+      const routes = await call<Route[]>(lab, 'a', 'listRoutes');
+      const grp = byDst(routes, '198.19.20.0/24');
+      assert.equal(grp.nhid, 10);
+      // nexthop_compat_mode: the kernel reports the group's paths with the route.
+      assert.deepEqual(
+        grp.nexthops?.map((h) => [h.gateway, h.weight]),
+        [
+          ['198.18.0.2', 3],
+          ['198.18.0.3', 1],
+        ],
+      );
+      assert.equal(byDst(routes, '198.19.21.0/24').nhid, 1);
+      assert.equal(byDst(routes, '198.19.21.0/24').gateway, '198.18.0.2');
+      assert.equal(byDst(routes, '2001:db8:20::/64').nhid, 11);
+    });
+
+    it('a group loses a member by replace and gets it back with its weights: ip -d nexthop and ip -d route identical (IPv4, IPv6, resilient)', async () => {
+      const before = await nhSnapshot();
+      const nhs = await call<NexthopObject[]>(lab, 'a', 'listNexthops');
+      for (const [id, drop] of [
+        [10, 1],
+        [11, 4],
+        [12, 2],
+      ] as const) {
+        const grp = nhs.find((n) => n.id === id)!;
+        await call(lab, 'a', 'replaceNexthop', { ...grp, group: grp.group!.filter((m) => m.id !== drop) });
+        const shown = await lab.ip('a', ['nexthop', 'show', 'id', String(id)]);
+        assert.doesNotMatch(shown, new RegExp(`group (.*/)?${drop}(,|/| |$)`), shown);
+      }
+      const r20 = await lab.ip('a', ['route', 'show', '198.19.20.0/24']);
+      assert.doesNotMatch(r20, /198\.18\.0\.2 /, 'the route follows its group');
+      assert.notEqual(await nhSnapshot(), before);
+      for (const id of [10, 11, 12])
+        await call(
+          lab,
+          'a',
+          'replaceNexthop',
+          nhs.find((n) => n.id === id)!,
+        );
+      assert.equal(await nhSnapshot(), before);
+    });
+
+    it('a route through an object is deleted and added back from JSON exactly; a single object too', async () => {
+      const before = await nhSnapshot();
+      const routes = await call<Route[]>(lab, 'a', 'listRoutes');
+      const victims = ['198.19.20.0/24', '198.19.21.0/24', '2001:db8:20::/64'].map((d) => byDst(routes, d));
+      for (const r of victims) await call(lab, 'a', 'deleteRoute', r);
+      assert.doesNotMatch(await lab.ip('a', ['route', 'show']), /198\.19\.2[01]\./);
+      for (const r of victims) await call(lab, 'a', 'addRoute', JSON.parse(JSON.stringify(r)));
+      assert.equal(await nhSnapshot(), before);
+      await lab.ip('a', [
+        'nexthop',
+        'add',
+        'id',
+        '30',
+        'via',
+        '198.18.0.4',
+        'dev',
+        'eth0',
+        'onlink',
+        'proto',
+        'bird',
+      ]);
+      const withObj = await nhSnapshot();
+      const n30 = (await call<NexthopObject | null>(lab, 'a', 'getNexthop', 30))!;
+      assert.equal(n30.protocol, 12);
+      await call(lab, 'a', 'deleteNexthop', 30);
+      assert.equal(await call(lab, 'a', 'getNexthop', 30), null);
+      await call(lab, 'a', 'addNexthop', JSON.parse(JSON.stringify(n30)));
+      assert.equal(await nhSnapshot(), withObj);
+      const [dup, missing, bad] = await rtnl(lab, 'a', [
+        { op: 'addNexthop', args: [n30] },
+        {
+          op: 'replaceNexthop',
+          args: [
+            { ...n30, id: 31, gateway: null, ifindex: null, ifname: null, group: [{ id: 77, weight: 1 }] },
+          ],
+        },
+        { op: 'addNexthop', args: [{ ...n30, id: 0 }] },
+      ]);
+      assert.equal(dup!.error?.code, 'EEXIST');
+      assert.match(
+        dup!.error!.message,
+        /nexthop id 30 via 198\.18\.0\.4 dev eth0: a nexthop object with that id already exists/,
+      );
+      assert.equal(missing!.ok, false);
+      assert.match(missing!.error!.message, /nexthop id 31 group 77/);
+      assert.equal(bad!.error?.name, 'RangeError');
+      await call(lab, 'a', 'deleteNexthop', 30);
+    });
+
+    it('reports nexthop objects replaced and deleted as events', async () => {
+      const watcher = lab.spawn('a', [process.execPath, path.join(REPO_ROOT, WATCH), 'nexthop', '10000']);
+      const log = new LineLog(watcher);
+      await log.wait((l) => l.includes('"ready":true'), 10_000, 'the subscription');
+      await lab.ip('a', ['nexthop', 'add', 'id', '40', 'via', '198.18.0.5', 'dev', 'eth0']);
+      await lab.ip('a', ['nexthop', 'del', 'id', '40']);
+      await log.wait(
+        (l) => l.includes('"kind":"nexthop"') && l.includes('"op":"del"') && l.includes('"id":40'),
+        5000,
+        'the deletion',
+      );
+      const added = log.lines.find((l) => l.includes('"op":"new"') && l.includes('"id":40'));
+      assert.ok(added, log.lines.join('\n'));
+      assert.match(added, /"gateway":"198\.18\.0\.5"/);
+      watcher.kill();
     });
   });
 

@@ -23,7 +23,7 @@ describe('tunnel: the ipdeadgate tunnel command', function () {
   this.timeout(30_000);
   let pki: TestPki;
   before(() => {
-    pki = makePki(['gw1']);
+    pki = makePki(['gw1', 'ep']);
   });
   after(() => pki.cleanup());
 
@@ -105,7 +105,7 @@ describe('tunnel: the ipdeadgate tunnel command', function () {
     await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
     const echoPort = (echo.address() as import('node:net').AddressInfo).port;
     const [linkPort, fwdPort] = [await freePort(), await freePort()];
-    for (const n of ['gw1']) {
+    for (const n of ['gw1', 'ep']) {
       fs.copyFileSync(pki.nodes[n]!.cert, path.join(pki.dir, `${n}.pem`));
       fs.copyFileSync(pki.nodes[n]!.key, path.join(pki.dir, `${n}.key`));
     }
@@ -115,7 +115,7 @@ describe('tunnel: the ipdeadgate tunnel command', function () {
     );
     const epCfg = write(
       'emfile-ep.yaml',
-      `tunnel:\n  role: endpoint-proxy\n  name: ep\n  tls: { ca: ca.pem, cert: gw1.pem, key: gw1.key }\n  links:\n    - { connect: 127.0.0.1:${linkPort} }\n  forwards:\n    - { listen: 127.0.0.1:${fwdPort}, service: echo }\n`,
+      `tunnel:\n  role: endpoint-proxy\n  name: ep\n  tls: { ca: ca.pem, cert: ep.pem, key: ep.key }\n  links:\n    - { connect: 127.0.0.1:${linkPort} }\n  forwards:\n    - { listen: 127.0.0.1:${fwdPort}, service: echo }\n`,
     );
     const control = path.join(pki.dir, 'emfile.sock');
     const gw = spawn(process.execPath, [BIN, 'tunnel', '--config', gwCfg], { stdio: 'ignore' });

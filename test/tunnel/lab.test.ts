@@ -157,6 +157,31 @@ describe('tunnel lab: firewall, gateway proxies, endpoint proxy', function () {
     );
   });
 
+  it("a second CA-signed certificate claiming another node's name is refused (name_mismatch), logged with the address and reason, and ep keeps its link", async () => {
+    const before = (await status(gw1)).link_refusals?.name_mismatch ?? 0;
+    const r = await client<{ bye?: { reason: string; detail: string } }>(lab, 'ep', [
+      'open',
+      TUN.gw1,
+      String(TUN.linkPort),
+      pki.ca,
+      pki.nodes.probe!.cert,
+      pki.nodes.probe!.key,
+      'gateway',
+      'ep', // the probe's certificate, the endpoint proxy's name
+    ]);
+    assert.equal(r.bye?.reason, 'name_mismatch', JSON.stringify(r));
+    const s = await status(gw1);
+    assert.equal(s.link_refusals?.name_mismatch, before + 1);
+    const line = gw1.log.find((l) => /tunnel_link_refused/.test(l) && /name_mismatch/.test(l));
+    assert.ok(line, `a log line for the refusal: ${gw1.log.slice(-5).join(' | ')}`);
+    assert.match(line, new RegExp(`remote=${TUN.ep.replace(/\./g, '\\.')}:\\d+`));
+    assert.equal(
+      s.links.filter((l) => l.peer === 'ep' && l.state === 'up').length,
+      1,
+      'the real ep keeps its link',
+    );
+  });
+
   it('faults (link cut mid-transfer, proxy killed -9, lost FINs) over ~2000 sessions: failover works, no CLOSE_WAIT, descriptors back to baseline', async function () {
     this.timeout(150_000);
     const pids = { ep: ep.child.pid!, gw1: gw1.child.pid! };

@@ -80,6 +80,7 @@ export interface NodeSpec {
   services?: Record<string, string>;
   forwards?: { listen: string; service: string }[];
   closeTimeout?: string;
+  dialTimeout?: string;
   maxSessions?: number;
 }
 
@@ -107,6 +108,7 @@ export function writeConfig(pki: TestPki, n: NodeSpec): string {
     '  heartbeat_misses: 3',
     `  close_timeout: ${n.closeTimeout ?? '3s'}`,
     `  max_sessions: ${n.maxSessions ?? 10000}`,
+    ...(n.dialTimeout ? [`  dial_timeout: ${n.dialTimeout}`] : []),
   ];
   const file = path.join(pki.dir, `${n.name}.yaml`);
   fs.writeFileSync(file, lines.join('\n') + '\n');

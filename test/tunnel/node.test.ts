@@ -7,6 +7,7 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { tunnelConfigSchema, type TunnelConfigInput } from '../../src/tunnel/config';
 import { MuxSession } from '../../src/tunnel/muxsession';
+import { LINK_ALPN } from '../../src/tunnel/link';
 import { TunnelNode } from '../../src/tunnel/node';
 import { encodeOpen, readAnswer, Refusal, CONTROL_SERVICE } from '../../src/tunnel/protocol';
 import { makePki, type TestPki } from '../fixtures/tunnel-pki';
@@ -128,6 +129,7 @@ describe('tunnel: nodes over TLS on loopback', function () {
       key: fs.readFileSync(pki.nodes.ep!.key),
       minVersion: 'TLSv1.3',
       checkServerIdentity: () => undefined,
+      ALPNProtocols: [LINK_ALPN],
     });
     await new Promise<void>((r, j) => sock.once('secureConnect', r).once('error', j));
     const m = new MuxSession(sock, { role: 'client' });
@@ -135,7 +137,7 @@ describe('tunnel: nodes over TLS on loopback', function () {
       const control = m.open(encodeOpen(CONTROL_SERVICE));
       assert.equal((await readAnswer(control)).status, 0);
       control.write(
-        JSON.stringify({ type: 'hello', name: 'raw', role: 'endpoint-proxy', services: {} }) + '\n',
+        JSON.stringify({ type: 'hello', name: 'ep', role: 'endpoint-proxy', services: {} }) + '\n',
       );
       await sleep(100);
       for (const svc of ['ssh', '198.18.0.1:22']) {
@@ -167,6 +169,7 @@ describe('tunnel: nodes over TLS on loopback', function () {
         port: gwPort,
         minVersion: 'TLSv1.3',
         checkServerIdentity: () => undefined,
+        ALPNProtocols: [LINK_ALPN],
         ...opts,
       });
       const outcome = await new Promise<string>((r) => {
