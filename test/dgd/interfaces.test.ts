@@ -63,6 +63,7 @@ describe('DGD engine: interfaces come and go', () => {
       event: 'journal_loaded',
       level: 'info',
       entries: 1,
+      nexthop_groups: 0,
       enabled: true,
       this_boot: 0,
       earlier_boot: 1,
