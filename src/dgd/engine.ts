@@ -180,8 +180,9 @@ export class DgdEngine {
   /** SYN-SENT sockets seen in the last dump, and when each was first seen. */
   private readonly synFirstSeen = new Map<string, number>();
   private lastFullDumpAt = -Infinity;
-  /** Sockets counted by the last count (countSockets). */
+  /** Sockets counted by the last count (countSockets), and whether one is under way. */
   private socketCount = 0;
+  private counting = false;
   private retransmitting = 0;
   private dumps = 0;
   private readonly bootId: string | null;
@@ -533,8 +534,19 @@ export class DgdEngine {
   private async dumpAndCheck(withCount: boolean, connecting = false): Promise<number> {
     const t0 = this.clock.now();
     if (withCount) {
-      this.socketCount = await this.ports.countSockets();
       this.lastFullDumpAt = this.clock.now();
+      // Beside the scan, not before it: at 100 000 sockets the kernel's walk takes a few hundred
+      // milliseconds, which must not delay detection.
+      if (!this.counting) {
+        this.counting = true;
+        this.ports
+          .countSockets()
+          .then(
+            (n) => void (this.socketCount = n),
+            (err: unknown) => this.log.event('error', { during: 'socket count', error: msg(err) }, 'warn'),
+          )
+          .finally(() => (this.counting = false));
+      }
     }
     const sockets = await this.ports.scanSockets({ minRetransmits: 1, synSent: connecting });
     if (this.cfg.resend_on_switch) void this.flowResumer?.observe(sockets);
@@ -997,6 +1009,7 @@ export class DgdEngine {
     // Flows that were retransmitting through g get their latest segment resent through the new
     // route now (./resume.ts), before the neighbour flush below.
     if (this.cfg.resend_on_switch) await this.flowResumer?.routesSwitched(g);
+    if (this.closed) return;
     // Our purge left the gateway's neighbour entry unresolved, and the kernel parks packets
     // (TCP's retransmissions among them) in it until it fails; TCP does not retransmit a segment
     // still held in the host. Deleting the entry frees them, so the next retransmission takes the
