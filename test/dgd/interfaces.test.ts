@@ -1,15 +1,13 @@
 // Interfaces coming and going, over fakes and a fake clock: journal entries and gateways follow
 // interface names to new ifindexes, nothing is verified on a link that is down, routes of an
 // interface gone longer than interface_wait are dropped. (The same on real kernels: field.test.ts.)
+import { FakeClock, MemoryEventLog, MemoryStore } from '../doubles';
 import { strict as assert } from 'node:assert';
 import { parseConfig } from '../../src/daemon/config';
-import { MemoryEventLog } from '../../src/daemon/log';
 import { DgdEngine } from '../../src/dgd/engine';
 import type { InterfaceInfo } from '../../src/dgd/interfaces';
 import type { JournalEntry, KernelRoute } from '../../src/dgd/ports';
 import { routeIdentity } from '../../src/dgd/routeplan';
-import { MemoryStore } from '../../src/dgd/store';
-import { FakeClock } from '../../src/util/clock';
 import { FakePorts, route } from './fakes';
 
 const R1 = '198.18.1.1';
