@@ -35,7 +35,7 @@ const listOpt = (name: string, dflt: string): string[] => {
 };
 const FAMILIES = listOpt('families', '4,6').map(Number) as (4 | 6)[];
 const CASES = new Set(listOpt('cases', 'defaults,syn,active,connect,nodaemon,cpu'));
-/** --no-resend: the daemon with dgd.resend_on_switch off (flows wait for their own timers), for comparison. */
+/** --trace: each trial's daemon events. --no-resend: the daemon with dgd.resend_on_switch off (flows wait for their own timers), for comparison. */
 const DGD_CONFIG = `dgd:\n  slow_poll_interval: 2m\n${args.includes('--no-resend') ? '  resend_on_switch: false\n' : ''}`;
 
 const say = (s = '') => process.stdout.write(s + '\n');
@@ -64,6 +64,18 @@ interface Resumed {
 
 const serverOf = (family: 4 | 6): string => (family === 4 ? DGD.server4 : DGD.server6);
 
+/** --trace: print each trial's daemon events, timed from the death. */
+function trace(d: LabDaemon, t0: number): void {
+  if (!args.includes('--trace')) return;
+  for (const e of d.events) {
+    const { time, level, event, seenAt, ...rest } = e;
+    void level;
+    void seenAt;
+    const t = ((Date.parse(time) - t0) / 1000).toFixed(3);
+    say(`      ${t.padStart(7)} s ${event} ${JSON.stringify(rest).slice(0, 220)}`);
+  }
+}
+
 function resentDetail(e: Record<string, unknown> | undefined): string {
   if (!e) return 'no flows_resent event';
   const d = (e.detail as Record<string, unknown>[] | undefined)?.[0];
@@ -88,6 +100,7 @@ async function trialDefaults(family: 4 | 6): Promise<Resumed> {
     const resumed = (await waitFor(() => f.echoes.find((e) => e.t > tw), 20_000, 'the flow to resume'))!.t;
     const r = await resentEvent(d);
     await d.stop();
+    trace(d, t0);
     return {
       switched: tw - t0,
       resumed: resumed - t0,
@@ -124,6 +137,7 @@ async function trialSyn(family: 4 | 6): Promise<Resumed> {
     await waitFor(() => f.connectedAt !== null || f.errors.length > 0, 20_000, 'the connection');
     const r = await resentEvent(d);
     await d.stop();
+    trace(d, t0);
     return {
       switched: tw - t0,
       resumed: f.connectedAt === null ? null : f.connectedAt - t0,

@@ -80,6 +80,16 @@ export function formatStatus(s: Status): string {
       '',
       `nexthop group ${m.id} (proto ${m.owner}): ${m.original} -> now ${m.now}${m.contested ? ' (contested: its owner puts members back)' : ''}`,
     );
+  for (const o of s.route_owners ?? []) {
+    lines.push(
+      '',
+      `routing daemon ${o.owner}: told of dead gateways: ${o.dead_gateways.join(', ') || 'none'}`,
+    );
+    for (const a of o.applied) lines.push(`  applied: ${a}`);
+    if (o.kept.length) lines.push(`  kept (last route): ${o.kept.join(', ')}`);
+    for (const p of o.problems) lines.push(`  problem: ${p}`);
+    if (o.last_error) lines.push(`  ERROR: ${o.last_error}`);
+  }
   if (s.tunnel) lines.push('', ...formatTunnel(s.tunnel));
   return lines.join('\n') + '\n';
 }

@@ -4,7 +4,9 @@
 // a wrapped EventLog sees every `verdict`, `state`, `trigger`, `routes_withdrawn`, ...), and
 // gauges are read from `status()` at scrape time. The tunnel is read from `TunnelNode.status()` at scrape time through the `tunnel` source,
 // which is null while the daemon runs no tunnel node.
+import { readFileSync } from 'node:fs';
 import * as http from 'node:http';
+import * as path from 'node:path';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { IpdeadgateError, UsageError, systemError } from '../errors';
 import type { DgdStatus } from '../dgd/engine';
@@ -39,6 +41,19 @@ function num(v: unknown): number | null {
   return typeof v === 'number' && Number.isFinite(v) ? v : null;
 }
 
+/** Trigger reasons (TriggerKind): each per-gateway counter starts at 0 for all of them. */
+const TRIGGER_REASONS = ['retransmit', 'neighbour_failed', 'active_probe', 'sighting'] as const;
+
+/** The package's version (package.json at the application's root), for ipdeadgate_build_info. */
+function packageVersion(): string {
+  try {
+    const file = path.join(__dirname, '..', '..', '..', 'package.json');
+    return (JSON.parse(readFileSync(file, 'utf8')) as { version?: string }).version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
 /** A counter whose value is copied from a status total at scrape time (after its reset()). */
 function setCounter(c: Counter<string>, labels: Record<string, string>, value: number): void {
   c.inc(labels, Math.max(0, value));
@@ -61,10 +76,18 @@ export class DaemonMetrics {
   private readonly downstream: Counter<'gateway'>;
   private readonly events: Counter<'event' | 'level'>;
   private readonly captures: Counter<'gateway'>;
+  /** Gateways whose counters exist (at 0 until something happens). */
+  private readonly known = new Set<string>();
 
   constructor(private readonly sources: MetricsSources = {}) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'ipdeadgate_' });
+    new Gauge({
+      name: 'ipdeadgate_build_info',
+      help: 'Always 1; the labels say which ipdeadgate and Node.js run',
+      labelNames: ['version', 'node_version'],
+      registers,
+    }).set({ version: packageVersion(), node_version: process.versions.node }, 1);
     this.verifications = new Counter({
       name: 'ipdeadgate_verifications_total',
       help: 'ARP/NDP verifications of a gateway by outcome (alive/dead); speculative ones started a retransmission early',
@@ -351,6 +374,28 @@ export class DaemonMetrics {
     });
   }
 
+  /**
+   * Create a gateway's counters at 0 the moment it is known, so that `increase(...[10m]) > 0`
+   * fires on its first death too (a series that appears at 1 has no increase). Idempotent.
+   */
+  knowGateway(gateway: string): void {
+    if (this.known.has(gateway)) return;
+    this.known.add(gateway);
+    for (const outcome of ['alive', 'dead'])
+      for (const speculative of ['true', 'false'])
+        this.verifications.inc({ gateway, outcome, speculative }, 0);
+    for (const reason of TRIGGER_REASONS) this.triggers.inc({ gateway, reason }, 0);
+    for (const c of [
+      this.deaths,
+      this.revivals,
+      this.withdrawn,
+      this.restored,
+      this.downstream,
+      this.captures,
+    ])
+      c.inc({ gateway }, 0);
+  }
+
   /** Count what one event says. Public for tests; the daemon feeds it through wrap(). */
   observe(name: string, f: Record<string, unknown>, level = 'info'): void {
     this.events.inc({ event: name, level });
@@ -413,6 +458,12 @@ export class DaemonMetrics {
 
   /** The exposition text (what GET /metrics returns). */
   scrape(): Promise<string> {
+    // Gateways learnt since the last refresh have their zeroes before this scrape reads them.
+    try {
+      for (const g of this.sources.dgd?.()?.gateways ?? []) this.knowGateway(g.address);
+    } catch {
+      /* still starting */
+    }
     return this.registry.metrics();
   }
 

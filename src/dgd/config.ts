@@ -4,6 +4,7 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { duration, intIn } from '../util/schema';
+import { ownersSchema } from './owners';
 
 const ipAddress = z.string().refine(
   (s) => isIP(s) !== 0,
@@ -54,6 +55,7 @@ export const dgdSchema = z
     aggregate_window: duration(100, 60_000).default('1s'),
     syn_stall: duration(100, 10_000).default('500ms'),
     interface_wait: duration(1000, 86_400_000).default('10m'),
+    owners: ownersSchema.default({}),
   })
   .strict();
 
