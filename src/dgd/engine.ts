@@ -38,28 +38,17 @@ import {
   targetOf,
   transition,
 } from './routeplan';
+import {
+  newGateway,
+  nextState,
+  type Gateway,
+  type GatewayEvent,
+  type InflightVerification,
+  type Transition,
+} from './gateway';
 import { entryHasNames, remapEntry, routeInterfaces, type InterfaceInfo, type LinkState } from './interfaces';
 
 export type { GatewayState, TriggerKind } from './events';
-
-interface Transition {
-  at: string;
-  from: GatewayState;
-  to: GatewayState;
-  reason: string;
-}
-
-/**
- * One incident: the sockets that blamed one gateway, from the first trigger until none has joined
- * for INCIDENT_QUIET_MS. Its trigger and verdict are logged once (with the count and a few
- * samples); each further socket only at debug level.
- */
-interface Incident {
-  startedAt: number;
-  lastJoinAt: number;
-  sockets: Set<string>;
-  samples: SocketSample[];
-}
 
 /** What a trigger says beyond the gateway and its reason (see DgdEvent 'trigger'). */
 interface TriggerDetail {
@@ -67,43 +56,6 @@ interface TriggerDetail {
   samples?: SocketSample[];
   socket?: SocketSample;
   neighbour_state?: string;
-}
-
-interface InflightVerification {
-  promise: Promise<Verification>;
-  startedAt: number;
-  speculative: boolean;
-}
-
-interface Gateway {
-  key: string;
-  address: string;
-  family: 4 | 6;
-  ifindex: number;
-  ifname: string;
-  state: GatewayState;
-  mac: string | null;
-  lastVerification: (Verification & { at: number }) | null;
-  inflight: InflightVerification | null;
-  triggers: Record<TriggerKind, number>;
-  /** The incident in progress: every socket that blames g until it has been quiet a while. */
-  incident: Incident | null;
-  /** The aggregate trigger's evidence: socket key -> when it was seen failing, within the window. */
-  aggregate: Map<string, { at: number; socket: SocketSample }>;
-  verifications: number;
-  deadSince: number | null;
-  deaths: number[];
-  holdDownUntil: number | null;
-  pollTimer: Timer | null;
-  nextPollAt: number | null;
-  polling: boolean;
-  lastSightingPoll: number;
-  transitions: Transition[];
-  active: { intervalMs: number; misses: number; missed: number; timer: Timer | null; answers: number } | null;
-  /** Routes currently in the kernel through this gateway (refreshed with the route table). */
-  present: boolean;
-  /** Its interface: up, down (no ARP/NDP, no verdicts), or absent (deleted; routes wait for its name). */
-  link: LinkState;
 }
 
 export interface EngineOptions {
@@ -301,8 +253,7 @@ export class DgdEngine {
     if (!enabled) {
       for (const g of this.gateways.values()) this.cancelGatewayTimers(g);
       await this.restoreAll('ipdeadgate off');
-      for (const g of this.gateways.values())
-        if (g.state !== 'active') this.transition(g, 'active', 'ipdeadgate off');
+      for (const g of this.gateways.values()) this.fire(g, 'off', 'ipdeadgate off');
     } else {
       this.setupActiveProbes();
       this.scheduleScan(0);
@@ -444,32 +395,7 @@ export class DgdEngine {
     let g = this.gateways.get(key);
     if (!g) {
       const name = ifname ?? this.ports.ifname(ifindex);
-      g = {
-        key,
-        address,
-        family: address.includes(':') ? 6 : 4,
-        ifindex,
-        ifname: name,
-        link: this.linkStateOf(name),
-        state: 'active',
-        mac: null,
-        lastVerification: null,
-        inflight: null,
-        triggers: { retransmit: 0, aggregate: 0, neighbour_failed: 0, active_probe: 0, sighting: 0 },
-        incident: null,
-        aggregate: new Map(),
-        verifications: 0,
-        deadSince: null,
-        deaths: [],
-        holdDownUntil: null,
-        pollTimer: null,
-        nextPollAt: null,
-        polling: false,
-        lastSightingPoll: -Infinity,
-        transitions: [],
-        active: null,
-        present: true,
-      };
+      g = newGateway(address, ifindex, name, this.linkStateOf(name));
       this.gateways.set(key, g);
     }
     return g;
@@ -887,18 +813,18 @@ export class DgdEngine {
     if (!this.enabled || this.closed || g.state === 'dead' || g.link !== 'up') return;
     g.triggers[kind]++;
     emit(this.log, { event: 'trigger', gateway: g.address, interface: g.ifname, reason: kind, ...detail });
-    if (g.state === 'active') this.transition(g, 'suspect', kind);
+    this.fire(g, 'trigger', kind);
     let v: Verification;
     try {
       v = await this.verification(g, 'trigger');
     } catch (err) {
       this.log.event('error', { during: 'verification', gateway: g.address, error: msg(err) }, 'error');
-      if (g.state === 'suspect') this.transition(g, 'active', 'verification failed to run');
+      this.fire(g, 'verification_failed', 'verification failed to run');
       return;
     }
     if (!this.enabled || this.closed || g.state !== 'suspect') return;
     if (v.alive) {
-      this.transition(g, 'active', 'answered ARP/NDP');
+      this.fire(g, 'answered', 'answered ARP/NDP');
       emit(this.log, {
         event: 'downstream_problem',
         gateway: g.address,
@@ -1006,7 +932,7 @@ export class DgdEngine {
         'warn',
       );
     }
-    this.transition(g, 'dead', reason);
+    this.fire(g, 'no_answer', reason);
     await this.withdrawRoutesVia(g, reason);
     // Flows that were retransmitting through g get their latest segment resent through the new
     // route now (./resume.ts), before the neighbour flush below.
@@ -1052,7 +978,7 @@ export class DgdEngine {
     }
     g.deadSince = null;
     if (g.active) g.active.missed = 0;
-    this.transition(g, 'active', reason);
+    this.fire(g, 'revived', reason);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -1585,7 +1511,7 @@ export class DgdEngine {
           const g = this.ensureGateway(address, ifindex, ifname);
           if (g.state !== 'dead') {
             g.deadSince = this.clock.now();
-            this.transition(g, 'dead', 'routing daemon told before restart (journal)');
+            this.fire(g, 'journal', 'routing daemon told before restart (journal)');
             this.schedulePoll(g, 0);
           }
         }
@@ -1601,7 +1527,7 @@ export class DgdEngine {
       const g = this.ensureGateway(address, idx, name);
       if (g.state !== 'dead') {
         g.deadSince = this.clock.now();
-        this.transition(g, 'dead', 'withdrawn before restart (journal)');
+        this.fire(g, 'journal', 'withdrawn before restart (journal)');
         this.schedulePoll(g, 0);
       }
     }
@@ -1708,7 +1634,7 @@ export class DgdEngine {
         state === 'up' ? 'info' : 'warn',
       );
       if (state === 'up' && g.state === 'dead' && this.enabled && !this.closed) this.schedulePoll(g, 0);
-      if (state !== 'up' && g.state === 'suspect') this.transition(g, 'active', `interface ${state}`);
+      if (state !== 'up') this.fire(g, 'interface_down', `interface ${state}`);
     }
     // A dead gateway whose interface was re-created while up: poll it on the new interface now.
     for (const g of moved)
@@ -1789,9 +1715,17 @@ export class DgdEngine {
 
   // ---------------------------------------------------------------------------------------------
 
-  private transition(g: Gateway, to: GatewayState, reason: string): void {
-    if (g.state === to) return;
-    const t: Transition = { at: new Date(this.clock.wallNow()).toISOString(), from: g.state, to, reason };
+  /** Fire a state machine event at g (GATEWAY_TRANSITIONS); a pair that is no transition does nothing. */
+  private fire(g: Gateway, event: GatewayEvent, reason: string): void {
+    const to = nextState(g.state, event);
+    if (to === null || to === g.state) return;
+    const t: Transition = {
+      at: new Date(this.clock.wallNow()).toISOString(),
+      from: g.state,
+      to,
+      event,
+      reason,
+    };
     g.transitions.push(t);
     if (g.transitions.length > MAX_TRANSITIONS) g.transitions.shift();
     emit(this.log, { event: 'state', gateway: g.address, interface: g.ifname, from: g.state, to, reason });
