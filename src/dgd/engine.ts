@@ -7,7 +7,7 @@
 //                                                 --no answer----> dead     (routes withdrawn)
 //                     dead --slow poll / sighting, revive_probes answers--> active (routes restored)
 import type { DgdConfig } from './config';
-import { emit, type EventLog, type GatewayState, type SocketSample, type TriggerKind } from './events';
+import { emit, type EventLog, type SocketSample, type TriggerKind } from './events';
 import type { Clock, Timer } from '../util/clock';
 import { formatEndpoint, normalizeIp } from '../sys/ipaddr';
 import { protocolName } from '../sys/rtnl-format';
@@ -22,9 +22,11 @@ import type {
   Verification,
 } from './ports';
 import { RewithdrawGuard } from './rewithdraw';
-import { ownerOfProtocol, type OwnerStatus, type RouteOwners, type RoutingDaemon } from './owners';
+import { gatewayStatus, routeSummary, type DgdStatus } from './status';
+import { ownerOfProtocol, type RouteOwners, type RoutingDaemon } from './owners';
 import { FlowResumer } from './resume';
 import {
+  describeRoute as describe,
   describeGroup,
   destinationOf,
   gatewayKey,
@@ -49,6 +51,7 @@ import {
 import { entryHasNames, remapEntry, routeInterfaces, type InterfaceInfo, type LinkState } from './interfaces';
 
 export type { GatewayState, TriggerKind } from './events';
+export type { DgdStatus, GatewayRouteStatus } from './status';
 
 /** What a trigger says beyond the gateway and its reason (see DgdEvent 'trigger'). */
 interface TriggerDetail {
@@ -1734,53 +1737,14 @@ export class DgdEngine {
 
   /** Everything `ipdeadgate status` shows about detection. */
   status(): DgdStatus {
-    const gateways = [...this.gateways.values()].map((g) => {
-      const routes: GatewayRouteStatus[] = [];
-      // A route listed once: in the kernel through g (active; kept or contested while g is dead),
-      // or withdrawn (journaled and not in the kernel through g).
-      const inKernel = new Set<string>();
-      for (const r of this.kernelRoutes) {
-        if (!gatewaysOf(r).includes(g.key)) continue;
-        inKernel.add(routeIdentity(r));
-        let state: GatewayRouteStatus['state'] = 'active';
-        if (g.state === 'dead') state = this.isContested(r) ? 'contested' : 'kept';
-        routes.push({ ...routeSummary(r), state });
-      }
-      for (const e of this.journal.values())
-        if (e.removed.includes(g.key) && !inKernel.has(routeIdentity(e.original)))
-          routes.push({ ...routeSummary(e.original), state: 'withdrawn' });
-      const v = g.lastVerification;
-      return {
-        address: g.address,
-        interface: g.ifname,
-        ifindex: g.ifindex,
-        link: g.link,
-        family: g.family,
-        state: g.state,
-        mac: g.mac,
-        routes,
-        last_verification: v
-          ? {
-              at: new Date(v.startedAt).toISOString(),
-              alive: v.alive,
-              arp_rtt_ms: v.arpRttMs,
-              echo_rtt_ms: v.echoRttMs,
-              probes_sent: v.probesSent,
-              duration_ms: Math.round(v.durationMs),
-            }
-          : null,
-        verifications: g.verifications,
-        triggers: { ...g.triggers },
-        active_probing: g.active
-          ? { interval_ms: g.active.intervalMs, misses: g.active.misses, missed: g.active.missed }
-          : null,
-        dead_since_ms: g.deadSince === null ? null : Math.round(this.clock.now() - g.deadSince),
-        next_poll: g.nextPollAt === null ? null : new Date(g.nextPollAt).toISOString(),
-        hold_down_ms:
-          g.holdDownUntil === null ? null : Math.max(0, Math.round(g.holdDownUntil - this.clock.now())),
-        transitions: [...g.transitions],
-      };
-    });
+    const gateways = [...this.gateways.values()].map((g) =>
+      gatewayStatus(g, {
+        kernelRoutes: this.kernelRoutes,
+        journal: [...this.journal.values()],
+        isContested: (r) => this.isContested(r),
+        now: this.clock.now(),
+      }),
+    );
     return {
       enabled: this.enabled,
       tables: this.tables,
@@ -1814,85 +1778,6 @@ export class DgdEngine {
   }
 }
 
-export interface GatewayRouteStatus {
-  dst: string;
-  table: number;
-  metric: number;
-  gateway: string | null;
-  nexthops: { gateway: string | null; weight: number }[] | null;
-  /** Who installed the route (rtm_protocol): kernel, boot, static, dhcp, ra, zebra, bird, ... */
-  owner: string | null;
-  /** The nexthop object the route goes through, if any. */
-  nhid: number | null;
-  /**
-   * active: in use; withdrawn: taken out of the kernel; kept: through a dead gateway, left by
-   * keep_last_route; contested: through a dead gateway, put back by its owner too often to fight.
-   */
-  state: 'active' | 'withdrawn' | 'kept' | 'contested';
-}
-
-export interface DgdStatus {
-  enabled: boolean;
-  tables: number[];
-  gateways: {
-    address: string;
-    interface: string;
-    ifindex: number;
-    /** The interface is up, down (administratively), or absent (deleted; routes wait for its name). */
-    link: LinkState;
-    family: 4 | 6;
-    state: GatewayState;
-    mac: string | null;
-    routes: GatewayRouteStatus[];
-    last_verification: {
-      at: string;
-      alive: boolean;
-      arp_rtt_ms: number | null;
-      echo_rtt_ms: number | null;
-      probes_sent: number;
-      duration_ms: number;
-    } | null;
-    verifications: number;
-    triggers: Record<TriggerKind, number>;
-    active_probing: { interval_ms: number; misses: number; missed: number } | null;
-    dead_since_ms: number | null;
-    next_poll: string | null;
-    hold_down_ms: number | null;
-    transitions: Transition[];
-  }[];
-  withdrawn_routes: (Omit<GatewayRouteStatus, 'state'> & { removed_gateways: string[] })[];
-  /** Nexthop groups with dead members taken out (`ip nexthop replace`), as they were and are. */
-  withdrawn_nexthop_members: {
-    id: number;
-    owner: string;
-    original: string;
-    now: string;
-    removed_gateways: string[];
-    contested: boolean;
-  }[];
-  /** Routing daemons configured in dgd.owners: what each has been told and what it holds. */
-  route_owners: OwnerStatus[];
-  last_scan: {
-    at: string | null;
-    duration_ms: number;
-    sockets: number;
-    retransmitting: number;
-    dumps: number;
-  };
-}
-
-function routeSummary(r: KernelRoute): Omit<GatewayRouteStatus, 'state'> {
-  return {
-    dst: r.dst,
-    table: r.table,
-    metric: r.metric,
-    gateway: r.gateway,
-    nexthops: r.nexthops ? r.nexthops.map((n) => ({ gateway: n.gateway, weight: n.weight })) : null,
-    owner: r.protocol === undefined ? null : protocolName(r.protocol),
-    nhid: r.nhid ?? null,
-  };
-}
-
 /** A gateway as the owner journal names it: address and interface name (ifindexes move). */
 function ownerKey(g: { address: string; ifname: string }): string {
   return `${g.address.toLowerCase()}%${g.ifname}`;
@@ -1902,15 +1787,6 @@ function ownerKey(g: { address: string; ifname: string }): string {
 function routingDaemonOf(protocol: number | undefined): string | null {
   const o = ownerOfProtocol(protocol);
   return o === 'frr' || o === 'bird' ? o : null;
-}
-
-function describe(r: KernelRoute): string {
-  const via = r.nexthops
-    ? r.nexthops.map((n) => `nexthop via ${n.gateway} weight ${n.weight}`).join(' ')
-    : `via ${r.gateway}`;
-  const nh = r.nhid === undefined ? '' : ` nhid ${r.nhid}`;
-  const proto = r.protocol === undefined ? '' : ` proto ${protocolName(r.protocol)}`;
-  return `${r.dst}${nh} ${via} table ${r.table} metric ${r.metric}${proto}`;
 }
 
 /** How long an active probe waits for its answer: half the interval, at least 10 ms. */
