@@ -256,7 +256,7 @@ export class DgdEngine {
       this.log.event('journal_loaded', {
         entries: this.journal.size,
         nexthop_groups: this.groupJournal.size,
-        owners: Object.fromEntries(held),
+        ...(held.size > 0 ? { owners: Object.fromEntries(held) } : {}),
         enabled: this.enabled,
         ...boots,
       });

@@ -139,7 +139,7 @@ describe('routing daemons own their routes: FRR in the lab', function () {
 
   it('off and SIGTERM undo what FRR was told; after kill -9 the restart reconciles and revival undoes it', async () => {
     let d = await LabDaemon.start(lab, 'client', yaml());
-    const fl = flows(lab, 60_000);
+    const fl = flows(lab, 150_000); // bounded; several deaths and revivals, slower under load
     await waitFor(() => fl.every((f) => f.echoes.length >= 5), 5000, 'the flows to run');
     await lab.killSilently('r1', 'lan0');
     await d.waitFor((e) => e.event === 'routes_handed_over', 15_000, 'routes handed to FRR');
@@ -255,7 +255,7 @@ describe('routing daemons own their routes: BIRD in the lab', function () {
     const before = await kernelRoutes(lab);
     const yaml = `dgd:\n  slow_poll_interval: 2s\n  owners:\n    bird:\n      socket: ${bird.socket}\n`;
     const d = await LabDaemon.start(lab, 'client', yaml);
-    const fl = flows(lab, 60_000);
+    const fl = flows(lab, 150_000); // bounded; several deaths and revivals, slower under load
     await waitFor(() => fl.every((f) => f.echoes.length >= 10), 5000, 'the flows to run');
     await lab.killSilently('r1', 'lan0');
     const handed = await d.waitFor((e) => e.event === 'routes_handed_over', 15_000, 'routes handed to BIRD');
