@@ -274,12 +274,27 @@ export class Daemon {
     }
     this.config = next.config;
     this.log.level = next.config.log.level;
-    if (JSON.stringify(next.tunnel) !== JSON.stringify(this.tunnelConfig))
-      log.event(
-        'tunnel_config_changed',
-        { note: 'tunnel changes take effect when the daemon restarts' },
-        'warn',
-      );
+    if (JSON.stringify(next.tunnel) !== JSON.stringify(this.tunnelConfig)) {
+      if (this.tunnel && next.tunnel) {
+        // The tunnel node applies what it can without a restart (TunnelNode.reload).
+        try {
+          const changed = await this.tunnel.reload(next.tunnel);
+          this.tunnelConfig = next.tunnel;
+          log.event('tunnel_config_reloaded', { changed });
+        } catch (err) {
+          log.event(
+            'tunnel_config_refused',
+            { error: (err as Error).message, note: 'the running tunnel config stays' },
+            'error',
+          );
+        }
+      } else
+        log.event(
+          'tunnel_config_changed',
+          { note: 'adding or removing the tunnel section takes effect when the daemon restarts' },
+          'warn',
+        );
+    }
     await this.owners?.configure(ownerAdapters(next.config.dgd.owners), next.config.dgd.keep_last_route);
     await this.requireEngine().reload(next.config.dgd, next.tables);
     await this.ops?.reconfigure(next.config);

@@ -6,8 +6,8 @@
 // Life of a gateway:  active --trigger--> suspect --ARP answers--> active   (downstream problem)
 //                                                 --no answer----> dead     (routes withdrawn)
 //                     dead --slow poll / sighting, revive_probes answers--> active (routes restored)
-import type { DgdConfig } from '../daemon/config';
-import type { EventLog } from '../daemon/log';
+import type { DgdConfig } from './config';
+import { emit, type EventLog, type GatewayState, type SocketSample, type TriggerKind } from './events';
 import type { Clock, Timer } from '../util/clock';
 import { protocolName } from '../sys/rtnl-format';
 import type {
@@ -39,22 +39,13 @@ import {
 } from './routeplan';
 import { entryHasNames, remapEntry, routeInterfaces, type InterfaceInfo, type LinkState } from './interfaces';
 
-export type GatewayState = 'active' | 'suspect' | 'dead';
-export type TriggerKind = 'retransmit' | 'aggregate' | 'neighbour_failed' | 'active_probe' | 'sighting';
+export type { GatewayState, TriggerKind } from './events';
 
 interface Transition {
   at: string;
   from: GatewayState;
   to: GatewayState;
   reason: string;
-}
-
-/** A socket as events show it. */
-interface SocketSample {
-  src: string;
-  dst: string;
-  state: string;
-  retransmits: number;
 }
 
 /**
@@ -67,6 +58,14 @@ interface Incident {
   lastJoinAt: number;
   sockets: Set<string>;
   samples: SocketSample[];
+}
+
+/** What a trigger says beyond the gateway and its reason (see DgdEvent 'trigger'). */
+interface TriggerDetail {
+  sockets?: number;
+  samples?: SocketSample[];
+  socket?: SocketSample;
+  neighbour_state?: string;
 }
 
 interface InflightVerification {
@@ -181,8 +180,9 @@ export class DgdEngine {
   /** SYN-SENT sockets seen in the last dump, and when each was first seen. */
   private readonly synFirstSeen = new Map<string, number>();
   private lastFullDumpAt = -Infinity;
-  /** Sockets counted by the last count (countSockets). */
+  /** Sockets counted by the last count (countSockets), and whether one is under way. */
   private socketCount = 0;
+  private counting = false;
   private retransmitting = 0;
   private dumps = 0;
   private readonly bootId: string | null;
@@ -538,8 +538,19 @@ export class DgdEngine {
   private async dumpAndCheck(withCount: boolean, connecting = false): Promise<number> {
     const t0 = this.clock.now();
     if (withCount) {
-      this.socketCount = await this.ports.countSockets();
       this.lastFullDumpAt = this.clock.now();
+      // Beside the scan, not before it: at 100 000 sockets the kernel's walk takes a few hundred
+      // milliseconds, which must not delay detection.
+      if (!this.counting) {
+        this.counting = true;
+        this.ports
+          .countSockets()
+          .then(
+            (n) => void (this.socketCount = n),
+            (err: unknown) => this.log.event('error', { during: 'socket count', error: msg(err) }, 'warn'),
+          )
+          .finally(() => (this.counting = false));
+      }
     }
     const sockets = await this.ports.scanSockets({ minRetransmits: 1, synSent: connecting });
     if (this.cfg.resend_on_switch) void this.flowResumer?.observe(sockets);
@@ -852,7 +863,8 @@ export class DgdEngine {
         a.missed++;
         if (a.missed >= a.misses && g.state !== 'dead') {
           g.triggers.active_probe++;
-          this.log.event('trigger', {
+          emit(this.log, {
+            event: 'trigger',
             gateway: g.address,
             interface: g.ifname,
             reason: 'active_probe',
@@ -873,10 +885,10 @@ export class DgdEngine {
   // Verification and verdicts
 
   /** A trigger: the gateway becomes suspect and is verified by ARP/NDP; the verdict acts. */
-  async trigger(g: Gateway, kind: TriggerKind, detail: Record<string, unknown>): Promise<void> {
+  async trigger(g: Gateway, kind: TriggerKind, detail: TriggerDetail): Promise<void> {
     if (!this.enabled || this.closed || g.state === 'dead' || g.link !== 'up') return;
     g.triggers[kind]++;
-    this.log.event('trigger', { gateway: g.address, interface: g.ifname, reason: kind, ...detail });
+    emit(this.log, { event: 'trigger', gateway: g.address, interface: g.ifname, reason: kind, ...detail });
     if (g.state === 'active') this.transition(g, 'suspect', kind);
     let v: Verification;
     try {
@@ -889,7 +901,8 @@ export class DgdEngine {
     if (!this.enabled || this.closed || g.state !== 'suspect') return;
     if (v.alive) {
       this.transition(g, 'active', 'answered ARP/NDP');
-      this.log.event('downstream_problem', {
+      emit(this.log, {
+        event: 'downstream_problem',
         gateway: g.address,
         interface: g.ifname,
         reason: kind,
@@ -953,7 +966,8 @@ export class DgdEngine {
             { gateway: g.address, known_mac: g.mac, seen_mac: v.untrustedMac, trusted: false },
             'warn',
           );
-        this.log.event('verdict', {
+        emit(this.log, {
+          event: 'verdict',
           gateway: g.address,
           interface: g.ifname,
           alive: v.alive,
@@ -999,6 +1013,7 @@ export class DgdEngine {
     // Flows that were retransmitting through g get their latest segment resent through the new
     // route now (./resume.ts), before the neighbour flush below.
     if (this.cfg.resend_on_switch) await this.flowResumer?.routesSwitched(g);
+    if (this.closed) return;
     // Our purge left the gateway's neighbour entry unresolved, and the kernel parks packets
     // (TCP's retransmissions among them) in it until it fails; TCP does not retransmit a segment
     // still held in the host. Deleting the entry frees them, so the next retransmission takes the
@@ -1299,7 +1314,8 @@ export class DgdEngine {
       }
       await this.saveJournal();
       this.kernelRoutes = await this.ports.listRoutes(this.tables);
-      this.log.event('routes_withdrawn', {
+      emit(this.log, {
+        event: 'routes_withdrawn',
         gateway: g.address,
         interface: g.ifname,
         reason,
@@ -1362,7 +1378,8 @@ export class DgdEngine {
         if (await this.restoreEntry(entry, viaGroup ? null : g.key)) restored.push(describe(entry.original));
       }
       await this.saveJournal();
-      this.log.event('routes_restored', {
+      emit(this.log, {
+        event: 'routes_restored',
         gateway: g.address,
         interface: g.ifname,
         reason,
@@ -1481,7 +1498,8 @@ export class DgdEngine {
         else if (await this.restoreEntry(entry, null)) restored.push(describe(entry.original));
       }
       await this.saveJournal();
-      this.log.event('routes_restored', {
+      emit(this.log, {
+        event: 'routes_restored',
         gateway: null,
         reason,
         routes: restored,
@@ -1761,6 +1779,9 @@ export class DgdEngine {
         for (const g of [...this.gateways.values()]) {
           if (!expired.has(g.ifname) || [...this.journal.values()].some((e) => e.removed.includes(g.key)))
             continue;
+          // A gateway the config probes actively stays (absent): probing resumes when an interface
+          // of that name is back.
+          if (g.active) continue;
           this.cancelGatewayTimers(g);
           this.gateways.delete(g.key);
         }
@@ -1776,7 +1797,7 @@ export class DgdEngine {
     const t: Transition = { at: new Date(this.clock.wallNow()).toISOString(), from: g.state, to, reason };
     g.transitions.push(t);
     if (g.transitions.length > MAX_TRANSITIONS) g.transitions.shift();
-    this.log.event('state', { gateway: g.address, interface: g.ifname, from: g.state, to, reason });
+    emit(this.log, { event: 'state', gateway: g.address, interface: g.ifname, from: g.state, to, reason });
     g.state = to;
   }
 
