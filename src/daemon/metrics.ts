@@ -438,10 +438,7 @@ export class DaemonMetrics {
         this.withdrawn.inc({ gateway }, ev.routes.length);
         break;
       case 'routes_handed_over':
-        this.handedOver.inc(
-          { gateway, owner: str(f.owner, 'unknown') },
-          Array.isArray(f.routes) ? f.routes.length : 0,
-        );
+        this.handedOver.inc({ gateway, owner: ev.owner }, ev.routes.length);
         break;
       case 'routes_restored':
         this.restored.inc({ gateway }, ev.routes.length);

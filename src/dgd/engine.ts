@@ -1187,7 +1187,8 @@ export class DgdEngine {
       for (const [owner, rs] of handed) {
         if (g.state !== 'dead') break; // revived while this withdrawal waited its turn
         const outcome = await this.owners!.markDead(owner, ownerKey(g), reason);
-        this.log.event('routes_handed_over', {
+        emit(this.log, {
+          event: 'routes_handed_over',
           gateway: g.address,
           interface: g.ifname,
           owner,

@@ -2,10 +2,8 @@
 // kept; which BIRD protocols are disabled, left alone, re-disabled and enabled; the journal first.
 import { strict as assert } from 'node:assert';
 import { parseConfig } from '../../src/daemon/config';
-import { MemoryEventLog } from '../../src/daemon/log';
 import { DgdEngine } from '../../src/dgd/engine';
-import { MemoryStore } from '../../src/dgd/store';
-import { FakeClock } from '../../src/util/clock';
+import { FakeClock, MemoryEventLog, MemoryStore } from '../doubles';
 import { FakePorts, route } from './fakes';
 import { BirdOwnerAdapter, type BirdPort } from '../../src/dgd/owner-bird';
 import { planFrrFilter } from '../../src/dgd/owner-frr';
