@@ -224,7 +224,7 @@ describe('routing daemons own their routes: FRR in the lab', function () {
         .map((r) => (r as unknown as { dst: string }).dst);
     assert.ok((await contested()).includes('198.18.2.0/24'));
     const text = await d.cli(['status']);
-    assert.match(text.stdout, /route 198\.18\.2\.0\/24 via 198\.18\.1\.1 .*: contested/);
+    assert.match(text.stdout, /route 198\.18\.2\.0\/24 (nhid \d+ )?via 198\.18\.1\.1 .*: contested/);
     // Revival ends the fight.
     await lab.revive('r1', 'lan0');
     await d.waitFor((e) => e.event === 'routes_restored' && e.gateway === RD.r1, 20_000, 'r1 revived');
