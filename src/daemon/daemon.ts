@@ -8,6 +8,8 @@ import { ConfigError, IpdeadgateError } from '../errors';
 import { SystemPorts } from '../dgd/adapters';
 import { DgdEngine } from '../dgd/engine';
 import { FileStore } from '../dgd/store';
+import { FileOwnerStore, RouteOwners } from '../dgd/owners';
+import { ownerAdapters } from '../dgd/owner-system';
 import { openRtnl, type Rtnl } from '../sys/rtnl';
 import { missingCapabilities, readBootId, type CapabilityName } from '../sys/host';
 import type { NeighbourSighting } from '../sys/neighlink';
@@ -74,6 +76,8 @@ export async function loadDaemonConfig(
 
 export class Daemon {
   private engine: DgdEngine | null = null;
+  /** Routing daemons told about dead gateways (dgd.owners). */
+  private owners: RouteOwners | null = null;
   private ports: SystemPorts | null = null;
   private rtnl: Rtnl | null = null;
   private control: ControlServer | null = null;
@@ -116,6 +120,12 @@ export class Daemon {
     this.rtnl = await openRtnl();
     this.ports = new SystemPorts(this.rtnl);
     const interfaces = await this.ports.refreshLinks();
+    this.owners = new RouteOwners(
+      ownerAdapters(config.dgd.owners),
+      new FileOwnerStore(this.opts.stateDir),
+      events,
+      config.dgd.keep_last_route,
+    );
     this.engine = new DgdEngine({
       config: config.dgd,
       tables,
@@ -123,6 +133,7 @@ export class Daemon {
       store: new FileStore(this.opts.stateDir),
       log: events,
       clock: systemClock,
+      owners: this.owners,
       bootId: readBootId(),
     });
     await this.engine.setInterfaces(interfaces);
@@ -284,6 +295,7 @@ export class Daemon {
           'warn',
         );
     }
+    await this.owners?.configure(ownerAdapters(next.config.dgd.owners), next.config.dgd.keep_last_route);
     await this.requireEngine().reload(next.config.dgd, next.tables);
     await this.ops?.reconfigure(next.config);
   }
