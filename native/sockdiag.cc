@@ -20,8 +20,12 @@
 #include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -127,6 +131,24 @@ class DumpWorker : public Napi::AsyncWorker {
         cancelled_(std::move(cancelled)) {}
 
   void Execute() override {
+    if (!countOnly_) return Dump();
+    // A count only feeds `status`, so the kernel's walk of every socket (a few hundred ms of CPU at
+    // 100 000 sockets) runs on a thread of its own at nice 19 (setpriority(2) on its thread id):
+    // on a busy machine the event loop's thread, and everything else, runs before it. A threadpool
+    // thread is never reniced: it would stay so for whatever runs on it next.
+    pthread_t thread;
+    const int err = ::pthread_create(&thread, nullptr, &DumpWorker::LowPriorityDump, this);
+    if (err != 0) return Dump();  // no thread to spare: count at normal priority
+    ::pthread_join(thread, nullptr);
+  }
+
+  static void* LowPriorityDump(void* self) {
+    ::setpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)), 19);
+    static_cast<DumpWorker*>(self)->Dump();
+    return nullptr;
+  }
+
+  void Dump() {
     UniqueFd fd(::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
     if (!fd.Valid()) return Fail(errno, "socket", "opening a NETLINK_SOCK_DIAG socket");
     struct timeval timeout = {kRecvTimeoutSeconds, 0};

@@ -22,12 +22,22 @@ interface Timed {
   gcMaxMs: number;
   /** Time the main thread was runnable but not running (waiting for a CPU) during the dump. */
   runqWaitMs: number;
+  /**
+   * Time the main thread spent on a CPU during the dump, the 1 ms probe's ticks included: the
+   * most the dump's own main-thread work (JavaScript, native callbacks, GC) can have stalled it.
+   */
+  mainCpuMs: number;
   count: number;
 }
 
 /** The main thread's run-queue wait so far, in ms (/proc/thread-self/schedstat, field 2, ns). */
 function runqWaitMs(): number {
   return Number(fs.readFileSync('/proc/thread-self/schedstat', 'utf8').split(' ')[1]) / 1e6;
+}
+
+/** The main thread's time on a CPU so far, in ms (/proc/thread-self/schedstat, field 1, ns). */
+function mainCpuMs(): number {
+  return Number(fs.readFileSync('/proc/thread-self/schedstat', 'utf8').split(' ')[0]) / 1e6;
 }
 
 const gcPauses: PerformanceEntry[] = [];
@@ -49,10 +59,12 @@ async function timed(op: () => Promise<number>): Promise<Timed> {
   longest = 0;
   histogram.enable();
   const runq0 = runqWaitMs();
+  const cpu0 = mainCpuMs();
   const started = performance.now();
   const count = await op();
   const ended = performance.now();
   const runqWait = runqWaitMs() - runq0;
+  const mainCpu = mainCpuMs() - cpu0;
   longest = Math.max(longest, ended - last);
   histogram.disable();
   clearInterval(tick);
@@ -68,6 +80,7 @@ async function timed(op: () => Promise<number>): Promise<Timed> {
     elDelayMaxMs: histogram.max / 1e6,
     gcMaxMs,
     runqWaitMs: runqWait,
+    mainCpuMs: mainCpu,
     count,
   };
 }
@@ -146,9 +159,11 @@ async function main(): Promise<void> {
     stall_median_ms: round(median(ts.map((t) => t.stallMs))),
     gc_max_ms: round(Math.max(...ts.map((t) => t.gcMaxMs))),
     runq_wait_max_ms: round(Math.max(...ts.map((t) => t.runqWaitMs))),
+    main_cpu_median_ms: round(median(ts.map((t) => t.mainCpuMs))),
     raw_ms: ts.map((t) => round(t.ms)),
     raw_stall_ms: ts.map((t) => round(t.stallMs)),
     raw_runq_ms: ts.map((t) => round(t.runqWaitMs)),
+    raw_main_cpu_ms: ts.map((t) => round(t.mainCpuMs)),
   });
   process.stdout.write(
     JSON.stringify({

@@ -1,8 +1,8 @@
 // Prometheus metrics (prom-client), served as the text exposition format on `metrics.listen` (off
 // unless configured). Nothing in the detection engine or the tunnel calls a metric: counters and
-// histograms are derived from the engine's events (a wrapped EventLog sees every `verdict`,
-// `state`, `trigger`, `routes_withdrawn`, ...), and gauges are read from `status()` at scrape
-// time. The tunnel is read from `TunnelNode.status()` at scrape time through the `tunnel` source,
+// histograms are derived from the engine's events, a typed union (DgdEvent, src/dgd/events.ts:
+// a wrapped EventLog sees every `verdict`, `state`, `trigger`, `routes_withdrawn`, ...), and
+// gauges are read from `status()` at scrape time. The tunnel is read from `TunnelNode.status()` at scrape time through the `tunnel` source,
 // which is null while the daemon runs no tunnel node.
 import { readFileSync } from 'node:fs';
 import * as http from 'node:http';
@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { IpdeadgateError, UsageError, systemError } from '../errors';
 import type { DgdStatus } from '../dgd/engine';
+import { asDgdEvent } from '../dgd/events';
 import type { TunnelStatus } from '../tunnel/node';
 import type { FlightRecorderStatus } from './flightrec';
 import type { EventLog } from './log';
@@ -38,10 +39,6 @@ export function parseListen(listen: string): { host: string; port: number } {
 
 function num(v: unknown): number | null {
   return typeof v === 'number' && Number.isFinite(v) ? v : null;
-}
-
-function str(v: unknown, fallback = ''): string {
-  return typeof v === 'string' ? v : fallback;
 }
 
 /** Trigger reasons (TriggerKind): each per-gateway counter starts at 0 for all of them. */
@@ -402,37 +399,39 @@ export class DaemonMetrics {
   /** Count what one event says. Public for tests; the daemon feeds it through wrap(). */
   observe(name: string, f: Record<string, unknown>, level = 'info'): void {
     this.events.inc({ event: name, level });
-    const gateway = str(f.gateway, 'none');
-    switch (name) {
+    // The events that counters follow are a typed union (src/dgd/events.ts): fields are read as
+    // what the engine emitted, not guessed; anything else is only counted by name above.
+    const ev = asDgdEvent(name, f);
+    if (!ev) return;
+    const gateway = ev.gateway ?? 'none';
+    switch (ev.event) {
       case 'verdict': {
         this.verifications.inc({
           gateway,
-          outcome: f.alive ? 'alive' : 'dead',
-          speculative: f.speculative ? 'true' : 'false',
+          outcome: ev.alive ? 'alive' : 'dead',
+          speculative: ev.speculative ? 'true' : 'false',
         });
-        const rtt = num(f.arp_rtt_ms);
-        if (f.alive && rtt !== null)
-          this.rtt.observe({ gateway, protocol: gateway.includes(':') ? 'ndp' : 'arp' }, rtt / 1000);
-        const d = num(f.duration_ms);
-        if (d !== null) this.verifyDuration.observe({ gateway }, d / 1000);
+        if (ev.alive && ev.arp_rtt_ms !== null)
+          this.rtt.observe(
+            { gateway, protocol: gateway.includes(':') ? 'ndp' : 'arp' },
+            ev.arp_rtt_ms / 1000,
+          );
+        if (num(ev.duration_ms) !== null) this.verifyDuration.observe({ gateway }, ev.duration_ms / 1000);
         break;
       }
       case 'trigger':
-        this.triggers.inc({ gateway, reason: str(f.reason, 'unknown') });
+        this.triggers.inc({ gateway, reason: ev.reason });
         break;
-      case 'state': {
-        const from = str(f.from);
-        const to = str(f.to);
-        this.transitions.inc({ gateway, from, to });
-        if (to === 'dead') this.deaths.inc({ gateway });
-        if (from === 'dead') this.revivals.inc({ gateway });
+      case 'state':
+        this.transitions.inc({ gateway, from: ev.from, to: ev.to });
+        if (ev.to === 'dead') this.deaths.inc({ gateway });
+        if (ev.from === 'dead') this.revivals.inc({ gateway });
         break;
-      }
       case 'routes_withdrawn':
-        this.withdrawn.inc({ gateway }, Array.isArray(f.routes) ? f.routes.length : 0);
+        this.withdrawn.inc({ gateway }, ev.routes.length);
         break;
       case 'routes_restored':
-        this.restored.inc({ gateway }, Array.isArray(f.routes) ? f.routes.length : 0);
+        this.restored.inc({ gateway }, ev.routes.length);
         break;
       case 'downstream_problem':
         this.downstream.inc({ gateway });

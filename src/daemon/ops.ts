@@ -109,7 +109,10 @@ export class DaemonOps {
     }
     this.recorder.setGateways(gateways.map((g) => g.address));
     this.noteGatewayChanges(gateways);
-    for (const ifname of new Set(gateways.map((g) => g.interface))) {
+    // Only interfaces that are up: a handle cannot open on one that is down or gone.
+    for (const ifname of new Set(
+      gateways.filter((g) => g.link !== 'down' && g.link !== 'absent').map((g) => g.interface),
+    )) {
       this.ports.link(ifname).then(
         (link) => {
           if (this.attached.has(link) || this.closed) return;

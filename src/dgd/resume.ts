@@ -1,7 +1,8 @@
 // Flows resume the moment routes switch. When a dead gateway's routes are withdrawn, a TCP socket
 // that was retransmitting through it would wait for its backed-off retransmission timer (1.6 s
-// after the third retransmission at the default threshold, 4 s for a SYN): the kernel retransmits
-// only when that timer fires. So while sockets retransmit through a gateway their segments are
+// after the third retransmission at the default threshold), and a connecting socket whose SYN is
+// parked in the dead gateway's neighbour entry is aborted when that entry is flushed or fails: the
+// kernel retransmits only when the timer fires. So while sockets retransmit through a gateway their segments are
 // recorded off the wire (ports.watchFlows), and the moment the gateway's routes are withdrawn the
 // latest segment of each is sent again through the route the kernel now chooses
 // (ports.resendSegment). The peer acknowledges it (or, for a SYN, answers with its SYN-ACK), and
@@ -11,7 +12,7 @@
 // Touches only flows that the detection scan saw retransmitting and that the kernel routed through
 // the gateway declared dead, that are not bound to an interface, and whose route no longer goes
 // through it; each at most once per withdrawal, at most MAX_FLOWS_PER_GATEWAY per gateway.
-import type { EventLog } from '../daemon/log';
+import type { EventLog } from './events';
 import type { RouteChoice, ScannedSocket } from './ports';
 
 export interface ResumeFlow {

@@ -1,7 +1,10 @@
 // TCP sockets as the kernel's sock_diag reports them (NETLINK_SOCK_DIAG, inet_diag_req_v2; see
 // native/sockdiag.cc). The dump runs on a libuv threadpool thread and comes back as flat rows; this
-// file turns rows into objects in time-bounded slices, yielding to the event loop between slices, so
-// a dump of 100 000 sockets never stalls the loop for more than a few milliseconds.
+// file turns rows into objects in time-bounded slices, yielding to the event loop between slices.
+// Three ways to take a dump, cheapest first: countTcpSockets (numbers per family and state, no row
+// at all: what the daemon's status needs), dumpTcpSocketPages (a page of objects at a time, each
+// short-lived: what `ipdeadgate sockets` uses), dumpTcpSockets (every socket as an object at once;
+// at 100 000 sockets with tcp_info about 30 MB of objects, whose GC stalls the loop).
 //
 // The cheap scan that detection runs every 200 ms needs no tcp_info: inet_diag_msg itself carries the
 // pending timer, the consecutive retransmissions of the current segment and the timer's expiry (what

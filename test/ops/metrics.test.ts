@@ -1,6 +1,7 @@
 // Prometheus metrics: derived from the engine's events and from status() at scrape time, parsed by
 // an independent exposition-format parser (parse-prometheus-text-format); in the lab, scraped over
 // HTTP from a running daemon before and after a failover and a revival.
+import { MemoryEventLog } from '../doubles';
 import { strict as assert } from 'node:assert';
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
@@ -9,7 +10,6 @@ import * as path from 'node:path';
 import parsePrometheusTextFormat, { type ParsedFamily } from 'parse-prometheus-text-format';
 import type { DgdStatus } from '../../src/dgd/engine';
 import { parseConfig } from '../../src/daemon/config';
-import { MemoryEventLog } from '../../src/daemon/log';
 import { DaemonMetrics, parseListen } from '../../src/daemon/metrics';
 import { DaemonOps } from '../../src/daemon/ops';
 import type { TunnelStatus } from '../../src/tunnel/node';
