@@ -4,6 +4,8 @@
 //   - a connection started after the death (its SYN retransmits): when the routes switch and when
 //     it connects;
 //   - active probing 100 ms x 3 misses, no traffic at all: when the routes switch;
+//   - connect-only traffic (a new connection every 200 ms, 1 s connect timeout), defaults, no
+//     active probing: when the routes switch and when a new connection first succeeds through r2;
 //   - no daemon at all, for comparison: whether the flow recovers within 60 s;
 //   - the daemon's CPU while idle and while scanning 10k established sockets.
 // The moment of death is taken just before the nftables rule is loaded, so the nft command's own
@@ -13,8 +15,8 @@ import { readFileSync } from 'node:fs';
 import { Lab, REPO_ROOT, waitFor } from '../../test/lab/lab';
 import { LabDaemon, type DaemonEvent } from '../../test/lab/daemon';
 import { DGD, dgdLabSpec } from '../../test/lab/topologies';
-// --cases defaults,syn,active,nodaemon,cpu selects what runs.
-import { startFlowClient, startFlowServer } from '../../test/lab/flows';
+// --cases defaults,syn,active,connect,nodaemon,cpu selects what runs.
+import { startConnector, startFlowClient, startFlowServer } from '../../test/lab/flows';
 
 const HOLD = path.join(REPO_ROOT, 'dist', 'scripts', 'lib', 'hold-sockets.js');
 const PORT = 7000;
@@ -32,7 +34,7 @@ const listOpt = (name: string, dflt: string): string[] => {
   return (i >= 0 ? args[i + 1]! : dflt).split(',').filter(Boolean);
 };
 const FAMILIES = listOpt('families', '4,6').map(Number) as (4 | 6)[];
-const CASES = new Set(listOpt('cases', 'defaults,syn,active,nodaemon,cpu'));
+const CASES = new Set(listOpt('cases', 'defaults,syn,active,connect,nodaemon,cpu'));
 /** --trace: each trial's daemon events. --no-resend: the daemon with dgd.resend_on_switch off (flows wait for their own timers), for comparison. */
 const DGD_CONFIG = `dgd:\n  slow_poll_interval: 2m\n${args.includes('--no-resend') ? '  resend_on_switch: false\n' : ''}`;
 
@@ -167,6 +169,31 @@ async function trialActive(): Promise<number> {
   }
 }
 
+/** Short connections every 200 ms with a 1 s connect timeout; r1 dies; no active probing. */
+async function trialConnect(): Promise<{ switched: number; connected: number; aggregate: boolean }> {
+  const lab = await newLab();
+  try {
+    const d = await LabDaemon.start(lab, 'client', DGD_CONFIG);
+    const c = startConnector(lab, 'client', DGD.server4, PORT, { durationMs: 12_000 });
+    await waitFor(() => c.attempts.filter((a) => a.ok).length >= 5, 5000, 'connections through r1');
+    await new Promise((r) => setTimeout(r, Math.random() * 200)); // a random phase of the client's cycle
+    const t0 = Date.now();
+    await lab.killSilently('r1', 'lan0');
+    const dead = Date.now(); // attempts started before nft returned may have gone through r1
+    const w = await d.waitFor((e) => e.event === 'routes_withdrawn', 20_000, 'routes withdrawn');
+    const ok = await waitFor(
+      () => c.attempts.find((a) => a.ok && a.started > dead),
+      20_000,
+      'a connection through r2',
+    );
+    const aggregate = d.named('trigger')[0]?.reason === 'aggregate';
+    await d.stop();
+    return { switched: Date.parse(w.time) - t0, connected: ok!.t - t0, aggregate };
+  } finally {
+    await lab.close();
+  }
+}
+
 async function trialNoDaemon(): Promise<number | null> {
   const lab = await newLab();
   try {
@@ -290,6 +317,24 @@ async function main(): Promise<void> {
     const a = stats(act);
     rows.push(
       `| active probing 100ms x 3: routes switched | ${fmt(a.median)} | ${fmt(a.worst)} | <= 0.4 s |`,
+    );
+  }
+  const conn: { switched: number; connected: number; aggregate: boolean }[] = [];
+  for (let i = 0; CASES.has('connect') && i < TRIALS; i++) {
+    const r = await trialConnect();
+    conn.push(r);
+    say(
+      `  connect-only trial ${i + 1}: routes switched ${fmt(r.switched)}, first new connection through r2 ${fmt(r.connected)}${r.aggregate ? '' : ' (not by the aggregate trigger)'}`,
+    );
+  }
+  if (conn.length > 0) {
+    const s = stats(conn.map((x) => x.switched));
+    const c = stats(conn.map((x) => x.connected));
+    rows.push(
+      `| connect-only (200 ms, 1 s timeout): routes switched | ${fmt(s.median)} | ${fmt(s.worst)} | |`,
+    );
+    rows.push(
+      `| connect-only: first new connection through r2 | ${fmt(c.median)} | ${fmt(c.worst)} | < 3 s |`,
     );
   }
   const none: (number | null)[] = [];

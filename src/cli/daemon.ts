@@ -20,7 +20,7 @@ export function registerDaemon(program: Command): void {
     )
     .addHelpText(
       'after',
-      '\nExamples:\n  ipdeadgate daemon\n  ipdeadgate daemon --config /etc/ipdeadgate.yaml --log-format text\n\n' +
+      '\nExamples:\n  ipdeadgate daemon\n  ipdeadgate daemon --config /etc/ipdeadgate/ipdeadgate.yaml --log-format text\n\n' +
         'SIGTERM restores every withdrawn route and exits 0; SIGHUP reloads the config.',
     )
     .action(

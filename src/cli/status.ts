@@ -54,7 +54,7 @@ export function formatStatus(s: Status): string {
       );
     const t = g.triggers;
     lines.push(
-      `  triggers: retransmit ${t.retransmit}, neighbour FAILED ${t.neighbour_failed}, active probe ${t.active_probe}, sighting ${t.sighting}`,
+      `  triggers: retransmit ${t.retransmit}, aggregate ${t.aggregate ?? 0}, neighbour FAILED ${t.neighbour_failed}, active probe ${t.active_probe}, sighting ${t.sighting}`,
     );
     if (g.active_probing)
       lines.push(
@@ -67,11 +67,28 @@ export function formatStatus(s: Status): string {
       const via = r.nexthops
         ? r.nexthops.map((n) => `${n.gateway}*${n.weight}`).join(' ')
         : (r.gateway ?? '');
+      const nh = r.nhid ? ` nhid ${r.nhid}` : '';
+      const owner = r.owner ? ` proto ${r.owner}` : '';
       // Tables by name, as `routes` and iproute2 print them (main, not 254).
       const table = typeof r.table === 'number' ? tableName(r.table) : String(r.table);
-      lines.push(`  route ${r.dst} via ${via} table ${table} metric ${r.metric}: ${r.state}`);
+      lines.push(`  route ${r.dst}${nh} via ${via} table ${table} metric ${r.metric}${owner}: ${r.state}`);
     }
     for (const tr of g.transitions.slice(-5)) lines.push(`  ${tr.at} ${tr.from} -> ${tr.to}: ${tr.reason}`);
+  }
+  for (const m of s.withdrawn_nexthop_members ?? [])
+    lines.push(
+      '',
+      `nexthop group ${m.id} (proto ${m.owner}): ${m.original} -> now ${m.now}${m.contested ? ' (contested: its owner puts members back)' : ''}`,
+    );
+  for (const o of s.route_owners ?? []) {
+    lines.push(
+      '',
+      `routing daemon ${o.owner}: told of dead gateways: ${o.dead_gateways.join(', ') || 'none'}`,
+    );
+    for (const a of o.applied) lines.push(`  applied: ${a}`);
+    if (o.kept.length) lines.push(`  kept (last route): ${o.kept.join(', ')}`);
+    for (const p of o.problems) lines.push(`  problem: ${p}`);
+    if (o.last_error) lines.push(`  ERROR: ${o.last_error}`);
   }
   if (s.tunnel) lines.push('', ...formatTunnel(s.tunnel));
   return lines.join('\n') + '\n';

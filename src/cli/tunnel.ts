@@ -1,6 +1,7 @@
 // `ipdeadgate tunnel --config FILE [--control PATH] [--log-format json|text]`: run only the tunnel
 // section of a config (gateway proxy, endpoint proxy or relay). Bad config: exit 2 naming the file,
-// line and key. SIGTERM/SIGINT close every link and session and exit 0.
+// line and key. SIGTERM/SIGINT close every link and session and exit 0; SIGHUP reloads the file
+// (services, forwards, links, peers, limits; a bad file is refused and the running config stays).
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import { loadTunnelConfig } from '../daemon/config';
@@ -8,6 +9,7 @@ import { ControlServer } from '../daemon/control';
 import { createLogger, eventLog } from '../daemon/log';
 import { peerUidOf } from '../sys/peercred';
 import { openServiceNotifier } from '../sys/sdnotify';
+import { loadTls } from '../tunnel/link';
 import { TunnelNode } from '../tunnel/node';
 import { action } from './common';
 
@@ -60,6 +62,27 @@ export function registerTunnel(program: Command): void {
               resolve(0);
             })();
           };
+          // SIGHUP: reload the file. A bad file (or a change that needs a restart) is refused
+          // with an event and the running config stays; sessions the change does not touch go on.
+          let reloading = Promise.resolve();
+          const reload = (): void => {
+            reloading = reloading.then(async () => {
+              try {
+                const next = await loadTunnelConfig(opts.config);
+                loadTls(next.tls); // the files as a start would check them
+                const changed = await node.reload(next);
+                logger.info({ event: 'config_reloaded', file: opts.config, changed });
+              } catch (err) {
+                logger.error({
+                  event: 'config_refused',
+                  file: opts.config,
+                  error: (err as Error).message,
+                  note: 'the running config stays',
+                });
+              }
+            });
+          };
+          process.on('SIGHUP', reload);
           process.once('SIGTERM', stop);
           process.once('SIGINT', stop);
         });

@@ -3,64 +3,12 @@
 // the key, so an operator at 3 a.m. can fix it without reading code (DESIGN.md "Config file").
 import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
-import { isIP } from 'node:net';
 import { LineCounter, isMap, isScalar, parseDocument, type Document } from 'yaml';
 import { z } from 'zod';
 import { ConfigError } from '../errors';
 import { duration, intIn } from '../util/schema';
+import { dgdSchema } from '../dgd/config';
 import { resolveTlsPaths, tunnelConfigSchema, type TunnelConfig } from '../tunnel/config';
-
-const ipAddress = z.string().refine(
-  (s) => isIP(s) !== 0,
-  (s) => ({ message: `"${s}" is not an IP address` }),
-);
-
-/** A routing table: main, local, default, or a number 1..2^32-1 (names from rt_tables resolve later). */
-const tableName = z.union([
-  z.enum(['main', 'local', 'default']),
-  intIn(1, 0xffffffff),
-  z
-    .string()
-    .regex(
-      /^[A-Za-z_][\w.-]*$/,
-      'must be main, local, default, a number or a name from /etc/iproute2/rt_tables',
-    ),
-]);
-
-const activeProbe = z
-  .object({
-    gateway: ipAddress,
-    interval: duration(10, 3_600_000).default('1s'),
-    misses: intIn(1, 100).default(3),
-  })
-  .strict();
-
-export const dgdSchema = z
-  .object({
-    enabled: z.boolean().default(true),
-    retransmit_threshold: intIn(1, 15).default(3),
-    scan_interval: duration(10, 10_000).default('200ms'),
-    verify_probes: intIn(1, 20).default(3),
-    verify_timeout: duration(10, 10_000).default('250ms'),
-    slow_poll_interval: duration(1000, 3_600_000).default('2m'),
-    revive_probes: intIn(1, 20).default(2),
-    keep_last_route: z.boolean().default(true),
-    allow_mac_change: z.boolean().default(false),
-    resend_on_switch: z.boolean().default(true),
-    tables: z.array(tableName).min(1, 'needs at least one table').default(['main']),
-    gateways: z.array(ipAddress).default([]),
-    active: z.array(activeProbe).default([]),
-    flap_limit: intIn(1, 1000).default(3),
-    flap_window: duration(1000, 86_400_000).default('10m'),
-    flap_hold_down: duration(1000, 3_600_000).default('1m'),
-    rewithdraw_limit: intIn(1, 1000).default(5),
-    rewithdraw_window: duration(1000, 3_600_000).default('1m'),
-    aggregate_sockets: intIn(0, 10_000).default(3),
-    aggregate_window: duration(100, 60_000).default('1s'),
-    syn_stall: duration(100, 10_000).default('500ms'),
-    interface_wait: duration(1000, 86_400_000).default('10m'),
-  })
-  .strict();
 
 const listenAddress = z
   .string()
@@ -109,7 +57,8 @@ export const configSchema = z
   .strict();
 
 export type Config = z.infer<typeof configSchema>;
-export type DgdConfig = Config['dgd'];
+export type { DgdConfig } from '../dgd/config';
+export { dgdSchema };
 
 /** The defaults: what the daemon runs with when it has no config file. */
 export function defaultConfig(): Config {

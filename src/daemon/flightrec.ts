@@ -13,6 +13,7 @@ import { normalizeIp } from '../sys/frames';
 import { encodePcap, type PcapPacket } from '../sys/pcapfile';
 import { writeFileAtomic } from '../util/atomic';
 import type { EventLog } from './log';
+import { emit } from '../dgd/events';
 
 export interface FlightRecorderSettings {
   enabled: boolean;
@@ -236,7 +237,12 @@ export class FlightRecorder {
       };
       this.last.set(p.gateway, info);
       const removed = await this.enforceBounds();
-      this.log.event('capture_written', { ...info, interface: p.ifname || null, removed_files: removed });
+      emit(this.log, {
+        event: 'capture_written',
+        ...info,
+        interface: p.ifname || null,
+        removed_files: removed,
+      });
     } catch (err) {
       this.writeErrors++;
       this.log.event(

@@ -6,13 +6,10 @@ import { fstatSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
 
-export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
-export type LogFormat = 'json' | 'text';
+import type { EventLog, LogLevel } from '../dgd/events';
 
-/** What the detection engine and the tunnel log through: one call per event. */
-export interface EventLog {
-  event(name: string, fields?: Record<string, unknown>, level?: LogLevel): void;
-}
+export type { EventLog, LogLevel } from '../dgd/events';
+export type LogFormat = 'json' | 'text';
 
 export function createLogger(
   opts: { level?: LogLevel; format?: LogFormat; stream?: NodeJS.WritableStream } = {},
@@ -39,19 +36,6 @@ export function eventLog(logger: Logger): EventLog {
       logger[level]({ event: name, ...fields });
     },
   };
-}
-
-/** An EventLog that keeps events in memory (tests) and optionally forwards them. */
-export class MemoryEventLog implements EventLog {
-  readonly events: ({ event: string; level: LogLevel } & Record<string, unknown>)[] = [];
-  constructor(private readonly forward?: EventLog) {}
-  event(name: string, fields: Record<string, unknown> = {}, level: LogLevel = 'info'): void {
-    this.events.push({ event: name, level, ...fields });
-    this.forward?.event(name, fields, level);
-  }
-  named(name: string): Record<string, unknown>[] {
-    return this.events.filter((e) => e.event === name);
-  }
 }
 
 /** syslog(3) priorities of our levels, as sd-daemon(3) prefixes want them. */

@@ -1,13 +1,16 @@
 // Prometheus metrics (prom-client), served as the text exposition format on `metrics.listen` (off
 // unless configured). Nothing in the detection engine or the tunnel calls a metric: counters and
-// histograms are derived from the engine's events (a wrapped EventLog sees every `verdict`,
-// `state`, `trigger`, `routes_withdrawn`, ...), and gauges are read from `status()` at scrape
-// time. The tunnel is read from `TunnelNode.status()` at scrape time through the `tunnel` source,
+// histograms are derived from the engine's events, a typed union (DgdEvent, src/dgd/events.ts:
+// a wrapped EventLog sees every `verdict`, `state`, `trigger`, `routes_withdrawn`, ...), and
+// gauges are read from `status()` at scrape time. The tunnel is read from `TunnelNode.status()` at scrape time through the `tunnel` source,
 // which is null while the daemon runs no tunnel node.
+import { readFileSync } from 'node:fs';
 import * as http from 'node:http';
+import * as path from 'node:path';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { IpdeadgateError, UsageError, systemError } from '../errors';
 import type { DgdStatus } from '../dgd/engine';
+import { asDgdEvent } from '../dgd/events';
 import type { TunnelStatus } from '../tunnel/node';
 import type { FlightRecorderStatus } from './flightrec';
 import type { EventLog } from './log';
@@ -38,8 +41,17 @@ function num(v: unknown): number | null {
   return typeof v === 'number' && Number.isFinite(v) ? v : null;
 }
 
-function str(v: unknown, fallback = ''): string {
-  return typeof v === 'string' ? v : fallback;
+/** Trigger reasons (TriggerKind): each per-gateway counter starts at 0 for all of them. */
+const TRIGGER_REASONS = ['retransmit', 'neighbour_failed', 'active_probe', 'sighting'] as const;
+
+/** The package's version (package.json at the application's root), for ipdeadgate_build_info. */
+function packageVersion(): string {
+  try {
+    const file = path.join(__dirname, '..', '..', '..', 'package.json');
+    return (JSON.parse(readFileSync(file, 'utf8')) as { version?: string }).version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
 }
 
 /** A counter whose value is copied from a status total at scrape time (after its reset()). */
@@ -64,10 +76,18 @@ export class DaemonMetrics {
   private readonly downstream: Counter<'gateway'>;
   private readonly events: Counter<'event' | 'level'>;
   private readonly captures: Counter<'gateway'>;
+  /** Gateways whose counters exist (at 0 until something happens). */
+  private readonly known = new Set<string>();
 
   constructor(private readonly sources: MetricsSources = {}) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'ipdeadgate_' });
+    new Gauge({
+      name: 'ipdeadgate_build_info',
+      help: 'Always 1; the labels say which ipdeadgate and Node.js run',
+      labelNames: ['version', 'node_version'],
+      registers,
+    }).set({ version: packageVersion(), node_version: process.versions.node }, 1);
     this.verifications = new Counter({
       name: 'ipdeadgate_verifications_total',
       help: 'ARP/NDP verifications of a gateway by outcome (alive/dead); speculative ones started a retransmission early',
@@ -354,40 +374,64 @@ export class DaemonMetrics {
     });
   }
 
+  /**
+   * Create a gateway's counters at 0 the moment it is known, so that `increase(...[10m]) > 0`
+   * fires on its first death too (a series that appears at 1 has no increase). Idempotent.
+   */
+  knowGateway(gateway: string): void {
+    if (this.known.has(gateway)) return;
+    this.known.add(gateway);
+    for (const outcome of ['alive', 'dead'])
+      for (const speculative of ['true', 'false'])
+        this.verifications.inc({ gateway, outcome, speculative }, 0);
+    for (const reason of TRIGGER_REASONS) this.triggers.inc({ gateway, reason }, 0);
+    for (const c of [
+      this.deaths,
+      this.revivals,
+      this.withdrawn,
+      this.restored,
+      this.downstream,
+      this.captures,
+    ])
+      c.inc({ gateway }, 0);
+  }
+
   /** Count what one event says. Public for tests; the daemon feeds it through wrap(). */
   observe(name: string, f: Record<string, unknown>, level = 'info'): void {
     this.events.inc({ event: name, level });
-    const gateway = str(f.gateway, 'none');
-    switch (name) {
+    // The events that counters follow are a typed union (src/dgd/events.ts): fields are read as
+    // what the engine emitted, not guessed; anything else is only counted by name above.
+    const ev = asDgdEvent(name, f);
+    if (!ev) return;
+    const gateway = ev.gateway ?? 'none';
+    switch (ev.event) {
       case 'verdict': {
         this.verifications.inc({
           gateway,
-          outcome: f.alive ? 'alive' : 'dead',
-          speculative: f.speculative ? 'true' : 'false',
+          outcome: ev.alive ? 'alive' : 'dead',
+          speculative: ev.speculative ? 'true' : 'false',
         });
-        const rtt = num(f.arp_rtt_ms);
-        if (f.alive && rtt !== null)
-          this.rtt.observe({ gateway, protocol: gateway.includes(':') ? 'ndp' : 'arp' }, rtt / 1000);
-        const d = num(f.duration_ms);
-        if (d !== null) this.verifyDuration.observe({ gateway }, d / 1000);
+        if (ev.alive && ev.arp_rtt_ms !== null)
+          this.rtt.observe(
+            { gateway, protocol: gateway.includes(':') ? 'ndp' : 'arp' },
+            ev.arp_rtt_ms / 1000,
+          );
+        if (num(ev.duration_ms) !== null) this.verifyDuration.observe({ gateway }, ev.duration_ms / 1000);
         break;
       }
       case 'trigger':
-        this.triggers.inc({ gateway, reason: str(f.reason, 'unknown') });
+        this.triggers.inc({ gateway, reason: ev.reason });
         break;
-      case 'state': {
-        const from = str(f.from);
-        const to = str(f.to);
-        this.transitions.inc({ gateway, from, to });
-        if (to === 'dead') this.deaths.inc({ gateway });
-        if (from === 'dead') this.revivals.inc({ gateway });
+      case 'state':
+        this.transitions.inc({ gateway, from: ev.from, to: ev.to });
+        if (ev.to === 'dead') this.deaths.inc({ gateway });
+        if (ev.from === 'dead') this.revivals.inc({ gateway });
         break;
-      }
       case 'routes_withdrawn':
-        this.withdrawn.inc({ gateway }, Array.isArray(f.routes) ? f.routes.length : 0);
+        this.withdrawn.inc({ gateway }, ev.routes.length);
         break;
       case 'routes_restored':
-        this.restored.inc({ gateway }, Array.isArray(f.routes) ? f.routes.length : 0);
+        this.restored.inc({ gateway }, ev.routes.length);
         break;
       case 'downstream_problem':
         this.downstream.inc({ gateway });
@@ -414,6 +458,12 @@ export class DaemonMetrics {
 
   /** The exposition text (what GET /metrics returns). */
   scrape(): Promise<string> {
+    // Gateways learnt since the last refresh have their zeroes before this scrape reads them.
+    try {
+      for (const g of this.sources.dgd?.()?.gateways ?? []) this.knowGateway(g.address);
+    } catch {
+      /* still starting */
+    }
     return this.registry.metrics();
   }
 

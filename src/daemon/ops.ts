@@ -37,6 +37,8 @@ export class DaemonOps {
   private timer: NodeJS.Timeout | null = null;
   private listening: string | null = null;
   private closed = false;
+  /** Gateways seen at the last refresh: address -> interface. */
+  private gateways = new Map<string, string>();
 
   constructor(
     stateDir: string,
@@ -106,7 +108,11 @@ export class DaemonOps {
       return; // still starting
     }
     this.recorder.setGateways(gateways.map((g) => g.address));
-    for (const ifname of new Set(gateways.map((g) => g.interface))) {
+    this.noteGatewayChanges(gateways);
+    // Only interfaces that are up: a handle cannot open on one that is down or gone.
+    for (const ifname of new Set(
+      gateways.filter((g) => g.link !== 'down' && g.link !== 'absent').map((g) => g.interface),
+    )) {
       this.ports.link(ifname).then(
         (link) => {
           if (this.attached.has(link) || this.closed) return;
@@ -116,6 +122,22 @@ export class DaemonOps {
         () => undefined, // the daemon reports links that fail to open
       );
     }
+  }
+
+  /**
+   * Announce each gateway once when it appears (a route through it was added, or at start) and
+   * when it goes (its last route is gone), and give a new one its counters at 0.
+   */
+  private noteGatewayChanges(gateways: DgdStatus['gateways']): void {
+    const now = new Map(gateways.map((g) => [g.address, g.interface]));
+    for (const [address, ifname] of now) {
+      this.metrics.knowGateway(address);
+      if (!this.gateways.has(address))
+        this.outer?.event('gateway_appeared', { gateway: address, interface: ifname });
+    }
+    for (const [address, ifname] of this.gateways)
+      if (!now.has(address)) this.outer?.event('gateway_gone', { gateway: address, interface: ifname });
+    this.gateways = now;
   }
 
   /** The newest flight-recorder capture of a gateway. */

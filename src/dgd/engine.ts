@@ -6,8 +6,8 @@
 // Life of a gateway:  active --trigger--> suspect --ARP answers--> active   (downstream problem)
 //                                                 --no answer----> dead     (routes withdrawn)
 //                     dead --slow poll / sighting, revive_probes answers--> active (routes restored)
-import type { DgdConfig } from '../daemon/config';
-import type { EventLog } from '../daemon/log';
+import type { DgdConfig } from './config';
+import { emit, type EventLog, type GatewayState, type SocketSample, type TriggerKind } from './events';
 import type { Clock, Timer } from '../util/clock';
 import { protocolName } from '../sys/rtnl-format';
 import type {
@@ -21,6 +21,7 @@ import type {
   Verification,
 } from './ports';
 import { RewithdrawGuard } from './rewithdraw';
+import { ownerOfProtocol, type OwnerStatus, type RouteOwners, type RoutingDaemon } from './owners';
 import { FlowResumer } from './resume';
 import {
   describeGroup,
@@ -38,22 +39,13 @@ import {
 } from './routeplan';
 import { entryHasNames, remapEntry, routeInterfaces, type InterfaceInfo, type LinkState } from './interfaces';
 
-export type GatewayState = 'active' | 'suspect' | 'dead';
-export type TriggerKind = 'retransmit' | 'aggregate' | 'neighbour_failed' | 'active_probe' | 'sighting';
+export type { GatewayState, TriggerKind } from './events';
 
 interface Transition {
   at: string;
   from: GatewayState;
   to: GatewayState;
   reason: string;
-}
-
-/** A socket as events show it. */
-interface SocketSample {
-  src: string;
-  dst: string;
-  state: string;
-  retransmits: number;
 }
 
 /**
@@ -66,6 +58,14 @@ interface Incident {
   lastJoinAt: number;
   sockets: Set<string>;
   samples: SocketSample[];
+}
+
+/** What a trigger says beyond the gateway and its reason (see DgdEvent 'trigger'). */
+interface TriggerDetail {
+  sockets?: number;
+  samples?: SocketSample[];
+  socket?: SocketSample;
+  neighbour_state?: string;
 }
 
 interface InflightVerification {
@@ -115,6 +115,8 @@ export interface EngineOptions {
   clock: Clock;
   /** This boot's id (/proc/sys/kernel/random/boot_id), recorded with each journal entry. */
   bootId?: string | null;
+  /** Routing daemons told about dead gateways through their own interface (dgd.owners). */
+  owners?: RouteOwners;
 }
 
 /** How long a verification's verdict may be reused by a later trigger, in units of its own length. */
@@ -192,6 +194,9 @@ export class DgdEngine {
   private started = false;
   /** Resends stuck flows' segments when their gateway's routes are withdrawn (./resume.ts). */
   private readonly flowResumer: FlowResumer | null;
+  private readonly owners: RouteOwners | null;
+  /** Adapter-owned routes seen through dead gateways at the last refresh (to re-tell only on change). */
+  private ownedViaDead = '';
 
   constructor(opts: EngineOptions) {
     this.cfg = opts.config;
@@ -202,6 +207,7 @@ export class DgdEngine {
     this.clock = opts.clock;
     this.rewithdraw = new RewithdrawGuard(this.cfg.rewithdraw_limit, this.cfg.rewithdraw_window, this.clock);
     this.bootId = opts.bootId ?? null;
+    this.owners = opts.owners ?? null;
     const { watchFlows, resendSegment } = opts.ports;
     this.flowResumer =
       watchFlows && resendSegment
@@ -241,19 +247,24 @@ export class DgdEngine {
     }
     for (const e of await this.store.loadGroupJournal()) this.groupJournal.set(e.id, e);
     if (unplaceable) await this.saveJournal();
+    const held = (await this.owners?.load()) ?? new Map<RoutingDaemon, string[]>();
     this.started = true;
     // Interface names decide where journaled routes belong: ifindexes move to the names' indexes now.
     await this.applyInterfaces();
     await this.refreshRoutes();
-    if (this.journal.size > 0 || this.groupJournal.size > 0) {
+    if (this.journal.size > 0 || this.groupJournal.size > 0 || held.size > 0) {
       this.log.event('journal_loaded', {
         entries: this.journal.size,
         nexthop_groups: this.groupJournal.size,
+        owners: Object.fromEntries(held),
         enabled: this.enabled,
         ...boots,
       });
       if (!this.enabled) await this.restoreAll('disabled at start');
-      else await this.reconcileJournal();
+      else {
+        await this.reconcileJournal();
+        await this.reconcileOwners(held);
+      }
     }
     this.setupActiveProbes();
     this.scheduleScan(0);
@@ -353,6 +364,41 @@ export class DgdEngine {
       if (this.routesBackVia(g, routes).length > 0)
         await this.withdrawRoutesVia(g, 'route added via a dead gateway');
     }
+    await this.retellOwners(routes);
+  }
+
+  /**
+   * Routes of a configured routing daemon through dead gateways: tell it again (it converges;
+   * idempotent) when that set changed — the daemon restarted, someone undid what it was told, or it
+   * learned new routes through the dead gateway — so it is not asked on every route event.
+   */
+  private async retellOwners(routes: KernelRoute[]): Promise<void> {
+    if (!this.owners || !this.enabled) return;
+    const owned: [Gateway, RoutingDaemon, string][] = [];
+    for (const g of this.gateways.values()) {
+      if (g.state !== 'dead') continue;
+      for (const r of routes) {
+        const o = gatewaysOf(r).includes(g.key) ? this.adapterOwner(r) : null;
+        if (o) owned.push([g, o, `${g.key} ${o} ${routeIdentity(r)}`]);
+      }
+    }
+    const sig = owned
+      .map(([, , k]) => k)
+      .sort()
+      .join('\n');
+    if (sig === this.ownedViaDead) return;
+    this.ownedViaDead = sig;
+    const told = new Set<string>();
+    for (const [g, o] of owned) {
+      if (told.has(`${g.key} ${o}`)) continue;
+      told.add(`${g.key} ${o}`);
+      await this.serially(() => this.owners!.markDead(o, ownerKey(g), 'routes through a dead gateway'));
+    }
+  }
+
+  /** The routing daemon (configured in dgd.owners) that owns a route or nexthop object, or null. */
+  private adapterOwner(r: { protocol?: number }): RoutingDaemon | null {
+    return this.owners?.adapterFor(r.protocol ?? null) ?? null;
   }
 
   /**
@@ -362,6 +408,7 @@ export class DgdEngine {
   private routesBackVia(g: Gateway, routes: KernelRoute[]): KernelRoute[] {
     return routes.filter((r) => {
       if (!gatewaysOf(r).includes(g.key)) return false;
+      if (this.adapterOwner(r)) return false; // its routing daemon is told instead
       if (this.keptRoutes.has(routeIdentity(r))) return false;
       return !this.isContested(r);
     });
@@ -812,7 +859,8 @@ export class DgdEngine {
         a.missed++;
         if (a.missed >= a.misses && g.state !== 'dead') {
           g.triggers.active_probe++;
-          this.log.event('trigger', {
+          emit(this.log, {
+            event: 'trigger',
             gateway: g.address,
             interface: g.ifname,
             reason: 'active_probe',
@@ -833,10 +881,10 @@ export class DgdEngine {
   // Verification and verdicts
 
   /** A trigger: the gateway becomes suspect and is verified by ARP/NDP; the verdict acts. */
-  async trigger(g: Gateway, kind: TriggerKind, detail: Record<string, unknown>): Promise<void> {
+  async trigger(g: Gateway, kind: TriggerKind, detail: TriggerDetail): Promise<void> {
     if (!this.enabled || this.closed || g.state === 'dead' || g.link !== 'up') return;
     g.triggers[kind]++;
-    this.log.event('trigger', { gateway: g.address, interface: g.ifname, reason: kind, ...detail });
+    emit(this.log, { event: 'trigger', gateway: g.address, interface: g.ifname, reason: kind, ...detail });
     if (g.state === 'active') this.transition(g, 'suspect', kind);
     let v: Verification;
     try {
@@ -849,7 +897,8 @@ export class DgdEngine {
     if (!this.enabled || this.closed || g.state !== 'suspect') return;
     if (v.alive) {
       this.transition(g, 'active', 'answered ARP/NDP');
-      this.log.event('downstream_problem', {
+      emit(this.log, {
+        event: 'downstream_problem',
         gateway: g.address,
         interface: g.ifname,
         reason: kind,
@@ -913,7 +962,8 @@ export class DgdEngine {
             { gateway: g.address, known_mac: g.mac, seen_mac: v.untrustedMac, trusted: false },
             'warn',
           );
-        this.log.event('verdict', {
+        emit(this.log, {
+          event: 'verdict',
           gateway: g.address,
           interface: g.ifname,
           alive: v.alive,
@@ -1056,7 +1106,11 @@ export class DgdEngine {
     });
     if (g.state !== 'dead' || this.closed || !this.enabled || g.link !== 'up') return;
     if (answers >= this.cfg.revive_probes) await this.revive(g, `${answers} ARP/NDP answers in a row`);
-    else this.schedulePoll(g, this.cfg.slow_poll_interval);
+    else {
+      // Still dead: a routing daemon that could not be told (restarting, unreachable) is told now.
+      if (this.owners) await this.serially(() => this.owners!.retryFailed('slow poll: still dead'));
+      this.schedulePoll(g, this.cfg.slow_poll_interval);
+    }
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -1086,6 +1140,7 @@ export class DgdEngine {
       const emptied = new Set<number>();
       for (const nh of objects.values()) {
         if (!nh.group) continue;
+        if (this.adapterOwner(nh)) continue; // a routing daemon's group: the daemon is told (below)
         const members = memberKeys(nh, objects);
         if (!Object.values(members).includes(g.key)) continue;
         const existing = this.groupJournal.get(nh.id);
@@ -1118,10 +1173,31 @@ export class DgdEngine {
         }
         groupPlans.push({ entry, to });
       }
+      // Routes of a routing daemon configured in dgd.owners: the daemon itself is told, so that it
+      // installs its own backup (it would put back whatever is withdrawn in the kernel).
+      const handed = new Map<RoutingDaemon, KernelRoute[]>();
+      for (const r of routes) {
+        const o = gatewaysOf(r).includes(g.key) ? this.adapterOwner(r) : null;
+        if (o) handed.set(o, [...(handed.get(o) ?? []), r]);
+      }
+      for (const [owner, rs] of handed) {
+        const outcome = await this.owners!.markDead(owner, ownerKey(g), reason);
+        this.log.event('routes_handed_over', {
+          gateway: g.address,
+          interface: g.ifname,
+          owner,
+          reason,
+          routes: rs.map(describe),
+          applied: outcome?.applied ?? [],
+          kept: outcome?.kept ?? [],
+          ok: outcome !== null,
+        });
+      }
       // Plan: for each route through g, the journal entry with g removed.
       const plans: { entry: JournalEntry; from: KernelRoute | null; to: KernelRoute | null }[] = [];
       for (const r of routes) {
         if (!gatewaysOf(r).includes(g.key)) continue;
+        if (this.adapterOwner(r)) continue;
         if (r.nhid !== undefined && objects.get(r.nhid)?.group && !emptied.has(r.nhid)) continue;
         const id = routeIdentity(r);
         // A route we changed earlier shows up reduced: its journal entry holds the original.
@@ -1179,6 +1255,7 @@ export class DgdEngine {
           interface: g.ifname,
           route: r.what,
           owner: r.protocol === undefined ? null : protocolName(r.protocol),
+          routing_daemon: routingDaemonOf(r.protocol),
           note: 'put back through a dead gateway by its owner; withdrawn again',
         });
       if (accepted.length === 0 && groupPlans.length === 0) {
@@ -1232,7 +1309,8 @@ export class DgdEngine {
       }
       await this.saveJournal();
       this.kernelRoutes = await this.ports.listRoutes(this.tables);
-      this.log.event('routes_withdrawn', {
+      emit(this.log, {
+        event: 'routes_withdrawn',
         gateway: g.address,
         interface: g.ifname,
         reason,
@@ -1258,9 +1336,14 @@ export class DgdEngine {
           interface: g.ifname,
           route: what,
           owner: protocol === undefined ? null : protocolName(protocol),
+          routing_daemon: routingDaemonOf(protocol),
           rewithdrawals: limit,
           window_ms: windowMs,
-          note: 'its owner puts it back after every withdrawal; left in place until the gateway revives',
+          note:
+            'its owner puts it back after every withdrawal; left in place until the gateway revives' +
+            (routingDaemonOf(protocol)
+              ? ` (a ${routingDaemonOf(protocol)} route: list ${routingDaemonOf(protocol)} in dgd.owners so that it fails over itself)`
+              : ''),
         },
         'warn',
       );
@@ -1274,6 +1357,7 @@ export class DgdEngine {
 
   private restoreRoutesVia(g: Gateway, reason: string): Promise<void> {
     return this.serially(async () => {
+      await this.owners?.markAlive(ownerKey(g), reason);
       // Decide from the kernel as it is now, not as it was at the last route event.
       this.kernelRoutes = await this.ports.listRoutes(this.tables);
       const restored: string[] = [];
@@ -1289,7 +1373,8 @@ export class DgdEngine {
         if (await this.restoreEntry(entry, viaGroup ? null : g.key)) restored.push(describe(entry.original));
       }
       await this.saveJournal();
-      this.log.event('routes_restored', {
+      emit(this.log, {
+        event: 'routes_restored',
         gateway: g.address,
         interface: g.ifname,
         reason,
@@ -1394,6 +1479,7 @@ export class DgdEngine {
   private restoreAll(reason: string): Promise<void> {
     return this.serially(async () => {
       this.keptRoutes.clear();
+      await this.owners?.restoreAll(reason);
       if (this.journal.size === 0 && this.groupJournal.size === 0) return;
       this.kernelRoutes = await this.ports.listRoutes(this.tables);
       const restored: string[] = [];
@@ -1407,7 +1493,8 @@ export class DgdEngine {
         else if (await this.restoreEntry(entry, null)) restored.push(describe(entry.original));
       }
       await this.saveJournal();
-      this.log.event('routes_restored', {
+      emit(this.log, {
+        event: 'routes_restored',
         gateway: null,
         reason,
         routes: restored,
@@ -1466,6 +1553,40 @@ export class DgdEngine {
         this.markDeadFromJournal(entry.removed, entry.original);
       }
       await this.saveJournal();
+    });
+  }
+
+  /** After a restart: routing daemons told before are told again; their gateways are dead, polled now. */
+  private reconcileOwners(held: Map<RoutingDaemon, string[]>): Promise<void> {
+    return this.serially(async () => {
+      if (!this.owners || held.size === 0) return;
+      await this.owners.reconcile();
+      for (const keys of held.values())
+        for (const key of keys) {
+          // Keys name the interface (address%ifname): after a reboot its ifindex may differ.
+          const i = key.lastIndexOf('%');
+          const address = key.slice(0, i);
+          const ifname = key.slice(i + 1);
+          const ifindex = this.links?.get(ifname)?.ifindex;
+          if (ifindex === undefined) {
+            this.log.event(
+              'error',
+              {
+                during: 'owner journal reconcile',
+                gateway: address,
+                error: `interface ${ifname} is absent; the routing daemon keeps the gateway as dead until ipdeadgate off`,
+              },
+              'warn',
+            );
+            continue;
+          }
+          const g = this.ensureGateway(address, ifindex, ifname);
+          if (g.state !== 'dead') {
+            g.deadSince = this.clock.now();
+            this.transition(g, 'dead', 'routing daemon told before restart (journal)');
+            this.schedulePoll(g, 0);
+          }
+        }
     });
   }
 
@@ -1653,6 +1774,9 @@ export class DgdEngine {
         for (const g of [...this.gateways.values()]) {
           if (!expired.has(g.ifname) || [...this.journal.values()].some((e) => e.removed.includes(g.key)))
             continue;
+          // A gateway the config probes actively stays (absent): probing resumes when an interface
+          // of that name is back.
+          if (g.active) continue;
           this.cancelGatewayTimers(g);
           this.gateways.delete(g.key);
         }
@@ -1668,7 +1792,7 @@ export class DgdEngine {
     const t: Transition = { at: new Date(this.clock.wallNow()).toISOString(), from: g.state, to, reason };
     g.transitions.push(t);
     if (g.transitions.length > MAX_TRANSITIONS) g.transitions.shift();
-    this.log.event('state', { gateway: g.address, interface: g.ifname, from: g.state, to, reason });
+    emit(this.log, { event: 'state', gateway: g.address, interface: g.ifname, from: g.state, to, reason });
     g.state = to;
   }
 
@@ -1737,6 +1861,7 @@ export class DgdEngine {
         removed_gateways: e.removed,
         contested: this.rewithdraw.isStopped(groupKey(e.id)),
       })),
+      route_owners: this.owners?.status() ?? [],
       last_scan: {
         at: this.lastScan.at ? new Date(this.lastScan.at).toISOString() : null,
         duration_ms: Math.round(this.lastScan.durationMs * 10) / 10,
@@ -1809,6 +1934,8 @@ export interface DgdStatus {
     removed_gateways: string[];
     contested: boolean;
   }[];
+  /** Routing daemons configured in dgd.owners: what each has been told and what it holds. */
+  route_owners: OwnerStatus[];
   last_scan: {
     at: string | null;
     duration_ms: number;
@@ -1828,6 +1955,17 @@ function routeSummary(r: KernelRoute): Omit<GatewayRouteStatus, 'state'> {
     owner: r.protocol === undefined ? null : protocolName(r.protocol),
     nhid: r.nhid ?? null,
   };
+}
+
+/** A gateway as the owner journal names it: address and interface name (ifindexes move). */
+function ownerKey(g: { address: string; ifname: string }): string {
+  return `${g.address.toLowerCase()}%${g.ifname}`;
+}
+
+/** 'frr' or 'bird' when a routing daemon installs with this protocol, else null. */
+function routingDaemonOf(protocol: number | undefined): string | null {
+  const o = ownerOfProtocol(protocol);
+  return o === 'frr' || o === 'bird' ? o : null;
 }
 
 function describe(r: KernelRoute): string {

@@ -12,7 +12,7 @@
 // Touches only flows that the detection scan saw retransmitting and that the kernel routed through
 // the gateway declared dead, that are not bound to an interface, and whose route no longer goes
 // through it; each at most once per withdrawal, at most MAX_FLOWS_PER_GATEWAY per gateway.
-import type { EventLog } from '../daemon/log';
+import type { EventLog } from './events';
 import type { RouteChoice, ScannedSocket } from './ports';
 
 export interface ResumeFlow {

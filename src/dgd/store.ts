@@ -73,28 +73,3 @@ async function readJson(file: string): Promise<unknown> {
     );
   }
 }
-
-/** In-memory store for tests. */
-export class MemoryStore implements DgdStore {
-  journal: JournalEntry[] = [];
-  groups: GroupJournalEntry[] = [];
-  enabled: boolean | null = null;
-  saves = 0;
-  async loadJournal(): Promise<JournalEntry[]> {
-    return structuredClone(this.journal);
-  }
-  async loadGroupJournal(): Promise<GroupJournalEntry[]> {
-    return structuredClone(this.groups);
-  }
-  async saveJournal(entries: JournalEntry[], groups: GroupJournalEntry[] = []): Promise<void> {
-    this.saves++;
-    this.journal = structuredClone(entries);
-    this.groups = structuredClone(groups);
-  }
-  async loadEnabled(): Promise<boolean | null> {
-    return this.enabled;
-  }
-  async saveEnabled(enabled: boolean): Promise<void> {
-    this.enabled = enabled;
-  }
-}

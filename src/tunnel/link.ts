@@ -3,10 +3,11 @@
 // firewall can allow one port in one direction); the dialer reconnects with jittered exponential
 // backoff. Right after connecting, both sides say who they are and which services they reach on
 // a control stream (TFST's WHO/TELL), and tell again whenever that changes.
+import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as tls from 'node:tls';
-import { IpdeadgateError } from '../errors';
+import { ConfigError, IpdeadgateError } from '../errors';
 import { systemClock, type Clock, type Timer } from '../util/clock';
 import { formatHostPort, type HostPort } from './config';
 import { MuxSession, type MuxStream } from './muxsession';
@@ -134,19 +135,44 @@ export interface TlsMaterial {
   key: Buffer;
 }
 
-/** Read the PEM files, naming the one that cannot be read. */
+/**
+ * Read and check the PEM files, as a start needs them: each must be readable and parse (the CA and
+ * the certificate as X.509, the key as a private key), and the key must belong to the certificate.
+ * A problem is a ConfigError (the CLI exits 2) naming the file and the config key, not OpenSSL's
+ * text alone.
+ */
 export function loadTls(files: TlsFiles): TlsMaterial {
+  const bad = (what: keyof TlsFiles, problem: string): ConfigError =>
+    new ConfigError(
+      `${files[what]}: tunnel.tls.${what}: ${problem}`,
+      files[what],
+      undefined,
+      `tunnel.tls.${what}`,
+    );
   const read = (what: keyof TlsFiles): Buffer => {
     try {
       return fs.readFileSync(files[what]);
     } catch (err) {
-      throw new IpdeadgateError(
-        'ERR_TUNNEL_TLS',
-        `tunnel.tls.${what}: cannot read ${files[what]}: ${(err as Error).message}`,
-      );
+      throw bad(what, `cannot read the file: ${(err as Error).message}`);
     }
   };
-  return { ca: read('ca'), cert: read('cert'), key: read('key') };
+  const m: TlsMaterial = { ca: read('ca'), cert: read('cert'), key: read('key') };
+  const parse = <T>(what: keyof TlsFiles, expect: string, fn: () => T): T => {
+    try {
+      return fn();
+    } catch (err) {
+      throw bad(what, `not ${expect} (${(err as Error).message})`);
+    }
+  };
+  const caText = m.ca.toString('latin1');
+  const caCerts = caText.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  if (!caCerts.length) throw bad('ca', 'not a PEM certificate (no "-----BEGIN CERTIFICATE-----" block)');
+  for (const c of caCerts) parse('ca', 'a PEM CA certificate', () => new X509Certificate(c));
+  const cert = parse('cert', 'a PEM certificate', () => new X509Certificate(m.cert));
+  const key = parse('key', 'a PEM private key', () => createPrivateKey(m.key));
+  if (!cert.checkPrivateKey(key))
+    throw bad('key', `is not the private key of the certificate in ${files.cert} (tunnel.tls.cert)`);
+  return m;
 }
 
 /**
@@ -200,6 +226,8 @@ export class Link extends EventEmitter {
   peerCertSubject = '';
   private readonly peerCert: tls.PeerCertificate | undefined;
   peerServices: Record<string, number> = {};
+  /** What the peer announced, before tunnel.peers filtered it. */
+  private announced: Record<string, number> = {};
   private control: MuxStream | undefined;
   private lastTold = '';
   private refused = false;
@@ -325,13 +353,22 @@ export class Link extends EventEmitter {
       this.peerName = name;
       this.peerRole = String(m.role).slice(0, 32);
       this.state = 'up';
+      this.announced = services;
       this.peerServices = this.opts.filterAnnounced?.(this, services) ?? services;
       this.handshakeTimer?.cancel();
       this.emit('up');
     } else if (m.type === 'tell' && this.state === 'up') {
+      this.announced = services;
       this.peerServices = this.opts.filterAnnounced?.(this, services) ?? services;
       this.emit('tell');
     }
+  }
+
+  /** The rules changed (a reload): filter what the peer announced again. */
+  refilter(): void {
+    if (this.state !== 'up') return;
+    this.peerServices = this.opts.filterAnnounced?.(this, this.announced) ?? this.announced;
+    this.emit('tell');
   }
 
   /**

@@ -4,11 +4,20 @@
 // - `listen` / `links`: links accepted and dialed; relays route streams by service name.
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
+import { ConfigError, IpdeadgateError } from '../errors';
 import { systemClock, type Clock } from '../util/clock';
 import { AcceptBackoff, CloseGuard, type SocketPorts } from './closeguard';
 import { formatHostPort, matchesAny, type HostPort, type TunnelConfig } from './config';
 import { preferAtomicMarking } from './gc';
-import { Link, LinkDialer, LinkListener, loadTls, type LinkOptions, type RefusalEvent } from './link';
+import {
+  Link,
+  LinkDialer,
+  LinkListener,
+  loadTls,
+  type LinkOptions,
+  type RefusalEvent,
+  type TlsMaterial,
+} from './link';
 import type { MuxStream } from './muxsession';
 import {
   encodeAnswer,
@@ -163,7 +172,7 @@ export class TunnelNode extends EventEmitter {
   private closing: Promise<void> | undefined;
 
   private constructor(
-    readonly cfg: TunnelConfig,
+    public cfg: TunnelConfig,
     opts: StartOptions,
   ) {
     super();
@@ -211,9 +220,14 @@ export class TunnelNode extends EventEmitter {
     };
   }
 
+  private material: TlsMaterial | undefined;
+  private lo: LinkOptions | undefined;
+
   private async startAll(): Promise<void> {
-    const material = loadTls(this.cfg.tls);
-    const lo = this.linkOptions();
+    this.material = loadTls(this.cfg.tls);
+    this.lo = this.linkOptions();
+    const material = this.material;
+    const lo = this.lo;
     if (this.cfg.listen) {
       this.listener = new LinkListener(this.cfg.listen, material, lo);
       this.listener.on('link', (l: Link) => this.onLink(l, 'accept'));
@@ -221,32 +235,128 @@ export class TunnelNode extends EventEmitter {
       await this.listener.listen();
       this.events.event('tunnel_listening', { listen: formatHostPort(this.cfg.listen) });
     }
-    for (const f of this.cfg.forwards) {
-      const server = net.createServer({
-        allowHalfOpen: true,
-        pauseOnConnect: true,
-        highWaterMark: LOCAL_SOCKET_HIGH_WATER,
-      });
-      const backoff = new AcceptBackoff(server, f.listen, this.clock);
-      server.on('connection', (sock: net.Socket) => {
-        backoff.accepted();
-        this.onForward(sock, f.service);
-      });
-      this.forwards.push({ server, backoff, service: f.service, address: f.listen });
+    for (const f of this.cfg.forwards) await this.startForward(f);
+    for (const l of this.cfg.links) this.startDialer(l.connect);
+  }
+
+  private async startForward(f: { listen: HostPort; service: string }): Promise<void> {
+    const server = net.createServer({
+      allowHalfOpen: true,
+      pauseOnConnect: true,
+      highWaterMark: LOCAL_SOCKET_HIGH_WATER,
+    });
+    const backoff = new AcceptBackoff(server, f.listen, this.clock);
+    server.on('connection', (sock: net.Socket) => {
+      backoff.accepted();
+      this.onForward(sock, f.service);
+    });
+    const entry = { server, backoff, service: f.service, address: f.listen };
+    this.forwards.push(entry);
+    try {
       await backoff.listen();
-      this.events.event('tunnel_forwarding', { listen: formatHostPort(f.listen), service: f.service });
+    } catch (err) {
+      this.forwards.splice(this.forwards.indexOf(entry), 1);
+      backoff.close();
+      throw err;
     }
-    for (const l of this.cfg.links) {
-      const d = new LinkDialer(l.connect, material, lo);
-      d.on('link', (link: Link) => this.onLink(link, 'dial'));
-      d.on('refused', (ev: RefusalEvent) => this.onLinkRefused(ev));
-      d.on('dial_failed', (ev: { remote: string; error: string; code?: string }) => {
-        const f = this.limit.admit(`dial_failed ${ev.remote}`, { ...ev });
-        if (f) this.events.event('tunnel_link_dial_failed', f, 'warn');
-      });
-      this.dialers.push(d);
-      d.start();
+    this.events.event('tunnel_forwarding', { listen: formatHostPort(f.listen), service: f.service });
+  }
+
+  private startDialer(target: HostPort): void {
+    const d = new LinkDialer(target, this.material!, this.lo!);
+    d.on('link', (link: Link) => this.onLink(link, 'dial'));
+    d.on('refused', (ev: RefusalEvent) => this.onLinkRefused(ev));
+    d.on('dial_failed', (ev: { remote: string; error: string; code?: string }) => {
+      const f = this.limit.admit(`dial_failed ${ev.remote}`, { ...ev });
+      if (f) this.events.event('tunnel_link_dial_failed', f, 'warn');
+    });
+    this.dialers.push(d);
+    d.start();
+  }
+
+  /**
+   * Apply a changed config without a restart (SIGHUP). Services, forwards, links, peers and the
+   * limits change; sessions the change does not touch go on (a removed forward stops accepting,
+   * its sessions continue; a removed link or a peer no longer allowed loses its link and the
+   * sessions on it). heartbeat and heartbeat_misses apply to links made after the reload. name,
+   * role, listen and tls cannot change (a ConfigError; the running config stays). Returns the keys
+   * that changed.
+   */
+  async reload(next: TunnelConfig): Promise<string[]> {
+    if (this.closing) throw new IpdeadgateError('ERR_TUNNEL_STOPPED', 'the tunnel node is stopping');
+    const prev = this.cfg;
+    for (const k of ['name', 'role', 'listen', 'tls'] as const)
+      if (JSON.stringify(prev[k]) !== JSON.stringify(next[k]))
+        throw new ConfigError(
+          `tunnel.${k} cannot change on reload (restart ipdeadgate tunnel for that); the running config stays`,
+          undefined,
+          undefined,
+          `tunnel.${k}`,
+        );
+    const changed = (Object.keys({ ...prev, ...next }) as (keyof TunnelConfig)[]).filter(
+      (k) => JSON.stringify(prev[k]) !== JSON.stringify(next[k]),
+    );
+    if (!changed.length) return [];
+    // New forward listeners first: if one cannot bind, nothing has changed yet.
+    const fwdKey = (f: { listen: HostPort; service: string }): string =>
+      `${formatHostPort(f.listen)} ${f.service}`;
+    const oldFwd = new Set(prev.forwards.map(fwdKey));
+    const newFwd = new Set(next.forwards.map(fwdKey));
+    const started: (typeof this.forwards)[number][] = [];
+    try {
+      for (const f of next.forwards)
+        if (!oldFwd.has(fwdKey(f))) {
+          await this.startForward(f);
+          started.push(this.forwards[this.forwards.length - 1]!);
+        }
+    } catch (err) {
+      for (const e of started) {
+        e.backoff.close();
+        this.forwards.splice(this.forwards.indexOf(e), 1);
+      }
+      throw err;
     }
+    this.cfg = next;
+    for (const e of [...this.forwards])
+      if (!newFwd.has(fwdKey({ listen: e.address, service: e.service }))) {
+        e.backoff.close(); // no new connections; sessions already accepted go on
+        this.forwards.splice(this.forwards.indexOf(e), 1);
+        this.events.event('tunnel_forward_removed', {
+          listen: formatHostPort(e.address),
+          service: e.service,
+        });
+      }
+    // Links to dial.
+    const newLinks = new Set(next.links.map((l) => formatHostPort(l.connect)));
+    const oldLinks = new Set(prev.links.map((l) => formatHostPort(l.connect)));
+    for (const d of [...this.dialers])
+      if (!newLinks.has(d.address)) {
+        d.close();
+        this.dialers.splice(this.dialers.indexOf(d), 1);
+      }
+    for (const l of next.links) if (!oldLinks.has(formatHostPort(l.connect))) this.startDialer(l.connect);
+    // Limits: sessions take new bounds at their next state; new links take the rest.
+    this.guard.setBounds({
+      closeTimeoutMs: next.close_timeout,
+      dialMs: next.dial_timeout,
+      openMs: next.open_timeout,
+    });
+    Object.assign(this.lo!, {
+      heartbeatMs: next.heartbeat,
+      heartbeatMisses: next.heartbeat_misses,
+      closeTimeoutMs: next.close_timeout,
+      handshakeTimeoutMs: next.handshake_timeout,
+    });
+    // Services and peers: announce again, filter again, drop peers no longer allowed.
+    this.router.setOwnServices(Object.keys(next.services));
+    if (changed.includes('peers'))
+      for (const l of [...this.allLinks]) {
+        const notAllowed = this.lo!.admitPeer?.(l.peerName);
+        if (notAllowed) l.refuse('peer_not_allowed', notAllowed);
+        else l.refilter();
+      }
+    this.retell();
+    return changed;
   }
 
   private onLink(link: Link, direction: 'dial' | 'accept'): void {

@@ -17,9 +17,14 @@ export class Router<L extends RoutableLink> {
   private readonly links = new Set<L>();
 
   constructor(
-    private readonly ownServices: readonly string[],
+    private ownServices: readonly string[],
     private readonly transit: boolean,
   ) {}
+
+  /** The services this node dials itself changed (a reload). */
+  setOwnServices(names: readonly string[]): void {
+    this.ownServices = [...names];
+  }
 
   add(link: L): void {
     this.links.add(link);

@@ -1,9 +1,7 @@
+import { FakeClock, MemoryEventLog, MemoryStore } from '../doubles';
 import { strict as assert } from 'node:assert';
 import { parseConfig, type DgdConfig } from '../../src/daemon/config';
-import { MemoryEventLog } from '../../src/daemon/log';
 import { DgdEngine } from '../../src/dgd/engine';
-import { MemoryStore } from '../../src/dgd/store';
-import { FakeClock } from '../../src/util/clock';
 import type { KernelRoute } from '../../src/dgd/ports';
 import { FakePorts, multipath, route } from './fakes';
 

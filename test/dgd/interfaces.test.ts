@@ -1,15 +1,13 @@
 // Interfaces coming and going, over fakes and a fake clock: journal entries and gateways follow
 // interface names to new ifindexes, nothing is verified on a link that is down, routes of an
 // interface gone longer than interface_wait are dropped. (The same on real kernels: field.test.ts.)
+import { FakeClock, MemoryEventLog, MemoryStore } from '../doubles';
 import { strict as assert } from 'node:assert';
 import { parseConfig } from '../../src/daemon/config';
-import { MemoryEventLog } from '../../src/daemon/log';
 import { DgdEngine } from '../../src/dgd/engine';
 import type { InterfaceInfo } from '../../src/dgd/interfaces';
 import type { JournalEntry, KernelRoute } from '../../src/dgd/ports';
 import { routeIdentity } from '../../src/dgd/routeplan';
-import { MemoryStore } from '../../src/dgd/store';
-import { FakeClock } from '../../src/util/clock';
 import { FakePorts, route } from './fakes';
 
 const R1 = '198.18.1.1';
@@ -85,17 +83,23 @@ describe('DGD engine: interfaces come and go', () => {
     await s.engine.stop({ restore: true });
   });
 
-  it('a journal entry that names no interface is dropped at start, not guessed from its ifindex', async () => {
+  it('a journal written before boot ids (none recorded) is read by names; an entry naming no interface is dropped, not guessed', async () => {
     const nameless = route('0.0.0.0/0', R1, 100, { ifname: null });
+    const named = route('198.18.5.0/24', R1, 100, { ifindex: 3, ifname: 'lan0' });
     const s = await start({
       routes: [route('0.0.0.0/0', R2, 200)],
-      journal: [journaled(nameless)],
+      journal: [journaled(nameless), journaled(named)],
       links: [{ ifindex: 2, ifname: 'lan0', up: true }],
-      alive: [R1, R2],
+      alive: [R2],
     });
     assert.equal(s.log.named('route_dropped').length, 1);
-    assert.equal(s.store.journal.length, 0);
-    assert.equal(s.ports.routes.length, 1, 'nothing restored');
+    assert.equal(s.log.named('journal_loaded')[0]!.unknown_boot, 1);
+    assert.deepEqual(
+      s.store.journal.map((e) => [e.original.dst, e.original.ifindex]),
+      [['198.18.5.0/24', 2]],
+      'the named entry moved to lan0 as it is now',
+    );
+    assert.equal(s.ports.routes.length, 1, 'nothing restored: r1 is dead');
     await s.engine.stop({ restore: true });
   });
 

@@ -1,12 +1,10 @@
 // Living with other route owners (issue 8): routes put back through a dead gateway, the bound on
 // fights, nexthop objects and groups. Fakes and a fake clock; the lab tests are in lab.test.ts
 // and owners-lab.test.ts.
+import { FakeClock, MemoryEventLog, MemoryStore } from '../doubles';
 import { strict as assert } from 'node:assert';
 import { parseConfig } from '../../src/daemon/config';
-import { MemoryEventLog } from '../../src/daemon/log';
 import { DgdEngine } from '../../src/dgd/engine';
-import { MemoryStore } from '../../src/dgd/store';
-import { FakeClock } from '../../src/util/clock';
 import type { KernelRoute } from '../../src/dgd/ports';
 import { FakePorts, nexthopGroup, nexthopObject, route } from './fakes';
 

@@ -1,7 +1,7 @@
 // Flow resume (src/dgd/resume.ts) against fake ports: which flows are recorded and resent, and
 // which never are. The lab test (test/dgd/lab.test.ts) shows the same on real sockets.
+import { MemoryEventLog } from '../doubles';
 import { strict as assert } from 'node:assert';
-import { MemoryEventLog } from '../../src/daemon/log';
 import {
   FlowResumer,
   MAX_FLOWS_PER_GATEWAY,

@@ -1,3 +1,4 @@
+import { FakeClock } from '../doubles';
 import { strict as assert } from 'node:assert';
 import { AbortError, SystemError } from '../../src/errors';
 import {
@@ -6,7 +7,6 @@ import {
   type VerifyRequest,
   type VerifyResult,
 } from '../../src/dgd/verify';
-import { FakeClock } from '../../src/util/clock';
 
 const GW_MAC = '02:00:00:00:00:01';
 

@@ -1,6 +1,7 @@
 // The failover flight recorder: unit tests of the ring, the window and the file bounds; in the lab,
 // the file written when r1 dies holds the daemon's unanswered ARP requests (read with tcpdump),
 // and `status` names it.
+import { MemoryEventLog } from '../doubles';
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -11,7 +12,6 @@ import {
   FlightRecorder,
   type FlightRecorderSettings,
 } from '../../src/daemon/flightrec';
-import { MemoryEventLog } from '../../src/daemon/log';
 import { buildArpReply, buildArpRequest } from '../../src/sys/frames';
 import { NeighbourLink, type FrameTransport, type LinkFrame } from '../../src/sys/neighlink';
 import { parsePcap } from '../../src/sys/pcapfile';

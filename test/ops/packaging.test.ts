@@ -162,3 +162,83 @@ describe('systemd unit', () => {
     }
   });
 });
+
+describe('scripts/setup split', () => {
+  const setup = fs.readFileSync(path.join(REPO_ROOT, 'scripts', 'setup'), 'utf8');
+  const list = (name: string): string[] => {
+    const m = new RegExp(`^${name}=\\(([^)]*)\\)`, 'm').exec(setup);
+    assert.ok(m, `${name} in scripts/setup`);
+    return m[1]!.split(/\s+/).filter(Boolean);
+  };
+
+  it('a production host gets only what running needs; building and tests are separate lists', () => {
+    assert.deepEqual(list('RUNTIME_PKGS'), ['libpcap0.8']);
+    const build = list('BUILD_PKGS');
+    for (const p of ['libpcap-dev', 'g++', 'make', 'python3', 'dpkg-dev', 'lintian'])
+      assert.ok(build.includes(p), p);
+    const tests = list('DEB_PKGS');
+    for (const p of ['iperf3', 'socat', 'openssh-server', 'systemd-container', 'debootstrap'])
+      assert.ok(tests.includes(p), p);
+    for (const p of [...build, ...tests])
+      assert.ok(!list('RUNTIME_PKGS').includes(p), `${p} is not a runtime need`);
+  });
+
+  it('--runtime checks Node and libpcap, builds nothing and exits 0', function () {
+    if (process.getuid?.() !== 0 && spawnSync('dpkg-query', ['-W', 'libpcap0.8']).status !== 0) {
+      this.test!.title += ' (skipped: not root and libpcap0.8 missing, so setup would have to install it)';
+      this.skip();
+    }
+    const r = spawnSync(path.join(REPO_ROOT, 'scripts', 'setup'), ['--runtime'], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    assert.equal(r.status, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, /setup: ok \(runtime: Node\.js v\d+/);
+    assert.doesNotMatch(r.stdout, /npm|building|TypeScript/);
+    const bad = spawnSync(path.join(REPO_ROOT, 'scripts', 'setup'), ['--nope'], { encoding: 'utf8' });
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /unknown argument --nope/);
+  });
+});
+
+describe('bash completion', () => {
+  const lib = '/usr/share/bash-completion/bash_completion';
+  const complete = (words: string[]): string[] => {
+    const script =
+      `source ${lib}; source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$((\${#COMP_WORDS[@]}-1)); ` +
+      'COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}; COMPREPLY=(); _ipdeadgate; printf "%s\\n" "${COMPREPLY[@]}"';
+    const r = spawnSync(
+      'bash',
+      ['-c', script, 'bash', path.join(REPO_ROOT, 'packaging', 'ipdeadgate.bash-completion'), ...words],
+      { encoding: 'utf8' },
+    );
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout.split('\n').filter(Boolean);
+  };
+
+  it('completes commands, each command options and their values', function () {
+    if (!fs.existsSync(lib)) {
+      if (process.env.CI === 'true')
+        throw new Error(`${lib} missing: scripts/setup installs bash-completion`);
+      this.test!.title += ' (skipped: apt-get install bash-completion to run it)';
+      this.skip();
+    }
+    assert.deepEqual(complete(['ipdeadgate', 'che']), ['check-config']);
+    assert.deepEqual(complete(['ipdeadgate', 's']).sort(), ['sockets', 'status']);
+    assert.deepEqual(complete(['ipdeadgate', 'status', '--']), ['--json', '--control', '--help']);
+    assert.deepEqual(complete(['ipdeadgate', 'daemon', '--log-format', '']), ['json', 'text']);
+    assert.deepEqual(complete(['ipdeadgate', 'check-config', '--t']), ['--tunnel']);
+    // Every command the CLI has is offered.
+    const help = spawnSync(process.execPath, [path.join(REPO_ROOT, 'bin', 'ipdeadgate'), '--help'], {
+      encoding: 'utf8',
+    }).stdout;
+    const section = help.slice(
+      help.indexOf('\nCommands:\n'),
+      help.indexOf('\n\n', help.indexOf('\nCommands:\n')),
+    );
+    const commands = [...section.matchAll(/^ {2}([a-z-]+)\b/gm)].map((m) => m[1]!);
+    assert.ok(commands.length >= 10, section);
+    const offered = complete(['ipdeadgate', '']);
+    for (const c of commands.filter((c) => c !== 'help')) assert.ok(offered.includes(c), `${c} is completed`);
+  });
+});

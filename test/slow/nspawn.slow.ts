@@ -263,6 +263,40 @@ describe('the Debian package under systemd (systemd-nspawn, Debian 12)', functio
     await m.execOk(['systemctl', 'start', 'ipdeadgate'], 90_000);
   });
 
+  it('the watchdog is fed from the event loop, and a stuck daemon is killed and restarted', async () => {
+    // The shipped 20 s made short for the test with a drop-in.
+    m.writeFile(
+      '/etc/systemd/system/ipdeadgate.service.d/watchdog.conf',
+      '[Service]\nWatchdogSec=2s\nTimeoutAbortSec=2s\n',
+    );
+    await m.execOk(['systemctl', 'daemon-reload']);
+    await m.execOk(['systemctl', 'restart', 'ipdeadgate'], 90_000);
+    const pid = await show('ipdeadgate', 'MainPID');
+    const restarts = Number(await show('ipdeadgate', 'NRestarts'));
+    // Three watchdog periods: a daemon that did not send WATCHDOG=1 would have been killed.
+    await new Promise((r) => setTimeout(r, 6500));
+    assert.equal(await show('ipdeadgate', 'MainPID'), pid, 'fed: the same daemon');
+    assert.equal(await show('ipdeadgate', 'ActiveState'), 'active');
+    // A stopped process's event loop is stuck: no WATCHDOG=1, so systemd kills and restarts it.
+    await m.execOk(['kill', '-STOP', pid]);
+    await waitFor(
+      async () =>
+        (await show('ipdeadgate', 'ActiveState')) === 'active' &&
+        (await show('ipdeadgate', 'MainPID')) !== pid,
+      30_000,
+      'the watchdog restart',
+      250,
+    );
+    assert.equal(Number(await show('ipdeadgate', 'NRestarts')), restarts + 1);
+    assert.match(
+      (await m.execOk(['journalctl', '-u', 'ipdeadgate', '--no-pager'])).toString(),
+      /[Ww]atchdog timeout/,
+    );
+    await m.execOk(['rm', '-r', '/etc/systemd/system/ipdeadgate.service.d']);
+    await m.execOk(['systemctl', 'daemon-reload']);
+    await m.execOk(['systemctl', 'restart', 'ipdeadgate'], 90_000);
+  });
+
   it('the tunnel template unit runs a tunnel node from /etc/ipdeadgate/tunnel-NAME.yaml', async () => {
     pki = makePki(['gw-t1']);
     m.writeFile('/etc/ipdeadgate/tls/ca.pem', fs.readFileSync(pki.ca), 0o644);

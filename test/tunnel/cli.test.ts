@@ -61,6 +61,50 @@ describe('tunnel: the ipdeadgate tunnel command', function () {
     }
   });
 
+  it('exits 2 on an unreadable or malformed TLS file, naming the file and the key', async () => {
+    write('garbage.pem', 'this is not PEM\n');
+    fs.copyFileSync(pki.nodes.ep!.key, path.join(pki.dir, 'other.key'));
+    fs.copyFileSync(pki.nodes.gw1!.cert, path.join(pki.dir, 'gw1.pem'));
+    fs.copyFileSync(pki.nodes.gw1!.key, path.join(pki.dir, 'gw1.key'));
+    const cases: [string, RegExp][] = [
+      [
+        '{ ca: missing.pem, cert: gw1.pem, key: gw1.key }',
+        /missing\.pem: tunnel\.tls\.ca: cannot read the file: ENOENT/,
+      ],
+      [
+        '{ ca: garbage.pem, cert: gw1.pem, key: gw1.key }',
+        /garbage\.pem: tunnel\.tls\.ca: not a PEM certificate/,
+      ],
+      [
+        '{ ca: ca.pem, cert: garbage.pem, key: gw1.key }',
+        /garbage\.pem: tunnel\.tls\.cert: not a PEM certificate/,
+      ],
+      [
+        '{ ca: ca.pem, cert: gw1.pem, key: garbage.pem }',
+        /garbage\.pem: tunnel\.tls\.key: not a PEM private key/,
+      ],
+      [
+        '{ ca: ca.pem, cert: gw1.pem, key: other.key }',
+        /other\.key: tunnel\.tls\.key: is not the private key of the certificate/,
+      ],
+    ];
+    let i = 0;
+    for (const [tlsLine, want] of cases) {
+      const f = write(
+        `badtls${++i}.yaml`,
+        `tunnel:\n  role: relay\n  name: gw1\n  tls: ${tlsLine}\n  listen: 127.0.0.1:${await freePort()}\n`,
+      );
+      const r = await run(['tunnel', '--config', f]);
+      assert.equal(r.code, 2, `${tlsLine}: ${r.stderr}`);
+      assert.match(r.stderr, want);
+      assert.match(
+        r.stderr.trim().split('\n')[0]!,
+        /tunnel\.tls\.(ca|cert|key): /,
+        'one line naming file and key first',
+      );
+    }
+  });
+
   it('runs a gateway proxy from a config with relative TLS paths, serves status on --control, exits 0 on SIGTERM', async () => {
     fs.copyFileSync(pki.nodes.gw1!.cert, path.join(pki.dir, 'node.pem'));
     fs.copyFileSync(pki.nodes.gw1!.key, path.join(pki.dir, 'node.key'));
@@ -93,6 +137,132 @@ describe('tunnel: the ipdeadgate tunnel command', function () {
       assert.equal(await exited, 0, stderr);
     } finally {
       child.kill('SIGKILL');
+    }
+  });
+
+  it('SIGHUP reloads: a new forward, service and limits apply, a removed forward stops accepting, sessions the change does not touch go on; a bad file or a name change is refused and the old config stays', async function () {
+    this.timeout(40_000);
+    const net = await import('node:net');
+    const echo = net.createServer({ allowHalfOpen: true }, (c) => {
+      c.on('error', () => undefined);
+      c.pipe(c);
+    });
+    await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
+    const echoAt = `127.0.0.1:${(echo.address() as import('node:net').AddressInfo).port}`;
+    const [linkPort, fwd1, fwd2] = [await freePort(), await freePort(), await freePort()];
+    for (const n of ['gw1', 'ep']) {
+      fs.copyFileSync(pki.nodes[n]!.cert, path.join(pki.dir, `${n}.pem`));
+      fs.copyFileSync(pki.nodes[n]!.key, path.join(pki.dir, `${n}.key`));
+    }
+    const gwText = (services: string) =>
+      `tunnel:\n  role: gateway-proxy\n  name: gw1\n  tls: { ca: ca.pem, cert: gw1.pem, key: gw1.key }\n  listen: 127.0.0.1:${linkPort}\n  services:\n${services}`;
+    const epText = (forwards: string, extra = '') =>
+      `tunnel:\n  role: endpoint-proxy\n  name: ep\n  tls: { ca: ca.pem, cert: ep.pem, key: ep.key }\n  links:\n    - { connect: 127.0.0.1:${linkPort} }\n  forwards:\n${forwards}${extra}`;
+    const gwCfg = write('hup-gw.yaml', gwText(`    echo: ${echoAt}\n`));
+    const epCfg = write('hup-ep.yaml', epText(`    - { listen: 127.0.0.1:${fwd1}, service: echo }\n`));
+    const gwControl = path.join(pki.dir, 'hup-gw.sock');
+    const epControl = path.join(pki.dir, 'hup-ep.sock');
+    const spawnNode = (cfg: string, control: string) =>
+      spawn(process.execPath, [BIN, 'tunnel', '--config', cfg, '--control', control], { stdio: 'pipe' });
+    const gw = spawnNode(gwCfg, gwControl);
+    const ep = spawnNode(epCfg, epControl);
+    const lines: Record<string, string[]> = { gw: [], ep: [] };
+    for (const [k, c] of [
+      ['gw', gw],
+      ['ep', ep],
+    ] as const)
+      c.stdout.on('data', (d: Buffer) => lines[k]!.push(...d.toString().split('\n').filter(Boolean)));
+    const st = async (control: string): Promise<TunnelStatus | undefined> =>
+      (
+        (await controlRequest(control, 'status').catch(() => undefined)) as
+          { tunnel: TunnelStatus } | undefined
+      )?.tunnel;
+    const waitFor = async (fn: () => Promise<boolean> | boolean, what: string): Promise<void> => {
+      for (let i = 0; i < 100; i++) {
+        if (await fn()) return;
+        await sleep(100);
+      }
+      throw new Error(`timed out waiting for ${what}; ep: ${lines.ep!.slice(-3).join(' | ')}`);
+    };
+    const events = (k: string, name: string) =>
+      lines[k]!.map((l) => JSON.parse(l) as Record<string, unknown>).filter((e) => e.event === name);
+    const echoOnce = async (port: number, text: string): Promise<string> => {
+      const c = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+      const chunks: Buffer[] = [];
+      c.on('data', (d: Buffer) => chunks.push(d));
+      await new Promise<void>((r, j) => c.once('connect', () => r()).once('error', j));
+      c.end(text);
+      await new Promise<void>((r, j) => c.once('end', () => r()).once('error', j));
+      return Buffer.concat(chunks).toString();
+    };
+    try {
+      await waitFor(async () => (await st(epControl))?.links[0]?.services.echo === 0, 'the link');
+      // A session held open through fwd1 for the whole test.
+      const held = net.connect({ port: fwd1, host: '127.0.0.1' });
+      const heldData: Buffer[] = [];
+      held.on('data', (d: Buffer) => heldData.push(d));
+      await new Promise<void>((r) => held.once('connect', () => r()));
+      const heldEcho = async (text: string): Promise<void> => {
+        const before = Buffer.concat(heldData).length;
+        held.write(text);
+        await waitFor(
+          () => Buffer.concat(heldData).length >= before + text.length,
+          `the held session's echo of ${text}`,
+        );
+      };
+      await heldEcho('one');
+      const reconnects = (await st(epControl))!.links[0]!.reconnects;
+
+      // 1. ep: a second forward, a new limit. gw: a second service.
+      fs.writeFileSync(
+        epCfg,
+        epText(
+          `    - { listen: 127.0.0.1:${fwd1}, service: echo }\n    - { listen: 127.0.0.1:${fwd2}, service: echo2 }\n`,
+          '  max_sessions: 50\n',
+        ),
+      );
+      fs.writeFileSync(gwCfg, gwText(`    echo: ${echoAt}\n    echo2: ${echoAt}\n`));
+      ep.kill('SIGHUP');
+      gw.kill('SIGHUP');
+      await waitFor(() => events('ep', 'config_reloaded').length === 1, 'ep reloaded');
+      await waitFor(() => events('gw', 'config_reloaded').length === 1, 'gw reloaded');
+      assert.deepEqual(events('ep', 'config_reloaded')[0]!.changed, ['forwards', 'max_sessions']);
+      assert.deepEqual(events('gw', 'config_reloaded')[0]!.changed, ['services']);
+      await waitFor(async () => (await st(epControl))?.links[0]?.services.echo2 === 0, 'echo2 announced');
+      assert.equal(await echoOnce(fwd2, 'via the new forward'), 'via the new forward');
+      await heldEcho('two');
+      assert.equal((await st(epControl))!.links[0]!.reconnects, reconnects, 'the link was never dropped');
+
+      // 2. A bad file, then a name change: refused, the running config stays.
+      fs.writeFileSync(epCfg, 'tunnel:\n  role: endpoint-proxy\n  name: [oops\n');
+      ep.kill('SIGHUP');
+      await waitFor(() => events('ep', 'config_refused').length === 1, 'the bad file refused');
+      assert.match(String(events('ep', 'config_refused')[0]!.error), /hup-ep\.yaml/);
+      fs.writeFileSync(
+        epCfg,
+        epText(`    - { listen: 127.0.0.1:${fwd1}, service: echo }\n`).replace('name: ep', 'name: ep2'),
+      );
+      ep.kill('SIGHUP');
+      await waitFor(() => events('ep', 'config_refused').length === 2, 'the name change refused');
+      assert.match(String(events('ep', 'config_refused')[1]!.error), /tunnel\.name cannot change on reload/);
+      assert.equal(ep.exitCode, null, 'still running');
+      assert.equal(await echoOnce(fwd2, 'old config kept'), 'old config kept');
+
+      // 3. fwd2 removed: it stops accepting; the held session on fwd1 goes on.
+      fs.writeFileSync(epCfg, epText(`    - { listen: 127.0.0.1:${fwd1}, service: echo }\n`));
+      ep.kill('SIGHUP');
+      await waitFor(() => events('ep', 'config_reloaded').length === 2, 'ep reloaded again');
+      await assert.rejects(echoOnce(fwd2, 'x'), /ECONNREFUSED/);
+      await heldEcho('three');
+      assert.equal((await st(epControl))!.sessions.count, 1, 'only the held session');
+      held.destroy();
+      for (const k of ['gw', 'ep'])
+        for (const l of lines[k]!)
+          assert.ok((JSON.parse(l) as { event?: string }).event, `every line has an event: ${l}`);
+    } finally {
+      ep.kill('SIGKILL');
+      gw.kill('SIGKILL');
+      echo.close();
     }
   });
 

@@ -294,4 +294,29 @@ describe('tunnel: identities bound to certificates, peers authorized, every refu
       echo.close();
     }
   });
+
+  it('a reload that narrows what a peer may announce filters again; one that drops the peer ends its link', async () => {
+    const port = await freePort();
+    const base = { listen: `127.0.0.1:${port}` };
+    const gw = await start('gw1', base);
+    await start('ep', {
+      role: 'endpoint-proxy',
+      links: [{ connect: `127.0.0.1:${port}` }],
+      services: { gateway: '127.0.0.1:9', other: '127.0.0.1:9' },
+    });
+    const epLink = () => gw.node.status().links.find((l) => l.peer === 'ep' && l.state === 'up');
+    await until(() => epLink()?.services.other === 0, 5000, 'ep announces two services');
+    const cfg = (peers: Record<string, { announce?: string[]; open?: string[] }>) => ({
+      ...gw.node.cfg,
+      peers: Object.fromEntries(
+        Object.entries(peers).map(([k, v]) => [k, { announce: v.announce ?? ['*'], open: v.open ?? ['*'] }]),
+      ),
+    });
+    assert.deepEqual(await gw.node.reload(cfg({ ep: { announce: ['gateway'] } })), ['peers']);
+    assert.deepEqual(epLink()!.services, { gateway: 0 });
+    assert.deepEqual(gw.events.named('tunnel_announcement_ignored').at(-1)!.services, ['other']);
+    await gw.node.reload(cfg({ relay: {} }));
+    await until(() => !epLink(), 3000, "ep's link to end");
+    assert.equal(gw.events.named('tunnel_link_refused').at(-1)!.reason, 'peer_not_allowed');
+  });
 });

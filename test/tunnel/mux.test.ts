@@ -1,7 +1,7 @@
+import { FakeClock } from '../doubles';
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
 import type * as net from 'node:net';
-import { FakeClock } from '../../src/util/clock';
 import {
   encodeHeader,
   FrameDecoder,

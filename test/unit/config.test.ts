@@ -107,6 +107,30 @@ describe('config', () => {
     );
   });
 
+  it('dgd.owners: a routing daemon named with nothing after it takes the defaults; bad paths and keys are named', () => {
+    const c = parseConfig('dgd:\n  owners:\n    frr:\n    bird:\n');
+    assert.deepEqual(c.dgd.owners, { frr: { vtysh: 'vtysh' }, bird: { socket: '/run/bird/bird.ctl' } });
+    assert.deepEqual(parseConfig('').dgd.owners, {});
+    expectConfigError(
+      'dgd:\n  owners:\n    frr:\n      vty_socket: run/frr\n',
+      4,
+      'dgd.owners.frr.vty_socket',
+      /must be an absolute path/,
+    );
+    expectConfigError(
+      'dgd:\n  owners:\n    bird:\n      sock: /run/bird/bird.ctl\n',
+      4,
+      'dgd.owners.bird.sock',
+      /unknown key \(expected one of: socket\)/,
+    );
+    expectConfigError(
+      'dgd:\n  owners:\n    quagga: {}\n',
+      3,
+      'dgd.owners.quagga',
+      /expected one of: frr, bird/,
+    );
+  });
+
   it('names a wrong type', () => {
     expectConfigError('dgd:\n  keep_last_route: yes please\n', 2, 'dgd.keep_last_route', /boolean/);
   });

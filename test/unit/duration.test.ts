@@ -1,6 +1,6 @@
+import { FakeClock } from '../doubles';
 import { strict as assert } from 'node:assert';
 import { formatDuration, parseDuration } from '../../src/util/duration';
-import { FakeClock } from '../../src/util/clock';
 
 describe('durations', () => {
   it('parses ms, s, m, h and fractions', () => {

@@ -1,0 +1,62 @@
+// Detection's own config schema (the `dgd:` section of the config file): zod, durations in
+// milliseconds once parsed. src/daemon/config.ts puts it in the whole file's schema; the engine
+// takes the parsed section and knows nothing of the daemon (layering, issue 8).
+import { isIP } from 'node:net';
+import { z } from 'zod';
+import { duration, intIn } from '../util/schema';
+import { ownersSchema } from './owners';
+
+const ipAddress = z.string().refine(
+  (s) => isIP(s) !== 0,
+  (s) => ({ message: `"${s}" is not an IP address` }),
+);
+
+/** A routing table: main, local, default, or a number 1..2^32-1 (names from rt_tables resolve later). */
+const tableName = z.union([
+  z.enum(['main', 'local', 'default']),
+  intIn(1, 0xffffffff),
+  z
+    .string()
+    .regex(
+      /^[A-Za-z_][\w.-]*$/,
+      'must be main, local, default, a number or a name from /etc/iproute2/rt_tables',
+    ),
+]);
+
+const activeProbe = z
+  .object({
+    gateway: ipAddress,
+    interval: duration(10, 3_600_000).default('1s'),
+    misses: intIn(1, 100).default(3),
+  })
+  .strict();
+
+export const dgdSchema = z
+  .object({
+    enabled: z.boolean().default(true),
+    retransmit_threshold: intIn(1, 15).default(3),
+    scan_interval: duration(10, 10_000).default('200ms'),
+    verify_probes: intIn(1, 20).default(3),
+    verify_timeout: duration(10, 10_000).default('250ms'),
+    slow_poll_interval: duration(1000, 3_600_000).default('2m'),
+    revive_probes: intIn(1, 20).default(2),
+    keep_last_route: z.boolean().default(true),
+    allow_mac_change: z.boolean().default(false),
+    resend_on_switch: z.boolean().default(true),
+    tables: z.array(tableName).min(1, 'needs at least one table').default(['main']),
+    gateways: z.array(ipAddress).default([]),
+    active: z.array(activeProbe).default([]),
+    flap_limit: intIn(1, 1000).default(3),
+    flap_window: duration(1000, 86_400_000).default('10m'),
+    flap_hold_down: duration(1000, 3_600_000).default('1m'),
+    rewithdraw_limit: intIn(1, 1000).default(5),
+    rewithdraw_window: duration(1000, 3_600_000).default('1m'),
+    aggregate_sockets: intIn(0, 10_000).default(3),
+    aggregate_window: duration(100, 60_000).default('1s'),
+    syn_stall: duration(100, 10_000).default('500ms'),
+    interface_wait: duration(1000, 86_400_000).default('10m'),
+    owners: ownersSchema.default({}),
+  })
+  .strict();
+
+export type DgdConfig = z.infer<typeof dgdSchema>;

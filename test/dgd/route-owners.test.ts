@@ -1,0 +1,200 @@
+// Route owners' policy over fakes: which FRR protocols get the filter and which destinations are
+// kept; which BIRD protocols are disabled, left alone, re-disabled and enabled; the journal first.
+import { strict as assert } from 'node:assert';
+import { BirdOwnerAdapter, type BirdPort } from '../../src/dgd/owner-bird';
+import { planFrrFilter } from '../../src/dgd/owner-frr';
+import { MemoryOwnerStore, RouteOwners, ownerOfProtocol, type OwnerAdapter } from '../../src/dgd/owners';
+import type { BirdProtocol, BirdRoute } from '../../src/sys/bird';
+import type { FrrRoute } from '../../src/sys/frr';
+
+const R1 = '198.18.1.1';
+const R2 = '198.18.1.2';
+
+function frr(prefix: string, protocol: string, distance: number, gws: string[]): FrrRoute {
+  return {
+    prefix,
+    protocol,
+    distance,
+    metric: 0,
+    selected: false,
+    installed: false,
+    nexthops: gws.map((ip) => ({ ip, interfaceName: 'lan0', active: true, fib: true })),
+  };
+}
+
+class FakeBird implements BirdPort {
+  ops: string[] = [];
+  constructor(
+    public protos: BirdProtocol[],
+    public rts: BirdRoute[],
+  ) {}
+  async protocols() {
+    return this.protos;
+  }
+  async routes() {
+    return this.rts.filter((r) => this.protos.find((p) => p.name === r.protocol)?.state === 'up');
+  }
+  async disable(p: string) {
+    this.ops.push(`disable ${p}`);
+    this.protos.find((x) => x.name === p)!.state = 'down';
+  }
+  async enable(p: string) {
+    this.ops.push(`enable ${p}`);
+    this.protos.find((x) => x.name === p)!.state = 'up';
+  }
+}
+
+const proto = (name: string, kind = 'Static'): BirdProtocol => ({
+  name,
+  proto: kind,
+  table: 'master4',
+  state: 'up',
+  info: '',
+});
+const broute = (prefix: string, protocol: string, gateways: string[], pref = 200): BirdRoute => ({
+  prefix,
+  table: 'master4',
+  protocol,
+  primary: false,
+  preference: pref,
+  gateways,
+});
+
+describe('route owners', () => {
+  it('knows owners by protocol number (rtnetlink.h, rt_protos, FRR zebra/rt_netlink.h)', () => {
+    assert.deepEqual([2, 3, 4, 9, 11, 12, 16, 186, 188, 196, 250, null].map(ownerOfProtocol), [
+      'kernel',
+      'boot',
+      'static',
+      'ra',
+      'frr',
+      'bird',
+      'dhcp',
+      'frr',
+      'frr',
+      'frr',
+      'proto-250',
+      'unspec',
+    ]);
+  });
+
+  it('FRR: filters the protocols with routes through dead gateways; keeps destinations with no alternative', () => {
+    const rib = [
+      frr('198.18.2.0/24', 'static', 10, [R1]),
+      frr('198.18.2.0/24', 'static', 20, [R2]),
+      frr('198.18.3.0/24', 'static', 1, [R1, R2]),
+      frr('198.18.5.0/24', 'ospf', 110, [R1]),
+      frr('198.18.1.0/24', 'connected', 0, []),
+    ];
+    const none = { name: null, gateways: [], keep: [], protocols: [], foreign: {}, objects: [] };
+    assert.deepEqual(planFrrFilter(rib, [R1], true, none), {
+      gateways: [R1],
+      keep: ['198.18.5.0/24'],
+      protocols: ['ospf', 'static'],
+    });
+    assert.deepEqual(planFrrFilter(rib, [R1], false, none).keep, []);
+    // ospf already filtered by the operator's own map: left out.
+    assert.deepEqual(planFrrFilter(rib, [R1], true, { ...none, foreign: { ospf: 'MINE' } }).protocols, [
+      'static',
+    ]);
+    assert.deepEqual(planFrrFilter(rib, [], true, none), { gateways: [], keep: [], protocols: [] });
+  });
+
+  it('BIRD: disables only protocols whose routes all go through dead gateways, journal first; enables exactly those on revival', async () => {
+    const bird = new FakeBird(
+      [proto('kernel1', 'Kernel'), proto('via_r1'), proto('via_r2'), proto('mixed'), proto('only_r1')],
+      [
+        broute('198.18.2.0/24', 'via_r1', [R1]),
+        broute('198.18.2.0/24', 'via_r2', [R2], 100),
+        broute('198.18.4.0/24', 'mixed', [R1]),
+        broute('198.18.6.0/24', 'mixed', [R2]),
+        broute('198.18.7.0/24', 'only_r1', [R1]),
+        broute('198.18.9.0/24', 'kernel1', [R1]),
+      ],
+    );
+    const adapter = new BirdOwnerAdapter(bird);
+    const journal: unknown[] = [];
+    const persist = async (s: unknown) => {
+      journal.push(structuredClone(s));
+      bird.ops.push('journal');
+    };
+    const out = await adapter.converge([R1], { keepLastRoute: true, previous: null, persist });
+    assert.deepEqual(bird.ops, ['journal', 'disable via_r1']);
+    assert.deepEqual(out.kept, ['198.18.7.0/24']);
+    assert.equal(out.problems.length, 1);
+    assert.match(out.problems[0]!, /mixed also carries routes through 198\.18\.1\.2/);
+    assert.deepEqual(out.state, { disabled: { via_r1: [R1] } });
+    // Someone enables it again while R1 is still dead: disabled again.
+    await bird.enable('via_r1');
+    bird.ops = [];
+    const again = await adapter.converge([R1], { keepLastRoute: true, previous: out.state, persist });
+    assert.deepEqual(bird.ops, ['journal', 'disable via_r1']);
+    // Revival: exactly what was disabled is enabled.
+    bird.ops = [];
+    const back = await adapter.converge([], { keepLastRoute: true, previous: again.state, persist });
+    assert.deepEqual(bird.ops, ['enable via_r1']);
+    assert.deepEqual(back.state, { disabled: {} });
+  });
+
+  it('RouteOwners: told per daemon, journaled, undone by revival and by restoreAll; a failing adapter is an error event, not a crash', async () => {
+    const calls: string[][] = [];
+    let fail = false;
+    const fake: OwnerAdapter = {
+      owner: 'frr',
+      async converge(dead, opts) {
+        if (fail) throw new Error('vtysh: failed to connect to any daemons');
+        await opts.persist({ gateways: dead });
+        calls.push(dead);
+        return {
+          state: { gateways: dead },
+          changed: true,
+          applied: dead.map((d) => `deny ${d}`),
+          kept: [],
+          problems: [],
+        };
+      },
+    };
+    const store = new MemoryOwnerStore();
+    const events: string[] = [];
+    const owners = new RouteOwners(new Map([['frr', fake]]), store, { event: (n) => events.push(n) }, true);
+    assert.equal(owners.adapterFor(196), 'frr');
+    assert.equal(owners.adapterFor(12), null, 'BIRD is not configured');
+    assert.equal(owners.adapterFor(16), null);
+    await owners.markDead('frr', `${R1}%lan0`, 'test');
+    assert.deepEqual(calls, [[R1]]);
+    assert.deepEqual(store.journal!.owners.frr!.dead, [`${R1}%lan0`]);
+    await owners.markAlive(`${R1}%lan0`, 'revived');
+    assert.deepEqual(calls.at(-1), []);
+    assert.deepEqual(store.journal!.owners, {});
+    await owners.markDead('frr', `${R2}%lan0`, 'test');
+    fail = true;
+    await owners.markDead('frr', `${R1}%lan0`, 'test');
+    assert.equal(owners.status()[0]!.last_error, 'vtysh: failed to connect to any daemons');
+    assert.ok(events.includes('error'));
+    // The slow poll retries a daemon that could not be told.
+    fail = false;
+    await owners.retryFailed('slow poll');
+    assert.deepEqual(calls.at(-1), [R1, R2]);
+    assert.equal(owners.status()[0]!.last_error, null);
+    await owners.restoreAll('off');
+    assert.deepEqual(calls.at(-1), []);
+  });
+
+  it('RouteOwners: a daemon taken out of dgd.owners (SIGHUP) is put back first, with its old adapter', async () => {
+    const calls: string[][] = [];
+    const fake: OwnerAdapter = {
+      owner: 'bird',
+      async converge(dead) {
+        calls.push(dead);
+        return { state: { disabled: dead }, changed: true, applied: [], kept: [], problems: [] };
+      },
+    };
+    const store = new MemoryOwnerStore();
+    const owners = new RouteOwners(new Map([['bird', fake]]), store, { event: () => undefined }, true);
+    await owners.markDead('bird', `${R1}%lan0`, 'test');
+    await owners.configure(new Map(), true);
+    assert.deepEqual(calls, [[R1], []]);
+    assert.deepEqual(store.journal!.owners, {});
+    assert.equal(owners.adapterFor(12), null);
+  });
+});

@@ -1,0 +1,398 @@
+// Routing daemons own their routes (issue 12): with FRR and BIRD as Debian 12 packages them running
+// on the client, a silent death of the preferred gateway under a live flow is failed over by the
+// routing daemon itself (told by ipdeadgate through vtysh / BIRD's control socket); revival, `off`,
+// SIGTERM and a crash put everything back exactly. Without an adapter, the daemon's withdrawal
+// fights zebra: the fight guard stops it after a bounded number of returns, with one event.
+import { strict as assert } from 'node:assert';
+import { Lab, requireRoot, waitFor } from '../lab/lab';
+import { LabDaemon, type DaemonEvent } from '../lab/daemon';
+import { startFlowClient, startFlowServer, type FlowClient } from '../lab/flows';
+import {
+  BIRD_BGP,
+  BIRD_STATIC,
+  FRR_BGP,
+  FRR_STATIC,
+  RD,
+  birdBgpRouter,
+  haveBird,
+  haveFrr,
+  routedLabSpec,
+  startBird,
+  startFrr,
+  type BirdInstance,
+  type FrrInstance,
+} from '../lab/routingd';
+
+const PORT = 7100;
+const esc = (s: string) => s.replace(/\./g, '\\.');
+
+async function kernelRoutes(lab: Lab): Promise<string> {
+  return (await lab.ip('client', ['route', 'show'])).trim();
+}
+
+async function kernelRoute(lab: Lab, dst: string): Promise<string> {
+  return (await lab.ip('client', ['route', 'show', dst])).replace(/\s+/g, ' ').trim();
+}
+
+/** Both lab prefixes now leave through r2 only. */
+async function failedOver(lab: Lab): Promise<boolean> {
+  const a = await kernelRoute(lab, '198.18.2.0/24');
+  const b = await kernelRoute(lab, '198.18.3.0/24');
+  return a.includes(`via ${RD.r2}`) && b.includes(`via ${RD.r2}`) && !`${a} ${b}`.includes(RD.r1);
+}
+
+function flows(lab: Lab, durationMs = 30_000): FlowClient[] {
+  return [
+    startFlowClient(lab, 'client', RD.server, PORT, { durationMs }),
+    startFlowClient(lab, 'client', RD.server3, PORT, { durationMs }),
+  ];
+}
+
+async function resumedAfter(fs: FlowClient[], t: number, what: string): Promise<void> {
+  for (const f of fs) await waitFor(() => f.echoes.some((e) => e.t > t), 15_000, `${what} to resume`);
+}
+
+function requireDaemon(ctx: Mocha.Context, have: boolean, pkg: string): void {
+  requireRoot(ctx);
+  if (have) return;
+  if (process.env.CI === 'true') throw new Error(`${pkg} is not installed (scripts/setup installs it)`);
+  ctx.skip();
+}
+
+describe('routing daemons own their routes: FRR in the lab', function () {
+  this.timeout(120_000);
+  let lab: Lab;
+  let frr: FrrInstance;
+  let routesBefore: string;
+  let configBefore: string;
+  const yaml = () => `dgd:\n  slow_poll_interval: 2s\n  owners:\n    frr:\n      vty_socket: ${frr.dir}\n`;
+
+  before(async function () {
+    requireDaemon(this, haveFrr(), 'frr');
+    lab = await Lab.create(routedLabSpec());
+    await startFlowServer(lab, 'server', PORT).listening;
+    frr = await startFrr(lab, 'client', { staticd: FRR_STATIC });
+    await waitFor(async () => /nexthop/.test(await kernelRoute(lab, '198.18.3.0/24')), 10_000, 'zebra');
+    routesBefore = await kernelRoutes(lab);
+    configBefore = await frr.runningConfig();
+  });
+
+  afterEach(async () => {
+    // Every case leaves r1 alive and FRR as it found it (checked inside the cases).
+    await lab?.revive('r1', 'lan0').catch(() => undefined);
+  });
+
+  after(async () => {
+    await frr?.stop();
+    await lab?.close();
+  });
+
+  it('static routes with a distance-20 backup and an ECMP pair: zebra fails over under a live flow and back exactly on revival', async () => {
+    const d = await LabDaemon.start(lab, 'client', yaml());
+    const fl = flows(lab);
+    await waitFor(() => fl.every((f) => f.echoes.length >= 10), 5000, 'the flows to run');
+    const t0 = Date.now();
+    await lab.killSilently('r1', 'lan0');
+    const handed = await d.waitFor((e) => e.event === 'routes_handed_over', 15_000, 'routes handed to FRR');
+    assert.equal(handed.owner, 'frr');
+    assert.equal(handed.ok, true);
+    assert.ok(
+      Date.parse(handed.time) - t0 < 5000,
+      `handed over ${Date.parse(handed.time) - t0} ms after the death`,
+    );
+    await waitFor(() => failedOver(lab), 3000, 'zebra to install its backups');
+    // zebra's own view: the distance-20 route is selected, the ECMP pair has only r2 in the FIB.
+    const shown = await frr.showRoute();
+    assert.match(shown, new RegExp(`S>\\* 198\\.18\\.2\\.0/24 \\[20/0\\] via ${esc(RD.r2)}`), shown);
+    assert.match(shown, new RegExp(`S   198\\.18\\.2\\.0/24 \\[10/0\\] via ${esc(RD.r1)}`), shown);
+    assert.match(await frr.runningConfig(), /ip protocol static route-map IPDEADGATE-[AB]/);
+    await resumedAfter(fl, Date.parse(handed.time), 'the flows');
+    // An operator drops the binding by hand (or FRR restarts): zebra puts r1's routes back, and the
+    // daemon tells zebra again.
+    const told = d.named('owner_told').length;
+    const bound = /ip protocol static route-map (IPDEADGATE-[AB])/.exec(await frr.runningConfig())![1]!;
+    await frr.vtysh(['configure terminal', `no ip protocol static route-map ${bound}`]);
+    await waitFor(() => d.named('owner_told').length > told, 5000, 'the daemon to tell zebra again');
+    await waitFor(() => failedOver(lab), 3000, 'zebra to fail over again');
+    const st = await d.status();
+    assert.equal(st.gateways.find((g) => g.address === RD.r1)!.state, 'dead');
+    const owners = st.route_owners as { owner: string; dead_gateways: string[]; applied: string[] }[];
+    assert.equal(owners[0]!.owner, 'frr');
+    assert.equal(owners[0]!.dead_gateways[0]!.split('%')[0], RD.r1);
+    assert.equal(d.named('routes_withdrawn').filter((e) => (e.routes as string[]).length > 0).length, 0);
+
+    await lab.revive('r1', 'lan0');
+    await d.waitFor(
+      (e) => e.event === 'routes_restored' && e.gateway === RD.r1,
+      20_000,
+      'r1 revived and its routes restored',
+    );
+    await waitFor(
+      async () => (await kernelRoutes(lab)) === routesBefore,
+      3000,
+      'the kernel routes back exactly',
+    );
+    assert.equal(await frr.runningConfig(), configBefore);
+    assert.equal(await d.stop(), 0);
+    assert.equal(await kernelRoutes(lab), routesBefore);
+  });
+
+  it('off and SIGTERM undo what FRR was told; after kill -9 the restart reconciles and revival undoes it', async () => {
+    let d = await LabDaemon.start(lab, 'client', yaml());
+    const fl = flows(lab, 60_000);
+    await waitFor(() => fl.every((f) => f.echoes.length >= 5), 5000, 'the flows to run');
+    await lab.killSilently('r1', 'lan0');
+    await d.waitFor((e) => e.event === 'routes_handed_over', 15_000, 'routes handed to FRR');
+    await waitFor(() => failedOver(lab), 3000, 'zebra to fail over');
+
+    // off: zebra's filter goes, its routes are as before (through the dead r1: off means off).
+    assert.equal((await d.cli(['off'])).code, 0);
+    await waitFor(async () => (await kernelRoutes(lab)) === routesBefore, 3000, 'off to restore');
+    assert.equal(await frr.runningConfig(), configBefore);
+    // on: the flows stall through r1 again, retransmit, and r1 is found dead again.
+    const n = d.named('routes_handed_over').length;
+    assert.equal((await d.cli(['on'])).code, 0);
+    await d.waitFor(
+      (e) => e.event === 'routes_handed_over' && d.named('routes_handed_over').indexOf(e) >= n,
+      20_000,
+      'the second death',
+    );
+    await waitFor(() => failedOver(lab), 3000, 'zebra to fail over again');
+
+    // SIGTERM: undone before the exit.
+    assert.equal(await d.stop(), 0);
+    assert.equal(await kernelRoutes(lab), routesBefore);
+    assert.equal(await frr.runningConfig(), configBefore);
+
+    // kill -9 while FRR holds r1 as dead: the filter stays (journaled) ...
+    d = await LabDaemon.restart(d, yaml());
+    await d.waitFor((e) => e.event === 'routes_handed_over', 20_000, 'the third death');
+    await waitFor(() => failedOver(lab), 3000, 'zebra to fail over');
+    d.child.kill('SIGKILL');
+    await waitFor(() => d.exitCode !== null || d.child.signalCode !== null, 5000, 'the daemon to die');
+    assert.ok(await failedOver(lab), 'the failover outlives the crash');
+    // ... the restart reconciles (r1 is polled at once, still dead: the filter stays) ...
+    d = await LabDaemon.restart(d, yaml());
+    const loaded = await d.waitFor((e) => e.event === 'journal_loaded', 10_000, 'the journal');
+    assert.ok(Object.keys(loaded.owners as object).includes('frr'));
+    await d.waitFor((e) => e.event === 'poll' && e.gateway === RD.r1, 10_000, 'r1 polled at start');
+    assert.ok(await failedOver(lab));
+    // ... and revival undoes it exactly.
+    await lab.revive('r1', 'lan0');
+    await d.waitFor((e) => e.event === 'routes_restored' && e.gateway === RD.r1, 20_000, 'r1 revived');
+    await waitFor(async () => (await kernelRoutes(lab)) === routesBefore, 3000, 'the routes back exactly');
+    assert.equal(await frr.runningConfig(), configBefore);
+    assert.equal(await d.stop(), 0);
+  });
+
+  it("without an adapter, withdrawing zebra's route is a fight: bounded re-withdrawals, one event, shown in status, never a loop", async () => {
+    const limit = 2;
+    const d = await LabDaemon.start(
+      lab,
+      'client',
+      `dgd:\n  slow_poll_interval: 2s\n  keep_last_route: false\n  rewithdraw_limit: ${limit}\n  rewithdraw_window: 1m\n`,
+    );
+    const fl = flows(lab);
+    await waitFor(() => fl.every((f) => f.echoes.length >= 5), 5000, 'the flows to run');
+    await lab.killSilently('r1', 'lan0');
+    const isTwo = (e: DaemonEvent) => String(e.route).startsWith('198.18.2.0/24');
+    const fight = await d.waitFor(
+      (e) => e.event === 'route_fight' && isTwo(e),
+      30_000,
+      'the fight to be seen',
+    );
+    assert.equal(fight.routing_daemon, 'frr');
+    assert.equal(fight.gateway, RD.r1);
+    assert.equal(fight.rewithdrawals, limit);
+    // Never a loop: wait through several more of zebra's re-adds; nothing more for that route.
+    const rewithdrawn = () => d.named('route_readded').filter(isTwo).length;
+    assert.equal(rewithdrawn(), limit);
+    await new Promise((r) => setTimeout(r, 4000));
+    assert.equal(rewithdrawn(), limit);
+    assert.equal(d.named('route_fight').filter(isTwo).length, 1);
+    // zebra's route stays through r1 (the fight is given up) and status says why.
+    assert.match(await kernelRoute(lab, '198.18.2.0/24'), new RegExp(`via ${esc(RD.r1)}`));
+    const contested = async () =>
+      (await d.status()).gateways
+        .find((g) => g.address === RD.r1)!
+        .routes.filter((r) => r.state === 'contested')
+        .map((r) => (r as unknown as { dst: string }).dst);
+    assert.ok((await contested()).includes('198.18.2.0/24'));
+    const text = await d.cli(['status']);
+    assert.match(text.stdout, /route 198\.18\.2\.0\/24 via 198\.18\.1\.1 .*: contested/);
+    // Revival ends the fight.
+    await lab.revive('r1', 'lan0');
+    await d.waitFor((e) => e.event === 'routes_restored' && e.gateway === RD.r1, 20_000, 'r1 revived');
+    assert.deepEqual(await contested(), []);
+    assert.equal(await d.stop(), 0);
+    await waitFor(async () => (await kernelRoutes(lab)) === routesBefore, 5000, "zebra's routes as before");
+  });
+});
+
+describe('routing daemons own their routes: BIRD in the lab', function () {
+  this.timeout(120_000);
+  let lab: Lab;
+  let bird: BirdInstance;
+
+  before(async function () {
+    requireDaemon(this, haveBird(), 'bird2');
+    lab = await Lab.create(routedLabSpec());
+    await startFlowServer(lab, 'server', PORT).listening;
+    bird = await startBird(lab, 'client', BIRD_STATIC);
+    await waitFor(
+      async () => /nexthop/.test(await kernelRoute(lab, '198.18.3.0/24')),
+      10_000,
+      'bird to export',
+    );
+  });
+
+  after(async () => {
+    await bird?.stop();
+    await lab?.close();
+  });
+
+  it('a static protocol per gateway with a lower-preference backup and a merged ECMP pair: BIRD fails over under a live flow; revival and SIGTERM restore exactly', async () => {
+    const before = await kernelRoutes(lab);
+    const yaml = `dgd:\n  slow_poll_interval: 2s\n  owners:\n    bird:\n      socket: ${bird.socket}\n`;
+    const d = await LabDaemon.start(lab, 'client', yaml);
+    const fl = flows(lab, 60_000);
+    await waitFor(() => fl.every((f) => f.echoes.length >= 10), 5000, 'the flows to run');
+    await lab.killSilently('r1', 'lan0');
+    const handed = await d.waitFor((e) => e.event === 'routes_handed_over', 15_000, 'routes handed to BIRD');
+    assert.equal(handed.owner, 'bird');
+    assert.deepEqual(handed.applied, [`disable via_r1 (routes via ${RD.r1})`]);
+    await waitFor(() => failedOver(lab), 3000, 'BIRD to export its backups');
+    assert.match(await kernelRoute(lab, '198.18.2.0/24'), /proto bird/);
+    // BIRD's own view: via_r2 is the best route, via_r1 is down.
+    const shown = (await bird.birdc('show route')).stdout;
+    assert.match(
+      shown,
+      new RegExp(`198\\.18\\.2\\.0/24\\s+unicast \\[via_r2 [^\\]]*\\] \\* \\(100\\)`),
+      shown,
+    );
+    assert.match((await bird.birdc('show protocols')).stdout, /via_r1\s+Static\s+master4\s+down/);
+    await resumedAfter(fl, Date.parse(handed.time), 'the flows');
+    // Someone enables the protocol again (or BIRD restarts and forgets): r1's routes come back,
+    // and the daemon disables it again.
+    const told = d.named('owner_told').length;
+    await bird.birdc('enable via_r1');
+    await waitFor(() => d.named('owner_told').length > told, 5000, 'the daemon to tell BIRD again');
+    await waitFor(() => failedOver(lab), 3000, 'BIRD to fail over again');
+
+    await lab.revive('r1', 'lan0');
+    await d.waitFor((e) => e.event === 'routes_restored' && e.gateway === RD.r1, 20_000, 'r1 revived');
+    await waitFor(async () => (await kernelRoutes(lab)) === before, 3000, 'the routes back exactly');
+    assert.match((await bird.birdc('show protocols')).stdout, /via_r1\s+Static\s+master4\s+up/);
+
+    // A second death, then SIGTERM: BIRD's protocol is enabled again before the exit.
+    await lab.killSilently('r1', 'lan0');
+    await d.waitFor((e) => e.event === 'routes_handed_over' && e !== handed, 20_000, 'the second death');
+    await waitFor(() => failedOver(lab), 3000, 'BIRD to fail over again');
+    assert.equal(await d.stop(), 0);
+    assert.equal(await kernelRoutes(lab), before);
+    assert.match((await bird.birdc('show protocols')).stdout, /via_r1\s+Static\s+master4\s+up/);
+    await lab.revive('r1', 'lan0');
+  });
+});
+
+describe('routing daemons own their routes: BGP sessions with two routers in the lab (FRR, then BIRD, on the client)', function () {
+  this.timeout(120_000);
+  let lab: Lab;
+  let frr: FrrInstance;
+
+  before(async function () {
+    requireDaemon(this, haveFrr() && haveBird(), 'frr and bird2');
+    lab = await Lab.create(routedLabSpec());
+    await startFlowServer(lab, 'server', PORT).listening;
+    await startBird(lab, 'r1', birdBgpRouter(RD.r1, 65001, false));
+    await startBird(lab, 'r2', birdBgpRouter(RD.r2, 65002, true));
+    frr = await startFrr(lab, 'client', { bgpd: FRR_BGP });
+    await waitFor(
+      async () => /via 198\.18\.1\.1 .*proto bgp/.test(await kernelRoute(lab, '198.18.2.0/24')),
+      20_000,
+      'BGP to install the route through r1',
+      200,
+    );
+  });
+
+  after(async () => {
+    await frr?.stop();
+    await lab?.close();
+  });
+
+  it("a route learned from r1 and r2: r1 dies silently under a live flow, bgpd drops the session and installs r2's path; revival brings back exactly the same", async () => {
+    const before = await kernelRoutes(lab);
+    const configBefore = await frr.runningConfig();
+    const d = await LabDaemon.start(
+      lab,
+      'client',
+      `dgd:\n  slow_poll_interval: 2s\n  owners:\n    frr:\n      vty_socket: ${frr.dir}\n`,
+    );
+    const fl = startFlowClient(lab, 'client', RD.server, PORT, { durationMs: 60_000 });
+    await waitFor(() => fl.echoes.length >= 10, 5000, 'the flow to run');
+    await lab.killSilently('r1', 'lan0');
+    const handed = await d.waitFor((e) => e.event === 'routes_handed_over', 15_000, 'routes handed to FRR');
+    assert.deepEqual(handed.applied, [`router bgp 65000: neighbor ${RD.r1} shutdown`]);
+    await waitFor(
+      async () => /via 198\.18\.1\.2 .*proto bgp/.test(await kernelRoute(lab, '198.18.2.0/24')),
+      5000,
+      "bgpd to install r2's path",
+    );
+    // FRR's own view: the BGP route through r2 selected, the session with r1 administratively down.
+    const shown = await frr.showRoute();
+    assert.match(shown, new RegExp(`B>\\* 198\\.18\\.2\\.0/24 \\[20/0\\] via ${esc(RD.r2)}`), shown);
+    const summary = (await frr.vtysh(['show bgp summary'])).stdout;
+    assert.match(summary, new RegExp(`${esc(RD.r1)} .*Idle \\(Admin\\)`), summary);
+    await waitFor(() => fl.echoes.some((e) => e.t > Date.parse(handed.time)), 15_000, 'the flow to resume');
+
+    await lab.revive('r1', 'lan0');
+    await d.waitFor((e) => e.event === 'routes_restored' && e.gateway === RD.r1, 20_000, 'r1 revived');
+    assert.equal(await frr.runningConfig(), configBefore);
+    await waitFor(
+      async () => (await kernelRoutes(lab)) === before,
+      30_000,
+      'the session and route back',
+      200,
+    );
+    assert.equal(await d.stop(), 0);
+  });
+
+  it("the same routers with BIRD on the client: the dead neighbour's BGP protocol is disabled, r2's path exported; revival enables it again", async () => {
+    await frr.stop();
+    const bird = await startBird(lab, 'client', BIRD_BGP);
+    await waitFor(
+      async () => /via 198\.18\.1\.1 .*proto bird/.test(await kernelRoute(lab, '198.18.2.0/24')),
+      30_000,
+      'BIRD to export the route learned from r1',
+      200,
+    );
+    const before = await kernelRoutes(lab);
+    const d = await LabDaemon.start(
+      lab,
+      'client',
+      `dgd:\n  slow_poll_interval: 2s\n  owners:\n    bird:\n      socket: ${bird.socket}\n`,
+    );
+    const fl = startFlowClient(lab, 'client', RD.server, PORT, { durationMs: 60_000 });
+    await waitFor(() => fl.echoes.length >= 10, 5000, 'the flow to run');
+    await lab.killSilently('r1', 'lan0');
+    const handed = await d.waitFor((e) => e.event === 'routes_handed_over', 15_000, 'routes handed to BIRD');
+    assert.deepEqual(handed.applied, [`disable bgp_r1 (routes via ${RD.r1})`]);
+    await waitFor(
+      async () => /via 198\.18\.1\.2 .*proto bird/.test(await kernelRoute(lab, '198.18.2.0/24')),
+      5000,
+      "BIRD to export r2's path",
+    );
+    assert.match((await bird.birdc('show protocols')).stdout, /bgp_r1\s+BGP\s+---\s+down/);
+    await waitFor(() => fl.echoes.some((e) => e.t > Date.parse(handed.time)), 15_000, 'the flow to resume');
+    await lab.revive('r1', 'lan0');
+    await d.waitFor((e) => e.event === 'routes_restored' && e.gateway === RD.r1, 20_000, 'r1 revived');
+    await waitFor(
+      async () => (await kernelRoutes(lab)) === before,
+      30_000,
+      'the session and route back',
+      200,
+    );
+    assert.equal(await d.stop(), 0);
+    await bird.stop();
+  });
+});
