@@ -1,4 +1,4 @@
-// scripts/bench-tunnel: the tunnel against OpenSSH -L, socat and a direct connection over the same
+// scripts/bench-tunnel: the tunnel against OpenSSH -L, stunnel4, socat and a direct connection over the same
 // path, in a lab of two namespaces (a: client side, b: server side) on one veth pair.
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -158,6 +158,35 @@ async function main(): Promise<void> {
     // OpenSSH's default cipher choice (ChaCha20-Poly1305 first), and the cipher our links prefer.
     const ssh = bg('a', sshArgs(7000, []));
     const sshGcm = bg('a', sshArgs(7100, ['-c', 'aes128-gcm@openssh.com']));
+    // stunnel4: a TLS relay in C (OpenSSL), set up like our link: TLS 1.3 only, AES-128-GCM, both
+    // sides presenting a certificate from the same test CA and verifying the other's chain.
+    const stunnelConf = (name: string, lines: string[]): string => {
+      const f = k(`stunnel-${name}.conf`);
+      fs.writeFileSync(
+        f,
+        [
+          'foreground = yes',
+          'pid =',
+          `[bench]`,
+          ...lines,
+          `cert = ${pki.nodes[name]!.cert}`,
+          `key = ${pki.nodes[name]!.key}`,
+          `CAfile = ${pki.ca}`,
+          'verifyChain = yes',
+          'requireCert = yes',
+          'sslVersionMin = TLSv1.3',
+          'sslVersionMax = TLSv1.3',
+          'ciphersuites = TLS_AES_128_GCM_SHA256',
+          '',
+        ].join('\n'),
+      );
+      return f;
+    };
+    const stunnelB = bg('b', ['stunnel4', stunnelConf('b', [`accept = ${B}:9500`, `connect = ${B}:5201`])]);
+    const stunnelA = bg('a', [
+      'stunnel4',
+      stunnelConf('a', ['client = yes', `accept = ${A}:7200`, `connect = ${B}:9500`]),
+    ]);
     // Our tunnel: a on a dials b; forwards on a, services on b.
     const cfgFile = (name: string, lines: string[]): string => {
       fs.copyFileSync(pki.nodes[name]!.cert, k(`${name}.pem`));
@@ -230,6 +259,8 @@ async function main(): Promise<void> {
       listening('a', 6000),
       listening('a', 7000),
       listening('a', 7100),
+      listening('a', 7200),
+      listening('b', 9500),
       listening('a', 8000),
       listening('b', 5201),
     ]);
@@ -244,6 +275,7 @@ async function main(): Promise<void> {
         ['socat', A, 6000],
         ['ssh -L', A, 7000],
         ['ssh -L (AES-GCM)', A, 7100],
+        ['stunnel4', A, 7200],
         ['tunnel (TLS)', A, 8000],
       ] as [string, string, number][]
     ).filter(([name]) => !PATHS.length || PATHS.some((p) => name.startsWith(p)));
@@ -256,6 +288,8 @@ async function main(): Promise<void> {
       // idle one costs nothing, so both count.
       'ssh -L': () => [ssh.pid!, ...descendants(sshd.pid!)],
       'ssh -L (AES-GCM)': () => [sshGcm.pid!, ...descendants(sshd.pid!)],
+      // stunnel4: one process per side, a thread per connection (its stat counts every thread).
+      stunnel4: () => [stunnelA.pid!, stunnelB.pid!],
       'tunnel (TLS)': () => [ta.pid!, tb.pid!],
     };
     // gbps[round][path][streams], cpuPerGB[round][path][streams] (CPU seconds of the relays per GB received)
@@ -312,9 +346,11 @@ async function main(): Promise<void> {
       a && b ? a / b : undefined;
     const T = 'tunnel (TLS)';
     const G = 'ssh -L (AES-GCM)';
+    const S = 'stunnel4';
     const ratioLine = (g: Record<string, Record<number, number>>): string =>
       `tunnel / ssh -L ${f(ratio(g[T]?.[1], g['ssh -L']?.[1]))} (1 stream), ${f(ratio(g[T]?.[8], g['ssh -L']?.[8]))} (8 streams); ` +
       `tunnel / ssh -L (AES-GCM) ${f(ratio(g[T]?.[1], g[G]?.[1]))}, ${f(ratio(g[T]?.[8], g[G]?.[8]))}; ` +
+      `tunnel / stunnel4 ${f(ratio(g[T]?.[1], g[S]?.[1]))}, ${f(ratio(g[T]?.[8], g[S]?.[8]))}; ` +
       `tunnel / socat ${f(ratio(g[T]?.[1], g.socat?.[1]))}, ${f(ratio(g[T]?.[8], g.socat?.[8]))}; ` +
       `tunnel / direct ${f(ratio(g[T]?.[1], g.direct?.[1]))}, ${f(ratio(g[T]?.[8], g.direct?.[8]))}`;
     const lines = [
@@ -328,9 +364,10 @@ async function main(): Promise<void> {
       '',
       ...gbps.map((g, i) => `Round ${i + 1} ratios: ${ratioLine(g)}.`),
       `Ratio tunnel / ssh -L over the rounds: ${range(gbps.map((g) => ratio(g[T]?.[1], g['ssh -L']?.[1])))} (1 stream), ${range(gbps.map((g) => ratio(g[T]?.[8], g['ssh -L']?.[8])))} (8 streams); ` +
-        `tunnel / ssh -L (AES-GCM): ${range(gbps.map((g) => ratio(g[T]?.[1], g[G]?.[1])))}, ${range(gbps.map((g) => ratio(g[T]?.[8], g[G]?.[8])))}.`,
+        `tunnel / ssh -L (AES-GCM): ${range(gbps.map((g) => ratio(g[T]?.[1], g[G]?.[1])))}, ${range(gbps.map((g) => ratio(g[T]?.[8], g[G]?.[8])))}; ` +
+        `tunnel / stunnel4: ${range(gbps.map((g) => ratio(g[T]?.[1], g[S]?.[1])))}, ${range(gbps.map((g) => ratio(g[T]?.[8], g[S]?.[8])))}.`,
       '',
-      'CPU seconds of the relaying processes per GB received (all their threads; ssh -L: ssh and sshd):',
+      'CPU seconds of the relaying processes per GB received (all their threads; ssh -L: ssh and sshd; stunnel4: both sides):',
       '',
       '| path | 1 stream | 8 streams |',
       '| --- | ---: | ---: |',
