@@ -212,11 +212,13 @@ export class MuxSession extends EventEmitter {
     if (this.closedWith || this.transport.destroyed || !this.transport.writable) return;
     this.bytesOut += buf.length;
     if (!this.corked) {
-      // Frames written in one tick leave in one writev (one TLS write): far fewer records and
-      // syscalls than a write per 12-byte header.
+      // Frames written in one turn of the event loop leave in one writev (one TLS write), in the
+      // loop's check phase: with several streams, the frames of every socket read handled in one
+      // poll phase share a TLS write and a system call, instead of one per read (and far fewer
+      // than a write per 12-byte header).
       this.corked = true;
       this.transport.cork();
-      process.nextTick(this.uncorkTransport);
+      setImmediate(this.uncorkTransport);
     }
     // Streams stop at the session's own threshold rather than the transport's (16 KiB for a TLS
     // socket): pausing every stream after each 64 KiB frame costs a drain round per frame.
