@@ -21,6 +21,15 @@ import {
 } from './frame';
 import type { MuxSession } from './muxsession';
 
+/**
+ * Bytes a stream's writer may queue before write() says to wait. It must be larger than one read of
+ * a bridged socket (64 KiB, libuv's read size): Writable.write() compares the queue with the mark
+ * before _write() runs, so at 64 KiB every full read made pipe() pause the socket and resume it on
+ * 'drain' a tick later (two epoll_ctl system calls and a round of stream machinery per 64 KiB).
+ * What a stream holds stays bounded by this mark while the peer's window or the link is full.
+ */
+const STREAM_WRITE_HIGH_WATER = 256 * 1024;
+
 export type StreamEnd = 'open' | 'closed' | 'reset';
 
 /** One yamux stream. Readable side: the peer's data; writable side: ours. */
@@ -48,7 +57,11 @@ export class MuxStream extends Duplex {
     private readonly session: MuxSession,
     outbound: boolean,
   ) {
-    super({ allowHalfOpen: true, readableHighWaterMark: 64 * 1024, writableHighWaterMark: 64 * 1024 });
+    super({
+      allowHalfOpen: true,
+      readableHighWaterMark: 64 * 1024,
+      writableHighWaterMark: STREAM_WRITE_HIGH_WATER,
+    });
     this.recvWindow = INITIAL_WINDOW;
     this.recvTarget = INITIAL_WINDOW;
     this.lastActivity = session.clock.now();

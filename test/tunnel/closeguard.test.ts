@@ -69,7 +69,9 @@ describe('tunnel: close guard on real sockets', function () {
     let finReadByNode = false;
     local.once('end', () => (finReadByNode = true));
     await accepted; // the far consumer never reads: the window fills, the bridge pauses
-    const big = Buffer.alloc(384 * 1024);
+    // More than the bridge takes before it pauses: the 256 KiB window, the stream's write queue
+    // (256 KiB) and the socket's read buffer.
+    const big = Buffer.alloc(768 * 1024);
     localClient.on('error', () => undefined);
     localClient.end(big); // data, then FIN, which Node will not read while paused
     await sleep(300);
