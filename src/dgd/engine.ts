@@ -22,6 +22,7 @@ import type {
   Verification,
 } from './ports';
 import { RewithdrawGuard } from './rewithdraw';
+import { SocketScanner, type Observation } from './scan';
 import { gatewayStatus, routeSummary, type DgdStatus } from './status';
 import { ownerOfProtocol, type RouteOwners, type RoutingDaemon } from './owners';
 import { FlowResumer } from './resume';
@@ -81,12 +82,6 @@ const FRESHNESS_FACTOR = 2;
 const RETRIGGER_MS = 10_000;
 /** A sighting of a dead gateway polls it at once, but at most once per this interval. */
 const SIGHTING_POLL_MS = 1000;
-/** Count the sockets at least this often, for status, even when nothing retransmits. */
-const FULL_SCAN_MS = 30_000;
-/** Look this long after a retransmit timer's expiry, so the kernel has retransmitted. */
-const TIMER_SLACK_MS = 4;
-/** Never dump more often than this. */
-const MIN_SCAN_GAP_MS = 10;
 /** Longest hold-down of a flapping gateway. */
 const MAX_HOLD_DOWN_MS = 3_600_000;
 const MAX_TRANSITIONS = 32;
@@ -94,11 +89,6 @@ const MAX_TRANSITIONS = 32;
 const INCIDENT_QUIET_MS = 10_000;
 /** Samples of sockets an incident's events carry. */
 const INCIDENT_SAMPLES = 3;
-/**
- * TCP_TIMEOUT_INIT (include/net/tcp.h): the first SYN's retransmission timer. A SYN-SENT socket
- * that has not retransmitted yet has been waiting this minus idiag_expires.
- */
-const SYN_RTO_INIT_MS = 1000;
 
 export class DgdEngine {
   private cfg: DgdConfig;
@@ -120,27 +110,17 @@ export class DgdEngine {
   private readonly rewithdraw: RewithdrawGuard;
   /** When retransmissions through a dead gateway last made us re-read its routes. */
   private readonly deadRecheckAt = new Map<string, number>();
-  private readonly retransmitSeen = new Map<string, number>();
   private readonly lookupCache = new Map<
     string,
     { gateway: string | null; ifindex: number; ifname: string }
   >();
   private scanTimer: Timer | null = null;
   private scanning = false;
+  /** When to dump sockets and what each did since (src/dgd/scan.ts). */
+  private readonly scanner: SocketScanner;
   private routeChain: Promise<unknown> = Promise.resolve();
   private refreshTimer: Timer | null = null;
   private closed = false;
-  private lastScan = { at: 0, durationMs: 0, sockets: 0, retransmitting: 0 };
-  private lastCounter = -1;
-  private lastActiveOpens = -1;
-  /** SYN-SENT sockets seen in the last dump, and when each was first seen. */
-  private readonly synFirstSeen = new Map<string, number>();
-  private lastFullDumpAt = -Infinity;
-  /** Sockets counted by the last count (countSockets), and whether one is under way. */
-  private socketCount = 0;
-  private counting = false;
-  private retransmitting = 0;
-  private dumps = 0;
   private readonly bootId: string | null;
   /** Interfaces by name; null until setInterfaces is first called (then every interface counts as up). */
   private links: Map<string, InterfaceInfo> | null = null;
@@ -161,6 +141,9 @@ export class DgdEngine {
     this.store = opts.store;
     this.log = opts.log;
     this.clock = opts.clock;
+    this.scanner = new SocketScanner(this.ports, this.clock, (err: unknown) =>
+      this.log.event('error', { during: 'socket count', error: msg(err) }, 'warn'),
+    );
     this.rewithdraw = new RewithdrawGuard(this.cfg.rewithdraw_limit, this.cfg.rewithdraw_window, this.clock);
     this.bootId = opts.bootId ?? null;
     this.owners = opts.owners ?? null;
@@ -423,32 +406,18 @@ export class DgdEngine {
     }, delayMs);
   }
 
-  /**
-   * One scan tick. The namespace's RetransSegs counter is read every scan_interval (microseconds);
-   * sockets are dumped with sock_diag (tens of milliseconds of kernel time: it walks the whole
-   * established hash) only when that counter moved, while sockets are retransmitting, and once in
-   * a while for status. While a socket is retransmitting, the next dump is timed to its retransmit
-   * timer (idiag_expires), so a threshold crossing is seen milliseconds after the kernel acts.
-   */
+  /** One scan tick (src/dgd/scan.ts decides whether to dump and when to look again); act on it. */
   async scanOnce(): Promise<void> {
     if (this.scanning || this.closed || !this.enabled) return;
     this.scanning = true;
     let next = this.cfg.scan_interval;
     try {
-      const counter = this.ports.retransmitCounter();
-      const moved = counter !== this.lastCounter;
-      this.lastCounter = counter;
-      // Connection attempts under way (ActiveOpens moved, or SYNs still unanswered at the last
-      // look): SYN-SENT sockets are looked at too, for the aggregate trigger.
-      let connecting = false;
-      if (this.cfg.aggregate_sockets > 0) {
-        const opens = this.ports.activeOpensCounter();
-        connecting = opens !== this.lastActiveOpens || this.synFirstSeen.size > 0;
-        this.lastActiveOpens = opens;
+      const result = await this.scanner.tick(this.cfg);
+      if (result) {
+        next = result.nextMs;
+        if (this.cfg.resend_on_switch) void this.flowResumer?.observe(result.sockets);
+        await this.actOnScan(result.observations);
       }
-      const stale = this.clock.now() - this.lastFullDumpAt >= FULL_SCAN_MS;
-      if (moved || this.retransmitting > 0 || stale || connecting)
-        next = await this.dumpAndCheck(stale, connecting);
     } catch (err) {
       this.log.event('error', { during: 'socket scan', error: msg(err) }, 'error');
     } finally {
@@ -457,68 +426,14 @@ export class DgdEngine {
     this.scheduleScan(next);
   }
 
-  /**
-   * Dump the sockets that are retransmitting (filtered before any object is made), act on them;
-   * returns the delay to the next scan. Once in a while (`withCount`) the sockets are also counted
-   * for status, by the kernel walk alone: no object per socket, so no stall at 100 000 sockets.
-   */
-  private async dumpAndCheck(withCount: boolean, connecting = false): Promise<number> {
-    const t0 = this.clock.now();
-    if (withCount) {
-      this.lastFullDumpAt = this.clock.now();
-      // Beside the scan, not before it: at 100 000 sockets the kernel's walk takes a few hundred
-      // milliseconds, which must not delay detection.
-      if (!this.counting) {
-        this.counting = true;
-        this.ports
-          .countSockets()
-          .then(
-            (n) => void (this.socketCount = n),
-            (err: unknown) => this.log.event('error', { during: 'socket count', error: msg(err) }, 'warn'),
-          )
-          .finally(() => (this.counting = false));
-      }
-    }
-    const sockets = await this.ports.scanSockets({ minRetransmits: 1, synSent: connecting });
-    if (this.cfg.resend_on_switch) void this.flowResumer?.observe(sockets);
-    const threshold = this.cfg.retransmit_threshold;
-    let retransmitting = 0;
-    let due = Infinity;
-    const live = new Set<string>();
-    const synLive = new Set<string>();
+  /** What one dump's sockets say about their gateways: threshold crossings, the aggregate. */
+  private async actOnScan(observations: Observation[]): Promise<void> {
     // Sockets that crossed the threshold in this dump, per gateway: one trigger for all of them.
     const crossed = new Map<Gateway, SocketSample[]>();
-    for (const s of sockets) {
-      const key = `${s.src}|${s.srcPort}|${s.dst}|${s.dstPort}|${s.inode}`;
-      if (s.state === 'SYN-SENT' && s.timer === 1) {
-        synLive.add(key);
-        if (!this.synFirstSeen.has(key)) this.synFirstSeen.set(key, this.clock.now());
-      }
-      if (this.cfg.aggregate_sockets > 0 && this.failingSocket(s, key)) await this.addEvidence(s, key);
-      if (s.timer !== 1 || s.timerRetransmits <= 0) continue;
-      retransmitting++;
-      // The next retransmission of a socket that is one or two short of the threshold matters
-      // to the millisecond: look again just after its timer fires.
-      if (s.timerRetransmits >= threshold - 2)
-        due = Math.min(due, Math.max(0, s.timerExpiresMs) + TIMER_SLACK_MS);
-      live.add(key);
-      const before = this.retransmitSeen.get(key) ?? 0;
-      const now = s.timerRetransmits;
-      this.retransmitSeen.set(key, now);
-      if (now <= before) continue;
-      await this.onRetransmission(s, before, now, crossed);
+    for (const o of observations) {
+      if (this.cfg.aggregate_sockets > 0 && this.failingSocket(o)) await this.addEvidence(o.socket, o.key);
+      if (o.now > 0 && o.now > o.before) await this.onRetransmission(o.socket, o.before, o.now, crossed);
     }
-    for (const k of this.retransmitSeen.keys()) if (!live.has(k)) this.retransmitSeen.delete(k);
-    if (connecting)
-      for (const k of this.synFirstSeen.keys()) if (!synLive.has(k)) this.synFirstSeen.delete(k);
-    this.retransmitting = retransmitting;
-    this.lastScan = {
-      at: this.clock.wallNow(),
-      durationMs: this.clock.now() - t0,
-      sockets: this.socketCount,
-      retransmitting,
-    };
-    this.dumps++;
     const triggers: Promise<void>[] = [];
     for (const [g, samples] of crossed) triggers.push(this.incidentTrigger(g, 'retransmit', samples));
     for (const g of this.gateways.values()) {
@@ -528,7 +443,6 @@ export class DgdEngine {
       triggers.push(this.incidentTrigger(g, 'aggregate', samples));
     }
     await Promise.all(triggers);
-    return Math.max(MIN_SCAN_GAP_MS, Math.min(this.cfg.scan_interval, due));
   }
 
   /**
@@ -536,14 +450,10 @@ export class DgdEngine {
    * client with a 1 s connect timeout gives up before the kernel retransmits it), or any segment
    * retransmitted twice in a row. One lost segment is ordinary loss; these are not.
    */
-  private failingSocket(s: ScannedSocket, key: string): boolean {
+  private failingSocket(o: Observation): boolean {
+    const s = o.socket;
     if (s.timer !== 1) return false;
-    if (s.state === 'SYN-SENT') {
-      if (s.timerRetransmits >= 1) return true;
-      const seen = this.clock.now() - (this.synFirstSeen.get(key) ?? this.clock.now());
-      const waited = Math.max(seen, SYN_RTO_INIT_MS - s.timerExpiresMs);
-      return waited >= this.cfg.syn_stall;
-    }
+    if (s.state === 'SYN-SENT') return s.timerRetransmits >= 1 || (o.synWaitedMs ?? 0) >= this.cfg.syn_stall;
     return s.timerRetransmits >= 2;
   }
 
@@ -1737,6 +1647,7 @@ export class DgdEngine {
 
   /** Everything `ipdeadgate status` shows about detection. */
   status(): DgdStatus {
+    const scan = this.scanner.status();
     const gateways = [...this.gateways.values()].map((g) =>
       gatewayStatus(g, {
         kernelRoutes: this.kernelRoutes,
@@ -1763,11 +1674,11 @@ export class DgdEngine {
       })),
       route_owners: this.owners?.status() ?? [],
       last_scan: {
-        at: this.lastScan.at ? new Date(this.lastScan.at).toISOString() : null,
-        duration_ms: Math.round(this.lastScan.durationMs * 10) / 10,
-        sockets: this.lastScan.sockets,
-        retransmitting: this.lastScan.retransmitting,
-        dumps: this.dumps,
+        at: scan.at ? new Date(scan.at).toISOString() : null,
+        duration_ms: Math.round(scan.durationMs * 10) / 10,
+        sockets: scan.sockets,
+        retransmitting: scan.retransmitting,
+        dumps: scan.dumps,
       },
     };
   }
