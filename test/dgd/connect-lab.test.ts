@@ -101,7 +101,15 @@ describe('connect-only traffic and events per incident, in the lab', function ()
       () => c.attempts.find((a) => a.ok && a.started > dead),
       10_000,
       'a new connection through r2',
-    );
+    ).catch((err: Error) => {
+      const seen = d.events.map((e) => `${e.event}${e.reason ? `(${String(e.reason)})` : ''}`);
+      const tries = c.attempts
+        .filter((a) => a.started > dead)
+        .map((a) => `${a.ok ? 'ok' : 'x'}@${a.started - t0}`);
+      throw new Error(
+        `${err.message}; events: ${seen.join(' ')}; attempts after the death: ${tries.join(' ')}`,
+      );
+    });
     const afterMs = ok!.t - t0;
     const w = d.named('routes_withdrawn')[0];
     assert.ok(w, 'routes withdrawn');
