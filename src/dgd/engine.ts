@@ -195,7 +195,7 @@ export class DgdEngine {
       this.log.event('journal_loaded', {
         entries: this.journal.size,
         nexthop_groups: this.groupJournal.size,
-        owners: Object.fromEntries(held),
+        ...(held.size > 0 ? { owners: Object.fromEntries(held) } : {}),
         enabled: this.enabled,
         ...boots,
       });
@@ -331,7 +331,11 @@ export class DgdEngine {
     for (const [g, o] of owned) {
       if (told.has(`${g.key} ${o}`)) continue;
       told.add(`${g.key} ${o}`);
-      await this.serially(() => this.owners!.markDead(o, ownerKey(g), 'routes through a dead gateway'));
+      // Queued behind a restore, the gateway may have revived meanwhile: tell only a dead one.
+      await this.serially(async () => {
+        if (g.state === 'dead' && this.enabled && !this.closed)
+          await this.owners!.markDead(o, ownerKey(g), 'routes through a dead gateway');
+      });
     }
   }
 
@@ -1022,8 +1026,10 @@ export class DgdEngine {
         if (o) handed.set(o, [...(handed.get(o) ?? []), r]);
       }
       for (const [owner, rs] of handed) {
+        if (g.state !== 'dead') break; // revived while this withdrawal waited its turn
         const outcome = await this.owners!.markDead(owner, ownerKey(g), reason);
-        this.log.event('routes_handed_over', {
+        emit(this.log, {
+          event: 'routes_handed_over',
           gateway: g.address,
           interface: g.ifname,
           owner,
