@@ -7,7 +7,7 @@
 //                                                 --no answer----> dead     (routes withdrawn)
 //                     dead --slow poll / sighting, revive_probes answers--> active (routes restored)
 import type { DgdConfig } from './config';
-import { emit, type EventLog, type SocketSample, type TriggerKind } from './events';
+import { emit, type EventLog, type LogLevel, type SocketSample, type TriggerKind } from './events';
 import type { Clock, Timer } from '../util/clock';
 import { formatEndpoint, normalizeIp } from '../sys/ipaddr';
 import { protocolName } from '../sys/rtnl-format';
@@ -511,14 +511,20 @@ export class DgdEngine {
         'debug',
       );
     }
-    // Joining an incident: its verdict (pending, or given) covers this socket too. A gateway that
-    // answered is asked again only RETRIGGER_MS after its last verification, as for one socket.
-    const sinceVerified = now - (g.lastVerification?.at ?? -Infinity);
-    if (joining && (g.inflight || g.state !== 'active' || sinceVerified < RETRIGGER_MS)) {
+    // Joining an incident: a pending or fresh verdict covers this socket too. Past that the gateway
+    // is asked again (it may have died since it answered: a dead server first, then its gateway),
+    // but quietly: only a changed verdict is news, so an incident stays one trigger, one verdict.
+    if (joining && (g.inflight || g.state !== 'active' || this.verdictFresh(g))) {
       g.triggers[kind]++;
       return;
     }
-    await this.trigger(g, kind, { socket: inc.samples[0], sockets: inc.sockets.size, samples: inc.samples });
+    const detail = { socket: inc.samples[0], sockets: inc.sockets.size, samples: inc.samples };
+    await this.trigger(g, kind, detail, joining);
+  }
+
+  /** An incident is open for g (a socket blamed it within INCIDENT_QUIET_MS): it re-verifies on its own. */
+  private inIncident(g: Gateway): boolean {
+    return g.incident !== null && this.clock.now() - g.incident.lastJoinAt <= INCIDENT_QUIET_MS;
   }
 
   private verdictFresh(g: Gateway): boolean {
@@ -564,7 +570,13 @@ export class DgdEngine {
     } else if (now >= threshold) {
       const last = g.lastVerification?.at ?? -Infinity;
       if (this.clock.now() - last >= RETRIGGER_MS && !g.inflight) blame();
-    } else if (before < threshold - 1 && !g.inflight && g.state === 'active' && !this.verdictFresh(g)) {
+    } else if (
+      before < threshold - 1 &&
+      !g.inflight &&
+      g.state === 'active' &&
+      !this.verdictFresh(g) &&
+      !this.inIncident(g)
+    ) {
       // One retransmission before the threshold: verify speculatively, act only if the threshold is hit.
       this.log.event('speculative_verify', { gateway: g.address, interface: g.ifname, socket });
       void this.verification(g, 'speculative').catch(() => undefined);
@@ -726,14 +738,21 @@ export class DgdEngine {
   // Verification and verdicts
 
   /** A trigger: the gateway becomes suspect and is verified by ARP/NDP; the verdict acts. */
-  async trigger(g: Gateway, kind: TriggerKind, detail: TriggerDetail): Promise<void> {
+  async trigger(g: Gateway, kind: TriggerKind, detail: TriggerDetail, quiet = false): Promise<void> {
     if (!this.enabled || this.closed || g.state === 'dead' || g.link !== 'up') return;
     g.triggers[kind]++;
-    emit(this.log, { event: 'trigger', gateway: g.address, interface: g.ifname, reason: kind, ...detail });
-    this.fire(g, 'trigger', kind);
+    // quiet: a re-verification within an incident whose gateway answered; logged at debug level
+    // unless the verdict changes.
+    const level = quiet ? 'debug' : 'info';
+    emit(
+      this.log,
+      { event: 'trigger', gateway: g.address, interface: g.ifname, reason: kind, ...detail },
+      level,
+    );
+    this.fire(g, 'trigger', kind, level);
     let v: Verification;
     try {
-      v = await this.verification(g, 'trigger');
+      v = await this.verification(g, 'trigger', quiet);
     } catch (err) {
       this.log.event('error', { during: 'verification', gateway: g.address, error: msg(err) }, 'error');
       this.fire(g, 'verification_failed', 'verification failed to run');
@@ -741,19 +760,23 @@ export class DgdEngine {
     }
     if (!this.enabled || this.closed || g.state !== 'suspect') return;
     if (v.alive) {
-      this.fire(g, 'answered', 'answered ARP/NDP');
-      emit(this.log, {
-        event: 'downstream_problem',
-        gateway: g.address,
-        interface: g.ifname,
-        reason: kind,
-        note: 'the gateway answers ARP/NDP: the problem is beyond it; routes untouched',
-        ...detail,
-        // Sockets that joined the incident while it was being verified count too.
-        ...(g.incident && detail.sockets !== undefined
-          ? { sockets: g.incident.sockets.size, samples: g.incident.samples }
-          : {}),
-      });
+      this.fire(g, 'answered', 'answered ARP/NDP', level);
+      emit(
+        this.log,
+        {
+          event: 'downstream_problem',
+          gateway: g.address,
+          interface: g.ifname,
+          reason: kind,
+          note: 'the gateway answers ARP/NDP: the problem is beyond it; routes untouched',
+          ...detail,
+          // Sockets that joined the incident while it was being verified count too.
+          ...(g.incident && detail.sockets !== undefined
+            ? { sockets: g.incident.sockets.size, samples: g.incident.samples }
+            : {}),
+        },
+        level,
+      );
     } else {
       await this.declareDead(g, `no ARP/NDP answer to ${v.probesSent} probes after ${kind}`);
     }
@@ -763,7 +786,11 @@ export class DgdEngine {
    * The verdict for g: an in-flight verification is shared; a finished one is reused while fresh
    * (the speculative one started a retransmission early); otherwise a new one runs.
    */
-  private async verification(g: Gateway, mode: 'speculative' | 'trigger' | 'poll'): Promise<Verification> {
+  private async verification(
+    g: Gateway,
+    mode: 'speculative' | 'trigger' | 'poll',
+    quiet = false,
+  ): Promise<Verification> {
     const speculative = mode === 'speculative';
     const span = this.cfg.verify_probes * this.cfg.verify_timeout;
     const freshMs = FRESHNESS_FACTOR * span + 2 * this.cfg.scan_interval;
@@ -799,26 +826,32 @@ export class DgdEngine {
         g.verifications++;
         g.lastVerification = { ...v, at: startedAt };
         if (v.alive && v.mac && (!g.mac || this.cfg.allow_mac_change)) g.mac = v.mac;
+        // A quiet re-verification's steps and an unchanged (alive) verdict are debug detail.
+        const level = quiet && v.alive ? 'debug' : 'info';
         for (const s of v.steps)
-          this.log.event('verify_step', { gateway: g.address, interface: g.ifname, ...s });
+          this.log.event('verify_step', { gateway: g.address, interface: g.ifname, ...s }, level);
         if (v.untrustedMac)
           this.log.event(
             'mac_changed',
             { gateway: g.address, known_mac: g.mac, seen_mac: v.untrustedMac, trusted: false },
             'warn',
           );
-        emit(this.log, {
-          event: 'verdict',
-          gateway: g.address,
-          interface: g.ifname,
-          alive: v.alive,
-          speculative: inflight.speculative,
-          mac: v.mac,
-          arp_rtt_ms: v.arpRttMs,
-          echo_rtt_ms: v.echoRttMs,
-          probes_sent: v.probesSent,
-          duration_ms: Math.round(v.durationMs),
-        });
+        emit(
+          this.log,
+          {
+            event: 'verdict',
+            gateway: g.address,
+            interface: g.ifname,
+            alive: v.alive,
+            speculative: inflight.speculative,
+            mac: v.mac,
+            arp_rtt_ms: v.arpRttMs,
+            echo_rtt_ms: v.echoRttMs,
+            probes_sent: v.probesSent,
+            duration_ms: Math.round(v.durationMs),
+          },
+          level,
+        );
         return v;
       })
       .finally(() => {
@@ -1635,7 +1668,7 @@ export class DgdEngine {
   // ---------------------------------------------------------------------------------------------
 
   /** Fire a state machine event at g (GATEWAY_TRANSITIONS); a pair that is no transition does nothing. */
-  private fire(g: Gateway, event: GatewayEvent, reason: string): void {
+  private fire(g: Gateway, event: GatewayEvent, reason: string, level: LogLevel = 'info'): void {
     const to = nextState(g.state, event);
     if (to === null || to === g.state) return;
     const t: Transition = {
@@ -1647,7 +1680,11 @@ export class DgdEngine {
     };
     g.transitions.push(t);
     if (g.transitions.length > MAX_TRANSITIONS) g.transitions.shift();
-    emit(this.log, { event: 'state', gateway: g.address, interface: g.ifname, from: g.state, to, reason });
+    emit(
+      this.log,
+      { event: 'state', gateway: g.address, interface: g.ifname, from: g.state, to, reason },
+      level,
+    );
     g.state = to;
   }
 
