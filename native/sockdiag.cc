@@ -13,8 +13,8 @@
 //
 // sockDiagCount runs the same dump (without tcp_info) but only counts sockets per family and state
 // on the worker: the main thread gets one small Uint32Array, however many sockets the host has, so
-// a count for `status` creates no per-socket objects and no garbage. Every dump's kernel walk runs
-// at nice 19 on a thread of its own (DumpWorker::Execute).
+// a count for `status` creates no per-socket objects and no garbage; its kernel walk runs at nice
+// 19 on a thread of its own (DumpWorker::Execute).
 #include <arpa/inet.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
@@ -132,15 +132,16 @@ class DumpWorker : public Napi::AsyncWorker {
         cancelled_(std::move(cancelled)) {}
 
   void Execute() override {
-    // The kernel's walk of every socket (up to a few hundred ms of CPU at 100 000 sockets, spent in
-    // recvmsg on this thread) runs on a thread of its own at nice 19 (setpriority(2) on its thread
-    // id), so the event loop's thread always runs before it. Niceness orders threads within the
-    // process's cgroup only, so against the rest of the machine the walk is no slower (measured:
-    // docs/BENCHMARKS.md). A threadpool thread is never reniced: it would stay so for whatever runs
-    // on it next.
+    if (!countOnly_) return Dump();
+    // A count only feeds `status`, so the kernel's walk of every socket (a few hundred ms of CPU at
+    // 100 000 sockets, spent in recvmsg on this thread) runs on a thread of its own at nice 19
+    // (setpriority(2) on its thread id): the event loop's thread always runs before it. Detection's
+    // scans keep normal priority: at nice 19 in the lab they came 100-200 ms late under load
+    // (docs/BENCHMARKS.md), and their timing is what the failover figures are made of. A threadpool
+    // thread is never reniced: it would stay so for whatever runs on it next.
     pthread_t thread;
     const int err = ::pthread_create(&thread, nullptr, &DumpWorker::LowPriorityDump, this);
-    if (err != 0) return Dump();  // no thread to spare: dump at normal priority
+    if (err != 0) return Dump();  // no thread to spare: count at normal priority
     ::pthread_join(thread, nullptr);
   }
 
