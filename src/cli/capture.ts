@@ -152,6 +152,8 @@ export async function runCapture(filterWords: string[], opts: CaptureOptions): P
   return new Promise<number>((resolve, reject) => {
     let stopped = false;
     let timer: NodeJS.Timeout | undefined;
+    /** Pending reopens of captures whose interface went down or away. */
+    const reopenTimers = new Set<NodeJS.Timeout>();
     const stop = (why: string, err?: unknown) => {
       if (stopped) return;
       stopped = true;
@@ -200,7 +202,6 @@ export async function runCapture(filterWords: string[], opts: CaptureOptions): P
     };
     // An interface that goes down or away closes its capture; it is reopened (same filter) when
     // the interface is back, and the capture goes on meanwhile on the others.
-    const reopenTimers = new Set<NodeJS.Timeout>();
     const attach = (h: LiveCapture) => {
       h.on('packet', onPacket);
       h.on('error', (err: Error) => stop('error', err));

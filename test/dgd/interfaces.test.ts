@@ -57,16 +57,18 @@ describe('DGD engine: interfaces come and go', () => {
       ],
       alive: [R2],
     });
-    assert.deepEqual(s.log.named('journal_loaded')[0], {
-      event: 'journal_loaded',
-      level: 'info',
-      entries: 1,
-      nexthop_groups: 0,
-      enabled: true,
-      this_boot: 0,
-      earlier_boot: 1,
-      unknown_boot: 0,
-    });
+    // The boot counts (other fields of the event belong to other features).
+    const loaded = s.log.named('journal_loaded')[0]!;
+    assert.deepEqual(
+      {
+        entries: loaded.entries,
+        enabled: loaded.enabled,
+        this_boot: loaded.this_boot,
+        earlier_boot: loaded.earlier_boot,
+        unknown_boot: loaded.unknown_boot,
+      },
+      { entries: 1, enabled: true, this_boot: 0, earlier_boot: 1, unknown_boot: 0 },
+    );
     assert.deepEqual(s.log.named('interface_renumbered')[0]?.ifindex, 7);
     const entry = s.store.journal[0]!;
     assert.equal(entry.original.ifindex, 7);
