@@ -72,6 +72,7 @@ export class DaemonMetrics {
   private readonly revivals: Counter<'gateway'>;
   private readonly transitions: Counter<'gateway' | 'from' | 'to'>;
   private readonly withdrawn: Counter<'gateway'>;
+  private readonly handedOver: Counter<'gateway' | 'owner'>;
   private readonly restored: Counter<'gateway'>;
   private readonly downstream: Counter<'gateway'>;
   private readonly events: Counter<'event' | 'level'>;
@@ -136,6 +137,12 @@ export class DaemonMetrics {
       name: 'ipdeadgate_routes_withdrawn_total',
       help: 'Routes (or multipath nexthops) withdrawn from the kernel because their gateway died',
       labelNames: ['gateway'],
+      registers,
+    });
+    this.handedOver = new Counter({
+      name: 'ipdeadgate_routes_handed_over_total',
+      help: 'Routes of a routing daemon (dgd.owners) through a dead gateway, failed over by that daemon when told',
+      labelNames: ['gateway', 'owner'],
       registers,
     });
     this.restored = new Counter({
@@ -429,6 +436,9 @@ export class DaemonMetrics {
         break;
       case 'routes_withdrawn':
         this.withdrawn.inc({ gateway }, ev.routes.length);
+        break;
+      case 'routes_handed_over':
+        this.handedOver.inc({ gateway, owner: ev.owner }, ev.routes.length);
         break;
       case 'routes_restored':
         this.restored.inc({ gateway }, ev.routes.length);

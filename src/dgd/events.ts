@@ -90,6 +90,22 @@ export type DgdEvent =
       note?: string;
     }
   | {
+      /** Routes of a routing daemon in dgd.owners through a dead gateway: the daemon was told. */
+      event: 'routes_handed_over';
+      gateway: string;
+      interface: string;
+      /** frr or bird. */
+      owner: string;
+      reason: string;
+      routes: string[];
+      /** What is configured in the routing daemon now. */
+      applied: string[];
+      /** Destinations left alone (keep_last_route). */
+      kept: string[];
+      /** false: the routing daemon could not be told (see the error event). */
+      ok: boolean;
+    }
+  | {
       event: 'capture_written';
       gateway: string;
       interface: string | null;
@@ -132,6 +148,8 @@ export function asDgdEvent(name: string, f: Record<string, unknown>): DgdEvent |
       return str(ev.gateway) && strings(ev.routes) ? ev : null;
     case 'routes_restored':
       return strOrNull(ev.gateway) && strings(ev.routes) ? ev : null;
+    case 'routes_handed_over':
+      return str(ev.gateway) && str(ev.owner) && strings(ev.routes) ? ev : null;
     case 'capture_written':
       return str(ev.gateway) ? ev : null;
     default:

@@ -11,6 +11,7 @@ import { readFile } from 'node:fs/promises';
 import { writeFileAtomic } from '../util/atomic';
 import { z } from 'zod';
 import { IpdeadgateError } from '../errors';
+import type { EventLog } from './events';
 
 /**
  * rtm_protocol -> owner. Numbers from include/uapi/linux/rtnetlink.h (RTPROT_*) and
@@ -177,9 +178,8 @@ export class MemoryOwnerStore implements OwnerStore {
   }
 }
 
-export interface OwnerEvents {
-  event(name: string, fields?: Record<string, unknown>, level?: 'debug' | 'info' | 'warn' | 'error'): void;
-}
+/** Owners log through detection's event port. */
+export type OwnerEvents = EventLog;
 
 export interface OwnerStatus {
   owner: RoutingDaemon;

@@ -1,6 +1,10 @@
 // Route owners' policy over fakes: which FRR protocols get the filter and which destinations are
 // kept; which BIRD protocols are disabled, left alone, re-disabled and enabled; the journal first.
 import { strict as assert } from 'node:assert';
+import { parseConfig } from '../../src/daemon/config';
+import { DgdEngine } from '../../src/dgd/engine';
+import { FakeClock, MemoryEventLog, MemoryStore } from '../doubles';
+import { FakePorts, route } from './fakes';
 import { BirdOwnerAdapter, type BirdPort } from '../../src/dgd/owner-bird';
 import { planFrrFilter } from '../../src/dgd/owner-frr';
 import { MemoryOwnerStore, RouteOwners, ownerOfProtocol, type OwnerAdapter } from '../../src/dgd/owners';
@@ -196,5 +200,78 @@ describe('route owners', () => {
     assert.deepEqual(calls, [[R1], []]);
     assert.deepEqual(store.journal!.owners, {});
     assert.equal(owners.adapterFor(12), null);
+  });
+});
+
+describe('the engine with a routing daemon configured (fakes)', () => {
+  const SERVER = '198.18.2.10';
+  /** A zebra-like adapter over the fake kernel: told R1 is dead, it swaps its route for the backup. */
+  function zebraLike(ports: FakePorts, onConverge: (dead: string[]) => void): OwnerAdapter {
+    const viaR1 = route('0.0.0.0/0', R1, 20, { protocol: 196 });
+    const viaR2 = route('0.0.0.0/0', R2, 20, { protocol: 196 });
+    return {
+      owner: 'frr',
+      async converge(dead, opts) {
+        await opts.persist({ gateways: dead });
+        ports.routes = ports.routes.filter((r) => r.dst !== '0.0.0.0/0');
+        ports.routes.push(dead.includes(R1) ? viaR2 : viaR1);
+        onConverge(dead);
+        return { state: { gateways: dead }, changed: true, applied: [], kept: [], problems: [] };
+      },
+    };
+  }
+
+  it("hands the routing daemon's routes to it instead of withdrawing them; a refresh racing the revival does not tell it again", async () => {
+    const clock = new FakeClock();
+    const ports = new FakePorts(clock, [route('0.0.0.0/0', R1, 20, { protocol: 196 })]);
+    ports.alive.add(R2);
+    const calls: string[][] = [];
+    let engine: DgdEngine | null = null;
+    const adapter = zebraLike(ports, (dead) => {
+      calls.push(dead);
+      // zebra re-installs r1's route as soon as it is told; its route event refreshes the engine
+      // while the revival is still being applied (the gateway not yet active).
+      if (dead.length === 0) void engine!.refreshRoutes();
+    });
+    const owners = new RouteOwners(
+      new Map([['frr', adapter]]),
+      new MemoryOwnerStore(),
+      { event: () => undefined },
+      true,
+    );
+    const log = new MemoryEventLog();
+    engine = new DgdEngine({
+      config: parseConfig('dgd:\n  slow_poll_interval: 2s\n').dgd,
+      tables: [254],
+      ports,
+      store: new MemoryStore(),
+      log,
+      clock,
+      owners,
+    });
+    await engine.start();
+    for (let n = 1; n <= 3; n++) {
+      ports.setRetransmitting(SERVER, n);
+      await clock.advance(400);
+    }
+    await clock.advance(1000);
+    assert.deepEqual(calls, [[R1]]);
+    assert.equal(log.named('routes_withdrawn').flatMap((e) => e.routes as string[]).length, 0);
+    assert.equal(log.named('routes_handed_over').length, 1);
+    assert.deepEqual(
+      ports.routes.map((r) => r.gateway),
+      [R2],
+      'the routing daemon installed its backup',
+    );
+    ports.alive.add(R1);
+    ports.sockets = [];
+    await clock.advance(10_000);
+    assert.deepEqual(calls, [[R1], []], 'told once of the death, once of the revival, and no more');
+    assert.deepEqual(
+      ports.routes.map((r) => r.gateway),
+      [R1],
+    );
+    assert.equal(engine.status().gateways.find((g) => g.address === R1)!.state, 'active');
+    await engine.stop({ restore: true });
   });
 });

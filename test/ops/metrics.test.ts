@@ -135,7 +135,9 @@ const TUNNEL: TunnelStatus = {
     refusals: { unknown_service: 5, max_sessions: 1 },
     refused_by_peer: {},
     accept_errors: 0,
+    ends: { completed: 7, dial_failed: 2 },
   },
+  link_refusals: { cert_expired: 3, name_mismatch: 1 },
 };
 
 describe('metrics', () => {
@@ -179,8 +181,9 @@ describe('metrics', () => {
     });
     events.event('state', { gateway: gw, from: 'suspect', to: 'dead' });
     events.event('routes_withdrawn', { gateway: gw, routes: ['a', 'b'] });
+    events.event('routes_handed_over', { gateway: gw, owner: 'frr', routes: ['c'] });
     state = 'dead';
-    assert.equal(log.events.length, 6, 'every event still reaches the log');
+    assert.equal(log.events.length, 7, 'every event still reaches the log');
     fams = parse(await m.scrape());
     assert.equal(value(fams, 'ipdeadgate_gateway_state', { gateway: gw, state: 'dead' }), 1);
     assert.equal(value(fams, 'ipdeadgate_gateway_deaths_total', { gateway: gw }), 1);
@@ -194,6 +197,7 @@ describe('metrics', () => {
     );
     assert.equal(value(fams, 'ipdeadgate_triggers_total', { gateway: gw, reason: 'retransmissions' }), 1);
     assert.equal(value(fams, 'ipdeadgate_routes_withdrawn_total', { gateway: gw }), 2);
+    assert.equal(value(fams, 'ipdeadgate_routes_handed_over_total', { gateway: gw, owner: 'frr' }), 1);
     assert.equal(value(fams, 'ipdeadgate_withdrawn_routes'), 1);
     assert.equal(
       value(fams, 'ipdeadgate_state_transitions_total', { gateway: gw, from: 'suspect', to: 'dead' }),
@@ -221,6 +225,9 @@ describe('metrics', () => {
     assert.equal(value(fams, 'ipdeadgate_tunnel_close_timeouts_total'), 2);
     assert.equal(value(fams, 'ipdeadgate_tunnel_reaped_sockets_total'), 1);
     assert.equal(value(fams, 'ipdeadgate_tunnel_refusals_total', { reason: 'unknown_service' }), 5);
+    assert.equal(value(fams, 'ipdeadgate_tunnel_link_refusals_total', { reason: 'cert_expired' }), 3);
+    assert.equal(value(fams, 'ipdeadgate_tunnel_link_refusals_total', { reason: 'name_mismatch' }), 1);
+    assert.equal(value(fams, 'ipdeadgate_tunnel_session_ends_total', { reason: 'dial_failed' }), 2);
     assert.equal(value(fams, 'ipdeadgate_tunnel_links', { state: 'up' }), 1);
     assert.equal(value(fams, 'ipdeadgate_tunnel_links', { state: 'connecting' }), 1);
     assert.equal(value(fams, 'ipdeadgate_tunnel_link_bytes_total', { peer: 'ep1', flow: 'out' }), 2000);
