@@ -5,6 +5,7 @@
 import type { Command } from 'commander';
 import { loadTunnelConfig } from '../daemon/config';
 import { loadDaemonConfig } from '../daemon/daemon';
+import { loadTls } from '../tunnel/link';
 import { action } from './common';
 
 export function registerCheckConfig(program: Command): void {
@@ -26,9 +27,11 @@ export function registerCheckConfig(program: Command): void {
         let summary: string;
         if (opts.tunnel) {
           const t = await loadTunnelConfig(file);
+          loadTls(t.tls); // readable, PEM, the key matches the certificate: as a start checks them
           summary = `tunnel ${t.role} ${t.name}`;
         } else {
           const { config, tunnel } = await loadDaemonConfig(file);
+          if (tunnel) loadTls(tunnel.tls);
           summary =
             `detection ${config.dgd.enabled ? 'on' : 'off'}, tables ${config.dgd.tables.join(',')}` +
             (tunnel ? `, tunnel ${tunnel.role} ${tunnel.name}` : '');

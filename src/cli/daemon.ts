@@ -21,7 +21,8 @@ export function registerDaemon(program: Command): void {
     .addHelpText(
       'after',
       '\nExamples:\n  ipdeadgate daemon\n  ipdeadgate daemon --config /etc/ipdeadgate/ipdeadgate.yaml --log-format text\n\n' +
-        'SIGTERM restores every withdrawn route and exits 0; SIGHUP reloads the config.',
+        'SIGTERM restores every withdrawn route and exits 0; SIGHUP reloads the config;\n' +
+        'SIGUSR2 (package upgrades) exits 0 leaving withdrawn routes journaled for the next start.',
     )
     .action(
       action(async (opts: { config?: string; control: string; stateDir: string; logFormat?: string }) => {

@@ -67,6 +67,7 @@ export function registerTunnel(program: Command): void {
           let reloading = Promise.resolve();
           const reload = (): void => {
             reloading = reloading.then(async () => {
+              service.notify('RELOADING=1');
               try {
                 const next = await loadTunnelConfig(opts.config);
                 loadTls(next.tls); // the files as a start would check them
@@ -80,6 +81,7 @@ export function registerTunnel(program: Command): void {
                   note: 'the running config stays',
                 });
               }
+              service.notify('READY=1');
             });
           };
           process.on('SIGHUP', reload);

@@ -1,6 +1,7 @@
 // The daemon's lifecycle: load the config (a bad one exits 2 and changes nothing), open the system
 // facades, start detection (and the tunnel roles of the config), serve the control socket, and
-// handle signals: SIGTERM/SIGINT restore every withdrawn route and exit 0; SIGHUP reloads the
+// handle signals: SIGTERM/SIGINT restore every withdrawn route and exit 0 (SIGUSR2, for a package
+// upgrade, exits 0 leaving them withdrawn and journaled for the next start); SIGHUP reloads the
 // config (a bad new config is refused and the old one stays).
 import { mkdir } from 'node:fs/promises';
 import type { Logger } from 'pino';
@@ -300,18 +301,22 @@ export class Daemon {
     await this.ops?.reconfigure(next.config);
   }
 
-  /** SIGTERM: restore every withdrawn route, close everything. Idempotent. */
-  stop(): Promise<void> {
+  /**
+   * SIGTERM: restore every withdrawn route, close everything. Idempotent. With `restore: false`
+   * (SIGUSR2, an upgrade) withdrawn routes stay out and journaled: the next start takes them over.
+   */
+  stop(opts: { restore?: boolean } = {}): Promise<void> {
+    const restore = opts.restore ?? true;
     this.stopping ??= (async () => {
       if (this.linkTimer) clearInterval(this.linkTimer);
-      await this.engine?.stop({ restore: true });
+      await this.engine?.stop({ restore });
       await this.tunnel?.close();
       await this.ops?.close();
       this.subscription?.close();
       await this.ports?.close();
       this.rtnl?.close();
       await this.control?.close();
-      if (this.running) eventLog(this.log).event('daemon_stopped', {});
+      if (this.running) eventLog(this.log).event('daemon_stopped', restore ? {} : { routes_kept: true });
     })();
     return this.stopping;
   }
@@ -339,9 +344,10 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   const stopped = new Promise<number>((r) => (resolveStop = r));
   const doStop = (sig: string) => {
     process.off('SIGHUP', onHup);
-    service.notify('STOPPING=1', `STATUS=restoring withdrawn routes (${sig})`);
+    const restore = sig !== 'SIGUSR2';
+    service.notify('STOPPING=1', `STATUS=${restore ? 'restoring' : 'keeping'} withdrawn routes (${sig})`);
     daemon
-      .stop()
+      .stop({ restore })
       .then(() => resolveStop(0))
       .catch((err: unknown) => {
         process.stderr.write(`ipdeadgate: stopping on ${sig}: ${(err as Error).message}\n`);
@@ -364,14 +370,17 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   };
   const onTerm = () => onStop('SIGTERM');
   const onInt = () => onStop('SIGINT');
+  const onUsr2 = () => onStop('SIGUSR2');
   process.once('SIGTERM', onTerm);
   process.once('SIGINT', onInt);
+  process.once('SIGUSR2', onUsr2);
   process.on('SIGHUP', onHup);
   try {
     await daemon.start();
   } catch (err) {
     process.off('SIGTERM', onTerm);
     process.off('SIGINT', onInt);
+    process.off('SIGUSR2', onUsr2);
     process.off('SIGHUP', onHup);
     await daemon.stop().catch(() => undefined);
     throw err;

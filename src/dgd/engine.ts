@@ -7,8 +7,9 @@
 //                                                 --no answer----> dead     (routes withdrawn)
 //                     dead --slow poll / sighting, revive_probes answers--> active (routes restored)
 import type { DgdConfig } from './config';
-import { emit, type EventLog, type GatewayState, type SocketSample, type TriggerKind } from './events';
+import { emit, type EventLog, type SocketSample, type TriggerKind } from './events';
 import type { Clock, Timer } from '../util/clock';
+import { formatEndpoint, normalizeIp } from '../sys/ipaddr';
 import { protocolName } from '../sys/rtnl-format';
 import type {
   DgdPorts,
@@ -21,9 +22,11 @@ import type {
   Verification,
 } from './ports';
 import { RewithdrawGuard } from './rewithdraw';
-import { ownerOfProtocol, type OwnerStatus, type RouteOwners, type RoutingDaemon } from './owners';
+import { gatewayStatus, routeSummary, type DgdStatus } from './status';
+import { ownerOfProtocol, type RouteOwners, type RoutingDaemon } from './owners';
 import { FlowResumer } from './resume';
 import {
+  describeRoute as describe,
   describeGroup,
   destinationOf,
   gatewayKey,
@@ -37,28 +40,18 @@ import {
   targetOf,
   transition,
 } from './routeplan';
+import {
+  newGateway,
+  nextState,
+  type Gateway,
+  type GatewayEvent,
+  type InflightVerification,
+  type Transition,
+} from './gateway';
 import { entryHasNames, remapEntry, routeInterfaces, type InterfaceInfo, type LinkState } from './interfaces';
 
 export type { GatewayState, TriggerKind } from './events';
-
-interface Transition {
-  at: string;
-  from: GatewayState;
-  to: GatewayState;
-  reason: string;
-}
-
-/**
- * One incident: the sockets that blamed one gateway, from the first trigger until none has joined
- * for INCIDENT_QUIET_MS. Its trigger and verdict are logged once (with the count and a few
- * samples); each further socket only at debug level.
- */
-interface Incident {
-  startedAt: number;
-  lastJoinAt: number;
-  sockets: Set<string>;
-  samples: SocketSample[];
-}
+export type { DgdStatus, GatewayRouteStatus } from './status';
 
 /** What a trigger says beyond the gateway and its reason (see DgdEvent 'trigger'). */
 interface TriggerDetail {
@@ -66,43 +59,6 @@ interface TriggerDetail {
   samples?: SocketSample[];
   socket?: SocketSample;
   neighbour_state?: string;
-}
-
-interface InflightVerification {
-  promise: Promise<Verification>;
-  startedAt: number;
-  speculative: boolean;
-}
-
-interface Gateway {
-  key: string;
-  address: string;
-  family: 4 | 6;
-  ifindex: number;
-  ifname: string;
-  state: GatewayState;
-  mac: string | null;
-  lastVerification: (Verification & { at: number }) | null;
-  inflight: InflightVerification | null;
-  triggers: Record<TriggerKind, number>;
-  /** The incident in progress: every socket that blames g until it has been quiet a while. */
-  incident: Incident | null;
-  /** The aggregate trigger's evidence: socket key -> when it was seen failing, within the window. */
-  aggregate: Map<string, { at: number; socket: SocketSample }>;
-  verifications: number;
-  deadSince: number | null;
-  deaths: number[];
-  holdDownUntil: number | null;
-  pollTimer: Timer | null;
-  nextPollAt: number | null;
-  polling: boolean;
-  lastSightingPoll: number;
-  transitions: Transition[];
-  active: { intervalMs: number; misses: number; missed: number; timer: Timer | null; answers: number } | null;
-  /** Routes currently in the kernel through this gateway (refreshed with the route table). */
-  present: boolean;
-  /** Its interface: up, down (no ARP/NDP, no verdicts), or absent (deleted; routes wait for its name). */
-  link: LinkState;
 }
 
 export interface EngineOptions {
@@ -300,8 +256,7 @@ export class DgdEngine {
     if (!enabled) {
       for (const g of this.gateways.values()) this.cancelGatewayTimers(g);
       await this.restoreAll('ipdeadgate off');
-      for (const g of this.gateways.values())
-        if (g.state !== 'active') this.transition(g, 'active', 'ipdeadgate off');
+      for (const g of this.gateways.values()) this.fire(g, 'off', 'ipdeadgate off');
     } else {
       this.setupActiveProbes();
       this.scheduleScan(0);
@@ -332,11 +287,12 @@ export class DgdEngine {
     this.kernelRoutes = routes;
     this.nexthopObjects = new Map((await this.ports.listNexthops()).map((n) => [n.id, n]));
     this.lookupCache.clear();
-    const filter = new Set(this.cfg.gateways.map((a) => a.toLowerCase()));
+    // Config and kernel may spell an address differently (2001:DB8::1, 2001:db8:0::1).
+    const filter = new Set(this.cfg.gateways.map(normalizeIp));
     const seen = new Set<string>();
     const consider = (address: string | null, ifindex: number, ifname?: string | null) => {
       if (!address) return;
-      if (filter.size > 0 && !filter.has(address.toLowerCase())) return;
+      if (filter.size > 0 && !filter.has(normalizeIp(address))) return;
       seen.add(gatewayKey(address, ifindex));
       this.ensureGateway(address, ifindex, ifname ?? undefined);
     };
@@ -446,32 +402,7 @@ export class DgdEngine {
     let g = this.gateways.get(key);
     if (!g) {
       const name = ifname ?? this.ports.ifname(ifindex);
-      g = {
-        key,
-        address,
-        family: address.includes(':') ? 6 : 4,
-        ifindex,
-        ifname: name,
-        link: this.linkStateOf(name),
-        state: 'active',
-        mac: null,
-        lastVerification: null,
-        inflight: null,
-        triggers: { retransmit: 0, aggregate: 0, neighbour_failed: 0, active_probe: 0, sighting: 0 },
-        incident: null,
-        aggregate: new Map(),
-        verifications: 0,
-        deadSince: null,
-        deaths: [],
-        holdDownUntil: null,
-        pollTimer: null,
-        nextPollAt: null,
-        polling: false,
-        lastSightingPoll: -Infinity,
-        transitions: [],
-        active: null,
-        present: true,
-      };
+      g = newGateway(address, ifindex, name, this.linkStateOf(name));
       this.gateways.set(key, g);
     }
     return g;
@@ -637,8 +568,8 @@ export class DgdEngine {
       g.aggregate.set(key, {
         at: now,
         socket: {
-          src: fmtAddr(s.src, s.srcPort),
-          dst: fmtAddr(s.dst, s.dstPort),
+          src: formatEndpoint(s.src, s.srcPort),
+          dst: formatEndpoint(s.dst, s.dstPort),
           state: s.state,
           retransmits: s.timerRetransmits,
         },
@@ -712,8 +643,8 @@ export class DgdEngine {
     }
     if (now < threshold - 1) return;
     const socket = {
-      src: fmtAddr(s.src, s.srcPort),
-      dst: fmtAddr(s.dst, s.dstPort),
+      src: formatEndpoint(s.src, s.srcPort),
+      dst: formatEndpoint(s.dst, s.dstPort),
       state: s.state,
       retransmits: now,
     };
@@ -889,18 +820,18 @@ export class DgdEngine {
     if (!this.enabled || this.closed || g.state === 'dead' || g.link !== 'up') return;
     g.triggers[kind]++;
     emit(this.log, { event: 'trigger', gateway: g.address, interface: g.ifname, reason: kind, ...detail });
-    if (g.state === 'active') this.transition(g, 'suspect', kind);
+    this.fire(g, 'trigger', kind);
     let v: Verification;
     try {
       v = await this.verification(g, 'trigger');
     } catch (err) {
       this.log.event('error', { during: 'verification', gateway: g.address, error: msg(err) }, 'error');
-      if (g.state === 'suspect') this.transition(g, 'active', 'verification failed to run');
+      this.fire(g, 'verification_failed', 'verification failed to run');
       return;
     }
     if (!this.enabled || this.closed || g.state !== 'suspect') return;
     if (v.alive) {
-      this.transition(g, 'active', 'answered ARP/NDP');
+      this.fire(g, 'answered', 'answered ARP/NDP');
       emit(this.log, {
         event: 'downstream_problem',
         gateway: g.address,
@@ -1008,7 +939,7 @@ export class DgdEngine {
         'warn',
       );
     }
-    this.transition(g, 'dead', reason);
+    this.fire(g, 'no_answer', reason);
     await this.withdrawRoutesVia(g, reason);
     // Flows that were retransmitting through g get their latest segment resent through the new
     // route now (./resume.ts), before the neighbour flush below.
@@ -1054,7 +985,7 @@ export class DgdEngine {
     }
     g.deadSince = null;
     if (g.active) g.active.missed = 0;
-    this.transition(g, 'active', reason);
+    this.fire(g, 'revived', reason);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -1589,7 +1520,7 @@ export class DgdEngine {
           const g = this.ensureGateway(address, ifindex, ifname);
           if (g.state !== 'dead') {
             g.deadSince = this.clock.now();
-            this.transition(g, 'dead', 'routing daemon told before restart (journal)');
+            this.fire(g, 'journal', 'routing daemon told before restart (journal)');
             this.schedulePoll(g, 0);
           }
         }
@@ -1605,7 +1536,7 @@ export class DgdEngine {
       const g = this.ensureGateway(address, idx, name);
       if (g.state !== 'dead') {
         g.deadSince = this.clock.now();
-        this.transition(g, 'dead', 'withdrawn before restart (journal)');
+        this.fire(g, 'journal', 'withdrawn before restart (journal)');
         this.schedulePoll(g, 0);
       }
     }
@@ -1712,7 +1643,7 @@ export class DgdEngine {
         state === 'up' ? 'info' : 'warn',
       );
       if (state === 'up' && g.state === 'dead' && this.enabled && !this.closed) this.schedulePoll(g, 0);
-      if (state !== 'up' && g.state === 'suspect') this.transition(g, 'active', `interface ${state}`);
+      if (state !== 'up') this.fire(g, 'interface_down', `interface ${state}`);
     }
     // A dead gateway whose interface was re-created while up: poll it on the new interface now.
     for (const g of moved)
@@ -1793,9 +1724,17 @@ export class DgdEngine {
 
   // ---------------------------------------------------------------------------------------------
 
-  private transition(g: Gateway, to: GatewayState, reason: string): void {
-    if (g.state === to) return;
-    const t: Transition = { at: new Date(this.clock.wallNow()).toISOString(), from: g.state, to, reason };
+  /** Fire a state machine event at g (GATEWAY_TRANSITIONS); a pair that is no transition does nothing. */
+  private fire(g: Gateway, event: GatewayEvent, reason: string): void {
+    const to = nextState(g.state, event);
+    if (to === null || to === g.state) return;
+    const t: Transition = {
+      at: new Date(this.clock.wallNow()).toISOString(),
+      from: g.state,
+      to,
+      event,
+      reason,
+    };
     g.transitions.push(t);
     if (g.transitions.length > MAX_TRANSITIONS) g.transitions.shift();
     emit(this.log, { event: 'state', gateway: g.address, interface: g.ifname, from: g.state, to, reason });
@@ -1804,53 +1743,14 @@ export class DgdEngine {
 
   /** Everything `ipdeadgate status` shows about detection. */
   status(): DgdStatus {
-    const gateways = [...this.gateways.values()].map((g) => {
-      const routes: GatewayRouteStatus[] = [];
-      // A route listed once: in the kernel through g (active; kept or contested while g is dead),
-      // or withdrawn (journaled and not in the kernel through g).
-      const inKernel = new Set<string>();
-      for (const r of this.kernelRoutes) {
-        if (!gatewaysOf(r).includes(g.key)) continue;
-        inKernel.add(routeIdentity(r));
-        let state: GatewayRouteStatus['state'] = 'active';
-        if (g.state === 'dead') state = this.isContested(r) ? 'contested' : 'kept';
-        routes.push({ ...routeSummary(r), state });
-      }
-      for (const e of this.journal.values())
-        if (e.removed.includes(g.key) && !inKernel.has(routeIdentity(e.original)))
-          routes.push({ ...routeSummary(e.original), state: 'withdrawn' });
-      const v = g.lastVerification;
-      return {
-        address: g.address,
-        interface: g.ifname,
-        ifindex: g.ifindex,
-        link: g.link,
-        family: g.family,
-        state: g.state,
-        mac: g.mac,
-        routes,
-        last_verification: v
-          ? {
-              at: new Date(v.startedAt).toISOString(),
-              alive: v.alive,
-              arp_rtt_ms: v.arpRttMs,
-              echo_rtt_ms: v.echoRttMs,
-              probes_sent: v.probesSent,
-              duration_ms: Math.round(v.durationMs),
-            }
-          : null,
-        verifications: g.verifications,
-        triggers: { ...g.triggers },
-        active_probing: g.active
-          ? { interval_ms: g.active.intervalMs, misses: g.active.misses, missed: g.active.missed }
-          : null,
-        dead_since_ms: g.deadSince === null ? null : Math.round(this.clock.now() - g.deadSince),
-        next_poll: g.nextPollAt === null ? null : new Date(g.nextPollAt).toISOString(),
-        hold_down_ms:
-          g.holdDownUntil === null ? null : Math.max(0, Math.round(g.holdDownUntil - this.clock.now())),
-        transitions: [...g.transitions],
-      };
-    });
+    const gateways = [...this.gateways.values()].map((g) =>
+      gatewayStatus(g, {
+        kernelRoutes: this.kernelRoutes,
+        journal: [...this.journal.values()],
+        isContested: (r) => this.isContested(r),
+        now: this.clock.now(),
+      }),
+    );
     return {
       enabled: this.enabled,
       tables: this.tables,
@@ -1884,85 +1784,6 @@ export class DgdEngine {
   }
 }
 
-export interface GatewayRouteStatus {
-  dst: string;
-  table: number;
-  metric: number;
-  gateway: string | null;
-  nexthops: { gateway: string | null; weight: number }[] | null;
-  /** Who installed the route (rtm_protocol): kernel, boot, static, dhcp, ra, zebra, bird, ... */
-  owner: string | null;
-  /** The nexthop object the route goes through, if any. */
-  nhid: number | null;
-  /**
-   * active: in use; withdrawn: taken out of the kernel; kept: through a dead gateway, left by
-   * keep_last_route; contested: through a dead gateway, put back by its owner too often to fight.
-   */
-  state: 'active' | 'withdrawn' | 'kept' | 'contested';
-}
-
-export interface DgdStatus {
-  enabled: boolean;
-  tables: number[];
-  gateways: {
-    address: string;
-    interface: string;
-    ifindex: number;
-    /** The interface is up, down (administratively), or absent (deleted; routes wait for its name). */
-    link: LinkState;
-    family: 4 | 6;
-    state: GatewayState;
-    mac: string | null;
-    routes: GatewayRouteStatus[];
-    last_verification: {
-      at: string;
-      alive: boolean;
-      arp_rtt_ms: number | null;
-      echo_rtt_ms: number | null;
-      probes_sent: number;
-      duration_ms: number;
-    } | null;
-    verifications: number;
-    triggers: Record<TriggerKind, number>;
-    active_probing: { interval_ms: number; misses: number; missed: number } | null;
-    dead_since_ms: number | null;
-    next_poll: string | null;
-    hold_down_ms: number | null;
-    transitions: Transition[];
-  }[];
-  withdrawn_routes: (Omit<GatewayRouteStatus, 'state'> & { removed_gateways: string[] })[];
-  /** Nexthop groups with dead members taken out (`ip nexthop replace`), as they were and are. */
-  withdrawn_nexthop_members: {
-    id: number;
-    owner: string;
-    original: string;
-    now: string;
-    removed_gateways: string[];
-    contested: boolean;
-  }[];
-  /** Routing daemons configured in dgd.owners: what each has been told and what it holds. */
-  route_owners: OwnerStatus[];
-  last_scan: {
-    at: string | null;
-    duration_ms: number;
-    sockets: number;
-    retransmitting: number;
-    dumps: number;
-  };
-}
-
-function routeSummary(r: KernelRoute): Omit<GatewayRouteStatus, 'state'> {
-  return {
-    dst: r.dst,
-    table: r.table,
-    metric: r.metric,
-    gateway: r.gateway,
-    nexthops: r.nexthops ? r.nexthops.map((n) => ({ gateway: n.gateway, weight: n.weight })) : null,
-    owner: r.protocol === undefined ? null : protocolName(r.protocol),
-    nhid: r.nhid ?? null,
-  };
-}
-
 /** A gateway as the owner journal names it: address and interface name (ifindexes move). */
 function ownerKey(g: { address: string; ifname: string }): string {
   return `${g.address.toLowerCase()}%${g.ifname}`;
@@ -1974,22 +1795,9 @@ function routingDaemonOf(protocol: number | undefined): string | null {
   return o === 'frr' || o === 'bird' ? o : null;
 }
 
-function describe(r: KernelRoute): string {
-  const via = r.nexthops
-    ? r.nexthops.map((n) => `nexthop via ${n.gateway} weight ${n.weight}`).join(' ')
-    : `via ${r.gateway}`;
-  const nh = r.nhid === undefined ? '' : ` nhid ${r.nhid}`;
-  const proto = r.protocol === undefined ? '' : ` proto ${protocolName(r.protocol)}`;
-  return `${r.dst}${nh} ${via} table ${r.table} metric ${r.metric}${proto}`;
-}
-
 /** How long an active probe waits for its answer: half the interval, at least 10 ms. */
 export function activeProbeTimeout(intervalMs: number): number {
   return Math.max(10, Math.floor(intervalMs / 2));
-}
-
-function fmtAddr(addr: string, port: number): string {
-  return addr.includes(':') ? `[${addr}]:${port}` : `${addr}:${port}`;
 }
 
 function msg(err: unknown): string {

@@ -59,7 +59,8 @@ export class FlowResumer {
   private readonly watched = new Map<string, Watched>();
   /** Flows whose route lookup is under way or found no gateway, so each is looked up once. */
   private readonly ignored = new Set<string>();
-  private readonly perInterface = new Map<string, string>();
+  /** The flows each interface's recorder was last given. */
+  private readonly perInterface = new Map<string, Set<string>>();
   private chain: Promise<void> = Promise.resolve();
 
   constructor(
@@ -181,6 +182,12 @@ export class FlowResumer {
     return this.watched.size;
   }
 
+  /**
+   * Tell the ports which flows to record per interface. Reopening a capture costs a BPF compile and
+   * a moment without recording, so it is done when a flow is added or none is left; a flow that
+   * stopped retransmitting stays in the filter until then (recording it costs nothing: it sends
+   * nothing the filter would match that is not its own traffic).
+   */
   private syncWatchers(): void {
     const byInterface = new Map<string, ResumeFlow[]>();
     for (const i of this.perInterface.keys()) byInterface.set(i, []);
@@ -190,10 +197,12 @@ export class FlowResumer {
       byInterface.set(w.ifname, list);
     }
     for (const [ifname, flows] of byInterface) {
-      const signature = flows.map(keyOf).sort().join(',');
-      if (this.perInterface.get(ifname) === signature) continue;
+      const recorded = this.perInterface.get(ifname) ?? new Set<string>();
+      const keys = flows.map(keyOf);
+      const added = keys.some((k) => !recorded.has(k));
+      if (!added && (flows.length > 0 || recorded.size === 0)) continue;
       if (flows.length === 0) this.perInterface.delete(ifname);
-      else this.perInterface.set(ifname, signature);
+      else this.perInterface.set(ifname, new Set(keys));
       try {
         this.ports.watchFlows(ifname, flows);
       } catch (err) {

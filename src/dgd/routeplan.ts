@@ -1,5 +1,6 @@
 // Pure route planning: which routes go through a gateway, what a route looks like with some of its
 // gateways withdrawn, and which kernel operation turns one state into another. No I/O here.
+import { protocolName } from '../sys/rtnl-format';
 import type {
   GroupJournalEntry,
   JournalEntry,
@@ -143,4 +144,14 @@ export function groupTarget(entry: GroupJournalEntry): KernelNexthopObject | nul
 export function describeGroup(nh: KernelNexthopObject): string {
   const members = (nh.group ?? []).map((m) => (m.weight === 1 ? `${m.id}` : `${m.id},${m.weight}`));
   return `nexthop id ${nh.id} group ${members.join('/')}`;
+}
+
+/** A route for events and messages: `dst [nhid N] via GW | nexthop via GW weight W ... table T metric M [proto P]`. */
+export function describeRoute(r: KernelRoute): string {
+  const via = r.nexthops
+    ? r.nexthops.map((n) => `nexthop via ${n.gateway} weight ${n.weight}`).join(' ')
+    : `via ${r.gateway}`;
+  const nh = r.nhid === undefined ? '' : ` nhid ${r.nhid}`;
+  const proto = r.protocol === undefined ? '' : ` proto ${protocolName(r.protocol)}`;
+  return `${r.dst}${nh} ${via} table ${r.table} metric ${r.metric}${proto}`;
 }

@@ -15,6 +15,7 @@
 //
 // Pure logic over ports and an injected clock, so it is unit-tested with fakes and a FakeClock;
 // the ports are the sys/ facades (rtnl, NeighbourLink, EchoSocket) in the daemon and the CLI.
+import { normalizeMac } from '../sys/ipaddr';
 import { isIP } from 'node:net';
 import { AbortError } from '../errors';
 import { systemClock, type Clock } from '../util/clock';
@@ -81,10 +82,6 @@ const round3 = (ms: number) => Math.round(ms * 1000) / 1000;
 
 function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
-}
-
-function normalizeMac(mac: string): string {
-  return mac.trim().toLowerCase().replace(/-/g, ':');
 }
 
 /** A clock timer as a promise, cancellable. */

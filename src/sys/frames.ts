@@ -8,8 +8,9 @@
 // (code ERR_FRAME_TRUNCATED or ERR_FRAME_MALFORMED) instead of reading past the end or returning
 // half-parsed garbage. Decoded values are copies (strings, fresh Buffers), never views into the
 // caller's buffer, because capture buffers are reused for the next packet.
-import { isIPv4, isIPv6 } from 'node:net';
 import { IpdeadgateError } from '../errors';
+import * as addr from './ipaddr';
+import { ipv4ToBytes, ipv6ToBytes, macToBytes, normalizeIp } from './ipaddr';
 
 /** A frame that cannot be decoded: too short, or a field with an impossible value. */
 export class FrameError extends IpdeadgateError {
@@ -36,104 +37,25 @@ function need(buf: Uint8Array, offset: number, len: number, what: string): void 
 export const BROADCAST_MAC = 'ff:ff:ff:ff:ff:ff';
 export const ZERO_MAC = '00:00:00:00:00:00';
 
-/** "aa:bb:cc:dd:ee:ff" (also "-" separated, any case) to 6 bytes; throws RangeError otherwise. */
-export function macToBytes(mac: string): Buffer {
-  const m =
-    /^([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})$/i.exec(
-      mac.trim(),
-    );
-  if (!m) throw new RangeError(`"${mac}" is not a MAC address (use aa:bb:cc:dd:ee:ff)`);
-  return Buffer.from(m.slice(1).map((h) => parseInt(h, 16)));
-}
+// Parsing and formatting are the project's one IP/MAC module (./ipaddr.ts); the formatters here
+// check the bounds of untrusted frames first, so a short frame is a FrameError, not a RangeError.
+export { ipv4ToBytes, ipv6ToBytes, macToBytes, normalizeIp, normalizeMac, stripZone } from './ipaddr';
 
 /** 6 bytes at offset to lower-case "aa:bb:cc:dd:ee:ff". */
 export function formatMac(buf: Uint8Array, offset = 0): string {
   need(buf, offset, 6, 'MAC address');
-  const parts: string[] = [];
-  for (let i = 0; i < 6; i++) parts.push(buf[offset + i]!.toString(16).padStart(2, '0'));
-  return parts.join(':');
-}
-
-/** Canonical lower-case form of a MAC address, for comparisons. */
-export function normalizeMac(mac: string): string {
-  return formatMac(macToBytes(mac));
-}
-
-/** Dotted quad to 4 bytes; throws RangeError for anything else. */
-export function ipv4ToBytes(ip: string): Buffer {
-  if (!isIPv4(ip)) throw new RangeError(`"${ip}" is not an IPv4 address`);
-  return Buffer.from(ip.split('.').map(Number));
+  return addr.formatMac(buf, offset);
 }
 
 export function formatIpv4(buf: Uint8Array, offset = 0): string {
   need(buf, offset, 4, 'IPv4 address');
-  return `${buf[offset]}.${buf[offset + 1]}.${buf[offset + 2]}.${buf[offset + 3]}`;
+  return addr.formatIpv4(buf, offset);
 }
 
-/** Strip an IPv6 zone ("fe80::1%eth0" -> "fe80::1"). */
-export function stripZone(ip: string): string {
-  const i = ip.indexOf('%');
-  return i < 0 ? ip : ip.slice(0, i);
-}
-
-/** IPv6 text (RFC 4291 2.2, zone allowed and ignored) to 16 bytes; throws RangeError otherwise. */
-export function ipv6ToBytes(ip: string): Buffer {
-  const text = stripZone(ip);
-  if (!isIPv6(text)) throw new RangeError(`"${ip}" is not an IPv6 address`);
-  let groups: number[] = [];
-  let tail = text;
-  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  const v4Groups: number[] = [];
-  if (v4) {
-    const b = ipv4ToBytes(v4[1]!);
-    v4Groups.push((b[0]! << 8) | b[1]!, (b[2]! << 8) | b[3]!);
-    tail = text.slice(0, text.length - v4[1]!.length);
-    if (tail.endsWith(':') && !tail.endsWith('::')) tail = tail.slice(0, -1);
-  }
-  const parseGroups = (s: string): number[] => (s === '' ? [] : s.split(':').map((g) => parseInt(g, 16)));
-  const dbl = tail.indexOf('::');
-  if (dbl >= 0) {
-    const head = parseGroups(tail.slice(0, dbl));
-    const rest = [...parseGroups(tail.slice(dbl + 2)), ...v4Groups];
-    groups = [...head, ...new Array<number>(8 - head.length - rest.length).fill(0), ...rest];
-  } else {
-    groups = [...parseGroups(tail), ...v4Groups];
-  }
-  const out = Buffer.alloc(16);
-  groups.forEach((g, i) => out.writeUInt16BE(g, i * 2));
-  return out;
-}
-
-/** 16 bytes at offset to the RFC 5952 canonical text form (lower case, longest zero run as "::"). */
+/** 16 bytes at offset to text, as inet_ntop prints it (RFC 5952). */
 export function formatIpv6(buf: Uint8Array, offset = 0): string {
   need(buf, offset, 16, 'IPv6 address');
-  const g: number[] = [];
-  for (let i = 0; i < 8; i++) g.push((buf[offset + 2 * i]! << 8) | buf[offset + 2 * i + 1]!);
-  let bestStart = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8;) {
-    if (g[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLen) {
-      bestStart = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = (a: number[]) => a.map((x) => x.toString(16)).join(':');
-  // RFC 5952 4.2.2: "::" never shortens a single 16-bit 0 field.
-  if (bestLen < 2) return hex(g);
-  return `${hex(g.slice(0, bestStart))}::${hex(g.slice(bestStart + bestLen))}`;
-}
-
-/** Canonical text of an IPv4 or IPv6 address (zone dropped), for comparisons; throws RangeError. */
-export function normalizeIp(ip: string): string {
-  if (isIPv4(ip)) return ip;
-  return formatIpv6(ipv6ToBytes(ip));
+  return addr.formatIpv6(buf, offset);
 }
 
 /** The solicited-node multicast address of an IPv6 address (RFC 4291 2.7.1): ff02::1:ffXX:XXXX. */

@@ -17,6 +17,7 @@ import {
   encodeOpen,
   readAnswer,
   readOpen,
+  Refusal,
   type ControlMessage,
 } from './protocol';
 import { AcceptBackoff } from './closeguard';
@@ -557,6 +558,33 @@ export class LinkDialer extends EventEmitter {
   }
 }
 
+/**
+ * A peer refused for its certificate still has a TLS channel to us (Node checks the certificate
+ * after the handshake, and cannot send the TLS alert that would say why): answer its control
+ * stream with a refusal that names the reason, so the dialer logs it too, and close. Nothing else
+ * is read from it; the whole exchange is bounded by one second.
+ */
+function tellRefusedAndClose(socket: tls.TLSSocket, reason: LinkRefusal, detail: string, clock: Clock): void {
+  const m = new MuxSession(socket, { role: 'server', clock, maxStreams: 1, lingerMs: 500 });
+  // A peer that opens no control stream (it does not speak the protocol) gets no byte at all.
+  const timer = clock.setTimeout(() => socket.destroy(), 1000);
+  m.once('close', () => {
+    timer.cancel();
+    socket.destroy();
+  });
+  m.once('stream', (s: MuxStream) => {
+    readOpen(s, 1000).then(
+      (req) => {
+        if (req.service !== CONTROL_SERVICE) return void socket.destroy();
+        s.resume();
+        s.end(encodeAnswer(Refusal.LinkRefused, `${reason}: ${detail}`));
+        setImmediate(() => m.close());
+      },
+      () => socket.destroy(),
+    );
+  });
+}
+
 /** Accepts links on `listen`; peers without a certificate from our CA never get a session. */
 export class LinkListener extends EventEmitter {
   private readonly server: tls.Server;
@@ -602,7 +630,9 @@ export class LinkListener extends EventEmitter {
         ];
       if (refusal) {
         this.handshakeFailures++;
-        socket.destroy();
+        if (refusal[0] === 'protocol_version')
+          socket.destroy(); // it does not speak our protocol
+        else tellRefusedAndClose(socket, refusal[0], refusal[1], this.opts.clock ?? systemClock);
         const ev: RefusalEvent = { remote, reason: refusal[0], detail: refusal[1], direction: 'accept' };
         this.emit('refused', ev);
         return;

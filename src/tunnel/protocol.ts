@@ -27,6 +27,8 @@ export enum Refusal {
   ShuttingDown = 7,
   /** The opener's node may not open this service here (tunnel.peers.NAME.open). */
   NotAllowed = 8,
+  /** (On the control stream) the link itself is refused; the reason says why (cert_expired: ...). */
+  LinkRefused = 9,
 }
 
 export const REFUSAL_NAMES: Record<Refusal, string> = {
@@ -38,6 +40,7 @@ export const REFUSAL_NAMES: Record<Refusal, string> = {
   [Refusal.BadRequest]: 'bad_request',
   [Refusal.ShuttingDown]: 'shutting_down',
   [Refusal.NotAllowed]: 'not_allowed',
+  [Refusal.LinkRefused]: 'link_refused',
 };
 
 export function refusalName(code: number): string {

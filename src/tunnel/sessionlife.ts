@@ -253,6 +253,12 @@ export class SessionLife {
   private bridged = false;
   closeTimeouts = 0;
   readonly startedAt: number;
+  /** Set while a refusal's answer is on its way: the opener resets the stream itself. */
+  private lingerStream = false;
+  /** @internal set by the guard for service and relay sessions: how to refuse the opener. */
+  refuse: ((stream: MuxStream, reason: string, status?: number) => void) | undefined;
+  /** @internal set by the guard: the OK answer's bytes (service, relay). */
+  answerOk: Buffer = Buffer.alloc(0);
 
   /** @internal use CloseGuard's forward(), service() or relay(). */
   constructor(
@@ -378,9 +384,6 @@ export class SessionLife {
     if (!this.stream.destroyed && !this.lingerStream) this.stream.reset(err);
   }
 
-  /** Set while a refusal's answer is on its way: the opener resets the stream itself. */
-  private lingerStream = false;
-
   /** @internal service: the dial failed or timed out: refuse the opener, close the socket. */
   dialFailed(err: Error, exit: SessionExit): void {
     if (this.state !== 'dialing') return this.abort(exit, err);
@@ -436,9 +439,6 @@ export class SessionLife {
   }
 
   // --- wiring ---
-
-  /** @internal set by the guard for service and relay sessions. */
-  refuse: ((stream: MuxStream, reason: string, status?: number) => void) | undefined;
 
   /** Attach the listeners that turn an end's events into session events. */
   watchEnd(end: End, e: LocalEnd): void {
@@ -546,9 +546,6 @@ export class SessionLife {
     sock.pipe(this.stream);
     this.bridge();
   }
-
-  /** @internal set by the guard: the OK answer bytes. */
-  answerOk: Buffer = Buffer.alloc(0);
 
   /** @internal The answer is settled: wire the way back, watch the socket, and be bridged. */
   bridge(): void {

@@ -88,10 +88,7 @@ describe('flow resume: which flows are resent', () => {
     await resumer.observe([sock(1, '198.18.2.10'), sock(2, '198.18.3.10')]);
     await resumer.routesSwitched({ address: R1, ifindex: 2, ifname: 'lan0' });
     assert.deepEqual(ports.resent, ['198.18.2.10:1']);
-    assert.deepEqual(
-      (ports.watched.get('lan0') ?? []).map((f) => f.srcPort),
-      [2],
-    );
+    assert.equal(resumer.watching, 1, 'only flow 2, through r2, is still recorded');
   });
 
   it('does not resend a flow whose route still goes through the dead gateway (no other route)', async () => {
@@ -107,10 +104,20 @@ describe('flow resume: which flows are resent', () => {
     const { ports, resumer } = setup();
     await resumer.observe([sock(1, '198.18.2.10'), sock(2, '198.18.2.11')]);
     assert.equal(ports.watched.get('lan0')?.length, 2);
+    let calls = 0;
+    const watch = ports.watchFlows.bind(ports);
+    ports.watchFlows = (i, f) => {
+      calls++;
+      watch(i, f);
+    };
     await resumer.observe([sock(2, '198.18.2.11')]);
+    assert.equal(calls, 0, 'a flow leaving does not reopen the capture');
+    assert.equal(resumer.watching, 1);
+    await resumer.observe([sock(2, '198.18.2.11'), sock(3, '198.18.2.12')]);
     assert.deepEqual(
       ports.watched.get('lan0')!.map((f) => f.srcPort),
-      [2],
+      [2, 3],
+      'a flow joining does, with exactly the flows retransmitting now',
     );
     await resumer.observe([]);
     assert.deepEqual(ports.watched.get('lan0'), []);

@@ -135,7 +135,9 @@ const TUNNEL: TunnelStatus = {
     refusals: { unknown_service: 5, max_sessions: 1 },
     refused_by_peer: {},
     accept_errors: 0,
+    ends: { completed: 7, dial_failed: 2 },
   },
+  link_refusals: { cert_expired: 3, name_mismatch: 1 },
 };
 
 describe('metrics', () => {
@@ -223,6 +225,9 @@ describe('metrics', () => {
     assert.equal(value(fams, 'ipdeadgate_tunnel_close_timeouts_total'), 2);
     assert.equal(value(fams, 'ipdeadgate_tunnel_reaped_sockets_total'), 1);
     assert.equal(value(fams, 'ipdeadgate_tunnel_refusals_total', { reason: 'unknown_service' }), 5);
+    assert.equal(value(fams, 'ipdeadgate_tunnel_link_refusals_total', { reason: 'cert_expired' }), 3);
+    assert.equal(value(fams, 'ipdeadgate_tunnel_link_refusals_total', { reason: 'name_mismatch' }), 1);
+    assert.equal(value(fams, 'ipdeadgate_tunnel_session_ends_total', { reason: 'dial_failed' }), 2);
     assert.equal(value(fams, 'ipdeadgate_tunnel_links', { state: 'up' }), 1);
     assert.equal(value(fams, 'ipdeadgate_tunnel_links', { state: 'connecting' }), 1);
     assert.equal(value(fams, 'ipdeadgate_tunnel_link_bytes_total', { peer: 'ep1', flow: 'out' }), 2000);

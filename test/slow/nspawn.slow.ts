@@ -61,6 +61,17 @@ describe('the Debian package under systemd (systemd-nspawn, Debian 12)', functio
   const gateway = async (addr: string) => (await status()).gateways.find((g) => g.address === addr);
   const show = async (unit: string, prop: string) =>
     (await m.execOk(['systemctl', 'show', '-p', prop, '--value', unit])).trim();
+  /** Several properties read at one instant (separate reads race with a restart). */
+  const props = async (unit: string, names: string[]) =>
+    Object.fromEntries(
+      (await m.execOk(['systemctl', 'show', unit, ...names.map((n) => `--property=${n}`)]))
+        .trim()
+        .split('\n')
+        .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+    ) as Record<string, string>;
+  /** Active again, under a new main process (not the old one, not none). */
+  const restartedFrom = (p: Record<string, string>, oldPid: string) =>
+    p.ActiveState === 'active' && p.MainPID !== oldPid && p.MainPID !== '0';
   /** The service's journal since `cursor` (or all of it), as JSON events. */
   const journal = async (args: string[] = []) =>
     (await m.execOk(['journalctl', '-u', 'ipdeadgate', '-o', 'cat', '--no-pager', ...args]))
@@ -241,9 +252,7 @@ describe('the Debian package under systemd (systemd-nspawn, Debian 12)', functio
     const restartsBefore = Number(await show('ipdeadgate', 'NRestarts'));
     await m.execOk(['systemctl', 'kill', '-s', 'KILL', '--kill-whom=main', 'ipdeadgate']);
     await waitFor(
-      async () =>
-        (await show('ipdeadgate', 'ActiveState')) === 'active' &&
-        (await show('ipdeadgate', 'MainPID')) !== pid,
+      async () => restartedFrom(await props('ipdeadgate', ['ActiveState', 'MainPID']), pid),
       30_000,
       'the restart',
       250,
@@ -280,9 +289,7 @@ describe('the Debian package under systemd (systemd-nspawn, Debian 12)', functio
     // A stopped process's event loop is stuck: no WATCHDOG=1, so systemd kills and restarts it.
     await m.execOk(['kill', '-STOP', pid]);
     await waitFor(
-      async () =>
-        (await show('ipdeadgate', 'ActiveState')) === 'active' &&
-        (await show('ipdeadgate', 'MainPID')) !== pid,
+      async () => restartedFrom(await props('ipdeadgate', ['ActiveState', 'MainPID']), pid),
       30_000,
       'the watchdog restart',
       250,
@@ -337,16 +344,42 @@ describe('the Debian package under systemd (systemd-nspawn, Debian 12)', functio
     assert.match(caps, /0000000000000400/, 'only CAP_NET_BIND_SERVICE');
   });
 
-  it('an upgrade restarts the running units and keeps the edited config and the state', async () => {
+  it('an upgrade restarts the running units, keeps the edited config, and never brings back a dead gateway', async () => {
+    const flow = flowThroughR1();
+    void flow;
+    await waitFor(async () => (await gateway(DGD.r1_4))?.state === 'dead', 30_000, 'r1 dead', 250);
+    assert.equal((await defaults4()).length, 1, 'the route via r1 is withdrawn');
     m.writeFile(CONFIG, (await m.execOk(['cat', CONFIG])) + '# edited by the operator\n');
-    await m.execOk(['ipdeadgate', 'off']);
     const pids = [await show('ipdeadgate', 'MainPID'), await show('ipdeadgate-tunnel@t1', 'MainPID')];
+    const loadedBefore = (await events('journal_loaded')).length;
+    // Every route change in the client's namespace during the upgrade.
+    const monitor = lab.spawn('client', ['ip', 'monitor', 'route']);
+    let changes = '';
+    monitor.stdout!.on('data', (b: Buffer) => (changes += b.toString()));
+    await new Promise((r) => setTimeout(r, 300));
     await m.execOk(['dpkg', '-i', '/root/ipdeadgate.deb'], 5 * 60_000);
+    await new Promise((r) => setTimeout(r, 500));
+    monitor.kill();
     assert.equal(await show('ipdeadgate', 'ActiveState'), 'active');
     assert.equal(await show('ipdeadgate-tunnel@t1', 'ActiveState'), 'active');
     assert.notEqual(await show('ipdeadgate', 'MainPID'), pids[0]);
     assert.notEqual(await show('ipdeadgate-tunnel@t1', 'MainPID'), pids[1]);
     assert.match(await m.execOk(['cat', CONFIG]), /# edited by the operator/);
+    // The old daemon left (SIGUSR2) with the route journaled; the new one took the journal over.
+    assert.ok((await events('daemon_stopped')).some((e) => e.routes_kept === true));
+    assert.equal((await events('journal_loaded')).length, loadedBefore + 1);
+    assert.ok(
+      !changes.includes(`via ${DGD.r1_4} `),
+      `no route via r1 came back during the upgrade:\n${changes}`,
+    );
+    assert.equal((await defaults4()).length, 1);
+    assert.ok((await gateway(DGD.r1_4))?.routes.some((r) => r.state === 'withdrawn'));
+  });
+
+  it('the on/off setting survives an upgrade', async () => {
+    await m.execOk(['ipdeadgate', 'off']);
+    assert.equal((await defaults4()).length, 2, 'off restores');
+    await m.execOk(['dpkg', '-i', '/root/ipdeadgate.deb'], 5 * 60_000);
     assert.equal((await status()).enabled, false, 'the off setting in /var/lib/ipdeadgate survived');
     await m.execOk(['ipdeadgate', 'on']);
   });

@@ -196,6 +196,22 @@ describe('tunnel: identities bound to certificates, peers authorized, every refu
     assert.match(ep.node.status().links[0]!.last_error ?? '', /expired/);
   });
 
+  it("an acceptor that refuses the dialer's certificate tells it why: the dialer logs the reason too", async () => {
+    const port = await freePort();
+    const gw = await start('gw1', { listen: `127.0.0.1:${port}` });
+    const ep = await start(
+      'special-expired',
+      { role: 'endpoint-proxy', links: [{ connect: `127.0.0.1:${port}` }] },
+      pki.special.expired,
+    );
+    await until(() => ep.events.named('tunnel_link_refused').length > 0, 5000, "the dialer's event");
+    const mine = ep.events.named('tunnel_link_refused')[0]!;
+    assert.equal(mine.reason, 'refused_by_peer');
+    assert.equal(mine.direction, 'dial');
+    assert.match(String(mine.detail), /the peer refused the link: cert_expired: /);
+    assert.equal(gw.events.named('tunnel_link_refused')[0]!.reason, 'cert_expired');
+  });
+
   it('refusal events are rate-limited; the counter counts every one', async () => {
     const port = await freePort();
     const gw = await start('gw1', { listen: `127.0.0.1:${port}` });

@@ -6,9 +6,17 @@ import { randomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { Client as YamuxJsClient, Server as YamuxJsServer } from 'yamux-js';
 import { Transform, type TransformCallback } from 'node:stream';
-import { FrameDecoder, encodeFrame } from '../../src/tunnel/frame';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { tunnelConfigSchema } from '../../src/tunnel/config';
+import { encodeFrame, encodeHeader, Flag, FrameDecoder, FrameType, type Frame } from '../../src/tunnel/frame';
+import { LINK_ALPN } from '../../src/tunnel/link';
+import { TunnelNode } from '../../src/tunnel/node';
+import { CONTROL_SERVICE, encodeOpen } from '../../src/tunnel/protocol';
+import { makePki, type TestPki } from '../fixtures/tunnel-pki';
 import { MuxSession, type MuxStream } from '../../src/tunnel/muxsession';
-import { sha256, tcpPair, sleep } from './helpers';
+import { freePort, sha256, tcpPair, sleep } from './helpers';
 
 const quiet = { enableKeepAlive: false, logger: () => undefined };
 
@@ -121,6 +129,103 @@ describe('tunnel: mux interop with yamux-js over TCP', function () {
     } finally {
       ours.close();
       ca.destroy();
+    }
+  });
+});
+
+// issue 9: a spec-conforming peer whose threads open streams concurrently puts SYNs on the wire out
+// of ID order. Played here by hand, frame by frame, over a real TLS link to a TunnelNode: it must
+// serve every session, and answer a duplicate or wrong-parity SYN with a stream RST only.
+describe('tunnel: a concurrent, reordering opener against a tunnel node (raw frames over TLS)', function () {
+  this.timeout(30_000);
+  let pki: TestPki;
+  before(() => {
+    pki = makePki(['gw1', 'ep']);
+  });
+  after(() => pki.cleanup());
+
+  it('100 sessions opened with SYNs in shuffled ID order are all served; a duplicate live ID and a wrong parity get a stream RST; the link and the other sessions stay', async () => {
+    const echo = net.createServer((s) => {
+      s.on('error', () => undefined);
+      s.pipe(s);
+    });
+    await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
+    const port = await freePort();
+    const gw = await TunnelNode.start(
+      tunnelConfigSchema.parse({
+        name: 'gw1',
+        role: 'gateway-proxy',
+        tls: { ca: pki.ca, ...pki.nodes.gw1! },
+        listen: `127.0.0.1:${port}`,
+        services: { echo: `127.0.0.1:${(echo.address() as net.AddressInfo).port}` },
+      }),
+    );
+    const sock = tls.connect({
+      host: '127.0.0.1',
+      port,
+      ca: fs.readFileSync(pki.ca),
+      cert: fs.readFileSync(pki.nodes.ep!.cert),
+      key: fs.readFileSync(pki.nodes.ep!.key),
+      checkServerIdentity: () => undefined,
+      ALPNProtocols: [LINK_ALPN],
+    });
+    try {
+      await new Promise<void>((r, j) => sock.once('secureConnect', () => r()).once('error', j));
+      const dec = new FrameDecoder({ maxFrameSize: 16 * 1024 * 1024 });
+      const seen: Frame[] = [];
+      sock.on('data', (c: Buffer) => seen.push(...dec.push(c).frames));
+      const data = (id: number, payload: Buffer): Buffer =>
+        Buffer.concat([encodeHeader(FrameType.Data, 0, id, payload.length), payload]);
+      const syn = (id: number): Buffer => encodeHeader(FrameType.WindowUpdate, Flag.SYN, id, 0);
+      const received = (id: number): Buffer =>
+        Buffer.concat(seen.filter((f) => f.streamId === id && f.data).map((f) => f.data!));
+      const until = async (fn: () => boolean, what: string): Promise<void> => {
+        for (let i = 0; i < 250 && !fn(); i++) await sleep(20);
+        assert.ok(fn(), what);
+      };
+      // The control stream and the hello, as a dialer.
+      sock.write(Buffer.concat([syn(1), data(1, encodeOpen(CONTROL_SERVICE))]));
+      await until(() => received(1).length >= 2, 'the control answer');
+      const hello = JSON.stringify({ type: 'hello', name: 'ep', role: 'endpoint-proxy', services: {} });
+      sock.write(data(1, Buffer.from(hello + '\n')));
+      await until(() => gw.status().links.some((l) => l.peer === 'ep' && l.state === 'up'), 'the link up');
+      // 100 streams, IDs 3..201 shuffled, every SYN first (as racing threads would), then each
+      // stream's open header and request.
+      const ids = Array.from({ length: 100 }, (_, i) => 2 * i + 3);
+      for (let i = ids.length - 1; i > 0; i--) {
+        const j = Math.floor(Math.random() * (i + 1));
+        [ids[i], ids[j]] = [ids[j]!, ids[i]!];
+      }
+      const wire: Buffer[] = ids.map(syn);
+      for (const id of ids.slice().reverse())
+        wire.push(data(id, Buffer.concat([encodeOpen('echo'), Buffer.from(`hello ${id}`)])));
+      sock.write(Buffer.concat(wire));
+      const answerAndEcho = (id: number): string => {
+        const r = received(id);
+        return r.length >= 2 && r[0] === 0 ? r.subarray(2 + r[1]!).toString() : '';
+      };
+      await until(
+        () => ids.every((id) => answerAndEcho(id) === `hello ${id}`),
+        'every session answered OK and echoed',
+      );
+      assert.equal(gw.status().sessions.count, 100);
+      assert.ok(!seen.some((f) => f.flags & Flag.RST), 'no stream reset');
+      // A duplicate SYN for live stream 7 and a SYN of the server's parity.
+      sock.write(Buffer.concat([syn(7), syn(400)]));
+      await until(() => seen.some((f) => f.streamId === 7 && f.flags & Flag.RST), 'RST for the duplicate');
+      await until(
+        () => seen.some((f) => f.streamId === 400 && f.flags & Flag.RST),
+        'RST for the wrong parity',
+      );
+      assert.ok(!seen.some((f) => f.type === FrameType.GoAway), 'no go-away: the link stays');
+      await until(() => gw.status().sessions.count === 99, "stream 7's session ended, the others go on");
+      sock.write(data(9, Buffer.from(' again')));
+      await until(() => answerAndEcho(9) === 'hello 9 again', 'stream 9 still carries data');
+      assert.equal(gw.status().links.filter((l) => l.peer === 'ep' && l.state === 'up').length, 1);
+    } finally {
+      sock.destroy();
+      await gw.close();
+      echo.close();
     }
   });
 });
