@@ -89,6 +89,8 @@ describe('routing daemons own their routes: FRR in the lab', function () {
 
   it('static routes with a distance-20 backup and an ECMP pair: zebra fails over under a live flow and back exactly on revival', async () => {
     const d = await LabDaemon.start(lab, 'client', yaml());
+    const ready = await d.waitFor((e) => e.event === 'owner_ready', 5000, 'FRR to answer at start');
+    assert.match(String(ready.version), /^FRRouting 8\./);
     const fl = flows(lab);
     await waitFor(() => fl.every((f) => f.echoes.length >= 10), 5000, 'the flows to run');
     const t0 = Date.now();
@@ -260,6 +262,8 @@ describe('routing daemons own their routes: BIRD in the lab', function () {
     const before = await kernelRoutes(lab);
     const yaml = `dgd:\n  slow_poll_interval: 2s\n  owners:\n    bird:\n      socket: ${bird.socket}\n`;
     const d = await LabDaemon.start(lab, 'client', yaml);
+    const ready = await d.waitFor((e) => e.event === 'owner_ready', 5000, 'BIRD to answer at start');
+    assert.match(String(ready.version), /^BIRD 2\./);
     const fl = flows(lab, 150_000); // bounded; several deaths and revivals, slower under load
     await waitFor(() => fl.every((f) => f.echoes.length >= 10), 5000, 'the flows to run');
     await lab.killSilently('r1', 'lan0');
