@@ -187,6 +187,7 @@ export class DgdEngine {
     for (const e of await this.store.loadGroupJournal()) this.groupJournal.set(e.id, e);
     if (unplaceable) await this.saveJournal();
     const held = (await this.owners?.load()) ?? new Map<RoutingDaemon, string[]>();
+    await this.owners?.checkAll();
     this.started = true;
     // Interface names decide where journaled routes belong: ifindexes move to the names' indexes now.
     await this.applyInterfaces();
