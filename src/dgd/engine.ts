@@ -184,7 +184,24 @@ export class DgdEngine {
       else boots.earlier_boot++;
       this.journal.set(e.key, e);
     }
-    for (const e of await this.store.loadGroupJournal()) this.groupJournal.set(e.id, e);
+    for (const e of await this.store.loadGroupJournal()) {
+      // Nexthop objects do not survive a reboot: after one, the ids belong to whatever their
+      // owners created since, and nothing of ours is in them. Such an entry is dropped, never
+      // applied to a group that merely has the old id.
+      if (e.boot_id && this.bootId && e.boot_id !== this.bootId) {
+        this.log.event(
+          'nexthop_group_dropped',
+          {
+            nexthop: describeGroup(e.original),
+            reason: 'changed before a reboot; nexthop objects do not survive one',
+          },
+          'warn',
+        );
+        unplaceable = true;
+        continue;
+      }
+      this.groupJournal.set(e.id, e);
+    }
     if (unplaceable) await this.saveJournal();
     const held = (await this.owners?.load()) ?? new Map<RoutingDaemon, string[]>();
     await this.owners?.checkAll();
@@ -1042,6 +1059,7 @@ export class DgdEngine {
             members,
             removed: [g.key],
             at: new Date(this.clock.wallNow()).toISOString(),
+            boot_id: this.bootId,
           };
         }
         const to = groupTarget(entry);

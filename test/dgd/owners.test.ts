@@ -266,3 +266,58 @@ describe('DGD engine: an incident does not hide a later death', () => {
     await s.engine.stop({ restore: true });
   });
 });
+
+describe('DGD engine: nexthop groups across a reboot', () => {
+  it('a group journaled in an earlier boot is dropped with an event, never applied to the new objects of that id', async () => {
+    const clock = new FakeClock();
+    const ports = new FakePorts(clock, [
+      { ...route('0.0.0.0/0', R1, 100), gateway: null, ifindex: null, nhid: 10 } as KernelRoute,
+      route('0.0.0.0/0', R2, 200),
+    ]);
+    ports.alive.add(R1).add(R2).add(R3);
+    // After the reboot, group 10 is whatever its owner made of it since.
+    ports.nexthops = [
+      nexthopObject(1, R1),
+      nexthopObject(2, R3),
+      nexthopGroup(10, [
+        [1, 1],
+        [2, 1],
+      ]),
+    ];
+    const store = new MemoryStore();
+    const entry = {
+      id: 10,
+      original: nexthopGroup(
+        10,
+        [
+          [1, 3],
+          [2, 1],
+        ],
+        11,
+      ),
+      members: { '1': `${R1}%2`, '2': `${R3}%2` },
+      removed: [`${R1}%2`],
+      at: '2026-01-01T00:00:00.000Z',
+    };
+    store.groups = [{ ...entry, boot_id: 'boot-before' }];
+    const log = new MemoryEventLog();
+    const engine = new DgdEngine({
+      config: parseConfig('').dgd,
+      tables: [254],
+      ports,
+      store,
+      log,
+      clock,
+      bootId: 'boot-now',
+    });
+    await engine.start();
+    assert.equal(log.named('nexthop_group_dropped').length, 1);
+    assert.ok(!ports.ops.some((o) => o.startsWith('replace nexthop')), ports.ops.join(', '));
+    assert.equal(store.groups.length, 0);
+    await engine.stop({ restore: true });
+    assert.deepEqual(ports.nexthops.find((n) => n.id === 10)!.group, [
+      { id: 1, weight: 1 },
+      { id: 2, weight: 1 },
+    ]);
+  });
+});
