@@ -9,7 +9,7 @@
 import type { DgdConfig } from './config';
 import { emit, type EventLog, type LogLevel, type SocketSample, type TriggerKind } from './events';
 import type { Clock, Timer } from '../util/clock';
-import { formatEndpoint, normalizeIp } from '../sys/ipaddr';
+import { normalizeIp } from '../sys/ipaddr';
 import { protocolName } from '../sys/rtnl-format';
 import type {
   DgdPorts,
@@ -21,6 +21,7 @@ import type {
   ScannedSocket,
   Verification,
 } from './ports';
+import { addEvidence, failingSocket, inIncident, joinIncident, socketSample } from './incident';
 import { RewithdrawGuard } from './rewithdraw';
 import { SocketScanner, type Observation } from './scan';
 import { gatewayStatus, routeSummary, type DgdStatus } from './status';
@@ -85,10 +86,6 @@ const SIGHTING_POLL_MS = 1000;
 /** Longest hold-down of a flapping gateway. */
 const MAX_HOLD_DOWN_MS = 3_600_000;
 const MAX_TRANSITIONS = 32;
-/** An incident ends when no socket has blamed its gateway for this long. */
-const INCIDENT_QUIET_MS = 10_000;
-/** Samples of sockets an incident's events carry. */
-const INCIDENT_SAMPLES = 3;
 
 export class DgdEngine {
   private cfg: DgdConfig;
@@ -453,7 +450,8 @@ export class DgdEngine {
     // Sockets that crossed the threshold in this dump, per gateway: one trigger for all of them.
     const crossed = new Map<Gateway, SocketSample[]>();
     for (const o of observations) {
-      if (this.cfg.aggregate_sockets > 0 && this.failingSocket(o)) await this.addEvidence(o.socket, o.key);
+      if (this.cfg.aggregate_sockets > 0 && failingSocket(o, this.cfg.syn_stall))
+        await this.countEvidence(o.socket, o.key);
       if (o.now > 0 && o.now > o.before) await this.onRetransmission(o.socket, o.before, o.now, crossed);
     }
     const triggers: Promise<void>[] = [];
@@ -467,20 +465,8 @@ export class DgdEngine {
     await Promise.all(triggers);
   }
 
-  /**
-   * Evidence for the aggregate trigger: a SYN retransmitted, a SYN unanswered for syn_stall (a
-   * client with a 1 s connect timeout gives up before the kernel retransmits it), or any segment
-   * retransmitted twice in a row. One lost segment is ordinary loss; these are not.
-   */
-  private failingSocket(o: Observation): boolean {
-    const s = o.socket;
-    if (s.timer !== 1) return false;
-    if (s.state === 'SYN-SENT') return s.timerRetransmits >= 1 || (o.synWaitedMs ?? 0) >= this.cfg.syn_stall;
-    return s.timerRetransmits >= 2;
-  }
-
-  /** Count a failing socket against its gateway, within aggregate_window. */
-  private async addEvidence(s: ScannedSocket, key: string): Promise<void> {
+  /** Count a failing socket against its gateway (src/dgd/incident.ts keeps the window). */
+  private async countEvidence(s: ScannedSocket, key: string): Promise<void> {
     let choice;
     try {
       choice = await this.routeFor(s.dst, s.src);
@@ -490,45 +476,22 @@ export class DgdEngine {
     if (!choice.gateway) return;
     const g = this.gateways.get(gatewayKey(choice.gateway, choice.ifindex));
     if (!g || g.state !== 'active') return;
-    const now = this.clock.now();
-    for (const [k, e] of g.aggregate) if (now - e.at > this.cfg.aggregate_window) g.aggregate.delete(k);
-    if (!g.aggregate.has(key))
-      g.aggregate.set(key, {
-        at: now,
-        socket: {
-          src: formatEndpoint(s.src, s.srcPort),
-          dst: formatEndpoint(s.dst, s.dstPort),
-          state: s.state,
-          retransmits: s.timerRetransmits,
-        },
-      });
+    addEvidence(g, key, s, this.clock.now(), this.cfg.aggregate_window);
   }
 
   /**
    * Sockets blame g (all that crossed in one dump, or the aggregate's): one incident. The first
    * trigger of an incident is logged with the count and a few samples and verified; sockets that
-   * join while its verdict is pending or fresh are logged at debug level only.
+   * join it are logged at debug level only.
    */
   private async incidentTrigger(g: Gateway, kind: TriggerKind, samples: SocketSample[]): Promise<void> {
-    const now = this.clock.now();
-    let inc = g.incident;
-    if (!inc || now - inc.lastJoinAt > INCIDENT_QUIET_MS) {
-      inc = { startedAt: now, lastJoinAt: now, sockets: new Set(), samples: [] };
-      g.incident = inc;
-    }
-    const joining = inc.sockets.size > 0;
-    inc.lastJoinAt = now;
-    for (const sock of samples) {
-      const key = `${sock.src}>${sock.dst}`;
-      if (inc.sockets.has(key)) continue;
-      inc.sockets.add(key);
-      if (inc.samples.length < INCIDENT_SAMPLES) inc.samples.push(sock);
+    const { incident: inc, joining, added } = joinIncident(g, samples, this.clock.now());
+    for (const sock of added)
       this.log.event(
         'trigger_socket',
         { gateway: g.address, interface: g.ifname, reason: kind, socket: sock },
         'debug',
       );
-    }
     // Joining an incident: a pending or fresh verdict covers this socket too. Past that the gateway
     // is asked again (it may have died since it answered: a dead server first, then its gateway),
     // but quietly: only a changed verdict is news, so an incident stays one trigger, one verdict.
@@ -538,11 +501,6 @@ export class DgdEngine {
     }
     const detail = { socket: inc.samples[0], sockets: inc.sockets.size, samples: inc.samples };
     await this.trigger(g, kind, detail, joining);
-  }
-
-  /** An incident is open for g (a socket blamed it within INCIDENT_QUIET_MS): it re-verifies on its own. */
-  private inIncident(g: Gateway): boolean {
-    return g.incident !== null && this.clock.now() - g.incident.lastJoinAt <= INCIDENT_QUIET_MS;
   }
 
   private verdictFresh(g: Gateway): boolean {
@@ -576,12 +534,7 @@ export class DgdEngine {
       return;
     }
     if (now < threshold - 1) return;
-    const socket = {
-      src: formatEndpoint(s.src, s.srcPort),
-      dst: formatEndpoint(s.dst, s.dstPort),
-      state: s.state,
-      retransmits: now,
-    };
+    const socket = socketSample(s, now);
     const blame = () => crossed.set(g, [...(crossed.get(g) ?? []), socket]);
     if (now >= threshold && before < threshold) {
       blame();
@@ -593,7 +546,7 @@ export class DgdEngine {
       !g.inflight &&
       g.state === 'active' &&
       !this.verdictFresh(g) &&
-      !this.inIncident(g)
+      !inIncident(g, this.clock.now())
     ) {
       // One retransmission before the threshold: verify speculatively, act only if the threshold is hit.
       this.log.event('speculative_verify', { gateway: g.address, interface: g.ifname, socket });
