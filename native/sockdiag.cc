@@ -13,7 +13,8 @@
 //
 // sockDiagCount runs the same dump (without tcp_info) but only counts sockets per family and state
 // on the worker: the main thread gets one small Uint32Array, however many sockets the host has, so
-// a count for `status` creates no per-socket objects and no garbage.
+// a count for `status` creates no per-socket objects and no garbage; its kernel walk runs at nice
+// 19 on a thread of its own (DumpWorker::Execute).
 #include <arpa/inet.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
@@ -133,8 +134,10 @@ class DumpWorker : public Napi::AsyncWorker {
   void Execute() override {
     if (!countOnly_) return Dump();
     // A count only feeds `status`, so the kernel's walk of every socket (a few hundred ms of CPU at
-    // 100 000 sockets) runs on a thread of its own at nice 19 (setpriority(2) on its thread id):
-    // on a busy machine the event loop's thread, and everything else, runs before it. A threadpool
+    // 100 000 sockets, spent in recvmsg on this thread) runs on a thread of its own at nice 19
+    // (setpriority(2) on its thread id): the event loop's thread always runs before it. Detection's
+    // scans keep normal priority: at nice 19 in the lab they came 100-200 ms late under load
+    // (docs/BENCHMARKS.md), and their timing is what the failover figures are made of. A threadpool
     // thread is never reniced: it would stay so for whatever runs on it next.
     pthread_t thread;
     const int err = ::pthread_create(&thread, nullptr, &DumpWorker::LowPriorityDump, this);

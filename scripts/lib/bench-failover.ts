@@ -186,7 +186,7 @@ async function trialConnect(): Promise<{ switched: number; connected: number; ag
       20_000,
       'a connection through r2',
     );
-    const aggregate = d.named('trigger')[0]?.reason === 'aggregate';
+    const aggregate = /after aggregate$/.test(String(d.named('state').find((e) => e.to === 'dead')?.reason));
     await d.stop();
     return { switched: Date.parse(w.time) - t0, connected: ok!.t - t0, aggregate };
   } finally {

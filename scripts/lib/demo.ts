@@ -91,9 +91,17 @@ async function main(): Promise<void> {
         `trigger: the socket reached ${(trig.socket as { retransmits: number }).retransmits} retransmissions -> r1 is dead`,
       ]);
     timeline.push([at(withdrawn.time), `routes switched: withdrew ${JSON.stringify(withdrawn.routes)}`]);
+    const resent = ev('flows_resent');
+    if (resent)
+      timeline.push([
+        at(resent.time),
+        `the stuck flow's segment resent through r2 (${String(resent.resent)} of ${String(resent.flows)} flows; docs/failover.md)`,
+      ]);
     timeline.push([
       resumed.t,
-      `flow resumed: the next echo came back via r2 (TCP's own backoff decided when it retried)`,
+      resent
+        ? 'flow resumed: the echo came back via r2'
+        : `flow resumed: the next echo came back via r2 (TCP's own backoff decided when it retried)`,
     ]);
     timeline.sort((a, b) => a[0] - b[0]);
     if (lastBefore) say(`  ${ms(t0, lastBefore.t)}  last echo before the death`);

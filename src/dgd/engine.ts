@@ -7,9 +7,9 @@
 //                                                 --no answer----> dead     (routes withdrawn)
 //                     dead --slow poll / sighting, revive_probes answers--> active (routes restored)
 import type { DgdConfig } from './config';
-import { emit, type EventLog, type SocketSample, type TriggerKind } from './events';
+import { emit, type EventLog, type LogLevel, type SocketSample, type TriggerKind } from './events';
 import type { Clock, Timer } from '../util/clock';
-import { formatEndpoint, normalizeIp } from '../sys/ipaddr';
+import { normalizeIp } from '../sys/ipaddr';
 import { protocolName } from '../sys/rtnl-format';
 import type {
   DgdPorts,
@@ -21,7 +21,9 @@ import type {
   ScannedSocket,
   Verification,
 } from './ports';
+import { addEvidence, failingSocket, inIncident, joinIncident, socketSample } from './incident';
 import { RewithdrawGuard } from './rewithdraw';
+import { SocketScanner, type Observation } from './scan';
 import { gatewayStatus, routeSummary, type DgdStatus } from './status';
 import { ownerOfProtocol, type RouteOwners, type RoutingDaemon } from './owners';
 import { FlowResumer } from './resume';
@@ -81,24 +83,9 @@ const FRESHNESS_FACTOR = 2;
 const RETRIGGER_MS = 10_000;
 /** A sighting of a dead gateway polls it at once, but at most once per this interval. */
 const SIGHTING_POLL_MS = 1000;
-/** Count the sockets at least this often, for status, even when nothing retransmits. */
-const FULL_SCAN_MS = 30_000;
-/** Look this long after a retransmit timer's expiry, so the kernel has retransmitted. */
-const TIMER_SLACK_MS = 4;
-/** Never dump more often than this. */
-const MIN_SCAN_GAP_MS = 10;
 /** Longest hold-down of a flapping gateway. */
 const MAX_HOLD_DOWN_MS = 3_600_000;
 const MAX_TRANSITIONS = 32;
-/** An incident ends when no socket has blamed its gateway for this long. */
-const INCIDENT_QUIET_MS = 10_000;
-/** Samples of sockets an incident's events carry. */
-const INCIDENT_SAMPLES = 3;
-/**
- * TCP_TIMEOUT_INIT (include/net/tcp.h): the first SYN's retransmission timer. A SYN-SENT socket
- * that has not retransmitted yet has been waiting this minus idiag_expires.
- */
-const SYN_RTO_INIT_MS = 1000;
 
 export class DgdEngine {
   private cfg: DgdConfig;
@@ -120,27 +107,17 @@ export class DgdEngine {
   private readonly rewithdraw: RewithdrawGuard;
   /** When retransmissions through a dead gateway last made us re-read its routes. */
   private readonly deadRecheckAt = new Map<string, number>();
-  private readonly retransmitSeen = new Map<string, number>();
   private readonly lookupCache = new Map<
     string,
     { gateway: string | null; ifindex: number; ifname: string }
   >();
   private scanTimer: Timer | null = null;
   private scanning = false;
+  /** When to dump sockets and what each did since (src/dgd/scan.ts). */
+  private readonly scanner: SocketScanner;
   private routeChain: Promise<unknown> = Promise.resolve();
   private refreshTimer: Timer | null = null;
   private closed = false;
-  private lastScan = { at: 0, durationMs: 0, sockets: 0, retransmitting: 0 };
-  private lastCounter = -1;
-  private lastActiveOpens = -1;
-  /** SYN-SENT sockets seen in the last dump, and when each was first seen. */
-  private readonly synFirstSeen = new Map<string, number>();
-  private lastFullDumpAt = -Infinity;
-  /** Sockets counted by the last count (countSockets), and whether one is under way. */
-  private socketCount = 0;
-  private counting = false;
-  private retransmitting = 0;
-  private dumps = 0;
   private readonly bootId: string | null;
   /** Interfaces by name; null until setInterfaces is first called (then every interface counts as up). */
   private links: Map<string, InterfaceInfo> | null = null;
@@ -161,6 +138,9 @@ export class DgdEngine {
     this.store = opts.store;
     this.log = opts.log;
     this.clock = opts.clock;
+    this.scanner = new SocketScanner(this.ports, this.clock, (err: unknown) =>
+      this.log.event('error', { during: 'socket count', error: msg(err) }, 'warn'),
+    );
     this.rewithdraw = new RewithdrawGuard(this.cfg.rewithdraw_limit, this.cfg.rewithdraw_window, this.clock);
     this.bootId = opts.bootId ?? null;
     this.owners = opts.owners ?? null;
@@ -201,9 +181,27 @@ export class DgdEngine {
       else boots.earlier_boot++;
       this.journal.set(e.key, e);
     }
-    for (const e of await this.store.loadGroupJournal()) this.groupJournal.set(e.id, e);
+    for (const e of await this.store.loadGroupJournal()) {
+      // Nexthop objects do not survive a reboot: after one, the ids belong to whatever their
+      // owners created since, and nothing of ours is in them. Such an entry is dropped, never
+      // applied to a group that merely has the old id.
+      if (e.boot_id && this.bootId && e.boot_id !== this.bootId) {
+        this.log.event(
+          'nexthop_group_dropped',
+          {
+            nexthop: describeGroup(e.original),
+            reason: 'changed before a reboot; nexthop objects do not survive one',
+          },
+          'warn',
+        );
+        unplaceable = true;
+        continue;
+      }
+      this.groupJournal.set(e.id, e);
+    }
     if (unplaceable) await this.saveJournal();
     const held = (await this.owners?.load()) ?? new Map<RoutingDaemon, string[]>();
+    await this.owners?.checkAll();
     this.started = true;
     // Interface names decide where journaled routes belong: ifindexes move to the names' indexes now.
     await this.applyInterfaces();
@@ -427,32 +425,18 @@ export class DgdEngine {
     }, delayMs);
   }
 
-  /**
-   * One scan tick. The namespace's RetransSegs counter is read every scan_interval (microseconds);
-   * sockets are dumped with sock_diag (tens of milliseconds of kernel time: it walks the whole
-   * established hash) only when that counter moved, while sockets are retransmitting, and once in
-   * a while for status. While a socket is retransmitting, the next dump is timed to its retransmit
-   * timer (idiag_expires), so a threshold crossing is seen milliseconds after the kernel acts.
-   */
+  /** One scan tick (src/dgd/scan.ts decides whether to dump and when to look again); act on it. */
   async scanOnce(): Promise<void> {
     if (this.scanning || this.closed || !this.enabled) return;
     this.scanning = true;
     let next = this.cfg.scan_interval;
     try {
-      const counter = this.ports.retransmitCounter();
-      const moved = counter !== this.lastCounter;
-      this.lastCounter = counter;
-      // Connection attempts under way (ActiveOpens moved, or SYNs still unanswered at the last
-      // look): SYN-SENT sockets are looked at too, for the aggregate trigger.
-      let connecting = false;
-      if (this.cfg.aggregate_sockets > 0) {
-        const opens = this.ports.activeOpensCounter();
-        connecting = opens !== this.lastActiveOpens || this.synFirstSeen.size > 0;
-        this.lastActiveOpens = opens;
+      const result = await this.scanner.tick(this.cfg);
+      if (result) {
+        next = result.nextMs;
+        if (this.cfg.resend_on_switch) void this.flowResumer?.observe(result.sockets);
+        await this.actOnScan(result.observations);
       }
-      const stale = this.clock.now() - this.lastFullDumpAt >= FULL_SCAN_MS;
-      if (moved || this.retransmitting > 0 || stale || connecting)
-        next = await this.dumpAndCheck(stale, connecting);
     } catch (err) {
       this.log.event('error', { during: 'socket scan', error: msg(err) }, 'error');
     } finally {
@@ -461,68 +445,15 @@ export class DgdEngine {
     this.scheduleScan(next);
   }
 
-  /**
-   * Dump the sockets that are retransmitting (filtered before any object is made), act on them;
-   * returns the delay to the next scan. Once in a while (`withCount`) the sockets are also counted
-   * for status, by the kernel walk alone: no object per socket, so no stall at 100 000 sockets.
-   */
-  private async dumpAndCheck(withCount: boolean, connecting = false): Promise<number> {
-    const t0 = this.clock.now();
-    if (withCount) {
-      this.lastFullDumpAt = this.clock.now();
-      // Beside the scan, not before it: at 100 000 sockets the kernel's walk takes a few hundred
-      // milliseconds, which must not delay detection.
-      if (!this.counting) {
-        this.counting = true;
-        this.ports
-          .countSockets()
-          .then(
-            (n) => void (this.socketCount = n),
-            (err: unknown) => this.log.event('error', { during: 'socket count', error: msg(err) }, 'warn'),
-          )
-          .finally(() => (this.counting = false));
-      }
-    }
-    const sockets = await this.ports.scanSockets({ minRetransmits: 1, synSent: connecting });
-    if (this.cfg.resend_on_switch) void this.flowResumer?.observe(sockets);
-    const threshold = this.cfg.retransmit_threshold;
-    let retransmitting = 0;
-    let due = Infinity;
-    const live = new Set<string>();
-    const synLive = new Set<string>();
+  /** What one dump's sockets say about their gateways: threshold crossings, the aggregate. */
+  private async actOnScan(observations: Observation[]): Promise<void> {
     // Sockets that crossed the threshold in this dump, per gateway: one trigger for all of them.
     const crossed = new Map<Gateway, SocketSample[]>();
-    for (const s of sockets) {
-      const key = `${s.src}|${s.srcPort}|${s.dst}|${s.dstPort}|${s.inode}`;
-      if (s.state === 'SYN-SENT' && s.timer === 1) {
-        synLive.add(key);
-        if (!this.synFirstSeen.has(key)) this.synFirstSeen.set(key, this.clock.now());
-      }
-      if (this.cfg.aggregate_sockets > 0 && this.failingSocket(s, key)) await this.addEvidence(s, key);
-      if (s.timer !== 1 || s.timerRetransmits <= 0) continue;
-      retransmitting++;
-      // The next retransmission of a socket that is one or two short of the threshold matters
-      // to the millisecond: look again just after its timer fires.
-      if (s.timerRetransmits >= threshold - 2)
-        due = Math.min(due, Math.max(0, s.timerExpiresMs) + TIMER_SLACK_MS);
-      live.add(key);
-      const before = this.retransmitSeen.get(key) ?? 0;
-      const now = s.timerRetransmits;
-      this.retransmitSeen.set(key, now);
-      if (now <= before) continue;
-      await this.onRetransmission(s, before, now, crossed);
+    for (const o of observations) {
+      if (this.cfg.aggregate_sockets > 0 && failingSocket(o, this.cfg.syn_stall))
+        await this.countEvidence(o.socket, o.key);
+      if (o.now > 0 && o.now > o.before) await this.onRetransmission(o.socket, o.before, o.now, crossed);
     }
-    for (const k of this.retransmitSeen.keys()) if (!live.has(k)) this.retransmitSeen.delete(k);
-    if (connecting)
-      for (const k of this.synFirstSeen.keys()) if (!synLive.has(k)) this.synFirstSeen.delete(k);
-    this.retransmitting = retransmitting;
-    this.lastScan = {
-      at: this.clock.wallNow(),
-      durationMs: this.clock.now() - t0,
-      sockets: this.socketCount,
-      retransmitting,
-    };
-    this.dumps++;
     const triggers: Promise<void>[] = [];
     for (const [g, samples] of crossed) triggers.push(this.incidentTrigger(g, 'retransmit', samples));
     for (const g of this.gateways.values()) {
@@ -532,27 +463,10 @@ export class DgdEngine {
       triggers.push(this.incidentTrigger(g, 'aggregate', samples));
     }
     await Promise.all(triggers);
-    return Math.max(MIN_SCAN_GAP_MS, Math.min(this.cfg.scan_interval, due));
   }
 
-  /**
-   * Evidence for the aggregate trigger: a SYN retransmitted, a SYN unanswered for syn_stall (a
-   * client with a 1 s connect timeout gives up before the kernel retransmits it), or any segment
-   * retransmitted twice in a row. One lost segment is ordinary loss; these are not.
-   */
-  private failingSocket(s: ScannedSocket, key: string): boolean {
-    if (s.timer !== 1) return false;
-    if (s.state === 'SYN-SENT') {
-      if (s.timerRetransmits >= 1) return true;
-      const seen = this.clock.now() - (this.synFirstSeen.get(key) ?? this.clock.now());
-      const waited = Math.max(seen, SYN_RTO_INIT_MS - s.timerExpiresMs);
-      return waited >= this.cfg.syn_stall;
-    }
-    return s.timerRetransmits >= 2;
-  }
-
-  /** Count a failing socket against its gateway, within aggregate_window. */
-  private async addEvidence(s: ScannedSocket, key: string): Promise<void> {
+  /** Count a failing socket against its gateway (src/dgd/incident.ts keeps the window). */
+  private async countEvidence(s: ScannedSocket, key: string): Promise<void> {
     let choice;
     try {
       choice = await this.routeFor(s.dst, s.src);
@@ -562,53 +476,31 @@ export class DgdEngine {
     if (!choice.gateway) return;
     const g = this.gateways.get(gatewayKey(choice.gateway, choice.ifindex));
     if (!g || g.state !== 'active') return;
-    const now = this.clock.now();
-    for (const [k, e] of g.aggregate) if (now - e.at > this.cfg.aggregate_window) g.aggregate.delete(k);
-    if (!g.aggregate.has(key))
-      g.aggregate.set(key, {
-        at: now,
-        socket: {
-          src: formatEndpoint(s.src, s.srcPort),
-          dst: formatEndpoint(s.dst, s.dstPort),
-          state: s.state,
-          retransmits: s.timerRetransmits,
-        },
-      });
+    addEvidence(g, key, s, this.clock.now(), this.cfg.aggregate_window);
   }
 
   /**
    * Sockets blame g (all that crossed in one dump, or the aggregate's): one incident. The first
    * trigger of an incident is logged with the count and a few samples and verified; sockets that
-   * join while its verdict is pending or fresh are logged at debug level only.
+   * join it are logged at debug level only.
    */
   private async incidentTrigger(g: Gateway, kind: TriggerKind, samples: SocketSample[]): Promise<void> {
-    const now = this.clock.now();
-    let inc = g.incident;
-    if (!inc || now - inc.lastJoinAt > INCIDENT_QUIET_MS) {
-      inc = { startedAt: now, lastJoinAt: now, sockets: new Set(), samples: [] };
-      g.incident = inc;
-    }
-    const joining = inc.sockets.size > 0;
-    inc.lastJoinAt = now;
-    for (const sock of samples) {
-      const key = `${sock.src}>${sock.dst}`;
-      if (inc.sockets.has(key)) continue;
-      inc.sockets.add(key);
-      if (inc.samples.length < INCIDENT_SAMPLES) inc.samples.push(sock);
+    const { incident: inc, joining, added } = joinIncident(g, samples, this.clock.now());
+    for (const sock of added)
       this.log.event(
         'trigger_socket',
         { gateway: g.address, interface: g.ifname, reason: kind, socket: sock },
         'debug',
       );
-    }
-    // Joining an incident: its verdict (pending, or given) covers this socket too. A gateway that
-    // answered is asked again only RETRIGGER_MS after its last verification, as for one socket.
-    const sinceVerified = now - (g.lastVerification?.at ?? -Infinity);
-    if (joining && (g.inflight || g.state !== 'active' || sinceVerified < RETRIGGER_MS)) {
+    // Joining an incident: a pending or fresh verdict covers this socket too. Past that the gateway
+    // is asked again (it may have died since it answered: a dead server first, then its gateway),
+    // but quietly: only a changed verdict is news, so an incident stays one trigger, one verdict.
+    if (joining && (g.inflight || g.state !== 'active' || this.verdictFresh(g))) {
       g.triggers[kind]++;
       return;
     }
-    await this.trigger(g, kind, { socket: inc.samples[0], sockets: inc.sockets.size, samples: inc.samples });
+    const detail = { socket: inc.samples[0], sockets: inc.sockets.size, samples: inc.samples };
+    await this.trigger(g, kind, detail, joining);
   }
 
   private verdictFresh(g: Gateway): boolean {
@@ -642,19 +534,20 @@ export class DgdEngine {
       return;
     }
     if (now < threshold - 1) return;
-    const socket = {
-      src: formatEndpoint(s.src, s.srcPort),
-      dst: formatEndpoint(s.dst, s.dstPort),
-      state: s.state,
-      retransmits: now,
-    };
+    const socket = socketSample(s, now);
     const blame = () => crossed.set(g, [...(crossed.get(g) ?? []), socket]);
     if (now >= threshold && before < threshold) {
       blame();
     } else if (now >= threshold) {
       const last = g.lastVerification?.at ?? -Infinity;
       if (this.clock.now() - last >= RETRIGGER_MS && !g.inflight) blame();
-    } else if (before < threshold - 1 && !g.inflight && g.state === 'active' && !this.verdictFresh(g)) {
+    } else if (
+      before < threshold - 1 &&
+      !g.inflight &&
+      g.state === 'active' &&
+      !this.verdictFresh(g) &&
+      !inIncident(g, this.clock.now())
+    ) {
       // One retransmission before the threshold: verify speculatively, act only if the threshold is hit.
       this.log.event('speculative_verify', { gateway: g.address, interface: g.ifname, socket });
       void this.verification(g, 'speculative').catch(() => undefined);
@@ -816,14 +709,21 @@ export class DgdEngine {
   // Verification and verdicts
 
   /** A trigger: the gateway becomes suspect and is verified by ARP/NDP; the verdict acts. */
-  async trigger(g: Gateway, kind: TriggerKind, detail: TriggerDetail): Promise<void> {
+  async trigger(g: Gateway, kind: TriggerKind, detail: TriggerDetail, quiet = false): Promise<void> {
     if (!this.enabled || this.closed || g.state === 'dead' || g.link !== 'up') return;
     g.triggers[kind]++;
-    emit(this.log, { event: 'trigger', gateway: g.address, interface: g.ifname, reason: kind, ...detail });
-    this.fire(g, 'trigger', kind);
+    // quiet: a re-verification within an incident whose gateway answered; logged at debug level
+    // unless the verdict changes.
+    const level = quiet ? 'debug' : 'info';
+    emit(
+      this.log,
+      { event: 'trigger', gateway: g.address, interface: g.ifname, reason: kind, ...detail },
+      level,
+    );
+    this.fire(g, 'trigger', kind, level);
     let v: Verification;
     try {
-      v = await this.verification(g, 'trigger');
+      v = await this.verification(g, 'trigger', quiet);
     } catch (err) {
       this.log.event('error', { during: 'verification', gateway: g.address, error: msg(err) }, 'error');
       this.fire(g, 'verification_failed', 'verification failed to run');
@@ -831,19 +731,23 @@ export class DgdEngine {
     }
     if (!this.enabled || this.closed || g.state !== 'suspect') return;
     if (v.alive) {
-      this.fire(g, 'answered', 'answered ARP/NDP');
-      emit(this.log, {
-        event: 'downstream_problem',
-        gateway: g.address,
-        interface: g.ifname,
-        reason: kind,
-        note: 'the gateway answers ARP/NDP: the problem is beyond it; routes untouched',
-        ...detail,
-        // Sockets that joined the incident while it was being verified count too.
-        ...(g.incident && detail.sockets !== undefined
-          ? { sockets: g.incident.sockets.size, samples: g.incident.samples }
-          : {}),
-      });
+      this.fire(g, 'answered', 'answered ARP/NDP', level);
+      emit(
+        this.log,
+        {
+          event: 'downstream_problem',
+          gateway: g.address,
+          interface: g.ifname,
+          reason: kind,
+          note: 'the gateway answers ARP/NDP: the problem is beyond it; routes untouched',
+          ...detail,
+          // Sockets that joined the incident while it was being verified count too.
+          ...(g.incident && detail.sockets !== undefined
+            ? { sockets: g.incident.sockets.size, samples: g.incident.samples }
+            : {}),
+        },
+        level,
+      );
     } else {
       await this.declareDead(g, `no ARP/NDP answer to ${v.probesSent} probes after ${kind}`);
     }
@@ -853,7 +757,11 @@ export class DgdEngine {
    * The verdict for g: an in-flight verification is shared; a finished one is reused while fresh
    * (the speculative one started a retransmission early); otherwise a new one runs.
    */
-  private async verification(g: Gateway, mode: 'speculative' | 'trigger' | 'poll'): Promise<Verification> {
+  private async verification(
+    g: Gateway,
+    mode: 'speculative' | 'trigger' | 'poll',
+    quiet = false,
+  ): Promise<Verification> {
     const speculative = mode === 'speculative';
     const span = this.cfg.verify_probes * this.cfg.verify_timeout;
     const freshMs = FRESHNESS_FACTOR * span + 2 * this.cfg.scan_interval;
@@ -889,26 +797,32 @@ export class DgdEngine {
         g.verifications++;
         g.lastVerification = { ...v, at: startedAt };
         if (v.alive && v.mac && (!g.mac || this.cfg.allow_mac_change)) g.mac = v.mac;
+        // A quiet re-verification's steps and an unchanged (alive) verdict are debug detail.
+        const level = quiet && v.alive ? 'debug' : 'info';
         for (const s of v.steps)
-          this.log.event('verify_step', { gateway: g.address, interface: g.ifname, ...s });
+          this.log.event('verify_step', { gateway: g.address, interface: g.ifname, ...s }, level);
         if (v.untrustedMac)
           this.log.event(
             'mac_changed',
             { gateway: g.address, known_mac: g.mac, seen_mac: v.untrustedMac, trusted: false },
             'warn',
           );
-        emit(this.log, {
-          event: 'verdict',
-          gateway: g.address,
-          interface: g.ifname,
-          alive: v.alive,
-          speculative: inflight.speculative,
-          mac: v.mac,
-          arp_rtt_ms: v.arpRttMs,
-          echo_rtt_ms: v.echoRttMs,
-          probes_sent: v.probesSent,
-          duration_ms: Math.round(v.durationMs),
-        });
+        emit(
+          this.log,
+          {
+            event: 'verdict',
+            gateway: g.address,
+            interface: g.ifname,
+            alive: v.alive,
+            speculative: inflight.speculative,
+            mac: v.mac,
+            arp_rtt_ms: v.arpRttMs,
+            echo_rtt_ms: v.echoRttMs,
+            probes_sent: v.probesSent,
+            duration_ms: Math.round(v.durationMs),
+          },
+          level,
+        );
         return v;
       })
       .finally(() => {
@@ -1098,6 +1012,7 @@ export class DgdEngine {
             members,
             removed: [g.key],
             at: new Date(this.clock.wallNow()).toISOString(),
+            boot_id: this.bootId,
           };
         }
         const to = groupTarget(entry);
@@ -1725,7 +1640,7 @@ export class DgdEngine {
   // ---------------------------------------------------------------------------------------------
 
   /** Fire a state machine event at g (GATEWAY_TRANSITIONS); a pair that is no transition does nothing. */
-  private fire(g: Gateway, event: GatewayEvent, reason: string): void {
+  private fire(g: Gateway, event: GatewayEvent, reason: string, level: LogLevel = 'info'): void {
     const to = nextState(g.state, event);
     if (to === null || to === g.state) return;
     const t: Transition = {
@@ -1737,12 +1652,17 @@ export class DgdEngine {
     };
     g.transitions.push(t);
     if (g.transitions.length > MAX_TRANSITIONS) g.transitions.shift();
-    emit(this.log, { event: 'state', gateway: g.address, interface: g.ifname, from: g.state, to, reason });
+    emit(
+      this.log,
+      { event: 'state', gateway: g.address, interface: g.ifname, from: g.state, to, reason },
+      level,
+    );
     g.state = to;
   }
 
   /** Everything `ipdeadgate status` shows about detection. */
   status(): DgdStatus {
+    const scan = this.scanner.status();
     const gateways = [...this.gateways.values()].map((g) =>
       gatewayStatus(g, {
         kernelRoutes: this.kernelRoutes,
@@ -1769,11 +1689,11 @@ export class DgdEngine {
       })),
       route_owners: this.owners?.status() ?? [],
       last_scan: {
-        at: this.lastScan.at ? new Date(this.lastScan.at).toISOString() : null,
-        duration_ms: Math.round(this.lastScan.durationMs * 10) / 10,
-        sockets: this.lastScan.sockets,
-        retransmitting: this.lastScan.retransmitting,
-        dumps: this.dumps,
+        at: scan.at ? new Date(scan.at).toISOString() : null,
+        duration_ms: Math.round(scan.durationMs * 10) / 10,
+        sockets: scan.sockets,
+        retransmitting: scan.retransmitting,
+        dumps: scan.dumps,
       },
     };
   }

@@ -13,6 +13,7 @@ export interface BirdPort {
   routes(): Promise<BirdRoute[]>;
   disable(protocol: string): Promise<void>;
   enable(protocol: string): Promise<void>;
+  version(): Promise<string>;
 }
 
 /** What the adapter has done: protocol -> the dead gateways it was disabled for. */
@@ -26,6 +27,10 @@ export class BirdOwnerAdapter implements OwnerAdapter {
   readonly owner = 'bird' as const;
 
   constructor(private readonly bird: BirdPort) {}
+
+  check(): Promise<string> {
+    return this.bird.version();
+  }
 
   async converge(
     dead: string[],

@@ -20,6 +20,7 @@ export interface FrrPort {
   filterState(): Promise<FrrFilterState>;
   applyFilter(want: FrrFilter): Promise<FrrFilterState>;
   bgpNeighbors(): Promise<BgpNeighbor[]>;
+  version(): Promise<string>;
   setBgpShutdown(asn: string, address: string, shutdown: boolean): Promise<void>;
 }
 
@@ -35,6 +36,10 @@ export class FrrOwnerAdapter implements OwnerAdapter {
   readonly owner = 'frr' as const;
 
   constructor(private readonly frr: FrrPort) {}
+
+  check(): Promise<string> {
+    return this.frr.version();
+  }
 
   async converge(
     dead: string[],

@@ -114,6 +114,8 @@ export interface OwnerOutcome {
  */
 export interface OwnerAdapter {
   readonly owner: RoutingDaemon;
+  /** A cheap question to the daemon (its version): can it be told when a gateway dies? */
+  check?(): Promise<string>;
   converge(
     dead: string[],
     opts: { keepLastRoute: boolean; previous: unknown; persist: (state: unknown) => Promise<void> },
@@ -245,6 +247,33 @@ export class RouteOwners {
       if (e.dead.length > 0) out.set(owner, [...e.dead]);
     }
     return out;
+  }
+
+  /**
+   * At start: ask each configured daemon a cheap question, so that a wrong socket path or a
+   * missing group is an event now (owner_unreachable), not a surprise at the first death.
+   */
+  async checkAll(): Promise<void> {
+    for (const [owner, adapter] of this.adapters) {
+      if (!adapter.check) continue;
+      try {
+        const version = await adapter.check();
+        this.errors.delete(owner);
+        this.log.event('owner_ready', { owner, version });
+      } catch (err) {
+        const message = err instanceof Error ? err.message : String(err);
+        this.errors.set(owner, message);
+        this.log.event(
+          'owner_unreachable',
+          {
+            owner,
+            error: message,
+            note: `dead gateways cannot be handed to ${owner} until it answers (checked again at each slow poll of a dead gateway)`,
+          },
+          'warn',
+        );
+      }
+    }
   }
 
   /** After a restart: make each daemon match the journal again (it may have restarted too). */

@@ -185,4 +185,6 @@ export interface GroupJournalEntry {
   members: Record<string, string | null>;
   removed: string[];
   at: string;
+  /** The boot the group was changed in (/proc/sys/kernel/random/boot_id); nexthop objects die with it. */
+  boot_id?: string | null;
 }

@@ -117,6 +117,12 @@ export class BirdControl {
     });
   }
 
+  /** "BIRD 2.0.12": from `show status`. */
+  async version(): Promise<string> {
+    const lines = await this.command('show status');
+    return lines.find((l) => l.code === 1000)?.text.trim() ?? 'BIRD';
+  }
+
   async protocols(): Promise<BirdProtocol[]> {
     const lines = await this.command('show protocols');
     return lines

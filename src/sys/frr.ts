@@ -133,6 +133,17 @@ export class Vtysh {
     });
   }
 
+  /** "FRRouting 8.4.4 (host)": the first line of zebra's `show version`. */
+  async version(): Promise<string> {
+    const out = await this.run(['show version'], { daemon: 'zebra' });
+    return (
+      out
+        .split('\n')
+        .find((l) => /\S/.test(l))
+        ?.trim() ?? ''
+    );
+  }
+
   /** zebra's IPv4 RIB: every route entry, selected or not. */
   async ipv4Routes(): Promise<FrrRoute[]> {
     const out = await this.run(['show ip route json'], { daemon: 'zebra' });

@@ -232,10 +232,6 @@ export class SegmentRecorder {
     return this.latest.get(flowKey(flow));
   }
 
-  get watching(): number {
-    return this.capture ? this.filter.split(' or (').length : 0;
-  }
-
   private record(p: CapturedPacket): void {
     const seg = decodeTcpFrame(p.data, performance.now());
     if (!seg) return;

@@ -71,9 +71,12 @@ describe('connect-only traffic and events per incident, in the lab', function ()
       // Every socket reaches the threshold within a few seconds; the incident's lines stay one each.
       await new Promise((r) => setTimeout(r, 5000));
       const counts = Object.fromEntries(
-        ['trigger', 'verdict', 'downstream_problem', 'speculative_verify'].map((n) => [n, d.named(n).length]),
+        ['trigger', 'verdict', 'downstream_problem'].map((n) => [n, d.named(n).length]),
       );
-      assert.deepEqual(counts, { trigger: 1, verdict: 1, downstream_problem: 1, speculative_verify: 1 });
+      assert.deepEqual(counts, { trigger: 1, verdict: 1, downstream_problem: 1 });
+      // A speculative verification may start first (one socket at threshold - 1), or the aggregate
+      // may open the incident first; never more than one.
+      assert.ok(d.named('speculative_verify').length <= 1);
       const trig = d.named('trigger')[0]!;
       assert.ok(
         (trig.sockets as number) >= 1 && (trig.samples as unknown[]).length >= 1,
@@ -101,13 +104,24 @@ describe('connect-only traffic and events per incident, in the lab', function ()
       () => c.attempts.find((a) => a.ok && a.started > dead),
       10_000,
       'a new connection through r2',
-    );
+    ).catch((err: Error) => {
+      const seen = d.events.map((e) => `${e.event}${e.reason ? `(${String(e.reason)})` : ''}`);
+      const tries = c.attempts
+        .filter((a) => a.started > dead)
+        .map((a) => `${a.ok ? 'ok' : 'x'}@${a.started - t0}`);
+      throw new Error(
+        `${err.message}; events: ${seen.join(' ')}; attempts after the death: ${tries.join(' ')}`,
+      );
+    });
     const afterMs = ok!.t - t0;
     // The daemon's event line may still be on its way: a resent SYN (src/dgd/resume.ts) connects
     // within milliseconds of the withdrawal.
     const w = await d.waitFor((e) => e.event === 'routes_withdrawn', 2000, 'routes withdrawn');
     assert.ok(w, 'routes withdrawn');
-    assert.equal(d.named('trigger')[0]!.reason, 'aggregate');
+    // Declared dead on the aggregate's evidence (a trigger from old flows of the previous case may
+    // have opened an incident first: then the aggregate's re-verification is the quiet one).
+    const deadState = d.named('state').find((e) => e.to === 'dead');
+    assert.match(String(deadState?.reason), /after aggregate$/);
     assert.ok(afterMs < 3000, `first new connection through r2 ${afterMs} ms after r1 died`);
     await lab.revive('r1', 'lan0');
     await d.waitFor((e) => e.event === 'routes_restored', 15_000, 'routes restored');

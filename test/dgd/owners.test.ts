@@ -239,3 +239,85 @@ describe('DGD engine: the aggregate trigger and one incident per event', () => {
     await s.engine.stop({ restore: true });
   });
 });
+
+describe('DGD engine: an incident does not hide a later death', () => {
+  it('a gateway that answered (a dead server behind it) and then dies is found by the next sockets, quietly re-verified', async () => {
+    const s = await setup([route('0.0.0.0/0', R1, 100), route('0.0.0.0/0', R2, 200)], '', [R1, R2]);
+    // Old flows to a dead server: an incident, r1 answers.
+    for (let n = 1; n <= 3; n++) {
+      s.ports.setRetransmitting(SERVER, n, 40_000);
+      await s.clock.advance(300);
+    }
+    await s.clock.advance(500);
+    assert.equal(s.log.named('downstream_problem').length, 1);
+    // r1 dies 1 s later; short connections through it stall.
+    s.ports.alive.delete(R1);
+    for (let i = 0; i < 8; i++) {
+      for (const x of s.ports.sockets)
+        if (x.state === 'SYN-SENT') x.timerExpiresMs = Math.max(0, x.timerExpiresMs - 200);
+      s.ports.setConnecting(SERVER, 50_000 + i, 0);
+      await s.clock.advance(200);
+    }
+    await s.clock.advance(1500);
+    assert.equal(s.engine.status().gateways.find((g) => g.address === R1)!.state, 'dead');
+    const info = s.log.events.filter((e) => e.level !== 'debug');
+    assert.equal(info.filter((e) => e.event === 'trigger').length, 1, 'the re-verification is quiet');
+    assert.equal(info.filter((e) => e.event === 'verdict').length, 2, 'the alive verdict, then the dead one');
+    await s.engine.stop({ restore: true });
+  });
+});
+
+describe('DGD engine: nexthop groups across a reboot', () => {
+  it('a group journaled in an earlier boot is dropped with an event, never applied to the new objects of that id', async () => {
+    const clock = new FakeClock();
+    const ports = new FakePorts(clock, [
+      { ...route('0.0.0.0/0', R1, 100), gateway: null, ifindex: null, nhid: 10 } as KernelRoute,
+      route('0.0.0.0/0', R2, 200),
+    ]);
+    ports.alive.add(R1).add(R2).add(R3);
+    // After the reboot, group 10 is whatever its owner made of it since.
+    ports.nexthops = [
+      nexthopObject(1, R1),
+      nexthopObject(2, R3),
+      nexthopGroup(10, [
+        [1, 1],
+        [2, 1],
+      ]),
+    ];
+    const store = new MemoryStore();
+    const entry = {
+      id: 10,
+      original: nexthopGroup(
+        10,
+        [
+          [1, 3],
+          [2, 1],
+        ],
+        11,
+      ),
+      members: { '1': `${R1}%2`, '2': `${R3}%2` },
+      removed: [`${R1}%2`],
+      at: '2026-01-01T00:00:00.000Z',
+    };
+    store.groups = [{ ...entry, boot_id: 'boot-before' }];
+    const log = new MemoryEventLog();
+    const engine = new DgdEngine({
+      config: parseConfig('').dgd,
+      tables: [254],
+      ports,
+      store,
+      log,
+      clock,
+      bootId: 'boot-now',
+    });
+    await engine.start();
+    assert.equal(log.named('nexthop_group_dropped').length, 1);
+    assert.ok(!ports.ops.some((o) => o.startsWith('replace nexthop')), ports.ops.join(', '));
+    assert.equal(store.groups.length, 0);
+    await engine.stop({ restore: true });
+    assert.deepEqual(ports.nexthops.find((n) => n.id === 10)!.group, [
+      { id: 1, weight: 1 },
+      { id: 2, weight: 1 },
+    ]);
+  });
+});

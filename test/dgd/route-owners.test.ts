@@ -7,7 +7,13 @@ import { FakeClock, MemoryEventLog, MemoryStore } from '../doubles';
 import { FakePorts, route } from './fakes';
 import { BirdOwnerAdapter, type BirdPort } from '../../src/dgd/owner-bird';
 import { planFrrFilter } from '../../src/dgd/owner-frr';
-import { MemoryOwnerStore, RouteOwners, ownerOfProtocol, type OwnerAdapter } from '../../src/dgd/owners';
+import {
+  MemoryOwnerStore,
+  RouteOwners,
+  ownerOfProtocol,
+  type OwnerAdapter,
+  type RoutingDaemon,
+} from '../../src/dgd/owners';
 import type { BirdProtocol, BirdRoute } from '../../src/sys/bird';
 import type { FrrRoute } from '../../src/sys/frr';
 
@@ -41,6 +47,9 @@ class FakeBird implements BirdPort {
   async disable(p: string) {
     this.ops.push(`disable ${p}`);
     this.protos.find((x) => x.name === p)!.state = 'down';
+  }
+  async version() {
+    return 'BIRD 2.0.12';
   }
   async enable(p: string) {
     this.ops.push(`enable ${p}`);
@@ -182,6 +191,37 @@ describe('route owners', () => {
     assert.equal(owners.status()[0]!.last_error, null);
     await owners.restoreAll('off');
     assert.deepEqual(calls.at(-1), []);
+  });
+
+  it('RouteOwners: at start each daemon is asked its version; one that does not answer is an owner_unreachable event and shows in status', async () => {
+    const ok: OwnerAdapter = {
+      owner: 'bird',
+      check: async () => 'BIRD 2.0.12',
+      converge: async () => ({ state: null, changed: false, applied: [], kept: [], problems: [] }),
+    };
+    const down: OwnerAdapter = {
+      owner: 'frr',
+      check: async () => {
+        throw new Error("vtysh -c 'show version': failed to connect to any daemons");
+      },
+      converge: async () => ({ state: null, changed: false, applied: [], kept: [], problems: [] }),
+    };
+    const log = new MemoryEventLog();
+    const owners = new RouteOwners(
+      new Map<RoutingDaemon, OwnerAdapter>([
+        ['bird', ok],
+        ['frr', down],
+      ]),
+      new MemoryOwnerStore(),
+      log,
+      true,
+    );
+    await owners.checkAll();
+    assert.deepEqual(log.named('owner_ready'), [
+      { event: 'owner_ready', level: 'info', owner: 'bird', version: 'BIRD 2.0.12' },
+    ]);
+    assert.equal(log.named('owner_unreachable')[0]!.owner, 'frr');
+    assert.match(String(owners.status().find((o) => o.owner === 'frr')!.last_error), /failed to connect/);
   });
 
   it('RouteOwners: a daemon taken out of dgd.owners (SIGHUP) is put back first, with its old adapter', async () => {

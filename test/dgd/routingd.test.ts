@@ -89,6 +89,8 @@ describe('routing daemons own their routes: FRR in the lab', function () {
 
   it('static routes with a distance-20 backup and an ECMP pair: zebra fails over under a live flow and back exactly on revival', async () => {
     const d = await LabDaemon.start(lab, 'client', yaml());
+    const ready = await d.waitFor((e) => e.event === 'owner_ready', 5000, 'FRR to answer at start');
+    assert.match(String(ready.version), /^FRRouting 8\./);
     const fl = flows(lab);
     await waitFor(() => fl.every((f) => f.echoes.length >= 10), 5000, 'the flows to run');
     const t0 = Date.now();
@@ -260,6 +262,8 @@ describe('routing daemons own their routes: BIRD in the lab', function () {
     const before = await kernelRoutes(lab);
     const yaml = `dgd:\n  slow_poll_interval: 2s\n  owners:\n    bird:\n      socket: ${bird.socket}\n`;
     const d = await LabDaemon.start(lab, 'client', yaml);
+    const ready = await d.waitFor((e) => e.event === 'owner_ready', 5000, 'BIRD to answer at start');
+    assert.match(String(ready.version), /^BIRD 2\./);
     const fl = flows(lab, 150_000); // bounded; several deaths and revivals, slower under load
     await waitFor(() => fl.every((f) => f.echoes.length >= 10), 5000, 'the flows to run');
     await lab.killSilently('r1', 'lan0');
@@ -297,6 +301,40 @@ describe('routing daemons own their routes: BIRD in the lab', function () {
     assert.equal(await kernelRoutes(lab), before);
     assert.match((await bird.birdc('show protocols')).stdout, /via_r1\s+Static\s+master4\s+up/);
     await lab.revive('r1', 'lan0');
+  });
+
+  it('BIRD: off enables the protocol again; after kill -9 the restart keeps it disabled while r1 is dead, and revival enables it', async () => {
+    const before = await kernelRoutes(lab);
+    const yaml = `dgd:\n  slow_poll_interval: 2s\n  owners:\n    bird:\n      socket: ${bird.socket}\n`;
+    let d = await LabDaemon.start(lab, 'client', yaml);
+    const fl = flows(lab, 150_000); // bounded; several deaths
+    await waitFor(() => fl.every((f) => f.echoes.length >= 5), 5000, 'the flows to run');
+    await lab.killSilently('r1', 'lan0');
+    await d.waitFor((e) => e.event === 'routes_handed_over', 15_000, 'routes handed to BIRD');
+    await waitFor(() => failedOver(lab), 3000, 'BIRD to fail over');
+    assert.equal((await d.cli(['off'])).code, 0);
+    await waitFor(async () => (await kernelRoutes(lab)) === before, 3000, 'off to enable via_r1 again');
+    assert.match((await bird.birdc('show protocols')).stdout, /via_r1\s+Static\s+master4\s+up/);
+    const n = d.named('routes_handed_over').length;
+    assert.equal((await d.cli(['on'])).code, 0);
+    await d.waitFor(
+      (e) => e.event === 'routes_handed_over' && d.named('routes_handed_over').indexOf(e) >= n,
+      20_000,
+      'the second death',
+    );
+    await waitFor(() => failedOver(lab), 3000, 'BIRD to fail over again');
+    d.child.kill('SIGKILL');
+    await waitFor(() => d.exitCode !== null || d.child.signalCode !== null, 5000, 'the daemon to die');
+    d = await LabDaemon.restart(d, yaml);
+    const loaded = await d.waitFor((e) => e.event === 'journal_loaded', 10_000, 'the journal');
+    assert.ok(Object.keys(loaded.owners as object).includes('bird'));
+    await d.waitFor((e) => e.event === 'poll' && e.gateway === RD.r1, 10_000, 'r1 polled at start');
+    assert.ok(await failedOver(lab), 'via_r1 stays disabled while r1 is dead');
+    await lab.revive('r1', 'lan0');
+    await d.waitFor((e) => e.event === 'routes_restored' && e.gateway === RD.r1, 20_000, 'r1 revived');
+    await waitFor(async () => (await kernelRoutes(lab)) === before, 3000, 'the routes back exactly');
+    assert.match((await bird.birdc('show protocols')).stdout, /via_r1\s+Static\s+master4\s+up/);
+    assert.equal(await d.stop(), 0);
   });
 });
 

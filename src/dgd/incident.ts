@@ -1,0 +1,80 @@
+// What sockets say about their gateway, as policy without I/O (split out of engine.ts, issue 8):
+// which sockets count as evidence for the aggregate trigger, the aggregate's window, and how
+// sockets gather into one incident per gateway (one trigger, one verdict, the rest at debug).
+import { formatEndpoint } from '../sys/ipaddr';
+import type { SocketSample } from './events';
+import type { Gateway, Incident } from './gateway';
+import type { ScannedSocket } from './ports';
+import type { Observation } from './scan';
+
+/** An incident ends when no socket has blamed its gateway for this long. */
+export const INCIDENT_QUIET_MS = 10_000;
+/** Samples of sockets an incident's events carry. */
+export const INCIDENT_SAMPLES = 3;
+
+/** A socket as events show it. */
+export function socketSample(s: ScannedSocket, retransmits = s.timerRetransmits): SocketSample {
+  return {
+    src: formatEndpoint(s.src, s.srcPort),
+    dst: formatEndpoint(s.dst, s.dstPort),
+    state: s.state,
+    retransmits,
+  };
+}
+
+/**
+ * Evidence for the aggregate trigger: a SYN retransmitted, a SYN unanswered for syn_stall (a
+ * client with a 1 s connect timeout gives up before the kernel retransmits it), or any segment
+ * retransmitted twice in a row. One lost segment is ordinary loss; these are not.
+ */
+export function failingSocket(o: Observation, synStallMs: number): boolean {
+  const s = o.socket;
+  if (s.timer !== 1) return false;
+  if (s.state === 'SYN-SENT') return s.timerRetransmits >= 1 || (o.synWaitedMs ?? 0) >= synStallMs;
+  return s.timerRetransmits >= 2;
+}
+
+/** Count a failing socket against g, within the aggregate window; returns how many distinct ones g has. */
+export function addEvidence(
+  g: Gateway,
+  key: string,
+  s: ScannedSocket,
+  now: number,
+  windowMs: number,
+): number {
+  for (const [k, e] of g.aggregate) if (now - e.at > windowMs) g.aggregate.delete(k);
+  if (!g.aggregate.has(key)) g.aggregate.set(key, { at: now, socket: socketSample(s) });
+  return g.aggregate.size;
+}
+
+/**
+ * Sockets that blame g join its incident (a new one if it has been quiet INCIDENT_QUIET_MS).
+ * Returns the incident, whether these joined one already under way, and the sockets new to it.
+ */
+export function joinIncident(
+  g: Gateway,
+  samples: readonly SocketSample[],
+  now: number,
+): { incident: Incident; joining: boolean; added: SocketSample[] } {
+  let inc = g.incident;
+  if (!inc || now - inc.lastJoinAt > INCIDENT_QUIET_MS) {
+    inc = { startedAt: now, lastJoinAt: now, sockets: new Set(), samples: [] };
+    g.incident = inc;
+  }
+  const joining = inc.sockets.size > 0;
+  inc.lastJoinAt = now;
+  const added: SocketSample[] = [];
+  for (const sock of samples) {
+    const key = `${sock.src}>${sock.dst}`;
+    if (inc.sockets.has(key)) continue;
+    inc.sockets.add(key);
+    if (inc.samples.length < INCIDENT_SAMPLES) inc.samples.push(sock);
+    added.push(sock);
+  }
+  return { incident: inc, joining, added };
+}
+
+/** An incident is open for g (a socket blamed it within INCIDENT_QUIET_MS). */
+export function inIncident(g: Gateway, now: number): boolean {
+  return g.incident !== null && now - g.incident.lastJoinAt <= INCIDENT_QUIET_MS;
+}
