@@ -69,11 +69,20 @@ describe('tunnel: close guard on real sockets', function () {
     let finReadByNode = false;
     local.once('end', () => (finReadByNode = true));
     await accepted; // the far consumer never reads: the window fills, the bridge pauses
-    // More than the bridge takes before it pauses: the 256 KiB window, the stream's write queue
-    // (256 KiB) and the socket's read buffer.
-    const big = Buffer.alloc(768 * 1024);
     localClient.on('error', () => undefined);
-    localClient.end(big); // data, then FIN, which Node will not read while paused
+    // Fill until the bridge pauses (the window, then the stream's write queue are full), whatever
+    // those sizes are; then a tail larger than what Node reads ahead, and FIN behind it: the tail
+    // fits the kernel's receive queue (so the FIN arrives), Node will not read the FIN while paused.
+    const chunk = Buffer.alloc(64 * 1024);
+    await until(
+      () => {
+        if (!local.isPaused() && localClient.writableLength < 1024 * 1024) localClient.write(chunk);
+        return local.isPaused();
+      },
+      5000,
+      'the bridge to pause',
+    );
+    localClient.end(Buffer.alloc(128 * 1024));
     await sleep(300);
     assert.equal(done, false);
     await until(() => done, 5000, 'the session to be ended by close_timeout');
