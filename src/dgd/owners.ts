@@ -11,36 +11,17 @@ import { readFile } from 'node:fs/promises';
 import { writeFileAtomic } from '../util/atomic';
 import { z } from 'zod';
 import { IpdeadgateError } from '../errors';
+import { protocolName } from '../sys/rtnl-format';
 import type { EventLog } from './events';
 
 /**
- * rtm_protocol -> owner. Numbers from include/uapi/linux/rtnetlink.h (RTPROT_*) and
- * /etc/iproute2/rt_protos; FRR's zebra installs with its own (zebra/rt_netlink.h: RTPROT_ZEBRA 11
- * for nexthop objects, BGP 186, ISIS 187, OSPF 188, RIP 189, RIPNG 190, NHRP 191, EIGRP 192,
- * LDP 193, SHARP 194, PBR 195, ZSTATIC 196, OPENFABRIC 197, SRTE 198); BIRD 2 uses RTPROT_BIRD 12.
- * systemd-networkd and NetworkManager use static (4), dhcp (16) and ra (9) like everyone else.
+ * FRR's protocols: zebra installs with its own numbers (zebra/rt_netlink.h: RTPROT_ZEBRA 11 for
+ * nexthop objects, BGP 186, ISIS 187, OSPF 188, RIP 189, RIPNG 190, NHRP 191, EIGRP 192, LDP 193,
+ * SHARP 194, PBR 195, ZSTATIC 196, OPENFABRIC 197, SRTE 198), all owned by one routing daemon.
+ * Every other protocol's owner is its iproute2 name (rt_protos: BIRD 2 uses bird, 12;
+ * systemd-networkd and NetworkManager use static, dhcp and ra like everyone else).
  */
-const PROTOCOL_OWNERS: Record<number, string> = {
-  0: 'unspec',
-  1: 'redirect',
-  2: 'kernel',
-  3: 'boot',
-  4: 'static',
-  8: 'gated',
-  9: 'ra',
-  10: 'mrt',
-  11: 'frr',
-  12: 'bird',
-  13: 'dnrouted',
-  14: 'xorp',
-  15: 'ntk',
-  16: 'dhcp',
-  17: 'mrouted',
-  18: 'keepalived',
-  42: 'babel',
-  99: 'openr',
-};
-for (let p = 186; p <= 198; p++) PROTOCOL_OWNERS[p] = 'frr';
+const isFrrProtocol = (p: number): boolean => p === 11 || (p >= 186 && p <= 198);
 
 /** An optional section where `frr:` with nothing after it (YAML null) means "with the defaults". */
 function present<T extends z.ZodRawShape>(section: z.ZodObject<T>) {
@@ -83,7 +64,9 @@ export type RoutingDaemon = 'frr' | 'bird';
 /** The owner of a route or nexthop object by its rtm_protocol / nh_protocol. */
 export function ownerOfProtocol(protocol: number | undefined | null): string {
   if (protocol === undefined || protocol === null) return 'unspec';
-  return PROTOCOL_OWNERS[protocol] ?? `proto-${protocol}`;
+  if (isFrrProtocol(protocol)) return 'frr';
+  const name = protocolName(protocol);
+  return name === String(protocol) ? `proto-${protocol}` : name;
 }
 
 /** A route's protocol, when the facade reported it (KernelRoute carries it through untyped). */

@@ -191,7 +191,17 @@ describe('tunnel lab: firewall, gateway proxies, endpoint proxy', function () {
     };
     await quiet();
     // gw2 is killed and restarted below: a new process, so only ep and gw1 have a baseline to return to.
-    const baseline = { ep: fdCount(pids.ep), gw1: fdCount(pids.gw1) };
+    // The lowest of a few samples: a single one once caught a transient descriptor (a status query
+    // being answered), and the end state then read one below "baseline".
+    const lowest = async (pid: number): Promise<number> => {
+      let min = Infinity;
+      for (let i = 0; i < 10; i++) {
+        min = Math.min(min, fdCount(pid));
+        await new Promise((r) => setTimeout(r, 30));
+      }
+      return min;
+    };
+    const baseline = { ep: await lowest(pids.ep), gw1: await lowest(pids.gw1) };
     const upcalls = (via: string, n: number) =>
       client<Many>(lab, 'endpoint', ['many', via, String(TUN.gatewayPort), String(n), '25']);
     const downcalls = (n: number) =>
@@ -286,12 +296,12 @@ describe('tunnel lab: firewall, gateway proxies, endpoint proxy', function () {
     for (const host of ['ep', 'gw1', 'gw2'])
       assert.deepEqual(await closeWait(lab, host), [], `CLOSE_WAIT sockets in ${host}`);
     await waitFor(
-      () => fdCount(pids.ep) === baseline.ep,
+      () => fdCount(pids.ep) <= baseline.ep,
       10_000,
       `ep descriptors back to ${baseline.ep} (now ${fdCount(pids.ep)})`,
     );
     await waitFor(
-      () => fdCount(pids.gw1) === baseline.gw1,
+      () => fdCount(pids.gw1) <= baseline.gw1,
       10_000,
       `gw1 descriptors back to ${baseline.gw1} (now ${fdCount(pids.gw1)})`,
     );
