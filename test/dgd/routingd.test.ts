@@ -48,6 +48,38 @@ function flows(lab: Lab, durationMs = 30_000): FlowClient[] {
   ];
 }
 
+/**
+ * Before a test's flows start: both routers answer the client. A test that ends by reviving r1
+ * leaves the client's neighbour entry for it FAILED until something resolves it again, and a
+ * connect through a FAILED entry fails at once with EHOSTUNREACH (seen once in five runs).
+ */
+async function routersAnswer(lab: Lab): Promise<void> {
+  for (const r of [RD.r1, RD.r2])
+    await waitFor(
+      async () => (await lab.exec('client', ['ping', '-c', '1', '-W', '1', r])).code === 0,
+      10_000,
+      `the client to reach ${r}`,
+      100,
+    );
+}
+
+/** Wait for every flow to carry `n` echoes; on a timeout, say where each one stands. */
+async function flowsRunning(lab: Lab, fl: FlowClient[], n: number, timeoutMs = 10_000): Promise<void> {
+  try {
+    await waitFor(() => fl.every((f) => f.echoes.length >= n), timeoutMs, 'the flows to run');
+  } catch (err) {
+    const where = fl.map((f) => ({
+      connected: f.connectedAt !== null,
+      echoes: f.echoes.length,
+      errors: f.errors,
+    }));
+    const neigh = await lab.ip('client', ['neigh', 'show']).catch(() => '');
+    throw new Error(
+      `${(err as Error).message}: ${JSON.stringify(where)}; routes: ${await kernelRoutes(lab)}; neighbours: ${neigh}`,
+    );
+  }
+}
+
 async function resumedAfter(fs: FlowClient[], t: number, what: string): Promise<void> {
   for (const f of fs) await waitFor(() => f.echoes.some((e) => e.t > t), 15_000, `${what} to resume`);
 }
@@ -87,12 +119,16 @@ describe('routing daemons own their routes: FRR in the lab', function () {
     await lab?.close();
   });
 
+  beforeEach(async () => {
+    if (lab) await routersAnswer(lab);
+  });
+
   it('static routes with a distance-20 backup and an ECMP pair: zebra fails over under a live flow and back exactly on revival', async () => {
     const d = await LabDaemon.start(lab, 'client', yaml());
     const ready = await d.waitFor((e) => e.event === 'owner_ready', 5000, 'FRR to answer at start');
     assert.match(String(ready.version), /^FRRouting 8\./);
     const fl = flows(lab);
-    await waitFor(() => fl.every((f) => f.echoes.length >= 10), 5000, 'the flows to run');
+    await flowsRunning(lab, fl, 10);
     const t0 = Date.now();
     await lab.killSilently('r1', 'lan0');
     const handed = await d.waitFor((e) => e.event === 'routes_handed_over', 15_000, 'routes handed to FRR');
@@ -147,7 +183,7 @@ describe('routing daemons own their routes: FRR in the lab', function () {
   it('off and SIGTERM undo what FRR was told; after kill -9 the restart reconciles and revival undoes it', async () => {
     let d = await LabDaemon.start(lab, 'client', yaml());
     const fl = flows(lab, 150_000); // bounded; several deaths and revivals, slower under load
-    await waitFor(() => fl.every((f) => f.echoes.length >= 5), 5000, 'the flows to run');
+    await flowsRunning(lab, fl, 5);
     await lab.killSilently('r1', 'lan0');
     await d.waitFor((e) => e.event === 'routes_handed_over', 15_000, 'routes handed to FRR');
     await waitFor(() => failedOver(lab), 3000, 'zebra to fail over');
@@ -200,7 +236,7 @@ describe('routing daemons own their routes: FRR in the lab', function () {
       `dgd:\n  slow_poll_interval: 2s\n  keep_last_route: false\n  rewithdraw_limit: ${limit}\n  rewithdraw_window: 1m\n`,
     );
     const fl = flows(lab);
-    await waitFor(() => fl.every((f) => f.echoes.length >= 5), 5000, 'the flows to run');
+    await flowsRunning(lab, fl, 5);
     await lab.killSilently('r1', 'lan0');
     const isTwo = (e: DaemonEvent) => String(e.route).startsWith('198.18.2.0/24');
     const fight = await d.waitFor(
@@ -258,6 +294,10 @@ describe('routing daemons own their routes: BIRD in the lab', function () {
     await lab?.close();
   });
 
+  beforeEach(async () => {
+    if (lab) await routersAnswer(lab);
+  });
+
   it('a static protocol per gateway with a lower-preference backup and a merged ECMP pair: BIRD fails over under a live flow; revival and SIGTERM restore exactly', async () => {
     const before = await kernelRoutes(lab);
     const yaml = `dgd:\n  slow_poll_interval: 2s\n  owners:\n    bird:\n      socket: ${bird.socket}\n`;
@@ -265,7 +305,7 @@ describe('routing daemons own their routes: BIRD in the lab', function () {
     const ready = await d.waitFor((e) => e.event === 'owner_ready', 5000, 'BIRD to answer at start');
     assert.match(String(ready.version), /^BIRD 2\./);
     const fl = flows(lab, 150_000); // bounded; several deaths and revivals, slower under load
-    await waitFor(() => fl.every((f) => f.echoes.length >= 10), 5000, 'the flows to run');
+    await flowsRunning(lab, fl, 10);
     await lab.killSilently('r1', 'lan0');
     const handed = await d.waitFor((e) => e.event === 'routes_handed_over', 15_000, 'routes handed to BIRD');
     assert.equal(handed.owner, 'bird');
@@ -308,7 +348,7 @@ describe('routing daemons own their routes: BIRD in the lab', function () {
     const yaml = `dgd:\n  slow_poll_interval: 2s\n  owners:\n    bird:\n      socket: ${bird.socket}\n`;
     let d = await LabDaemon.start(lab, 'client', yaml);
     const fl = flows(lab, 150_000); // bounded; several deaths
-    await waitFor(() => fl.every((f) => f.echoes.length >= 5), 5000, 'the flows to run');
+    await flowsRunning(lab, fl, 5);
     await lab.killSilently('r1', 'lan0');
     await d.waitFor((e) => e.event === 'routes_handed_over', 15_000, 'routes handed to BIRD');
     await waitFor(() => failedOver(lab), 3000, 'BIRD to fail over');
