@@ -466,14 +466,19 @@ export class SessionLife {
 
   /** forward: start (the local socket accepted, its stream opened, `answer` pending). */
   startForward(local: net.Socket, answer: Promise<void>): void {
+    if (this.openLocal(local)) this.awaitAnswer(answer);
+  }
+
+  /** Enter opening with a local socket and pipe it into the stream; false if that already ended it. */
+  private openLocal(local: net.Socket): boolean {
     this.local = local;
     this.enter('opening');
     this.watchEnd('stream', this.stream);
     this.watchEnd('local', local);
-    if (this.state !== 'opening') return;
+    if (this.state !== 'opening') return false;
     prepareSocket(local);
     local.pipe(this.stream); // the request flows at once: opening costs no round trip
-    this.awaitAnswer(answer);
+    return true;
   }
 
   /** relay: start (`up` came from a peer, `down` goes on to the next hop). */
@@ -525,13 +530,7 @@ export class SessionLife {
 
   /** An already connected socket and stream (CloseGuard.bridge, tests): straight to bridged. */
   startBridged(local: net.Socket, answer?: Promise<void>): void {
-    this.local = local;
-    this.enter('opening');
-    this.watchEnd('stream', this.stream);
-    this.watchEnd('local', local);
-    if (this.state !== 'opening') return;
-    prepareSocket(local);
-    local.pipe(this.stream);
+    if (!this.openLocal(local)) return;
     if (answer) this.awaitAnswer(answer);
     else this.bridge();
   }
