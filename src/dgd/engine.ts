@@ -6,6 +6,7 @@
 // Life of a gateway:  active --trigger--> suspect --ARP answers--> active   (downstream problem)
 //                                                 --no answer----> dead     (routes withdrawn)
 //                     dead --slow poll / sighting, revive_probes answers--> active (routes restored)
+import { errorMessage } from '../errors';
 import type { DgdConfig } from './config';
 import { emit, type EventLog, type LogLevel, type SocketSample, type TriggerKind } from './events';
 import type { Clock, Timer } from '../util/clock';
@@ -139,7 +140,7 @@ export class DgdEngine {
     this.log = opts.log;
     this.clock = opts.clock;
     this.scanner = new SocketScanner(this.ports, this.clock, (err: unknown) =>
-      this.log.event('error', { during: 'socket count', error: msg(err) }, 'warn'),
+      this.log.event('error', { during: 'socket count', error: errorMessage(err) }, 'warn'),
     );
     this.rewithdraw = new RewithdrawGuard(this.cfg.rewithdraw_limit, this.cfg.rewithdraw_window, this.clock);
     this.bootId = opts.bootId ?? null;
@@ -388,7 +389,7 @@ export class DgdEngine {
       () => {
         this.refreshTimer = null;
         this.refreshRoutes().catch((err: unknown) =>
-          this.log.event('error', { during: 'route refresh', error: msg(err) }, 'error'),
+          this.log.event('error', { during: 'route refresh', error: errorMessage(err) }, 'error'),
         );
       },
       Math.min(50, Math.floor(this.cfg.scan_interval / 4)),
@@ -438,7 +439,7 @@ export class DgdEngine {
         await this.actOnScan(result.observations);
       }
     } catch (err) {
-      this.log.event('error', { during: 'socket scan', error: msg(err) }, 'error');
+      this.log.event('error', { during: 'socket scan', error: errorMessage(err) }, 'error');
     } finally {
       this.scanning = false;
     }
@@ -521,7 +522,7 @@ export class DgdEngine {
     try {
       choice = await this.routeFor(s.dst, s.src);
     } catch (err) {
-      this.log.event('error', { during: 'route lookup', dst: s.dst, error: msg(err) }, 'warn');
+      this.log.event('error', { during: 'route lookup', dst: s.dst, error: errorMessage(err) }, 'warn');
       return;
     }
     if (!choice.gateway) return; // a directly connected peer: no gateway to blame
@@ -630,7 +631,7 @@ export class DgdEngine {
           .catch((err: unknown) =>
             this.log.event(
               'error',
-              { during: 'active probing', gateway: a.gateway, error: msg(err) },
+              { during: 'active probing', gateway: a.gateway, error: errorMessage(err) },
               'warn',
             ),
           );
@@ -669,7 +670,11 @@ export class DgdEngine {
         // unanswered probes are concluded half an interval after the last one, not a whole one.
         answer = await this.ports.probeOnce(g.address, g.ifname, activeProbeTimeout(a.intervalMs));
       } catch (err) {
-        this.log.event('error', { during: 'active probe', gateway: g.address, error: msg(err) }, 'warn');
+        this.log.event(
+          'error',
+          { during: 'active probe', gateway: g.address, error: errorMessage(err) },
+          'warn',
+        );
       }
       if (g.active !== a || this.closed || !this.enabled) return;
       if (answer && this.macTrusted(g, answer.mac)) {
@@ -725,7 +730,11 @@ export class DgdEngine {
     try {
       v = await this.verification(g, 'trigger', quiet);
     } catch (err) {
-      this.log.event('error', { during: 'verification', gateway: g.address, error: msg(err) }, 'error');
+      this.log.event(
+        'error',
+        { during: 'verification', gateway: g.address, error: errorMessage(err) },
+        'error',
+      );
       this.fire(g, 'verification_failed', 'verification failed to run');
       return;
     }
@@ -866,7 +875,11 @@ export class DgdEngine {
     await this.ports
       .flushNeighbour(g.ifindex, g.address)
       .catch((err: unknown) =>
-        this.log.event('error', { during: 'neighbour flush', gateway: g.address, error: msg(err) }, 'warn'),
+        this.log.event(
+          'error',
+          { during: 'neighbour flush', gateway: g.address, error: errorMessage(err) },
+          'warn',
+        ),
       );
     this.schedulePoll(g, this.cfg.slow_poll_interval);
   }
@@ -943,7 +956,7 @@ export class DgdEngine {
         g.lastVerification = null; // each answer must be a fresh one
       }
     } catch (err) {
-      this.log.event('error', { during: 'slow poll', gateway: g.address, error: msg(err) }, 'error');
+      this.log.event('error', { during: 'slow poll', gateway: g.address, error: errorMessage(err) }, 'error');
     } finally {
       g.polling = false;
     }
@@ -1128,7 +1141,7 @@ export class DgdEngine {
             {
               during: 'withdraw (nexthop replace)',
               nexthop: describeGroup(p.entry.original),
-              error: msg(err),
+              error: errorMessage(err),
             },
             'error',
           );
@@ -1148,7 +1161,7 @@ export class DgdEngine {
         } catch (err) {
           this.log.event(
             'error',
-            { during: `withdraw (${op.op})`, route: describe(p.from!), error: msg(err) },
+            { during: `withdraw (${op.op})`, route: describe(p.from!), error: errorMessage(err) },
             'error',
           );
           // The kernel did not change: forget the plan for this route.
@@ -1273,7 +1286,11 @@ export class DgdEngine {
     } catch (err) {
       this.log.event(
         'error',
-        { during: 'restore (nexthop replace)', nexthop: describeGroup(entry.original), error: msg(err) },
+        {
+          during: 'restore (nexthop replace)',
+          nexthop: describeGroup(entry.original),
+          error: errorMessage(err),
+        },
         'error',
       );
       return null;
@@ -1298,7 +1315,7 @@ export class DgdEngine {
     } catch (err) {
       this.log.event(
         'error',
-        { during: `restore (${op?.op})`, route: describe(entry.original), error: msg(err) },
+        { during: `restore (${op?.op})`, route: describe(entry.original), error: errorMessage(err) },
         'error',
       );
       return false;
@@ -1379,7 +1396,11 @@ export class DgdEngine {
           } catch (err) {
             this.log.event(
               'error',
-              { during: 'journal reconcile', nexthop: describeGroup(entry.original), error: msg(err) },
+              {
+                during: 'journal reconcile',
+                nexthop: describeGroup(entry.original),
+                error: errorMessage(err),
+              },
               'error',
             );
           }
@@ -1397,7 +1418,7 @@ export class DgdEngine {
           } catch (err) {
             this.log.event(
               'error',
-              { during: 'journal reconcile', route: describe(entry.original), error: msg(err) },
+              { during: 'journal reconcile', route: describe(entry.original), error: errorMessage(err) },
               'error',
             );
           }
@@ -1589,7 +1610,7 @@ export class DgdEngine {
         this.dropVanished().catch((err: unknown) =>
           this.log.event(
             'error',
-            { during: 'dropping routes of a vanished interface', error: msg(err) },
+            { during: 'dropping routes of a vanished interface', error: errorMessage(err) },
             'error',
           ),
         );
@@ -1718,8 +1739,4 @@ function routingDaemonOf(protocol: number | undefined): string | null {
 /** How long an active probe waits for its answer: half the interval, at least 10 ms. */
 export function activeProbeTimeout(intervalMs: number): number {
   return Math.max(10, Math.floor(intervalMs / 2));
-}
-
-function msg(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { readFile } from 'node:fs/promises';
 import { writeFileAtomic } from '../util/atomic';
 import { z } from 'zod';
-import { IpdeadgateError } from '../errors';
+import { IpdeadgateError, errorMessage } from '../errors';
 import { protocolName } from '../sys/rtnl-format';
 import type { EventLog } from './events';
 
@@ -244,7 +244,7 @@ export class RouteOwners {
         this.errors.delete(owner);
         this.log.event('owner_ready', { owner, version });
       } catch (err) {
-        const message = err instanceof Error ? err.message : String(err);
+        const message = errorMessage(err);
         this.errors.set(owner, message);
         this.log.event(
           'owner_unreachable',
@@ -342,7 +342,7 @@ export class RouteOwners {
       for (const p of outcome.problems) this.log.event('owner_problem', { owner, problem: p }, 'warn');
       return outcome;
     } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
+      const message = errorMessage(err);
       this.errors.set(owner, message);
       this.log.event(
         'error',

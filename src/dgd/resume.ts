@@ -12,6 +12,7 @@
 // Touches only flows that the detection scan saw retransmitting and that the kernel routed through
 // the gateway declared dead, that are not bound to an interface, and whose route no longer goes
 // through it; each at most once per withdrawal, at most MAX_FLOWS_PER_GATEWAY per gateway.
+import { errorMessage } from '../errors';
 import type { EventLog } from './events';
 import type { RouteChoice, ScannedSocket } from './ports';
 
@@ -145,7 +146,7 @@ export class FlowResumer {
             outcome = { sent: false, reason: 'no other route' };
           else outcome = await this.ports.resendSegment(w.ifname, w.flow);
         } catch (err) {
-          outcome = { sent: false, reason: err instanceof Error ? err.message : String(err) };
+          outcome = { sent: false, reason: errorMessage(err) };
         }
         if (outcome.sent) resent++;
         if (outcome.sent && outcome.syn) synSent = true;
@@ -206,7 +207,11 @@ export class FlowResumer {
       try {
         this.ports.watchFlows(ifname, flows);
       } catch (err) {
-        this.log.event('error', { during: 'recording flows', interface: ifname, error: msg(err) }, 'warn');
+        this.log.event(
+          'error',
+          { during: 'recording flows', interface: ifname, error: errorMessage(err) },
+          'warn',
+        );
       }
     }
   }
@@ -214,7 +219,7 @@ export class FlowResumer {
   private serially(fn: () => Promise<void>): Promise<void> {
     const run = this.chain.then(fn, fn);
     this.chain = run.catch((err: unknown) =>
-      this.log.event('error', { during: 'flow resume', error: msg(err) }, 'warn'),
+      this.log.event('error', { during: 'flow resume', error: errorMessage(err) }, 'warn'),
     );
     return this.chain;
   }
@@ -222,8 +227,4 @@ export class FlowResumer {
 
 function endpoint(family: 4 | 6, addr: string, port: number): string {
   return family === 6 ? `[${addr}]:${port}` : `${addr}:${port}`;
-}
-
-function msg(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }

@@ -17,7 +17,7 @@
 // the ports are the sys/ facades (rtnl, NeighbourLink, EchoSocket) in the daemon and the CLI.
 import { normalizeMac } from '../sys/ipaddr';
 import { isIP } from 'node:net';
-import { AbortError } from '../errors';
+import { AbortError, errorMessage } from '../errors';
 import { systemClock, type Clock } from '../util/clock';
 
 export interface VerifierPorts {
@@ -79,10 +79,6 @@ export interface VerifyResult {
 type ResolveAnswer = { mac: string; rttMs: number; probesSent: number } | null;
 
 const round3 = (ms: number) => Math.round(ms * 1000) / 1000;
-
-function message(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
 
 /** A clock timer as a promise, cancellable. */
 function delay(clock: Clock, ms: number): { promise: Promise<'timeout'>; cancel: () => void } {
@@ -154,7 +150,7 @@ export async function verifyGateway(
         'purge_timeout',
         `no answer from the kernel within ${Math.min(req.intervalMs, budgetMs)} ms; probing anyway`,
       );
-    else if (purged !== 'done') step('purge_failed', message(purged));
+    else if (purged !== 'done') step('purge_failed', errorMessage(purged));
 
     // 2. Our probes and the kernel-forcing echo, concurrently.
     const proto = family === 4 ? 'arp' : 'ndp';
@@ -187,7 +183,7 @@ export async function verifyGateway(
             step('echo_reply', `${echoRttMs} ms`);
           } else step('echo_timeout', 'no echo reply (ping blocked or gateway dead): informational only');
         },
-        (err: unknown) => step('echo_failed', message(err)),
+        (err: unknown) => step('echo_failed', errorMessage(err)),
       )
       .finally(() => {
         echoSettled = true;

@@ -10,7 +10,14 @@
 import { randomBytes } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import { constants as osConstants, endianness } from 'node:os';
-import { AbortError, IpdeadgateError, type SystemError, UsageError, systemError } from '../errors';
+import {
+  AbortError,
+  IpdeadgateError,
+  type SystemError,
+  UsageError,
+  errorMessage,
+  systemError,
+} from '../errors';
 import {
   FrameError,
   ICMP_ECHO_REPLY,
@@ -89,7 +96,7 @@ const STRERROR_CODES: Record<string, string> = {
 };
 
 function rawSocketError(err: unknown, syscall: string, what: string): SystemError {
-  const text = err instanceof Error ? err.message : String(err);
+  const text = errorMessage(err);
   const code = STRERROR_CODES[text] ?? 'EIO';
   const errno = (osConstants.errno as Record<string, number>)[code] ?? 0;
   return systemError({ code, errno, message: text }, syscall, what);

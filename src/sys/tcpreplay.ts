@@ -16,7 +16,7 @@
 // TCP-MD5 or TCP-AO is sent unchanged. To the peer it is one more copy of a segment it has not
 // acknowledged, which TCP accepts (RFC 9293 3.10.7.4).
 import { isIPv4, isIPv6 } from 'node:net';
-import { IpdeadgateError, type SystemError, systemError } from '../errors';
+import { IpdeadgateError, type SystemError, errorMessage, systemError } from '../errors';
 import { LiveCapture, type CapturedPacket } from './capture';
 import {
   ETHERTYPE_IPV4,
@@ -317,7 +317,7 @@ export class SegmentSender {
 }
 
 function sendError(err: unknown, flow: TcpFlow | null): SystemError {
-  const text = err instanceof Error ? err.message : String(err);
+  const text = errorMessage(err);
   const code = /not permitted/i.test(text)
     ? 'EPERM'
     : /unreachable|no route/i.test(text)
