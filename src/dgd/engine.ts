@@ -281,10 +281,16 @@ export class DgdEngine {
   // Gateways and the route table
 
   /** Re-read the managed tables and update the set of gateways. Called on route events. */
+  /** The kernel's nexthop objects by id, kept as the current view. */
+  private async readNexthopObjects(): Promise<Map<number, KernelNexthopObject>> {
+    this.nexthopObjects = new Map((await this.ports.listNexthops()).map((n) => [n.id, n]));
+    return this.nexthopObjects;
+  }
+
   async refreshRoutes(): Promise<void> {
     const routes = await this.ports.listRoutes(this.tables);
     this.kernelRoutes = routes;
-    this.nexthopObjects = new Map((await this.ports.listNexthops()).map((n) => [n.id, n]));
+    await this.readNexthopObjects();
     this.lookupCache.clear();
     // Config and kernel may spell an address differently (2001:DB8::1, 2001:db8:0::1).
     const filter = new Set(this.cfg.gateways.map(normalizeIp));
@@ -989,8 +995,7 @@ export class DgdEngine {
       if (!this.enabled) return;
       const routes = await this.ports.listRoutes(this.tables);
       this.kernelRoutes = routes;
-      const objects = new Map((await this.ports.listNexthops()).map((n) => [n.id, n]));
-      this.nexthopObjects = objects;
+      const objects = await this.readNexthopObjects();
       const deadKeys = new Set(
         [...this.gateways.values()].filter((x) => x.state === 'dead').map((x) => x.key),
       );
@@ -1268,8 +1273,7 @@ export class DgdEngine {
   ): Promise<string | null> {
     const removed =
       gatewayKeyToRestore === null ? [] : entry.removed.filter((k) => k !== gatewayKeyToRestore);
-    const objects = new Map((await this.ports.listNexthops()).map((n) => [n.id, n]));
-    this.nexthopObjects = objects;
+    const objects = await this.readNexthopObjects();
     this.rewithdraw.forget(groupKey(entry.id));
     if (!objects.get(entry.id)?.group) {
       this.groupJournal.delete(entry.id);
