@@ -322,21 +322,27 @@ export class DaemonMetrics {
       'Accept errors (EMFILE/ENFILE back-offs included)',
       (s) => s.accept_errors,
     );
+    // Counters by reason, copied from the tunnel's status at scrape time.
     for (const [name, help, pick] of [
       [
         'ipdeadgate_tunnel_refusals_total',
         'Streams this node refused, by reason',
-        (s: TunnelStatus['sessions']) => s.refusals,
+        (t: TunnelStatus) => t.sessions.refusals,
       ],
       [
         'ipdeadgate_tunnel_refused_by_peer_total',
         'Streams peers refused, by reason',
-        (s: TunnelStatus['sessions']) => s.refused_by_peer,
+        (t: TunnelStatus) => t.sessions.refused_by_peer,
       ],
       [
         'ipdeadgate_tunnel_session_ends_total',
         'Tunnel sessions ended, by why (completed, local_reset, dial_failed, close_timeout, ...)',
-        (s: TunnelStatus['sessions']) => s.ends ?? {},
+        (t: TunnelStatus) => t.sessions.ends ?? {},
+      ],
+      [
+        'ipdeadgate_tunnel_link_refusals_total',
+        'Tunnel links refused (by this node or by its peer), by reason (cert_expired, unknown_ca, name_mismatch, ...)',
+        (t: TunnelStatus) => t.link_refusals ?? {},
       ],
     ] as const)
       new Counter({
@@ -348,23 +354,9 @@ export class DaemonMetrics {
           this.reset();
           const t = tunnel();
           if (!t) return;
-          for (const [reason, n] of Object.entries(pick(t.sessions)))
-            setCounter(this, { node: t.name, reason }, n);
+          for (const [reason, n] of Object.entries(pick(t))) setCounter(this, { node: t.name, reason }, n);
         },
       });
-    new Counter({
-      name: 'ipdeadgate_tunnel_link_refusals_total',
-      help: 'Tunnel links refused (by this node or by its peer), by reason (cert_expired, unknown_ca, name_mismatch, ...)',
-      labelNames: ['node', 'reason'],
-      registers,
-      collect() {
-        this.reset();
-        const t = tunnel();
-        if (!t) return;
-        for (const [reason, n] of Object.entries(t.link_refusals ?? {}))
-          setCounter(this, { node: t.name, reason }, n);
-      },
-    });
     const recorder = () => this.sources.flightRecorder?.() ?? null;
     new Gauge({
       name: 'ipdeadgate_flight_recorder_ring',
