@@ -10,7 +10,8 @@
         "native/watcher.cc",
         "native/peercred.cc",
         "native/pcap.cc",
-        "native/sdnotify.cc"
+        "native/sdnotify.cc",
+        "native/tlslink.cc"
       ],
       "libraries": ["-lpcap"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

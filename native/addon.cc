@@ -11,6 +11,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   idg::RegisterPeerCred(env, exports);
   idg::RegisterPcap(env, exports);
   idg::RegisterSdNotify(env, exports);
+  idg::RegisterTls(env, exports);
   return exports;
 }
 

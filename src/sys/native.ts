@@ -86,6 +86,49 @@ export interface NativeAddon {
   readonly pcapLinkTypeEthernet: number;
   // sd_notify datagram (native/sdnotify.cc); throws NativeSystemError
   sdNotify(socketPath: string, message: string): void;
+
+  // the tunnel link's TLS (native/tlslink.cc): OpenSSL's handshake, then our TLS 1.3 record layer
+  tlsContext(o: {
+    server: boolean;
+    ca: Buffer;
+    cert: Buffer;
+    key: Buffer;
+    alpn: string;
+    ciphersuites: string;
+  }): number;
+  tlsContextFree(id: number): void;
+  /** Duplicates `fd`; the callback gets (kind, arg, length) with kind one of tlsEvents. */
+  tlsOpen(
+    ctx: number,
+    fd: number,
+    server: boolean,
+    rekeyRecords: number,
+    callback: (kind: number, arg: unknown, length: number) => void,
+  ): number;
+  /** True when everything went to the kernel; false when the rest waits for the drain event. */
+  tlsWrite(id: number, buffers: Buffer[]): boolean;
+  tlsRead(id: number, on: boolean): void;
+  tlsEnd(id: number): void;
+  tlsClose(id: number): void;
+  tlsStats(
+    id: number,
+  ):
+    | {
+        txRecords: number;
+        rxRecords: number;
+        keyUpdatesSent: number;
+        keyUpdatesReceived: number;
+        queued: number;
+      }
+    | undefined;
+  tlsCount(): number;
+  readonly tlsEvents: {
+    readonly secure: number;
+    readonly data: number;
+    readonly end: number;
+    readonly drain: number;
+    readonly error: number;
+  };
 }
 
 let cached: NativeAddon | undefined;

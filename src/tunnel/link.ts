@@ -6,7 +6,8 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
-import * as tls from 'node:tls';
+import * as net from 'node:net';
+import type * as tls from 'node:tls';
 import { ConfigError, IpdeadgateError } from '../errors';
 import { systemClock, type Clock, type Timer } from '../util/clock';
 import { formatHostPort, type HostPort } from './config';
@@ -21,6 +22,7 @@ import {
   type ControlMessage,
 } from './protocol';
 import { AcceptBackoff } from './closeguard';
+import { TlsLinkContext, TlsLinkSocket } from './tlsnative';
 
 /** The link protocol and its version, carried in ALPN (docs/protocol.md). */
 export const LINK_ALPN = 'ipdeadgate/1';
@@ -177,24 +179,24 @@ export function loadTls(files: TlsFiles): TlsMaterial {
 }
 
 /**
- * TLS options both ways. TLS 1.3 only; the peer must present a certificate chaining to our CA.
- * Host names are not checked: links are authenticated by the CA (a private CA for the tunnel),
- * and nodes are addressed by IP across firewalls; the peer's node name comes from its hello.
+ * TLS both ways, as the addon's TLS context (src/tunnel/tlsnative.ts, native/tlslink.cc). TLS 1.3
+ * only; the peer must present a certificate chaining to our CA (checked after the handshake, so
+ * that a refusal can say why). Host names are not checked: links are authenticated by the CA (a
+ * private CA for the tunnel), and nodes are addressed by IP across firewalls; the peer's node name
+ * comes from its hello and must be one its certificate names.
  */
-function tlsOptions(m: TlsMaterial): tls.SecureContextOptions & tls.CommonConnectionOptions {
-  return {
+function linkContext(m: TlsMaterial, server: boolean): TlsLinkContext {
+  return new TlsLinkContext({
+    server,
     ca: m.ca,
     cert: m.cert,
     key: m.key,
-    minVersion: 'TLSv1.3',
-    maxVersion: 'TLSv1.3',
-    rejectUnauthorized: true,
     // The link protocol's version (docs/protocol.md): a peer that offers no common one is refused
     // by the TLS server with the no_application_protocol alert.
-    ALPNProtocols: [LINK_ALPN],
+    alpn: LINK_ALPN,
     // AES-128-GCM first: with AES-NI it is the cheapest AEAD per byte, and a link carries bulk data.
-    ciphers: 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256',
-  };
+    ciphersuites: 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256',
+  });
 }
 
 export interface LinkOptions {
@@ -237,7 +239,7 @@ export class Link extends EventEmitter {
   private readonly clock: Clock;
 
   constructor(
-    readonly socket: tls.TLSSocket,
+    readonly socket: TlsLinkSocket,
     readonly dialer: boolean,
     private readonly opts: LinkOptions,
   ) {
@@ -247,7 +249,6 @@ export class Link extends EventEmitter {
     this.peerCert = socket.getPeerCertificate();
     const cn = this.peerCert?.subject?.CN;
     this.peerCertSubject = typeof cn === 'string' ? cn : '';
-    socket.setNoDelay(true);
     this.session = new MuxSession(socket, {
       role: dialer ? 'client' : 'server',
       clock: this.clock,
@@ -462,17 +463,19 @@ export class LinkDialer extends EventEmitter {
   lastError = '';
   private timer: Timer | undefined;
   private connectTimer: Timer | undefined;
-  private socket: tls.TLSSocket | undefined;
+  private socket: net.Socket | TlsLinkSocket | undefined;
   private closed = false;
   private readonly clock: Clock;
+  private readonly context: TlsLinkContext;
 
   constructor(
     readonly target: HostPort,
-    private readonly material: TlsMaterial,
+    material: TlsMaterial,
     private readonly opts: LinkOptions,
   ) {
     super();
     this.clock = opts.clock ?? systemClock;
+    this.context = linkContext(material, false);
   }
 
   get address(): string {
@@ -485,53 +488,75 @@ export class LinkDialer extends EventEmitter {
 
   private dial(): void {
     if (this.closed) return;
-    const socket = tls.connect({
-      host: this.target.host,
-      port: this.target.port,
-      ...tlsOptions(this.material),
-      checkServerIdentity: () => undefined,
-    });
-    this.socket = socket;
+    const tcp = net.connect({ host: this.target.host, port: this.target.port });
+    let socket: TlsLinkSocket | undefined;
+    this.socket = tcp;
     const connectTimer = this.clock.setTimeout(
-      () => socket.destroy(new IpdeadgateError('ETIMEDOUT', `connecting to ${this.address} timed out`)),
+      () =>
+        (socket ?? tcp).destroy(new IpdeadgateError('ETIMEDOUT', `connecting to ${this.address} timed out`)),
       15_000,
     );
     this.connectTimer = connectTimer;
+    let failed = false;
     const fail = (err: NodeJS.ErrnoException): void => {
+      if (failed) return;
+      failed = true;
       connectTimer.cancel();
       this.lastError = err.message;
       this.socket = undefined;
-      socket.destroy();
+      tcp.destroy();
+      socket?.destroy();
       const reason = classifyTlsError(err.code, err.message);
       if (reason !== 'tls_error') this.emitRefused(reason, err.message);
       else this.emit('dial_failed', { remote: this.address, error: err.message, code: err.code });
       this.retry();
     };
-    socket.once('error', fail);
-    socket.once('secureConnect', () => {
-      connectTimer.cancel();
-      socket.off('error', fail);
-      socket.on('error', () => undefined); // the session reports it
-      if (socket.alpnProtocol !== LINK_ALPN) {
-        const detail = `${this.address} does not speak ${LINK_ALPN} (ALPN: ${String(socket.alpnProtocol)})`;
-        this.lastError = detail;
-        this.socket = undefined;
-        socket.destroy();
-        this.emitRefused('protocol_version', detail);
-        return this.retry();
+    tcp.once('error', fail);
+    tcp.once('connect', () => {
+      tcp.off('error', fail);
+      tcp.on('error', () => undefined);
+      tcp.setNoDelay(true);
+      try {
+        socket = new TlsLinkSocket(tcp, this.context);
+      } catch (err) {
+        return fail(err as NodeJS.ErrnoException);
       }
-      const link = new Link(socket, true, this.opts);
-      this.link = link;
-      link.on('refused', (ev: RefusalEvent) => this.emit('refused', ev));
-      link.once('up', () => {
-        this.attempts = 0;
-        this.emit('link', link);
-      });
-      link.once('down', (err?: Error) => {
-        this.lastError = err?.message ?? 'closed';
-        this.link = undefined;
-        this.socket = undefined;
-        this.retry();
+      const s = socket;
+      this.socket = s;
+      s.once('error', fail);
+      s.once('secure', () => {
+        connectTimer.cancel();
+        s.off('error', fail);
+        s.on('error', () => undefined); // the session reports it
+        if (s.authorizationError) {
+          // As Node's TLS client with rejectUnauthorized: the server's chain does not verify.
+          const err = new IpdeadgateError(
+            s.authorizationError,
+            s.authorizationMessage ?? s.authorizationError,
+          ) as NodeJS.ErrnoException;
+          return fail(err);
+        }
+        if (s.alpnProtocol !== LINK_ALPN) {
+          const detail = `${this.address} does not speak ${LINK_ALPN} (ALPN: ${String(s.alpnProtocol)})`;
+          this.lastError = detail;
+          this.socket = undefined;
+          s.destroy();
+          this.emitRefused('protocol_version', detail);
+          return this.retry();
+        }
+        const link = new Link(s, true, this.opts);
+        this.link = link;
+        link.on('refused', (ev: RefusalEvent) => this.emit('refused', ev));
+        link.once('up', () => {
+          this.attempts = 0;
+          this.emit('link', link);
+        });
+        link.once('down', (err?: Error) => {
+          this.lastError = err?.message ?? 'closed';
+          this.link = undefined;
+          this.socket = undefined;
+          this.retry();
+        });
       });
     });
   }
@@ -555,6 +580,7 @@ export class LinkDialer extends EventEmitter {
     this.connectTimer?.cancel(); // a dial in progress must not keep the process alive
     this.link?.close();
     this.socket?.destroy();
+    this.context.free();
   }
 }
 
@@ -564,7 +590,7 @@ export class LinkDialer extends EventEmitter {
  * stream with a refusal that names the reason, so the dialer logs it too, and close. Nothing else
  * is read from it; the whole exchange is bounded by one second.
  */
-function tellRefusedAndClose(socket: tls.TLSSocket, reason: LinkRefusal, detail: string, clock: Clock): void {
+function tellRefusedAndClose(socket: TlsLinkSocket, reason: LinkRefusal, detail: string, clock: Clock): void {
   const m = new MuxSession(socket, { role: 'server', clock, maxStreams: 1, lingerMs: 500 });
   // A peer that opens no control stream (it does not speak the protocol) gets no byte at all.
   const timer = clock.setTimeout(() => socket.destroy(), 1000);
@@ -587,8 +613,10 @@ function tellRefusedAndClose(socket: tls.TLSSocket, reason: LinkRefusal, detail:
 
 /** Accepts links on `listen`; peers without a certificate from our CA never get a session. */
 export class LinkListener extends EventEmitter {
-  private readonly server: tls.Server;
+  private readonly server: net.Server;
   private readonly backoff: AcceptBackoff;
+  private readonly context: TlsLinkContext;
+  private readonly handshaking = new Set<TlsLinkSocket>();
   readonly links = new Set<Link>();
   handshakeFailures = 0;
 
@@ -598,64 +626,93 @@ export class LinkListener extends EventEmitter {
     private readonly opts: LinkOptions,
   ) {
     super();
-    this.server = tls.createServer({
-      ...tlsOptions(material),
-      requestCert: true,
-      // The peer's certificate is checked below rather than by Node, which would close the
-      // connection without saying why: here every refusal is reported with its reason. (Node's
-      // server verifies the client certificate after the handshake, in JavaScript, and has no way
-      // to send a TLS alert for it either way; see docs/protocol.md.)
-      rejectUnauthorized: false,
-      honorCipherOrder: true,
-      handshakeTimeout: opts.handshakeTimeoutMs ?? 10_000,
-    });
-    this.server.on('secureConnection', (socket: tls.TLSSocket) => {
-      this.backoff.accepted();
-      socket.on('error', () => undefined);
-      const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-      const cert = socket.getPeerCertificate();
-      let refusal: [LinkRefusal, string] | undefined;
-      if (!cert || !Object.keys(cert).length)
-        refusal = ['no_certificate', `the peer at ${remote} sent no certificate`];
-      else if (!socket.authorized) {
-        const code = String(socket.authorizationError ?? '');
-        refusal = [
-          classifyTlsError(code) === 'tls_error' ? 'bad_certificate' : classifyTlsError(code),
-          `the certificate of the peer at ${remote} (CN ${String(cert.subject?.CN)}) was refused: ${code}`,
-        ];
-      } else if (socket.alpnProtocol !== LINK_ALPN)
-        refusal = [
-          'protocol_version',
-          `the peer at ${remote} does not offer ${LINK_ALPN} (ALPN: ${String(socket.alpnProtocol)})`,
-        ];
-      if (refusal) {
-        this.handshakeFailures++;
-        if (refusal[0] === 'protocol_version')
-          socket.destroy(); // it does not speak our protocol
-        else tellRefusedAndClose(socket, refusal[0], refusal[1], this.opts.clock ?? systemClock);
-        const ev: RefusalEvent = { remote, reason: refusal[0], detail: refusal[1], direction: 'accept' };
-        this.emit('refused', ev);
-        return;
-      }
-      const link = new Link(socket, false, this.opts);
-      this.links.add(link);
-      link.on('refused', (ev: RefusalEvent) => this.emit('refused', ev));
-      link.once('up', () => this.emit('link', link));
-      link.once('down', () => this.links.delete(link));
-    });
-    this.server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
-      this.handshakeFailures++;
-      const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-      socket.destroy();
-      const ev: RefusalEvent = {
-        remote,
-        reason: classifyTlsError(err.code, err.message),
-        detail: `TLS handshake with ${remote} failed: ${err.message}`,
-        direction: 'accept',
-      };
-      this.emit('refused', ev);
-    });
+    this.context = linkContext(material, true);
+    // Not a byte is read by Node: the addon takes the socket over for the TLS handshake.
+    this.server = net.createServer({ pauseOnConnect: true }, (tcp) => this.onConnection(tcp));
     this.backoff = new AcceptBackoff(this.server, address, opts.clock ?? systemClock);
+  }
+
+  private handshakeFailed(remote: string, err: NodeJS.ErrnoException): void {
+    this.handshakeFailures++;
+    const ev: RefusalEvent = {
+      remote,
+      reason: classifyTlsError(err.code, err.message),
+      detail: `TLS handshake with ${remote} failed: ${err.message}`,
+      direction: 'accept',
+    };
+    this.emit('refused', ev);
+  }
+
+  private onConnection(tcp: net.Socket): void {
+    const remote = `${tcp.remoteAddress}:${tcp.remotePort}`;
+    tcp.on('error', () => undefined);
+    tcp.setNoDelay(true);
+    let socket: TlsLinkSocket;
+    try {
+      socket = new TlsLinkSocket(tcp, this.context);
+    } catch (err) {
+      return this.handshakeFailed(remote, err as NodeJS.ErrnoException);
+    }
+    this.handshaking.add(socket);
+    const clock = this.opts.clock ?? systemClock;
+    const timeoutMs = this.opts.handshakeTimeoutMs ?? 10_000;
+    const timer = clock.setTimeout(
+      () =>
+        socket.destroy(
+          new IpdeadgateError('ERR_TLS_HANDSHAKE_TIMEOUT', `TLS handshake timeout after ${timeoutMs} ms`),
+        ),
+      timeoutMs,
+    );
+    const onError = (err: NodeJS.ErrnoException): void => {
+      timer.cancel();
+      this.handshaking.delete(socket);
+      this.handshakeFailed(remote, err);
+    };
+    socket.once('error', onError);
+    socket.once('close', () => {
+      timer.cancel();
+      this.handshaking.delete(socket);
+    });
+    socket.once('secure', () => {
+      timer.cancel();
+      this.handshaking.delete(socket);
+      socket.off('error', onError);
+      this.onSecure(socket, remote);
+    });
+  }
+
+  private onSecure(socket: TlsLinkSocket, remote: string): void {
+    this.backoff.accepted();
+    socket.on('error', () => undefined);
+    const cert = socket.getPeerCertificate();
+    let refusal: [LinkRefusal, string] | undefined;
+    if (!cert || !Object.keys(cert).length)
+      refusal = ['no_certificate', `the peer at ${remote} sent no certificate`];
+    else if (!socket.authorized) {
+      const code = String(socket.authorizationError ?? '');
+      refusal = [
+        classifyTlsError(code) === 'tls_error' ? 'bad_certificate' : classifyTlsError(code),
+        `the certificate of the peer at ${remote} (CN ${String(cert.subject?.CN)}) was refused: ${code}`,
+      ];
+    } else if (socket.alpnProtocol !== LINK_ALPN)
+      refusal = [
+        'protocol_version',
+        `the peer at ${remote} does not offer ${LINK_ALPN} (ALPN: ${String(socket.alpnProtocol)})`,
+      ];
+    if (refusal) {
+      this.handshakeFailures++;
+      if (refusal[0] === 'protocol_version')
+        socket.destroy(); // it does not speak our protocol
+      else tellRefusedAndClose(socket, refusal[0], refusal[1], this.opts.clock ?? systemClock);
+      const ev: RefusalEvent = { remote, reason: refusal[0], detail: refusal[1], direction: 'accept' };
+      this.emit('refused', ev);
+      return;
+    }
+    const link = new Link(socket, false, this.opts);
+    this.links.add(link);
+    link.on('refused', (ev: RefusalEvent) => this.emit('refused', ev));
+    link.once('up', () => this.emit('link', link));
+    link.once('down', () => this.links.delete(link));
   }
 
   listen(): Promise<void> {
@@ -668,6 +725,9 @@ export class LinkListener extends EventEmitter {
 
   close(): void {
     this.backoff.close();
+    for (const s of this.handshaking) s.destroy();
+    this.handshaking.clear();
     for (const l of this.links) l.close();
+    this.context.free();
   }
 }

@@ -1,0 +1,243 @@
+// A link's TLS in the addon (native/tlslink.cc): OpenSSL's TLS 1.3 handshake on the connected
+// socket, then the addon's own record layer with the handshake's traffic keys: what the kernel's
+// `tls` ULP would do, on kernels built without it. The wire is plain TLS 1.3.
+//
+// TlsLinkSocket is a Duplex over that, shaped like the parts of tls.TLSSocket the link uses
+// (remoteAddress, alpnProtocol, authorized, getPeerCertificate): a MuxSession runs on it as on any
+// transport. Its write callback waits until the addon has handed every byte to the kernel, so
+// writableLength counts what the kernel has not taken yet, and 'drain' means what it means on a
+// socket.
+import { X509Certificate } from 'node:crypto';
+import type * as net from 'node:net';
+import { Duplex } from 'node:stream';
+import type * as tls from 'node:tls';
+import { IpdeadgateError } from '../errors';
+import { loadNative } from '../sys/native';
+
+export interface TlsContextOptions {
+  server: boolean;
+  ca: Buffer;
+  cert: Buffer;
+  key: Buffer;
+  /** The one ALPN protocol spoken; a server refuses clients that offer others with no_application_protocol. */
+  alpn: string;
+  /** TLS 1.3 suites, most preferred first (the server's order wins). */
+  ciphersuites: string;
+}
+
+/** An SSL_CTX in the addon. Links made from it keep working after free(). */
+export class TlsLinkContext {
+  private id: number | undefined;
+
+  constructor(readonly options: TlsContextOptions) {
+    this.id = loadNative().tlsContext(options);
+  }
+
+  /** @internal */
+  get handle(): number {
+    if (this.id === undefined)
+      throw new IpdeadgateError('ERR_TLS_CONTEXT_FREED', 'the TLS context was freed');
+    return this.id;
+  }
+
+  free(): void {
+    if (this.id === undefined) return;
+    loadNative().tlsContextFree(this.id);
+    this.id = undefined;
+  }
+}
+
+interface SecureInfo {
+  peerCertificate?: Buffer;
+  verifyError?: string;
+  verifyMessage?: string;
+  alpn?: string;
+  cipher: string;
+  version: string;
+}
+
+/** The parts of tls.PeerCertificate the link reads, from the DER the handshake saw. */
+function peerCertificateOf(der: Buffer | undefined): tls.PeerCertificate {
+  if (!der) return {} as tls.PeerCertificate;
+  const x = new X509Certificate(der);
+  const dn = (text: string): Record<string, string> => {
+    const out: Record<string, string> = {};
+    for (const line of text.split('\n')) {
+      const eq = line.indexOf('=');
+      if (eq > 0) out[line.slice(0, eq)] = line.slice(eq + 1);
+    }
+    return out;
+  };
+  return {
+    subject: dn(x.subject),
+    issuer: dn(x.issuer),
+    subjectaltname: x.subjectAltName ?? '',
+    valid_from: x.validFrom,
+    valid_to: x.validTo,
+    fingerprint256: x.fingerprint256,
+    serialNumber: x.serialNumber,
+    raw: der,
+  } as unknown as tls.PeerCertificate;
+}
+
+export interface TlsLinkSocketOptions {
+  /** Send a KeyUpdate after this many records under one key (default 2^23; tests use small values). */
+  rekeyRecords?: number;
+}
+
+/**
+ * TLS over a connected TCP socket, in the addon. The TCP socket is taken over at once (its
+ * descriptor is duplicated and the Node socket destroyed), so it must not have read anything: a
+ * client socket right after 'connect', a server's socket accepted with pauseOnConnect.
+ * Events: 'secure' after the handshake (the peer's certificate is NOT checked here: see
+ * `authorized`), 'error' (handshake or link failure, with Node's codes where Node has one), and a
+ * Duplex's own.
+ */
+export class TlsLinkSocket extends Duplex {
+  readonly remoteAddress: string | undefined;
+  readonly remotePort: number | undefined;
+  readonly localAddress: string | undefined;
+  readonly localPort: number | undefined;
+  /** The ALPN protocol agreed on, or false. */
+  alpnProtocol: string | false = false;
+  /** Whether the peer's certificate chains to our CA (false also when it sent none). */
+  authorized = false;
+  /** Why the peer's certificate was not accepted: Node's code ('CERT_HAS_EXPIRED', ...). */
+  authorizationError: string | undefined;
+  authorizationMessage: string | undefined;
+  cipher = '';
+  secure = false;
+  private peerDer: Buffer | undefined;
+  private id: number | undefined;
+  private pendingWrite: ((err?: Error | null) => void) | undefined;
+  private readWanted = false;
+
+  constructor(tcp: net.Socket, ctx: TlsLinkContext, opts: TlsLinkSocketOptions = {}) {
+    super({ allowHalfOpen: true, readableHighWaterMark: 256 * 1024, writableHighWaterMark: 64 * 1024 });
+    this.remoteAddress = tcp.remoteAddress;
+    this.remotePort = tcp.remotePort;
+    this.localAddress = tcp.localAddress;
+    this.localPort = tcp.localPort;
+    const fd = (tcp as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) {
+      tcp.destroy();
+      throw new IpdeadgateError('ERR_TLS_SOCKET', 'the TCP socket has no descriptor to take over');
+    }
+    const native = loadNative();
+    const ev = native.tlsEvents;
+    try {
+      this.id = native.tlsOpen(
+        ctx.handle,
+        fd,
+        ctx.options.server,
+        opts.rekeyRecords ?? 0,
+        (kind, arg, length) => {
+          switch (kind) {
+            case ev.secure:
+              return this.onSecure(arg as SecureInfo);
+            case ev.data: {
+              const buf = arg as Buffer;
+              if (!this.push(length < buf.length ? buf.subarray(0, length) : buf) && this.id !== undefined) {
+                this.readWanted = false;
+                native.tlsRead(this.id, false);
+              }
+              return;
+            }
+            case ev.end:
+              this.push(null);
+              return;
+            case ev.drain: {
+              const cb = this.pendingWrite;
+              this.pendingWrite = undefined;
+              cb?.();
+              return;
+            }
+            case ev.error:
+              // The addon has closed the link already; report outside its call.
+              this.id = undefined;
+              process.nextTick(() => this.destroy(arg as Error));
+              return;
+          }
+        },
+      );
+    } finally {
+      // The addon holds its own descriptor now (or failed to take one): ours goes either way.
+      tcp.destroy();
+    }
+  }
+
+  private onSecure(info: SecureInfo): void {
+    this.secure = true;
+    this.alpnProtocol = info.alpn ?? false;
+    this.cipher = info.cipher;
+    this.peerDer = info.peerCertificate;
+    this.authorizationError = info.verifyError;
+    this.authorizationMessage = info.verifyMessage;
+    this.authorized = !!info.peerCertificate && !info.verifyError;
+    this.emit('secure');
+    if (this.id !== undefined && this.readWanted) loadNative().tlsRead(this.id, true);
+  }
+
+  getPeerCertificate(): tls.PeerCertificate {
+    return peerCertificateOf(this.peerDer);
+  }
+
+  getProtocol(): string | null {
+    return this.secure ? 'TLSv1.3' : null;
+  }
+
+  getCipher(): { name: string; standardName: string; version: string } {
+    return { name: this.cipher, standardName: this.cipher, version: 'TLSv1.3' };
+  }
+
+  /** Records and key updates so far (tests, status). */
+  tlsStats(): ReturnType<ReturnType<typeof loadNative>['tlsStats']> {
+    return this.id === undefined ? undefined : loadNative().tlsStats(this.id);
+  }
+
+  override _read(): void {
+    this.readWanted = true;
+    if (this.id !== undefined && this.secure) loadNative().tlsRead(this.id, true);
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.send([chunk], cb);
+  }
+
+  override _writev(chunks: { chunk: Buffer }[], cb: (err?: Error | null) => void): void {
+    this.send(
+      chunks.map((c) => c.chunk),
+      cb,
+    );
+  }
+
+  private send(bufs: Buffer[], cb: (err?: Error | null) => void): void {
+    if (this.id === undefined || !this.secure)
+      return cb(new IpdeadgateError('ERR_TLS_NOT_SECURE', 'write on a link before or after its TLS session'));
+    let done: boolean;
+    try {
+      done = loadNative().tlsWrite(this.id, bufs);
+    } catch (err) {
+      return cb(err as Error);
+    }
+    if (this.id === undefined) return cb(new IpdeadgateError('ECONNRESET', 'the link failed while writing'));
+    if (done) cb();
+    else this.pendingWrite = cb;
+  }
+
+  override _final(cb: (err?: Error | null) => void): void {
+    if (this.id !== undefined) loadNative().tlsEnd(this.id);
+    cb();
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    if (this.id !== undefined) {
+      loadNative().tlsClose(this.id);
+      this.id = undefined;
+    }
+    const p = this.pendingWrite;
+    this.pendingWrite = undefined;
+    p?.(err ?? new IpdeadgateError('ERR_STREAM_DESTROYED', 'the link was destroyed'));
+    cb(err);
+  }
+}
