@@ -36,6 +36,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -93,6 +94,43 @@ bool ExpandLabel(const EVP_MD* md, const std::vector<uint8_t>& secret, const std
   out.resize(length);
   return true;
 }
+
+/** A growable byte buffer that, unlike std::vector, does not zero what it grows into. */
+class ByteBuf {
+ public:
+  ByteBuf() = default;
+  ByteBuf(const ByteBuf&) = delete;
+  ByteBuf& operator=(const ByteBuf&) = delete;
+  ~ByteBuf() { std::free(p_); }
+  uint8_t* data() { return p_; }
+  size_t size() const { return size_; }
+  size_t capacity() const { return cap_; }
+  void clear() { size_ = 0; }
+  void reserve(size_t n) {
+    if (n <= cap_) return;
+    size_t c = cap_ ? cap_ : 64 * 1024;
+    while (c < n) c *= 2;
+    auto* q = static_cast<uint8_t*>(std::realloc(p_, c));
+    if (q == nullptr) std::abort();  // as operator new would
+    p_ = q;
+    cap_ = c;
+  }
+  void resize(size_t n) {
+    reserve(n);
+    size_ = n;
+  }
+  void shrink_to_fit() {
+    if (size_ == 0) {
+      std::free(p_);
+      p_ = nullptr;
+      cap_ = 0;
+    }
+  }
+
+ private:
+  uint8_t* p_ = nullptr;
+  size_t size_ = 0, cap_ = 0;
+};
 
 /** One direction's traffic protection: AEAD context, static IV, sequence number, secret. */
 struct Direction {
@@ -196,7 +234,7 @@ struct Link {
   Suite suite;
   Direction tx, rx;
   uint64_t rekeyRecords = kDefaultRekeyRecords;
-  std::vector<uint8_t> out;  // encrypted bytes not yet written
+  ByteBuf out;  // encrypted bytes not yet written
   size_t outOff = 0;
   bool drainWanted = false;
   std::vector<uint8_t> in;  // received bytes not yet a whole record
@@ -400,7 +438,7 @@ class TlsRegistry {
     return Napi::Number::New(env_, id);
   }
 
-  /** Encrypt and send; true when everything left for the kernel, false when the rest waits (then kDrain). */
+  /** Encrypt and send; the bytes the kernel did not take yet (0: all went; otherwise kDrain follows). */
   Napi::Value Write(uint32_t id, const Napi::Array& bufs) {
     Link* l = Find(id);
     if (l == nullptr || l->failed) return ThrowMsg("tlsWrite: the link is closed");
@@ -416,11 +454,11 @@ class TlsRegistry {
       pieces.emplace_back(b.Data(), b.Length());
       total += b.Length();
     }
-    if (!SealAll(*l, pieces, total)) return env_.Undefined();  // failed: reported
-    if (!Flush(*l)) return env_.Undefined();
-    const bool done = l->outOff == l->out.size();
-    if (!done) l->drainWanted = true;
-    return Napi::Boolean::New(env_, done);
+    if (!SealAll(*l, pieces, total)) return Napi::Number::New(env_, 0);  // failed: reported
+    if (!Flush(*l)) return Napi::Number::New(env_, 0);
+    const size_t queued = l->out.size() - l->outOff;
+    if (queued > 0) l->drainWanted = true;
+    return Napi::Number::New(env_, static_cast<double>(queued));
   }
 
   void SetReading(uint32_t id, bool on) {

@@ -105,14 +105,12 @@ export interface NativeAddon {
     rekeyRecords: number,
     callback: (kind: number, arg: unknown, length: number) => void,
   ): number;
-  /** True when everything went to the kernel; false when the rest waits for the drain event. */
-  tlsWrite(id: number, buffers: Buffer[]): boolean;
+  /** Encrypted bytes the kernel did not take yet: 0 when all went, else the drain event follows. */
+  tlsWrite(id: number, buffers: Buffer[]): number;
   tlsRead(id: number, on: boolean): void;
   tlsEnd(id: number): void;
   tlsClose(id: number): void;
-  tlsStats(
-    id: number,
-  ):
+  tlsStats(id: number):
     | {
         txRecords: number;
         rxRecords: number;

@@ -49,6 +49,12 @@ export interface MuxOptions {
   lingerMs?: number;
 }
 
+/** A transport that takes frames past the Writable machinery, batching them itself (tlsnative.ts). */
+export interface FrameSink {
+  /** Queue a frame; false once `highWater` bytes wait (then 'drain' on the transport). */
+  queueFrame(buf: Buffer, highWater: number): boolean;
+}
+
 /** Counters a session keeps for status. */
 export interface MuxStats {
   bytesIn: number;
@@ -97,6 +103,8 @@ export class MuxSession extends EventEmitter {
   private closedWith: { err: Error | undefined } | undefined;
   writable = true;
   private corked = false;
+  /** A transport that batches frames itself (the link's TlsLinkSocket): no Writable machinery per frame. */
+  private readonly sink: FrameSink | undefined;
   rttMs: number | undefined;
   bytesIn = 0;
   bytesOut = 0;
@@ -114,6 +122,8 @@ export class MuxSession extends EventEmitter {
     this.closeTimeoutMs = opts.closeTimeoutMs ?? 60_000;
     this.decoder = new FrameDecoder({ maxFrameSize: opts.maxFrameSize ?? this.maxWindow, streamData: true });
     this.nextId = opts.role === 'client' ? 1 : 2;
+    const sink = transport as Partial<FrameSink> & Duplex;
+    this.sink = typeof sink.queueFrame === 'function' ? (sink as FrameSink & Duplex) : undefined;
     this.remoteParity = opts.role === 'client' ? 0 : 1;
     transport.on('data', (chunk: Buffer) => this.onData(chunk));
     transport.on('drain', () => this.onDrain());
@@ -211,6 +221,10 @@ export class MuxSession extends EventEmitter {
   writeFrame(buf: Buffer): void {
     if (this.closedWith || this.transport.destroyed || !this.transport.writable) return;
     this.bytesOut += buf.length;
+    if (this.sink) {
+      if (!this.sink.queueFrame(buf, SESSION_HIGH_WATER)) this.writable = false;
+      return;
+    }
     if (!this.corked) {
       // Frames written in one turn of the event loop leave in one writev (one TLS write), in the
       // loop's check phase: with several streams, the frames of every socket read handled in one

@@ -111,6 +111,12 @@ export class TlsLinkSocket extends Duplex {
   private id: number | undefined;
   private pendingWrite: ((err?: Error | null) => void) | undefined;
   private readWanted = false;
+  /** queueFrame(): buffers for the next batch, their bytes, and the addon's unsent bytes. */
+  private batch: Buffer[] = [];
+  private batchBytes = 0;
+  private batchScheduled = false;
+  private nativeQueued = 0;
+  private needDrain = false;
 
   constructor(tcp: net.Socket, ctx: TlsLinkContext, opts: TlsLinkSocketOptions = {}) {
     super({ allowHalfOpen: true, readableHighWaterMark: 256 * 1024, writableHighWaterMark: 64 * 1024 });
@@ -147,9 +153,11 @@ export class TlsLinkSocket extends Duplex {
               this.push(null);
               return;
             case ev.drain: {
+              this.nativeQueued = 0;
               const cb = this.pendingWrite;
               this.pendingWrite = undefined;
               cb?.();
+              this.drained();
               return;
             }
             case ev.error:
@@ -212,20 +220,64 @@ export class TlsLinkSocket extends Duplex {
   }
 
   private send(bufs: Buffer[], cb: (err?: Error | null) => void): void {
+    this.flushBatch();
     if (this.id === undefined || !this.secure)
       return cb(new IpdeadgateError('ERR_TLS_NOT_SECURE', 'write on a link before or after its TLS session'));
-    let done: boolean;
+    let queued: number;
     try {
-      done = loadNative().tlsWrite(this.id, bufs);
+      queued = loadNative().tlsWrite(this.id, bufs);
     } catch (err) {
       return cb(err as Error);
     }
     if (this.id === undefined) return cb(new IpdeadgateError('ECONNRESET', 'the link failed while writing'));
-    if (done) cb();
+    this.nativeQueued = queued;
+    if (queued === 0) cb();
     else this.pendingWrite = cb;
   }
 
+  /**
+   * The mux's write path (MuxSession.writeFrame), past the Writable machinery: the buffer joins a
+   * batch that goes to the addon in one call in the loop's check phase, so the frames of every
+   * read handled in one poll phase leave in one send(2). Returns false once the batch and what the
+   * kernel has not taken reach `highWater`; 'drain' is emitted when that is over.
+   */
+  queueFrame(buf: Buffer, highWater: number): boolean {
+    if (this.id === undefined || !this.secure || this.writableEnded) return true; // dropped, as after end
+    this.batch.push(buf);
+    this.batchBytes += buf.length;
+    if (!this.batchScheduled) {
+      this.batchScheduled = true;
+      setImmediate(this.flushBatch);
+    }
+    if (this.nativeQueued + this.batchBytes < highWater) return true;
+    this.needDrain = true;
+    return false;
+  }
+
+  private readonly flushBatch = (): void => {
+    this.batchScheduled = false;
+    if (!this.batch.length) return;
+    const bufs = this.batch;
+    this.batch = [];
+    this.batchBytes = 0;
+    if (this.id === undefined) return;
+    try {
+      this.nativeQueued = loadNative().tlsWrite(this.id, bufs);
+    } catch (err) {
+      this.destroy(err as Error);
+      return;
+    }
+    if (this.nativeQueued === 0) this.drained();
+  };
+
+  private drained(): void {
+    if (!this.needDrain || this.batchBytes + this.nativeQueued > 0) return;
+    this.needDrain = false;
+    this.emit('drain');
+  }
+
   override _final(cb: (err?: Error | null) => void): void {
+    this.flushBatch();
     if (this.id !== undefined) loadNative().tlsEnd(this.id);
     cb();
   }
