@@ -243,9 +243,11 @@ struct Link {
   bool reading = false;
   bool ended = false;       // EOF or close_notify seen
   bool endPending = false;  // end() asked while output was pending
-  bool wroteEnd = false;
+  bool wroteEnd = false;    // close_notify sealed: nothing more is written
+  bool finPending = false;  // ... and FIN waits for the queue to empty
   bool failed = false;
   uint64_t keyUpdatesSent = 0, keyUpdatesReceived = 0;
+  uint64_t txRecords = 0, rxRecords = 0;  // over every key (seq restarts at each KeyUpdate)
 };
 
 // ---------------------------------------------------------------- contexts
@@ -472,8 +474,8 @@ class TlsRegistry {
   void End(uint32_t id) {
     Link* l = Find(id);
     if (l == nullptr || l->failed || l->wroteEnd) return;
-    if (!l->secure) return Close(id);
-    l->endPending = true;
+    l->endPending = true;  // before 'secure': sent once the handshake is over, as Node's TLS does
+    if (!l->secure) return;
     if (l->outOff == l->out.size()) SendEnd(*l);
   }
 
@@ -481,8 +483,8 @@ class TlsRegistry {
     Link* l = Find(id);
     if (l == nullptr) return env_.Undefined();
     Napi::Object o = Napi::Object::New(env_);
-    o.Set("txRecords", Napi::Number::New(env_, static_cast<double>(l->tx.seq)));
-    o.Set("rxRecords", Napi::Number::New(env_, static_cast<double>(l->rx.seq)));
+    o.Set("txRecords", Napi::Number::New(env_, static_cast<double>(l->txRecords)));
+    o.Set("rxRecords", Napi::Number::New(env_, static_cast<double>(l->rxRecords)));
     o.Set("keyUpdatesSent", Napi::Number::New(env_, static_cast<double>(l->keyUpdatesSent)));
     o.Set("keyUpdatesReceived", Napi::Number::New(env_, static_cast<double>(l->keyUpdatesReceived)));
     o.Set("queued", Napi::Number::New(env_, static_cast<double>(l->out.size() - l->outOff)));
@@ -559,22 +561,23 @@ class TlsRegistry {
       int soErr = 0;
       socklen_t len = sizeof soErr;
       if (::getsockopt(l->fd, SOL_SOCKET, SO_ERROR, &soErr, &len) != 0 || soErr == 0) soErr = -status;
-      return Fail(id, SysError(soErr, "poll", "the link's socket reported an error"));
+      return Fail(id, SysError(soErr, "poll", "polling the link's socket"));
     }
     if (!l->secure) return Handshake(id);
     if (events & UV_WRITABLE) {
       if (!Flush(*l)) return;
-      if (l->outOff == l->out.size()) {
-        if (l->endPending && !l->wroteEnd) {
-          SendEnd(*l);
-          if (Find(id) == nullptr) return;
-        }
-        if (l->drainWanted) {
-          l->drainWanted = false;
-          Emit(id, kDrain, env_.Undefined());
-          l = Find(id);
-          if (l == nullptr) return;
-        }
+      if (l->outOff == l->out.size() && l->endPending && !l->wroteEnd) {
+        SendEnd(*l);
+        l = Find(id);
+        if (l == nullptr) return;
+      }
+      if (l->outOff == l->out.size()) FinishEnd(*l);
+      // kDrain: everything queued, the close_notify included, went to the kernel.
+      if (l->outOff == l->out.size() && l->drainWanted) {
+        l->drainWanted = false;
+        Emit(id, kDrain, env_.Undefined());
+        l = Find(id);
+        if (l == nullptr) return;
       }
     }
     if ((events & UV_READABLE) && l->reading && !l->ended) ReadSome(id);
@@ -653,7 +656,9 @@ class TlsRegistry {
     SetPoll(*l, 0);
     Emit(id, kSecure, info);
     l = Find(id);
-    if (l != nullptr) UpdatePoll(*l);
+    if (l == nullptr) return;
+    UpdatePoll(*l);
+    if (l->endPending && !l->wroteEnd && l->outOff == l->out.size()) SendEnd(*l);
   }
 
   // ------------------------------------------------------------ sending
@@ -722,6 +727,7 @@ class TlsRegistry {
       return false;
     }
     l.tx.seq++;
+    l.txRecords++;
     return true;
   }
 
@@ -771,17 +777,25 @@ class TlsRegistry {
     return true;
   }
 
+  /** Seal the close_notify; FIN follows once everything queued has gone (FinishEnd). */
   void SendEnd(Link& l) {
     l.endPending = false;
     l.wroteEnd = true;
     const uint8_t alert[2] = {1, 0};  // warning, close_notify
     if (!SealBytes(l, kTypeAlert, alert, 2)) return;
+    l.finPending = true;
     const uint32_t id = l.id;
     if (!Flush(l)) return;
     Link* again = Find(id);
     if (again == nullptr) return;
-    if (again->outOff == again->out.size()) ::shutdown(again->fd, SHUT_WR);
-    else again->endPending = true, again->wroteEnd = false;  // finish on the next writable wake-up
+    if (again->outOff == again->out.size()) FinishEnd(*again);
+    else again->drainWanted = true;  // kDrain once the close_notify is out
+  }
+
+  void FinishEnd(Link& l) {
+    if (!l.finPending) return;
+    l.finPending = false;
+    ::shutdown(l.fd, SHUT_WR);
   }
 
   // ------------------------------------------------------------ receiving
@@ -839,6 +853,7 @@ class TlsRegistry {
       if (!ok) return Fail(id, TlsError("ERR_SSL_DECRYPTION_FAILED_OR_BAD_RECORD_MAC",
                                         "bad_record_mac: a TLS record failed authentication"));
       l->rx.seq++;
+      l->rxRecords++;
       off += kHeader + len;
       // TLSInnerPlaintext: content, type, zero padding.
       size_t m = ctLen;
@@ -855,8 +870,15 @@ class TlsRegistry {
           endSeen = true;
           break;
         }
+        // Named as OpenSSL (and so Node) names a received alert: reason SSL_AD_REASON_OFFSET + the
+        // alert's description, e.g. ERR_SSL_TLSV1_ALERT_UNKNOWN_CA for unknown_ca (48), which a
+        // TLS 1.3 server sends after the client's handshake is over.
         const int desc = m >= 2 ? dst[1] : -1;
-        return Fail(id, TlsError("ERR_SSL_TLSV1_ALERT", "the peer sent TLS alert " + std::to_string(desc)));
+        const unsigned long e = desc >= 0 ? ERR_PACK(ERR_LIB_SSL, 0, SSL_AD_REASON_OFFSET + desc) : 0;
+        const char* reason = e ? ERR_reason_error_string(e) : nullptr;
+        return Fail(id, TlsError(reason ? OpenSslCode(e) : "ERR_SSL_TLSV1_ALERT",
+                                 std::string("the peer sent TLS alert ") + std::to_string(desc) +
+                                     (reason ? std::string(" (") + reason + ")" : std::string())));
       }
       if (type == kTypeHandshake) {
         l->handshakeBuf.append(reinterpret_cast<const char*>(dst), m);

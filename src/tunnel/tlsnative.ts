@@ -111,6 +111,7 @@ export class TlsLinkSocket extends Duplex {
   private id: number | undefined;
   private pendingWrite: ((err?: Error | null) => void) | undefined;
   private readWanted = false;
+  private finalCb: ((err?: Error | null) => void) | undefined;
   /** queueFrame(): buffers for the next batch, their bytes, and the addon's unsent bytes. */
   private batch: Buffer[] = [];
   private batchBytes = 0;
@@ -158,6 +159,9 @@ export class TlsLinkSocket extends Duplex {
               this.pendingWrite = undefined;
               cb?.();
               this.drained();
+              const fin = this.finalCb;
+              this.finalCb = undefined;
+              fin?.();
               return;
             }
             case ev.error:
@@ -276,10 +280,18 @@ export class TlsLinkSocket extends Duplex {
     this.emit('drain');
   }
 
+  /**
+   * end(): every queued frame, then close_notify and FIN. 'finish' waits until the kernel has
+   * taken all of it, so a socket whose peer already ended is not destroyed (autoDestroy) with
+   * records still in the addon.
+   */
   override _final(cb: (err?: Error | null) => void): void {
     this.flushBatch();
-    if (this.id !== undefined) loadNative().tlsEnd(this.id);
-    cb();
+    if (this.id === undefined) return cb();
+    const native = loadNative();
+    native.tlsEnd(this.id);
+    if (this.secure && (native.tlsStats(this.id)?.queued ?? 0) > 0) this.finalCb = cb;
+    else cb();
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
@@ -290,6 +302,9 @@ export class TlsLinkSocket extends Duplex {
     const p = this.pendingWrite;
     this.pendingWrite = undefined;
     p?.(err ?? new IpdeadgateError('ERR_STREAM_DESTROYED', 'the link was destroyed'));
+    const fin = this.finalCb;
+    this.finalCb = undefined;
+    fin?.(err ?? new IpdeadgateError('ERR_STREAM_DESTROYED', 'the link was destroyed'));
     cb(err);
   }
 }

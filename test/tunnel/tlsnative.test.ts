@@ -618,13 +618,10 @@ describe('tunnel: the addon TLS record layer against Node TLS and openssl s_serv
       assert.equal(sha256(node.got.buffer()), sha256(data));
     });
 
-    // KNOWN BUG (reported, not fixed here): once the peer has ended, end() loses what queueFrame()
-    // left in the addon. _final() (src/tunnel/tlsnative.ts) calls tlsEnd(), which only marks the end
-    // pending while the addon still holds output (native/tlslink.cc End()), and calls back at once:
-    // 'finish' follows, and with the readable side already ended autoDestroy calls tlsClose(), which
-    // frees the link with its unsent records and without the close_notify. MuxSession.close() does
-    // exactly this (GoAway through queueFrame, then transport.end()) when the peer closed first.
-    it("[KNOWN BUG] queueFrame() then end() after Node's end: every queued byte reaches Node, then the end", async () => {
+    // Once the peer has ended, 'finish' must wait for the addon's queue and close_notify: else
+    // autoDestroy frees the link with records still in it. MuxSession.close() does exactly this
+    // (GoAway through queueFrame, then transport.end()) when the peer closed first.
+    it("queueFrame() then end() after Node's end: every queued byte reaches Node, then the end", async () => {
       const srv = await ourServer();
       const node = nodeClient(srv.port);
       await nodeSecure(node.socket);
@@ -1001,19 +998,17 @@ describe('tunnel: the addon TLS record layer against Node TLS and openssl s_serv
       await assertNoLeaks(before);
     });
 
-    // KNOWN BUG (reported, not fixed here): a fatal alert that arrives after our handshake is done is
-    // reported as ERR_SSL_TLSV1_ALERT with only the alert's number in the message, where Node (and
-    // the codes classifyTlsError() in src/tunnel/link.ts looks for) name it after OpenSSL's reason:
+    // A fatal alert that arrives after our handshake is done is named as Node (and the codes
+    // classifyTlsError() in src/tunnel/link.ts looks for) names it, after OpenSSL's reason:
     // ERR_SSL_TLSV1_ALERT_UNKNOWN_CA, ERR_SSL_SSLV3_ALERT_CERTIFICATE_EXPIRED. In TLS 1.3 a server
     // checks the client's certificate after the client has finished its handshake, so that is how
-    // every standard server's refusal of our certificate reaches us (native/tlslink.cc, ReadSome,
-    // the kTypeAlert branch).
+    // every standard server's refusal of our certificate reaches us.
     const refusals: [string, 'foreign' | 'expired', string][] = [
       ['from another CA', 'foreign', 'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA'],
       ['that has expired', 'expired', 'ERR_SSL_SSLV3_ALERT_CERTIFICATE_EXPIRED'],
     ];
     for (const [what, which, code] of refusals) {
-      it(`[KNOWN BUG] s_server refusing our certificate ${what}: its alert named as Node names it (${code})`, async () => {
+      it(`s_server refusing our certificate ${what}: its alert named as Node names it (${code})`, async () => {
         const pair = which === 'foreign' ? pki.foreign : pki.special.expired;
         const ctx = ourContext(false, pair);
         const before = snapshot();
@@ -1027,11 +1022,8 @@ describe('tunnel: the addon TLS record layer against Node TLS and openssl s_serv
       });
     }
 
-    // KNOWN BUG (reported, not fixed here): end() before 'secure' closes the link in the addon
-    // (native/tlslink.cc End(): `if (!l->secure) return Close(id);`) without a word to JavaScript:
-    // no 'secure', 'end', 'error' or 'close' ever follows, and the socket is never destroyed. Node's
-    // TLSSocket finishes the handshake and then sends close_notify.
-    it("[KNOWN BUG] end() before 'secure': the socket still comes to an end ('close') and says how", async () => {
+    // As Node's TLSSocket: end() before 'secure' finishes the handshake, then sends close_notify.
+    it("end() before 'secure': the socket still comes to an end ('close') and says how", async () => {
       const before = snapshot();
       const peer = await nodeEchoServer();
       const o = adopt(new TlsLinkSocket(await connectTcp(peer.port), clientCtx));
