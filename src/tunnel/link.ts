@@ -22,7 +22,7 @@ import {
   type ControlMessage,
 } from './protocol';
 import { AcceptBackoff } from './closeguard';
-import { TlsLinkContext, TlsLinkSocket } from './tlsnative';
+import { TlsLinkContext, TlsLinkSocket } from '../sys/tlslink';
 
 /** The link protocol and its version, carried in ALPN (docs/protocol.md). */
 export const LINK_ALPN = 'ipdeadgate/1';
@@ -179,7 +179,7 @@ export function loadTls(files: TlsFiles): TlsMaterial {
 }
 
 /**
- * TLS both ways, as the addon's TLS context (src/tunnel/tlsnative.ts, native/tlslink.cc). TLS 1.3
+ * TLS both ways, as the addon's TLS context (src/sys/tlslink.ts, native/tlslink.cc). TLS 1.3
  * only; the peer must present a certificate chaining to our CA (checked after the handshake, so
  * that a refusal can say why). Host names are not checked: links are authenticated by the CA (a
  * private CA for the tunnel), and nodes are addressed by IP across firewalls; the peer's node name

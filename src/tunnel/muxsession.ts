@@ -49,7 +49,7 @@ export interface MuxOptions {
   lingerMs?: number;
 }
 
-/** A transport that takes frames past the Writable machinery, batching them itself (tlsnative.ts). */
+/** A transport that takes frames past the Writable machinery, batching them itself (src/sys/tlslink.ts). */
 export interface FrameSink {
   /** Queue a frame; false once `highWater` bytes wait (then 'drain' on the transport). */
   queueFrame(buf: Buffer, highWater: number): boolean;

@@ -1,4 +1,4 @@
-// The link's TLS record layer (native/tlslink.cc behind src/tunnel/tlsnative.ts) against TLS 1.3
+// The link's TLS record layer (native/tlslink.cc behind src/sys/tlslink.ts) against TLS 1.3
 // implementations that are not ours: Node's TLSSocket and Debian's `openssl s_server` / `s_client`.
 // On our side OpenSSL only does the handshake; every record after it (application data, KeyUpdate,
 // close_notify) is the addon's. So each test checks what the other implementation saw and sent: the
@@ -14,9 +14,9 @@ import type { Readable, Writable } from 'node:stream';
 import * as tls from 'node:tls';
 import { loadNative } from '../../src/sys/native';
 import { LINK_ALPN } from '../../src/tunnel/link';
-import { TlsLinkContext, TlsLinkSocket, type TlsLinkSocketOptions } from '../../src/tunnel/tlsnative';
+import { TlsLinkContext, TlsLinkSocket, type TlsLinkSocketOptions } from '../../src/sys/tlslink';
 import { makePki, type TestPki } from '../fixtures/tunnel-pki';
-import { freePort, sha256, sleep } from './helpers';
+import { freePort, sha256, sleep } from '../tunnel/helpers';
 
 const MiB = 1024 * 1024;
 const SUITES = ['TLS_AES_128_GCM_SHA256', 'TLS_AES_256_GCM_SHA384', 'TLS_CHACHA20_POLY1305_SHA256'];

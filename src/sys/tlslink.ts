@@ -12,7 +12,7 @@ import type * as net from 'node:net';
 import { Duplex } from 'node:stream';
 import type * as tls from 'node:tls';
 import { IpdeadgateError } from '../errors';
-import { loadNative } from '../sys/native';
+import { loadNative } from './native';
 
 export interface TlsContextOptions {
   server: boolean;
