@@ -918,6 +918,9 @@ export class DgdEngine {
     }
     g.deadSince = null;
     if (g.active) g.active.missed = 0;
+    // The death is over: a later one is a new incident (its own trigger event, and a speculative
+    // verification again), not a join of this one for INCIDENT_QUIET_MS.
+    g.incident = null;
     this.fire(g, 'revived', reason);
   }
 

@@ -150,6 +150,38 @@ describe('DGD engine', () => {
     await s.engine.stop({ restore: true });
   });
 
+  it('a second death soon after a revival is a new incident: verified speculatively and logged as a trigger again', async () => {
+    // The first death's incident used to outlive the revival for INCIDENT_QUIET_MS (10 s): a death
+    // within that window had no speculative verification (switch at ~2.5 s in the lab, not 1.7 s)
+    // and its trigger was logged only at debug level as a join of the old incident.
+    const s = await setup(twoDefaults(), 'dgd: { slow_poll_interval: 2s, revive_probes: 1 }', {
+      alive: [R2],
+    });
+    await retransmit(s, SERVER, 3);
+    await s.clock.advance(1000);
+    assert.equal(gw(s, R1).state, 'dead');
+    s.ports.setRetransmitting(SERVER, 0);
+    s.ports.alive.add(R1);
+    await s.clock.advance(3000);
+    assert.equal(gw(s, R1).state, 'active', 'revived');
+    await s.clock.advance(2000); // well within 10 s of the first death
+    s.ports.alive.delete(R1);
+    const revivedAt = s.log.events.length;
+    await retransmit(s, SERVER, 2);
+    await s.clock.advance(800);
+    s.ports.setRetransmitting(SERVER, 3);
+    await s.clock.advance(200);
+    assert.equal(gw(s, R1).state, 'dead');
+    const second = s.log.events.slice(revivedAt).map((e) => e.event);
+    assert.ok(
+      second.includes('speculative_verify'),
+      `the second death is verified speculatively: ${second.join(' ')}`,
+    );
+    assert.ok(second.includes('verdict_reused'), 'its threshold found the speculative verdict ready');
+    assert.ok(second.includes('trigger'), 'and its trigger is logged as a trigger, not a quiet join');
+    await s.engine.stop({ restore: true });
+  });
+
   it('one unanswered poll among revive_probes keeps the gateway dead', async () => {
     const s = await setup(twoDefaults(), 'dgd: { slow_poll_interval: 10s, revive_probes: 3 }', {
       alive: [R2],
