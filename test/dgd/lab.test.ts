@@ -63,7 +63,7 @@ describe('dead gateway detection in the lab', function () {
       const server = family === 4 ? DGD.server4 : DGD.server6;
       const before = await stableRoutes(lab);
       const d = await LabDaemon.start(lab, 'client', FAST);
-      const flow = startFlow(lab, server);
+      const flow = startFlow(lab, server, 30_000);
       await waitFor(() => flow.echoes.length >= 10, 5000, 'the flow to run');
       const t0 = Date.now();
       await lab.killSilently('r1', 'lan0');
@@ -89,6 +89,27 @@ describe('dead gateway detection in the lab', function () {
       // Revival: slow polling finds r1 answering ARP again and restores its routes exactly.
       await lab.revive('r1', 'lan0');
       await d.waitFor((e) => e.event === 'routes_restored' && e.gateway === r1, 15_000, 'routes restored');
+      assert.equal(await stableRoutes(lab), before);
+      // r1 dies again a few seconds after its revival, the flow back on it: a new incident, with its
+      // own trigger and a speculative verification again (the first death's incident used to cover
+      // the next 10 s and leave it to a full verification after the threshold).
+      await waitFor(() => flow.echoes.some((e) => e.t > Date.now() - 200), 5000, 'the flow through r1');
+      const n = d.events.length;
+      await lab.killSilently('r1', 'lan0');
+      await d.waitFor(
+        (e) => e.event === 'routes_withdrawn' && d.events.indexOf(e) >= n,
+        15_000,
+        'routes withdrawn again',
+      );
+      const again = d.events.slice(n).map((e) => e.event);
+      assert.ok(again.includes('speculative_verify'), `second death: ${again.join(' ')}`);
+      assert.ok(again.includes('trigger'), `second death: ${again.join(' ')}`);
+      await lab.revive('r1', 'lan0');
+      await d.waitFor(
+        (e) => e.event === 'routes_restored' && d.events.indexOf(e) >= n,
+        15_000,
+        'routes restored again',
+      );
       assert.equal(await stableRoutes(lab), before);
       assert.equal(await d.stop(), 0);
     });
