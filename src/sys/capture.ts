@@ -5,7 +5,7 @@
 //
 // Timestamps are the kernel's receive stamps from libpcap's packet header (microseconds).
 import { EventEmitter } from 'node:events';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
 import { UsageError } from '../errors';
 import { LINKTYPE_ETHERNET, PcapHandle, type PcapPacket } from './pcap';
@@ -464,7 +464,19 @@ const CAPTURE_BUFFER = 65535;
 
 /** Does a network interface of this name exist in this network namespace? (sysfs is per namespace.) */
 export function interfaceExists(ifname: string): boolean {
-  return IFNAME.test(ifname) && existsSync(`/sys/class/net/${ifname}`);
+  if (!IFNAME.test(ifname)) return false;
+  // /proc/net/dev lists the interfaces of the reading thread's network namespace. /sys/class/net
+  // lists those of the namespace sysfs was mounted in, which in a container entered with its own
+  // network namespace but the host's /sys (systemd-nspawn --network-namespace-path, nsenter --net)
+  // is another one: there the flow-resume recorder was refused "no network interface named lan0"
+  // right after ARP/NDP capture had opened lan0.
+  try {
+    return readFileSync('/proc/net/dev', 'latin1')
+      .split('\n')
+      .some((line) => line.split(':')[0]!.trim() === ifname);
+  } catch {
+    return existsSync(`/sys/class/net/${ifname}`);
+  }
 }
 
 /**
