@@ -218,12 +218,22 @@ int g_exIndex = -1;
 
 class TlsRegistry;
 
+struct Context {
+  SSL_CTX* ctx = nullptr;
+  std::string alpn;  // one protocol
+  ~Context() {
+    if (ctx) SSL_CTX_free(ctx);
+  }
+};
+
 struct Link {
   uint32_t id = 0;
   TlsRegistry* registry = nullptr;
   int fd = -1;
   bool server = false;
   SSL* ssl = nullptr;
+  // Until the handshake is over: the ALPN callback reads the context, which JavaScript may free.
+  std::shared_ptr<Context> context;
   uv_poll_t* poll = nullptr;
   int pollEvents = 0;
   Napi::FunctionReference callback;
@@ -251,14 +261,6 @@ struct Link {
 };
 
 // ---------------------------------------------------------------- contexts
-
-struct Context {
-  SSL_CTX* ctx = nullptr;
-  std::string alpn;  // one protocol
-  ~Context() {
-    if (ctx) SSL_CTX_free(ctx);
-  }
-};
 
 void KeyLog(const SSL* ssl, const char* line) {
   auto* link = static_cast<Link*>(SSL_get_ex_data(ssl, g_exIndex));
@@ -314,7 +316,7 @@ class TlsRegistry {
   explicit TlsRegistry(Napi::Env env) : env_(env) { env.AddCleanupHook([this] { Teardown(); }); }
 
   Napi::Value NewContext(const Napi::Object& o) {
-    auto c = std::make_unique<Context>();
+    auto c = std::make_shared<Context>();
     const bool server = o.Get("server").ToBoolean();
     c->ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
     if (c->ctx == nullptr) return ThrowSsl("SSL_CTX_new");
@@ -405,6 +407,7 @@ class TlsRegistry {
     link->server = server;
     link->registry = this;
     if (rekey >= 1) link->rekeyRecords = static_cast<uint64_t>(rekey);
+    link->context = cit->second;
     link->ssl = SSL_new(cit->second->ctx);
     if (link->ssl == nullptr) {
       ::close(fd);
@@ -512,6 +515,7 @@ class TlsRegistry {
       SSL_free(link->ssl);
       link->ssl = nullptr;
     }
+    link->context.reset();
     if (link->poll) {
       uv_poll_stop(link->poll);
       // The descriptor is closed once libuv has let go of the handle.
@@ -651,6 +655,7 @@ class TlsRegistry {
     l->serverSecret.clear();
     SSL_free(l->ssl);
     l->ssl = nullptr;
+    l->context.reset();
     l->secure = true;
     l->in.resize(kReadBuffer + kMaxCipher + kHeader);
     SetPoll(*l, 0);
@@ -1023,7 +1028,7 @@ class TlsRegistry {
   bool tornDown_ = false;
   uint32_t nextId_ = 1;
   std::unordered_map<uint32_t, std::unique_ptr<Link>> links_;
-  std::unordered_map<uint32_t, std::unique_ptr<Context>> contexts_;
+  std::unordered_map<uint32_t, std::shared_ptr<Context>> contexts_;
   std::unique_ptr<Napi::AsyncContext> context_;
 };
 

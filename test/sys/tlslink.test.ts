@@ -486,6 +486,22 @@ describe('tunnel: the addon TLS record layer against Node TLS and openssl s_serv
   });
 
   describe('with Node TLS', () => {
+    it('a server context freed while a handshake is under way: the handshake still selects ALPN and completes', async () => {
+      // The ALPN callback reads the context; each link holds it until its handshake is over.
+      const ctx = ourContext(true, pki.nodes.srv!);
+      const links: Ours[] = [];
+      const server = net.createServer({ pauseOnConnect: true }, (tcp) => {
+        links.push(adopt(new TlsLinkSocket(tcp, ctx)));
+        ctx.free(); // as LinkListener.close() or a reload may, with a handshake in flight
+      });
+      const node = nodeClient(await listen(server));
+      await nodeSecure(node.socket);
+      assert.equal(node.socket.alpnProtocol, LINK_ALPN);
+      await until('our side secure', 5000, () => links.length === 1 && links[0]!.s.secure);
+      node.socket.write('ping');
+      await until('the bytes at our side', 5000, () => links[0]!.got.length === 4);
+    });
+
     it("our client, Node's server: 8 MiB echoed intact both ways; end() is the server's 'end' and we still read after it", async () => {
       const links = native.tlsCount();
       const peer = await nodeEchoServer();
