@@ -20,6 +20,7 @@ import { systemClock } from '../util/clock';
 import { defaultConfig, loadConfig, loadTunnelConfig, type Config } from './config';
 import { ControlServer } from './control';
 import { createLogger, eventLog, type LogFormat } from './log';
+import type { EventLog } from '../dgd/events';
 import { DaemonOps } from './ops';
 import { resolveTables } from './tables';
 import { TunnelNode } from '../tunnel/node';
@@ -92,6 +93,8 @@ export class Daemon {
   private log: Logger;
   /** Flight recorder and metrics (src/daemon/ops.ts): they see detection through its events. */
   private ops: DaemonOps | null = null;
+  /** The event log that also counts each event for ipdeadgate_events_total (set by start()). */
+  private events: EventLog | null = null;
   /** The tunnel role(s) of the config, in the same process as detection. */
   private tunnel: TunnelNode | null = null;
   private tunnelConfig: TunnelConfig | null = null;
@@ -111,6 +114,7 @@ export class Daemon {
     this.log.level = config.log.level;
     this.ops = new DaemonOps(this.opts.stateDir, config);
     const events = this.ops.wrapEvents(eventLog(this.log));
+    this.events = events;
     await mkdir(this.opts.stateDir, { recursive: true, mode: 0o700 });
 
     // The control socket first: a second daemon must fail before it touches any route.
@@ -261,7 +265,9 @@ export class Daemon {
 
   /** SIGHUP: load the new config; a bad one is refused and the old one stays. */
   async reload(): Promise<void> {
-    const log = eventLog(this.log);
+    // The counting log: a refused reload must reach ipdeadgate_events_total{level="error"} (the
+    // alert rule on error events), as every other event does.
+    const log = this.events ?? eventLog(this.log);
     let next;
     try {
       next = await loadDaemonConfig(this.opts.configPath);
@@ -316,7 +322,8 @@ export class Daemon {
       await this.ports?.close();
       this.rtnl?.close();
       await this.control?.close();
-      if (this.running) eventLog(this.log).event('daemon_stopped', restore ? {} : { routes_kept: true });
+      if (this.running)
+        (this.events ?? eventLog(this.log)).event('daemon_stopped', restore ? {} : { routes_kept: true });
     })();
     return this.stopping;
   }

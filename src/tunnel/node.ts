@@ -288,7 +288,7 @@ export class TunnelNode extends EventEmitter {
     for (const k of ['name', 'role', 'listen', 'tls'] as const)
       if (JSON.stringify(prev[k]) !== JSON.stringify(next[k]))
         throw new ConfigError(
-          `tunnel.${k} cannot change on reload (restart ipdeadgate tunnel for that); the running config stays`,
+          `tunnel.${k} cannot change on reload (restart the process that runs the tunnel, ipdeadgate tunnel or the daemon, for that); the running config stays`,
           undefined,
           undefined,
           `tunnel.${k}`,

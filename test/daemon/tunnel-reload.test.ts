@@ -223,7 +223,7 @@ describe('daemon: SIGHUP with a tunnel section', function () {
     assert.deepEqual(since(from, 'config_refused'), []);
   });
 
-  it('[BUG] the reload events are counted in ipdeadgate_events_total ("every log event"), so a refused reload raises the error alert', async () => {
+  it('the reload events are counted in ipdeadgate_events_total ("every log event"), so a refused reload raises the error alert', async () => {
     // The daemon's own Prometheus endpoint, scraped from inside the namespace (as test/ops/metrics).
     const script = `fetch('http://127.0.0.1:${METRICS}/metrics').then(r=>r.text()).then(t=>process.stdout.write(t),e=>{console.error(e.message);process.exit(1)})`;
     const r = await lab!.exec('client', [process.execPath, '-e', script]);
