@@ -279,11 +279,11 @@ export class Daemon {
       );
       throw err;
     }
-    this.config = next.config;
-    this.log.level = next.config.log.level;
+    // The tunnel part first: binding a new forward can still fail (a port in use), and a reload
+    // is all or nothing, so nothing else is applied when it does.
     if (JSON.stringify(next.tunnel) !== JSON.stringify(this.tunnelConfig)) {
       if (this.tunnel && next.tunnel) {
-        // The tunnel node applies what it can without a restart (TunnelNode.reload).
+        // The tunnel node applies what it can without a restart (TunnelNode.reload), or nothing.
         try {
           const changed = await this.tunnel.reload(next.tunnel);
           this.tunnelConfig = next.tunnel;
@@ -291,9 +291,13 @@ export class Daemon {
         } catch (err) {
           log.event(
             'tunnel_config_refused',
-            { error: (err as Error).message, note: 'the running tunnel config stays' },
+            {
+              error: (err as Error).message,
+              note: 'nothing of the new config was applied; the running config stays',
+            },
             'error',
           );
+          throw err;
         }
       } else
         log.event(
@@ -302,6 +306,8 @@ export class Daemon {
           'warn',
         );
     }
+    this.config = next.config;
+    this.log.level = next.config.log.level;
     await this.owners?.configure(ownerAdapters(next.config.dgd.owners), next.config.dgd.keep_last_route);
     await this.requireEngine().reload(next.config.dgd, next.tables);
     await this.ops?.reconfigure(next.config);

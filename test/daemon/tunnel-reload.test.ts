@@ -201,7 +201,7 @@ describe('daemon: SIGHUP with a tunnel section', function () {
     assert.equal(link.reconnects, reconnects, 'the link was never dropped');
   });
 
-  it('a tunnel section whose new forward cannot bind (a port in use) is refused with an error event; the running tunnel stays', async () => {
+  it('a tunnel section whose new forward cannot bind (a port in use) is refused with an error event; nothing of that file is applied', async () => {
     const from = d.events.length;
     const t0 = Date.now();
     // LINK is ep1's listener in the same namespace: the new forward cannot bind.
@@ -221,6 +221,13 @@ describe('daemon: SIGHUP with a tunnel section', function () {
     await echoes(FWD_NEW);
     await echoes(EP_FWD);
     assert.deepEqual(since(from, 'config_refused'), []);
+    // All or nothing: the rest of that file was not applied either (no config_reloaded after it).
+    await new Promise((r) => setTimeout(r, 500));
+    assert.deepEqual(
+      since(from, 'config_reloaded'),
+      [],
+      'a reload whose tunnel part is refused applies nothing',
+    );
   });
 
   it('the reload events are counted in ipdeadgate_events_total ("every log event"), so a refused reload raises the error alert', async () => {
