@@ -22,14 +22,14 @@
 // a fatal error, or the environment's cleanup hook): the poll is stopped and uv_close()d, and the
 // socket is closed in the close callback, once libuv is done with it.
 #include <fcntl.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <openssl/kdf.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -46,6 +46,7 @@
 #include "env_data.h"
 #include "errors.h"
 #include "exports.h"
+#include "unique_fd.h"
 
 namespace idg {
 namespace {
@@ -55,7 +56,7 @@ constexpr size_t kMaxCipher = kMaxPlain + 256;      // RFC 8446 5.2
 constexpr size_t kHeader = 5;
 constexpr size_t kTag = 16;
 constexpr size_t kReadBuffer = 256 * 1024;          // one read(2) per wake-up at most this much
-constexpr uint8_t kTypeAlert = 21, kTypeHandshake = 22, kTypeAppData = 23, kTypeCcs = 20;
+constexpr uint8_t kTypeAlert = 21, kTypeHandshake = 22, kTypeAppData = 23;
 // RFC 8446 5.5: at most 2^24.5 AES-GCM records per key. We update our key well before.
 constexpr uint64_t kDefaultRekeyRecords = uint64_t(1) << 23;
 
@@ -63,36 +64,31 @@ enum Event { kSecure = 1, kData = 2, kEnd = 3, kDrain = 4, kError = 5 };
 
 // ---------------------------------------------------------------- key schedule (RFC 8446 7.1)
 
-bool HmacOnce(const EVP_MD* md, const std::vector<uint8_t>& key, const uint8_t* data, size_t len,
-              uint8_t* out) {
-  unsigned int outLen = 0;
-  return HMAC(md, key.data(), static_cast<int>(key.size()), data, len, out, &outLen) != nullptr;
-}
-
-/** HKDF-Expand-Label(secret, label, "", length). */
+/** HKDF-Expand-Label(secret, label, "", length): OpenSSL's HKDF (expand only) on the TLS 1.3 label. */
 bool ExpandLabel(const EVP_MD* md, const std::vector<uint8_t>& secret, const std::string& label,
                  size_t length, std::vector<uint8_t>& out) {
-  std::vector<uint8_t> info;
+  // struct HkdfLabel { uint16 length; opaque label<7..255> = "tls13 " + label; opaque context<0..255> = ""; }
   const std::string full = "tls13 " + label;
-  info.push_back(static_cast<uint8_t>(length >> 8));
-  info.push_back(static_cast<uint8_t>(length));
-  info.push_back(static_cast<uint8_t>(full.size()));
+  std::vector<uint8_t> info = {static_cast<uint8_t>(length >> 8), static_cast<uint8_t>(length),
+                               static_cast<uint8_t>(full.size())};
   info.insert(info.end(), full.begin(), full.end());
-  info.push_back(0);  // empty context
-  const size_t hashLen = static_cast<size_t>(EVP_MD_get_size(md));
-  out.clear();
-  std::vector<uint8_t> t;
-  uint8_t block[EVP_MAX_MD_SIZE];
-  for (uint8_t i = 1; out.size() < length; i++) {
-    std::vector<uint8_t> msg(t);
-    msg.insert(msg.end(), info.begin(), info.end());
-    msg.push_back(i);
-    if (!HmacOnce(md, secret, msg.data(), msg.size(), block)) return false;
-    t.assign(block, block + hashLen);
-    out.insert(out.end(), t.begin(), t.end());
-  }
+  info.push_back(0);
+  EVP_KDF* kdf = EVP_KDF_fetch(nullptr, OSSL_KDF_NAME_HKDF, nullptr);
+  EVP_KDF_CTX* ctx = kdf ? EVP_KDF_CTX_new(kdf) : nullptr;
+  EVP_KDF_free(kdf);
+  if (ctx == nullptr) return false;
+  int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
+  const OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
+      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>(EVP_MD_get0_name(md)), 0),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<uint8_t*>(secret.data()), secret.size()),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info.data(), info.size()),
+      OSSL_PARAM_construct_end(),
+  };
   out.resize(length);
-  return true;
+  const bool ok = EVP_KDF_derive(ctx, out.data(), length, params) == 1;
+  EVP_KDF_CTX_free(ctx);
+  return ok;
 }
 
 /** A growable byte buffer that, unlike std::vector, does not zero what it grows into. */
@@ -177,6 +173,12 @@ bool Install(const Suite& suite, Direction& d, const std::vector<uint8_t>& secre
   return true;
 }
 
+/** KeyUpdate (RFC 8446 7.2): the next traffic secret of a direction, and its key and IV. */
+bool NextKey(const Suite& suite, Direction& d, bool encrypt) {
+  std::vector<uint8_t> next;
+  return ExpandLabel(suite.md, d.secret, "traffic upd", d.secret.size(), next) && Install(suite, d, next, encrypt);
+}
+
 void Nonce(const Direction& d, uint8_t nonce[12]) {
   std::memcpy(nonce, d.iv, 12);
   for (int i = 0; i < 8; i++) nonce[11 - i] ^= static_cast<uint8_t>(d.seq >> (8 * i));
@@ -255,7 +257,6 @@ struct Link {
   bool endPending = false;  // end() asked while output was pending
   bool wroteEnd = false;    // close_notify sealed: nothing more is written
   bool finPending = false;  // ... and FIN waits for the queue to empty
-  bool failed = false;
   uint64_t keyUpdatesSent = 0, keyUpdatesReceived = 0;
   uint64_t txRecords = 0, rxRecords = 0;  // over every key (seq restarts at each KeyUpdate)
 };
@@ -398,39 +399,33 @@ class TlsRegistry {
     if (tornDown_) return ThrowMsg("TLS links are shut down (environment teardown)");
     // Our own descriptor: the caller's socket object may be destroyed (closing its descriptor)
     // without touching the connection.
-    const int fd = ::fcntl(fdIn, F_DUPFD_CLOEXEC, 3);
-    if (fd < 0) return Throw(errno, "fcntl", "duplicating the link's socket");
-    const int flags = ::fcntl(fd, F_GETFL);
-    ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+    UniqueFd fd(::fcntl(fdIn, F_DUPFD_CLOEXEC, 3));  // closed on every failure below
+    if (!fd.Valid()) return Throw(errno, "fcntl", "duplicating the link's socket");
+    ::fcntl(fd.Get(), F_SETFL, ::fcntl(fd.Get(), F_GETFL) | O_NONBLOCK);
     auto link = std::make_unique<Link>();
-    link->fd = fd;
     link->server = server;
     link->registry = this;
     if (rekey >= 1) link->rekeyRecords = static_cast<uint64_t>(rekey);
     link->context = cit->second;
     link->ssl = SSL_new(cit->second->ctx);
-    if (link->ssl == nullptr) {
-      ::close(fd);
-      return ThrowSsl("SSL_new");
-    }
+    if (link->ssl == nullptr) return ThrowSsl("SSL_new");
     SSL_set_ex_data(link->ssl, g_exIndex, link.get());
-    SSL_set_fd(link->ssl, fd);  // a socket BIO without read-ahead: OpenSSL reads record by record
+    SSL_set_fd(link->ssl, fd.Get());  // a socket BIO without read-ahead: OpenSSL reads record by record
     if (server) SSL_set_accept_state(link->ssl);
     else SSL_set_connect_state(link->ssl);
     uv_loop_t* loop = nullptr;
     if (napi_get_uv_event_loop(env_, &loop) != napi_ok || loop == nullptr) {
       SSL_free(link->ssl);
-      ::close(fd);
       return ThrowMsg("no libuv loop for this environment");
     }
-    link->poll = new uv_poll_t;
-    int rc = uv_poll_init(loop, link->poll, fd);
+    auto poll = std::make_unique<uv_poll_t>();
+    const int rc = uv_poll_init(loop, poll.get(), fd.Get());
     if (rc != 0) {
-      delete link->poll;
       SSL_free(link->ssl);
-      ::close(fd);
       return Throw(-rc, "uv_poll_init", uv_strerror(rc));
     }
+    link->poll = poll.release();
+    link->fd = fd.Release();  // the link owns it now (Release() closes it)
     link->poll->data = link.get();
     const uint32_t id = nextId_++;
     link->id = id;
@@ -446,7 +441,7 @@ class TlsRegistry {
   /** Encrypt and send; the bytes the kernel did not take yet (0: all went; otherwise kDrain follows). */
   Napi::Value Write(uint32_t id, const Napi::Array& bufs) {
     Link* l = Find(id);
-    if (l == nullptr || l->failed) return ThrowMsg("tlsWrite: the link is closed");
+    if (l == nullptr) return ThrowMsg("tlsWrite: the link is closed");
     if (!l->secure) return ThrowMsg("tlsWrite: the handshake has not finished");
     if (l->wroteEnd) return ThrowMsg("tlsWrite: write after end");
     std::vector<std::pair<const uint8_t*, size_t>> pieces;
@@ -468,18 +463,25 @@ class TlsRegistry {
 
   void SetReading(uint32_t id, bool on) {
     Link* l = Find(id);
-    if (l == nullptr || l->failed) return;
+    if (l == nullptr) return;
     l->reading = on;
     if (l->secure) UpdatePoll(*l);
   }
 
-  /** close_notify and FIN once everything queued has gone. */
-  void End(uint32_t id) {
+  /**
+   * close_notify and FIN once everything queued has gone; returns the bytes still queued for the
+   * kernel (then kDrain follows once they and the close_notify are out).
+   */
+  Napi::Value End(uint32_t id) {
     Link* l = Find(id);
-    if (l == nullptr || l->failed || l->wroteEnd) return;
-    l->endPending = true;  // before 'secure': sent once the handshake is over, as Node's TLS does
-    if (!l->secure) return;
-    if (l->outOff == l->out.size()) SendEnd(*l);
+    if (l == nullptr) return Napi::Number::New(env_, 0);
+    if (!l->wroteEnd) {
+      l->endPending = true;  // before 'secure': sent once the handshake is over, as Node's TLS does
+      if (l->secure && l->outOff == l->out.size()) SendEnd(*l);
+      l = Find(id);
+      if (l == nullptr) return Napi::Number::New(env_, 0);
+    }
+    return Napi::Number::New(env_, static_cast<double>(l->secure ? l->out.size() - l->outOff : 0));
   }
 
   Napi::Value Stats(uint32_t id) {
@@ -637,7 +639,6 @@ class TlsRegistry {
       info.Set("alpn", Napi::String::New(env_, std::string(reinterpret_cast<const char*>(alpn), alpnLen)));
     const SSL_CIPHER* cipher = SSL_get_current_cipher(l->ssl);
     info.Set("cipher", Napi::String::New(env_, cipher ? SSL_CIPHER_standard_name(cipher) : ""));
-    info.Set("version", Napi::String::New(env_, SSL_get_version(l->ssl)));
     const bool pending = SSL_has_pending(l->ssl) == 1;
     if (cipher == nullptr || !SuiteFor(cipher, l->suite))
       return Fail(id, TlsError("ERR_TLS_CIPHER", "unsupported TLS 1.3 cipher suite"));
@@ -751,9 +752,7 @@ class TlsRegistry {
     const bool ok = SealBytes(l, kTypeHandshake, msg, sizeof msg);
     l.rekeyRecords = saved;
     if (!ok) return false;
-    std::vector<uint8_t> next;
-    if (!ExpandLabel(l.suite.md, l.tx.secret, "traffic upd", l.tx.secret.size(), next) ||
-        !Install(l.suite, l.tx, next, true)) {
+    if (!NextKey(l.suite, l.tx, true)) {
       Fail(l.id, TlsError("ERR_TLS_KEYS", "updating the traffic key failed"));
       return false;
     }
@@ -922,9 +921,7 @@ class TlsRegistry {
           Fail(l.id, TlsError("ERR_SSL_BAD_KEY_UPDATE", "decode_error: a malformed KeyUpdate"));
           return false;
         }
-        std::vector<uint8_t> next;
-        if (!ExpandLabel(l.suite.md, l.rx.secret, "traffic upd", l.rx.secret.size(), next) ||
-            !Install(l.suite, l.rx, next, false)) {
+        if (!NextKey(l.suite, l.rx, false)) {
           Fail(l.id, TlsError("ERR_TLS_KEYS", "updating the peer's traffic key failed"));
           return false;
         }
@@ -953,27 +950,23 @@ class TlsRegistry {
 
   void Emit(uint32_t id, int kind, Napi::Value arg, double extra = 0) {
     Link* l = Find(id);
-    if (l == nullptr) return;
-    Napi::HandleScope scope(env_);
-    Napi::Function cb = l->callback.Value();
-    cb.MakeCallback(env_.Global(), {Napi::Number::New(env_, kind), arg, Napi::Number::New(env_, extra)},
-                    context());
-    if (env_.IsExceptionPending()) {
-      Napi::Error error = env_.GetAndClearPendingException();
-      napi_fatal_exception(env_, error.Value());
-    }
+    if (l != nullptr) Call(l->callback, kind, arg, extra);
   }
 
-  /** Report once and close: no more events after kError. */
+  /** Report once and close: the link is gone (Find() is null) before JavaScript hears of it. */
   void Fail(uint32_t id, Napi::Error err) {
     Link* l = Find(id);
-    if (l == nullptr || l->failed) return;
-    l->failed = true;
-    SetPoll(*l, 0);
+    if (l == nullptr) return;
     Napi::FunctionReference cb = std::move(l->callback);
     Close(id);
+    Call(cb, kError, err.Value(), 0);
+  }
+
+  /** An exception from a callback is an uncaught exception, as in any Node event callback. */
+  void Call(Napi::FunctionReference& cb, int kind, Napi::Value arg, double extra) {
     Napi::HandleScope scope(env_);
-    cb.Value().MakeCallback(env_.Global(), {Napi::Number::New(env_, kError), err.Value()}, context());
+    cb.Value().MakeCallback(env_.Global(), {Napi::Number::New(env_, kind), arg, Napi::Number::New(env_, extra)},
+                            context());
     if (env_.IsExceptionPending()) {
       Napi::Error error = env_.GetAndClearPendingException();
       napi_fatal_exception(env_, error.Value());
@@ -1076,8 +1069,7 @@ Napi::Value TlsRead(const Napi::CallbackInfo& info) {
 
 Napi::Value TlsEnd(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "tlsEnd(id)");
-  Registry(info.Env()).End(IdArg(info));
-  return info.Env().Undefined();
+  return Registry(info.Env()).End(IdArg(info));
 }
 
 Napi::Value TlsClose(const Napi::CallbackInfo& info) {

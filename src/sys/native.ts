@@ -25,6 +25,18 @@ export interface NativeSockDiagResult {
   readonly addrOffsets: Uint32Array;
 }
 
+/** An SSL_CTX for tunnel links (native/tlslink.cc; src/sys/tlslink.ts). */
+export interface TlsContextOptions {
+  server: boolean;
+  ca: Buffer;
+  cert: Buffer;
+  key: Buffer;
+  /** The one ALPN protocol spoken; a server refuses clients that offer others with no_application_protocol. */
+  alpn: string;
+  /** TLS 1.3 suites, most preferred first (the server's order wins). */
+  ciphersuites: string;
+}
+
 /** Raw surface of build/Release/ipdeadgate_native.node. Each concern adds its members here. */
 export interface NativeAddon {
   readonly abiVersion: number;
@@ -88,14 +100,7 @@ export interface NativeAddon {
   sdNotify(socketPath: string, message: string): void;
 
   // the tunnel link's TLS (native/tlslink.cc): OpenSSL's handshake, then our TLS 1.3 record layer
-  tlsContext(o: {
-    server: boolean;
-    ca: Buffer;
-    cert: Buffer;
-    key: Buffer;
-    alpn: string;
-    ciphersuites: string;
-  }): number;
+  tlsContext(o: TlsContextOptions): number;
   tlsContextFree(id: number): void;
   /** Duplicates `fd`; the callback gets (kind, arg, length) with kind one of tlsEvents. */
   tlsOpen(
@@ -108,7 +113,8 @@ export interface NativeAddon {
   /** Encrypted bytes the kernel did not take yet: 0 when all went, else the drain event follows. */
   tlsWrite(id: number, buffers: Buffer[]): number;
   tlsRead(id: number, on: boolean): void;
-  tlsEnd(id: number): void;
+  /** close_notify and FIN after what is queued; returns the bytes still queued (then the drain event). */
+  tlsEnd(id: number): number;
   tlsClose(id: number): void;
   tlsStats(id: number):
     | {

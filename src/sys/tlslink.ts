@@ -12,18 +12,9 @@ import type * as net from 'node:net';
 import { Duplex } from 'node:stream';
 import type * as tls from 'node:tls';
 import { IpdeadgateError } from '../errors';
-import { loadNative } from './native';
+import { loadNative, type TlsContextOptions } from './native';
 
-export interface TlsContextOptions {
-  server: boolean;
-  ca: Buffer;
-  cert: Buffer;
-  key: Buffer;
-  /** The one ALPN protocol spoken; a server refuses clients that offer others with no_application_protocol. */
-  alpn: string;
-  /** TLS 1.3 suites, most preferred first (the server's order wins). */
-  ciphersuites: string;
-}
+export type { TlsContextOptions };
 
 /** An SSL_CTX in the addon. Links made from it keep working after free(). */
 export class TlsLinkContext {
@@ -53,7 +44,6 @@ interface SecureInfo {
   verifyMessage?: string;
   alpn?: string;
   cipher: string;
-  version: string;
 }
 
 /** The parts of tls.PeerCertificate the link reads, from the DER the handshake saw. */
@@ -96,8 +86,6 @@ export interface TlsLinkSocketOptions {
 export class TlsLinkSocket extends Duplex {
   readonly remoteAddress: string | undefined;
   readonly remotePort: number | undefined;
-  readonly localAddress: string | undefined;
-  readonly localPort: number | undefined;
   /** The ALPN protocol agreed on, or false. */
   alpnProtocol: string | false = false;
   /** Whether the peer's certificate chains to our CA (false also when it sent none). */
@@ -123,8 +111,9 @@ export class TlsLinkSocket extends Duplex {
     super({ allowHalfOpen: true, readableHighWaterMark: 256 * 1024, writableHighWaterMark: 64 * 1024 });
     this.remoteAddress = tcp.remoteAddress;
     this.remotePort = tcp.remotePort;
-    this.localAddress = tcp.localAddress;
-    this.localPort = tcp.localPort;
+    // A link carries frames that must not wait for Nagle; errors after the takeover are ours.
+    tcp.setNoDelay(true);
+    tcp.on('error', () => undefined);
     const fd = (tcp as unknown as { _handle?: { fd?: number } })._handle?.fd;
     if (typeof fd !== 'number' || fd < 0) {
       tcp.destroy();
@@ -194,15 +183,7 @@ export class TlsLinkSocket extends Duplex {
     return peerCertificateOf(this.peerDer);
   }
 
-  getProtocol(): string | null {
-    return this.secure ? 'TLSv1.3' : null;
-  }
-
-  getCipher(): { name: string; standardName: string; version: string } {
-    return { name: this.cipher, standardName: this.cipher, version: 'TLSv1.3' };
-  }
-
-  /** Records and key updates so far (tests, status). */
+  /** Records and key updates so far, and the bytes the kernel has not taken (tests). */
   tlsStats(): ReturnType<ReturnType<typeof loadNative>['tlsStats']> {
     return this.id === undefined ? undefined : loadNative().tlsStats(this.id);
   }
@@ -223,20 +204,28 @@ export class TlsLinkSocket extends Duplex {
     );
   }
 
+  /** The Writable path (write()/end() by other users than the mux): after any queued frames. */
   private send(bufs: Buffer[], cb: (err?: Error | null) => void): void {
     this.flushBatch();
     if (this.id === undefined || !this.secure)
       return cb(new IpdeadgateError('ERR_TLS_NOT_SECURE', 'write on a link before or after its TLS session'));
-    let queued: number;
-    try {
-      queued = loadNative().tlsWrite(this.id, bufs);
-    } catch (err) {
-      return cb(err as Error);
-    }
-    if (this.id === undefined) return cb(new IpdeadgateError('ECONNRESET', 'the link failed while writing'));
-    this.nativeQueued = queued;
-    if (queued === 0) cb();
+    const err = this.toAddon(bufs);
+    if (err) return cb(err);
+    if (this.nativeQueued === 0) cb();
     else this.pendingWrite = cb;
+  }
+
+  /** Seal and send in the addon; nativeQueued is what the kernel has not taken. An Error if the link failed. */
+  private toAddon(bufs: Buffer[]): Error | undefined {
+    try {
+      this.nativeQueued = loadNative().tlsWrite(this.id!, bufs);
+    } catch (err) {
+      return err as Error;
+    }
+    // A failure inside the call has been reported (the error event) and the link closed.
+    return this.id === undefined
+      ? new IpdeadgateError('ECONNRESET', 'the link failed while writing')
+      : undefined;
   }
 
   /**
@@ -265,12 +254,8 @@ export class TlsLinkSocket extends Duplex {
     this.batch = [];
     this.batchBytes = 0;
     if (this.id === undefined) return;
-    try {
-      this.nativeQueued = loadNative().tlsWrite(this.id, bufs);
-    } catch (err) {
-      this.destroy(err as Error);
-      return;
-    }
+    const err = this.toAddon(bufs);
+    if (err) return void this.destroy(err);
     if (this.nativeQueued === 0) this.drained();
   };
 
@@ -288,9 +273,7 @@ export class TlsLinkSocket extends Duplex {
   override _final(cb: (err?: Error | null) => void): void {
     this.flushBatch();
     if (this.id === undefined) return cb();
-    const native = loadNative();
-    native.tlsEnd(this.id);
-    if (this.secure && (native.tlsStats(this.id)?.queued ?? 0) > 0) this.finalCb = cb;
+    if (loadNative().tlsEnd(this.id) > 0) this.finalCb = cb;
     else cb();
   }
 

@@ -514,8 +514,6 @@ export class LinkDialer extends EventEmitter {
     tcp.once('error', fail);
     tcp.once('connect', () => {
       tcp.off('error', fail);
-      tcp.on('error', () => undefined);
-      tcp.setNoDelay(true);
       try {
         socket = new TlsLinkSocket(tcp, this.context);
       } catch (err) {
@@ -645,8 +643,6 @@ export class LinkListener extends EventEmitter {
 
   private onConnection(tcp: net.Socket): void {
     const remote = `${tcp.remoteAddress}:${tcp.remotePort}`;
-    tcp.on('error', () => undefined);
-    tcp.setNoDelay(true);
     let socket: TlsLinkSocket;
     try {
       socket = new TlsLinkSocket(tcp, this.context);
