@@ -16,6 +16,8 @@ import {
   birdBgpRouter,
   haveBird,
   haveFrr,
+  kernelRoute,
+  kernelRoutes,
   routedLabSpec,
   startBird,
   startFrr,
@@ -25,14 +27,6 @@ import {
 
 const PORT = 7100;
 const esc = (s: string) => s.replace(/\./g, '\\.');
-
-async function kernelRoutes(lab: Lab): Promise<string> {
-  return (await lab.ip('client', ['route', 'show'])).trim();
-}
-
-async function kernelRoute(lab: Lab, dst: string): Promise<string> {
-  return (await lab.ip('client', ['route', 'show', dst])).replace(/\s+/g, ' ').trim();
-}
 
 /** Both lab prefixes now leave through r2 only. */
 async function failedOver(lab: Lab): Promise<boolean> {

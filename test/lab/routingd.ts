@@ -210,6 +210,16 @@ export async function startBird(lab: Lab, host: string, config: string): Promise
 }
 
 /** Addresses of the routing-daemon lab (DGD's, plus a prefix reached through both routers). */
+/** The client's main-table routes, as `ip route show` prints them. */
+export async function kernelRoutes(lab: Lab): Promise<string> {
+  return (await lab.ip('client', ['route', 'show'])).trim();
+}
+
+/** The client's route to `dst`, on one line. */
+export async function kernelRoute(lab: Lab, dst: string): Promise<string> {
+  return (await lab.ip('client', ['route', 'show', dst])).replace(/\s+/g, ' ').trim();
+}
+
 export const RD = {
   client: '198.18.1.10',
   r1: '198.18.1.1',

@@ -2,16 +2,17 @@
 // src/sys/bird.ts, and what `disable` / `enable` of a protocol does to the kernel's routes.
 import { strict as assert } from 'node:assert';
 import { Lab, requireRoot, waitFor } from '../lab/lab';
-import { BIRD_STATIC, RD, haveBird, routedLabSpec, startBird, type BirdInstance } from '../lab/routingd';
+import {
+  BIRD_STATIC,
+  RD,
+  haveBird,
+  kernelRoute,
+  kernelRoutes,
+  routedLabSpec,
+  startBird,
+  type BirdInstance,
+} from '../lab/routingd';
 import { BirdControl, parseBirdRoutes } from '../../src/sys/bird';
-
-async function kernelRoutes(lab: Lab): Promise<string> {
-  return (await lab.ip('client', ['route', 'show'])).trim();
-}
-
-async function kernelRoute(lab: Lab, dst: string): Promise<string> {
-  return (await lab.ip('client', ['route', 'show', dst])).replace(/\s+/g, ' ').trim();
-}
 
 describe('BIRD 2 in the lab', function () {
   this.timeout(60_000);

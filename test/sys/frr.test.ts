@@ -3,16 +3,17 @@
 // src/sys/frr.ts failing over and back through zebra's own election.
 import { strict as assert } from 'node:assert';
 import { Lab, requireRoot, waitFor } from '../lab/lab';
-import { FRR_STATIC, RD, haveFrr, routedLabSpec, startFrr, type FrrInstance } from '../lab/routingd';
+import {
+  FRR_STATIC,
+  RD,
+  haveFrr,
+  kernelRoute,
+  kernelRoutes,
+  routedLabSpec,
+  startFrr,
+  type FrrInstance,
+} from '../lab/routingd';
 import { Vtysh, filterCommands, parseBgpNeighbors, parseFilterState } from '../../src/sys/frr';
-
-async function kernelRoutes(lab: Lab): Promise<string> {
-  return (await lab.ip('client', ['route', 'show'])).trim();
-}
-
-async function kernelRoute(lab: Lab, dst: string): Promise<string> {
-  return (await lab.ip('client', ['route', 'show', dst])).replace(/\s+/g, ' ').trim();
-}
 
 describe('FRR (zebra + staticd) in the lab', function () {
   this.timeout(60_000);
