@@ -13,6 +13,7 @@
 // time in the kernel's order.
 import type { Command } from 'commander';
 import { dumpTcpSocketPages, dumpTcpSockets, type TcpSocketEntry } from '../sys/sockdiag';
+import { formatEndpoint } from '../sys/ipaddr';
 import { openRtnl } from '../sys/rtnl';
 import { action, intOption, formatTable } from './common';
 
@@ -61,10 +62,6 @@ const TIMER_NAMES: readonly (string | null)[] = [
   'zero-window-probe',
 ];
 
-export function endpoint(family: 4 | 6, addr: string, port: number): string {
-  return family === 6 ? `[${addr}]:${port}` : `${addr}:${port}`;
-}
-
 /** Consecutive retransmissions of the socket's current segment. */
 export function consecutiveRetransmits(e: TcpSocketEntry): number {
   return e.info?.retransmits ?? (e.timer === 1 ? e.timerRetransmits : 0);
@@ -99,8 +96,8 @@ export async function buildSocketRows(
     const info = e.info;
     return {
       family: e.family,
-      src: endpoint(e.family, e.src, e.srcPort),
-      dst: endpoint(e.family, e.dst, e.dstPort),
+      src: formatEndpoint(e.src, e.srcPort),
+      dst: formatEndpoint(e.dst, e.dstPort),
       state: e.state,
       gateway: route instanceof Error ? null : route.gateway,
       interface: route instanceof Error ? null : route.ifname,

@@ -13,8 +13,10 @@
 // the gateway declared dead, that are not bound to an interface, and whose route no longer goes
 // through it; each at most once per withdrawal, at most MAX_FLOWS_PER_GATEWAY per gateway.
 import { errorMessage } from '../errors';
+import { formatEndpoint } from '../sys/ipaddr';
 import type { EventLog } from './events';
 import type { RouteChoice, ScannedSocket } from './ports';
+import { gatewayKey } from './routeplan';
 
 export interface ResumeFlow {
   family: 4 | 6;
@@ -105,14 +107,14 @@ export class FlowResumer {
           this.ignored.add(key);
           continue;
         }
-        const gatewayKey = `${route.gateway}%${route.ifindex}`;
+        const gKey = gatewayKey(route.gateway, route.ifindex);
         let count = 0;
-        for (const w of this.watched.values()) if (w.gatewayKey === gatewayKey) count++;
+        for (const w of this.watched.values()) if (w.gatewayKey === gKey) count++;
         if (count >= MAX_FLOWS_PER_GATEWAY) continue;
         this.watched.set(key, {
           flow,
           state: s.state,
-          gatewayKey,
+          gatewayKey: gKey,
           gateway: route.gateway,
           ifname: route.ifname,
         });
@@ -130,8 +132,8 @@ export class FlowResumer {
   routesSwitched(gateway: { address: string; ifindex: number; ifname: string }): Promise<void> {
     let synSent = false;
     const done = this.serially(async () => {
-      const gatewayKey = `${gateway.address}%${gateway.ifindex}`;
-      const mine = [...this.watched.entries()].filter(([, w]) => w.gatewayKey === gatewayKey);
+      const gKey = gatewayKey(gateway.address, gateway.ifindex);
+      const mine = [...this.watched.entries()].filter(([, w]) => w.gatewayKey === gKey);
       if (mine.length === 0) return;
       const results: Record<string, unknown>[] = [];
       let resent = 0;
@@ -152,8 +154,8 @@ export class FlowResumer {
         if (outcome.sent && outcome.syn) synSent = true;
         if (results.length < 16)
           results.push({
-            src: endpoint(w.flow.family, w.flow.src, w.flow.srcPort),
-            dst: endpoint(w.flow.family, w.flow.dst, w.flow.dstPort),
+            src: formatEndpoint(w.flow.src, w.flow.srcPort),
+            dst: formatEndpoint(w.flow.dst, w.flow.dstPort),
             state: w.state,
             ...(outcome.sent
               ? {
@@ -223,8 +225,4 @@ export class FlowResumer {
     );
     return this.chain;
   }
-}
-
-function endpoint(family: 4 | 6, addr: string, port: number): string {
-  return family === 6 ? `[${addr}]:${port}` : `${addr}:${port}`;
 }

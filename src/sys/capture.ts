@@ -8,6 +8,7 @@ import { EventEmitter } from 'node:events';
 import { existsSync, readFileSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
 import { UsageError } from '../errors';
+import { formatEndpoint as endpoint } from './ipaddr';
 import { LINKTYPE_ETHERNET, PcapHandle, type PcapPacket } from './pcap';
 import {
   ARP_REPLY,
@@ -200,10 +201,6 @@ export function tcpFlagsText(flags: number): string {
   if (flags & TCP_CWR) s += 'W';
   if (flags & TCP_ACK) s += '.';
   return s || 'none';
-}
-
-function endpoint(ip: string, port: number): string {
-  return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
 }
 
 /** RFC 8200 4: hop-by-hop (0), routing (43), destination options (60) and fragment (44) headers. */
