@@ -6,7 +6,7 @@
 // so such a protocol is left alone and reported. The kernel, device, direct and pipe protocols are
 // never touched. src/sys/bird.ts does the talking.
 import type { BirdProtocol, BirdRoute } from '../sys/bird';
-import type { OwnerAdapter, OwnerOutcome } from './owners';
+import type { ConvergeOptions, OwnerAdapter, OwnerOutcome } from './owners';
 
 export interface BirdPort {
   protocols(): Promise<BirdProtocol[]>;
@@ -32,10 +32,7 @@ export class BirdOwnerAdapter implements OwnerAdapter {
     return this.bird.version();
   }
 
-  async converge(
-    dead: string[],
-    opts: { keepLastRoute: boolean; previous: unknown; persist: (state: unknown) => Promise<void> },
-  ): Promise<OwnerOutcome> {
+  async converge(dead: string[], opts: ConvergeOptions): Promise<OwnerOutcome> {
     const prev = asState(opts.previous);
     const d = new Set(dead);
     const problems: string[] = [];

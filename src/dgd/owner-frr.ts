@@ -12,7 +12,7 @@ import {
   type FrrFilterState,
   type FrrRoute,
 } from '../sys/frr';
-import type { OwnerAdapter, OwnerOutcome } from './owners';
+import type { ConvergeOptions, OwnerAdapter, OwnerOutcome } from './owners';
 
 /** What the adapter needs from vtysh (src/sys/frr.ts's Vtysh). */
 export interface FrrPort {
@@ -41,10 +41,7 @@ export class FrrOwnerAdapter implements OwnerAdapter {
     return this.frr.version();
   }
 
-  async converge(
-    dead: string[],
-    opts: { keepLastRoute: boolean; previous: unknown; persist: (state: unknown) => Promise<void> },
-  ): Promise<OwnerOutcome> {
+  async converge(dead: string[], opts: ConvergeOptions): Promise<OwnerOutcome> {
     const problems: string[] = [];
     const d = new Set(dead);
     const prevShut = (opts.previous as Partial<FrrOwnerState> | null)?.bgp_shutdown ?? [];

@@ -95,14 +95,17 @@ export interface OwnerOutcome {
  * be reached before the daemon is changed (the journal comes first); `previous` is the last state
  * persisted (after a restart: from the journal).
  */
+export interface ConvergeOptions {
+  keepLastRoute: boolean;
+  previous: unknown;
+  persist: (state: unknown) => Promise<void>;
+}
+
 export interface OwnerAdapter {
   readonly owner: RoutingDaemon;
   /** A cheap question to the daemon (its version): can it be told when a gateway dies? */
   check?(): Promise<string>;
-  converge(
-    dead: string[],
-    opts: { keepLastRoute: boolean; previous: unknown; persist: (state: unknown) => Promise<void> },
-  ): Promise<OwnerOutcome>;
+  converge(dead: string[], opts: ConvergeOptions): Promise<OwnerOutcome>;
 }
 
 /** The owner journal: per routing daemon, the dead gateways it was told of and its adapter's state. */
