@@ -3,7 +3,7 @@
 // nothing under src/ uses them.
 import type { Clock, Timer } from '../src/util/clock';
 import type { DgdStore, GroupJournalEntry, JournalEntry } from '../src/dgd/ports';
-import type { EventLog, LogLevel } from '../src/dgd/events';
+import type { EventLog, LogLevel } from '../src/util/eventlog';
 
 /** A manual clock for tests: time moves only when advance() is called. */
 export class FakeClock implements Clock {

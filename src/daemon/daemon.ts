@@ -20,7 +20,7 @@ import { systemClock } from '../util/clock';
 import { defaultConfig, loadConfig, loadTunnelConfig, type Config } from './config';
 import { ControlServer } from './control';
 import { createLogger, eventLog, type LogFormat } from './log';
-import type { EventLog } from '../dgd/events';
+import type { EventLog } from '../util/eventlog';
 import { DaemonOps } from './ops';
 import { resolveTables } from './tables';
 import { TunnelNode } from '../tunnel/node';

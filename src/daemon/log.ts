@@ -6,9 +6,9 @@ import { fstatSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
 
-import type { EventLog, LogLevel } from '../dgd/events';
+import type { EventLog, LogLevel } from '../util/eventlog';
 
-export type { EventLog, LogLevel } from '../dgd/events';
+export type { EventLog, LogLevel } from '../util/eventlog';
 export type LogFormat = 'json' | 'text';
 
 export function createLogger(

@@ -8,7 +8,8 @@
 //                     dead --slow poll / sighting, revive_probes answers--> active (routes restored)
 import { errorMessage } from '../errors';
 import type { DgdConfig } from './config';
-import { emit, type EventLog, type LogLevel, type SocketSample, type TriggerKind } from './events';
+import { emit, type SocketSample, type TriggerKind } from './events';
+import type { EventLog, LogLevel } from '../util/eventlog';
 import type { Clock, Timer } from '../util/clock';
 import { normalizeIp } from '../sys/ipaddr';
 import { protocolName } from '../sys/rtnl-format';

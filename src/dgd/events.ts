@@ -1,13 +1,7 @@
-// Detection's event port: the engine reports every decision as one named event with its fields,
-// and whoever runs it (the daemon's logger, a test's MemoryEventLog) decides what becomes of it.
-// Defined here, below the daemon, so src/dgd never imports src/daemon (layering, issue 8).
+// Detection's typed events: what the engine reports through the project's event port
+// (src/util/eventlog.ts) that something downstream acts on.
 
-export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
-
-/** What the detection engine and the tunnel log through: one call per event. */
-export interface EventLog {
-  event(name: string, fields?: Record<string, unknown>, level?: LogLevel): void;
-}
+import type { EventLog, LogLevel } from '../util/eventlog';
 
 export type GatewayState = 'active' | 'suspect' | 'dead';
 export type TriggerKind = 'retransmit' | 'aggregate' | 'neighbour_failed' | 'active_probe' | 'sighting';

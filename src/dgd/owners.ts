@@ -12,7 +12,7 @@ import { writeFileAtomic } from '../util/atomic';
 import { z } from 'zod';
 import { IpdeadgateError, errorMessage } from '../errors';
 import { protocolName } from '../sys/rtnl-format';
-import type { EventLog } from './events';
+import type { EventLog } from '../util/eventlog';
 
 /**
  * FRR's protocols: zebra installs with its own numbers (zebra/rt_netlink.h: RTPROT_ZEBRA 11 for

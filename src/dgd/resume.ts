@@ -14,7 +14,7 @@
 // through it; each at most once per withdrawal, at most MAX_FLOWS_PER_GATEWAY per gateway.
 import { errorMessage } from '../errors';
 import { formatEndpoint } from '../sys/ipaddr';
-import type { EventLog } from './events';
+import type { EventLog } from '../util/eventlog';
 import type { RouteChoice, ScannedSocket } from './ports';
 import { gatewayKey } from './routeplan';
 
