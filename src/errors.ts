@@ -1,5 +1,5 @@
 // The project's error hierarchy. Every error has a stable `code`; errors that come from a system call
-// also carry `errno` and `syscall`, like Node's own (see STYLE.md).
+// also carry `errno` and `syscall`, like Node's own.
 
 /** Base class: `code` is stable and documented, `message` says what failed and how to fix it. */
 export class IpdeadgateError extends Error {

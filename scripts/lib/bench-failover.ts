@@ -1,4 +1,4 @@
-// Failover benchmark (issue 3): in the lab, from the moment r1 dies silently,
+// Failover benchmark: in the lab, from the moment r1 dies silently,
 //   - defaults: when the routes switch and when the TCP flow resumes (10 trials, median and worst),
 //     IPv4 and IPv6 (--families 4,6);
 //   - a connection started after the death (its SYN retransmits): when the routes switch and when

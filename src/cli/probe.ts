@@ -25,7 +25,7 @@ export interface ProbeOptions {
   timeout?: string;
 }
 
-/** What `probe --json` prints (snake_case, DESIGN.md). */
+/** What `probe --json` prints (snake_case, as every --json output). */
 export interface ProbeJson {
   gateway: string;
   interface: string;

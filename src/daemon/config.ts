@@ -1,6 +1,6 @@
 // The config file: YAML, keys in snake_case, durations as strings. Parsed with the `yaml` package
 // (which keeps source positions) and validated with zod; every error names the file, the line and
-// the key, so an operator at 3 a.m. can fix it without reading code (DESIGN.md "Config file").
+// the key, so an operator at 3 a.m. can fix it without reading code (docs/configuration.md).
 import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { LineCounter, isMap, isScalar, parseDocument, type Document } from 'yaml';

@@ -6,7 +6,7 @@
 import { mkdir } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { ConfigError, IpdeadgateError } from '../errors';
-import { SystemPorts } from '../dgd/adapters';
+import { SystemPorts } from '../dgd/systemports';
 import { DgdEngine } from '../dgd/engine';
 import { FileStore } from '../dgd/store';
 import { FileOwnerStore, RouteOwners } from '../dgd/owners';

@@ -1,6 +1,6 @@
 // Detection's own config schema (the `dgd:` section of the config file): zod, durations in
 // milliseconds once parsed. src/daemon/config.ts puts it in the whole file's schema; the engine
-// takes the parsed section and knows nothing of the daemon (layering, issue 8).
+// takes the parsed section and knows nothing of the daemon (layering: docs/architecture.md).
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { duration, intIn } from '../util/schema';

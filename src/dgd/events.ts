@@ -51,6 +51,17 @@ export type DgdEvent =
       interface: string;
       from: GatewayState;
       to: GatewayState;
+      /** The machine's phase entered (src/dgd/gateway.ts): dead, held_down, ... */
+      phase: string;
+      reason: string;
+    }
+  | {
+      /** A change between the dead phases (held down, waiting for an interface): state stays dead. */
+      event: 'phase';
+      gateway: string;
+      interface: string;
+      from: string;
+      to: string;
       reason: string;
     }
   | {
@@ -111,10 +122,120 @@ export type DgdEvent =
       removed_files: string[];
     };
 
+/**
+ * Every other event detection reports: logged (and counted by name in metrics), read by operators
+ * and tests. Typed like the union above, so no event goes out with a field missing or misspelt.
+ */
+export type DgdLogEvent =
+  | {
+      /** Something failed; `during` says what was being done. Nothing is dropped because of it. */
+      event: 'error';
+      during: string;
+      error: string;
+      gateway?: string;
+      interface?: string;
+      dst?: string;
+      route?: string;
+      nexthop?: string;
+      owner?: string;
+      dead_gateways?: string[];
+    }
+  | { event: 'dgd_started'; enabled: boolean; tables: number[]; gateways: string[] }
+  | { event: 'dgd_on' | 'dgd_off' }
+  | { event: 'config_reloaded'; tables: number[] }
+  | {
+      event: 'journal_loaded';
+      entries: number;
+      nexthop_groups: number;
+      owners?: Record<string, string[]>;
+      enabled: boolean;
+      this_boot: number;
+      earlier_boot: number;
+      unknown_boot: number;
+    }
+  | { event: 'journal_reconciled'; route?: string; nexthop?: string; op: string }
+  | { event: 'trigger_socket'; gateway: string; interface: string; reason: TriggerKind; socket: SocketSample }
+  | { event: 'speculative_verify'; gateway: string; interface: string; socket: SocketSample }
+  | { event: 'sighting'; gateway: string; interface: string; mac: string }
+  | { event: 'active_probing'; gateway: string; interface: string; interval_ms: number; misses: number }
+  | { event: 'verdict_reused'; gateway: string; alive: boolean; age_ms: number }
+  | ({ event: 'verify_step'; gateway: string; interface: string } & Record<string, unknown>)
+  | { event: 'mac_changed'; gateway: string; known_mac: string | null; seen_mac: string; trusted: boolean }
+  | { event: 'poll'; gateway: string; interface: string; answers: number; needed: number }
+  | { event: 'held_down'; gateway: string; until_ms: number }
+  | { event: 'flap_damping'; gateway: string; deaths_in_window: number; hold_down_ms: number }
+  | {
+      event: 'invalid_gateway_event';
+      gateway: string;
+      interface: string;
+      phase: string;
+      gateway_event: string;
+    }
+  | { event: 'routes_waiting'; gateway: string; interface: string; routes: string[]; note: string }
+  | { event: 'route_kept'; gateway: string; reason: string; routes: string[] }
+  | {
+      event: 'route_readded';
+      gateway: string;
+      interface: string;
+      route: string;
+      owner: string | null;
+      routing_daemon: string | null;
+      note: string;
+    }
+  | {
+      event: 'route_fight';
+      gateway: string;
+      interface: string;
+      route: string;
+      owner: string | null;
+      routing_daemon: string | null;
+      rewithdrawals: number;
+      window_ms: number;
+      note: string;
+    }
+  | { event: 'route_dropped'; route: string; reason: string; interface?: string | null; absent_ms?: number }
+  | { event: 'nexthop_group_dropped'; nexthop: string; reason: string }
+  | { event: 'nexthop_group_gone'; nexthop: string; note?: string }
+  | {
+      event: 'interface_renumbered';
+      interface: string;
+      old_ifindex: number;
+      ifindex: number;
+      note: string;
+    }
+  | {
+      event: 'gateway_interface';
+      gateway: string;
+      interface: string;
+      ifindex: number;
+      from: string;
+      to: string;
+    }
+  | {
+      event: 'flows_resent';
+      gateway: string;
+      interface: string;
+      flows: number;
+      resent: number;
+      detail: unknown[];
+    }
+  | { event: 'owner_ready'; owner: string; version: string }
+  | { event: 'owner_unreachable'; owner: string; error: string; note: string }
+  | { event: 'owner_unconfigured'; owner: string; dead_gateways: string[]; hint: string }
+  | {
+      event: 'owner_told';
+      owner: string;
+      dead_gateways: string[];
+      reason: string;
+      applied: string[];
+      kept: string[];
+    }
+  | { event: 'owner_problem'; owner: string; problem: string };
+
 export type DgdEventName = DgdEvent['event'];
 
 /** Log a typed event through the port (its fields are the union member's, minus the name). */
-export function emit(log: EventLog, ev: DgdEvent, level: LogLevel = 'info'): void {
+export function emit(log: EventLog, ev: DgdEvent | DgdLogEvent, level: LogLevel = 'info'): void {
   const { event, ...fields } = ev;
   log.event(event, fields, level);
 }
@@ -137,6 +258,7 @@ export function asDgdEvent(name: string, f: Record<string, unknown>): DgdEvent |
     case 'verdict':
       return str(ev.gateway) && typeof ev.alive === 'boolean' && numOrNull(ev.arp_rtt_ms) ? ev : null;
     case 'state':
+    case 'phase':
       return str(ev.gateway) && str(ev.from) && str(ev.to) ? ev : null;
     case 'routes_withdrawn':
       return str(ev.gateway) && strings(ev.routes) ? ev : null;

@@ -1,4 +1,4 @@
-// What sockets say about their gateway, as policy without I/O (split out of engine.ts, issue 8):
+// What sockets say about their gateway, as policy without I/O:
 // which sockets count as evidence for the aggregate trigger, the aggregate's window, and how
 // sockets gather into one incident per gateway (one trigger, one verdict, the rest at debug).
 import { formatEndpoint } from '../sys/ipaddr';

@@ -16,7 +16,7 @@ export interface InterfaceInfo {
 }
 
 /** Where a gateway's interface is: 'absent' = no interface of that name in the namespace. */
-export type LinkState = 'up' | 'down' | 'absent';
+export type InterfacePresence = 'up' | 'down' | 'absent';
 
 /** The interfaces (name and the ifindex it had when journaled) a route's gateways are on. */
 export function routeInterfaces(route: KernelRoute): { ifname: string | null; ifindex: number }[] {

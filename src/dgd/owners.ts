@@ -6,6 +6,7 @@
 // own interface, that a gateway is unusable, so it selects and installs its backup itself, and on
 // revival that is undone exactly. Each change is journaled (state dir, atomic, fsync) before the
 // routing daemon is told, and undone on `off`, SIGTERM and, after a crash, at the next start.
+import { emit } from './events';
 import * as path from 'node:path';
 import { readFile } from 'node:fs/promises';
 import { writeFileAtomic } from '../util/atomic';
@@ -245,13 +246,14 @@ export class RouteOwners {
       try {
         const version = await adapter.check();
         this.errors.delete(owner);
-        this.log.event('owner_ready', { owner, version });
+        emit(this.log, { event: 'owner_ready', owner, version });
       } catch (err) {
         const message = errorMessage(err);
         this.errors.set(owner, message);
-        this.log.event(
-          'owner_unreachable',
+        emit(
+          this.log,
           {
+            event: 'owner_unreachable',
             owner,
             error: message,
             note: `dead gateways cannot be handed to ${owner} until it answers (checked again at each slow poll of a dead gateway)`,
@@ -266,9 +268,10 @@ export class RouteOwners {
   async reconcile(): Promise<void> {
     for (const owner of new Set([...this.dead.keys(), ...this.states.keys()])) {
       if (!this.adapters.has(owner)) {
-        this.log.event(
-          'owner_unconfigured',
+        emit(
+          this.log,
           {
+            event: 'owner_unconfigured',
             owner,
             dead_gateways: [...(this.dead.get(owner) ?? [])],
             hint: `the journal says ${owner} was told of dead gateways, but dgd.owners.${owner} is no longer configured; undo it by hand (docs/host-integration.md) or configure it again`,
@@ -335,21 +338,22 @@ export class RouteOwners {
       }
       await this.save();
       if (outcome.changed)
-        this.log.event('owner_told', {
+        emit(this.log, {
+          event: 'owner_told',
           owner,
           dead_gateways: dead,
           reason,
           applied: outcome.applied,
           kept: outcome.kept,
         });
-      for (const p of outcome.problems) this.log.event('owner_problem', { owner, problem: p }, 'warn');
+      for (const p of outcome.problems) emit(this.log, { event: 'owner_problem', owner, problem: p }, 'warn');
       return outcome;
     } catch (err) {
       const message = errorMessage(err);
       this.errors.set(owner, message);
-      this.log.event(
-        'error',
-        { during: `telling ${owner}`, owner, dead_gateways: dead, error: message },
+      emit(
+        this.log,
+        { event: 'error', during: `telling ${owner}`, owner, dead_gateways: dead, error: message },
         'error',
       );
       return null;

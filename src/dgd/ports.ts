@@ -1,6 +1,5 @@
 // The detection engine's view of the system. Adapters over src/sys/ implement these in the daemon;
 // unit tests implement them with fakes, so every decision is tested without a kernel or a clock.
-import type { ResumePorts } from './resume';
 import type { VerifyRequest, VerifyResult } from './verify';
 
 export type Family = 4 | 6;
@@ -93,6 +92,26 @@ export type VerifyArgs = Omit<VerifyRequest, 'signal' | 'knownMac' | 'allowMacCh
   knownMac: string | null;
   allowMacChange: boolean;
 };
+
+export interface ResumeFlow {
+  family: 4 | 6;
+  src: string;
+  srcPort: number;
+  dst: string;
+  dstPort: number;
+}
+
+export type ResendOutcome =
+  { sent: true; seq: number; syn: boolean; bytes: number; ageMs: number } | { sent: false; reason: string };
+
+/** What resuming stuck flows needs from the system (./resume.ts; src/dgd/systemports.ts; fakes in tests). */
+export interface ResumePorts {
+  lookupRoute(dst: string, src: string | null): Promise<RouteChoice>;
+  /** Record the segments these flows send on this interface (replaces the interface's set). */
+  watchFlows(ifname: string, flows: ResumeFlow[]): void;
+  /** Send the flow's latest recorded segment again, through the routes as they are now. */
+  resendSegment(ifname: string, flow: ResumeFlow): Promise<ResendOutcome>;
+}
 
 export interface DgdPorts {
   /**

@@ -12,31 +12,12 @@
 // Touches only flows that the detection scan saw retransmitting and that the kernel routed through
 // the gateway declared dead, that are not bound to an interface, and whose route no longer goes
 // through it; each at most once per withdrawal, at most MAX_FLOWS_PER_GATEWAY per gateway.
+import { emit } from './events';
 import { errorMessage } from '../errors';
 import { formatEndpoint } from '../sys/ipaddr';
 import type { EventLog } from '../util/eventlog';
-import type { RouteChoice, ScannedSocket } from './ports';
+import type { ResendOutcome, ResumeFlow, ResumePorts, RouteChoice, ScannedSocket } from './ports';
 import { gatewayKey } from './routeplan';
-
-export interface ResumeFlow {
-  family: 4 | 6;
-  src: string;
-  srcPort: number;
-  dst: string;
-  dstPort: number;
-}
-
-export type ResendOutcome =
-  { sent: true; seq: number; syn: boolean; bytes: number; ageMs: number } | { sent: false; reason: string };
-
-/** What resuming needs from the system (src/dgd/adapters.ts; fakes in tests). */
-export interface ResumePorts {
-  lookupRoute(dst: string, src: string | null): Promise<RouteChoice>;
-  /** Record the segments these flows send on this interface (replaces the interface's set). */
-  watchFlows(ifname: string, flows: ResumeFlow[]): void;
-  /** Send the flow's latest recorded segment again, through the routes as they are now. */
-  resendSegment(ifname: string, flow: ResumeFlow): Promise<ResendOutcome>;
-}
 
 /** Most flows recorded and resent per gateway (an incident with more resends only these). */
 export const MAX_FLOWS_PER_GATEWAY = 64;
@@ -169,7 +150,8 @@ export class FlowResumer {
           });
       }
       this.syncWatchers();
-      this.log.event('flows_resent', {
+      emit(this.log, {
+        event: 'flows_resent',
         gateway: gateway.address,
         interface: gateway.ifname,
         flows: mine.length,
@@ -209,9 +191,9 @@ export class FlowResumer {
       try {
         this.ports.watchFlows(ifname, flows);
       } catch (err) {
-        this.log.event(
-          'error',
-          { during: 'recording flows', interface: ifname, error: errorMessage(err) },
+        emit(
+          this.log,
+          { event: 'error', during: 'recording flows', interface: ifname, error: errorMessage(err) },
           'warn',
         );
       }
@@ -221,7 +203,7 @@ export class FlowResumer {
   private serially(fn: () => Promise<void>): Promise<void> {
     const run = this.chain.then(fn, fn);
     this.chain = run.catch((err: unknown) =>
-      this.log.event('error', { during: 'flow resume', error: errorMessage(err) }, 'warn'),
+      emit(this.log, { event: 'error', during: 'flow resume', error: errorMessage(err) }, 'warn'),
     );
     return this.chain;
   }

@@ -4,7 +4,7 @@
 // but only `limit` times within `windowMs`: past that the owner evidently insists (a routing daemon
 // re-exporting its RIB would do it forever), so the engine stops, says so once, and leaves the route
 // in place until the gateway revives or detection is switched off. One place for every kind of
-// object, so owners other than the kernel (issue 12) use the same rule.
+// object, so every owner of routes meets the same rule.
 import type { Clock } from '../util/clock';
 
 export type RewithdrawVerdict =

@@ -155,3 +155,119 @@ export function describeRoute(r: KernelRoute): string {
   const proto = r.protocol === undefined ? '' : ` proto ${protocolName(r.protocol)}`;
   return `${r.dst}${nh} ${via} table ${r.table} metric ${r.metric}${proto}`;
 }
+
+/** What planWithdrawal() decides from. */
+export interface WithdrawalInput {
+  /** The dead gateway's key. */
+  gateway: string;
+  routes: readonly KernelRoute[];
+  objects: ReadonlyMap<number, KernelNexthopObject>;
+  journal: ReadonlyMap<string, JournalEntry>;
+  groupJournal: ReadonlyMap<number, GroupJournalEntry>;
+  /** Every dead gateway's key (g's included): keep_last_route counts only routes that still work. */
+  deadKeys: ReadonlySet<string>;
+  keepLastRoute: boolean;
+  /** Routes (identity) already left in place by keep_last_route. */
+  keptRoutes: ReadonlySet<string>;
+  /** A routing daemon configured in dgd.owners owns it: the daemon is told instead. */
+  handedOver(r: { protocol?: number }): boolean;
+  /** Its owner put it back through the dead gateway: may it be withdrawn again (the fight bound)? */
+  mayWithdrawAgain(key: string, what: string, protocol: number | undefined): boolean;
+  /** Stamps for new journal entries. */
+  at: string;
+  bootId: string | null;
+}
+
+/** What withdrawing a gateway's routes takes: journal entries first, then the kernel operations. */
+export interface WithdrawalPlan {
+  /** Groups that lose g as a member (`ip nexthop replace`, weights kept). */
+  groups: { entry: GroupJournalEntry; to: KernelNexthopObject }[];
+  /** Groups all of whose members are dead: journaled, left in the kernel; their routes go instead. */
+  emptied: GroupJournalEntry[];
+  /** Routes through g and what each becomes (null: deleted). */
+  routes: { entry: JournalEntry; from: KernelRoute; to: KernelRoute | null }[];
+  /** Routes left through g by keep_last_route (the last route to their destination). */
+  kept: KernelRoute[];
+  /** Routes and groups their owner had put back through g. */
+  readded: { what: string; protocol: number | undefined }[];
+}
+
+/**
+ * Plan the withdrawal of every route through a dead gateway. Nexthop groups first: a group through
+ * it loses that member; its routes follow the group. A group whose every member is dead cannot be
+ * emptied (the kernel has no empty groups): its routes are withdrawn instead, and come back when a
+ * member revives. Then each route through it, single-path deleted, multipath reduced; routes of a
+ * routing daemon in dgd.owners are left to the daemon; keep_last_route keeps the last route to a
+ * destination.
+ */
+export function planWithdrawal(input: WithdrawalInput): WithdrawalPlan {
+  const g = input.gateway;
+  const plan: WithdrawalPlan = { groups: [], emptied: [], routes: [], kept: [], readded: [] };
+  const emptied = new Set<number>();
+  for (const nh of input.objects.values()) {
+    if (!nh.group || input.handedOver(nh)) continue;
+    const members = memberKeys(nh, input.objects);
+    if (!Object.values(members).includes(g)) continue;
+    const existing = input.groupJournal.get(nh.id);
+    let entry: GroupJournalEntry;
+    if (existing?.removed.includes(g)) {
+      // The group has g again: its owner put the member back.
+      if (!input.mayWithdrawAgain(groupKey(nh.id), describeGroup(nh), nh.protocol)) continue;
+      plan.readded.push({ what: describeGroup(nh), protocol: nh.protocol });
+      entry = { ...existing, original: nh, members };
+    } else if (existing) {
+      entry = {
+        ...existing,
+        members: { ...existing.members, ...members },
+        removed: [...existing.removed, g],
+      };
+    } else {
+      entry = { id: nh.id, original: nh, members, removed: [g], at: input.at, boot_id: input.bootId };
+    }
+    const to = groupTarget(entry);
+    if (to === null) {
+      emptied.add(nh.id);
+      plan.emptied.push(entry);
+      continue;
+    }
+    plan.groups.push({ entry, to });
+  }
+  const candidates: WithdrawalPlan['routes'] = [];
+  for (const r of input.routes) {
+    if (!gatewaysOf(r).includes(g) || input.handedOver(r)) continue;
+    if (r.nhid !== undefined && input.objects.get(r.nhid)?.group && !emptied.has(r.nhid)) continue;
+    const id = routeIdentity(r);
+    // A route we changed earlier shows up reduced: its journal entry holds the original.
+    const existing = [...input.journal.values()].find((e) => routeIdentity(targetOf(e) ?? e.original) === id);
+    let entry: JournalEntry;
+    if (existing?.removed.includes(g)) {
+      // Back through a dead gateway: someone (DHCP, a network manager, ip route add) put it back.
+      // Journaled once: the entry now holds what its owner last installed.
+      if (input.keptRoutes.has(id)) continue;
+      if (!input.mayWithdrawAgain(id, describeRoute(r), r.protocol)) continue;
+      plan.readded.push({ what: describeRoute(r), protocol: r.protocol });
+      entry = { ...existing, original: r };
+    } else if (existing) {
+      entry = { ...existing, removed: [...existing.removed, g] };
+    } else {
+      entry = { key: id, original: r, removed: [g], at: input.at, boot_id: input.bootId };
+    }
+    const to = r.nhid !== undefined && emptied.has(r.nhid) ? null : targetOf(entry);
+    candidates.push({ entry, from: r, to });
+  }
+  // keep_last_route: never take away the last route to a destination.
+  plan.routes = candidates.filter((p) => {
+    if (p.to !== null || !input.keepLastRoute) return true;
+    const dest = destinationOf(p.from);
+    const others = input.routes.filter((r) => {
+      if (destinationOf(r) !== dest || r === p.from) return false;
+      const planned = candidates.find((q) => q.from === r);
+      if (planned && planned.to === null) return false;
+      return reducedRoute(r, input.deadKeys) !== null || gatewaysOf(r).length === 0;
+    });
+    if (others.length > 0) return true;
+    plan.kept.push(p.from);
+    return false;
+  });
+  return plan;
+}

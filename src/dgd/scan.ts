@@ -1,4 +1,4 @@
-// The socket scan's mechanics, split out of engine.ts (issue 8): when to dump (the namespace's
+// The socket scan's mechanics: when to dump (the namespace's
 // RetransSegs and ActiveOpens counters, sockets still retransmitting or connecting, the periodic
 // count for status), when to look again (a socket near the threshold is looked at just after its
 // retransmit timer fires), and what each socket did since the last look. What that means for a

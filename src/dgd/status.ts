@@ -1,9 +1,9 @@
 // What `ipdeadgate status` shows about detection: the types of the projection and the pure
-// functions that build it from the engine's state (split out of engine.ts, issue 8).
+// functions that build it from the engine's state.
 import { protocolName } from '../sys/rtnl-format';
 import type { GatewayState, TriggerKind } from './events';
-import type { Gateway, Transition } from './gateway';
-import type { LinkState } from './interfaces';
+import type { Gateway, GatewayPhase, Transition } from './gateway';
+import type { InterfacePresence } from './interfaces';
 import type { OwnerStatus } from './owners';
 import type { JournalEntry, KernelRoute } from './ports';
 import { gatewaysOf, routeIdentity } from './routeplan';
@@ -33,9 +33,11 @@ export interface DgdStatus {
     interface: string;
     ifindex: number;
     /** The interface is up, down (administratively), or absent (deleted; routes wait for its name). */
-    link: LinkState;
+    link: InterfacePresence;
     family: 4 | 6;
     state: GatewayState;
+    /** The machine's phase (src/dgd/gateway.ts): dead is dead, held_down or waiting_for_interface. */
+    phase: GatewayPhase;
     mac: string | null;
     routes: GatewayRouteStatus[];
     last_verification: {
@@ -122,6 +124,7 @@ export function gatewayStatus(
     link: g.link,
     family: g.family,
     state: g.state,
+    phase: g.phase,
     mac: g.mac,
     routes,
     last_verification: v

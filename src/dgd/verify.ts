@@ -1,5 +1,5 @@
 // The verification that decides whether a first-hop gateway is dead: the product's core decision,
-// after IBM i's V4R4+ dead gateway redesign (seeds/003_1b40e6637250f923.txt, DESIGN.md):
+// after IBM i's V4R4+ dead gateway redesign (docs/operators-guide.md, "How detection decides"):
 //
 //   1. purge the gateway's neighbour entry, so nothing answers from a cache;
 //   2. send `probes` ARP requests (NDP neighbour solicitations for IPv6) ourselves, spaced by

@@ -1,4 +1,4 @@
-// Injected time, so state machines are tested without sleeping (STYLE.md).
+// Injected time, so state machines are tested without sleeping.
 
 export interface Timer {
   cancel(): void;

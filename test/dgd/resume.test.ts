@@ -2,13 +2,8 @@
 // which never are. The lab test (test/dgd/lab.test.ts) shows the same on real sockets.
 import { MemoryEventLog } from '../doubles';
 import { strict as assert } from 'node:assert';
-import {
-  FlowResumer,
-  MAX_FLOWS_PER_GATEWAY,
-  type ResendOutcome,
-  type ResumeFlow,
-  type ResumePorts,
-} from '../../src/dgd/resume';
+import { FlowResumer, MAX_FLOWS_PER_GATEWAY } from '../../src/dgd/resume';
+import type { ResendOutcome, ResumeFlow, ResumePorts } from '../../src/dgd/ports';
 import type { RouteChoice, ScannedSocket } from '../../src/dgd/ports';
 
 const R1 = '198.18.1.1';

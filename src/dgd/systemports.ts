@@ -17,7 +17,7 @@ import type {
   Verification,
   VerifyArgs,
 } from './ports';
-import type { ResendOutcome, ResumeFlow } from './resume';
+import type { ResendOutcome, ResumeFlow } from './ports';
 import { verifyGateway } from './verify';
 import type { InterfaceInfo } from './interfaces';
 
