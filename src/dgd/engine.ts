@@ -12,7 +12,7 @@ import { emit, type SocketSample, type TriggerKind } from './events';
 import type { EventLog, LogLevel } from '../util/eventlog';
 import type { Clock, Timer } from '../util/clock';
 import { normalizeIp } from '../sys/ipaddr';
-import { protocolName } from '../sys/rtnl-format';
+import { protocolName } from '../sys/rtnl';
 import type {
   DgdPorts,
   DgdStore,

@@ -2,8 +2,9 @@
 // unit tests implement them with fakes, so every decision is tested without a kernel or a clock.
 import type { ResumePorts } from './resume';
 import type { VerifyRequest, VerifyResult } from './verify';
+import type { Family } from '../sys/ipaddr';
 
-export type Family = 4 | 6;
+export type { Family };
 
 /** A nexthop of a multipath route (RTA_MULTIPATH), as src/sys/rtnl.ts reports it. */
 export interface KernelNexthop {
