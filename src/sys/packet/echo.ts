@@ -1,6 +1,6 @@
 // ICMP and ICMPv6 echo (RFC 792, RFC 4443 4.1) on a raw socket from `raw-socket`. In dead gateway
 // verification the echo only makes the kernel resolve the gateway itself; its answer is
-// informational (DESIGN.md). So the API is small: echo() resolves { rttMs } or null when nothing
+// informational, because firewalls drop ping and ARP/NDP decides. So the API is small: echo() resolves { rttMs } or null when nothing
 // came back in time.
 //
 // Matching: every socket gets a random identifier and a random 8-byte token at the start of each
@@ -17,19 +17,18 @@ import {
   UsageError,
   errorMessage,
   systemError,
-} from '../errors';
+} from '../../errors';
+import { normalizeIp } from '../ipaddr';
+import { FrameError } from './framebase';
+import { IPPROTO_ICMP, decodeIpv4 } from './ip';
 import {
-  FrameError,
   ICMP_ECHO_REPLY,
   ICMP_ECHO_REQUEST,
   ICMPV6_ECHO_REPLY,
   ICMPV6_ECHO_REQUEST,
-  IPPROTO_ICMP,
   decodeIcmpEcho,
-  decodeIpv4,
   encodeIcmpEcho,
-  normalizeIp,
-} from './frames';
+} from './icmp';
 
 /** What EchoSocket needs from a raw socket; raw-socket's Socket in production, a fake in tests. */
 export interface RawIcmpSocket {
