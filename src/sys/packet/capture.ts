@@ -8,7 +8,7 @@
 import { EventEmitter } from 'node:events';
 import { isIPv4 } from 'node:net';
 import { openCaptureHandle, type PcapHandle, type LivePacket } from './pcap';
-import { formatEndpoint as endpoint, normalizeIp } from '../ipaddr';
+import { formatEndpoint as endpoint, normalizeIp, type Family } from '../ipaddr';
 import { FrameError, readIpv6 } from './framebase';
 import {
   ARP_REPLY,
@@ -295,7 +295,7 @@ export class PacketDescriber {
 
   private transport(
     vlan: string,
-    family: 4 | 6,
+    family: Family,
     src: string,
     dst: string,
     proto: number,

@@ -13,7 +13,7 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { AbortError, IpdeadgateError, UsageError } from '../../errors';
 import { preciseWallNowMs } from '../../util/clock';
-import { ipv4ToBytes, ipv6ToBytes, normalizeIp, normalizeMac } from '../ipaddr';
+import { ipv4ToBytes, ipv6ToBytes, normalizeIp, normalizeMac, type Family } from '../ipaddr';
 import { FrameError } from './framebase';
 import { ARP_REPLY, ARP_REQUEST } from './ethernet';
 import { ND_NEIGHBOR_ADVERT, ND_NEIGHBOR_SOLICIT } from './icmp';
@@ -21,7 +21,7 @@ import { buildArpRequest, buildNeighbourSolicitation, decodeNeighbourFrame } fro
 import { openEthernetHandle, type LivePacket } from './pcap';
 
 export interface NeighbourSighting {
-  family: 4 | 6;
+  family: Family;
   /** The neighbour's address (canonical text, no zone). */
   ip: string;
   /** Its link-layer address, lower case. */
@@ -317,7 +317,7 @@ export class NeighbourLink extends EventEmitter {
       throw new RangeError(
         `resolve: intervalMs must be a positive number of milliseconds, not ${opts.intervalMs}`,
       );
-    const family: 4 | 6 = isIPv4(ip) ? 4 : 6;
+    const family: Family = isIPv4(ip) ? 4 : 6;
     const target = normalizeIp(ip); // throws RangeError for a non-address
     const { signal } = opts;
     return new Promise((resolve, reject) => {

@@ -17,14 +17,14 @@
 // acknowledged, which TCP accepts (RFC 9293 3.10.7.4).
 import { isIPv4, isIPv6 } from 'node:net';
 import { IpdeadgateError, type SystemError, errorMessage, systemError } from '../../errors';
-import { normalizeIp } from '../ipaddr';
+import { normalizeIp, type Family } from '../ipaddr';
 import { ETHERTYPE_IPV4, ETHERTYPE_IPV6, decodeEthernet } from './ethernet';
 import { IPPROTO_TCP, decodeIpv4, decodeIpv6, internetChecksum, ipv6PseudoHeaderSum } from './ip';
 import { openCaptureHandle, type LivePacket } from './pcap';
 
 /** One direction of a TCP connection: the host's end (src) to its peer (dst). */
 export interface TcpFlow {
-  family: 4 | 6;
+  family: Family;
   src: string;
   srcPort: number;
   dst: string;
@@ -68,7 +68,7 @@ export function decodeTcpFrame(frame: Uint8Array, recordedAt: number): TcpSegmen
   try {
     const eth = decodeEthernet(frame);
     const ipOffset = eth.payloadOffset;
-    let family: 4 | 6;
+    let family: Family;
     let src: string;
     let dst: string;
     let tcpOffset: number;
@@ -132,7 +132,7 @@ export function decodeTcpFrame(frame: Uint8Array, recordedAt: number): TcpSegmen
 }
 
 /** The TCP checksum of `packet` (its checksum field taken as zero). */
-export function tcpChecksum(packet: Buffer, family: 4 | 6, tcpOffset: number): number {
+export function tcpChecksum(packet: Buffer, family: Family, tcpOffset: number): number {
   const tcp = Buffer.from(packet.subarray(tcpOffset));
   tcp.writeUInt16BE(0, 16);
   let pseudo: number;
@@ -274,7 +274,7 @@ const IPPROTO_RAW = 255;
  * the destination passed to sendto, through the routes as they are now.
  */
 export class SegmentSender {
-  private readonly sockets = new Map<4 | 6, RawSendSocket>();
+  private readonly sockets = new Map<Family, RawSendSocket>();
   private closed = false;
 
   send(seg: TcpSegment, nowMs = performance.now()): Promise<number> {
@@ -289,7 +289,7 @@ export class SegmentSender {
     });
   }
 
-  private socket(family: 4 | 6): RawSendSocket {
+  private socket(family: Family): RawSendSocket {
     let s = this.sockets.get(family);
     if (s) return s;
     // eslint-disable-next-line @typescript-eslint/no-require-imports
