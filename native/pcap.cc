@@ -1,6 +1,6 @@
 // Live libpcap handles (pcap(3PCAP)) polled on the environment's libuv loop: what ARP/NDP
-// verification (src/sys/neighlink.ts), `ipdeadgate capture` and the flight recorder read and send
-// frames through.
+// verification (src/sys/packet/neighlink.ts), `ipdeadgate capture` and the flight recorder read
+// and send frames through.
 //
 // Why our own and not the `cap` package: cap's uv_poll callback asserts `status == 0`, and libuv
 // calls it with UV_EBADF when the packet socket reports POLLERR — which the kernel raises with

@@ -17,8 +17,9 @@ import {
   interfaceExists,
   type CapturedPacket,
   type PacketKind,
-} from '../sys/capture';
-import { PcapFileWriter, splitTimestamp } from '../sys/pcapfile';
+  PcapFileWriter,
+  splitTimestamp,
+} from '../sys/packet';
 import { openRtnl } from '../sys/rtnl';
 import { action, intOption } from './common';
 

@@ -5,7 +5,7 @@
 //
 // Sockets come from sock_diag dumps with tcp_info (src/sys/sockdiag.ts); the gateway from an
 // rtnetlink route lookup per distinct (destination, source, bound interface), as the kernel would
-// route it now (src/sys/rtnl.ts).
+// route it now (src/sys/rtnl/).
 //
 // Output is streamed, so 100 000 sockets never sit in memory as objects at once: first the sockets
 // whose retransmit timer is pending with retransmissions (a dump filtered on the worker thread, so

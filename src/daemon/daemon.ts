@@ -13,7 +13,7 @@ import { FileOwnerStore, RouteOwners } from '../dgd/owners';
 import { ownerAdapters } from '../dgd/owner-system';
 import { openRtnl, type Rtnl } from '../sys/rtnl';
 import { missingCapabilities, readBootId, type CapabilityName } from '../sys/host';
-import type { NeighbourSighting } from '../sys/neighlink';
+import type { NeighbourSighting } from '../sys/packet';
 import { peerUidOf } from '../sys/peercred';
 import { openServiceNotifier } from '../sys/sdnotify';
 import { systemClock } from '../util/clock';

@@ -8,9 +8,8 @@
 // removed first), one pending dump per gateway.
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import * as path from 'node:path';
-import { frameAddresses } from '../sys/capture';
-import { normalizeIp } from '../sys/frames';
-import { encodePcap, type PcapPacket } from '../sys/pcapfile';
+import { frameAddresses, encodePcap, type PcapPacket } from '../sys/packet';
+import { normalizeIp } from '../sys/ipaddr';
 import { writeFileAtomic } from '../util/atomic';
 import type { EventLog } from './log';
 import { emit } from '../dgd/events';

@@ -5,7 +5,7 @@
 import type { EventEmitter } from 'node:events';
 import * as path from 'node:path';
 import type { DgdStatus } from '../dgd/engine';
-import type { LinkFrame } from '../sys/neighlink';
+import type { LinkFrame } from '../sys/packet';
 import type { TunnelStatus } from '../tunnel/node';
 import type { Config } from './config';
 import { FlightRecorder, type CaptureFileInfo, type FlightRecorderSettings } from './flightrec';

@@ -12,7 +12,7 @@ import { readFile } from 'node:fs/promises';
 import { writeFileAtomic } from '../util/atomic';
 import { z } from 'zod';
 import { IpdeadgateError, errorMessage } from '../errors';
-import { protocolName } from '../sys/rtnl-format';
+import { protocolName } from '../sys/rtnl';
 import type { EventLog } from '../util/eventlog';
 
 /**

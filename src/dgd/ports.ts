@@ -1,10 +1,9 @@
 // The detection engine's view of the system. Adapters over src/sys/ implement these in the daemon;
 // unit tests implement them with fakes, so every decision is tested without a kernel or a clock.
 import type { VerifyRequest, VerifyResult } from './verify';
+import type { Family } from '../sys/ipaddr';
 
-export type Family = 4 | 6;
-
-/** A nexthop of a multipath route (RTA_MULTIPATH), as src/sys/rtnl.ts reports it. */
+/** A nexthop of a multipath route (RTA_MULTIPATH), as src/sys/rtnl/ reports it. */
 export interface KernelNexthop {
   gateway: string | null;
   ifindex: number;
@@ -14,7 +13,7 @@ export interface KernelNexthop {
 }
 
 /**
- * A kernel route, as src/sys/rtnl.ts reports it. The engine reads only these fields; every other
+ * A kernel route, as src/sys/rtnl/ reports it. The engine reads only these fields; every other
  * field the facade puts on the object (protocol, scope, metrics, raw attributes...) is carried
  * through untouched so a withdrawn route is put back exactly.
  */
@@ -42,7 +41,7 @@ export interface KernelRoute {
 }
 
 /**
- * A nexthop object as src/sys/rtnl.ts reports it (`ip nexthop`). The engine reads these fields;
+ * A nexthop object as src/sys/rtnl/ reports it (`ip nexthop`). The engine reads these fields;
  * the rest (scope, flags, raw attributes) is carried through so a group is put back exactly.
  */
 export interface KernelNexthopObject {

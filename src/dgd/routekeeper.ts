@@ -5,7 +5,7 @@
 // before the kernel changes, and rolled back in the journal if the kernel refuses it. What to
 // change is planned by the pure functions of ./routeplan.ts.
 import { errorMessage } from '../errors';
-import { protocolName } from '../sys/rtnl-format';
+import { protocolName } from '../sys/rtnl';
 import type { Clock } from '../util/clock';
 import type { EventLog } from '../util/eventlog';
 import { emit } from './events';

@@ -1,6 +1,6 @@
 // Pure route planning: which routes go through a gateway, what a route looks like with some of its
 // gateways withdrawn, and which kernel operation turns one state into another. No I/O here.
-import { protocolName } from '../sys/rtnl-format';
+import { protocolName } from '../sys/rtnl';
 import type {
   GroupJournalEntry,
   JournalEntry,

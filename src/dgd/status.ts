@@ -1,6 +1,6 @@
 // What `ipdeadgate status` shows about detection: the types of the projection and the pure
 // functions that build it from the engine's state.
-import { protocolName } from '../sys/rtnl-format';
+import { protocolName } from '../sys/rtnl';
 import type { GatewayState, TriggerKind } from './events';
 import type { Gateway, GatewayPhase, Transition } from './gateway';
 import type { InterfacePresence } from './interfaces';

@@ -3,11 +3,16 @@
 // ARP/NDP, raw ICMP sockets for the echo that forces the kernel's own resolution.
 import { EventEmitter } from 'node:events';
 import { countTcpSockets, dumpTcpSockets, type TcpState } from '../sys/sockdiag';
-import { NeighbourLink, type NeighbourSighting } from '../sys/neighlink';
-import { EchoSocket } from '../sys/icmp';
+import {
+  NeighbourLink,
+  type NeighbourSighting,
+  EchoSocket,
+  SegmentRecorder,
+  SegmentSender,
+  TCP_FLAG_SYN,
+} from '../sys/packet';
 import { readActiveOpens, readRetransSegs } from '../sys/snmp';
 import type { NexthopObject, Route, Rtnl } from '../sys/rtnl';
-import { SegmentRecorder, SegmentSender, TCP_FLAG_SYN } from '../sys/tcpreplay';
 import type {
   DgdPorts,
   KernelNexthopObject,

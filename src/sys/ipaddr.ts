@@ -1,10 +1,11 @@
 // IP and MAC addresses, text <-> network-order bytes: the one implementation that rtnetlink
-// (rtnl-*.ts), the frame codec (frames.ts: ARP/NDP, capture decoding), the CLI and detection's
-// events use (issue 8 found three). Validation before anything reaches the kernel or the wire;
-// text as inet_ntop prints it (RFC 5952, with the mixed notation of its section 5 for
-// IPv4-mapped addresses).
+// (rtnl/), the frame codecs (packet/: ARP/NDP, capture decoding), the CLI and detection's events
+// use, so an address compares equal wherever it was parsed. Validation before anything reaches
+// the kernel or the wire; text as inet_ntop prints it (RFC 5952, with the mixed notation of its
+// section 5 for IPv4-mapped addresses).
 import { isIPv4, isIPv6 } from 'node:net';
 
+/** An IP version: what rtnetlink, the frame codecs and detection all key addresses by. */
 export type Family = 4 | 6;
 
 /** A TypeError/RangeError with a Node-style `code`, for bad input caught before the kernel. */

@@ -11,6 +11,7 @@
 // `ss -o` shows). `info: true` adds struct tcp_info (what `ss -i` shows).
 import { AbortError, IpdeadgateError } from '../errors';
 import { loadNative, nativeSystemError, type NativeAddon, type NativeSockDiagResult } from './native';
+import type { Family } from './ipaddr';
 
 export type TcpState =
   | 'ESTABLISHED'
@@ -55,7 +56,7 @@ export interface TcpInfoFields {
 }
 
 export interface TcpSocketEntry {
-  family: 4 | 6;
+  family: Family;
   src: string;
   srcPort: number;
   dst: string;
@@ -80,7 +81,7 @@ export interface DumpOptions {
   /** Default: every state but LISTEN and TIME-WAIT. */
   states?: TcpState[];
   /** Default 'all'. */
-  family?: 4 | 6 | 'all';
+  family?: Family | 'all';
   /** Request tcp_info (INET_DIAG_INFO) per socket. Default false. */
   info?: boolean;
   /**

@@ -1,7 +1,7 @@
 // Socket-state watcher: an event when the peer of a socket sends FIN (rdhup) or the socket hangs up
 // (hup) or fails (err, e.g. an RST) — without reading from it, so no data is consumed, and while its
 // Node stream is paused by backpressure. The tunnel uses it so that no local socket sits in
-// CLOSE_WAIT unnoticed (DESIGN.md, "Closing, the IY55176 lesson"). Native side: native/watcher.cc
+// CLOSE_WAIT unnoticed, holding a descriptor after its session is over. Native side: native/watcher.cc
 // (edge-triggered epoll of the socket, one uv_poll_t per environment on its own loop).
 import { nativeSystemError } from './native';
 import { sockDiagAddon } from './sockdiag';

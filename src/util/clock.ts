@@ -35,3 +35,11 @@ export const systemClock: Clock = {
     });
   },
 };
+
+/**
+ * Wall-clock now in epoch milliseconds with sub-millisecond resolution, for packet timestamps
+ * (Date.now() has whole milliseconds only).
+ */
+export function preciseWallNowMs(): number {
+  return performance.timeOrigin + performance.now();
+}

@@ -1,4 +1,4 @@
-// Flows resume the moment routes switch (src/dgd/resume.ts, src/sys/tcpreplay.ts), on real
+// Flows resume the moment routes switch (src/dgd/resume.ts, src/sys/packet/tcpreplay.ts), on real
 // sockets in the lab and observed on the wire with tcpdump: after r1's routes are withdrawn, the
 // segment a flow through r1 was retransmitting leaves again at once towards r2; a flow that was
 // retransmitting through r2 (alive, a server behind it silent) gets nothing from us; a connection

@@ -11,8 +11,6 @@ import {
   andFilters,
   frameAddresses,
   gatewayFilter,
-} from '../../src/sys/capture';
-import {
   ETHERTYPE_IPV4,
   IPPROTO_TCP,
   TCP_ACK,
@@ -29,8 +27,11 @@ import {
   encodeTcp,
   ICMP_ECHO_REQUEST,
   IPPROTO_ICMP,
-} from '../../src/sys/frames';
-import { PcapFileWriter, encodePcap, parsePcap, splitTimestamp } from '../../src/sys/pcapfile';
+  PcapFileWriter,
+  encodePcap,
+  parsePcap,
+  splitTimestamp,
+} from '../../src/sys/packet';
 import { type ExecResult, type Lab, requireRoot, waitFor } from '../lab/lab';
 import { LabDaemon } from '../lab/daemon';
 import { DGD, dgdLab, pairLab } from '../lab/topologies';

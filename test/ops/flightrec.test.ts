@@ -12,9 +12,14 @@ import {
   FlightRecorder,
   type FlightRecorderSettings,
 } from '../../src/daemon/flightrec';
-import { buildArpReply, buildArpRequest } from '../../src/sys/frames';
-import { NeighbourLink, type FrameTransport, type LinkFrame } from '../../src/sys/neighlink';
-import { parsePcap } from '../../src/sys/pcapfile';
+import {
+  buildArpReply,
+  buildArpRequest,
+  NeighbourLink,
+  type FrameTransport,
+  type LinkFrame,
+  parsePcap,
+} from '../../src/sys/packet';
 import { type Lab, requireRoot, waitFor } from '../lab/lab';
 import { LabDaemon } from '../lab/daemon';
 import { DGD, dgdLab } from '../lab/topologies';

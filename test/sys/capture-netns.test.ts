@@ -1,4 +1,4 @@
-// interfaceExists() (src/sys/capture.ts) must answer for the caller's network namespace even when
+// interfaceExists() (src/sys/packet/pcap.ts) must answer for the caller's network namespace even when
 // /sys is another namespace's, as in a container given its own network namespace but the host's
 // sysfs (systemd-nspawn --network-namespace-path; here nsenter --net, which keeps /sys, unlike
 // `ip netns exec`). The flow-resume recorder's captures were refused there.
@@ -17,7 +17,7 @@ describe('interfaceExists in a network namespace entered without its own /sys', 
     execFileSync('ip', ['netns', 'add', ns]);
     try {
       execFileSync('ip', ['-n', ns, 'link', 'add', dev, 'type', 'veth', 'peer', 'name', `${dev}p`]);
-      const capture = path.join(REPO_ROOT, 'dist', 'src', 'sys', 'capture.js');
+      const capture = path.join(REPO_ROOT, 'dist', 'src', 'sys', 'packet', 'index.js');
       const script =
         `const c = require(${JSON.stringify(capture)}); const fs = require('fs');` +
         `process.stdout.write(JSON.stringify({ sysfs: fs.existsSync('/sys/class/net/${dev}'),` +

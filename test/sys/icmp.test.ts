@@ -6,8 +6,9 @@ import {
   ICMP_ECHO_REPLY,
   ICMPV6_ECHO_REPLY,
   IPPROTO_ICMP,
-} from '../../src/sys/frames';
-import { EchoSocket, type RawIcmpSocket } from '../../src/sys/icmp';
+  EchoSocket,
+  type RawIcmpSocket,
+} from '../../src/sys/packet';
 import { type Lab, requireRoot } from '../lab/lab';
 import { DGD, dgdLab } from '../lab/topologies';
 import { waitDgdLabReady } from '../fixtures/neigh-lab';

@@ -5,8 +5,6 @@ import {
   buildNeighbourAdvertisement,
   decodeNeighbourFrame,
   encodeEthernet,
-} from '../../src/sys/frames';
-import {
   NeighbourLink,
   NeighbourLinks,
   pickArpSender,
@@ -14,7 +12,7 @@ import {
   type FrameTransport,
   type InterfaceAddresses,
   type NeighbourSighting,
-} from '../../src/sys/neighlink';
+} from '../../src/sys/packet';
 import { type Lab, requireRoot } from '../lab/lab';
 import { macOf, waitDgdLabReady } from '../fixtures/neigh-lab';
 import { nodeAsNobody } from '../fixtures/unprivileged';

@@ -6,9 +6,9 @@ import type { ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { Lab, REPO_ROOT, requireRoot, waitFor } from '../lab/lab';
 import { DGD, dgdLab, pairLab } from '../lab/topologies';
-import { decodeRoute, encodeRoute, parseRouteRaw, RTA } from '../../src/sys/rtnl-codec';
-import { formatIp, parseCidr, parseIp } from '../../src/sys/rtnl-ip';
-import { decodeNexthop, encodeNexthop, validateNexthop } from '../../src/sys/rtnl-nexthop';
+import { decodeRoute, encodeRoute, parseRouteRaw, RTA } from '../../src/sys/rtnl/routes';
+import { formatIp, parseCidr, parseIp } from '../../src/sys/ipaddr';
+import { decodeNexthop, encodeNexthop, validateNexthop } from '../../src/sys/rtnl/nexthop';
 import { routeKey, routeToIpArgs } from '../../src/sys/rtnl';
 import type { NexthopObject, Route } from '../../src/sys/rtnl';
 

@@ -1,4 +1,4 @@
-// Recording and resending TCP segments (src/sys/tcpreplay.ts): the pure parts. The lab test in
+// Recording and resending TCP segments (src/sys/packet/tcpreplay.ts): the pure parts. The lab test in
 // test/dgd/lab.test.ts sends real recorded segments through a real route switch.
 import { strict as assert } from 'node:assert';
 import {
@@ -10,8 +10,8 @@ import {
   encodeIpv6Header,
   internetChecksum,
   ipv6PseudoHeaderSum,
-} from '../../src/sys/frames';
-import { decodeTcpFrame, flowsFilter, replayPacket, tcpChecksum } from '../../src/sys/tcpreplay';
+} from '../../src/sys/packet';
+import { decodeTcpFrame, flowsFilter, replayPacket, tcpChecksum } from '../../src/sys/packet/tcpreplay';
 
 /** A TCP header with options (timestamps, optionally an MD5 signature) and payload. */
 function tcp(opts: { tsval?: number; md5?: boolean; payload?: Buffer; flags?: number }): Buffer {

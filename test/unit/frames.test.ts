@@ -29,16 +29,12 @@ import {
   encodeIpv4Header,
   encodeIpv6Header,
   encodeNeighbourSolicitation,
-  formatIpv6,
   icmpv6Checksum,
   internetChecksum,
   ipv6MulticastMac,
-  ipv6ToBytes,
-  macToBytes,
-  normalizeIp,
-  normalizeMac,
   solicitedNodeMulticast,
-} from '../../src/sys/frames';
+} from '../../src/sys/packet';
+import { formatIpv6, ipv6ToBytes, macToBytes, normalizeIp, normalizeMac } from '../../src/sys/ipaddr';
 
 /** tcpdump -xx text to bytes. */
 function hex(text: string): Buffer {

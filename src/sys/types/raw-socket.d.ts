@@ -1,5 +1,6 @@
-// Types for the part of `raw-socket` (nospaceships/node-raw-socket 1.8) that src/sys/icmp.ts uses.
-// Only src/sys/ may import 'raw-socket' (STYLE.md).
+// Types for the part of `raw-socket` (nospaceships/node-raw-socket 1.8) that src/sys/packet/echo.ts
+// and src/sys/packet/tcpreplay.ts use. Only src/sys/ may import 'raw-socket', so everything above
+// it can run against fakes.
 declare module 'raw-socket' {
   import { EventEmitter } from 'node:events';
 

@@ -1,6 +1,6 @@
 // ICMP and ICMPv6 echo (RFC 792, RFC 4443 4.1) on a raw socket from `raw-socket`. In dead gateway
 // verification the echo only makes the kernel resolve the gateway itself; its answer is
-// informational (DESIGN.md). So the API is small: echo() resolves { rttMs } or null when nothing
+// informational, because firewalls drop ping and ARP/NDP decides. So the API is small: echo() resolves { rttMs } or null when nothing
 // came back in time.
 //
 // Matching: every socket gets a random identifier and a random 8-byte token at the start of each
@@ -17,19 +17,18 @@ import {
   UsageError,
   errorMessage,
   systemError,
-} from '../errors';
+} from '../../errors';
+import { normalizeIp, type Family } from '../ipaddr';
+import { FrameError } from './framebase';
+import { IPPROTO_ICMP, decodeIpv4 } from './ip';
 import {
-  FrameError,
   ICMP_ECHO_REPLY,
   ICMP_ECHO_REQUEST,
   ICMPV6_ECHO_REPLY,
   ICMPV6_ECHO_REQUEST,
-  IPPROTO_ICMP,
   decodeIcmpEcho,
-  decodeIpv4,
   encodeIcmpEcho,
-  normalizeIp,
-} from './frames';
+} from './icmp';
 
 /** What EchoSocket needs from a raw socket; raw-socket's Socket in production, a fake in tests. */
 export interface RawIcmpSocket {
@@ -102,7 +101,7 @@ function rawSocketError(err: unknown, syscall: string, what: string): SystemErro
   return systemError({ code, errno, message: text }, syscall, what);
 }
 
-function familyName(family: 4 | 6): string {
+function familyName(family: Family): string {
   return family === 4 ? 'ICMP' : 'ICMPv6';
 }
 
@@ -116,7 +115,7 @@ interface Pending {
 }
 
 export class EchoSocket {
-  readonly family: 4 | 6;
+  readonly family: Family;
   readonly ifname: string | undefined;
   readonly id: number;
   readonly stats: EchoStats = { sent: 0, replies: 0, timeouts: 0, foreign: 0, malformed: 0, recvErrors: 0 };
@@ -130,7 +129,7 @@ export class EchoSocket {
    * Open a raw ICMP (family 4) or ICMPv6 (family 6) socket, bound to `ifname` when given
    * (SO_BINDTODEVICE). Needs CAP_NET_RAW: without it, a SystemError EPERM that says so.
    */
-  static open(family: 4 | 6, opts: { ifname?: string } = {}): EchoSocket {
+  static open(family: Family, opts: { ifname?: string } = {}): EchoSocket {
     if (family !== 4 && family !== 6)
       throw new TypeError(`EchoSocket.open: family must be 4 or 6, not ${String(family)}`);
     // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -173,12 +172,12 @@ export class EchoSocket {
   }
 
   /** Wrap any raw socket (unit tests use a fake one). */
-  static withSocket(family: 4 | 6, socket: RawIcmpSocket, opts: { ifname?: string } = {}): EchoSocket {
+  static withSocket(family: Family, socket: RawIcmpSocket, opts: { ifname?: string } = {}): EchoSocket {
     return new EchoSocket(family, socket, opts.ifname);
   }
 
   private constructor(
-    family: 4 | 6,
+    family: Family,
     private readonly socket: RawIcmpSocket,
     ifname: string | undefined,
   ) {

@@ -3,9 +3,10 @@
 //
 // Built on the `netlink` package (mildsunrise/node_netlink): its native part is only a socket with
 // bind/sendmsg/recvmsg/poll, prebuilt for x64, so all of rtnetlink (message layout, attributes,
-// RTA_MULTIPATH, multicast events) is TypeScript here, in rtnl-codec.ts and rtnl-socket.ts.
+// RTA_MULTIPATH, multicast events) is TypeScript here, in codec.ts, routes.ts, nexthop.ts and
+// channel.ts.
 import { getSystemErrorMap } from 'node:util';
-import { SystemError, TimeoutError } from '../errors';
+import { SystemError, TimeoutError } from '../../errors';
 import {
   NLM_F_CREATE,
   NLM_F_DUMP,
@@ -17,20 +18,22 @@ import {
   decodeAddress,
   decodeLink,
   decodeNeighbour,
-  decodeRoute,
   encodeFamilyDump,
   encodeLinkKey,
   encodeNeighbourDump,
   encodeNeighbourKey,
+  rtmName,
+  u32,
+} from './codec';
+import {
+  decodeRoute,
   encodeRoute,
   encodeRouteDump,
   encodeRouteLookup,
-  rtmName,
-  u32,
   validateRoute,
   type ResolvedRoute,
-} from './rtnl-codec';
-import { invalidArg, parseCidr, parseIp } from './rtnl-ip';
+} from './routes';
+import { invalidArg, parseCidr, parseIp, type Family } from '../ipaddr';
 import {
   decodeNexthop,
   describeNexthop,
@@ -38,12 +41,11 @@ import {
   encodeNexthopDump,
   encodeNexthopKey,
   validateNexthop,
-} from './rtnl-nexthop';
-import { describeRoute } from './rtnl-format';
-import { NetlinkChannel, NetlinkErrno, type NetlinkMessage } from './rtnl-socket';
+} from './nexthop';
+import { describeRoute } from './format';
+import { NetlinkChannel, NetlinkErrno, type NetlinkMessage } from './channel';
 import type {
   Address,
-  Family,
   Link,
   Neighbour,
   NexthopObject,
@@ -55,37 +57,7 @@ import type {
   RtnlGroup,
   RtnlSubscription,
   SubscribeOptions,
-} from './rtnl-types';
-
-export { describeNexthop } from './rtnl-nexthop';
-export type {
-  Address,
-  Family,
-  Link,
-  NeighState,
-  Neighbour,
-  Nexthop,
-  NexthopGroupMember,
-  NexthopObject,
-  OpenRtnlOptions,
-  Route,
-  RouteLookup,
-  Rtnl,
-  RtnlEvent,
-  RtnlGroup,
-  RtnlSubscription,
-  SubscribeOptions,
-} from './rtnl-types';
-export type { RouteRaw } from './rtnl-codec';
-export {
-  routeKey,
-  routeToIpArgs,
-  describeRoute,
-  tableName,
-  protocolName,
-  scopeName,
-  routeTypeName,
-} from './rtnl-format';
+} from './types';
 
 const DEFAULT_TIMEOUT_MS = 5000;
 const IFNAMSIZ = 16;

@@ -1,36 +1,27 @@
 // ARP (RFC 826) and IPv6 neighbour discovery (RFC 4861) on one interface, through one libpcap
-// handle (src/sys/pcap.ts): we send who-has / neighbour solicitations ourselves and watch every ARP and ND
-// packet the link carries. This is what dead gateway verification stands on: "any ARP/NDP reply
-// from the gateway means alive" (DESIGN.md), so nothing here relies on the kernel's neighbour
-// table, which the verifier purges first.
+// handle (pcap.ts): we send who-has / neighbour solicitations ourselves and watch every ARP and ND
+// packet the link carries. This is what dead gateway verification stands on: any ARP/NDP reply
+// from the gateway means alive, so nothing here relies on the kernel's neighbour table, which the
+// verifier purges first.
 //
-// Frames are decoded by the pure functions of frames.ts. Frames come from the wire, so decoding is
-// defensive: a truncated or malformed frame is counted in `stats` and dropped, and nothing thrown
-// while handling a packet escapes into libpcap's callback.
+// Frames are built and decoded by the pure functions of neighframes.ts. Frames come from the wire,
+// so decoding is defensive: a truncated or malformed frame is counted in `stats` and dropped, and
+// nothing thrown while handling a packet escapes into libpcap's callback.
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { isIPv4, isIPv6 } from 'node:net';
 import { networkInterfaces } from 'node:os';
-import { AbortError, IpdeadgateError, UsageError } from '../errors';
-import {
-  ARP_REPLY,
-  ARP_REQUEST,
-  FrameError,
-  ND_NEIGHBOR_ADVERT,
-  ND_NEIGHBOR_SOLICIT,
-  buildArpRequest,
-  buildNeighbourSolicitation,
-  decodeNeighbourFrame,
-  ipv4ToBytes,
-  ipv6ToBytes,
-  normalizeIp,
-  normalizeMac,
-} from './frames';
-import { LINKTYPE_ETHERNET, PcapHandle, type PcapPacket } from './pcap';
-import { preciseNowMs } from './pcapfile';
+import { AbortError, IpdeadgateError, UsageError } from '../../errors';
+import { preciseWallNowMs } from '../../util/clock';
+import { ipv4ToBytes, ipv6ToBytes, normalizeIp, normalizeMac, type Family } from '../ipaddr';
+import { FrameError } from './framebase';
+import { ARP_REPLY, ARP_REQUEST } from './ethernet';
+import { ND_NEIGHBOR_ADVERT, ND_NEIGHBOR_SOLICIT } from './icmp';
+import { buildArpRequest, buildNeighbourSolicitation, decodeNeighbourFrame } from './neighframes';
+import { openEthernetHandle, type LivePacket } from './pcap';
 
 export interface NeighbourSighting {
-  family: 4 | 6;
+  family: Family;
   /** The neighbour's address (canonical text, no zone). */
   ip: string;
   /** Its link-layer address, lower case. */
@@ -185,25 +176,19 @@ export function pickNsSource(addrs: InterfaceAddresses, targetIp: string): strin
   return (onPrefix ?? globals[0])?.address ?? linkLocal ?? '::';
 }
 
-/** A libpcap handle (src/sys/pcap.ts) as a FrameTransport. */
+/** A libpcap handle (pcap.ts) as a FrameTransport. */
 function openPcapTransport(ifname: string): FrameTransport {
-  const handle = PcapHandle.open(ifname, {
-    filter: NEIGHBOUR_BPF_FILTER,
-    bufferBytes: 1 << 20,
-    purpose: ' for ARP/NDP',
-  });
-  if (handle.linkType !== LINKTYPE_ETHERNET) {
-    handle.close();
-    throw new UsageError(
-      `${ifname} is not an Ethernet interface (libpcap link type ${handle.linkType}); ARP and NDP need Ethernet`,
-    );
-  }
+  const handle = openEthernetHandle(
+    ifname,
+    { filter: NEIGHBOUR_BPF_FILTER, bufferBytes: 1 << 20, purpose: ' for ARP/NDP' },
+    'ARP and NDP need Ethernet',
+  );
   return {
     send(frame) {
       handle.send(frame);
     },
     onFrame(receiver) {
-      handle.on('packet', (p: PcapPacket) => receiver(p.data, p.wireLength > p.data.length));
+      handle.on('packet', (p: LivePacket) => receiver(p.data, p.wireLength > p.data.length));
     },
     onDown(listener) {
       handle.on('down', listener);
@@ -332,7 +317,7 @@ export class NeighbourLink extends EventEmitter {
       throw new RangeError(
         `resolve: intervalMs must be a positive number of milliseconds, not ${opts.intervalMs}`,
       );
-    const family: 4 | 6 = isIPv4(ip) ? 4 : 6;
+    const family: Family = isIPv4(ip) ? 4 : 6;
     const target = normalizeIp(ip); // throws RangeError for a non-address
     const { signal } = opts;
     return new Promise((resolve, reject) => {
@@ -406,7 +391,12 @@ export class NeighbourLink extends EventEmitter {
   }
 
   private emitFrame(direction: LinkFrame['direction'], frame: Buffer): void {
-    const f: LinkFrame = { ifname: this.ifname, direction, tsMs: preciseNowMs(), data: Buffer.from(frame) };
+    const f: LinkFrame = {
+      ifname: this.ifname,
+      direction,
+      tsMs: preciseWallNowMs(),
+      data: Buffer.from(frame),
+    };
     try {
       this.emit('frame', f);
     } catch (err) {

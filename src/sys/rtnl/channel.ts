@@ -5,7 +5,7 @@
 // still pending. Messages that answer no request (multicast notifications) go to `onNotification`.
 import { getSystemErrorName } from 'node:util';
 import { RawNetlinkSocket, type ErrnoException } from 'netlink';
-import { TimeoutError } from '../errors';
+import { TimeoutError } from '../../errors';
 import {
   NLM_F_ACK,
   NLM_F_DUMP,
@@ -18,7 +18,7 @@ import {
   s32,
   u16,
   u32,
-} from './rtnl-codec';
+} from './codec';
 
 /** NETLINK_ROUTE (linux/netlink.h). */
 const NETLINK_ROUTE = 0;

@@ -16,23 +16,15 @@
 // TCP-MD5 or TCP-AO is sent unchanged. To the peer it is one more copy of a segment it has not
 // acknowledged, which TCP accepts (RFC 9293 3.10.7.4).
 import { isIPv4, isIPv6 } from 'node:net';
-import { IpdeadgateError, type SystemError, errorMessage, systemError } from '../errors';
-import { LiveCapture, type CapturedPacket } from './capture';
-import {
-  ETHERTYPE_IPV4,
-  ETHERTYPE_IPV6,
-  IPPROTO_TCP,
-  decodeEthernet,
-  decodeIpv4,
-  decodeIpv6,
-  internetChecksum,
-  ipv6PseudoHeaderSum,
-  normalizeIp,
-} from './frames';
+import { IpdeadgateError, type SystemError, errorMessage, systemError } from '../../errors';
+import { normalizeIp, type Family } from '../ipaddr';
+import { ETHERTYPE_IPV4, ETHERTYPE_IPV6, decodeEthernet } from './ethernet';
+import { IPPROTO_TCP, decodeIpv4, decodeIpv6, internetChecksum, ipv6PseudoHeaderSum } from './ip';
+import { openCaptureHandle, type LivePacket } from './pcap';
 
 /** One direction of a TCP connection: the host's end (src) to its peer (dst). */
 export interface TcpFlow {
-  family: 4 | 6;
+  family: Family;
   src: string;
   srcPort: number;
   dst: string;
@@ -76,7 +68,7 @@ export function decodeTcpFrame(frame: Uint8Array, recordedAt: number): TcpSegmen
   try {
     const eth = decodeEthernet(frame);
     const ipOffset = eth.payloadOffset;
-    let family: 4 | 6;
+    let family: Family;
     let src: string;
     let dst: string;
     let tcpOffset: number;
@@ -140,7 +132,7 @@ export function decodeTcpFrame(frame: Uint8Array, recordedAt: number): TcpSegmen
 }
 
 /** The TCP checksum of `packet` (its checksum field taken as zero). */
-export function tcpChecksum(packet: Buffer, family: 4 | 6, tcpOffset: number): number {
+export function tcpChecksum(packet: Buffer, family: Family, tcpOffset: number): number {
   const tcp = Buffer.from(packet.subarray(tcpOffset));
   tcp.writeUInt16BE(0, 16);
   let pseudo: number;
@@ -188,13 +180,20 @@ export function flowsFilter(flows: TcpFlow[]): string {
 /** Most flows one recorder filters for (the BPF program grows with each). */
 export const MAX_RECORDED_FLOWS = 64;
 
+/** What SegmentRecorder needs of a capture handle (a PcapHandle; a fake in tests). */
+export interface SegmentSource {
+  on(event: 'packet', listener: (p: LivePacket) => void): unknown;
+  close(): void;
+}
+
 /**
  * The latest segment of each watched flow on one interface. watch() replaces the set (the capture
- * is reopened with a filter for exactly those flows; an empty set closes it). 'error' events carry
- * capture failures; recording is best effort and never throws from a packet callback.
+ * is reopened with a filter for exactly those flows; an empty set closes it). Failures to open a
+ * capture, and anything thrown while recording a packet, go to `onError`; recording is best effort
+ * and never throws from a packet callback.
  */
 export class SegmentRecorder {
-  private capture: LiveCapture | null = null;
+  private capture: SegmentSource | null = null;
   private filter = '';
   private readonly latest = new Map<string, TcpSegment>();
   private closed = false;
@@ -202,7 +201,7 @@ export class SegmentRecorder {
   constructor(
     readonly ifname: string,
     private readonly onError: (err: Error) => void = () => undefined,
-    private readonly open: (ifname: string, filter: string) => LiveCapture = (i, f) => LiveCapture.open(i, f),
+    private readonly open: (ifname: string, filter: string) => SegmentSource = openCaptureHandle,
   ) {}
 
   watch(flows: TcpFlow[]): void {
@@ -218,8 +217,14 @@ export class SegmentRecorder {
     if (!filter) return;
     try {
       const capture = this.open(this.ifname, filter);
-      capture.on('packet', (p: CapturedPacket) => this.record(p));
-      capture.on('error', (err: Error) => this.onError(err));
+      capture.on('packet', (p: LivePacket) => {
+        try {
+          this.record(p);
+        } catch (err) {
+          // Nothing thrown here may unwind through libpcap's packet callback.
+          this.onError(err instanceof Error ? err : new Error(String(err)));
+        }
+      });
       this.capture = capture;
     } catch (err) {
       this.filter = '';
@@ -232,7 +237,7 @@ export class SegmentRecorder {
     return this.latest.get(flowKey(flow));
   }
 
-  private record(p: CapturedPacket): void {
+  private record(p: LivePacket): void {
     const seg = decodeTcpFrame(p.data, performance.now());
     if (!seg) return;
     this.latest.set(flowKey(seg.flow), seg);
@@ -269,7 +274,7 @@ const IPPROTO_RAW = 255;
  * the destination passed to sendto, through the routes as they are now.
  */
 export class SegmentSender {
-  private readonly sockets = new Map<4 | 6, RawSendSocket>();
+  private readonly sockets = new Map<Family, RawSendSocket>();
   private closed = false;
 
   send(seg: TcpSegment, nowMs = performance.now()): Promise<number> {
@@ -284,7 +289,7 @@ export class SegmentSender {
     });
   }
 
-  private socket(family: 4 | 6): RawSendSocket {
+  private socket(family: Family): RawSendSocket {
     let s = this.sockets.get(family);
     if (s) return s;
     // eslint-disable-next-line @typescript-eslint/no-require-imports

@@ -1,7 +1,6 @@
-// The typed surface of the rtnetlink facade (src/sys/rtnl.ts). Everything above src/sys/ programs
+// The typed surface of the rtnetlink facade (index.ts). Everything above src/sys/ programs
 // against these types, so detection logic runs against fakes as well as the kernel.
-
-export type Family = 4 | 6;
+import type { Family } from '../ipaddr';
 
 /** One path of a multipath route (struct rtnexthop, linux/rtnetlink.h). */
 export interface Nexthop {

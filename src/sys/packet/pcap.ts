@@ -1,16 +1,18 @@
-// One live libpcap handle on one interface (native/pcap.cc), for ARP/NDP (neighlink.ts) and packet
-// capture (capture.ts). Replaces the `cap` package, whose poll callback asserted and aborted the
-// process when an interface went down (see native/pcap.cc for the whole story).
+// One live libpcap handle on one interface (native/pcap.cc): the one way into libpcap for ARP/NDP
+// (neighlink.ts), packet capture (capture.ts) and the TCP segment recorder (tcpreplay.ts). Our own
+// addon rather than a packaged binding, so an interface going down is an event, not an abort of
+// the process (native/pcap.cc says why).
 //
 // A handle whose interface goes down or away reports it once with 'down' (a SystemError, usually
 // ENETDOWN) and closes itself: a packet socket bound to a deleted interface never receives again,
 // so owners open a new handle when the interface is back.
 import { EventEmitter } from 'node:events';
-import { IpdeadgateError, SystemError, UsageError } from '../errors';
-import { loadNative, type NativeSystemError } from './native';
+import { existsSync, readFileSync } from 'node:fs';
+import { IpdeadgateError, SystemError, UsageError } from '../../errors';
+import { loadNative, type NativeSystemError } from '../native';
 
 /** One frame as libpcap captured it. `data` is the addon's own copy: safe to keep. */
-export interface PcapPacket {
+export interface LivePacket {
   data: Buffer;
   /** Length on the wire; more than data.length when the frame was cut at the snap length. */
   wireLength: number;
@@ -34,7 +36,7 @@ export const LINKTYPE_ETHERNET = 1;
 const IFNAME = /^[^\s/:]{1,15}$/;
 
 /**
- * Emits 'packet' (PcapPacket) and, once, 'down' (SystemError) when the interface went down or away
+ * Emits 'packet' (LivePacket) and, once, 'down' (SystemError) when the interface went down or away
  * or reading failed; the handle is closed by then. close() is idempotent and safe from a listener.
  */
 export class PcapHandle extends EventEmitter {
@@ -65,7 +67,7 @@ export class PcapHandle extends EventEmitter {
     const filter = opts.filter ?? '';
     const native = loadNative();
     let handle: PcapHandle | null = null;
-    const onEvent = (err: NativeSystemError | null, packets?: PcapPacket[]) => {
+    const onEvent = (err: NativeSystemError | null, packets?: LivePacket[]) => {
       if (!handle || handle.closed) return;
       if (err) {
         const h = handle;
@@ -118,6 +120,56 @@ export class PcapHandle extends EventEmitter {
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+/** Does a network interface of this name exist in this network namespace? */
+export function interfaceExists(ifname: string): boolean {
+  if (!IFNAME.test(ifname)) return false;
+  // /proc/net/dev lists the interfaces of the reading thread's network namespace. /sys/class/net
+  // lists those of the namespace sysfs was mounted in, which in a container entered with its own
+  // network namespace but the host's /sys (systemd-nspawn --network-namespace-path, nsenter --net)
+  // is another one: asking sysfs there would refuse an interface that ARP/NDP already has open.
+  try {
+    return readFileSync('/proc/net/dev', 'latin1')
+      .split('\n')
+      .some((line) => line.split(':')[0]!.trim() === ifname);
+  } catch {
+    return existsSync(`/sys/class/net/${ifname}`);
+  }
+}
+
+/**
+ * Open a handle and insist on Ethernet (DLT_EN10MB): every frame codec here reads Ethernet II.
+ * `whyEthernet` ends the UsageError for another link type ("ARP and NDP need Ethernet").
+ */
+export function openEthernetHandle(ifname: string, opts: PcapOpenOptions, whyEthernet: string): PcapHandle {
+  const handle = PcapHandle.open(ifname, opts);
+  if (handle.linkType !== LINKTYPE_ETHERNET) {
+    handle.close();
+    throw new UsageError(
+      `${ifname} is not an Ethernet interface (libpcap link type ${handle.linkType}); ${whyEthernet}`,
+    );
+  }
+  return handle;
+}
+
+const CAPTURE_BUFFER = 65535;
+
+/**
+ * A handle for capturing whole frames with a tcpdump-syntax filter ('' for everything), as packet
+ * capture and the TCP segment recorder use them: the full frame, a 4 MiB kernel buffer. Throws
+ * UsageError for a bad or unknown interface name, a non-Ethernet interface or a bad filter,
+ * SystemError EPERM without CAP_NET_RAW, ENETDOWN for an interface that is down.
+ */
+export function openCaptureHandle(ifname: string, filter = ''): PcapHandle {
+  if (!IFNAME.test(ifname)) throw new UsageError(`"${ifname}" is not a valid interface name`);
+  if (!interfaceExists(ifname))
+    throw new UsageError(`no network interface named "${ifname}" in this network namespace (see: ip link)`);
+  return openEthernetHandle(
+    ifname,
+    { filter, snaplen: CAPTURE_BUFFER, bufferBytes: 4 << 20 },
+    'capture writes Ethernet (DLT_EN10MB) only',
+  );
 }
 
 /** The addon's errors carry errno codes; say what they mean for a capture. */

@@ -8,7 +8,7 @@
 // savefile after every packet: a capture stopped by SIGTERM, or even SIGKILL between two packets,
 // leaves a file tcpdump reads to the last whole packet.
 import * as fs from 'node:fs';
-import { IpdeadgateError, systemError } from '../errors';
+import { IpdeadgateError, systemError } from '../../errors';
 
 /** Magic numbers (pcap-savefile(5)): microsecond and nanosecond timestamp resolution. */
 export const PCAP_MAGIC_MICROS = 0xa1b2c3d4;
@@ -139,11 +139,6 @@ export function parsePcap(buf: Buffer): ParsedPcap {
     o += PCAP_RECORD_HEADER_LEN + incl;
   }
   return { resolution, snaplen, linktype, packets, trailingBytes: buf.length - o };
-}
-
-/** Wall-clock now in epoch milliseconds with sub-millisecond resolution (for packet timestamps). */
-export function preciseNowMs(): number {
-  return performance.timeOrigin + performance.now();
 }
 
 /**

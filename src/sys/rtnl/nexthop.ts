@@ -3,20 +3,9 @@
 // nexthop_grp, NHA_*, NEXTHOP_GRP_TYPE_*, NHA_RES_GROUP_*) and include/uapi/linux/rtnetlink.h
 // (RTM_*NEXTHOP = 104..106, RTNLGRP_NEXTHOP = 32). FRR (7.3+) and systemd-networkd install their
 // routes through such objects; a route names one with RTA_NH_ID.
-import { formatIp, invalidArg, parseIp } from './rtnl-ip';
-import {
-  afOf,
-  attr,
-  familyOfAf,
-  parseAttrs,
-  put16,
-  put32,
-  u16,
-  u32,
-  u32Buf,
-  type RawAttr,
-} from './rtnl-codec';
-import type { Family, NexthopGroupMember, NexthopObject } from './rtnl-types';
+import { formatIp, invalidArg, parseIp, type Family } from '../ipaddr';
+import { afOf, attr, familyOfAf, parseAttrs, put16, put32, u16, u32, u32Buf, type RawAttr } from './codec';
+import type { NexthopGroupMember, NexthopObject } from './types';
 
 /** enum NHA_* (linux/nexthop.h). */
 export const NHA = {

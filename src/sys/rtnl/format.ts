@@ -1,7 +1,7 @@
 // Routes as people and logs read them: identity keys, iproute2 names, and the `ip route` argv that
 // would recreate a route.
-import { formatIp } from './rtnl-ip';
-import type { Route } from './rtnl-types';
+import { formatIp } from '../ipaddr';
+import type { Route } from './types';
 
 /** rt_tables names iproute2 knows without /etc/iproute2/rt_tables. */
 const TABLE_NAMES: Record<number, string> = { 253: 'default', 254: 'main', 255: 'local' };

@@ -1,34 +1,47 @@
 // Packet capture for debugging (`ipdeadgate capture`) and the daemon's flight recorder: libpcap
-// handles (src/sys/pcap.ts) with tcpdump-syntax BPF filters (pcap-filter(7)), and one-line decodes of
-// what dead gateway detection and the tunnel do on the wire: ARP, NDP, ICMP/ICMPv6, TCP (with
-// retransmissions marked) and UDP. Decoding reuses the pure decoders of frames.ts.
+// handles (pcap.ts) with tcpdump-syntax BPF filters (pcap-filter(7)), and one-line decodes of what
+// dead gateway detection and the tunnel do on the wire: ARP, NDP, ICMP/ICMPv6, TCP (with
+// retransmissions marked) and UDP. Decoding reuses the pure frame codecs of this folder
+// (ethernet.ts, ip.ts, icmp.ts, tcp.ts).
 //
 // Timestamps are the kernel's receive stamps from libpcap's packet header (microseconds).
 import { EventEmitter } from 'node:events';
-import { existsSync, readFileSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
-import { UsageError } from '../errors';
-import { formatEndpoint as endpoint } from './ipaddr';
-import { LINKTYPE_ETHERNET, PcapHandle, type PcapPacket } from './pcap';
+import { openCaptureHandle, type PcapHandle, type LivePacket } from './pcap';
+import { formatEndpoint as endpoint, normalizeIp, type Family } from '../ipaddr';
+import { FrameError, readIpv6 } from './framebase';
 import {
   ARP_REPLY,
   ARP_REQUEST,
   ETHERTYPE_ARP,
   ETHERTYPE_IPV4,
   ETHERTYPE_IPV6,
-  FrameError,
-  ICMP_ECHO_REPLY,
-  ICMP_ECHO_REQUEST,
-  ICMPV6_ECHO_REPLY,
-  ICMPV6_ECHO_REQUEST,
+  decodeArp,
+  decodeEthernet,
+} from './ethernet';
+import {
   IPPROTO_ICMP,
   IPPROTO_ICMPV6,
   IPPROTO_TCP,
   IPPROTO_UDP,
+  decodeIpv4,
+  decodeIpv6,
+  solicitedNodeMulticast,
+} from './ip';
+import {
+  ICMP_ECHO_REPLY,
+  ICMP_ECHO_REQUEST,
+  ICMPV6_ECHO_REPLY,
+  ICMPV6_ECHO_REQUEST,
   ND_NEIGHBOR_ADVERT,
   ND_NEIGHBOR_SOLICIT,
   ND_ROUTER_ADVERT,
   ND_ROUTER_SOLICIT,
+  decodeIcmpEcho,
+  decodeIcmpTypeCode,
+  decodeNdp,
+} from './icmp';
+import {
   TCP_ACK,
   TCP_CWR,
   TCP_ECE,
@@ -37,20 +50,10 @@ import {
   TCP_RST,
   TCP_SYN,
   TCP_URG,
-  decodeArp,
-  decodeEthernet,
-  decodeIcmpEcho,
-  decodeIcmpTypeCode,
-  decodeIpv4,
-  decodeIpv6,
-  decodeNdp,
   decodeTcp,
   decodeUdp,
-  formatIpv6,
-  normalizeIp,
-  solicitedNodeMulticast,
   type TcpHeader,
-} from './frames';
+} from './tcp';
 
 /** What a decoded packet is; the capture summary counts packets by these. */
 export type PacketKind =
@@ -292,7 +295,7 @@ export class PacketDescriber {
 
   private transport(
     vlan: string,
-    family: 4 | 6,
+    family: Family,
     src: string,
     dst: string,
     proto: number,
@@ -404,7 +407,7 @@ export function frameAddresses(frame: Uint8Array): string[] {
         (t === ND_NEIGHBOR_SOLICIT || t === ND_NEIGHBOR_ADVERT) &&
         frame.length >= l4 + 24
       )
-        out.push(formatIpv6(frame, l4 + 8));
+        out.push(readIpv6(frame, l4 + 8));
       return out;
     }
   } catch {
@@ -456,26 +459,6 @@ export interface CapturedPacket {
   truncated: boolean;
 }
 
-const IFNAME = /^[^\s/:]{1,15}$/;
-const CAPTURE_BUFFER = 65535;
-
-/** Does a network interface of this name exist in this network namespace? (sysfs is per namespace.) */
-export function interfaceExists(ifname: string): boolean {
-  if (!IFNAME.test(ifname)) return false;
-  // /proc/net/dev lists the interfaces of the reading thread's network namespace. /sys/class/net
-  // lists those of the namespace sysfs was mounted in, which in a container entered with its own
-  // network namespace but the host's /sys (systemd-nspawn --network-namespace-path, nsenter --net)
-  // is another one: there the flow-resume recorder was refused "no network interface named lan0"
-  // right after ARP/NDP capture had opened lan0.
-  try {
-    return readFileSync('/proc/net/dev', 'latin1')
-      .split('\n')
-      .some((line) => line.split(':')[0]!.trim() === ifname);
-  } catch {
-    return existsSync(`/sys/class/net/${ifname}`);
-  }
-}
-
 /**
  * One libpcap handle on one interface with a BPF filter, emitting 'packet' (CapturedPacket), and
  * 'down' (SystemError) once if the interface goes down or away — the capture is closed then.
@@ -491,7 +474,7 @@ export class LiveCapture extends EventEmitter {
     private readonly handle: PcapHandle,
   ) {
     super();
-    handle.on('packet', (pkt: PcapPacket) => {
+    handle.on('packet', (pkt: LivePacket) => {
       if (this.closed) return;
       this.packets++;
       const p: CapturedPacket = {
@@ -521,17 +504,7 @@ export class LiveCapture extends EventEmitter {
    * CAP_NET_RAW, ENETDOWN for an interface that is down.
    */
   static open(ifname: string, filter = ''): LiveCapture {
-    if (!IFNAME.test(ifname)) throw new UsageError(`"${ifname}" is not a valid interface name`);
-    if (!interfaceExists(ifname))
-      throw new UsageError(`no network interface named "${ifname}" in this network namespace (see: ip link)`);
-    const handle = PcapHandle.open(ifname, { filter, snaplen: CAPTURE_BUFFER, bufferBytes: 4 << 20 });
-    if (handle.linkType !== LINKTYPE_ETHERNET) {
-      handle.close();
-      throw new UsageError(
-        `${ifname} is not an Ethernet interface (libpcap link type ${handle.linkType}); capture writes Ethernet (DLT_EN10MB) only`,
-      );
-    }
-    return new LiveCapture(ifname, filter, handle);
+    return new LiveCapture(ifname, filter, openCaptureHandle(ifname, filter));
   }
 
   get isClosed(): boolean {
