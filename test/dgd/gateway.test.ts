@@ -1,6 +1,8 @@
 // The gateway machine as a handler table (src/dgd/gateway.ts): every phase's reaction to every
 // event, entry actions once per phase, and pairs the rooms must never send counted, not dropped.
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { GatewayMachine, gatewayTable, newGateway, type GatewayHost } from '../../src/dgd/gateway';
 import { FakeClock, MemoryEventLog } from '../doubles';
 
@@ -101,5 +103,29 @@ describe('gateway state machine', () => {
     assert.equal(g.transitions.length, 0);
     assert.equal(m.invalidPairs.get('active:revived'), 1);
     assert.equal(log.named('invalid_gateway_event').length, 1);
+  });
+});
+
+describe('docs/architecture.md', () => {
+  it('draws the gateway machine exactly as src/dgd/gateway.ts has it', () => {
+    const text = fs.readFileSync(path.resolve(__dirname, '../../../docs/architecture.md'), 'utf8');
+    const rows = text.split('\n').filter((l) => l.startsWith('| ') && l.includes(' | '));
+    const header = rows.find((l) => l.startsWith('| phase \\ event'));
+    assert.ok(header, 'the table is there');
+    const events = header
+      .split('|')
+      .slice(2, -1)
+      .map((c) => c.trim());
+    const word = (c: string) => c.replace('poll later', 'poll_later').replace('poll now', 'poll_now');
+    const table = gatewayTable();
+    for (const [phase, cells] of Object.entries(table)) {
+      const row = rows.find((l) => l.startsWith(`| ${phase} |`));
+      assert.ok(row, `a row for ${phase}`);
+      const drawn = row
+        .split('|')
+        .slice(2, -1)
+        .map((c) => word(c.trim()));
+      assert.deepEqual(Object.fromEntries(events.map((e, i) => [e, drawn[i]])), cells, `the ${phase} row`);
+    }
   });
 });

@@ -1,5 +1,5 @@
 // The network-namespace lab: hosts are namespaces, LANs are veth pairs (two members) or a bridge in a
-// switch namespace (more members). Lab rules (DESIGN.md): nothing lives in the root namespace, every
+// switch namespace (more members). Lab rules (README.md, "Layout"): nothing lives in the root namespace, every
 // name carries a per-run prefix, addresses come from 198.18.0.0/15 and 2001:db8::/32 only, and
 // teardown runs on success, failure, exit and SIGINT.
 import { execFile, execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';

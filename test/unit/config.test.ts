@@ -35,7 +35,7 @@ describe('config', () => {
     assert.equal(c.metrics.listen, undefined);
   });
 
-  it('parses the example from DESIGN.md', () => {
+  it('parses the documented example config (docs/configuration.md)', () => {
     const c = parseConfig(
       [
         'dgd:',
