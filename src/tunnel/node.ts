@@ -1,4 +1,4 @@
-// A tunnel node: gateway proxy, endpoint proxy or relay (DESIGN.md "Tunnel: the semantics").
+// A tunnel node: gateway proxy, endpoint proxy or relay (docs/protocol.md says what each does).
 // - `services`: what this node dials for a peer, by name; nothing else (no open proxy).
 // - `forwards`: local listeners whose connections go to a named service through the tunnel.
 // - `listen` / `links`: links accepted and dialed; relays route streams by service name.
@@ -6,6 +6,7 @@ import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import { ConfigError, IpdeadgateError } from '../errors';
 import { systemClock, type Clock } from '../util/clock';
+import type { EventLog } from '../util/eventlog';
 import { AcceptBackoff, CloseGuard, type SocketPorts } from './closeguard';
 import { formatHostPort, matchesAny, type HostPort, type TunnelConfig } from './config';
 import { preferAtomicMarking } from './gc';
@@ -31,26 +32,15 @@ import {
 import { Router } from './router';
 import type { SessionExit, SessionState } from './sessionlife';
 
-/** The subset of pino's API a node can log with (adapted to the event port, see `events`). */
+/** The subset of pino's API a node can log with (adapted to the event port, src/util/eventlog.ts). */
 export interface TunnelLogger {
   info(obj: object, msg?: string): void;
   warn(obj: object, msg?: string): void;
   error(obj: object, msg?: string): void;
 }
 
-export type TunnelEventLevel = 'debug' | 'info' | 'warn' | 'error';
-
-/**
- * The tunnel's event port: one call per event, every one with a stable name (the same shape as the
- * daemon's EventLog, which the daemon passes in, counting events for metrics; src/tunnel never
- * imports src/daemon).
- */
-export interface TunnelEvents {
-  event(name: string, fields?: Record<string, unknown>, level?: TunnelEventLevel): void;
-}
-
 /** A pino-like logger as an event port: each line gets its `event`. */
-export function eventsFromLogger(logger: TunnelLogger): TunnelEvents {
+export function eventsFromLogger(logger: TunnelLogger): EventLog {
   return {
     event(name, fields = {}, level = 'info') {
       (level === 'debug' ? logger.info : logger[level]).call(logger, { event: name, ...fields });
@@ -58,7 +48,7 @@ export function eventsFromLogger(logger: TunnelLogger): TunnelEvents {
   };
 }
 
-const silent: TunnelEvents = { event: () => undefined };
+const silent: EventLog = { event: () => undefined };
 
 /**
  * Rate limit for events a peer can cause in bulk (refused links, refused sessions): at most
@@ -139,7 +129,7 @@ export interface TunnelStatus {
 
 export interface StartOptions {
   /** Where events go (the daemon passes its counting EventLog). */
-  events?: TunnelEvents;
+  events?: EventLog;
   /** A pino-like logger, used when `events` is not given. */
   logger?: TunnelLogger;
   clock?: Clock;
@@ -150,7 +140,7 @@ export interface StartOptions {
 }
 
 export class TunnelNode extends EventEmitter {
-  private readonly events: TunnelEvents;
+  private readonly events: EventLog;
   private readonly limit: EventRateLimit;
   private readonly linkRefusals: Record<string, number> = {};
   private readonly clock: Clock;
