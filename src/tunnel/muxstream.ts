@@ -9,7 +9,7 @@
 // session.
 import { Duplex } from 'node:stream';
 import { IpdeadgateError } from '../errors';
-import type { Timer } from '../util/clock';
+import type { Clock, Timer } from '../util/clock';
 import {
   encodeFrame,
   encodeHeader,
@@ -19,7 +19,35 @@ import {
   ProtocolError,
   type Frame,
 } from './frame';
-import type { MuxSession } from './muxsession';
+
+/**
+ * What a stream needs from the session that carries it (src/tunnel/muxsession.ts implements it):
+ * the session's settings, its transport for frames, and its table of streams. The stream imports
+ * nothing from the session, so each can be read and tested on its own.
+ */
+export interface StreamHost {
+  readonly clock: Clock;
+  /** Receive window a stream starts with, announced with SYN/ACK. */
+  readonly initialWindow: number;
+  /** Largest receive window a stream grows to. */
+  readonly maxWindow: number;
+  /** Largest data frame we send. */
+  readonly sendFrameSize: number;
+  /** Idle bound of a half-closed stream that no session holds (0: none). */
+  readonly closeTimeoutMs: number;
+  /** The last measured round trip of the link, if any. */
+  readonly rttMs: number | undefined;
+  /** False while the transport's queue is full: wait for the session's drain. */
+  readonly writable: boolean;
+  /** Queue a frame (or a data frame's payload) on the transport. */
+  writeFrame(buf: Buffer): void;
+  /** Call the stream's flush() once the transport drains. */
+  waitForDrain(s: MuxStream): void;
+  /** The stream is over (closed or reset): drop it from the session's table. */
+  forget(s: MuxStream): void;
+  /** A stream was reset by its own close_timeout: count it for status. */
+  countCloseTimeout(): void;
+}
 
 /**
  * Bytes a stream's writer may queue before write() says to wait. It must be larger than one read of
@@ -54,7 +82,7 @@ export class MuxStream extends Duplex {
   /** @internal */
   constructor(
     readonly id: number,
-    private readonly session: MuxSession,
+    private readonly session: StreamHost,
     outbound: boolean,
   ) {
     super({
