@@ -21,7 +21,7 @@ import {
   Refusal,
   type ControlMessage,
 } from './protocol';
-import { AcceptBackoff } from './closeguard';
+import { AcceptBackoff } from './acceptbackoff';
 import { TlsLinkContext, TlsLinkSocket } from '../sys/tlslink';
 
 /** The link protocol and its version, carried in ALPN (docs/protocol.md). */

@@ -73,6 +73,8 @@ export class MuxStream extends Duplex {
   private remoteFin = false;
   private state: StreamEnd = 'open';
   private closeTimer: Timer | undefined;
+  /** A session holds this stream and owns its close_timeout (src/tunnel/sessionlife.ts). */
+  private closeBoundDeferred = false;
   private lastActivity: number;
   /** Set by the session once a SYN (outbound) or ACK (inbound) has gone out. */
   private needFlags: number;
@@ -307,7 +309,10 @@ export class MuxStream extends Duplex {
     this.destroy(err);
   }
 
-  /** After the first FIN either way, the stream's idle life is bounded by close_timeout (IY55176). */
+  /**
+   * After the first FIN either way, the stream's idle life is bounded by close_timeout (IY55176):
+   * by this stream's own timer, unless a session holds the stream and owns the bound.
+   */
   private afterFin(): void {
     if (this.localFin && this.remoteFin) {
       this.state = 'closed';
@@ -317,10 +322,20 @@ export class MuxStream extends Duplex {
     this.armCloseTimer();
   }
 
-  /** Arm the close_timeout bound now (also used when a local peer's FIN is seen while paused). */
-  armCloseTimer(): void {
+  /**
+   * A session holds this stream from now on: close_timeout is the session's (its half_closed bound),
+   * so this stream's own timer is off, and the idle session ends as close_timeout, never as a
+   * stream reset racing an equal timer.
+   */
+  deferCloseBound(): void {
+    this.closeBoundDeferred = true;
+    this.closeTimer?.cancel();
+    this.closeTimer = undefined;
+  }
+
+  private armCloseTimer(): void {
     const ms = this.session.closeTimeoutMs;
-    if (this.closeTimer || ms <= 0 || this.state !== 'open') return;
+    if (this.closeTimer || this.closeBoundDeferred || ms <= 0 || this.state !== 'open') return;
     const check = (): void => {
       this.closeTimer = undefined;
       if (this.state !== 'open') return;

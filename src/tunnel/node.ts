@@ -7,7 +7,8 @@ import * as net from 'node:net';
 import { ConfigError, IpdeadgateError } from '../errors';
 import { systemClock, type Clock } from '../util/clock';
 import type { EventLog } from '../util/eventlog';
-import { AcceptBackoff, CloseGuard, type SocketPorts } from './closeguard';
+import { AcceptBackoff } from './acceptbackoff';
+import { CloseGuard, type SocketPorts } from './closeguard';
 import { formatHostPort, matchesAny, type HostPort, type TunnelConfig } from './config';
 import { preferAtomicMarking } from './gc';
 import {
