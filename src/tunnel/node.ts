@@ -17,6 +17,7 @@ import {
   LinkListener,
   loadTls,
   type LinkOptions,
+  type LinkState,
   type RefusalEvent,
   type TlsMaterial,
 } from './link';
@@ -96,7 +97,8 @@ export interface LinkStatus {
   peer: string;
   address: string;
   direction: 'dial' | 'accept';
-  state: string;
+  /** The link's state, or 'connecting' for a dialer with no link yet (dialing, or waiting to redial). */
+  state: LinkState | 'connecting';
   rtt_ms: number | null;
   bytes_in: number;
   bytes_out: number;
@@ -124,8 +126,10 @@ export interface TunnelStatus {
     refused_by_peer: Record<string, number>;
     accept_errors: number;
   };
-  /** Links refused (by us or by the peer), by reason (src/tunnel/link.ts LinkRefusal). */
+  /** Links refused (by us or by the peer), by reason (src/tunnel/linklife.ts LinkRefusal). */
   link_refusals?: Record<string, number>;
+  /** Events the links' state machines did not expect in their state (src/tunnel/linklife.ts). */
+  link_invalid_events?: number;
 }
 
 export interface StartOptions {
@@ -157,6 +161,8 @@ export class TunnelNode extends EventEmitter {
   }[] = [];
   private readonly allLinks = new Set<Link>();
   private opened = 0;
+  /** (state, event) pairs the links' machines did not expect (src/tunnel/linklife.ts). */
+  private invalidLinkEvents = 0;
   private retiredCloseTimeouts = 0;
   private readonly refusals: Record<string, number> = {};
   private readonly refusedByPeer: Record<string, number> = {};
@@ -208,6 +214,16 @@ export class TunnelNode extends EventEmitter {
           ? `${name} is not in tunnel.peers of ${this.cfg.name}`
           : undefined,
       filterAnnounced: (link, services) => this.filterAnnounced(link, services),
+      onInvalidEvent: (link, state, event) => {
+        this.invalidLinkEvents++;
+        const f = this.limit.admit(`link_invalid_event ${state} ${event}`, {
+          peer: link.peerName,
+          remote: link.remote,
+          state,
+          link_event: event,
+        });
+        if (f) this.events.event('tunnel_link_invalid_event', f, 'warn');
+      },
     };
   }
 
@@ -604,6 +620,7 @@ export class TunnelNode extends EventEmitter {
           (this.listener?.acceptErrors ?? 0) + this.forwards.reduce((n, f) => n + f.backoff.errors, 0),
       },
       link_refusals: { ...this.linkRefusals },
+      link_invalid_events: this.invalidLinkEvents,
     };
   }
 
