@@ -4,20 +4,20 @@
 // stream, and its whole life is one state machine (src/tunnel/sessionlife.ts) held in this table:
 //  1. FIN and RST travel end to end: a local FIN becomes a stream FIN, a stream FIN a local FIN
 //     (half-close works), a local error or RST a stream RST, a stream RST a local RST;
-//  2. every state has a bound (dial_timeout, open_timeout, close_timeout after a FIN, ...), and
-//     every exit from every state closes both ends and frees the slot;
+//  2. every state has a bound (dial_timeout, open_timeout, close_timeout after a FIN, ...), owned
+//     by the session's state machine alone, and every exit from every state closes both ends and
+//     frees the slot;
 //  3. a watcher on the local socket (src/sys/watcher: EPOLLRDHUP/HUP/ERR via uv_poll) sees the local
 //     peer's FIN or RST even while the bridge is paused by backpressure and Node reads nothing;
-//  4. a reaper (TCP_INFO, src/sys/tcpinfo) ends any session whose state outlived its bound, whose
-//     stream is gone while its socket is not (in any TCP state), or whose socket sits in
-//     CLOSE_WAIT idle past close_timeout, and counts it.
-// And running out of descriptors (EMFILE/ENFILE on accept) pauses accepting with backoff.
-import * as fs from 'node:fs';
+//  4. a reaper (src/tunnel/reaper.ts, TCP states from src/sys/tcpstates.ts) ends and counts any
+//     session whose events were lost.
+// Running out of descriptors on accept is the listeners' concern (src/tunnel/acceptbackoff.ts).
 import type * as net from 'node:net';
 import { IpdeadgateError } from '../errors';
-import { systemClock, type Clock, type Timer } from '../util/clock';
+import { systemClock, type Clock } from '../util/clock';
 import type { HostPort } from './config';
 import type { MuxStream } from './muxstream';
+import { Reaper } from './reaper';
 import {
   SessionLife,
   type SessionBounds,
@@ -25,7 +25,8 @@ import {
   type SessionHost,
   type SessionState,
 } from './sessionlife';
-import { fdOf, tcpInfoByFd } from '../sys/tcpinfo';
+import { fdOf } from '../sys/tcpinfo';
+import { tcpStateByFd } from '../sys/tcpstates';
 import { watchSocket } from '../sys/watcher';
 
 /** The socket-state event of src/sys/watcher.ts. */
@@ -40,25 +41,21 @@ export interface SocketEvent {
 export interface SocketPorts {
   /** Watch a socket's fd for EPOLLRDHUP/HUP/ERR (src/sys/watcher.ts), or undefined when unavailable. */
   watchSocket?: (fd: number, onEvent: (ev: SocketEvent) => void) => { close(): void };
-  /** TCP state of a socket fd, e.g. 'ESTABLISHED', 'CLOSE-WAIT' (src/sys/tcpinfo.ts or /proc). */
+  /** TCP state of a socket fd, e.g. 'ESTABLISHED', 'CLOSE-WAIT' (src/sys/tcpstates.ts). */
   tcpState: (fd: number) => string | undefined;
   /** The descriptor of a Node socket. */
   fdOf: (socket: net.Socket) => number | undefined;
 }
 
-/** The real ports: src/sys's watcher and TCP_INFO; /proc when the native addon cannot load. */
+/** The real ports: src/sys's watcher and TCP state (TCP_INFO, or /proc when the addon cannot load). */
 export function systemSocketPorts(): SocketPorts {
   let nativeOk = true;
   const tcpState = (fd: number): string | undefined => {
-    if (nativeOk) {
-      try {
-        return tcpInfoByFd(fd).state;
-      } catch (err) {
-        if ((err as { code?: string }).code !== 'ERR_NATIVE_MISSING') return undefined;
-        nativeOk = false;
-      }
+    try {
+      return tcpStateByFd(fd);
+    } catch {
+      return undefined; // closed meanwhile, or /proc unreadable: no verdict from this look
     }
-    return procTcpState(fd);
   };
   const fdOfSocket = (s: net.Socket): number | undefined => {
     try {
@@ -77,46 +74,6 @@ export function systemSocketPorts(): SocketPorts {
     }
   };
   return { watchSocket: watch, tcpState, fdOf: fdOfSocket };
-}
-
-// /proc/net/tcp state codes (include/net/tcp_states.h).
-const PROC_STATES: Record<string, string> = {
-  '01': 'ESTABLISHED',
-  '02': 'SYN-SENT',
-  '03': 'SYN-RECV',
-  '04': 'FIN-WAIT-1',
-  '05': 'FIN-WAIT-2',
-  '06': 'TIME-WAIT',
-  '07': 'CLOSE',
-  '08': 'CLOSE-WAIT',
-  '09': 'LAST-ACK',
-  '0A': 'LISTEN',
-  '0B': 'CLOSING',
-};
-
-/** A socket's TCP state from /proc: fd -> socket inode -> /proc/net/tcp{,6} line. */
-export function procTcpState(fd: number): string | undefined {
-  let inode: string;
-  try {
-    const m = /^socket:\[(\d+)\]$/.exec(fs.readlinkSync(`/proc/self/fd/${fd}`));
-    if (!m) return undefined;
-    inode = m[1]!;
-  } catch {
-    return undefined;
-  }
-  for (const file of ['/proc/self/net/tcp', '/proc/self/net/tcp6']) {
-    let text: string;
-    try {
-      text = fs.readFileSync(file, 'utf8');
-    } catch {
-      continue;
-    }
-    for (const line of text.split('\n')) {
-      const f = line.trim().split(/\s+/);
-      if (f[9] === inode) return PROC_STATES[f[3] ?? ''] ?? f[3];
-    }
-  }
-  return undefined;
 }
 
 /** Counters of the guard, for status. */
@@ -150,7 +107,7 @@ export class CloseGuard implements SessionHost {
   readonly stats: GuardStats = { reaped: 0, watcherResets: 0, watcherFins: 0, closeTimeouts: 0, exits: {} };
   private readonly sessions = new Set<SessionLife>();
   private readonly onDone = new WeakMap<SessionLife, () => void>();
-  private timer: Timer | undefined;
+  private readonly reaper: Reaper;
   private closed = false;
   readonly clock: Clock;
   readonly bounds: SessionBounds;
@@ -164,7 +121,16 @@ export class CloseGuard implements SessionHost {
       dialMs: opts.dialTimeoutMs ?? 15_000,
       openMs: opts.openTimeoutMs ?? 30_000,
     };
-    this.schedule();
+    this.reaper = new Reaper({
+      clock: this.clock,
+      intervalMs: opts.reapIntervalMs ?? Math.min(5000, Math.max(100, opts.closeTimeoutMs / 4)),
+      sessions: () => this.sessions,
+      tcpState: (sock) => {
+        const fd = this.ports.fdOf(sock);
+        return fd === undefined ? undefined : this.ports.tcpState(fd);
+      },
+      onReaped: (n) => (this.stats.reaped += n),
+    });
   }
 
   /** Change the bounds (a reload); sessions pick them up at their next state change. */
@@ -279,48 +245,16 @@ export class CloseGuard implements SessionHost {
     done?.();
   }
 
-  private schedule(): void {
-    const every = this.opts.reapIntervalMs ?? Math.min(5000, Math.max(100, this.opts.closeTimeoutMs / 4));
-    this.timer = this.clock.setTimeout(() => {
-      if (this.closed) return;
-      this.reap();
-      this.schedule();
-    }, every);
-  }
-
-  /**
-   * One reaper pass; returns how many sessions it ended. It ends any session whose state outlived
-   * its bound, whose stream is gone while its socket is not (in any TCP state), whose socket is
-   * gone while its stream lingers, or whose socket sits in CLOSE_WAIT idle past close_timeout.
-   */
+  /** One reaper pass now (src/tunnel/reaper.ts); returns how many sessions it ended. */
   reap(): number {
-    const now = this.clock.now();
-    let n = 0;
-    const tcpState = (sock: net.Socket): string | undefined => {
-      const fd = this.ports.fdOf(sock);
-      return fd === undefined ? undefined : this.ports.tcpState(fd);
-    };
-    for (const s of [...this.sessions]) {
-      const why = s.reapReason(now, tcpState);
-      if (!why) continue;
-      n++;
-      if (s.state === 'closing') s.forceClosed();
-      else
-        s.dispatch({
-          type: 'stop',
-          exit: 'reaped',
-          error: new IpdeadgateError('ERR_TUNNEL_REAPED', `reaped: ${why}`),
-        });
-    }
-    this.stats.reaped += n;
-    return n;
+    return this.reaper.reap();
   }
 
   /** Stop: every session is ended (both ends reset) and the reaper stops. Idempotent. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.timer?.cancel();
+    this.reaper.close();
     for (const s of [...this.sessions]) {
       s.dispatch({
         type: 'stop',
@@ -329,74 +263,5 @@ export class CloseGuard implements SessionHost {
       });
       if (s.state === 'closing') s.forceClosed();
     }
-  }
-}
-
-/**
- * A listening server that survives EMFILE/ENFILE. libuv already survives most of them (it closes a
- * reserve descriptor, accepts and closes the pending connections, and reports nothing); when an
- * EMFILE/ENFILE does reach the server as an 'error' (no reserve descriptor, or listening again
- * fails), accepting is paused: the server stops listening and
- * listens again after a backoff (100 ms doubling to 5 s), so a process out of descriptors slows
- * down instead of spinning or crashing, and recovers when descriptors are freed.
- */
-export class AcceptBackoff {
-  errors = 0;
-  private delay = 100;
-  private timer: Timer | undefined;
-  private closed = false;
-  private paused = false;
-
-  constructor(
-    private readonly server: net.Server,
-    private readonly address: HostPort,
-    private readonly clock: Clock = systemClock,
-  ) {
-    server.on('error', (err: NodeJS.ErrnoException) => this.onError(err));
-  }
-
-  listen(): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const onErr = (err: Error): void =>
-        reject(
-          new IpdeadgateError(
-            'ERR_TUNNEL_LISTEN',
-            `cannot listen on ${this.address.host}:${this.address.port}: ${err.message}`,
-          ),
-        );
-      this.server.once('error', onErr);
-      this.server.listen(this.address.port, this.address.host, 1024, () => {
-        this.server.off('error', onErr);
-        resolve();
-      });
-    });
-  }
-
-  /** A connection was accepted: the descriptor shortage, if any, is over. */
-  accepted(): void {
-    this.delay = 100;
-  }
-
-  private onError(err: NodeJS.ErrnoException): void {
-    if (this.closed || this.paused) return;
-    if (err.code !== 'EMFILE' && err.code !== 'ENFILE') return; // listen errors are reported by listen()
-    this.errors++;
-    this.paused = true;
-    this.server.close();
-    const again = (): void => {
-      if (this.closed) return;
-      // Listening again may itself fail with EMFILE: that error comes back here and backs off more.
-      this.paused = false;
-      this.server.listen(this.address.port, this.address.host, 1024);
-    };
-    this.timer = this.clock.setTimeout(again, this.delay);
-    this.delay = Math.min(this.delay * 2, 5000);
-  }
-
-  close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    this.timer?.cancel();
-    this.server.close();
   }
 }

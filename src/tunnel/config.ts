@@ -1,6 +1,6 @@
-// The `tunnel:` section of the config file (issue 4's contract): keys in snake_case, durations as
-// strings. The daemon's loader (src/daemon/config.ts) embeds this schema under `tunnel`; errors
-// carry the zod path so the loader can name the file, line and key.
+// The `tunnel:` section of the config file (the operators' contract, docs/configuration.md): keys
+// in snake_case, durations as strings. The daemon's loader (src/daemon/config.ts) embeds this
+// schema under `tunnel`; errors carry the zod path so the loader can name the file, line and key.
 import * as path from 'node:path';
 import { isIP } from 'node:net';
 import { z } from 'zod';
@@ -62,7 +62,7 @@ export function matchesAny(patterns: readonly string[], service: string): boolea
 }
 
 /**
- * Which peers may link, and what each may announce and open (issue 9). Absent: any peer whose
+ * Which peers may link, and what each may announce and open. Absent: any peer whose
  * certificate is from the CA and vouches for the name it gives may link, announce and open any
  * service (today's behaviour, with identities bound). Present: only the peers named here may link;
  * each may announce and open what its lists say (default "*").

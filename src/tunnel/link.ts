@@ -2,13 +2,13 @@
 // certificate from the configured CA, carrying one yamux session. Either side may dial (so each
 // firewall can allow one port in one direction); the dialer reconnects with jittered exponential
 // backoff. Right after connecting, both sides say who they are and which services they reach on
-// a control stream (TFST's WHO/TELL), and tell again whenever that changes.
-import { createPrivateKey, X509Certificate } from 'node:crypto';
+// a control stream (TFST's WHO/TELL), and tell again whenever that changes. A link's life is the
+// state machine of src/tunnel/linklife.ts; its TLS side (certificates, the addon's context) is in
+// src/tunnel/linktls.ts.
 import { EventEmitter } from 'node:events';
-import * as fs from 'node:fs';
 import * as net from 'node:net';
 import type * as tls from 'node:tls';
-import { ConfigError, IpdeadgateError } from '../errors';
+import { IpdeadgateError } from '../errors';
 import { systemClock, type Clock, type Timer } from '../util/clock';
 import { formatHostPort, type HostPort } from './config';
 import { MuxSession, type MuxStream } from './muxsession';
@@ -21,26 +21,36 @@ import {
   Refusal,
   type ControlMessage,
 } from './protocol';
-import { AcceptBackoff } from './closeguard';
-import { TlsLinkContext, TlsLinkSocket } from '../sys/tlslink';
+import { AcceptBackoff } from './acceptbackoff';
+import {
+  LinkLife,
+  type LinkEvent,
+  type LinkEventType,
+  type LinkLifeHost,
+  type LinkRefusal,
+  type LinkState,
+} from './linklife';
+import {
+  certificateNames,
+  certificateVouchesFor,
+  classifyTlsError,
+  LINK_ALPN,
+  linkContext,
+  type TlsMaterial,
+} from './linktls';
+import { type TlsLinkContext, TlsLinkSocket } from '../sys/tlslink';
 
-/** The link protocol and its version, carried in ALPN (docs/protocol.md). */
-export const LINK_ALPN = 'ipdeadgate/1';
-
-/** Why a link was refused: stable names, used in log events, status and metrics. */
-export type LinkRefusal =
-  | 'cert_expired'
-  | 'cert_not_yet_valid'
-  | 'unknown_ca'
-  | 'wrong_purpose'
-  | 'no_certificate'
-  | 'bad_certificate'
-  | 'name_mismatch'
-  | 'peer_not_allowed'
-  | 'protocol_version'
-  | 'handshake_timeout'
-  | 'refused_by_peer'
-  | 'tls_error';
+// What links' users import from here: the machine's names and the TLS helpers.
+export type { LinkRefusal, LinkState };
+export {
+  certificateNames,
+  certificateVouchesFor,
+  classifyTlsError,
+  LINK_ALPN,
+  loadTls,
+  type TlsFiles,
+  type TlsMaterial,
+} from './linktls';
 
 /** A link refused, with the reason's stable name and what exactly was wrong. */
 export class LinkRefusedError extends IpdeadgateError {
@@ -61,144 +71,6 @@ export interface RefusalEvent {
   direction: 'accept' | 'dial';
 }
 
-/** Map an OpenSSL verification code or a TLS error to a refusal reason. */
-export function classifyTlsError(code: string | undefined, message = ''): LinkRefusal {
-  switch (code) {
-    case 'CERT_HAS_EXPIRED':
-    case 'ERR_SSL_SSLV3_ALERT_CERTIFICATE_EXPIRED':
-      return 'cert_expired';
-    case 'CERT_NOT_YET_VALID':
-      return 'cert_not_yet_valid';
-    case 'UNABLE_TO_GET_ISSUER_CERT':
-    case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
-    case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
-    case 'SELF_SIGNED_CERT_IN_CHAIN':
-    case 'DEPTH_ZERO_SELF_SIGNED_CERT':
-    case 'CERT_UNTRUSTED':
-    case 'CERT_SIGNATURE_FAILURE':
-    case 'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA':
-      return 'unknown_ca';
-    case 'INVALID_PURPOSE':
-    case 'ERR_SSL_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE':
-      return 'wrong_purpose';
-    case 'ERR_TLS_HANDSHAKE_TIMEOUT':
-      return 'handshake_timeout';
-    case 'ERR_SSL_NO_APPLICATION_PROTOCOL':
-    case 'ERR_SSL_TLSV1_ALERT_NO_APPLICATION_PROTOCOL':
-    case 'ERR_SSL_UNSUPPORTED_PROTOCOL':
-    case 'ERR_SSL_TLSV1_ALERT_PROTOCOL_VERSION':
-    case 'ERR_SSL_WRONG_VERSION_NUMBER':
-      return 'protocol_version';
-    case 'ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE':
-    case 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED':
-      return 'no_certificate';
-  }
-  if (/no application protocol|protocol version|wrong version number/i.test(message))
-    return 'protocol_version';
-  if (code && /CERT/.test(code)) return 'bad_certificate';
-  return 'tls_error';
-}
-
-/**
- * The names a certificate vouches for (docs/protocol.md "Identities"): its DNS subject alternative
- * names and the last segment of each URI SAN (after the last "/" or ":", as in SPIFFE IDs such as
- * spiffe://example.org/tunnel/gw1); its CN only when it has no DNS or URI SAN (RFC 6125 6.4.4).
- */
-export function certificateNames(cert: tls.PeerCertificate | undefined): string[] {
-  if (!cert || !Object.keys(cert).length) return [];
-  const names: string[] = [];
-  for (const part of (cert.subjectaltname ?? '').split(/,\s*/)) {
-    const m = /^(DNS|URI):(.*)$/.exec(part.trim().replace(/^"|"$/g, ''));
-    if (!m) continue;
-    if (m[1] === 'DNS') names.push(m[2]!);
-    else {
-      const seg = /[^/:]*$/.exec(m[2]!.replace(/\/+$/, ''))?.[0] ?? '';
-      if (seg) names.push(seg);
-    }
-  }
-  if (names.length) return names;
-  const cn = cert.subject?.CN;
-  return typeof cn === 'string' ? [cn] : Array.isArray(cn) ? cn.map(String) : [];
-}
-
-/** Whether `name` (a hello's node name) is one the certificate vouches for (DNS names case-insensitively). */
-export function certificateVouchesFor(cert: tls.PeerCertificate | undefined, name: string): boolean {
-  return certificateNames(cert).some((n) => n.toLowerCase() === name.toLowerCase());
-}
-
-export interface TlsFiles {
-  ca: string;
-  cert: string;
-  key: string;
-}
-
-export interface TlsMaterial {
-  ca: Buffer;
-  cert: Buffer;
-  key: Buffer;
-}
-
-/**
- * Read and check the PEM files, as a start needs them: each must be readable and parse (the CA and
- * the certificate as X.509, the key as a private key), and the key must belong to the certificate.
- * A problem is a ConfigError (the CLI exits 2) naming the file and the config key, not OpenSSL's
- * text alone.
- */
-export function loadTls(files: TlsFiles): TlsMaterial {
-  const bad = (what: keyof TlsFiles, problem: string): ConfigError =>
-    new ConfigError(
-      `${files[what]}: tunnel.tls.${what}: ${problem}`,
-      files[what],
-      undefined,
-      `tunnel.tls.${what}`,
-    );
-  const read = (what: keyof TlsFiles): Buffer => {
-    try {
-      return fs.readFileSync(files[what]);
-    } catch (err) {
-      throw bad(what, `cannot read the file: ${(err as Error).message}`);
-    }
-  };
-  const m: TlsMaterial = { ca: read('ca'), cert: read('cert'), key: read('key') };
-  const parse = <T>(what: keyof TlsFiles, expect: string, fn: () => T): T => {
-    try {
-      return fn();
-    } catch (err) {
-      throw bad(what, `not ${expect} (${(err as Error).message})`);
-    }
-  };
-  const caText = m.ca.toString('latin1');
-  const caCerts = caText.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
-  if (!caCerts.length) throw bad('ca', 'not a PEM certificate (no "-----BEGIN CERTIFICATE-----" block)');
-  for (const c of caCerts) parse('ca', 'a PEM CA certificate', () => new X509Certificate(c));
-  const cert = parse('cert', 'a PEM certificate', () => new X509Certificate(m.cert));
-  const key = parse('key', 'a PEM private key', () => createPrivateKey(m.key));
-  if (!cert.checkPrivateKey(key))
-    throw bad('key', `is not the private key of the certificate in ${files.cert} (tunnel.tls.cert)`);
-  return m;
-}
-
-/**
- * TLS both ways, as the addon's TLS context (src/sys/tlslink.ts, native/tlslink.cc). TLS 1.3
- * only; the peer must present a certificate chaining to our CA (checked after the handshake, so
- * that a refusal can say why). Host names are not checked: links are authenticated by the CA (a
- * private CA for the tunnel), and nodes are addressed by IP across firewalls; the peer's node name
- * comes from its hello and must be one its certificate names.
- */
-function linkContext(m: TlsMaterial, server: boolean): TlsLinkContext {
-  return new TlsLinkContext({
-    server,
-    ca: m.ca,
-    cert: m.cert,
-    key: m.key,
-    // The link protocol's version (docs/protocol.md): a peer that offers no common one is refused
-    // by the TLS server with the no_application_protocol alert.
-    alpn: LINK_ALPN,
-    // AES-128-GCM first: with AES-NI it is the cheapest AEAD per byte, and a link carries bulk data.
-    ciphersuites: 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256',
-  });
-}
-
 export interface LinkOptions {
   localName: string;
   localRole: string;
@@ -213,30 +85,46 @@ export interface LinkOptions {
   admitPeer?: (name: string) => string | undefined;
   /** Keep the services this peer may announce; report the ones it may not. */
   filterAnnounced?: (link: Link, services: Record<string, number>) => Record<string, number>;
+  /** A (state, event) pair the link's machine does not expect (src/tunnel/linklife.ts): already counted. */
+  onInvalidEvent?: (link: Link, state: LinkState, event: LinkEventType) => void;
 }
 
-export type LinkState = 'connecting' | 'handshake' | 'up' | 'down';
+/** What the peer says on the control stream, one JSON object a line (docs/protocol.md). */
+function controlEvent(m: ControlMessage): LinkEvent | undefined {
+  switch (m.type) {
+    case 'bye':
+      return {
+        type: 'bye',
+        detail: `the peer refused the link (${String(m.reason ?? '').slice(0, 64)}): ${String(m.detail ?? '').slice(0, 512)}`,
+      };
+    case 'hello':
+      return {
+        type: 'hello',
+        name: String(m.name).slice(0, 63),
+        role: String(m.role).slice(0, 32),
+        services: sanitizeServices(m.services),
+      };
+    case 'tell':
+      return { type: 'tell', services: sanitizeServices(m.services) };
+  }
+  return undefined; // a message type from a later version: not ours to judge
+}
 
 /**
- * One established TLS connection with its yamux session. Events: 'up' (after the peer's hello),
- * 'tell' (the peer's services changed), 'stream' (MuxStream, OpenRequest already read), 'down' (Error?).
+ * One established TLS connection with its yamux session, its life the machine in
+ * src/tunnel/linklife.ts. Events: 'up' (after the peer's hello), 'tell' (the peer's services
+ * changed), 'stream' (MuxStream, OpenRequest already read), 'refused' (RefusalEvent), 'down' (Error?).
  */
-export class Link extends EventEmitter {
+export class Link extends EventEmitter implements LinkLifeHost {
   readonly session: MuxSession;
-  state: LinkState = 'handshake';
-  peerName = '';
-  peerRole = '';
+  readonly life: LinkLife;
   peerCertSubject = '';
   private readonly peerCert: tls.PeerCertificate | undefined;
-  peerServices: Record<string, number> = {};
-  /** What the peer announced, before tunnel.peers filtered it. */
-  private announced: Record<string, number> = {};
   private control: MuxStream | undefined;
   private lastTold = '';
-  private refused = false;
-  private handshakeTimer: Timer | undefined;
   readonly remote: string;
-  private readonly clock: Clock;
+  readonly clock: Clock;
+  readonly handshakeTimeoutMs: number;
 
   constructor(
     readonly socket: TlsLinkSocket,
@@ -245,6 +133,7 @@ export class Link extends EventEmitter {
   ) {
     super();
     this.clock = opts.clock ?? systemClock;
+    this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 10_000;
     this.remote = `${socket.remoteAddress}:${socket.remotePort}`;
     this.peerCert = socket.getPeerCertificate();
     const cn = this.peerCert?.subject?.CN;
@@ -256,26 +145,35 @@ export class Link extends EventEmitter {
       heartbeatMisses: opts.heartbeatMisses,
       closeTimeoutMs: opts.closeTimeoutMs,
     });
-    this.session.on('close', (err?: Error) => this.onClose(err));
+    this.session.on('close', (error?: Error) => this.life.dispatch({ type: 'closed', error }));
     this.session.on('stream', (s: MuxStream) => this.onStream(s));
-    this.handshakeTimer = this.clock.setTimeout(
-      () =>
-        this.refuse(
-          'handshake_timeout',
-          `link ${this.remote}: no hello within ${opts.handshakeTimeoutMs ?? 10_000} ms`,
-        ),
-      opts.handshakeTimeoutMs ?? 10_000,
-    );
+    this.life = new LinkLife(this);
     if (dialer) {
       const c = this.session.open(encodeOpen(CONTROL_SERVICE));
       readAnswer(c).then(
         (a) =>
           a.status === 0
             ? this.attachControl(c)
-            : this.refuse('refused_by_peer', `the peer refused the link: ${a.reason}`, false),
+            : this.life.dispatch({ type: 'bye', detail: `the peer refused the link: ${a.reason}` }),
         (err: Error) => this.close(err),
       );
     }
+  }
+
+  get state(): LinkState {
+    return this.life.state;
+  }
+
+  get peerName(): string {
+    return this.life.peerName;
+  }
+
+  get peerRole(): string {
+    return this.life.peerRole;
+  }
+
+  get peerServices(): Record<string, number> {
+    return this.life.peerServices;
   }
 
   private onStream(s: MuxStream): void {
@@ -287,6 +185,7 @@ export class Link extends EventEmitter {
           this.attachControl(s);
           return;
         }
+        // Sessions only on a link whose peer is known (up), not while refusing.
         if (this.state !== 'up') return s.reset();
         this.emit('stream', s, req);
       },
@@ -325,52 +224,20 @@ export class Link extends EventEmitter {
   }
 
   private onControl(line: string): void {
-    if (this.refused) return;
     let m: ControlMessage;
     try {
       m = JSON.parse(line) as ControlMessage;
     } catch {
-      return this.close(new IpdeadgateError('ERR_TUNNEL_HANDSHAKE', 'malformed control message'));
+      const error = new IpdeadgateError('ERR_TUNNEL_HANDSHAKE', 'malformed control message');
+      return this.life.dispatch({ type: 'garbled', error });
     }
-    if (m.type === 'bye') {
-      const reason = String(m.reason ?? '').slice(0, 64);
-      return this.refuse(
-        'refused_by_peer',
-        `the peer refused the link (${reason}): ${String(m.detail ?? '').slice(0, 512)}`,
-        false,
-      );
-    }
-    const services = sanitizeServices(m.services);
-    if (m.type === 'hello' && this.state === 'handshake') {
-      const name = String(m.name).slice(0, 63);
-      // Identity: the name a peer gives must be one its certificate vouches for, or any peer with a
-      // certificate from the CA could pose as any node and draw its traffic.
-      if (!certificateVouchesFor(this.peerCert, name))
-        return this.refuse(
-          'name_mismatch',
-          `the peer at ${this.remote} says it is "${name}" but its certificate is for ${JSON.stringify(certificateNames(this.peerCert))}`,
-        );
-      const notAllowed = this.opts.admitPeer?.(name);
-      if (notAllowed) return this.refuse('peer_not_allowed', notAllowed);
-      this.peerName = name;
-      this.peerRole = String(m.role).slice(0, 32);
-      this.state = 'up';
-      this.announced = services;
-      this.peerServices = this.opts.filterAnnounced?.(this, services) ?? services;
-      this.handshakeTimer?.cancel();
-      this.emit('up');
-    } else if (m.type === 'tell' && this.state === 'up') {
-      this.announced = services;
-      this.peerServices = this.opts.filterAnnounced?.(this, services) ?? services;
-      this.emit('tell');
-    }
+    const ev = controlEvent(m);
+    if (ev) this.life.dispatch(ev);
   }
 
   /** The rules changed (a reload): filter what the peer announced again. */
   refilter(): void {
-    if (this.state !== 'up') return;
-    this.peerServices = this.opts.filterAnnounced?.(this, this.announced) ?? this.announced;
-    this.emit('tell');
+    this.life.dispatch({ type: 'rules_changed' });
   }
 
   /**
@@ -378,18 +245,7 @@ export class Link extends EventEmitter {
    * side logs the reason too), report it ('refused'), and close.
    */
   refuse(reason: LinkRefusal, detail: string, tellPeer = true): void {
-    if (this.state === 'down' || this.refused) return;
-    this.refused = true;
-    if (tellPeer) this.send({ type: 'bye', reason, detail });
-    const ev: RefusalEvent = {
-      remote: this.remote,
-      reason,
-      detail,
-      direction: this.dialer ? 'dial' : 'accept',
-    };
-    this.emit('refused', ev);
-    // Let the bye go out before the session's go-away and close.
-    setImmediate(() => this.close(new LinkRefusedError(reason, detail)));
+    this.life.dispatch({ type: 'refuse', reason, detail, tellPeer });
   }
 
   get up(): boolean {
@@ -419,12 +275,69 @@ export class Link extends EventEmitter {
     this.session.close(err);
   }
 
-  private onClose(err?: Error): void {
-    if (this.state === 'down') return;
-    this.state = 'down';
-    this.handshakeTimer?.cancel();
+  // --- LinkLifeHost: what the machine does to the world ---
+
+  /** @internal Identity: the name a peer gives must be one its certificate vouches for, or any peer
+   * with a certificate from the CA could pose as any node and draw its traffic. */
+  vetPeer(name: string): { reason: LinkRefusal; detail: string } | undefined {
+    if (!certificateVouchesFor(this.peerCert, name))
+      return {
+        reason: 'name_mismatch',
+        detail: `the peer at ${this.remote} says it is "${name}" but its certificate is for ${JSON.stringify(certificateNames(this.peerCert))}`,
+      };
+    const notAllowed = this.opts.admitPeer?.(name);
+    return notAllowed ? { reason: 'peer_not_allowed', detail: notAllowed } : undefined;
+  }
+
+  /** @internal */
+  filterAnnounced(services: Record<string, number>): Record<string, number> {
+    return this.opts.filterAnnounced?.(this, services) ?? services;
+  }
+
+  /** @internal */
+  sendBye(reason: LinkRefusal, detail: string): void {
+    this.send({ type: 'bye', reason, detail });
+  }
+
+  /** @internal Let the bye go out before the session's go-away and close. */
+  closeAfterFlush(reason: LinkRefusal, detail: string): void {
+    setImmediate(() => this.close(new LinkRefusedError(reason, detail)));
+  }
+
+  /** @internal */
+  destroyTransport(): void {
     this.socket.destroy();
-    this.emit('down', err);
+  }
+
+  /** @internal */
+  announceUp(): void {
+    this.emit('up');
+  }
+
+  /** @internal */
+  announceTell(): void {
+    this.emit('tell');
+  }
+
+  /** @internal */
+  announceRefused(reason: LinkRefusal, detail: string): void {
+    const ev: RefusalEvent = {
+      remote: this.remote,
+      reason,
+      detail,
+      direction: this.dialer ? 'dial' : 'accept',
+    };
+    this.emit('refused', ev);
+  }
+
+  /** @internal */
+  announceDown(error: Error | undefined): void {
+    this.emit('down', error);
+  }
+
+  /** @internal */
+  announceInvalid(state: LinkState, event: LinkEventType): void {
+    this.opts.onInvalidEvent?.(this, state, event);
   }
 }
 

@@ -19,7 +19,7 @@ import {
   ProtocolError,
   type Frame,
 } from './frame';
-import { MuxStream } from './muxstream';
+import { MuxStream, type StreamHost } from './muxstream';
 
 export interface MuxOptions {
   /** 'client' (the dialer of the link) opens odd stream IDs, 'server' even ones (spec.md "StreamID Field"). */
@@ -76,7 +76,7 @@ const SESSION_HIGH_WATER = 1024 * 1024;
  * One yamux session over a byte transport (a TLS socket in production, a TCP socket or an in-memory
  * pair in tests). Events: 'stream' (MuxStream), 'goaway' (code), 'close' (Error | undefined).
  */
-export class MuxSession extends EventEmitter {
+export class MuxSession extends EventEmitter implements StreamHost {
   readonly clock: Clock;
   readonly initialWindow: number;
   readonly maxWindow: number;

@@ -9,7 +9,7 @@
 // session.
 import { Duplex } from 'node:stream';
 import { IpdeadgateError } from '../errors';
-import type { Timer } from '../util/clock';
+import type { Clock, Timer } from '../util/clock';
 import {
   encodeFrame,
   encodeHeader,
@@ -19,7 +19,35 @@ import {
   ProtocolError,
   type Frame,
 } from './frame';
-import type { MuxSession } from './muxsession';
+
+/**
+ * What a stream needs from the session that carries it (src/tunnel/muxsession.ts implements it):
+ * the session's settings, its transport for frames, and its table of streams. The stream imports
+ * nothing from the session, so each can be read and tested on its own.
+ */
+export interface StreamHost {
+  readonly clock: Clock;
+  /** Receive window a stream starts with, announced with SYN/ACK. */
+  readonly initialWindow: number;
+  /** Largest receive window a stream grows to. */
+  readonly maxWindow: number;
+  /** Largest data frame we send. */
+  readonly sendFrameSize: number;
+  /** Idle bound of a half-closed stream that no session holds (0: none). */
+  readonly closeTimeoutMs: number;
+  /** The last measured round trip of the link, if any. */
+  readonly rttMs: number | undefined;
+  /** False while the transport's queue is full: wait for the session's drain. */
+  readonly writable: boolean;
+  /** Queue a frame (or a data frame's payload) on the transport. */
+  writeFrame(buf: Buffer): void;
+  /** Call the stream's flush() once the transport drains. */
+  waitForDrain(s: MuxStream): void;
+  /** The stream is over (closed or reset): drop it from the session's table. */
+  forget(s: MuxStream): void;
+  /** A stream was reset by its own close_timeout: count it for status. */
+  countCloseTimeout(): void;
+}
 
 /**
  * Bytes a stream's writer may queue before write() says to wait. It must be larger than one read of
@@ -45,6 +73,8 @@ export class MuxStream extends Duplex {
   private remoteFin = false;
   private state: StreamEnd = 'open';
   private closeTimer: Timer | undefined;
+  /** A session holds this stream and owns its close_timeout (src/tunnel/sessionlife.ts). */
+  private closeBoundDeferred = false;
   private lastActivity: number;
   /** Set by the session once a SYN (outbound) or ACK (inbound) has gone out. */
   private needFlags: number;
@@ -54,7 +84,7 @@ export class MuxStream extends Duplex {
   /** @internal */
   constructor(
     readonly id: number,
-    private readonly session: MuxSession,
+    private readonly session: StreamHost,
     outbound: boolean,
   ) {
     super({
@@ -279,7 +309,10 @@ export class MuxStream extends Duplex {
     this.destroy(err);
   }
 
-  /** After the first FIN either way, the stream's idle life is bounded by close_timeout (IY55176). */
+  /**
+   * After the first FIN either way, the stream's idle life is bounded by close_timeout (IY55176):
+   * by this stream's own timer, unless a session holds the stream and owns the bound.
+   */
   private afterFin(): void {
     if (this.localFin && this.remoteFin) {
       this.state = 'closed';
@@ -289,10 +322,20 @@ export class MuxStream extends Duplex {
     this.armCloseTimer();
   }
 
-  /** Arm the close_timeout bound now (also used when a local peer's FIN is seen while paused). */
-  armCloseTimer(): void {
+  /**
+   * A session holds this stream from now on: close_timeout is the session's (its half_closed bound),
+   * so this stream's own timer is off, and the idle session ends as close_timeout, never as a
+   * stream reset racing an equal timer.
+   */
+  deferCloseBound(): void {
+    this.closeBoundDeferred = true;
+    this.closeTimer?.cancel();
+    this.closeTimer = undefined;
+  }
+
+  private armCloseTimer(): void {
     const ms = this.session.closeTimeoutMs;
-    if (this.closeTimer || ms <= 0 || this.state !== 'open') return;
+    if (this.closeTimer || this.closeBoundDeferred || ms <= 0 || this.state !== 'open') return;
     const check = (): void => {
       this.closeTimer = undefined;
       if (this.state !== 'open') return;

@@ -1,4 +1,4 @@
-// A tunnel node: gateway proxy, endpoint proxy or relay (DESIGN.md "Tunnel: the semantics").
+// A tunnel node: gateway proxy, endpoint proxy or relay (docs/protocol.md says what each does).
 // - `services`: what this node dials for a peer, by name; nothing else (no open proxy).
 // - `forwards`: local listeners whose connections go to a named service through the tunnel.
 // - `listen` / `links`: links accepted and dialed; relays route streams by service name.
@@ -6,7 +6,9 @@ import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import { ConfigError, IpdeadgateError } from '../errors';
 import { systemClock, type Clock } from '../util/clock';
-import { AcceptBackoff, CloseGuard, type SocketPorts } from './closeguard';
+import type { EventLog } from '../util/eventlog';
+import { AcceptBackoff } from './acceptbackoff';
+import { CloseGuard, type SocketPorts } from './closeguard';
 import { formatHostPort, matchesAny, type HostPort, type TunnelConfig } from './config';
 import { preferAtomicMarking } from './gc';
 import {
@@ -15,6 +17,7 @@ import {
   LinkListener,
   loadTls,
   type LinkOptions,
+  type LinkState,
   type RefusalEvent,
   type TlsMaterial,
 } from './link';
@@ -31,26 +34,15 @@ import {
 import { Router } from './router';
 import type { SessionExit, SessionState } from './sessionlife';
 
-/** The subset of pino's API a node can log with (adapted to the event port, see `events`). */
+/** The subset of pino's API a node can log with (adapted to the event port, src/util/eventlog.ts). */
 export interface TunnelLogger {
   info(obj: object, msg?: string): void;
   warn(obj: object, msg?: string): void;
   error(obj: object, msg?: string): void;
 }
 
-export type TunnelEventLevel = 'debug' | 'info' | 'warn' | 'error';
-
-/**
- * The tunnel's event port: one call per event, every one with a stable name (the same shape as the
- * daemon's EventLog, which the daemon passes in, counting events for metrics; src/tunnel never
- * imports src/daemon).
- */
-export interface TunnelEvents {
-  event(name: string, fields?: Record<string, unknown>, level?: TunnelEventLevel): void;
-}
-
 /** A pino-like logger as an event port: each line gets its `event`. */
-export function eventsFromLogger(logger: TunnelLogger): TunnelEvents {
+export function eventsFromLogger(logger: TunnelLogger): EventLog {
   return {
     event(name, fields = {}, level = 'info') {
       (level === 'debug' ? logger.info : logger[level]).call(logger, { event: name, ...fields });
@@ -58,7 +50,7 @@ export function eventsFromLogger(logger: TunnelLogger): TunnelEvents {
   };
 }
 
-const silent: TunnelEvents = { event: () => undefined };
+const silent: EventLog = { event: () => undefined };
 
 /**
  * Rate limit for events a peer can cause in bulk (refused links, refused sessions): at most
@@ -105,7 +97,8 @@ export interface LinkStatus {
   peer: string;
   address: string;
   direction: 'dial' | 'accept';
-  state: string;
+  /** The link's state, or 'connecting' for a dialer with no link yet (dialing, or waiting to redial). */
+  state: LinkState | 'connecting';
   rtt_ms: number | null;
   bytes_in: number;
   bytes_out: number;
@@ -133,13 +126,15 @@ export interface TunnelStatus {
     refused_by_peer: Record<string, number>;
     accept_errors: number;
   };
-  /** Links refused (by us or by the peer), by reason (src/tunnel/link.ts LinkRefusal). */
+  /** Links refused (by us or by the peer), by reason (src/tunnel/linklife.ts LinkRefusal). */
   link_refusals?: Record<string, number>;
+  /** Events the links' state machines did not expect in their state (src/tunnel/linklife.ts). */
+  link_invalid_events?: number;
 }
 
 export interface StartOptions {
   /** Where events go (the daemon passes its counting EventLog). */
-  events?: TunnelEvents;
+  events?: EventLog;
   /** A pino-like logger, used when `events` is not given. */
   logger?: TunnelLogger;
   clock?: Clock;
@@ -150,7 +145,7 @@ export interface StartOptions {
 }
 
 export class TunnelNode extends EventEmitter {
-  private readonly events: TunnelEvents;
+  private readonly events: EventLog;
   private readonly limit: EventRateLimit;
   private readonly linkRefusals: Record<string, number> = {};
   private readonly clock: Clock;
@@ -166,6 +161,8 @@ export class TunnelNode extends EventEmitter {
   }[] = [];
   private readonly allLinks = new Set<Link>();
   private opened = 0;
+  /** (state, event) pairs the links' machines did not expect (src/tunnel/linklife.ts). */
+  private invalidLinkEvents = 0;
   private retiredCloseTimeouts = 0;
   private readonly refusals: Record<string, number> = {};
   private readonly refusedByPeer: Record<string, number> = {};
@@ -217,6 +214,16 @@ export class TunnelNode extends EventEmitter {
           ? `${name} is not in tunnel.peers of ${this.cfg.name}`
           : undefined,
       filterAnnounced: (link, services) => this.filterAnnounced(link, services),
+      onInvalidEvent: (link, state, event) => {
+        this.invalidLinkEvents++;
+        const f = this.limit.admit(`link_invalid_event ${state} ${event}`, {
+          peer: link.peerName,
+          remote: link.remote,
+          state,
+          link_event: event,
+        });
+        if (f) this.events.event('tunnel_link_invalid_event', f, 'warn');
+      },
     };
   }
 
@@ -613,6 +620,7 @@ export class TunnelNode extends EventEmitter {
           (this.listener?.acceptErrors ?? 0) + this.forwards.reduce((n, f) => n + f.backoff.errors, 0),
       },
       link_refusals: { ...this.linkRefusals },
+      link_invalid_events: this.invalidLinkEvents,
     };
   }
 

@@ -1,6 +1,6 @@
-// A tunnel session's life as one state machine (issue 9; DESIGN.md "A session's life is one state
-// machine"), written as FRR bfdd writes BFD's: a table of handlers per state and event, so every
-// state's reaction to every event is in one place and can be read at a glance.
+// A tunnel session's life as one state machine, written as FRR bfdd writes BFD's: a table of
+// handlers per state and event, so every state's reaction to every event is in one place and can
+// be read at a glance.
 //
 // A session joins two ends: `stream`, the yamux stream the session came in on or went out on, and
 // `local`, a TCP socket (a forward's accepted client, or the service a node dials) or, on a relay,
@@ -17,6 +17,13 @@
 // half_closed close_timeout (idle), closing CLOSING_MS; bridged has none in time (a session may
 // rightly last days) but is bounded by liveness: TCP keepalive on the local socket, the link's
 // heartbeat on the stream, and the reaper, which ends any session one of whose ends is gone.
+//
+// close_timeout has one owner: this machine. Once a session holds a yamux stream, the stream's own
+// idle timer is off (MuxStream.deferCloseBound(); it bounds only streams no session holds, such as
+// a link's control stream or a refused stream), and the reaper (src/tunnel/reaper.ts) never ends a
+// session that has a bound in time, only checks that the bound fired. So a session idle past
+// close_timeout in answered or half_closed always ends with exit 'close_timeout' (counted in
+// closeTimeouts), never as 'stream_reset' or 'reaped'.
 import type * as net from 'node:net';
 import { IpdeadgateError } from '../errors';
 import type { Clock, Timer } from '../util/clock';
@@ -142,7 +149,7 @@ const HANDLERS: HandlerTable = {
     answer_refused: ignore,
     fin: (s, ev) => s.noteFin(ev.end),
     // The opener reset or abandoned the session (or its link died) while we dial: the dial is
-    // given up and its socket closed. This was the IY55176 leak in ESTABLISHED form (issue 9).
+    // given up and its socket closed; else this is the IY55176 leak in ESTABLISHED form.
     reset: (s, ev) => (ev.end === 'local' ? s.dialFailed(ev.error, 'dial_failed') : onReset(s, ev)),
     gone: (s, ev) =>
       ev.end === 'local'
@@ -453,6 +460,8 @@ export class SessionLife {
       });
       if (e.closed) return;
     }
+    // The session owns close_timeout for its streams: one bound, one exit reason.
+    if (e instanceof MuxStream) e.deferCloseBound();
     e.on('end', () => this.dispatch({ type: 'fin', end }));
     e.on('error', (error: Error) => this.dispatch({ type: 'reset', end, error }));
     if (e instanceof MuxStream) {
@@ -577,25 +586,15 @@ export class SessionLife {
     this.enter(this.fins.local || this.fins.stream ? 'half_closed' : 'bridged');
   }
 
-  /**
-   * The reaper's look at one session (a backstop: the handlers above should never let one
-   * through). Returns a reason when the session must be ended.
-   */
-  reapReason(now: number, tcpState: (s: net.Socket) => string | undefined): string | undefined {
-    if (this.state === 'closed') return undefined;
-    if (this.deadline !== undefined && now > this.deadline + 1000) return `${this.state} outlived its bound`;
-    if (this.state === 'closing') return undefined;
-    const l = this.local;
+  /** How long no byte has moved either way (ms): the one measure of idleness for close_timeout. */
+  idleMs(now: number): number {
     this.sampleActivity(now);
-    const idle = now - this.lastChange;
-    if (this.stream.destroyed && l && !l.destroyed) return 'its stream is gone';
-    if (l && l.destroyed && !this.stream.destroyed && idle >= this.bounds.closeTimeoutMs)
-      return 'its local end is gone';
-    if (l && !(l instanceof MuxStream) && !l.destroyed && idle >= this.bounds.closeTimeoutMs) {
-      const st = tcpState(l);
-      if (st && st.replace('_', '-').toUpperCase() === 'CLOSE-WAIT') return 'its socket sat in CLOSE_WAIT';
-    }
-    return undefined;
+    return now - this.lastChange;
+  }
+
+  /** Whether the session has been idle for close_timeout (the reaper asks, src/tunnel/reaper.ts). */
+  idlePastCloseTimeout(now: number): boolean {
+    return this.idleMs(now) >= this.bounds.closeTimeoutMs;
   }
 }
 

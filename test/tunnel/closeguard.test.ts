@@ -3,13 +3,9 @@
 // accept backs off instead of crashing.
 import { strict as assert } from 'node:assert';
 import * as net from 'node:net';
-import {
-  AcceptBackoff,
-  CloseGuard,
-  procTcpState,
-  systemSocketPorts,
-  type SocketPorts,
-} from '../../src/tunnel/closeguard';
+import { procTcpState } from '../../src/sys/tcpstates';
+import { AcceptBackoff } from '../../src/tunnel/acceptbackoff';
+import { CloseGuard, systemSocketPorts, type SocketPorts } from '../../src/tunnel/closeguard';
 import { MuxSession, type MuxStream } from '../../src/tunnel/muxsession';
 import { once, sleep, tcpPair } from './helpers';
 

@@ -1,4 +1,4 @@
-// Identities and refusals on loopback (issue 9): a node's announced name is bound to its
+// Identities and refusals on loopback: a node's announced name is bound to its
 // certificate; tunnel.peers says who may link, announce and open what; and every refused link is
 // seen: an event with the peer's address and the reason on the refusing side, and on the dialer's.
 import { strict as assert } from 'node:assert';
@@ -9,14 +9,15 @@ import * as tls from 'node:tls';
 import { tunnelConfigSchema, type TunnelConfigInput } from '../../src/tunnel/config';
 import { certificateNames, LINK_ALPN } from '../../src/tunnel/link';
 import { MuxSession } from '../../src/tunnel/muxsession';
-import { TunnelNode, type TunnelEvents } from '../../src/tunnel/node';
+import { TunnelNode } from '../../src/tunnel/node';
 import { CONTROL_SERVICE, encodeOpen, readAnswer, Refusal } from '../../src/tunnel/protocol';
+import type { EventLog } from '../../src/util/eventlog';
 import { makePki, type TestPki } from '../fixtures/tunnel-pki';
 import { freePort, sleep } from './helpers';
 
 type Ev = { event: string; level: string } & Record<string, unknown>;
 
-class Events implements TunnelEvents {
+class Events implements EventLog {
   readonly all: Ev[] = [];
   event(name: string, fields: Record<string, unknown> = {}, level = 'info'): void {
     this.all.push({ event: name, level, ...fields });
