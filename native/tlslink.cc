@@ -2,9 +2,9 @@
 // TLS 1.3 record layer (RFC 8446 section 5) with the traffic keys that handshake made, all polled
 // on the environment's libuv loop.
 //
-// Why ours and not Node's TLSSocket: issue 11 measured the tunnel behind ssh -L (AES-GCM) and
-// stunnel4 in CPU per GB, and the profile put the gap in Node's TLS layer, not the cipher: Node joins
-// every batched write into a new allocation before SSL_write, OpenSSL copies it again into its
+// Why ours and not Node's TLSSocket: the tunnel was measured behind ssh -L (AES-GCM) and
+// stunnel4 in CPU per GB (docs/BENCHMARKS.md), and the profile put the gap in Node's TLS layer,
+// not the cipher: Node joins every batched write into a new allocation before SSL_write, OpenSSL copies it again into its
 // record buffer, and each 16 KiB record is decrypted into a stack buffer, copied into a fresh
 // JavaScript buffer and handed up with one callback. Kernel TLS (the `tls` ULP), which would take the
 // same keys, is not built into the kernels we run on. So this does in the addon what the kernel's
