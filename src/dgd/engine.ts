@@ -144,13 +144,10 @@ export class DgdEngine {
       },
       stillDead: () => this.liaison.retryFailed((fn) => this.keeper.serially(fn), 'slow poll: still dead'),
     });
+    // What every trigger room reads: the system, time, the log, the gateways, the config, on/off.
+    const room = { ports, clock, log, gateways: this.gateways, config, running };
     this.triggers = new Triggers({
-      ports,
-      clock,
-      log,
-      gateways: this.gateways,
-      config,
-      running,
+      ...room,
       sink: {
         suspect: (g, kind, detail, quiet) => this.verdicts.suspect(g, kind, detail, quiet),
         speculate: (g) => this.verdicts.speculate(g),
@@ -168,12 +165,7 @@ export class DgdEngine {
       },
     });
     this.prober = new ActiveProber({
-      ports,
-      clock,
-      log,
-      gateways: this.gateways,
-      config,
-      running,
+      ...room,
       macTrusted: (g, mac) => this.verdicts.macTrusted(g, mac),
       // Unanswered ARP/NDP probes are the verdict itself (ARP decides).
       missed: (g, missed) => this.verdicts.declareDead(g, `${missed} active probes unanswered`),
