@@ -5,7 +5,8 @@
 //
 //   forwardLab():  lanhost --lan-- gw --up(bridge)-- r1, r2 --wan(bridge)-- server
 //                  gw reaches the server's network via r1 (metric 10) and r2 (metric 20), or through
-//                  an ECMP nexthop group (L4 hash), or by fwmark policy routing (mark 1 -> r1).
+//                  an ECMP nexthop group (L4 hash), or by fwmark policy routing (mark 1 prefers r1,
+//                  no mark r2).
 //   multiWanLab(): lanhost --lan-- gw ==e0== r1 \
 //                                     ==e1== r2 --wan(bridge)-- server
 //                  one subnet per uplink, routers that drop sources outside it (ISP filtering), and
@@ -69,7 +70,7 @@ export type Routing =
   | 'metric'
   /** 198.18.2.0/24 nhid 10: a nexthop group r1/r2, fib_multipath_hash_policy=1 (L4 hash). */
   | 'ecmp'
-  /** fwmark 1 looks up table 100 (server net via r1); the main table has it via r2 only. */
+  /** fwmark 1 looks up table 100 (server net via r1, then r2); the main table prefers r2, then r1. */
   | 'fwmark';
 
 export interface ForwardLabOptions {
@@ -103,15 +104,22 @@ function routesOfGw(routing: Routing): string[][] {
         ['-6', 'route', 'add', v6, 'nhid', String(NHID.group6)],
       ];
     case 'fwmark': {
+      // Both tables can reach the server through both routers (so no route is the last one), in
+      // opposite orders: marked traffic prefers r1, unmarked r2.
       const { mark, table, priority } = FWMARK;
       const rule = ['fwmark', String(mark), 'lookup', String(table), 'priority', String(priority)];
+      const t = ['table', String(table)];
       return [
         ['rule', 'add', ...rule],
-        ['route', 'add', v4, 'via', GW.r1_4, 'dev', 'up0', 'table', String(table)],
-        ['route', 'add', v4, 'via', GW.r2_4, 'dev', 'up0', 'metric', '20'],
+        ['route', 'add', v4, 'via', GW.r1_4, 'dev', 'up0', 'metric', '10', ...t],
+        ['route', 'add', v4, 'via', GW.r2_4, 'dev', 'up0', 'metric', '20', ...t],
+        ['route', 'add', v4, 'via', GW.r2_4, 'dev', 'up0', 'metric', '10'],
+        ['route', 'add', v4, 'via', GW.r1_4, 'dev', 'up0', 'metric', '20'],
         ['-6', 'rule', 'add', ...rule],
-        ['-6', 'route', 'add', v6, 'via', GW.r1_6, 'dev', 'up0', 'table', String(table)],
-        ['-6', 'route', 'add', v6, 'via', GW.r2_6, 'dev', 'up0', 'metric', '20'],
+        ['-6', 'route', 'add', v6, 'via', GW.r1_6, 'dev', 'up0', 'metric', '10', ...t],
+        ['-6', 'route', 'add', v6, 'via', GW.r2_6, 'dev', 'up0', 'metric', '20', ...t],
+        ['-6', 'route', 'add', v6, 'via', GW.r2_6, 'dev', 'up0', 'metric', '10'],
+        ['-6', 'route', 'add', v6, 'via', GW.r1_6, 'dev', 'up0', 'metric', '20'],
       ];
     }
   }
