@@ -37,14 +37,15 @@ const activeR1 = (gw: string) =>
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** The routes and nexthops the daemon may touch (the kernel's own, link-local and local ones left out). */
 async function stableRoutes(lab: Lab, host: string): Promise<string> {
   const out =
-    (await lab.ip(host, ['-d', 'route', 'show', 'table', 'all'])) +
+    (await lab.ip(host, ['-d', '-4', 'route', 'show', 'table', 'all'])) +
     (await lab.ip(host, ['-d', '-6', 'route', 'show', 'table', 'all'])) +
     (await lab.ip(host, ['nexthop', 'show']));
   return out
     .split('\n')
-    .filter((l) => l && !/expires|cache/.test(l))
+    .filter((l) => l && !/expires|cache|proto kernel|table local|fe80::/.test(l))
     .sort()
     .join('\n');
 }
