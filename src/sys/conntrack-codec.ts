@@ -2,7 +2,7 @@
 // taken from linux/netfilter/nfnetlink_conntrack.h (the CTA_* enums), with the status bits of
 // linux/netfilter/nf_conntrack_common.h and the TCP states of linux/netfilter/nf_conntrack_tcp.h.
 // Every ctnetlink integer is in network byte order. Nothing here touches a socket.
-import { align4 } from './rtnl-codec';
+import { align4 } from './rtnl';
 import { NFGENMSG_LEN, nfgenmsg, nfnlType } from './nfnetlink';
 import { formatEndpoint } from './ipaddr';
 

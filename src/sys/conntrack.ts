@@ -5,8 +5,8 @@
 // in: conntrack is per network namespace, and a namespace where no rule has needed it yet has an
 // empty table.
 import { SystemError, systemError } from '../errors';
-import { NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL } from './rtnl-codec';
-import { NfnlChannel, type NetlinkMessage } from './nfnetlink';
+import { NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, type NetlinkChannel } from './rtnl';
+import { openNfnlChannel, type NetlinkMessage } from './nfnetlink';
 import {
   IPCTNL_MSG,
   NFNLGRP_CONNTRACK,
@@ -87,20 +87,20 @@ function ctError(err: unknown, syscall: string, what: string): SystemError {
 
 /** Open a ctnetlink socket in this process's network namespace. */
 export function openConntrack(): Conntrack {
-  let ch: NfnlChannel;
+  let ch: NetlinkChannel;
   try {
-    ch = new NfnlChannel();
+    ch = openNfnlChannel();
   } catch (err) {
     throw ctError(err, 'socket', 'opening a NETLINK_NETFILTER socket');
   }
-  const subs = new Set<NfnlChannel>();
+  const subs = new Set<NetlinkChannel>();
   const ct: Conntrack = {
     async dump(opts = {}) {
       const limit = opts.limit ?? DEFAULT_LIMIT;
       if (!Number.isInteger(limit) || limit < 0)
         throw new RangeError(`conntrack: limit must be an integer >= 0`);
       try {
-        const r = await ch.request(ctType(IPCTNL_MSG.CT_GET), NLM_F_DUMP, encodeDump(opts), {
+        const r = await ch.requestReply(ctType(IPCTNL_MSG.CT_GET), NLM_F_DUMP, encodeDump(opts), {
           timeoutMs: opts.timeoutMs ?? 5000,
           syscall: 'ctnetlink_dump',
           maxReplies: limit,
@@ -118,7 +118,7 @@ export function openConntrack(): Conntrack {
     async delete(key) {
       const payload = encodeDelete(key);
       try {
-        await ch.request(ctType(IPCTNL_MSG.CT_DELETE), 0, payload, {
+        await ch.requestReply(ctType(IPCTNL_MSG.CT_DELETE), 0, payload, {
           timeoutMs: 2000,
           syscall: 'ctnetlink_del',
         });
@@ -129,7 +129,7 @@ export function openConntrack(): Conntrack {
     async create(e) {
       const payload = encodeCreate(e);
       try {
-        await ch.request(ctType(IPCTNL_MSG.CT_NEW), NLM_F_CREATE_EXCL, payload, {
+        await ch.requestReply(ctType(IPCTNL_MSG.CT_NEW), NLM_F_CREATE_EXCL, payload, {
           timeoutMs: 2000,
           syscall: 'ctnetlink_new',
         });
@@ -143,9 +143,9 @@ export function openConntrack(): Conntrack {
       if (types.has('new')) groups.push(NFNLGRP_CONNTRACK.NEW);
       if (types.has('update')) groups.push(NFNLGRP_CONNTRACK.UPDATE);
       if (types.has('destroy')) groups.push(NFNLGRP_CONNTRACK.DESTROY);
-      let sub: NfnlChannel;
+      let sub: NetlinkChannel;
       try {
-        sub = new NfnlChannel({
+        sub = openNfnlChannel({
           groups,
           ref: true,
           recvBufferSize: 4 << 20,
