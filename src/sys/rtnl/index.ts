@@ -6,6 +6,7 @@ export { openRtnl } from './client';
 export { describeNexthop } from './nexthop';
 export type {
   Address,
+  FlowKey,
   Link,
   NeighState,
   Neighbour,
