@@ -75,6 +75,10 @@ export interface ScannedSocket {
   timerExpiresMs: number;
   /** Bound interface (SO_BINDTODEVICE), 0 or absent if none. */
   ifindex?: number;
+  /** The owner's uid (inet_diag_msg.idiag_uid); absent if unknown. */
+  uid?: number;
+  /** SO_MARK (INET_DIAG_MARK); absent if the kernel did not say. */
+  mark?: number;
 }
 
 export interface RouteChoice {

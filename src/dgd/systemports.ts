@@ -97,6 +97,8 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
       timerRetransmits: e.timerRetransmits,
       timerExpiresMs: e.timerExpiresMs,
       ifindex: e.ifindex,
+      uid: e.uid,
+      ...(e.mark !== null ? { mark: e.mark } : {}),
     }));
   }
 

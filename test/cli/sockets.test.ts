@@ -19,6 +19,7 @@ function entry(srcPort: number, retransmits: number, dst = '198.18.2.10'): TcpSo
     timer: retransmits > 0 ? 1 : 0,
     timerRetransmits: retransmits,
     timerExpiresMs: retransmits > 0 ? 300 : 0,
+    mark: null,
     info: {
       retransmits,
       backoff: retransmits,
