@@ -46,7 +46,7 @@ namespace {
 
 #define IDG_SOCK_COLUMNS(X)                                                                            \
   X(family) X(srcAddr) X(srcPort) X(dstAddr) X(dstPort) X(state) X(inode) X(uid) X(ifindex) X(timer) \
-  X(timerRetransmits) X(timerExpiresMs)
+  X(timerRetransmits) X(timerExpiresMs) X(mark) X(markKnown)
 
 constexpr size_t kBaseColumns = 0 IDG_SOCK_COLUMNS(IDG_COUNT_COLUMN);
 
@@ -319,16 +319,27 @@ class DumpWorker : public Napi::AsyncWorker {
     row[i++] = m->idiag_timer;
     row[i++] = m->idiag_retrans;
     row[i++] = m->idiag_expires;
-    if (!withInfo_) return;
-    uint32_t* info = row + kBaseColumns;
-    FillEmptyTcpInfoRow(info);
-    // Attributes follow the aligned inet_diag_msg (inet_sk_diag_fill); only INET_DIAG_INFO is asked for.
+    // sk_mark comes as INET_DIAG_MARK without being asked for (no idiag_ext bit), but only to a
+    // requester with CAP_NET_ADMIN (inet_diag_msg_attrs_fill, net/ipv4/inet_diag.c); without it the
+    // mark is unknown, which is not the same as 0.
+    uint32_t& mark = row[i++];
+    uint32_t& markKnown = row[i++];
+    mark = 0;
+    markKnown = 0;
+    uint32_t* info = withInfo_ ? row + kBaseColumns : nullptr;
+    if (info != nullptr) FillEmptyTcpInfoRow(info);
+    // Attributes follow the aligned inet_diag_msg (inet_sk_diag_fill).
     const size_t headerLen = NLMSG_LENGTH(NLMSG_ALIGN(sizeof(struct inet_diag_msg)));
     if (h->nlmsg_len <= headerLen) return;
     auto attrLen = static_cast<unsigned int>(h->nlmsg_len - headerLen);
     const auto* base = reinterpret_cast<const uint8_t*>(h) + headerLen;
     for (auto* a = reinterpret_cast<const struct rtattr*>(base); RTA_OK(a, attrLen); a = RTA_NEXT(a, attrLen)) {
-      if (a->rta_type == INET_DIAG_INFO) FillTcpInfoRow(info, RTA_DATA(a), RTA_PAYLOAD(a));
+      if (a->rta_type == INET_DIAG_INFO && info != nullptr) {
+        FillTcpInfoRow(info, RTA_DATA(a), RTA_PAYLOAD(a));
+      } else if (a->rta_type == INET_DIAG_MARK && RTA_PAYLOAD(a) >= sizeof(uint32_t)) {
+        std::memcpy(&mark, RTA_DATA(a), sizeof mark);
+        markKnown = 1;
+      }
     }
   }
 

@@ -4,8 +4,9 @@
 // a row, behind a gateway, makes that gateway suspect).
 //
 // Sockets come from sock_diag dumps with tcp_info (src/sys/sockdiag.ts); the gateway from an
-// rtnetlink route lookup per distinct (destination, source, bound interface), as the kernel would
-// route it now (src/sys/rtnl/).
+// rtnetlink route lookup per distinct lookup key (addresses, protocol, ports, mark, uid, bound
+// interface: src/dgd/flowkey.ts), as the kernel would route that socket now (src/sys/rtnl/): with
+// an ECMP L4 hash or policy rules two sockets to one destination may leave by different gateways.
 //
 // Output is streamed, so 100 000 sockets never sit in memory as objects at once: first the sockets
 // whose retransmit timer is pending with retransmissions (a dump filtered on the worker thread, so
@@ -14,7 +15,8 @@
 import type { Command } from 'commander';
 import { dumpTcpSocketPages, dumpTcpSockets, type TcpSocketEntry } from '../sys/sockdiag';
 import { formatEndpoint } from '../sys/ipaddr';
-import { openRtnl } from '../sys/rtnl';
+import { openRtnl, type FlowKey } from '../sys/rtnl';
+import { lookupCacheKey, socketFlowKey } from '../dgd/flowkey';
 import { action, intOption, formatTable } from './common';
 
 /** One line of `sockets --json` (snake_case keys, like every --json output). */
@@ -51,8 +53,8 @@ export interface RouteChoice {
   ifname: string | null;
 }
 
-/** Route lookup used by buildSocketRows: (dst, src or null, bound ifindex or 0). */
-export type RouteLookupFn = (dst: string, src: string | null, ifindex: number) => Promise<RouteChoice>;
+/** Route lookup used by buildSocketRows: (dst, src or null, the socket's lookup key). */
+export type RouteLookupFn = (dst: string, src: string | null, key: FlowKey) => Promise<RouteChoice>;
 
 const TIMER_NAMES: readonly (string | null)[] = [
   null,
@@ -71,7 +73,7 @@ const UNSPECIFIED = new Set(['0.0.0.0', '::']);
 
 /**
  * Rows for `sockets`: sockets with at least `minRetrans` consecutive retransmissions, each with
- * its route; one lookup per distinct (dst, src, ifindex). Most retransmissions first.
+ * its route; one lookup per distinct lookup key. Most retransmissions first.
  */
 export async function buildSocketRows(
   entries: TcpSocketEntry[],
@@ -81,12 +83,13 @@ export async function buildSocketRows(
   const chosen = entries.filter((e) => consecutiveRetransmits(e) >= minRetrans);
   // One lookup at a time: an rtnetlink socket serves one request (and its link dump) at a time.
   const routes = new Map<string, RouteChoice | Error>();
-  const keyOf = (e: TcpSocketEntry): string => `${e.dst}|${UNSPECIFIED.has(e.src) ? '' : e.src}|${e.ifindex}`;
+  const srcOf = (e: TcpSocketEntry): string | null => (UNSPECIFIED.has(e.src) ? null : e.src);
+  const keyOf = (e: TcpSocketEntry): string => lookupCacheKey(e.dst, srcOf(e), socketFlowKey(e));
   for (const e of chosen) {
     const key = keyOf(e);
     if (routes.has(key)) continue;
     try {
-      routes.set(key, await lookup(e.dst, UNSPECIFIED.has(e.src) ? null : e.src, e.ifindex));
+      routes.set(key, await lookup(e.dst, srcOf(e), socketFlowKey(e)));
     } catch (err) {
       routes.set(key, err instanceof Error ? err : new Error(String(err)));
     }
@@ -220,14 +223,14 @@ export async function streamSocketRows(
     pages: () => dumpTcpSocketPages({ info: true }),
   },
 ): Promise<void> {
-  // One route per distinct (dst, src, ifindex) for the whole run; a host has few.
+  // One route per distinct lookup key for the whole run.
   const routes = new Map<string, Promise<RouteChoice>>();
-  const cached: RouteLookupFn = (dst, src, ifindex) => {
-    const key = `${dst}|${src ?? ''}|${ifindex}`;
+  const cached: RouteLookupFn = (dst, src, flowKey) => {
+    const key = lookupCacheKey(dst, src, flowKey);
     let r = routes.get(key);
     if (!r) {
       if (routes.size >= 65_536) routes.clear();
-      r = lookup(dst, src, ifindex);
+      r = lookup(dst, src, flowKey);
       routes.set(key, r);
     }
     return r;
@@ -278,11 +281,8 @@ export function registerSockets(program: Command): void {
         try {
           await streamSocketRows(
             minRetrans,
-            async (dst, src, ifindex) => {
-              const r = await rtnl.lookupRoute(dst, {
-                ...(src ? { src } : {}),
-                ...(ifindex ? { oif: ifindex } : {}),
-              });
+            async (dst, src, key) => {
+              const r = await rtnl.lookupRoute(dst, src ? { ...key, src } : key);
               return { gateway: r.gateway, ifname: r.ifname };
             },
             writer,

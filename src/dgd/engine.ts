@@ -123,7 +123,7 @@ export class DgdEngine {
       watchFlows && resendSegment
         ? new FlowResumer(
             {
-              lookupRoute: (dst, src) => ports.lookupRoute(dst, src),
+              lookupRoute: (dst, src, key) => ports.lookupRoute(dst, src, key),
               watchFlows: watchFlows.bind(ports),
               resendSegment: resendSegment.bind(ports),
             },

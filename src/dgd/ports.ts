@@ -2,6 +2,9 @@
 // unit tests implement them with fakes, so every decision is tested without a kernel or a clock.
 import type { VerifyRequest, VerifyResult } from './verify';
 import type { Family } from '../sys/ipaddr';
+import type { FlowKey } from '../sys/rtnl';
+
+export type { FlowKey };
 
 /** A nexthop of a multipath route (RTA_MULTIPATH), as src/sys/rtnl/ reports it. */
 export interface KernelNexthop {
@@ -75,6 +78,10 @@ export interface ScannedSocket {
   timerExpiresMs: number;
   /** Bound interface (SO_BINDTODEVICE), 0 or absent if none. */
   ifindex?: number;
+  /** The owner's uid (inet_diag_msg.idiag_uid); absent if unknown. */
+  uid?: number;
+  /** SO_MARK (INET_DIAG_MARK); absent if the kernel did not say. */
+  mark?: number;
 }
 
 export interface RouteChoice {
@@ -98,6 +105,8 @@ export interface ResumeFlow {
   srcPort: number;
   dst: string;
   dstPort: number;
+  /** The rest of the flow's route lookup key (./flowkey.ts). */
+  key?: FlowKey;
 }
 
 export type ResendOutcome =
@@ -105,7 +114,7 @@ export type ResendOutcome =
 
 /** What resuming stuck flows needs from the system (./resume.ts; src/dgd/systemports.ts; fakes in tests). */
 export interface ResumePorts {
-  lookupRoute(dst: string, src: string | null): Promise<RouteChoice>;
+  lookupRoute(dst: string, src: string | null, key?: FlowKey): Promise<RouteChoice>;
   /** Record the segments these flows send on this interface (replaces the interface's set). */
   watchFlows(ifname: string, flows: ResumeFlow[]): void;
   /** Send the flow's latest recorded segment again, through the routes as they are now. */
@@ -136,8 +145,12 @@ export interface DgdPorts {
   activeOpensCounter(): number;
   /** Delete a neighbour entry (no error if it is already gone). */
   flushNeighbour(ifindex: number, address: string): Promise<void>;
-  /** Which gateway and interface the kernel would use for dst (from src). */
-  lookupRoute(dst: string, src: string | null): Promise<RouteChoice>;
+  /**
+   * Which gateway and interface the kernel would use for a flow to dst (from src), looked up by the
+   * flow's whole key (./flowkey.ts): without it an ECMP hash or a policy rule may answer for
+   * another flow.
+   */
+  lookupRoute(dst: string, src: string | null, key?: FlowKey): Promise<RouteChoice>;
   /** Every route of the given tables (numbers), both families. */
   listRoutes(tables: number[]): Promise<KernelRoute[]>;
   /** Every nexthop object (`ip nexthop`); empty on kernels without them. */

@@ -17,6 +17,7 @@ import { errorMessage } from '../errors';
 import { formatEndpoint } from '../sys/ipaddr';
 import type { EventLog } from '../util/eventlog';
 import type { ResendOutcome, ResumeFlow, ResumePorts, RouteChoice, ScannedSocket } from './ports';
+import { socketFlowKey } from './flowkey';
 import { gatewayKey } from './routeplan';
 
 /** Most flows recorded and resent per gateway (an incident with more resends only these). */
@@ -68,6 +69,7 @@ export class FlowResumer {
           srcPort: s.srcPort,
           dst: s.dst,
           dstPort: s.dstPort,
+          key: socketFlowKey(s),
         };
         const key = keyOf(flow);
         live.add(key);
@@ -79,7 +81,7 @@ export class FlowResumer {
         if (this.ignored.has(key)) continue;
         let route: RouteChoice;
         try {
-          route = await this.ports.lookupRoute(s.dst, s.src);
+          route = await this.ports.lookupRoute(s.dst, s.src, flow.key);
         } catch {
           this.ignored.add(key);
           continue;
@@ -124,7 +126,7 @@ export class FlowResumer {
         this.ignored.add(key);
         let outcome: ResendOutcome;
         try {
-          const now = await this.ports.lookupRoute(w.flow.dst, w.flow.src);
+          const now = await this.ports.lookupRoute(w.flow.dst, w.flow.src, w.flow.key);
           if (now.gateway === w.gateway && now.ifname === w.ifname)
             outcome = { sent: false, reason: 'no other route' };
           else outcome = await this.ports.resendSegment(w.ifname, w.flow);

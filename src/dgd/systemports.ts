@@ -22,7 +22,7 @@ import type {
   Verification,
   VerifyArgs,
 } from './ports';
-import type { ResendOutcome, ResumeFlow } from './ports';
+import type { FlowKey, ResendOutcome, ResumeFlow } from './ports';
 import { verifyGateway } from './verify';
 import type { InterfaceInfo } from './interfaces';
 
@@ -97,6 +97,8 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
       timerRetransmits: e.timerRetransmits,
       timerExpiresMs: e.timerExpiresMs,
       ifindex: e.ifindex,
+      uid: e.uid,
+      ...(e.mark !== null ? { mark: e.mark } : {}),
     }));
   }
 
@@ -116,8 +118,8 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     return this.rtnl.deleteNeighbour(ifindex, address);
   }
 
-  async lookupRoute(dst: string, src: string | null): Promise<RouteChoice> {
-    const r = await this.rtnl.lookupRoute(dst, src ? { src } : {});
+  async lookupRoute(dst: string, src: string | null, key: FlowKey = {}): Promise<RouteChoice> {
+    const r = await this.rtnl.lookupRoute(dst, src ? { ...key, src } : key);
     return { gateway: r.gateway, ifindex: r.ifindex, ifname: r.ifname };
   }
 

@@ -14,6 +14,7 @@ import { isDead, type Gateway } from './gateway';
 import type { GatewayTable } from './gateways';
 import { addEvidence, failingSocket, inIncident, joinIncident, socketSample } from './incident';
 import type { DgdPorts, RouteChoice, ScannedSocket } from './ports';
+import { lookupCacheKey, socketFlowKey } from './flowkey';
 import { gatewayKey } from './routeplan';
 import { SocketScanner, type Observation } from './scan';
 
@@ -145,7 +146,7 @@ export class Triggers {
   private async countEvidence(s: ScannedSocket, key: string): Promise<void> {
     let choice;
     try {
-      choice = await this.routeFor(s.dst, s.src);
+      choice = await this.routeFor(s);
     } catch {
       return; // the retransmission path reports lookup errors
     }
@@ -188,7 +189,7 @@ export class Triggers {
     const threshold = this.o.config().retransmit_threshold;
     let choice;
     try {
-      choice = await this.routeFor(s.dst, s.src);
+      choice = await this.routeFor(s);
     } catch (err) {
       emit(
         this.o.log,
@@ -232,13 +233,15 @@ export class Triggers {
     await this.o.sink.deadGatewayUsed(g);
   }
 
-  private async routeFor(dst: string, src: string | null): Promise<RouteChoice> {
-    const key = `${src ?? ''}>${dst}`;
-    const hit = this.lookupCache.get(key);
+  /** The route this socket's packets take, by its whole lookup key (./flowkey.ts). */
+  private async routeFor(s: ScannedSocket): Promise<RouteChoice> {
+    const key = socketFlowKey(s);
+    const cacheKey = lookupCacheKey(s.dst, s.src, key);
+    const hit = this.lookupCache.get(cacheKey);
     if (hit) return hit;
-    const choice = await this.o.ports.lookupRoute(dst, src);
+    const choice = await this.o.ports.lookupRoute(s.dst, s.src, key);
     if (this.lookupCache.size > MAX_LOOKUPS) this.lookupCache.clear();
-    this.lookupCache.set(key, choice);
+    this.lookupCache.set(cacheKey, choice);
     return choice;
   }
 

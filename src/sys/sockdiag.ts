@@ -64,6 +64,7 @@ export interface TcpSocketEntry {
   state: TcpState;
   /** 0 for sockets without one (TIME-WAIT, SYN-RECV request sockets). */
   inode: number;
+  /** inet_diag_msg.idiag_uid: the owner, part of the route lookup key (`ip rule uidrange`). */
   uid: number;
   /** Bound interface (SO_BINDTODEVICE or a link-local scope), 0 if none. */
   ifindex: number;
@@ -73,6 +74,11 @@ export interface TcpSocketEntry {
   timerRetransmits: number;
   /** idiag_expires: milliseconds until the pending timer fires. */
   timerExpiresMs: number;
+  /**
+   * SO_MARK (INET_DIAG_MARK), part of the socket's route lookup key; null when the kernel did not
+   * say (it tells only a caller with CAP_NET_ADMIN).
+   */
+  mark: number | null;
   /** Only with `info: true`, and only for sockets that have one (not TIME-WAIT or request sockets). */
   info?: TcpInfoFields;
 }
@@ -165,6 +171,8 @@ const BASE_COLUMNS = [
   'timer',
   'timerRetransmits',
   'timerExpiresMs',
+  'mark',
+  'markKnown',
 ] as const;
 export const TCP_INFO_COLUMNS = [
   'flags',
@@ -442,6 +450,7 @@ function entryDecoder(raw: NativeSockDiagResult, withInfo: boolean): (i: number)
           timer: rows[at + 9]!,
           timerRetransmits: rows[at + 10]!,
           timerExpiresMs: rows[at + 11]!,
+          mark: rows[at + 13] ? rows[at + 12]! : null,
           info,
         }
       : {
@@ -457,6 +466,7 @@ function entryDecoder(raw: NativeSockDiagResult, withInfo: boolean): (i: number)
           timer: rows[at + 9]!,
           timerRetransmits: rows[at + 10]!,
           timerExpiresMs: rows[at + 11]!,
+          mark: rows[at + 13] ? rows[at + 12]! : null,
         };
   };
 }

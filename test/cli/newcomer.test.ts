@@ -82,6 +82,7 @@ describe('newcomer papercuts (no privileges)', () => {
       timer: 0,
       timerRetransmits: 0,
       timerExpiresMs: 0,
+      mark: null,
     };
     const rows = await buildSocketRows(
       [base, { ...base, srcPort: 40001, timer: 1, timerRetransmits: 2, timerExpiresMs: 812 }],

@@ -245,6 +245,80 @@ describe('DGD engine', () => {
     await s.engine.stop({ restore: true });
   });
 
+  describe('the gateway a socket really uses: looked up by its whole key', () => {
+    const ecmp = () => [
+      multipath(
+        '0.0.0.0/0',
+        [
+          [R1, 1],
+          [R2, 1],
+        ],
+        100,
+      ),
+    ];
+    /** Drive sockets (by source port) through retransmissions 1..n together. */
+    async function retransmitAll(
+      s: Setup,
+      ports: number[],
+      upTo: number,
+      extra: { mark?: number; uid?: number } = {},
+    ): Promise<void> {
+      for (let n = 1; n <= upTo; n++) {
+        for (const p of ports) s.ports.setRetransmitting(SERVER, n, p, 200, extra);
+        await s.clock.advance(200);
+      }
+      await s.clock.advance(1000); // verifications (3 x 250 ms) are in
+    }
+
+    it('ECMP with an L4 hash: the member a port hashes to is blamed and withdrawn, the other untouched', async () => {
+      const s = await setup(ecmp(), 'dgd: { slow_poll_interval: 5s }', { alive: [R2] });
+      // Even source ports hash to R1, odd ones to R2; a portless lookup would answer R1 for all.
+      s.ports.gatewayByKey = (_dst, key) => (key.sport === undefined ? undefined : key.sport % 2 ? R2 : R1);
+      await retransmitAll(s, [40_000, 40_001], 4);
+      assert.equal(gw(s, R1).state, 'dead');
+      assert.equal(gw(s, R2).state, 'active');
+      assert.ok(
+        s.log.named('verdict').some((v) => v.gateway === R2 && v.alive === true),
+        'the socket hashed to R2 had R2 verified (the cache is keyed on the whole key)',
+      );
+      const left = s.ports.routes.find((r) => r.dst === '0.0.0.0/0')!;
+      assert.equal(left.gateway, R2, "R1's member withdrawn, R2's kept");
+      assert.deepEqual(
+        s.ports.lookups.find((l) => l.dst === SERVER)?.key,
+        { proto: 6, sport: 40_000, dport: 443 },
+        'protocol and ports in the lookup',
+      );
+      await s.engine.stop({ restore: true });
+    });
+
+    it('ECMP: R1 dead, but the only retransmitting socket hashes to live R2: downstream problem, nothing moves', async () => {
+      const s = await setup(ecmp(), 'dgd: { slow_poll_interval: 5s }', { alive: [R2] });
+      s.ports.gatewayByKey = (_dst, key) => (key.sport === undefined ? undefined : key.sport % 2 ? R2 : R1);
+      await retransmitAll(s, [40_001], 8);
+      assert.equal(gw(s, R1).state, 'active');
+      assert.deepEqual(s.ports.ops, []);
+      assert.ok(s.log.named('downstream_problem').length >= 1);
+      await s.engine.stop({ restore: true });
+    });
+
+    it('fwmark and uid policy routing: the mark and uid from the scan reach the lookup', async () => {
+      const s = await setup(twoDefaults(), 'dgd: { slow_poll_interval: 5s }', { alive: [R1] });
+      // `ip rule fwmark 7 lookup 100` with table 100 via R2; the main table prefers R1.
+      s.ports.gatewayByKey = (_dst, key) => (key.mark === 7 ? R2 : undefined);
+      await retransmitAll(s, [40_002], 4, { mark: 7, uid: 1000 });
+      assert.equal(gw(s, R2).state, 'dead');
+      assert.equal(gw(s, R1).state, 'active');
+      assert.deepEqual(s.ports.lookups.find((l) => l.dst === SERVER)?.key, {
+        proto: 6,
+        sport: 40_002,
+        dport: 443,
+        mark: 7,
+        uid: 1000,
+      });
+      await s.engine.stop({ restore: true });
+    });
+  });
+
   it('keep_last_route: the only route to a destination is never withdrawn', async () => {
     const s = await setup([route('0.0.0.0/0', R1, 100)], '', { alive: [] });
     s.engine.onNeighbour(R1, 2, 'FAILED');

@@ -3,6 +3,7 @@
 import type { Clock } from '../../src/util/clock';
 import type {
   DgdPorts,
+  FlowKey,
   KernelNexthopObject,
   KernelRoute,
   RouteChoice,
@@ -129,8 +130,19 @@ export class FakePorts implements DgdPorts {
     this.flushed.push(`${address}%${ifindex}`);
   }
 
-  async lookupRoute(dst: string): Promise<RouteChoice> {
+  /** Every route lookup the engine made, with the flow key it gave. */
+  lookups: { dst: string; src: string | null; key: FlowKey | undefined }[] = [];
+  /**
+   * A kernel whose answer depends on the flow key (an ECMP hash on ports, a policy rule on a
+   * mark): the gateway for this key, or undefined for the ordinary lookup below.
+   */
+  gatewayByKey?: (dst: string, key: FlowKey) => string | undefined;
+
+  async lookupRoute(dst: string, src: string | null = null, key?: FlowKey): Promise<RouteChoice> {
+    this.lookups.push({ dst, src, key });
     if (dst.startsWith('198.18.1.')) return { gateway: null, ifindex: 2, ifname: 'lan0' };
+    const byKey = this.gatewayByKey?.(dst, key ?? {});
+    if (byKey) return { gateway: byKey, ifindex: 2, ifname: 'lan0' };
     const fam = dst.includes(':') ? 6 : 4;
     const best = (await this.listRoutes())
       .filter((r) => r.family === fam && (r.dst === '0.0.0.0/0' || r.dst === '::/0'))
@@ -248,7 +260,13 @@ export class FakePorts implements DgdPorts {
   }
 
   /** A socket with `retrans` consecutive retransmissions towards dst, the next one due in `expiresMs`. */
-  setRetransmitting(dst: string, retrans: number, port = 40000, expiresMs = 200): void {
+  setRetransmitting(
+    dst: string,
+    retrans: number,
+    port = 40000,
+    expiresMs = 200,
+    extra: Pick<ScannedSocket, 'mark' | 'uid' | 'ifindex'> = {},
+  ): void {
     const prev = this.sockets.find((x) => x.srcPort === port)?.timerRetransmits ?? 0;
     if (retrans > prev) this.retransSegs += retrans - prev;
     const s: ScannedSocket = {
@@ -262,6 +280,7 @@ export class FakePorts implements DgdPorts {
       timer: retrans > 0 ? 1 : 0,
       timerRetransmits: retrans,
       timerExpiresMs: expiresMs,
+      ...extra,
     };
     this.sockets = this.sockets.filter((x) => x.srcPort !== port).concat(s);
   }

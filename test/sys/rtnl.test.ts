@@ -6,11 +6,13 @@ import type { ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { Lab, REPO_ROOT, requireRoot, waitFor } from '../lab/lab';
 import { DGD, dgdLab, pairLab } from '../lab/topologies';
-import { decodeRoute, encodeRoute, parseRouteRaw, RTA } from '../../src/sys/rtnl/routes';
+import { FWMARK, GW, forwardLab, gatewayFor } from '../lab/gateway-topologies';
+import { decodeRoute, encodeRoute, encodeRouteLookup, parseRouteRaw, RTA } from '../../src/sys/rtnl/routes';
+import { parseAttrs } from '../../src/sys/rtnl/codec';
 import { formatIp, parseCidr, parseIp } from '../../src/sys/ipaddr';
 import { decodeNexthop, encodeNexthop, validateNexthop } from '../../src/sys/rtnl/nexthop';
 import { routeKey, routeToIpArgs } from '../../src/sys/rtnl';
-import type { NexthopObject, Route } from '../../src/sys/rtnl';
+import type { Link, NexthopObject, Route, RouteLookup } from '../../src/sys/rtnl';
 
 interface CallResult<T = unknown> {
   ok: boolean;
@@ -117,6 +119,30 @@ describe('rtnl codec (no privileges)', () => {
     );
     assert.throws(() => parseCidr('198.18.0.0/33', 'dst'), RangeError);
     assert.throws(() => parseIp(42, 'gateway'), TypeError);
+  });
+
+  it('encodes a lookup with the flow key: u8 protocol, big-endian ports, u32 mark, uid, iif and oif', () => {
+    const dst = parseIp('198.18.2.10', 'dst');
+    const msg = encodeRouteLookup(
+      dst,
+      { proto: 6, sport: 40_001, dport: 7000, mark: 0x10001, uid: 1000, iif: 3, oif: 4 },
+      parseIp('198.18.1.10', 'src').bytes,
+    );
+    const attrs = new Map(parseAttrs(msg.subarray(12)).map((a) => [a.type, a.data]));
+    assert.equal(msg[1], 32);
+    assert.equal(msg[2], 32);
+    assert.deepEqual(attrs.get(27), Buffer.from([6]));
+    assert.deepEqual(attrs.get(28), Buffer.from([0x9c, 0x41]));
+    assert.deepEqual(attrs.get(29), Buffer.from([0x1b, 0x58]));
+    assert.equal(attrs.get(16)!.readUInt32LE(0), 0x10001);
+    assert.equal(attrs.get(25)!.readUInt32LE(0), 1000);
+    assert.equal(attrs.get(3)!.readUInt32LE(0), 3);
+    assert.equal(attrs.get(4)!.readUInt32LE(0), 4);
+    // No key: only the destination, as before.
+    assert.deepEqual(
+      parseAttrs(encodeRouteLookup(dst).subarray(12)).map((a) => a.type),
+      [RTA.DST],
+    );
   });
 
   it('encodes a multipath route with metrics and decodes it back unchanged', () => {
@@ -950,6 +976,84 @@ describe('rtnl facade in the lab', function () {
           watcher.kill('SIGKILL');
           await lab.revive('r1', 'lan0').catch(() => undefined);
         }
+      });
+    }
+  });
+
+  describe('lookups by the flow key on a gateway host (ECMP with an L4 hash, policy rules)', () => {
+    const DPORT = 7000;
+    let lab: Lab | undefined;
+    afterEach(async () => {
+      await lab?.close();
+      lab = undefined;
+    });
+
+    const via = (r: CallResult | undefined): string | null => {
+      assert.ok(r?.ok, `lookup failed: ${r?.error?.message}`);
+      return (r.value as RouteLookup).gateway;
+    };
+
+    for (const family of [4, 6] as const) {
+      it(`IPv${family} ECMP, fib_multipath_hash_policy=1: two source ports resolve to the two members, as ip route get says`, async () => {
+        const l = (lab = await forwardLab({ routing: 'ecmp', conntrack: false }));
+        const [dst, from, r1, r2] =
+          family === 4 ? [GW.server4, GW.gwUp4, GW.r1_4, GW.r2_4] : [GW.server6, GW.gwUp6, GW.r1_6, GW.r2_6];
+        const ports = Array.from({ length: 32 }, (_, i) => 40_000 + i);
+        const keyOf = (sport: number) => ({ src: from, proto: 6, sport, dport: DPORT });
+        const ours = await rtnl(
+          l,
+          'gw',
+          ports.map((sport) => ({ op: 'lookupRoute', args: [dst, keyOf(sport)] })),
+        );
+        const kernel: (string | null)[] = [];
+        for (const sport of ports)
+          kernel.push(await gatewayFor(l, 'gw', { dst, from, proto: 'tcp', sport, dport: DPORT }));
+        assert.deepEqual(ours.map(via), kernel, 'every port: the same member as ip route get');
+        const viaR1 = ports.find((_, i) => kernel[i] === r1);
+        const viaR2 = ports.find((_, i) => kernel[i] === r2);
+        assert.ok(viaR1 !== undefined && viaR2 !== undefined, `both members among ${kernel.join(' ')}`);
+        // The same ports over UDP are hashed too (the protocol is part of the key).
+        const udp = await rtnl(l, 'gw', [{ op: 'lookupRoute', args: [dst, { ...keyOf(viaR1), proto: 17 }] }]);
+        assert.equal(
+          via(udp[0]),
+          await gatewayFor(l, 'gw', { dst, from, proto: 'udp', sport: viaR1, dport: DPORT }),
+        );
+        // A protocol RTM_GETROUTE does not take never reaches the kernel.
+        const [bad] = await rtnl(l, 'gw', [{ op: 'lookupRoute', args: [dst, { proto: 132 }] }]);
+        assert.equal(bad!.error?.name, 'RangeError');
+      });
+
+      it(`IPv${family} policy routing: fwmark and uidrange rules, output and input (iif) lookups`, async () => {
+        const l = (lab = await forwardLab({ routing: 'fwmark', conntrack: false }));
+        const v = family === 4 ? '-4' : '-6';
+        const [dst, r1, r2, lanhost] =
+          family === 4
+            ? [GW.server4, GW.r1_4, GW.r2_4, GW.lanhost4]
+            : [GW.server6, GW.r1_6, GW.r2_6, GW.lanhost6];
+        await l.ip('gw', [
+          v,
+          'rule',
+          'add',
+          'uidrange',
+          '1000-1000',
+          'lookup',
+          String(FWMARK.table),
+          'priority',
+          '90',
+        ]);
+        const links = await call<Link[]>(l, 'gw', 'listLinks');
+        const lan1 = links.find((k) => k.ifname === 'lan1')!.ifindex;
+        const res = await rtnl(l, 'gw', [
+          { op: 'lookupRoute', args: [dst] },
+          { op: 'lookupRoute', args: [dst, { mark: FWMARK.mark }] },
+          { op: 'lookupRoute', args: [dst, { uid: 1000 }] },
+          { op: 'lookupRoute', args: [dst, { uid: 1001 }] },
+          { op: 'lookupRoute', args: [dst, { src: lanhost, iif: lan1 }] },
+          { op: 'lookupRoute', args: [dst, { src: lanhost, iif: lan1, mark: FWMARK.mark }] },
+        ]);
+        assert.deepEqual(res.map(via), [r2, r1, r1, r2, r2, r1]);
+        assert.equal(await gatewayFor(l, 'gw', { dst, mark: FWMARK.mark }), r1);
+        assert.equal(await gatewayFor(l, 'gw', { dst, from: lanhost, iif: 'lan1', mark: FWMARK.mark }), r1);
       });
     }
   });

@@ -209,6 +209,21 @@ describe('sock_diag dump in the lab', function () {
     );
   });
 
+  it("reports each socket's mark (INET_DIAG_MARK, to CAP_NET_ADMIN only) and uid: its route lookup key", async () => {
+    const r = await client(lab, ['keyed', '198.18.0.2', String(PORT)]);
+    const key = (all: TcpSocketEntry[]) =>
+      all.map((e) => [e.srcPort, e.mark, e.uid, e.state]).sort((x, y) => Number(x[0]) - Number(y[0]));
+    assert.deepEqual(key(r.ours as TcpSocketEntry[]), [
+      [41_001, 42, 0, 'ESTABLISHED'],
+      [41_002, 0, 1000, 'ESTABLISHED'],
+    ]);
+    // Without CAP_NET_ADMIN the kernel leaves the mark out: unknown, not 0.
+    assert.deepEqual(key(r.unprivileged as TcpSocketEntry[]), [
+      [41_001, null, 0, 'ESTABLISHED'],
+      [41_002, null, 1000, 'ESTABLISHED'],
+    ]);
+  });
+
   it('retransmission counters climb on a blackholed path and agree with ss -tinoe', async () => {
     const child = lab.spawn('a', [
       process.execPath,

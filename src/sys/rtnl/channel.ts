@@ -1,8 +1,11 @@
-// A NETLINK_ROUTE socket with request/reply matching, on top of the `netlink` package's
-// RawNetlinkSocket (its native part only does socket/bind/sendmsg/recvmsg/poll). Requests are
-// matched to replies by sequence number and by our port id; every request has a timeout; a failed
-// request rejects with the kernel's errno (struct nlmsgerr), not just text; close() rejects what is
-// still pending. Messages that answer no request (multicast notifications) go to `onNotification`.
+// A netlink socket (NETLINK_ROUTE unless told otherwise; nfnetlink uses it too) with request/reply
+// matching, on top of the `netlink` package's RawNetlinkSocket (its native part only does
+// socket/bind/sendmsg/recvmsg/poll). Requests are matched to replies by sequence number and by our
+// port id; every request has a timeout that a dump's progress refreshes; a dump keeps at most
+// `maxReplies` messages (the rest are drained and counted, never kept), so a table of a million
+// entries cannot exhaust the heap; a failed request rejects with the kernel's errno (struct
+// nlmsgerr), not just text; close() rejects what is still pending. Messages that answer no request
+// (multicast notifications) go to `onNotification`.
 import { getSystemErrorName } from 'node:util';
 import { RawNetlinkSocket, type ErrnoException } from 'netlink';
 import { TimeoutError } from '../../errors';
@@ -21,7 +24,7 @@ import {
 } from './codec';
 
 /** NETLINK_ROUTE (linux/netlink.h). */
-const NETLINK_ROUTE = 0;
+export const NETLINK_ROUTE = 0;
 
 export interface NetlinkMessage {
   type: number;
@@ -56,13 +59,31 @@ function errnoName(errno: number): string {
 interface Pending {
   seq: number;
   dump: boolean;
+  maxReplies: number;
   replies: NetlinkMessage[];
+  dropped: number;
   timer: NodeJS.Timeout;
-  resolve: (msgs: NetlinkMessage[]) => void;
+  resolve: (r: ChannelReply) => void;
   reject: (err: Error) => void;
 }
 
+export interface ChannelReply {
+  messages: NetlinkMessage[];
+  /** Messages of a dump that arrived past maxReplies and were dropped. */
+  dropped: number;
+}
+
+export interface RequestOptions {
+  timeoutMs: number;
+  /** The operation named in errors (the kernel's errno names none). */
+  syscall: string;
+  /** Keep at most this many reply messages; the rest are counted in `dropped`. */
+  maxReplies?: number;
+}
+
 export interface ChannelOptions {
+  /** The netlink protocol (NETLINK_* of linux/netlink.h); NETLINK_ROUTE by default. */
+  protocol?: number;
   /** Multicast groups (RTNLGRP_*) to join. */
   groups?: number[];
   /** Keep the event loop alive while open (subscriptions); requests keep it alive through their timers. */
@@ -101,7 +122,7 @@ export class NetlinkChannel {
 
   constructor(private readonly opts: ChannelOptions = {}) {
     try {
-      this.sock = new RawNetlinkSocket(NETLINK_ROUTE, {
+      this.sock = new RawNetlinkSocket(opts.protocol ?? NETLINK_ROUTE, {
         recvBufferSize: opts.recvBufferSize ?? 0,
         sendBufferSize: 0,
       });
@@ -142,9 +163,14 @@ export class NetlinkChannel {
     timeoutMs: number,
     syscall: string,
   ): Promise<NetlinkMessage[]> {
+    return this.requestReply(type, flags, payload, { timeoutMs, syscall }).then((r) => r.messages);
+  }
+
+  /** As request(), with a cap on the messages kept and the count of those dropped past it. */
+  requestReply(type: number, flags: number, payload: Buffer, opts: RequestOptions): Promise<ChannelReply> {
     // One request at a time on this socket: the kernel refuses a second dump while one is in
     // progress (EBUSY), and requests take microseconds, so queueing them costs nothing.
-    const run = () => this.requestNow(type, flags, payload, timeoutMs, syscall);
+    const run = () => this.requestNow(type, flags, payload, opts);
     const p = this.queue.then(run, run);
     this.queue = p.catch(() => undefined);
     return p;
@@ -154,18 +180,27 @@ export class NetlinkChannel {
     type: number,
     flags: number,
     payload: Buffer,
-    timeoutMs: number,
-    syscall: string,
-  ): Promise<NetlinkMessage[]> {
+    opts: RequestOptions,
+  ): Promise<ChannelReply> {
+    const { timeoutMs, syscall } = opts;
     if (this.closed) return Promise.reject(new NetlinkErrno(9, syscall, 'EBADF'));
     const seq = this.nextSeq();
     const dump = (flags & NLM_F_DUMP) === NLM_F_DUMP;
-    return new Promise<NetlinkMessage[]>((resolve, reject) => {
+    return new Promise<ChannelReply>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(seq);
         reject(new TimeoutError(`${syscall}: no answer from the kernel within ${timeoutMs} ms`));
       }, timeoutMs);
-      this.pending.set(seq, { seq, dump, replies: [], timer, resolve, reject });
+      this.pending.set(seq, {
+        seq,
+        dump,
+        maxReplies: opts.maxReplies ?? Number.MAX_SAFE_INTEGER,
+        replies: [],
+        dropped: 0,
+        timer,
+        resolve,
+        reject,
+      });
       // Dumps end with NLMSG_DONE; everything else is acknowledged (NLM_F_ACK), success or failure.
       const msgFlags = NLM_F_REQUEST | flags | (dump ? 0 : NLM_F_ACK);
       this.sock.send(nlmsg(type, msgFlags, seq, this.port, payload), { port: 0 }, (err?: ErrnoException) => {
@@ -197,7 +232,8 @@ export class NetlinkChannel {
         const errno = msg.data.length >= 4 ? -s32(msg.data, 0) : 0;
         this.settle(p.seq, errno > 0 ? new NetlinkErrno(errno, '') : null);
       } else {
-        p.replies.push(msg);
+        if (p.replies.length < p.maxReplies) p.replies.push(msg);
+        else p.dropped++;
         // The timeout is for a kernel that stops answering, not for a long dump that keeps coming.
         p.timer.refresh();
         if (p.dump && !(msg.flags & NLM_F_MULTI)) this.settle(p.seq, null);
@@ -211,7 +247,7 @@ export class NetlinkChannel {
     this.pending.delete(seq);
     clearTimeout(p.timer);
     if (err) p.reject(err);
-    else p.resolve(p.replies);
+    else p.resolve({ messages: p.replies, dropped: p.dropped });
   }
 
   /** A socket-level failure: every pending request fails with it; subscribers hear about it. */

@@ -51,6 +51,7 @@ import type {
   NexthopObject,
   OpenRtnlOptions,
   Route,
+  FlowKey,
   RouteLookup,
   Rtnl,
   RtnlEvent,
@@ -106,6 +107,34 @@ function checkIfindex(v: unknown, what: string): number {
     throw invalidArg(`${what} must be an interface index (integer), not ${JSON.stringify(v)}`, 'type');
   if (v < 1 || v > 0x7fffffff) throw invalidArg(`${what} must be a positive interface index, not ${v}`);
   return v;
+}
+
+function checkInt(v: unknown, what: string, max: number): number {
+  if (typeof v !== 'number' || !Number.isInteger(v))
+    throw invalidArg(`${what} must be an integer, not ${JSON.stringify(v)}`, 'type');
+  if (v < 0 || v > max) throw invalidArg(`${what} must be in 0..${max}, not ${v}`);
+  return v;
+}
+
+/**
+ * The flow key checked before it reaches the kernel. RTA_IP_PROTO takes only TCP, UDP and the
+ * family's ICMP (rtm_getroute_parse_ip_proto, net/ipv4/netlink.c): anything else is EOPNOTSUPP.
+ */
+function checkFlowKey(key: FlowKey, family: Family): FlowKey {
+  const out: FlowKey = {};
+  if (key.proto !== undefined) {
+    const icmp = family === 4 ? 1 : 58;
+    if (key.proto !== 6 && key.proto !== 17 && key.proto !== icmp)
+      throw invalidArg(`proto must be 6 (tcp), 17 (udp) or ${icmp} (icmp), not ${JSON.stringify(key.proto)}`);
+    out.proto = key.proto;
+  }
+  if (key.sport !== undefined) out.sport = checkInt(key.sport, 'sport', 0xffff);
+  if (key.dport !== undefined) out.dport = checkInt(key.dport, 'dport', 0xffff);
+  if (key.mark !== undefined) out.mark = checkInt(key.mark, 'mark', 0xffffffff);
+  if (key.uid !== undefined) out.uid = checkInt(key.uid, 'uid', 0xffffffff);
+  if (key.iif !== undefined) out.iif = checkIfindex(key.iif, 'iif');
+  if (key.oif !== undefined) out.oif = checkIfindex(key.oif, 'oif');
+  return out;
 }
 
 function checkFamily(v: unknown): Family | undefined {
@@ -247,15 +276,15 @@ class RtnlSocket implements Rtnl {
     );
   }
 
-  async lookupRoute(dst: string, opts: { oif?: number; src?: string } = {}): Promise<RouteLookup> {
+  async lookupRoute(dst: string, opts: { src?: string } & FlowKey = {}): Promise<RouteLookup> {
     const target = parseIp(dst, 'destination');
-    const oif = opts.oif === undefined ? undefined : checkIfindex(opts.oif, 'oif');
+    const key = checkFlowKey(opts, target.family);
     const src = opts.src === undefined ? undefined : parseIp(opts.src, 'source address', target.family).bytes;
     const what = `looking up the route to ${dst}`;
-    const msgs = await this.call(RTM.GETROUTE, 0, encodeRouteLookup(target, oif, src), what, {
+    const msgs = await this.call(RTM.GETROUTE, 0, encodeRouteLookup(target, key, src), what, {
       ENETUNREACH: 'no route to that network',
       EHOSTUNREACH: 'no route to that host',
-      EINVAL: 'the kernel rejected the lookup (is the source address local?)',
+      EINVAL: 'the kernel rejected the lookup (is the source address local, or, with iif, not local?)',
     });
     const reply = msgs.find((m) => m.type === RTM.NEWROUTE);
     const route = reply ? await this.withNames((name) => decodeRoute(reply.data, name)) : null;

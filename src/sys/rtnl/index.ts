@@ -1,10 +1,12 @@
 // The rtnetlink facade: what the rest of the project uses of rtnetlink (routes, neighbours,
-// links, addresses and nexthop objects of this network namespace). The codecs and the netlink
-// channel behind it stay inside this folder.
+// links, addresses and nexthop objects of this network namespace). The route codecs stay inside
+// this folder; the netlink channel and the message framing are protocol-neutral and shared with
+// the other netlink families (nfnetlink.ts).
 export { openRtnl } from './client';
 export { describeNexthop } from './nexthop';
 export type {
   Address,
+  FlowKey,
   Link,
   NeighState,
   Neighbour,
@@ -30,3 +32,6 @@ export {
   scopeName,
   routeTypeName,
 } from './format';
+export { NetlinkChannel, NetlinkErrno } from './channel';
+export type { ChannelOptions, ChannelReply, NetlinkMessage, RequestOptions } from './channel';
+export { NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, align4 } from './codec';

@@ -19,7 +19,7 @@ import {
   u32Buf,
   type RawAttr,
 } from './codec';
-import type { Nexthop, Route } from './types';
+import type { FlowKey, Nexthop, Route } from './types';
 
 /** RTA_* route attributes. */
 export const RTA = {
@@ -42,7 +42,11 @@ export const RTA = {
   ENCAP_TYPE: 21,
   ENCAP: 22,
   EXPIRES: 23,
+  UID: 25,
   TTL_PROPAGATE: 26,
+  IP_PROTO: 27,
+  SPORT: 28,
+  DPORT: 29,
   NH_ID: 30,
 } as const;
 
@@ -412,10 +416,15 @@ function encodeMultipath(family: Family, hops: Nexthop[], ifindexes: number[], r
   return Buffer.concat(out);
 }
 
-/** RTM_GETROUTE request for one destination, answered from the FIB with the table id filled in. */
+/**
+ * RTM_GETROUTE request for one flow, answered from the FIB with the table id filled in. The key's
+ * attributes are those inet_rtm_getroute (net/ipv4/route.c) and inet6_rtm_getroute
+ * (net/ipv6/route.c) read into the flow they look up: RTA_IP_PROTO is a u8, RTA_SPORT and
+ * RTA_DPORT are big-endian u16, the others host-order u32 (include/uapi/linux/rtnetlink.h).
+ */
 export function encodeRouteLookup(
   dst: { family: Family; bytes: Buffer },
-  oif?: number,
+  key: FlowKey = {},
   src?: Buffer,
 ): Buffer {
   const hdr = Buffer.alloc(12);
@@ -425,8 +434,20 @@ export function encodeRouteLookup(
   put32(hdr, RTM_F_LOOKUP_TABLE, 8);
   const parts = [hdr, attr(RTA.DST, dst.bytes)];
   if (src) parts.push(attr(RTA.SRC, src));
-  if (oif !== undefined) parts.push(attr(RTA.OIF, u32Buf(oif)));
+  if (key.iif !== undefined) parts.push(attr(RTA.IIF, u32Buf(key.iif)));
+  if (key.oif !== undefined) parts.push(attr(RTA.OIF, u32Buf(key.oif)));
+  if (key.mark !== undefined) parts.push(attr(RTA.MARK, u32Buf(key.mark)));
+  if (key.uid !== undefined) parts.push(attr(RTA.UID, u32Buf(key.uid)));
+  if (key.proto !== undefined) parts.push(attr(RTA.IP_PROTO, Buffer.from([key.proto])));
+  if (key.sport !== undefined) parts.push(attr(RTA.SPORT, be16(key.sport)));
+  if (key.dport !== undefined) parts.push(attr(RTA.DPORT, be16(key.dport)));
   return Buffer.concat(parts);
+}
+
+function be16(v: number): Buffer {
+  const b = Buffer.alloc(2);
+  b.writeUInt16BE(v, 0);
+  return b;
 }
 
 /** struct rtmsg for a dump of one family (AF_UNSPEC: all). */

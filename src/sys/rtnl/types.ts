@@ -141,6 +141,33 @@ export interface Address {
   scope: number;
 }
 
+/**
+ * The rest of the kernel's lookup key for one flow (struct flowi4/flowi6, include/net/flow.h), as
+ * RTM_GETROUTE takes it (include/uapi/linux/rtnetlink.h): ECMP with an L4 hash
+ * (fib_multipath_hash_policy=1) picks a path by protocol and ports, and `ip rule` selects a table by
+ * fwmark, uidrange, ipproto, sport, dport, iif and oif. A lookup without them answers for a
+ * different flow. Every field is optional; absent fields are left out of the request.
+ */
+export interface FlowKey {
+  /** RTA_IP_PROTO (u8): IPPROTO_TCP (6), IPPROTO_UDP (17), or ICMP/ICMPv6 of the family. */
+  proto?: number;
+  /** RTA_SPORT (__be16): the flow's source port. */
+  sport?: number;
+  /** RTA_DPORT (__be16): the flow's destination port. */
+  dport?: number;
+  /** RTA_MARK (u32): the socket's or packet's fwmark. */
+  mark?: number;
+  /**
+   * RTA_UID (u32): the socket owner's uid. Without it the kernel looks up as the caller (root)
+   * for an output lookup, so a `uidrange` rule would not match another user's socket.
+   */
+  uid?: number;
+  /** RTA_IIF (u32): the interface a forwarded packet came in on (an input lookup; needs a source). */
+  iif?: number;
+  /** RTA_OIF (u32): the interface the socket is bound to (SO_BINDTODEVICE). */
+  oif?: number;
+}
+
 /** What the kernel would do with a packet to `dst` (RTM_GETROUTE, RTM_F_LOOKUP_TABLE). */
 export interface RouteLookup {
   gateway: string | null;
@@ -186,7 +213,7 @@ export interface Rtnl {
   /** Deletes exactly that route (dst, table, metric, tos, type, protocol, scope, gateway/nexthops). */
   deleteRoute(r: Route): Promise<void>;
   /** Which gateway and interface the kernel would use for `dst`. */
-  lookupRoute(dst: string, opts?: { oif?: number; src?: string }): Promise<RouteLookup>;
+  lookupRoute(dst: string, opts?: { src?: string } & FlowKey): Promise<RouteLookup>;
   /** Every nexthop object (RTM_GETNEXTHOP dump), both families and groups. */
   listNexthops(): Promise<NexthopObject[]>;
   /** One nexthop object by id; null when there is none. */
