@@ -1,5 +1,5 @@
 // Reproductions, not part of the suite (it runs only dist/test/**/*.test.js and *.slow.js): what a
-// gateway host must achieve for traffic it forwards, asserted as the feature's goals (DESIGN.md,
+// gateway host must achieve for traffic it forwards, asserted as the feature's goals (docs/host-integration.md, "Gateway hosts";
 // "Gateway hosts forward").
 //   - Forwarded traffic only: a LAN host's flows through the daemon's host, no local socket; with
 //     defaults, r1's routes must be withdrawn within 4 s of its silent death (IPv4, IPv6), the

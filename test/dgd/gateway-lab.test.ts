@@ -1,4 +1,4 @@
-// Gateway hosts (DESIGN.md, "Gateway hosts forward"): the gateway a flow really uses (ECMP with an
+// Gateway hosts (docs/host-integration.md, "Gateway hosts"): the gateway a flow really uses (ECMP with an
 // L4 hash, fwmark policy routing; IPv4 and IPv6), and guards of what must keep holding on a
 // gateway host (NAT by masquerade across a switch; a host without NAT loses no conntrack entry).
 // The reproductions of forwarded traffic only and of `snat to` per uplink are in

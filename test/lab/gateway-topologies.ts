@@ -1,5 +1,5 @@
 // Gateway-host topologies: the daemon's host C ("gw") forwards for a LAN host L ("lanhost"), as on
-// the hosts DESIGN.md's "Gateway hosts forward" is about. Built with the lab harness (test/lab/lab.ts),
+// the gateway hosts docs/host-integration.md is about. Built with the lab harness (test/lab/lab.ts),
 // so the lab rules hold: namespaces only, per-run names, 198.18.0.0/15 and 2001:db8::/32, teardown
 // on every exit. Forwarding is switched on inside the lab's gw and router namespaces only.
 //
