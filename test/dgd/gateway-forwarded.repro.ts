@@ -1,6 +1,6 @@
 // Reproductions, not part of the suite (it runs only dist/test/**/*.test.js and *.slow.js): what a
-// gateway host must achieve for traffic it forwards, asserted as the feature's goals (docs/host-integration.md, "Gateway hosts";
-// "Gateway hosts forward").
+// gateway host must achieve for traffic it forwards, asserted as the feature's goals
+// (docs/host-integration.md, "Gateway hosts").
 //   - Forwarded traffic only: a LAN host's flows through the daemon's host, no local socket; with
 //     defaults, r1's routes must be withdrawn within 4 s of its silent death (IPv4, IPv6), the
 //     forwarded flow resume, the LAN host's new connections succeed, and the restore be exact.
