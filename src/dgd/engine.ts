@@ -17,7 +17,7 @@
 import { emit } from './events';
 import { errorMessage } from '../errors';
 import { normalizeIp } from '../sys/ipaddr';
-import type { Clock } from '../util/clock';
+import type { Clock, Timer } from '../util/clock';
 import type { EventLog } from '../util/eventlog';
 import { ActiveProber } from './activeprobe';
 import type { DgdConfig } from './config';
@@ -59,7 +59,7 @@ export class DgdEngine {
   private enabled = true;
   private closed = false;
   private started = false;
-  private refreshTimer: ReturnType<Clock['setTimeout']> | null = null;
+  private refreshTimer: Timer | null = null;
   private readonly store: DgdStore;
   private readonly log: EventLog;
   private readonly clock: Clock;
@@ -103,7 +103,7 @@ export class DgdEngine {
           );
       },
     });
-    this.liaison = new OwnerLiaison(opts.owners ?? null, log);
+    this.liaison = new OwnerLiaison(opts.owners ?? null, log, (fn) => this.keeper.serially(fn), running);
     this.keeper = new RouteKeeper({
       ports,
       store: opts.store,
@@ -138,11 +138,10 @@ export class DgdEngine {
       keeper: this.keeper,
       config,
       running,
-      placeable: (e) => this.links.placeable(e),
       routesSwitched: async (g) => {
         if (this.cfg.resend_on_switch) await this.flowResumer?.routesSwitched(g);
       },
-      stillDead: () => this.liaison.retryFailed((fn) => this.keeper.serially(fn), 'slow poll: still dead'),
+      stillDead: () => this.liaison.retryFailed('slow poll: still dead'),
     });
     // What every trigger room reads: the system, time, the log, the gateways, the config, on/off.
     const room = { ports, clock, log, gateways: this.gateways, config, running };
@@ -156,7 +155,7 @@ export class DgdEngine {
           // The kernel still sends through a gateway we know is dead: a route through it is back
           // (put there by someone else) and its event was missed or is still to come.
           if (await this.keeper.anythingBackVia(g))
-            await this.withdrawVia(g, 'retransmissions via a dead gateway');
+            await this.keeper.withdraw(g, 'retransmissions via a dead gateway');
         },
         sighted: (g) => this.verdicts.machine.fire(g, { type: 'sighted' }, 'ARP/NDP seen from it'),
       },
@@ -202,17 +201,13 @@ export class DgdEngine {
             'withdrawn before restart (journal)',
           );
         });
-        await this.liaison.reconcile(
-          held,
-          (fn) => this.keeper.serially(fn),
-          (address, ifname) => {
-            const ifindex = this.links.ifindexOf(ifname);
-            if (ifindex === undefined) return false;
-            const g = this.gateways.ensure(address, ifindex, ifname);
-            this.journalDead(g, 'routing daemon told before restart (journal)');
-            return true;
-          },
-        );
+        await this.liaison.reconcile(held, (address, ifname) => {
+          const ifindex = this.links.ifindexOf(ifname);
+          if (ifindex === undefined) return false;
+          const g = this.gateways.ensure(address, ifindex, ifname);
+          this.journalDead(g, 'routing daemon told before restart (journal)');
+          return true;
+        });
       }
     }
     this.prober.setup();
@@ -327,15 +322,9 @@ export class DgdEngine {
     for (const g of this.gateways.list()) {
       if (!isDead(g) || !this.enabled) continue;
       if (this.keeper.routesBackVia(g, routes).length > 0)
-        await this.withdrawVia(g, 'route added via a dead gateway');
+        await this.keeper.withdraw(g, 'route added via a dead gateway');
     }
-    if (this.enabled)
-      await this.liaison.retell(
-        this.gateways.list().filter(isDead),
-        routes,
-        (fn) => this.keeper.serially(fn),
-        (g) => isDead(g) && this.enabled && !this.closed,
-      );
+    if (this.enabled) await this.liaison.retell(this.gateways.list().filter(isDead), routes);
   }
 
   /** The gateways of the managed routes and of the journals; gone, unused ones are forgotten. */
@@ -364,10 +353,6 @@ export class DgdEngine {
       if (!g.present && g.state === 'active' && !g.active && !g.inflight && g.link === 'up')
         this.gateways.forget(g);
     }
-  }
-
-  private withdrawVia(g: Gateway, reason: string): Promise<void> {
-    return this.keeper.withdraw(g, reason, () => isDead(g));
   }
 
   private cancelGatewayTimers(g: Gateway): void {
@@ -408,10 +393,5 @@ export class DgdEngine {
   /** Withdrawn routes (originals) for `ipdeadgate routes`. */
   withdrawnRoutes(): KernelRoute[] {
     return this.keeper.entries().map((e) => e.original);
-  }
-
-  /** (phase, event) pairs the gateway machine refused, for tests and status. */
-  invalidGatewayEvents(): ReadonlyMap<string, number> {
-    return this.verdicts.machine.invalidPairs;
   }
 }

@@ -6,7 +6,7 @@
 // keeper's chain, so the daemons and the kernel are changed in one order.
 import type { EventLog } from '../util/eventlog';
 import { emit } from './events';
-import type { Gateway } from './gateway';
+import { isDead, type Gateway } from './gateway';
 import { ownerOfProtocol, type OwnerStatus, type RouteOwners, type RoutingDaemon } from './owners';
 import type { KernelRoute } from './ports';
 import { describeRoute, gatewaysOf, routeIdentity } from './routeplan';
@@ -32,6 +32,10 @@ export class OwnerLiaison {
   constructor(
     readonly owners: RouteOwners | null,
     private readonly log: EventLog,
+    /** The route keeper's chain: daemons and the kernel are changed in one order. */
+    private readonly serially: Serially,
+    /** Detection is on and not stopping. */
+    private readonly running: () => boolean,
   ) {}
 
   /** The routing daemon (configured in dgd.owners) that owns a route or nexthop object, or null. */
@@ -39,24 +43,24 @@ export class OwnerLiaison {
     return this.owners?.adapterFor(r.protocol ?? null) ?? null;
   }
 
-  /**
-   * Tell each routing daemon whose routes go through dead g (inside the chain). `stillDead` is
-   * asked before each: g may have revived while this waited its turn.
-   */
-  async handOver(
-    g: Gateway,
-    routes: readonly KernelRoute[],
-    reason: string,
-    stillDead: () => boolean,
-  ): Promise<void> {
-    if (!this.owners) return;
-    const handed = new Map<RoutingDaemon, KernelRoute[]>();
+  /** The routes through g that a configured routing daemon owns, per daemon. */
+  private daemonRoutesVia(g: Gateway, routes: readonly KernelRoute[]): Map<RoutingDaemon, KernelRoute[]> {
+    const out = new Map<RoutingDaemon, KernelRoute[]>();
     for (const r of routes) {
       const o = gatewaysOf(r).includes(g.key) ? this.daemonOf(r) : null;
-      if (o) handed.set(o, [...(handed.get(o) ?? []), r]);
+      if (o) out.set(o, [...(out.get(o) ?? []), r]);
     }
-    for (const [owner, rs] of handed) {
-      if (!stillDead()) break;
+    return out;
+  }
+
+  /**
+   * Tell each routing daemon whose routes go through dead g (called inside the chain). g may have
+   * revived while this waited its turn: each daemon is told only while g is still dead.
+   */
+  async handOver(g: Gateway, routes: readonly KernelRoute[], reason: string): Promise<void> {
+    if (!this.owners) return;
+    for (const [owner, rs] of this.daemonRoutesVia(g, routes)) {
+      if (!isDead(g)) break;
       const outcome = await this.owners.markDead(owner, ownerKey(g), reason);
       emit(this.log, {
         event: 'routes_handed_over',
@@ -77,19 +81,12 @@ export class OwnerLiaison {
    * idempotent) when that set changed — the daemon restarted, someone undid what it was told, or it
    * learned new routes through the dead gateway — so it is not asked on every route event.
    */
-  async retell(
-    dead: readonly Gateway[],
-    routes: readonly KernelRoute[],
-    serially: Serially,
-    stillDead: (g: Gateway) => boolean,
-  ): Promise<void> {
+  async retell(dead: readonly Gateway[], routes: readonly KernelRoute[]): Promise<void> {
     if (!this.owners) return;
     const owned: [Gateway, RoutingDaemon, string][] = [];
     for (const g of dead)
-      for (const r of routes) {
-        const o = gatewaysOf(r).includes(g.key) ? this.daemonOf(r) : null;
-        if (o) owned.push([g, o, `${g.key} ${o} ${routeIdentity(r)}`]);
-      }
+      for (const [o, rs] of this.daemonRoutesVia(g, routes))
+        for (const r of rs) owned.push([g, o, `${g.key} ${o} ${routeIdentity(r)}`]);
     const sig = owned
       .map(([, , k]) => k)
       .sort()
@@ -102,8 +99,9 @@ export class OwnerLiaison {
       if (told.has(`${g.key} ${o}`)) continue;
       told.add(`${g.key} ${o}`);
       // Queued behind a restore, the gateway may have revived meanwhile: tell only a dead one.
-      await serially(async () => {
-        if (stillDead(g)) await owners.markDead(o, ownerKey(g), 'routes through a dead gateway');
+      await this.serially(async () => {
+        if (isDead(g) && this.running())
+          await owners.markDead(o, ownerKey(g), 'routes through a dead gateway');
       });
     }
   }
@@ -119,9 +117,9 @@ export class OwnerLiaison {
   }
 
   /** Still dead at a slow poll: a daemon that could not be told (restarting, unreachable) is told now. */
-  async retryFailed(serially: Serially, reason: string): Promise<void> {
+  async retryFailed(reason: string): Promise<void> {
     const owners = this.owners;
-    if (owners) await serially(() => owners.retryFailed(reason));
+    if (owners) await this.serially(() => owners.retryFailed(reason));
   }
 
   /** At start: the owner journal (dead gateways per daemon), and a cheap question to each daemon. */
@@ -137,12 +135,11 @@ export class OwnerLiaison {
    */
   async reconcile(
     held: Map<RoutingDaemon, string[]>,
-    serially: Serially,
     markDead: (address: string, ifname: string) => boolean,
   ): Promise<void> {
     const owners = this.owners;
     if (!owners || held.size === 0) return;
-    await serially(async () => {
+    await this.serially(async () => {
       await owners.reconcile();
       for (const keys of held.values())
         for (const key of keys) {

@@ -35,7 +35,7 @@ import {
   type RouteOp,
 } from './routeplan';
 import { routeSummary, type DgdStatus } from './status';
-import { remapEntry, routeInterfaces } from './interfaces';
+import { entryHasNames, remapEntry, routeInterfaces } from './interfaces';
 
 export interface RouteKeeperOptions {
   ports: DgdPorts;
@@ -98,7 +98,7 @@ export class RouteKeeper {
     const boots = { this_boot: 0, earlier_boot: 0, unknown_boot: 0 };
     let unplaceable = false;
     for (const e of await this.o.store.loadJournal()) {
-      if (!routeInterfaces(e.original).every((i) => typeof i.ifname === 'string' && i.ifname !== '')) {
+      if (!entryHasNames(e)) {
         // Without a name nothing says which interface its ifindex meant: never guess.
         emit(
           this.o.log,
@@ -152,6 +152,15 @@ export class RouteKeeper {
   /** Journaled routes that wait for g (it was removed from them). */
   entriesVia(gatewayKey: string): JournalEntry[] {
     return this.entries().filter((e) => e.removed.includes(gatewayKey));
+  }
+
+  /**
+   * After g's restore: the entries it was removed from that could not go back because an interface
+   * of theirs is not up (or is being renumbered); empty when every one of them went back.
+   */
+  waitingVia(g: Gateway): JournalEntry[] {
+    const left = this.entriesVia(g.key);
+    return left.some((e) => !this.o.placeable(e)) ? left : [];
   }
 
   private save(): Promise<void> {
@@ -210,9 +219,9 @@ export class RouteKeeper {
 
   /**
    * Withdraw every route through dead g (its routing daemons' routes are handed over instead).
-   * `stillDead` is asked when this runs: g may have revived while it waited its turn.
+   * g may have revived while this waited its turn: its routing daemons are told only while it is dead.
    */
-  withdraw(g: Gateway, reason: string, stillDead: () => boolean): Promise<void> {
+  withdraw(g: Gateway, reason: string): Promise<void> {
     return this.serially(async () => {
       const routes = await this.readRoutes();
       const objects = await this.readNexthopObjects();
@@ -232,7 +241,7 @@ export class RouteKeeper {
       });
       // Emptied groups are journaled (restore needs them); the kernel's group stays.
       for (const e of plan.emptied) this.groupJournal.set(e.id, e);
-      await this.o.liaison.handOver(g, routes, reason, stillDead);
+      await this.o.liaison.handOver(g, routes, reason);
       this.reportKept(g, plan.kept);
       for (const r of plan.readded)
         emit(this.o.log, {

@@ -10,7 +10,7 @@ import type { EventLog, LogLevel } from '../util/eventlog';
 import type { DgdConfig } from './config';
 import { emit, type TriggerKind } from './events';
 import { GatewayMachine, isDead, type Gateway, type GatewayHost, type InflightVerification } from './gateway';
-import type { DgdPorts, JournalEntry, Verification } from './ports';
+import type { DgdPorts, Verification } from './ports';
 import { describeRoute } from './routeplan';
 import type { RouteKeeper } from './routekeeper';
 import type { TriggerDetail } from './triggers';
@@ -29,8 +29,6 @@ export interface VerdictOptions {
   routesSwitched: (g: Gateway) => Promise<void>;
   /** Still dead at a slow poll: routing daemons that could not be told are told now. */
   stillDead: () => Promise<void>;
-  /** Can a journal entry be put back now (its interfaces up; ./linktracker.ts)? */
-  placeable: (e: JournalEntry) => boolean;
 }
 
 /** The verdict room; it also implements the machine's host (the slow poll's timer). */
@@ -229,7 +227,7 @@ export class Verdicts implements GatewayHost {
   async declareDead(g: Gateway, reason: string): Promise<void> {
     if (isDead(g)) return;
     this.machine.fire(g, { type: 'no_answer' }, reason);
-    await this.o.keeper.withdraw(g, reason, () => isDead(g));
+    await this.o.keeper.withdraw(g, reason);
     // Flows that were retransmitting through g get their latest segment resent through the new
     // route now, before the neighbour flush below.
     await this.o.routesSwitched(g);
@@ -262,8 +260,8 @@ export class Verdicts implements GatewayHost {
     }
     this.cancelPoll(g);
     await this.o.keeper.restore(g, reason);
-    const left = this.o.keeper.entriesVia(g.key);
-    if (left.some((e) => !this.o.placeable(e))) {
+    const left = this.o.keeper.waitingVia(g);
+    if (left.length > 0) {
       emit(this.o.log, {
         event: 'routes_waiting',
         gateway: g.address,

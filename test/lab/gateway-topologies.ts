@@ -127,6 +127,37 @@ function routesOfGw(routing: Routing): string[][] {
 
 const router: HostSpec = { router: true };
 
+/** The LAN host routes everything through the gateway host, in every gateway topology. */
+const LANHOST = {
+  ip: [
+    ['route', 'add', 'default', 'via', GW.gwLan4, 'dev', 'lan0'],
+    ['-6', 'route', 'add', 'default', 'via', GW.gwLan6, 'dev', 'lan0'],
+  ],
+};
+
+/** The LAN behind the gateway host, the same in every gateway topology. */
+function lanSegment() {
+  return {
+    name: 'lan',
+    members: [
+      { host: 'lanhost', iface: 'lan0', addrs: [`${GW.lanhost4}/24`, `${GW.lanhost6}/64`] },
+      { host: 'gw', iface: 'lan1', addrs: [`${GW.gwLan4}/24`, `${GW.gwLan6}/64`] },
+    ],
+  };
+}
+
+/** The routers' far side and the server (with extra server addresses, as CIDRs). */
+function wanSegment(extra: string[] = []) {
+  return {
+    name: 'wan',
+    members: [
+      { host: 'server', iface: 'wan0', addrs: [`${GW.server4}/24`, `${GW.server6}/64`, ...extra] },
+      { host: 'r1', iface: 'wan0', addrs: [`${GW.r1s4}/24`, `${GW.r1s6}/64`] },
+      { host: 'r2', iface: 'wan0', addrs: [`${GW.r2s4}/24`, `${GW.r2s6}/64`] },
+    ],
+  };
+}
+
 /** The forwarded-traffic lab's spec (nft rules are loaded by forwardLab()). */
 export function forwardLabSpec(opts: ForwardLabOptions = {}): LabSpec {
   const routing = opts.routing ?? 'metric';
@@ -138,12 +169,7 @@ export function forwardLabSpec(opts: ForwardLabOptions = {}): LabSpec {
   ];
   return {
     hosts: {
-      lanhost: {
-        ip: [
-          ['route', 'add', 'default', 'via', GW.gwLan4, 'dev', 'lan0'],
-          ['-6', 'route', 'add', 'default', 'via', GW.gwLan6, 'dev', 'lan0'],
-        ],
-      },
+      lanhost: LANHOST,
       gw: {
         router: true,
         sysctls: {
@@ -165,13 +191,7 @@ export function forwardLabSpec(opts: ForwardLabOptions = {}): LabSpec {
       },
     },
     lans: [
-      {
-        name: 'lan',
-        members: [
-          { host: 'lanhost', iface: 'lan0', addrs: [`${GW.lanhost4}/24`, `${GW.lanhost6}/64`] },
-          { host: 'gw', iface: 'lan1', addrs: [`${GW.gwLan4}/24`, `${GW.gwLan6}/64`] },
-        ],
-      },
+      lanSegment(),
       {
         name: 'up',
         members: [
@@ -180,18 +200,7 @@ export function forwardLabSpec(opts: ForwardLabOptions = {}): LabSpec {
           { host: 'r2', iface: 'lan0', addrs: [`${GW.r2_4}/24`, `${GW.r2_6}/64`] },
         ],
       },
-      {
-        name: 'wan',
-        members: [
-          {
-            host: 'server',
-            iface: 'wan0',
-            addrs: [`${GW.server4}/24`, `${GW.server6}/64`, ...extra4, ...extra6],
-          },
-          { host: 'r1', iface: 'wan0', addrs: [`${GW.r1s4}/24`, `${GW.r1s6}/64`] },
-          { host: 'r2', iface: 'wan0', addrs: [`${GW.r2s4}/24`, `${GW.r2s6}/64`] },
-        ],
-      },
+      wanSegment([...extra4, ...extra6]),
     ],
   };
 }
@@ -269,12 +278,7 @@ export interface MultiWanOptions {
 export function multiWanLabSpec(): LabSpec {
   return {
     hosts: {
-      lanhost: {
-        ip: [
-          ['route', 'add', 'default', 'via', GW.gwLan4, 'dev', 'lan0'],
-          ['-6', 'route', 'add', 'default', 'via', GW.gwLan6, 'dev', 'lan0'],
-        ],
-      },
+      lanhost: LANHOST,
       gw: {
         router: true,
         ip: [
@@ -297,13 +301,7 @@ export function multiWanLabSpec(): LabSpec {
       },
     },
     lans: [
-      {
-        name: 'lan',
-        members: [
-          { host: 'lanhost', iface: 'lan0', addrs: [`${GW.lanhost4}/24`, `${GW.lanhost6}/64`] },
-          { host: 'gw', iface: 'lan1', addrs: [`${GW.gwLan4}/24`, `${GW.gwLan6}/64`] },
-        ],
-      },
+      lanSegment(),
       {
         name: 'e0',
         members: [
@@ -318,14 +316,7 @@ export function multiWanLabSpec(): LabSpec {
           { host: 'r2', iface: 'lan0', addrs: [`${GW.isp2_4}/24`, `${GW.isp2_6}/64`] },
         ],
       },
-      {
-        name: 'wan',
-        members: [
-          { host: 'server', iface: 'wan0', addrs: [`${GW.server4}/24`, `${GW.server6}/64`] },
-          { host: 'r1', iface: 'wan0', addrs: [`${GW.r1s4}/24`, `${GW.r1s6}/64`] },
-          { host: 'r2', iface: 'wan0', addrs: [`${GW.r2s4}/24`, `${GW.r2s6}/64`] },
-        ],
-      },
+      wanSegment(),
     ],
   };
 }
