@@ -3,13 +3,13 @@
 // firewall can allow one port in one direction); the dialer reconnects with jittered exponential
 // backoff. Right after connecting, both sides say who they are and which services they reach on
 // a control stream (TFST's WHO/TELL), and tell again whenever that changes. A link's life is the
-// state machine of src/tunnel/linklife.ts; its TLS side (certificates, the addon's context) is in
-// src/tunnel/linktls.ts.
+// state machine of src/tunnel/linklife.ts, a dialer's that of src/tunnel/dialerlife.ts; the TLS
+// side (certificates, the addon's context) is in src/tunnel/linktls.ts.
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import type * as tls from 'node:tls';
 import { IpdeadgateError } from '../errors';
-import { systemClock, type Clock, type Timer } from '../util/clock';
+import { systemClock, type Clock } from '../util/clock';
 import { formatHostPort, type HostPort } from './config';
 import { MuxSession, type MuxStream } from './muxsession';
 import {
@@ -22,6 +22,7 @@ import {
   type ControlMessage,
 } from './protocol';
 import { AcceptBackoff } from './acceptbackoff';
+import { DialerLife, type DialerEventType, type DialerLifeHost, type DialerState } from './dialerlife';
 import {
   LinkLife,
   type LinkEvent,
@@ -42,6 +43,7 @@ import { type TlsLinkContext, TlsLinkSocket } from '../sys/tlslink';
 
 // What links' users import from here: the machine's names and the TLS helpers.
 export type { LinkRefusal, LinkState };
+export { backoffDelay } from './dialerlife';
 export {
   certificateNames,
   certificateVouchesFor,
@@ -357,28 +359,17 @@ function sanitizeServices(v: unknown): Record<string, number> {
   return out;
 }
 
-/** Jittered exponential backoff: a random delay in [d/2, d] with d doubling from base to cap. */
-export function backoffDelay(
-  attempt: number,
-  baseMs = 250,
-  capMs = 30_000,
-  random: () => number = Math.random,
-): number {
-  const d = Math.min(capMs, baseMs * 2 ** Math.min(attempt, 20));
-  return d / 2 + random() * (d / 2);
-}
-
-/** Keeps one link to `target` up: dials, and redials with backoff whenever it goes down. */
-export class LinkDialer extends EventEmitter {
-  link: Link | undefined;
-  reconnects = 0;
-  attempts = 0;
-  lastError = '';
-  private timer: Timer | undefined;
-  private connectTimer: Timer | undefined;
-  private socket: net.Socket | TlsLinkSocket | undefined;
-  private closed = false;
-  private readonly clock: Clock;
+/**
+ * Keeps one link to `target` up: dials, and redials with backoff whenever it goes down; its life is
+ * the machine in src/tunnel/dialerlife.ts, this class its hands on sockets and links. Events: 'link'
+ * (Link, once up), 'refused' (RefusalEvent), 'dial_failed' ({ remote, error, code }), 'invalid'
+ * (DialerState, DialerEventType: a pair the machine does not expect, already counted).
+ */
+export class LinkDialer extends EventEmitter implements DialerLifeHost<Link> {
+  readonly life: DialerLife<Link>;
+  readonly clock: Clock;
+  private tcp: net.Socket | undefined;
+  private tls: TlsLinkSocket | undefined;
   private readonly context: TlsLinkContext;
 
   constructor(
@@ -389,109 +380,117 @@ export class LinkDialer extends EventEmitter {
     super();
     this.clock = opts.clock ?? systemClock;
     this.context = linkContext(material, false);
+    this.life = new DialerLife<Link>(this);
   }
 
   get address(): string {
     return formatHostPort(this.target);
   }
 
-  start(): void {
-    this.dial();
+  get link(): Link | undefined {
+    return this.life.current;
   }
 
-  private dial(): void {
-    if (this.closed) return;
+  get reconnects(): number {
+    return this.life.reconnects;
+  }
+
+  get lastError(): string {
+    return this.life.lastError;
+  }
+
+  start(): void {
+    this.life.dispatch({ type: 'start' });
+  }
+
+  /** Idempotent; safe from inside the dialer's own callbacks (the event waits for the current one). */
+  close(): void {
+    this.life.dispatch({ type: 'close' });
+  }
+
+  // --- DialerLifeHost: what the machine does to the world ---
+
+  /** @internal */
+  random(): number {
+    return Math.random();
+  }
+
+  /** @internal Connect, then the TLS handshake; only the current dial's callbacks reach the machine. */
+  openDial(): void {
     const tcp = net.connect({ host: this.target.host, port: this.target.port });
-    let socket: TlsLinkSocket | undefined;
-    this.socket = tcp;
-    const connectTimer = this.clock.setTimeout(
-      () =>
-        (socket ?? tcp).destroy(new IpdeadgateError('ETIMEDOUT', `connecting to ${this.address} timed out`)),
-      15_000,
-    );
-    this.connectTimer = connectTimer;
-    let failed = false;
-    const fail = (err: NodeJS.ErrnoException): void => {
-      if (failed) return;
-      failed = true;
-      connectTimer.cancel();
-      this.lastError = err.message;
-      this.socket = undefined;
-      tcp.destroy();
-      socket?.destroy();
-      const reason = classifyTlsError(err.code, err.message);
-      if (reason !== 'tls_error') this.emitRefused(reason, err.message);
-      else this.emit('dial_failed', { remote: this.address, error: err.message, code: err.code });
-      this.retry();
+    this.tcp = tcp;
+    this.tls = undefined;
+    const failed = (reason: LinkRefusal, detail: string, code?: string): void => {
+      if (this.tcp === tcp) this.life.dispatch({ type: 'failed', reason, detail, code });
     };
+    const fail = (err: NodeJS.ErrnoException): void =>
+      failed(classifyTlsError(err.code, err.message), err.message, err.code);
     tcp.once('error', fail);
     tcp.once('connect', () => {
       tcp.off('error', fail);
+      let s: TlsLinkSocket;
       try {
-        socket = new TlsLinkSocket(tcp, this.context);
+        s = new TlsLinkSocket(tcp, this.context);
       } catch (err) {
         return fail(err as NodeJS.ErrnoException);
       }
-      const s = socket;
-      this.socket = s;
+      this.tls = s;
       s.once('error', fail);
       s.once('secure', () => {
-        connectTimer.cancel();
         s.off('error', fail);
         s.on('error', () => undefined); // the session reports it
-        if (s.authorizationError) {
-          // As Node's TLS client with rejectUnauthorized: the server's chain does not verify.
-          const err = new IpdeadgateError(
-            s.authorizationError,
-            s.authorizationMessage ?? s.authorizationError,
-          ) as NodeJS.ErrnoException;
-          return fail(err);
-        }
-        if (s.alpnProtocol !== LINK_ALPN) {
-          const detail = `${this.address} does not speak ${LINK_ALPN} (ALPN: ${String(s.alpnProtocol)})`;
-          this.lastError = detail;
-          this.socket = undefined;
-          s.destroy();
-          this.emitRefused('protocol_version', detail);
-          return this.retry();
-        }
-        const link = new Link(s, true, this.opts);
-        this.link = link;
-        link.on('refused', (ev: RefusalEvent) => this.emit('refused', ev));
-        link.once('up', () => {
-          this.attempts = 0;
-          this.emit('link', link);
-        });
-        link.once('down', (err?: Error) => {
-          this.lastError = err?.message ?? 'closed';
-          this.link = undefined;
-          this.socket = undefined;
-          this.retry();
-        });
+        // As Node's TLS client with rejectUnauthorized: the server's chain does not verify.
+        if (s.authorizationError)
+          return fail(
+            new IpdeadgateError(s.authorizationError, s.authorizationMessage ?? s.authorizationError),
+          );
+        if (s.alpnProtocol !== LINK_ALPN)
+          return failed(
+            'protocol_version',
+            `${this.address} does not speak ${LINK_ALPN} (ALPN: ${String(s.alpnProtocol)})`,
+          );
+        if (this.tcp === tcp) this.life.dispatch({ type: 'connected' });
       });
     });
   }
 
-  private emitRefused(reason: LinkRefusal, detail: string): void {
+  /** @internal */
+  makeLink(): Link {
+    const link = new Link(this.tls!, true, this.opts);
+    link.on('refused', (ev: RefusalEvent) => this.emit('refused', ev));
+    link.once('up', () => this.life.dispatch({ type: 'link_up' }));
+    link.once('down', (error?: Error) => this.life.dispatch({ type: 'link_down', error }));
+    return link;
+  }
+
+  /** @internal */
+  destroySocket(): void {
+    this.tcp?.destroy();
+    this.tls?.destroy();
+    this.tcp = this.tls = undefined;
+  }
+
+  /** @internal */
+  freeContext(): void {
+    this.context.free();
+  }
+
+  /** @internal */
+  announceLink(link: Link): void {
+    this.emit('link', link);
+  }
+
+  /** @internal A refusal when the failure has a reason's name, else a plain dial failure. */
+  announceDialFailure(reason: LinkRefusal, detail: string, code: string | undefined): void {
+    if (reason === 'tls_error')
+      return void this.emit('dial_failed', { remote: this.address, error: detail, code });
     const ev: RefusalEvent = { remote: this.address, reason, detail, direction: 'dial' };
     this.emit('refused', ev);
   }
 
-  private retry(): void {
-    if (this.closed) return;
-    const delay = backoffDelay(this.attempts++);
-    this.reconnects++;
-    this.timer = this.clock.setTimeout(() => this.dial(), delay);
-  }
-
-  close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    this.timer?.cancel();
-    this.connectTimer?.cancel(); // a dial in progress must not keep the process alive
-    this.link?.close();
-    this.socket?.destroy();
-    this.context.free();
+  /** @internal */
+  announceInvalid(state: DialerState, event: DialerEventType): void {
+    this.emit('invalid', state, event);
   }
 }
 

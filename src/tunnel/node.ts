@@ -128,7 +128,10 @@ export interface TunnelStatus {
   };
   /** Links refused (by us or by the peer), by reason (src/tunnel/linklife.ts LinkRefusal). */
   link_refusals?: Record<string, number>;
-  /** Events the links' state machines did not expect in their state (src/tunnel/linklife.ts). */
+  /**
+   * Events the machines of links and their dialers did not expect in their state
+   * (src/tunnel/linklife.ts, src/tunnel/dialerlife.ts).
+   */
   link_invalid_events?: number;
 }
 
@@ -214,17 +217,21 @@ export class TunnelNode extends EventEmitter {
           ? `${name} is not in tunnel.peers of ${this.cfg.name}`
           : undefined,
       filterAnnounced: (link, services) => this.filterAnnounced(link, services),
-      onInvalidEvent: (link, state, event) => {
-        this.invalidLinkEvents++;
-        const f = this.limit.admit(`link_invalid_event ${state} ${event}`, {
-          peer: link.peerName,
-          remote: link.remote,
-          state,
-          link_event: event,
-        });
-        if (f) this.events.event('tunnel_link_invalid_event', f, 'warn');
-      },
+      onInvalidEvent: (link, state, event) => this.invalidLinkEvent(link.peerName, link.remote, state, event),
     };
+  }
+
+  /** A link's machine (src/tunnel/linklife.ts) or its dialer's (src/tunnel/dialerlife.ts) got an event it
+   * does not expect in its state: counted, and logged at a limited rate. */
+  private invalidLinkEvent(peer: string, remote: string, state: string, event: string): void {
+    this.invalidLinkEvents++;
+    const f = this.limit.admit(`link_invalid_event ${state} ${event}`, {
+      peer,
+      remote,
+      state,
+      link_event: event,
+    });
+    if (f) this.events.event('tunnel_link_invalid_event', f, 'warn');
   }
 
   private material: TlsMaterial | undefined;
@@ -277,6 +284,7 @@ export class TunnelNode extends EventEmitter {
       const f = this.limit.admit(`dial_failed ${ev.remote}`, { ...ev });
       if (f) this.events.event('tunnel_link_dial_failed', f, 'warn');
     });
+    d.on('invalid', (state: string, event: string) => this.invalidLinkEvent('', d.address, state, event));
     this.dialers.push(d);
     d.start();
   }
