@@ -4,9 +4,19 @@
 //    'drain' before sending more data frames (control frames always go);
 //  - inbound, the receive window bounds what a peer can make us buffer; a window update is sent
 //    only for bytes the stream's consumer has actually taken, so a paused consumer stops the peer.
-// Its state is one enum: open (FIN at most one way), closed (FIN both ways), reset (RST either way,
-// or the session died); every path out of open goes through cleanup(), which forgets it in the
-// session.
+// Its life is one state machine, a handler table per (state, event) like src/tunnel/sessionlife.ts
+// (hashicorp/yamux keeps the same states in stream.go):
+//   open        data both ways.
+//   local_fin   we sent FIN (our writer ended); the peer may still send.
+//   remote_fin  the peer sent FIN; we may still send.
+//   closed      FIN both ways: a clean end.
+//   reset       RST either way, destroyed before FIN both ways, or the session died.
+// Events: end (our writer ended: FIN goes out), peer_fin, peer_rst, destroy (destroyed here: RST goes
+// out), abort (the session died: nothing can go out).
+// Bounds: local_fin and remote_fin last at most close_timeout without a byte moving (this stream's
+// own timer, unless a session holds the stream and owns that bound: deferCloseBound()); open has
+// none in time (the link's heartbeat bounds it); closed and reset are terminal, and entering either
+// forgets the stream in its session.
 import { Duplex } from 'node:stream';
 import { IpdeadgateError } from '../errors';
 import type { Clock, Timer } from '../util/clock';
@@ -58,7 +68,60 @@ export interface StreamHost {
  */
 const STREAM_WRITE_HIGH_WATER = 256 * 1024;
 
-export type StreamEnd = 'open' | 'closed' | 'reset';
+export type StreamState = 'open' | 'local_fin' | 'remote_fin' | 'closed' | 'reset';
+export type StreamEvent = 'end' | 'peer_fin' | 'peer_rst' | 'destroy' | 'abort';
+
+type Handler = (s: MuxStream) => void;
+
+const ignore: Handler = () => undefined;
+const sendFinThen =
+  (next: StreamState): Handler =>
+  (s) => {
+    s.sendFlags(Flag.FIN);
+    s.enter(next);
+  };
+const finFromPeerThen =
+  (next: StreamState): Handler =>
+  (s) => {
+    s.push(null);
+    s.enter(next);
+  };
+/** Destroyed here before FIN went both ways: RST tells the peer, so its end closes too. */
+const sendRst: Handler = (s) => {
+  s.sendFlags(Flag.RST);
+  s.enter('reset');
+};
+const toReset: Handler = (s) => s.enter('reset');
+
+/**
+ * A row per state, a column per event. A FIN the peer repeats, or our writer's end after a reset,
+ * changes nothing; after closed or reset every event is void (the stream left its session's table).
+ */
+const HANDLERS: { [S in StreamState]: { [E in StreamEvent]: Handler } } = {
+  open: {
+    end: sendFinThen('local_fin'),
+    peer_fin: finFromPeerThen('remote_fin'),
+    peer_rst: toReset,
+    destroy: sendRst,
+    abort: toReset,
+  },
+  local_fin: {
+    end: ignore, // the writer ends once
+    peer_fin: finFromPeerThen('closed'),
+    peer_rst: toReset,
+    destroy: sendRst,
+    abort: toReset,
+  },
+  remote_fin: {
+    end: sendFinThen('closed'),
+    peer_fin: ignore, // a repeated FIN
+    peer_rst: toReset,
+    destroy: sendRst,
+    abort: toReset,
+  },
+  closed: { end: ignore, peer_fin: ignore, peer_rst: ignore, destroy: ignore, abort: ignore },
+  reset: { end: ignore, peer_fin: ignore, peer_rst: ignore, destroy: ignore, abort: ignore },
+};
 
 /** One yamux stream. Readable side: the peer's data; writable side: ours. */
 export class MuxStream extends Duplex {
@@ -69,9 +132,7 @@ export class MuxStream extends Duplex {
   private lastUpdateAt: number;
   private sendWindow = INITIAL_WINDOW;
   private pending: { buf: Buffer; cb: (err?: Error | null) => void } | undefined;
-  private localFin = false;
-  private remoteFin = false;
-  private state: StreamEnd = 'open';
+  private state: StreamState = 'open';
   private closeTimer: Timer | undefined;
   /** A session holds this stream and owns its close_timeout (src/tunnel/sessionlife.ts). */
   private closeBoundDeferred = false;
@@ -107,19 +168,36 @@ export class MuxStream extends Duplex {
     return this.recvTarget;
   }
 
-  /** True once FIN went both ways or the stream was reset. */
-  get finished(): boolean {
-    return this.state !== 'open';
-  }
-
   /** True once FIN went both ways (a clean end), false while open or after a reset. */
   get closedCleanly(): boolean {
     return this.state === 'closed';
   }
 
-  /** Whether the peer sent FIN. */
-  get remoteEnded(): boolean {
-    return this.remoteFin;
+  /** Where the stream is in its life (the table above). */
+  get streamState(): StreamState {
+    return this.state;
+  }
+
+  /** Fire an event at the stream's machine. */
+  private fire(ev: StreamEvent): void {
+    HANDLERS[this.state][ev](this);
+  }
+
+  /** @internal From the table: enter a state and run its entry action. */
+  enter(next: StreamState): void {
+    this.state = next;
+    if (next === 'closed' || next === 'reset') this.cleanup();
+    else this.armCloseTimer(); // local_fin, remote_fin: the idle bound after the first FIN
+  }
+
+  /** @internal From the table: a window update carrying flags (FIN or RST) and nothing else. */
+  sendFlags(flag: number): void {
+    this.sendWindowUpdate(0, this.takeFlags() | flag);
+  }
+
+  /** The peer sent FIN: it sends no more data. */
+  private get peerEnded(): boolean {
+    return this.state === 'remote_fin' || this.state === 'closed';
   }
 
   /**
@@ -175,7 +253,7 @@ export class MuxStream extends Duplex {
         this.flush();
       }
     } else if (f.data && f.data.length) {
-      if (this.remoteFin) {
+      if (this.peerEnded) {
         // Data after the peer's FIN: the stream is broken, not the session.
         this.reset(
           new IpdeadgateError('ERR_TUNNEL_DATA_AFTER_FIN', `yamux stream ${this.id}: data after FIN`),
@@ -193,11 +271,7 @@ export class MuxStream extends Duplex {
       this.push(f.data);
       this.maybeUpdateWindow();
     }
-    if (f.flags & Flag.FIN && !this.remoteFin) {
-      this.remoteFin = true;
-      this.push(null);
-      this.afterFin();
-    }
+    if (f.flags & Flag.FIN) this.fire('peer_fin');
     return undefined;
   }
 
@@ -207,7 +281,7 @@ export class MuxStream extends Duplex {
 
   /** Credit the peer with what our consumer has taken, once that is a quarter of the target. */
   private maybeUpdateWindow(): void {
-    if (this.state !== 'open' || this.remoteFin) return;
+    if (this.state !== 'open' && this.state !== 'local_fin') return;
     const credit = this.recvTarget - this.recvWindow - this.readableLength;
     if (credit <= 0 || credit < this.recvTarget / 4) return;
     const now = this.session.clock.now();
@@ -266,21 +340,12 @@ export class MuxStream extends Duplex {
   }
 
   override _final(cb: (err?: Error | null) => void): void {
-    if (this.state === 'reset') return cb();
-    if (!this.localFin) {
-      this.localFin = true;
-      this.sendWindowUpdate(0, this.takeFlags() | Flag.FIN);
-      this.afterFin();
-    }
+    this.fire('end');
     cb();
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    if (this.state === 'open') {
-      // Destroyed before FIN went both ways: tell the peer with RST so its end closes too.
-      this.state = 'reset';
-      this.sendWindowUpdate(0, this.takeFlags() | Flag.RST);
-    }
+    this.fire('destroy');
     this.cleanup();
     const p = this.pending;
     this.pending = undefined;
@@ -296,30 +361,16 @@ export class MuxStream extends Duplex {
   }
 
   private resetByPeer(): void {
-    this.state = 'reset';
-    this.cleanup();
+    this.fire('peer_rst');
     const err = new IpdeadgateError('ECONNRESET', `yamux stream ${this.id} was reset by the peer`);
     this.destroy(err);
   }
 
   /** @internal The session is gone: the stream dies without sending anything. */
   abort(err: Error): void {
-    if (this.state === 'open') this.state = 'reset';
+    this.fire('abort');
     this.cleanup();
     this.destroy(err);
-  }
-
-  /**
-   * After the first FIN either way, the stream's idle life is bounded by close_timeout (IY55176):
-   * by this stream's own timer, unless a session holds the stream and owns the bound.
-   */
-  private afterFin(): void {
-    if (this.localFin && this.remoteFin) {
-      this.state = 'closed';
-      this.cleanup();
-      return;
-    }
-    this.armCloseTimer();
   }
 
   /**
@@ -333,12 +384,16 @@ export class MuxStream extends Duplex {
     this.closeTimer = undefined;
   }
 
+  /**
+   * After the first FIN either way, the stream's idle life is bounded by close_timeout (IY55176):
+   * by this stream's own timer, unless a session holds the stream and owns the bound.
+   */
   private armCloseTimer(): void {
     const ms = this.session.closeTimeoutMs;
-    if (this.closeTimer || this.closeBoundDeferred || ms <= 0 || this.state !== 'open') return;
+    if (this.closeTimer || this.closeBoundDeferred || ms <= 0) return;
     const check = (): void => {
       this.closeTimer = undefined;
-      if (this.state !== 'open') return;
+      if (this.state !== 'local_fin' && this.state !== 'remote_fin') return;
       const idle = this.session.clock.now() - this.lastActivity;
       if (idle >= ms) {
         this.session.countCloseTimeout();

@@ -88,6 +88,39 @@ describe('tunnel: mux (hand-written yamux)', function () {
     assert.equal(b.streamCount, 0);
   });
 
+  it("a stream's life (its handler table): open, then local_fin or remote_fin, then closed; a destroy in half-close resets both ends", async () => {
+    const { a, b } = await sessions();
+    open.push(a, b);
+    const accepted = once<MuxStream>(b, 'stream');
+    const s = a.open(Buffer.from('q'));
+    const remote = await accepted;
+    assert.equal(s.streamState, 'open');
+    s.end();
+    await sleep(20);
+    assert.equal(s.streamState, 'local_fin');
+    assert.equal(remote.streamState, 'remote_fin');
+    remote.resume();
+    remote.end('done');
+    s.resume();
+    await sleep(20);
+    assert.equal(s.streamState, 'closed');
+    assert.equal(remote.streamState, 'closed');
+    assert.ok(s.closedCleanly && remote.closedCleanly);
+    // Half-closed, then destroyed: RST goes out, and the peer's end is reset too.
+    const accepted2 = once<MuxStream>(b, 'stream');
+    const s2 = a.open(Buffer.from('r'));
+    const remote2 = await accepted2;
+    s2.end();
+    await sleep(20);
+    const err = nextError(remote2);
+    s2.destroy();
+    assert.equal((await err).code, 'ECONNRESET');
+    assert.equal(s2.streamState, 'reset');
+    assert.equal(remote2.streamState, 'reset');
+    await sleep(20);
+    assert.equal(a.streamCount + b.streamCount, 0);
+  });
+
   it('RST both ways: destroying one end resets the other with ECONNRESET', async () => {
     const { a, b } = await sessions();
     open.push(a, b);
