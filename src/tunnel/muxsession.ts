@@ -5,6 +5,16 @@
 // receive window that grows past yamux's fixed 256 KiB on long links, RST on every abnormal end, a
 // stream-level RST (not the link) for a bad SYN, and a protocol error that costs one link and never
 // the process.
+//
+// The session's life is a handler table per (state, event), like src/tunnel/sessionlife.ts:
+//   open             streams open both ways.
+//   going_away       we sent go-away: we open no stream and refuse the peer's SYNs; ours finish.
+//   peer_going_away  the peer sent go-away: we open no stream; the peer's SYNs are still taken.
+//   both_going_away  both sent it.
+//   closed           terminal: every stream aborted, the transport ended (destroyed after lingerMs).
+// Events: go_away (we send it), peer_go_away, close. Bounds: the going-away states last until the
+// streams finish or the link ends (the heartbeat bounds a silent peer: heartbeat x misses); open
+// has none in time beyond the heartbeat; closed's transport is destroyed lingerMs after it ends.
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import { IpdeadgateError } from '../errors';
@@ -20,6 +30,37 @@ import {
   type Frame,
 } from './frame';
 import { MuxStream, type StreamHost } from './muxstream';
+
+export type MuxState = 'open' | 'going_away' | 'peer_going_away' | 'both_going_away' | 'closed';
+type MuxEvent =
+  { type: 'go_away'; code: GoAwayCode } | { type: 'peer_go_away' } | { type: 'close'; err?: Error };
+type MuxHandler = (m: MuxSession, ev: MuxEvent) => void;
+
+const stay: MuxHandler = () => undefined;
+const sendGoAwayThen =
+  (next: MuxState): MuxHandler =>
+  (m, ev) => {
+    if (ev.type === 'go_away') m.sendGoAway(ev.code);
+    m.enter(next);
+  };
+const to =
+  (next: MuxState): MuxHandler =>
+  (m) =>
+    m.enter(next);
+/** Closing before we said go-away: say it first (why, from the error), if the transport can carry it. */
+const goAwayAndClose: MuxHandler = (m, ev) => {
+  if (ev.type === 'close') m.sayGoingAwayIfPossible(ev.err);
+  m.enter('closed');
+};
+
+/** A row per state, a column per event. */
+const MUX_HANDLERS: { [S in MuxState]: { [E in MuxEvent['type']]: MuxHandler } } = {
+  open: { go_away: sendGoAwayThen('going_away'), peer_go_away: to('peer_going_away'), close: goAwayAndClose },
+  going_away: { go_away: stay, peer_go_away: to('both_going_away'), close: to('closed') },
+  peer_going_away: { go_away: sendGoAwayThen('both_going_away'), peer_go_away: stay, close: goAwayAndClose },
+  both_going_away: { go_away: stay, peer_go_away: stay, close: to('closed') },
+  closed: { go_away: stay, peer_go_away: stay, close: stay },
+};
 
 export interface MuxOptions {
   /** 'client' (the dialer of the link) opens odd stream IDs, 'server' even ones (spec.md "StreamID Field"). */
@@ -98,9 +139,9 @@ export class MuxSession extends EventEmitter implements StreamHost {
   private heartbeatOutstanding = false;
   private framesSinceTick = 0;
   private misses = 0;
-  private localGoAway = false;
-  private remoteGoAway: GoAwayCode | undefined;
-  private closedWith: { err: Error | undefined } | undefined;
+  private state: MuxState = 'open';
+  /** Why the session closed (the 'close' event and the streams' abort carry it). */
+  private closeError: Error | undefined;
   writable = true;
   private corked = false;
   /** A transport that batches frames itself (the link's TlsLinkSocket): no Writable machinery per frame. */
@@ -138,7 +179,21 @@ export class MuxSession extends EventEmitter implements StreamHost {
   }
 
   get closed(): boolean {
-    return this.closedWith !== undefined;
+    return this.state === 'closed';
+  }
+
+  /** Where the session is in its life (the table above). */
+  get muxState(): MuxState {
+    return this.state;
+  }
+
+  private fire(ev: MuxEvent): void {
+    MUX_HANDLERS[this.state][ev.type](this, ev);
+  }
+
+  /** We said go-away (we refuse the peer's SYNs from then on). */
+  private get saidGoAway(): boolean {
+    return this.state === 'going_away' || this.state === 'both_going_away';
   }
 
   stats(): MuxStats {
@@ -157,9 +212,9 @@ export class MuxSession extends EventEmitter implements StreamHost {
 
   /** Open a stream; `synData` (e.g. the service header) travels in the SYN frame itself. */
   open(synData?: Buffer): MuxStream {
-    if (this.closedWith)
+    if (this.state === 'closed')
       throw new IpdeadgateError('ERR_TUNNEL_LINK_CLOSED', 'cannot open a stream: the link is closed');
-    if (this.remoteGoAway !== undefined || this.localGoAway)
+    if (this.state !== 'open')
       throw new IpdeadgateError('ERR_TUNNEL_GOAWAY', 'cannot open a stream: the link is going away');
     if (this.nextId > 0xffffffff)
       throw new IpdeadgateError('ERR_TUNNEL_IDS_EXHAUSTED', 'stream IDs exhausted on this link; reconnect');
@@ -172,7 +227,7 @@ export class MuxSession extends EventEmitter implements StreamHost {
 
   /** Measure the round trip with a yamux ping; rejects on timeout or when the session closes. */
   ping(timeoutMs = 10_000): Promise<number> {
-    if (this.closedWith)
+    if (this.state === 'closed')
       return Promise.reject(new IpdeadgateError('ERR_TUNNEL_LINK_CLOSED', 'the link is closed'));
     const id = this.nextPing;
     this.nextPing = (this.nextPing % 0xffffffff) + 1;
@@ -188,20 +243,36 @@ export class MuxSession extends EventEmitter implements StreamHost {
 
   /** Send go-away: no new streams either way; existing ones finish. */
   goAway(code: GoAwayCode = GoAwayCode.Normal): void {
-    if (this.localGoAway || this.closedWith) return;
-    this.localGoAway = true;
-    this.writeFrame(encodeHeader(FrameType.GoAway, 0, 0, code));
+    this.fire({ type: 'go_away', code });
   }
 
   /** Close the session: every stream dies, the transport is ended then destroyed. Idempotent. */
   close(err?: Error): void {
-    if (this.closedWith) return;
-    if (!this.localGoAway && !this.transport.destroyed && this.transport.writable) {
-      const code =
-        err instanceof ProtocolError ? err.goAway : err ? GoAwayCode.InternalError : GoAwayCode.Normal;
-      this.goAway(code);
-    }
-    this.closedWith = { err };
+    if (this.state !== 'closed') this.closeError = err;
+    this.fire({ type: 'close', err });
+  }
+
+  /** @internal From the table: the go-away frame. */
+  sendGoAway(code: GoAwayCode): void {
+    this.writeFrame(encodeHeader(FrameType.GoAway, 0, 0, code));
+  }
+
+  /** @internal From the table: closing without having said go-away: say why, if the transport can. */
+  sayGoingAwayIfPossible(err: Error | undefined): void {
+    if (this.transport.destroyed || !this.transport.writable) return;
+    this.sendGoAway(
+      err instanceof ProtocolError ? err.goAway : err ? GoAwayCode.InternalError : GoAwayCode.Normal,
+    );
+  }
+
+  /** @internal From the table: enter a state; closed's entry ends everything. */
+  enter(next: MuxState): void {
+    this.state = next;
+    if (next === 'closed') this.closeEverything();
+  }
+
+  private closeEverything(): void {
+    const err = this.closeError;
     this.heartbeatTimer?.cancel();
     for (const [, p] of this.pings) p.timer?.cancel();
     this.pings.clear();
@@ -219,7 +290,7 @@ export class MuxSession extends EventEmitter implements StreamHost {
 
   /** @internal */
   writeFrame(buf: Buffer): void {
-    if (this.closedWith || this.transport.destroyed || !this.transport.writable) return;
+    if (this.state === 'closed' || this.transport.destroyed || !this.transport.writable) return;
     this.bytesOut += buf.length;
     if (this.sink) {
       if (!this.sink.queueFrame(buf, SESSION_HIGH_WATER)) this.writable = false;
@@ -275,11 +346,11 @@ export class MuxSession extends EventEmitter implements StreamHost {
   }
 
   private onData(chunk: Buffer): void {
-    if (this.closedWith) return;
+    if (this.closed) return;
     this.bytesIn += chunk.length;
     const { frames, error } = this.decoder.push(chunk);
     for (const f of frames) {
-      if (this.closedWith) return;
+      if (this.closed) return;
       const err = this.onFrame(f);
       if (err) return this.close(err);
     }
@@ -294,7 +365,7 @@ export class MuxSession extends EventEmitter implements StreamHost {
         else if (f.flags & Flag.ACK) this.onPingAck(f.length);
         return undefined;
       case FrameType.GoAway:
-        this.remoteGoAway = f.length as GoAwayCode;
+        this.fire({ type: 'peer_go_away' });
         this.emit('goaway', f.length);
         return undefined;
       default:
@@ -342,7 +413,7 @@ export class MuxSession extends EventEmitter implements StreamHost {
       this.writeFrame(encodeHeader(FrameType.WindowUpdate, Flag.RST, f.streamId, 0));
       return undefined;
     }
-    if (this.localGoAway || this.streams.size >= (this.opts.maxStreams ?? 65536)) {
+    if (this.saidGoAway || this.streams.size >= (this.opts.maxStreams ?? 65536)) {
       this.writeFrame(encodeHeader(FrameType.WindowUpdate, Flag.RST, f.streamId, 0));
       return undefined;
     }
@@ -359,7 +430,7 @@ export class MuxSession extends EventEmitter implements StreamHost {
     const every = this.opts.heartbeatMs!;
     const limit = this.opts.heartbeatMisses ?? 3;
     this.heartbeatTimer = this.clock.setTimeout(() => {
-      if (this.closedWith) return;
+      if (this.closed) return;
       if (this.heartbeatOutstanding && this.framesSinceTick === 0) this.misses++;
       else this.misses = 0;
       this.framesSinceTick = 0;

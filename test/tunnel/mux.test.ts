@@ -121,6 +121,27 @@ describe('tunnel: mux (hand-written yamux)', function () {
     assert.equal(a.streamCount + b.streamCount, 0);
   });
 
+  it("the session's life (its handler table): go-away each way, then closed; no new stream after a go-away", async () => {
+    const { a, b } = await sessions();
+    open.push(a, b);
+    const heard = once<number>(b, 'goaway');
+    a.goAway();
+    assert.equal(a.muxState, 'going_away');
+    await heard;
+    assert.equal(b.muxState, 'peer_going_away');
+    assert.throws(() => a.open(), { code: 'ERR_TUNNEL_GOAWAY' });
+    assert.throws(() => b.open(), { code: 'ERR_TUNNEL_GOAWAY' });
+    const heard2 = once<number>(a, 'goaway');
+    b.goAway();
+    await heard2;
+    assert.equal(a.muxState, 'both_going_away');
+    assert.equal(b.muxState, 'both_going_away');
+    a.close();
+    assert.equal(a.muxState, 'closed');
+    a.close(); // idempotent
+    assert.throws(() => a.open(), { code: 'ERR_TUNNEL_LINK_CLOSED' });
+  });
+
   it('RST both ways: destroying one end resets the other with ECONNRESET', async () => {
     const { a, b } = await sessions();
     open.push(a, b);
