@@ -23,6 +23,7 @@
 // A pair no handler expects (a second start, a link event with no link) is invalid: it is counted
 // (`invalid`) and reported through the host, never dropped silently.
 import type { Clock, Timer } from '../util/clock';
+import { RunToCompletion } from '../util/runqueue';
 import type { LinkRefusal } from './linklife';
 
 export type DialerState = 'idle' | 'dialing' | 'linked' | 'backoff' | 'closed';
@@ -171,24 +172,15 @@ export class DialerLife<L extends DialedLink> {
   /** Events that no handler expects in the state they came in. */
   invalid = 0;
   private timer: Timer | undefined;
-  private queue: DialerEvent[] = [];
-  private dispatching = false;
+  private readonly events = new RunToCompletion<DialerEvent>((e) =>
+    (HANDLERS[this.state][e.type] as Handler<typeof e.type>)(this, e as never),
+  );
 
   constructor(readonly host: DialerLifeHost<L>) {}
 
   /** Feed an event. Events raised while a handler runs are queued and handled in order after it. */
   dispatch(ev: DialerEvent): void {
-    this.queue.push(ev);
-    if (this.dispatching) return;
-    this.dispatching = true;
-    try {
-      for (let e = this.queue.shift(); e; e = this.queue.shift()) {
-        const handler = HANDLERS[this.state][e.type] as Handler<typeof e.type>;
-        handler(this, e as never);
-      }
-    } finally {
-      this.dispatching = false;
-    }
+    this.events.dispatch(ev);
   }
 
   // --- transitions (each state entered in one place) ---

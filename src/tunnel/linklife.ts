@@ -20,6 +20,7 @@
 // A pair no handler expects (a second hello, a tell before the hello) is invalid: it is counted
 // (`invalid`) and reported as an event through the host, never dropped silently.
 import type { Clock, Timer } from '../util/clock';
+import { RunToCompletion } from '../util/runqueue';
 
 export type LinkState = 'handshake' | 'up' | 'refusing' | 'down';
 export const LINK_STATES: readonly LinkState[] = ['handshake', 'up', 'refusing', 'down'];
@@ -161,8 +162,9 @@ export class LinkLife {
   /** Events that no handler expects in the state they came in. */
   invalid = 0;
   private timer: Timer | undefined;
-  private queue: LinkEvent[] = [];
-  private dispatching = false;
+  private readonly events = new RunToCompletion<LinkEvent>((e) =>
+    (HANDLERS[this.state][e.type] as Handler<typeof e.type>)(this, e as never),
+  );
 
   constructor(readonly host: LinkLifeHost) {
     this.enter('handshake');
@@ -170,17 +172,7 @@ export class LinkLife {
 
   /** Feed an event. Events raised while a handler runs are queued and handled in order after it. */
   dispatch(ev: LinkEvent): void {
-    this.queue.push(ev);
-    if (this.dispatching) return;
-    this.dispatching = true;
-    try {
-      for (let e = this.queue.shift(); e; e = this.queue.shift()) {
-        const handler = HANDLERS[this.state][e.type] as Handler<typeof e.type>;
-        handler(this, e as never);
-      }
-    } finally {
-      this.dispatching = false;
-    }
+    this.events.dispatch(ev);
   }
 
   // --- transitions (each state entered in one place) ---

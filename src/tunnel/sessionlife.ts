@@ -27,6 +27,7 @@
 import type * as net from 'node:net';
 import { IpdeadgateError } from '../errors';
 import type { Clock, Timer } from '../util/clock';
+import { RunToCompletion } from '../util/runqueue';
 import type { HostPort } from './config';
 import { MuxStream } from './muxstream';
 
@@ -253,8 +254,9 @@ export class SessionLife {
   private readonly gone = { local: false, stream: false };
   private timer: Timer | undefined;
   private watcher: { close(): void } | undefined;
-  private queue: SessionEvent[] = [];
-  private dispatching = false;
+  private readonly events = new RunToCompletion<SessionEvent>((e) =>
+    (HANDLERS[this.state][e.type] as Handler<typeof e.type>)(this, e as never),
+  );
   private lastBytes = 0;
   private lastChange: number;
   private bridged = false;
@@ -285,17 +287,7 @@ export class SessionLife {
 
   /** Feed an event. Events raised while a handler runs are queued and handled in order after it. */
   dispatch(ev: SessionEvent): void {
-    this.queue.push(ev);
-    if (this.dispatching) return;
-    this.dispatching = true;
-    try {
-      for (let e = this.queue.shift(); e; e = this.queue.shift()) {
-        const handler = HANDLERS[this.state][e.type] as Handler<typeof e.type>;
-        handler(this, e as never);
-      }
-    } finally {
-      this.dispatching = false;
-    }
+    this.events.dispatch(ev);
   }
 
   // --- transitions (each state entered in one place) ---
