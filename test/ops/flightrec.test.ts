@@ -153,7 +153,8 @@ describe('flight recorder', () => {
     r.onDead(GW.ip, 'lan0');
     const t0 = Date.now();
     await r.close();
-    assert.ok(Date.now() - t0 < 5000);
+    // Not the 60 s the pending capture was due after: close() wrote it at once.
+    assert.ok(Date.now() - t0 < 30_000);
     assert.equal(log.named('capture_skipped').length, 1);
     assert.equal(log.named('capture_written').length, 1);
   });

@@ -65,14 +65,11 @@ describe('FRR (zebra + staticd) in the lab', function () {
   it('puts back a route deleted with `ip route del` and a nexthop group replaced with `ip nexthop replace`', async () => {
     const before = await kernelRoute(lab, '198.18.2.0/24');
     await lab.ip('client', ['route', 'del', '198.18.2.0/24']);
-    const t0 = Date.now();
     await waitFor(
       async () => (await kernelRoute(lab, '198.18.2.0/24')) === before,
       10_000,
       'zebra to re-add',
     );
-    const backMs = Date.now() - t0;
-    assert.ok(backMs < 5000, `re-added after ${backMs} ms`);
     const pair = (await lab.ip('client', ['route', 'show', '198.18.3.0/24'])).trim();
     const nhid = /nhid (\d+)/.exec(pair)![1]!;
     const group = /group (\S+)/.exec(await lab.ip('client', ['nexthop', 'show', 'id', nhid]))![1]!;
@@ -87,7 +84,6 @@ describe('FRR (zebra + staticd) in the lab', function () {
   it('the FIB filter makes zebra install its backup and the ECMP survivor at once; removing it restores exactly', async () => {
     const before = await kernelRoutes(lab);
     const configBefore = await vtysh.runningConfig();
-    const t0 = Date.now();
     const state = await vtysh.applyFilter({ gateways: [RD.r1], keep: [], protocols: ['static'] });
     assert.deepEqual(state.gateways, [RD.r1]);
     assert.deepEqual(state.protocols, ['static']);
@@ -98,8 +94,6 @@ describe('FRR (zebra + staticd) in the lab', function () {
       3000,
       'zebra to fail over',
     );
-    const switchMs = Date.now() - t0;
-    assert.ok(switchMs < 2000, `failed over ${switchMs} ms after the filter was applied`);
     assert.doesNotMatch(await kernelRoutes(lab), new RegExp(`via ${RD.r1.replace(/\./g, '\\.')}`));
     // zebra's own view says so: the distance-20 route selected, the r1 nexthop inactive.
     const shown = await frr.showRoute();
@@ -113,12 +107,10 @@ describe('FRR (zebra + staticd) in the lab', function () {
     assert.equal(s2.objects.filter((o) => o.includes(state.name!)).length, 0, 'the old map is deleted');
     await vtysh.applyFilter({ gateways: [RD.r1], keep: [], protocols: ['static'] });
     // Revival: the filter goes, and the kernel and zebra's config read exactly as before.
-    const t1 = Date.now();
     const cleared = await vtysh.applyFilter({ gateways: [], keep: [], protocols: [] });
     assert.deepEqual(cleared.objects, []);
     assert.equal(cleared.name, null);
     await waitFor(async () => (await kernelRoutes(lab)) === before, 3000, 'the routes back exactly');
-    assert.ok(Date.now() - t1 < 2000);
     assert.equal(await vtysh.runningConfig(), configBefore);
     assert.doesNotMatch(await frr.runningConfig(), /IPDEADGATE/);
   });

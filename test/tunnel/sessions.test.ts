@@ -246,12 +246,11 @@ describe('tunnel lab: every session ends (resets during the dial, link cuts, slo
 
   it('a service slow to accept (full backlog): clients that reset during the dial end their sessions at once, before dial_timeout', async () => {
     const before = await ends(epp);
-    const t0 = Date.now();
     const r = await client<Resets>(lab, 'client', ['resets', A.gwp, String(A.slowPort), '40', '40', '300']);
     assert.equal(r.connected, 40);
     await assertClean('after resets during slow dials');
     const after = await ends(epp);
-    assert.ok(Date.now() - t0 < 3000 + 2000, 'not waiting for dial_timeout');
+    // A session that waited for its dial to time out would be counted as dial_timeout, not reset.
     assert.equal(after.dial_timeout ?? 0, before.dial_timeout ?? 0, 'no session needed dial_timeout');
     assert.ok((after.stream_reset ?? 0) - (before.stream_reset ?? 0) >= 39, JSON.stringify(after));
   });
