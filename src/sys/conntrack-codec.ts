@@ -34,7 +34,16 @@ export const CTA = {
   ID: 12,
   ZONE: 18,
   MARK_MASK: 21,
+  FILTER: 25,
+  STATUS_MASK: 26,
 } as const;
+/** enum ctattr_filter */
+const CTA_FILTER = { ORIG_FLAGS: 1, REPLY_FLAGS: 2 } as const;
+/**
+ * CTA_FILTER_FLAG_CTA_IP_DST: which fields of the tuple given beside CTA_FILTER the kernel compares
+ * (the CTA_FILTER_FLAG_* bits of net/netfilter/nf_conntrack_netlink.c, not in the uapi header).
+ */
+const CTA_FILTER_FLAG_IP_DST = 1 << 1;
 /** enum ctattr_tuple */
 const CTA_TUPLE = { IP: 1, PROTO: 2, ZONE: 3 } as const;
 /** enum ctattr_ip */
@@ -354,6 +363,12 @@ const be32 = (v: number): Buffer => {
   return b;
 };
 const u8 = (v: number): Buffer => Buffer.from([v]);
+const u32Host = (v: number): Buffer => {
+  const b = Buffer.alloc(4);
+  if (LE) b.writeUInt32LE(v >>> 0);
+  else b.writeUInt32BE(v >>> 0);
+  return b;
+};
 
 function ipBytes(addr: string, family: Family): Buffer {
   if (family === 4) {
@@ -396,7 +411,12 @@ function encodeTuple(type: number, t: ConntrackTuple): Buffer {
       nla(v6 ? CTA_PROTO.ICMPV6_TYPE : CTA_PROTO.ICMP_TYPE, u8(t.icmpType)),
       nla(v6 ? CTA_PROTO.ICMPV6_CODE : CTA_PROTO.ICMP_CODE, u8(t.icmpCode)),
     );
-  } else {
+  } else if (
+    t.protocol === IPPROTO.TCP ||
+    t.protocol === IPPROTO.UDP ||
+    t.sport !== undefined ||
+    t.dport !== undefined
+  ) {
     for (const [k, v] of [
       ['sport', t.sport],
       ['dport', t.dport],
@@ -405,6 +425,8 @@ function encodeTuple(type: number, t: ConntrackTuple): Buffer {
         throw new RangeError(`conntrack: ${k} must be a port number 0..65535 (got ${String(v)})`);
     proto.push(nla(CTA_PROTO.SRC_PORT, be16(t.sport!)), nla(CTA_PROTO.DST_PORT, be16(t.dport!)));
   }
+  // Other protocols (ESP, GRE without keys, ...) are tracked by addresses alone (the kernel's
+  // generic l4proto has no ports).
   return nla(
     type,
     Buffer.concat([nla(CTA_TUPLE.IP, ip, true), nla(CTA_TUPLE.PROTO, Buffer.concat(proto), true)]),
@@ -414,10 +436,45 @@ function encodeTuple(type: number, t: ConntrackTuple): Buffer {
 
 const afOf = (f: Family): number => (f === 4 ? AF_INET : AF_INET6);
 
-/** IPCTNL_MSG_CT_GET|NLM_F_DUMP: one family or all, optionally only entries whose mark & mask == mark. */
-export function encodeDump(opts: { family?: Family; mark?: { value: number; mask: number } }): Buffer {
-  const parts = [nfgenmsg(opts.family ? afOf(opts.family) : 0)];
+/** What a dump asks the kernel to filter by (ctnetlink_alloc_filter, nf_conntrack_netlink.c). */
+export interface DumpFilter {
+  family?: Family;
+  /** Only entries whose mark & mask equals value. */
+  mark?: { value: number; mask: number };
+  /** Only entries whose status & mask equals value (CTA_STATUS with CTA_STATUS_MASK). */
+  status?: { value: number; mask: number };
+  /**
+   * Only entries whose reply tuple goes to this address (CTA_FILTER with CTA_TUPLE_REPLY); with
+   * source NAT that is the address the flow was translated to. Sets the family.
+   */
+  replyDst?: string;
+}
+
+/**
+ * IPCTNL_MSG_CT_GET|NLM_F_DUMP: one family or all, filtered by the kernel. Kernels older than a
+ * filter's attribute ignore it (nfnetlink parses attributes past its CTA_MAX liberally), so a
+ * caller checks the entries it gets as well.
+ */
+export function encodeDump(opts: DumpFilter): Buffer {
+  const family = opts.replyDst !== undefined ? familyOfAddress(opts.replyDst) : opts.family;
+  if (opts.replyDst !== undefined && opts.family !== undefined && opts.family !== family)
+    throw new TypeError(`conntrack: ${opts.replyDst} is not an IPv${opts.family} address`);
+  const parts = [nfgenmsg(family ? afOf(family) : 0)];
   if (opts.mark) parts.push(nla(CTA.MARK, be32(opts.mark.value)), nla(CTA.MARK_MASK, be32(opts.mark.mask)));
+  if (opts.status) {
+    // A zero mask is EINVAL (ctnetlink_filter_parse_status): it would match all or nothing.
+    if (opts.status.mask === 0) throw new RangeError('conntrack: a status filter needs a mask other than 0');
+    parts.push(nla(CTA.STATUS, be32(opts.status.value)), nla(CTA.STATUS_MASK, be32(opts.status.mask)));
+  }
+  if (opts.replyDst !== undefined) {
+    const f = family!;
+    const ip = nla(f === 4 ? CTA_IP.V4_DST : CTA_IP.V6_DST, ipBytes(opts.replyDst, f));
+    parts.push(
+      nla(CTA.TUPLE_REPLY, nla(CTA_TUPLE.IP, ip, true), true),
+      // The flags are an NLA_U32, in host order unlike every other ctnetlink integer.
+      nla(CTA.FILTER, nla(CTA_FILTER.REPLY_FLAGS, u32Host(CTA_FILTER_FLAG_IP_DST)), true),
+    );
+  }
   return Buffer.concat(parts);
 }
 
