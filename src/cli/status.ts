@@ -38,6 +38,8 @@ export function formatStatus(s: Status): string {
     lines.push(
       `last scan: ${s.last_scan.sockets} TCP sockets, ${s.last_scan.retransmitting} retransmitting, ${s.last_scan.duration_ms} ms`,
     );
+  const ct = conntrackLine(s.conntrack);
+  if (ct) lines.push(ct);
   if (s.gateways.length === 0) lines.push('no gateways in the managed tables');
   for (const g of s.gateways) {
     lines.push('');
@@ -115,6 +117,21 @@ export function formatTunnel(t: TunnelStatus): string[] {
       (refusals ? `, refused: ${refusals}` : ''),
   );
   return lines;
+}
+
+/** dgd.conntrack: the setting, and what following the routes has deleted (older daemons: none). */
+function conntrackLine(c: DgdStatus['conntrack'] | undefined): string | null {
+  if (!c) return null;
+  if (!c.follow) return 'conntrack follows the routes: off';
+  if (c.available === false) return 'conntrack follows the routes: on (conntrack is not loaded here)';
+  const last = c.last
+    ? `; last after a ${c.last.after}${c.last.gateway ? ` of ${c.last.gateway}` : ''}: ` +
+      `${c.last.deleted} of ${c.last.examined} deleted in ${c.last.ms} ms`
+    : '';
+  return (
+    `conntrack follows the routes: on, ${c.follows} route changes, ${c.deleted} entries deleted of ` +
+    `${c.examined} examined${c.truncated > 0 ? `, ${c.truncated} cut at max_entries` : ''}${last}`
+  );
 }
 
 /** How the text status says a gateway's interface is not up (older daemons do not report it). */

@@ -77,6 +77,7 @@ export class DaemonMetrics {
   private readonly downstream: Counter<'gateway'>;
   private readonly events: Counter<'event' | 'level'>;
   private readonly captures: Counter<'gateway'>;
+  private readonly conntrackDeleted: Counter<'gateway' | 'after'>;
   /** Gateways whose counters exist (at 0 until something happens). */
   private readonly known = new Set<string>();
 
@@ -167,6 +168,12 @@ export class DaemonMetrics {
       name: 'ipdeadgate_flight_recorder_captures_total',
       help: 'pcap files the flight recorder wrote around a gateway death',
       labelNames: ['gateway'],
+      registers,
+    });
+    this.conntrackDeleted = new Counter({
+      name: 'ipdeadgate_conntrack_deleted_total',
+      help: 'Conntrack entries deleted because source NAT bound them to an uplink their flow no longer leaves by, after a withdrawal or a restore (dgd.conntrack)',
+      labelNames: ['gateway', 'after'],
       registers,
     });
     this.defineScrapeGauges(registers);
@@ -393,6 +400,7 @@ export class DaemonMetrics {
       this.captures,
     ])
       c.inc({ gateway }, 0);
+    for (const after of ['withdrawal', 'restore']) this.conntrackDeleted.inc({ gateway, after }, 0);
   }
 
   /** Count what one event says. Public for tests; the daemon feeds it through wrap(). */
@@ -440,6 +448,9 @@ export class DaemonMetrics {
         break;
       case 'capture_written':
         this.captures.inc({ gateway });
+        break;
+      case 'conntrack_followed':
+        this.conntrackDeleted.inc({ gateway, after: ev.after }, ev.deleted);
         break;
     }
   }

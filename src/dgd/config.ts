@@ -31,6 +31,18 @@ const activeProbe = z
   })
   .strict();
 
+/**
+ * Conntrack follows the routes (./conntrackfollow.ts): after a switch or a restore, entries whose
+ * source NAT binds them to an uplink their flow no longer leaves by are deleted, so the flow's next
+ * packet is translated on its new path.
+ */
+const conntrackSchema = z
+  .object({
+    follow: z.boolean().default(true),
+    max_entries: intIn(1, 1_000_000).default(20_000),
+  })
+  .strict();
+
 export const dgdSchema = z
   .object({
     enabled: z.boolean().default(true),
@@ -56,6 +68,7 @@ export const dgdSchema = z
     syn_stall: duration(100, 10_000).default('500ms'),
     interface_wait: duration(1000, 86_400_000).default('10m'),
     owners: ownersSchema.default({}),
+    conntrack: conntrackSchema.default({}),
   })
   .strict();
 

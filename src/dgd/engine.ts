@@ -28,6 +28,7 @@ import { LinkTracker } from './linktracker';
 import { OwnerLiaison } from './ownerliaison';
 import type { RouteOwners } from './owners';
 import type { DgdPorts, DgdStore, KernelRoute } from './ports';
+import { ConntrackFollower } from './conntrackfollow';
 import { FlowResumer } from './resume';
 import { RouteKeeper } from './routekeeper';
 import { gatewayKey, splitKey } from './routeplan';
@@ -72,6 +73,8 @@ export class DgdEngine {
   private readonly prober: ActiveProber;
   /** Resends stuck flows' segments when their gateway's routes are withdrawn (./resume.ts). */
   private readonly flowResumer: FlowResumer | null;
+  /** Deletes conntrack entries bound by source NAT to an uplink their flows left (./conntrackfollow.ts). */
+  private readonly follower: ConntrackFollower | null;
 
   constructor(opts: EngineOptions) {
     this.cfg = opts.config;
@@ -116,7 +119,19 @@ export class DgdEngine {
       deadKeys: () => this.gateways.deadKeys(),
       placeable: (e) => this.links.placeable(e),
       rewithdraw: { limit: this.cfg.rewithdraw_limit, windowMs: this.cfg.rewithdraw_window },
+      routesMoved: async (after, g) => this.follower?.follow({ after, gateway: g }),
     });
+    this.follower = ports.conntrack
+      ? new ConntrackFollower({
+          ports: ports.conntrack,
+          lookupRoute: (dst, src, key) => ports.lookupRoute(dst, src, key),
+          ifname: (i) => ports.ifname(i),
+          log,
+          clock,
+          settings: () => this.cfg.conntrack,
+          gatewayInterfaces: () => this.gateways.list().map((g) => g.ifindex),
+        })
+      : null;
     this.links.attach(this.keeper);
     const { watchFlows, resendSegment } = ports;
     this.flowResumer =
@@ -380,6 +395,7 @@ export class DgdEngine {
       ),
       ...this.keeper.withdrawnStatus(),
       route_owners: this.liaison.status(),
+      conntrack: this.follower?.status() ?? null,
       last_scan: {
         at: scan.at ? new Date(scan.at).toISOString() : null,
         duration_ms: Math.round(scan.durationMs * 10) / 10,

@@ -111,6 +111,29 @@ export type DgdEvent =
       ok: boolean;
     }
   | {
+      /**
+       * After a route change, conntrack entries whose source NAT bound them to an interface their
+       * flow no longer leaves by were deleted (./conntrackfollow.ts).
+       */
+      event: 'conntrack_followed';
+      /** The gateway whose routes changed; null: every withdrawn route went back (off, stop). */
+      gateway: string | null;
+      interface: string | null;
+      after: 'withdrawal' | 'restore';
+      /** The interfaces whose addresses' entries were examined. */
+      interfaces: string[];
+      examined: number;
+      deleted: number;
+      kept: number;
+      /** Gone before they could be deleted (expired, or deleted by someone else). */
+      gone?: number;
+      /** Cut at dgd.conntrack.max_entries: the rest keep their binding until they expire. */
+      truncated: boolean;
+      ms: number;
+      /** A few deleted flows (original tuple, and the address they were translated to). */
+      samples?: string[];
+    }
+  | {
       event: 'capture_written';
       gateway: string;
       interface: string | null;
@@ -219,6 +242,7 @@ export type DgdLogEvent =
       resent: number;
       detail: unknown[];
     }
+  | { event: 'conntrack_unavailable'; note: string }
   | { event: 'owner_ready'; owner: string; version: string }
   | { event: 'owner_unreachable'; owner: string; error: string; note: string }
   | { event: 'owner_unconfigured'; owner: string; dead_gateways: string[]; hint: string }
@@ -268,6 +292,8 @@ export function asDgdEvent(name: string, f: Record<string, unknown>): DgdEvent |
       return str(ev.gateway) && str(ev.owner) && strings(ev.routes) ? ev : null;
     case 'capture_written':
       return str(ev.gateway) ? ev : null;
+    case 'conntrack_followed':
+      return strOrNull(ev.gateway) && typeof ev.deleted === 'number' && str(ev.after) ? ev : null;
     default:
       return null;
   }

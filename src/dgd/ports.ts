@@ -3,8 +3,9 @@
 import type { VerifyRequest, VerifyResult } from './verify';
 import type { Family } from '../sys/ipaddr';
 import type { FlowKey } from '../sys/rtnl';
+import type { ConntrackEntry } from '../sys/conntrack';
 
-export type { FlowKey };
+export type { FlowKey, ConntrackEntry };
 
 /** A nexthop of a multipath route (RTA_MULTIPATH), as src/sys/rtnl/ reports it. */
 export interface KernelNexthop {
@@ -121,6 +122,24 @@ export interface ResumePorts {
   resendSegment(ifname: string, flow: ResumeFlow): Promise<ResendOutcome>;
 }
 
+/** What conntrack following needs from the system (./conntrackfollow.ts; src/dgd/systemports.ts; fakes in tests). */
+export interface ConntrackPorts {
+  /**
+   * Entries in this namespace's conntrack table, or null when conntrack is not loaded (then there
+   * is nothing to follow, and nothing is asked of the kernel).
+   */
+  conntrackCount(): number | null;
+  /** This host's addresses of global scope, by interface (the addresses source NAT can bind to). */
+  addresses(): Promise<{ ifindex: number; address: string }[]>;
+  /**
+   * Entries with source NAT whose reply goes to `address` (bound to it), filtered by the kernel
+   * where it can; at most `limit`, the rest counted in `dropped`.
+   */
+  natEntries(address: string, limit: number): Promise<{ entries: ConntrackEntry[]; dropped: number }>;
+  /** Delete that very entry (original tuple, zone, id); false when it is gone already. */
+  deleteEntry(entry: ConntrackEntry): Promise<boolean>;
+}
+
 export interface DgdPorts {
   /**
    * One cheap scan of TCP sockets that can retransmit (established, SYN-SENT, closing states);
@@ -174,6 +193,8 @@ export interface DgdPorts {
   watchFlows?: ResumePorts['watchFlows'];
   /** Send a flow's latest recorded segment again through the current routes (./resume.ts). */
   resendSegment?: ResumePorts['resendSegment'];
+  /** The conntrack table (./conntrackfollow.ts); absent: entries never follow the routes. */
+  conntrack?: ConntrackPorts;
 }
 
 /** Where withdrawn routes and the on/off switch are kept across restarts. */

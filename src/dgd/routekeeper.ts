@@ -52,6 +52,8 @@ export interface RouteKeeperOptions {
   /** Can the entry's route be put back now (its interfaces present and up)? (./linktracker.ts) */
   placeable: (entry: JournalEntry) => boolean;
   rewithdraw: { limit: number; windowMs: number };
+  /** Routes moved (g's withdrawn or restored; null: all restored): conntrack follows, in the chain. */
+  routesMoved?: (after: 'withdrawal' | 'restore', g: Gateway | null) => Promise<void>;
 }
 
 export class RouteKeeper {
@@ -271,6 +273,7 @@ export class RouteKeeper {
         routes: done,
         ...(plan.readded.length > 0 ? { readded: plan.readded.length } : {}),
       });
+      if (done.length > 0) await this.o.routesMoved?.('withdrawal', g);
     });
   }
 
@@ -408,6 +411,7 @@ export class RouteKeeper {
         reason,
         routes: restored,
       });
+      if (restored.length > 0) await this.o.routesMoved?.('restore', g);
     });
   }
 
@@ -438,6 +442,7 @@ export class RouteKeeper {
           ? { waiting_for_interface: waiting, note: 'kept in the journal until their interface is back' }
           : {}),
       });
+      if (restored.length > 0) await this.o.routesMoved?.('restore', null);
     });
   }
 

@@ -1,6 +1,7 @@
 // What `ipdeadgate status` shows about detection: the types of the projection and the pure
 // functions that build it from the engine's state.
 import { protocolName } from '../sys/rtnl';
+import type { ConntrackFollowStatus } from './conntrackfollow';
 import type { GatewayState, TriggerKind } from './events';
 import type { Gateway, GatewayPhase, Transition } from './gateway';
 import type { InterfacePresence } from './interfaces';
@@ -68,6 +69,8 @@ export interface DgdStatus {
   }[];
   /** Routing daemons configured in dgd.owners: what each has been told and what it holds. */
   route_owners: OwnerStatus[];
+  /** Conntrack following the routes (dgd.conntrack); null where the system offers no conntrack. */
+  conntrack: ConntrackFollowStatus | null;
   last_scan: {
     at: string | null;
     duration_ms: number;

@@ -12,8 +12,16 @@ import {
   TCP_FLAG_SYN,
 } from '../sys/packet';
 import { readActiveOpens, readRetransSegs } from '../sys/snmp';
+import {
+  CT_STATUS,
+  conntrackCount,
+  openConntrack,
+  type Conntrack,
+  type ConntrackEntry,
+} from '../sys/conntrack';
 import type { NexthopObject, Route, Rtnl } from '../sys/rtnl';
 import type {
+  ConntrackPorts,
   DgdPorts,
   KernelNexthopObject,
   KernelRoute,
@@ -45,9 +53,11 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
   private readonly recorders = new Map<string, SegmentRecorder>();
   private sender: SegmentSender | null = null;
   private closed = false;
+  readonly conntrack: SystemConntrack;
 
   constructor(private readonly rtnl: Rtnl) {
     super();
+    this.conntrack = new SystemConntrack(rtnl);
   }
 
   /** Learn the interfaces (and refresh them on link events): names, indexes, up or down. */
@@ -257,6 +267,7 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     this.recorders.clear();
     this.sender?.close();
     this.sender = null;
+    this.conntrack.close();
   }
 }
 
@@ -281,5 +292,46 @@ function fillFromObject(r: Route, objects: Map<number, NexthopObject>): void {
     r.gateway = nh.gateway;
     r.ifindex = nh.ifindex;
     r.ifname = nh.ifname;
+  }
+}
+
+/**
+ * The conntrack table for ../dgd/conntrackfollow.ts: one ctnetlink socket, opened at the first
+ * dump (never while conntrack is not loaded, since a ctnetlink request would load the modules).
+ */
+class SystemConntrack implements ConntrackPorts {
+  private ct: Conntrack | null = null;
+
+  constructor(private readonly rtnl: Rtnl) {}
+
+  conntrackCount(): number | null {
+    return conntrackCount();
+  }
+
+  async addresses(): Promise<{ ifindex: number; address: string }[]> {
+    return (await this.rtnl.listAddresses()).map((a) => ({ ifindex: a.ifindex, address: a.address }));
+  }
+
+  async natEntries(address: string, limit: number): Promise<{ entries: ConntrackEntry[]; dropped: number }> {
+    this.ct ??= openConntrack();
+    const srcNat = { value: CT_STATUS.SRC_NAT, mask: CT_STATUS.SRC_NAT };
+    const d = await this.ct.dump({ replyDst: address, status: srcNat, limit });
+    return { entries: d.entries, dropped: d.dropped };
+  }
+
+  async deleteEntry(e: ConntrackEntry): Promise<boolean> {
+    this.ct ??= openConntrack();
+    try {
+      await this.ct.delete({ orig: e.orig, zone: e.zone, id: e.id });
+      return true;
+    } catch (err) {
+      if ((err as { code?: string }).code === 'ENOENT') return false;
+      throw err;
+    }
+  }
+
+  close(): void {
+    this.ct?.close();
+    this.ct = null;
   }
 }
