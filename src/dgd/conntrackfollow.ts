@@ -13,19 +13,29 @@
 //
 // It runs in the route keeper's chain right after the change (./routekeeper.ts), so no route
 // changes while it decides, and never before the routes changed: an entry deleted earlier would be
-// made again on the old path. Which interfaces: after a withdrawal, the dead gateway's first (its
-// flows left), then every other interface with a managed gateway (a hash-based multipath route of
-// three or more uplinks moves some flows between the survivors too); after a restore, every
-// interface with a managed gateway but the revived one's (their flows may come back). Bounded by
-// dgd.conntrack.max_entries per change; while conntrack is not loaded nothing is asked of the
-// kernel (it is said once).
+// made again on the old path. Which interfaces: after a withdrawal, the dead gateway's (its flows
+// left) and those of the paths that shared a multipath route or group with it (the kernel hashes
+// their flows over the paths left); after a restore, every interface with a managed gateway but
+// the revived one's (their flows may come back). An uplink is known by its gateway: one whose route
+// names none (`default dev ppp0`) is not examined. Bounded by dgd.conntrack.max_entries per change
+// (about 0.1 ms an entry: a dump filtered by the kernel, a route lookup, a delete); while conntrack
+// is not loaded nothing is asked of the kernel (it is said once).
 import { errorMessage } from '../errors';
 import { formatTuple } from '../sys/conntrack';
 import type { Clock } from '../util/clock';
 import type { EventLog } from '../util/eventlog';
 import { emit } from './events';
 import { lookupCacheKey } from './flowkey';
-import type { ConntrackEntry, ConntrackPorts, DgdPorts, FlowKey, RouteChoice } from './ports';
+import type {
+  ConntrackEntry,
+  ConntrackPorts,
+  DgdPorts,
+  FlowKey,
+  GroupJournalEntry,
+  JournalEntry,
+  RouteChoice,
+} from './ports';
+import { gatewayKey, splitKey } from './routeplan';
 
 export interface ConntrackFollowSettings {
   follow: boolean;
@@ -49,6 +59,11 @@ export interface ConntrackFollowOptions {
   settings: () => ConntrackFollowSettings;
   /** The interfaces (ifindexes) that carry a managed gateway now. */
   gatewayInterfaces: () => number[];
+  /**
+   * The interfaces of the other paths of the multipath routes and nexthop groups that g (its key)
+   * was just taken out of (./routeplan.ts journals them): their flows may be hashed anew.
+   */
+  multipathPeers: (gatewayKey: string) => number[];
 }
 
 export interface ConntrackFollowStatus {
@@ -70,6 +85,8 @@ export interface ConntrackFollowStatus {
   } | null;
 }
 
+/** Entries looked up together (their requests queue on one rtnetlink socket). */
+const BATCH = 256;
 /** Deleted flows an event names. */
 const SAMPLES = 8;
 
@@ -195,13 +212,17 @@ export class ConntrackFollower {
     return { follow: this.o.settings().follow, available: this.available, ...this.totals, last: this.last };
   }
 
-  /** The interfaces whose entries may have to move, the most likely first. */
+  /**
+   * The interfaces whose flows may have moved. A withdrawal moves the flows that used g's routes
+   * (on g's interface), and those a multipath route or group without g hashes anew; a restore may
+   * bring back flows from any other uplink.
+   */
   private interfacesOf(move: RouteMove): number[] {
-    const all = [...new Set(this.o.gatewayInterfaces())];
-    const own = move.gateway?.ifindex;
-    if (own === undefined) return all;
-    if (move.after === 'restore') return all.filter((i) => i !== own);
-    return [own, ...all.filter((i) => i !== own)];
+    const g = move.gateway;
+    if (!g) return [...new Set(this.o.gatewayInterfaces())];
+    if (move.after === 'restore')
+      return [...new Set(this.o.gatewayInterfaces())].filter((i) => i !== g.ifindex);
+    return [...new Set([g.ifindex, ...this.o.multipathPeers(gatewayKey(g.address, g.ifindex))])];
   }
 
   /** Examine the entries bound to each interface's addresses; false when conntrack cannot be read. */
@@ -249,11 +270,18 @@ export class ConntrackFollower {
         }
         if (dump.dropped > 0) run.truncated = true;
         budget -= dump.entries.length;
-        for (const e of dump.entries) {
-          run.examined++;
-          if (!(await this.stranded(e, ifindex, local, lookup))) continue;
-          await this.delete(e, a.address, run);
+        // Lookups (rtnetlink) and deletions (ctnetlink) go over two sockets: a batch is looked up
+        // while the one before is being deleted.
+        const deletions: Promise<void>[] = [];
+        for (let i = 0; i < dump.entries.length; i += BATCH) {
+          const batch = dump.entries.slice(i, i + BATCH);
+          const moved = await Promise.all(batch.map((e) => this.stranded(e, ifindex, local, lookup)));
+          run.examined += batch.length;
+          batch.forEach((e, j) => {
+            if (moved[j]) deletions.push(this.delete(e, a.address, run));
+          });
         }
+        await Promise.all(deletions);
       }
     }
     return true;
@@ -296,6 +324,23 @@ export class ConntrackFollower {
     this.saidUnavailable = true;
     emit(this.o.log, { event: 'conntrack_unavailable', note });
   }
+}
+
+/**
+ * The interfaces of the paths that share a multipath route or a nexthop group with gateway `key`
+ * in the journals: where g was taken out, the kernel hashes their flows over the paths left.
+ */
+export function multipathPeers(
+  key: string,
+  entries: readonly JournalEntry[],
+  groups: readonly GroupJournalEntry[],
+): number[] {
+  const out = new Set<number>();
+  for (const e of entries)
+    if (e.removed.includes(key)) for (const nh of e.original.nexthops ?? []) out.add(nh.ifindex);
+  for (const grp of groups)
+    if (grp.removed.includes(key)) for (const k of Object.values(grp.members)) if (k) out.add(splitKey(k)[1]);
+  return [...out];
 }
 
 /** ctnetlink missing (no nfnetlink, no nf_conntrack_netlink): not an error to repeat. */

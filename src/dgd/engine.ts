@@ -28,7 +28,7 @@ import { LinkTracker } from './linktracker';
 import { OwnerLiaison } from './ownerliaison';
 import type { RouteOwners } from './owners';
 import type { DgdPorts, DgdStore, KernelRoute } from './ports';
-import { ConntrackFollower } from './conntrackfollow';
+import { ConntrackFollower, multipathPeers } from './conntrackfollow';
 import { FlowResumer } from './resume';
 import { RouteKeeper } from './routekeeper';
 import { gatewayKey, splitKey } from './routeplan';
@@ -130,6 +130,7 @@ export class DgdEngine {
           clock,
           settings: () => this.cfg.conntrack,
           gatewayInterfaces: () => this.gateways.list().map((g) => g.ifindex),
+          multipathPeers: (key) => multipathPeers(key, this.keeper.entries(), this.keeper.groupEntries()),
         })
       : null;
     this.links.attach(this.keeper);
