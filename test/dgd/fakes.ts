@@ -2,6 +2,8 @@
 // verifier whose answers are set per gateway and that takes probes x interval of fake time.
 import type { Clock } from '../../src/util/clock';
 import type {
+  ConntrackEntry,
+  ConntrackPorts,
   DgdPorts,
   FlowKey,
   KernelNexthopObject,
@@ -69,6 +71,8 @@ export class FakePorts implements DgdPorts {
   /** When the engine counted sockets (for status). */
   counts: number[] = [];
   flushed: string[] = [];
+  /** A conntrack table (FakeConntrack); absent: the engine follows nothing. */
+  conntrack?: ConntrackPorts;
 
   constructor(
     private readonly clock: Clock,
@@ -320,5 +324,78 @@ export function nexthopGroup(id: number, members: [number, number][], protocol =
     fdb: false,
     group: members.map(([m, weight]) => ({ id: m, weight })),
     groupType: 'mpath',
+  };
+}
+
+/**
+ * A conntrack table for ../../src/dgd/conntrackfollow.ts: entries, the host's addresses, and what
+ * was asked of it. natEntries filters as the kernel does (SRC_NAT set, reply to the address).
+ */
+export class FakeConntrack implements ConntrackPorts {
+  entries: ConntrackEntry[] = [];
+  /** null: conntrack is not loaded. */
+  count: number | null = 0;
+  addrs: { ifindex: number; address: string }[] = [];
+  dumps: string[] = [];
+  deleted: string[] = [];
+  /** Entries (by original source port) that vanish just before their delete: ENOENT. */
+  vanishing = new Set<number>();
+
+  constructor(private readonly onOp?: (op: string) => void) {}
+
+  conntrackCount(): number | null {
+    return this.count === null ? null : Math.max(this.count, this.entries.length);
+  }
+
+  async addresses(): Promise<{ ifindex: number; address: string }[]> {
+    return this.addrs.map((a) => ({ ...a }));
+  }
+
+  async natEntries(address: string, limit: number): Promise<{ entries: ConntrackEntry[]; dropped: number }> {
+    this.dumps.push(address);
+    const all = this.entries.filter((e) => e.flags.includes('SRC_NAT') && e.reply.dst === address);
+    return {
+      entries: all.slice(0, limit).map((e) => structuredClone(e)),
+      dropped: Math.max(0, all.length - limit),
+    };
+  }
+
+  async deleteEntry(e: ConntrackEntry): Promise<boolean> {
+    const i = this.entries.findIndex((x) => x.id === e.id);
+    if (i < 0 || this.vanishing.has(e.orig.sport ?? -1)) return false;
+    this.entries.splice(i, 1);
+    const op = `ct delete ${e.orig.src}:${e.orig.sport} -> ${e.reply.dst}`;
+    this.deleted.push(op);
+    this.onOp?.(op);
+    return true;
+  }
+}
+
+let ctId = 1;
+
+/**
+ * A UDP entry from src:sport to dst:dport, translated to `nat` (no NAT when it is the source), as
+ * ctnetlink reports it.
+ */
+export function ctEntry(
+  src: string,
+  sport: number,
+  dst: string,
+  dport: number,
+  nat = src,
+  mark = 0,
+): ConntrackEntry {
+  const natted = nat !== src;
+  return {
+    family: src.includes(':') ? 6 : 4,
+    orig: { src, dst, protocol: 17, sport, dport },
+    reply: { src: dst, dst: nat, protocol: 17, sport: dport, dport: sport },
+    status: natted ? 0x19a : 0xa,
+    flags: natted
+      ? ['SEEN_REPLY', 'CONFIRMED', 'SRC_NAT', 'SRC_NAT_DONE', 'DST_NAT_DONE']
+      : ['SEEN_REPLY', 'CONFIRMED'],
+    mark,
+    zone: 0,
+    id: ctId++,
   };
 }

@@ -182,8 +182,9 @@ describe('metrics', () => {
     events.event('state', { gateway: gw, from: 'suspect', to: 'dead' });
     events.event('routes_withdrawn', { gateway: gw, routes: ['a', 'b'] });
     events.event('routes_handed_over', { gateway: gw, owner: 'frr', routes: ['c'] });
+    events.event('conntrack_followed', { gateway: gw, after: 'withdrawal', deleted: 5, examined: 6 });
     state = 'dead';
-    assert.equal(log.events.length, 7, 'every event still reaches the log');
+    assert.equal(log.events.length, 8, 'every event still reaches the log');
     fams = parse(await m.scrape());
     assert.equal(value(fams, 'ipdeadgate_gateway_state', { gateway: gw, state: 'dead' }), 1);
     assert.equal(value(fams, 'ipdeadgate_gateway_deaths_total', { gateway: gw }), 1);
@@ -199,6 +200,8 @@ describe('metrics', () => {
     assert.equal(value(fams, 'ipdeadgate_routes_withdrawn_total', { gateway: gw }), 2);
     assert.equal(value(fams, 'ipdeadgate_routes_handed_over_total', { gateway: gw, owner: 'frr' }), 1);
     assert.equal(value(fams, 'ipdeadgate_withdrawn_routes'), 1);
+    assert.equal(value(fams, 'ipdeadgate_conntrack_deleted_total', { gateway: gw, after: 'withdrawal' }), 5);
+    assert.equal(value(fams, 'ipdeadgate_conntrack_deleted_total', { gateway: gw, after: 'restore' }), 0);
     assert.equal(
       value(fams, 'ipdeadgate_state_transitions_total', { gateway: gw, from: 'suspect', to: 'dead' }),
       1,

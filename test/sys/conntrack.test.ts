@@ -1,7 +1,8 @@
 // The conntrack facade (src/sys/conntrack.ts) against the real kernel table, inside lab namespaces
 // (test/fixtures/conntrack-op.ts runs the calls there): flows forwarded and source-NAT'd through
 // the multi-WAN lab's gw are dumped with their tuples, state and counters, one is deleted by its
-// tuple and is gone (cross-checked with conntrack(8)), errors carry errno code and syscall, dumps are
+// tuple and is gone (cross-checked with conntrack(8)), dumps filtered by the address entries are
+// translated to keep only those, errors carry errno code and syscall, dumps are
 // bounded, events arrive, and a namespace that never loaded conntrack has an empty table.
 import { strict as assert } from 'node:assert';
 import { requireRoot, type Lab } from '../lab/lab';
@@ -89,6 +90,36 @@ describe('conntrack over nfnetlink (lab)', function () {
     assert.match(cli, new RegExp(`id=${ue.id}|src=${GW.lanhost6}`));
     tcp.child.kill();
     udp.child.kill();
+  });
+
+  it('dumps only the entries translated to one address: IPv4 filtered by the kernel, IPv6 by the facade', async () => {
+    const v4 = startUdpFlow(lab, 'lanhost', GW.server4, UDP_PORT, 40_002, { durationMs: 3000 });
+    const v6 = startUdpFlow(lab, 'lanhost', GW.server6, UDP_PORT, 40_003, { durationMs: 3000 });
+    const deadline = Date.now() + 5000;
+    while ((v4.answers.length < 2 || v6.answers.length < 2) && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 50));
+    const srcNat = { value: 0x10, mask: 0x10 };
+    const results = await ctOps(
+      lab,
+      'gw',
+      [GW.gwE0_4, GW.gwE1_4, GW.gwE0_6, GW.gwE1_6].map((a) => ({
+        op: 'dump',
+        args: [{ replyDst: a, status: srcNat }],
+      })),
+    );
+    const [e0v4, e1v4, e0v6, e1v6] = results.map((r) =>
+      value<{ entries: ConntrackEntry[]; examined: number }>(r),
+    );
+    const ports = (d: { entries: ConntrackEntry[] }) => d.entries.map((e) => e.orig.sport);
+    assert.ok(ports(e0v4!).includes(40_002), JSON.stringify(e0v4));
+    assert.ok(e0v4!.entries.every((e) => e.reply.dst === GW.gwE0_4 && e.flags.includes('SRC_NAT')));
+    assert.equal(e0v4!.examined, e0v4!.entries.length, 'the kernel sent only those');
+    assert.deepEqual(e1v4!.entries, []);
+    assert.ok(ports(e0v6!).includes(40_003), JSON.stringify(e0v6));
+    assert.ok(e0v6!.entries.every((e) => e.reply.dst === GW.gwE0_6));
+    assert.deepEqual(e1v6!.entries, []);
+    v4.child.kill();
+    v6.child.kill();
   });
 
   it('deletes one entry by its tuple, and a second delete fails with ENOENT', async () => {
