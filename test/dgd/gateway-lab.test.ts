@@ -1,16 +1,15 @@
 // Gateway hosts (docs/host-integration.md, "Gateway hosts"): the gateway a flow really uses (ECMP with an
-// L4 hash, fwmark policy routing; IPv4 and IPv6), and guards of what must keep holding on a
-// gateway host (NAT by masquerade across a switch; a host without NAT loses no conntrack entry).
-// The reproductions of forwarded traffic only and of `snat to` per uplink are in
+// L4 hash, fwmark policy routing; IPv4 and IPv6). NAT per uplink across a switch is in
+// test/dgd/gateway-nat.test.ts; the reproduction of forwarded traffic only is in
 // test/dgd/gateway-forwarded.repro.ts, which the suite does not run.
 //
 // Run alone:  node_modules/.bin/mocha dist/test/dgd/gateway-lab.test.js
 // Each test is bounded (a few seconds of traffic, waits of at most 6 s per step) and reports the
 // times it measured in its assertion messages.
 import { strict as assert } from 'node:assert';
-import { requireRoot, waitFor, type Lab } from '../lab/lab';
+import { requireRoot, type Lab } from '../lab/lab';
 import { LabDaemon } from '../lab/daemon';
-import { startFlowClient, startFlowServer } from '../lab/flows';
+import { startFlowServer } from '../lab/flows';
 import {
   FWMARK,
   GW,
@@ -22,21 +21,9 @@ import {
   serverExtra6,
   sourcePortVia,
 } from '../lab/gateway-topologies';
-import {
-  FAST,
-  TCP_PORT,
-  UDP_PORT,
-  activeR1,
-  eventsSummary,
-  localStream,
-  multiWanAfterSwitch,
-  sleep,
-  withdrawnWithin,
-} from '../lab/gateway-steps';
-import { startUdpFlow, startUdpServer } from '../lab/udpflow';
-import type { ConntrackEntry } from '../../src/sys/conntrack';
+import { FAST, TCP_PORT, eventsSummary, localStream, sleep, withdrawnWithin } from '../lab/gateway-steps';
 
-describe('gateway hosts: ECMP and policy routing attribution, NAT guards (lab)', function () {
+describe('gateway hosts: ECMP and policy routing attribution (lab)', function () {
   this.timeout(60_000);
   let lab: Lab | undefined;
 
@@ -47,45 +34,6 @@ describe('gateway hosts: ECMP and policy routing attribution, NAT guards (lab)',
   afterEach(async () => {
     await lab?.close();
     lab = undefined;
-  });
-
-  describe('NAT across a switch (guards)', () => {
-    it('[guard] masquerade: a one-port UDP flow answers within 3 s of the switch and 5 s of the restore', async () => {
-      const problems = await multiWanAfterSwitch('masquerade', 40_011, (l) => (lab = l));
-      assert.deepEqual(problems, []);
-    });
-
-    it('[guard] a host without NAT loses no conntrack entry in a switch', async () => {
-      const l = (lab = await forwardLab({ routing: 'metric' }));
-      await startFlowServer(l, 'server', TCP_PORT).listening;
-      await startUdpServer(l, 'server', UDP_PORT);
-      const d = await LabDaemon.start(l, 'gw', activeR1(GW.r1_4));
-      await d.waitFor((e) => e.event === 'active_probing', 5000, 'active probing to start');
-      const tcp = startFlowClient(l, 'lanhost', GW.server4, TCP_PORT, { durationMs: 15_000 });
-      const udp = startUdpFlow(l, 'lanhost', GW.server4, UDP_PORT, 40_012, { durationMs: 15_000 });
-      await waitFor(() => tcp.echoes.length >= 5 && udp.answers.length >= 5, 5000, 'both flows');
-      const dump = async (): Promise<ConntrackEntry[]> => {
-        const r = await l.node('gw', 'dist/test/fixtures/conntrack-op.js', [
-          JSON.stringify([{ op: 'dump' }]),
-        ]);
-        const [res] = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as {
-          value: { entries: ConntrackEntry[] };
-        }[];
-        return res!.value.entries.filter((e) => e.orig.src === GW.lanhost4 && e.orig.protocol !== 1);
-      };
-      const before = await dump();
-      assert.equal(before.length, 2, JSON.stringify(before));
-      await l.killSilently('r1', 'lan0');
-      await d.waitFor((e) => e.event === 'routes_withdrawn', 5000, 'the switch');
-      await sleep(1000);
-      const after = await dump();
-      assert.deepEqual(
-        after.map((e) => e.id).sort(),
-        before.map((e) => e.id).sort(),
-        'the same entries, none deleted and re-created',
-      );
-      await d.stop();
-    });
   });
 
   describe('problem 3: the gateway a flow really uses', () => {

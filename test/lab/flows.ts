@@ -10,8 +10,9 @@ export interface FlowClient {
   child: ChildProcess;
   /** Each echo received: its sequence number and arrival time (epoch ms). */
   echoes: { seq: number; t: number }[];
-  /** Socket errors the client reported. */
+  /** Socket errors the client reported, and when (epoch ms). */
   errors: string[];
+  errorsAt: { error: string; t: number }[];
   connectedAt: number | null;
   connected: Promise<void>;
 }
@@ -60,6 +61,7 @@ export function startFlowClient(
     child,
     echoes: [],
     errors: [],
+    errorsAt: [],
     connectedAt: null,
     connected: new Promise<void>((r) => (onConnect = r)),
   };
@@ -81,7 +83,10 @@ export function startFlowClient(
         onConnect();
       }
       if (line.seq !== undefined) flow.echoes.push({ seq: line.seq, t: line.t });
-      if (line.error) flow.errors.push(line.error);
+      if (line.error) {
+        flow.errors.push(line.error);
+        flow.errorsAt.push({ error: line.error, t: line.t });
+      }
     }
   });
   return flow;
