@@ -129,8 +129,9 @@ function conntrackLine(c: DgdStatus['conntrack'] | undefined): string | null {
       `${c.last.deleted} of ${c.last.examined} deleted in ${c.last.ms} ms`
     : '';
   return (
-    `conntrack follows the routes: on, ${c.follows} route changes, ${c.deleted} entries deleted of ` +
-    `${c.examined} examined${c.truncated > 0 ? `, ${c.truncated} cut at max_entries` : ''}${last}`
+    `conntrack follows the routes: on, ${c.follows} route change${c.follows === 1 ? '' : 's'} followed, ` +
+    `${c.deleted} of ${c.examined} entries examined deleted` +
+    `${c.truncated > 0 ? `, ${c.truncated} cut at max_entries` : ''}${last}`
   );
 }
 

@@ -249,7 +249,8 @@ export class DgdEngine {
     this.links.close();
     for (const g of this.gateways.values()) this.cancelGatewayTimers(g);
     if (opts.restore) await this.keeper.restoreAll('daemon stopping');
-    else await this.keeper.settled();
+    // What follows the last change (conntrack) finishes before the ports close.
+    await this.keeper.settled();
   }
 
   isEnabled(): boolean {

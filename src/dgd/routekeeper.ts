@@ -79,6 +79,11 @@ export class RouteKeeper {
     return run;
   }
 
+  /** Conntrack follows in the chain's next step: after this change, not holding its caller up. */
+  private moved(after: 'withdrawal' | 'restore', g: Gateway | null): void {
+    if (this.o.routesMoved) void this.serially(() => this.o.routesMoved!(after, g));
+  }
+
   /** Wait for every queued change. */
   async settled(): Promise<void> {
     await this.chain.catch(() => undefined);
@@ -273,7 +278,7 @@ export class RouteKeeper {
         routes: done,
         ...(plan.readded.length > 0 ? { readded: plan.readded.length } : {}),
       });
-      if (done.length > 0) await this.o.routesMoved?.('withdrawal', g);
+      if (done.length > 0) this.moved('withdrawal', g);
     });
   }
 
@@ -411,7 +416,7 @@ export class RouteKeeper {
         reason,
         routes: restored,
       });
-      if (restored.length > 0) await this.o.routesMoved?.('restore', g);
+      if (restored.length > 0) this.moved('restore', g);
     });
   }
 
@@ -442,7 +447,7 @@ export class RouteKeeper {
           ? { waiting_for_interface: waiting, note: 'kept in the journal until their interface is back' }
           : {}),
       });
-      if (restored.length > 0) await this.o.routesMoved?.('restore', null);
+      if (restored.length > 0) this.moved('restore', null);
     });
   }
 
