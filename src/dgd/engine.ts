@@ -9,6 +9,7 @@
 //   routekeeper.ts  both journals, the kernel view, every route change, in one chain
 //   ownerliaison.ts FRR / BIRD told instead of fighting them
 //   linktracker.ts  interfaces coming and going, renumbering, interface_wait
+//   conntrackfollow.ts  after a route change, NAT'd conntrack entries stranded on an old uplink
 //
 // The engine owns on/off, the config and the managed tables, and wires events between the rooms.
 // It runs only over the ports in ./ports.ts, so every rule is unit-tested with fakes and a fake
