@@ -14,10 +14,9 @@ export async function gatewayDemo(say: (s?: string) => void, bold: (s: string) =
   const secs = (from: number, t: string | number) =>
     `${(((typeof t === 'number' ? t : Date.parse(t)) - from) / 1000).toFixed(3)} s`;
   say(bold('4. On a gateway host: the traffic it forwards for its LAN.'));
-  say(
-    `  lanhost ${GW.lanhost4} -- gw (the daemon; no socket of these flows) --+-- r1 ${GW.r1_4} (metric 10) --+-- server ${GW.server4}`,
-  );
-  say(`                                                            +-- r2 ${GW.r2_4} (metric 20) --+`);
+  const left = `  lanhost ${GW.lanhost4} -- gw (the daemon; no socket of these flows) --`;
+  say(`${left}+-- r1 ${GW.r1_4} (metric 10) --+-- server ${GW.server4}`);
+  say(`${' '.repeat(left.length)}+-- r2 ${GW.r2_4} (metric 20) --+`);
   const lab = await forwardLab({ routing: 'metric' });
   try {
     await startFlowServer(lab, 'server', PORT).listening;
@@ -62,8 +61,9 @@ export async function gatewayDemo(say: (s?: string) => void, bold: (s: string) =
         `  ${secs(t0, verdict.time)}  verdict: r1 did not answer ${String(verdict.probes_sent)} ARP requests`,
       );
     say(`  ${secs(t0, withdrawn.time)}  routes switched: withdrew ${JSON.stringify(withdrawn.routes)}`);
-    say(`  ${secs(t0, resumed.t)}  the LAN host's stream resumed through r2`);
-    if (connected) say(`  ${secs(t0, connected.started)}  the LAN host's next connection went through r2`);
+    const after: [number, string][] = [[resumed.t, "the LAN host's stream resumed through r2"]];
+    if (connected) after.push([connected.started, "the LAN host's next connection went through r2"]);
+    for (const [t, text] of after.sort((a, b) => a[0] - b[0])) say(`  ${secs(t0, t)}  ${text}`);
     const t1 = Date.now();
     await lab.revive('r1', 'lan0');
     const restored = await daemon.waitFor(
@@ -71,7 +71,7 @@ export async function gatewayDemo(say: (s?: string) => void, bold: (s: string) =
       20_000,
       'routes restored',
     );
-    say(`  r1 back: routes restored ${secs(t1, restored.time)} after it answered again`);
+    say(`  r1 back: routes restored exactly, ${secs(t1, restored.time)} after it came back`);
     await daemon.stop();
   } finally {
     await lab.close();
