@@ -11,6 +11,7 @@ import type { WireFlowEvent, WireStatus } from '../../src/dgd/ports';
 import {
   WireWatch,
   decodeSegment,
+  sampledFlow,
   wireFilter,
   type WireHandle,
   type WireRetransmission,
@@ -109,10 +110,19 @@ describe('wire watch: TCP segments leaving towards gateways', () => {
     assert.match(all, /^outbound and not ether multicast/);
     assert.match(all, /tcp\[13\] & 2/);
     assert.doesNotMatch(all, /\^/, 'no sampling clause at 1');
-    assert.match(wireFilter(8), /\(\(tcp\[0:2\] \^ tcp\[2:2\]\) & 7\) = 0/);
-    assert.match(wireFilter(8), /\(\(ip6\[40:2\] \^ ip6\[42:2\]\) & 7\) = 0/);
+    assert.match(wireFilter(8), /\(\(\(tcp\[0:2\] \^ tcp\[2:2\]\) \* 40503\) & 0xffff\) >> 13 = 0/);
+    assert.match(wireFilter(8), /\(\(\(ip6\[40:2\] \^ ip6\[42:2\]\) \* 40503\) & 0xffff\) >> 13 = 0/);
     assert.throws(() => wireFilter(3), RangeError);
     assert.throws(() => wireFilter(2048), RangeError);
+  });
+
+  it("samples without bias: a server's flows from Linux clients (even source ports, one server port) split by the share asked", () => {
+    const ports = Array.from({ length: 4000 }, (_, i) => 32768 + 2 * i);
+    for (const sampling of [2, 8, 64]) {
+      const kept = ports.filter((p) => sampledFlow(p, 443, sampling)).length / ports.length;
+      assert.ok(Math.abs(kept - 1 / sampling) < 0.5 / sampling, `1 in ${sampling}: kept ${kept}`);
+    }
+    assert.ok(ports.every((p) => sampledFlow(p, 443, 1)));
   });
 
   it('decodes a frame cut at the snap length: the payload length comes from the IP header', () => {
@@ -164,8 +174,8 @@ describe('wire watch: TCP segments leaving towards gateways', () => {
     // 101 frames in one second: sampling doubles each time the budget is passed.
     assert.equal(t.w.status()[0]!.sampling, 8);
     assert.deepEqual(
-      h.filters.map((f) => /& (\d+)\) = 0/.exec(f)?.[1] ?? 'all'),
-      ['all', '1', '3', '7'],
+      h.filters.map((f) => />> (\d+) = 0/.exec(f)?.[1] ?? 'all'),
+      ['all', '15', '14', '13'],
     );
     // Quiet: one step wider per 30 s, down to every flow again.
     for (let s = 0; s < 120; s++) {

@@ -65,6 +65,7 @@ export * from './tcp';
 export {
   WireWatch,
   wireFilter,
+  sampledFlow,
   decodeSegment,
   type WireRetransmission,
   type WireInterfaceStatus,

@@ -8,8 +8,8 @@
 // Cost, bounded by the kernel's filter: only outbound unicast TCP segments that carry a SYN or
 // data pass it (pure ACKs, the bulk of a download's frames, stay in the kernel), cut at 160 bytes.
 // Past `budget` frames a second on an interface the filter samples flows instead: it keeps only
-// flows whose port pair hashes to 0 modulo a power of two (the same flows every time, each one
-// whole, so their retransmissions are all seen) and halves the share until the rate is under the
+// flows whose port pair hashes into the lowest 1/2^k of the hash space (the same flows every time,
+// each one whole, so their retransmissions are all seen) and halves the share until the rate is under the
 // budget; it widens again after the rate has stayed low for a while. A gateway's death shows in
 // every flow through it, so a sample of a busy uplink's flows sees it as surely as all of them.
 import { EventEmitter } from 'node:events';
@@ -79,21 +79,32 @@ const KERNEL_BUFFER = 1 << 20;
 
 /**
  * The kernel filter: outbound unicast TCP carrying SYN or data, IPv4 and IPv6 (without extension
- * headers, as the kernel's own TCP sends), of the sampled flows. The port pair is XORed so both
- * directions of a flow hash alike.
+ * headers, as the kernel's own TCP sends), of the sampled flows. A flow is sampled by the top bits
+ * of a multiplicative hash of its port pair (XORed, so both directions hash alike): the low bits
+ * alone would be biased, since Linux gives connect() even ports and a service keeps one port, so
+ * "the lowest bit is 0" would keep all of a server's flows or none.
  */
 export function wireFilter(sampling: number): string {
   if (!Number.isInteger(Math.log2(sampling)) || sampling < 1 || sampling > MAX_SAMPLING)
     throw new RangeError(`sampling must be a power of two from 1 to ${MAX_SAMPLING}`);
-  const mask = sampling - 1;
-  const sample4 = mask ? ` and ((tcp[0:2] ^ tcp[2:2]) & ${mask}) = 0` : '';
-  const sample6 = mask ? ` and ((ip6[40:2] ^ ip6[42:2]) & ${mask}) = 0` : '';
+  const shift = 16 - Math.log2(sampling);
+  const sample = (ports: string) =>
+    sampling > 1 ? ` and (((${ports}) * 40503) & 0xffff) >> ${shift} = 0` : '';
+  const sample4 = sample('tcp[0:2] ^ tcp[2:2]');
+  const sample6 = sample('ip6[40:2] ^ ip6[42:2]');
   return (
     'outbound and not ether multicast and (' +
     `(ip and tcp${sample4} and ((tcp[13] & 2) != 0 or (ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2)) > 0))` +
     ` or (ip6 and ip6[6] = 6${sample6} and ((ip6[53] & 2) != 0 or (ip6[4:2] - ((ip6[52] & 0xf0) >> 2)) > 0))` +
     ')'
   );
+}
+
+/** The same choice as wireFilter's, in TypeScript (tests, and to say which flows a sample keeps). */
+export function sampledFlow(srcPort: number, dstPort: number, sampling: number): boolean {
+  if (sampling <= 1) return true;
+  const shift = 16 - Math.log2(sampling);
+  return (Math.imul(srcPort ^ dstPort, 40503) & 0xffff) >>> shift === 0;
 }
 
 interface Watched {
