@@ -146,6 +146,36 @@ class PcapRegistry {
     return env_.Undefined();
   }
 
+  /** Replace the kernel filter of an open handle; packets queued under the old one stay queued. */
+  Napi::Value SetFilter(uint32_t id, const std::string& filter) {
+    auto it = handles_.find(id);
+    if (it == handles_.end() || it->second.pcap == nullptr) {
+      Napi::Error e = MakeSystemError(env_, EBADF, "pcap_setfilter", "filtering on a closed libpcap handle");
+      e.ThrowAsJavaScriptException();
+      return env_.Undefined();
+    }
+    Handle& h = it->second;
+    struct bpf_program prog;
+    if (pcap_compile(h.pcap, &prog, filter.c_str(), 1, PCAP_NETMASK_UNKNOWN) != 0)
+      return Throw(EINVAL, "pcap_compile", h.ifname, pcap_geterr(h.pcap));
+    const int rc = pcap_setfilter(h.pcap, &prog);
+    pcap_freecode(&prog);
+    if (rc != 0) return Throw(EINVAL, "pcap_setfilter", h.ifname, pcap_geterr(h.pcap));
+    return env_.Undefined();
+  }
+
+  /** The kernel's counts since the handle opened (libpcap keeps running totals): passed the filter, dropped. */
+  Napi::Value Stats(uint32_t id) {
+    auto it = handles_.find(id);
+    if (it == handles_.end() || it->second.pcap == nullptr) return env_.Null();
+    struct pcap_stat st = {};
+    if (pcap_stats(it->second.pcap, &st) != 0) return env_.Null();
+    Napi::Object out = Napi::Object::New(env_);
+    out.Set("received", Napi::Number::New(env_, st.ps_recv));
+    out.Set("dropped", Napi::Number::New(env_, st.ps_drop));
+    return out;
+  }
+
   /** Idempotent; safe from inside the handle's own callback. */
   void Close(uint32_t id) {
     auto it = handles_.find(id);
@@ -305,6 +335,21 @@ Napi::Value PcapClose(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// pcapSetFilter(id, filter)
+Napi::Value PcapSetFilter(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsString())
+    return ThrowTypeError(env, "pcapSetFilter(id, filter): bad arguments");
+  return Registry(env).SetFilter(info[0].As<Napi::Number>().Uint32Value(), info[1].As<Napi::String>().Utf8Value());
+}
+
+// pcapStats(id): { received, dropped } or null for a closed handle
+Napi::Value PcapStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(env, "pcapStats(id): bad arguments");
+  return Registry(env).Stats(info[0].As<Napi::Number>().Uint32Value());
+}
+
 // pcapCount(): open handles in this environment (tests, leak checks)
 Napi::Value PcapCount(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(Registry(info.Env()).Count()));
@@ -317,6 +362,8 @@ void RegisterPcap(Napi::Env env, Napi::Object exports) {
   exports.Set("pcapSend", Napi::Function::New(env, PcapSend, "pcapSend"));
   exports.Set("pcapClose", Napi::Function::New(env, PcapClose, "pcapClose"));
   exports.Set("pcapCount", Napi::Function::New(env, PcapCount, "pcapCount"));
+  exports.Set("pcapSetFilter", Napi::Function::New(env, PcapSetFilter, "pcapSetFilter"));
+  exports.Set("pcapStats", Napi::Function::New(env, PcapStats, "pcapStats"));
   exports.Set("pcapLinkTypeEthernet", Napi::Number::New(env, DLT_EN10MB));
 }
 

@@ -2,11 +2,13 @@
 // firewall) and a server; the daemon runs in the client while TCP streams; the first router dies
 // silently; the timeline shows the trigger, the ARP verdict, the route switch and the flow resuming;
 // the router comes back and the routes are restored; then the server dies while the gateway lives,
-// and nothing moves. Everything is torn down at the end (also on failure and Ctrl-C).
+// and nothing moves; then the same on a gateway host, for the traffic it forwards for its LAN
+// (./demo-gateway.ts). Everything is torn down at the end (also on failure and Ctrl-C).
 import { Lab, waitFor } from '../../test/lab/lab';
 import { startFlowClient, startFlowServer } from '../../test/lab/flows';
 import { LabDaemon, type DaemonEvent } from '../../test/lab/daemon';
 import { DGD, dgdLabSpec } from '../../test/lab/topologies';
+import { gatewayDemo } from './demo-gateway';
 
 const PORT = 7000;
 const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
@@ -161,6 +163,9 @@ async function main(): Promise<void> {
     await lab.close();
     say('Lab torn down.');
   }
+  say();
+  await gatewayDemo(say, bold);
+  say('Lab torn down.');
 }
 
 main().catch((err: unknown) => {

@@ -38,6 +38,16 @@ export function formatStatus(s: Status): string {
     lines.push(
       `last scan: ${s.last_scan.sockets} TCP sockets, ${s.last_scan.retransmitting} retransmitting, ${s.last_scan.duration_ms} ms`,
     );
+  if (s.forwarded) {
+    const f = s.forwarded;
+    const per = f.interfaces.map(
+      (i) =>
+        `${i.interface}${i.sampling > 1 ? ` (1 flow in ${i.sampling})` : ''}: ${i.frames} segments, ${i.retransmissions} sent again`,
+    );
+    lines.push(
+      `forwarded traffic: ${f.method === 'capture' ? `capture on ${per.join(', ') || 'no interface yet'}` : 'not watched'}`,
+    );
+  }
   const ct = conntrackLine(s.conntrack);
   if (ct) lines.push(ct);
   if (s.gateways.length === 0) lines.push('no gateways in the managed tables');

@@ -14,6 +14,7 @@ import { ownerAdapters } from '../dgd/owner-system';
 import { openRtnl, type Rtnl } from '../sys/rtnl';
 import { missingCapabilities, readBootId, type CapabilityName } from '../sys/host';
 import type { NeighbourSighting } from '../sys/packet';
+import type { WireFlowEvent } from '../dgd/ports';
 import { peerUidOf } from '../sys/peercred';
 import { openServiceNotifier } from '../sys/sdnotify';
 import { systemClock } from '../util/clock';
@@ -156,6 +157,14 @@ export class Daemon {
     ports.on('link_opened', (ifname: string) =>
       events.event('capture_opened', { interface: ifname, purpose: 'ARP/NDP' }),
     );
+    ports.on('wire_retransmission', (ev: WireFlowEvent) => engine.onWireRetransmission(ev));
+    ports.on('wire_closed', (ifname: string, err: Error) =>
+      events.event(
+        'capture_closed',
+        { interface: ifname, purpose: 'TCP segments', error: err.message },
+        'warn',
+      ),
+    );
     // Link events: the interface list is re-read, detection follows names to new ifindexes, and
     // ARP/NDP handles are reopened on interfaces that came back. One refresh at a time; events
     // that arrive meanwhile fold into one more.
@@ -193,7 +202,9 @@ export class Daemon {
       const node = this.tunnel;
       this.ops.setTunnelSource(() => node.status());
     }
-    // Listen for ARP/NDP on every gateway interface, so a dead gateway announcing itself is seen.
+    // Listen for ARP/NDP on every gateway interface, so a dead gateway announcing itself is seen,
+    // and watch the TCP segments leaving on them (the trigger for forwarded traffic).
+    const currentConfig = () => this.config!;
     function openLinks(): void {
       const up = new Set(
         ports
@@ -201,7 +212,11 @@ export class Daemon {
           .filter((l) => l.up)
           .map((l) => l.ifname),
       );
-      for (const g of engine.status().gateways) {
+      const status = engine.status();
+      const forwarded = currentConfig().dgd.forwarded;
+      const uplinks = [...new Set(status.gateways.map((g) => g.interface))].filter((n) => up.has(n));
+      ports.watchWire(forwarded.enabled && status.enabled ? uplinks : [], forwarded.frame_budget);
+      for (const g of status.gateways) {
         // A handle cannot open on an interface that is down or gone; it opens when it is back.
         if (!up.has(g.interface)) continue;
         void ports

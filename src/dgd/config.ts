@@ -43,6 +43,15 @@ const conntrackSchema = z
   })
   .strict();
 
+/** The trigger for forwarded traffic: TCP segments leaving towards gateway MACs (src/sys/packet/wirewatch.ts). */
+const forwarded = z
+  .object({
+    enabled: z.boolean().default(true),
+    /** Frames a second per interface read at most before flows are sampled. */
+    frame_budget: intIn(100, 1_000_000).default(2000),
+  })
+  .strict();
+
 export const dgdSchema = z
   .object({
     enabled: z.boolean().default(true),
@@ -69,6 +78,7 @@ export const dgdSchema = z
     interface_wait: duration(1000, 86_400_000).default('10m'),
     owners: ownersSchema.default({}),
     conntrack: conntrackSchema.default({}),
+    forwarded: forwarded.default({}),
   })
   .strict();
 

@@ -28,7 +28,7 @@ import type { InterfaceInfo } from './interfaces';
 import { LinkTracker } from './linktracker';
 import { OwnerLiaison } from './ownerliaison';
 import type { RouteOwners } from './owners';
-import type { DgdPorts, DgdStore, KernelRoute } from './ports';
+import type { DgdPorts, DgdStore, KernelRoute, WireFlowEvent } from './ports';
 import { ConntrackFollower, multipathPeers } from './conntrackfollow';
 import { FlowResumer } from './resume';
 import { RouteKeeper } from './routekeeper';
@@ -63,6 +63,7 @@ export class DgdEngine {
   private started = false;
   private refreshTimer: Timer | null = null;
   private readonly store: DgdStore;
+  private readonly ports: DgdPorts;
   private readonly log: EventLog;
   private readonly clock: Clock;
   private readonly gateways: GatewayTable;
@@ -81,6 +82,7 @@ export class DgdEngine {
     this.cfg = opts.config;
     this.tables = opts.tables;
     this.store = opts.store;
+    this.ports = opts.ports;
     this.log = opts.log;
     this.clock = opts.clock;
     const { ports, log, clock } = opts;
@@ -298,6 +300,11 @@ export class DgdEngine {
     this.triggers.onSighting(address, ifindex, mac);
   }
 
+  /** A TCP segment left again towards a gateway's MAC (forwarded traffic, or local). */
+  onWireRetransmission(ev: WireFlowEvent): void {
+    if (this.cfg.forwarded.enabled) this.triggers.onWire(ev);
+  }
+
   /** Debounced refresh after rtnetlink route events. */
   onRoutesChanged(): void {
     this.triggers.forgetLookups();
@@ -406,7 +413,14 @@ export class DgdEngine {
         retransmitting: scan.retransmitting,
         dumps: scan.dumps,
       },
+      forwarded: this.forwardedStatus(),
     };
+  }
+
+  private forwardedStatus(): DgdStatus['forwarded'] {
+    const interfaces = this.ports.wireStatus?.() ?? [];
+    const on = this.cfg.forwarded.enabled && this.enabled && interfaces.length > 0;
+    return { method: on ? 'capture' : 'off', interfaces: on ? interfaces : [] };
   }
 
   /** Withdrawn routes (originals) for `ipdeadgate routes`. */

@@ -12,6 +12,8 @@ export interface SocketSample {
   dst: string;
   state: string;
   retransmits: number;
+  /** Seen on the wire leaving towards the gateway (a forwarded flow, or a local one), not by the socket scan. */
+  wire?: true;
 }
 
 /**

@@ -34,17 +34,33 @@ export function failingSocket(o: Observation, synStallMs: number): boolean {
   return s.timerRetransmits >= 2;
 }
 
-/** Count a failing socket against g, within the aggregate window; returns how many distinct ones g has. */
+/**
+ * The aggregate's key for one flow: its addresses and ports, so a local flow seen both by the
+ * socket scan and on the wire counts once.
+ */
+export function flowEvidenceKey(src: string, srcPort: number, dst: string, dstPort: number): string {
+  return `${src}|${srcPort}|${dst}|${dstPort}`;
+}
+
+/** Count a failing flow against g, within the aggregate window; returns how many distinct ones g has. */
 export function addEvidence(
   g: Gateway,
   key: string,
-  s: ScannedSocket,
+  sample: SocketSample,
   now: number,
   windowMs: number,
 ): number {
   for (const [k, e] of g.aggregate) if (now - e.at > windowMs) g.aggregate.delete(k);
-  if (!g.aggregate.has(key)) g.aggregate.set(key, { at: now, socket: socketSample(s) });
+  if (!g.aggregate.has(key)) g.aggregate.set(key, { at: now, socket: sample });
   return g.aggregate.size;
+}
+
+/**
+ * Evidence for the aggregate from a flow seen on the wire: a SYN sent again (no answer for a
+ * second), or a data segment sent again twice (as failingSocket asks of a socket).
+ */
+export function failingWireFlow(syn: boolean, count: number): boolean {
+  return syn ? count >= 1 : count >= 2;
 }
 
 /**

@@ -91,6 +91,35 @@ export interface RouteChoice {
   ifname: string;
 }
 
+/**
+ * A TCP segment seen leaving again towards a next hop (src/sys/packet/wirewatch.ts): the trigger
+ * for traffic the host forwards, which has no local socket to scan.
+ */
+export interface WireFlowEvent {
+  ifindex: number;
+  family: Family;
+  src: string;
+  srcPort: number;
+  dst: string;
+  dstPort: number;
+  syn: boolean;
+  /** How many times this segment has now been sent again to this next hop. */
+  count: number;
+  /** The addresses the kernel's neighbour table maps the frame's destination MAC to on ifindex. */
+  nextHops: string[];
+}
+
+/** What the wire watch reports per interface (`status`). */
+export interface WireStatus {
+  interface: string;
+  /** 1: every flow watched; N: one flow in N (sampled by port hash to stay within the frame budget). */
+  sampling: number;
+  frames: number;
+  retransmissions: number;
+  kernel_dropped: number;
+  flows: number;
+}
+
 /** The outcome of one verification (src/dgd/verify.ts), without the names the engine already has. */
 export type Verification = Omit<VerifyResult, 'gateway' | 'interface'>;
 
@@ -195,6 +224,8 @@ export interface DgdPorts {
   resendSegment?: ResumePorts['resendSegment'];
   /** The conntrack table (./conntrackfollow.ts); absent: entries never follow the routes. */
   conntrack?: ConntrackPorts;
+  /** The wire watch per interface (the forwarded-traffic trigger); absent or empty: not watching. */
+  wireStatus?(): WireStatus[];
 }
 
 /** Where withdrawn routes and the on/off switch are kept across restarts. */

@@ -6,7 +6,7 @@ import type { GatewayState, TriggerKind } from './events';
 import type { Gateway, GatewayPhase, Transition } from './gateway';
 import type { InterfacePresence } from './interfaces';
 import type { OwnerStatus } from './owners';
-import type { JournalEntry, KernelRoute } from './ports';
+import type { JournalEntry, KernelRoute, WireStatus } from './ports';
 import { gatewaysOf, routeIdentity } from './routeplan';
 
 export interface GatewayRouteStatus {
@@ -78,6 +78,11 @@ export interface DgdStatus {
     retransmitting: number;
     dumps: number;
   };
+  /**
+   * The trigger for traffic the host forwards: `capture` (TCP segments leaving towards gateway
+   * MACs, per interface) or `off` (dgd.forwarded.enabled false, or detection off).
+   */
+  forwarded: { method: 'capture' | 'off'; interfaces: WireStatus[] };
 }
 
 export type GatewayStatus = DgdStatus['gateways'][number];

@@ -10,6 +10,8 @@ import {
   SegmentRecorder,
   SegmentSender,
   TCP_FLAG_SYN,
+  WireWatch,
+  type WireRetransmission,
 } from '../sys/packet';
 import { readActiveOpens, readRetransSegs } from '../sys/snmp';
 import {
@@ -29,6 +31,8 @@ import type {
   ScannedSocket,
   Verification,
   VerifyArgs,
+  WireFlowEvent,
+  WireStatus,
 } from './ports';
 import type { FlowKey, ResendOutcome, ResumeFlow } from './ports';
 import { verifyGateway } from './verify';
@@ -52,6 +56,10 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
   private links: InterfaceInfo[] = [];
   private readonly recorders = new Map<string, SegmentRecorder>();
   private sender: SegmentSender | null = null;
+  private wire: WireWatch | null = null;
+  private wireBudget = 0;
+  /** Per interface: the kernel's neighbour table as MAC -> addresses, and when it was read. */
+  private readonly macTables = new Map<number, { at: number; byMac: Map<string, string[]> }>();
   private closed = false;
   readonly conntrack: SystemConntrack;
 
@@ -192,6 +200,81 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
   }
 
   /**
+   * Watch TCP segments leaving on these interfaces (the trigger for forwarded traffic), within
+   * `budget` frames a second each; emits 'wire_retransmission' (WireFlowEvent) with the frame's
+   * MAC turned into addresses by the kernel's neighbour table, 'wire_closed' (ifname, Error) when
+   * an interface went down (the next call opens it again), and 'error'.
+   */
+  watchWire(ifnames: string[], budget: number): void {
+    if (this.closed) return;
+    if (this.wire && budget !== this.wireBudget) {
+      this.wire.close();
+      this.wire = null;
+    }
+    if (!this.wire) {
+      if (ifnames.length === 0) return;
+      this.wireBudget = budget;
+      const wire = new WireWatch({ budget });
+      wire.on('retransmission', (r: WireRetransmission) => void this.attribute(r));
+      wire.on('error', (_ifname: string, err: Error) => this.emit('error', err));
+      wire.on('closed', (ifname: string, err: Error) => this.emit('wire_closed', ifname, err));
+      this.wire = wire;
+    }
+    this.wire.setInterfaces(ifnames);
+  }
+
+  wireStatus(): WireStatus[] {
+    return this.wire?.status() ?? [];
+  }
+
+  private async attribute(r: WireRetransmission): Promise<void> {
+    const ifindex = this.ifindexOf(r.ifname);
+    if (ifindex === undefined) return;
+    let nextHops: string[];
+    try {
+      nextHops = await this.addressesOfMac(ifindex, r.mac);
+    } catch (err) {
+      this.emit('error', err as Error);
+      return;
+    }
+    if (nextHops.length === 0 || this.closed) return;
+    const ev: WireFlowEvent = {
+      ifindex,
+      family: r.family,
+      src: r.src,
+      srcPort: r.srcPort,
+      dst: r.dst,
+      dstPort: r.dstPort,
+      syn: r.syn,
+      count: r.count,
+      nextHops,
+    };
+    this.emit('wire_retransmission', ev);
+  }
+
+  /**
+   * The addresses whose neighbour entries on ifindex carry this MAC: the kernel's own mapping, so
+   * a frame's MAC names the next hop the kernel chose. Read at most once a second per interface
+   * (again sooner for a MAC not in the last read).
+   */
+  private async addressesOfMac(ifindex: number, mac: string): Promise<string[]> {
+    const now = performance.now();
+    let t = this.macTables.get(ifindex);
+    if (!t || now - t.at > 1000 || (!t.byMac.has(mac) && now - t.at > 100)) {
+      const byMac = new Map<string, string[]>();
+      for (const n of await this.rtnl.listNeighbours({ ifindex })) {
+        if (!n.lladdr || n.state === 'FAILED' || n.state === 'INCOMPLETE') continue;
+        const list = byMac.get(n.lladdr) ?? [];
+        list.push(n.address);
+        byMac.set(n.lladdr, list);
+      }
+      t = { at: now, byMac };
+      this.macTables.set(ifindex, t);
+    }
+    return t.byMac.get(mac) ?? [];
+  }
+
+  /**
    * The pcap handle of an interface, opened once and kept (it also reports sightings). When its
    * interface goes down or away the handle closes itself ('link_closed'); the next call opens a
    * new one ('link_opened'), so a capture is back as soon as the interface is.
@@ -267,6 +350,8 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     this.recorders.clear();
     this.sender?.close();
     this.sender = null;
+    this.wire?.close();
+    this.wire = null;
     this.conntrack.close();
   }
 }

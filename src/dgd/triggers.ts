@@ -1,7 +1,9 @@
 // Trigger intake: what makes a gateway suspect. (a) TCP sockets retransmitting through it, seen by
 // the socket scan (./scan.ts decides when to dump): a socket crossing retransmit_threshold, or
 // many failing sockets within aggregate_window (the aggregate); one retransmission before the
-// threshold starts a speculative verification. (b) The kernel's neighbour entry turning FAILED.
+// threshold starts a speculative verification. (a') The same rules for flows seen on the wire
+// leaving again towards its MAC (src/sys/packet/wirewatch.ts): the traffic a gateway host forwards,
+// which has no socket. (b) The kernel's neighbour entry turning FAILED.
 // And sightings: any ARP/NDP packet from a dead gateway polls it at once. Each gateway is found
 // by the kernel's own route lookup for the socket. This room only reports; the verdict room
 // (./verdicts.ts) verifies and decides.
@@ -12,8 +14,17 @@ import type { DgdConfig } from './config';
 import { emit, type SocketSample, type TriggerKind } from './events';
 import { isDead, type Gateway } from './gateway';
 import type { GatewayTable } from './gateways';
-import { addEvidence, failingSocket, inIncident, joinIncident, socketSample } from './incident';
-import type { DgdPorts, RouteChoice, ScannedSocket } from './ports';
+import {
+  addEvidence,
+  failingSocket,
+  failingWireFlow,
+  flowEvidenceKey,
+  inIncident,
+  joinIncident,
+  socketSample,
+} from './incident';
+import type { DgdPorts, RouteChoice, ScannedSocket, WireFlowEvent } from './ports';
+import { formatEndpoint } from '../sys/ipaddr';
 import { lookupCacheKey, socketFlowKey } from './flowkey';
 import { gatewayKey } from './routeplan';
 import { SocketScanner, type Observation } from './scan';
@@ -127,14 +138,14 @@ export class Triggers {
     // Sockets that crossed the threshold in this dump, per gateway: one trigger for all of them.
     const crossed = new Map<Gateway, SocketSample[]>();
     for (const o of observations) {
-      if (cfg.aggregate_sockets > 0 && failingSocket(o, cfg.syn_stall))
-        await this.countEvidence(o.socket, o.key);
+      if (cfg.aggregate_sockets > 0 && failingSocket(o, cfg.syn_stall)) await this.countEvidence(o.socket);
       if (o.now > 0 && o.now > o.before) await this.onRetransmission(o.socket, o.before, o.now, crossed);
     }
     const triggers: Promise<void>[] = [];
     for (const [g, samples] of crossed) triggers.push(this.incidentTrigger(g, 'retransmit', samples));
     for (const g of this.o.gateways.values()) {
-      if (g.state !== 'active' || g.aggregate.size < cfg.aggregate_sockets) continue;
+      if (cfg.aggregate_sockets === 0 || g.state !== 'active' || g.aggregate.size < cfg.aggregate_sockets)
+        continue;
       const samples = [...g.aggregate.values()].map((e) => e.socket);
       g.aggregate.clear();
       triggers.push(this.incidentTrigger(g, 'aggregate', samples));
@@ -143,7 +154,7 @@ export class Triggers {
   }
 
   /** Count a failing socket against its gateway (./incident.ts keeps the window). */
-  private async countEvidence(s: ScannedSocket, key: string): Promise<void> {
+  private async countEvidence(s: ScannedSocket): Promise<void> {
     let choice;
     try {
       choice = await this.routeFor(s);
@@ -153,7 +164,8 @@ export class Triggers {
     if (!choice.gateway) return;
     const g = this.o.gateways.get(gatewayKey(choice.gateway, choice.ifindex));
     if (!g || g.state !== 'active') return;
-    addEvidence(g, key, s, this.o.clock.now(), this.o.config().aggregate_window);
+    const key = flowEvidenceKey(s.src, s.srcPort, s.dst, s.dstPort);
+    addEvidence(g, key, socketSample(s), this.o.clock.now(), this.o.config().aggregate_window);
   }
 
   /**
@@ -231,6 +243,60 @@ export class Triggers {
     if (now - (this.deadRecheckAt.get(g.key) ?? -Infinity) < this.o.config().scan_interval) return;
     this.deadRecheckAt.set(g.key, now);
     await this.o.sink.deadGatewayUsed(g);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // (a') segments sent again on the wire
+
+  /**
+   * A segment left again towards a next hop: the frame's MAC names the gateway the kernel really
+   * used (every managed gateway that MAC belongs to on that interface), so no lookup is needed.
+   * The socket's rules, the threshold and the aggregate, but no speculative verification: a
+   * verification purges the neighbour entry, and from then on the kernel holds the flow's frames
+   * until the gateway answers, so the wire could never show the threshold that a speculative
+   * verdict waits for. The verification starts when the evidence is complete, and decides.
+   */
+  onWire(ev: WireFlowEvent): void {
+    if (!this.o.running()) return;
+    const cfg = this.o.config();
+    for (const address of ev.nextHops) {
+      const g = this.o.gateways.find(address, ev.ifindex);
+      if (!g || g.family !== ev.family || g.link !== 'up') continue;
+      if (isDead(g)) {
+        void this.recheckDeadGateway(g);
+        continue;
+      }
+      const sample = {
+        src: formatEndpoint(ev.src, ev.srcPort),
+        dst: formatEndpoint(ev.dst, ev.dstPort),
+        state: ev.syn ? 'SYN-SENT' : 'ESTABLISHED',
+        retransmits: ev.count,
+        wire: true as const,
+      };
+      const now = this.o.clock.now();
+      const threshold = cfg.retransmit_threshold;
+      if (cfg.aggregate_sockets > 0 && failingWireFlow(ev.syn, ev.count) && g.state === 'active') {
+        const key = flowEvidenceKey(ev.src, ev.srcPort, ev.dst, ev.dstPort);
+        if (addEvidence(g, key, sample, now, cfg.aggregate_window) >= cfg.aggregate_sockets) {
+          const samples = [...g.aggregate.values()].map((e) => e.socket);
+          g.aggregate.clear();
+          this.fire(this.incidentTrigger(g, 'aggregate', samples));
+          continue;
+        }
+      }
+      if (ev.count === threshold) this.fire(this.incidentTrigger(g, 'retransmit', [sample]));
+      else if (ev.count > threshold) {
+        const last = g.lastVerification?.at ?? -Infinity;
+        if (now - last >= RETRIGGER_MS && !g.inflight)
+          this.fire(this.incidentTrigger(g, 'retransmit', [sample]));
+      }
+    }
+  }
+
+  private fire(p: Promise<void>): void {
+    p.catch((err: unknown) =>
+      emit(this.o.log, { event: 'error', during: 'wire trigger', error: errorMessage(err) }, 'error'),
+    );
   }
 
   /** The route this socket's packets take, by its whole lookup key (./flowkey.ts). */

@@ -95,6 +95,8 @@ export interface NativeAddon {
   pcapSend(id: number, frame: Buffer): void;
   pcapClose(id: number): void;
   pcapCount(): number;
+  pcapSetFilter(id: number, filter: string): void;
+  pcapStats(id: number): { received: number; dropped: number } | null;
   readonly pcapLinkTypeEthernet: number;
   // sd_notify datagram (native/sdnotify.cc); throws NativeSystemError
   sdNotify(socketPath: string, message: string): void;

@@ -563,3 +563,14 @@ describe('route planning', () => {
     assert.equal((r as unknown as { flags: number }).flags & 4, 4);
   });
 });
+
+describe('DGD engine: aggregate_sockets 0 turns the aggregate off', () => {
+  it('one socket with one retransmission triggers nothing (no empty aggregate per dump)', async () => {
+    const s = await setup(twoDefaults(), 'dgd:\n  aggregate_sockets: 0\n');
+    await retransmit(s, SERVER, 1);
+    await s.clock.advance(1000);
+    assert.deepEqual(s.log.named('trigger'), []);
+    assert.equal(s.ports.verifications.length, 0);
+    await s.engine.stop({ restore: true });
+  });
+});

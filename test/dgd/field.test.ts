@@ -88,6 +88,9 @@ function fdTargets(d: LabDaemon): string {
     .join(' ');
 }
 
+/** libpcap handles the daemon keeps on a gateway interface: ARP/NDP, and the watch on TCP segments. */
+const HANDLES = 2;
+
 /** AF_PACKET sockets bound to an ifindex (the "Iface" column of /proc/net/packet). */
 function packetSocketsOn(d: LabDaemon, ifindex: number): number {
   const rows = fs.readFileSync(`/proc/${d.child.pid}/net/packet`, 'utf8').trim().split('\n').slice(1);
@@ -273,7 +276,11 @@ describe('detection in the field: interfaces, reboots, capabilities (lab)', func
     // (A status request or a journal write may hold a descriptor for a moment: wait for the count
     // to settle; a leaked one never would.)
     await fdsBackTo(d, fds, 'no descriptor leaked');
-    assert.equal(packetSocketsOn(d, await ifindexOf(lab, 'client', 'lan0')), 1, 'one libpcap handle on lan0');
+    assert.equal(
+      packetSocketsOn(d, await ifindexOf(lab, 'client', 'lan0')),
+      HANDLES,
+      'the libpcap handles on lan0, once each',
+    );
     assert.equal(await d.stop(), 0);
   });
 
@@ -291,7 +298,7 @@ describe('detection in the field: interfaces, reboots, capabilities (lab)', func
     const oldIndex = await ifindexOf(lab, 'client', 'lan0');
     // Only the client's side is re-created in the field (a VLAN, a bond): the router keeps its MAC.
     const r1Mac = (await lab.execOk('r1', ['cat', '/sys/class/net/lan0/address'])).trim();
-    assert.equal(packetSocketsOn(d, oldIndex), 1);
+    assert.equal(packetSocketsOn(d, oldIndex), HANDLES);
 
     t = performance.now();
     await lab.ip('client', ['link', 'del', 'lan0']);
@@ -305,7 +312,7 @@ describe('detection in the field: interfaces, reboots, capabilities (lab)', func
     assert.equal(gone?.link, 'absent');
     assert.equal(gone?.state, 'dead');
     assert.ok(gone?.routes.some((r) => r.state === 'withdrawn'));
-    await fdsBackTo(d, fds - 1, 'the handle on the deleted interface closed');
+    await fdsBackTo(d, fds - HANDLES, 'the handles on the deleted interface closed');
     assert.equal(packetSocketsOn(d, oldIndex), 0);
 
     t = performance.now();
@@ -336,8 +343,8 @@ describe('detection in the field: interfaces, reboots, capabilities (lab)', func
     assert.equal(back?.ifindex, newIndex);
     assert.equal(back?.link, 'up');
     assert.equal(back?.state, 'active');
-    await fdsBackTo(d, fds, 'one handle again, nothing leaked');
-    assert.equal(packetSocketsOn(d, newIndex), 1);
+    await fdsBackTo(d, fds, 'the handles again, nothing leaked');
+    assert.equal(packetSocketsOn(d, newIndex), HANDLES);
     assert.equal(await d.stop(), 0);
   });
 

@@ -1,7 +1,6 @@
 // Gateway hosts (docs/host-integration.md, "Gateway hosts"): the gateway a flow really uses (ECMP with an
-// L4 hash, fwmark policy routing; IPv4 and IPv6). NAT per uplink across a switch is in
-// test/dgd/gateway-nat.test.ts; the reproduction of forwarded traffic only is in
-// test/dgd/gateway-forwarded.repro.ts, which the suite does not run.
+// L4 hash, fwmark policy routing; IPv4 and IPv6). Traffic the host forwards is in
+// test/dgd/gateway-forwarded.test.ts, NAT per uplink across a switch in test/dgd/gateway-nat.test.ts.
 //
 // Run alone:  node_modules/.bin/mocha dist/test/dgd/gateway-lab.test.js
 // Each test is bounded (a few seconds of traffic, waits of at most 6 s per step) and reports the

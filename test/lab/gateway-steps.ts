@@ -1,7 +1,6 @@
-// Steps the gateway-host lab tests share (test/dgd/gateway-lab.test.ts and gateway-nat.test.ts,
-// which the suite runs, and test/dgd/gateway-forwarded.repro.ts, which it does not): the daemon's
-// config, flows with a chosen key, the routes the daemon may touch, and the multi-WAN
-// switch-and-restore scenario.
+// Steps the gateway-host lab tests share (test/dgd/gateway-lab.test.ts, gateway-forwarded.test.ts
+// and gateway-nat.test.ts): the daemon's config, flows with a chosen key, the routes the daemon may
+// touch, and the multi-WAN switch-and-restore scenario.
 import type { ChildProcess } from 'node:child_process';
 import type { Lab } from './lab';
 import { LabDaemon, type DaemonEvent } from './daemon';

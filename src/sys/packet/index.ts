@@ -6,7 +6,6 @@
 export {
   LiveCapture,
   PacketDescriber,
-  TcpRetransmissionTracker,
   andFilters,
   frameAddresses,
   gatewayFilter,
@@ -16,6 +15,7 @@ export {
   type PacketKind,
 } from './capture';
 export { interfaceExists } from './pcap';
+export { TcpRetransmissionTracker } from './tcpretrans';
 export {
   PcapFileWriter,
   encodePcap,
@@ -62,3 +62,12 @@ export * from './ip';
 export * from './icmp';
 export * from './neighframes';
 export * from './tcp';
+export {
+  WireWatch,
+  wireFilter,
+  sampledFlow,
+  decodeSegment,
+  type WireRetransmission,
+  type WireInterfaceStatus,
+  type WireHandle,
+} from './wirewatch';

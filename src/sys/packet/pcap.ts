@@ -110,6 +110,22 @@ export class PcapHandle extends EventEmitter {
     }
   }
 
+  /** Replace the kernel filter (tcpdump syntax); throws UsageError for a bad filter. */
+  setFilter(filter: string): void {
+    if (this.closed)
+      throw new IpdeadgateError('ERR_CLOSED', `the libpcap handle on ${this.ifname} is closed`);
+    try {
+      loadNative().pcapSetFilter(this.id, filter);
+    } catch (err) {
+      throw pcapError(err, this.ifname, filter, 'filtering on');
+    }
+  }
+
+  /** The kernel's counts since the handle opened: frames that passed the filter, and those dropped. */
+  stats(): { received: number; dropped: number } | null {
+    return this.closed ? null : loadNative().pcapStats(this.id);
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;
