@@ -88,6 +88,13 @@ async function trialForwarded(family: 4 | 6): Promise<Forwarded> {
       .then((a) => a!.started - t0)
       .catch(() => null);
     await d.stop();
+    // --trace: the daemon's events of a trial slower than the target, timed from the death.
+    if (args.includes('--trace') && tw - t0 > 3000)
+      for (const e of d.events)
+        if (e.event !== 'verify_step')
+          say(
+            `      ${((Date.parse(e.time) - t0) / 1000).toFixed(3)} s ${e.event} ${JSON.stringify(e).slice(0, 200)}`,
+          );
     return { switched: tw - t0, resumed: resumed.t - t0, connected: conn };
   } finally {
     await lab.close();
