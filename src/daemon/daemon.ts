@@ -215,7 +215,11 @@ export class Daemon {
       const status = engine.status();
       const forwarded = currentConfig().dgd.forwarded;
       const uplinks = [...new Set(status.gateways.map((g) => g.interface))].filter((n) => up.has(n));
-      ports.watchWire(forwarded.enabled && status.enabled ? uplinks : [], forwarded.frame_budget);
+      ports.watchWire(
+        forwarded.enabled && status.enabled ? uplinks : [],
+        forwarded.frame_budget,
+        currentConfig().dgd.syn_stall,
+      );
       for (const g of status.gateways) {
         // A handle cannot open on an interface that is down or gone; it opens when it is back.
         if (!up.has(g.interface)) continue;

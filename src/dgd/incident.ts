@@ -56,11 +56,15 @@ export function addEvidence(
 }
 
 /**
- * Evidence for the aggregate from a flow seen on the wire: a SYN sent again (no answer for a
- * second), or a data segment sent again twice (as failingSocket asks of a socket).
+ * Evidence for the aggregate from a flow seen on the wire, as failingSocket asks of a socket: a
+ * SYN sent again, or unanswered for syn_stall; or a data segment sent again twice.
  */
-export function failingWireFlow(syn: boolean, count: number): boolean {
-  return syn ? count >= 1 : count >= 2;
+export function failingWireFlow(
+  ev: { syn: boolean; count: number; unansweredMs?: number },
+  synStallMs: number,
+): boolean {
+  if (ev.syn) return ev.count >= 1 || (ev.unansweredMs ?? 0) >= synStallMs;
+  return ev.count >= 2;
 }
 
 /**

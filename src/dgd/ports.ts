@@ -103,8 +103,10 @@ export interface WireFlowEvent {
   dst: string;
   dstPort: number;
   syn: boolean;
-  /** How many times this segment has now been sent again to this next hop. */
+  /** How many times this segment has now been sent again to this next hop (0: a SYN unanswered). */
   count: number;
+  /** A SYN sent once and not answered for this long (count 0). */
+  unansweredMs?: number;
   /** The addresses the kernel's neighbour table maps the frame's destination MAC to on ifindex. */
   nextHops: string[];
 }

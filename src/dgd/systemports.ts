@@ -58,6 +58,7 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
   private sender: SegmentSender | null = null;
   private wire: WireWatch | null = null;
   private wireBudget = 0;
+  private wireSynStall = 0;
   /** Per interface: the kernel's neighbour table as MAC -> addresses, and when it was read. */
   private readonly macTables = new Map<number, { at: number; byMac: Map<string, string[]> }>();
   private closed = false;
@@ -201,20 +202,21 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
 
   /**
    * Watch TCP segments leaving on these interfaces (the trigger for forwarded traffic), within
-   * `budget` frames a second each; emits 'wire_retransmission' (WireFlowEvent) with the frame's
+   * `budget` frames a second each, SYNs unanswered after `synStallMs` included; emits 'wire_retransmission' (WireFlowEvent) with the frame's
    * MAC turned into addresses by the kernel's neighbour table, 'wire_closed' (ifname, Error) when
    * an interface went down (the next call opens it again), and 'error'.
    */
-  watchWire(ifnames: string[], budget: number): void {
+  watchWire(ifnames: string[], budget: number, synStallMs: number): void {
     if (this.closed) return;
-    if (this.wire && budget !== this.wireBudget) {
+    if (this.wire && (budget !== this.wireBudget || synStallMs !== this.wireSynStall)) {
       this.wire.close();
       this.wire = null;
     }
     if (!this.wire) {
       if (ifnames.length === 0) return;
       this.wireBudget = budget;
-      const wire = new WireWatch({ budget });
+      this.wireSynStall = synStallMs;
+      const wire = new WireWatch({ budget, synStallMs });
       wire.on('retransmission', (r: WireRetransmission) => void this.attribute(r));
       wire.on('error', (_ifname: string, err: Error) => this.emit('error', err));
       wire.on('closed', (ifname: string, err: Error) => this.emit('wire_closed', ifname, err));
@@ -247,6 +249,7 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
       dstPort: r.dstPort,
       syn: r.syn,
       count: r.count,
+      ...(r.unansweredMs !== undefined ? { unansweredMs: r.unansweredMs } : {}),
       nextHops,
     };
     this.emit('wire_retransmission', ev);

@@ -275,7 +275,7 @@ export class Triggers {
       };
       const now = this.o.clock.now();
       const threshold = cfg.retransmit_threshold;
-      if (cfg.aggregate_sockets > 0 && failingWireFlow(ev.syn, ev.count) && g.state === 'active') {
+      if (cfg.aggregate_sockets > 0 && failingWireFlow(ev, cfg.syn_stall) && g.state === 'active') {
         const key = flowEvidenceKey(ev.src, ev.srcPort, ev.dst, ev.dstPort);
         if (addEvidence(g, key, sample, now, cfg.aggregate_window) >= cfg.aggregate_sockets) {
           const samples = [...g.aggregate.values()].map((e) => e.socket);

@@ -8,9 +8,9 @@ import { strict as assert } from 'node:assert';
 import { requireRoot, waitFor, type Lab } from '../lab/lab';
 import { LabDaemon } from '../lab/daemon';
 import type { DgdStatus } from '../../src/dgd/status';
-import { startConnector, startFlowClient, startFlowServer } from '../lab/flows';
-import { GW, forwardLab } from '../lab/gateway-topologies';
-import { FAST, TCP_PORT, eventsSummary, stableRoutes, withdrawnWithin } from '../lab/gateway-steps';
+import { startConnector, startFlowClient, startFlowServer, startManyFlows } from '../lab/flows';
+import { GW, forwardLab, loadNft } from '../lab/gateway-topologies';
+import { FAST, TCP_PORT, eventsSummary, sleep, stableRoutes, withdrawnWithin } from '../lab/gateway-steps';
 
 describe('gateway hosts: traffic the host forwards (lab)', function () {
   this.timeout(60_000);
@@ -78,4 +78,44 @@ describe('gateway hosts: traffic the host forwards (lab)', function () {
       await d.stop();
     });
   }
+
+  it('300 forwarded flows to a dead server behind a live r1: one trigger, one verdict (alive), no route moves, a few ARP requests', async () => {
+    const l = (lab = await forwardLab({ routing: 'metric' }));
+    await startFlowServer(l, 'server', TCP_PORT).listening;
+    await loadNft(
+      l,
+      'r1',
+      'arpcount',
+      'table arp count {\n  chain in { type filter hook input priority 0; arp operation request counter; }\n}\n',
+    );
+    const before = await stableRoutes(l, 'gw');
+    const d = await LabDaemon.start(l, 'gw', FAST);
+    const flows = await startManyFlows(l, 'lanhost', GW.server4, TCP_PORT, 300, { durationMs: 30_000 });
+    try {
+      await sleep(500);
+      const arpBefore = await arpRequests(l);
+      await l.killSilently('server', 'wan0');
+      await d.waitFor((e) => e.event === 'downstream_problem', 15_000, 'the downstream verdict');
+      // The flows go on retransmitting with backoff; the incident stays one trigger and one verdict.
+      await sleep(8000);
+      const counts = Object.fromEntries(
+        ['trigger', 'verdict', 'downstream_problem', 'routes_withdrawn'].map((n) => [n, d.named(n).length]),
+      );
+      assert.deepEqual(counts, { trigger: 1, verdict: 1, downstream_problem: 1, routes_withdrawn: 0 });
+      assert.equal(d.named('verdict')[0]!.alive, true);
+      assert.ok((d.named('trigger')[0]!.sockets as number) >= 3, JSON.stringify(d.named('trigger')[0]));
+      // One verification's ARP requests (a few, not one per flow) and the kernel's own.
+      const arp = (await arpRequests(l)) - arpBefore;
+      assert.ok(arp <= 10, `${arp} ARP requests reached r1`);
+      assert.equal(await stableRoutes(l, 'gw'), before);
+    } finally {
+      flows.kill();
+      await d.stop();
+    }
+  });
 });
+
+async function arpRequests(lab: Lab): Promise<number> {
+  const out = await lab.execOk('r1', ['nft', 'list', 'table', 'arp', 'count']);
+  return Number(/packets (\d+)/.exec(out)?.[1] ?? 0);
+}

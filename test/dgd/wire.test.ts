@@ -66,6 +66,24 @@ function frame(opts: {
   return opts.cut ? f.subarray(0, opts.cut) : f;
 }
 
+/** A SYN-ACK from the server (198.18.2.10:443) back to the LAN host, as it comes in. */
+function synAck(opts: { dport: number; seq: number; ack: number }): Buffer {
+  const tcp = encodeTcp({
+    srcPort: 443,
+    dstPort: opts.dport,
+    seq: opts.seq,
+    ack: opts.ack,
+    flags: TCP_SYN | TCP_ACK,
+  });
+  const ip = encodeIpv4Header({
+    src: '198.18.2.10',
+    dst: '198.18.9.5',
+    protocol: IPPROTO_TCP,
+    payloadLength: tcp.length,
+  });
+  return encodeEthernet({ dst: OURS, src: MAC_R2, ethertype: ETHERTYPE_IPV4 }, Buffer.concat([ip, tcp]));
+}
+
 class FakeHandle extends EventEmitter implements WireHandle {
   filters: string[] = [];
   closed = false;
@@ -87,11 +105,12 @@ class FakeHandle extends EventEmitter implements WireHandle {
   }
 }
 
-function watch(budget = 2000) {
+function watch(budget = 2000, synStallMs = 0) {
   let now = 0;
   const handles = new Map<string, FakeHandle>();
   const w = new WireWatch({
     budget,
+    synStallMs,
     now: () => now,
     open: (ifname, filter) => {
       const h = new FakeHandle(filter);
@@ -107,7 +126,7 @@ function watch(budget = 2000) {
 describe('wire watch: TCP segments leaving towards gateways', () => {
   it('the kernel filter keeps SYNs and segments with data of outbound unicast TCP, and samples by port hash', () => {
     const all = wireFilter(1);
-    assert.match(all, /^outbound and not ether multicast/);
+    assert.match(all, /^\(outbound and not ether multicast/);
     assert.match(all, /tcp\[13\] & 2/);
     assert.doesNotMatch(all, /\^/, 'no sampling clause at 1');
     assert.match(wireFilter(8), /\(\(\(tcp\[0:2\] \^ tcp\[2:2\]\) \* 40503\) & 0xffff\) >> 13 = 0/);
@@ -185,6 +204,36 @@ describe('wire watch: TCP segments leaving towards gateways', () => {
     assert.equal(t.w.status()[0]!.sampling, 1);
     t.w.close();
     assert.ok(h.closed);
+  });
+
+  it('a SYN with no SYN-ACK for syn_stall is reported once (count 0); one answered, or answered with the wrong ack, is not / is', () => {
+    const t = watch(2000, 500);
+    t.w.setInterfaces(['up0']);
+    const h = t.handles.get('up0')!;
+    h.send(frame({ sport: 41000, seq: 100, flags: TCP_SYN }));
+    h.send(frame({ sport: 41001, seq: 200, flags: TCP_SYN }));
+    h.send(frame({ sport: 41002, seq: 300, flags: TCP_SYN }));
+    // The answers come in (from whichever router: the MAC of an inbound frame is ours).
+    const answer = (sport: number, ack: number) => h.send(synAck({ dport: sport, seq: 9000, ack }));
+    answer(41001, 201);
+    answer(41002, 999); // not an answer to this SYN
+    t.advance(400);
+    (t.w as unknown as { expireSyns(): void }).expireSyns();
+    assert.equal(t.seen.length, 0);
+    t.advance(200);
+    (t.w as unknown as { expireSyns(): void }).expireSyns();
+    assert.deepEqual(
+      t.seen.map((r) => [r.srcPort, r.syn, r.count, r.unansweredMs]),
+      [
+        [41000, true, 0, 600],
+        [41002, true, 0, 600],
+      ],
+    );
+    t.advance(1000);
+    (t.w as unknown as { expireSyns(): void }).expireSyns();
+    assert.equal(t.seen.length, 2, 'once each');
+    assert.match(wireFilter(1), /inbound and \(\(ip and tcp and \(tcp\[13\] & 0x12\) = 0x12\)/);
+    t.w.close();
   });
 
   it('an interface that went down is dropped with a closed event and opened again by the next setInterfaces', () => {
@@ -266,6 +315,29 @@ describe('DGD engine: forwarded flows seen on the wire', () => {
     assert.equal(stateOf(s.engine, R2), 'active');
     assert.ok(s.ports.routes.every((r) => r.gateway !== R1));
     await s.engine.stop({ restore: true });
+  });
+
+  it('short connections: three forwarded SYNs unanswered for syn_stall within the window are the aggregate', async () => {
+    const s = await engineWith();
+    for (let i = 0; i < 3; i++) {
+      s.engine.onWireRetransmission(
+        wireEvent({ srcPort: 43000 + i, syn: true, count: 0, unansweredMs: 520 }),
+      );
+      await s.clock.advance(200);
+    }
+    await s.clock.advance(2000);
+    assert.equal(s.log.named('trigger')[0]?.reason, 'aggregate');
+    assert.equal(stateOf(s.engine, R1), 'dead');
+    await s.engine.stop({ restore: true });
+    // Under syn_stall it is no evidence.
+    const t = await engineWith();
+    for (let i = 0; i < 5; i++)
+      t.engine.onWireRetransmission(
+        wireEvent({ srcPort: 43100 + i, syn: true, count: 0, unansweredMs: 300 }),
+      );
+    await t.clock.advance(2000);
+    assert.equal(t.log.named('trigger').length, 0);
+    await t.engine.stop({ restore: true });
   });
 
   it('one forwarded stream: nothing before the threshold (no speculative purge that would hide the flow), the trigger at it', async () => {

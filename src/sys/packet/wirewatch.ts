@@ -18,7 +18,7 @@ import { decodeEthernet, ETHERTYPE_IPV4, ETHERTYPE_IPV6 } from './ethernet';
 import { FrameError } from './framebase';
 import { decodeIpv4, decodeIpv6, IPPROTO_TCP } from './ip';
 import { openEthernetHandle, type LivePacket } from './pcap';
-import { TCP_SYN, decodeTcp } from './tcp';
+import { TCP_ACK, TCP_SYN, decodeTcp } from './tcp';
 import { TcpRetransmissionTracker } from './tcpretrans';
 
 /** A segment seen leaving again towards the same next hop. */
@@ -33,8 +33,12 @@ export interface WireRetransmission {
   dstPort: number;
   /** The segment is a SYN (a connection attempt that had no answer). */
   syn: boolean;
-  /** How many times this segment has now been sent again (1 = the first retransmission). */
+  /**
+   * How many times this segment has now been sent again (1 = the first retransmission); 0 for a
+   * SYN that was sent once and had no SYN-ACK within `synStallMs` (`unansweredMs` says how long).
+   */
   count: number;
+  unansweredMs?: number;
   tsMs: number;
 }
 
@@ -63,6 +67,12 @@ export interface WireHandle {
 export interface WireWatchOptions {
   /** Frames per second per interface read at most, on average, before flows are sampled. */
   budget: number;
+  /**
+   * A SYN with no SYN-ACK seen on any watched interface for this long is reported once (count 0):
+   * clients with a short connect timeout give up before the first SYN retransmission, so that
+   * retransmission never comes. 0: off.
+   */
+  synStallMs?: number;
   open?: (ifname: string, filter: string) => WireHandle;
   now?: () => number;
 }
@@ -73,13 +83,15 @@ export const WIRE_SNAPLEN = 160;
 export const MAX_SAMPLING = 1024;
 /** Flows remembered per interface (least recently seen forgotten first). */
 const MAX_FLOWS = 8192;
+/** SYNs waiting for their SYN-ACK, across interfaces (the oldest forgotten first). */
+const MAX_PENDING_SYNS = 4096;
 /** Sampling widens only after the rate stayed under a quarter of the budget this long. */
 const WIDEN_AFTER_MS = 30_000;
 const KERNEL_BUFFER = 1 << 20;
 
 /**
  * The kernel filter: outbound unicast TCP carrying SYN or data, IPv4 and IPv6 (without extension
- * headers, as the kernel's own TCP sends), of the sampled flows. A flow is sampled by the top bits
+ * headers, as the kernel's own TCP sends), and inbound SYN-ACKs, of the sampled flows. A flow is sampled by the top bits
  * of a multiplicative hash of its port pair (XORed, so both directions hash alike): the low bits
  * alone would be biased, since Linux gives connect() even ports and a service keeps one port, so
  * "the lowest bit is 0" would keep all of a server's flows or none.
@@ -93,10 +105,13 @@ export function wireFilter(sampling: number): string {
   const sample4 = sample('tcp[0:2] ^ tcp[2:2]');
   const sample6 = sample('ip6[40:2] ^ ip6[42:2]');
   return (
-    'outbound and not ether multicast and (' +
+    '(outbound and not ether multicast and (' +
     `(ip and tcp${sample4} and ((tcp[13] & 2) != 0 or (ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2)) > 0))` +
     ` or (ip6 and ip6[6] = 6${sample6} and ((ip6[53] & 2) != 0 or (ip6[4:2] - ((ip6[52] & 0xf0) >> 2)) > 0))` +
-    ')'
+    '))' +
+    // The answers to those SYNs: SYN-ACKs coming in (the same sample, the hash is symmetric).
+    ` or (inbound and ((ip and tcp${sample4} and (tcp[13] & 0x12) = 0x12)` +
+    ` or (ip6 and ip6[6] = 6${sample6} and (ip6[53] & 0x12) = 0x12)))`
   );
 }
 
@@ -127,6 +142,9 @@ interface Watched {
  */
 export class WireWatch extends EventEmitter {
   private readonly watched = new Map<string, Watched>();
+  /** SYNs sent towards a next hop and not answered yet: flow key -> the SYN. */
+  private readonly pendingSyns = new Map<string, { r: WireRetransmission; seq: number; at: number }>();
+  private synTimer: NodeJS.Timeout | null = null;
   private readonly open: (ifname: string, filter: string) => WireHandle;
   private readonly now: () => number;
   private tick: NodeJS.Timeout | null = null;
@@ -182,6 +200,9 @@ export class WireWatch extends EventEmitter {
 
   close(): void {
     this.setInterfaces([]);
+    this.pendingSyns.clear();
+    if (this.synTimer) clearInterval(this.synTimer);
+    this.synTimer = null;
   }
 
   private watch(ifname: string): void {
@@ -229,9 +250,15 @@ export class WireWatch extends EventEmitter {
       throw err;
     }
     if (!seg) return;
+    const flags = seg.tcp.flags;
+    if ((flags & (TCP_SYN | TCP_ACK)) === (TCP_SYN | TCP_ACK)) {
+      // An answer coming in (the filter passes SYN-ACKs inbound only): its SYN is answered.
+      const key = `${seg.dst}|${seg.tcp.dstPort}|${seg.src}|${seg.tcp.srcPort}`;
+      const p = this.pendingSyns.get(key);
+      if (p && seg.tcp.ack === (p.seq + 1) >>> 0) this.pendingSyns.delete(key);
+      return;
+    }
     const count = w.tracker.observe(seg.src, seg.dst, seg.tcp, seg.mac);
-    if (count === 0) return;
-    w.retransmissions++;
     const r: WireRetransmission = {
       ifname,
       family: seg.family,
@@ -240,11 +267,43 @@ export class WireWatch extends EventEmitter {
       srcPort: seg.tcp.srcPort,
       dst: seg.dst,
       dstPort: seg.tcp.dstPort,
-      syn: (seg.tcp.flags & TCP_SYN) !== 0,
+      syn: (flags & TCP_SYN) !== 0,
       count,
       tsMs: p.tsMs,
     };
+    if (r.syn && count === 0 && this.opts.synStallMs) this.awaitAnswer(r, seg.tcp.seq);
+    if (count === 0) return;
+    w.retransmissions++;
     this.emit('retransmission', r);
+  }
+
+  /** Remember a first SYN; unanswered after synStallMs it is reported once (count 0). */
+  private awaitAnswer(r: WireRetransmission, seq: number): void {
+    const key = `${r.src}|${r.srcPort}|${r.dst}|${r.dstPort}`;
+    this.pendingSyns.delete(key);
+    this.pendingSyns.set(key, { r, seq, at: this.now() });
+    if (this.pendingSyns.size > MAX_PENDING_SYNS)
+      this.pendingSyns.delete(this.pendingSyns.keys().next().value!);
+    if (!this.synTimer) {
+      // A tenth of the stall: an unanswered SYN is reported at most that late.
+      this.synTimer = setInterval(() => this.expireSyns(), Math.max(10, this.opts.synStallMs! / 10));
+      this.synTimer.unref();
+    }
+  }
+
+  private expireSyns(): void {
+    const now = this.now();
+    const stall = this.opts.synStallMs!;
+    for (const [key, p] of this.pendingSyns) {
+      // Oldest first: the first one still young ends the pass.
+      if (now - p.at < stall) break;
+      this.pendingSyns.delete(key);
+      this.emit('retransmission', { ...p.r, count: 0, unansweredMs: Math.round(now - p.at) });
+    }
+    if (this.pendingSyns.size === 0 && this.synTimer) {
+      clearInterval(this.synTimer);
+      this.synTimer = null;
+    }
   }
 
   /** Once a second: a quiet interface's sampling widens again (one step per WIDEN_AFTER_MS). */
