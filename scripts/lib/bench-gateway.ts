@@ -11,7 +11,8 @@
 //     then off (dgd.forwarded.enabled false) in the same run: the daemon's CPU, its event loop's
 //     longest stall (Node's monitorEventLoopDelay via the metrics endpoint), iperf3's throughput,
 //     and the sampling the watch settled on. --conntrack N first fills gw's conntrack table with
-//     N entries (100000), so the watch is measured on a gateway with a big table.
+//     N entries (100000), so the watch is measured on a gateway with a big table; --rounds N
+//     alternations of on and off (2).
 // Every loop is bounded; labs are torn down on exit.
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
@@ -31,6 +32,7 @@ const listOpt = (name: string, dflt: string): string[] => {
 };
 const TRIALS = opt('trials', 10);
 const CONNTRACK = opt('conntrack', 100_000);
+const ROUNDS = opt('rounds', 2);
 const FAMILIES = listOpt('families', '4,6').map(Number) as (4 | 6)[];
 const CASES = new Set(listOpt('cases', 'forwarded,deadserver,load'));
 const PORT = 7000;
@@ -204,25 +206,19 @@ async function load(): Promise<string[]> {
       const v = (JSON.parse(r) as { ok: boolean; value: { created: number; ms: number } }[])[0]!;
       filled = `, ${v.value.created} conntrack entries in gw`;
     }
-    const on = await loadRun(lab, true);
-    const off = await loadRun(lab, false);
-    const row = (name: string, a: string, b: string) => `| load${filled}: ${name} | ${a} | ${b} |`;
+    // On and off alternately, ROUNDS times each: the machine's load drifts during a run.
+    const rounds: [LoadResult, LoadResult][] = [];
+    for (let i = 0; i < ROUNDS; i++) rounds.push([await loadRun(lab, true), await loadRun(lab, false)]);
+    const row = (name: string, f: (r: LoadResult) => string) =>
+      `| load${filled}: ${name} | ${rounds.map((r) => f(r[0])).join(', ')} | ${rounds.map((r) => f(r[1])).join(', ')} |`;
     return [
       '',
-      `| iperf3 -P 4, 10 s, through gw | wire watch on | wire watch off |`,
+      `| iperf3 -P 4, 10 s, through gw (${ROUNDS} rounds, alternating) | wire watch on | wire watch off |`,
       '| --- | --- | --- |',
-      row(
-        'daemon CPU',
-        `${(on.cpu * 100).toFixed(2)}% of a core`,
-        `${(off.cpu * 100).toFixed(2)}% of a core`,
-      ),
-      row(
-        'longest event-loop stall',
-        on.stallMs === null ? 'n/a' : `${on.stallMs.toFixed(1)} ms`,
-        off.stallMs === null ? 'n/a' : `${off.stallMs.toFixed(1)} ms`,
-      ),
-      row('throughput', `${on.gbps.toFixed(2)} Gbit/s`, `${off.gbps.toFixed(2)} Gbit/s`),
-      row('sampling at the end', on.sampling, off.sampling),
+      row('daemon CPU, % of a core', (r) => (r.cpu * 100).toFixed(2)),
+      row('longest event-loop stall, ms', (r) => (r.stallMs === null ? 'n/a' : r.stallMs.toFixed(1))),
+      row('throughput, Gbit/s', (r) => r.gbps.toFixed(2)),
+      row('sampling at the end', (r) => r.sampling),
     ];
   } finally {
     await lab.close();
