@@ -234,6 +234,18 @@ export class CloseGuard implements SessionHost {
     });
   }
 
+  /**
+   * @internal SessionHost. A FIN from the peer while our side is open leaves the socket in
+   * CLOSE-WAIT; an RST (or an error such as a keepalive timeout) leaves it in CLOSE. Once our own
+   * FIN is out, a FIN back leads to CLOSE too, so then no verdict (a bridged session's watcher sees
+   * the error there). The state comes from TCP_INFO, or /proc without the addon.
+   */
+  endedByReset(socket: net.Socket): boolean {
+    if (socket.writableEnded) return false;
+    const fd = this.ports.fdOf(socket);
+    return fd !== undefined && this.ports.tcpState(fd) === 'CLOSE';
+  }
+
   /** @internal SessionHost: the session is closed; its slot is free. */
   ended(s: SessionLife, exit: SessionExit): void {
     if (!this.sessions.delete(s)) return;

@@ -101,6 +101,11 @@ export interface SessionHost {
   ): {
     close(): void;
   };
+  /**
+   * Whether a socket whose end of stream Node just reported was in fact reset: true when the TCP
+   * state says so (src/tunnel/closeguard.ts), false when it is a FIN or cannot be told.
+   */
+  endedByReset(socket: net.Socket): boolean;
   /** @internal the session reached closed: free its slot. */
   ended(s: SessionLife, exit: SessionExit): void;
 }
@@ -454,7 +459,20 @@ export class SessionLife {
     }
     // The session owns close_timeout for its streams: one bound, one exit reason.
     if (e instanceof MuxStream) e.deferCloseBound();
-    e.on('end', () => this.dispatch({ type: 'fin', end }));
+    e.on('end', () => {
+      // libuv may report an RST as end of stream: when data and the RST were both queued before it
+      // read (a forward reads its client only once the stream is open), it reads the data, sees the
+      // socket hung up and stops there, without the read that would have returned ECONNRESET. A FIN
+      // passed on for it would leave the far end waiting (dialing until dial_timeout): the socket's
+      // TCP state tells the two apart. This listener runs before pipe()'s, so no FIN goes first.
+      if (!(e instanceof MuxStream) && this.host.endedByReset(e))
+        return this.dispatch({
+          type: 'reset',
+          end,
+          error: new IpdeadgateError('ECONNRESET', `the ${end} peer reset the connection`),
+        });
+      this.dispatch({ type: 'fin', end });
+    });
     e.on('error', (error: Error) => this.dispatch({ type: 'reset', end, error }));
     if (e instanceof MuxStream) {
       e.on('close', () => this.dispatch({ type: 'gone', end, clean: e.closedCleanly }));

@@ -186,6 +186,58 @@ describe('tunnel: a session state machine, every fault in every state', function
     });
   }
 
+  // A forward's socket is accepted paused and read only once its stream is open. A client that
+  // sends and then resets within that time leaves data and its RST queued together; libuv reads
+  // the data, sees the socket hung up (EPOLLHUP) and reports end of stream without reading again,
+  // so Node emits 'end', never ECONNRESET. Taken for a FIN, it would half-close the stream instead
+  // of resetting it, and the far node would go on dialing the service until dial_timeout.
+  it('opening: a client RST queued behind data not read yet (Node sees an end) -> closed (local_reset), the far end reset', async () => {
+    const [sn, sp] = await tcpPair();
+    const near = new MuxSession(sn, { role: 'client' });
+    const peer = new MuxSession(sp, { role: 'server' });
+    const guard = new CloseGuard({
+      closeTimeoutMs: 60_000,
+      openTimeoutMs: 60_000, // only the reset may end this session
+      reapIntervalMs: 60_000,
+    });
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }); // as a forward
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanups.push(() => (guard.close(), near.close(), peer.close(), server.close()));
+    const accepted = once<net.Socket>(server, 'connection');
+    const client = net.connect({
+      host: '127.0.0.1',
+      port: (server.address() as net.AddressInfo).port,
+      allowHalfOpen: true,
+    });
+    client.on('error', () => undefined);
+    await once(client, 'connect');
+    const local = await accepted;
+    local.on('error', () => undefined);
+    client.write(Buffer.alloc(100));
+    client.resetAndDestroy();
+    const fd = guard.ports.fdOf(local)!;
+    await until(() => guard.ports.tcpState(fd) === 'CLOSE', 2000, 'the RST to reach the accepted socket');
+
+    const stream = near.open();
+    const remote = await once<MuxStream>(peer, 'stream');
+    const farEnd = new Promise<string>((r) => {
+      remote.once('error', () => r('reset'));
+      remote.once('end', () => r('half-closed'));
+    });
+    remote.resume();
+    const ended: SessionExit[] = [];
+    const session = guard.forward(local, stream, new Promise<void>(() => undefined), () =>
+      ended.push(session.exit!),
+    );
+    let nodeSawEnd = false;
+    local.once('end', () => (nodeSawEnd = true));
+    assert.equal(await farEnd, 'reset', 'the far end is told of the reset, not of a FIN');
+    await until(() => guard.size === 0, 3000, `the session to close (state ${session.state})`);
+    assert.deepEqual(ended, ['local_reset']);
+    assert.ok(local.destroyed, 'the local end is destroyed');
+    assert.ok(nodeSawEnd, 'the case under test: Node reported an end of stream, not ECONNRESET');
+  });
+
   it('a stream reset in the same read as its SYN (before the session begins) ends the session at once', async () => {
     const [sn, sp] = await tcpPair();
     const near = new MuxSession(sn, { role: 'client' });

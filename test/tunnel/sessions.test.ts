@@ -245,14 +245,31 @@ describe('tunnel lab: every session ends (resets during the dial, link cuts, slo
   });
 
   it('a service slow to accept (full backlog): clients that reset during the dial end their sessions at once, before dial_timeout', async () => {
-    const before = await ends(epp);
+    const counts = async () => ({
+      gwp: await ends(gwp),
+      epp: await ends(epp),
+      opened: (await status(epp)).sessions.opened,
+    });
+    const before = await counts();
     const r = await client<Resets>(lab, 'client', ['resets', A.gwp, String(A.slowPort), '40', '40', '300']);
     assert.equal(r.connected, 40);
     await assertClean('after resets during slow dials');
-    const after = await ends(epp);
+    const after = await counts();
+    const delta = (side: 'gwp' | 'epp', exit: string): number =>
+      (after[side][exit] ?? 0) - (before[side][exit] ?? 0);
+    const st = JSON.stringify(after);
     // A session that waited for its dial to time out would be counted as dial_timeout, not reset.
-    assert.equal(after.dial_timeout ?? 0, before.dial_timeout ?? 0, 'no session needed dial_timeout');
-    assert.ok((after.stream_reset ?? 0) - (before.stream_reset ?? 0) >= 39, JSON.stringify(after));
+    assert.equal(delta('epp', 'dial_timeout'), 0, 'no session needed dial_timeout');
+    // Every client's RST was taken for one by the gateway proxy, even when libuv reported it as an
+    // end of stream (its data and RST both queued before the first read): never passed on as a FIN.
+    assert.equal(delta('gwp', 'local_reset'), 40, st);
+    // Every session that began on the endpoint proxy ended by the stream's reset. A stream reset
+    // before the endpoint proxy had read its request never becomes a session (nothing is dialed):
+    // that is a client that reset within moments of connecting, so a few of the 40 may not begin.
+    // The resets are spread over 300 ms, so most sessions are dialing when theirs comes.
+    const opened = after.opened - before.opened;
+    assert.equal(delta('epp', 'stream_reset'), opened, st);
+    assert.ok(opened >= 20, `most sessions reached the dial: ${opened} ${st}`);
   });
 
   it('a service slow to accept, clients that wait: dial_timeout ends each session with a refusal and resets the client', async () => {
