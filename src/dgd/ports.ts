@@ -3,6 +3,7 @@
 import type { VerifyRequest, VerifyResult } from './verify';
 import type { Family } from '../sys/ipaddr';
 import type { FlowKey } from '../sys/rtnl';
+import type { WireInterfaceStatus, WireRetransmission } from '../sys/packet';
 import type { ConntrackEntry } from '../sys/conntrack';
 
 export type { FlowKey, ConntrackEntry };
@@ -95,32 +96,14 @@ export interface RouteChoice {
  * A TCP segment seen leaving again towards a next hop (src/sys/packet/wirewatch.ts): the trigger
  * for traffic the host forwards, which has no local socket to scan.
  */
-export interface WireFlowEvent {
+export type WireFlowEvent = Omit<WireRetransmission, 'ifname' | 'mac' | 'tsMs'> & {
   ifindex: number;
-  family: Family;
-  src: string;
-  srcPort: number;
-  dst: string;
-  dstPort: number;
-  syn: boolean;
-  /** How many times this segment has now been sent again to this next hop (0: a SYN unanswered). */
-  count: number;
-  /** A SYN sent once and not answered for this long (count 0). */
-  unansweredMs?: number;
   /** The addresses the kernel's neighbour table maps the frame's destination MAC to on ifindex. */
   nextHops: string[];
-}
+};
 
 /** What the wire watch reports per interface (`status`). */
-export interface WireStatus {
-  interface: string;
-  /** 1: every flow watched; N: one flow in N (sampled by port hash to stay within the frame budget). */
-  sampling: number;
-  frames: number;
-  retransmissions: number;
-  kernel_dropped: number;
-  flows: number;
-}
+export type WireStatus = WireInterfaceStatus;
 
 /** The outcome of one verification (src/dgd/verify.ts), without the names the engine already has. */
 export type Verification = Omit<VerifyResult, 'gateway' | 'interface'>;
