@@ -146,9 +146,7 @@ export class Triggers {
     for (const g of this.o.gateways.values()) {
       if (cfg.aggregate_sockets === 0 || g.state !== 'active' || g.aggregate.size < cfg.aggregate_sockets)
         continue;
-      const samples = [...g.aggregate.values()].map((e) => e.socket);
-      g.aggregate.clear();
-      triggers.push(this.incidentTrigger(g, 'aggregate', samples));
+      triggers.push(this.incidentTrigger(g, 'aggregate', this.takeAggregate(g)));
     }
     await Promise.all(triggers);
   }
@@ -219,12 +217,8 @@ export class Triggers {
     }
     if (now < threshold - 1) return;
     const socket = socketSample(s, now);
-    const blame = () => crossed.set(g, [...(crossed.get(g) ?? []), socket]);
-    if (now >= threshold && before < threshold) {
-      blame();
-    } else if (now >= threshold) {
-      const last = g.lastVerification?.at ?? -Infinity;
-      if (this.o.clock.now() - last >= RETRIGGER_MS && !g.inflight) blame();
+    if (now >= threshold) {
+      if (this.blameDue(g, before, now)) crossed.set(g, [...(crossed.get(g) ?? []), socket]);
     } else if (
       before < threshold - 1 &&
       !g.inflight &&
@@ -274,23 +268,35 @@ export class Triggers {
         wire: true as const,
       };
       const now = this.o.clock.now();
-      const threshold = cfg.retransmit_threshold;
       if (cfg.aggregate_sockets > 0 && failingWireFlow(ev, cfg.syn_stall) && g.state === 'active') {
         const key = flowEvidenceKey(ev.src, ev.srcPort, ev.dst, ev.dstPort);
         if (addEvidence(g, key, sample, now, cfg.aggregate_window) >= cfg.aggregate_sockets) {
-          const samples = [...g.aggregate.values()].map((e) => e.socket);
-          g.aggregate.clear();
-          this.fire(this.incidentTrigger(g, 'aggregate', samples));
+          this.fire(this.incidentTrigger(g, 'aggregate', this.takeAggregate(g)));
           continue;
         }
       }
-      if (ev.count === threshold) this.fire(this.incidentTrigger(g, 'retransmit', [sample]));
-      else if (ev.count > threshold) {
-        const last = g.lastVerification?.at ?? -Infinity;
-        if (now - last >= RETRIGGER_MS && !g.inflight)
-          this.fire(this.incidentTrigger(g, 'retransmit', [sample]));
-      }
+      if (this.blameDue(g, ev.count - 1, ev.count))
+        this.fire(this.incidentTrigger(g, 'retransmit', [sample]));
     }
+  }
+
+  /**
+   * A flow's retransmissions went from `before` to `now`: it blames g when it crosses
+   * retransmit_threshold, and again past it at most every RETRIGGER_MS while g is not being verified.
+   */
+  private blameDue(g: Gateway, before: number, now: number): boolean {
+    const threshold = this.o.config().retransmit_threshold;
+    if (now < threshold) return false;
+    if (before < threshold) return true;
+    const last = g.lastVerification?.at ?? -Infinity;
+    return this.o.clock.now() - last >= RETRIGGER_MS && !g.inflight;
+  }
+
+  /** g's aggregate evidence has reached aggregate_sockets: take it for one trigger. */
+  private takeAggregate(g: Gateway): SocketSample[] {
+    const samples = [...g.aggregate.values()].map((e) => e.socket);
+    g.aggregate.clear();
+    return samples;
   }
 
   private fire(p: Promise<void>): void {
