@@ -232,7 +232,7 @@ export class WireWatch extends EventEmitter {
     w.frames++;
     const now = this.now();
     if (now - w.windowStart >= 1000) {
-      w.lastRate = now - w.windowStart < 2000 ? w.windowFrames : 0;
+      w.lastRate = lastRate(w, now);
       w.windowStart = now;
       w.windowFrames = 0;
     }
@@ -310,8 +310,7 @@ export class WireWatch extends EventEmitter {
   private widen(): void {
     const now = this.now();
     for (const [ifname, w] of this.watched) {
-      const rate =
-        now - w.windowStart >= 1000 ? (now - w.windowStart < 2000 ? w.windowFrames : 0) : w.lastRate;
+      const rate = lastRate(w, now);
       if (w.sampling > 1 && rate < this.opts.budget / 4 && now - w.lastChange >= WIDEN_AFTER_MS)
         this.resample(ifname, w, w.sampling / 2);
     }
@@ -326,6 +325,16 @@ export class WireWatch extends EventEmitter {
       this.emit('error', ifname, err as Error);
     }
   }
+}
+
+/**
+ * Frames in the last whole second: the window just ended if it is over (none if more than a second
+ * has passed since without a frame), else the one before it.
+ */
+function lastRate(w: Watched, now: number): number {
+  const age = now - w.windowStart;
+  if (age < 1000) return w.lastRate;
+  return age < 2000 ? w.windowFrames : 0;
 }
 
 interface Segment {
