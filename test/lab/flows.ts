@@ -2,6 +2,7 @@
 // sends a sequence number every interval and records each echo's arrival time.
 import type { ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
+import { createInterface } from 'node:readline';
 import { REPO_ROOT, type Lab } from './lab';
 
 export const FLOW_SCRIPT = path.join(REPO_ROOT, 'dist', 'test', 'lab', 'flow.js');
@@ -39,6 +40,11 @@ export function startFlowServer(
   return Object.assign(child, { listening });
 }
 
+/** Each line a helper process prints on stdout, parsed as JSON (the flow scripts print one object a line). */
+export function eachJsonLine<T>(child: ChildProcess, fn: (line: T) => void): void {
+  createInterface({ input: child.stdout! }).on('line', (line) => fn(JSON.parse(line) as T));
+}
+
 /** A client in `host` sending to dst:port every intervalMs for durationMs. */
 export function startFlowClient(
   lab: Lab,
@@ -65,28 +71,15 @@ export function startFlowClient(
     connectedAt: null,
     connected: new Promise<void>((r) => (onConnect = r)),
   };
-  let buf = '';
-  child.stdout!.setEncoding('utf8');
-  child.stdout!.on('data', (c: string) => {
-    buf += c;
-    let nl;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = JSON.parse(buf.slice(0, nl)) as {
-        seq?: number;
-        t: number;
-        connected?: boolean;
-        error?: string;
-      };
-      buf = buf.slice(nl + 1);
-      if (line.connected) {
-        flow.connectedAt = line.t;
-        onConnect();
-      }
-      if (line.seq !== undefined) flow.echoes.push({ seq: line.seq, t: line.t });
-      if (line.error) {
-        flow.errors.push(line.error);
-        flow.errorsAt.push({ error: line.error, t: line.t });
-      }
+  eachJsonLine<{ seq?: number; t: number; connected?: boolean; error?: string }>(child, (line) => {
+    if (line.connected) {
+      flow.connectedAt = line.t;
+      onConnect();
+    }
+    if (line.seq !== undefined) flow.echoes.push({ seq: line.seq, t: line.t });
+    if (line.error) {
+      flow.errors.push(line.error);
+      flow.errorsAt.push({ error: line.error, t: line.t });
     }
   });
   return flow;
@@ -122,16 +115,7 @@ export function startConnector(
     String(opts.durationMs ?? 10_000),
   ]);
   const attempts: ConnectAttempt[] = [];
-  let buf = '';
-  child.stdout!.setEncoding('utf8');
-  child.stdout!.on('data', (c: string) => {
-    buf += c;
-    let nl;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      attempts.push(JSON.parse(buf.slice(0, nl)) as ConnectAttempt);
-      buf = buf.slice(nl + 1);
-    }
-  });
+  eachJsonLine<ConnectAttempt>(child, (a) => attempts.push(a));
   return { child, attempts };
 }
 

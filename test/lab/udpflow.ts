@@ -6,6 +6,7 @@
 import type { ChildProcess } from 'node:child_process';
 import * as dgram from 'node:dgram';
 import * as path from 'node:path';
+import { eachJsonLine } from './flows';
 import { REPO_ROOT, type Lab } from './lab';
 
 export const UDPFLOW_SCRIPT = path.join(REPO_ROOT, 'dist', 'test', 'lab', 'udpflow.js');
@@ -89,17 +90,9 @@ export function startUdpFlow(
     String(opts.durationMs ?? 20_000),
   ]);
   const flow: UdpFlow = { child, answers: [], errors: [] };
-  let buf = '';
-  child.stdout!.setEncoding('utf8');
-  child.stdout!.on('data', (c: string) => {
-    buf += c;
-    let nl;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = JSON.parse(buf.slice(0, nl)) as { seq?: number; t: number; error?: string };
-      buf = buf.slice(nl + 1);
-      if (line.seq !== undefined) flow.answers.push({ seq: line.seq, t: line.t });
-      if (line.error) flow.errors.push(line.error);
-    }
+  eachJsonLine<{ seq?: number; t: number; error?: string }>(child, (line) => {
+    if (line.seq !== undefined) flow.answers.push({ seq: line.seq, t: line.t });
+    if (line.error) flow.errors.push(line.error);
   });
   return flow;
 }
