@@ -38,6 +38,13 @@ import type { FlowKey, ResendOutcome, ResumeFlow } from './ports';
 import { verifyGateway } from './verify';
 import type { InterfaceInfo } from './interfaces';
 
+/** One read of an interface's neighbour table: the read (shared while it runs) and its result. */
+interface MacTable {
+  at: number;
+  byMac: Promise<Map<string, string[]>>;
+  read: Map<string, string[]> | null;
+}
+
 /** States in which a socket has unacknowledged data or a SYN/FIN to retransmit. */
 const SCAN_STATES: TcpState[] = [
   'ESTABLISHED',
@@ -60,7 +67,7 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
   private wireBudget = 0;
   private wireSynStall = 0;
   /** Per interface: the kernel's neighbour table as MAC -> addresses, and when it was read. */
-  private readonly macTables = new Map<number, { at: number; byMac: Map<string, string[]> }>();
+  private readonly macTables = new Map<number, MacTable>();
   private closed = false;
   readonly conntrack: SystemConntrack;
 
@@ -202,9 +209,10 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
 
   /**
    * Watch TCP segments leaving on these interfaces (the trigger for forwarded traffic), within
-   * `budget` frames a second each, SYNs unanswered after `synStallMs` included; emits 'wire_retransmission' (WireFlowEvent) with the frame's
-   * MAC turned into addresses by the kernel's neighbour table, 'wire_closed' (ifname, Error) when
-   * an interface went down (the next call opens it again), and 'error'.
+   * `budget` frames a second each, SYNs unanswered after `synStallMs` included; emits
+   * 'wire_retransmission' (WireFlowEvent) with the frame's MAC turned into addresses by the
+   * kernel's neighbour table, 'wire_closed' (ifname, Error) when an interface went down (the next
+   * call opens it again), and 'error'.
    */
   watchWire(ifnames: string[], budget: number, synStallMs: number): void {
     if (this.closed) return;
@@ -234,47 +242,47 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     if (ifindex === undefined) return;
     let nextHops: string[];
     try {
-      nextHops = await this.addressesOfMac(ifindex, r.mac);
+      nextHops = (await this.macTable(ifindex, r.mac)).get(r.mac) ?? [];
     } catch (err) {
       this.emit('error', err as Error);
       return;
     }
     if (nextHops.length === 0 || this.closed) return;
-    const ev: WireFlowEvent = {
-      ifindex,
-      family: r.family,
-      src: r.src,
-      srcPort: r.srcPort,
-      dst: r.dst,
-      dstPort: r.dstPort,
-      syn: r.syn,
-      count: r.count,
-      ...(r.unansweredMs !== undefined ? { unansweredMs: r.unansweredMs } : {}),
-      nextHops,
-    };
+    const { ifname: _ifname, mac: _mac, tsMs: _tsMs, ...flow } = r;
+    const ev: WireFlowEvent = { ...flow, ifindex, nextHops };
     this.emit('wire_retransmission', ev);
   }
 
   /**
-   * The addresses whose neighbour entries on ifindex carry this MAC: the kernel's own mapping, so
+   * The kernel's neighbour table of an interface as MAC -> addresses: the kernel's own mapping, so
    * a frame's MAC names the next hop the kernel chose. Read at most once a second per interface
-   * (again sooner for a MAC not in the last read).
+   * (again after 100 ms for a MAC the last read did not have); retransmissions of many flows at once
+   * share one read.
    */
-  private async addressesOfMac(ifindex: number, mac: string): Promise<string[]> {
+  private macTable(ifindex: number, mac: string): Promise<Map<string, string[]>> {
     const now = performance.now();
-    let t = this.macTables.get(ifindex);
-    if (!t || now - t.at > 1000 || (!t.byMac.has(mac) && now - t.at > 100)) {
-      const byMac = new Map<string, string[]>();
-      for (const n of await this.rtnl.listNeighbours({ ifindex })) {
-        if (!n.lladdr || n.state === 'FAILED' || n.state === 'INCOMPLETE') continue;
-        const list = byMac.get(n.lladdr) ?? [];
-        list.push(n.address);
-        byMac.set(n.lladdr, list);
-      }
-      t = { at: now, byMac };
-      this.macTables.set(ifindex, t);
-    }
-    return t.byMac.get(mac) ?? [];
+    const t = this.macTables.get(ifindex);
+    const age = t ? now - t.at : Infinity;
+    if (t && (age <= 100 || (age <= 1000 && (!t.read || t.read.has(mac))))) return t.byMac;
+    const entry: MacTable = {
+      at: now,
+      read: null,
+      byMac: this.rtnl.listNeighbours({ ifindex }).then((list) => {
+        const m = new Map<string, string[]>();
+        for (const n of list) {
+          if (!n.lladdr || n.state === 'FAILED' || n.state === 'INCOMPLETE') continue;
+          m.set(n.lladdr, [...(m.get(n.lladdr) ?? []), n.address]);
+        }
+        entry.read = m;
+        return m;
+      }),
+    };
+    // A failed read is not kept: the next retransmission reads again.
+    entry.byMac.catch(() => {
+      if (this.macTables.get(ifindex) === entry) this.macTables.delete(ifindex);
+    });
+    this.macTables.set(ifindex, entry);
+    return entry.byMac;
   }
 
   /**
