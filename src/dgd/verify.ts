@@ -5,9 +5,15 @@
 //   2. send `probes` ARP requests (NDP neighbour solicitations for IPv6) ourselves, spaced by
 //      `intervalMs`, and at the same time one ICMP echo, only to make the kernel resolve the
 //      gateway on its own as traffic would;
-//   3. any ARP/NDP reply from the gateway means alive, even if the echo is never answered
-//      (firewalls drop ping: the V3R1-V4R2 mistake the seed describes). A reply from a MAC other
-//      than the known one is reported and, unless allowMacChange, not trusted.
+//   3. a valid ARP/NDP answer from the gateway means alive, even if the echo is never answered
+//      (firewalls drop ping: the V3R1-V4R2 mistake the seed describes). Only answers to our own
+//      question count (src/sys/packet/neighlink.ts: a reply to us whose Ethernet source is its
+//      sender; a solicited NA), and the known MAC decides: listening goes on until the deadline
+//      unless it answered, and an answer from another MAC is a conflict, never a death by itself.
+//      When only other MACs answered, the kernel's own neighbour entry (which the echo made it
+//      resolve) says whether the gateway moved (a VRRP takeover announces the address from the new
+//      master's MAC): confirmed at a MAC that answered, it has moved and is alive. A pinned MAC
+//      (config) never moves.
 //
 // The verdict is ready no later than probes * intervalMs after the start: the engine counts on it
 // to have a verdict by the time a socket reaches the retransmission threshold. The echo's answer
@@ -23,12 +29,26 @@ import { systemClock, type Clock } from '../util/clock';
 export interface VerifierPorts {
   /** Delete the kernel's neighbour entry for ip on ifindex; resolves if there is none. */
   purgeNeighbour(ifindex: number, ip: string): Promise<void>;
-  /** Send `probes` ARP requests / NSes spaced by intervalMs; the first reply from ip, or null. */
+  /**
+   * Send `probes` ARP requests / NSes spaced by intervalMs and listen until probes x intervalMs
+   * (or expectMac's answer): every MAC that validly answered for ip, or null for none.
+   */
   resolve(
     ifname: string,
     ip: string,
-    opts: { probes: number; intervalMs: number; signal?: AbortSignal; onProbe?: (n: number) => void },
-  ): Promise<{ mac: string; rttMs: number; probesSent: number } | null>;
+    opts: {
+      probes: number;
+      intervalMs: number;
+      signal?: AbortSignal;
+      onProbe?: (n: number) => void;
+      untilDeadline?: boolean;
+      expectMac?: string | null;
+      /** Listen at most this long in all (what is left of the verification's budget). */
+      listenMs?: number;
+    },
+  ): Promise<ResolveAnswer>;
+  /** The kernel's neighbour entry for ip on ifindex (state and MAC), null for none. */
+  neighbour?(ifindex: number, ip: string): Promise<{ state: string; lladdr: string | null } | null>;
   /** One ICMP/ICMPv6 echo; null when no reply came within timeoutMs. */
   echo(
     family: 4 | 6,
@@ -43,8 +63,11 @@ export interface VerifyRequest {
   ifindex: number;
   probes: number;
   intervalMs: number;
-  /** The MAC the gateway had when last seen alive; a reply from another MAC is not trusted. */
+  /** The gateway's known MAC: the kernel's confirmed entry, or the config's pin. */
   knownMac?: string | null;
+  /** knownMac is pinned in config: no other MAC ever counts, the kernel's entry included. */
+  macPinned?: boolean;
+  /** Any MAC that answers counts (dgd.allow_mac_change). */
   allowMacChange?: boolean;
   signal?: AbortSignal;
 }
@@ -64,8 +87,14 @@ export interface VerifyResult {
   mac: string | null;
   /** A MAC answered that differs from knownMac. */
   macChanged: boolean;
-  /** That MAC, when it was not trusted (allowMacChange off): then alive is false. */
+  /** The MAC that answered when only untrusted ones did (then alive is false). */
   untrustedMac: string | null;
+  /** MACs other than the known one that answered too: a neighbour conflict (with the known MAC). */
+  conflicts: string[];
+  /** The gateway moved from this MAC to `mac` (confirmed by the kernel's entry); null if it did not. */
+  movedFrom: string | null;
+  /** What was seen, in words: the verdict's reason ("no ARP answer to 3 probes", ...). */
+  reason: string;
   arpRttMs: number | null;
   /** Informational only; null when the echo was not answered (blocked ping) or failed. */
   echoRttMs: number | null;
@@ -76,7 +105,18 @@ export interface VerifyResult {
   steps: VerifyStep[];
 }
 
-type ResolveAnswer = { mac: string; rttMs: number; probesSent: number } | null;
+type ResolveAnswer = {
+  mac: string;
+  rttMs: number;
+  probesSent: number;
+  answers?: { mac: string; rttMs: number; count: number }[];
+} | null;
+
+/** How long past the deadline a resolver that has not ended is waited for. */
+const RESOLVER_GRACE_MS = 20;
+
+/** Kernel states in which its entry holds a MAC it sends to (NUD_VALID less NOARP). */
+const KERNEL_HAS_MAC = new Set(['REACHABLE', 'STALE', 'DELAY', 'PROBE', 'PERMANENT']);
 
 const round3 = (ms: number) => Math.round(ms * 1000) / 1000;
 
@@ -155,11 +195,17 @@ export async function verifyGateway(
     // 2. Our probes and the kernel-forcing echo, concurrently.
     const proto = family === 4 ? 'arp' : 'ndp';
     step(`${proto}_probes`, `${req.probes} x ${req.intervalMs} ms`);
+    const known = req.knownMac ? normalizeMac(req.knownMac) : null;
     const resolving: Promise<{ answer: ResolveAnswer } | { error: unknown }> = ports
       .resolve(req.ifname, req.gateway, {
         probes: req.probes,
         intervalMs: req.intervalMs,
         signal: stop.signal,
+        // Until the deadline unless the known MAC answers: a first answer from another MAC must not
+        // end the question (a forged reply would hide the real gateway's).
+        untilDeadline: !req.allowMacChange,
+        expectMac: known,
+        listenMs: remaining(),
         onProbe: (n) =>
           step(
             `${proto}_probe`,
@@ -189,7 +235,9 @@ export async function verifyGateway(
         echoSettled = true;
       });
 
-    const first = await Promise.race([resolving, wait(remaining()), aborted]);
+    // The resolver ends at the deadline itself with what it heard; this wait is only the net for
+    // one that does not (a little later, so the resolver's own end wins the race).
+    const first = await Promise.race([resolving, wait(remaining() + RESOLVER_GRACE_MS), aborted]);
     if (first === 'aborted') throw stop.signal.reason;
     let answer: ResolveAnswer = null;
     if (first === 'timeout') step('deadline', `no ${proto.toUpperCase()} reply within ${budgetMs} ms`);
@@ -203,18 +251,63 @@ export async function verifyGateway(
     let arpRttMs: number | null = null;
     let macChanged = false;
     let untrustedMac: string | null = null;
+    let movedFrom: string | null = null;
+    let conflicts: string[] = [];
+    let reason: string;
+    let alive = false;
+    const P = proto.toUpperCase();
     if (answer) {
-      mac = normalizeMac(answer.mac);
-      arpRttMs = round3(answer.rttMs);
+      const all = (answer.answers ?? [{ mac: answer.mac, rttMs: answer.rttMs, count: 1 }]).map((a) => ({
+        ...a,
+        mac: normalizeMac(a.mac),
+      }));
+      const macs = all.map((a) => a.mac);
+      const fromKnown = known ? all.find((a) => a.mac === known) : undefined;
+      const chosen = fromKnown ?? all[0]!;
+      mac = chosen.mac;
+      arpRttMs = round3(chosen.rttMs);
       probesSent = answer.probesSent;
-      step(`${proto}_reply`, `${mac} after ${answer.probesSent} probe(s), ${arpRttMs} ms`);
-      const known = req.knownMac ? normalizeMac(req.knownMac) : null;
-      if (known && known !== mac) {
-        macChanged = true;
-        if (req.allowMacChange) step('mac_changed', `${known} -> ${mac}: trusted (allow_mac_change)`);
-        else {
+      step(`${proto}_reply`, `${macs.join(', ')} after ${answer.probesSent} probe(s), ${arpRttMs} ms`);
+      if (!known || fromKnown || req.allowMacChange) {
+        alive = true;
+        conflicts = known ? macs.filter((m) => m !== known) : [];
+        if (known && !fromKnown) {
+          macChanged = true;
+          step('mac_changed', `${known} -> ${mac}: trusted (allow_mac_change)`);
+        }
+        if (conflicts.length > 0 && fromKnown)
+          step('neighbour_conflict', `answered from ${known} and also from ${conflicts.join(', ')}`);
+        reason = `answered ${P} from ${mac}`;
+      } else if (req.macPinned) {
+        untrustedMac = mac;
+        conflicts = macs;
+        step('mac_untrusted', `answered only from ${macs.join(', ')}, not the pinned ${known}`);
+        reason = `answered ${P} only from ${macs.join(', ')}, not from the pinned MAC ${known}`;
+      } else {
+        // Only other MACs answered: has the gateway moved? The kernel resolved it too (our echo
+        // made it ask, and it takes only answers sent to this host): its entry decides.
+        const entry = ports.neighbour
+          ? await Promise.race([
+              ports.neighbour(req.ifindex, req.gateway).catch(() => null),
+              wait(Math.min(req.intervalMs, remaining())).then(() => null),
+            ])
+          : null;
+        const kernelMac = entry?.lladdr && KERNEL_HAS_MAC.has(entry.state) ? normalizeMac(entry.lladdr) : null;
+        if (kernelMac && macs.includes(kernelMac)) {
+          alive = true;
+          macChanged = true;
+          movedFrom = known;
+          mac = kernelMac;
+          arpRttMs = round3(all.find((a) => a.mac === kernelMac)!.rttMs);
+          conflicts = macs.filter((m) => m !== kernelMac);
+          step('neighbour_moved', `${known} -> ${kernelMac}: the kernel's entry is ${entry!.state} at it`);
+          reason = `moved: answered ${P} from ${kernelMac} (was ${known}), confirmed by the kernel`;
+        } else {
           untrustedMac = mac;
-          step('mac_untrusted', `${known} -> ${mac}: not trusted (allow_mac_change is off)`);
+          conflicts = macs;
+          const k = entry ? `${entry.state}${entry.lladdr ? ` at ${entry.lladdr}` : ''}` : 'none';
+          step('mac_untrusted', `answered only from ${macs.join(', ')}, not ${known}; the kernel's entry: ${k}`);
+          reason = `answered ${P} only from untrusted MAC ${macs.join(', ')} (known ${known}; the kernel's entry: ${k})`;
         }
       }
       // The echo is only worth waiting for briefly: its request left with our first probe and the
@@ -233,16 +326,12 @@ export async function verifyGateway(
             'no echo reply yet (ping blocked?): informational only, not waited for longer',
           );
       }
-    }
+    } else reason = `no ${P} answer to ${probesSent} probes`;
     // A dead verdict never waits for the echo: it no longer matters.
     if (!answer && echoRttMs !== null)
       step('echo_without_arp', 'the echo was answered but no ARP/NDP reply was seen: ARP/NDP decides');
 
-    const alive = answer !== null && untrustedMac === null;
-    step(
-      'verdict',
-      alive ? 'alive' : untrustedMac ? 'not alive: the only answer came from an untrusted MAC' : 'dead',
-    );
+    step('verdict', alive ? 'alive' : `dead: ${reason}`);
     return {
       gateway: req.gateway,
       interface: req.ifname,
@@ -250,6 +339,9 @@ export async function verifyGateway(
       mac,
       macChanged,
       untrustedMac,
+      conflicts,
+      movedFrom,
+      reason,
       arpRttMs,
       echoRttMs,
       probesSent,
