@@ -27,9 +27,7 @@ export class GatewayMacs {
   private saving: Promise<void> = Promise.resolve();
   private pendingSave = false;
 
-  constructor(
-    private readonly o: { store: DgdStore | null; log: EventLog; config: () => DgdConfig },
-  ) {}
+  constructor(private readonly o: { store: DgdStore | null; log: EventLog; config: () => DgdConfig }) {}
 
   private static key(g: Gateway): string {
     return `${g.address}%${g.ifname}`;
@@ -42,7 +40,11 @@ export class GatewayMacs {
       const macs = await this.o.store.loadMacs();
       for (const [k, v] of Object.entries(macs).slice(-MAX_REMEMBERED)) this.learned.set(k, v);
     } catch (err) {
-      emit(this.o.log, { event: 'error', during: 'loading known gateway MACs', error: errorMessage(err) }, 'warn');
+      emit(
+        this.o.log,
+        { event: 'error', during: 'loading known gateway MACs', error: errorMessage(err) },
+        'warn',
+      );
     }
   }
 
@@ -120,7 +122,11 @@ export class GatewayMacs {
       try {
         await store.saveMacs!(Object.fromEntries(this.learned));
       } catch (err) {
-        emit(this.o.log, { event: 'error', during: 'saving known gateway MACs', error: errorMessage(err) }, 'warn');
+        emit(
+          this.o.log,
+          { event: 'error', during: 'saving known gateway MACs', error: errorMessage(err) },
+          'warn',
+        );
       }
     });
   }

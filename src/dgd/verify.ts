@@ -45,6 +45,8 @@ export interface VerifierPorts {
       expectMac?: string | null;
       /** Listen at most this long in all (what is left of the verification's budget). */
       listenMs?: number;
+      /** Each MAC's first valid answer as it arrives (the verdict at the deadline uses them). */
+      onAnswer?: (a: { mac: string; rttMs: number }) => void;
     },
   ): Promise<ResolveAnswer>;
   /** The kernel's neighbour entry for ip on ifindex (state and MAC), null for none. */
@@ -111,9 +113,6 @@ type ResolveAnswer = {
   probesSent: number;
   answers?: { mac: string; rttMs: number; count: number }[];
 } | null;
-
-/** How long past the deadline a resolver that has not ended is waited for. */
-const RESOLVER_GRACE_MS = 20;
 
 /** Kernel states in which its entry holds a MAC it sends to (NUD_VALID less NOARP). */
 const KERNEL_HAS_MAC = new Set(['REACHABLE', 'STALE', 'DELAY', 'PROBE', 'PERMANENT']);
@@ -196,6 +195,10 @@ export async function verifyGateway(
     const proto = family === 4 ? 'arp' : 'ndp';
     step(`${proto}_probes`, `${req.probes} x ${req.intervalMs} ms`);
     const known = req.knownMac ? normalizeMac(req.knownMac) : null;
+    // What was heard so far: at the deadline the verdict is taken from these, whatever the
+    // resolver's own timer says.
+    const heard = new Map<string, { mac: string; rttMs: number; count: number }>();
+    let probesSoFar = 0;
     const resolving: Promise<{ answer: ResolveAnswer } | { error: unknown }> = ports
       .resolve(req.ifname, req.gateway, {
         probes: req.probes,
@@ -206,11 +209,19 @@ export async function verifyGateway(
         untilDeadline: !req.allowMacChange,
         expectMac: known,
         listenMs: remaining(),
-        onProbe: (n) =>
+        onAnswer: (a) => {
+          const m = normalizeMac(a.mac);
+          const h = heard.get(m);
+          if (h) h.count++;
+          else heard.set(m, { mac: m, rttMs: a.rttMs, count: 1 });
+        },
+        onProbe: (n) => {
+          probesSoFar = n;
           step(
             `${proto}_probe`,
             `#${n} ${family === 4 ? 'who-has' : 'neighbour solicitation for'} ${req.gateway}`,
-          ),
+          );
+        },
       })
       .then(
         (answer) => ({ answer }),
@@ -235,13 +246,22 @@ export async function verifyGateway(
         echoSettled = true;
       });
 
-    // The resolver ends at the deadline itself with what it heard; this wait is only the net for
-    // one that does not (a little later, so the resolver's own end wins the race).
-    const first = await Promise.race([resolving, wait(remaining() + RESOLVER_GRACE_MS), aborted]);
+    const first = await Promise.race([resolving, wait(remaining()), aborted]);
     if (first === 'aborted') throw stop.signal.reason;
     let answer: ResolveAnswer = null;
-    if (first === 'timeout') step('deadline', `no ${proto.toUpperCase()} reply within ${budgetMs} ms`);
-    else if ('error' in first) {
+    if (first === 'timeout') {
+      if (heard.size > 0) {
+        const all = [...heard.values()];
+        const chosen = (known && heard.get(known)) || all[0]!;
+        answer = {
+          mac: chosen.mac,
+          rttMs: chosen.rttMs,
+          probesSent: probesSoFar || req.probes,
+          answers: all,
+        };
+        step('deadline', `listened ${budgetMs} ms: answers from ${all.map((a) => a.mac).join(', ')}`);
+      } else step('deadline', `no ${proto.toUpperCase()} reply within ${budgetMs} ms`);
+    } else if ('error' in first) {
       if (callerAborted()) throw stop.signal.reason;
       throw first.error;
     } else answer = first.answer;
@@ -257,10 +277,13 @@ export async function verifyGateway(
     let alive = false;
     const P = proto.toUpperCase();
     if (answer) {
-      const all = (answer.answers ?? [{ mac: answer.mac, rttMs: answer.rttMs, count: 1 }]).map((a) => ({
-        ...a,
-        mac: normalizeMac(a.mac),
-      }));
+      // Everything heard, by MAC in order of arrival: what the resolver returned and what it reported.
+      const byMac = new Map(heard);
+      for (const a of answer.answers ?? [{ mac: answer.mac, rttMs: answer.rttMs, count: 1 }]) {
+        const m = normalizeMac(a.mac);
+        if (!byMac.has(m)) byMac.set(m, { ...a, mac: m });
+      }
+      const all = [...byMac.values()];
       const macs = all.map((a) => a.mac);
       const fromKnown = known ? all.find((a) => a.mac === known) : undefined;
       const chosen = fromKnown ?? all[0]!;
@@ -280,6 +303,7 @@ export async function verifyGateway(
         reason = `answered ${P} from ${mac}`;
       } else if (req.macPinned) {
         untrustedMac = mac;
+        macChanged = true;
         conflicts = macs;
         step('mac_untrusted', `answered only from ${macs.join(', ')}, not the pinned ${known}`);
         reason = `answered ${P} only from ${macs.join(', ')}, not from the pinned MAC ${known}`;
@@ -292,7 +316,8 @@ export async function verifyGateway(
               wait(Math.min(req.intervalMs, remaining())).then(() => null),
             ])
           : null;
-        const kernelMac = entry?.lladdr && KERNEL_HAS_MAC.has(entry.state) ? normalizeMac(entry.lladdr) : null;
+        const kernelMac =
+          entry?.lladdr && KERNEL_HAS_MAC.has(entry.state) ? normalizeMac(entry.lladdr) : null;
         if (kernelMac && macs.includes(kernelMac)) {
           alive = true;
           macChanged = true;
@@ -304,9 +329,13 @@ export async function verifyGateway(
           reason = `moved: answered ${P} from ${kernelMac} (was ${known}), confirmed by the kernel`;
         } else {
           untrustedMac = mac;
+          macChanged = true;
           conflicts = macs;
           const k = entry ? `${entry.state}${entry.lladdr ? ` at ${entry.lladdr}` : ''}` : 'none';
-          step('mac_untrusted', `answered only from ${macs.join(', ')}, not ${known}; the kernel's entry: ${k}`);
+          step(
+            'mac_untrusted',
+            `answered only from ${macs.join(', ')}, not ${known}; the kernel's entry: ${k}`,
+          );
           reason = `answered ${P} only from untrusted MAC ${macs.join(', ')} (known ${known}; the kernel's entry: ${k})`;
         }
       }

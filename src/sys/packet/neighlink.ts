@@ -66,6 +66,8 @@ export interface ResolveOptions {
   expectMac?: string | null;
   /** Listen at most this long in all (default and at most probes x intervalMs). */
   listenMs?: number;
+  /** Each MAC's first answer, as it arrives. */
+  onAnswer?: (a: NeighbourAnswer) => void;
 }
 
 /** One MAC that answered, and its first answer's RTT. */
@@ -412,7 +414,9 @@ export class NeighbourLink extends EventEmitter {
           seen.count++;
           return;
         }
-        answers.set(s.mac, { mac: s.mac, rttMs: Math.max(0, s.at - lastSentAt), count: 1 });
+        const a = { mac: s.mac, rttMs: Math.max(0, s.at - lastSentAt), count: 1 };
+        answers.set(s.mac, a);
+        opts.onAnswer?.({ ...a });
         // Listening on is for holding answers against an expected MAC; with none, the first decides.
         if (!opts.untilDeadline || expect === null || s.mac === expect) finish(() => resolve(result()));
       };
@@ -441,7 +445,8 @@ export class NeighbourLink extends EventEmitter {
       };
       // The last request gets one interval for its answer, as every other.
       const budget = opts.probes * opts.intervalMs;
-      const listenMs = opts.listenMs !== undefined && opts.listenMs >= 0 ? Math.min(budget, opts.listenMs) : budget;
+      const listenMs =
+        opts.listenMs !== undefined && opts.listenMs >= 0 ? Math.min(budget, opts.listenMs) : budget;
       const deadline = setTimeout(() => finish(() => resolve(result())), listenMs);
       this.on('sighting', onSighting);
       this.once('closed', onClosed);
