@@ -9,14 +9,16 @@
 //      (firewalls drop ping: the V3R1-V4R2 mistake the seed describes). Only answers to our own
 //      question count (src/sys/packet/neighlink.ts: a reply to us whose Ethernet source is its
 //      sender; a solicited NA), and the known MAC decides: listening goes on until the deadline
-//      unless it answered, and an answer from another MAC is a conflict, never a death by itself.
+//      (probing stops once it answered), and an answer from another MAC is a conflict, never a
+//      death by itself. So an alive verdict, too, comes at the deadline.
 //      When only other MACs answered, the kernel's own neighbour entry (which the echo made it
 //      resolve) says whether the gateway moved (a VRRP takeover announces the address from the new
 //      master's MAC): confirmed at a MAC that answered, it has moved and is alive. A pinned MAC
 //      (config) never moves.
 //
-// The verdict is ready no later than probes * intervalMs after the start: the engine counts on it
-// to have a verdict by the time a socket reaches the retransmission threshold. The echo's answer
+// The verdict is ready no later than probes * intervalMs after the start (and, unless
+// allowMacChange, at that deadline): the engine counts on it to have a verdict by the time a
+// socket reaches the retransmission threshold. The echo's answer
 // is informational (echoRttMs) and never delays a dead verdict.
 //
 // Pure logic over ports and an injected clock, so it is unit-tested with fakes and a FakeClock;
@@ -175,6 +177,21 @@ export async function verifyGateway(
   const callerAborted = () => req.signal?.aborted === true;
 
   try {
+    // 0. No known MAC yet (a gateway first met, already resolved before we started): the kernel's
+    //    entry, before the purge, is what the kernel believed — the known MAC follows it.
+    let known = req.knownMac ? normalizeMac(req.knownMac) : null;
+    if (!known && ports.neighbour && !req.allowMacChange) {
+      const entry = await Promise.race([
+        ports.neighbour(req.ifindex, req.gateway).catch(() => null),
+        wait(Math.min(req.intervalMs, remaining())).then(() => null),
+        aborted.then(() => null),
+      ]);
+      if (stop.signal.aborted) throw stop.signal.reason;
+      if (entry?.lladdr && KERNEL_HAS_MAC.has(entry.state)) {
+        known = normalizeMac(entry.lladdr);
+        step('known_mac', `${known}: the kernel's entry (${entry.state})`);
+      }
+    }
     // 1. Purge, bounded: a stuck netlink request must not eat the verdict's time. Our own probes
     //    do not depend on it; only the echo's forcing of the kernel does.
     step('purge', `${req.gateway} dev ${req.ifname}`);
@@ -194,7 +211,14 @@ export async function verifyGateway(
     // 2. Our probes and the kernel-forcing echo, concurrently.
     const proto = family === 4 ? 'arp' : 'ndp';
     step(`${proto}_probes`, `${req.probes} x ${req.intervalMs} ms`);
-    const known = req.knownMac ? normalizeMac(req.knownMac) : null;
+    /** The kernel's entry now, bounded by what is left of the budget (null: none, or no answer). */
+    const kernelEntry = async () =>
+      ports.neighbour
+        ? Promise.race([
+            ports.neighbour(req.ifindex, req.gateway).catch(() => null),
+            wait(Math.max(1, Math.min(req.intervalMs, remaining()))).then(() => null),
+          ])
+        : null;
     // What was heard so far: at the deadline the verdict is taken from these, whatever the
     // resolver's own timer says.
     const heard = new Map<string, { mac: string; rttMs: number; count: number }>();
@@ -206,7 +230,8 @@ export async function verifyGateway(
         signal: stop.signal,
         // Until the deadline unless the known MAC answers: a first answer from another MAC must not
         // end the question (a forged reply would hide the real gateway's).
-        untilDeadline: !req.allowMacChange,
+        // With no known MAC at all, every answer is heard too when the kernel can settle between them.
+        untilDeadline: !req.allowMacChange && (known !== null || ports.neighbour !== undefined),
         expectMac: known,
         listenMs: remaining(),
         onAnswer: (a) => {
@@ -291,9 +316,19 @@ export async function verifyGateway(
       arpRttMs = round3(chosen.rttMs);
       probesSent = answer.probesSent;
       step(`${proto}_reply`, `${macs.join(', ')} after ${answer.probesSent} probe(s), ${arpRttMs} ms`);
+      if (!known && macs.length > 1 && ports.neighbour) {
+        // Met for the first time and answered from several MACs: the kernel's pick is the gateway.
+        const entry = await kernelEntry();
+        const kernelMac =
+          entry?.lladdr && KERNEL_HAS_MAC.has(entry.state) ? normalizeMac(entry.lladdr) : null;
+        if (kernelMac && macs.includes(kernelMac)) {
+          mac = kernelMac;
+          arpRttMs = round3(all.find((a) => a.mac === kernelMac)!.rttMs);
+        }
+      }
       if (!known || fromKnown || req.allowMacChange) {
         alive = true;
-        conflicts = known ? macs.filter((m) => m !== known) : [];
+        conflicts = macs.filter((m) => m !== mac);
         if (known && !fromKnown) {
           macChanged = true;
           step('mac_changed', `${known} -> ${mac}: trusted (allow_mac_change)`);
@@ -310,12 +345,7 @@ export async function verifyGateway(
       } else {
         // Only other MACs answered: has the gateway moved? The kernel resolved it too (our echo
         // made it ask, and it takes only answers sent to this host): its entry decides.
-        const entry = ports.neighbour
-          ? await Promise.race([
-              ports.neighbour(req.ifindex, req.gateway).catch(() => null),
-              wait(Math.min(req.intervalMs, remaining())).then(() => null),
-            ])
-          : null;
+        const entry = await kernelEntry();
         const kernelMac =
           entry?.lladdr && KERNEL_HAS_MAC.has(entry.state) ? normalizeMac(entry.lladdr) : null;
         if (kernelMac && macs.includes(kernelMac)) {

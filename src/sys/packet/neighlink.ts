@@ -58,11 +58,11 @@ export interface ResolveOptions {
   onProbe?: (n: number) => void;
   /**
    * Listen until the deadline (probes x intervalMs) and report every MAC that answered, instead of
-   * finishing at the first answer; an answer from `expectMac` still finishes at once (nothing that
-   * comes later can change what it proves).
+   * finishing at the first answer: an answer from another MAC is then heard even when the expected
+   * one answered first (a conflict). Probes stop once `expectMac` answered.
    */
   untilDeadline?: boolean;
-  /** The MAC whose answer settles the question (with untilDeadline). */
+  /** The MAC whose answer ends the probing (with untilDeadline). */
   expectMac?: string | null;
   /** Listen at most this long in all (default and at most probes x intervalMs). */
   listenMs?: number;
@@ -417,8 +417,9 @@ export class NeighbourLink extends EventEmitter {
         const a = { mac: s.mac, rttMs: Math.max(0, s.at - lastSentAt), count: 1 };
         answers.set(s.mac, a);
         opts.onAnswer?.({ ...a });
-        // Listening on is for holding answers against an expected MAC; with none, the first decides.
-        if (!opts.untilDeadline || expect === null || s.mac === expect) finish(() => resolve(result()));
+        if (!opts.untilDeadline) finish(() => resolve(result()));
+        // The expected MAC answered: nothing more to ask, but whoever else answers is still heard.
+        else if (s.mac === expect) clearTimeout(timer);
       };
       const onClosed = () =>
         finish(() =>
