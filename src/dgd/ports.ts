@@ -109,10 +109,14 @@ export type WireStatus = WireInterfaceStatus;
 export type Verification = Omit<VerifyResult, 'gateway' | 'interface'>;
 
 /** What the engine asks a verification for (src/dgd/verify.ts), minus the abort signal. */
-export type VerifyArgs = Omit<VerifyRequest, 'signal' | 'knownMac' | 'allowMacChange' | 'macPinned'> & {
+export type VerifyArgs = Omit<
+  VerifyRequest,
+  'signal' | 'knownMac' | 'allowMacChange' | 'macPinned' | 'untilDeadline'
+> & {
   knownMac: string | null;
   allowMacChange: boolean;
   macPinned?: boolean;
+  untilDeadline?: boolean;
 };
 
 export interface ResumeFlow {

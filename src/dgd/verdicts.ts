@@ -181,6 +181,8 @@ export class Verdicts implements GatewayHost {
         knownMac: known.mac,
         macPinned: known.pinned,
         allowMacChange: cfg.allow_mac_change && !known.pinned,
+        // A dead gateway's poll asks only whether its known MAC answers: a revival does not wait.
+        untilDeadline: mode !== 'poll',
       })
       .then((v) => {
         this.recordVerdict(g, v, startedAt, inflight.speculative, quiet);

@@ -47,6 +47,8 @@ export interface VerifierPorts {
       expectMac?: string | null;
       /** Listen at most this long in all (what is left of the verification's budget). */
       listenMs?: number;
+      /** With untilDeadline: end at once when expectMac answered. */
+      finishOnExpected?: boolean;
       /** Each MAC's first valid answer as it arrives (the verdict at the deadline uses them). */
       onAnswer?: (a: { mac: string; rttMs: number }) => void;
     },
@@ -73,6 +75,12 @@ export interface VerifyRequest {
   macPinned?: boolean;
   /** Any MAC that answers counts (dgd.allow_mac_change). */
   allowMacChange?: boolean;
+  /**
+   * Listen until the deadline even after the known MAC answered, so that another MAC answering is
+   * heard (default). Off for the slow poll of a dead gateway, where the known MAC's answer is all
+   * that is asked and a revival should not wait.
+   */
+  untilDeadline?: boolean;
   signal?: AbortSignal;
 }
 
@@ -232,6 +240,7 @@ export async function verifyGateway(
         // end the question (a forged reply would hide the real gateway's).
         // With no known MAC at all, every answer is heard too when the kernel can settle between them.
         untilDeadline: !req.allowMacChange && (known !== null || ports.neighbour !== undefined),
+        finishOnExpected: req.untilDeadline === false,
         expectMac: known,
         listenMs: remaining(),
         onAnswer: (a) => {

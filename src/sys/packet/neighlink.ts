@@ -64,6 +64,8 @@ export interface ResolveOptions {
   untilDeadline?: boolean;
   /** The MAC whose answer ends the probing (with untilDeadline). */
   expectMac?: string | null;
+  /** With untilDeadline: finish at once when expectMac answered (what was heard before is reported). */
+  finishOnExpected?: boolean;
   /** Listen at most this long in all (default and at most probes x intervalMs). */
   listenMs?: number;
   /** Each MAC's first answer, as it arrives. */
@@ -418,8 +420,11 @@ export class NeighbourLink extends EventEmitter {
         answers.set(s.mac, a);
         opts.onAnswer?.({ ...a });
         if (!opts.untilDeadline) finish(() => resolve(result()));
-        // The expected MAC answered: nothing more to ask, but whoever else answers is still heard.
-        else if (s.mac === expect) clearTimeout(timer);
+        else if (s.mac === expect) {
+          if (opts.finishOnExpected) finish(() => resolve(result()));
+          // Nothing more to ask, but whoever else answers is still heard.
+          else clearTimeout(timer);
+        }
       };
       const onClosed = () =>
         finish(() =>
