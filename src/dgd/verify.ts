@@ -17,7 +17,8 @@
 //      (config) never moves.
 //
 // The verdict is ready no later than probes * intervalMs after the start (and, unless
-// allowMacChange, at that deadline): the engine counts on it to have a verdict by the time a
+// allowMacChange, at that deadline; when only another MAC answered, after one read of the
+// kernel's entry, at most 100 ms more): the engine counts on it to have a verdict by the time a
 // socket reaches the retransmission threshold. The echo's answer
 // is informational (echoRttMs) and never delays a dead verdict.
 //
@@ -124,6 +125,9 @@ type ResolveAnswer = {
   answers?: { mac: string; rttMs: number; count: number }[];
 } | null;
 
+/** How long a read of the kernel's neighbour entry may take at the deadline (a loaded host). */
+const KERNEL_READ_MS = 100;
+
 /** Kernel states in which its entry holds a MAC it sends to (NUD_VALID less NOARP). */
 const KERNEL_HAS_MAC = new Set(['REACHABLE', 'STALE', 'DELAY', 'PROBE', 'PERMANENT']);
 
@@ -219,12 +223,15 @@ export async function verifyGateway(
     // 2. Our probes and the kernel-forcing echo, concurrently.
     const proto = family === 4 ? 'arp' : 'ndp';
     step(`${proto}_probes`, `${req.probes} x ${req.intervalMs} ms`);
-    /** The kernel's entry now, bounded by what is left of the budget (null: none, or no answer). */
+    /**
+     * The kernel's entry now (null: none, or no answer in time). Asked at the deadline when only
+     * another MAC answered, so that verdict may come up to KERNEL_READ_MS after the deadline.
+     */
     const kernelEntry = async () =>
       ports.neighbour
         ? Promise.race([
             ports.neighbour(req.ifindex, req.gateway).catch(() => null),
-            wait(Math.max(1, Math.min(req.intervalMs, remaining()))).then(() => null),
+            wait(Math.min(req.intervalMs, Math.max(remaining(), KERNEL_READ_MS))).then(() => null),
           ])
         : null;
     // What was heard so far: at the deadline the verdict is taken from these, whatever the
