@@ -50,6 +50,8 @@ export interface VerifierPorts {
       listenMs?: number;
       /** With untilDeadline: end at once when expectMac answered. */
       finishOnExpected?: boolean;
+      /** Let the gateway's echoes through the capture while resolving (the flight recorder's picture). */
+      watchEcho?: boolean;
       /** Each MAC's first valid answer as it arrives (the verdict at the deadline uses them). */
       onAnswer?: (a: { mac: string; rttMs: number }) => void;
     },
@@ -248,6 +250,7 @@ export async function verifyGateway(
         // With no known MAC at all, every answer is heard too when the kernel can settle between them.
         untilDeadline: !req.allowMacChange && (known !== null || ports.neighbour !== undefined),
         finishOnExpected: req.untilDeadline === false,
+        watchEcho: true,
         expectMac: known,
         listenMs: remaining(),
         onAnswer: (a) => {

@@ -543,7 +543,10 @@ describe('neighlink: decoding and timing over a fake transport', () => {
     it('echo terms are in the kernel filter only while a gateway is resolved', async () => {
       assert.doesNotMatch(neighbourFilter(ME.mac), /icmp-echo|== 128/);
       assert.match(neighbourFilter(ME.mac), /ether dst 02:00:00:00:00:10 or ether multicast/);
-      const p = link.resolve(GW.ip4, { probes: 1, intervalMs: 10 });
+      const quiet = t.filters.length;
+      await link.resolve(GW.ip4, { probes: 1, intervalMs: 5 });
+      assert.equal(t.filters.length, quiet, 'an active probe does not touch the filter');
+      const p = link.resolve(GW.ip4, { probes: 1, intervalMs: 10, watchEcho: true });
       assert.match(t.filters.at(-1)!, new RegExp(`icmp and host ${GW.ip4.replace(/\./g, '\\.')}`));
       await p;
       assert.doesNotMatch(t.filters.at(-1)!, /icmp-echo/);

@@ -80,6 +80,12 @@ export interface ResolveOptions {
   expectMac?: string | null;
   /** With untilDeadline: finish at once when expectMac answered (what was heard before is reported). */
   finishOnExpected?: boolean;
+  /**
+   * Let the target's ICMP echoes through the kernel filter while resolving (a verification, for
+   * the flight recorder's picture); off for a single active probe, which would recompile the
+   * filter twice a probe.
+   */
+  watchEcho?: boolean;
   /** Listen at most this long in all (default and at most probes x intervalMs). */
   listenMs?: number;
   /** Each MAC's first answer, as it arrives. */
@@ -327,7 +333,7 @@ export class NeighbourLink extends EventEmitter {
         this.off('sighting', onSighting);
         this.off('closed', onClosed);
         signal?.removeEventListener('abort', onAbort);
-        this.endVerifying(target);
+        if (opts.watchEcho) this.endVerifying(target);
         fn();
       };
       const onSighting = (s: NeighbourSighting) => {
@@ -378,7 +384,7 @@ export class NeighbourLink extends EventEmitter {
       this.on('sighting', onSighting);
       this.once('closed', onClosed);
       signal?.addEventListener('abort', onAbort, { once: true });
-      this.beginVerifying(target);
+      if (opts.watchEcho) this.beginVerifying(target);
       sendNext();
     });
   }
