@@ -8,9 +8,10 @@
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import type * as tls from 'node:tls';
+import { z } from 'zod';
 import { IpdeadgateError } from '../errors';
-import { systemClock, type Clock } from '../util/clock';
-import { formatHostPort, type HostPort } from './config';
+import { systemClock, type Clock, type Timer } from '../util/clock';
+import { formatHostPort, SERVICE_NAME, type HostPort } from './config';
 import { MuxSession, type MuxStream } from './muxsession';
 import {
   CONTROL_SERVICE,
@@ -40,6 +41,8 @@ import {
   type TlsMaterial,
 } from './linktls';
 import { type TlsLinkContext, TlsLinkSocket } from '../sys/tlslink';
+import { fdOf, tcpInfoByFd } from '../sys/tcpinfo';
+import { FdBudget } from './fdbudget';
 
 // What links' users import from here: the machine's names and the TLS helpers.
 export type { LinkRefusal, LinkState };
@@ -79,6 +82,15 @@ export interface LinkOptions {
   heartbeatMs: number;
   heartbeatMisses: number;
   closeTimeoutMs: number;
+  /** Close a link on which bytes wait and none leaves for this long (0: never). */
+  writeTimeoutMs?: number;
+  /** Most bytes that may wait to be sent on a link (MuxOptions.maxUnsent). */
+  maxUnsent?: number;
+  /** Listener: TLS handshakes in progress at once, in all and from one address. */
+  maxHandshakes?: number;
+  maxHandshakesPerAddress?: number;
+  /** Listener: a connection that sends no byte for this long is closed. */
+  firstByteTimeoutMs?: number;
   clock?: Clock;
   /** What we announce on a link (service -> hops). */
   services: (link: Link) => Record<string, number>;
@@ -91,25 +103,68 @@ export interface LinkOptions {
   onInvalidEvent?: (link: Link, state: LinkState, event: LinkEventType) => void;
 }
 
-/** What the peer says on the control stream, one JSON object a line (docs/protocol.md). */
-function controlEvent(m: ControlMessage): LinkEvent | undefined {
+/**
+ * The control stream's messages (docs/protocol.md "The control stream"), as the peer may send
+ * them: a JSON object with a string `type`; the known types with their fields. Extra fields are
+ * room for later versions; the services map is checked entry by entry (sanitizeServices).
+ */
+const controlLine = z.object({ type: z.string().max(64) }).passthrough();
+const controlMessage = z.discriminatedUnion('type', [
+  z.object({
+    type: z.literal('hello'),
+    name: z.string().min(1).max(255),
+    role: z.string().max(64),
+    services: z.unknown().optional(),
+  }),
+  z.object({ type: z.literal('tell'), services: z.unknown().optional() }),
+  z.object({ type: z.literal('bye'), reason: z.string().optional(), detail: z.string().optional() }),
+]);
+const KNOWN_CONTROL = new Set(['hello', 'tell', 'bye']);
+
+/**
+ * What the peer says on the control stream, one JSON object a line: an event for the link's
+ * machine, undefined for a type from a later version (not ours to judge), or an Error naming what
+ * is wrong with the line (the link is closed for it).
+ */
+export function parseControlLine(line: string): LinkEvent | undefined | Error {
+  let v: unknown;
+  try {
+    v = JSON.parse(line);
+  } catch {
+    return new IpdeadgateError('ERR_TUNNEL_HANDSHAKE', 'malformed control message: not JSON');
+  }
+  const head = controlLine.safeParse(v);
+  if (!head.success)
+    return new IpdeadgateError(
+      'ERR_TUNNEL_HANDSHAKE',
+      'malformed control message: not a JSON object with a string "type"',
+    );
+  if (!KNOWN_CONTROL.has(head.data.type)) return undefined;
+  const r = controlMessage.safeParse(v);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    return new IpdeadgateError(
+      'ERR_TUNNEL_HANDSHAKE',
+      `malformed control message "${head.data.type}": ${issue ? `${issue.path.join('.') || 'message'}: ${issue.message}` : 'invalid'}`,
+    );
+  }
+  const m = r.data;
   switch (m.type) {
     case 'bye':
       return {
         type: 'bye',
-        detail: `the peer refused the link (${String(m.reason ?? '').slice(0, 64)}): ${String(m.detail ?? '').slice(0, 512)}`,
+        detail: `the peer refused the link (${(m.reason ?? '').slice(0, 64)}): ${(m.detail ?? '').slice(0, 512)}`,
       };
     case 'hello':
       return {
         type: 'hello',
-        name: String(m.name).slice(0, 63),
-        role: String(m.role).slice(0, 32),
+        name: m.name.slice(0, 63),
+        role: m.role.slice(0, 32),
         services: sanitizeServices(m.services),
       };
     case 'tell':
       return { type: 'tell', services: sanitizeServices(m.services) };
   }
-  return undefined; // a message type from a later version: not ours to judge
 }
 
 /**
@@ -146,6 +201,9 @@ export class Link extends EventEmitter implements LinkLifeHost {
       heartbeatMs: opts.heartbeatMs,
       heartbeatMisses: opts.heartbeatMisses,
       closeTimeoutMs: opts.closeTimeoutMs,
+      writeTimeoutMs: opts.writeTimeoutMs,
+      maxUnsent: opts.maxUnsent,
+      holdInboundWindow: true,
     });
     this.session.on('close', (error?: Error) => this.life.dispatch({ type: 'closed', error }));
     this.session.on('stream', (s: MuxStream) => this.onStream(s));
@@ -181,15 +239,22 @@ export class Link extends EventEmitter implements LinkLifeHost {
   private onStream(s: MuxStream): void {
     readOpen(s).then(
       (req) => {
-        if (req.service === CONTROL_SERVICE) {
-          if (this.control || this.dialer) return s.reset();
-          s.write(encodeAnswer(0));
-          this.attachControl(s);
-          return;
+        try {
+          if (req.service === CONTROL_SERVICE) {
+            if (this.control || this.dialer) return s.reset();
+            s.write(encodeAnswer(0));
+            this.attachControl(s);
+            // Its window opens now: it has its reader.
+            s.openWindow();
+            return;
+          }
+          // Sessions only on a link whose peer is known (up), not while refusing.
+          if (this.state !== 'up') return s.reset();
+          this.emit('stream', s, req);
+        } catch (err) {
+          // A fault in handling one stream costs that stream, never the process.
+          s.reset(err as Error);
         }
-        // Sessions only on a link whose peer is known (up), not while refusing.
-        if (this.state !== 'up') return s.reset();
-        this.emit('stream', s, req);
       },
       () => s.reset(),
     );
@@ -201,14 +266,25 @@ export class Link extends EventEmitter implements LinkLifeHost {
     c.setEncoding('utf8');
     c.on('data', (text: string) => {
       buf += text;
+      // A fault in handling a control line costs this link (the peer said something we could
+      // not take), never the process.
+      try {
+        let nl: number;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          this.onControl(line);
+        }
+      } catch (err) {
+        return this.close(
+          new IpdeadgateError(
+            'ERR_TUNNEL_INTERNAL',
+            `handling a control message failed: ${(err as Error).message}`,
+          ),
+        );
+      }
       if (buf.length > 1024 * 1024)
         return this.close(new IpdeadgateError('ERR_TUNNEL_HANDSHAKE', 'control message too long'));
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        this.onControl(line);
-      }
     });
     c.on('end', () =>
       this.close(new IpdeadgateError('ERR_TUNNEL_LINK_CLOSED', 'the peer closed the control stream')),
@@ -226,14 +302,8 @@ export class Link extends EventEmitter implements LinkLifeHost {
   }
 
   private onControl(line: string): void {
-    let m: ControlMessage;
-    try {
-      m = JSON.parse(line) as ControlMessage;
-    } catch {
-      const error = new IpdeadgateError('ERR_TUNNEL_HANDSHAKE', 'malformed control message');
-      return this.life.dispatch({ type: 'garbled', error });
-    }
-    const ev = controlEvent(m);
+    const ev = parseControlLine(line);
+    if (ev instanceof Error) return this.life.dispatch({ type: 'garbled', error: ev });
     if (ev) this.life.dispatch(ev);
   }
 
@@ -343,18 +413,12 @@ export class Link extends EventEmitter implements LinkLifeHost {
   }
 }
 
+/** The well-formed entries of an announced services map (name syntax, hops 0..63); the rest is dropped. */
 function sanitizeServices(v: unknown): Record<string, number> {
   const out: Record<string, number> = {};
-  if (!v || typeof v !== 'object') return out;
+  if (!v || typeof v !== 'object' || Array.isArray(v)) return out;
   for (const [k, h] of Object.entries(v as Record<string, unknown>)) {
-    if (
-      /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(k) &&
-      typeof h === 'number' &&
-      Number.isInteger(h) &&
-      h >= 0 &&
-      h < 64
-    )
-      out[k] = h;
+    if (SERVICE_NAME.test(k) && typeof h === 'number' && Number.isInteger(h) && h >= 0 && h < 64) out[k] = h;
   }
   return out;
 }
@@ -521,14 +585,43 @@ function tellRefusedAndClose(socket: TlsLinkSocket, reason: LinkRefusal, detail:
   });
 }
 
-/** Accepts links on `listen`; peers without a certificate from our CA never get a session. */
+/** How often connections waiting for their first byte are looked at (TCP_INFO, one getsockopt each). */
+const FIRST_BYTE_POLL_MS = 20;
+
+/**
+ * Bytes the kernel has received on an accepted socket (TCP_INFO), or undefined when it cannot
+ * tell (no addon, an old kernel): then the connection is not held back.
+ */
+function bytesReceived(tcp: net.Socket): number | undefined {
+  try {
+    return tcpInfoByFd(fdOf(tcp)).bytesReceived;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Accepts links on `listen`; peers without a certificate from our CA never get a session. What
+ * an unauthenticated client can hold is bounded: connections in the TLS handshake (and waiting
+ * for their first byte) at once, in all and per source address; a connection whose first byte
+ * does not come within first_byte_timeout is closed before any TLS state exists; and near the
+ * descriptor limit accepting pauses.
+ */
 export class LinkListener extends EventEmitter {
   private readonly server: net.Server;
   private readonly backoff: AcceptBackoff;
   private readonly context: TlsLinkContext;
   private readonly handshaking = new Set<TlsLinkSocket>();
+  /** Accepted connections that have not sent a byte yet, with when they must have. */
+  private readonly waiting = new Map<net.Socket, { deadline: number; go: () => void; fail: () => void }>();
+  private waitTimer: Timer | undefined;
+  /** Connections before their link (waiting or in the handshake), per source address. */
+  private readonly perAddress = new Map<string, number>();
+  private readonly fds = new FdBudget();
   readonly links = new Set<Link>();
   handshakeFailures = 0;
+  /** Connections closed unheard: over a handshake cap, near the descriptor limit, or no first byte. */
+  readonly turnedAway = { handshake_limit: 0, address_limit: 0, fd_limit: 0, first_byte_timeout: 0 };
 
   constructor(
     readonly address: HostPort,
@@ -553,12 +646,108 @@ export class LinkListener extends EventEmitter {
     this.emit('refused', ev);
   }
 
+  private turnAway(
+    tcp: net.Socket,
+    remote: string,
+    why: keyof LinkListener['turnedAway'],
+    detail: string,
+  ): void {
+    this.turnedAway[why]++;
+    if (!tcp.destroyed) tcp.resetAndDestroy();
+    const ev: RefusalEvent = {
+      remote,
+      reason: why === 'first_byte_timeout' ? 'handshake_timeout' : 'too_many_handshakes',
+      detail,
+      direction: 'accept',
+    };
+    this.emit('refused', ev);
+  }
+
   private onConnection(tcp: net.Socket): void {
     const remote = `${tcp.remoteAddress}:${tcp.remotePort}`;
+    const addr = tcp.remoteAddress ?? '';
+    if (this.fds.nearLimit()) {
+      this.backoff.pause();
+      return this.turnAway(
+        tcp,
+        remote,
+        'fd_limit',
+        `the process is near its descriptor limit: accepting paused, ${remote} closed`,
+      );
+    }
+    const maxAll = this.opts.maxHandshakes ?? 256;
+    const maxOne = this.opts.maxHandshakesPerAddress ?? 16;
+    const pending = this.waiting.size + this.handshaking.size;
+    if (pending >= maxAll)
+      return this.turnAway(
+        tcp,
+        remote,
+        'handshake_limit',
+        `${pending} connections are in their TLS handshake (tunnel.max_handshakes ${maxAll}): ${remote} closed`,
+      );
+    const fromAddr = this.perAddress.get(addr) ?? 0;
+    if (fromAddr >= maxOne)
+      return this.turnAway(
+        tcp,
+        remote,
+        'address_limit',
+        `${fromAddr} connections from ${addr} are in their TLS handshake (tunnel.max_handshakes_per_address ${maxOne}): ${remote} closed`,
+      );
+    this.perAddress.set(addr, fromAddr + 1);
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      const n = (this.perAddress.get(addr) ?? 1) - 1;
+      if (n > 0) this.perAddress.set(addr, n);
+      else this.perAddress.delete(addr);
+    };
+    const firstByteMs = this.opts.firstByteTimeoutMs ?? 0;
+    if (firstByteMs <= 0 || bytesReceived(tcp) !== 0) return this.startTls(tcp, remote, release);
+    const clock = this.opts.clock ?? systemClock;
+    this.waiting.set(tcp, {
+      deadline: clock.now() + firstByteMs,
+      go: () => this.startTls(tcp, remote, release),
+      fail: () => {
+        release();
+        this.turnAway(
+          tcp,
+          remote,
+          'first_byte_timeout',
+          `${remote} sent nothing within ${firstByteMs} ms of connecting (tunnel.first_byte_timeout)`,
+        );
+      },
+    });
+    this.pollWaiting();
+  }
+
+  /** Hand connections whose first byte came to TLS; close those past their deadline. */
+  private pollWaiting(): void {
+    if (this.waitTimer || !this.waiting.size) return;
+    const clock = this.opts.clock ?? systemClock;
+    this.waitTimer = clock.setTimeout(() => {
+      this.waitTimer = undefined;
+      const now = clock.now();
+      for (const [tcp, w] of [...this.waiting]) {
+        const got = tcp.destroyed ? 0 : bytesReceived(tcp);
+        if (got !== 0 && !tcp.destroyed) {
+          this.waiting.delete(tcp);
+          w.go();
+        } else if (now >= w.deadline || tcp.destroyed) {
+          this.waiting.delete(tcp);
+          w.fail();
+        }
+      }
+      this.pollWaiting();
+    }, FIRST_BYTE_POLL_MS);
+  }
+
+  private startTls(tcp: net.Socket, remote: string, release: () => void): void {
     let socket: TlsLinkSocket;
     try {
       socket = new TlsLinkSocket(tcp, this.context);
     } catch (err) {
+      release();
       return this.handshakeFailed(remote, err as NodeJS.ErrnoException);
     }
     this.handshaking.add(socket);
@@ -574,16 +763,19 @@ export class LinkListener extends EventEmitter {
     const onError = (err: NodeJS.ErrnoException): void => {
       timer.cancel();
       this.handshaking.delete(socket);
+      release();
       this.handshakeFailed(remote, err);
     };
     socket.once('error', onError);
     socket.once('close', () => {
       timer.cancel();
       this.handshaking.delete(socket);
+      release();
     });
     socket.once('secure', () => {
       timer.cancel();
       this.handshaking.delete(socket);
+      release();
       socket.off('error', onError);
       this.onSecure(socket, remote);
     });
@@ -633,6 +825,10 @@ export class LinkListener extends EventEmitter {
 
   close(): void {
     this.backoff.close();
+    this.waitTimer?.cancel();
+    this.waitTimer = undefined;
+    for (const tcp of this.waiting.keys()) tcp.destroy();
+    this.waiting.clear();
     for (const s of this.handshaking) s.destroy();
     this.handshaking.clear();
     for (const l of this.links) l.close();

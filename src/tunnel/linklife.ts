@@ -37,6 +37,7 @@ export type LinkRefusal =
   | 'peer_not_allowed'
   | 'protocol_version'
   | 'handshake_timeout'
+  | 'too_many_handshakes'
   | 'refused_by_peer'
   | 'tls_error';
 

@@ -9,7 +9,14 @@ import { systemClock, type Clock } from '../util/clock';
 import type { EventLog } from '../util/eventlog';
 import { AcceptBackoff } from './acceptbackoff';
 import { CloseGuard, type SocketPorts } from './closeguard';
-import { formatHostPort, matchesAny, type HostPort, type TunnelConfig } from './config';
+import {
+  formatHostPort,
+  matchesAny,
+  ownEntry,
+  SERVICE_NAME,
+  type HostPort,
+  type TunnelConfig,
+} from './config';
 import { preferAtomicMarking } from './gc';
 import {
   Link,
@@ -22,6 +29,7 @@ import {
   type TlsMaterial,
 } from './link';
 import type { MuxStream } from './muxsession';
+import { INITIAL_WINDOW } from './frame';
 import {
   encodeAnswer,
   MAX_HOPS,
@@ -93,6 +101,12 @@ export class EventRateLimit {
  */
 const LOCAL_SOCKET_HIGH_WATER = 256 * 1024;
 
+/** A session's claim on its peer's budget: released in part once bridged, wholly once done. */
+interface SessionHold {
+  bridged(): void;
+  done(): void;
+}
+
 export interface LinkStatus {
   peer: string;
   address: string;
@@ -133,6 +147,10 @@ export interface TunnelStatus {
    * (src/tunnel/linklife.ts, src/tunnel/dialerlife.ts).
    */
   link_invalid_events?: number;
+  /** Streams whose handling failed (each reset, the link and the process untouched). */
+  stream_faults?: number;
+  /** Connections to the link listener closed before TLS: handshake caps, descriptor limit, silence. */
+  turned_away?: Record<string, number>;
 }
 
 export interface StartOptions {
@@ -169,6 +187,10 @@ export class TunnelNode extends EventEmitter {
   private retiredCloseTimeouts = 0;
   private readonly refusals: Record<string, number> = {};
   private readonly refusedByPeer: Record<string, number> = {};
+  /** Sessions each peer (by name) has through this node, and how many wait for their service. */
+  private readonly perPeer = new Map<string, { sessions: number; waiting: number }>();
+  /** Streams whose handling threw: reset, counted here. */
+  private streamFaults = 0;
   private closing: Promise<void> | undefined;
 
   private constructor(
@@ -210,10 +232,15 @@ export class TunnelNode extends EventEmitter {
       heartbeatMisses: this.cfg.heartbeat_misses,
       closeTimeoutMs: this.cfg.close_timeout,
       handshakeTimeoutMs: this.cfg.handshake_timeout,
+      writeTimeoutMs: this.cfg.write_timeout,
+      maxUnsent: this.cfg.max_unsent,
+      maxHandshakes: this.cfg.max_handshakes,
+      maxHandshakesPerAddress: this.cfg.max_handshakes_per_address,
+      firstByteTimeoutMs: Math.min(this.cfg.first_byte_timeout, this.cfg.handshake_timeout),
       clock: this.clock,
       services: (link) => this.router.announceTo(link),
       admitPeer: (name) =>
-        this.cfg.peers && !this.cfg.peers[name]
+        this.cfg.peers && !ownEntry(this.cfg.peers, name)
           ? `${name} is not in tunnel.peers of ${this.cfg.name}`
           : undefined,
       filterAnnounced: (link, services) => this.filterAnnounced(link, services),
@@ -361,6 +388,11 @@ export class TunnelNode extends EventEmitter {
       heartbeatMisses: next.heartbeat_misses,
       closeTimeoutMs: next.close_timeout,
       handshakeTimeoutMs: next.handshake_timeout,
+      writeTimeoutMs: next.write_timeout,
+      maxUnsent: next.max_unsent,
+      maxHandshakes: next.max_handshakes,
+      maxHandshakesPerAddress: next.max_handshakes_per_address,
+      firstByteTimeoutMs: Math.min(next.first_byte_timeout, next.handshake_timeout),
     });
     // Services and peers: announce again, filter again, drop peers no longer allowed.
     this.router.setOwnServices(Object.keys(next.services));
@@ -409,7 +441,7 @@ export class TunnelNode extends EventEmitter {
 
   /** Keep what a peer may announce (tunnel.peers.NAME.announce); an event for what it may not. */
   private filterAnnounced(link: Link, services: Record<string, number>): Record<string, number> {
-    const rule = this.cfg.peers?.[link.peerName];
+    const rule = ownEntry(this.cfg.peers, link.peerName);
     if (!this.cfg.peers) return services;
     const kept: Record<string, number> = {};
     const ignored: string[] = [];
@@ -440,8 +472,33 @@ export class TunnelNode extends EventEmitter {
     stream.end(encodeAnswer(code, reason));
   }
 
-  /** A peer opened a stream for `req.service`. */
+  /**
+   * A peer opened a stream for `req.service`. Whatever goes wrong in handling it costs that stream
+   * (reset, counted and logged), never the link or the process.
+   */
   private onStream(from: Link, stream: MuxStream, req: OpenRequest): void {
+    try {
+      this.takeStream(from, stream, req);
+    } catch (err) {
+      this.streamFaults++;
+      const f = this.limit.admit('stream_fault', {
+        peer: from.peerName,
+        service: req.service,
+        error: (err as Error).message,
+      });
+      if (f) this.events.event('tunnel_stream_fault', f, 'error');
+      stream.reset(err as Error);
+    }
+  }
+
+  private takeStream(from: Link, stream: MuxStream, req: OpenRequest): void {
+    // Names are checked where they enter: only the documented syntax is ever looked up.
+    if (!SERVICE_NAME.test(req.service))
+      return this.refuse(
+        stream,
+        Refusal.BadRequest,
+        `${JSON.stringify(req.service.slice(0, 80))} is not a service name (1-63 letters, digits, "_", "." or "-")`,
+      );
     if (this.closing) return this.refuse(stream, Refusal.ShuttingDown, `${this.cfg.name} is shutting down`);
     if (req.hops > MAX_HOPS)
       return this.refuse(
@@ -455,14 +512,27 @@ export class TunnelNode extends EventEmitter {
         Refusal.MaxSessions,
         `${this.cfg.name} has max_sessions (${this.cfg.max_sessions}) sessions open`,
       );
-    if (this.cfg.peers && !matchesAny(this.cfg.peers[from.peerName]?.open ?? [], req.service))
+    const use = this.peerUse(from.peerName);
+    if (use.sessions >= this.cfg.peer_max_sessions)
+      return this.refuse(
+        stream,
+        Refusal.MaxSessions,
+        `${from.peerName} has ${use.sessions} sessions open through ${this.cfg.name} (tunnel.peer_max_sessions)`,
+      );
+    if ((use.waiting + 1) * INITIAL_WINDOW > this.cfg.peer_max_buffered)
+      return this.refuse(
+        stream,
+        Refusal.MaxSessions,
+        `${from.peerName} has ${use.waiting} sessions waiting for their service on ${this.cfg.name} (tunnel.peer_max_buffered: ${this.cfg.peer_max_buffered} bytes, ${INITIAL_WINDOW} each)`,
+      );
+    if (this.cfg.peers && !matchesAny(ownEntry(this.cfg.peers, from.peerName)?.open ?? [], req.service))
       return this.refuse(
         stream,
         Refusal.NotAllowed,
         `${from.peerName} may not open "${req.service}" through ${this.cfg.name} (tunnel.peers.${from.peerName}.open)`,
       );
-    const target = this.cfg.services[req.service];
-    if (target) return this.dialService(stream, req.service, target);
+    const target = ownEntry(this.cfg.services, req.service);
+    if (target) return this.dialService(stream, req.service, target, this.holdFor(from.peerName));
     if (this.cfg.role !== 'relay')
       return this.refuse(
         stream,
@@ -472,10 +542,41 @@ export class TunnelNode extends EventEmitter {
     const next = this.router.route(req.service, from);
     if (!next)
       return this.refuse(stream, Refusal.NoRoute, `${this.cfg.name} has no live route to "${req.service}"`);
-    this.relay(stream, next, req);
+    this.relay(stream, next, req, this.holdFor(from.peerName));
   }
 
-  private dialService(stream: MuxStream, service: string, target: HostPort): void {
+  /** A peer's sessions through this node, and those of them not bridged yet. */
+  private peerUse(peer: string): { sessions: number; waiting: number } {
+    return this.perPeer.get(peer) ?? { sessions: 0, waiting: 0 };
+  }
+
+  /**
+   * Count a new session against its peer: it waits (its stream's window is reserved, the data the
+   * peer sends is held) until bridged, and holds a session slot until done.
+   */
+  private holdFor(peer: string): SessionHold {
+    let use = this.perPeer.get(peer);
+    if (!use) this.perPeer.set(peer, (use = { sessions: 0, waiting: 0 }));
+    const u = use;
+    u.sessions++;
+    u.waiting++;
+    let waiting = true;
+    const bridged = (): void => {
+      if (!waiting) return;
+      waiting = false;
+      u.waiting--;
+    };
+    return {
+      bridged,
+      done: () => {
+        bridged();
+        u.sessions--;
+        if (u.sessions === 0 && this.perPeer.get(peer) === u) this.perPeer.delete(peer);
+      },
+    };
+  }
+
+  private dialService(stream: MuxStream, service: string, target: HostPort, hold: SessionHold): void {
     this.opened++;
     // net.Socket passes its options on to stream.Duplex, which takes highWaterMark (not in @types/node's NetConnectOpts).
     const connect = (t: HostPort): net.Socket => {
@@ -498,19 +599,22 @@ export class TunnelNode extends EventEmitter {
           `${this.cfg.name} could not connect to ${service} at ${formatHostPort(target)}: ${reason}`,
         ),
       connect,
-    );
+      hold.done,
+    ).onBridged = hold.bridged;
   }
 
   /** Relay: open the same request one hop further and join the two streams byte for byte. */
-  private relay(up: MuxStream, via: Link, req: OpenRequest): void {
+  private relay(up: MuxStream, via: Link, req: OpenRequest, hold: SessionHold): void {
     let down: MuxStream;
     try {
       down = via.openStream(req.service, req.hops + 1);
     } catch (err) {
+      hold.done();
       return this.refuse(up, Refusal.NoRoute, `${this.cfg.name}: ${(err as Error).message}`);
     }
     this.opened++;
-    this.guard.relay(up, down, readAnswer(down, this.cfg.open_timeout), encodeAnswer);
+    this.guard.relay(up, down, readAnswer(down, this.cfg.open_timeout), encodeAnswer, hold.done).onBridged =
+      hold.bridged;
   }
 
   /** A local connection to a forward listener: open a stream to the service and bridge. */
@@ -629,6 +733,8 @@ export class TunnelNode extends EventEmitter {
       },
       link_refusals: { ...this.linkRefusals },
       link_invalid_events: this.invalidLinkEvents,
+      stream_faults: this.streamFaults,
+      turned_away: this.listener ? { ...this.listener.turnedAway } : {},
     };
   }
 
