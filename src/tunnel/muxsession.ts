@@ -450,12 +450,13 @@ export class MuxSession extends EventEmitter implements StreamHost {
     this.bytesIn += chunk.length;
     // Whatever a handler of the peer's frames throws costs this link (Go Away 2), never the process.
     try {
-      const { frames, error } = this.decoder.push(chunk);
-      for (const f of frames) {
-        if (this.closed) return;
-        const err = this.onFrame(f);
-        if (err) return this.close(err);
-      }
+      let failed: ProtocolError | undefined;
+      const error = this.decoder.decode(chunk, (f) => {
+        if (this.closed) return true;
+        failed = this.onFrame(f);
+        return failed !== undefined;
+      });
+      if (failed) return this.close(failed);
       if (error) this.close(error);
     } catch (err) {
       this.internalErrors++;

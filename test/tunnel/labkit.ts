@@ -82,6 +82,8 @@ export interface NodeSpec {
   closeTimeout?: string;
   dialTimeout?: string;
   maxSessions?: number;
+  /** heartbeat (default 500ms). */
+  heartbeat?: string;
   /** Run the node with this descriptor limit (prlimit), e.g. the packaged unit's LimitNOFILE. */
   nofile?: number;
 }
@@ -106,7 +108,7 @@ export function writeConfig(pki: TestPki, n: NodeSpec): string {
     ...(n.forwards?.length
       ? ['  forwards:', ...n.forwards.map((f) => `    - { listen: ${f.listen}, service: ${f.service} }`)]
       : []),
-    '  heartbeat: 500ms',
+    `  heartbeat: ${n.heartbeat ?? '500ms'}`,
     '  heartbeat_misses: 3',
     `  close_timeout: ${n.closeTimeout ?? '3s'}`,
     `  max_sessions: ${n.maxSessions ?? 10000}`,
