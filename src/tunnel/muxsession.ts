@@ -216,6 +216,11 @@ export class MuxSession extends EventEmitter implements StreamHost {
     return !!this.opts.holdInboundWindow;
   }
 
+  /** Reading from the peer is paused: too much waits to be sent to it (maxUnsent / 4). */
+  get readingPaused(): boolean {
+    return this.readPaused;
+  }
+
   /** Bytes waiting on the transport: queued frames and what the kernel has not taken. */
   get unsentBytes(): number {
     return this.sink?.queuedBytes ?? this.transport.writableLength;
