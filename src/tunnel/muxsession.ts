@@ -1,7 +1,7 @@
 // A yamux session (hashicorp/yamux spec.md; session.go in the reference, the stream in its own file
 // here too, see muxstream.ts) written by hand as the core of the tunnel, not taken from npm: the
 // close-leak guarantees (IY55176) live in exactly the details libraries get wrong or hide: what
-// happens after one FIN (close_timeout), a heartbeat that counts any received frame as life, a
+// happens after one FIN (close_timeout), a heartbeat that counts any received frame but a ping as life, a
 // receive window that grows past yamux's fixed 256 KiB on long links, RST on every abnormal end, a
 // stream-level RST (not the link) for a bad SYN, and a protocol error that costs one link and never
 // the process.

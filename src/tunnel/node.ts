@@ -18,10 +18,10 @@ import {
   type TunnelConfig,
 } from './config';
 import { preferAtomicMarking } from './gc';
+import { LinkListener } from './linklistener';
 import {
   Link,
   LinkDialer,
-  LinkListener,
   loadTls,
   type LinkOptions,
   type LinkState,
@@ -30,6 +30,8 @@ import {
 } from './link';
 import type { MuxStream } from './muxsession';
 import { INITIAL_WINDOW } from './frame';
+import { EventRateLimit, eventsFromLogger, silent, type TunnelLogger } from './nodeevents';
+import { PeerBudget, type SessionHold } from './peerbudget';
 import {
   encodeAnswer,
   MAX_HOPS,
@@ -42,56 +44,7 @@ import {
 import { Router } from './router';
 import type { SessionExit, SessionState } from './sessionlife';
 
-/** The subset of pino's API a node can log with (adapted to the event port, src/util/eventlog.ts). */
-export interface TunnelLogger {
-  info(obj: object, msg?: string): void;
-  warn(obj: object, msg?: string): void;
-  error(obj: object, msg?: string): void;
-}
-
-/** A pino-like logger as an event port: each line gets its `event`. */
-export function eventsFromLogger(logger: TunnelLogger): EventLog {
-  return {
-    event(name, fields = {}, level = 'info') {
-      (level === 'debug' ? logger.info : logger[level]).call(logger, { event: name, ...fields });
-    },
-  };
-}
-
-const silent: EventLog = { event: () => undefined };
-
-/**
- * Rate limit for events a peer can cause in bulk (refused links, refused sessions): at most
- * `burst` per key in each `windowMs`; what was held back is counted into the next one that goes
- * out (`suppressed`). Counters in status and metrics count every one.
- */
-export class EventRateLimit {
-  private readonly keys = new Map<string, { windowStart: number; sent: number; suppressed: number }>();
-  constructor(
-    private readonly clock: Clock,
-    private readonly burst = 5,
-    private readonly windowMs = 10_000,
-  ) {}
-
-  /** Fields to log with (plus `suppressed` when some were held back), or undefined to hold this one. */
-  admit(key: string, fields: Record<string, unknown>): Record<string, unknown> | undefined {
-    const now = this.clock.now();
-    let k = this.keys.get(key);
-    if (!k || now - k.windowStart >= this.windowMs) {
-      const suppressed = k?.suppressed ?? 0;
-      k = { windowStart: now, sent: 0, suppressed: 0 };
-      this.keys.set(key, k);
-      if (this.keys.size > 10_000) this.keys.clear(); // bounded memory under a flood of keys
-      if (suppressed) fields = { ...fields, suppressed };
-    }
-    if (k.sent >= this.burst) {
-      k.suppressed++;
-      return undefined;
-    }
-    k.sent++;
-    return fields;
-  }
-}
+export { EventRateLimit, eventsFromLogger, type TunnelLogger };
 
 /**
  * Stream buffer threshold of bridged local sockets. With Node's default (16 KiB) a bridge pauses
@@ -100,12 +53,6 @@ export class EventRateLimit {
  * bounds the rest), and an idle session does not allocate them.
  */
 const LOCAL_SOCKET_HIGH_WATER = 256 * 1024;
-
-/** A session's claim on its peer's budget: released in part once bridged, wholly once done. */
-interface SessionHold {
-  bridged(): void;
-  done(): void;
-}
 
 export interface LinkStatus {
   peer: string;
@@ -188,7 +135,7 @@ export class TunnelNode extends EventEmitter {
   private readonly refusals: Record<string, number> = {};
   private readonly refusedByPeer: Record<string, number> = {};
   /** Sessions each peer (by name) has through this node, and how many wait for their service. */
-  private readonly perPeer = new Map<string, { sessions: number; waiting: number }>();
+  private readonly perPeer = new PeerBudget();
   /** Streams whose handling threw: reset, counted here. */
   private streamFaults = 0;
   private closing: Promise<void> | undefined;
@@ -512,7 +459,7 @@ export class TunnelNode extends EventEmitter {
         Refusal.MaxSessions,
         `${this.cfg.name} has max_sessions (${this.cfg.max_sessions}) sessions open`,
       );
-    const use = this.peerUse(from.peerName);
+    const use = this.perPeer.use(from.peerName);
     if (use.sessions >= this.cfg.peer_max_sessions)
       return this.refuse(
         stream,
@@ -532,7 +479,7 @@ export class TunnelNode extends EventEmitter {
         `${from.peerName} may not open "${req.service}" through ${this.cfg.name} (tunnel.peers.${from.peerName}.open)`,
       );
     const target = ownEntry(this.cfg.services, req.service);
-    if (target) return this.dialService(stream, req.service, target, this.holdFor(from.peerName));
+    if (target) return this.dialService(stream, req.service, target, this.perPeer.hold(from.peerName));
     if (this.cfg.role !== 'relay')
       return this.refuse(
         stream,
@@ -542,38 +489,7 @@ export class TunnelNode extends EventEmitter {
     const next = this.router.route(req.service, from);
     if (!next)
       return this.refuse(stream, Refusal.NoRoute, `${this.cfg.name} has no live route to "${req.service}"`);
-    this.relay(stream, next, req, this.holdFor(from.peerName));
-  }
-
-  /** A peer's sessions through this node, and those of them not bridged yet. */
-  private peerUse(peer: string): { sessions: number; waiting: number } {
-    return this.perPeer.get(peer) ?? { sessions: 0, waiting: 0 };
-  }
-
-  /**
-   * Count a new session against its peer: it waits (its stream's window is reserved, the data the
-   * peer sends is held) until bridged, and holds a session slot until done.
-   */
-  private holdFor(peer: string): SessionHold {
-    let use = this.perPeer.get(peer);
-    if (!use) this.perPeer.set(peer, (use = { sessions: 0, waiting: 0 }));
-    const u = use;
-    u.sessions++;
-    u.waiting++;
-    let waiting = true;
-    const bridged = (): void => {
-      if (!waiting) return;
-      waiting = false;
-      u.waiting--;
-    };
-    return {
-      bridged,
-      done: () => {
-        bridged();
-        u.sessions--;
-        if (u.sessions === 0 && this.perPeer.get(peer) === u) this.perPeer.delete(peer);
-      },
-    };
+    this.relay(stream, next, req, this.perPeer.hold(from.peerName));
   }
 
   private dialService(stream: MuxStream, service: string, target: HostPort, hold: SessionHold): void {
