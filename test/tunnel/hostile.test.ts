@@ -195,7 +195,7 @@ describe('tunnel lab: a hostile peer and hostile clients against a gateway proxy
       assert.equal(outcome, 'closed', `the link that sent ${line}`);
   });
 
-  it('200 MiB of pings from a peer that never reads: answers coalesced, no heartbeat life, the link closed', async () => {
+  it('200 MiB of pings from a peer that never reads: answers coalesced, the node memory flat', async () => {
     const { result } = await survive(
       hostile<{ sent: number; ended: boolean }>('pings', [...peerArgs(), '200']),
     );
