@@ -30,6 +30,7 @@ import {
 } from './link';
 import type { MuxStream } from './muxsession';
 import { INITIAL_WINDOW } from './frame';
+import { FdBudget } from './fdbudget';
 import { EventRateLimit, eventsFromLogger, silent, type TunnelLogger } from './nodeevents';
 import { PeerBudget, type SessionHold } from './peerbudget';
 import {
@@ -136,6 +137,8 @@ export class TunnelNode extends EventEmitter {
   private readonly refusedByPeer: Record<string, number> = {};
   /** Sessions each peer (by name) has through this node, and how many wait for their service. */
   private readonly perPeer = new PeerBudget();
+  /** The forwards' view of the descriptor limit (the link listener keeps its own). */
+  private readonly fds = new FdBudget();
   /** Streams whose handling threw: reset, counted here. */
   private streamFaults = 0;
   private closing: Promise<void> | undefined;
@@ -236,6 +239,14 @@ export class TunnelNode extends EventEmitter {
     const backoff = new AcceptBackoff(server, f.listen, this.clock);
     server.on('connection', (sock: net.Socket) => {
       backoff.accepted();
+      // Near the descriptor limit a flood of local clients waits in its SYN retries, not in ours.
+      if (this.fds.nearLimit()) {
+        sock.on('error', () => undefined);
+        sock.resetAndDestroy();
+        backoff.pause();
+        this.refusals.fd_limit = (this.refusals.fd_limit ?? 0) + 1;
+        return;
+      }
       this.onForward(sock, f.service);
     });
     const entry = { server, backoff, service: f.service, address: f.listen };
