@@ -125,7 +125,7 @@ export const tunnelConfigSchema = z
     handshake_timeout: durationIn(100, 600_000, '10s'),
     max_sessions: intIn(1, 1_000_000, 10_000),
     // What one authenticated peer may cost this node (docs/security.md).
-    peer_max_sessions: intIn(1, 1_000_000, 1000),
+    peer_max_sessions: intIn(1, 1_000_000, 5000),
     peer_max_buffered: sizeIn(256 * 1024, 4096 * 1024 ** 2, '32MiB'),
     write_timeout: durationIn(100, 3_600_000, '10s'),
     max_unsent: sizeIn(8 * 1024 ** 2, 1024 * 1024 ** 2, '16MiB'),
