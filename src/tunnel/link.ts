@@ -19,6 +19,7 @@ import {
   encodeOpen,
   readAnswer,
   readOpen,
+  Refusal,
   type ControlMessage,
 } from './protocol';
 import { DialerLife, type DialerEventType, type DialerLifeHost, type DialerState } from './dialerlife';
@@ -38,6 +39,8 @@ import {
   type TlsMaterial,
 } from './linktls';
 import { type TlsLinkContext, TlsLinkSocket } from '../sys/tlslink';
+import { AcceptBackoff } from './acceptbackoff';
+import { LinkAdmission, type TurnedAway } from './linkadmission';
 
 // What links' users import from here: the machine's names and the TLS helpers.
 export type { LinkRefusal, LinkState };
@@ -477,5 +480,173 @@ export class LinkDialer extends EventEmitter implements DialerLifeHost<Link> {
   /** @internal */
   announceInvalid(state: DialerState, event: DialerEventType): void {
     this.emit('invalid', state, event);
+  }
+}
+
+/**
+ * A peer refused for its certificate still has a TLS channel to us (Node checks the certificate
+ * after the handshake, and cannot send the TLS alert that would say why): answer its control
+ * stream with a refusal that names the reason, so the dialer logs it too, and close. Nothing else
+ * is read from it; the whole exchange is bounded by one second.
+ */
+function tellRefusedAndClose(socket: TlsLinkSocket, reason: LinkRefusal, detail: string, clock: Clock): void {
+  const m = new MuxSession(socket, { role: 'server', clock, maxStreams: 1, lingerMs: 500 });
+  // A peer that opens no control stream (it does not speak the protocol) gets no byte at all.
+  const timer = clock.setTimeout(() => socket.destroy(), 1000);
+  m.once('close', () => {
+    timer.cancel();
+    socket.destroy();
+  });
+  m.once('stream', (s: MuxStream) => {
+    readOpen(s, 1000).then(
+      (req) => {
+        if (req.service !== CONTROL_SERVICE) return void socket.destroy();
+        s.resume();
+        s.end(encodeAnswer(Refusal.LinkRefused, `${reason}: ${detail}`));
+        setImmediate(() => m.close());
+      },
+      () => socket.destroy(),
+    );
+  });
+}
+
+/**
+ * Accepts links on `listen`; peers without a certificate from our CA never get a session, and what
+ * clients can hold before their link is bounded (src/tunnel/linkadmission.ts).
+ */
+export class LinkListener extends EventEmitter {
+  private readonly server: net.Server;
+  private readonly backoff: AcceptBackoff;
+  private readonly context: TlsLinkContext;
+  private readonly handshaking = new Set<TlsLinkSocket>();
+  private readonly admission: LinkAdmission;
+  readonly links = new Set<Link>();
+  handshakeFailures = 0;
+
+  constructor(
+    readonly address: HostPort,
+    material: TlsMaterial,
+    private readonly opts: LinkOptions,
+  ) {
+    super();
+    this.context = linkContext(material, true);
+    // Not a byte is read by Node: the addon takes the socket over for the TLS handshake.
+    this.server = net.createServer({ pauseOnConnect: true }, (tcp) => this.onConnection(tcp));
+    this.backoff = new AcceptBackoff(this.server, address, opts.clock ?? systemClock);
+    this.admission = new LinkAdmission(opts, this.backoff, (remote, reason, detail) => {
+      const ev: RefusalEvent = { remote, reason, detail, direction: 'accept' };
+      this.emit('refused', ev);
+    });
+  }
+
+  /** Connections closed before TLS, by why (src/tunnel/linkadmission.ts). */
+  get turnedAway(): Readonly<Record<TurnedAway, number>> {
+    return this.admission.turnedAway;
+  }
+
+  private handshakeFailed(remote: string, err: NodeJS.ErrnoException): void {
+    this.handshakeFailures++;
+    const ev: RefusalEvent = {
+      remote,
+      reason: classifyTlsError(err.code, err.message),
+      detail: `TLS handshake with ${remote} failed: ${err.message}`,
+      direction: 'accept',
+    };
+    this.emit('refused', ev);
+  }
+
+  private onConnection(tcp: net.Socket): void {
+    this.admission.admit(tcp, this.handshaking.size, (release) => this.startTls(tcp, release));
+  }
+
+  private startTls(tcp: net.Socket, release: () => void): void {
+    const remote = `${tcp.remoteAddress}:${tcp.remotePort}`;
+    let socket: TlsLinkSocket;
+    try {
+      socket = new TlsLinkSocket(tcp, this.context);
+    } catch (err) {
+      release();
+      return this.handshakeFailed(remote, err as NodeJS.ErrnoException);
+    }
+    this.handshaking.add(socket);
+    const clock = this.opts.clock ?? systemClock;
+    const timeoutMs = this.opts.handshakeTimeoutMs ?? 10_000;
+    const timer = clock.setTimeout(
+      () =>
+        socket.destroy(
+          new IpdeadgateError('ERR_TLS_HANDSHAKE_TIMEOUT', `TLS handshake timeout after ${timeoutMs} ms`),
+        ),
+      timeoutMs,
+    );
+    const onError = (err: NodeJS.ErrnoException): void => {
+      timer.cancel();
+      this.handshaking.delete(socket);
+      release();
+      this.handshakeFailed(remote, err);
+    };
+    socket.once('error', onError);
+    socket.once('close', () => {
+      timer.cancel();
+      this.handshaking.delete(socket);
+      release();
+    });
+    socket.once('secure', () => {
+      timer.cancel();
+      this.handshaking.delete(socket);
+      release();
+      socket.off('error', onError);
+      this.onSecure(socket, remote);
+    });
+  }
+
+  private onSecure(socket: TlsLinkSocket, remote: string): void {
+    this.backoff.accepted();
+    socket.on('error', () => undefined);
+    const cert = socket.getPeerCertificate();
+    let refusal: [LinkRefusal, string] | undefined;
+    if (!cert || !Object.keys(cert).length)
+      refusal = ['no_certificate', `the peer at ${remote} sent no certificate`];
+    else if (!socket.authorized) {
+      const code = String(socket.authorizationError ?? '');
+      refusal = [
+        classifyTlsError(code) === 'tls_error' ? 'bad_certificate' : classifyTlsError(code),
+        `the certificate of the peer at ${remote} (CN ${String(cert.subject?.CN)}) was refused: ${code}`,
+      ];
+    } else if (socket.alpnProtocol !== LINK_ALPN)
+      refusal = [
+        'protocol_version',
+        `the peer at ${remote} does not offer ${LINK_ALPN} (ALPN: ${String(socket.alpnProtocol)})`,
+      ];
+    if (refusal) {
+      this.handshakeFailures++;
+      if (refusal[0] === 'protocol_version')
+        socket.destroy(); // it does not speak our protocol
+      else tellRefusedAndClose(socket, refusal[0], refusal[1], this.opts.clock ?? systemClock);
+      const ev: RefusalEvent = { remote, reason: refusal[0], detail: refusal[1], direction: 'accept' };
+      this.emit('refused', ev);
+      return;
+    }
+    const link = new Link(socket, false, this.opts);
+    this.links.add(link);
+    link.on('refused', (ev: RefusalEvent) => this.emit('refused', ev));
+    link.once('up', () => this.emit('link', link));
+    link.once('down', () => this.links.delete(link));
+  }
+
+  listen(): Promise<void> {
+    return this.backoff.listen();
+  }
+
+  get acceptErrors(): number {
+    return this.backoff.errors;
+  }
+
+  close(): void {
+    this.backoff.close();
+    this.admission.close();
+    for (const s of this.handshaking) s.destroy();
+    this.handshaking.clear();
+    for (const l of this.links) l.close();
+    this.context.free();
   }
 }

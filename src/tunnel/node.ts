@@ -18,10 +18,10 @@ import {
   type TunnelConfig,
 } from './config';
 import { preferAtomicMarking } from './gc';
-import { LinkListener } from './linklistener';
 import {
   Link,
   LinkDialer,
+  LinkListener,
   loadTls,
   type LinkOptions,
   type LinkState,
