@@ -6,6 +6,9 @@ import { strict as assert } from 'node:assert';
 import { Lab, requireRoot, waitFor } from '../lab/lab';
 import { LabDaemon } from '../lab/daemon';
 import { DGD, dgdLabSpec } from '../lab/topologies';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { REPO_ROOT } from '../lab/lab';
 import { startFlowClient, startFlowServer } from '../lab/flows';
 
 const PORT = 7000;
@@ -199,4 +202,47 @@ describe('dead gateway detection: the engine state in the lab', function () {
       assert.equal(await d.stop(), 0);
     });
   }
+
+  it('3 000 half-open sockets from spoofed SYNs, their SYN-ACKs retransmitted through r1: no trigger, no verification', async () => {
+    const flood = path.join(REPO_ROOT, 'test', 'fixtures', 'synflood.py');
+    // Every SYN leaves a request socket (no cookies, a deep queue); r1 drops the SYN-ACKs.
+    for (const kv of [
+      'net.ipv4.tcp_syncookies=0',
+      'net.ipv4.tcp_max_syn_backlog=8192',
+      'net.core.somaxconn=8192',
+    ])
+      await lab.execOk('client', ['sysctl', '-qw', kv]);
+    await lab.ip('r1', ['route', 'add', 'blackhole', '198.19.0.0/16']);
+    const listener = lab.spawn('client', ['python3', flood, 'listen', '8080', '60']);
+    await new Promise<void>((resolve, reject) => {
+      listener.stdout!.once('data', () => resolve());
+      listener.once('exit', (code) => reject(new Error(`the listener exited (${code})`)));
+    });
+    const d = (daemon = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2s\n'));
+    const cpu = () => {
+      const f = fs.readFileSync(`/proc/${d.child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      return (Number(f[11]) + Number(f[12])) * 10; // utime + stime, clock ticks of 10 ms
+    };
+    const cpu0 = cpu();
+    const sent = await lab.exec('r1', ['python3', flood, 'send', DGD.client4, '8080', '3000']);
+    assert.equal(sent.code, 0, sent.stderr);
+    const halfOpen = (await lab.execOk('client', ['ss', '-Htn', 'state', 'syn-recv']))
+      .split('\n')
+      .filter(Boolean);
+    assert.ok(halfOpen.length >= 2500, `half-open sockets: ${halfOpen.length}`);
+    // SYN-ACKs are retransmitted after 1, 3 and 7 s: the third crosses retransmit_threshold.
+    await new Promise((r) => setTimeout(r, 9000));
+    const used = cpu() - cpu0;
+    console.log(`      ${halfOpen.length} half-open sockets: the daemon used ${used} ms of CPU in 9 s`);
+    assert.deepEqual(
+      d.events
+        .filter((e) => ['trigger', 'speculative_verify', 'verdict'].includes(e.event))
+        .map((e) => e.event),
+      [],
+    );
+    const st = await d.status();
+    assert.equal(st.gateways.find((g) => g.address === DGD.r1_4)?.state, 'active');
+    assert.equal((st.last_scan as { retransmitting: number }).retransmitting, 0, 'none of them is scanned');
+    assert.equal(await d.stop(), 0);
+  });
 });
