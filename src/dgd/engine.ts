@@ -38,11 +38,11 @@ import { Triggers } from './triggers';
 import { Verdicts } from './verdicts';
 
 export type { GatewayState, TriggerKind } from './events';
+export type { DgdStatus, GatewayRouteStatus } from './status';
+export { activeProbeTimeout } from './activeprobe';
 
 /** RTPROT_RA: a route the kernel made from a router advertisement. */
 const RTPROT_RA = 9;
-export type { DgdStatus, GatewayRouteStatus } from './status';
-export { activeProbeTimeout } from './activeprobe';
 
 export interface EngineOptions {
   config: DgdConfig;
