@@ -245,4 +245,30 @@ describe('dead gateway detection: the engine state in the lab', function () {
     assert.equal((st.last_scan as { retransmitting: number }).retransmitting, 0, 'none of them is scanned');
     assert.equal(await d.stop(), 0);
   });
+
+  it('a forged router advertisement: the kernel takes its default route (proto ra), detection tracks no gateway for it', async () => {
+    const d = (daemon = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2s\n'));
+    // A station on the LAN (here r2's namespace; any would do) announces itself as a router.
+    await lab.execOk('client', ['sysctl', '-qw', 'net.ipv6.conf.lan0.accept_ra=2']);
+    const ra = path.join(REPO_ROOT, 'test', 'fixtures', 'forged-ra.py');
+    const sent = await lab.exec('r2', ['python3', ra, 'lan0', '5']);
+    assert.equal(sent.code, 0, sent.stderr);
+    let raRoute = '';
+    await waitFor(
+      async () => (raRoute = (await lab.ip('client', ['-6', 'route', 'show', 'proto', 'ra'])).trim()) !== '',
+      5000,
+      'the kernel to take the advertised route',
+    );
+    const router = /via (fe80::\S+)/.exec(raRoute)?.[1];
+    assert.ok(router, raRoute);
+    await new Promise((r) => setTimeout(r, 500)); // a route refresh comes 50 ms after its event
+    const st = await d.status();
+    assert.deepEqual(
+      st.gateways.map((g) => g.address).filter((a) => a.startsWith('fe80:')),
+      [],
+      `no tracked gateway for ${raRoute}`,
+    );
+    assert.equal(d.named('gateway_appeared').filter((e) => e.gateway === router).length, 0);
+    assert.equal(await d.stop(), 0);
+  });
 });
