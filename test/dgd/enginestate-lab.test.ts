@@ -271,4 +271,37 @@ describe('dead gateway detection: the engine state in the lab', function () {
     assert.equal(d.named('gateway_appeared').filter((e) => e.gateway === router).length, 0);
     assert.equal(await d.stop(), 0);
   });
+
+  it('r1 dies seconds after a server outage behind it: verified early (speculatively), its trigger logged', async () => {
+    const d = (daemon = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2s\n'));
+    const flow = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 60_000 });
+    await waitFor(() => flow.echoes.length >= 10, 5000, 'the flow to run');
+    // The server goes away for a moment: a downstream problem, r1 answers.
+    await lab.killSilently('server', 'wan0');
+    await d.waitFor((e) => e.event === 'downstream_problem', 15_000, 'the downstream verdict');
+    await lab.revive('server', 'wan0');
+    const back = flow.echoes.length;
+    await waitFor(() => flow.echoes.length > back + 5, 15_000, 'the flow back after the outage');
+    // Well within the incident's 10 s, r1 dies.
+    const n = d.events.length;
+    const t0 = Date.now();
+    await lab.killSilently('r1', 'lan0');
+    const withdrawn = await d.waitFor(
+      (e) => e.event === 'routes_withdrawn' && d.events.indexOf(e) >= n,
+      15_000,
+      'routes withdrawn',
+    );
+    const after = d.events.slice(n, d.events.indexOf(withdrawn));
+    // For the report only (timing belongs to the benchmarks).
+    console.log(`      withdrawn ${Date.parse(withdrawn.time) - t0} ms after r1's death`);
+    assert.ok(
+      after.some((e) => e.event === 'verdict' && e.speculative === true && e.alive === false),
+      `the death was found by a speculative verification: ${after.map((e) => e.event).join(' ')}`,
+    );
+    assert.ok(
+      after.some((e) => e.event === 'trigger' && e.gateway === DGD.r1_4),
+      `and its trigger logged at info: ${after.map((e) => e.event).join(' ')}`,
+    );
+    assert.equal(await d.stop(), 0);
+  });
 });
