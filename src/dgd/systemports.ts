@@ -55,6 +55,11 @@ const SCAN_STATES: TcpState[] = [
   'LAST-ACK',
   'CLOSING',
 ];
+/**
+ * What the scan dumps: the same without SYN-RECV. Half-open sockets are no evidence (./scan.ts),
+ * and a SYN flood makes thousands of them: the kernel skips them before building a message.
+ */
+const DUMP_STATES: TcpState[] = SCAN_STATES.filter((s) => s !== 'SYN-RECV');
 
 export class SystemPorts extends EventEmitter implements DgdPorts {
   private readonly neighbourLinks = new Map<string, Promise<NeighbourLink>>();
@@ -100,7 +105,7 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
 
   async scanSockets(opts: { minRetransmits: number; synSent?: boolean }): Promise<ScannedSocket[]> {
     const entries = await dumpTcpSockets({
-      states: SCAN_STATES,
+      states: DUMP_STATES,
       info: false,
       minRetransmits: opts.minRetransmits,
     });
