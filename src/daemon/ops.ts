@@ -11,6 +11,8 @@ import type { Config } from './config';
 import { FlightRecorder, type CaptureFileInfo, type FlightRecorderSettings } from './flightrec';
 import type { EventLog } from './log';
 import { DaemonMetrics } from './metrics';
+import { IncidentRecorder } from './incidents';
+import { IncidentStore } from './incidentstore';
 
 /** The engine as ops sees it. */
 export interface OpsEngine {
@@ -28,6 +30,9 @@ const GATEWAY_REFRESH_MS = 2000;
 export class DaemonOps {
   readonly metrics: DaemonMetrics;
   readonly recorder: FlightRecorder;
+  /** Incident records in the state directory (`ipdeadgate incidents`). */
+  readonly incidents: IncidentRecorder;
+  private readonly incidentsLoaded: Promise<void>;
   private outer: EventLog | null = null;
   private inner: EventLog | null = null;
   private engine: OpsEngine | null = null;
@@ -52,12 +57,20 @@ export class DaemonOps {
     // The recorder logs through the outer log (so its events are counted too); set in wrapEvents.
     const log: EventLog = { event: (n, f, l) => (this.outer ?? this.inner)?.event(n, f, l) };
     this.recorder = new FlightRecorder(path.join(stateDir, 'captures'), recorderSettings(config), log);
+    const store = new IncidentStore(stateDir, (err) =>
+      log.event('error', { during: 'writing an incident record', error: err.message }, 'warn'),
+    );
+    this.incidents = new IncidentRecorder(store, this.metrics.incidentObserver());
+    // Read back the incidents a previous run left open; events meanwhile wait (bounded).
+    this.incidentsLoaded = this.incidents.load().catch((err: unknown) =>
+      log.event('error', { during: 'reading incident records', error: (err as Error).message }, 'warn'),
+    );
   }
 
   /** The EventLog detection should log through: forwards to `inner`, feeding the recorder and metrics. */
   wrapEvents(inner: EventLog): EventLog {
     this.inner = inner;
-    this.outer = this.metrics.wrap(this.recorder.wrap(inner));
+    this.outer = this.metrics.wrap(this.recorder.wrap(this.incidents.wrap(inner)));
     return this.outer;
   }
 
@@ -164,6 +177,8 @@ export class DaemonOps {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     await this.recorder.close();
+    await this.incidentsLoaded;
+    await this.incidents.close();
     await this.metrics.close();
   }
 }
