@@ -20,7 +20,9 @@ function secs(ms: number | null): string {
 /** The list as `incidents` prints it: newest first. */
 export function formatIncidentList(rows: readonly IncidentSummary[]): string {
   if (rows.length === 0) return 'no incidents recorded\n';
-  const table = [['ID', 'GATEWAY', 'INTERFACE', 'STARTED', 'VERDICT', 'OUTCOME', 'OUTAGE', 'SWITCH', 'MOVED']];
+  const table = [
+    ['ID', 'GATEWAY', 'INTERFACE', 'STARTED', 'VERDICT', 'OUTCOME', 'OUTAGE', 'SWITCH', 'MOVED'],
+  ];
   for (const r of rows)
     table.push([
       String(r.id),
@@ -40,7 +42,9 @@ export function formatIncidentList(rows: readonly IncidentSummary[]): string {
 export function formatIncident(r: IncidentRecord): string {
   const out: string[] = [];
   const end = r.ended_at === null ? 'still open' : `ended ${r.ended_at}`;
-  out.push(`Incident ${r.id}: gateway ${r.gateway} on ${r.interface}, ${r.outcome} (verdict ${r.verdict ?? 'pending'})`);
+  out.push(
+    `Incident ${r.id}: gateway ${r.gateway} on ${r.interface}, ${r.outcome} (verdict ${r.verdict ?? 'pending'})`,
+  );
   out.push(`  started ${r.started_at}, ${end}`);
   const d = r.durations;
   out.push(
@@ -51,13 +55,16 @@ export function formatIncident(r: IncidentRecord): string {
   if (r.trigger) {
     out.push(`  triggered by ${r.trigger.reason}: ${r.trigger.sockets} socket(s)/flow(s); samples:`);
     for (const s of r.trigger.samples)
-      out.push(`    ${s.src} > ${s.dst}  ${s.wire ? 'forwarded/on the wire' : s.state}  ${s.retransmits} retransmission(s)`);
+      out.push(
+        `    ${s.src} > ${s.dst}  ${s.wire ? 'forwarded/on the wire' : s.state}  ${s.retransmits} retransmission(s)`,
+      );
   }
   out.push('');
   out.push('  Timeline (ms from the first trigger):');
   const width = Math.max(...r.timeline.map((e) => String(e.t_ms).length), 1) + 1;
   for (const e of r.timeline) out.push(`  ${`+${e.t_ms}`.padStart(width)} ms  ${e.text}`);
-  if (r.timeline_dropped > 0) out.push(`  (${r.timeline_dropped} entries left out to keep the record bounded)`);
+  if (r.timeline_dropped > 0)
+    out.push(`  (${r.timeline_dropped} entries left out to keep the record bounded)`);
   const list = (title: string, items: string[]) => {
     if (items.length === 0) return;
     out.push('', `  ${title}:`);
@@ -68,25 +75,39 @@ export function formatIncident(r: IncidentRecord): string {
   list('Routes kept (keep_last_route)', r.routes_kept);
   list(
     'Routing daemons told',
-    r.owners_told.map((o) => `${o.owner}${o.ok ? '' : ' (FAILED)'}: ${o.routes.join('; ')}${o.applied.length ? ` -> applied ${o.applied.join('; ')}` : ''}`),
+    r.owners_told.map(
+      (o) =>
+        `${o.owner}${o.ok ? '' : ' (FAILED)'}: ${o.routes.join('; ')}${o.applied.length ? ` -> applied ${o.applied.join('; ')}` : ''}`,
+    ),
   );
   if (r.flows_resent) list('Flows resent', [`${r.flows_resent.resent} of ${r.flows_resent.flows}`]);
   if (r.conntrack)
-    list('Conntrack', [`${r.conntrack.deleted} of ${r.conntrack.examined} entries deleted`, ...r.conntrack.samples]);
+    list('Conntrack', [
+      `${r.conntrack.deleted} of ${r.conntrack.examined} entries deleted`,
+      ...r.conntrack.samples,
+    ]);
   list('Routes restored', r.routes_restored);
   out.push('');
   if (r.capture) {
-    const seg = r.capture.segments !== undefined ? `, ${r.capture.segments} TCP segment headers of the triggering flows` : '';
+    const seg =
+      r.capture.segments !== undefined
+        ? `, ${r.capture.segments} TCP segment headers of the triggering flows`
+        : '';
     out.push(`  Capture: ${r.capture.file} (${r.capture.packets} packets${seg})`);
     out.push(`    tcpdump -nner ${r.capture.file}`);
-  } else out.push('  Capture: none (written a few seconds after a dead verdict; see flight_recorder in the config)');
+  } else
+    out.push(
+      '  Capture: none (written a few seconds after a dead verdict; see flight_recorder in the config)',
+    );
   return out.join('\n') + '\n';
 }
 
 export function registerIncidents(program: Command): void {
   program
     .command('incidents')
-    .description('past incidents (newest first), or one incident\'s timeline; reads the state directory, no daemon needed')
+    .description(
+      "past incidents (newest first), or one incident's timeline; reads the state directory, no daemon needed",
+    )
     .argument('[id]', 'an incident number from the list')
     .option('--json', 'print JSON')
     .option('--state-dir <dir>', "the daemon's state directory", DEFAULT_STATE_DIR)
@@ -99,7 +120,8 @@ export function registerIncidents(program: Command): void {
     .action(
       action(async (id: string | undefined, opts: { json?: boolean; stateDir: string; limit?: string }) => {
         if (id !== undefined) {
-          if (!/^\d+$/.test(id)) throw new UsageError(`the incident ID must be a number from the list, not "${id}"`);
+          if (!/^\d+$/.test(id))
+            throw new UsageError(`the incident ID must be a number from the list, not "${id}"`);
           const r = await readIncident(opts.stateDir, Number(id));
           if (opts.json) printJson(r);
           else process.stdout.write(formatIncident(r));

@@ -53,8 +53,11 @@ export interface WhatIfReport extends WhatIfPlan {
 }
 
 function whereTo(plan: WhatIfPlan, route: { dst: string; table: number }): string {
-  const change = plan.routes.find((c) => c.route.startsWith(`${route.dst} `) && c.route.includes(` table ${route.table} `));
-  if (change) return change.instead[0] ? `by ${change.instead[0]}` : 'nowhere: no other route to it (unreachable)';
+  const change = plan.routes.find(
+    (c) => c.route.startsWith(`${route.dst} `) && c.route.includes(` table ${route.table} `),
+  );
+  if (change)
+    return change.instead[0] ? `by ${change.instead[0]}` : 'nowhere: no other route to it (unreachable)';
   const g = plan.groups[0];
   if (g) return `by the group's other members (${g.to})`;
   const h = plan.handed_over[0];
@@ -80,7 +83,10 @@ export function formatWhatIf(r: WhatIfReport): string {
         `${c.route}\n      -> ${c.op === 'delete' ? 'deleted' : `replaced by ${c.to}`}; traffic ${c.instead[0] ? `takes ${c.instead[0]}` : 'has no other route'}`,
     ),
   );
-  section('Nexthop groups that would change', r.groups.map((g) => `${g.group} -> ${g.to}`));
+  section(
+    'Nexthop groups that would change',
+    r.groups.map((g) => `${g.group} -> ${g.to}`),
+  );
   section('Groups left in place, their routes withdrawn instead (every member dead)', r.emptied_groups);
   section('Routes kept (keep_last_route)', r.kept);
   section(
@@ -91,7 +97,8 @@ export function formatWhatIf(r: WhatIfReport): string {
     `Flows through ${r.gateway} now that would move (${r.flows.local} local, ${r.flows.forwarded} forwarded${r.flows.truncated ? ', counted within bounds' : ''})`,
     r.flows.samples.map((f) => `${f.kind.padEnd(9)} ${f.flow}  (${f.route}) -> ${f.to}`),
   );
-  if (r.daemon_dead_gateways === null) out.push('', '  (no daemon answered: planned without its dead gateways and with the journal on disk)');
+  if (r.daemon_dead_gateways === null)
+    out.push('', '  (no daemon answered: planned without its dead gateways and with the journal on disk)');
   out.push('', r.would_move ? '  Something would move.' : '  NOTHING WOULD MOVE.');
   return out.join('\n') + '\n';
 }
@@ -102,7 +109,9 @@ function parseGateway(text: string): { address: string; ifname: string | null } 
   try {
     return { address: normalizeIp(addr), ifname: i >= 0 ? text.slice(i + 1) : null };
   } catch {
-    throw new UsageError(`GATEWAY must be an IPv4 or IPv6 address (fe80::1%eth0 for a link-local one), not "${text}"`);
+    throw new UsageError(
+      `GATEWAY must be an IPv4 or IPv6 address (fe80::1%eth0 for a link-local one), not "${text}"`,
+    );
   }
 }
 
@@ -121,7 +130,13 @@ export async function whatIf(
     const objects = new Map(objectList.map((n) => [n.id, n]));
     const ifindexes = new Set<number>();
     const hops = [
-      ...routes.flatMap((r) => (r.nexthops ?? [{ gateway: r.gateway, ifindex: r.ifindex }]) as { gateway: string | null; ifindex: number | null }[]),
+      ...routes.flatMap(
+        (r) =>
+          (r.nexthops ?? [{ gateway: r.gateway, ifindex: r.ifindex }]) as {
+            gateway: string | null;
+            ifindex: number | null;
+          }[],
+      ),
       ...objectList.map((o) => ({ gateway: o.gateway ?? null, ifindex: o.ifindex ?? null })),
     ];
     for (const h of hops) {
@@ -142,7 +157,9 @@ export async function whatIf(
       const st = (await controlRequest(opts.control, 'status', {}, 2000)) as {
         gateways?: { address: string; interface: string; state: string }[];
       };
-      daemonDead = (st.gateways ?? []).filter((g) => g.state === 'dead').map((g) => `${g.address}%${g.interface}`);
+      daemonDead = (st.gateways ?? [])
+        .filter((g) => g.state === 'dead')
+        .map((g) => `${g.address}%${g.interface}`);
     } catch {
       /* no daemon: planned from the kernel and the journal alone */
     }
@@ -192,7 +209,10 @@ async function flowsVia(
 ): Promise<WhatIfReport['flows']> {
   const out: WhatIfReport['flows'] = { local: 0, forwarded: 0, examined: 0, truncated: false, samples: [] };
   if (ifindexes.size === 0) return out;
-  const cache = new Map<string, { gateway: string | null; ifindex: number; dst: string; table: number } | null>();
+  const cache = new Map<
+    string,
+    { gateway: string | null; ifindex: number; dst: string; table: number } | null
+  >();
   const lookup = async (dst: string, key: FlowKey & { src?: string }) => {
     const k = JSON.stringify([dst, key]);
     if (cache.has(k)) return cache.get(k)!;
@@ -265,10 +285,16 @@ async function flowsVia(
 export function registerWhatIf(program: Command): void {
   program
     .command('what-if')
-    .description('dry run: what would move if GATEWAY died now (routes, nexthop groups, routing daemons, flows); changes nothing')
+    .description(
+      'dry run: what would move if GATEWAY died now (routes, nexthop groups, routing daemons, flows); changes nothing',
+    )
     .argument('<gateway>', 'the gateway address (fe80::1%eth0 for a link-local one)')
     .option('--config <file>', "the daemon's YAML config (tables, keep_last_route, dgd.owners)")
-    .option('--state-dir <dir>', "the daemon's state directory (its journal of withdrawn routes)", DEFAULT_STATE_DIR)
+    .option(
+      '--state-dir <dir>',
+      "the daemon's state directory (its journal of withdrawn routes)",
+      DEFAULT_STATE_DIR,
+    )
     .option('--control <path>', "a running daemon's control socket (its dead gateways)", DEFAULT_CONTROL)
     .option('--json', 'print JSON')
     .addHelpText(
@@ -277,10 +303,15 @@ export function registerWhatIf(program: Command): void {
         '  ipdeadgate what-if 2001:db8::1 --json | jq .withdrawn\n',
     )
     .action(
-      action(async (gateway: string, opts: { config?: string; stateDir: string; control: string; json?: boolean }) => {
-        const r = await whatIf(gateway, opts);
-        if (opts.json) printJson(r);
-        else process.stdout.write(formatWhatIf(r));
-      }),
+      action(
+        async (
+          gateway: string,
+          opts: { config?: string; stateDir: string; control: string; json?: boolean },
+        ) => {
+          const r = await whatIf(gateway, opts);
+          if (opts.json) printJson(r);
+          else process.stdout.write(formatWhatIf(r));
+        },
+      ),
     );
 }

@@ -15,7 +15,6 @@ import type { EventLog } from '../util/eventlog';
 import { INCIDENT_QUIET_MS } from '../dgd/incident';
 import {
   IncidentStore,
-  MAX_RECORD_BYTES,
   type IncidentOutcome,
   type IncidentRecord,
   type SocketSampleRecord,
@@ -30,8 +29,10 @@ export const TIMELINE_LIMIT = 300;
 const JOIN_ENTRIES = 20;
 const POLL_ENTRIES = 3;
 /** Items of a list (routes, flows) and characters of a string kept in an entry's detail. */
-const DETAIL_ITEMS = 50;
-const DETAIL_CHARS = 500;
+const DETAIL_ITEMS = 20;
+const DETAIL_CHARS = 300;
+/** Bytes of one entry's detail (as JSON) at most: past it the detail is cut to a JSON excerpt. */
+const DETAIL_BYTES = 4096;
 /** Events kept while the records of a previous run are read back at start. */
 const EARLY_LIMIT = 1000;
 
@@ -59,7 +60,8 @@ type Fields = Record<string, unknown>;
 
 const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
 const num = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);
-const strings = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
+const strings = (v: unknown): string[] =>
+  Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
 
 function normalize(ip: string): string {
   try {
@@ -120,7 +122,9 @@ export function movedLine(r: IncidentRecord): string {
 function outcomeOf(r: IncidentRecord): IncidentOutcome {
   if (r.verdict === 'alive') return 'downstream_problem';
   if (r.verdict !== 'dead') return 'unverified';
-  return r.routes_withdrawn.length || r.groups_changed.length || r.owners_told.length ? 'failover' : 'nothing_moved';
+  return r.routes_withdrawn.length || r.groups_changed.length || r.owners_told.length
+    ? 'failover'
+    : 'nothing_moved';
 }
 
 export class IncidentRecorder {
@@ -210,6 +214,11 @@ export class IncidentRecorder {
     }
     const key = normalize(gw);
     let l = this.open.get(key);
+    // An undecided incident gone quiet (no verdict followed its trigger) ends when a new one begins.
+    if (l && l.record.verdict !== 'dead' && now - l.lastAt > INCIDENT_QUIET_MS && this.opens(name, f)) {
+      this.end(l, l.lastAt, false);
+      l = undefined;
+    }
     if (!l && this.opens(name, f)) l = this.begin(key, f, now);
     if (!l) return;
     l.lastAt = now;
@@ -258,7 +267,16 @@ export class IncidentRecorder {
       timeline: [],
       timeline_dropped: 0,
     };
-    const l: Live = { record: r, t0: now, steps: [], joins: 0, lastAt: now, revivedAt: null, switched: false, counted: false };
+    const l: Live = {
+      record: r,
+      t0: now,
+      steps: [],
+      joins: 0,
+      lastAt: now,
+      revivedAt: null,
+      switched: false,
+      counted: false,
+    };
     this.open.set(key, l);
     return l;
   }
@@ -266,7 +284,11 @@ export class IncidentRecorder {
   private entry(l: Live, at: number, event: string, text: string, detail?: Fields): void {
     const r = l.record;
     const e: TimelineEntry = { t_ms: Math.round(at - l.t0), at: new Date(at).toISOString(), event, text };
-    if (detail && Object.keys(detail).length) e.detail = bounded(detail) as Fields;
+    if (detail && Object.keys(detail).length) {
+      e.detail = bounded(detail) as Fields;
+      const json = JSON.stringify(e.detail);
+      if (json.length > DETAIL_BYTES) e.detail = { excerpt: `${json.slice(0, DETAIL_BYTES / 2)}...` };
+    }
     if (r.timeline.length >= TIMELINE_LIMIT) {
       // Keep the beginning (the cause) and the end (the latest): drop from the middle.
       r.timeline.splice(Math.floor(TIMELINE_LIMIT / 2), 1);
@@ -293,20 +315,29 @@ export class IncidentRecorder {
     const { gateway: _g, interface: _i, ...rest } = f;
     switch (name) {
       case 'trigger': {
-        const samples = [...(Array.isArray(f.samples) ? f.samples : []), f.socket].map(sampleOf).filter((s) => s !== null);
+        const samples = [...(Array.isArray(f.samples) ? f.samples : []), f.socket]
+          .map(sampleOf)
+          .filter((s) => s !== null);
         const first = r.trigger === null || r.trigger.reason === 'unknown';
         this.addSamples(l, samples, num(f.sockets));
         if (first) r.trigger!.reason = str(f.reason) ?? 'unknown';
         const who = samples[0] ? `: ${describeSample(samples[0])}` : '';
         const count = num(f.sockets) ?? samples.length;
-        this.entry(l, now, name, `trigger (${String(f.reason)})${count > 1 ? `, ${count} sockets/flows` : ''}${who}`, rest);
+        this.entry(
+          l,
+          now,
+          name,
+          `trigger (${String(f.reason)})${count > 1 ? `, ${count} sockets/flows` : ''}${who}`,
+          rest,
+        );
         break;
       }
       case 'trigger_socket':
       case 'speculative_verify': {
         const s = sampleOf(f.socket);
         if (s) this.addSamples(l, [s], null);
-        if (name === 'speculative_verify') this.entry(l, now, name, `speculative verification${s ? `: ${describeSample(s)}` : ''}`, rest);
+        if (name === 'speculative_verify')
+          this.entry(l, now, name, `speculative verification${s ? `: ${describeSample(s)}` : ''}`, rest);
         else if (l.joins++ < JOIN_ENTRIES && s) this.entry(l, now, name, `joined: ${describeSample(s)}`);
         else r.timeline_dropped++;
         break;
@@ -327,7 +358,11 @@ export class IncidentRecorder {
         const start = duration !== null ? now - duration : null;
         for (const s of l.steps.splice(0)) {
           const at = start !== null ? start + s.at_ms : s.seen;
-          r.verification.push({ t_ms: Math.round(at - l.t0), step: s.step, ...(s.detail ? { detail: s.detail } : {}) });
+          r.verification.push({
+            t_ms: Math.round(at - l.t0),
+            step: s.step,
+            ...(s.detail ? { detail: s.detail } : {}),
+          });
           if (r.verification.length > 100) r.verification.shift();
           this.entry(l, at, 'verify_step', `verify: ${s.step}${s.detail ? ` ${s.detail}` : ''}`);
         }
@@ -336,22 +371,41 @@ export class IncidentRecorder {
         const how = alive
           ? `alive (${f.mac ? `${String(f.mac)} ` : ''}answered${num(f.arp_rtt_ms) !== null ? ` in ${num(f.arp_rtt_ms)} ms` : ''})`
           : `dead (no answer to ${String(f.probes_sent ?? '?')} probes)`;
-        this.entry(l, now, name, `${name === 'verdict_reused' ? 'verdict reused' : 'verdict'}: ${how}${duration !== null ? `, verification took ${duration} ms` : ''}`, rest);
+        this.entry(
+          l,
+          now,
+          name,
+          `${name === 'verdict_reused' ? 'verdict reused' : 'verdict'}: ${how}${duration !== null ? `, verification took ${duration} ms` : ''}`,
+          rest,
+        );
         break;
       }
       case 'state': {
-        this.entry(l, now, name, `state ${String(f.from)} -> ${String(f.to)} (${String(f.reason ?? '')})`, rest);
+        this.entry(
+          l,
+          now,
+          name,
+          `state ${String(f.from)} -> ${String(f.to)} (${String(f.reason ?? '')})`,
+          rest,
+        );
         if (f.to === 'dead') r.verdict = 'dead';
         if (f.to === 'active' && f.from === 'dead') {
           l.revivedAt = now;
           // Nothing to put back: the incident ends at the revival.
-          if (!r.routes_withdrawn.length && !r.groups_changed.length && !r.owners_told.length) this.end(l, now, true);
+          if (!r.routes_withdrawn.length && !r.groups_changed.length && !r.owners_told.length)
+            this.end(l, now, true);
         } else if (f.to === 'active' && r.verdict !== 'dead') this.end(l, now, false);
         break;
       }
       case 'downstream_problem':
         r.verdict = 'alive';
-        this.entry(l, now, name, `downstream problem: the gateway answered, nothing moved${f.note ? ` (${String(f.note)})` : ''}`, rest);
+        this.entry(
+          l,
+          now,
+          name,
+          `downstream problem: the gateway answered, nothing moved${f.note ? ` (${String(f.note)})` : ''}`,
+          rest,
+        );
         this.end(l, now, false);
         break;
       case 'routes_withdrawn': {
@@ -360,7 +414,13 @@ export class IncidentRecorder {
         const routes = all.filter((x) => !x.startsWith('nexthop id'));
         r.routes_withdrawn.push(...routes.filter((x) => !r.routes_withdrawn.includes(x)));
         r.groups_changed.push(...groups.filter((x) => !r.groups_changed.includes(x)));
-        this.entry(l, now, name, `withdrew ${routes.length} route(s), changed ${groups.length} group(s)`, rest);
+        this.entry(
+          l,
+          now,
+          name,
+          `withdrew ${routes.length} route(s), changed ${groups.length} group(s)`,
+          rest,
+        );
         if (all.length) this.switched(l, now);
         break;
       }
@@ -374,13 +434,25 @@ export class IncidentRecorder {
         };
         r.owners_told.push(bounded(told) as typeof told);
         if (r.owners_told.length > 20) r.owners_told.shift();
-        this.entry(l, now, name, `${told.owner} told: ${told.routes.length} route(s) handed over${told.ok ? '' : ' (FAILED: see the error event)'}`, rest);
+        this.entry(
+          l,
+          now,
+          name,
+          `${told.owner} told: ${told.routes.length} route(s) handed over${told.ok ? '' : ' (FAILED: see the error event)'}`,
+          rest,
+        );
         if (told.ok && told.routes.length) this.switched(l, now);
         break;
       }
       case 'route_kept':
         r.routes_kept.push(...strings(f.routes).filter((x) => !r.routes_kept.includes(x)));
-        this.entry(l, now, name, `kept ${strings(f.routes).length} route(s): the last route to their destination (keep_last_route)`, rest);
+        this.entry(
+          l,
+          now,
+          name,
+          `kept ${strings(f.routes).length} route(s): the last route to their destination (keep_last_route)`,
+          rest,
+        );
         break;
       case 'flows_resent':
         r.flows_resent = {
@@ -388,7 +460,13 @@ export class IncidentRecorder {
           resent: num(f.resent) ?? 0,
           detail: bounded(Array.isArray(f.detail) ? f.detail : []) as unknown[],
         };
-        this.entry(l, now, name, `resent a segment of ${String(f.resent)} of ${String(f.flows)} flow(s) through the new next hop`, rest);
+        this.entry(
+          l,
+          now,
+          name,
+          `resent a segment of ${String(f.resent)} of ${String(f.flows)} flow(s) through the new next hop`,
+          rest,
+        );
         break;
       case 'conntrack_followed':
         this.conntrack(l, f, now);
@@ -397,7 +475,13 @@ export class IncidentRecorder {
         r.polls++;
         const answered = (num(f.answers) ?? 0) > 0;
         if (answered || r.polls <= POLL_ENTRIES)
-          this.entry(l, now, name, `poll ${r.polls}: ${String(f.answers)} of ${String(f.needed)} answers needed`, rest);
+          this.entry(
+            l,
+            now,
+            name,
+            `poll ${r.polls}: ${String(f.answers)} of ${String(f.needed)} answers needed`,
+            rest,
+          );
         else r.timeline_dropped++;
         break;
       }
@@ -428,14 +512,39 @@ export class IncidentRecorder {
           };
           r.durations.to_resume_ms ??= t;
           this.observer?.resumed(r.gateway, t / 1000);
-          this.entry(l, first.ts_ms, 'first_segment', `first segment through the new next hop: ${String(first.flow)} to ${String(first.mac)}`);
+          this.entry(
+            l,
+            first.ts_ms,
+            'first_segment',
+            `first segment through the new next hop: ${String(first.flow)} to ${String(first.mac)}`,
+          );
         }
         break;
       }
       default:
-        if (name === 'error' || name.startsWith('route') || name.startsWith('owner') || name.startsWith('capture') ||
-          ['phase', 'held_down', 'flap_damping', 'mac_changed', 'sighting', 'active_probing', 'gateway_interface', 'invalid_gateway_event'].includes(name))
-          this.entry(l, now, name, `${name.replace(/_/g, ' ')}${f.reason ? `: ${String(f.reason)}` : f.error ? `: ${String(f.error)}` : f.note ? `: ${String(f.note)}` : ''}`, rest);
+        if (
+          name === 'error' ||
+          name.startsWith('route') ||
+          name.startsWith('owner') ||
+          name.startsWith('capture') ||
+          [
+            'phase',
+            'held_down',
+            'flap_damping',
+            'mac_changed',
+            'sighting',
+            'active_probing',
+            'gateway_interface',
+            'invalid_gateway_event',
+          ].includes(name)
+        )
+          this.entry(
+            l,
+            now,
+            name,
+            `${name.replace(/_/g, ' ')}${f.reason ? `: ${String(f.reason)}` : f.error ? `: ${String(f.error)}` : f.note ? `: ${String(f.note)}` : ''}`,
+            rest,
+          );
         break;
     }
     this.persist(l);
@@ -443,8 +552,21 @@ export class IncidentRecorder {
 
   private ownerEvent(l: Live, name: string, f: Fields, now: number): void {
     if (name === 'owner_told')
-      this.entry(l, now, name, `${String(f.owner)} told the dead gateways (${strings(f.applied).length} applied, ${strings(f.kept).length} kept)`, f);
-    else this.entry(l, now, name, `${String(f.owner)} is not configured in dgd.owners: ${String(f.hint ?? '')}`, f);
+      this.entry(
+        l,
+        now,
+        name,
+        `${String(f.owner)} told the dead gateways (${strings(f.applied).length} applied, ${strings(f.kept).length} kept)`,
+        f,
+      );
+    else
+      this.entry(
+        l,
+        now,
+        name,
+        `${String(f.owner)} is not configured in dgd.owners: ${String(f.hint ?? '')}`,
+        f,
+      );
     this.persist(l);
   }
 
@@ -457,7 +579,13 @@ export class IncidentRecorder {
       samples: [...prev.samples, ...strings(f.samples)].slice(0, INCIDENT_SAMPLE_LIMIT),
     };
     const { gateway: _g, interface: _i, ...rest } = f;
-    this.entry(l, now, 'conntrack_followed', `conntrack after ${String(f.after)}: ${String(f.deleted)} of ${String(f.examined)} entries deleted (their flows leave by another interface now)`, rest);
+    this.entry(
+      l,
+      now,
+      'conntrack_followed',
+      `conntrack after ${String(f.after)}: ${String(f.deleted)} of ${String(f.examined)} entries deleted (their flows leave by another interface now)`,
+      rest,
+    );
     this.persist(l);
   }
 
@@ -474,9 +602,18 @@ export class IncidentRecorder {
     const r = l.record;
     r.routes_restored.push(...strings(f.routes).filter((x) => !r.routes_restored.includes(x)));
     const { gateway: _g, interface: _i, ...rest } = f;
-    this.entry(l, now, 'routes_restored', `restored ${strings(f.routes).length} route(s)${f.reason ? ` (${String(f.reason)})` : ''}`, rest);
+    this.entry(
+      l,
+      now,
+      'routes_restored',
+      `restored ${strings(f.routes).length} route(s)${f.reason ? ` (${String(f.reason)})` : ''}`,
+      rest,
+    );
     // Waiting for an interface: the incident goes on until those are back too.
-    if (strings(f.waiting_for_interface).length === 0 && (l.revivedAt !== null || f.gateway === null || f.gateway === undefined))
+    if (
+      strings(f.waiting_for_interface).length === 0 &&
+      (l.revivedAt !== null || f.gateway === null || f.gateway === undefined)
+    )
       this.end(l, now, true);
     else this.persist(l);
   }
@@ -499,12 +636,6 @@ export class IncidentRecorder {
     const r = l.record;
     r.outcome = outcomeOf(r);
     r.moved = movedLine(r);
-    // Within the size bound: the middle of the timeline goes first (rare: the entries are bounded).
-    while (r.timeline.length > 10 && Buffer.byteLength(JSON.stringify(r)) > MAX_RECORD_BYTES) {
-      const n = Math.ceil(r.timeline.length / 10);
-      r.timeline.splice(Math.floor(r.timeline.length / 2), n);
-      r.timeline_dropped += n;
-    }
     this.store.save(r);
   }
 }

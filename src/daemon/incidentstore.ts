@@ -116,10 +116,33 @@ const summarySchema = z.object({
   moved: z.string(),
 });
 const indexSchema = z.object({ version: z.literal(1), incidents: z.array(summarySchema) });
-const recordSchema = summarySchema.extend({
-  version: z.literal(1),
-  timeline: z.array(z.object({ t_ms: z.number(), at: z.string(), event: z.string(), text: z.string() }).passthrough()),
-}).passthrough();
+const recordSchema = summarySchema
+  .extend({
+    version: z.literal(1),
+    timeline: z.array(
+      z.object({ t_ms: z.number(), at: z.string(), event: z.string(), text: z.string() }).passthrough(),
+    ),
+  })
+  .passthrough();
+
+/**
+ * The record as written, within MAX_RECORD_BYTES: past it the middle of the timeline goes first
+ * (the cause and the latest stay; what was left out is counted), then the entries' details.
+ */
+export function fitRecord(r: IncidentRecord): string {
+  let text = JSON.stringify(r, null, 1) + '\n';
+  while (Buffer.byteLength(text) > MAX_RECORD_BYTES && r.timeline.length > 10) {
+    const n = Math.ceil(r.timeline.length / 10);
+    r.timeline.splice(Math.floor(r.timeline.length / 2), n);
+    r.timeline_dropped += n;
+    text = JSON.stringify(r, null, 1) + '\n';
+  }
+  if (Buffer.byteLength(text) > MAX_RECORD_BYTES) {
+    for (const e of r.timeline) delete e.detail;
+    text = JSON.stringify(r) + '\n';
+  }
+  return text;
+}
 
 export function incidentsDir(stateDir: string): string {
   return path.join(stateDir, DIR);
@@ -290,14 +313,17 @@ export class IncidentStore {
     this.dirty.clear();
     if (records.length === 0) return;
     for (const r of records) {
-      await writeFileAtomic(path.join(this.dir, recordName(r.id)), JSON.stringify(r, null, 1) + '\n');
+      await writeFileAtomic(path.join(this.dir, recordName(r.id)), fitRecord(r));
       const s = summaryOf(r);
       const i = this.index.findIndex((x) => x.id === r.id);
       if (i >= 0) this.index[i] = s;
       else this.index.push(s);
     }
     this.index.sort((a, b) => a.id - b.id);
-    const drop = this.index.length > this.maxIncidents ? this.index.splice(0, this.index.length - this.maxIncidents) : [];
+    const drop =
+      this.index.length > this.maxIncidents
+        ? this.index.splice(0, this.index.length - this.maxIncidents)
+        : [];
     await writeFileAtomic(
       path.join(this.dir, INDEX),
       JSON.stringify({ version: 1, incidents: this.index }) + '\n',
@@ -310,6 +336,11 @@ export class IncidentStore {
   }
 
   status(): { directory: string; incidents: number; removed: number; write_errors: number } {
-    return { directory: this.dir, incidents: this.index.length, removed: this.removed, write_errors: this.writeErrors };
+    return {
+      directory: this.dir,
+      incidents: this.index.length,
+      removed: this.removed,
+      write_errors: this.writeErrors,
+    };
   }
 }

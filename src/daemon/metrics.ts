@@ -486,7 +486,8 @@ export class DaemonMetrics {
       labelNames: ['outcome'],
       registers,
     });
-    for (const outcome of ['failover', 'nothing_moved', 'downstream_problem', 'unverified']) outcomes.inc({ outcome }, 0);
+    for (const outcome of ['failover', 'nothing_moved', 'downstream_problem', 'unverified'])
+      outcomes.inc({ outcome }, 0);
     this.incidentMetrics = {
       switched: (gateway, seconds) => toSwitch.observe({ gateway }, seconds),
       resumed: (gateway, seconds) => toResume.observe({ gateway }, seconds),

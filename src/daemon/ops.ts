@@ -19,9 +19,16 @@ export interface OpsEngine {
   status(): DgdStatus;
 }
 
-/** The detection ports as ops sees them: the shared ARP/NDP handle of an interface. */
+/**
+ * The detection ports as ops sees them: the shared ARP/NDP handle of an interface, and (when they
+ * are an EventEmitter) the wire watch's 'wire_frame' events, whose TCP headers the recorder keeps.
+ */
 export interface OpsPorts {
   link(ifname: string): Promise<EventEmitter>;
+  on?(
+    event: 'wire_frame',
+    fn: (ifname: string, p: { data: Buffer; tsMs: number; wireLength?: number }) => void,
+  ): unknown;
 }
 
 /** How often the recorder learns the gateways and their interfaces from status(). */
@@ -62,9 +69,11 @@ export class DaemonOps {
     );
     this.incidents = new IncidentRecorder(store, this.metrics.incidentObserver());
     // Read back the incidents a previous run left open; events meanwhile wait (bounded).
-    this.incidentsLoaded = this.incidents.load().catch((err: unknown) =>
-      log.event('error', { during: 'reading incident records', error: (err as Error).message }, 'warn'),
-    );
+    this.incidentsLoaded = this.incidents
+      .load()
+      .catch((err: unknown) =>
+        log.event('error', { during: 'reading incident records', error: (err as Error).message }, 'warn'),
+      );
   }
 
   /** The EventLog detection should log through: forwards to `inner`, feeding the recorder and metrics. */
@@ -78,6 +87,9 @@ export class DaemonOps {
   async start(engine: OpsEngine, ports: OpsPorts): Promise<void> {
     this.engine = engine;
     this.ports = ports;
+    ports.on?.('wire_frame', (ifname, p) =>
+      this.recorder.recordSegment(ifname, p.tsMs, p.data, p.wireLength),
+    );
     await this.recorder.load();
     await this.applyListen();
     this.refreshGateways();

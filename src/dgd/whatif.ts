@@ -122,7 +122,10 @@ export function planWhatIf(input: WhatIfInput): WhatIfPlan {
     for (const p of plan.routes) after.set(routeIdentity(p.from), p.to);
     for (const p of plan.routes) {
       const instead = routes
-        .filter((r) => r !== p.from && r.family === p.from.family && r.table === p.from.table && r.dst === p.from.dst)
+        .filter(
+          (r) =>
+            r !== p.from && r.family === p.from.family && r.table === p.from.table && r.dst === p.from.dst,
+        )
         .map((r) => (after.has(routeIdentity(r)) ? after.get(routeIdentity(r))! : reducedRoute(r, dead)))
         .filter((r): r is KernelRoute => r !== null)
         .sort((a, b) => a.metric - b.metric)
@@ -165,6 +168,8 @@ export function planWhatIf(input: WhatIfInput): WhatIfPlan {
       `NOTHING WOULD MOVE: no route in the managed tables goes through ${input.address}${out.interfaces.length ? '' : ' (it is no next hop of any route)'}`,
     );
   else if (out.withdrawn.length === 0 && out.handed_over.length === 0)
-    out.warnings.push('NOTHING WOULD MOVE: no route would change in the kernel and no routing daemon would be told');
+    out.warnings.push(
+      'NOTHING WOULD MOVE: no route would change in the kernel and no routing daemon would be told',
+    );
   return out;
 }
