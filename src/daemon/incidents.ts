@@ -389,11 +389,10 @@ export class IncidentRecorder {
           rest,
         );
         if (f.to === 'dead') r.verdict = 'dead';
+        // The routes come back before the state changes (verdicts.ts revive): the end of it.
         if (f.to === 'active' && f.from === 'dead') {
           l.revivedAt = now;
-          // Nothing to put back: the incident ends at the revival.
-          if (!r.routes_withdrawn.length && !r.groups_changed.length && !r.owners_told.length)
-            this.end(l, now, true);
+          this.end(l, now, true);
         } else if (f.to === 'active' && r.verdict !== 'dead') this.end(l, now, false);
         break;
       }
@@ -609,12 +608,9 @@ export class IncidentRecorder {
       `restored ${strings(f.routes).length} route(s)${f.reason ? ` (${String(f.reason)})` : ''}`,
       rest,
     );
-    // Waiting for an interface: the incident goes on until those are back too.
-    if (
-      strings(f.waiting_for_interface).length === 0 &&
-      (l.revivedAt !== null || f.gateway === null || f.gateway === undefined)
-    )
-      this.end(l, now, true);
+    // Every route put back (off, a stop): the incident ends with it. A gateway's own restore is
+    // followed by its state change (revived), or by routes_waiting when some wait for an interface.
+    if (f.gateway === null || f.gateway === undefined) this.end(l, now, true);
     else this.persist(l);
   }
 

@@ -182,13 +182,9 @@ function failover(): [number, string, Record<string, unknown>][] {
       { gateway: GW, interface: IF, answers: 0, needed: 2 },
     ]),
     [20_000, 'poll', { gateway: GW, interface: IF, answers: 2, needed: 2 }],
+    // As the engine emits them: the routes back, then the state (src/dgd/verdicts.ts revive).
     [
       20_001,
-      'state',
-      { gateway: GW, interface: IF, from: 'dead', to: 'active', phase: 'active', reason: 'answered' },
-    ],
-    [
-      20_010,
       'routes_restored',
       {
         gateway: GW,
@@ -196,6 +192,11 @@ function failover(): [number, string, Record<string, unknown>][] {
         reason: 'revived',
         routes: ['198.18.2.0/24 via 198.18.1.1 table 254 metric 10'],
       },
+    ],
+    [
+      20_010,
+      'state',
+      { gateway: GW, interface: IF, from: 'dead', to: 'active', phase: 'active', reason: 'answered' },
     ],
   ];
 }
