@@ -99,6 +99,9 @@ export interface RecordedSegment {
   flow: string;
   /** Destination MAC: the next hop of an outbound segment. */
   mac: string;
+  /** TCP sequence number and payload length: a segment sent again has both again. */
+  seq: number;
+  len: number;
 }
 
 /** Per-record overhead in the pcap file: what the byte bounds count besides the frame. */
@@ -206,6 +209,8 @@ export class FlightRecorder {
       origLen: Math.max(wireLength, h.origLen),
       flow: h.flow,
       mac: h.mac,
+      seq: h.seq,
+      len: h.len,
     });
     this.segmentBytes += data.length + RECORD_OVERHEAD;
     this.trimSegments();
@@ -308,7 +313,7 @@ export class FlightRecorder {
   private async write(
     p: PendingDump,
     frames: (RecordedFrame & { origLen?: number })[],
-    seg: ReturnType<typeof triggeringSegments> = { segments: [], firstViaNew: null },
+    seg: ReturnType<typeof triggeringSegments> = { segments: [], firstViaNew: null, flows: [] },
   ): Promise<void> {
     if (frames.length === 0) {
       // Nothing was seen: the link was not open yet, or the gateway was dead before a restart.
@@ -356,6 +361,7 @@ export class FlightRecorder {
         gateway: p.gateway,
         file,
         segments: seg.segments.length,
+        flows: seg.flows,
         first_via_new_gateway: seg.firstViaNew,
       });
     } catch (err) {
@@ -462,7 +468,7 @@ function macAt(b: Buffer, off: number): string {
  */
 export function segmentHeaders(
   frame: Buffer,
-): { headerBytes: number; origLen: number; flow: string; mac: string } | null {
+): { headerBytes: number; origLen: number; flow: string; mac: string; seq: number; len: number } | null {
   if (frame.length < 14) return null;
   const type = frame.readUInt16BE(12);
   let l4: number;
@@ -483,9 +489,20 @@ export function segmentHeaders(
     origLen = 54 + frame.readUInt16BE(18);
   } else return null;
   if (frame.length < l4 + 20) return null;
-  const headerBytes = Math.min(frame.length, l4 + (frame[l4 + 12]! >> 4) * 4);
+  const tcpHeader = (frame[l4 + 12]! >> 4) * 4;
+  const headerBytes = Math.min(frame.length, l4 + tcpHeader);
   const flow = `${src}|${frame.readUInt16BE(l4)}|${dst}|${frame.readUInt16BE(l4 + 2)}`;
-  return { headerBytes, origLen, flow, mac: macAt(frame, 0) };
+  const len = Math.max(0, origLen - l4 - tcpHeader);
+  const syn = (frame[l4 + 13]! & 0x02) !== 0;
+  // A SYN counts as one byte of sequence space: sent again, it repeats as data does.
+  return {
+    headerBytes,
+    origLen,
+    flow,
+    mac: macAt(frame, 0),
+    seq: frame.readUInt32BE(l4 + 4),
+    len: syn ? len + 1 : len,
+  };
 }
 
 function ipv6At(b: Buffer, off: number): string {
@@ -497,21 +514,49 @@ function ipv6At(b: Buffer, off: number): string {
 /**
  * The segments of the triggering flows (both directions, at most SEGMENTS_PER_FLOW each), and the
  * first segment of one of them sent after the dead verdict to a MAC other than the one its
- * segments went to before it: the first through the new next hop.
+ * segments went to before it: the first through the new next hop. The triggering flows are the
+ * ones the trigger events named, and every other flow that sent a segment again before the verdict
+ * towards the MAC those went to (the dead gateway's): a trigger names a few samples, and a
+ * forwarded flow that joins after the verdict is named by no event at all.
  */
 export function triggeringSegments(
   all: readonly RecordedSegment[],
-  flows: ReadonlySet<string>,
+  named: ReadonlySet<string>,
   deadAtMs: number,
-): { segments: RecordedSegment[]; firstViaNew: { ts_ms: number; flow: string; mac: string } | null } {
+): {
+  segments: RecordedSegment[];
+  firstViaNew: { ts_ms: number; flow: string; mac: string } | null;
+  flows: string[];
+} {
   const reverse = (k: string) => {
     const [a, ap, b, bp] = k.split('|');
     return `${b}|${bp}|${a}|${ap}`;
   };
+  const flows = new Set(named);
+  // The dead gateway's MAC: where the named flows' segments went before the verdict.
+  const macs = new Map<string, number>();
+  for (const s of all)
+    if (s.tsMs <= deadAtMs && named.has(s.flow)) macs.set(s.mac, (macs.get(s.mac) ?? 0) + 1);
+  const deadMac = [...macs].sort((a, b) => b[1] - a[1])[0]?.[0];
+  if (deadMac) {
+    const sent = new Set<string>();
+    for (const s of all) {
+      if (s.tsMs > deadAtMs || s.mac !== deadMac || s.len === 0 || flows.has(s.flow)) continue;
+      if (flows.size >= SEGMENT_FLOWS) break;
+      const k = `${s.flow}|${s.seq}|${s.len}`;
+      if (sent.has(k)) flows.add(s.flow);
+      else sent.add(k);
+    }
+  }
   const perFlow = new Map<string, number>();
   const before = new Map<string, string>();
   const segments: RecordedSegment[] = [];
   let firstViaNew: { ts_ms: number; flow: string; mac: string } | null = null;
+  const ep = (ip: string, port: string) => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
+  const show = (key: string) => {
+    const [a, ap, b, bp] = key.split('|');
+    return `${ep(a!, ap!)} > ${ep(b!, bp!)}`;
+  };
   for (const s of all) {
     const outbound = flows.has(s.flow);
     const key = outbound ? s.flow : flows.has(reverse(s.flow)) ? reverse(s.flow) : null;
@@ -522,11 +567,8 @@ export function triggeringSegments(
     segments.push(s);
     if (!outbound) continue;
     if (s.tsMs <= deadAtMs) before.set(key, s.mac);
-    else if (!firstViaNew && before.has(key) && before.get(key) !== s.mac) {
-      const [a, ap, b, bp] = key.split('|');
-      const ep = (ip: string, port: string) => (ip!.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
-      firstViaNew = { ts_ms: s.tsMs, flow: `${ep(a!, ap!)} > ${ep(b!, bp!)}`, mac: s.mac };
-    }
+    else if (!firstViaNew && before.has(key) && before.get(key) !== s.mac)
+      firstViaNew = { ts_ms: s.tsMs, flow: show(key), mac: s.mac };
   }
-  return { segments, firstViaNew };
+  return { segments, firstViaNew, flows: [...perFlow.keys()].map(show) };
 }

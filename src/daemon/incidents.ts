@@ -23,6 +23,8 @@ import {
 
 /** Sockets or flows kept as samples of what triggered an incident. */
 export const INCIDENT_SAMPLE_LIMIT = 10;
+/** Flows whose segments a capture holds, named in the record. */
+const SEGMENT_FLOW_LIMIT = 64;
 /** Timeline entries one record keeps (the middle is dropped first, and counted). */
 export const TIMELINE_LIMIT = 300;
 /** Entries for sockets joining an incident after its trigger, and for unanswered slow polls. */
@@ -356,7 +358,11 @@ export class IncidentRecorder {
         const duration = num(f.duration_ms);
         // The steps ran during the verification: from the verdict back by its duration.
         const start = duration !== null ? now - duration : null;
+        // Until the dead verdict, each step is shown; the slow polls after it are summed up by
+        // their poll events (their steps would bury the timeline).
+        const polling = r.verdict === 'dead';
         for (const s of l.steps.splice(0)) {
+          if (polling) continue;
           const at = start !== null ? start + s.at_ms : s.seen;
           r.verification.push({
             t_ms: Math.round(at - l.t0),
@@ -366,16 +372,25 @@ export class IncidentRecorder {
           if (r.verification.length > 100) r.verification.shift();
           this.entry(l, at, 'verify_step', `verify: ${s.step}${s.detail ? ` ${s.detail}` : ''}`);
         }
-        if (r.verdict !== 'dead') r.verdict = alive ? 'alive' : 'dead';
+        if (polling) break;
+        r.verdict = alive ? 'alive' : 'dead';
         r.durations.to_verdict_ms ??= Math.round(now - l.t0);
         const how = alive
           ? `alive (${f.mac ? `${String(f.mac)} ` : ''}answered${num(f.arp_rtt_ms) !== null ? ` in ${num(f.arp_rtt_ms)} ms` : ''})`
-          : `dead (no answer to ${String(f.probes_sent ?? '?')} probes)`;
+          : name === 'verdict_reused'
+            ? 'dead'
+            : `dead (no answer to ${String(f.probes_sent ?? '?')} probes)`;
+        const took =
+          name === 'verdict_reused'
+            ? `, from a verification ${String(f.age_ms)} ms old`
+            : duration !== null
+              ? `, verification took ${duration} ms`
+              : '';
         this.entry(
           l,
           now,
           name,
-          `${name === 'verdict_reused' ? 'verdict reused' : 'verdict'}: ${how}${duration !== null ? `, verification took ${duration} ms` : ''}`,
+          `${name === 'verdict_reused' ? 'verdict reused' : 'verdict'}: ${how}${took}`,
           rest,
         );
         break;
@@ -500,6 +515,7 @@ export class IncidentRecorder {
         const first = f.first_via_new_gateway as { ts_ms?: number; flow?: string; mac?: string } | null;
         const cap = (r.capture ??= { file: str(f.file) ?? '', packets: 0, bytes: 0 });
         cap.segments = num(f.segments) ?? 0;
+        cap.flows = strings(f.flows).slice(0, SEGMENT_FLOW_LIMIT);
         cap.first_segment_via_new_gateway = null;
         if (first && typeof first.ts_ms === 'number') {
           const t = Math.round(first.ts_ms - l.t0);

@@ -96,6 +96,8 @@ export interface IncidentRecord extends IncidentSummary {
     bytes: number;
     /** TCP segment headers of the triggering flows in it. */
     segments?: number;
+    /** The flows whose segments it holds: those the triggers named, and others sent again towards the dead gateway. */
+    flows?: string[];
     first_segment_via_new_gateway?: { at: string; t_ms: number; flow: string; mac: string } | null;
   } | null;
   timeline: TimelineEntry[];

@@ -175,16 +175,27 @@ describe('incidents (lab)', function () {
     })
       .trim()
       .split('\n');
-    const flows = rec.trigger!.samples.map(
-      (s) => `${s.src.replace(/:(\d+)$/, '.$1')} > ${s.dst.replace(/:(\d+)$/, '.$1')}`,
-    );
-    const ofFlows = lines.filter((x) => flows.some((f) => x.includes(f)));
-    const toR1 = ofFlows.filter((x) => x.includes(`> ${r1Mac}`));
-    const seqs = toR1.map((x) => /seq (\d+:\d+)/.exec(x)?.[1]).filter((s): s is string => !!s);
-    assert.ok(seqs.length > new Set(seqs).size, `a segment sent again towards r1:\n${ofFlows.join('\n')}`);
+    // Both the local flow (gw's own socket) and the forwarded one (the LAN host's) are in it, each
+    // with a segment sent again towards r1's MAC; after the verdict a segment goes through r2.
+    const capFlows = cap.flows ?? [];
+    const tcpdumpForm = (f: string) => f.replace(/:(\d+) > /, '.$1 > ').replace(/:(\d+)$/, '.$1');
     const deadAt = Date.parse(
       d.events.find((e) => e.event === 'state' && e.gateway === GW.r1_4 && e.to === 'dead')!.time,
     );
+    for (const src of [GW.gwUp4, GW.lanhost4]) {
+      const f = capFlows.find((x) => x.startsWith(`${src}:`) && x.endsWith(`${GW.server4}:${PORT}`));
+      assert.ok(f, `a flow from ${src} in the capture: ${JSON.stringify(capFlows)}`);
+      const ofFlow = lines.filter((x) => x.includes(tcpdumpForm(f)));
+      const seqs = ofFlow
+        .filter((x) => x.includes(`> ${r1Mac}`))
+        .map((x) => /seq (\d+:\d+)/.exec(x)?.[1])
+        .filter((s): s is string => !!s);
+      assert.ok(
+        seqs.length > new Set(seqs).size,
+        `${f}: a segment sent again towards r1:\n${ofFlow.join('\n')}`,
+      );
+    }
+    const ofFlows = lines.filter((x) => capFlows.some((f) => x.includes(tcpdumpForm(f))));
     assert.ok(
       ofFlows.some((x) => x.includes(`> ${r2Mac}`) && parseFloat(x) * 1000 >= deadAt - 5),
       `a segment through r2 after the verdict:\n${ofFlows.join('\n')}`,

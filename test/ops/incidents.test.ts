@@ -420,15 +420,40 @@ describe("flight recorder: the triggering flows' segments", () => {
     assert.equal(h.headerBytes, 54, 'Ethernet + IPv4 + TCP, no payload');
     assert.equal(h.origLen, 154);
     assert.equal(h.flow, '198.18.10.10|40000|198.18.2.10|7000');
+    assert.equal(h.len, 100);
     assert.equal(h.mac, '00:00:00:00:00:01');
-    const seg = (t: number, mac: number, sport = 40000): RecordedSegment => {
+    const seg = (t: number, mac: number, sport = 40000, seq = t): RecordedSegment => {
       const x = segmentHeaders(tcpFrame(mac, '198.18.10.10', sport, '198.18.2.10', 7000, 8))!;
-      return { ifname: 'up0', tsMs: t, data: Buffer.alloc(54), origLen: x.origLen, flow: x.flow, mac: x.mac };
+      return {
+        ifname: 'up0',
+        tsMs: t,
+        data: Buffer.alloc(54),
+        origLen: x.origLen,
+        flow: x.flow,
+        mac: x.mac,
+        seq,
+        len: 8,
+      };
     };
     const flows = new Set(['198.18.10.10|40000|198.18.2.10|7000']);
-    const all = [seg(1, 1), seg(2, 1), seg(3, 1, 50000), seg(4, 1), seg(11, 1), seg(12, 2), seg(13, 2)];
+    // 50000 sends one segment towards the dead MAC once: not included; 50001 sends one twice: included.
+    const all = [
+      seg(1, 1),
+      seg(2, 1),
+      seg(3, 1, 50000),
+      seg(4, 1),
+      seg(5, 1, 50001, 100),
+      seg(6, 1, 50001, 100),
+      seg(11, 1),
+      seg(12, 2),
+      seg(13, 2),
+    ];
     const r = triggeringSegments(all, flows, 10);
-    assert.equal(r.segments.length, 6, 'the other flow is left out');
+    assert.deepEqual(r.flows, [
+      '198.18.10.10:40000 > 198.18.2.10:7000',
+      '198.18.10.10:50001 > 198.18.2.10:7000',
+    ]);
+    assert.equal(r.segments.length, 8, 'the flow that sent nothing again is left out');
     assert.deepEqual(r.firstViaNew, {
       ts_ms: 12,
       flow: '198.18.10.10:40000 > 198.18.2.10:7000',
