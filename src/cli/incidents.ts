@@ -94,6 +94,10 @@ export function formatIncident(r: IncidentRecord): string {
         ? `, ${r.capture.segments} TCP segment headers of the triggering flows`
         : '';
     out.push(`  Capture: ${r.capture.file} (${r.capture.packets} packets${seg})`);
+    for (const f of r.capture.flows ?? []) out.push(`    segments of ${f}`);
+    const first = r.capture.first_segment_via_new_gateway;
+    if (first)
+      out.push(`    first through the new next hop: +${first.t_ms} ms, ${first.flow} to ${first.mac}`);
     out.push(`    tcpdump -nner ${r.capture.file}`);
   } else
     out.push(

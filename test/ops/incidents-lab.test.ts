@@ -221,6 +221,7 @@ describe('incidents (lab)', function () {
     assert.ok(ended!.outage_ms! > ended!.switch_ms!);
     assert.ok(ended!.routes_restored.length > 0);
     if (process.env.IDG_EXAMPLE_DIR) {
+      fs.copyFileSync(cap.file, `${process.env.IDG_EXAMPLE_DIR}/capture.pcap`);
       fs.writeFileSync(
         `${process.env.IDG_EXAMPLE_DIR}/incidents.txt`,
         (await l.cli('gw', ['incidents', ...stateArgs])).stdout,
