@@ -4,7 +4,7 @@
 // timeline in milliseconds from its first trigger.
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
-import { DEFAULT_STATE_DIR } from '../daemon/daemon';
+import { DEFAULT_STATE_DIR } from '../daemon/statedir';
 import {
   readIncident,
   readIncidentIndex,
