@@ -133,6 +133,8 @@ export class IncidentRecorder {
   private readonly open = new Map<string, Live>();
   /** Downstream incidents just ended: a trigger within INCIDENT_QUIET_MS joins them again. */
   private readonly recent = new Map<string, Live>();
+  /** The last ended incident of each gateway with a dead verdict (its capture may come later). */
+  private readonly ended = new Map<string, Live>();
   private closed = false;
   /** Events that arrived before load() finished (replayed after it; bounded). */
   private early: [string, Fields, number][] | null = [];
@@ -222,6 +224,9 @@ export class IncidentRecorder {
       l = undefined;
     }
     if (!l && this.opens(name, f)) l = this.begin(key, f, now);
+    // A capture is written `after` seconds past the verdict: a gateway back sooner has its
+    // incident ended by then, and the capture still belongs to it.
+    if (!l && name.startsWith('capture_')) l = this.ended.get(key);
     if (!l) return;
     l.lastAt = now;
     this.apply(l, name, f, now);
@@ -639,6 +644,7 @@ export class IncidentRecorder {
     }
     this.open.delete(r.gateway);
     if (r.verdict !== 'dead') this.recent.set(r.gateway, l);
+    else this.ended.set(r.gateway, l);
     this.persist(l);
     if (!l.counted) this.observer?.ended(r.outcome);
     l.counted = true;

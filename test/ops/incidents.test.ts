@@ -11,6 +11,7 @@ import { IncidentStore, readIncident, readIncidentIndex, incidentsDir } from '..
 import { segmentHeaders, triggeringSegments, type RecordedSegment } from '../../src/daemon/flightrec';
 import { formatIncident, formatIncidentList } from '../../src/cli/incidents';
 import { planWhatIf } from '../../src/dgd/whatif';
+import { DaemonMetrics } from '../../src/daemon/metrics';
 import type { KernelRoute } from '../../src/dgd/ports';
 
 const GW = '198.18.1.1';
@@ -266,6 +267,26 @@ describe('incident records', () => {
     assert.match(text, /\+770 ms {2}withdrew 1 route\(s\), changed 1 group\(s\)/);
     assert.match(text, /tcpdump -nner \/x\/c\.pcap/);
     assert.match(formatIncidentList([s]), /198\.18\.1\.1 +up0 .* dead +failover +20\.010 s +0\.770 s/);
+  });
+
+  it('a capture written after a quick revival still lands in its incident', async () => {
+    const clock = new Clock();
+    const rec = new IncidentRecorder(new IncidentStore(dir), null, clock.now);
+    await rec.load();
+    const ev = failover();
+    feed(rec, clock, [...ev.slice(0, 8), ...ev.slice(-2)]);
+    clock.t += 3000;
+    rec.onEvent('capture_written', {
+      gateway: GW,
+      interface: IF,
+      file: '/x/late.pcap',
+      packets: 9,
+      bytes: 900,
+    });
+    await rec.close();
+    const r = await readIncident(dir, 1);
+    assert.notEqual(r.ended_at, null);
+    assert.equal(r.capture?.file, '/x/late.pcap');
   });
 
   it('a downstream problem: nothing moved, ended at the alive verdict; a trigger soon after joins it again', async () => {
@@ -527,5 +548,27 @@ describe('what-if plan', () => {
     ]);
     const none = planWhatIf({ ...base, ifindexes: [], routes: [] });
     assert.match(none.warnings.join('\n'), /NOTHING WOULD MOVE: no route/);
+  });
+});
+
+describe('incident metrics', () => {
+  it('time to switch and to resume per gateway, incidents by outcome (each outcome at 0 first)', async () => {
+    const m = new DaemonMetrics();
+    const obs = m.incidentObserver();
+    assert.equal(m.incidentObserver(), obs, 'created once');
+    let text = await m.registry.metrics();
+    assert.match(text, /^ipdeadgate_incidents_total\{outcome="nothing_moved"\} 0$/m);
+    obs.switched(GW, 0.8);
+    obs.resumed(GW, 0.9);
+    obs.ended('failover');
+    text = await m.registry.metrics();
+    assert.match(text, /^ipdeadgate_incident_switch_seconds_bucket\{le="1",gateway="198\.18\.1\.1"\} 1$/m);
+    assert.match(
+      text,
+      /^ipdeadgate_incident_switch_seconds_bucket\{le="0\.75",gateway="198\.18\.1\.1"\} 0$/m,
+    );
+    assert.match(text, /^ipdeadgate_incident_resume_seconds_count\{gateway="198\.18\.1\.1"\} 1$/m);
+    assert.match(text, /^ipdeadgate_incidents_total\{outcome="failover"\} 1$/m);
+    await m.close();
   });
 });
