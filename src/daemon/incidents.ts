@@ -8,7 +8,7 @@
 // verification, a verdict or a state change) and collects every event about that gateway until it
 // ends: for a dead gateway when it is usable again and its routes are back (or when every route
 // was put back by `off` or a stop), for a downstream problem at the alive verdict (a new trigger
-// within INCIDENT_QUIET_MS joins it again). Open incidents are saved as they change and read back
+// within DOWNSTREAM_JOIN_MS joins it again). Open incidents are saved as they change and read back
 // at start, so a restart in the middle of an outage continues the same record.
 import { normalizeIp } from '../sys/ipaddr';
 import type { EventLog } from '../util/eventlog';
@@ -35,6 +35,11 @@ const DETAIL_ITEMS = 20;
 const DETAIL_CHARS = 300;
 /** Bytes of one entry's detail (as JSON) at most: past it the detail is cut to a JSON excerpt. */
 const DETAIL_BYTES = 4096;
+/**
+ * A downstream problem that comes back this soon joins its last record again: a problem beyond a
+ * live gateway that lasts hours is one record, not hundreds pushing real failovers out.
+ */
+export const DOWNSTREAM_JOIN_MS = 5 * 60_000;
 /** Events kept while the records of a previous run are read back at start. */
 const EARLY_LIMIT = 1000;
 
@@ -131,7 +136,7 @@ function outcomeOf(r: IncidentRecord): IncidentOutcome {
 
 export class IncidentRecorder {
   private readonly open = new Map<string, Live>();
-  /** Downstream incidents just ended: a trigger within INCIDENT_QUIET_MS joins them again. */
+  /** Downstream incidents just ended: a trigger within DOWNSTREAM_JOIN_MS joins them again. */
   private readonly recent = new Map<string, Live>();
   /** The last ended incident of each gateway with a dead verdict (its capture may come later). */
   private readonly ended = new Map<string, Live>();
@@ -240,7 +245,7 @@ export class IncidentRecorder {
 
   private begin(key: string, f: Fields, now: number): Live {
     const again = this.recent.get(key);
-    if (again && now - again.lastAt <= INCIDENT_QUIET_MS) {
+    if (again && now - again.lastAt <= DOWNSTREAM_JOIN_MS) {
       this.recent.delete(key);
       again.record.ended_at = null;
       this.open.set(key, again);

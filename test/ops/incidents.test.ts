@@ -289,7 +289,7 @@ describe('incident records', () => {
     assert.equal(r.capture?.file, '/x/late.pcap');
   });
 
-  it('a downstream problem: nothing moved, ended at the alive verdict; a trigger soon after joins it again', async () => {
+  it('a downstream problem: nothing moved, ended at the alive verdict; one coming back within 5 min joins it again', async () => {
     const clock = new Clock();
     const obs = observer();
     const rec = new IncidentRecorder(new IncidentStore(dir), obs, clock.now);
@@ -318,11 +318,15 @@ describe('incident records', () => {
       [2000, 'trigger', { gateway: GW, interface: IF, reason: 'retransmit', socket: sample }],
     ]);
     feed(rec, clock, [
-      [20_000, 'trigger', { gateway: GW, interface: IF, reason: 'retransmit', socket: sample }],
+      [400_000, 'trigger', { gateway: GW, interface: IF, reason: 'retransmit', socket: sample }],
     ]);
     await rec.close();
     const list = await readIncidentIndex(dir);
-    assert.equal(list.length, 2, 'the second trigger joined the first incident; the third opened one');
+    assert.equal(
+      list.length,
+      2,
+      'the second trigger joined the first incident; the third, over 5 min later, opened one',
+    );
     assert.equal(list[0]!.outcome, 'downstream_problem');
     assert.equal(list[0]!.moved, 'nothing');
     assert.equal(list[0]!.outage_ms, null);
