@@ -170,16 +170,22 @@ export class DaemonOps {
     return this.recorder.lastCapture(gateway);
   }
 
-  /** Add `last_capture` to every gateway of a status and a `flight_recorder` section. */
+  /**
+   * Add `last_capture` and `open_incident` (the number of its incident under way, for `incidents
+   * ID`) to every gateway of a status, and `flight_recorder` and `incidents` sections.
+   */
   decorateStatus<S extends { gateways?: unknown }>(status: S): S {
+    const open = new Map(this.incidents.openIncidents().map((r) => [r.gateway, r.id]));
     const gws = Array.isArray(status.gateways) ? (status.gateways as { address?: unknown }[]) : [];
     return {
       ...status,
       gateways: gws.map((g) => ({
         ...g,
         last_capture: typeof g.address === 'string' ? (this.lastCapture(g.address)?.file ?? null) : null,
+        open_incident: typeof g.address === 'string' ? (open.get(g.address) ?? null) : null,
       })),
       flight_recorder: this.recorder.status(),
+      incidents: { ...this.incidents.store.status(), open: [...open.values()] },
       metrics: { listen: this.listening },
     };
   }

@@ -127,9 +127,16 @@ describe('incidents (lab)', function () {
           (e.event === 'state' && e.to !== 'active')),
     )!;
 
+    const st = (await d.status()) as unknown as {
+      gateways: { address: string; open_incident: number | null }[];
+      incidents: { open: number[] };
+    };
+    const openId = st.gateways.find((g) => g.address === GW.r1_4)?.open_incident;
+    assert.ok(typeof openId === 'number' && st.incidents.open.includes(openId), JSON.stringify(st.incidents));
     const list = await json<IncidentSummary[]>(l, ['incidents', '--json', ...stateArgs]);
     const mine = list.find((s) => s.gateway === GW.r1_4 && s.verdict === 'dead');
     assert.ok(mine, JSON.stringify(list));
+    assert.equal(mine.id, openId, 'status names the incident under way');
     const rec = await json<IncidentRecord>(l, ['incidents', String(mine.id), '--json', ...stateArgs]);
     assert.equal(rec.interface, 'up0');
     assert.equal(rec.outcome, 'failover');
