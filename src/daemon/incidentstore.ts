@@ -265,7 +265,16 @@ export class IncidentStore {
   /** Read the index (and the open records) back after a restart. */
   async load(): Promise<IncidentRecord[]> {
     this.index = await readIncidentIndex(this.stateDir);
-    this.nextId = this.index.reduce((m, s) => Math.max(m, s.id), 0) + 1;
+    // A record written just before a crash that kept its index entry from being written is on
+    // disk but not in the index: its number is not given out again.
+    let names: string[] = [];
+    try {
+      names = await readdir(this.dir);
+    } catch {
+      /* no directory yet */
+    }
+    const onDisk = names.map((n) => RECORD_RE.exec(n)?.[1]).filter((x): x is string => !!x);
+    this.nextId = Math.max(0, ...this.index.map((s) => s.id), ...onDisk.map(Number)) + 1;
     const open: IncidentRecord[] = [];
     for (const s of this.index.filter((x) => x.ended_at === null))
       try {
@@ -314,13 +323,18 @@ export class IncidentStore {
     const records = [...this.dirty.values()];
     this.dirty.clear();
     if (records.length === 0) return;
+    let indexChanged = false;
     for (const r of records) {
       await writeFileAtomic(path.join(this.dir, recordName(r.id)), fitRecord(r));
       const s = summaryOf(r);
       const i = this.index.findIndex((x) => x.id === r.id);
+      // Most events change the record only: the index (1000 summaries) is rewritten when a summary changed.
+      if (i >= 0 && JSON.stringify(this.index[i]) === JSON.stringify(s)) continue;
+      indexChanged = true;
       if (i >= 0) this.index[i] = s;
       else this.index.push(s);
     }
+    if (!indexChanged) return;
     this.index.sort((a, b) => a.id - b.id);
     const drop =
       this.index.length > this.maxIncidents

@@ -387,6 +387,19 @@ describe('incident records', () => {
     await assert.rejects(readIncident(dir, 1), /no incident 1 in/);
   });
 
+  it('a record on disk that its index does not name yet (a crash between the two writes) keeps its number', async () => {
+    const clock = new Clock();
+    const rec = new IncidentRecorder(new IncidentStore(dir), null, clock.now);
+    await rec.load();
+    feed(rec, clock, failover());
+    await rec.close();
+    const d = incidentsDir(dir);
+    fs.copyFileSync(path.join(d, '00000001.json'), path.join(d, '00000007.json'));
+    const store = new IncidentStore(dir);
+    await store.load();
+    assert.equal(store.allocateId(), 8);
+  });
+
   it('a record stays within its size bound however many events an incident has', async () => {
     const clock = new Clock();
     const rec = new IncidentRecorder(new IncidentStore(dir), null, clock.now);
