@@ -13,7 +13,8 @@ import { FileStore } from '../dgd/store';
 import { SystemPorts } from '../dgd/systemports';
 import { socketFlowKey } from '../dgd/flowkey';
 import { gatewayKey } from '../dgd/routeplan';
-import { planWhatIf, type WhatIfPlan } from '../dgd/whatif';
+import type { KernelNexthopObject, KernelRoute } from '../dgd/ports';
+import { planWhatIf, whereFlowGoes, type WhatIfPlan } from '../dgd/whatif';
 import { openConntrack } from '../sys/conntrack';
 import { formatEndpoint, normalizeIp } from '../sys/ipaddr';
 import { openRtnl, type FlowKey } from '../sys/rtnl';
@@ -28,7 +29,7 @@ const FLOW_SAMPLES = 10;
 export interface WhatIfFlow {
   kind: 'local' | 'forwarded';
   flow: string;
-  /** The route it takes now (its prefix and table). */
+  /** The route it takes now (the most specific one through the gateway that holds its destination). */
   route: string;
   /** Where it would go. */
   to: string;
@@ -50,20 +51,6 @@ export interface WhatIfReport extends WhatIfPlan {
   };
   /** Some route or flow would move. */
   would_move: boolean;
-}
-
-function whereTo(plan: WhatIfPlan, route: { dst: string; table: number }): string {
-  const change = plan.routes.find(
-    (c) => c.route.startsWith(`${route.dst} `) && c.route.includes(` table ${route.table} `),
-  );
-  if (change)
-    return change.instead[0] ? `by ${change.instead[0]}` : 'nowhere: no other route to it (unreachable)';
-  const g = plan.groups[0];
-  if (g) return `by the group's other members (${g.to})`;
-  const h = plan.handed_over[0];
-  if (h) return `wherever ${h.owner} routes it once told`;
-  if (plan.kept.length) return 'nowhere: kept through the dead gateway (keep_last_route)';
-  return 'unchanged';
 }
 
 export function formatWhatIf(r: WhatIfReport): string {
@@ -95,7 +82,7 @@ export function formatWhatIf(r: WhatIfReport): string {
   );
   section(
     `Flows through ${r.gateway} now that would move (${r.flows.local} local, ${r.flows.forwarded} forwarded${r.flows.truncated ? ', counted within bounds' : ''})`,
-    r.flows.samples.map((f) => `${f.kind.padEnd(9)} ${f.flow}  (${f.route}) -> ${f.to}`),
+    r.flows.samples.map((f) => `${f.kind.padEnd(9)} ${f.flow}\n      now ${f.route}\n      -> ${f.to}`),
   );
   if (r.daemon_dead_gateways === null)
     out.push('', '  (no daemon answered: planned without its dead gateways and with the journal on disk)');
@@ -182,7 +169,7 @@ export async function whatIf(
         (k) => (config.dgd.owners as Record<string, unknown>)[k] != null,
       ),
     });
-    const flows = await flowsVia(rtnl, address, ifindexes, plan);
+    const flows = await flowsVia(rtnl, address, ifindexes, plan, routes, objects);
     return {
       dry_run: true,
       ...plan,
@@ -206,7 +193,11 @@ async function flowsVia(
   address: string,
   ifindexes: ReadonlySet<number>,
   plan: WhatIfPlan,
+  routes: readonly KernelRoute[],
+  objects: ReadonlyMap<number, KernelNexthopObject>,
 ): Promise<WhatIfReport['flows']> {
+  const where = (r: { ifindex: number; table: number }, dst: string) =>
+    whereFlowGoes(plan, routes, objects, gatewayKey(address, r.ifindex), dst, r.table);
   const out: WhatIfReport['flows'] = { local: 0, forwarded: 0, examined: 0, truncated: false, samples: [] };
   if (ifindexes.size === 0) return out;
   const cache = new Map<
@@ -249,8 +240,7 @@ async function flowsVia(
     sample({
       kind: 'local',
       flow: `${formatEndpoint(s.src, s.srcPort)} > ${formatEndpoint(s.dst, s.dstPort)}`,
-      route: `${r!.dst} table ${r!.table}`,
-      to: whereTo(plan, r!),
+      ...where(r!, s.dst),
     });
   }
   try {
@@ -269,8 +259,7 @@ async function flowsVia(
         sample({
           kind: 'forwarded',
           flow: `${formatEndpoint(t.src, t.sport ?? 0)} > ${formatEndpoint(t.dst, t.dport ?? 0)}`,
-          route: `${r!.dst} table ${r!.table}`,
-          to: whereTo(plan, r!),
+          ...where(r!, t.dst),
         });
       }
     } finally {

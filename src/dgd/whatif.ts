@@ -2,6 +2,7 @@
 // planWithdrawal, the function a real withdrawal runs) over the tables as they are, without
 // applying it. The strings are the ones a real `routes_withdrawn` event carries, so a what-if can
 // be compared with what a death then does. No I/O here (src/cli/whatif.ts reads the tables).
+import { parseCidr, parseIp } from '../sys/ipaddr';
 import { ownerOfProtocol } from './owners';
 import type { GroupJournalEntry, JournalEntry, KernelNexthopObject, KernelRoute } from './ports';
 import {
@@ -172,4 +173,63 @@ export function planWhatIf(input: WhatIfInput): WhatIfPlan {
       'NOTHING WOULD MOVE: no route would change in the kernel and no routing daemon would be told',
     );
   return out;
+}
+
+/** Does the route destination ("198.18.2.0/24", "default") contain the address? */
+export function prefixContains(routeDst: string, address: string): boolean {
+  try {
+    const ip = parseIp(address, 'address');
+    if (routeDst === 'default') return true;
+    const net = parseCidr(routeDst, 'route');
+    if (net.family !== ip.family) return false;
+    for (let bit = 0; bit < net.prefix; bit++) {
+      const mask = 0x80 >> (bit % 8);
+      if ((net.bytes[bit >> 3]! & mask) !== (ip.bytes[bit >> 3]! & mask)) return false;
+    }
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Where a flow to `dst` whose route lookup chose the gateway (`key`, in `table`) would go: the most
+ * specific route of that table through the gateway that holds dst, and what the plan does to it.
+ */
+export function whereFlowGoes(
+  plan: WhatIfPlan,
+  routes: readonly KernelRoute[],
+  objects: ReadonlyMap<number, KernelNexthopObject>,
+  key: string,
+  dst: string,
+  table: number,
+): { route: string; to: string } {
+  const through = (r: KernelRoute) =>
+    gatewaysOf(r).includes(key) ||
+    (r.nhid !== undefined &&
+      (objects.get(r.nhid)?.group ?? []).some((m) => {
+        const o = objects.get(m.id);
+        return !!o?.gateway && o.ifindex !== null && gatewayKey(o.gateway, o.ifindex) === key;
+      }));
+  const bits = (r: KernelRoute) => (r.dst === 'default' ? 0 : Number(r.dst.split('/')[1] ?? 128));
+  const c = routes
+    .filter((r) => r.table === table && prefixContains(r.dst, dst) && through(r))
+    .sort((a, b) => bits(b) - bits(a) || a.metric - b.metric)[0];
+  if (!c)
+    return { route: `${dst} table ${table}`, to: 'unchanged (no route of the managed tables through it)' };
+  const route = describeRoute(c);
+  const change = plan.routes.find((x) => x.route === route);
+  if (change)
+    return {
+      route,
+      to: change.instead[0] ? `by ${change.instead[0]}` : 'nowhere: no other route to it (unreachable)',
+    };
+  const group =
+    c.nhid === undefined ? undefined : plan.groups.find((g) => g.group.startsWith(`nexthop id ${c.nhid} `));
+  if (group) return { route, to: `by the group's other members (${group.to})` };
+  if (plan.kept.includes(route))
+    return { route, to: 'nowhere: kept through the dead gateway (keep_last_route)' };
+  const owner = plan.handed_over.find((h) => h.routes.includes(route));
+  if (owner) return { route, to: `wherever ${owner.owner} routes it once told` };
+  return { route, to: 'unchanged' };
 }

@@ -87,6 +87,8 @@ describe('incidents (lab)', function () {
       ['nexthop id 110 group 101/102'],
     );
     assert.ok(w.flows.local >= 1 && w.flows.forwarded >= 1, JSON.stringify(w.flows));
+    for (const f of w.flows.samples.filter((x) => x.flow.endsWith(`${GW.server4}:${PORT}`)))
+      assert.match(f.to, /^by 198\.18\.2\.0\/24 via 198\.18\.1\.2 /, JSON.stringify(f));
     const wText = await l.cli('gw', [
       'what-if',
       GW.r1_4,

@@ -10,7 +10,7 @@ import { IncidentRecorder, type IncidentObserver } from '../../src/daemon/incide
 import { IncidentStore, readIncident, readIncidentIndex, incidentsDir } from '../../src/daemon/incidentstore';
 import { segmentHeaders, triggeringSegments, type RecordedSegment } from '../../src/daemon/flightrec';
 import { formatIncident, formatIncidentList } from '../../src/cli/incidents';
-import { planWhatIf } from '../../src/dgd/whatif';
+import { planWhatIf, prefixContains, whereFlowGoes } from '../../src/dgd/whatif';
 import { DaemonMetrics } from '../../src/daemon/metrics';
 import type { KernelRoute } from '../../src/dgd/ports';
 
@@ -538,6 +538,34 @@ describe('what-if plan', () => {
     assert.deepEqual(p.withdrawn, ['198.18.2.0/24 via 198.18.1.1 table 254 metric 10 proto boot']);
     assert.deepEqual(p.routes[0]!.instead, ['198.18.2.0/24 via 198.18.1.2 table 254 metric 20 proto boot']);
     assert.deepEqual(p.warnings, []);
+  });
+
+  it('a flow goes where the plan sends the most specific route through the gateway that holds its destination', () => {
+    const routes = [
+      route('198.18.0.0/15', GW, 5),
+      route('198.18.2.0/24', GW, 10),
+      route('198.18.2.0/24', '198.18.1.2', 20),
+      route('198.18.5.0/24', GW, 0),
+    ];
+    const p = planWhatIf({ ...base, routes });
+    const key = `${GW}%2`;
+    assert.deepEqual(whereFlowGoes(p, routes, new Map(), key, '198.18.2.10', 254), {
+      route: '198.18.2.0/24 via 198.18.1.1 table 254 metric 10 proto boot',
+      to: 'by 198.18.2.0/24 via 198.18.1.2 table 254 metric 20 proto boot',
+    });
+    assert.match(
+      whereFlowGoes(p, routes, new Map(), key, '198.18.5.1', 254).to,
+      /kept through the dead gateway/,
+    );
+    assert.match(
+      whereFlowGoes(p, routes, new Map(), key, '198.18.9.1', 254).to,
+      /kept/,
+      'the /15 is the last route too',
+    );
+    assert.ok(prefixContains('default', '192.0.2.1'));
+    assert.ok(!prefixContains('198.18.2.0/24', '198.18.3.1'));
+    assert.ok(!prefixContains('2001:db8::/32', '198.18.3.1'));
+    assert.ok(prefixContains('2001:db8::/32', '2001:db8:1::1'));
   });
 
   it('says loudly when keep_last_route keeps the only route, and when an unconfigured routing daemon owns routes', () => {
