@@ -3,7 +3,7 @@
 // `ipdeadgate incidents` (the list, from the index alone) and `incidents ID` timed, both in this
 // process (read + format) and as the whole command in a new node process, the way an operator
 // runs it. The directory is removed at the end, also on failure.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -133,19 +133,27 @@ async function main(): Promise<void> {
       nodeOnly: [],
     };
     const times: Record<string, number[]> = {};
+    // CPU time (user + system, from GNU time) as well as wall time: on a machine shared with other
+    // work, wall time is mostly waiting for a core; CPU time is what the command itself costs.
+    const cpu: Record<string, number[]> = {};
+    const timeBin = fs.existsSync('/usr/bin/time') ? '/usr/bin/time' : null;
     for (let i = 0; i < runs; i++)
       for (const [k, args] of Object.entries(commands)) {
+        const argv = k === 'nodeOnly' ? ['-e', '0'] : [CLI, ...args];
         const t0 = performance.now();
-        if (k === 'nodeOnly') execFileSync(process.execPath, ['-e', '0']);
-        else execFileSync(process.execPath, [CLI, ...args], { stdio: ['ignore', 'ignore', 'inherit'] });
+        if (timeBin) {
+          const r = spawnSync(timeBin, ['-f', '%U %S', process.execPath, ...argv], { encoding: 'utf8' });
+          const [u, sy] = r.stderr.trim().split('\n').pop()!.split(' ').map(Number);
+          (cpu[k] ??= []).push(((u ?? 0) + (sy ?? 0)) * 1000);
+        } else execFileSync(process.execPath, argv, { stdio: ['ignore', 'ignore', 'inherit'] });
         (times[k] ??= []).push(performance.now() - t0);
       }
     const list = times.list!;
     const listJson = times.listJson!;
     const show = times.show!;
     const version = times.version!;
-    const row = (what: string, xs: number[]) =>
-      `| ${what} | ${median(xs).toFixed(1)} | ${Math.max(...xs).toFixed(1)} |`;
+    const row = (what: string, xs: number[], k?: string) =>
+      `| ${what} | ${median(xs).toFixed(1)} | ${Math.max(...xs).toFixed(1)} | ${k && cpu[k] ? median(cpu[k]).toFixed(0) : ''} |`;
     console.log(
       `${n} incidents: ${files} record files, index ${(fs.statSync(index).size / 1024).toFixed(0)} KiB, one record ${(recordBytes / 1024).toFixed(1)} KiB; written in ${writeMs.toFixed(0)} ms (one batch)`,
     );
@@ -155,15 +163,17 @@ async function main(): Promise<void> {
         .map((x) => x.toFixed(2))
         .join(' ')}, ${runs} runs each\n`,
     );
-    console.log('| what | median ms | max ms |');
-    console.log('|---|---:|---:|');
+    console.log('| what | median ms | max ms | median CPU ms (user+sys) |');
+    console.log('|---|---:|---:|---:|');
     console.log(row('list: read the index + format (in-process)', inproc));
     console.log(row('one record: read + format (in-process)', inprocShow));
-    console.log(row('`ipdeadgate incidents` (whole command, new node process)', list));
-    console.log(row('`ipdeadgate incidents --json`', listJson));
-    console.log(row(`\`ipdeadgate incidents ${Math.ceil(n / 2)}\``, show));
-    console.log(row('`ipdeadgate --version` (node start + the whole CLI loaded, for scale)', version));
-    console.log(row('`node -e 0` (node start alone, for scale)', times.nodeOnly!));
+    console.log(row('`ipdeadgate incidents` (whole command, new node process)', list, 'list'));
+    console.log(row('`ipdeadgate incidents --json`', listJson, 'listJson'));
+    console.log(row(`\`ipdeadgate incidents ${Math.ceil(n / 2)}\``, show, 'show'));
+    console.log(
+      row('`ipdeadgate --version` (node start + the whole CLI loaded, for scale)', version, 'version'),
+    );
+    console.log(row('`node -e 0` (node start alone, for scale)', times.nodeOnly!, 'nodeOnly'));
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
