@@ -35,7 +35,7 @@ export interface DaemonOptions {
   logFormat?: LogFormat;
 }
 
-export const DEFAULT_STATE_DIR = '/var/lib/ipdeadgate';
+export { DEFAULT_STATE_DIR } from './statedir';
 
 /** What each capability the daemon needs is for, in the message that refuses to start without it. */
 const NEEDED_CAPABILITIES: Record<CapabilityName, string> = {

@@ -216,7 +216,8 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
    * Watch TCP segments leaving on these interfaces (the trigger for forwarded traffic), within
    * `budget` frames a second each, SYNs unanswered after `synStallMs` included; emits
    * 'wire_retransmission' (WireFlowEvent) with the frame's MAC turned into addresses by the
-   * kernel's neighbour table, 'wire_closed' (ifname, Error) when an interface went down (the next
+   * kernel's neighbour table, 'wire_frame' (ifname, LivePacket) for each segment read (the flight
+   * recorder keeps their headers), 'wire_closed' (ifname, Error) when an interface went down (the next
    * call opens it again), and 'error'.
    */
   watchWire(ifnames: string[], budget: number, synStallMs: number): void {
@@ -231,6 +232,7 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
       this.wireSynStall = synStallMs;
       const wire = new WireWatch({ budget, synStallMs });
       wire.on('retransmission', (r: WireRetransmission) => void this.attribute(r));
+      wire.on('frame', (ifname: string, p: unknown) => this.emit('wire_frame', ifname, p));
       wire.on('error', (_ifname: string, err: Error) => this.emit('error', err));
       wire.on('closed', (ifname: string, err: Error) => this.emit('wire_closed', ifname, err));
       this.wire = wire;
