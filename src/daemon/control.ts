@@ -73,9 +73,11 @@ export class ControlServer {
     });
     await chmod(this.path, 0o600);
     if (this.group !== null) {
-      // Still 0600 until it is in the group: the group's members are let in only then.
+      // Still 0600 until it is in the group: the group's members are let in only then. Under the
+      // packaged unit the socket is born in the group (the daemon's own), and chown() is not even
+      // allowed there (SystemCallFilter=~@privileged): change it only when it differs.
       try {
-        await chown(this.path, -1, this.group);
+        if ((await stat(this.path)).gid !== this.group) await chown(this.path, -1, this.group);
       } catch (err) {
         throw new IpdeadgateError(
           'EPERM',
