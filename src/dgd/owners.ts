@@ -43,11 +43,23 @@ const absolutePath = (what: string) =>
  * withdrawn in the kernel like anyone else's (it will put them back: the fight guard stops that
  * after dgd.rewithdraw_limit returns).
  */
-const optOut = z.literal(false);
+function falseOr<T extends z.ZodTypeAny>(section: T, daemon: string) {
+  return z.union([z.literal(false), section], {
+    errorMap: (issue, ctx) => {
+      if (issue.code !== 'invalid_union') return { message: ctx.defaultError };
+      // A section with a bad key: name that key's problem, not the union's.
+      const inner = issue.unionErrors.flatMap((e) => e.issues).find((i) => i.path.length > issue.path.length);
+      if (inner) return { message: `${inner.path.slice(issue.path.length).join('.')}: ${inner.message}` };
+      return {
+        message: `must be false (never tell ${daemon}) or a section (\`{}\` or its keys); absent: ${daemon} is found at its default paths`,
+      };
+    },
+  });
+}
 
 export const ownersSchema = z
   .object({
-    frr: optOut.or(
+    frr: falseOr(
       present(
         z.object({
           vtysh: z.string().min(1).default('vtysh'),
@@ -58,13 +70,15 @@ export const ownersSchema = z
             .optional(),
         }),
       ),
+      'FRR',
     ),
-    bird: optOut.or(
+    bird: falseOr(
       present(
         z.object({
           socket: absolutePath("BIRD's control socket, bird -s").default(BIRD_DEFAULT_SOCKET),
         }),
       ),
+      'BIRD',
     ),
   })
   .strict();

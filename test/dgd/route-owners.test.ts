@@ -232,7 +232,14 @@ describe('route owners', () => {
     assert.deepEqual(kinds('dgd: {}\n'), ['frr:found', 'bird:found']);
     assert.deepEqual(kinds('dgd:\n  owners:\n    frr: false\n'), ['bird:found']);
     assert.deepEqual(kinds('dgd:\n  owners:\n    frr:\n    bird: false\n'), ['frr:configured']);
-    assert.throws(() => cfg('dgd:\n  owners:\n    frr: true\n'), /owners/);
+    assert.throws(
+      () => cfg('dgd:\n  owners:\n    frr: true\n'),
+      /dgd\.owners\.frr: must be false \(never tell FRR\) or a section/,
+    );
+    assert.throws(
+      () => cfg('dgd:\n  owners:\n    frr:\n      vtysh: 5\n'),
+      /dgd\.owners\.frr: vtysh: Expected string/,
+    );
   });
 
   it('RouteOwners: a found daemon is used only once it answers; until then its routes are unprotected, in status with the reason and what to set', async () => {
