@@ -24,7 +24,7 @@ export class LabDaemon {
   readonly stderr: string[] = [];
   private waiters: { pred: (e: DaemonEvent) => boolean; resolve: (e: DaemonEvent) => void }[] = [];
   exitCode: number | null = null;
-  /** The command line the daemon's is run under (another mount namespace, another user); kept by restart. */
+  /** A command line the daemon runs under (another mount namespace, another user); kept by restart. */
   wrap: string[] = [];
   private exited: Promise<number | null>;
 
