@@ -33,6 +33,8 @@ export interface DaemonOptions {
   controlPath: string;
   stateDir: string;
   logFormat?: LogFormat;
+  /** The gid whose members may use the control socket (mode 0660). */
+  controlGroup?: number;
 }
 
 export { DEFAULT_STATE_DIR } from './statedir';
@@ -120,7 +122,12 @@ export class Daemon {
     await mkdir(this.opts.stateDir, { recursive: true, mode: 0o700 });
 
     // The control socket first: a second daemon must fail before it touches any route.
-    this.control = new ControlServer(this.opts.controlPath, peerUidOf);
+    this.control = new ControlServer(
+      this.opts.controlPath,
+      peerUidOf,
+      undefined,
+      this.opts.controlGroup ?? null,
+    );
     this.registerCommands(this.control);
     await this.control.listen();
 

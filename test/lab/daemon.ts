@@ -1,7 +1,8 @@
 // Run `ipdeadgate daemon` inside a lab host and follow its event lines (JSON on stdout).
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import type { Lab } from './lab';
+import * as path from 'node:path';
+import { REPO_ROOT, type Lab } from './lab';
 
 export interface DaemonEvent {
   time: string;
@@ -12,11 +13,19 @@ export interface DaemonEvent {
   [k: string]: unknown;
 }
 
+/** The CLI in a lab host, under `wrap` (a command that execs its arguments) when given. */
+function spawnWrapped(lab: Lab, host: string, wrap: string[], args: string[]): ChildProcess {
+  if (wrap.length === 0) return lab.spawnCli(host, args);
+  return lab.spawn(host, [...wrap, process.execPath, path.join(REPO_ROOT, 'bin', 'ipdeadgate'), ...args]);
+}
+
 export class LabDaemon {
   readonly events: DaemonEvent[] = [];
   readonly stderr: string[] = [];
   private waiters: { pred: (e: DaemonEvent) => boolean; resolve: (e: DaemonEvent) => void }[] = [];
   exitCode: number | null = null;
+  /** A command line the daemon runs under (another mount namespace, another user); kept by restart. */
+  wrap: string[] = [];
   private exited: Promise<number | null>;
 
   constructor(
@@ -64,6 +73,7 @@ export class LabDaemon {
     host: string,
     yaml: string | null,
     extraArgs: string[] = [],
+    wrap: string[] = [],
   ): Promise<LabDaemon> {
     const control = lab.tempPath(`${host}-ctl.sock`);
     const stateDir = lab.tempPath(`${host}-state`);
@@ -73,7 +83,8 @@ export class LabDaemon {
       fs.writeFileSync(cfg, yaml);
       args.push('--config', cfg);
     }
-    const d = new LabDaemon(lab, host, lab.spawnCli(host, args), control, stateDir);
+    const d = new LabDaemon(lab, host, spawnWrapped(lab, host, wrap, args), control, stateDir);
+    d.wrap = wrap;
     await d.waitFor((e) => e.event === 'daemon_started', 15_000, 'the daemon to start');
     return d;
   }
@@ -89,10 +100,11 @@ export class LabDaemon {
     const d = new LabDaemon(
       prev.lab,
       prev.host,
-      prev.lab.spawnCli(prev.host, args),
+      spawnWrapped(prev.lab, prev.host, prev.wrap, args),
       prev.control,
       prev.stateDir,
     );
+    d.wrap = prev.wrap;
     await d.waitFor((e) => e.event === 'daemon_started', 15_000, 'the daemon to restart');
     return d;
   }
