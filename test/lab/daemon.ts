@@ -64,6 +64,8 @@ export class LabDaemon {
     host: string,
     yaml: string | null,
     extraArgs: string[] = [],
+    /** Node's own options before the script (--cpu-prof for a benchmark's profile). */
+    nodeArgs: string[] = [],
   ): Promise<LabDaemon> {
     const control = lab.tempPath(`${host}-ctl.sock`);
     const stateDir = lab.tempPath(`${host}-state`);
@@ -73,7 +75,7 @@ export class LabDaemon {
       fs.writeFileSync(cfg, yaml);
       args.push('--config', cfg);
     }
-    const d = new LabDaemon(lab, host, lab.spawnCli(host, args), control, stateDir);
+    const d = new LabDaemon(lab, host, lab.spawnCli(host, args, {}, nodeArgs), control, stateDir);
     await d.waitFor((e) => e.event === 'daemon_started', 15_000, 'the daemon to start');
     return d;
   }

@@ -51,6 +51,7 @@ export {
   TCP_FLAG_SYN,
   flowKey,
   type SegmentSource,
+  type RecorderStats,
   type TcpFlow,
   type TcpSegment,
 } from './tcpreplay';

@@ -2,25 +2,30 @@
 // the kernel now chooses: what lets a flow stuck behind a dead gateway resume the moment its
 // routes switch instead of when its backed-off retransmission timer fires (docs/failover.md).
 //
-// Recording: one libpcap handle per gateway interface, filtered to the few flows that are
-// retransmitting through that gateway (the detection scan names them), keeping the latest segment
-// of each. An RTO retransmission carries the first unacknowledged byte (snd_una), so the latest
-// segment seen while a flow retransmits is the one its peer is missing.
+// Recording: one libpcap handle per gateway interface, open only while flows on it retransmit,
+// filtered in the kernel to exactly those flows, to frames this host sends (`outbound`: the packet
+// socket's PACKET_OUTGOING, which no frame from the LAN ever is) with the interface's own MAC as
+// Ethernet source (checked again here), cut at RECORD_SNAPLEN: headers and one byte of data. Of
+// each flow it keeps the data, SYN or FIN segment with the lowest sequence number since the flow was
+// added; pure ACKs and resets are never kept. Once a socket's retransmission timer has fired and no
+// ACK has moved it on, the kernel sends nothing but retransmissions of snd_una, so that lowest
+// segment is snd_una's: the caller (src/dgd/resume.ts) makes sure of both from sock_diag.
 //
-// Replay: the recorded IP packet, byte for byte, through a raw IPPROTO_RAW socket (raw(7): the
-// header is ours, the kernel routes it by destination and fills in the IPv4 header checksum), with
-// two changes: the TCP timestamp (RFC 7323) is advanced by the time elapsed since it was recorded,
-// never past the socket's own clock, so the peer's echo gives the socket a true RTT sample instead
-// of one as long as the outage; and the TCP checksum is computed again (a segment captured on its
-// way out may carry only the pseudo-header sum the NIC was to complete). A segment signed with
-// TCP-MD5 or TCP-AO is sent unchanged. To the peer it is one more copy of a segment it has not
-// acknowledged, which TCP accepts (RFC 9293 3.10.7.4).
+// Replay: the recorded IP packet through a raw IPPROTO_RAW socket (raw(7): the header is ours, the
+// kernel routes it by destination and fills in the IPv4 header checksum), cut to one byte of data
+// (the peer must acknowledge a byte it is missing, and that ACK restarts the socket; a FIN behind
+// the cut is dropped with the rest), the TCP timestamp (RFC 7323) advanced by the time elapsed since
+// it was recorded, never past the socket's own clock, and the TCP checksum computed again (a segment
+// captured on its way out may carry only the pseudo-header sum the NIC was to complete). A segment
+// signed with TCP-MD5 (RFC 2385) or TCP-AO (RFC 5925) is sent byte for byte as it left, only its
+// checksum made right (neither signature covers the checksum); it is never cut or re-stamped, so the
+// recorder captures such a flow whole once it has seen its option, and until then it is not sent.
 import { isIPv4, isIPv6 } from 'node:net';
 import { IpdeadgateError, type SystemError, errorMessage, systemError } from '../../errors';
 import { normalizeIp, type Family } from '../ipaddr';
 import { ETHERTYPE_IPV4, ETHERTYPE_IPV6, decodeEthernet } from './ethernet';
 import { IPPROTO_TCP, decodeIpv4, decodeIpv6, internetChecksum, ipv6PseudoHeaderSum } from './ip';
-import { openCaptureHandle, type LivePacket } from './pcap';
+import { PcapHandle, type LivePacket } from './pcap';
 
 /** One direction of a TCP connection: the host's end (src) to its peer (dst). */
 export interface TcpFlow {
@@ -35,7 +40,9 @@ export function flowKey(f: TcpFlow): string {
   return `${normalizeIp(f.src)}|${f.srcPort}|${normalizeIp(f.dst)}|${f.dstPort}`;
 }
 
+export const TCP_FLAG_FIN = 0x01;
 export const TCP_FLAG_SYN = 0x02;
+export const TCP_FLAG_RST = 0x04;
 const TCP_OPT_EOL = 0;
 const TCP_OPT_NOP = 1;
 const TCP_OPT_TIMESTAMP = 8;
@@ -56,13 +63,18 @@ export interface TcpSegment {
   tsvalOffset: number;
   /** Carries a TCP-MD5 (RFC 2385) or TCP-AO (RFC 5925) option: must leave unchanged. */
   signed: boolean;
+  /** The whole packet was captured (else `packet` stops at the snap length, its IP length says more). */
+  whole: boolean;
+  /** The Ethernet source, aa:bb:cc:dd:ee:ff. */
+  ethSrc: string;
   /** performance.now() when the segment reached JavaScript (after the kernel sent it). */
   recordedAt: number;
 }
 
 /**
  * Decode an Ethernet frame carrying a TCP segment (IPv4, or IPv6 without extension headers).
- * Null for anything else, a fragment or a frame cut short.
+ * Null for anything else, a fragment, or a frame cut short before the end of its TCP header; a
+ * frame cut in its payload (at the snap length) decodes with `whole` false.
  */
 export function decodeTcpFrame(frame: Uint8Array, recordedAt: number): TcpSegment | null {
   try {
@@ -89,8 +101,10 @@ export function decodeTcpFrame(frame: Uint8Array, recordedAt: number): TcpSegmen
       tcpOffset = ip.payloadOffset;
       end = tcpOffset + ip.value.payloadLength;
     } else return null;
-    if (end > frame.length || tcpOffset + 20 > end) return null;
-    const packet = Buffer.from(frame.subarray(ipOffset, end));
+    if (tcpOffset + 20 > end || tcpOffset + 20 > frame.length) return null;
+    const whole = end <= frame.length;
+    const packet = Buffer.from(frame.subarray(ipOffset, Math.min(end, frame.length)));
+    const declared = end - ipOffset;
     const t = tcpOffset - ipOffset;
     const dataOffset = (packet[t + 12]! >> 4) * 4;
     if (dataOffset < 20 || t + dataOffset > packet.length) return null;
@@ -119,11 +133,13 @@ export function decodeTcpFrame(frame: Uint8Array, recordedAt: number): TcpSegmen
       },
       seq: packet.readUInt32BE(t + 4),
       flags: packet[t + 13]!,
-      payloadLength: packet.length - t - dataOffset,
+      payloadLength: declared - t - dataOffset,
       packet,
       tcpOffset: t,
       tsvalOffset,
       signed,
+      whole,
+      ethSrc: eth.value.src,
       recordedAt,
     };
   } catch {
@@ -146,25 +162,45 @@ export function tcpChecksum(packet: Buffer, family: Family, tcpOffset: number): 
   return internetChecksum(tcp, pseudo);
 }
 
+/** Bytes of data a cut copy keeps: one byte the peer is missing makes it answer. */
+export const REPLAY_PAYLOAD_BYTES = 1;
+
 /**
- * The packet to send again `nowMs` (performance.now()) later: TSval advanced by the whole
- * milliseconds elapsed since it was recorded, which never passes the socket's own timestamp clock
- * (it ticks at least once per millisecond, RFC 7323 5.4, and the segment left before it was
- * recorded), and the TCP checksum computed again. A signed segment comes back unchanged.
+ * The packet to send again `nowMs` (performance.now()) later. Unsigned: cut to
+ * REPLAY_PAYLOAD_BYTES of data (a SYN to none; a FIN behind the cut goes with it), TSval advanced
+ * by the whole milliseconds elapsed since it was recorded, which never passes the socket's own
+ * timestamp clock (it ticks at least once per millisecond, RFC 7323 5.4, and the segment left
+ * before it was recorded). Signed (TCP-MD5/AO): the captured bytes, which must be whole. The IP
+ * length fields match the copy and the TCP checksum is computed again in both cases.
  */
 export function replayPacket(seg: TcpSegment, nowMs: number): Buffer {
-  const p = Buffer.from(seg.packet);
-  if (seg.signed) return p;
-  if (seg.tsvalOffset >= 0) {
-    const elapsed = Math.max(0, Math.floor(nowMs - seg.recordedAt));
-    p.writeUInt32BE((p.readUInt32BE(seg.tsvalOffset) + elapsed) >>> 0, seg.tsvalOffset);
+  if (seg.signed && !seg.whole)
+    throw new RangeError('a signed (TCP-MD5/TCP-AO) segment can only be sent again whole');
+  const t = seg.tcpOffset;
+  const headerEnd = t + (seg.packet[t + 12]! >> 4) * 4;
+  let p: Buffer;
+  if (seg.signed) p = Buffer.from(seg.packet);
+  else {
+    const keep = seg.flags & TCP_FLAG_SYN ? 0 : Math.min(REPLAY_PAYLOAD_BYTES, seg.payloadLength);
+    if (headerEnd + keep > seg.packet.length) throw new RangeError('the segment was not captured far enough');
+    p = Buffer.from(seg.packet.subarray(0, headerEnd + keep));
+    if (keep < seg.payloadLength) p[t + 13] = p[t + 13]! & ~TCP_FLAG_FIN;
+    if (seg.tsvalOffset >= 0) {
+      const elapsed = Math.max(0, Math.floor(nowMs - seg.recordedAt));
+      p.writeUInt32BE((p.readUInt32BE(seg.tsvalOffset) + elapsed) >>> 0, seg.tsvalOffset);
+    }
   }
-  p.writeUInt16BE(tcpChecksum(p, seg.flow.family, seg.tcpOffset), seg.tcpOffset + 16);
+  if (seg.flow.family === 4) p.writeUInt16BE(p.length, 2);
+  else p.writeUInt16BE(p.length - 40, 4);
+  p.writeUInt16BE(tcpChecksum(p, seg.flow.family, t), t + 16);
   return p;
 }
 
-/** A tcpdump filter for exactly these flows, in the host-to-peer direction. */
-export function flowsFilter(flows: TcpFlow[]): string {
+/**
+ * A tcpdump filter for exactly these flows, in the host-to-peer direction; with `mac`, only frames
+ * this host sends (`outbound`) from that Ethernet source.
+ */
+export function flowsFilter(flows: TcpFlow[], mac?: string): string {
   if (flows.length === 0) throw new RangeError('flowsFilter needs at least one flow');
   const one = (f: TcpFlow): string => {
     const src = normalizeIp(f.src);
@@ -174,81 +210,233 @@ export function flowsFilter(flows: TcpFlow[]): string {
     const proto = f.family === 4 ? 'ip' : 'ip6';
     return `(${proto} src ${src} and ${proto} dst ${dst} and tcp src port ${f.srcPort} and tcp dst port ${f.dstPort})`;
   };
-  return `tcp and (${flows.map(one).join(' or ')})`;
+  const own = mac === undefined ? '' : `outbound and ether src ${checkedMac(mac)} and `;
+  return `${own}tcp and (${flows.map(one).join(' or ')})`;
 }
 
-/** Most flows one recorder filters for (the BPF program grows with each). */
+const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+
+function checkedMac(mac: string): string {
+  const m = mac.toLowerCase();
+  if (!MAC.test(m)) throw new TypeError(`not an Ethernet address: ${mac}`);
+  return m;
+}
+
+/**
+ * Most flows one recorder filters for, and so most flows resumed per interface in one incident:
+ * the one cap of flow resume (the BPF program grows with each flow; flows past it are left to the
+ * kernel's own timers).
+ */
 export const MAX_RECORDED_FLOWS = 64;
+
+/**
+ * Bytes a recorder captures of a frame: Ethernet (14), an IPv4 header with options (60; IPv6's is
+ * 40), a TCP header with options (60) and REPLAY_PAYLOAD_BYTES of data: everything a cut copy is
+ * made of, and no more of the data a flow may be sending in bulk.
+ */
+export const RECORD_SNAPLEN = 14 + 60 + 60 + REPLAY_PAYLOAD_BYTES;
+/** For a flow whose segments are signed (TCP-MD5/AO), which may only be sent again whole. */
+export const WHOLE_SNAPLEN = 65535;
+/** A capture that failed to open (interface down) is tried again at most this often. */
+export const REOPEN_AFTER_MS = 1000;
 
 /** What SegmentRecorder needs of a capture handle (a PcapHandle; a fake in tests). */
 export interface SegmentSource {
   on(event: 'packet', listener: (p: LivePacket) => void): unknown;
+  on(event: 'down', listener: (err: Error) => void): unknown;
   close(): void;
 }
 
+export type OpenSegmentSource = (ifname: string, filter: string, snaplen: number) => SegmentSource;
+
+const openRecorderHandle: OpenSegmentSource = (ifname, filter, snaplen) =>
+  PcapHandle.open(ifname, { filter, snaplen, bufferBytes: 256 << 10, purpose: ' for flow resume' });
+
+/** Why a flow has no segment to send again (for the flows_resent event). */
+export type NoSegmentReason =
+  | 'nothing of it was seen leaving (source or destination NAT rewrote it after the socket, or it left elsewhere)'
+  | 'only pure ACKs or resets of it were seen'
+  | 'it is signed (TCP-MD5/TCP-AO) and was not yet captured whole';
+
+interface FlowRecord {
+  /** Frames of the flow seen since it was added (any kind). */
+  frames: number;
+  /** The data, SYN or FIN segment with the lowest sequence number. */
+  lowest: TcpSegment | null;
+  /** A signed segment of it was seen cut short: capture it whole. */
+  signedCut: boolean;
+}
+
+/** Counts since the recorder was made (status and tests). */
+export interface RecorderStats {
+  /** Frames handed to JavaScript. */
+  frames: number;
+  /** Frames dropped because their Ethernet source was not this interface's. */
+  foreign: number;
+  /** Captures opened. */
+  opens: number;
+  /** Flows recorded now. */
+  flows: number;
+  open: boolean;
+}
+
 /**
- * The latest segment of each watched flow on one interface. watch() replaces the set (the capture
- * is reopened with a filter for exactly those flows; an empty set closes it). Failures to open a
- * capture, and anything thrown while recording a packet, go to `onError`; recording is best effort
- * and never throws from a packet callback.
+ * The lowest data/SYN/FIN segment of each watched flow on one interface. watch() replaces the set:
+ * the capture is reopened when its filter changes (an empty set closes it). A capture that went
+ * down (the interface went down or away) is opened again by the next watch(), at most once per
+ * REOPEN_AFTER_MS. Failures to open, and anything thrown while recording, go to `onError` (each
+ * failure once until a capture opens again); recording never throws from a packet callback.
  */
 export class SegmentRecorder {
   private capture: SegmentSource | null = null;
   private filter = '';
-  private readonly latest = new Map<string, TcpSegment>();
+  private snaplen = RECORD_SNAPLEN;
+  private flows: TcpFlow[] = [];
+  private readonly records = new Map<string, FlowRecord>();
+  private failedAt = -Infinity;
+  private lastError = '';
   private closed = false;
+  private readonly counts = { frames: 0, foreign: 0, opens: 0 };
 
   constructor(
     readonly ifname: string,
+    /** The interface's MAC now (aa:bb:..), null when it has none or is not known. */
+    private readonly mac: () => string | null,
     private readonly onError: (err: Error) => void = () => undefined,
-    private readonly open: (ifname: string, filter: string) => SegmentSource = openCaptureHandle,
+    private readonly open: OpenSegmentSource = openRecorderHandle,
+    private readonly now: () => number = () => performance.now(),
   ) {}
 
   watch(flows: TcpFlow[]): void {
     if (this.closed) return;
-    const chosen = flows.slice(0, MAX_RECORDED_FLOWS);
-    const keys = new Set(chosen.map(flowKey));
-    for (const k of this.latest.keys()) if (!keys.has(k)) this.latest.delete(k);
-    const filter = chosen.length > 0 ? flowsFilter(chosen) : '';
-    if (filter === this.filter) return;
-    this.capture?.close();
-    this.capture = null;
+    this.flows = flows.slice(0, MAX_RECORDED_FLOWS);
+    const keys = new Set(this.flows.map(flowKey));
+    for (const k of this.records.keys()) if (!keys.has(k)) this.records.delete(k);
+    for (const k of keys)
+      if (!this.records.has(k)) this.records.set(k, { frames: 0, lowest: null, signedCut: false });
+    this.reopen();
+  }
+
+  /** Forget what was recorded of a flow (its socket moved on): record it afresh. */
+  forget(flow: TcpFlow): void {
+    const r = this.records.get(flowKey(flow));
+    if (r) {
+      r.frames = 0;
+      r.lowest = null;
+    }
+  }
+
+  /** The lowest data/SYN/FIN segment recorded of a flow, or why there is none. */
+  segment(flow: TcpFlow): TcpSegment | NoSegmentReason {
+    const r = this.records.get(flowKey(flow));
+    if (!r || r.frames === 0)
+      return 'nothing of it was seen leaving (source or destination NAT rewrote it after the socket, or it left elsewhere)';
+    if (r.lowest) return r.lowest;
+    return r.signedCut
+      ? 'it is signed (TCP-MD5/TCP-AO) and was not yet captured whole'
+      : 'only pure ACKs or resets of it were seen';
+  }
+
+  stats(): RecorderStats {
+    return { ...this.counts, flows: this.flows.length, open: this.capture !== null };
+  }
+
+  private reopen(): void {
+    const mac = this.mac();
+    let filter = '';
+    if (this.flows.length > 0) {
+      if (!mac) {
+        this.fail(
+          new Error(`${this.ifname} has no Ethernet address: its frames cannot be told from others'`),
+        );
+        this.stop();
+        return;
+      }
+      filter = flowsFilter(this.flows, mac);
+    }
+    const whole = [...this.records.values()].some((r) => r.signedCut || r.lowest?.signed);
+    const snaplen = whole ? WHOLE_SNAPLEN : RECORD_SNAPLEN;
+    if (filter === this.filter && snaplen === this.snaplen && (this.capture !== null || !filter)) return;
+    this.stop();
     this.filter = filter;
+    this.snaplen = snaplen;
     if (!filter) return;
+    if (this.now() - this.failedAt < REOPEN_AFTER_MS) return;
     try {
-      const capture = this.open(this.ifname, filter);
+      const capture = this.open(this.ifname, filter, snaplen);
       capture.on('packet', (p: LivePacket) => {
         try {
-          this.record(p);
+          this.record(p, mac!);
         } catch (err) {
           // Nothing thrown here may unwind through libpcap's packet callback.
           this.onError(err instanceof Error ? err : new Error(String(err)));
         }
       });
+      capture.on('down', (err: Error) => {
+        if (this.capture !== capture) return;
+        this.capture = null;
+        this.failedAt = this.now();
+        this.fail(err);
+      });
       this.capture = capture;
+      this.counts.opens++;
+      this.lastError = '';
+      this.failedAt = -Infinity;
     } catch (err) {
-      this.filter = '';
-      this.onError(err instanceof Error ? err : new Error(String(err)));
+      this.failedAt = this.now();
+      this.fail(err instanceof Error ? err : new Error(String(err)));
     }
   }
 
-  /** The latest recorded segment of a flow, if any. */
-  segment(flow: TcpFlow): TcpSegment | undefined {
-    return this.latest.get(flowKey(flow));
+  private fail(err: Error): void {
+    if (err.message === this.lastError) return;
+    this.lastError = err.message;
+    this.onError(err);
   }
 
-  private record(p: LivePacket): void {
-    const seg = decodeTcpFrame(p.data, performance.now());
+  private stop(): void {
+    this.capture?.close();
+    this.capture = null;
+    this.filter = '';
+  }
+
+  private record(p: LivePacket, mac: string): void {
+    this.counts.frames++;
+    const seg = decodeTcpFrame(p.data, this.now());
     if (!seg) return;
-    this.latest.set(flowKey(seg.flow), seg);
+    if (seg.ethSrc !== mac) {
+      this.counts.foreign++;
+      return;
+    }
+    const r = this.records.get(flowKey(seg.flow));
+    if (!r) return;
+    r.frames++;
+    const pure = (seg.flags & (TCP_FLAG_SYN | TCP_FLAG_FIN)) === 0 && seg.payloadLength === 0;
+    if (pure || seg.flags & TCP_FLAG_RST) return;
+    if (seg.signed && !seg.whole) {
+      if (!r.signedCut) {
+        r.signedCut = true;
+        // Not from inside libpcap's callback: the handle is closed and opened again.
+        setImmediate(() => {
+          if (!this.closed) {
+            this.stop();
+            this.reopen();
+          }
+        });
+      }
+      return;
+    }
+    // Serial-number order (RFC 1982): the lowest is snd_una's once the flow only retransmits; of
+    // equal ones the latest, whose timestamp is the freshest.
+    if (!r.lowest || ((seg.seq - r.lowest.seq) | 0) <= 0) r.lowest = seg;
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.capture?.close();
-    this.capture = null;
-    this.latest.clear();
+    this.stop();
+    this.records.clear();
+    this.flows = [];
   }
 }
 
