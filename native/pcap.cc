@@ -61,7 +61,7 @@ class PcapRegistry {
   explicit PcapRegistry(Napi::Env env) : env_(env) { env.AddCleanupHook([this] { Teardown(); }); }
 
   Napi::Value Open(const std::string& ifname, const std::string& filter, int snaplen, int bufferBytes,
-                   Napi::Function callback) {
+                   Napi::Function callback, bool outgoingOnly) {
     if (tornDown_) {
       Napi::Error::New(env_, "libpcap handles are shut down (environment teardown)").ThrowAsJavaScriptException();
       return env_.Undefined();
@@ -92,6 +92,10 @@ class PcapRegistry {
       pcap_freecode(&prog);
       if (rc != 0) return Throw(EINVAL, "pcap_setfilter", ifname, pcap_geterr(p));
     }
+    // Frames this host sent (the packet socket's PACKET_OUTGOING, which libpcap checks per frame):
+    // nothing from the LAN, whatever its addresses.
+    if (outgoingOnly && pcap_setdirection(p, PCAP_D_OUT) != 0)
+      return Throw(EINVAL, "pcap_setdirection", ifname, pcap_geterr(p));
     if (pcap_setnonblock(p, 1, errbuf) != 0) return Throw(EIO, "pcap_setnonblock", ifname, errbuf);
     const int fd = pcap_get_selectable_fd(p);
     if (fd < 0) return Throw(EIO, "pcap_get_selectable_fd", ifname, "no selectable descriptor");
@@ -307,7 +311,7 @@ class PcapRegistry {
 
 PcapRegistry& Registry(Napi::Env env) { return EnvData::Get<PcapRegistry>(env); }
 
-// pcapOpen(ifname, filter, snaplen, bufferBytes, callback(err, packets)): { id, linkType, fd }
+// pcapOpen(ifname, filter, snaplen, bufferBytes, callback(err, packets)[, outgoingOnly]): { id, linkType, fd }
 Napi::Value PcapOpen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 5 || !info[0].IsString() || !info[1].IsString() || !info[2].IsNumber() ||
@@ -315,7 +319,7 @@ Napi::Value PcapOpen(const Napi::CallbackInfo& info) {
     return ThrowTypeError(env, "pcapOpen(ifname, filter, snaplen, bufferBytes, callback): bad arguments");
   return Registry(env).Open(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::String>().Utf8Value(),
                             info[2].As<Napi::Number>().Int32Value(), info[3].As<Napi::Number>().Int32Value(),
-                            info[4].As<Napi::Function>());
+                            info[4].As<Napi::Function>(), info.Length() > 5 && info[5].ToBoolean().Value());
 }
 
 // pcapSend(id, buffer)

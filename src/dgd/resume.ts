@@ -26,7 +26,7 @@
 //   same inode, still retransmitting, with at least one RTO retransmission since recording began.
 //   An RTO retransmission carries snd_una and, without an ACK, the kernel sends nothing below it;
 // - the raw copy is routed by its destination alone (protocol RAW, no ports, no source, no mark,
-//   the daemon's uid: raw_sendmsg / rawv6_sendmsg): it is sent only when that lookup names the
+//   the daemon's uid: raw_sendmsg / rawv6_sendmsg): it is sent only when such a lookup names the
 //   same next hop as the socket's full key (mark, ports, uid), and never for a socket with a mark.
 import { emit } from './events';
 import { errorMessage } from '../errors';
@@ -45,8 +45,6 @@ export { MAX_RECORDED_FLOWS };
  * aborts a socket still in SYN-SENT (tcp_v4_err / tcp_v6_err: tcp_done_with_error).
  */
 export const SYN_ANSWER_GRACE_MS = 200;
-/** IPPROTO_RAW: the protocol a header-included raw send is routed by. */
-const IPPROTO_RAW = 255;
 /** Flow details a flows_resent event carries. */
 const DETAIL_LIMIT = 16;
 
@@ -271,7 +269,10 @@ export class FlowResumer {
     const socketRoute = await this.ports.lookupRoute(w.flow.dst, w.flow.src, key);
     if (socketRoute.gateway === w.gateway && socketRoute.ifindex === w.ifindex)
       return { sent: false, reason: 'no other route' };
-    const rawRoute = await this.ports.lookupRoute(w.flow.dst, null, { proto: IPPROTO_RAW, uid: this.rawUid });
+    // The kernel routes a header-included send as protocol RAW, which RTM_GETROUTE does not take
+    // (rtm_getroute_parse_ip_proto): looked up with no protocol, which `ipproto` rules match the
+    // same way (neither is TCP).
+    const rawRoute = await this.ports.lookupRoute(w.flow.dst, null, { uid: this.rawUid });
     if (rawRoute.gateway !== socketRoute.gateway || rawRoute.ifindex !== socketRoute.ifindex)
       return {
         sent: false,

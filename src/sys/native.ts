@@ -91,6 +91,8 @@ export interface NativeAddon {
       err: NativeSystemError | null,
       packets?: { data: Buffer; wireLength: number; tsMs: number }[],
     ) => void,
+    /** Only frames this host sent (pcap_setdirection PCAP_D_OUT). */
+    outgoingOnly?: boolean,
   ): { id: number; linkType: number; fd: number };
   pcapSend(id: number, frame: Buffer): void;
   pcapClose(id: number): void;

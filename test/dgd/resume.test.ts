@@ -28,7 +28,7 @@ function sock(srcPort: number, dst: string, extra: Partial<ScannedSocket> = {}):
 class FakeResumePorts implements ResumePorts {
   /** Where each destination is routed now (by the socket's key). */
   routes = new Map<string, string | null>();
-  /** Where a raw copy (protocol 255, no ports) would go, when not where the socket goes. */
+  /** Where a raw copy (no ports, no source) would go, when not where the socket goes. */
   rawRoutes = new Map<string, string | null>();
   watched = new Map<string, ResumeFlow[]>();
   watchCalls = 0;
@@ -45,7 +45,7 @@ class FakeResumePorts implements ResumePorts {
   async lookupRoute(dst: string, _src: string | null, key?: FlowKey): Promise<RouteChoice> {
     this.lookups++;
     if (this.blocked.has(dst)) await new Promise<void>((r) => this.release.push(r));
-    const table = key?.proto === 255 && this.rawRoutes.has(dst) ? this.rawRoutes : this.routes;
+    const table = key?.sport === undefined && this.rawRoutes.has(dst) ? this.rawRoutes : this.routes;
     const gateway = table.has(dst) ? table.get(dst)! : R1;
     return { gateway, ifindex: 2, ifname: 'lan0' };
   }

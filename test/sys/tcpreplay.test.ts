@@ -251,7 +251,7 @@ describe('tcpreplay: the recorder', () => {
     r.watch([flow]);
     assert.equal(opened.length, 1);
     assert.equal(opened[0]!.snaplen, RECORD_SNAPLEN);
-    assert.match(opened[0]!.filter, /^outbound and ether src 02:00:00:00:00:02 and tcp and /);
+    assert.match(opened[0]!.filter, /^ether src 02:00:00:00:00:02 and tcp and /);
     assert.ok(RECORD_SNAPLEN <= 14 + 60 + 60 + 1);
   });
 

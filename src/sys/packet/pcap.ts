@@ -28,6 +28,8 @@ export interface PcapOpenOptions {
   bufferBytes?: number;
   /** What the handle is for, in error messages: " for ARP/NDP". */
   purpose?: string;
+  /** Only frames this host sends (PACKET_OUTGOING): nothing another station sent, to anyone. */
+  outgoingOnly?: boolean;
 }
 
 /** DLT_EN10MB (pcap/dlt.h). */
@@ -82,7 +84,14 @@ export class PcapHandle extends EventEmitter {
     };
     let opened: { id: number; linkType: number; fd: number };
     try {
-      opened = native.pcapOpen(ifname, filter, opts.snaplen ?? 65535, opts.bufferBytes ?? 1 << 20, onEvent);
+      opened = native.pcapOpen(
+        ifname,
+        filter,
+        opts.snaplen ?? 65535,
+        opts.bufferBytes ?? 1 << 20,
+        onEvent,
+        opts.outgoingOnly ?? false,
+      );
     } catch (err) {
       throw pcapError(err, ifname + (opts.purpose ?? ''), filter, 'opening');
     }

@@ -3,9 +3,10 @@
 // routes switch instead of when its backed-off retransmission timer fires (docs/failover.md).
 //
 // Recording: one libpcap handle per gateway interface, open only while flows on it retransmit,
-// filtered in the kernel to exactly those flows, to frames this host sends (`outbound`: the packet
-// socket's PACKET_OUTGOING, which no frame from the LAN ever is) with the interface's own MAC as
-// Ethernet source (checked again here), cut at RECORD_SNAPLEN: headers and one byte of data. Of
+// filtered in the kernel to exactly those flows with the interface's own MAC as Ethernet source
+// (checked again here), keeping only frames this host sent (pcap_setdirection PCAP_D_OUT: the
+// packet socket's PACKET_OUTGOING, which no frame from the LAN ever is, whatever addresses a LAN
+// station forges), cut at RECORD_SNAPLEN: headers and one byte of data. Of
 // each flow it keeps the data, SYN or FIN segment with the lowest sequence number since the flow was
 // added; pure ACKs and resets are never kept. Once a socket's retransmission timer has fired and no
 // ACK has moved it on, the kernel sends nothing but retransmissions of snd_una, so that lowest
@@ -198,7 +199,8 @@ export function replayPacket(seg: TcpSegment, nowMs: number): Buffer {
 
 /**
  * A tcpdump filter for exactly these flows, in the host-to-peer direction; with `mac`, only frames
- * this host sends (`outbound`) from that Ethernet source.
+ * from that Ethernet source. (Direction is the handle's, PCAP_D_OUT: the filter's `outbound`
+ * missed some of the host's own frames in the lab.)
  */
 export function flowsFilter(flows: TcpFlow[], mac?: string): string {
   if (flows.length === 0) throw new RangeError('flowsFilter needs at least one flow');
@@ -210,7 +212,7 @@ export function flowsFilter(flows: TcpFlow[], mac?: string): string {
     const proto = f.family === 4 ? 'ip' : 'ip6';
     return `(${proto} src ${src} and ${proto} dst ${dst} and tcp src port ${f.srcPort} and tcp dst port ${f.dstPort})`;
   };
-  const own = mac === undefined ? '' : `outbound and ether src ${checkedMac(mac)} and `;
+  const own = mac === undefined ? '' : `ether src ${checkedMac(mac)} and `;
   return `${own}tcp and (${flows.map(one).join(' or ')})`;
 }
 
@@ -250,7 +252,13 @@ export interface SegmentSource {
 export type OpenSegmentSource = (ifname: string, filter: string, snaplen: number) => SegmentSource;
 
 const openRecorderHandle: OpenSegmentSource = (ifname, filter, snaplen) =>
-  PcapHandle.open(ifname, { filter, snaplen, bufferBytes: 256 << 10, purpose: ' for flow resume' });
+  PcapHandle.open(ifname, {
+    filter,
+    snaplen,
+    bufferBytes: 256 << 10,
+    outgoingOnly: true,
+    purpose: ' for flow resume',
+  });
 
 /** Why a flow has no segment to send again (for the flows_resent event). */
 export type NoSegmentReason =
