@@ -66,6 +66,9 @@ export interface TriggerOptions {
 
 /** Re-verify a gateway for a socket still retransmitting past the threshold at most this often. */
 const RETRIGGER_MS = 10_000;
+/** Within one incident, sockets already in it re-verify its gateway after this gap, doubling up to the max. */
+const RECHECK_FIRST_MS = 2000;
+const RECHECK_MAX_MS = 30_000;
 /** A sighting of a dead gateway polls it at once, but at most once per this interval. */
 const SIGHTING_POLL_MS = 1000;
 /** Lookups cached between route events; past this many the cache starts afresh. */
@@ -185,6 +188,18 @@ export class Triggers {
     if (joining && (g.inflight || g.state !== 'active' || this.o.sink.verdictFresh(g))) {
       g.triggers[kind]++;
       return;
+    }
+    // Sockets that blamed g before and blame it again (a dead server's keep retransmitting) have
+    // nothing new to say each time its verdict goes stale: they ask again with a doubling gap. A
+    // socket new to the incident (a new connection failing: maybe g died after all) asks at once.
+    if (joining && added.length === 0) {
+      const now = this.o.clock.now();
+      if (now < (inc.recheckAt ?? 0)) {
+        g.triggers[kind]++;
+        return;
+      }
+      inc.recheckGapMs = Math.min(RECHECK_MAX_MS, (inc.recheckGapMs ?? RECHECK_FIRST_MS / 2) * 2);
+      inc.recheckAt = now + inc.recheckGapMs;
     }
     const detail = { socket: inc.samples[0], sockets: inc.sockets.size, samples: inc.samples };
     await this.o.sink.suspect(g, kind, detail, joining);

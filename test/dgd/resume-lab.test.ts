@@ -12,6 +12,28 @@ import { startFlowClient, startFlowServer } from '../lab/flows';
 
 const PORT = 7000;
 
+/**
+ * A Python one-shot forging `count` TCP segments of the client's flow, `gap` ms apart, as a LAN
+ * station's frame flooded by the bridge arrives at the client: Ethernet source the client's own
+ * MAC, destination a MAC no station has. Sent from the switch's own side of the client's port
+ * (what the bridge does with a flooded frame), so no bridge learns the client's MAC elsewhere. The
+ * checksum is left wrong on purpose: flow resume used to fix it.
+ */
+const FORGE = `
+import socket, struct, sys, time
+src_mac, src, sport, dst, dport, seq, count, gap = sys.argv[1:9]
+mac = bytes.fromhex(src_mac.replace(':', ''))
+payload = b'FORGED!!'
+tcp = struct.pack('!HHIIBBHHH', int(sport), int(dport), int(seq), 1, 5 << 4, 0x18, 502, 0, 0) + payload
+ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst))
+frame = bytes.fromhex('02feedbeef99') + mac + bytes.fromhex('0800') + ip + tcp
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(('p-client', 0))
+for _ in range(int(count)):
+    s.send(frame)
+    time.sleep(int(gap) / 1000)
+`;
+
 interface WirePacket {
   t: number;
   dstMac: string;
@@ -215,4 +237,75 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
       await d.stop();
     });
   }
+
+  it("IPv4: a forged segment of a stuck flow, flooded by a LAN station with the host's own MAC, is never resent", async () => {
+    lab = await Lab.create(dgdLabSpec());
+    await startFlowServer(lab, 'server', PORT).listening;
+    await lab.blockPing('r1');
+    const clientMac = (await lab.execOk('client', ['cat', '/sys/class/net/lan0/address'])).trim();
+    const r2Mac = (await lab.execOk('r2', ['cat', '/sys/class/net/lan0/address'])).trim();
+    const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
+    const dump = lab.spawn('client', [
+      'tcpdump',
+      '-i',
+      'lan0',
+      '-l',
+      '--immediate-mode',
+      '-n',
+      '-e',
+      '-tt',
+      '-S',
+      `tcp port ${PORT}`,
+    ]);
+    const wire = tcpdumpLines(dump);
+    const a = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 30_000 });
+    await waitFor(() => a.echoes.length >= 10, 8000, 'the flow to run');
+    const aPort = wire.find((p) => p.dst === DGD.server4 && p.payload > 0)!.srcPort;
+    await lab.killSilently('r1', 'lan0');
+    // Once a has sent a segment twice (it is stuck), forge segments below its snd_una, the kind a
+    // recorder keeping "the lowest sequence number" would take if it believed them.
+    const stuck = await waitFor(
+      () => {
+        const out = wire.filter((p) => p.srcPort === aPort && p.payload > 0);
+        return out.find((p, i) => out.findIndex((q) => q.seq === p.seq) !== i);
+      },
+      8000,
+      'a retransmission of a',
+    );
+    const forgedSeq = (stuck!.seq - 100_000) >>> 0;
+    const forger = lab.spawn('sw-lan', [
+      'python3',
+      '-c',
+      FORGE,
+      clientMac,
+      DGD.client4,
+      String(aPort),
+      DGD.server4,
+      String(PORT),
+      String(forgedSeq),
+      '300',
+      '20',
+    ]);
+    const withdrawn = await d.waitFor(
+      (e) => e.event === 'routes_withdrawn' && e.gateway === DGD.r1_4,
+      15_000,
+      'routes withdrawn',
+    );
+    const tw = Date.parse(withdrawn.time);
+    const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+    forger.kill();
+    await waitFor(() => a.echoes.some((e) => e.t > tw), 5000, 'flow a to resume');
+    const forgedSeen = wire.filter((p) => p.srcPort === aPort && p.seq === forgedSeq && p.t < tw);
+    assert.ok(forgedSeen.length > 0, 'the forged segments reached the client (flooded)');
+    const detail = (resent.detail as { resent: boolean; seq?: number }[])[0]!;
+    assert.equal(detail.resent, true, JSON.stringify(resent));
+    assert.equal(detail.seq, stuck!.seq, 'the segment a was retransmitting, not the forged one');
+    const outAfter = wire.filter((p) => p.srcPort === aPort && p.t >= tw - 5 && p.dstMac === r2Mac);
+    assert.ok(outAfter.length > 0);
+    assert.ok(
+      outAfter.every((p) => p.seq !== forgedSeq),
+      `nothing forged left towards r2: ${JSON.stringify(outAfter)}`,
+    );
+    await d.stop();
+  });
 });

@@ -6,21 +6,23 @@
 // filtered in the kernel to exactly those flows with the interface's own MAC as Ethernet source
 // (checked again here), keeping only frames this host sent (pcap_setdirection PCAP_D_OUT: the
 // packet socket's PACKET_OUTGOING, which no frame from the LAN ever is, whatever addresses a LAN
-// station forges), cut at RECORD_SNAPLEN: headers and one byte of data. Of
+// station forges), cut at RECORD_SNAPLEN (a full standard Ethernet frame; a flow seen cut there,
+// on a jumbo-frame link, is captured whole from then on). Of
 // each flow it keeps the data, SYN or FIN segment with the lowest sequence number since the flow was
 // added; pure ACKs and resets are never kept. Once a socket's retransmission timer has fired and no
 // ACK has moved it on, the kernel sends nothing but retransmissions of snd_una, so that lowest
 // segment is snd_una's: the caller (src/dgd/resume.ts) makes sure of both from sock_diag.
 //
-// Replay: the recorded IP packet through a raw IPPROTO_RAW socket (raw(7): the header is ours, the
-// kernel routes it by destination and fills in the IPv4 header checksum), cut to one byte of data
-// (the peer must acknowledge a byte it is missing, and that ACK restarts the socket; a FIN behind
-// the cut is dropped with the rest), the TCP timestamp (RFC 7323) advanced by the time elapsed since
-// it was recorded, never past the socket's own clock, and the TCP checksum computed again (a segment
-// captured on its way out may carry only the pseudo-header sum the NIC was to complete). A segment
-// signed with TCP-MD5 (RFC 2385) or TCP-AO (RFC 5925) is sent byte for byte as it left, only its
-// checksum made right (neither signature covers the checksum); it is never cut or re-stamped, so the
-// recorder captures such a flow whole once it has seen its option, and until then it is not sent.
+// Replay: the recorded IP packet, whole, through a raw IPPROTO_RAW socket (raw(7): the header is
+// ours, the kernel routes it by destination and fills in the IPv4 header checksum), with the TCP
+// timestamp (RFC 7323) advanced by the time elapsed since it was recorded, never past the socket's
+// own clock, and the TCP checksum computed again (a segment captured on its way out may carry only
+// the pseudo-header sum the NIC was to complete). Whole, because a part of it does not restart the
+// socket: the peer acknowledges the part, the rest of the segment stays in flight with the
+// congestion window of one segment that loss recovery leaves, and the socket waits for its backed-off
+// timer all the same (measured in the lab: 1.6 s after a one-byte copy). A segment signed with
+// TCP-MD5 (RFC 2385) or TCP-AO (RFC 5925) is sent byte for byte as it left, only its checksum made
+// right (neither signature covers the checksum).
 import { isIPv4, isIPv6 } from 'node:net';
 import { IpdeadgateError, type SystemError, errorMessage, systemError } from '../../errors';
 import { normalizeIp, type Family } from '../ipaddr';
@@ -163,37 +165,21 @@ export function tcpChecksum(packet: Buffer, family: Family, tcpOffset: number): 
   return internetChecksum(tcp, pseudo);
 }
 
-/** Bytes of data a cut copy keeps: one byte the peer is missing makes it answer. */
-export const REPLAY_PAYLOAD_BYTES = 1;
-
 /**
- * The packet to send again `nowMs` (performance.now()) later. Unsigned: cut to
- * REPLAY_PAYLOAD_BYTES of data (a SYN to none; a FIN behind the cut goes with it), TSval advanced
- * by the whole milliseconds elapsed since it was recorded, which never passes the socket's own
- * timestamp clock (it ticks at least once per millisecond, RFC 7323 5.4, and the segment left
- * before it was recorded). Signed (TCP-MD5/AO): the captured bytes, which must be whole. The IP
- * length fields match the copy and the TCP checksum is computed again in both cases.
+ * The packet to send again `nowMs` (performance.now()) later: the captured packet, which must be
+ * whole, its TSval (unsigned segments only) advanced by the whole milliseconds elapsed since it was
+ * recorded, which never passes the socket's own timestamp clock (it ticks at least once per
+ * millisecond, RFC 7323 5.4, and the segment left before it was recorded), and its TCP checksum
+ * computed again.
  */
 export function replayPacket(seg: TcpSegment, nowMs: number): Buffer {
-  if (seg.signed && !seg.whole)
-    throw new RangeError('a signed (TCP-MD5/TCP-AO) segment can only be sent again whole');
-  const t = seg.tcpOffset;
-  const headerEnd = t + (seg.packet[t + 12]! >> 4) * 4;
-  let p: Buffer;
-  if (seg.signed) p = Buffer.from(seg.packet);
-  else {
-    const keep = seg.flags & TCP_FLAG_SYN ? 0 : Math.min(REPLAY_PAYLOAD_BYTES, seg.payloadLength);
-    if (headerEnd + keep > seg.packet.length) throw new RangeError('the segment was not captured far enough');
-    p = Buffer.from(seg.packet.subarray(0, headerEnd + keep));
-    if (keep < seg.payloadLength) p[t + 13] = p[t + 13]! & ~TCP_FLAG_FIN;
-    if (seg.tsvalOffset >= 0) {
-      const elapsed = Math.max(0, Math.floor(nowMs - seg.recordedAt));
-      p.writeUInt32BE((p.readUInt32BE(seg.tsvalOffset) + elapsed) >>> 0, seg.tsvalOffset);
-    }
+  if (!seg.whole) throw new RangeError('a segment can only be sent again whole');
+  const p = Buffer.from(seg.packet);
+  if (!seg.signed && seg.tsvalOffset >= 0) {
+    const elapsed = Math.max(0, Math.floor(nowMs - seg.recordedAt));
+    p.writeUInt32BE((p.readUInt32BE(seg.tsvalOffset) + elapsed) >>> 0, seg.tsvalOffset);
   }
-  if (seg.flow.family === 4) p.writeUInt16BE(p.length, 2);
-  else p.writeUInt16BE(p.length - 40, 4);
-  p.writeUInt16BE(tcpChecksum(p, seg.flow.family, t), t + 16);
+  p.writeUInt16BE(tcpChecksum(p, seg.flow.family, seg.tcpOffset), seg.tcpOffset + 16);
   return p;
 }
 
@@ -232,12 +218,13 @@ function checkedMac(mac: string): string {
 export const MAX_RECORDED_FLOWS = 64;
 
 /**
- * Bytes a recorder captures of a frame: Ethernet (14), an IPv4 header with options (60; IPv6's is
- * 40), a TCP header with options (60) and REPLAY_PAYLOAD_BYTES of data: everything a cut copy is
- * made of, and no more of the data a flow may be sending in bulk.
+ * Bytes a recorder captures of a frame: an Ethernet frame of the standard 1500-byte MTU with a
+ * VLAN tag. A retransmission timeout sends at most one MSS (tcp_retransmit_skb), so on such a link
+ * every segment worth sending again fits; a larger one (a jumbo-frame link, a TSO super-packet of
+ * a flow that is still sending) switches the recorder to WHOLE_SNAPLEN.
  */
-export const RECORD_SNAPLEN = 14 + 60 + 60 + REPLAY_PAYLOAD_BYTES;
-/** For a flow whose segments are signed (TCP-MD5/AO), which may only be sent again whole. */
+export const RECORD_SNAPLEN = 14 + 4 + 1500;
+/** After a data segment was seen cut at RECORD_SNAPLEN. */
 export const WHOLE_SNAPLEN = 65535;
 /** A capture that failed to open (interface down) is tried again at most this often. */
 export const REOPEN_AFTER_MS = 1000;
@@ -264,15 +251,15 @@ const openRecorderHandle: OpenSegmentSource = (ifname, filter, snaplen) =>
 export type NoSegmentReason =
   | 'nothing of it was seen leaving (source or destination NAT rewrote it after the socket, or it left elsewhere)'
   | 'only pure ACKs or resets of it were seen'
-  | 'it is signed (TCP-MD5/TCP-AO) and was not yet captured whole';
+  | 'it was not yet captured whole (larger than a standard frame)';
 
 interface FlowRecord {
   /** Frames of the flow seen since it was added (any kind). */
   frames: number;
   /** The data, SYN or FIN segment with the lowest sequence number. */
   lowest: TcpSegment | null;
-  /** A signed segment of it was seen cut short: capture it whole. */
-  signedCut: boolean;
+  /** A segment of it was seen cut short: capture it whole. */
+  cut: boolean;
 }
 
 /** Counts since the recorder was made (status and tests). */
@@ -321,7 +308,7 @@ export class SegmentRecorder {
     const keys = new Set(this.flows.map(flowKey));
     for (const k of this.records.keys()) if (!keys.has(k)) this.records.delete(k);
     for (const k of keys)
-      if (!this.records.has(k)) this.records.set(k, { frames: 0, lowest: null, signedCut: false });
+      if (!this.records.has(k)) this.records.set(k, { frames: 0, lowest: null, cut: false });
     this.reopen();
   }
 
@@ -340,8 +327,8 @@ export class SegmentRecorder {
     if (!r || r.frames === 0)
       return 'nothing of it was seen leaving (source or destination NAT rewrote it after the socket, or it left elsewhere)';
     if (r.lowest) return r.lowest;
-    return r.signedCut
-      ? 'it is signed (TCP-MD5/TCP-AO) and was not yet captured whole'
+    return r.cut
+      ? 'it was not yet captured whole (larger than a standard frame)'
       : 'only pure ACKs or resets of it were seen';
   }
 
@@ -362,7 +349,7 @@ export class SegmentRecorder {
       }
       filter = flowsFilter(this.flows, mac);
     }
-    const whole = [...this.records.values()].some((r) => r.signedCut || r.lowest?.signed);
+    const whole = [...this.records.values()].some((r) => r.cut);
     const snaplen = whole ? WHOLE_SNAPLEN : RECORD_SNAPLEN;
     if (filter === this.filter && snaplen === this.snaplen && (this.capture !== null || !filter)) return;
     this.stop();
@@ -421,9 +408,9 @@ export class SegmentRecorder {
     r.frames++;
     const pure = (seg.flags & (TCP_FLAG_SYN | TCP_FLAG_FIN)) === 0 && seg.payloadLength === 0;
     if (pure || seg.flags & TCP_FLAG_RST) return;
-    if (seg.signed && !seg.whole) {
-      if (!r.signedCut) {
-        r.signedCut = true;
+    if (!seg.whole) {
+      if (!r.cut) {
+        r.cut = true;
         // Not from inside libpcap's callback: the handle is closed and opened again.
         setImmediate(() => {
           if (!this.closed) {
