@@ -13,6 +13,50 @@ import { startFlowClient, startFlowServer } from '../lab/flows';
 const PORT = 7000;
 
 /**
+ * A TCP_MD5SIG echo pair in Python (Node cannot set the option): `server PORT PEER` echoes each
+ * 8-byte message of a client at PEER; `client PORT SERVER` sends one every 50 ms for 30 s and
+ * prints "echo <epoch ms>" per answer. Both sign with the same key (RFC 2385).
+ */
+const MD5_FLOW = `
+import socket, struct, sys, time
+TCP_MD5SIG = 14
+def key(sock, peer):
+    fam = socket.AF_INET
+    addr = struct.pack('=H', fam) + struct.pack('!H', 0) + socket.inet_aton(peer)
+    addr += bytes(128 - len(addr))
+    k = b'ipdeadgate-lab-md5'
+    sock.setsockopt(socket.IPPROTO_TCP, TCP_MD5SIG, addr + struct.pack('=BBHI', 0, 0, len(k), 0) + k + bytes(80 - len(k)))
+role, port, peer = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if role == 'server':
+    l = socket.socket()
+    l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    key(l, peer)
+    l.bind(('0.0.0.0', port))
+    l.listen(4)
+    print('listening', flush=True)
+    c, _ = l.accept()
+    while True:
+        d = c.recv(4096)
+        if not d:
+            break
+        c.sendall(d)
+else:
+    c = socket.socket()
+    key(c, peer)
+    c.connect((peer, port))
+    c.setblocking(False)
+    end = time.time() + 30
+    while time.time() < end:
+        c.send(b'md5echo!')
+        time.sleep(0.05)
+        try:
+            while c.recv(4096):
+                print('echo', int(time.time() * 1000), flush=True)
+        except BlockingIOError:
+            pass
+`;
+
+/**
  * A Python one-shot forging `count` TCP segments of the client's flow, `gap` ms apart, as a LAN
  * station's frame flooded by the bridge arrives at the client: Ethernet source the client's own
  * MAC, destination a MAC no station has. Sent from the switch's own side of the client's port
@@ -306,6 +350,43 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
       outAfter.every((p) => p.seq !== forgedSeq),
       `nothing forged left towards r2: ${JSON.stringify(outAfter)}`,
     );
+    await d.stop();
+  });
+
+  it('IPv4: a TCP_MD5SIG flow gets its signed segment again byte for byte with a right checksum, and resumes', async () => {
+    lab = await Lab.create(dgdLabSpec());
+    await lab.blockPing('r1');
+    const server = lab.spawn('server', ['python3', '-c', MD5_FLOW, 'server', String(PORT), DGD.client4]);
+    await waitFor(() => server.stdout!.read() !== null, 5000, 'the MD5 server to listen');
+    const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
+    const client = lab.spawn('client', ['python3', '-c', MD5_FLOW, 'client', String(PORT), DGD.server4]);
+    const echoes: number[] = [];
+    client.stdout!.setEncoding('utf8');
+    client.stdout!.on('data', (c: string) => {
+      for (const m of c.matchAll(/echo (\d+)/g)) echoes.push(Number(m[1]));
+    });
+    await waitFor(() => echoes.length >= 10, 8000, 'the signed flow to run');
+    const csumErrors = async () =>
+      Number(
+        /TcpInCsumErrors\s+(\d+)/.exec(
+          (await lab.exec('server', ['nstat', '-az', 'TcpInCsumErrors'])).stdout,
+        )?.[1] ?? 0,
+      );
+    const before = await csumErrors();
+    await lab.killSilently('r1', 'lan0');
+    const withdrawn = await d.waitFor(
+      (e) => e.event === 'routes_withdrawn' && e.gateway === DGD.r1_4,
+      15_000,
+      'routes withdrawn',
+    );
+    const tw = Date.parse(withdrawn.time);
+    const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+    const detail = (resent.detail as { resent: boolean; bytes?: number }[])[0]!;
+    assert.equal(detail.resent, true, JSON.stringify(resent));
+    await waitFor(() => echoes.some((t) => t > tw), 5000, 'the signed flow to resume');
+    // The copy reached the server with a checksum it accepts (it used to carry the NIC-offload
+    // partial sum, which the peer drops before checking the signature).
+    assert.equal(await csumErrors(), before, 'no TCP checksum error at the server');
     await d.stop();
   });
 });
