@@ -17,7 +17,7 @@
 //     N entries (100000), so the watch is measured on a gateway with a big table; --rounds N
 //     alternations of on and off (2).
 // Every loop is bounded; labs are torn down on exit.
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { REPO_ROOT, waitFor, type Lab } from '../../test/lab/lab';
 import { LabDaemon } from '../../test/lab/daemon';
@@ -59,6 +59,22 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 function cpuTicks(pid: number): number {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
   return Number(f[11]) + Number(f[12]);
+}
+
+/** Each thread's CPU ticks (utime + stime) by name (threads of one name added up). */
+function threadTicks(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const f = stat.slice(stat.lastIndexOf(') ') + 2).split(' ');
+      out.set(name, (out.get(name) ?? 0) + Number(f[11]) + Number(f[12]));
+    } catch {
+      /* the thread ended */
+    }
+  }
+  return out;
 }
 
 /** The daemon's CPU share (of one core) while fn runs. */
@@ -175,7 +191,15 @@ async function localDead(): Promise<string[]> {
       'dead',
       `table inet dead {\n  chain in { type filter hook input priority 0; tcp dport ${PORT} drop; }\n}\n`,
     );
+    const threadsBefore = threadTicks(d.child.pid!);
     const { cpu } = await cpuDuring(d.child.pid!, () => sleep(LOCAL_SECONDS * 1000));
+    const threadsAfter = threadTicks(d.child.pid!);
+    const perThread = [...threadsAfter]
+      .map(([name, t]) => [name, (t - (threadsBefore.get(name) ?? 0)) / 100 / LOCAL_SECONDS] as const)
+      .filter(([, c]) => c > 0.0005)
+      .sort((a, b) => b[1] - a[1])
+      .map(([name, c]) => `${name} ${(c * 100).toFixed(2)}%`);
+    say(`  localdead: CPU per thread: ${perThread.join(', ')}`);
     const arp = (await arpRequests(lab)) - arpBefore;
     const st = (await d.status()) as { dgd?: { resume?: unknown } };
     flows.kill();

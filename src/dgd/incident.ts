@@ -50,7 +50,13 @@ export function addEvidence(
   now: number,
   windowMs: number,
 ): number {
-  for (const [k, e] of g.aggregate) if (now - e.at > windowMs) g.aggregate.delete(k);
+  // Entries are kept in the order they came (a Map iterates in insertion order, and an entry's time
+  // is never updated), so the stale ones are at the front: stop at the first fresh one. Looking at
+  // every entry for every failing socket made each scan quadratic in the sockets.
+  for (const [k, e] of g.aggregate) {
+    if (now - e.at <= windowMs) break;
+    g.aggregate.delete(k);
+  }
   if (!g.aggregate.has(key)) g.aggregate.set(key, { at: now, socket: sample });
   return g.aggregate.size;
 }
