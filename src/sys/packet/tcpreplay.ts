@@ -287,6 +287,8 @@ export class SegmentRecorder {
   private filter = '';
   private snaplen = RECORD_SNAPLEN;
   private flows: TcpFlow[] = [];
+  /** The flows last given to watch(), as one string. */
+  private sig = '';
   private readonly records = new Map<string, FlowRecord>();
   private failedAt = -Infinity;
   private lastError = '';
@@ -304,6 +306,10 @@ export class SegmentRecorder {
 
   watch(flows: TcpFlow[]): void {
     if (this.closed) return;
+    // Called after every scan: the same flows with the capture open cost one string compare.
+    const sig = flows.map((f) => `${f.src}|${f.srcPort}|${f.dst}|${f.dstPort}`).join(',');
+    if (sig === this.sig && this.capture !== null) return;
+    this.sig = sig;
     this.flows = flows.slice(0, MAX_RECORDED_FLOWS);
     const keys = new Set(this.flows.map(flowKey));
     for (const k of this.records.keys()) if (!keys.has(k)) this.records.delete(k);
