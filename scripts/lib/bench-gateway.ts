@@ -191,6 +191,11 @@ async function localDead(): Promise<string[]> {
       'dead',
       `table inet dead {\n  chain in { type filter hook input priority 0; tcp dport ${PORT} drop; }\n}\n`,
     );
+    const dumps = async (): Promise<number> => {
+      const st = (await d.status()) as { last_scan?: { dumps?: number }; dgd?: { last_scan?: { dumps?: number } } };
+      return st.last_scan?.dumps ?? st.dgd?.last_scan?.dumps ?? NaN;
+    };
+    const dumpsBefore = await dumps();
     const threadsBefore = threadTicks(d.child.pid!);
     const { cpu } = await cpuDuring(d.child.pid!, () => sleep(LOCAL_SECONDS * 1000));
     const threadsAfter = threadTicks(d.child.pid!);
@@ -199,9 +204,8 @@ async function localDead(): Promise<string[]> {
       .filter(([, c]) => c > 0.0005)
       .sort((a, b) => b[1] - a[1])
       .map(([name, c]) => `${name} ${(c * 100).toFixed(2)}%`);
-    say(`  localdead: CPU per thread: ${perThread.join(', ')}`);
+    say(`  localdead: CPU per thread: ${perThread.join(', ')}; sock_diag scans: ${(await dumps()) - dumpsBefore}`);
     const arp = (await arpRequests(lab)) - arpBefore;
-    const st = (await d.status()) as { dgd?: { resume?: unknown } };
     flows.kill();
     const count = (name: string, f: (e: Record<string, unknown>) => boolean = () => true) =>
       d.events.filter((e) => e.event === name && f(e)).length;
@@ -209,7 +213,6 @@ async function localDead(): Promise<string[]> {
     const dead = count('verdict', (e) => e.alive === false);
     const resent = count('flows_resent');
     await d.stop();
-    say(`  localdead: resume status ${JSON.stringify(st.dgd?.resume ?? null)}`);
     return [
       `| dead server, 300 local sockets, ${LOCAL_SECONDS} s: verdicts dead / verifications / flows_resent | ${dead} / ${verifications} / ${resent} | | 0 dead |`,
       `| dead server, 300 local sockets: ARP requests r1 received in ${LOCAL_SECONDS} s | ${arp} | | <= 15 |`,

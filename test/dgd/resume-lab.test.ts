@@ -4,6 +4,7 @@
 // retransmitting through r2 (alive, a server behind it silent) gets nothing from us; a connection
 // whose SYN retransmits through r1 connects through r2 right after the switch.
 import { strict as assert } from 'node:assert';
+import { writeFileSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
 import { Lab, requireRoot, waitFor } from '../lab/lab';
 import { LabDaemon } from '../lab/daemon';
@@ -398,6 +399,34 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
     // The copy reached the server with a checksum it accepts (it used to carry the NIC-offload
     // partial sum, which the peer drops before checking the signature).
     assert.equal(await csumErrors(), before, 'no TCP checksum error at the server');
+    await d.stop();
+  });
+
+  it('IPv4: a flow under source NAT is not resent, and says why', async () => {
+    lab = await Lab.create(dgdLabSpec());
+    // The client's own connections leave as 198.18.1.11: the wire never shows the socket's address.
+    await lab.ip('client', ['addr', 'add', '198.18.1.11/24', 'dev', 'lan0']);
+    const nat = lab.tempPath('nft-snat');
+    writeFileSync(
+      nat,
+      `table ip idgsnat {\n  chain post {\n    type nat hook postrouting priority 100;\n    ip daddr ${DGD.server4} tcp dport ${PORT} snat to 198.18.1.11\n  }\n}\n`,
+    );
+    await lab.execOk('client', ['nft', '-f', nat]);
+    await startFlowServer(lab, 'server', PORT).listening;
+    await lab.blockPing('r1');
+    const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
+    const a = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 30_000 });
+    await waitFor(() => a.echoes.length >= 10, 8000, 'the flow to run');
+    await lab.killSilently('r1', 'lan0');
+    await d.waitFor(
+      (e) => e.event === 'routes_withdrawn' && e.gateway === DGD.r1_4,
+      15_000,
+      'routes withdrawn',
+    );
+    const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+    const detail = (resent.detail as { resent: boolean; reason?: string }[])[0]!;
+    assert.equal(detail.resent, false, JSON.stringify(resent));
+    assert.match(String(detail.reason), /NAT/);
     await d.stop();
   });
 });
