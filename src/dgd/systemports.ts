@@ -220,12 +220,12 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     if (typeof seg === 'string') return { sent: false, reason: seg };
     this.sender ??= new SegmentSender();
     const now = performance.now();
-    const bytes = await this.sender.send(seg, now);
+    await this.sender.send(seg, now);
     return {
       sent: true,
       seq: seg.seq,
       syn: (seg.flags & TCP_FLAG_SYN) !== 0,
-      bytes,
+      bytes: seg.payloadLength,
       ageMs: Math.round(now - seg.recordedAt),
     };
   }
