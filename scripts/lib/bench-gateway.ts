@@ -192,7 +192,10 @@ async function localDead(): Promise<string[]> {
       `table inet dead {\n  chain in { type filter hook input priority 0; tcp dport ${PORT} drop; }\n}\n`,
     );
     const dumps = async (): Promise<number> => {
-      const st = (await d.status()) as { last_scan?: { dumps?: number }; dgd?: { last_scan?: { dumps?: number } } };
+      const st = (await d.status()) as {
+        last_scan?: { dumps?: number };
+        dgd?: { last_scan?: { dumps?: number } };
+      };
       return st.last_scan?.dumps ?? st.dgd?.last_scan?.dumps ?? NaN;
     };
     const dumpsBefore = await dumps();
@@ -204,7 +207,9 @@ async function localDead(): Promise<string[]> {
       .filter(([, c]) => c > 0.0005)
       .sort((a, b) => b[1] - a[1])
       .map(([name, c]) => `${name} ${(c * 100).toFixed(2)}%`);
-    say(`  localdead: CPU per thread: ${perThread.join(', ')}; sock_diag scans: ${(await dumps()) - dumpsBefore}`);
+    say(
+      `  localdead: CPU per thread: ${perThread.join(', ')}; sock_diag scans: ${(await dumps()) - dumpsBefore}`,
+    );
     const arp = (await arpRequests(lab)) - arpBefore;
     flows.kill();
     const count = (name: string, f: (e: Record<string, unknown>) => boolean = () => true) =>
