@@ -166,7 +166,9 @@ export class Triggers {
     const g = this.o.gateways.get(gatewayKey(choice.gateway, choice.ifindex));
     if (!g || g.state !== 'active') return;
     const key = flowEvidenceKey(s.src, s.srcPort, s.dst, s.dstPort);
-    addEvidence(g, key, socketSample(s), this.o.clock.now(), this.o.config().aggregate_window);
+    // The sample (two formatted endpoints) only for a flow not counted yet: most scans count the
+    // same failing sockets again.
+    addEvidence(g, key, () => socketSample(s), this.o.clock.now(), this.o.config().aggregate_window);
   }
 
   /**
