@@ -4,7 +4,7 @@
 // parked in the dead gateway's neighbour entry is aborted when that entry is flushed or fails: the
 // kernel retransmits only when the timer fires. So while sockets retransmit through a gateway their segments are
 // recorded off the wire (ports.watchFlows), and the moment the gateway's routes are withdrawn the
-// latest segment of each is sent again through the route the kernel now chooses
+// first unacknowledged segment of each is sent again through the route the kernel now chooses
 // (ports.resendSegment). The peer acknowledges it (or, for a SYN, answers with its SYN-ACK), and
 // that answer restarts the socket at once. docs/failover.md explains why this and not the
 // RFC 6069 ICMP revert, with the kernel code both rely on.

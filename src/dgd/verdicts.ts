@@ -228,7 +228,7 @@ export class Verdicts implements GatewayHost {
     if (isDead(g)) return;
     this.machine.fire(g, { type: 'no_answer' }, reason);
     await this.o.keeper.withdraw(g, reason);
-    // Flows that were retransmitting through g get their latest segment resent through the new
+    // Flows that were retransmitting through g get their first unacknowledged segment resent through the new
     // route now, before the neighbour flush below.
     await this.o.routesSwitched(g);
     if (!this.o.running()) return;
