@@ -72,7 +72,8 @@ class PcapRegistry {
     // Released on every failure path below.
     std::unique_ptr<pcap_t, void (*)(pcap_t*)> owned(p, pcap_close);
     pcap_set_snaplen(p, snaplen);
-    pcap_set_promisc(p, 1);
+    // A handle for the host's own frames has no use for other stations' (nor the NIC for them).
+    pcap_set_promisc(p, outgoingOnly ? 0 : 1);
     pcap_set_immediate_mode(p, 1);
     pcap_set_buffer_size(p, bufferBytes);
     const int st = pcap_activate(p);

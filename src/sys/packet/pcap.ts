@@ -28,7 +28,10 @@ export interface PcapOpenOptions {
   bufferBytes?: number;
   /** What the handle is for, in error messages: " for ARP/NDP". */
   purpose?: string;
-  /** Only frames this host sends (PACKET_OUTGOING): nothing another station sent, to anyone. */
+  /**
+   * Only frames this host sends (PACKET_OUTGOING): nothing another station sent, to anyone; and the
+   * handle is not promiscuous.
+   */
   outgoingOnly?: boolean;
 }
 
