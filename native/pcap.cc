@@ -61,7 +61,7 @@ class PcapRegistry {
   explicit PcapRegistry(Napi::Env env) : env_(env) { env.AddCleanupHook([this] { Teardown(); }); }
 
   Napi::Value Open(const std::string& ifname, const std::string& filter, int snaplen, int bufferBytes,
-                   Napi::Function callback, bool outgoingOnly) {
+                   pcap_direction_t direction, Napi::Function callback) {
     if (tornDown_) {
       Napi::Error::New(env_, "libpcap handles are shut down (environment teardown)").ThrowAsJavaScriptException();
       return env_.Undefined();
@@ -72,8 +72,10 @@ class PcapRegistry {
     // Released on every failure path below.
     std::unique_ptr<pcap_t, void (*)(pcap_t*)> owned(p, pcap_close);
     pcap_set_snaplen(p, snaplen);
-    // A handle for the host's own frames has no use for other stations' (nor the NIC for them).
-    pcap_set_promisc(p, outgoingOnly ? 0 : 1);
+    // Never promiscuous: a daemon that decides from frames must see no more than the kernel takes.
+    // (On a veth or behind a bridge a packet socket still receives frames for other MACs, marked
+    // PACKET_OTHERHOST; readers check each frame's destination themselves.)
+    pcap_set_promisc(p, 0);
     pcap_set_immediate_mode(p, 1);
     pcap_set_buffer_size(p, bufferBytes);
     const int st = pcap_activate(p);
@@ -85,6 +87,8 @@ class PcapRegistry {
       const char* text = st == PCAP_ERROR ? pcap_geterr(p) : pcap_statustostr(st);
       return Throw(err, "pcap_activate", ifname, text);
     }
+    if (direction != PCAP_D_INOUT && pcap_setdirection(p, direction) != 0)
+      return Throw(EINVAL, "pcap_setdirection", ifname, pcap_geterr(p));
     if (!filter.empty()) {
       struct bpf_program prog;
       if (pcap_compile(p, &prog, filter.c_str(), 1, PCAP_NETMASK_UNKNOWN) != 0)
@@ -93,10 +97,6 @@ class PcapRegistry {
       pcap_freecode(&prog);
       if (rc != 0) return Throw(EINVAL, "pcap_setfilter", ifname, pcap_geterr(p));
     }
-    // Frames this host sent (the packet socket's PACKET_OUTGOING, which libpcap checks per frame):
-    // nothing from the LAN, whatever its addresses.
-    if (outgoingOnly && pcap_setdirection(p, PCAP_D_OUT) != 0)
-      return Throw(EINVAL, "pcap_setdirection", ifname, pcap_geterr(p));
     if (pcap_setnonblock(p, 1, errbuf) != 0) return Throw(EIO, "pcap_setnonblock", ifname, errbuf);
     const int fd = pcap_get_selectable_fd(p);
     if (fd < 0) return Throw(EIO, "pcap_get_selectable_fd", ifname, "no selectable descriptor");
@@ -312,15 +312,22 @@ class PcapRegistry {
 
 PcapRegistry& Registry(Napi::Env env) { return EnvData::Get<PcapRegistry>(env); }
 
-// pcapOpen(ifname, filter, snaplen, bufferBytes, callback(err, packets)[, outgoingOnly]): { id, linkType, fd }
+// pcapOpen(ifname, filter, snaplen, bufferBytes, direction, callback(err, packets)): { id, linkType, fd }
+// direction: "inout" (both), "in" (received frames only) or "out" (sent frames only).
 Napi::Value PcapOpen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 5 || !info[0].IsString() || !info[1].IsString() || !info[2].IsNumber() ||
-      !info[3].IsNumber() || !info[4].IsFunction())
-    return ThrowTypeError(env, "pcapOpen(ifname, filter, snaplen, bufferBytes, callback): bad arguments");
+  if (info.Length() < 6 || !info[0].IsString() || !info[1].IsString() || !info[2].IsNumber() ||
+      !info[3].IsNumber() || !info[4].IsString() || !info[5].IsFunction())
+    return ThrowTypeError(env, "pcapOpen(ifname, filter, snaplen, bufferBytes, direction, callback): bad arguments");
+  const std::string dir = info[4].As<Napi::String>().Utf8Value();
+  pcap_direction_t direction;
+  if (dir == "inout") direction = PCAP_D_INOUT;
+  else if (dir == "in") direction = PCAP_D_IN;
+  else if (dir == "out") direction = PCAP_D_OUT;
+  else return ThrowTypeError(env, "pcapOpen: direction must be \"inout\", \"in\" or \"out\"");
   return Registry(env).Open(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::String>().Utf8Value(),
                             info[2].As<Napi::Number>().Int32Value(), info[3].As<Napi::Number>().Int32Value(),
-                            info[4].As<Napi::Function>(), info.Length() > 5 && info[5].ToBoolean().Value());
+                            direction, info[5].As<Napi::Function>());
 }
 
 // pcapSend(id, buffer)

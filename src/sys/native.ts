@@ -87,12 +87,12 @@ export interface NativeAddon {
     filter: string,
     snaplen: number,
     bufferBytes: number,
+    /** Which frames the packet socket reports: both ways, received only, or sent only. */
+    direction: 'inout' | 'in' | 'out',
     callback: (
       err: NativeSystemError | null,
       packets?: { data: Buffer; wireLength: number; tsMs: number }[],
     ) => void,
-    /** Only frames this host sent (pcap_setdirection PCAP_D_OUT). */
-    outgoingOnly?: boolean,
   ): { id: number; linkType: number; fd: number };
   pcapSend(id: number, frame: Buffer): void;
   pcapClose(id: number): void;

@@ -243,7 +243,7 @@ const openRecorderHandle: OpenSegmentSource = (ifname, filter, snaplen) =>
     filter,
     snaplen,
     bufferBytes: 256 << 10,
-    outgoingOnly: true,
+    direction: 'out',
     purpose: ' for flow resume',
   });
 
