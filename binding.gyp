@@ -11,7 +11,11 @@
         "native/peercred.cc",
         "native/pcap.cc",
         "native/sdnotify.cc",
-        "native/tlslink.cc"
+        "native/tlslink.cc",
+        "native/tls_buffer.cc",
+        "native/tls_errors.cc",
+        "native/tls_context.cc",
+        "native/tls_handshake.cc"
       ],
       "libraries": ["-lpcap"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
