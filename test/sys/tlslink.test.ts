@@ -1,10 +1,10 @@
-// The link's TLS record layer (native/tlslink.cc behind src/sys/tlslink.ts) against TLS 1.3
-// implementations that are not ours: Node's TLSSocket and Debian's `openssl s_server` / `s_client`.
-// On our side OpenSSL only does the handshake; every record after it (application data, KeyUpdate,
-// close_notify) is the addon's. So each test checks what the other implementation saw and sent: the
-// bytes (sha256 both ways), the end of the stream, KeyUpdates both ways under every TLS 1.3 suite,
-// and what a broken or vanishing peer leaves on our side: an 'error' with a code, and no TLS link and
-// no descriptor left behind.
+// The link's TLS (native/tlslink.cc behind src/sys/tlslink.ts) against TLS 1.3 implementations
+// that are not the addon: Node's TLSSocket and Debian's `openssl s_server` / `s_client`. OpenSSL
+// seals and opens our records; the addon batches them (many records per send, one callback per
+// read) and drives KeyUpdate and close_notify. So each test checks what the other implementation
+// saw and sent: the bytes (sha256 both ways), the end of the stream, KeyUpdates both ways under
+// every TLS 1.3 suite, and what a broken or vanishing peer leaves on our side: an 'error' with a
+// code, and no TLS link and no descriptor left behind. Hostile peers: tlslink-hostile.test.ts.
 import { strict as assert } from 'node:assert';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
