@@ -15,7 +15,8 @@
         "native/tls_buffer.cc",
         "native/tls_errors.cc",
         "native/tls_context.cc",
-        "native/tls_handshake.cc"
+        "native/tls_handshake.cc",
+        "native/tls_bindings.cc"
       ],
       "libraries": ["-lpcap"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

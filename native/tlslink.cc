@@ -45,6 +45,7 @@
 #include "tls_context.h"
 #include "tls_errors.h"
 #include "tls_handshake.h"
+#include "tls_registry.h"
 #include "unique_fd.h"
 
 namespace idg {
@@ -59,8 +60,6 @@ constexpr size_t kMaxOwnOutput = 64 * 1024;
 constexpr size_t kGather = kMaxPlain;
 // RFC 8446 5.5: at most 2^24.5 AES-GCM records per key. We update our key well before.
 constexpr uint64_t kDefaultRekeyRecords = uint64_t(1) << 23;
-
-enum Event { kSecure = 1, kData = 2, kEnd = 3, kDrain = 4, kError = 5 };
 
 class TlsRegistry;
 
@@ -92,11 +91,11 @@ struct Link {
   ~Link() { std::free(plain); }
 };
 
-class TlsRegistry {
+class TlsRegistry final : public TlsLinks {
  public:
   explicit TlsRegistry(Napi::Env env) : env_(env) { env.AddCleanupHook([this] { Teardown(); }); }
 
-  Napi::Value NewContext(const Napi::Object& o) {
+  Napi::Value NewContext(const Napi::Object& o) override {
     ContextError err;
     std::shared_ptr<Context> c = MakeContext(o, err);
     if (c == nullptr) {
@@ -110,9 +109,9 @@ class TlsRegistry {
     return Napi::Number::New(env_, id);
   }
 
-  void FreeContext(uint32_t id) { contexts_.erase(id); }
+  void FreeContext(uint32_t id) override { contexts_.erase(id); }
 
-  Napi::Value Open(uint32_t ctxId, int fdIn, bool server, double rekey, Napi::Function callback) {
+  Napi::Value Open(uint32_t ctxId, int fdIn, bool server, double rekey, Napi::Function callback) override {
     auto cit = contexts_.find(ctxId);
     if (cit == contexts_.end()) return ThrowMsg("tlsOpen: unknown context");
     if (tornDown_) return ThrowMsg("TLS links are shut down (environment teardown)");
@@ -158,7 +157,7 @@ class TlsRegistry {
   }
 
   /** Seal and send; the bytes the kernel did not take yet (0: all went; otherwise kDrain follows). */
-  Napi::Value Write(uint32_t id, const Napi::Array& bufs) {
+  Napi::Value Write(uint32_t id, const Napi::Array& bufs) override {
     Link* l = Find(id);
     if (l == nullptr) return ThrowMsg("tlsWrite: the link is closed");
     if (!l->secure) return ThrowMsg("tlsWrite: the handshake has not finished");
@@ -178,7 +177,7 @@ class TlsRegistry {
     return Napi::Number::New(env_, static_cast<double>(queued));
   }
 
-  void SetReading(uint32_t id, bool on) {
+  void SetReading(uint32_t id, bool on) override {
     Link* l = Find(id);
     if (l == nullptr) return;
     l->reading = on;
@@ -192,7 +191,7 @@ class TlsRegistry {
    * close_notify and FIN once everything queued has gone; returns the bytes still queued for the
    * kernel (then kDrain follows once they and the close_notify are out).
    */
-  Napi::Value End(uint32_t id) {
+  Napi::Value End(uint32_t id) override {
     Link* l = Find(id);
     if (l == nullptr) return Napi::Number::New(env_, 0);
     if (!l->wroteEnd) {
@@ -204,7 +203,7 @@ class TlsRegistry {
     return Napi::Number::New(env_, static_cast<double>(l->secure ? l->out.queued() : 0));
   }
 
-  Napi::Value Stats(uint32_t id) {
+  Napi::Value Stats(uint32_t id) override {
     Link* l = Find(id);
     if (l == nullptr) return env_.Undefined();
     const RecordCounters& c = l->counters;
@@ -218,7 +217,7 @@ class TlsRegistry {
     return o;
   }
 
-  void Close(uint32_t id) {
+  void Close(uint32_t id) override {
     auto it = links_.find(id);
     if (it == links_.end()) return;
     std::unique_ptr<Link> link = std::move(it->second);
@@ -226,7 +225,7 @@ class TlsRegistry {
     Release(std::move(link));
   }
 
-  size_t Count() const { return links_.size(); }
+  size_t Count() const override { return links_.size(); }
 
  private:
   Link* Find(uint32_t id) {
@@ -630,89 +629,8 @@ class TlsRegistry {
   std::unique_ptr<Napi::AsyncContext> context_;
 };
 
-TlsRegistry& Registry(Napi::Env env) { return EnvData::Get<TlsRegistry>(env); }
-
-uint32_t IdArg(const Napi::CallbackInfo& info) { return info[0].As<Napi::Number>().Uint32Value(); }
-
-// tlsContext({ server, ca, cert, key, alpn, ciphersuites }): id
-Napi::Value TlsContext(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsObject()) return ThrowTypeError(env, "tlsContext(options): bad arguments");
-  Napi::Object o = info[0].As<Napi::Object>();
-  for (const char* k : {"ca", "cert", "key"})
-    if (!o.Get(k).IsBuffer()) return ThrowTypeError(env, "tlsContext: ca, cert and key must be Buffers");
-  return Registry(env).NewContext(o);
-}
-
-Napi::Value TlsContextFree(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "tlsContextFree(id)");
-  Registry(info.Env()).FreeContext(IdArg(info));
-  return info.Env().Undefined();
-}
-
-// tlsOpen(ctx, fd, server, rekeyRecords, callback(kind, arg)): id
-Napi::Value TlsOpen(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 5 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsBoolean() ||
-      !info[3].IsNumber() || !info[4].IsFunction())
-    return ThrowTypeError(env, "tlsOpen(ctx, fd, server, rekeyRecords, callback): bad arguments");
-  return Registry(env).Open(IdArg(info), info[1].As<Napi::Number>().Int32Value(), info[2].As<Napi::Boolean>(),
-                            info[3].As<Napi::Number>().DoubleValue(), info[4].As<Napi::Function>());
-}
-
-Napi::Value TlsWrite(const Napi::CallbackInfo& info) {
-  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsArray())
-    return ThrowTypeError(info.Env(), "tlsWrite(id, buffers): bad arguments");
-  return Registry(info.Env()).Write(IdArg(info), info[1].As<Napi::Array>());
-}
-
-Napi::Value TlsRead(const Napi::CallbackInfo& info) {
-  if (info.Length() < 2 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "tlsRead(id, on)");
-  Registry(info.Env()).SetReading(IdArg(info), info[1].ToBoolean());
-  return info.Env().Undefined();
-}
-
-Napi::Value TlsEnd(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "tlsEnd(id)");
-  return Registry(info.Env()).End(IdArg(info));
-}
-
-Napi::Value TlsClose(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "tlsClose(id)");
-  Registry(info.Env()).Close(IdArg(info));
-  return info.Env().Undefined();
-}
-
-Napi::Value TlsStats(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "tlsStats(id)");
-  return Registry(info.Env()).Stats(IdArg(info));
-}
-
-Napi::Value TlsCount(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), static_cast<double>(Registry(info.Env()).Count()));
-}
-
 }  // namespace
 
-void RegisterTls(Napi::Env env, Napi::Object exports) {
-  exports.Set("tlsContext", Napi::Function::New(env, TlsContext, "tlsContext"));
-  exports.Set("tlsContextFree", Napi::Function::New(env, TlsContextFree, "tlsContextFree"));
-  exports.Set("tlsOpen", Napi::Function::New(env, TlsOpen, "tlsOpen"));
-  exports.Set("tlsWrite", Napi::Function::New(env, TlsWrite, "tlsWrite"));
-  exports.Set("tlsRead", Napi::Function::New(env, TlsRead, "tlsRead"));
-  exports.Set("tlsEnd", Napi::Function::New(env, TlsEnd, "tlsEnd"));
-  exports.Set("tlsClose", Napi::Function::New(env, TlsClose, "tlsClose"));
-  exports.Set("tlsStats", Napi::Function::New(env, TlsStats, "tlsStats"));
-  exports.Set("tlsCount", Napi::Function::New(env, TlsCount, "tlsCount"));
-  exports.Set("tlsEvents", [&] {
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("secure", static_cast<double>(kSecure));
-    o.Set("data", static_cast<double>(kData));
-    o.Set("end", static_cast<double>(kEnd));
-    o.Set("drain", static_cast<double>(kDrain));
-    o.Set("error", static_cast<double>(kError));
-    return o;
-  }());
-}
+TlsLinks& TlsLinksOf(Napi::Env env) { return EnvData::Get<TlsRegistry>(env); }
 
 }  // namespace idg
