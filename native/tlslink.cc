@@ -56,8 +56,9 @@ constexpr size_t kReadBuffer = 256 * 1024;   // plaintext handed up per callback
 constexpr int kMaxReadPasses = 4;            // callbacks per wake-up before yielding to the loop
 // What OpenSSL may queue on its own (KeyUpdate answers, alerts) before the link stops reading.
 constexpr size_t kMaxOwnOutput = 64 * 1024;
-// Plaintext pieces smaller than a record are gathered into whole records first.
+// Plaintext pieces smaller than kDirect are gathered into records of up to kGather bytes.
 constexpr size_t kGather = kMaxPlain;
+constexpr size_t kDirect = 4096;
 // RFC 8446 5.5: at most 2^24.5 AES-GCM records per key. We update our key well before.
 constexpr uint64_t kDefaultRekeyRecords = uint64_t(1) << 23;
 
@@ -387,16 +388,21 @@ class TlsRegistry final : public TlsLinks {
 
   // ------------------------------------------------------------ sending
 
-  /** One piece of a write: whole records straight from it, the rest gathered. */
+  /**
+   * One piece of a write. A large piece (a frame's payload) is sealed straight from its buffer, in
+   * whole records, after what was gathered before it as a record of its own (a frame header: a
+   * small record costs less than copying the payload behind it); small pieces are gathered into
+   * records.
+   */
   bool Feed(Link& l, const uint8_t* p, size_t n) {
+    if (n >= kDirect) {
+      if (l.gather.size() > 0 && !WriteGathered(l)) return false;
+      const size_t whole = n - n % kMaxPlain;
+      if (whole > 0 && !SslWrite(l, p, whole)) return false;
+      p += whole;
+      n -= whole;
+    }
     while (n > 0) {
-      if (l.gather.size() == 0 && n >= kGather) {
-        const size_t whole = n - n % kMaxPlain;
-        if (!SslWrite(l, p, whole)) return false;
-        p += whole;
-        n -= whole;
-        continue;
-      }
       const size_t take = std::min(n, kGather - l.gather.size());
       l.gather.append(p, take);
       p += take;
