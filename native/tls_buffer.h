@@ -27,6 +27,8 @@ class ByteBuf {
   void clear() { size_ = 0; }
   void reserve(size_t n);
   void append(const void* src, size_t n);
+  /** Set the size (at most the capacity). */
+  void resize_to(size_t n) { size_ = n; }
   /** Give the memory back when empty (after a burst). */
   void release();
 
@@ -52,5 +54,25 @@ struct OutBuffer {
 
 /** A BIO whose writes append to `out` (not owned). */
 BIO* NewOutBio(OutBuffer* out);
+
+/**
+ * Received bytes not yet taken by OpenSSL: buf[off, size). The link fills it with one read(2) per
+ * wake-up; OpenSSL (without read-ahead) takes each record from it. OpenSSL's own read-ahead on the
+ * socket would move what is left in its buffer to the front before every record, which costs a
+ * multiple of the data with a buffer of many records.
+ */
+struct InBuffer {
+  ByteBuf buf;
+  size_t off = 0;
+  bool eof = false;  // the peer's FIN: read(2) returned 0
+
+  size_t available() const { return buf.size() - off; }
+  /** Room for `n` more bytes at the end (what was taken is dropped first). */
+  uint8_t* room(size_t n);
+  void added(size_t n) { buf.resize_to(buf.size() + n); }
+};
+
+/** A BIO whose reads take from `in` (not owned): retry when it is empty, EOF after the peer's FIN. */
+BIO* NewInBio(InBuffer* in);
 
 }  // namespace idg

@@ -31,10 +31,10 @@ void CountMessage(int writing, int, int contentType, const void* buf, size_t len
 
 }  // namespace
 
-SSL* NewLinkSsl(SSL_CTX* ctx, int fd, bool server, OutBuffer* out, RecordCounters* counters) {
+SSL* NewLinkSsl(SSL_CTX* ctx, bool server, InBuffer* in, OutBuffer* out, RecordCounters* counters) {
   SSL* ssl = SSL_new(ctx);
   if (ssl == nullptr) return nullptr;
-  BIO* rbio = BIO_new_socket(fd, BIO_NOCLOSE);
+  BIO* rbio = NewInBio(in);
   BIO* wbio = NewOutBio(out);
   if (rbio == nullptr || wbio == nullptr) {
     BIO_free(rbio);
@@ -43,8 +43,6 @@ SSL* NewLinkSsl(SSL_CTX* ctx, int fd, bool server, OutBuffer* out, RecordCounter
     return nullptr;
   }
   SSL_set_bio(ssl, rbio, wbio);  // owned by the SSL now
-  SSL_set_read_ahead(ssl, 1);
-  SSL_set_default_read_buffer_len(ssl, kReadAhead);
   SSL_set_msg_callback(ssl, CountMessage);
   SSL_set_msg_callback_arg(ssl, counters);
   if (server) SSL_set_accept_state(ssl);

@@ -1,8 +1,8 @@
 // A link's SSL object and what its finished handshake tells JavaScript.
 //
-// The SSL reads the socket itself (a socket BIO with read-ahead into one large buffer, so that one
-// read(2) takes many records) and writes into the link's output buffer (tls_buffer.h), which the
-// link sends; OpenSSL seals and opens every record, before and after the handshake.
+// The SSL reads from the link's input buffer (filled with one read(2) of many records per wake-up)
+// and writes into its output buffer (sent with one send(2)): tls_buffer.h. OpenSSL seals and opens
+// every record, before and after the handshake.
 #pragma once
 
 #include <napi.h>
@@ -23,11 +23,8 @@ struct RecordCounters {
   uint64_t keyUpdatesSent = 0, keyUpdatesReceived = 0;
 };
 
-/** OpenSSL's read buffer: one read(2) takes up to this much. */
-constexpr size_t kReadAhead = 256 * 1024;
-
-/** An SSL for `fd` (not owned) in accept or connect state; null on failure (OpenSSL's error queue says why). */
-SSL* NewLinkSsl(SSL_CTX* ctx, int fd, bool server, OutBuffer* out, RecordCounters* counters);
+/** An SSL on `in` and `out` (not owned) in accept or connect state; null on failure (OpenSSL's error queue says why). */
+SSL* NewLinkSsl(SSL_CTX* ctx, bool server, InBuffer* in, OutBuffer* out, RecordCounters* counters);
 
 /** { peerCertificate: Buffer (DER), alpn?, cipher } of a finished handshake. */
 Napi::Object SecureInfo(Napi::Env env, SSL* ssl);

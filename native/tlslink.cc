@@ -53,6 +53,7 @@ namespace {
 
 constexpr size_t kMaxPlain = 16384;          // RFC 8446 5.1: 2^14
 constexpr size_t kReadBuffer = 256 * 1024;   // plaintext handed up per callback, at most
+constexpr size_t kReadSize = 256 * 1024;     // one read(2) takes at most this much
 constexpr int kMaxReadPasses = 4;            // callbacks per wake-up before yielding to the loop
 // What OpenSSL may queue on its own (KeyUpdate answers, alerts) before the link stops reading.
 constexpr size_t kMaxOwnOutput = 64 * 1024;
@@ -80,6 +81,7 @@ struct Link {
   bool secure = false;
   uint64_t rekeyRecords = kDefaultRekeyRecords;
   RecordCounters counters;
+  InBuffer in;    // received bytes, OpenSSL takes records from them
   OutBuffer out;
   ByteBuf gather;                   // small pieces of a write, until a record's worth
   uint8_t* plain = nullptr;         // the next data callback's buffer (kReadBuffer bytes)
@@ -126,7 +128,7 @@ class TlsRegistry final : public TlsLinks {
     link->registry = this;
     if (rekey >= 1) link->rekeyRecords = static_cast<uint64_t>(rekey);
     link->context = cit->second;
-    link->ssl = NewLinkSsl(cit->second->ctx, fd.Get(), server, &link->out, &link->counters);
+    link->ssl = NewLinkSsl(cit->second->ctx, server, &link->in, &link->out, &link->counters);
     if (link->ssl == nullptr) return ThrowSsl("SSL_new");
     uv_loop_t* loop = nullptr;
     if (napi_get_uv_event_loop(env_, &loop) != napi_ok || loop == nullptr) {
@@ -185,7 +187,7 @@ class TlsRegistry final : public TlsLinks {
     if (!l->secure) return;
     UpdatePoll(*l);
     // Records OpenSSL read already give the socket no readable edge: a pass on the next turn.
-    if (on && !l->ended && SSL_has_pending(l->ssl)) StartIdle(*l);
+    if (on && !l->ended && Buffered(*l)) StartIdle(*l);
   }
 
   /**
@@ -303,6 +305,9 @@ class TlsRegistry final : public TlsLinks {
     });
   }
 
+  /** Received bytes that give the socket no readable edge: in our input buffer or OpenSSL's. */
+  static bool Buffered(Link& l) { return l.in.available() > 0 || SSL_has_pending(l.ssl) == 1; }
+
   /** OpenSSL's own output the kernel has not taken is over its bound: no reading until it goes. */
   static bool OwnOutputFull(const Link& l) {
     return !l.out.empty() && l.out.addedWhileReading >= kMaxOwnOutput;
@@ -345,7 +350,7 @@ class TlsRegistry final : public TlsLinks {
         if (l == nullptr) return;
       }
       // Reading was held for OpenSSL's own output; what it holds already has no readable edge.
-      if (wasFull && !OwnOutputFull(*l) && l->reading && SSL_has_pending(l->ssl)) StartIdle(*l);
+      if (wasFull && !OwnOutputFull(*l) && l->reading && Buffered(*l)) StartIdle(*l);
     }
     if ((events & UV_READABLE) && l->reading && !l->ended) ReadPass(id);
   }
@@ -354,11 +359,22 @@ class TlsRegistry final : public TlsLinks {
 
   void Handshake(uint32_t id) {
     Link* l = Find(id);
-    ERR_clear_error();
-    errno = 0;
-    const int r = SSL_do_handshake(l->ssl);
-    const int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(l->ssl, r);
-    const int sys = errno;
+    int r, e, sys;
+    for (;;) {
+      ERR_clear_error();
+      errno = 0;
+      r = SSL_do_handshake(l->ssl);
+      e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(l->ssl, r);
+      sys = errno;
+      if (e != SSL_ERROR_WANT_READ) break;
+      const int got = FillIn(*l);
+      if (got == -EAGAIN) break;
+      if (got < 0) {
+        sys = -got;
+        e = SSL_ERROR_SYSCALL;
+        break;
+      }
+    }
     if (r != 1 && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
       // OpenSSL wrote its alert (a refused certificate, no common protocol, ...): send it first.
       Napi::Error err = SslCallError(env_, l->ssl, e, sys, "the link's TLS handshake");
@@ -383,7 +399,7 @@ class TlsRegistry final : public TlsLinks {
       if (l == nullptr) return;
     }
     // Records that came with the handshake's last flight are in OpenSSL's buffer already.
-    if (l->reading && SSL_has_pending(l->ssl)) StartIdle(*l);
+    if (l->reading && Buffered(*l)) StartIdle(*l);
   }
 
   // ------------------------------------------------------------ sending
@@ -485,6 +501,25 @@ class TlsRegistry final : public TlsLinks {
 
   // ------------------------------------------------------------ receiving
 
+  /** One read(2) into the input buffer: the bytes read, 0 at the peer's FIN, else -errno (-EAGAIN: nothing yet). */
+  int FillIn(Link& l) {
+    if (l.in.eof) return -EAGAIN;  // OpenSSL has seen the end already
+    uint8_t* at = l.in.room(kReadSize);
+    for (;;) {
+      const ssize_t n = ::read(l.fd, at, kReadSize);
+      if (n > 0) {
+        l.in.added(static_cast<size_t>(n));
+        return static_cast<int>(n);
+      }
+      if (n == 0) {
+        l.in.eof = true;
+        return 0;
+      }
+      if (errno == EINTR) continue;
+      return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    }
+  }
+
   /**
    * SSL_read_ex into one buffer until OpenSSL wants the socket again (or the buffer is full), then
    * one data callback; at most kMaxReadPasses of them per wake-up.
@@ -511,6 +546,16 @@ class TlsRegistry final : public TlsLinks {
         }
         stop = SSL_get_error(l->ssl, r);
         sys = errno;
+        if (stop == SSL_ERROR_WANT_READ) {
+          const int more = FillIn(*l);
+          if (more == -EAGAIN) break;
+          if (more < 0) {
+            stop = SSL_ERROR_SYSCALL;
+            sys = -more;
+            break;
+          }
+          continue;  // bytes or the peer's FIN: OpenSSL takes them
+        }
         break;
       }
       // The peer asked for our KeyUpdate: one answer for every request of this pass (RFC 8446
@@ -538,7 +583,7 @@ class TlsRegistry final : public TlsLinks {
       // The buffer filled (or our own output did): more may be waiting in OpenSSL's buffer.
     }
     Link* l = Find(id);
-    if (l != nullptr && l->reading && !l->ended && !OwnOutputFull(*l) && SSL_has_pending(l->ssl)) StartIdle(*l);
+    if (l != nullptr && l->reading && !l->ended && !OwnOutputFull(*l) && Buffered(*l)) StartIdle(*l);
   }
 
   /** The plaintext as a JavaScript buffer: small ones copied, large ones handed over. */
