@@ -9,8 +9,10 @@
 // the addon does the I/O around it:
 //   - a batched write is SSL_write_ex'd piece by piece (small pieces gathered into whole records)
 //     into a BIO that appends to one output buffer (tls_buffer.h), sent with one send(2);
-//   - a wake-up reads with OpenSSL's read-ahead (one read(2) of up to 256 KiB of records) and
-//     SSL_read_ex's into one buffer until WANT_READ, handed up with one callback.
+//   - a wake-up reads the socket with one read(2) of up to 256 KiB of records into the link's
+//     input buffer, which OpenSSL reads through a BIO, and SSL_read_ex's into one buffer until
+//     WANT_READ, handed up with one callback. (OpenSSL's own read-ahead on the socket would do
+//     the same read, but moves what is left of its buffer to the front before every record.)
 // We send a KeyUpdate before AES-GCM's record limit (RFC 8446 5.5), which Node's TLS never does
 // for a long-lived link.
 //
