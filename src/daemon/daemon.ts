@@ -22,6 +22,7 @@ import { defaultConfig, loadConfig, loadTunnelConfig, type Config } from './conf
 import { ControlServer } from './control';
 import { createLogger, eventLog, type LogFormat } from './log';
 import type { EventLog } from '../util/eventlog';
+import { EXIT_FAULT, installFaultPolicy } from '../util/faultpolicy';
 import { DaemonOps } from './ops';
 import { resolveTables } from './tables';
 import { TunnelNode } from '../tunnel/node';
@@ -34,7 +35,7 @@ export interface DaemonOptions {
   logFormat?: LogFormat;
 }
 
-export const DEFAULT_STATE_DIR = '/var/lib/ipdeadgate';
+export { DEFAULT_STATE_DIR } from './statedir';
 
 /** What each capability the daemon needs is for, in the message that refuses to start without it. */
 const NEEDED_CAPABILITIES: Record<CapabilityName, string> = {
@@ -190,7 +191,12 @@ export class Daemon {
     };
     this.subscription = await this.rtnl.subscribe(['neighbour', 'route', 'link', 'nexthop'], (ev) => {
       if (ev.kind === 'neighbour' && ev.op === 'new')
-        engine.onNeighbour(ev.neighbour.address, ev.neighbour.ifindex, ev.neighbour.state);
+        engine.onNeighbour(
+          ev.neighbour.address,
+          ev.neighbour.ifindex,
+          ev.neighbour.state,
+          ev.neighbour.lladdr,
+        );
       // A nexthop object changed or deleted changes its routes without route events of their own.
       else if (ev.kind === 'route' || ev.kind === 'nexthop') engine.onRoutesChanged();
       else if (ev.kind === 'link') onLinkEvent();
@@ -353,6 +359,11 @@ export class Daemon {
     return this.stopping;
   }
 
+  /** Where the daemon's events go (counted for metrics once started). */
+  get eventPort(): EventLog {
+    return this.events ?? eventLog(this.log);
+  }
+
   get currentConfig(): Config {
     return this.config;
   }
@@ -380,7 +391,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     service.notify('STOPPING=1', `STATUS=${restore ? 'restoring' : 'keeping'} withdrawn routes (${sig})`);
     daemon
       .stop({ restore })
-      .then(() => resolveStop(0))
+      .then(() => resolveStop(faultStop ? EXIT_FAULT : 0))
       .catch((err: unknown) => {
         process.stderr.write(`ipdeadgate: stopping on ${sig}: ${(err as Error).message}\n`);
         resolveStop(1);
@@ -407,6 +418,18 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   process.once('SIGINT', onInt);
   process.once('SIGUSR2', onUsr2);
   process.on('SIGHUP', onHup);
+  // Faults nothing handled (src/util/faultpolicy.ts): a rejection is logged and counted; an
+  // uncaught exception stops the daemon the way SIGTERM does (withdrawn routes restored), exit 70.
+  let faultStop = false;
+  const faults = installFaultPolicy({
+    events: { event: (name, fields, level) => daemon.eventPort.event(name, fields, level) },
+    stop: () => {
+      faultStop = true;
+      onStop('SIGTERM');
+      return stopped;
+    },
+  });
+  void stopped.then(() => faults.uninstall());
   try {
     await daemon.start();
   } catch (err) {
@@ -414,6 +437,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     process.off('SIGINT', onInt);
     process.off('SIGUSR2', onUsr2);
     process.off('SIGHUP', onHup);
+    faults.uninstall();
     await daemon.stop().catch(() => undefined);
     throw err;
   }

@@ -1,5 +1,6 @@
-// Detection state on disk, in the state directory: the journal of withdrawn routes and the on/off
-// switch. Both are written atomically and fsync'd (src/util/atomic.ts) before the kernel changes.
+// Detection state on disk, in the state directory: the journal of withdrawn routes, the on/off
+// switch and the gateways' known MACs. All are written atomically and fsync'd (src/util/atomic.ts);
+// the journal before the kernel changes.
 import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { IpdeadgateError } from '../errors';
@@ -8,6 +9,8 @@ import type { DgdStore, GroupJournalEntry, JournalEntry } from './ports';
 
 const JOURNAL = 'withdrawn-routes.json';
 const SWITCH = 'dgd-enabled.json';
+const MACS = 'gateway-macs.json';
+const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 
 export class FileStore implements DgdStore {
   constructor(readonly dir: string) {}
@@ -53,6 +56,20 @@ export class FileStore implements DgdStore {
 
   async saveEnabled(enabled: boolean): Promise<void> {
     await writeFileAtomic(path.join(this.dir, SWITCH), JSON.stringify({ enabled }) + '\n');
+  }
+
+  /** Known MACs; entries that are not "address%ifname" -> MAC are skipped (the file is advisory). */
+  async loadMacs(): Promise<Record<string, string>> {
+    const data = (await readJson(path.join(this.dir, MACS))) as { macs?: unknown } | null;
+    const out: Record<string, string> = {};
+    if (!data || typeof data.macs !== 'object' || data.macs === null) return out;
+    for (const [k, v] of Object.entries(data.macs as Record<string, unknown>))
+      if (k.includes('%') && typeof v === 'string' && MAC.test(v)) out[k] = v;
+    return out;
+  }
+
+  async saveMacs(macs: Record<string, string>): Promise<void> {
+    await writeFileAtomic(path.join(this.dir, MACS), JSON.stringify({ version: 1, macs }, null, 1) + '\n');
   }
 }
 

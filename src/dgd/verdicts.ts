@@ -10,7 +10,8 @@ import type { EventLog, LogLevel } from '../util/eventlog';
 import type { DgdConfig } from './config';
 import { emit, type TriggerKind } from './events';
 import { GatewayMachine, isDead, type Gateway, type GatewayHost, type InflightVerification } from './gateway';
-import type { DgdPorts, Verification } from './ports';
+import { GatewayMacs } from './gatewaymacs';
+import type { DgdPorts, DgdStore, Verification } from './ports';
 import { describeRoute } from './routeplan';
 import type { RouteKeeper } from './routekeeper';
 import type { TriggerDetail } from './triggers';
@@ -29,15 +30,20 @@ export interface VerdictOptions {
   routesSwitched: (g: Gateway) => Promise<void>;
   /** Still dead at a slow poll: routing daemons that could not be told are told now. */
   stillDead: () => Promise<void>;
+  /** Where the gateways' known MACs are kept across restarts (absent: not kept). */
+  store?: DgdStore;
 }
 
 /** The verdict room; it also implements the machine's host (the slow poll's timer). */
 export class Verdicts implements GatewayHost {
   /** The gateway machine, driven by this room and, for off, journal and interface events, the engine. */
   readonly machine: GatewayMachine;
+  /** The gateways' known MACs: pinned, or following the kernel's neighbour entries. */
+  readonly macs: GatewayMacs;
 
   constructor(private readonly o: VerdictOptions) {
     this.machine = new GatewayMachine(this);
+    this.macs = new GatewayMacs({ store: o.store ?? null, log: o.log, config: o.config });
   }
 
   get clock(): Clock {
@@ -66,7 +72,14 @@ export class Verdicts implements GatewayHost {
   }
 
   macTrusted(g: Gateway, mac: string): boolean {
-    return !g.mac || g.mac === mac || this.o.config().allow_mac_change;
+    const known = this.macs.known(g);
+    if (known.pinned) return known.mac === mac;
+    return !known.mac || known.mac === mac || this.o.config().allow_mac_change;
+  }
+
+  /** The kernel's neighbour entry for g changed (rtnetlink): its known MAC follows a move. */
+  kernelNeighbour(g: Gateway, state: string, lladdr: string | null): void {
+    this.macs.followKernel(g, state, lladdr);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -118,13 +131,25 @@ export class Verdicts implements GatewayHost {
         level,
       );
     } else {
-      await this.declareDead(g, `no ARP/NDP answer to ${v.probesSent} probes after ${kind}`);
+      // A death is news even when its trigger joined an incident quietly.
+      if (quiet)
+        emit(this.o.log, {
+          event: 'trigger',
+          gateway: g.address,
+          interface: g.ifname,
+          reason: kind,
+          ...detail,
+        });
+      await this.declareDead(g, `${v.reason ?? `no ARP/NDP answer to ${v.probesSent} probes`} after ${kind}`);
     }
   }
 
-  /** One retransmission before the threshold: verify now; the threshold's trigger reuses it. */
-  speculate(g: Gateway): void {
-    void this.verification(g, 'speculative').catch(() => undefined);
+  /**
+   * One retransmission before the threshold: verify now; the threshold's trigger reuses it.
+   * quiet: within an incident whose gateway answered, an unchanged verdict is debug detail.
+   */
+  speculate(g: Gateway, quiet = false): void {
+    void this.verification(g, 'speculative', quiet).catch(() => undefined);
   }
 
   /**
@@ -157,6 +182,7 @@ export class Verdicts implements GatewayHost {
       return last;
     }
     const startedAt = this.o.clock.now();
+    const known = this.macs.known(g);
     const promise = this.o.ports
       .verify({
         gateway: g.address,
@@ -164,8 +190,11 @@ export class Verdicts implements GatewayHost {
         ifindex: g.ifindex,
         probes: cfg.verify_probes,
         intervalMs: cfg.verify_timeout,
-        knownMac: g.mac,
-        allowMacChange: cfg.allow_mac_change,
+        knownMac: known.mac,
+        macPinned: known.pinned,
+        allowMacChange: cfg.allow_mac_change && !known.pinned,
+        // A dead gateway's poll asks only whether its known MAC answers: a revival does not wait.
+        untilDeadline: mode !== 'poll',
       })
       .then((v) => {
         this.recordVerdict(g, v, startedAt, inflight.speculative, quiet);
@@ -188,23 +217,49 @@ export class Verdicts implements GatewayHost {
   ): void {
     g.verifications++;
     g.lastVerification = { ...v, at: startedAt };
-    if (v.alive && v.mac && (!g.mac || this.o.config().allow_mac_change)) g.mac = v.mac;
+    const known = this.macs.known(g);
     // A quiet re-verification's steps and an unchanged (alive) verdict are debug detail.
     const level: LogLevel = quiet && v.alive ? 'debug' : 'info';
     for (const s of v.steps)
       emit(this.o.log, { event: 'verify_step', gateway: g.address, interface: g.ifname, ...s }, level);
-    if (v.untrustedMac)
+    const conflicts = v.conflicts ?? [];
+    if (conflicts.length > 0)
       emit(
         this.o.log,
         {
-          event: 'mac_changed',
+          event: 'neighbour_conflict',
           gateway: g.address,
-          known_mac: g.mac,
-          seen_mac: v.untrustedMac,
-          trusted: false,
+          interface: g.ifname,
+          known_mac: v.movedFrom ? v.mac : known.mac,
+          seen_macs: conflicts,
+          known_answered: v.alive,
         },
         'warn',
       );
+    if (v.alive && v.mac && v.mac !== known.mac && !known.pinned) {
+      if (v.movedFrom)
+        emit(
+          this.o.log,
+          {
+            event: 'neighbour_moved',
+            gateway: g.address,
+            interface: g.ifname,
+            from: known.mac,
+            to: v.mac,
+            by: 'verification',
+          },
+          'warn',
+        );
+      if (v.macChanged && !v.movedFrom)
+        emit(this.o.log, {
+          event: 'mac_changed',
+          gateway: g.address,
+          known_mac: known.mac,
+          seen_mac: v.mac,
+          trusted: true,
+        });
+      this.macs.set(g, v.mac);
+    }
     emit(
       this.o.log,
       {
@@ -227,17 +282,35 @@ export class Verdicts implements GatewayHost {
   async declareDead(g: Gateway, reason: string): Promise<void> {
     if (isDead(g)) return;
     this.machine.fire(g, { type: 'no_answer' }, reason);
-    await this.o.keeper.withdraw(g, reason);
+    await this.withdrawAndRelease(g, reason, true);
+  }
+
+  /**
+   * Routes put back through dead g (by their owner, a DHCP renewal, `networkctl reconfigure`):
+   * withdrawn again, and the flows that used them in between released like at the death.
+   */
+  async withdrawAgain(g: Gateway, reason: string): Promise<void> {
+    await this.withdrawAndRelease(g, reason, false);
+  }
+
+  private async withdrawAndRelease(g: Gateway, reason: string, death: boolean): Promise<void> {
+    const done = await this.o.keeper.withdraw(g, reason);
+    if (!death && done.length === 0) return;
     // Flows that were retransmitting through g get their latest segment resent through the new
     // route now, before the neighbour flush below.
     await this.o.routesSwitched(g);
-    if (!this.o.running()) return;
+    if (!this.o.running() || !isDead(g)) return;
     // Our purge left the gateway's neighbour entry unresolved, and the kernel parks packets
     // (TCP's retransmissions among them) in it until it fails; TCP does not retransmit a segment
     // still held in the host. Deleting the entry frees them, so the next retransmission takes the
     // new route instead of waiting one more backoff.
+    // After a route was put back, what the flows sent meanwhile waits in the entry the kernel
+    // started for g (INCOMPLETE, failed only after 3 s): the same flush frees it.
     await this.o.ports
       .flushNeighbour(g.ifindex, g.address)
+      .then(() =>
+        emit(this.o.log, { event: 'neighbour_flushed', gateway: g.address, interface: g.ifname, reason }),
+      )
       .catch((err: unknown) =>
         emit(
           this.o.log,
@@ -259,20 +332,24 @@ export class Verdicts implements GatewayHost {
       return;
     }
     this.cancelPoll(g);
-    await this.o.keeper.restore(g, reason);
-    const left = this.o.keeper.waitingVia(g);
-    if (left.length > 0) {
-      emit(this.o.log, {
-        event: 'routes_waiting',
-        gateway: g.address,
-        interface: g.ifname,
-        routes: left.map((e) => describeRoute(e.original)),
-        note: 'their interface is not up (or is being renumbered); restored when it is',
-      });
-      this.machine.fire(g, { type: 'routes_waiting' }, 'routes wait for their interface');
-      return;
-    }
-    this.machine.fire(g, { type: 'revived' }, reason);
+    // Restored and marked alive in one step of the route chain: a re-check or a refresh queued
+    // meanwhile (it saw the restored route while g was still dead) finds g alive when it runs.
+    await this.o.keeper.restore(g, reason, () => {
+      if (!isDead(g)) return; // another revival (a poll and active probing) came first
+      const left = this.o.keeper.waitingVia(g);
+      if (left.length > 0) {
+        emit(this.o.log, {
+          event: 'routes_waiting',
+          gateway: g.address,
+          interface: g.ifname,
+          routes: left.map((e) => describeRoute(e.original)),
+          note: 'their interface is not up (or is being renumbered); restored when it is',
+        });
+        this.machine.fire(g, { type: 'routes_waiting' }, 'routes wait for their interface');
+        return;
+      }
+      this.machine.fire(g, { type: 'revived' }, reason);
+    });
   }
 
   // ---------------------------------------------------------------------------------------------
