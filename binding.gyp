@@ -11,11 +11,16 @@
         "native/peercred.cc",
         "native/pcap.cc",
         "native/sdnotify.cc",
-        "native/tlslink.cc"
+        "native/tlslink.cc",
+        "native/tls_buffer.cc",
+        "native/tls_errors.cc",
+        "native/tls_context.cc",
+        "native/tls_handshake.cc",
+        "native/tls_bindings.cc"
       ],
       "libraries": ["-lpcap"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
-      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions"],
       "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Werror=return-type"],
