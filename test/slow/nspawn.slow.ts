@@ -305,7 +305,7 @@ describe('the Debian package under systemd (systemd-nspawn, Debian 12)', functio
   });
 
   it('the tunnel template unit runs a tunnel node from /etc/ipdeadgate/tunnel-NAME.yaml', async () => {
-    pki = makePki(['gw-t1']);
+    pki = makePki(['gw-t1'], { 'gw-t1': ['echo'] });
     m.writeFile('/etc/ipdeadgate/tls/ca.pem', fs.readFileSync(pki.ca), 0o644);
     m.writeFile('/etc/ipdeadgate/tls/gw-t1.pem', fs.readFileSync(pki.nodes['gw-t1']!.cert), 0o644);
     m.writeFile('/etc/ipdeadgate/tls/gw-t1.key', fs.readFileSync(pki.nodes['gw-t1']!.key), 0o600);
