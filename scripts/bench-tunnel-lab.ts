@@ -78,7 +78,7 @@ function descendants(pid: number): number[] {
 
 async function main(): Promise<void> {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'idg-bench-tunnel-'));
-  const pki = makePki(['a', 'b'], tmp);
+  const pki = makePki(['a', 'b'], { b: ['iperf', 'echo', 'hold'] }, tmp);
   let createdRunSshd = false;
   const lab = await Lab.create({
     hosts: { a: {}, b: {} },

@@ -352,6 +352,11 @@ export class DaemonMetrics {
         'Tunnel links refused (by this node or by its peer), by reason (cert_expired, unknown_ca, name_mismatch, ...)',
         (t: TunnelStatus) => t.link_refusals ?? {},
       ],
+      [
+        'ipdeadgate_tunnel_announcements_ignored_total',
+        "Service entries of peers' announcements ignored, by the rule (certificate, peers)",
+        (t: TunnelStatus) => t.announcements_ignored ?? {},
+      ],
     ] as const)
       new Counter({
         name,

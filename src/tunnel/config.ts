@@ -75,10 +75,11 @@ const serviceName = z
   .regex(SERVICE_NAME, 'must be 1-63 letters, digits, "_", "." or "-", starting with a letter or digit');
 
 /** A service name, a prefix ending in "*", or "*" alone (any). */
+export const SERVICE_PATTERN = /^(\*|[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\*?)$/;
 const servicePattern = z
   .string()
   .regex(
-    /^(\*|[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\*?)$/,
+    SERVICE_PATTERN,
     'must be a service name, a prefix ending in "*" (e.g. "endpoint-*"), or "*" for any',
   );
 

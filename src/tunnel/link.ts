@@ -51,6 +51,7 @@ export {
   classifyTlsError,
   LINK_ALPN,
   loadTls,
+  SERVICE_URI_PREFIX,
   type TlsFiles,
   type TlsMaterial,
 } from './linktls';
@@ -110,7 +111,8 @@ export class Link extends EventEmitter implements LinkLifeHost {
   readonly session: MuxSession;
   readonly life: LinkLife;
   peerCertSubject = '';
-  private readonly peerCert: tls.PeerCertificate | undefined;
+  /** The peer's certificate: the names and services it vouches for. */
+  readonly peerCert: tls.PeerCertificate | undefined;
   private control: MuxStream | undefined;
   private lastTold = '';
   readonly remote: string;

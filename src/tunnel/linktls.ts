@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import type * as tls from 'node:tls';
 import { ConfigError } from '../errors';
 import { TlsLinkContext } from '../sys/tlslink';
+import { SERVICE_PATTERN } from './config';
 import type { LinkRefusal } from './linklife';
 
 /** The link protocol and its version, carried in ALPN (docs/protocol.md). */
@@ -50,19 +51,45 @@ export function classifyTlsError(code: string | undefined, message = ''): LinkRe
 }
 
 /**
+ * URI SANs with this prefix name services, not the node: `ipdeadgate:service:NAME` vouches that the
+ * holder may announce NAME (a name, a prefix ending in "*", or "*"; docs/security.md).
+ */
+export const SERVICE_URI_PREFIX = 'ipdeadgate:service:';
+
+/** The DNS and URI entries of a subjectAltName string ("DNS:a, URI:b"). */
+function sanEntries(subjectaltname: string | undefined): { kind: string; value: string }[] {
+  const out: { kind: string; value: string }[] = [];
+  for (const part of (subjectaltname ?? '').split(/,\s*/)) {
+    const m = /^(DNS|URI):(.*)$/.exec(part.trim().replace(/^"|"$/g, ''));
+    if (m) out.push({ kind: m[1]!, value: m[2]! });
+  }
+  return out;
+}
+
+/**
+ * The services a certificate vouches for: the patterns of its `ipdeadgate:service:` URI SANs
+ * (malformed ones are left out, so they vouch for nothing).
+ */
+export function certificateServices(subjectaltname: string | undefined): string[] {
+  return sanEntries(subjectaltname)
+    .filter((e) => e.kind === 'URI' && e.value.startsWith(SERVICE_URI_PREFIX))
+    .map((e) => e.value.slice(SERVICE_URI_PREFIX.length))
+    .filter((p) => SERVICE_PATTERN.test(p));
+}
+
+/**
  * The names a certificate vouches for (docs/protocol.md "Identities"): its DNS subject alternative
  * names and the last segment of each URI SAN (after the last "/" or ":", as in SPIFFE IDs such as
- * spiffe://example.org/tunnel/gw1); its CN only when it has no DNS or URI SAN (RFC 6125 6.4.4).
+ * spiffe://example.org/tunnel/gw1) but the service URIs (SERVICE_URI_PREFIX), which name no node;
+ * its CN only when it has no such DNS or URI SAN (RFC 6125 6.4.4).
  */
 export function certificateNames(cert: tls.PeerCertificate | undefined): string[] {
   if (!cert || !Object.keys(cert).length) return [];
   const names: string[] = [];
-  for (const part of (cert.subjectaltname ?? '').split(/,\s*/)) {
-    const m = /^(DNS|URI):(.*)$/.exec(part.trim().replace(/^"|"$/g, ''));
-    if (!m) continue;
-    if (m[1] === 'DNS') names.push(m[2]!);
-    else {
-      const seg = /[^/:]*$/.exec(m[2]!.replace(/\/+$/, ''))?.[0] ?? '';
+  for (const e of sanEntries(cert.subjectaltname)) {
+    if (e.kind === 'DNS') names.push(e.value);
+    else if (!e.value.startsWith(SERVICE_URI_PREFIX)) {
+      const seg = /[^/:]*$/.exec(e.value.replace(/\/+$/, ''))?.[0] ?? '';
       if (seg) names.push(seg);
     }
   }

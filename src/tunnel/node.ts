@@ -9,6 +9,7 @@ import { systemClock, type Clock } from '../util/clock';
 import type { EventLog } from '../util/eventlog';
 import { AcceptBackoff } from './acceptbackoff';
 import { CloseGuard, type SocketPorts } from './closeguard';
+import { ownCertificateWarning, vetAnnouncement } from './announcetrust';
 import {
   formatHostPort,
   matchesAny,
@@ -90,6 +91,8 @@ export interface TunnelStatus {
   };
   /** Links refused (by us or by the peer), by reason (src/tunnel/linklife.ts LinkRefusal). */
   link_refusals?: Record<string, number>;
+  /** Service entries of peers' announcements ignored, by rule ('certificate', 'peers'). */
+  announcements_ignored?: Record<string, number>;
   /**
    * Events the machines of links and their dialers did not expect in their state
    * (src/tunnel/linklife.ts, src/tunnel/dialerlife.ts).
@@ -117,6 +120,8 @@ export class TunnelNode extends EventEmitter {
   private readonly events: EventLog;
   private readonly limit: EventRateLimit;
   private readonly linkRefusals: Record<string, number> = {};
+  /** Service entries of peers' announcements ignored, by the rule that ignored them. */
+  private readonly announcementsIgnored: Record<string, number> = {};
   private readonly clock: Clock;
   private readonly router: Router<Link>;
   private readonly guard: CloseGuard;
@@ -217,6 +222,7 @@ export class TunnelNode extends EventEmitter {
   private async startAll(): Promise<void> {
     this.material = loadTls(this.cfg.tls);
     this.lo = this.linkOptions();
+    this.warnOwnCertificate();
     const material = this.material;
     const lo = this.lo;
     if (this.cfg.listen) {
@@ -354,6 +360,7 @@ export class TunnelNode extends EventEmitter {
     });
     // Services and peers: announce again, filter again, drop peers no longer allowed.
     this.router.setOwnServices(Object.keys(next.services));
+    if (changed.includes('services')) this.warnOwnCertificate();
     if (changed.includes('peers'))
       for (const l of [...this.allLinks]) {
         const notAllowed = this.lo!.admitPeer?.(l.peerName);
@@ -397,22 +404,22 @@ export class TunnelNode extends EventEmitter {
     if (f) this.events.event('tunnel_link_refused', f, 'warn');
   }
 
-  /** Keep what a peer may announce (tunnel.peers.NAME.announce); an event for what it may not. */
+  /** Keep what a peer may announce (src/tunnel/announcetrust.ts); counted, and an event, for what it may not. */
   private filterAnnounced(link: Link, services: Record<string, number>): Record<string, number> {
-    const rule = ownEntry(this.cfg.peers, link.peerName);
-    if (!this.cfg.peers) return services;
-    const kept: Record<string, number> = {};
-    const ignored: string[] = [];
-    for (const [svc, hops] of Object.entries(services)) {
-      if (rule && matchesAny(rule.announce, svc)) kept[svc] = hops;
-      else ignored.push(svc);
-    }
-    if (ignored.length) {
-      const key = `announce_ignored ${link.peerName} ${ignored.join(',')}`;
-      const f = this.limit.admit(key, { peer: link.peerName, remote: link.remote, services: ignored });
-      if (f) this.events.event('tunnel_announcement_ignored', f, 'warn');
-    }
-    return kept;
+    const v = vetAnnouncement(this.cfg.peers, link.peerName, link.peerCert?.subjectaltname, services);
+    if (!v.ignored.length) return v.kept;
+    this.announcementsIgnored[v.rule] = (this.announcementsIgnored[v.rule] ?? 0) + v.ignored.length;
+    const { peerName: peer, remote } = link;
+    const fields = { peer, remote, services: v.ignored, rule: v.rule, detail: v.detail };
+    const f = this.limit.admit(`announce_ignored ${peer} ${v.ignored.join(',')}`, fields);
+    if (f) this.events.event('tunnel_announcement_ignored', f, 'warn');
+    return v.kept;
+  }
+
+  /** Our own services that peers without tunnel.peers will ignore, as our certificate stands. */
+  private warnOwnCertificate(): void {
+    const w = ownCertificateWarning(this.material!.cert, this.cfg);
+    if (w) this.events.event('tunnel_certificate_names_no_service', w, 'warn');
   }
 
   /** Services changed: tell every link (each link sends only when its view changed). */
@@ -659,6 +666,7 @@ export class TunnelNode extends EventEmitter {
           (this.listener?.acceptErrors ?? 0) + this.forwards.reduce((n, f) => n + f.backoff.errors, 0),
       },
       link_refusals: { ...this.linkRefusals },
+      announcements_ignored: { ...this.announcementsIgnored },
       link_invalid_events: this.invalidLinkEvents,
       stream_faults: this.streamFaults,
       turned_away: this.listener ? { ...this.listener.turnedAway } : {},

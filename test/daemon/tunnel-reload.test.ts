@@ -98,7 +98,7 @@ describe('daemon: SIGHUP with a tunnel section', function () {
   before(async function () {
     requireRoot(this);
     lab = await Lab.create(dgdLabSpec());
-    pki = makePki(['gw1', 'ep1']);
+    pki = makePki(['gw1', 'ep1'], { gw1: ['back'], ep1: ['echo', 'echo2'] });
     await startFlowServer(lab, 'client', ECHO).listening;
     // ep1: an `ipdeadgate tunnel` endpoint proxy on loopback, offering echo and echo2 (the same
     // echo) to the daemon, and forwarding EP_FWD to "back", which the daemon offers only after

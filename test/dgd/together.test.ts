@@ -27,7 +27,7 @@ describe('detection and the tunnel in one daemon', function () {
 
   it('r1 dies under a link: detection fails over, the link and its session survive without reconnecting', async () => {
     lab = await Lab.create(dgdLabSpec());
-    pki = makePki(['gw1', 'ep1']);
+    pki = makePki(['gw1', 'ep1'], { ep1: ['echo'] });
     // The server side: an echo service and an endpoint proxy accepting the link.
     await startFlowServer(lab, 'server', 7000).listening;
     const epCfg = path.join(pki.dir, 'ep1.yaml');

@@ -385,7 +385,7 @@ describe('the Debian package under systemd (systemd-nspawn, a stock Debian 13)',
   });
 
   it('the tunnel template unit runs a tunnel node from /etc/ipdeadgate/tunnel-NAME.yaml', async () => {
-    pki = makePki(['gw-t1', 'ep-t1']);
+    pki = makePki(['gw-t1', 'ep-t1'], { 'gw-t1': ['echo'] });
     // The service the gateway proxy dials: an echo server on r2, on the container's LAN (the
     // server behind the routers may be unreachable just now: r1 is dead, its route still in place
     // until traffic shows it, and a connect through its FAILED neighbour entry fails at once).

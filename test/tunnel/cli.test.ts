@@ -23,7 +23,7 @@ describe('tunnel: the ipdeadgate tunnel command', function () {
   this.timeout(30_000);
   let pki: TestPki;
   before(() => {
-    pki = makePki(['gw1', 'ep']);
+    pki = makePki(['gw1', 'ep'], { gw1: ['gateway', 'echo', 'echo2'] });
   });
   after(() => pki.cleanup());
 

@@ -109,7 +109,7 @@ describe('tunnel lab: a hostile peer and hostile clients against a gateway proxy
 
   before(async function () {
     requireRoot(this);
-    pki = makePki(['gw', 'ep', 'probe']);
+    pki = makePki(['gw', 'ep', 'probe'], { gw: ['echo', 'stall'] });
     const m = (h: string, ip: string) => ({ host: h, iface: 'eth0', addrs: [`${ip}/24`] });
     lab = await Lab.create({
       hosts: { gw: {}, ep: {}, atk: {}, svc: {}, client: {} },

@@ -41,7 +41,7 @@ describe('tunnel: identities bound to certificates, peers authorized, every refu
   const nodes: TunnelNode[] = [];
 
   before(() => {
-    pki = makePki(['gw1', 'ep', 'relay']);
+    pki = makePki(['gw1', 'ep', 'relay'], { ep: ['gateway', 'other'] });
   });
   after(() => pki.cleanup());
   afterEach(async () => {

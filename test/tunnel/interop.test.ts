@@ -140,7 +140,7 @@ describe('tunnel: a concurrent, reordering opener against a tunnel node (raw fra
   this.timeout(30_000);
   let pki: TestPki;
   before(() => {
-    pki = makePki(['gw1', 'ep']);
+    pki = makePki(['gw1', 'ep'], { gw1: ['echo'] });
   });
   after(() => pki.cleanup());
 

@@ -34,7 +34,11 @@ describe('tunnel lab: firewall, gateway proxies, endpoint proxy', function () {
 
   before(async function () {
     requireRoot(this);
-    pki = makePki(['gw1', 'gw2', 'ep', 'probe']);
+    pki = makePki(['gw1', 'gw2', 'ep', 'probe'], {
+      gw1: ['endpoint-e'],
+      gw2: ['endpoint-e'],
+      ep: ['gateway'],
+    });
     lab = await Lab.create(firewallLabSpec());
     await installFirewall(lab);
     gatewayEcho = startEcho(lab, 'gateway', TUN.gateway, TUN.gatewayPort); // the real gateway's service
@@ -318,7 +322,7 @@ describe('tunnel lab: a relay chain of two', function () {
 
   before(async function () {
     requireRoot(this);
-    pki = makePki(['gwp', 'r1', 'r2', 'epp']);
+    pki = makePki(['gwp', 'r1', 'r2', 'epp'], { r1: ['*'], r2: ['*'], epp: ['gateway'] });
     const a = (host: string, last: number) => ({ host, iface: 'eth0', addrs: [`198.18.3.${last}/24`] });
     lab = await Lab.create({
       hosts: { server: {}, epp: {}, r1: {}, r2: {}, gwp: {}, client: {} },

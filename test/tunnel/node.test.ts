@@ -49,7 +49,7 @@ describe('tunnel: nodes over TLS on loopback', function () {
   const servers: net.Server[] = [];
 
   before(() => {
-    pki = makePki(['gw1', 'gw2', 'ep', 'relay']);
+    pki = makePki(['gw1', 'gw2', 'ep', 'relay'], { gw1: ['gateway'], gw2: ['gateway'], relay: ['*'] });
   });
   after(() => pki.cleanup());
   afterEach(async () => {

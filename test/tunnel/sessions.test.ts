@@ -70,7 +70,7 @@ describe('tunnel lab: every session ends (resets during the dial, link cuts, slo
 
   before(async function () {
     requireRoot(this);
-    pki = makePki(['gwp', 'epp']);
+    pki = makePki(['gwp', 'epp'], { epp: ['svc', 'slow', 'dead'] });
     const m = (host: keyof typeof A, iface = 'eth0') => ({ host, iface, addrs: [`${A[host]}/24`] });
     lab = await Lab.create({
       hosts: { client: {}, gwp: {}, epp: {}, svc: {} },
