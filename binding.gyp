@@ -11,7 +11,8 @@
         "native/peercred.cc",
         "native/pcap.cc",
         "native/sdnotify.cc",
-        "native/tlslink.cc"
+        "native/tlslink.cc",
+        "native/filelock.cc"
       ],
       "libraries": ["-lpcap"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

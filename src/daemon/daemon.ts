@@ -3,7 +3,6 @@
 // handle signals: SIGTERM/SIGINT restore every withdrawn route and exit 0 (SIGUSR2, for a package
 // upgrade, exits 0 leaving them withdrawn and journaled for the next start); SIGHUP reloads the
 // config (a bad new config is refused and the old one stays).
-import { mkdir } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { ConfigError, IpdeadgateError } from '../errors';
 import { SystemPorts } from '../dgd/systemports';
@@ -23,6 +22,8 @@ import { ControlServer } from './control';
 import { createLogger, eventLog, type LogFormat } from './log';
 import type { EventLog } from '../util/eventlog';
 import { DaemonOps } from './ops';
+import { checkStateDir, StateDirLock } from './statedir';
+import { DurableWriter } from '../util/durable';
 import { resolveTables } from './tables';
 import { TunnelNode } from '../tunnel/node';
 import type { TunnelConfig } from '../tunnel/config';
@@ -99,6 +100,10 @@ export class Daemon {
   /** The tunnel role(s) of the config, in the same process as detection. */
   private tunnel: TunnelNode | null = null;
   private tunnelConfig: TunnelConfig | null = null;
+  /** Held from start to the process's end: one daemon per state dir. */
+  private stateLock: StateDirLock | null = null;
+  /** State files written in the background: failures logged, counted, retried (src/util/durable.ts). */
+  private writer: DurableWriter | null = null;
 
   constructor(private readonly opts: DaemonOptions) {
     this.log = createLogger({ format: opts.logFormat ?? 'json' });
@@ -113,12 +118,15 @@ export class Daemon {
     // --log-format on the command line wins over log.format in the config.
     this.log = createLogger({ format: this.opts.logFormat ?? config.log.format });
     this.log.level = config.log.level;
+    // The state dir before anything else: refused when others could write it, locked against a
+    // second daemon (which must fail before it touches any route or anyone's control socket).
+    await checkStateDir(this.opts.stateDir);
+    this.stateLock = StateDirLock.acquire(this.opts.stateDir);
     this.ops = new DaemonOps(this.opts.stateDir, config);
     const events = this.ops.wrapEvents(eventLog(this.log));
     this.events = events;
-    await mkdir(this.opts.stateDir, { recursive: true, mode: 0o700 });
+    this.writer = new DurableWriter(events);
 
-    // The control socket first: a second daemon must fail before it touches any route.
     this.control = new ControlServer(this.opts.controlPath, peerUidOf);
     this.registerCommands(this.control);
     await this.control.listen();
@@ -128,7 +136,7 @@ export class Daemon {
     const interfaces = await this.ports.refreshLinks();
     this.owners = new RouteOwners(
       ownerAdapters(config.dgd.owners),
-      new FileOwnerStore(this.opts.stateDir),
+      new FileOwnerStore(this.opts.stateDir, this.writer),
       events,
       config.dgd.keep_last_route,
     );
@@ -136,7 +144,7 @@ export class Daemon {
       config: config.dgd,
       tables,
       ports: this.ports,
-      store: new FileStore(this.opts.stateDir),
+      store: new FileStore(this.opts.stateDir, { writer: this.writer, log: events }),
       log: events,
       clock: systemClock,
       owners: this.owners,
@@ -151,6 +159,9 @@ export class Daemon {
     ports.on('error', (err: Error) =>
       events.event('error', { during: 'packet capture', error: err.message }, 'warn'),
     );
+    // Everything verification needs is opened now, not at the first death: when the descriptors
+    // run out later (EMFILE), a verification still runs with what it holds.
+    ports.openEchoSockets();
     ports.on('link_closed', (ifname: string, err: Error) =>
       events.event('capture_closed', { interface: ifname, purpose: 'ARP/NDP', error: err.message }, 'warn'),
     );
@@ -277,6 +288,8 @@ export class Daemon {
       started_at: this.startedAt.toISOString(),
       config: this.opts.configPath ?? null,
       state_dir: this.opts.stateDir,
+      // Failed writes of state files, and the files whose latest content is not on disk yet.
+      state_writes: this.writer?.stats() ?? { failures: 0, pending: [] },
       tunnel: this.tunnel?.status() ?? null,
     };
     return this.ops ? this.ops.decorateStatus(status) : status;
@@ -339,16 +352,44 @@ export class Daemon {
   stop(opts: { restore?: boolean } = {}): Promise<void> {
     const restore = opts.restore ?? true;
     this.stopping ??= (async () => {
+      // Every step runs even when one before it failed: a stop always ends with nothing open.
+      const failures: string[] = [];
+      const step = async (what: string, fn: () => unknown) => {
+        try {
+          await fn();
+        } catch (err) {
+          failures.push(`${what}: ${(err as Error).message}`);
+        }
+      };
       if (this.linkTimer) clearInterval(this.linkTimer);
-      await this.engine?.stop({ restore });
-      await this.tunnel?.close();
-      await this.ops?.close();
-      this.subscription?.close();
-      await this.ports?.close();
-      this.rtnl?.close();
-      await this.control?.close();
+      // The control socket first: a stopping daemon no longer answers "detection: on".
+      await step('closing the control socket', () => this.control?.close());
+      await step(restore ? 'restoring routes' : 'stopping detection', () => this.engine?.stop({ restore }));
+      await step('closing the tunnel', () => this.tunnel?.close());
+      await step('closing metrics and the flight recorder', () => this.ops?.close());
+      await step('closing route events', () => this.subscription?.close());
+      await step('closing capture handles', () => this.ports?.close());
+      await step('closing rtnetlink', () => this.rtnl?.close());
+      this.writer?.close();
+      const pending = this.writer?.stats().pending ?? [];
+      const log = this.events ?? eventLog(this.log);
+      if (pending.length > 0)
+        log.event(
+          'state_not_written',
+          {
+            files: pending,
+            note: 'the disk refused them until the end; the next start reads what is on disk',
+          },
+          'error',
+        );
+      this.stateLock?.close();
       if (this.running)
-        (this.events ?? eventLog(this.log)).event('daemon_stopped', restore ? {} : { routes_kept: true });
+        log.event('daemon_stopped', {
+          ...(restore ? {} : { routes_kept: true }),
+          ...(failures.length > 0 ? { failures } : {}),
+        });
+      if (failures.length > 0)
+        throw new IpdeadgateError('ERR_STOP', `stopped with failures: ${failures.join('; ')}`);
     })();
     return this.stopping;
   }
@@ -418,6 +459,9 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     throw err;
   }
   started = true;
+  // Whatever still holds the event loop after a stop (a stuck handle), the process ends: a
+  // stopped daemon must not linger half-alive.
+  void stopped.then(() => setTimeout(() => process.exit(), 3000).unref());
   service.notify('READY=1', `STATUS=serving on ${opts.controlPath}`, `MAINPID=${process.pid}`);
   const stopWatchdog = service.startWatchdog();
   void stopped.then(stopWatchdog);
