@@ -65,7 +65,10 @@ export class ControlServer {
   async listen(): Promise<void> {
     const existing = await lstat(this.path).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') return null;
-      throw new IpdeadgateError(err.code ?? 'EIO', `cannot use the control socket ${this.path}: ${err.message}`);
+      throw new IpdeadgateError(
+        err.code ?? 'EIO',
+        `cannot use the control socket ${this.path}: ${err.message}`,
+      );
     });
     if (existing && !existing.isSocket())
       throw new IpdeadgateError(

@@ -532,9 +532,11 @@ export class DaemonMetrics {
         server = await this.bind(listen, host, port);
       } catch (err2) {
         // Put the old endpoint back, as it was.
-        this.server = await this.bind(`${oldAddr.address}:${oldAddr.port}`, oldAddr.address, oldAddr.port).catch(
-          () => null,
-        );
+        this.server = await this.bind(
+          `${oldAddr.address}:${oldAddr.port}`,
+          oldAddr.address,
+          oldAddr.port,
+        ).catch(() => null);
         throw err2;
       }
     }

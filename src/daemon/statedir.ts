@@ -51,10 +51,11 @@ export class StateDirLock {
   /** Take the lock, or throw naming the directory (and the holder's pid when it wrote one). */
   static acquire(dir: string): StateDirLock {
     const file = path.join(dir, STATE_LOCK);
-    const { O_RDWR, O_CREAT, O_NOFOLLOW, O_CLOEXEC } = fs.constants as Record<string, number>;
+    const { O_RDWR, O_CREAT, O_NOFOLLOW } = fs.constants;
     let fd: number;
     try {
-      fd = fs.openSync(file, O_RDWR! | O_CREAT! | O_NOFOLLOW! | (O_CLOEXEC ?? 0), 0o600);
+      // libuv opens with O_CLOEXEC: a child process (the tunnel's) does not inherit the lock.
+      fd = fs.openSync(file, O_RDWR | O_CREAT | O_NOFOLLOW, 0o600);
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
       throw new IpdeadgateError(
