@@ -1,7 +1,8 @@
 // Run `ipdeadgate daemon` inside a lab host and follow its event lines (JSON on stdout).
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import type { Lab } from './lab';
+import * as path from 'node:path';
+import { REPO_ROOT, type Lab } from './lab';
 
 export interface DaemonEvent {
   time: string;
@@ -58,12 +59,17 @@ export class LabDaemon {
     );
   }
 
-  /** Start the daemon in `host` with a YAML config; resolves once it reports dgd_started. */
+  /**
+   * Start the daemon in `host` with a YAML config; resolves once it reports dgd_started. `wrap`
+   * puts a command in front of it (prlimit, unshare...), given the state dir; it must exec the
+   * daemon, so that the child's pid is the daemon's.
+   */
   static async start(
     lab: Lab,
     host: string,
     yaml: string | null,
     extraArgs: string[] = [],
+    opts: { wrap?: (stateDir: string) => string[] } = {},
   ): Promise<LabDaemon> {
     const control = lab.tempPath(`${host}-ctl.sock`);
     const stateDir = lab.tempPath(`${host}-state`);
@@ -73,7 +79,15 @@ export class LabDaemon {
       fs.writeFileSync(cfg, yaml);
       args.push('--config', cfg);
     }
-    const d = new LabDaemon(lab, host, lab.spawnCli(host, args), control, stateDir);
+    const child = opts.wrap
+      ? lab.spawn(host, [
+          ...opts.wrap(stateDir),
+          process.execPath,
+          path.join(REPO_ROOT, 'bin', 'ipdeadgate'),
+          ...args,
+        ])
+      : lab.spawnCli(host, args);
+    const d = new LabDaemon(lab, host, child, control, stateDir);
     await d.waitFor((e) => e.event === 'daemon_started', 15_000, 'the daemon to start');
     return d;
   }
