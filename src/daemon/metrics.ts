@@ -35,6 +35,8 @@ export const RENDER_INTERVAL_MS = 1000;
 /** Connections beyond this are closed when accepted (a scraper needs one or two). */
 export const MAX_CONNECTIONS = 32;
 const MAX_REQUESTS_PER_SOCKET = 1000;
+/** Responses a second, all clients together (Prometheus asks once every 15 s or so). */
+export const MAX_RESPONSES_PER_SECOND = 20;
 const HEADERS_TIMEOUT_MS = 5000;
 const REQUEST_TIMEOUT_MS = 10_000;
 const KEEP_ALIVE_TIMEOUT_MS = 5000;
@@ -73,6 +75,8 @@ function setCounter(c: Counter<string>, labels: Record<string, string>, value: n
 export class DaemonMetrics {
   readonly registry = new Registry();
   private server: http.Server | null = null;
+  /** Responses per second, all clients together. */
+  private readonly budget = new TokenBucket(MAX_RESPONSES_PER_SECOND);
   /** The last rendering (a promise, shared by requests that come while it renders). */
   private rendered: { at: number; text: Promise<string> } | null = null;
 
@@ -575,6 +579,15 @@ export class DaemonMetrics {
   }
 
   private serve(req: http.IncomingMessage, res: http.ServerResponse): void {
+    // Beyond the budget a request gets a short refusal and its connection is closed: a client
+    // asking back to back (or pipelining) cannot keep the event loop writing for it.
+    if (!this.budget.take()) {
+      res.shouldKeepAlive = false;
+      res
+        .writeHead(429, { 'content-type': 'text/plain', 'retry-after': '1', connection: 'close' })
+        .end('too many requests: scrape at most a few times a second\n');
+      return;
+    }
     const url = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD' }).end();
@@ -607,6 +620,23 @@ export class DaemonMetrics {
     const s = this.server;
     this.server = null;
     if (s) await closeServer(s);
+  }
+}
+
+/** At most `rate` takes per second, with bursts up to `rate`. */
+class TokenBucket {
+  private tokens: number;
+  private at = performance.now();
+  constructor(private readonly rate: number) {
+    this.tokens = rate;
+  }
+  take(): boolean {
+    const now = performance.now();
+    this.tokens = Math.min(this.rate, this.tokens + ((now - this.at) / 1000) * this.rate);
+    this.at = now;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
   }
 }
 
