@@ -1,5 +1,5 @@
 // The daemon's lifecycle: load the config (a bad one exits 2 and changes nothing), open the system
-// facades, start detection (and the tunnel roles of the config), serve the control socket, and
+// facades, start detection (and the tunnel roles of the config, in a child process), serve the control socket, and
 // handle signals: SIGTERM/SIGINT restore every withdrawn route and exit 0 (SIGUSR2, for a package
 // upgrade, exits 0 leaving them withdrawn and journaled for the next start); SIGHUP reloads the
 // config (a bad new config is refused and the old one stays).
@@ -25,7 +25,7 @@ import { DaemonOps } from './ops';
 import { checkStateDir, StateDirLock } from './statedir';
 import { DurableWriter } from '../util/durable';
 import { resolveTables } from './tables';
-import { TunnelNode } from '../tunnel/node';
+import { TunnelChild } from './tunnelchild';
 import type { TunnelConfig } from '../tunnel/config';
 
 export interface DaemonOptions {
@@ -97,8 +97,8 @@ export class Daemon {
   private ops: DaemonOps | null = null;
   /** The event log that also counts each event for ipdeadgate_events_total (set by start()). */
   private events: EventLog | null = null;
-  /** The tunnel role(s) of the config, in the same process as detection. */
-  private tunnel: TunnelNode | null = null;
+  /** The tunnel role(s) of the config, in a child process of their own (./tunnelchild.ts). */
+  private tunnel: TunnelChild | null = null;
   private tunnelConfig: TunnelConfig | null = null;
   /** Held from start to the process's end: one daemon per state dir. */
   private stateLock: StateDirLock | null = null;
@@ -179,6 +179,8 @@ export class Daemon {
     // Link events: the interface list is re-read, detection follows names to new ifindexes, and
     // ARP/NDP handles are reopened on interfaces that came back. One refresh at a time; events
     // that arrive meanwhile fold into one more.
+    // Declared before the first link event can call openLinks() (below, hoisted).
+    const currentConfig = () => this.config;
     let linkRefresh: Promise<void> | null = null;
     let linkAgain = false;
     const onLinkEvent = () => {
@@ -209,13 +211,13 @@ export class Daemon {
     await engine.start();
     await this.ops.start(engine, ports);
     if (tunnel) {
-      this.tunnel = await TunnelNode.start(tunnel, { events }); // counted in ipdeadgate_events_total
+      // Its events come back through ours: counted in ipdeadgate_events_total.
+      this.tunnel = await TunnelChild.start(tunnel, { events });
       const node = this.tunnel;
       this.ops.setTunnelSource(() => node.status());
     }
     // Listen for ARP/NDP on every gateway interface, so a dead gateway announcing itself is seen,
     // and watch the TCP segments leaving on them (the trigger for forwarded traffic).
-    const currentConfig = () => this.config!;
     function openLinks(): void {
       const up = new Set(
         ports
@@ -291,6 +293,8 @@ export class Daemon {
       // Failed writes of state files, and the files whose latest content is not on disk yet.
       state_writes: this.writer?.stats() ?? { failures: 0, pending: [] },
       tunnel: this.tunnel?.status() ?? null,
+      // The tunnel runs in a process of its own; null without a tunnel section (or while restarting).
+      tunnel_pid: this.tunnel?.pid ?? null,
     };
     return this.ops ? this.ops.decorateStatus(status) : status;
   }
