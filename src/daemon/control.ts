@@ -21,6 +21,8 @@ const MAX_REQUEST = 64 * 1024;
 export const MAX_CONTROL_CLIENTS = 32;
 /** A client that sends nothing for this long is disconnected. */
 export const CONTROL_IDLE_MS = 30_000;
+/** How long a refused client's connection may stay half-closed. */
+const REFUSED_LINGER_MS = 1000;
 /** A client that does not read its answers: disconnected once this much waits to be sent. */
 const MAX_PENDING_OUTPUT = 1024 * 1024;
 
@@ -225,11 +227,17 @@ export class ControlServer {
   }
 }
 
-/** Answer once and close at once: a refused client keeps no descriptor of the daemon's. */
+/**
+ * Answer once and let go: the connection is destroyed when the client closes its side, or after a
+ * second at most (a refused client keeps no descriptor of the daemon's, however it behaves). Not
+ * at once: the client's request may still be on its way, and it must read the answer, not EPIPE.
+ */
 function refuse(s: net.Socket, error: { code: string; message: string }): void {
-  s.end(JSON.stringify({ ok: false, error }) + '\n', () => s.destroy());
-  // A client that never reads cannot keep it half-open either.
-  setTimeout(() => s.destroy(), 1000).unref();
+  s.removeAllListeners('data');
+  s.resume();
+  s.end(JSON.stringify({ ok: false, error }) + '\n');
+  s.once('end', () => s.destroy());
+  setTimeout(() => s.destroy(), REFUSED_LINGER_MS).unref();
 }
 
 function isListening(path: string): Promise<boolean> {
