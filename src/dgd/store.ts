@@ -162,8 +162,13 @@ export class FileStore implements DgdStore {
     good: Loaded,
   ): Promise<void> {
     const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-    const file = path.join(this.dir, `${JOURNAL}.rejected-${stamp}`);
-    await writeFileAtomic(file, JSON.stringify({ from: this.journalPath, rejected }, null, 1) + '\n');
+    let file: string | null = path.join(this.dir, `${JOURNAL}.rejected-${stamp}`);
+    try {
+      await writeFileAtomic(file, JSON.stringify({ from: this.journalPath, rejected }, null, 1) + '\n');
+    } catch {
+      // A full disk: the entries are still refused (and named in the events), just not kept.
+      file = null;
+    }
     for (const r of rejected)
       this.opts.log?.event(
         'journal_entry_rejected',
@@ -173,6 +178,7 @@ export class FileStore implements DgdStore {
           index: r.index,
           problem: r.problem,
           set_aside_in: file,
+          entry: file === null ? JSON.stringify(r.entry)?.slice(0, 2000) : undefined,
           note: 'not restored nor used; the other entries are',
         },
         'error',

@@ -211,10 +211,19 @@ describe('detection under local pressure and a full disk (lab)', function () {
     await d.waitFor((e) => e.event === 'routes_restored' && e.gateway === DGD.r1_4, 30_000, 'r1 restored');
     await waitFor(async () => (await defaultVia(lab)).includes(DGD.r1_4), 5000, 'the route via r1 back');
 
-    // A stop on a full disk ends the process (it restores what it must and exits).
+    // SIGTERM on a full disk, with r1 dead again and its route withdrawn: the process ends and the
+    // route is back (restored from memory; the journal could not be written).
     await inDaemonMounts(fill);
-    await controlRequest(d.control, 'off', {}, 5000);
+    const from = d.events.length;
+    await lab.killSilently('r1', 'lan0');
+    await d.waitFor(
+      (e) => d.events.indexOf(e) >= from && e.event === 'routes_withdrawn' && e.gateway === DGD.r1_4,
+      30_000,
+      'r1 withdrawn again',
+    );
+    assert.deepEqual(await defaultVia(lab), [DGD.r2_4]);
     const code = await d.signal('SIGTERM', 15_000);
     assert.ok(code === 0 || code === 1, `exit ${code}`);
+    assert.ok((await defaultVia(lab)).includes(DGD.r1_4), 'the route via r1 restored at stop');
   });
 });
