@@ -65,6 +65,8 @@ async function onMessage(msg: ToTunnel): Promise<void> {
 process.on('message', (msg: ToTunnel) => void onMessage(msg));
 // The daemon went away (however): the tunnel goes too.
 process.on('disconnect', () => void close(0));
-process.on('SIGTERM', () => void close(0));
-process.on('SIGINT', () => undefined); // a Ctrl-C on the daemon's terminal is the daemon's to handle
-process.on('SIGHUP', () => undefined); // reloads come from the daemon
+// Signals are the daemon's to handle: systemd's SIGTERM reaches the whole cgroup, a Ctrl-C the
+// whole process group, and the daemon closes the tunnel in its own order ('close' above).
+process.on('SIGTERM', () => undefined);
+process.on('SIGINT', () => undefined);
+process.on('SIGHUP', () => undefined);
