@@ -270,6 +270,8 @@ describe('a local user and the daemon', () => {
       // The target is a directory: the write succeeds, the rename fails.
       fs.mkdirSync(path.join(dir, 'target'));
       await assert.rejects(writeFileAtomic(path.join(dir, 'target'), 'x'));
+      // The write itself fails once the temp file exists (as with ENOSPC; the lab test fills a disk).
+      await assert.rejects(writeFileAtomic(path.join(dir, 'journal.json'), 42 as unknown as string));
       assert.deepEqual(
         fs.readdirSync(dir).filter((f) => f.endsWith('.tmp')),
         [],
