@@ -1,7 +1,7 @@
 // Shared CLI plumbing: exit codes (0 ok, 1 runtime failure, 2 bad usage/config), error printing
 // without stack traces, JSON output in snake_case.
 import { ConfigError, IpdeadgateError, UsageError } from '../errors';
-import { isJournalStream, journalPrefix } from '../daemon/log';
+import { isJournalStream, journalPrefix } from '../daemon/journalstream';
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;

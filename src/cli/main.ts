@@ -12,6 +12,8 @@ import { registerRoutes } from './routes';
 import { registerCapture } from './capture';
 import { registerTunnel } from './tunnel';
 import { registerCheckConfig } from './checkconfig';
+import { registerIncidents } from './incidents';
+import { registerWhatIf } from './whatif';
 import { addExamples } from './help';
 
 function packageVersion(): string {
@@ -37,6 +39,8 @@ export function buildProgram(): Command {
   registerCapture(program);
   registerTunnel(program);
   registerCheckConfig(program);
+  registerIncidents(program);
+  registerWhatIf(program);
   // An extra argument is an error (`status foo` is not `status`).
   for (const cmd of program.commands) cmd.exitOverride().showHelpAfterError().allowExcessArguments(false);
   addExamples(program);

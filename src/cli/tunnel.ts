@@ -11,6 +11,7 @@ import { peerUidOf } from '../sys/peercred';
 import { openServiceNotifier } from '../sys/sdnotify';
 import { loadTls } from '../tunnel/link';
 import { TunnelNode } from '../tunnel/node';
+import { installFaultPolicy } from '../util/faultpolicy';
 import { action } from './common';
 
 export function registerTunnel(program: Command): void {
@@ -31,7 +32,11 @@ export function registerTunnel(program: Command): void {
         const cfg = await loadTunnelConfig(opts.config);
         const service = openServiceNotifier();
         const logger = createLogger({ format: opts.logFormat });
-        const node = await TunnelNode.start(cfg, { events: eventLog(logger) });
+        const events = eventLog(logger);
+        const node = await TunnelNode.start(cfg, { events });
+        // Faults nothing handled (src/util/faultpolicy.ts): a rejection is logged and the node
+        // runs on; an uncaught exception closes the node and exits 70 (systemd restarts it).
+        installFaultPolicy({ events, stop: () => node.close() });
         let control: ControlServer | undefined;
         if (opts.control) {
           control = new ControlServer(opts.control, peerUidOf).handle('status', async () => ({

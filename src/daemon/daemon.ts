@@ -21,8 +21,9 @@ import { defaultConfig, loadConfig, loadTunnelConfig, type Config } from './conf
 import { ControlServer } from './control';
 import { createLogger, eventLog, type LogFormat } from './log';
 import type { EventLog } from '../util/eventlog';
+import { EXIT_FAULT, installFaultPolicy } from '../util/faultpolicy';
 import { DaemonOps } from './ops';
-import { checkStateDir, StateDirLock } from './statedir';
+import { checkStateDir, StateDirLock } from './stateguard';
 import { DurableWriter } from '../util/durable';
 import { resolveTables } from './tables';
 import { TunnelChild } from './tunnelchild';
@@ -35,7 +36,7 @@ export interface DaemonOptions {
   logFormat?: LogFormat;
 }
 
-export const DEFAULT_STATE_DIR = '/var/lib/ipdeadgate';
+export { DEFAULT_STATE_DIR } from './statedir';
 
 /** What each capability the daemon needs is for, in the message that refuses to start without it. */
 const NEEDED_CAPABILITIES: Record<CapabilityName, string> = {
@@ -398,6 +399,11 @@ export class Daemon {
     return this.stopping;
   }
 
+  /** Where the daemon's events go (counted for metrics once started). */
+  get eventPort(): EventLog {
+    return this.events ?? eventLog(this.log);
+  }
+
   get currentConfig(): Config {
     return this.config;
   }
@@ -425,7 +431,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     service.notify('STOPPING=1', `STATUS=${restore ? 'restoring' : 'keeping'} withdrawn routes (${sig})`);
     daemon
       .stop({ restore })
-      .then(() => resolveStop(0))
+      .then(() => resolveStop(faultStop ? EXIT_FAULT : 0))
       .catch((err: unknown) => {
         process.stderr.write(`ipdeadgate: stopping on ${sig}: ${(err as Error).message}\n`);
         resolveStop(1);
@@ -452,6 +458,18 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   process.once('SIGINT', onInt);
   process.once('SIGUSR2', onUsr2);
   process.on('SIGHUP', onHup);
+  // Faults nothing handled (src/util/faultpolicy.ts): a rejection is logged and counted; an
+  // uncaught exception stops the daemon the way SIGTERM does (withdrawn routes restored), exit 70.
+  let faultStop = false;
+  const faults = installFaultPolicy({
+    events: { event: (name, fields, level) => daemon.eventPort.event(name, fields, level) },
+    stop: () => {
+      faultStop = true;
+      onStop('SIGTERM');
+      return stopped;
+    },
+  });
+  void stopped.then(() => faults.uninstall());
   try {
     await daemon.start();
   } catch (err) {
@@ -459,6 +477,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     process.off('SIGINT', onInt);
     process.off('SIGUSR2', onUsr2);
     process.off('SIGHUP', onHup);
+    faults.uninstall();
     await daemon.stop().catch(() => undefined);
     throw err;
   }

@@ -4,8 +4,16 @@
 // or Wireshark. No detection code knows about it: it reads the engine's `state` events through a
 // wrapped EventLog and the frames through NeighbourLink's 'frame' event.
 //
-// Bounded everywhere: the ring by time and bytes, the files by count and total size (oldest
-// removed first), one pending dump per gateway.
+// The capture also shows the cause: the headers (Ethernet, IP, TCP; never a payload byte) of the
+// TCP segments of the flows that triggered the verdict — their retransmissions or unanswered SYNs
+// towards the dead gateway's MAC, and the first segments through the new next hop after the switch.
+// They come from the forwarded-traffic wire watch (src/sys/packet/wirewatch.ts: outbound segments
+// carrying a SYN or data, and SYN-ACKs, on the gateway interfaces; local flows' segments leave
+// there too), kept in a second ring, and the flows are the ones the engine's trigger events name.
+//
+// Bounded everywhere: the rings by time and bytes, the files by count and total size (oldest
+// removed first), one pending dump per gateway, SEGMENT_FLOWS flows per gateway and
+// SEGMENTS_PER_FLOW segments of each in one capture.
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import * as path from 'node:path';
 import { frameAddresses, encodePcap, type PcapPacket } from '../sys/packet';
@@ -57,6 +65,9 @@ export interface FlightRecorderStatus {
   directory: string;
   ring_packets: number;
   ring_bytes: number;
+  /** TCP segment headers kept for the captures (the triggering flows'). */
+  ring_segments: number;
+  ring_segment_bytes: number;
   files: number;
   files_bytes: number;
   captures_written: number;
@@ -68,6 +79,29 @@ interface PendingDump {
   ifname: string;
   deadAtMs: number;
   timer: NodeJS.Timeout;
+}
+
+/** Bytes the segment ring holds at most (headers only: about 80-130 bytes a segment). */
+export const SEGMENT_RING_BYTES = 2 << 20;
+/** Triggering flows remembered per gateway, and segments of each flow in one capture. */
+export const SEGMENT_FLOWS = 64;
+export const SEGMENTS_PER_FLOW = 200;
+
+/** A TCP segment seen on the wire, cut to its headers. */
+export interface RecordedSegment {
+  ifname: string;
+  tsMs: number;
+  /** Ethernet + IP + TCP headers only. */
+  data: Buffer;
+  /** The frame's length on the wire (so readers show the real length). */
+  origLen: number;
+  /** "src|sport|dst|dport" as sent (outbound) or received (a SYN-ACK). */
+  flow: string;
+  /** Destination MAC: the next hop of an outbound segment. */
+  mac: string;
+  /** TCP sequence number and payload length: a segment sent again has both again. */
+  seq: number;
+  len: number;
 }
 
 /** Per-record overhead in the pcap file: what the byte bounds count besides the frame. */
@@ -97,6 +131,11 @@ export class FlightRecorder {
   private filesCount = 0;
   private filesBytes = 0;
   private closed = false;
+  private segments: RecordedSegment[] = [];
+  private segmentsStart = 0;
+  private segmentBytes = 0;
+  /** Per gateway: the flows its trigger events named ("src|sport|dst|dport"). */
+  private readonly triggering = new Map<string, Set<string>>();
 
   constructor(
     readonly directory: string,
@@ -154,6 +193,60 @@ export class FlightRecorder {
     this.trim();
   }
 
+  /**
+   * Offer one TCP segment frame from the wire watch: its headers are kept (the payload is cut
+   * here, before anything is stored) for the captures of the incidents it may belong to.
+   */
+  recordSegment(ifname: string, tsMs: number, frame: Buffer, wireLength = frame.length): void {
+    if (this.closed || !this.settings.enabled) return;
+    const h = segmentHeaders(frame);
+    if (!h) return;
+    const data = Buffer.from(frame.subarray(0, h.headerBytes));
+    this.segments.push({
+      ifname,
+      tsMs,
+      data,
+      origLen: Math.max(wireLength, h.origLen),
+      flow: h.flow,
+      mac: h.mac,
+      seq: h.seq,
+      len: h.len,
+    });
+    this.segmentBytes += data.length + RECORD_OVERHEAD;
+    this.trimSegments();
+  }
+
+  private trimSegments(): void {
+    const horizon = this.now() - (this.settings.before + this.settings.after + 1000);
+    const limit = Math.min(SEGMENT_RING_BYTES, this.settings.ring_bytes);
+    while (this.segmentsStart < this.segments.length) {
+      const f = this.segments[this.segmentsStart]!;
+      if (f.tsMs >= horizon && this.segmentBytes <= limit) break;
+      this.segmentBytes -= f.data.length + RECORD_OVERHEAD;
+      this.segmentsStart++;
+    }
+    if (this.segmentsStart > 1024 && this.segmentsStart * 2 > this.segments.length) {
+      this.segments = this.segments.slice(this.segmentsStart);
+      this.segmentsStart = 0;
+    }
+  }
+
+  /** Remember the flows a trigger event names for its gateway (bounded per gateway). */
+  private noteTriggering(fields: Record<string, unknown>): void {
+    if (typeof fields.gateway !== 'string') return;
+    const gw = normalizeSafe(fields.gateway);
+    const set = this.triggering.get(gw) ?? new Set<string>();
+    const socks = [...(Array.isArray(fields.samples) ? fields.samples : []), fields.socket];
+    for (const s of socks as ({ src?: unknown; dst?: unknown } | undefined)[]) {
+      if (set.size >= SEGMENT_FLOWS) break;
+      if (!s || typeof s.src !== 'string' || typeof s.dst !== 'string') continue;
+      const a = parseEndpoint(s.src);
+      const b = parseEndpoint(s.dst);
+      if (a && b) set.add(`${a[0]}|${a[1]}|${b[0]}|${b[1]}`);
+    }
+    if (set.size > 0) this.triggering.set(gw, set);
+  }
+
   private trim(): void {
     // Time: what a dump could still need (before + after), with a second of slack.
     const horizon = this.now() - (this.settings.before + this.settings.after + 1000);
@@ -174,6 +267,10 @@ export class FlightRecorder {
     return {
       event: (name, fields = {}, level) => {
         inner.event(name, fields, level);
+        if (name === 'trigger' || name === 'trigger_socket' || name === 'speculative_verify')
+          this.noteTriggering(fields);
+        if (name === 'state' && fields.to === 'active' && typeof fields.gateway === 'string')
+          this.triggering.delete(normalizeSafe(fields.gateway));
         if (name === 'state' && fields.to === 'dead' && typeof fields.gateway === 'string')
           this.onDead(fields.gateway, typeof fields.interface === 'string' ? fields.interface : null);
       },
@@ -196,14 +293,28 @@ export class FlightRecorder {
     this.pending.delete(gateway);
     const from = p.deadAtMs - this.settings.before;
     const to = p.deadAtMs + this.settings.after;
-    const frames = this.ring
+    const frames: (RecordedFrame & { origLen?: number })[] = this.ring
       .slice(this.ringStart)
       .filter((f) => f.tsMs >= from && f.tsMs <= to && (!p.ifname || f.ifname === p.ifname));
-    this.writing = this.writing.then(() => this.write(p, frames));
+    const flows = this.triggering.get(normalizeSafe(p.gateway)) ?? new Set<string>();
+    this.triggering.delete(normalizeSafe(p.gateway));
+    const seg = triggeringSegments(
+      this.segments
+        .slice(this.segmentsStart)
+        .filter((f) => f.tsMs >= from && f.tsMs <= to && (!p.ifname || f.ifname === p.ifname)),
+      flows,
+      p.deadAtMs,
+    );
+    const merged = [...frames, ...seg.segments].sort((a, b) => a.tsMs - b.tsMs);
+    this.writing = this.writing.then(() => this.write(p, merged, seg));
     return this.writing;
   }
 
-  private async write(p: PendingDump, frames: RecordedFrame[]): Promise<void> {
+  private async write(
+    p: PendingDump,
+    frames: (RecordedFrame & { origLen?: number })[],
+    seg: ReturnType<typeof triggeringSegments> = { segments: [], firstViaNew: null, flows: [] },
+  ): Promise<void> {
     if (frames.length === 0) {
       // Nothing was seen: the link was not open yet, or the gateway was dead before a restart.
       this.log.event('capture_skipped', {
@@ -215,7 +326,11 @@ export class FlightRecorder {
     const name = `${fileStamp(p.deadAtMs)}_${normalizeSafe(p.gateway).replace(/:/g, '-')}.pcap`;
     const file = path.join(this.directory, name);
     // A single capture never exceeds the total bound: keep its newest frames.
-    let packets: PcapPacket[] = frames.map((f) => ({ tsMs: f.tsMs, data: f.data }));
+    let packets: PcapPacket[] = frames.map((f) => ({
+      tsMs: f.tsMs,
+      data: f.data,
+      ...(f.origLen !== undefined ? { origLen: f.origLen } : {}),
+    }));
     const limit = this.settings.max_bytes - 24;
     let size = packets.reduce((n, f) => n + f.data.length + RECORD_OVERHEAD, 0);
     while (size > limit && packets.length > 0) {
@@ -241,6 +356,13 @@ export class FlightRecorder {
         ...info,
         interface: p.ifname || null,
         removed_files: removed,
+      });
+      this.log.event('capture_segments', {
+        gateway: p.gateway,
+        file,
+        segments: seg.segments.length,
+        flows: seg.flows,
+        first_via_new_gateway: seg.firstViaNew,
       });
     } catch (err) {
       this.writeErrors++;
@@ -303,6 +425,8 @@ export class FlightRecorder {
       directory: this.directory,
       ring_packets: this.ring.length - this.ringStart,
       ring_bytes: this.ringBytes,
+      ring_segments: this.segments.length - this.segmentsStart,
+      ring_segment_bytes: this.segmentBytes,
       files: this.filesCount,
       files_bytes: this.filesBytes,
       captures_written: this.written,
@@ -325,4 +449,126 @@ function normalizeSafe(ip: string): string {
   } catch {
     return ip;
   }
+}
+
+/** "198.18.1.10:40000" or "[2001:db8::1]:443" -> [normalized address, port]. */
+function parseEndpoint(text: string): [string, number] | null {
+  const m = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:]+):(\d+)$/.exec(text);
+  if (!m) return null;
+  return [normalizeSafe(m[1]!), Number(m[2])];
+}
+
+function macAt(b: Buffer, off: number): string {
+  return [...b.subarray(off, off + 6)].map((x) => x.toString(16).padStart(2, '0')).join(':');
+}
+
+/**
+ * Where a TCP segment's headers end in an Ethernet frame, its flow and its next hop's MAC; null
+ * for anything else (VLAN-tagged, IPv6 extension headers, not TCP, cut too short).
+ */
+export function segmentHeaders(
+  frame: Buffer,
+): { headerBytes: number; origLen: number; flow: string; mac: string; seq: number; len: number } | null {
+  if (frame.length < 14) return null;
+  const type = frame.readUInt16BE(12);
+  let l4: number;
+  let src: string;
+  let dst: string;
+  let origLen: number;
+  if (type === 0x0800) {
+    if (frame.length < 34 || frame[23] !== 6) return null;
+    l4 = 14 + (frame[14]! & 0x0f) * 4;
+    src = [...frame.subarray(26, 30)].join('.');
+    dst = [...frame.subarray(30, 34)].join('.');
+    origLen = 14 + frame.readUInt16BE(16);
+  } else if (type === 0x86dd) {
+    if (frame.length < 54 || frame[20] !== 6) return null;
+    l4 = 54;
+    src = normalizeSafe(ipv6At(frame, 22));
+    dst = normalizeSafe(ipv6At(frame, 38));
+    origLen = 54 + frame.readUInt16BE(18);
+  } else return null;
+  if (frame.length < l4 + 20) return null;
+  const tcpHeader = (frame[l4 + 12]! >> 4) * 4;
+  const headerBytes = Math.min(frame.length, l4 + tcpHeader);
+  const flow = `${src}|${frame.readUInt16BE(l4)}|${dst}|${frame.readUInt16BE(l4 + 2)}`;
+  const len = Math.max(0, origLen - l4 - tcpHeader);
+  const syn = (frame[l4 + 13]! & 0x02) !== 0;
+  // A SYN counts as one byte of sequence space: sent again, it repeats as data does.
+  return {
+    headerBytes,
+    origLen,
+    flow,
+    mac: macAt(frame, 0),
+    seq: frame.readUInt32BE(l4 + 4),
+    len: syn ? len + 1 : len,
+  };
+}
+
+function ipv6At(b: Buffer, off: number): string {
+  const words: string[] = [];
+  for (let i = 0; i < 16; i += 2) words.push(b.readUInt16BE(off + i).toString(16));
+  return words.join(':');
+}
+
+/**
+ * The segments of the triggering flows (both directions, at most SEGMENTS_PER_FLOW each), and the
+ * first segment of one of them sent after the dead verdict to a MAC other than the one its
+ * segments went to before it: the first through the new next hop. The triggering flows are the
+ * ones the trigger events named, and every other flow that sent a segment again before the verdict
+ * towards the MAC those went to (the dead gateway's): a trigger names a few samples, and a
+ * forwarded flow that joins after the verdict is named by no event at all.
+ */
+export function triggeringSegments(
+  all: readonly RecordedSegment[],
+  named: ReadonlySet<string>,
+  deadAtMs: number,
+): {
+  segments: RecordedSegment[];
+  firstViaNew: { ts_ms: number; flow: string; mac: string } | null;
+  flows: string[];
+} {
+  const reverse = (k: string) => {
+    const [a, ap, b, bp] = k.split('|');
+    return `${b}|${bp}|${a}|${ap}`;
+  };
+  const flows = new Set(named);
+  // The dead gateway's MAC: where the named flows' segments went before the verdict.
+  const macs = new Map<string, number>();
+  for (const s of all)
+    if (s.tsMs <= deadAtMs && named.has(s.flow)) macs.set(s.mac, (macs.get(s.mac) ?? 0) + 1);
+  const deadMac = [...macs].sort((a, b) => b[1] - a[1])[0]?.[0];
+  if (deadMac) {
+    const sent = new Set<string>();
+    for (const s of all) {
+      if (s.tsMs > deadAtMs || s.mac !== deadMac || s.len === 0 || flows.has(s.flow)) continue;
+      if (flows.size >= SEGMENT_FLOWS) break;
+      const k = `${s.flow}|${s.seq}|${s.len}`;
+      if (sent.has(k)) flows.add(s.flow);
+      else sent.add(k);
+    }
+  }
+  const perFlow = new Map<string, number>();
+  const before = new Map<string, string>();
+  const segments: RecordedSegment[] = [];
+  let firstViaNew: { ts_ms: number; flow: string; mac: string } | null = null;
+  const ep = (ip: string, port: string) => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
+  const show = (key: string) => {
+    const [a, ap, b, bp] = key.split('|');
+    return `${ep(a!, ap!)} > ${ep(b!, bp!)}`;
+  };
+  for (const s of all) {
+    const outbound = flows.has(s.flow);
+    const key = outbound ? s.flow : flows.has(reverse(s.flow)) ? reverse(s.flow) : null;
+    if (key === null) continue;
+    const n = perFlow.get(key) ?? 0;
+    if (n >= SEGMENTS_PER_FLOW) continue;
+    perFlow.set(key, n + 1);
+    segments.push(s);
+    if (!outbound) continue;
+    if (s.tsMs <= deadAtMs) before.set(key, s.mac);
+    else if (!firstViaNew && before.has(key) && before.get(key) !== s.mac)
+      firstViaNew = { ts_ms: s.tsMs, flow: show(key), mac: s.mac };
+  }
+  return { segments, firstViaNew, flows: [...perFlow.keys()].map(show) };
 }

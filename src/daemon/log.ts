@@ -2,11 +2,13 @@
 // compact text line per event for humans (--log-format text). When stdout is the journal
 // (JOURNAL_STREAM names it), each line starts with its syslog priority, "<3>" for an error
 // (sd-daemon(3)), so `journalctl -p err` finds errors; the unit keeps SyslogLevelPrefix=yes.
-import { fstatSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
 
 import type { EventLog, LogLevel } from '../util/eventlog';
+import { isJournalStream, journalPrefix } from './journalstream';
+
+export { isJournalStream, journalPrefix };
 
 export type { EventLog, LogLevel } from '../util/eventlog';
 export type LogFormat = 'json' | 'text';
@@ -36,29 +38,6 @@ export function eventLog(logger: Logger): EventLog {
       logger[level]({ event: name, ...fields });
     },
   };
-}
-
-/** syslog(3) priorities of our levels, as sd-daemon(3) prefixes want them. */
-const PRIORITY: Record<string, number> = { fatal: 2, error: 3, warn: 4, info: 6, debug: 7, trace: 7 };
-
-/** "<3>" for "error": the prefix journald reads as the line's priority. */
-export function journalPrefix(level: string): string {
-  return `<${PRIORITY[level] ?? 6}>`;
-}
-
-/**
- * Whether file descriptor `fd` (1 stdout, 2 stderr) is connected to the journal: systemd sets
- * JOURNAL_STREAM to "DEVICE:INODE" of that stream (systemd.exec(5)); a redirected stream differs.
- */
-export function isJournalStream(fd: number, env: NodeJS.ProcessEnv = process.env): boolean {
-  const m = /^(\d+):(\d+)$/.exec(env.JOURNAL_STREAM ?? '');
-  if (!m) return false;
-  try {
-    const st = fstatSync(fd, { bigint: true });
-    return st.dev === BigInt(m[1]!) && st.ino === BigInt(m[2]!);
-  } catch {
-    return false;
-  }
 }
 
 /** Prefix each of pino's JSON lines with its priority. */

@@ -13,6 +13,7 @@ import type { DgdStatus } from '../dgd/engine';
 import { asDgdEvent } from '../dgd/events';
 import type { TunnelStatus } from '../tunnel/node';
 import type { FlightRecorderStatus } from './flightrec';
+import type { IncidentObserver } from './incidents';
 import type { EventLog } from './log';
 
 /** What the scrape reads; each source may be absent or return null (not running). */
@@ -470,6 +471,46 @@ export class DaemonMetrics {
         this.conntrackDeleted.inc({ gateway, after: ev.after }, ev.deleted);
         break;
     }
+  }
+
+  private incidentMetrics: IncidentObserver | null = null;
+
+  /**
+   * What incident records (./incidents.ts) report: time to switch and time to resume per gateway,
+   * incidents by outcome. Created on first use, in this registry.
+   */
+  incidentObserver(): IncidentObserver {
+    if (this.incidentMetrics) return this.incidentMetrics;
+    const registers = [this.registry];
+    const buckets = [0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60];
+    const toSwitch = new Histogram({
+      name: 'ipdeadgate_incident_switch_seconds',
+      help: "From an incident's first trigger to its routes switched (withdrawn, or handed to a routing daemon)",
+      labelNames: ['gateway'],
+      buckets,
+      registers,
+    });
+    const toResume = new Histogram({
+      name: 'ipdeadgate_incident_resume_seconds',
+      help: "From an incident's first trigger to the first segment of a triggering flow through another next hop (flight recorder)",
+      labelNames: ['gateway'],
+      buckets,
+      registers,
+    });
+    const outcomes = new Counter({
+      name: 'ipdeadgate_incidents_total',
+      help: 'Incidents ended, by outcome (failover, nothing_moved, downstream_problem, unverified)',
+      labelNames: ['outcome'],
+      registers,
+    });
+    for (const outcome of ['failover', 'nothing_moved', 'downstream_problem', 'unverified'])
+      outcomes.inc({ outcome }, 0);
+    this.incidentMetrics = {
+      switched: (gateway, seconds) => toSwitch.observe({ gateway }, seconds),
+      resumed: (gateway, seconds) => toResume.observe({ gateway }, seconds),
+      ended: (outcome) => outcomes.inc({ outcome }),
+    };
+    return this.incidentMetrics;
   }
 
   /** An EventLog that forwards to `inner` and counts every event. */

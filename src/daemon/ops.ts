@@ -11,15 +11,24 @@ import type { Config } from './config';
 import { FlightRecorder, type CaptureFileInfo, type FlightRecorderSettings } from './flightrec';
 import type { EventLog } from './log';
 import { DaemonMetrics } from './metrics';
+import { IncidentRecorder } from './incidents';
+import { IncidentStore } from './incidentstore';
 
 /** The engine as ops sees it. */
 export interface OpsEngine {
   status(): DgdStatus;
 }
 
-/** The detection ports as ops sees them: the shared ARP/NDP handle of an interface. */
+/**
+ * The detection ports as ops sees them: the shared ARP/NDP handle of an interface, and (when they
+ * are an EventEmitter) the wire watch's 'wire_frame' events, whose TCP headers the recorder keeps.
+ */
 export interface OpsPorts {
   link(ifname: string): Promise<EventEmitter>;
+  on?(
+    event: 'wire_frame',
+    fn: (ifname: string, p: { data: Buffer; tsMs: number; wireLength?: number }) => void,
+  ): unknown;
 }
 
 /** How often the recorder learns the gateways and their interfaces from status(). */
@@ -28,6 +37,9 @@ const GATEWAY_REFRESH_MS = 2000;
 export class DaemonOps {
   readonly metrics: DaemonMetrics;
   readonly recorder: FlightRecorder;
+  /** Incident records in the state directory (`ipdeadgate incidents`). */
+  readonly incidents: IncidentRecorder;
+  private readonly incidentsLoaded: Promise<void>;
   private outer: EventLog | null = null;
   private inner: EventLog | null = null;
   private engine: OpsEngine | null = null;
@@ -52,12 +64,22 @@ export class DaemonOps {
     // The recorder logs through the outer log (so its events are counted too); set in wrapEvents.
     const log: EventLog = { event: (n, f, l) => (this.outer ?? this.inner)?.event(n, f, l) };
     this.recorder = new FlightRecorder(path.join(stateDir, 'captures'), recorderSettings(config), log);
+    const store = new IncidentStore(stateDir, (err) =>
+      log.event('error', { during: 'writing an incident record', error: err.message }, 'warn'),
+    );
+    this.incidents = new IncidentRecorder(store, this.metrics.incidentObserver());
+    // Read back the incidents a previous run left open; events meanwhile wait (bounded).
+    this.incidentsLoaded = this.incidents
+      .load()
+      .catch((err: unknown) =>
+        log.event('error', { during: 'reading incident records', error: (err as Error).message }, 'warn'),
+      );
   }
 
   /** The EventLog detection should log through: forwards to `inner`, feeding the recorder and metrics. */
   wrapEvents(inner: EventLog): EventLog {
     this.inner = inner;
-    this.outer = this.metrics.wrap(this.recorder.wrap(inner));
+    this.outer = this.metrics.wrap(this.recorder.wrap(this.incidents.wrap(inner)));
     return this.outer;
   }
 
@@ -65,6 +87,9 @@ export class DaemonOps {
   async start(engine: OpsEngine, ports: OpsPorts): Promise<void> {
     this.engine = engine;
     this.ports = ports;
+    ports.on?.('wire_frame', (ifname, p) =>
+      this.recorder.recordSegment(ifname, p.tsMs, p.data, p.wireLength),
+    );
     await this.recorder.load();
     await this.applyListen();
     this.refreshGateways();
@@ -164,16 +189,22 @@ export class DaemonOps {
     return this.recorder.lastCapture(gateway);
   }
 
-  /** Add `last_capture` to every gateway of a status and a `flight_recorder` section. */
+  /**
+   * Add `last_capture` and `open_incident` (the number of its incident under way, for `incidents
+   * ID`) to every gateway of a status, and `flight_recorder` and `incidents` sections.
+   */
   decorateStatus<S extends { gateways?: unknown }>(status: S): S {
+    const open = new Map(this.incidents.openIncidents().map((r) => [r.gateway, r.id]));
     const gws = Array.isArray(status.gateways) ? (status.gateways as { address?: unknown }[]) : [];
     return {
       ...status,
       gateways: gws.map((g) => ({
         ...g,
         last_capture: typeof g.address === 'string' ? (this.lastCapture(g.address)?.file ?? null) : null,
+        open_incident: typeof g.address === 'string' ? (open.get(g.address) ?? null) : null,
       })),
       flight_recorder: this.recorder.status(),
+      incidents: { ...this.incidents.store.status(), open: [...open.values()] },
       metrics: { listen: this.listening },
     };
   }
@@ -183,6 +214,8 @@ export class DaemonOps {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     await this.recorder.close();
+    await this.incidentsLoaded;
+    await this.incidents.close();
     await this.metrics.close();
   }
 }

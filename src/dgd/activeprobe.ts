@@ -74,12 +74,18 @@ export class ActiveProber {
     }
   }
 
-  /** Stop probing every gateway (reload: setup() starts again from the new config). */
+  /**
+   * Stop probing every gateway (off, reload): setup() starts again from the config. Each one's
+   * probing ends whole (its timer and its state), so that setup() finds nothing half-stopped.
+   */
   stopAll(): void {
-    for (const g of this.o.gateways.values()) {
-      g.active?.timer?.cancel();
-      g.active = null;
-    }
+    for (const g of this.o.gateways.values()) this.stop(g);
+  }
+
+  /** Stop probing g (it is forgotten, or detection stops). */
+  stop(g: Gateway): void {
+    g.active?.timer?.cancel();
+    g.active = null;
   }
 
   private start(g: Gateway, intervalMs: number, misses: number): void {

@@ -66,6 +66,7 @@ export const dgdSchema = z
     resend_on_switch: z.boolean().default(true),
     tables: z.array(tableName).min(1, 'needs at least one table').default(['main']),
     gateways: z.array(ipAddress).default([]),
+    router_advertisements: z.boolean().default(false),
     active: z.array(activeProbe).default([]),
     flap_limit: intIn(1, 1000).default(3),
     flap_window: duration(1000, 86_400_000).default('10m'),

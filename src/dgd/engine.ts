@@ -41,6 +41,9 @@ export type { GatewayState, TriggerKind } from './events';
 export type { DgdStatus, GatewayRouteStatus } from './status';
 export { activeProbeTimeout } from './activeprobe';
 
+/** RTPROT_RA: a route the kernel made from a router advertisement. */
+const RTPROT_RA = 9;
+
 export interface EngineOptions {
   config: DgdConfig;
   /** Managed table numbers (config names already resolved). */
@@ -120,6 +123,9 @@ export class DgdEngine {
       tables: () => this.tables,
       keepLastRoute: () => this.cfg.keep_last_route,
       deadKeys: () => this.gateways.deadKeys(),
+      // Decided when the withdrawal's turn comes, not when it was queued: a revival or `off` may
+      // have come first.
+      mayWithdraw: (g) => isDead(g) && this.enabled && !this.closed,
       placeable: (e) => this.links.placeable(e),
       rewithdraw: { limit: this.cfg.rewithdraw_limit, windowMs: this.cfg.rewithdraw_window },
       routesMoved: async (after, g) => this.follower?.follow({ after, gateway: g }),
@@ -168,13 +174,13 @@ export class DgdEngine {
       ...room,
       sink: {
         suspect: (g, kind, detail, quiet) => this.verdicts.suspect(g, kind, detail, quiet),
-        speculate: (g) => this.verdicts.speculate(g),
+        speculate: (g, quiet) => this.verdicts.speculate(g, quiet),
         verdictFresh: (g) => this.verdicts.verdictFresh(g),
         deadGatewayUsed: async (g) => {
           // The kernel still sends through a gateway we know is dead: a route through it is back
           // (put there by someone else) and its event was missed or is still to come.
           if (await this.keeper.anythingBackVia(g))
-            await this.keeper.withdraw(g, 'retransmissions via a dead gateway');
+            await this.verdicts.withdrawAgain(g, 'retransmissions via a dead gateway');
         },
         sighted: (g) => this.verdicts.machine.fire(g, { type: 'sighted' }, 'ARP/NDP seen from it'),
       },
@@ -267,11 +273,19 @@ export class DgdEngine {
     this.enabled = enabled;
     emit(this.log, { event: enabled ? 'dgd_on' : 'dgd_off' });
     if (!enabled) {
+      // Every trigger stops whole (the scan, active probing, the polls), so that `on` can start
+      // each again from nothing.
+      this.triggers.stop();
+      this.prober.stopAll();
       for (const g of this.gateways.values()) this.cancelGatewayTimers(g);
-      await this.keeper.restoreAll('ipdeadgate off');
-      for (const g of this.gateways.values())
-        this.verdicts.machine.fire(g, { type: 'off' }, 'ipdeadgate off');
+      // The routes come back and every gateway counts as active in one step of the route chain:
+      // no withdrawal queued behind it finds a gateway still dead.
+      await this.keeper.restoreAll('ipdeadgate off', () => {
+        for (const g of this.gateways.values())
+          this.verdicts.machine.fire(g, { type: 'off' }, 'ipdeadgate off');
+      });
     } else {
+      this.triggers.forgetLookups();
       this.prober.setup();
       this.triggers.schedule(0);
     }
@@ -347,7 +361,7 @@ export class DgdEngine {
     for (const g of this.gateways.list()) {
       if (!isDead(g) || !this.enabled) continue;
       if (this.keeper.routesBackVia(g, routes).length > 0)
-        await this.keeper.withdraw(g, 'route added via a dead gateway');
+        await this.verdicts.withdrawAgain(g, 'route added via a dead gateway');
     }
     if (this.enabled) await this.liaison.retell(this.gateways.list().filter(isDead), routes);
   }
@@ -363,12 +377,18 @@ export class DgdEngine {
       seen.add(gatewayKey(address, ifindex));
       this.gateways.ensure(address, ifindex, ifname ?? undefined);
     };
-    const considerRoute = (route: KernelRoute) => {
+    const considerRoute = (route: KernelRoute, fromKernel = false) => {
+      // Any station on the LAN can send a router advertisement: a route it made (proto ra) makes
+      // no tracked gateway unless the config asks for them or names that gateway.
+      if (fromKernel && route.protocol === RTPROT_RA && !this.cfg.router_advertisements) {
+        const named = (a: string | null) => a !== null && filter.has(normalizeIp(a));
+        if (!named(route.gateway) && !(route.nexthops ?? []).some((nh) => named(nh.gateway))) return;
+      }
       if (route.nexthops && route.nexthops.length > 0)
         for (const nh of route.nexthops) consider(nh.gateway, nh.ifindex, nh.ifname);
       else if (route.gateway && route.ifindex !== null) consider(route.gateway, route.ifindex, route.ifname);
     };
-    for (const r of routes) considerRoute(r);
+    for (const r of routes) considerRoute(r, true);
     for (const e of this.keeper.entries()) considerRoute(e.original);
     for (const e of this.keeper.groupEntries())
       for (const key of Object.values(e.members)) if (key) consider(...splitKey(key));
@@ -380,10 +400,10 @@ export class DgdEngine {
     }
   }
 
+  /** A gateway forgotten or replaced: its poll and its active probing end. */
   private cancelGatewayTimers(g: Gateway): void {
     this.verdicts.cancelPoll(g);
-    g.active?.timer?.cancel();
-    if (g.active) g.active.timer = null;
+    this.prober.stop(g);
   }
 
   // ---------------------------------------------------------------------------------------------

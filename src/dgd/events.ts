@@ -197,6 +197,10 @@ export type DgdLogEvent =
       gateway_event: string;
     }
   | { event: 'routes_waiting'; gateway: string; interface: string; routes: string[]; note: string }
+  /** A withdrawal whose turn came after its gateway revived (or detection went off): nothing done. */
+  | { event: 'withdrawal_skipped'; gateway: string; interface: string; reason: string; note: string }
+  /** A dead gateway's neighbour entry deleted, so the packets parked in it go the new way. */
+  | { event: 'neighbour_flushed'; gateway: string; interface: string; reason: string }
   | { event: 'route_kept'; gateway: string; reason: string; routes: string[] }
   | {
       event: 'route_readded';

@@ -5,7 +5,7 @@ import { formatEndpoint } from '../sys/ipaddr';
 import type { SocketSample } from './events';
 import type { Gateway, Incident } from './gateway';
 import type { ScannedSocket } from './ports';
-import type { Observation } from './scan';
+import { evidenceState, type Observation } from './scan';
 
 /** An incident ends when no socket has blamed its gateway for this long. */
 export const INCIDENT_QUIET_MS = 10_000;
@@ -29,7 +29,7 @@ export function socketSample(s: ScannedSocket, retransmits = s.timerRetransmits)
  */
 export function failingSocket(o: Observation, synStallMs: number): boolean {
   const s = o.socket;
-  if (s.timer !== 1) return false;
+  if (s.timer !== 1 || !evidenceState(s.state)) return false;
   if (s.state === 'SYN-SENT') return s.timerRetransmits >= 1 || (o.synWaitedMs ?? 0) >= synStallMs;
   return s.timerRetransmits >= 2;
 }
@@ -42,7 +42,12 @@ export function flowEvidenceKey(src: string, srcPort: number, dst: string, dstPo
   return `${src}|${srcPort}|${dst}|${dstPort}`;
 }
 
-/** Count a failing flow against g, within the aggregate window; returns how many distinct ones g has. */
+/**
+ * Count a failing flow against g, within the aggregate window; returns how many distinct ones g has.
+ * Constant work per flow (amortized), however many flows a scan brings: the evidence is kept in the
+ * order it came (a Map keeps insertion order, and `at` never goes back), so what left the window is
+ * at the front and the walk stops at the first entry still inside it.
+ */
 export function addEvidence(
   g: Gateway,
   key: string,
@@ -50,7 +55,10 @@ export function addEvidence(
   now: number,
   windowMs: number,
 ): number {
-  for (const [k, e] of g.aggregate) if (now - e.at > windowMs) g.aggregate.delete(k);
+  for (const [k, e] of g.aggregate) {
+    if (now - e.at <= windowMs) break;
+    g.aggregate.delete(k);
+  }
   if (!g.aggregate.has(key)) g.aggregate.set(key, { at: now, socket: sample });
   return g.aggregate.size;
 }

@@ -20,6 +20,7 @@ import type {
   KernelRoute,
 } from './ports';
 import { RewithdrawGuard } from './rewithdraw';
+import { RouteJournal } from './routejournal';
 import {
   describeGroup,
   describeRoute as describe,
@@ -35,7 +36,7 @@ import {
   type RouteOp,
 } from './routeplan';
 import { routeSummary, type DgdStatus } from './status';
-import { entryHasNames, remapEntry, routeInterfaces } from './interfaces';
+import { routeInterfaces } from './interfaces';
 
 export interface RouteKeeperOptions {
   ports: DgdPorts;
@@ -49,6 +50,11 @@ export interface RouteKeeperOptions {
   keepLastRoute: () => boolean;
   /** Every dead gateway's key: keep_last_route counts only routes that still work. */
   deadKeys: () => Set<string>;
+  /**
+   * May g's routes be withdrawn now (it is dead, detection is on)? Asked when the withdrawal's
+   * turn in the chain comes, since a revival or `off` queued before it may have changed that.
+   */
+  mayWithdraw: (g: Gateway) => boolean;
   /** Can the entry's route be put back now (its interfaces present and up)? (./linktracker.ts) */
   placeable: (entry: JournalEntry) => boolean;
   rewithdraw: { limit: number; windowMs: number };
@@ -57,9 +63,11 @@ export interface RouteKeeperOptions {
 }
 
 export class RouteKeeper {
-  private readonly journal = new Map<string, JournalEntry>();
+  /** The two journals (./routejournal.ts); changed only here. */
+  private readonly j: RouteJournal;
+  private readonly journal: Map<string, JournalEntry>;
   /** Nexthop groups with dead members taken out, by group id. */
-  private readonly groupJournal = new Map<number, GroupJournalEntry>();
+  private readonly groupJournal: Map<number, GroupJournalEntry>;
   private kernelRoutes: KernelRoute[] = [];
   private nexthopObjects = new Map<number, KernelNexthopObject>();
   /** Routes (identity) left through a dead gateway by keep_last_route: reported once, not retried. */
@@ -69,6 +77,9 @@ export class RouteKeeper {
   private chain: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly o: RouteKeeperOptions) {
+    this.j = new RouteJournal(o.store, o.log, o.bootId);
+    this.journal = this.j.routes;
+    this.groupJournal = this.j.groups;
     this.rewithdraw = new RewithdrawGuard(o.rewithdraw.limit, o.rewithdraw.windowMs, o.clock);
   }
 
@@ -96,69 +107,26 @@ export class RouteKeeper {
   // ---------------------------------------------------------------------------------------------
   // The journals
 
-  /**
-   * At start: the journals as stored. Entries that can never be placed are dropped with an event
-   * (an entry without interface names; a group changed in an earlier boot, since nexthop objects
-   * do not survive a reboot and the id now belongs to whatever its owner created since).
-   */
-  async load(): Promise<{ this_boot: number; earlier_boot: number; unknown_boot: number }> {
-    const boots = { this_boot: 0, earlier_boot: 0, unknown_boot: 0 };
-    let unplaceable = false;
-    for (const e of await this.o.store.loadJournal()) {
-      if (!entryHasNames(e)) {
-        // Without a name nothing says which interface its ifindex meant: never guess.
-        emit(
-          this.o.log,
-          {
-            event: 'route_dropped',
-            route: describe(e.original),
-            reason: 'the journal entry names no interface; not restored',
-          },
-          'warn',
-        );
-        unplaceable = true;
-        continue;
-      }
-      if (!e.boot_id) boots.unknown_boot++;
-      else if (e.boot_id === this.o.bootId) boots.this_boot++;
-      else boots.earlier_boot++;
-      this.journal.set(e.key, e);
-    }
-    for (const e of await this.o.store.loadGroupJournal()) {
-      if (e.boot_id && this.o.bootId && e.boot_id !== this.o.bootId) {
-        emit(
-          this.o.log,
-          {
-            event: 'nexthop_group_dropped',
-            nexthop: describeGroup(e.original),
-            reason: 'changed before a reboot; nexthop objects do not survive one',
-          },
-          'warn',
-        );
-        unplaceable = true;
-        continue;
-      }
-      this.groupJournal.set(e.id, e);
-    }
-    if (unplaceable) await this.save();
-    return boots;
+  /** At start: the journals as stored (./routejournal.ts drops what can never be placed). */
+  load(): ReturnType<RouteJournal['load']> {
+    return this.j.load();
   }
 
   get journalSize(): number {
-    return this.journal.size + this.groupJournal.size;
+    return this.j.size;
   }
 
   entries(): JournalEntry[] {
-    return [...this.journal.values()];
+    return this.j.entries();
   }
 
   groupEntries(): GroupJournalEntry[] {
-    return [...this.groupJournal.values()];
+    return this.j.groupEntries();
   }
 
   /** Journaled routes that wait for g (it was removed from them). */
   entriesVia(gatewayKey: string): JournalEntry[] {
-    return this.entries().filter((e) => e.removed.includes(gatewayKey));
+    return this.j.entriesVia(gatewayKey);
   }
 
   /**
@@ -171,7 +139,7 @@ export class RouteKeeper {
   }
 
   private save(): Promise<void> {
-    return this.o.store.saveJournal(this.entries(), this.groupEntries());
+    return this.j.save();
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -225,11 +193,26 @@ export class RouteKeeper {
   // Withdraw
 
   /**
-   * Withdraw every route through dead g (its routing daemons' routes are handed over instead).
-   * g may have revived while this waited its turn: its routing daemons are told only while it is dead.
+   * Withdraw every route through dead g (its routing daemons' routes are handed over instead);
+   * returns what changed. g may have revived (or detection gone off) while this waited its turn:
+   * then nothing is withdrawn and nobody is told.
    */
-  withdraw(g: Gateway, reason: string): Promise<void> {
+  withdraw(g: Gateway, reason: string): Promise<string[]> {
     return this.serially(async () => {
+      if (!this.o.mayWithdraw(g)) {
+        emit(
+          this.o.log,
+          {
+            event: 'withdrawal_skipped',
+            gateway: g.address,
+            interface: g.ifname,
+            reason,
+            note: 'the gateway is no longer dead (or detection is off)',
+          },
+          'debug',
+        );
+        return [];
+      }
       const routes = await this.readRoutes();
       const objects = await this.readNexthopObjects();
       const plan = planWithdrawal({
@@ -262,7 +245,7 @@ export class RouteKeeper {
         });
       if (plan.routes.length === 0 && plan.groups.length === 0) {
         if (plan.emptied.length > 0) await this.save();
-        return;
+        return [];
       }
       for (const p of plan.routes) this.journal.set(p.entry.key, p.entry);
       for (const p of plan.groups) this.groupJournal.set(p.entry.id, p.entry);
@@ -279,6 +262,7 @@ export class RouteKeeper {
         ...(plan.readded.length > 0 ? { readded: plan.readded.length } : {}),
       });
       if (done.length > 0) this.moved('withdrawal', g);
+      return done;
     });
   }
 
@@ -390,8 +374,12 @@ export class RouteKeeper {
   // ---------------------------------------------------------------------------------------------
   // Restore
 
-  /** Put back what g took (its routing daemons told first); routes whose interface is not up wait. */
-  restore(g: Gateway, reason: string): Promise<void> {
+  /**
+   * Put back what g took (its routing daemons told first); routes whose interface is not up wait.
+   * `then` runs in the same step of the chain, after the journal is written: what it decides (g
+   * alive) is in place before anything queued behind the restore runs.
+   */
+  restore(g: Gateway, reason: string, then?: () => void): Promise<void> {
     return this.serially(async () => {
       await this.o.liaison.markAlive(g, reason);
       // Decide from the kernel as it is now, not as it was at the last route event.
@@ -417,15 +405,16 @@ export class RouteKeeper {
         routes: restored,
       });
       if (restored.length > 0) this.moved('restore', g);
+      then?.();
     });
   }
 
-  /** Restore every withdrawn route (off, SIGTERM); routes whose interface is not up wait. */
-  restoreAll(reason: string): Promise<void> {
+  /** Restore every withdrawn route (off, SIGTERM); routes whose interface is not up wait. `then` as in restore. */
+  restoreAll(reason: string, then?: () => void): Promise<void> {
     return this.serially(async () => {
       this.keptRoutes.clear();
       await this.o.liaison.restoreAll(reason);
-      if (this.journal.size === 0 && this.groupJournal.size === 0) return;
+      if (this.journal.size === 0 && this.groupJournal.size === 0) return then?.();
       await this.readRoutes();
       const restored: string[] = [];
       for (const entry of this.groupEntries()) {
@@ -448,6 +437,7 @@ export class RouteKeeper {
           : {}),
       });
       if (restored.length > 0) this.moved('restore', null);
+      then?.();
     });
   }
 
@@ -630,43 +620,17 @@ export class RouteKeeper {
 
   /** An interface re-created (or a reboot): entries journaled with `ifname` at `from` move to `to`. */
   remapInterface(ifname: string, from: number, to: number): void {
-    for (const [k, e] of [...this.journal]) {
-      const moved = remapEntry(e, ifname, from, to);
-      if (moved === e) continue;
-      this.journal.delete(k);
-      this.journal.set(moved.key, moved);
-    }
+    this.j.remapInterface(ifname, from, to);
   }
 
   /** Persist after remapInterface (inside the chain). */
   persist(): Promise<void> {
-    return this.save();
+    return this.j.save();
   }
 
-  /**
-   * Journaled routes on interfaces gone longer than interface_wait can never be restored: dropped,
-   * each with an event (inside the chain).
-   */
-  async dropEntriesOn(expired: ReadonlySet<string>, absentMs: (ifname: string) => number): Promise<void> {
-    let changed = false;
-    for (const [k, e] of [...this.journal]) {
-      const gone = routeInterfaces(e.original).find((i) => i.ifname && expired.has(i.ifname));
-      if (!gone) continue;
-      this.journal.delete(k);
-      changed = true;
-      emit(
-        this.o.log,
-        {
-          event: 'route_dropped',
-          route: describe(e.original),
-          interface: gone.ifname,
-          absent_ms: Math.round(absentMs(gone.ifname!)),
-          reason: 'its interface has been gone longer than dgd.interface_wait; it can never be restored',
-        },
-        'warn',
-      );
-    }
-    if (changed) await this.save();
+  /** Journaled routes on interfaces gone longer than interface_wait are dropped (inside the chain). */
+  dropEntriesOn(expired: ReadonlySet<string>, absentMs: (ifname: string) => number): Promise<void> {
+    return this.j.dropEntriesOn(expired, absentMs);
   }
 
   // ---------------------------------------------------------------------------------------------

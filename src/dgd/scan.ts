@@ -18,6 +18,16 @@ const MIN_SCAN_GAP_MS = 10;
  */
 const SYN_RTO_INIT_MS = 1000;
 
+/**
+ * Half-open sockets (SYN-RECV: a SYN came in, our SYN-ACK goes unanswered) say nothing about a
+ * gateway: anyone can make thousands of them with SYNs from spoofed addresses, whose SYN-ACKs are
+ * retransmitted through the gateway forever unanswered. A real client of a failing path retries its
+ * SYN, and once connected its own data counts.
+ */
+export function evidenceState(state: string): boolean {
+  return state !== 'SYN-RECV';
+}
+
 /** One socket of a dump, with what it did since the last one. */
 export interface Observation {
   socket: ScannedSocket;
@@ -105,7 +115,11 @@ export class SocketScanner {
           .finally(() => (this.counting = false));
       }
     }
-    const sockets = await this.ports.scanSockets({ minRetransmits: 1, synSent: connecting });
+    // Half-open sockets are dropped here, before any lookup or bookkeeping: a SYN flood costs a
+    // scan nothing more than the dump (and the system ports leave them out of it).
+    const sockets = (await this.ports.scanSockets({ minRetransmits: 1, synSent: connecting })).filter((s) =>
+      evidenceState(s.state),
+    );
     const threshold = cfg.retransmit_threshold;
     let retransmitting = 0;
     let due = Infinity;

@@ -55,6 +55,11 @@ const SCAN_STATES: TcpState[] = [
   'LAST-ACK',
   'CLOSING',
 ];
+/**
+ * What the scan dumps: the same without SYN-RECV. Half-open sockets are no evidence (./scan.ts),
+ * and a SYN flood makes thousands of them: the kernel skips them before building a message.
+ */
+const DUMP_STATES: TcpState[] = SCAN_STATES.filter((s) => s !== 'SYN-RECV');
 
 export class SystemPorts extends EventEmitter implements DgdPorts {
   private readonly neighbourLinks = new Map<string, Promise<NeighbourLink>>();
@@ -100,7 +105,7 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
 
   async scanSockets(opts: { minRetransmits: number; synSent?: boolean }): Promise<ScannedSocket[]> {
     const entries = await dumpTcpSockets({
-      states: SCAN_STATES,
+      states: DUMP_STATES,
       info: false,
       minRetransmits: opts.minRetransmits,
     });
@@ -211,7 +216,8 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
    * Watch TCP segments leaving on these interfaces (the trigger for forwarded traffic), within
    * `budget` frames a second each, SYNs unanswered after `synStallMs` included; emits
    * 'wire_retransmission' (WireFlowEvent) with the frame's MAC turned into addresses by the
-   * kernel's neighbour table, 'wire_closed' (ifname, Error) when an interface went down (the next
+   * kernel's neighbour table, 'wire_frame' (ifname, LivePacket) for each segment read (the flight
+   * recorder keeps their headers), 'wire_closed' (ifname, Error) when an interface went down (the next
    * call opens it again), and 'error'.
    */
   watchWire(ifnames: string[], budget: number, synStallMs: number): void {
@@ -226,6 +232,7 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
       this.wireSynStall = synStallMs;
       const wire = new WireWatch({ budget, synStallMs });
       wire.on('retransmission', (r: WireRetransmission) => void this.attribute(r));
+      wire.on('frame', (ifname: string, p: unknown) => this.emit('wire_frame', ifname, p));
       wire.on('error', (_ifname: string, err: Error) => this.emit('error', err));
       wire.on('closed', (ifname: string, err: Error) => this.emit('wire_closed', ifname, err));
       this.wire = wire;

@@ -41,8 +41,11 @@ export interface TriggerDetail {
 export interface TriggerSink {
   /** g is suspect: verify it and act on the verdict. quiet: a re-verification within an incident. */
   suspect(g: Gateway, kind: TriggerKind, detail: TriggerDetail, quiet: boolean): Promise<void>;
-  /** One retransmission before the threshold: verify now, act only if the threshold is hit. */
-  speculate(g: Gateway): void;
+  /**
+   * One retransmission before the threshold: verify now, act only if the threshold is hit.
+   * quiet: within an incident, where an unchanged verdict is debug detail.
+   */
+  speculate(g: Gateway, quiet: boolean): void;
   /** Its last verdict is recent enough to stand for a new trigger. */
   verdictFresh(g: Gateway): boolean;
   /** The kernel still sends through dead g: a route through it is back; re-read and withdraw. */
@@ -179,10 +182,16 @@ export class Triggers {
         { event: 'trigger_socket', gateway: g.address, interface: g.ifname, reason: kind, socket: sock },
         'debug',
       );
-    // Joining an incident: a pending or fresh verdict covers this socket too. Past that the gateway
-    // is asked again (it may have died since it answered: a dead server first, then its gateway),
-    // but quietly: only a changed verdict is news, so an incident stays one trigger, one verdict.
-    if (joining && (g.inflight || g.state !== 'active' || this.o.sink.verdictFresh(g))) {
+    // Joining an incident: a pending verification that will act, or a fresh "alive" verdict,
+    // covers this socket too. Past that the gateway is asked again (it may have died since it
+    // answered: a dead server first, then its gateway), but quietly: only a changed verdict is
+    // news, so an incident stays one trigger, one verdict. A speculative verification or a fresh
+    // "dead" verdict does not cover it: nothing acts on those but a trigger.
+    const covered =
+      g.state !== 'active' ||
+      (g.inflight !== null && !g.inflight.speculative) ||
+      (g.inflight === null && this.o.sink.verdictFresh(g) && g.lastVerification?.alive === true);
+    if (joining && covered) {
       g.triggers[kind]++;
       return;
     }
@@ -218,16 +227,26 @@ export class Triggers {
     if (now < threshold - 1) return;
     const socket = socketSample(s, now);
     if (now >= threshold) {
-      if (this.blameDue(g, before, now)) crossed.set(g, [...(crossed.get(g) ?? []), socket]);
+      if (!this.blameDue(g, before, now)) return;
+      const list = crossed.get(g);
+      if (list) list.push(socket);
+      else crossed.set(g, [socket]);
     } else if (
       before < threshold - 1 &&
       !g.inflight &&
       g.state === 'active' &&
-      !this.o.sink.verdictFresh(g) &&
-      !inIncident(g, this.o.clock.now())
+      !this.o.sink.verdictFresh(g)
     ) {
-      emit(this.o.log, { event: 'speculative_verify', gateway: g.address, interface: g.ifname, socket });
-      this.o.sink.speculate(g);
+      // Also within an incident (a server behind g failing a moment ago): the gateway may have died
+      // since it answered, and that death must be found as early as any other. Such a verification
+      // is quiet unless its verdict changes (an incident stays one trigger, one verdict).
+      const quiet = inIncident(g, this.o.clock.now());
+      emit(
+        this.o.log,
+        { event: 'speculative_verify', gateway: g.address, interface: g.ifname, socket },
+        quiet ? 'debug' : 'info',
+      );
+      this.o.sink.speculate(g, quiet);
     }
   }
 

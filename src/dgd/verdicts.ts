@@ -118,13 +118,25 @@ export class Verdicts implements GatewayHost {
         level,
       );
     } else {
+      // A death is news even when its trigger joined an incident quietly.
+      if (quiet)
+        emit(this.o.log, {
+          event: 'trigger',
+          gateway: g.address,
+          interface: g.ifname,
+          reason: kind,
+          ...detail,
+        });
       await this.declareDead(g, `no ARP/NDP answer to ${v.probesSent} probes after ${kind}`);
     }
   }
 
-  /** One retransmission before the threshold: verify now; the threshold's trigger reuses it. */
-  speculate(g: Gateway): void {
-    void this.verification(g, 'speculative').catch(() => undefined);
+  /**
+   * One retransmission before the threshold: verify now; the threshold's trigger reuses it.
+   * quiet: within an incident whose gateway answered, an unchanged verdict is debug detail.
+   */
+  speculate(g: Gateway, quiet = false): void {
+    void this.verification(g, 'speculative', quiet).catch(() => undefined);
   }
 
   /**
@@ -227,17 +239,35 @@ export class Verdicts implements GatewayHost {
   async declareDead(g: Gateway, reason: string): Promise<void> {
     if (isDead(g)) return;
     this.machine.fire(g, { type: 'no_answer' }, reason);
-    await this.o.keeper.withdraw(g, reason);
+    await this.withdrawAndRelease(g, reason, true);
+  }
+
+  /**
+   * Routes put back through dead g (by their owner, a DHCP renewal, `networkctl reconfigure`):
+   * withdrawn again, and the flows that used them in between released like at the death.
+   */
+  async withdrawAgain(g: Gateway, reason: string): Promise<void> {
+    await this.withdrawAndRelease(g, reason, false);
+  }
+
+  private async withdrawAndRelease(g: Gateway, reason: string, death: boolean): Promise<void> {
+    const done = await this.o.keeper.withdraw(g, reason);
+    if (!death && done.length === 0) return;
     // Flows that were retransmitting through g get their latest segment resent through the new
     // route now, before the neighbour flush below.
     await this.o.routesSwitched(g);
-    if (!this.o.running()) return;
+    if (!this.o.running() || !isDead(g)) return;
     // Our purge left the gateway's neighbour entry unresolved, and the kernel parks packets
     // (TCP's retransmissions among them) in it until it fails; TCP does not retransmit a segment
     // still held in the host. Deleting the entry frees them, so the next retransmission takes the
     // new route instead of waiting one more backoff.
+    // After a route was put back, what the flows sent meanwhile waits in the entry the kernel
+    // started for g (INCOMPLETE, failed only after 3 s): the same flush frees it.
     await this.o.ports
       .flushNeighbour(g.ifindex, g.address)
+      .then(() =>
+        emit(this.o.log, { event: 'neighbour_flushed', gateway: g.address, interface: g.ifname, reason }),
+      )
       .catch((err: unknown) =>
         emit(
           this.o.log,
@@ -259,20 +289,24 @@ export class Verdicts implements GatewayHost {
       return;
     }
     this.cancelPoll(g);
-    await this.o.keeper.restore(g, reason);
-    const left = this.o.keeper.waitingVia(g);
-    if (left.length > 0) {
-      emit(this.o.log, {
-        event: 'routes_waiting',
-        gateway: g.address,
-        interface: g.ifname,
-        routes: left.map((e) => describeRoute(e.original)),
-        note: 'their interface is not up (or is being renumbered); restored when it is',
-      });
-      this.machine.fire(g, { type: 'routes_waiting' }, 'routes wait for their interface');
-      return;
-    }
-    this.machine.fire(g, { type: 'revived' }, reason);
+    // Restored and marked alive in one step of the route chain: a re-check or a refresh queued
+    // meanwhile (it saw the restored route while g was still dead) finds g alive when it runs.
+    await this.o.keeper.restore(g, reason, () => {
+      if (!isDead(g)) return; // another revival (a poll and active probing) came first
+      const left = this.o.keeper.waitingVia(g);
+      if (left.length > 0) {
+        emit(this.o.log, {
+          event: 'routes_waiting',
+          gateway: g.address,
+          interface: g.ifname,
+          routes: left.map((e) => describeRoute(e.original)),
+          note: 'their interface is not up (or is being renumbered); restored when it is',
+        });
+        this.machine.fire(g, { type: 'routes_waiting' }, 'routes wait for their interface');
+        return;
+      }
+      this.machine.fire(g, { type: 'revived' }, reason);
+    });
   }
 
   // ---------------------------------------------------------------------------------------------

@@ -247,6 +247,11 @@ export class TlsLinkSocket extends Duplex {
     return false;
   }
 
+  /** Bytes queued by queueFrame() or the addon and not yet taken by the kernel (the mux's budget). */
+  get queuedBytes(): number {
+    return this.nativeQueued + this.batchBytes;
+  }
+
   private readonly flushBatch = (): void => {
     this.batchScheduled = false;
     if (!this.batch.length) return;

@@ -16,6 +16,8 @@ import type { HostPort } from './config';
  */
 export class AcceptBackoff {
   errors = 0;
+  /** Times accepting was paused (descriptor shortage, or near the limit). */
+  pauses = 0;
   private delay = 100;
   private timer: Timer | undefined;
   private closed = false;
@@ -55,6 +57,16 @@ export class AcceptBackoff {
     if (this.closed || this.paused) return;
     if (err.code !== 'EMFILE' && err.code !== 'ENFILE') return; // listen errors are reported by listen()
     this.errors++;
+    this.pause();
+  }
+
+  /**
+   * Stop accepting for a while (the backoff's delay), e.g. when the process nears its descriptor
+   * limit (src/tunnel/fdbudget.ts): a flood waits in the peers' SYN retries, not in our descriptors.
+   */
+  pause(): void {
+    if (this.closed || this.paused) return;
+    this.pauses++;
     this.paused = true;
     this.server.close();
     const again = (): void => {

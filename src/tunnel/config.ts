@@ -40,6 +40,32 @@ const hostPort = z
   });
 
 const durationIn = (min: number, max: number, dflt: string) => duration(min, max).default(dflt);
+
+const SIZE_UNITS: Record<string, number> = { '': 1, B: 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3 };
+
+/** "256KiB", "32MiB", "1GiB" or a number of bytes, within [min, max] bytes. */
+export function parseSize(text: string): number | undefined {
+  const m = /^(\d+)\s*(B|KiB|MiB|GiB)?$/.exec(text.trim());
+  return m ? Number(m[1]) * SIZE_UNITS[m[2] ?? '']! : undefined;
+}
+
+const sizeIn = (min: number, max: number, dflt: string) =>
+  z
+    .union([z.number().int(), z.string()], {
+      invalid_type_error: 'must be a size like "256KiB", "32MiB" or a number of bytes',
+    })
+    .default(dflt)
+    .transform((v, ctx) => {
+      const n = typeof v === 'number' ? v : parseSize(v);
+      if (n === undefined || n < min || n > max) {
+        ctx.addIssue({
+          code: z.ZodIssueCode.custom,
+          message: `"${v}" must be a size from ${min / 1024} KiB to ${max / 1024 ** 2} MiB (e.g. "32MiB")`,
+        });
+        return z.NEVER;
+      }
+      return n;
+    });
 const intIn = (min: number, max: number, dflt: number) => wholeNumber(min, max).default(dflt);
 
 /** Service and node names: what peers ask for and announce. '@' is reserved for the link's own streams. */
@@ -55,6 +81,14 @@ const servicePattern = z
     /^(\*|[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\*?)$/,
     'must be a service name, a prefix ending in "*" (e.g. "endpoint-*"), or "*" for any',
   );
+
+/**
+ * The value under `key` when it is the record's own: names come from peers, and a plain object's
+ * inherited members (`constructor`, `toString`, `__proto__`) must never resolve as a service or a peer.
+ */
+export function ownEntry<T>(rec: Record<string, T> | undefined, key: string): T | undefined {
+  return rec !== undefined && Object.hasOwn(rec, key) ? rec[key] : undefined;
+}
 
 /** Whether `service` matches one of `patterns` (exact names, "prefix*", "*"). */
 export function matchesAny(patterns: readonly string[], service: string): boolean {
@@ -90,6 +124,15 @@ export const tunnelConfigSchema = z
     open_timeout: durationIn(100, 3_600_000, '30s'),
     handshake_timeout: durationIn(100, 600_000, '10s'),
     max_sessions: intIn(1, 1_000_000, 10_000),
+    // What one authenticated peer may cost this node (docs/security.md).
+    peer_max_sessions: intIn(1, 1_000_000, 5000),
+    peer_max_buffered: sizeIn(256 * 1024, 4096 * 1024 ** 2, '32MiB'),
+    write_timeout: durationIn(100, 3_600_000, '10s'),
+    max_unsent: sizeIn(8 * 1024 ** 2, 1024 * 1024 ** 2, '16MiB'),
+    // What unauthenticated clients may cost the link listener.
+    max_handshakes: intIn(1, 100_000, 256),
+    max_handshakes_per_address: intIn(1, 100_000, 16),
+    first_byte_timeout: durationIn(100, 600_000, '3s'),
     peers: z.record(serviceName, peerRule).optional(),
   })
   .strict()

@@ -146,7 +146,18 @@ export class FrameDecoder {
 
   push(chunk: Buffer): { frames: Frame[]; error?: ProtocolError } {
     const frames: Frame[] = [];
-    if (this.failed) return { frames, error: this.failed };
+    const error = this.decode(chunk, (f) => void frames.push(f));
+    return error ? { frames, error } : { frames };
+  }
+
+  /**
+   * Decode `chunk`, handing each frame to `each` as it completes (no array of a read's frames: a
+   * read full of 12-byte frames would make one large enough for V8's large-object space, which
+   * only a full collection frees). Stops early when `each` returns true; returns the
+   * ProtocolError that kills the decoder, if any.
+   */
+  decode(chunk: Buffer, each: (f: Frame) => boolean | void): ProtocolError | undefined {
+    if (this.failed) return this.failed;
     if (chunk.length) {
       this.chunks.push(chunk);
       this.buffered += chunk.length;
@@ -160,8 +171,8 @@ export class FrameDecoder {
         }
         const h = this.header;
         if (h.type !== FrameType.Data) {
-          frames.push({ type: h.type, flags: h.flags, streamId: h.streamId, length: h.length });
           this.header = undefined;
+          if (each({ type: h.type, flags: h.flags, streamId: h.streamId, length: h.length })) break;
           continue;
         }
         if (this.streamData && h.length > 0) {
@@ -174,15 +185,15 @@ export class FrameDecoder {
           let flags = h.flags;
           if (this.pieceSent) flags &= ~(Flag.SYN | Flag.ACK);
           if (!last) flags &= ~(Flag.FIN | Flag.RST);
-          frames.push({ type: h.type, flags, streamId: h.streamId, length: n, data });
           this.pieceSent = !last;
           if (last) this.header = undefined;
+          if (each({ type: h.type, flags, streamId: h.streamId, length: n, data })) break;
           continue;
         }
         if (this.buffered < h.length) break;
         const data = h.length === 0 ? EMPTY : this.take(h.length);
-        frames.push({ type: h.type, flags: h.flags, streamId: h.streamId, length: h.length, data });
         this.header = undefined;
+        if (each({ type: h.type, flags: h.flags, streamId: h.streamId, length: h.length, data })) break;
       }
     } catch (err) {
       this.failed =
@@ -191,9 +202,9 @@ export class FrameDecoder {
           : new ProtocolError('ERR_YAMUX_DECODER_FAILED', `yamux decoder failed: ${(err as Error).message}`);
       this.chunks = [];
       this.buffered = 0;
-      return { frames, error: this.failed };
+      return this.failed;
     }
-    return { frames };
+    return undefined;
   }
 
   /** Remove n bytes from the front of the buffered chunks (copying only when a frame spans chunks). */

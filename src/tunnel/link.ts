@@ -11,6 +11,7 @@ import type * as tls from 'node:tls';
 import { IpdeadgateError } from '../errors';
 import { systemClock, type Clock } from '../util/clock';
 import { formatHostPort, type HostPort } from './config';
+import { parseControlLine } from './control';
 import { MuxSession, type MuxStream } from './muxsession';
 import {
   CONTROL_SERVICE,
@@ -21,11 +22,9 @@ import {
   Refusal,
   type ControlMessage,
 } from './protocol';
-import { AcceptBackoff } from './acceptbackoff';
 import { DialerLife, type DialerEventType, type DialerLifeHost, type DialerState } from './dialerlife';
 import {
   LinkLife,
-  type LinkEvent,
   type LinkEventType,
   type LinkLifeHost,
   type LinkRefusal,
@@ -40,10 +39,13 @@ import {
   type TlsMaterial,
 } from './linktls';
 import { type TlsLinkContext, TlsLinkSocket } from '../sys/tlslink';
+import { AcceptBackoff } from './acceptbackoff';
+import { LinkAdmission, type TurnedAway } from './linkadmission';
 
 // What links' users import from here: the machine's names and the TLS helpers.
 export type { LinkRefusal, LinkState };
 export { backoffDelay } from './dialerlife';
+export { parseControlLine } from './control';
 export {
   certificateNames,
   certificateVouchesFor,
@@ -79,6 +81,15 @@ export interface LinkOptions {
   heartbeatMs: number;
   heartbeatMisses: number;
   closeTimeoutMs: number;
+  /** Close a link on which bytes wait and none leaves for this long (0: never). */
+  writeTimeoutMs?: number;
+  /** Most bytes that may wait to be sent on a link (MuxOptions.maxUnsent). */
+  maxUnsent?: number;
+  /** Listener: TLS handshakes in progress at once, in all and from one address. */
+  maxHandshakes?: number;
+  maxHandshakesPerAddress?: number;
+  /** Listener: a connection that sends no byte for this long is closed. */
+  firstByteTimeoutMs?: number;
   clock?: Clock;
   /** What we announce on a link (service -> hops). */
   services: (link: Link) => Record<string, number>;
@@ -89,27 +100,6 @@ export interface LinkOptions {
   filterAnnounced?: (link: Link, services: Record<string, number>) => Record<string, number>;
   /** A (state, event) pair the link's machine does not expect (src/tunnel/linklife.ts): already counted. */
   onInvalidEvent?: (link: Link, state: LinkState, event: LinkEventType) => void;
-}
-
-/** What the peer says on the control stream, one JSON object a line (docs/protocol.md). */
-function controlEvent(m: ControlMessage): LinkEvent | undefined {
-  switch (m.type) {
-    case 'bye':
-      return {
-        type: 'bye',
-        detail: `the peer refused the link (${String(m.reason ?? '').slice(0, 64)}): ${String(m.detail ?? '').slice(0, 512)}`,
-      };
-    case 'hello':
-      return {
-        type: 'hello',
-        name: String(m.name).slice(0, 63),
-        role: String(m.role).slice(0, 32),
-        services: sanitizeServices(m.services),
-      };
-    case 'tell':
-      return { type: 'tell', services: sanitizeServices(m.services) };
-  }
-  return undefined; // a message type from a later version: not ours to judge
 }
 
 /**
@@ -146,6 +136,9 @@ export class Link extends EventEmitter implements LinkLifeHost {
       heartbeatMs: opts.heartbeatMs,
       heartbeatMisses: opts.heartbeatMisses,
       closeTimeoutMs: opts.closeTimeoutMs,
+      writeTimeoutMs: opts.writeTimeoutMs,
+      maxUnsent: opts.maxUnsent,
+      holdInboundWindow: true,
     });
     this.session.on('close', (error?: Error) => this.life.dispatch({ type: 'closed', error }));
     this.session.on('stream', (s: MuxStream) => this.onStream(s));
@@ -181,15 +174,22 @@ export class Link extends EventEmitter implements LinkLifeHost {
   private onStream(s: MuxStream): void {
     readOpen(s).then(
       (req) => {
-        if (req.service === CONTROL_SERVICE) {
-          if (this.control || this.dialer) return s.reset();
-          s.write(encodeAnswer(0));
-          this.attachControl(s);
-          return;
+        try {
+          if (req.service === CONTROL_SERVICE) {
+            if (this.control || this.dialer) return s.reset();
+            s.write(encodeAnswer(0));
+            this.attachControl(s);
+            // Its window opens now: it has its reader.
+            s.openWindow();
+            return;
+          }
+          // Sessions only on a link whose peer is known (up), not while refusing.
+          if (this.state !== 'up') return s.reset();
+          this.emit('stream', s, req);
+        } catch (err) {
+          // A fault in handling one stream costs that stream, never the process.
+          s.reset(err as Error);
         }
-        // Sessions only on a link whose peer is known (up), not while refusing.
-        if (this.state !== 'up') return s.reset();
-        this.emit('stream', s, req);
       },
       () => s.reset(),
     );
@@ -201,14 +201,25 @@ export class Link extends EventEmitter implements LinkLifeHost {
     c.setEncoding('utf8');
     c.on('data', (text: string) => {
       buf += text;
+      // A fault in handling a control line costs this link (the peer said something we could
+      // not take), never the process.
+      try {
+        let nl: number;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          this.onControl(line);
+        }
+      } catch (err) {
+        return this.close(
+          new IpdeadgateError(
+            'ERR_TUNNEL_INTERNAL',
+            `handling a control message failed: ${(err as Error).message}`,
+          ),
+        );
+      }
       if (buf.length > 1024 * 1024)
         return this.close(new IpdeadgateError('ERR_TUNNEL_HANDSHAKE', 'control message too long'));
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        this.onControl(line);
-      }
     });
     c.on('end', () =>
       this.close(new IpdeadgateError('ERR_TUNNEL_LINK_CLOSED', 'the peer closed the control stream')),
@@ -226,14 +237,8 @@ export class Link extends EventEmitter implements LinkLifeHost {
   }
 
   private onControl(line: string): void {
-    let m: ControlMessage;
-    try {
-      m = JSON.parse(line) as ControlMessage;
-    } catch {
-      const error = new IpdeadgateError('ERR_TUNNEL_HANDSHAKE', 'malformed control message');
-      return this.life.dispatch({ type: 'garbled', error });
-    }
-    const ev = controlEvent(m);
+    const ev = parseControlLine(line);
+    if (ev instanceof Error) return this.life.dispatch({ type: 'garbled', error: ev });
     if (ev) this.life.dispatch(ev);
   }
 
@@ -341,22 +346,6 @@ export class Link extends EventEmitter implements LinkLifeHost {
   announceInvalid(state: LinkState, event: LinkEventType): void {
     this.opts.onInvalidEvent?.(this, state, event);
   }
-}
-
-function sanitizeServices(v: unknown): Record<string, number> {
-  const out: Record<string, number> = {};
-  if (!v || typeof v !== 'object') return out;
-  for (const [k, h] of Object.entries(v as Record<string, unknown>)) {
-    if (
-      /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(k) &&
-      typeof h === 'number' &&
-      Number.isInteger(h) &&
-      h >= 0 &&
-      h < 64
-    )
-      out[k] = h;
-  }
-  return out;
 }
 
 /**
@@ -521,12 +510,16 @@ function tellRefusedAndClose(socket: TlsLinkSocket, reason: LinkRefusal, detail:
   });
 }
 
-/** Accepts links on `listen`; peers without a certificate from our CA never get a session. */
+/**
+ * Accepts links on `listen`; peers without a certificate from our CA never get a session, and what
+ * clients can hold before their link is bounded (src/tunnel/linkadmission.ts).
+ */
 export class LinkListener extends EventEmitter {
   private readonly server: net.Server;
   private readonly backoff: AcceptBackoff;
   private readonly context: TlsLinkContext;
   private readonly handshaking = new Set<TlsLinkSocket>();
+  private readonly admission: LinkAdmission;
   readonly links = new Set<Link>();
   handshakeFailures = 0;
 
@@ -540,6 +533,15 @@ export class LinkListener extends EventEmitter {
     // Not a byte is read by Node: the addon takes the socket over for the TLS handshake.
     this.server = net.createServer({ pauseOnConnect: true }, (tcp) => this.onConnection(tcp));
     this.backoff = new AcceptBackoff(this.server, address, opts.clock ?? systemClock);
+    this.admission = new LinkAdmission(opts, this.backoff, (remote, reason, detail) => {
+      const ev: RefusalEvent = { remote, reason, detail, direction: 'accept' };
+      this.emit('refused', ev);
+    });
+  }
+
+  /** Connections closed before TLS, by why (src/tunnel/linkadmission.ts). */
+  get turnedAway(): Readonly<Record<TurnedAway, number>> {
+    return this.admission.turnedAway;
   }
 
   private handshakeFailed(remote: string, err: NodeJS.ErrnoException): void {
@@ -554,11 +556,16 @@ export class LinkListener extends EventEmitter {
   }
 
   private onConnection(tcp: net.Socket): void {
+    this.admission.admit(tcp, this.handshaking.size, (release) => this.startTls(tcp, release));
+  }
+
+  private startTls(tcp: net.Socket, release: () => void): void {
     const remote = `${tcp.remoteAddress}:${tcp.remotePort}`;
     let socket: TlsLinkSocket;
     try {
       socket = new TlsLinkSocket(tcp, this.context);
     } catch (err) {
+      release();
       return this.handshakeFailed(remote, err as NodeJS.ErrnoException);
     }
     this.handshaking.add(socket);
@@ -574,16 +581,19 @@ export class LinkListener extends EventEmitter {
     const onError = (err: NodeJS.ErrnoException): void => {
       timer.cancel();
       this.handshaking.delete(socket);
+      release();
       this.handshakeFailed(remote, err);
     };
     socket.once('error', onError);
     socket.once('close', () => {
       timer.cancel();
       this.handshaking.delete(socket);
+      release();
     });
     socket.once('secure', () => {
       timer.cancel();
       this.handshaking.delete(socket);
+      release();
       socket.off('error', onError);
       this.onSecure(socket, remote);
     });
@@ -633,6 +643,7 @@ export class LinkListener extends EventEmitter {
 
   close(): void {
     this.backoff.close();
+    this.admission.close();
     for (const s of this.handshaking) s.destroy();
     this.handshaking.clear();
     for (const l of this.links) l.close();

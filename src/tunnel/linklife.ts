@@ -37,6 +37,7 @@ export type LinkRefusal =
   | 'peer_not_allowed'
   | 'protocol_version'
   | 'handshake_timeout'
+  | 'too_many_handshakes'
   | 'refused_by_peer'
   | 'tls_error';
 
@@ -50,7 +51,7 @@ export type LinkEvent =
   | { type: 'bye'; detail: string }
   /** We refuse the link; `tellPeer`: say why on the control stream first. */
   | { type: 'refuse'; reason: LinkRefusal; detail: string; tellPeer: boolean }
-  /** A control message that is not JSON. */
+  /** A control line that is not a well-formed message (not JSON, not an object with a string type, wrong fields). */
   | { type: 'garbled'; error: Error }
   /** The rules about what peers may announce changed (a reload). */
   | { type: 'rules_changed' }

@@ -1,7 +1,7 @@
 // A yamux session (hashicorp/yamux spec.md; session.go in the reference, the stream in its own file
 // here too, see muxstream.ts) written by hand as the core of the tunnel, not taken from npm: the
 // close-leak guarantees (IY55176) live in exactly the details libraries get wrong or hide: what
-// happens after one FIN (close_timeout), a heartbeat that counts any received frame as life, a
+// happens after one FIN (close_timeout), a heartbeat that counts any received frame but a ping as life, a
 // receive window that grows past yamux's fixed 256 KiB on long links, RST on every abnormal end, a
 // stream-level RST (not the link) for a bad SYN, and a protocol error that costs one link and never
 // the process.
@@ -88,13 +88,31 @@ export interface MuxOptions {
   maxStreams?: number;
   /** How long close() waits for the transport to flush before destroying it. */
   lingerMs?: number;
+  /** Streams the peer opens keep yamux's 256 KiB window until MuxStream.openWindow() (default false). */
+  holdInboundWindow?: boolean;
+  /**
+   * Close the session when bytes wait on the transport and none has left for this long (0: never;
+   * hashicorp/yamux's ConnectionWriteTimeout): a peer that stops reading costs a link, not memory.
+   */
+  writeTimeoutMs?: number;
+  /**
+   * Most bytes that may wait on the transport (default 16 MiB). Reading from the peer stops at a
+   * quarter of it (only frames we must answer can grow the queue past the streams' own threshold:
+   * a peer that sends without reading); past it, Go Away and the session closes.
+   */
+  maxUnsent?: number;
 }
 
 /** A transport that takes frames past the Writable machinery, batching them itself (src/sys/tlslink.ts). */
 export interface FrameSink {
   /** Queue a frame; false once `highWater` bytes wait (then 'drain' on the transport). */
   queueFrame(buf: Buffer, highWater: number): boolean;
+  /** Bytes queued and not yet taken by the kernel. */
+  readonly queuedBytes?: number;
 }
+
+/** Pings from the peer answered per turn of the event loop; more in the same turn go unanswered. */
+const PING_ANSWERS_PER_TURN = 8;
 
 /** Counters a session keeps for status. */
 export interface MuxStats {
@@ -137,7 +155,20 @@ export class MuxSession extends EventEmitter implements StreamHost {
   >();
   private heartbeatTimer: Timer | undefined;
   private heartbeatOutstanding = false;
+  /** Frames received since the last heartbeat tick, the peer's pings not counted: they are no answer. */
   private framesSinceTick = 0;
+  /** Ping values to answer at the end of this turn (coalesced: a flood gets a few answers). */
+  private pingAnswers: number[] = [];
+  /** Pings from the peer left unanswered because more came in one turn. */
+  pingsUnanswered = 0;
+  /** Reading from the transport is paused: too much waits to be sent. */
+  private readPaused = false;
+  private stallTimer: Timer | undefined;
+  /** Bytes handed to the kernel, as last seen by the stall check, and when that last grew. */
+  private sentSeen = 0;
+  private sentGrewAt = 0;
+  private readonly maxUnsent: number;
+  private unsentOver = false;
   private misses = 0;
   private state: MuxState = 'open';
   /** Why the session closed (the 'close' event and the streams' abort carry it). */
@@ -166,6 +197,7 @@ export class MuxSession extends EventEmitter implements StreamHost {
     const sink = transport as Partial<FrameSink> & Duplex;
     this.sink = typeof sink.queueFrame === 'function' ? (sink as FrameSink & Duplex) : undefined;
     this.remoteParity = opts.role === 'client' ? 0 : 1;
+    this.maxUnsent = opts.maxUnsent ?? 16 * 1024 * 1024;
     transport.on('data', (chunk: Buffer) => this.onData(chunk));
     transport.on('drain', () => this.onDrain());
     transport.once('end', () =>
@@ -176,6 +208,22 @@ export class MuxSession extends EventEmitter implements StreamHost {
     );
     transport.on('error', (err: Error) => this.close(err));
     if (opts.heartbeatMs && opts.heartbeatMs > 0) this.scheduleHeartbeat();
+    if (opts.writeTimeoutMs && opts.writeTimeoutMs > 0) this.scheduleStallCheck(opts.writeTimeoutMs);
+  }
+
+  /** What the peer may open keeps its window small until its consumer is attached (MuxStream). */
+  get holdInboundWindow(): boolean {
+    return !!this.opts.holdInboundWindow;
+  }
+
+  /** Reading from the peer is paused: too much waits to be sent to it (maxUnsent / 4). */
+  get readingPaused(): boolean {
+    return this.readPaused;
+  }
+
+  /** Bytes waiting on the transport: queued frames and what the kernel has not taken. */
+  get unsentBytes(): number {
+    return this.sink?.queuedBytes ?? this.transport.writableLength;
   }
 
   get closed(): boolean {
@@ -274,6 +322,8 @@ export class MuxSession extends EventEmitter implements StreamHost {
   private closeEverything(): void {
     const err = this.closeError;
     this.heartbeatTimer?.cancel();
+    this.stallTimer?.cancel();
+    this.pingAnswers = [];
     for (const [, p] of this.pings) p.timer?.cancel();
     this.pings.clear();
     const abortErr = err ?? new IpdeadgateError('ERR_TUNNEL_LINK_CLOSED', 'the link was closed');
@@ -294,6 +344,7 @@ export class MuxSession extends EventEmitter implements StreamHost {
     this.bytesOut += buf.length;
     if (this.sink) {
       if (!this.sink.queueFrame(buf, SESSION_HIGH_WATER)) this.writable = false;
+      this.checkUnsent();
       return;
     }
     if (!this.corked) {
@@ -309,6 +360,56 @@ export class MuxSession extends EventEmitter implements StreamHost {
     // socket): pausing every stream after each 64 KiB frame costs a drain round per frame.
     if (!this.transport.write(buf) && this.transport.writableLength >= SESSION_HIGH_WATER)
       this.writable = false;
+    this.checkUnsent();
+  }
+
+  /**
+   * Streams stop at SESSION_HIGH_WATER by themselves; only frames we must send whatever the queue
+   * (window updates, ping answers, resets) grow it further, and only while the peer sends and does
+   * not read. So reading stops at a quarter of maxUnsent, until the transport drains; past
+   * maxUnsent the peer has had its chance: Go Away and close.
+   */
+  private checkUnsent(): void {
+    const unsent = this.unsentBytes;
+    if (unsent > this.maxUnsent) {
+      if (this.unsentOver) return; // the Go Away written while closing comes back here
+      this.unsentOver = true;
+      return this.close(
+        new IpdeadgateError(
+          'ERR_TUNNEL_UNSENT',
+          `${unsent} bytes wait to be sent on the link (more than ${this.maxUnsent}): the peer does not read`,
+        ),
+      );
+    }
+    if (!this.readPaused && unsent > this.maxUnsent / 4) {
+      this.readPaused = true;
+      this.writable = false; // so that the transport's 'drain' comes back to us
+      this.transport.pause();
+    }
+  }
+
+  /** Close the session when bytes wait and none has left for writeTimeoutMs. */
+  private scheduleStallCheck(ms: number): void {
+    this.sentGrewAt = this.clock.now();
+    const check = (): void => {
+      if (this.closed) return;
+      const unsent = this.unsentBytes;
+      const sent = this.bytesOut - unsent;
+      const now = this.clock.now();
+      if (unsent === 0 || sent > this.sentSeen) {
+        this.sentSeen = Math.max(this.sentSeen, sent);
+        this.sentGrewAt = now;
+      } else if (now - this.sentGrewAt >= ms) {
+        return this.close(
+          new IpdeadgateError(
+            'ERR_TUNNEL_WRITE_TIMEOUT',
+            `${unsent} bytes waited ${Math.round(now - this.sentGrewAt)} ms on the link without a byte leaving (write_timeout)`,
+          ),
+        );
+      }
+      this.stallTimer = this.clock.setTimeout(check, Math.max(50, ms / 4));
+    };
+    this.stallTimer = this.clock.setTimeout(check, Math.max(50, ms / 4));
   }
 
   private readonly uncorkTransport = (): void => {
@@ -334,6 +435,10 @@ export class MuxSession extends EventEmitter implements StreamHost {
 
   private onDrain(): void {
     this.writable = true;
+    if (this.readPaused && !this.closed) {
+      this.readPaused = false;
+      this.transport.resume();
+    }
     const waiting = [...this.drainWaiters];
     this.drainWaiters.clear();
     for (const s of waiting) {
@@ -348,30 +453,69 @@ export class MuxSession extends EventEmitter implements StreamHost {
   private onData(chunk: Buffer): void {
     if (this.closed) return;
     this.bytesIn += chunk.length;
-    const { frames, error } = this.decoder.push(chunk);
-    for (const f of frames) {
-      if (this.closed) return;
-      const err = this.onFrame(f);
-      if (err) return this.close(err);
+    // Whatever a handler of the peer's frames throws costs this link (Go Away 2), never the process.
+    try {
+      let failed: ProtocolError | undefined;
+      const error = this.decoder.decode(chunk, (f) => {
+        if (this.closed) return true;
+        failed = this.onFrame(f);
+        return failed !== undefined;
+      });
+      if (failed) return this.close(failed);
+      if (error) this.close(error);
+    } catch (err) {
+      this.internalErrors++;
+      this.close(
+        new IpdeadgateError(
+          'ERR_TUNNEL_INTERNAL',
+          `handling the peer's frames failed: ${(err as Error).message}`,
+        ),
+      );
     }
-    if (error) this.close(error);
   }
 
+  /** Errors thrown while handling the peer's frames (each closed the session). */
+  internalErrors = 0;
+
   private onFrame(f: Frame): ProtocolError | undefined {
-    this.framesSinceTick++;
     switch (f.type) {
       case FrameType.Ping:
-        if (f.flags & Flag.SYN) this.writeFrame(encodeHeader(FrameType.Ping, Flag.ACK, 0, f.length));
-        else if (f.flags & Flag.ACK) this.onPingAck(f.length);
+        if (f.flags & Flag.SYN) this.answerPing(f.length);
+        else if (f.flags & Flag.ACK) {
+          this.framesSinceTick++;
+          this.onPingAck(f.length);
+        }
         return undefined;
       case FrameType.GoAway:
+        this.framesSinceTick++;
         this.fire({ type: 'peer_go_away' });
         this.emit('goaway', f.length);
         return undefined;
       default:
+        this.framesSinceTick++;
         return this.onStreamFrame(f);
     }
   }
+
+  /**
+   * Answer a ping at the end of this turn, with the others that came in it: at most
+   * PING_ANSWERS_PER_TURN, so a flood of pings from a peer costs a few answers per read, not one
+   * each; none while reading is paused (the peer is not reading ours).
+   */
+  private answerPing(value: number): void {
+    if (this.readPaused || this.pingAnswers.length >= PING_ANSWERS_PER_TURN) {
+      this.pingsUnanswered++;
+      return;
+    }
+    this.pingAnswers.push(value);
+    if (this.pingAnswers.length === 1) setImmediate(this.sendPingAnswers);
+  }
+
+  private readonly sendPingAnswers = (): void => {
+    const values = this.pingAnswers;
+    this.pingAnswers = [];
+    for (const v of values) this.writeFrame(encodeHeader(FrameType.Ping, Flag.ACK, 0, v));
+  };
 
   private onPingAck(id: number): void {
     const p = this.pings.get(id);

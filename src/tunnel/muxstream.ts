@@ -45,6 +45,12 @@ export interface StreamHost {
   readonly sendFrameSize: number;
   /** Idle bound of a half-closed stream that no session holds (0: none). */
   readonly closeTimeoutMs: number;
+  /**
+   * Streams the peer opens answer with yamux's 256 KiB window (delta 0 on the ACK) and get the
+   * initial window only once their consumer is attached (openWindow()): what a peer can make us
+   * hold for a session still waiting for its service stays at 256 KiB.
+   */
+  readonly holdInboundWindow?: boolean;
   /** The last measured round trip of the link, if any. */
   readonly rttMs: number | undefined;
   /** False while the transport's queue is full: wait for the session's drain. */
@@ -139,6 +145,8 @@ export class MuxStream extends Duplex {
   private lastActivity: number;
   /** Set by the session once a SYN (outbound) or ACK (inbound) has gone out. */
   private needFlags: number;
+  /** An inbound stream whose window stays at 256 KiB until openWindow(). */
+  private windowHeld = false;
   bytesIn = 0;
   bytesOut = 0;
 
@@ -209,7 +217,8 @@ export class MuxStream extends Duplex {
    * @internal
    */
   sendOpen(synData?: Buffer): void {
-    const delta = Math.max(0, this.session.initialWindow - INITIAL_WINDOW);
+    this.windowHeld = this.needFlags === Flag.ACK && !!this.session.holdInboundWindow;
+    const delta = this.windowHeld ? 0 : Math.max(0, this.session.initialWindow - INITIAL_WINDOW);
     this.sendWindowUpdate(delta, this.takeFlags());
     this.recvWindow += delta;
     this.recvTarget = INITIAL_WINDOW + delta;
@@ -228,6 +237,18 @@ export class MuxStream extends Duplex {
         }),
       );
     }
+  }
+
+  /** A held inbound window (holdInboundWindow) grows to the initial window: the stream has a consumer. */
+  openWindow(): void {
+    if (!this.windowHeld) return;
+    this.windowHeld = false;
+    if (this.state !== 'open' && this.state !== 'local_fin') return;
+    const delta = Math.max(0, this.session.initialWindow - INITIAL_WINDOW);
+    if (!delta) return;
+    this.recvWindow += delta;
+    this.recvTarget += delta;
+    this.sendWindowUpdate(delta, this.takeFlags());
   }
 
   private takeFlags(): number {

@@ -9,7 +9,14 @@ import { systemClock, type Clock } from '../util/clock';
 import type { EventLog } from '../util/eventlog';
 import { AcceptBackoff } from './acceptbackoff';
 import { CloseGuard, type SocketPorts } from './closeguard';
-import { formatHostPort, matchesAny, type HostPort, type TunnelConfig } from './config';
+import {
+  formatHostPort,
+  matchesAny,
+  ownEntry,
+  SERVICE_NAME,
+  type HostPort,
+  type TunnelConfig,
+} from './config';
 import { preferAtomicMarking } from './gc';
 import {
   Link,
@@ -22,6 +29,10 @@ import {
   type TlsMaterial,
 } from './link';
 import type { MuxStream } from './muxsession';
+import { INITIAL_WINDOW } from './frame';
+import { FdBudget } from './fdbudget';
+import { EventRateLimit, eventsFromLogger, silent, type TunnelLogger } from './nodeevents';
+import { PeerBudget, type SessionHold } from './peerbudget';
 import {
   encodeAnswer,
   MAX_HOPS,
@@ -34,56 +45,7 @@ import {
 import { Router } from './router';
 import type { SessionExit, SessionState } from './sessionlife';
 
-/** The subset of pino's API a node can log with (adapted to the event port, src/util/eventlog.ts). */
-export interface TunnelLogger {
-  info(obj: object, msg?: string): void;
-  warn(obj: object, msg?: string): void;
-  error(obj: object, msg?: string): void;
-}
-
-/** A pino-like logger as an event port: each line gets its `event`. */
-export function eventsFromLogger(logger: TunnelLogger): EventLog {
-  return {
-    event(name, fields = {}, level = 'info') {
-      (level === 'debug' ? logger.info : logger[level]).call(logger, { event: name, ...fields });
-    },
-  };
-}
-
-const silent: EventLog = { event: () => undefined };
-
-/**
- * Rate limit for events a peer can cause in bulk (refused links, refused sessions): at most
- * `burst` per key in each `windowMs`; what was held back is counted into the next one that goes
- * out (`suppressed`). Counters in status and metrics count every one.
- */
-export class EventRateLimit {
-  private readonly keys = new Map<string, { windowStart: number; sent: number; suppressed: number }>();
-  constructor(
-    private readonly clock: Clock,
-    private readonly burst = 5,
-    private readonly windowMs = 10_000,
-  ) {}
-
-  /** Fields to log with (plus `suppressed` when some were held back), or undefined to hold this one. */
-  admit(key: string, fields: Record<string, unknown>): Record<string, unknown> | undefined {
-    const now = this.clock.now();
-    let k = this.keys.get(key);
-    if (!k || now - k.windowStart >= this.windowMs) {
-      const suppressed = k?.suppressed ?? 0;
-      k = { windowStart: now, sent: 0, suppressed: 0 };
-      this.keys.set(key, k);
-      if (this.keys.size > 10_000) this.keys.clear(); // bounded memory under a flood of keys
-      if (suppressed) fields = { ...fields, suppressed };
-    }
-    if (k.sent >= this.burst) {
-      k.suppressed++;
-      return undefined;
-    }
-    k.sent++;
-    return fields;
-  }
-}
+export { EventRateLimit, eventsFromLogger, type TunnelLogger };
 
 /**
  * Stream buffer threshold of bridged local sockets. With Node's default (16 KiB) a bridge pauses
@@ -133,6 +95,10 @@ export interface TunnelStatus {
    * (src/tunnel/linklife.ts, src/tunnel/dialerlife.ts).
    */
   link_invalid_events?: number;
+  /** Streams whose handling failed (each reset, the link and the process untouched). */
+  stream_faults?: number;
+  /** Connections to the link listener closed before TLS: handshake caps, descriptor limit, silence. */
+  turned_away?: Record<string, number>;
 }
 
 export interface StartOptions {
@@ -169,6 +135,12 @@ export class TunnelNode extends EventEmitter {
   private retiredCloseTimeouts = 0;
   private readonly refusals: Record<string, number> = {};
   private readonly refusedByPeer: Record<string, number> = {};
+  /** Sessions each peer (by name) has through this node, and how many wait for their service. */
+  private readonly perPeer = new PeerBudget();
+  /** The forwards' view of the descriptor limit (the link listener keeps its own). */
+  private readonly fds = new FdBudget();
+  /** Streams whose handling threw: reset, counted here. */
+  private streamFaults = 0;
   private closing: Promise<void> | undefined;
 
   private constructor(
@@ -210,10 +182,15 @@ export class TunnelNode extends EventEmitter {
       heartbeatMisses: this.cfg.heartbeat_misses,
       closeTimeoutMs: this.cfg.close_timeout,
       handshakeTimeoutMs: this.cfg.handshake_timeout,
+      writeTimeoutMs: this.cfg.write_timeout,
+      maxUnsent: this.cfg.max_unsent,
+      maxHandshakes: this.cfg.max_handshakes,
+      maxHandshakesPerAddress: this.cfg.max_handshakes_per_address,
+      firstByteTimeoutMs: Math.min(this.cfg.first_byte_timeout, this.cfg.handshake_timeout),
       clock: this.clock,
       services: (link) => this.router.announceTo(link),
       admitPeer: (name) =>
-        this.cfg.peers && !this.cfg.peers[name]
+        this.cfg.peers && !ownEntry(this.cfg.peers, name)
           ? `${name} is not in tunnel.peers of ${this.cfg.name}`
           : undefined,
       filterAnnounced: (link, services) => this.filterAnnounced(link, services),
@@ -262,6 +239,14 @@ export class TunnelNode extends EventEmitter {
     const backoff = new AcceptBackoff(server, f.listen, this.clock);
     server.on('connection', (sock: net.Socket) => {
       backoff.accepted();
+      // Near the descriptor limit a flood of local clients waits in its SYN retries, not in ours.
+      if (this.fds.nearLimit()) {
+        sock.on('error', () => undefined);
+        sock.resetAndDestroy();
+        backoff.pause();
+        this.refusals.fd_limit = (this.refusals.fd_limit ?? 0) + 1;
+        return;
+      }
       this.onForward(sock, f.service);
     });
     const entry = { server, backoff, service: f.service, address: f.listen };
@@ -361,6 +346,11 @@ export class TunnelNode extends EventEmitter {
       heartbeatMisses: next.heartbeat_misses,
       closeTimeoutMs: next.close_timeout,
       handshakeTimeoutMs: next.handshake_timeout,
+      writeTimeoutMs: next.write_timeout,
+      maxUnsent: next.max_unsent,
+      maxHandshakes: next.max_handshakes,
+      maxHandshakesPerAddress: next.max_handshakes_per_address,
+      firstByteTimeoutMs: Math.min(next.first_byte_timeout, next.handshake_timeout),
     });
     // Services and peers: announce again, filter again, drop peers no longer allowed.
     this.router.setOwnServices(Object.keys(next.services));
@@ -409,7 +399,7 @@ export class TunnelNode extends EventEmitter {
 
   /** Keep what a peer may announce (tunnel.peers.NAME.announce); an event for what it may not. */
   private filterAnnounced(link: Link, services: Record<string, number>): Record<string, number> {
-    const rule = this.cfg.peers?.[link.peerName];
+    const rule = ownEntry(this.cfg.peers, link.peerName);
     if (!this.cfg.peers) return services;
     const kept: Record<string, number> = {};
     const ignored: string[] = [];
@@ -440,8 +430,33 @@ export class TunnelNode extends EventEmitter {
     stream.end(encodeAnswer(code, reason));
   }
 
-  /** A peer opened a stream for `req.service`. */
+  /**
+   * A peer opened a stream for `req.service`. Whatever goes wrong in handling it costs that stream
+   * (reset, counted and logged), never the link or the process.
+   */
   private onStream(from: Link, stream: MuxStream, req: OpenRequest): void {
+    try {
+      this.takeStream(from, stream, req);
+    } catch (err) {
+      this.streamFaults++;
+      const f = this.limit.admit('stream_fault', {
+        peer: from.peerName,
+        service: req.service,
+        error: (err as Error).message,
+      });
+      if (f) this.events.event('tunnel_stream_fault', f, 'error');
+      stream.reset(err as Error);
+    }
+  }
+
+  private takeStream(from: Link, stream: MuxStream, req: OpenRequest): void {
+    // Names are checked where they enter: only the documented syntax is ever looked up.
+    if (!SERVICE_NAME.test(req.service))
+      return this.refuse(
+        stream,
+        Refusal.BadRequest,
+        `${JSON.stringify(req.service.slice(0, 80))} is not a service name (1-63 letters, digits, "_", "." or "-")`,
+      );
     if (this.closing) return this.refuse(stream, Refusal.ShuttingDown, `${this.cfg.name} is shutting down`);
     if (req.hops > MAX_HOPS)
       return this.refuse(
@@ -455,14 +470,27 @@ export class TunnelNode extends EventEmitter {
         Refusal.MaxSessions,
         `${this.cfg.name} has max_sessions (${this.cfg.max_sessions}) sessions open`,
       );
-    if (this.cfg.peers && !matchesAny(this.cfg.peers[from.peerName]?.open ?? [], req.service))
+    const use = this.perPeer.use(from.peerName);
+    if (use.sessions >= this.cfg.peer_max_sessions)
+      return this.refuse(
+        stream,
+        Refusal.MaxSessions,
+        `${from.peerName} has ${use.sessions} sessions open through ${this.cfg.name} (tunnel.peer_max_sessions)`,
+      );
+    if ((use.waiting + 1) * INITIAL_WINDOW > this.cfg.peer_max_buffered)
+      return this.refuse(
+        stream,
+        Refusal.MaxSessions,
+        `${from.peerName} has ${use.waiting} sessions waiting for their service on ${this.cfg.name} (tunnel.peer_max_buffered: ${this.cfg.peer_max_buffered} bytes, ${INITIAL_WINDOW} each)`,
+      );
+    if (this.cfg.peers && !matchesAny(ownEntry(this.cfg.peers, from.peerName)?.open ?? [], req.service))
       return this.refuse(
         stream,
         Refusal.NotAllowed,
         `${from.peerName} may not open "${req.service}" through ${this.cfg.name} (tunnel.peers.${from.peerName}.open)`,
       );
-    const target = this.cfg.services[req.service];
-    if (target) return this.dialService(stream, req.service, target);
+    const target = ownEntry(this.cfg.services, req.service);
+    if (target) return this.dialService(stream, req.service, target, this.perPeer.hold(from.peerName));
     if (this.cfg.role !== 'relay')
       return this.refuse(
         stream,
@@ -472,10 +500,10 @@ export class TunnelNode extends EventEmitter {
     const next = this.router.route(req.service, from);
     if (!next)
       return this.refuse(stream, Refusal.NoRoute, `${this.cfg.name} has no live route to "${req.service}"`);
-    this.relay(stream, next, req);
+    this.relay(stream, next, req, this.perPeer.hold(from.peerName));
   }
 
-  private dialService(stream: MuxStream, service: string, target: HostPort): void {
+  private dialService(stream: MuxStream, service: string, target: HostPort, hold: SessionHold): void {
     this.opened++;
     // net.Socket passes its options on to stream.Duplex, which takes highWaterMark (not in @types/node's NetConnectOpts).
     const connect = (t: HostPort): net.Socket => {
@@ -498,19 +526,22 @@ export class TunnelNode extends EventEmitter {
           `${this.cfg.name} could not connect to ${service} at ${formatHostPort(target)}: ${reason}`,
         ),
       connect,
-    );
+      hold.done,
+    ).onBridged = hold.bridged;
   }
 
   /** Relay: open the same request one hop further and join the two streams byte for byte. */
-  private relay(up: MuxStream, via: Link, req: OpenRequest): void {
+  private relay(up: MuxStream, via: Link, req: OpenRequest, hold: SessionHold): void {
     let down: MuxStream;
     try {
       down = via.openStream(req.service, req.hops + 1);
     } catch (err) {
+      hold.done();
       return this.refuse(up, Refusal.NoRoute, `${this.cfg.name}: ${(err as Error).message}`);
     }
     this.opened++;
-    this.guard.relay(up, down, readAnswer(down, this.cfg.open_timeout), encodeAnswer);
+    this.guard.relay(up, down, readAnswer(down, this.cfg.open_timeout), encodeAnswer, hold.done).onBridged =
+      hold.bridged;
   }
 
   /** A local connection to a forward listener: open a stream to the service and bridge. */
@@ -629,6 +660,8 @@ export class TunnelNode extends EventEmitter {
       },
       link_refusals: { ...this.linkRefusals },
       link_invalid_events: this.invalidLinkEvents,
+      stream_faults: this.streamFaults,
+      turned_away: this.listener ? { ...this.listener.turnedAway } : {},
     };
   }
 

@@ -46,7 +46,7 @@ export class Router<L extends RoutableLink> {
     let bestRtt = Infinity;
     for (const l of this.links) {
       if (l === except || !l.up) continue;
-      const hops = l.peerServices[service];
+      const hops = Object.hasOwn(l.peerServices, service) ? l.peerServices[service] : undefined;
       if (hops === undefined || hops >= MAX_HOPS) continue;
       const rtt = l.rttMs ?? Infinity;
       if (hops < bestHops || (hops === bestHops && rtt < bestRtt)) {
@@ -68,7 +68,7 @@ export class Router<L extends RoutableLink> {
       for (const [s, hops] of Object.entries(l.peerServices)) {
         const h = hops + 1;
         if (h >= MAX_HOPS) continue;
-        if (out[s] === undefined || h < out[s]!) out[s] = h;
+        if (!Object.hasOwn(out, s) || h < out[s]!) out[s] = h;
       }
     }
     return sortKeys(out);

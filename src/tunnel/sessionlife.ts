@@ -273,6 +273,8 @@ export class SessionLife {
   refuse: ((stream: MuxStream, reason: string, status?: number) => void) | undefined;
   /** @internal set by the guard: the OK answer's bytes (service, relay). */
   answerOk: Buffer = Buffer.alloc(0);
+  /** Called once when the session is bridged (its owner's budget for waiting sessions). */
+  onBridged: (() => void) | undefined;
 
   /** @internal use CloseGuard's forward(), service() or relay(). */
   constructor(
@@ -570,6 +572,12 @@ export class SessionLife {
     this.enter('answered');
     if (this.bridged) return;
     this.bridged = true;
+    // A stream a peer opened held its window at yamux's 256 KiB while its session waited: it has a
+    // consumer now, so it gets its full window.
+    this.stream.openWindow();
+    const bridgedHook = this.onBridged;
+    this.onBridged = undefined;
+    bridgedHook?.();
     const l = this.local!;
     if (l instanceof MuxStream) {
       if (!this.stream.destroyed) this.stream.write(this.answerOk); // the far end's OK, passed back

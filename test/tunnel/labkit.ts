@@ -82,6 +82,10 @@ export interface NodeSpec {
   closeTimeout?: string;
   dialTimeout?: string;
   maxSessions?: number;
+  /** heartbeat (default 500ms). */
+  heartbeat?: string;
+  /** Run the node with this descriptor limit (prlimit), e.g. the packaged unit's LimitNOFILE. */
+  nofile?: number;
 }
 
 export interface RunningNode {
@@ -104,7 +108,7 @@ export function writeConfig(pki: TestPki, n: NodeSpec): string {
     ...(n.forwards?.length
       ? ['  forwards:', ...n.forwards.map((f) => `    - { listen: ${f.listen}, service: ${f.service} }`)]
       : []),
-    '  heartbeat: 500ms',
+    `  heartbeat: ${n.heartbeat ?? '500ms'}`,
     '  heartbeat_misses: 3',
     `  close_timeout: ${n.closeTimeout ?? '3s'}`,
     `  max_sessions: ${n.maxSessions ?? 10000}`,
@@ -118,15 +122,18 @@ export function writeConfig(pki: TestPki, n: NodeSpec): string {
 export function startNode(lab: Lab, pki: TestPki, n: NodeSpec): RunningNode {
   const file = writeConfig(pki, n);
   const control = path.join(pki.dir, `${n.name}.sock`);
-  const child = lab.spawnCli(n.host, [
-    'tunnel',
-    '--config',
-    file,
-    '--control',
-    control,
-    '--log-format',
-    'text',
-  ]);
+  const args = ['tunnel', '--config', file, '--control', control, '--log-format', 'text'];
+  // prlimit sets the limit and execs the node: the PID stays the node's.
+  const child = n.nofile
+    ? lab.spawn(n.host, [
+        'prlimit',
+        `--nofile=${n.nofile}:${n.nofile}`,
+        '--',
+        process.execPath,
+        path.resolve(__dirname, '..', '..', '..', 'bin', 'ipdeadgate'),
+        ...args,
+      ])
+    : lab.spawnCli(n.host, args);
   const log: string[] = [];
   child.stdout?.on('data', (c: Buffer) => log.push(...c.toString().split('\n').filter(Boolean)));
   child.stderr?.on('data', (c: Buffer) => log.push(...c.toString().split('\n').filter(Boolean)));
@@ -159,6 +166,24 @@ export async function waitStatus(
 export async function closeWait(lab: Lab, host: string): Promise<string[]> {
   const out = await lab.execOk(host, ['ss', '-Htan', 'state', 'close-wait']);
   return out.split('\n').filter((l) => l.trim());
+}
+
+/** The resident set of a process, in bytes (/proc/PID/status VmRSS). */
+export function rssBytes(pid: number): number {
+  const m = /^VmRSS:\s+(\d+) kB/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!m) throw new Error(`no VmRSS for pid ${pid}`);
+  return Number(m[1]) * 1024;
+}
+
+/** LimitNOFILE of a packaged systemd unit (packaging/NAME). */
+export function unitNofile(unit: string): number {
+  const text = fs.readFileSync(path.resolve(__dirname, '..', '..', '..', 'packaging', unit), 'utf8');
+  const m = /^LimitNOFILE=(\d+)$/m.exec(text);
+  if (!m) throw new Error(`no LimitNOFILE in packaging/${unit}`);
+  // A container may hold the hard limit lower than the unit asks for (raising it needs
+  // CAP_SYS_RESOURCE): then the hard limit we have.
+  const hard = /^Max open files\s+\d+\s+(\d+)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'));
+  return hard ? Math.min(Number(m[1]), Number(hard[1])) : Number(m[1]);
 }
 
 export function fdCount(pid: number): number {

@@ -140,14 +140,18 @@ describe('tunnel: nodes over TLS on loopback', function () {
         JSON.stringify({ type: 'hello', name: 'ep', role: 'endpoint-proxy', services: {} }) + '\n',
       );
       await sleep(100);
-      for (const svc of ['ssh', '198.18.0.1:22']) {
+      for (const [svc, code] of [
+        ['ssh', Refusal.UnknownService],
+        ['198.18.0.1:22', Refusal.BadRequest], // not a service name at all
+      ] as const) {
         const s = m.open(encodeOpen(svc));
         const a = await readAnswer(s);
-        assert.equal(a.status, Refusal.UnknownService, `${svc} must be refused`);
-        assert.match(a.reason, /no service named/);
+        assert.equal(a.status, code, `${svc} must be refused`);
+        assert.match(a.reason, code === Refusal.BadRequest ? /is not a service name/ : /no service named/);
         s.destroy();
       }
-      assert.equal(gw.status().sessions.refusals.unknown_service, 1 + 1);
+      assert.equal(gw.status().sessions.refusals.unknown_service, 1);
+      assert.equal(gw.status().sessions.refusals.bad_request, 1);
     } finally {
       m.close();
     }

@@ -11,7 +11,7 @@ import { ControlServer, controlRequest } from '../../src/daemon/control';
 import { parseConfig } from '../../src/daemon/config';
 import { DaemonMetrics } from '../../src/daemon/metrics';
 import { DaemonOps } from '../../src/daemon/ops';
-import { checkStateDir, StateDirLock } from '../../src/daemon/statedir';
+import { checkStateDir, StateDirLock } from '../../src/daemon/stateguard';
 import { FileStore } from '../../src/dgd/store';
 import { PcapFileWriter } from '../../src/sys/packet';
 import { DurableWriter } from '../../src/util/durable';

@@ -136,7 +136,7 @@ interface Watched {
 }
 
 /**
- * Emits 'retransmission' (WireRetransmission), 'error' (ifname, Error) for a frame or filter
+ * Emits 'frame' (ifname, LivePacket) for every frame read, 'retransmission' (WireRetransmission), 'error' (ifname, Error) for a frame or filter
  * problem, and 'closed' (ifname, Error) when an interface went down or away (its handle is gone;
  * the next setInterfaces() opens it again once it is back).
  */
@@ -230,6 +230,8 @@ export class WireWatch extends EventEmitter {
 
   private onFrame(ifname: string, w: Watched, p: LivePacket): void {
     w.frames++;
+    // The flight recorder keeps these segments' headers (src/daemon/flightrec.ts).
+    if (this.listenerCount('frame') > 0) this.emit('frame', ifname, p);
     const now = this.now();
     if (now - w.windowStart >= 1000) {
       w.lastRate = lastRate(w, now);
