@@ -61,7 +61,7 @@ class PcapRegistry {
   explicit PcapRegistry(Napi::Env env) : env_(env) { env.AddCleanupHook([this] { Teardown(); }); }
 
   Napi::Value Open(const std::string& ifname, const std::string& filter, int snaplen, int bufferBytes,
-                   Napi::Function callback) {
+                   pcap_direction_t direction, Napi::Function callback) {
     if (tornDown_) {
       Napi::Error::New(env_, "libpcap handles are shut down (environment teardown)").ThrowAsJavaScriptException();
       return env_.Undefined();
@@ -72,7 +72,10 @@ class PcapRegistry {
     // Released on every failure path below.
     std::unique_ptr<pcap_t, void (*)(pcap_t*)> owned(p, pcap_close);
     pcap_set_snaplen(p, snaplen);
-    pcap_set_promisc(p, 1);
+    // Never promiscuous: a daemon that decides from frames must see no more than the kernel takes.
+    // (On a veth or behind a bridge a packet socket still receives frames for other MACs, marked
+    // PACKET_OTHERHOST; readers check each frame's destination themselves.)
+    pcap_set_promisc(p, 0);
     pcap_set_immediate_mode(p, 1);
     pcap_set_buffer_size(p, bufferBytes);
     const int st = pcap_activate(p);
@@ -84,6 +87,8 @@ class PcapRegistry {
       const char* text = st == PCAP_ERROR ? pcap_geterr(p) : pcap_statustostr(st);
       return Throw(err, "pcap_activate", ifname, text);
     }
+    if (direction != PCAP_D_INOUT && pcap_setdirection(p, direction) != 0)
+      return Throw(EINVAL, "pcap_setdirection", ifname, pcap_geterr(p));
     if (!filter.empty()) {
       struct bpf_program prog;
       if (pcap_compile(p, &prog, filter.c_str(), 1, PCAP_NETMASK_UNKNOWN) != 0)
@@ -307,15 +312,22 @@ class PcapRegistry {
 
 PcapRegistry& Registry(Napi::Env env) { return EnvData::Get<PcapRegistry>(env); }
 
-// pcapOpen(ifname, filter, snaplen, bufferBytes, callback(err, packets)): { id, linkType, fd }
+// pcapOpen(ifname, filter, snaplen, bufferBytes, direction, callback(err, packets)): { id, linkType, fd }
+// direction: "inout" (both), "in" (received frames only) or "out" (sent frames only).
 Napi::Value PcapOpen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 5 || !info[0].IsString() || !info[1].IsString() || !info[2].IsNumber() ||
-      !info[3].IsNumber() || !info[4].IsFunction())
-    return ThrowTypeError(env, "pcapOpen(ifname, filter, snaplen, bufferBytes, callback): bad arguments");
+  if (info.Length() < 6 || !info[0].IsString() || !info[1].IsString() || !info[2].IsNumber() ||
+      !info[3].IsNumber() || !info[4].IsString() || !info[5].IsFunction())
+    return ThrowTypeError(env, "pcapOpen(ifname, filter, snaplen, bufferBytes, direction, callback): bad arguments");
+  const std::string dir = info[4].As<Napi::String>().Utf8Value();
+  pcap_direction_t direction;
+  if (dir == "inout") direction = PCAP_D_INOUT;
+  else if (dir == "in") direction = PCAP_D_IN;
+  else if (dir == "out") direction = PCAP_D_OUT;
+  else return ThrowTypeError(env, "pcapOpen: direction must be \"inout\", \"in\" or \"out\"");
   return Registry(env).Open(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::String>().Utf8Value(),
                             info[2].As<Napi::Number>().Int32Value(), info[3].As<Napi::Number>().Int32Value(),
-                            info[4].As<Napi::Function>());
+                            direction, info[5].As<Napi::Function>());
 }
 
 // pcapSend(id, buffer)

@@ -88,6 +88,13 @@ export class MemoryStore implements DgdStore {
   async saveEnabled(enabled: boolean): Promise<void> {
     this.enabled = enabled;
   }
+  macs: Record<string, string> = {};
+  async loadMacs(): Promise<Record<string, string>> {
+    return { ...this.macs };
+  }
+  async saveMacs(macs: Record<string, string>): Promise<void> {
+    this.macs = { ...macs };
+  }
 }
 
 /** An EventLog that keeps events in memory (tests) and optionally forwards them. */

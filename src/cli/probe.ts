@@ -37,6 +37,10 @@ export interface ProbeJson {
   mac_changed: boolean;
   /** The MAC the kernel had for the gateway before the purge, if any. */
   previous_mac: string | null;
+  /** Other MACs that answered for the gateway (a neighbour conflict). */
+  conflicts: string[];
+  /** What was seen, in words. */
+  reason: string;
   started_at: string;
   steps: { at_ms: number; step: string; detail?: string }[];
 }
@@ -53,6 +57,8 @@ export function toProbeJson(r: VerifyResult, previousMac: string | null): ProbeJ
     duration_ms: r.durationMs,
     mac_changed: r.macChanged,
     previous_mac: previousMac,
+    conflicts: r.conflicts,
+    reason: r.reason,
     started_at: new Date(r.startedAt).toISOString(),
     steps: r.steps,
   };
@@ -65,9 +71,11 @@ export function formatProbe(p: ProbeJson): string {
   const echo = p.echo_rtt_ms === null ? 'echo unanswered (informational)' : `echo ${ms(p.echo_rtt_ms)}`;
   if (p.alive) {
     const changed = p.mac_changed && p.previous_mac ? ` (the kernel had ${p.previous_mac})` : '';
-    return `${p.gateway} on ${p.interface}: alive, ${proto} reply from ${p.mac}${changed} in ${ms(p.arp_rtt_ms!)} after ${probes(p.probes_sent)}; ${echo}\n`;
+    const conflict = p.conflicts.length > 0 ? `; CONFLICT: also answered from ${p.conflicts.join(', ')}` : '';
+    return `${p.gateway} on ${p.interface}: alive, ${proto} reply from ${p.mac}${changed} in ${ms(p.arp_rtt_ms!)} after ${probes(p.probes_sent)}${conflict}; ${echo}\n`;
   }
-  return `${p.gateway} on ${p.interface}: DEAD, no ${proto} reply to ${probes(p.probes_sent)} in ${Math.round(p.duration_ms)} ms; ${echo}\n`;
+  const why = p.mac ? p.reason : `no ${proto} reply to ${probes(p.probes_sent)}`;
+  return `${p.gateway} on ${p.interface}: DEAD, ${why} in ${Math.round(p.duration_ms)} ms; ${echo}\n`;
 }
 
 /** A gateway must be a unicast address a neighbour can own. */
@@ -178,6 +186,7 @@ export async function runProbe(gatewayArg: string, opts: ProbeOptions): Promise<
       {
         purgeNeighbour: (ifindex, ip) => rtnl.deleteNeighbour(ifindex, ip),
         resolve: (_ifname, ip, o) => openedLink.resolve(ip, o),
+        neighbour: (ifindex, ip) => rtnl.getNeighbour(ifindex, ip),
         echo: (family, ip, o) => {
           echo ??= EchoSocket.open(family, { ifname: o.ifname });
           return echo.echo(ip, { timeoutMs: o.timeoutMs });
@@ -189,10 +198,10 @@ export async function runProbe(gatewayArg: string, opts: ProbeOptions): Promise<
         ifindex: where.ifindex,
         probes,
         intervalMs,
-        // The kernel's old entry is reported when the answer differs, but a one-off probe has no
-        // trusted MAC to hold against the gateway: it says what answered.
+        // The kernel's entry is what the probe holds answers against, as the daemon does: another
+        // MAC answering is a conflict, and only the kernel confirming it makes it a move.
         knownMac: previousMac,
-        allowMacChange: true,
+        allowMacChange: false,
       },
     );
     const out = toProbeJson(result, previousMac);

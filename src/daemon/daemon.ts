@@ -204,7 +204,12 @@ export class Daemon {
     };
     this.subscription = await this.rtnl.subscribe(['neighbour', 'route', 'link', 'nexthop'], (ev) => {
       if (ev.kind === 'neighbour' && ev.op === 'new')
-        engine.onNeighbour(ev.neighbour.address, ev.neighbour.ifindex, ev.neighbour.state);
+        engine.onNeighbour(
+          ev.neighbour.address,
+          ev.neighbour.ifindex,
+          ev.neighbour.state,
+          ev.neighbour.lladdr,
+        );
       // A nexthop object changed or deleted changes its routes without route events of their own.
       else if (ev.kind === 'route' || ev.kind === 'nexthop') engine.onRoutesChanged();
       else if (ev.kind === 'link') onLinkEvent();

@@ -23,6 +23,30 @@ const tableName = z.union([
     ),
 ]);
 
+const macAddress = z
+  .string()
+  .regex(/^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$/, 'must be a MAC address like 02:00:5e:00:01:01')
+  .transform((m) => m.toLowerCase())
+  .refine((m) => m !== '00:00:00:00:00:00' && (parseInt(m.slice(0, 2), 16) & 1) === 0, {
+    message: 'must be a unicast MAC address (not zero, broadcast or multicast)',
+  });
+
+/**
+ * A gateway's MAC pinned by the operator: only answers from it count, and the kernel's neighbour
+ * entry moving elsewhere (VRRP, a replaced router, a forged announcement) does not move it.
+ */
+const gatewayMac = z
+  .object({
+    gateway: ipAddress,
+    mac: macAddress,
+    /** Only on this interface (default: wherever the gateway is). */
+    interface: z
+      .string()
+      .regex(/^[^\s/:%]{1,15}$/, 'must be an interface name')
+      .optional(),
+  })
+  .strict();
+
 const activeProbe = z
   .object({
     gateway: ipAddress,
@@ -63,6 +87,7 @@ export const dgdSchema = z
     revive_probes: intIn(1, 20).default(2),
     keep_last_route: z.boolean().default(true),
     allow_mac_change: z.boolean().default(false),
+    gateway_macs: z.array(gatewayMac).max(4096).default([]),
     resend_on_switch: z.boolean().default(true),
     tables: z.array(tableName).min(1, 'needs at least one table').default(['main']),
     gateways: z.array(ipAddress).default([]),

@@ -167,6 +167,7 @@ export class DgdEngine {
         if (this.cfg.resend_on_switch) await this.flowResumer?.routesSwitched(g);
       },
       stillDead: () => this.liaison.retryFailed('slow poll: still dead'),
+      store: opts.store,
     });
     // What every trigger room reads: the system, time, the log, the gateways, the config, on/off.
     const room = { ports, clock, log, gateways: this.gateways, config, running };
@@ -201,6 +202,7 @@ export class DgdEngine {
   async start(): Promise<void> {
     const persisted = await this.store.loadEnabled();
     this.enabled = persisted ?? this.cfg.enabled;
+    await this.verdicts.macs.load();
     const boots = await this.keeper.load();
     const held = await this.liaison.load();
     this.started = true;
@@ -306,7 +308,10 @@ export class DgdEngine {
   // ---------------------------------------------------------------------------------------------
   // Inputs from the daemon's rtnetlink and capture watchers
 
-  onNeighbour(address: string, ifindex: number, state: string): void {
+  onNeighbour(address: string, ifindex: number, state: string, lladdr: string | null = null): void {
+    // The known MAC follows the kernel's entry (a VRRP takeover moves it): before any trigger acts.
+    const g = this.gateways.find(address, ifindex);
+    if (g) this.verdicts.kernelNeighbour(g, state, lladdr);
     this.triggers.onNeighbour(address, ifindex, state);
   }
 

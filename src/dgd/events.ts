@@ -186,6 +186,26 @@ export type DgdLogEvent =
   | { event: 'verdict_reused'; gateway: string; alive: boolean; age_ms: number }
   | ({ event: 'verify_step'; gateway: string; interface: string } & Record<string, unknown>)
   | { event: 'mac_changed'; gateway: string; known_mac: string | null; seen_mac: string; trusted: boolean }
+  /** Another MAC answered for the gateway besides (or instead of) its known one: never a death by itself. */
+  | {
+      event: 'neighbour_conflict';
+      gateway: string;
+      interface: string;
+      known_mac: string | null;
+      seen_macs: string[];
+      /** Did the known MAC answer too (the verdict stayed alive)? */
+      known_answered: boolean;
+    }
+  /** The gateway's known MAC moved: the kernel's entry followed a new MAC (VRRP takeover, a replaced router). */
+  | {
+      event: 'neighbour_moved';
+      gateway: string;
+      interface: string;
+      from: string | null;
+      to: string;
+      by: 'kernel' | 'verification';
+      kernel_state?: string;
+    }
   | { event: 'poll'; gateway: string; interface: string; answers: number; needed: number }
   | { event: 'held_down'; gateway: string; until_ms: number }
   | { event: 'flap_damping'; gateway: string; deaths_in_window: number; hold_down_ms: number }

@@ -109,9 +109,14 @@ export type WireStatus = WireInterfaceStatus;
 export type Verification = Omit<VerifyResult, 'gateway' | 'interface'>;
 
 /** What the engine asks a verification for (src/dgd/verify.ts), minus the abort signal. */
-export type VerifyArgs = Omit<VerifyRequest, 'signal' | 'knownMac' | 'allowMacChange'> & {
+export type VerifyArgs = Omit<
+  VerifyRequest,
+  'signal' | 'knownMac' | 'allowMacChange' | 'macPinned' | 'untilDeadline'
+> & {
   knownMac: string | null;
   allowMacChange: boolean;
+  macPinned?: boolean;
+  untilDeadline?: boolean;
 };
 
 export interface ResumeFlow {
@@ -221,6 +226,9 @@ export interface DgdStore {
   saveJournal(entries: JournalEntry[], groups?: GroupJournalEntry[]): Promise<void>;
   loadEnabled(): Promise<boolean | null>;
   saveEnabled(enabled: boolean): Promise<void>;
+  /** The gateways' known MACs ("address%ifname" -> MAC), kept across restarts; absent: not kept. */
+  loadMacs?(): Promise<Record<string, string>>;
+  saveMacs?(macs: Record<string, string>): Promise<void>;
 }
 
 /**

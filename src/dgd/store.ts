@@ -1,8 +1,9 @@
-// Detection state on disk, in the state directory: the journal of withdrawn routes and the on/off
-// switch. Both are written atomically and fsync'd (src/util/atomic.ts) before the kernel changes;
-// with a DurableWriter (the daemon's), a failed write is logged, counted and retried instead of
-// failing the withdrawal (src/util/durable.ts). Journal entries are validated one by one when
-// read: a bad one is set aside in a file of its own (named in the event), the others are used.
+// Detection state on disk, in the state directory: the journal of withdrawn routes, the on/off
+// switch and the gateways' known MACs. All are written atomically and fsync'd (src/util/atomic.ts);
+// the journal before the kernel changes. With a DurableWriter (the daemon's), a failed write is
+// logged, counted and retried instead of failing the withdrawal (src/util/durable.ts). Journal
+// entries are validated one by one when read: a bad one is set aside in a file of its own (named
+// in the event), the others are used.
 import { isIP } from 'node:net';
 import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
@@ -15,6 +16,8 @@ import type { DgdStore, GroupJournalEntry, JournalEntry } from './ports';
 
 const JOURNAL = 'withdrawn-routes.json';
 const SWITCH = 'dgd-enabled.json';
+const MACS = 'gateway-macs.json';
+const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 
 const ip = z.string().refine((s) => isIP(s) !== 0, { message: 'is not an IP address' });
 const family = z.union([z.literal(4), z.literal(6)]);
@@ -205,6 +208,20 @@ export class FileStore implements DgdStore {
   private async write(file: string, text: string): Promise<void> {
     if (this.opts.writer) await this.opts.writer.write(file, () => writeFileAtomic(file, text));
     else await writeFileAtomic(file, text);
+  }
+
+  /** Known MACs; entries that are not "address%ifname" -> MAC are skipped (the file is advisory). */
+  async loadMacs(): Promise<Record<string, string>> {
+    const data = (await readJson(path.join(this.dir, MACS))) as { macs?: unknown } | null;
+    const out: Record<string, string> = {};
+    if (!data || typeof data.macs !== 'object' || data.macs === null) return out;
+    for (const [k, v] of Object.entries(data.macs as Record<string, unknown>))
+      if (k.includes('%') && typeof v === 'string' && MAC.test(v)) out[k] = v;
+    return out;
+  }
+
+  async saveMacs(macs: Record<string, string>): Promise<void> {
+    await this.write(path.join(this.dir, MACS), JSON.stringify({ version: 1, macs }, null, 1) + '\n');
   }
 }
 

@@ -350,6 +350,7 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
       {
         purgeNeighbour: (ifindex, ip) => this.rtnl.deleteNeighbour(ifindex, ip),
         resolve: (_ifname, ip, opts) => link.resolve(ip, opts),
+        neighbour: (ifindex, ip) => this.rtnl.getNeighbour(ifindex, ip),
         echo: (_family, ip, opts) => this.echoSocket(family).echo(ip, { timeoutMs: opts.timeoutMs }),
       },
       args,

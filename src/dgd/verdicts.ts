@@ -10,7 +10,8 @@ import type { EventLog, LogLevel } from '../util/eventlog';
 import type { DgdConfig } from './config';
 import { emit, type TriggerKind } from './events';
 import { GatewayMachine, isDead, type Gateway, type GatewayHost, type InflightVerification } from './gateway';
-import type { DgdPorts, Verification } from './ports';
+import { GatewayMacs } from './gatewaymacs';
+import type { DgdPorts, DgdStore, Verification } from './ports';
 import { describeRoute } from './routeplan';
 import type { RouteKeeper } from './routekeeper';
 import type { TriggerDetail } from './triggers';
@@ -29,15 +30,20 @@ export interface VerdictOptions {
   routesSwitched: (g: Gateway) => Promise<void>;
   /** Still dead at a slow poll: routing daemons that could not be told are told now. */
   stillDead: () => Promise<void>;
+  /** Where the gateways' known MACs are kept across restarts (absent: not kept). */
+  store?: DgdStore;
 }
 
 /** The verdict room; it also implements the machine's host (the slow poll's timer). */
 export class Verdicts implements GatewayHost {
   /** The gateway machine, driven by this room and, for off, journal and interface events, the engine. */
   readonly machine: GatewayMachine;
+  /** The gateways' known MACs: pinned, or following the kernel's neighbour entries. */
+  readonly macs: GatewayMacs;
 
   constructor(private readonly o: VerdictOptions) {
     this.machine = new GatewayMachine(this);
+    this.macs = new GatewayMacs({ store: o.store ?? null, log: o.log, config: o.config });
   }
 
   get clock(): Clock {
@@ -66,7 +72,14 @@ export class Verdicts implements GatewayHost {
   }
 
   macTrusted(g: Gateway, mac: string): boolean {
-    return !g.mac || g.mac === mac || this.o.config().allow_mac_change;
+    const known = this.macs.known(g);
+    if (known.pinned) return known.mac === mac;
+    return !known.mac || known.mac === mac || this.o.config().allow_mac_change;
+  }
+
+  /** The kernel's neighbour entry for g changed (rtnetlink): its known MAC follows a move. */
+  kernelNeighbour(g: Gateway, state: string, lladdr: string | null): void {
+    this.macs.followKernel(g, state, lladdr);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -127,7 +140,7 @@ export class Verdicts implements GatewayHost {
           reason: kind,
           ...detail,
         });
-      await this.declareDead(g, `no ARP/NDP answer to ${v.probesSent} probes after ${kind}`);
+      await this.declareDead(g, `${v.reason ?? `no ARP/NDP answer to ${v.probesSent} probes`} after ${kind}`);
     }
   }
 
@@ -169,6 +182,7 @@ export class Verdicts implements GatewayHost {
       return last;
     }
     const startedAt = this.o.clock.now();
+    const known = this.macs.known(g);
     const promise = this.o.ports
       .verify({
         gateway: g.address,
@@ -176,8 +190,11 @@ export class Verdicts implements GatewayHost {
         ifindex: g.ifindex,
         probes: cfg.verify_probes,
         intervalMs: cfg.verify_timeout,
-        knownMac: g.mac,
-        allowMacChange: cfg.allow_mac_change,
+        knownMac: known.mac,
+        macPinned: known.pinned,
+        allowMacChange: cfg.allow_mac_change && !known.pinned,
+        // A dead gateway's poll asks only whether its known MAC answers: a revival does not wait.
+        untilDeadline: mode !== 'poll',
       })
       .then((v) => {
         this.recordVerdict(g, v, startedAt, inflight.speculative, quiet);
@@ -200,23 +217,49 @@ export class Verdicts implements GatewayHost {
   ): void {
     g.verifications++;
     g.lastVerification = { ...v, at: startedAt };
-    if (v.alive && v.mac && (!g.mac || this.o.config().allow_mac_change)) g.mac = v.mac;
+    const known = this.macs.known(g);
     // A quiet re-verification's steps and an unchanged (alive) verdict are debug detail.
     const level: LogLevel = quiet && v.alive ? 'debug' : 'info';
     for (const s of v.steps)
       emit(this.o.log, { event: 'verify_step', gateway: g.address, interface: g.ifname, ...s }, level);
-    if (v.untrustedMac)
+    const conflicts = v.conflicts ?? [];
+    if (conflicts.length > 0)
       emit(
         this.o.log,
         {
-          event: 'mac_changed',
+          event: 'neighbour_conflict',
           gateway: g.address,
-          known_mac: g.mac,
-          seen_mac: v.untrustedMac,
-          trusted: false,
+          interface: g.ifname,
+          known_mac: v.movedFrom ? v.mac : known.mac,
+          seen_macs: conflicts,
+          known_answered: v.alive,
         },
         'warn',
       );
+    if (v.alive && v.mac && v.mac !== known.mac && !known.pinned) {
+      if (v.movedFrom)
+        emit(
+          this.o.log,
+          {
+            event: 'neighbour_moved',
+            gateway: g.address,
+            interface: g.ifname,
+            from: known.mac,
+            to: v.mac,
+            by: 'verification',
+          },
+          'warn',
+        );
+      if (v.macChanged && !v.movedFrom)
+        emit(this.o.log, {
+          event: 'mac_changed',
+          gateway: g.address,
+          known_mac: known.mac,
+          seen_mac: v.mac,
+          trusted: true,
+        });
+      this.macs.set(g, v.mac);
+    }
     emit(
       this.o.log,
       {

@@ -90,6 +90,8 @@ export interface NativeAddon {
     filter: string,
     snaplen: number,
     bufferBytes: number,
+    /** Which frames the packet socket reports: both ways, received only, or sent only. */
+    direction: 'inout' | 'in' | 'out',
     callback: (
       err: NativeSystemError | null,
       packets?: { data: Buffer; wireLength: number; tsMs: number }[],

@@ -54,7 +54,7 @@ describe('ipdeadgate probe (lab)', function () {
     );
     assert.ok(typeof p.echo_rtt_ms === 'number' && p.echo_rtt_ms > 0, String(p.echo_rtt_ms));
     assert.equal(p.probes_sent, 1);
-    assert.ok(p.duration_ms < 750, `${p.duration_ms}`);
+    assert.deepEqual(p.conflicts, [], 'nobody else answered');
     assert.deepEqual(p.steps[0]!.step, 'purge');
     assert.equal(p.steps.at(-1)!.detail, 'alive');
   });

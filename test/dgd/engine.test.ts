@@ -476,7 +476,62 @@ describe('DGD engine', () => {
     s.engine.onNeighbour(R1, 2, 'FAILED');
     await s.clock.advance(1000);
     assert.equal(gw(s, R1).state, 'dead', 'an impostor answering for the gateway does not count');
-    assert.equal(s.log.named('mac_changed').length, 1);
+    assert.equal(s.log.named('neighbour_conflict').length, 1);
+    assert.match(String(s.log.named('state').at(-1)?.reason ?? ''), /untrusted MAC 02:00:00:00:00:99/);
+    await s.engine.stop({ restore: true });
+  });
+
+  it("the known MAC follows the kernel's entry (a VRRP takeover): a move, not a death; kept across restarts", async () => {
+    const store = new MemoryStore();
+    const s = await setup(twoDefaults(), '', { alive: [R1, R2], store });
+    s.engine.onNeighbour(R1, 2, 'FAILED');
+    await s.clock.advance(1000);
+    assert.equal(gw(s, R1).mac, '02:00:00:00:00:01');
+    // The backup announced the address from its own MAC; the kernel followed.
+    s.ports.macs.set(R1, '02:00:00:00:00:99');
+    s.engine.onNeighbour(R1, 2, 'STALE', '02:00:00:00:00:99');
+    assert.equal(gw(s, R1).mac, '02:00:00:00:00:99');
+    const moved = s.log.named('neighbour_moved');
+    assert.equal(moved.length, 1);
+    assert.deepEqual(
+      [moved[0]!.from, moved[0]!.to, moved[0]!.by],
+      ['02:00:00:00:00:01', '02:00:00:00:00:99', 'kernel'],
+    );
+    await s.clock.advance(10_000);
+    s.engine.onNeighbour(R1, 2, 'FAILED');
+    await s.clock.advance(1000);
+    assert.equal(gw(s, R1).state, 'active', 'the new MAC answering is the gateway answering');
+    assert.equal(s.ports.routes.length, 2);
+    await s.engine.stop({ restore: true });
+    assert.deepEqual(store.macs, { [`${R1}%lan0`]: '02:00:00:00:00:99' });
+
+    // The next run starts from what this one knew, not from trust on first use.
+    s.ports.macs.set(R1, '02:00:00:00:00:01');
+    const again = await setup(twoDefaults(), '', { alive: [R1, R2], store });
+    again.engine.onNeighbour(R1, 2, 'FAILED');
+    await again.clock.advance(1000);
+    assert.equal(
+      gw(again, R1).state,
+      'dead',
+      'an answer from a MAC the last run did not know does not count',
+    );
+    assert.equal(again.ports.verifications[0]!.knownMac, '02:00:00:00:00:99');
+    await again.engine.stop({ restore: true });
+  });
+
+  it('a MAC pinned in config does not follow the kernel', async () => {
+    const s = await setup(
+      twoDefaults(),
+      `dgd: { gateway_macs: [{ gateway: ${R1}, mac: "02:00:00:00:00:01" }] }`,
+      { alive: [R1, R2] },
+    );
+    s.engine.onNeighbour(R1, 2, 'REACHABLE', '02:00:00:00:00:99');
+    assert.equal(s.log.named('neighbour_moved').length, 0);
+    s.ports.macs.set(R1, '02:00:00:00:00:99');
+    s.engine.onNeighbour(R1, 2, 'FAILED');
+    await s.clock.advance(1000);
+    assert.equal(gw(s, R1).state, 'dead');
+    assert.equal(s.ports.verifications[0]!.macPinned, true);
     await s.engine.stop({ restore: true });
   });
 

@@ -236,6 +236,13 @@ export class FakePorts implements DgdPorts {
       mac: alive ? mac : null,
       macChanged: alive && !!args.knownMac && args.knownMac !== mac,
       untrustedMac: alive && !macOk ? mac : null,
+      conflicts: alive && !macOk ? [mac] : [],
+      movedFrom: null,
+      reason: !alive
+        ? `no ARP answer to ${args.probes} probes`
+        : macOk
+          ? `answered ARP from ${mac}`
+          : `answered ARP only from untrusted MAC ${mac}`,
       arpRttMs: alive ? 1 : null,
       echoRttMs: null,
       probesSent: alive ? 1 : args.probes,

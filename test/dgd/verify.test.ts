@@ -164,7 +164,8 @@ describe('verify: ARP/NDP decides (fake ports, fake clock)', () => {
     assert.equal(r.echoRttMs, null);
     assert.equal(r.probesSent, 3);
     assert.equal(r.durationMs, 750);
-    assert.equal(r.steps.at(-1)!.detail, 'dead');
+    assert.equal(r.steps.at(-1)!.detail, 'dead: no ARP answer to 3 probes');
+    assert.equal(r.reason, 'no ARP answer to 3 probes');
   });
 
   it('a resolver that overruns is cut off at the deadline and told to stop', async () => {
@@ -199,7 +200,13 @@ describe('verify: ARP/NDP decides (fake ports, fake clock)', () => {
     assert.equal(r.macChanged, true);
     assert.equal(r.untrustedMac, other);
     assert.equal(r.mac, other);
-    assert.ok(r.steps.some((s) => s.step === 'mac_untrusted' && s.detail!.includes(`${GW_MAC} -> ${other}`)));
+    assert.ok(
+      r.steps.some(
+        (s) => s.step === 'mac_untrusted' && s.detail!.includes(`only from ${other}, not ${GW_MAC}`),
+      ),
+    );
+    assert.deepEqual(r.conflicts, [other]);
+    assert.match(r.reason, /only from untrusted MAC 02:00:00:00:00:99 \(known 02:00:00:00:00:01/);
 
     const g = fakePorts(clock, { arpReplyAt: { ms: 1, mac: other }, echoReplyAt: 2 });
     const w = start(clock, g.ports, { knownMac: GW_MAC, allowMacChange: true });
@@ -329,5 +336,81 @@ describe('verify: ARP/NDP decides (fake ports, fake clock)', () => {
         [500, '#3 who-has 198.18.1.1'],
       ],
     );
+  });
+
+  describe('answers held against the known MAC', () => {
+    const OTHER = '02:00:00:00:00:99';
+    /**
+     * A resolver that reports answers as they arrive (mac at ms) and settles only at its deadline,
+     * or at once when expectMac answers, as src/sys/packet/neighlink.ts does.
+     */
+    function listening(
+      clock: FakeClock,
+      heard: { mac: string; ms: number }[],
+      kernel: { state: string; lladdr: string | null } | null = null,
+    ) {
+      const f = fakePorts(clock, { echoReplyAt: 2 });
+      const asked: { expectMac?: string | null; untilDeadline?: boolean }[] = [];
+      f.ports.resolve = (_ifname, _ip, opts) =>
+        new Promise((resolve, reject) => {
+          asked.push({ expectMac: opts.expectMac, untilDeadline: opts.untilDeadline });
+          opts.signal?.addEventListener('abort', () => reject(new AbortError()), { once: true });
+          for (const h of heard)
+            clock.setTimeout(() => {
+              opts.onAnswer?.({ mac: h.mac, rttMs: h.ms });
+              if (h.mac === opts.expectMac) resolve({ mac: h.mac, rttMs: h.ms, probesSent: 1 });
+            }, h.ms);
+        });
+      f.ports.neighbour = () => Promise.resolve(kernel);
+      return { ...f, asked };
+    }
+
+    it('a forged answer first does not end the question: the known MAC answering later makes it alive, with a conflict', async () => {
+      const f = listening(clock, [
+        { mac: OTHER, ms: 1 },
+        { mac: GW_MAC, ms: 3 },
+      ]);
+      const v = start(clock, f.ports, { knownMac: GW_MAC });
+      await clock.advance(750);
+      const r = v.result()!;
+      assert.equal(r.alive, true);
+      assert.equal(r.mac, GW_MAC);
+      assert.deepEqual(r.conflicts, [OTHER]);
+      assert.equal(r.movedFrom, null);
+      assert.deepEqual(f.asked, [{ expectMac: GW_MAC, untilDeadline: true }]);
+      assert.ok(r.steps.some((s) => s.step === 'neighbour_conflict'));
+    });
+
+    it('only another MAC answered and the kernel confirmed it: the gateway moved, alive', async () => {
+      const f = listening(clock, [{ mac: OTHER, ms: 1 }], { state: 'REACHABLE', lladdr: OTHER });
+      const v = start(clock, f.ports, { knownMac: GW_MAC });
+      await clock.advance(750);
+      const r = v.result()!;
+      assert.equal(v.settledAt(), 750, 'it listened until the deadline for the known MAC');
+      assert.equal(r.alive, true);
+      assert.equal(r.mac, OTHER);
+      assert.equal(r.movedFrom, GW_MAC);
+      assert.match(r.reason, /^moved/);
+    });
+
+    it('only another MAC answered and the kernel has it not: not alive, and the reason says what answered', async () => {
+      const f = listening(clock, [{ mac: OTHER, ms: 1 }], { state: 'INCOMPLETE', lladdr: null });
+      const v = start(clock, f.ports, { knownMac: GW_MAC });
+      await clock.advance(750);
+      const r = v.result()!;
+      assert.equal(r.alive, false);
+      assert.equal(r.untrustedMac, OTHER);
+      assert.match(r.reason, /answered ARP only from untrusted MAC 02:00:00:00:00:99/);
+      assert.doesNotMatch(r.reason, /no ARP/);
+    });
+
+    it('a pinned MAC never moves, whatever the kernel says', async () => {
+      const f = listening(clock, [{ mac: OTHER, ms: 1 }], { state: 'REACHABLE', lladdr: OTHER });
+      const v = start(clock, f.ports, { knownMac: GW_MAC, macPinned: true });
+      await clock.advance(750);
+      const r = v.result()!;
+      assert.equal(r.alive, false);
+      assert.match(r.reason, /not from the pinned MAC 02:00:00:00:00:01/);
+    });
   });
 });

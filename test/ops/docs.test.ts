@@ -73,6 +73,7 @@ const TUNNEL_BASE = {
 };
 const ELEMENT_BASE: Record<string, Record<string, unknown>> = {
   'dgd.active': { gateway: '192.0.2.1' },
+  'dgd.gateway_macs': { gateway: '192.0.2.1', mac: '02:00:5e:00:01:01' },
   'tunnel.links': { connect: '192.0.2.1:9401' },
   'tunnel.forwards': { listen: '127.0.0.1:9494', service: 'gateway' },
 };

@@ -9,6 +9,7 @@ import {
   NeighbourLinks,
   pickArpSender,
   pickNsSource,
+  neighbourFilter,
   type FrameTransport,
   type InterfaceAddresses,
   type NeighbourSighting,
@@ -230,6 +231,10 @@ const GW = { mac: '02:00:00:00:00:01', ip4: '198.18.1.1', ip6: '2001:db8:1::1' }
 
 class FakeTransport implements FrameTransport {
   sent: Buffer[] = [];
+  filters: string[] = [];
+  setFilter(filter: string): void {
+    this.filters.push(filter);
+  }
   closed = 0;
   receiver: ((frame: Buffer, truncated: boolean) => void) | null = null;
   /** Called for every frame sent; may answer by calling deliver(). */
@@ -420,6 +425,132 @@ describe('neighlink: decoding and timing over a fake transport', () => {
     assert.equal(opened, 3);
     await links.close();
     assert.equal(a.isClosed, true);
+  });
+
+  describe('only answers to our own questions count', () => {
+    const OTHER = '02:00:00:00:00:66';
+    const replyToUs = (o: Partial<{ senderMac: string; targetMac: string; targetIp: string }> = {}) =>
+      buildArpReply({
+        senderMac: o.senderMac ?? GW.mac,
+        senderIp: GW.ip4,
+        targetMac: o.targetMac ?? ME.mac,
+        targetIp: o.targetIp ?? '198.18.1.10',
+      });
+    const sightings = () => {
+      const seen: NeighbourSighting[] = [];
+      link.on('sighting', (s: NeighbourSighting) => seen.push(s));
+      return seen;
+    };
+
+    it('a frame for another MAC (flooded by a bridge) is dropped undecoded, as the kernel drops it', () => {
+      const seen = sightings();
+      const f = replyToUs({ targetMac: OTHER });
+      f.write('020000000066', 0, 'hex'); // Ethernet destination: the unknown unicast MAC
+      t.deliver(f);
+      assert.equal(seen.length, 0);
+      assert.equal(link.stats.notForUs, 1);
+    });
+
+    it('an ARP reply counts only to our MAC and address, from its own sender MAC', () => {
+      const seen = sightings();
+      t.deliver(replyToUs());
+      const spoofedSource = replyToUs();
+      spoofedSource.write('020000000066', 6, 'hex'); // Ethernet source differs from the ARP sender
+      t.deliver(spoofedSource);
+      t.deliver(replyToUs({ targetIp: '198.18.77.7' })); // to an address that is not ours
+      const toOtherMacInside = replyToUs();
+      toOtherMacInside.write('020000000066', 14 + 18, 'hex'); // ARP target MAC not ours
+      t.deliver(toOtherMacInside);
+      assert.deepEqual(
+        seen.map((s) => s.answer),
+        [true, false, false, false],
+      );
+    });
+
+    it('a gratuitous ARP and an unsolicited NA are sightings, never answers', () => {
+      const seen = sightings();
+      t.deliver(
+        buildArpReply({
+          senderMac: GW.mac,
+          senderIp: GW.ip4,
+          targetMac: 'ff:ff:ff:ff:ff:ff',
+          targetIp: GW.ip4,
+        }),
+      );
+      const na = (o: { solicited: boolean; dstIp?: string; withTargetMac?: boolean }) =>
+        buildNeighbourAdvertisement({
+          srcMac: GW.mac,
+          srcIp: GW.ip6,
+          dstMac: ME.mac,
+          dstIp: o.dstIp ?? '2001:db8:1::10',
+          target: GW.ip6,
+          solicited: o.solicited,
+          withTargetMac: o.withTargetMac ?? true,
+        });
+      t.deliver(na({ solicited: false }));
+      t.deliver(na({ solicited: true, dstIp: '2001:db8:1::77' }));
+      t.deliver(na({ solicited: true, withTargetMac: false }));
+      t.deliver(na({ solicited: true }));
+      assert.deepEqual(
+        seen.map((s) => [s.kind, s.answer]),
+        [
+          ['garp', false],
+          ['na', false],
+          ['na', false],
+          ['na', false],
+          ['na', true],
+        ],
+      );
+    });
+
+    it('resolve with an expected MAC listens on past another MAC and reports both', async () => {
+      t.responder = () => {
+        if (t.sent.length === 1) {
+          t.deliver(replyToUs({ senderMac: OTHER }));
+          setTimeout(() => t.deliver(replyToUs()), 5);
+        }
+      };
+      const r = await link.resolve(GW.ip4, {
+        probes: 3,
+        intervalMs: 30,
+        untilDeadline: true,
+        expectMac: GW.mac,
+      });
+      assert.ok(r);
+      assert.equal(r.mac, GW.mac);
+      assert.deepEqual(
+        r.answers.map((a) => a.mac),
+        [OTHER, GW.mac],
+      );
+    });
+
+    it('resolve with only another MAC answering waits for the deadline and returns what it heard', async () => {
+      t.responder = () => t.deliver(replyToUs({ senderMac: OTHER }));
+      const started = performance.now();
+      const r = await link.resolve(GW.ip4, {
+        probes: 2,
+        intervalMs: 20,
+        untilDeadline: true,
+        expectMac: GW.mac,
+      });
+      assert.ok(performance.now() - started >= 39);
+      assert.ok(r);
+      assert.equal(r.mac, OTHER);
+      assert.equal(r.answers[0]!.count, 2);
+      assert.equal(t.sent.length, 2);
+    });
+
+    it('echo terms are in the kernel filter only while a gateway is resolved', async () => {
+      assert.doesNotMatch(neighbourFilter(ME.mac), /icmp-echo|== 128/);
+      assert.match(neighbourFilter(ME.mac), /ether dst 02:00:00:00:00:10 or ether multicast/);
+      const quiet = t.filters.length;
+      await link.resolve(GW.ip4, { probes: 1, intervalMs: 5 });
+      assert.equal(t.filters.length, quiet, 'an active probe does not touch the filter');
+      const p = link.resolve(GW.ip4, { probes: 1, intervalMs: 10, watchEcho: true });
+      assert.match(t.filters.at(-1)!, new RegExp(`icmp and host ${GW.ip4.replace(/\./g, '\\.')}`));
+      await p;
+      assert.doesNotMatch(t.filters.at(-1)!, /icmp-echo/);
+    });
   });
 
   it('ignores frames of other protocols', () => {

@@ -399,7 +399,8 @@ export interface CapturedPacket {
 /**
  * One libpcap handle on one interface with a BPF filter, emitting 'packet' (CapturedPacket), and
  * 'down' (SystemError) once if the interface goes down or away — the capture is closed then.
- * Promiscuous and immediate. close() is idempotent and safe from a listener.
+ * Not promiscuous (the interface's own, broadcast and multicast frames, plus what a veth or bridge
+ * floods to it); immediate. close() is idempotent and safe from a listener.
  */
 export class LiveCapture extends EventEmitter {
   private closed = false;

@@ -31,6 +31,7 @@ export {
 export { EchoSocket, type EchoOptions, type EchoStats, type RawIcmpSocket } from './echo';
 export {
   NEIGHBOUR_BPF_FILTER,
+  neighbourFilter,
   NeighbourLink,
   NeighbourLinks,
   pickArpSender,

@@ -1,23 +1,41 @@
 // ARP (RFC 826) and IPv6 neighbour discovery (RFC 4861) on one interface, through one libpcap
-// handle (pcap.ts): we send who-has / neighbour solicitations ourselves and watch every ARP and ND
-// packet the link carries. This is what dead gateway verification stands on: any ARP/NDP reply
-// from the gateway means alive, so nothing here relies on the kernel's neighbour table, which the
-// verifier purges first.
+// handle (pcap.ts): we send who-has / neighbour solicitations ourselves and watch the ARP and ND
+// packets addressed to this host (its MAC, broadcast, multicast). This is what dead gateway
+// verification stands on, so it believes no more than the kernel would: the handle is not
+// promiscuous, a frame for another MAC (a bridge or veth floods unknown unicast: PACKET_OTHERHOST)
+// is dropped before it is decoded, and only an answer to our own question counts as one (an ARP
+// reply to our MAC and address whose Ethernet source is its sender; a solicited NA to one of our
+// addresses whose target link-layer option is its Ethernet source). Gratuitous ARP and unsolicited
+// NA stay sightings, never answers.
 //
 // Frames are built and decoded by the pure functions of neighframes.ts. Frames come from the wire,
 // so decoding is defensive: a truncated or malformed frame is counted in `stats` and dropped, and
 // nothing thrown while handling a packet escapes into libpcap's callback.
 import { EventEmitter } from 'node:events';
-import { readFileSync } from 'node:fs';
 import { isIPv4, isIPv6 } from 'node:net';
-import { networkInterfaces } from 'node:os';
 import { AbortError, IpdeadgateError, UsageError } from '../../errors';
 import { preciseWallNowMs } from '../../util/clock';
-import { ipv4ToBytes, ipv6ToBytes, normalizeIp, normalizeMac, type Family } from '../ipaddr';
+import { normalizeIp, normalizeMac, type Family } from '../ipaddr';
 import { FrameError } from './framebase';
 import { ARP_REPLY, ARP_REQUEST } from './ethernet';
 import { ND_NEIGHBOR_ADVERT, ND_NEIGHBOR_SOLICIT } from './icmp';
 import { buildArpRequest, buildNeighbourSolicitation, decodeNeighbourFrame } from './neighframes';
+import {
+  neighbourFilter,
+  pickArpSender,
+  pickNsSource,
+  readInterfaceAddresses,
+  type InterfaceAddresses,
+} from './neighaddrs';
+
+export {
+  NEIGHBOUR_BPF_FILTER,
+  neighbourFilter,
+  pickArpSender,
+  pickNsSource,
+  readInterfaceAddresses,
+  type InterfaceAddresses,
+} from './neighaddrs';
 import { openEthernetHandle, type LivePacket } from './pcap';
 
 export interface NeighbourSighting {
@@ -27,6 +45,13 @@ export interface NeighbourSighting {
   /** Its link-layer address, lower case. */
   mac: string;
   kind: 'arp-reply' | 'arp-request' | 'garp' | 'na' | 'ns' | 'ra';
+  /**
+   * A valid answer to a question of this host: an ARP reply to our MAC and one of our addresses
+   * whose Ethernet source is its sender MAC, or a solicited NA (hop limit 255) to one of our
+   * addresses and our MAC, whose target link-layer option is its Ethernet source. Only these
+   * resolve().
+   */
+  answer: boolean;
   /**
    * True when the packet was not an answer addressed to this host: gratuitous ARP, an ARP reply
    * to another MAC, an NA without the Solicited flag, an RA to all-nodes, and every request (the
@@ -45,13 +70,44 @@ export interface ResolveOptions {
   signal?: AbortSignal;
   /** Called as each request goes out (1-based), so callers can log every probe. */
   onProbe?: (n: number) => void;
+  /**
+   * Listen until the deadline (probes x intervalMs) and report every MAC that answered, instead of
+   * finishing at the first answer: an answer from another MAC is then heard even when the expected
+   * one answered first (a conflict). Probes stop once `expectMac` answered.
+   */
+  untilDeadline?: boolean;
+  /** The MAC whose answer ends the probing (with untilDeadline). */
+  expectMac?: string | null;
+  /** With untilDeadline: finish at once when expectMac answered (what was heard before is reported). */
+  finishOnExpected?: boolean;
+  /**
+   * Let the target's ICMP echoes through the kernel filter while resolving (a verification, for
+   * the flight recorder's picture); off for a single active probe, which would recompile the
+   * filter twice a probe.
+   */
+  watchEcho?: boolean;
+  /** Listen at most this long in all (default and at most probes x intervalMs). */
+  listenMs?: number;
+  /** Each MAC's first answer, as it arrives. */
+  onAnswer?: (a: NeighbourAnswer) => void;
+}
+
+/** One MAC that answered, and its first answer's RTT. */
+export interface NeighbourAnswer {
+  mac: string;
+  rttMs: number;
+  /** Answers from this MAC while resolving. */
+  count: number;
 }
 
 export interface ResolveResult {
+  /** The first answer's MAC (expectMac's, when it answered). */
   mac: string;
   /** From the latest request sent before the reply to the reply. */
   rttMs: number;
   probesSent: number;
+  /** Every MAC that answered, first answer first. */
+  answers: NeighbourAnswer[];
 }
 
 /** Counters of what the link saw; `dropped*` are frames that could not be decoded. */
@@ -60,6 +116,8 @@ export interface NeighbourLinkStats {
   sightings: number;
   /** Well-formed frames that are ours to ignore: our own, foreign protocols, DAD probes. */
   ignored: number;
+  /** Frames for another host's MAC (flooded by a bridge or veth): dropped undecoded, as the kernel does. */
+  notForUs: number;
   droppedTruncated: number;
   droppedMalformed: number;
   framesSent: number;
@@ -69,6 +127,8 @@ export interface NeighbourLinkStats {
 export interface FrameTransport {
   /** Send one Ethernet frame; throws on failure. */
   send(frame: Buffer): void;
+  /** Replace the kernel filter (tcpdump syntax); absent: the transport filters nothing itself. */
+  setFilter?(filter: string): void;
   /** Register the one receiver: `frame` is only valid during the call (the buffer is reused). */
   onFrame(receiver: (frame: Buffer, truncated: boolean) => void): void;
   /** Register the one listener for the interface going down or away (the transport is closed then). */
@@ -76,24 +136,8 @@ export interface FrameTransport {
   close(): void;
 }
 
-/** The addresses of an interface the link needs to send from. */
-export interface InterfaceAddresses {
-  mac: string;
-  ipv4: { address: string; prefixLength: number }[];
-  ipv6: { address: string; prefixLength: number }[];
-}
-
-/**
- * BPF: every ARP packet, and ICMPv6 RA (134), NS (135), NA (136). `ip6[40]` is the ICMPv6 type when
- * no extension header precedes it, which RFC 4861 messages never have in practice. ICMP/ICMPv6
- * echo requests and replies (8/0, 128/129) are captured too, for the flight recorder's picture of a
- * verification (the echo that forces the kernel's own resolution); they make no sightings and
- * count as `ignored`.
- */
-export const NEIGHBOUR_BPF_FILTER =
-  'arp or (icmp6 and (ip6[40] == 134 or ip6[40] == 135 or ip6[40] == 136)) or ' +
-  '(icmp and (icmp[icmptype] == icmp-echo or icmp[icmptype] == icmp-echoreply)) or ' +
-  '(icmp6 and (ip6[40] == 128 or ip6[40] == 129))';
+/** How long the interface's addresses are reused when checking answers (a flood must not read them per frame). */
+const ADDRESSES_TTL_MS = 1000;
 
 /**
  * A raw frame the link captured ('in') or sent ('out'): the 'frame' event, emitted only while
@@ -108,7 +152,6 @@ export interface LinkFrame {
   data: Buffer;
 }
 
-const REPLY_KINDS: ReadonlySet<NeighbourSighting['kind']> = new Set(['arp-reply', 'garp', 'na']);
 const IFNAME = /^[^\s/:]{1,15}$/;
 
 function checkIfname(ifname: string): void {
@@ -116,76 +159,19 @@ function checkIfname(ifname: string): void {
     throw new UsageError(`"${ifname}" is not a valid interface name`);
 }
 
-/** Read an interface's MAC and addresses in the current network namespace; null if it does not exist. */
-export function readInterfaceAddresses(ifname: string): InterfaceAddresses | null {
-  const entries = networkInterfaces()[ifname];
-  let mac: string | null = null;
-  const ipv4: InterfaceAddresses['ipv4'] = [];
-  const ipv6: InterfaceAddresses['ipv6'] = [];
-  for (const e of entries ?? []) {
-    if (e.mac && e.mac !== '00:00:00:00:00:00') mac = e.mac;
-    const prefixLength = Number(e.cidr?.split('/')[1] ?? (e.family === 'IPv4' ? 32 : 128));
-    if (e.family === 'IPv4') ipv4.push({ address: e.address, prefixLength });
-    else ipv6.push({ address: normalizeIp(e.address), prefixLength });
-  }
-  if (!mac) {
-    // An interface without addresses is missing from networkInterfaces(); sysfs still knows it
-    // (ip netns exec mounts the namespace's own /sys).
-    try {
-      mac = readFileSync(`/sys/class/net/${ifname}/address`, 'utf8').trim();
-    } catch {
-      if (!entries) return null;
-    }
-  }
-  if (!mac) return null;
-  return { mac: normalizeMac(mac), ipv4, ipv6 };
-}
-
-function samePrefix(a: Buffer, b: Buffer, bits: number): boolean {
-  for (let i = 0; i < a.length && bits > 0; i++, bits -= 8) {
-    const mask = bits >= 8 ? 0xff : (0xff << (8 - bits)) & 0xff;
-    if ((a[i]! & mask) !== (b[i]! & mask)) return false;
-  }
-  return true;
-}
-
-/** The IPv4 address to put in an ARP request's sender field: ours on the target's subnet first. */
-export function pickArpSender(addrs: InterfaceAddresses, targetIp: string): string {
-  const t = ipv4ToBytes(targetIp);
-  const onSubnet = addrs.ipv4.find((a) => samePrefix(ipv4ToBytes(a.address), t, a.prefixLength));
-  // With no IPv4 address at all, an RFC 5227 ARP probe (sender 0.0.0.0) still gets an answer.
-  return (onSubnet ?? addrs.ipv4[0])?.address ?? '0.0.0.0';
-}
-
-function isLinkLocal6(ip: string): boolean {
-  const b = ipv6ToBytes(ip);
-  return b[0] === 0xfe && (b[1]! & 0xc0) === 0x80;
-}
-
-/**
- * The IPv6 source of a solicitation: a link-local target gets our link-local address; a global one
- * our address on its prefix, then any global, then link-local. With none at all the unspecified
- * address (the target then answers to all-nodes, RFC 4861 7.2.4).
- */
-export function pickNsSource(addrs: InterfaceAddresses, targetIp: string): string {
-  const linkLocal = addrs.ipv6.find((a) => isLinkLocal6(a.address))?.address;
-  if (isLinkLocal6(targetIp)) return linkLocal ?? addrs.ipv6[0]?.address ?? '::';
-  const t = ipv6ToBytes(targetIp);
-  const globals = addrs.ipv6.filter((a) => !isLinkLocal6(a.address));
-  const onPrefix = globals.find((a) => samePrefix(ipv6ToBytes(a.address), t, a.prefixLength));
-  return (onPrefix ?? globals[0])?.address ?? linkLocal ?? '::';
-}
-
 /** A libpcap handle (pcap.ts) as a FrameTransport. */
-function openPcapTransport(ifname: string): FrameTransport {
+function openPcapTransport(ifname: string, mac: string): FrameTransport {
   const handle = openEthernetHandle(
     ifname,
-    { filter: NEIGHBOUR_BPF_FILTER, bufferBytes: 1 << 20, purpose: ' for ARP/NDP' },
+    { filter: neighbourFilter(mac), bufferBytes: 1 << 20, purpose: ' for ARP/NDP' },
     'ARP and NDP need Ethernet',
   );
   return {
     send(frame) {
       handle.send(frame);
+    },
+    setFilter(filter) {
+      handle.setFilter(filter);
     },
     onFrame(receiver) {
       handle.on('packet', (p: LivePacket) => receiver(p.data, p.wireLength > p.data.length));
@@ -223,6 +209,7 @@ export class NeighbourLink extends EventEmitter {
     framesReceived: 0,
     sightings: 0,
     ignored: 0,
+    notForUs: 0,
     droppedTruncated: 0,
     droppedMalformed: 0,
     framesSent: 0,
@@ -230,6 +217,9 @@ export class NeighbourLink extends EventEmitter {
   private closed = false;
   private readonly transport: FrameTransport;
   private readonly readAddresses: () => InterfaceAddresses;
+  private addressCache: { at: number; v4: Set<string>; v6: Set<string> } | null = null;
+  /** Gateways being resolved now (address -> resolutions): their echoes pass the kernel filter. */
+  private readonly verifying = new Map<string, number>();
 
   /**
    * Open the interface for ARP and NDP (needs CAP_NET_RAW). Throws UsageError for an unknown or
@@ -239,7 +229,7 @@ export class NeighbourLink extends EventEmitter {
     checkIfname(ifname);
     const addrs = readInterfaceAddresses(ifname);
     if (!addrs) throw new UsageError(`no network interface named "${ifname}" in this network namespace`);
-    const transport = openPcapTransport(ifname);
+    const transport = openPcapTransport(ifname, addrs.mac);
     return new NeighbourLink(ifname, addrs.mac, transport, () => readInterfaceAddresses(ifname) ?? addrs);
   }
 
@@ -306,9 +296,12 @@ export class NeighbourLink extends EventEmitter {
   }
 
   /**
-   * Send `probes` requests (ARP for IPv4, NS for IPv6) spaced by `intervalMs` until a reply from `ip`
-   * arrives (an ARP reply, a gratuitous ARP or an NA for it). Resolves null when none came within
-   * probes * intervalMs. Rejects with AbortError on abort and with the send error if sending fails.
+   * Send `probes` requests (ARP for IPv4, NS for IPv6) spaced by `intervalMs` until a valid answer
+   * for `ip` arrives (see NeighbourSighting.answer: never a gratuitous ARP, an unsolicited NA or a
+   * frame for another MAC). With untilDeadline, listen until probes * intervalMs and report every
+   * MAC that answered (finishing early only on expectMac's answer). Resolves null when nothing
+   * answered within probes * intervalMs. Rejects with AbortError on abort and with the send error
+   * if sending fails.
    */
   resolve(ip: string, opts: ResolveOptions): Promise<ResolveResult | null> {
     if (!Number.isInteger(opts.probes) || opts.probes < 1)
@@ -327,17 +320,38 @@ export class NeighbourLink extends EventEmitter {
       let sent = 0;
       let lastSentAt = 0;
       let timer: NodeJS.Timeout | undefined;
+      const expect = opts.expectMac ? normalizeMac(opts.expectMac) : null;
+      const answers = new Map<string, NeighbourAnswer>();
+      const result = (): ResolveResult | null => {
+        const all = [...answers.values()];
+        const first = (expect && answers.get(expect)) || all[0];
+        return first ? { mac: first.mac, rttMs: first.rttMs, probesSent: sent, answers: all } : null;
+      };
       const finish = (fn: () => void) => {
         clearTimeout(timer);
+        clearTimeout(deadline);
         this.off('sighting', onSighting);
         this.off('closed', onClosed);
         signal?.removeEventListener('abort', onAbort);
+        if (opts.watchEcho) this.endVerifying(target);
         fn();
       };
       const onSighting = (s: NeighbourSighting) => {
-        if (s.ip !== target || !REPLY_KINDS.has(s.kind)) return;
-        const rttMs = Math.max(0, s.at - lastSentAt);
-        finish(() => resolve({ mac: s.mac, rttMs, probesSent: sent }));
+        if (s.ip !== target || !s.answer) return;
+        const seen = answers.get(s.mac);
+        if (seen) {
+          seen.count++;
+          return;
+        }
+        const a = { mac: s.mac, rttMs: Math.max(0, s.at - lastSentAt), count: 1 };
+        answers.set(s.mac, a);
+        opts.onAnswer?.({ ...a });
+        if (!opts.untilDeadline) finish(() => resolve(result()));
+        else if (s.mac === expect) {
+          if (opts.finishOnExpected) finish(() => resolve(result()));
+          // Nothing more to ask, but whoever else answers is still heard.
+          else clearTimeout(timer);
+        }
       };
       const onClosed = () =>
         finish(() =>
@@ -351,7 +365,6 @@ export class NeighbourLink extends EventEmitter {
       const onAbort = () =>
         finish(() => reject(new AbortError(`resolving ${target} on ${this.ifname} was aborted`)));
       const sendNext = () => {
-        if (sent >= opts.probes) return finish(() => resolve(null));
         try {
           if (family === 4) this.sendArpRequest(target);
           else this.sendNeighbourSolicitation(target);
@@ -361,13 +374,59 @@ export class NeighbourLink extends EventEmitter {
         sent++;
         lastSentAt = performance.now();
         opts.onProbe?.(sent);
-        timer = setTimeout(sendNext, opts.intervalMs);
+        if (sent < opts.probes) timer = setTimeout(sendNext, opts.intervalMs);
       };
+      // The last request gets one interval for its answer, as every other.
+      const budget = opts.probes * opts.intervalMs;
+      const listenMs =
+        opts.listenMs !== undefined && opts.listenMs >= 0 ? Math.min(budget, opts.listenMs) : budget;
+      const deadline = setTimeout(() => finish(() => resolve(result())), listenMs);
       this.on('sighting', onSighting);
       this.once('closed', onClosed);
       signal?.addEventListener('abort', onAbort, { once: true });
+      if (opts.watchEcho) this.beginVerifying(target);
       sendNext();
     });
+  }
+
+  /** While a gateway is resolved, its echoes pass the filter (the flight recorder's picture). */
+  private beginVerifying(ip: string): void {
+    const n = this.verifying.get(ip) ?? 0;
+    this.verifying.set(ip, n + 1);
+    if (n === 0) this.applyFilter();
+  }
+
+  private endVerifying(ip: string): void {
+    const n = this.verifying.get(ip) ?? 0;
+    if (n <= 1) {
+      this.verifying.delete(ip);
+      if (n === 1) this.applyFilter();
+    } else this.verifying.set(ip, n - 1);
+  }
+
+  private applyFilter(): void {
+    if (this.closed || !this.transport.setFilter) return;
+    try {
+      this.transport.setFilter(neighbourFilter(this.mac, this.verifying.keys()));
+    } catch (err) {
+      // The old filter stays: ARP/NDP still pass, only the echo picture is missing.
+      if (this.listenerCount('error') > 0)
+        this.emit('error', err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  /** Our IPv4 and IPv6 addresses, re-read at most once a second. */
+  private ourAddresses(): { v4: Set<string>; v6: Set<string> } {
+    const now = performance.now();
+    if (!this.addressCache || now - this.addressCache.at > ADDRESSES_TTL_MS) {
+      const a = this.readAddresses();
+      this.addressCache = {
+        at: now,
+        v4: new Set(a.ipv4.map((x) => x.address)),
+        v6: new Set(a.ipv6.map((x) => normalizeIp(x.address.split('%')[0]!))),
+      };
+    }
+    return this.addressCache;
   }
 
   /** Idempotent; safe from inside a 'sighting' listener. */
@@ -409,6 +468,11 @@ export class NeighbourLink extends EventEmitter {
   private handleFrame(frame: Buffer, truncated: boolean): void {
     if (this.closed) return;
     this.stats.framesReceived++;
+    // A frame for another MAC is one the kernel drops (PACKET_OTHERHOST): so do we, undecoded.
+    if (frame.length >= 12 && !this.forUs(frame)) {
+      this.stats.notForUs++;
+      return;
+    }
     if (this.listenerCount('frame') > 0 && !truncated) this.emitFrame('in', frame);
     let sighting: NeighbourSighting | null;
     try {
@@ -433,49 +497,80 @@ export class NeighbourLink extends EventEmitter {
     }
   }
 
+  /** Destination our MAC or a group address (broadcast, multicast), or sent by us. */
+  private forUs(frame: Buffer): boolean {
+    if ((frame[0]! & 1) === 1) return true;
+    const mac = this.macBytes;
+    return frame.compare(mac, 0, 6, 0, 6) === 0 || frame.compare(mac, 0, 6, 6, 12) === 0;
+  }
+
+  private get macBytes(): Buffer {
+    this.macBuf ??= Buffer.from(this.mac.split(':').map((h) => parseInt(h, 16)));
+    return this.macBuf;
+  }
+  private macBuf: Buffer | null = null;
+
   private classify(frame: Buffer): NeighbourSighting | null {
     const d = decodeNeighbourFrame(frame);
     if (!d) return null;
     // Our own packets (and the kernel's from this interface) are seen on the way out: not neighbours.
     if (d.eth.src === this.mac) return null;
     const at = performance.now();
+    const toUs = d.eth.dst === this.mac;
     if (d.proto === 'arp') {
       const a = d.arp;
       if (a.senderMac === this.mac || a.senderIp === '0.0.0.0') return null; // RFC 5227 probes carry no binding
       const garp = a.senderIp === a.targetIp;
-      if (garp) return { family: 4, ip: a.senderIp, mac: a.senderMac, kind: 'garp', unsolicited: true, at };
-      if (a.op === ARP_REPLY)
-        return {
-          family: 4,
-          ip: a.senderIp,
-          mac: a.senderMac,
-          kind: 'arp-reply',
-          unsolicited: a.targetMac !== this.mac,
-          at,
-        };
-      if (a.op === ARP_REQUEST)
-        return { family: 4, ip: a.senderIp, mac: a.senderMac, kind: 'arp-request', unsolicited: true, at };
+      const base = { family: 4 as const, ip: a.senderIp, mac: a.senderMac, at };
+      if (garp) return { ...base, kind: 'garp', answer: false, unsolicited: true };
+      if (a.op === ARP_REPLY) {
+        const answer =
+          toUs &&
+          a.targetMac === this.mac &&
+          d.eth.src === a.senderMac &&
+          this.ourAddresses().v4.has(a.targetIp);
+        return { ...base, kind: 'arp-reply', answer, unsolicited: !answer };
+      }
+      if (a.op === ARP_REQUEST) return { ...base, kind: 'arp-request', answer: false, unsolicited: true };
       return null;
     }
     const n = d.ndp;
-    if (n.type === ND_NEIGHBOR_ADVERT)
+    if (n.type === ND_NEIGHBOR_ADVERT) {
+      // decodeNdp already insists on hop limit 255 (an on-link sender) and a valid checksum.
+      const answer =
+        n.solicited &&
+        toUs &&
+        n.targetMac !== null &&
+        n.targetMac === d.eth.src &&
+        this.ourAddresses().v6.has(d.ip6.dst);
       return {
         family: 6,
         ip: n.target,
         mac: n.targetMac ?? d.eth.src,
         kind: 'na',
+        answer,
         unsolicited: !n.solicited,
         at,
       };
+    }
     if (n.type === ND_NEIGHBOR_SOLICIT) {
       if (d.ip6.src === '::') return null; // duplicate address detection: no binding yet
-      return { family: 6, ip: d.ip6.src, mac: n.sourceMac ?? d.eth.src, kind: 'ns', unsolicited: true, at };
+      return {
+        family: 6,
+        ip: d.ip6.src,
+        mac: n.sourceMac ?? d.eth.src,
+        kind: 'ns',
+        answer: false,
+        unsolicited: true,
+        at,
+      };
     }
     return {
       family: 6,
       ip: d.ip6.src,
       mac: n.sourceMac ?? d.eth.src,
       kind: 'ra',
+      answer: false,
       unsolicited: d.ip6.dst.startsWith('ff'),
       at,
     };

@@ -28,6 +28,11 @@ export interface PcapOpenOptions {
   bufferBytes?: number;
   /** What the handle is for, in error messages: " for ARP/NDP". */
   purpose?: string;
+  /**
+   * Which frames to report: both directions (the default), only those the interface received, or
+   * only those it sent (pcap_setdirection(3PCAP)). Set it where one direction is all that matters.
+   */
+  direction?: 'inout' | 'in' | 'out';
 }
 
 /** DLT_EN10MB (pcap/dlt.h). */
@@ -57,7 +62,9 @@ export class PcapHandle extends EventEmitter {
   }
 
   /**
-   * Open and activate a handle (promiscuous, immediate, non-blocking). Throws UsageError for an
+   * Open and activate a handle (never promiscuous; immediate, non-blocking). A packet socket on a
+   * veth or behind a bridge still receives frames flooded to other MACs: readers that decide from
+   * frames check the destination themselves. Throws UsageError for an
    * unknown interface or a bad filter, SystemError EPERM without CAP_NET_RAW, ENETDOWN for an
    * interface that is down.
    */
@@ -82,7 +89,14 @@ export class PcapHandle extends EventEmitter {
     };
     let opened: { id: number; linkType: number; fd: number };
     try {
-      opened = native.pcapOpen(ifname, filter, opts.snaplen ?? 65535, opts.bufferBytes ?? 1 << 20, onEvent);
+      opened = native.pcapOpen(
+        ifname,
+        filter,
+        opts.snaplen ?? 65535,
+        opts.bufferBytes ?? 1 << 20,
+        opts.direction ?? 'inout',
+        onEvent,
+      );
     } catch (err) {
       throw pcapError(err, ifname + (opts.purpose ?? ''), filter, 'opening');
     }
