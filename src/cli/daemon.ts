@@ -1,8 +1,26 @@
-// `ipdeadgate daemon [--config FILE] [--control PATH] [--state-dir DIR] [--log-format json|text]`
+// `ipdeadgate daemon [--config FILE] [--control PATH] [--state-dir DIR] [--control-group GROUP]
+//                   [--log-format json|text]`
 import type { Command } from 'commander';
+import { readFileSync } from 'node:fs';
 import { UsageError } from '../errors';
 import { DEFAULT_STATE_DIR, runDaemon } from '../daemon/daemon';
 import { action, DEFAULT_CONTROL } from './common';
+
+/** A group name (from /etc/group) or number as its gid. */
+export function groupId(name: string, groupFile = '/etc/group'): number {
+  if (/^\d+$/.test(name)) return Number(name);
+  let text = '';
+  try {
+    text = readFileSync(groupFile, 'utf8');
+  } catch {
+    /* no group file: the name cannot be found */
+  }
+  for (const line of text.split('\n')) {
+    const [n, , gid] = line.split(':');
+    if (n === name && gid !== undefined && /^\d+$/.test(gid)) return Number(gid);
+  }
+  throw new UsageError(`--control-group: no group "${name}" in ${groupFile}`);
+}
 
 export function registerDaemon(program: Command): void {
   program
@@ -15,6 +33,10 @@ export function registerDaemon(program: Command): void {
     .option('--control <path>', 'control socket', DEFAULT_CONTROL)
     .option('--state-dir <dir>', 'where withdrawn routes are journaled', DEFAULT_STATE_DIR)
     .option(
+      '--control-group <group>',
+      "members of this group may use the control socket (mode 0660); default: root and the daemon's user",
+    )
+    .option(
       '--log-format <format>',
       'json (one line per event) or text (default: log.format of the config, json)',
     )
@@ -25,15 +47,24 @@ export function registerDaemon(program: Command): void {
         'SIGUSR2 (package upgrades) exits 0 leaving withdrawn routes journaled for the next start.',
     )
     .action(
-      action(async (opts: { config?: string; control: string; stateDir: string; logFormat?: string }) => {
-        if (opts.logFormat !== undefined && opts.logFormat !== 'json' && opts.logFormat !== 'text')
-          throw new UsageError(`--log-format must be json or text, not "${opts.logFormat}"`);
-        return runDaemon({
-          configPath: opts.config,
-          controlPath: opts.control,
-          stateDir: opts.stateDir,
-          logFormat: opts.logFormat,
-        });
-      }),
+      action(
+        async (opts: {
+          config?: string;
+          control: string;
+          stateDir: string;
+          logFormat?: string;
+          controlGroup?: string;
+        }) => {
+          if (opts.logFormat !== undefined && opts.logFormat !== 'json' && opts.logFormat !== 'text')
+            throw new UsageError(`--log-format must be json or text, not "${opts.logFormat}"`);
+          return runDaemon({
+            configPath: opts.config,
+            controlPath: opts.control,
+            stateDir: opts.stateDir,
+            logFormat: opts.logFormat,
+            controlGroup: opts.controlGroup === undefined ? undefined : groupId(opts.controlGroup),
+          });
+        },
+      ),
     );
 }

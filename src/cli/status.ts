@@ -93,10 +93,18 @@ export function formatStatus(s: Status): string {
       `nexthop group ${m.id} (proto ${m.owner}): ${m.original} -> now ${m.now}${m.contested ? ' (contested: its owner puts members back)' : ''}`,
     );
   for (const o of s.route_owners ?? []) {
+    const how = o.mode === 'unreachable' ? ' (found, NOT ANSWERING)' : o.mode === 'found' ? ' (found)' : '';
     lines.push(
       '',
-      `routing daemon ${o.owner}: told of dead gateways: ${o.dead_gateways.join(', ') || 'none'}`,
+      `routing daemon ${o.owner}${how}: told of dead gateways: ${o.dead_gateways.join(', ') || 'none'}`,
     );
+    if (o.unprotected_routes?.length) {
+      lines.push(
+        `  UNPROTECTED (it cannot be told of a dead gateway): ${o.unprotected_routes.length} route(s)`,
+      );
+      for (const r of o.unprotected_routes) lines.push(`    ${r}`);
+      if (o.hint) lines.push(`  to fix: ${o.hint}`);
+    }
     for (const a of o.applied) lines.push(`  applied: ${a}`);
     if (o.kept.length) lines.push(`  kept (last route): ${o.kept.join(', ')}`);
     for (const p of o.problems) lines.push(`  problem: ${p}`);

@@ -156,7 +156,12 @@ function unwrap(s: z.ZodTypeAny): z.ZodTypeAny {
     if (s instanceof z.ZodDefault) s = s._def.innerType as z.ZodTypeAny;
     else if (s instanceof z.ZodOptional) s = s._def.innerType as z.ZodTypeAny;
     else if (s instanceof z.ZodEffects) s = s._def.schema as z.ZodTypeAny;
-    else return s;
+    // `false` or a section (dgd.owners.frr): the section's keys.
+    else if (s instanceof z.ZodUnion) {
+      const section = (s.options as z.ZodTypeAny[]).find((o) => unwrap(o) instanceof z.ZodObject);
+      if (!section) return s;
+      s = section;
+    } else return s;
   }
 }
 

@@ -1,11 +1,13 @@
-// The control socket: a Unix stream socket, mode 0600, root only (the peer's uid is checked with
-// SO_PEERCRED). Protocol: one JSON request per line, one JSON response per line:
+// The control socket: a Unix stream socket, mode 0600, for root and the daemon's own user (the
+// peer's uid is checked with SO_PEERCRED); with a control group (the packaged unit's
+// --control-group ipdeadgate), mode 0660 in that group, and the kernel's check of the socket
+// file's permission at connect() is what admits the group's members. Protocol: one JSON request per line, one JSON response per line:
 //   -> {"cmd":"status"}            <- {"ok":true,"result":{...}}
 //   -> {"cmd":"nope"}              <- {"ok":false,"error":{"code":"ERR_UNKNOWN_COMMAND","message":"..."}}
 // Requests are validated (zod) before anything reads them; refused and idle clients are destroyed,
 // and connections are capped, so no client can take the daemon's descriptors or stop it. Only the
 // socket this server created (same device and inode) is ever unlinked.
-import { chmod, lstat, stat, unlink } from 'node:fs/promises';
+import { chmod, chown, lstat, stat, unlink } from 'node:fs/promises';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { z } from 'zod';
@@ -48,6 +50,8 @@ export class ControlServer {
     readonly path: string,
     private readonly peerUid: PeerUid,
     private readonly allowedUids: ReadonlySet<number> = new Set([0, process.getuid?.() ?? 0]),
+    /** The gid whose members may use the socket too (mode 0660), or null for 0600. */
+    private readonly group: number | null = null,
     private readonly limits: { maxClients: number; idleMs: number } = {
       maxClients: MAX_CONTROL_CLIENTS,
       idleMs: CONTROL_IDLE_MS,
@@ -123,6 +127,21 @@ export class ControlServer {
     const mine = await lstat(this.path);
     this.created = { dev: mine.dev, ino: mine.ino };
     await chmod(this.path, 0o600);
+    if (this.group !== null) {
+      // Still 0600 until it is in the group: the group's members are let in only then. Under the
+      // packaged unit the socket is born in the group (the daemon's own), and chown() is not even
+      // allowed there (SystemCallFilter=~@privileged): change it only when it differs.
+      try {
+        if ((await stat(this.path)).gid !== this.group) await chown(this.path, -1, this.group);
+      } catch (err) {
+        throw new IpdeadgateError(
+          'EPERM',
+          `cannot give the control socket ${this.path} to group ${this.group}: ${(err as Error).message} ` +
+            '(the daemon must be a member of its control group)',
+        );
+      }
+      await chmod(this.path, 0o660);
+    }
   }
 
   private onConnection(s: net.Socket): void {
@@ -131,7 +150,8 @@ export class ControlServer {
     s.on('error', () => s.destroy());
     s.setTimeout(this.limits.idleMs, () => s.destroy());
     const uid = this.peerUid(s);
-    if (uid === null || !this.allowedUids.has(uid)) {
+    // With a control group, whoever could connect passed the kernel's permission check on the socket.
+    if (this.group === null && (uid === null || !this.allowedUids.has(uid))) {
       refuse(s, {
         code: 'EACCES',
         message: `the control socket is root-only (your uid is ${uid ?? 'unknown'}); run the command as root`,

@@ -34,6 +34,8 @@ export interface DaemonOptions {
   controlPath: string;
   stateDir: string;
   logFormat?: LogFormat;
+  /** The gid whose members may use the control socket (mode 0660). */
+  controlGroup?: number;
 }
 
 export { DEFAULT_STATE_DIR } from './statedir';
@@ -128,7 +130,13 @@ export class Daemon {
     this.events = events;
     this.writer = new DurableWriter(events);
 
-    this.control = new ControlServer(this.opts.controlPath, peerUidOf);
+    // The control socket first: a second daemon must fail before it touches any route.
+    this.control = new ControlServer(
+      this.opts.controlPath,
+      peerUidOf,
+      undefined,
+      this.opts.controlGroup ?? null,
+    );
     this.registerCommands(this.control);
     await this.control.listen();
 

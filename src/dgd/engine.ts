@@ -113,6 +113,10 @@ export class DgdEngine {
       },
     });
     this.liaison = new OwnerLiaison(opts.owners ?? null, log, (fn) => this.keeper.serially(fn), running);
+    this.liaison.onAnswered = () =>
+      void this.refreshRoutes().catch((err: unknown) =>
+        emit(this.log, { event: 'error', during: 'route refresh', error: String(err) }, 'warn'),
+      );
     this.keeper = new RouteKeeper({
       ports,
       store: opts.store,
@@ -368,6 +372,7 @@ export class DgdEngine {
       if (this.keeper.routesBackVia(g, routes).length > 0)
         await this.verdicts.withdrawAgain(g, 'route added via a dead gateway');
     }
+    this.liaison.watchUnprotected(routes);
     if (this.enabled) await this.liaison.retell(this.gateways.list().filter(isDead), routes);
   }
 
@@ -429,7 +434,7 @@ export class DgdEngine {
         }),
       ),
       ...this.keeper.withdrawnStatus(),
-      route_owners: this.liaison.status(),
+      route_owners: this.liaison.status(this.keeper.routes()),
       conntrack: this.follower?.status() ?? null,
       last_scan: {
         at: scan.at ? new Date(scan.at).toISOString() : null,

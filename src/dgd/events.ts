@@ -269,8 +269,15 @@ export type DgdLogEvent =
       detail: unknown[];
     }
   | { event: 'conntrack_unavailable'; note: string }
-  | { event: 'owner_ready'; owner: string; version: string }
-  | { event: 'owner_unreachable'; owner: string; error: string; note: string }
+  | { event: 'owner_ready'; owner: string; version: string; mode: 'found' | 'configured' }
+  | { event: 'owner_unreachable'; owner: string; error: string; note: string; hint: string }
+  | {
+      event: 'routes_unprotected';
+      owner: string;
+      routes: string[];
+      error: string | null;
+      hint: string | null;
+    }
   | { event: 'owner_unconfigured'; owner: string; dead_gateways: string[]; hint: string }
   | {
       event: 'owner_told';

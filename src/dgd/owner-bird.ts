@@ -26,7 +26,15 @@ const NEVER = new Set(['Kernel', 'Device', 'Direct', 'Pipe', 'BFD', 'RPKI']);
 export class BirdOwnerAdapter implements OwnerAdapter {
   readonly owner = 'bird' as const;
 
-  constructor(private readonly bird: BirdPort) {}
+  /** Found at the default paths, not configured (used once check() answers: ./owners.ts). */
+  readonly auto: boolean;
+
+  constructor(
+    private readonly bird: BirdPort,
+    opts: { auto?: boolean } = {},
+  ) {
+    this.auto = opts.auto ?? false;
+  }
 
   check(): Promise<string> {
     return this.bird.version();

@@ -35,7 +35,15 @@ const NOT_FILTERED = new Set(['connected', 'kernel', 'local', 'system', 'table']
 export class FrrOwnerAdapter implements OwnerAdapter {
   readonly owner = 'frr' as const;
 
-  constructor(private readonly frr: FrrPort) {}
+  /** Found at the default paths, not configured (used once check() answers: ./owners.ts). */
+  readonly auto: boolean;
+
+  constructor(
+    private readonly frr: FrrPort,
+    opts: { auto?: boolean } = {},
+  ) {
+    this.auto = opts.auto ?? false;
+  }
 
   check(): Promise<string> {
     return this.frr.version();

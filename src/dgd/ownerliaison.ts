@@ -28,6 +28,10 @@ export type Serially = <T>(fn: () => Promise<T>) => Promise<T>;
 export class OwnerLiaison {
   /** Adapter-owned routes seen through dead gateways at the last refresh (to re-tell only on change). */
   private toldSignature = '';
+  /** The unprotected routes last warned of (to warn only on change). */
+  private unprotectedSignature = '';
+  /** Called when a found routing daemon answers for the first time: its routes are looked at again. */
+  onAnswered: () => void = () => undefined;
 
   constructor(
     readonly owners: RouteOwners | null,
@@ -161,7 +165,50 @@ export class OwnerLiaison {
     });
   }
 
-  status(): OwnerStatus[] {
-    return this.owners?.status() ?? [];
+  /**
+   * On every read of the managed tables (the first at start): routes of a routing daemon that
+   * cannot be told (found but not answering, or failing) are unprotected. A warning names them,
+   * why and what to set, once per change; a found daemon is asked again in the background, and
+   * once it answers its routes are handed to it from then on.
+   */
+  watchUnprotected(routes: readonly KernelRoute[]): void {
+    const owners = this.owners;
+    if (!owners) return;
+    const left = owners.unprotected(routes);
+    const sig = [...left]
+      .map(([o, rs]) => `${o} ${rs.map(routeIdentity).sort().join(',')}`)
+      .sort()
+      .join('\n');
+    if (sig !== this.unprotectedSignature) {
+      this.unprotectedSignature = sig;
+      const st = owners.status(routes, describeRoute);
+      for (const [owner, rs] of left) {
+        const o = st.find((x) => x.owner === owner);
+        emit(
+          this.log,
+          {
+            event: 'routes_unprotected',
+            owner,
+            routes: rs.map(describeRoute),
+            error: o?.last_error ?? null,
+            hint: o?.hint ?? null,
+          },
+          'warn',
+        );
+      }
+    }
+    if (left.size === 0) return;
+    void owners
+      .recheck(left.keys())
+      .then((answered) => {
+        if (answered.length > 0 && this.running()) this.onAnswered();
+      })
+      .catch((err: unknown) =>
+        emit(this.log, { event: 'error', during: 'asking a routing daemon', error: String(err) }, 'warn'),
+      );
+  }
+
+  status(routes: readonly KernelRoute[] = []): OwnerStatus[] {
+    return this.owners?.status(routes, describeRoute) ?? [];
   }
 }

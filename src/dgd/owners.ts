@@ -2,9 +2,11 @@
 // rtm_protocol: the kernel, the boot scripts, an admin's `ip route`, a DHCP client, router
 // advertisements, a network manager — their routes are withdrawn and restored in the kernel — or a
 // routing daemon, FRR or BIRD, which owns its routes: it keeps the backups in its own RIB and puts
-// back whatever anyone else removes. A routing daemon configured in dgd.owners is told, through its
-// own interface, that a gateway is unusable, so it selects and installs its backup itself, and on
-// revival that is undone exactly. Each change is journaled (state dir, atomic, fsync) before the
+// back whatever anyone else removes. A routing daemon is told, through its own interface, that a
+// gateway is unusable, so it selects and installs its backup itself, and on revival that is undone
+// exactly. FRR and BIRD are found without configuration: unless dgd.owners says `false`, an adapter
+// with the daemon's default paths is used once its control interface answers; while it does not
+// and the kernel holds its routes, those routes are unprotected, and status and a warning say so. Each change is journaled (state dir, atomic, fsync) before the
 // routing daemon is told, and undone on `off`, SIGTERM and, after a crash, at the next start.
 import { emit } from './events';
 import * as path from 'node:path';
@@ -30,30 +32,54 @@ function present<T extends z.ZodRawShape>(section: z.ZodObject<T>) {
   return z.preprocess((v) => (v === null ? {} : v), section.strict().optional());
 }
 
+/** BIRD's control socket as Debian's bird2 runs it. */
+export const BIRD_DEFAULT_SOCKET = '/run/bird/bird.ctl';
+
 const absolutePath = (what: string) =>
   z.string().refine((s) => s.startsWith('/'), { message: `must be an absolute path (${what})` });
 
 /**
  * dgd.owners: the routing daemons to tell about dead gateways, each with what its adapter needs.
- * A routing daemon that is not listed has its routes withdrawn in the kernel like anyone else's
- * (it will put them back: the fight guard stops that after dgd.rewithdraw_limit returns).
+ * Absent: found at its default paths (used once it answers). `false`: never told; its routes are
+ * withdrawn in the kernel like anyone else's (it will put them back: the fight guard stops that
+ * after dgd.rewithdraw_limit returns).
  */
+function falseOr<T extends z.ZodTypeAny>(section: T, daemon: string) {
+  return z.union([z.literal(false), section], {
+    errorMap: (issue, ctx) => {
+      if (issue.code !== 'invalid_union') return { message: ctx.defaultError };
+      // A section with a bad key: name that key's problem, not the union's.
+      const inner = issue.unionErrors.flatMap((e) => e.issues).find((i) => i.path.length > issue.path.length);
+      if (inner) return { message: `${inner.path.slice(issue.path.length).join('.')}: ${inner.message}` };
+      return {
+        message: `must be false (never tell ${daemon}) or a section (\`{}\` or its keys); absent: ${daemon} is found at its default paths`,
+      };
+    },
+  });
+}
+
 export const ownersSchema = z
   .object({
-    frr: present(
-      z.object({
-        vtysh: z.string().min(1).default('vtysh'),
-        vty_socket: absolutePath("the directory of FRR's *.vty sockets, vtysh --vty_socket").optional(),
-        pathspace: z
-          .string()
-          .regex(/^[A-Za-z0-9_.-]+$/, 'must be a pathspace name (FRR -N), letters, digits, _ . -')
-          .optional(),
-      }),
+    frr: falseOr(
+      present(
+        z.object({
+          vtysh: z.string().min(1).default('vtysh'),
+          vty_socket: absolutePath("the directory of FRR's *.vty sockets, vtysh --vty_socket").optional(),
+          pathspace: z
+            .string()
+            .regex(/^[A-Za-z0-9_.-]+$/, 'must be a pathspace name (FRR -N), letters, digits, _ . -')
+            .optional(),
+        }),
+      ),
+      'FRR',
     ),
-    bird: present(
-      z.object({
-        socket: absolutePath("BIRD's control socket, bird -s").default('/run/bird/bird.ctl'),
-      }),
+    bird: falseOr(
+      present(
+        z.object({
+          socket: absolutePath("BIRD's control socket, bird -s").default(BIRD_DEFAULT_SOCKET),
+        }),
+      ),
+      'BIRD',
     ),
   })
   .strict();
@@ -105,6 +131,11 @@ export interface ConvergeOptions {
 
 export interface OwnerAdapter {
   readonly owner: RoutingDaemon;
+  /**
+   * Found, not configured (dgd.owners does not name it): used only once check() has answered, and
+   * while it has not, its routes are reported as unprotected (with how to reach it) instead.
+   */
+  readonly auto?: boolean;
   /** A cheap question to the daemon (its version): can it be told when a gateway dies? */
   check?(): Promise<string>;
   converge(dead: string[], opts: ConvergeOptions): Promise<OwnerOutcome>;
@@ -179,11 +210,36 @@ export type OwnerEvents = EventLog;
 
 export interface OwnerStatus {
   owner: RoutingDaemon;
+  /** "configured" (dgd.owners names it) or "found" (the default adapter, answering). */
+  mode: 'configured' | 'found' | 'unreachable';
   dead_gateways: string[];
   applied: string[];
   kept: string[];
   problems: string[];
   last_error: string | null;
+  /**
+   * Routes of this daemon in the managed tables that no one can fail over: its control interface
+   * does not answer, so it cannot be told, and a withdrawal in the kernel would be undone by it.
+   */
+  unprotected_routes: string[];
+  /** Why, and what to set, when unprotected_routes is not empty. */
+  hint: string | null;
+}
+
+/** How long a found daemon that does not answer is left before it is asked again. */
+const RECHECK_MS = 10_000;
+
+/** What an operator can do when a routing daemon's control interface does not answer. */
+export function reachHint(owner: RoutingDaemon): string {
+  return owner === 'frr'
+    ? "ipdeadgate runs vtysh to tell zebra: its user needs FRR's frrvty group (the packaged unit joins it " +
+        'at each start: `systemctl restart ipdeadgate` after installing FRR), FRR must be running, and an FRR ' +
+        'with its sockets elsewhere needs dgd.owners.frr.vty_socket or .pathspace; ' +
+        '`dgd.owners.frr: false` withdraws its routes in the kernel instead (zebra puts them back)'
+    : `ipdeadgate connects to BIRD's control socket (${BIRD_DEFAULT_SOCKET}): its user needs the bird group ` +
+        '(the packaged unit joins it at each start: `systemctl restart ipdeadgate` after installing BIRD), ' +
+        'BIRD must be running, and a socket elsewhere needs dgd.owners.bird.socket; ' +
+        '`dgd.owners.bird: false` withdraws its routes in the kernel instead';
 }
 
 /**
@@ -196,6 +252,11 @@ export class RouteOwners {
   private readonly states = new Map<RoutingDaemon, unknown>();
   private readonly last = new Map<RoutingDaemon, OwnerOutcome>();
   private readonly errors = new Map<RoutingDaemon, string>();
+  /** Found (auto) adapters whose daemon has answered: only these are used. */
+  private readonly answered = new Set<RoutingDaemon>();
+  /** When each found daemon was last asked, and whether a question is under way. */
+  private readonly lastCheck = new Map<RoutingDaemon, number>();
+  private readonly checking = new Set<RoutingDaemon>();
   private loaded: OwnerJournal | null = null;
 
   constructor(
@@ -215,17 +276,94 @@ export class RouteOwners {
       }
     this.adapters = adapters;
     this.keepLastRoute = keepLastRoute;
+    this.answered.clear();
+    this.lastCheck.clear();
+    await this.checkAll();
   }
 
   /** Daemons whose last telling failed (not reachable, restarting): try again. */
   async retryFailed(reason: string): Promise<void> {
-    for (const owner of [...this.errors.keys()]) await this.converge(owner, reason);
+    for (const owner of [...this.errors.keys()]) if (this.usable(owner)) await this.converge(owner, reason);
   }
 
-  /** The routing daemon that owns routes of this protocol, if it is configured as an adapter. */
+  /** Configured, or found and answering. */
+  private usable(owner: RoutingDaemon): boolean {
+    const a = this.adapters.get(owner);
+    return a !== undefined && (!a.auto || this.answered.has(owner));
+  }
+
+  /** The routing daemon that owns routes of this protocol, if its adapter is in use. */
   adapterFor(protocol: number | null): RoutingDaemon | null {
     const owner = ownerOfProtocol(protocol);
-    return (owner === 'frr' || owner === 'bird') && this.adapters.has(owner) ? owner : null;
+    return (owner === 'frr' || owner === 'bird') && this.usable(owner) ? owner : null;
+  }
+
+  /**
+   * The routes (of `routes`) that a routing daemon owns and that no adapter can fail over: its
+   * adapter is found but its daemon does not answer, or configured and its last telling failed.
+   */
+  unprotected<R extends { protocol?: number }>(routes: readonly R[]): Map<RoutingDaemon, R[]> {
+    const out = new Map<RoutingDaemon, R[]>();
+    for (const r of routes) {
+      const owner = ownerOfProtocol(r.protocol ?? null);
+      if (owner !== 'frr' && owner !== 'bird') continue;
+      const a = this.adapters.get(owner);
+      if (!a || (this.usable(owner) && !this.errors.has(owner))) continue;
+      out.set(owner, [...(out.get(owner) ?? []), r]);
+    }
+    return out;
+  }
+
+  /**
+   * Found daemons that own routes but have not answered are asked again (at most every 10 s; a
+   * routing daemon usually starts after ipdeadgate, which starts before the network). Resolves
+   * with the daemons that answered now.
+   */
+  async recheck(owners: Iterable<RoutingDaemon>, now = Date.now()): Promise<RoutingDaemon[]> {
+    const now_answered: RoutingDaemon[] = [];
+    for (const owner of owners) {
+      const a = this.adapters.get(owner);
+      if (!a?.auto || this.answered.has(owner) || this.checking.has(owner)) continue;
+      if (now - (this.lastCheck.get(owner) ?? -Infinity) < RECHECK_MS) continue;
+      if (await this.checkOne(owner, a)) now_answered.push(owner);
+    }
+    return now_answered;
+  }
+
+  private async checkOne(owner: RoutingDaemon, adapter: OwnerAdapter): Promise<boolean> {
+    if (!adapter.check) {
+      if (adapter.auto) this.answered.add(owner);
+      return true;
+    }
+    this.checking.add(owner);
+    this.lastCheck.set(owner, Date.now());
+    try {
+      const version = await adapter.check();
+      this.errors.delete(owner);
+      if (adapter.auto) this.answered.add(owner);
+      emit(this.log, { event: 'owner_ready', owner, version, mode: adapter.auto ? 'found' : 'configured' });
+      return true;
+    } catch (err) {
+      const message = errorMessage(err);
+      this.errors.set(owner, message);
+      // A found daemon that does not answer is often simply not installed: that is worth a warning
+      // only where it owns routes (routes_unprotected), not on every host without FRR.
+      if (!adapter.auto)
+        emit(
+          this.log,
+          {
+            event: 'owner_unreachable',
+            owner,
+            error: message,
+            note: `dead gateways cannot be handed to ${owner} until it answers (checked again at each slow poll of a dead gateway)`,
+            hint: reachHint(owner),
+          },
+          'warn',
+        );
+      return false;
+    } finally {
+      this.checking.delete(owner);
+    }
   }
 
   /** Read the journal (start). Returns the dead gateways (keys) it names, per daemon. */
@@ -248,27 +386,7 @@ export class RouteOwners {
    * missing group is an event now (owner_unreachable), not a surprise at the first death.
    */
   async checkAll(): Promise<void> {
-    for (const [owner, adapter] of this.adapters) {
-      if (!adapter.check) continue;
-      try {
-        const version = await adapter.check();
-        this.errors.delete(owner);
-        emit(this.log, { event: 'owner_ready', owner, version });
-      } catch (err) {
-        const message = errorMessage(err);
-        this.errors.set(owner, message);
-        emit(
-          this.log,
-          {
-            event: 'owner_unreachable',
-            owner,
-            error: message,
-            note: `dead gateways cannot be handed to ${owner} until it answers (checked again at each slow poll of a dead gateway)`,
-          },
-          'warn',
-        );
-      }
-    }
+    for (const [owner, adapter] of this.adapters) await this.checkOne(owner, adapter);
   }
 
   /** After a restart: make each daemon match the journal again (it may have restarted too). */
@@ -379,18 +497,34 @@ export class RouteOwners {
     await this.store.save({ version: 1, owners });
   }
 
-  status(): OwnerStatus[] {
-    return [...new Set([...this.adapters.keys(), ...this.dead.keys()])].map((owner) => {
-      const o = this.last.get(owner);
-      return {
-        owner,
-        dead_gateways: [...(this.dead.get(owner) ?? [])].sort(),
-        applied: o?.applied ?? [],
-        kept: o?.kept ?? [],
-        problems: o?.problems ?? [],
-        last_error: this.errors.get(owner) ?? null,
-      };
-    });
+  /**
+   * Each daemon in use or holding dead gateways, and each found one that does not answer while
+   * it owns routes (`routes`: the managed tables now, described by `describe`).
+   */
+  status<R extends { protocol?: number }>(
+    routes: readonly R[] = [],
+    describe: (r: R) => string = String,
+  ): OwnerStatus[] {
+    const unprotected = this.unprotected(routes);
+    const owners = new Set([...this.adapters.keys(), ...this.dead.keys()]);
+    return [...owners]
+      .filter((owner) => this.usable(owner) || this.dead.has(owner) || unprotected.has(owner))
+      .map((owner) => {
+        const o = this.last.get(owner);
+        const left = (unprotected.get(owner) ?? []).map(describe);
+        const a = this.adapters.get(owner);
+        return {
+          owner,
+          mode: !a?.auto ? 'configured' : this.answered.has(owner) ? 'found' : 'unreachable',
+          dead_gateways: [...(this.dead.get(owner) ?? [])].sort(),
+          applied: o?.applied ?? [],
+          kept: o?.kept ?? [],
+          problems: o?.problems ?? [],
+          last_error: this.errors.get(owner) ?? null,
+          unprotected_routes: left,
+          hint: left.length > 0 ? reachHint(owner) : null,
+        };
+      });
   }
 }
 

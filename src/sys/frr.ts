@@ -24,6 +24,13 @@ import { IpdeadgateError } from '../errors';
 
 export const FRR_FILTER_PREFIX = 'IPDEADGATE';
 
+/**
+ * vtysh run by a member of frrvty who is not in group frr (ipdeadgate's own user) cannot read
+ * /etc/frr/vtysh.conf (frr:frr 0640 in Debian) and says so, then works: that file only holds
+ * vtysh's own settings (integrated config for `write`, users), which ipdeadgate never uses.
+ */
+const VTYSH_CONF_UNREADABLE = /^% Can't open configuration file \S*vtysh\.conf due to 'Permission denied'/;
+
 export interface VtyshOptions {
   /** The vtysh binary (default "vtysh" on PATH). */
   vtysh?: string;
@@ -109,6 +116,7 @@ export class Vtysh {
           const out = String(stdout);
           const errLines = (out + '\n' + String(stderr))
             .split('\n')
+            .filter((l) => !VTYSH_CONF_UNREADABLE.test(l))
             .filter((l) => /^%/.test(l.trim()) || /failed to connect|not running/i.test(l));
           if (err) {
             const e = err as NodeJS.ErrnoException & { killed?: boolean };

@@ -90,9 +90,7 @@ describe('detection under local pressure and a full disk (lab)', function () {
 
   it('1 100 held metrics connections under an fd limit of 1 024: the route still leaves', async () => {
     const lab = await labWithServer();
-    const d = await LabDaemon.start(lab, 'client', CONFIG, [], {
-      wrap: () => ['prlimit', '--nofile=1024:1024', '--'],
-    });
+    const d = await LabDaemon.start(lab, 'client', CONFIG, [], ['prlimit', '--nofile=1024:1024', '--']);
     await d.waitFor((e) => e.event === 'metrics_listening', 10_000, 'the metrics endpoint');
     // The holder has room for its own descriptors; the daemon has 1 024.
     const holder = lab.spawn('client', [
@@ -159,21 +157,26 @@ describe('detection under local pressure and a full disk (lab)', function () {
     const lab = await labWithServer();
     // The state dir is a small tmpfs seen only by the daemon (a private mount namespace of its own;
     // nothing is mounted where the root namespace sees it).
-    const d = await LabDaemon.start(lab, 'client', CONFIG, [], {
-      wrap: (stateDir) => {
-        fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
-        return [
-          'unshare',
-          '-m',
-          '--propagation',
-          'private',
-          'sh',
-          '-c',
-          'mount -t tmpfs -o size=256k,mode=0700 idg-state "$0" && exec "$@"',
-          stateDir,
-        ];
-      },
-    });
+    // LabDaemon's state dir for the client (the same path it computes).
+    const stateDir = lab.tempPath('client-state');
+    fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+    const d = await LabDaemon.start(
+      lab,
+      'client',
+      CONFIG,
+      [],
+      [
+        'unshare',
+        '-m',
+        '--propagation',
+        'private',
+        'sh',
+        '-c',
+        'mount -t tmpfs -o size=256k,mode=0700 idg-state "$0" && exec "$@"',
+        stateDir,
+      ],
+    );
+    assert.equal(d.stateDir, stateDir);
     const pid = d.child.pid!;
     const inDaemonMounts = (script: string) =>
       run('nsenter', ['-t', String(pid), '-m', '--', 'sh', '-c', script], { timeout: 10_000 });

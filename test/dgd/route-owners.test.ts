@@ -7,6 +7,7 @@ import { FakeClock, MemoryEventLog, MemoryStore } from '../doubles';
 import { FakePorts, route } from './fakes';
 import { BirdOwnerAdapter, type BirdPort } from '../../src/dgd/owner-bird';
 import { planFrrFilter } from '../../src/dgd/owner-frr';
+import { ownerAdapters } from '../../src/dgd/owner-system';
 import {
   MemoryOwnerStore,
   RouteOwners,
@@ -218,10 +219,74 @@ describe('route owners', () => {
     );
     await owners.checkAll();
     assert.deepEqual(log.named('owner_ready'), [
-      { event: 'owner_ready', level: 'info', owner: 'bird', version: 'BIRD 2.0.12' },
+      { event: 'owner_ready', level: 'info', owner: 'bird', version: 'BIRD 2.0.12', mode: 'configured' },
     ]);
     assert.equal(log.named('owner_unreachable')[0]!.owner, 'frr');
     assert.match(String(owners.status().find((o) => o.owner === 'frr')!.last_error), /failed to connect/);
+  });
+
+  it('dgd.owners: FRR and BIRD are found unless set to false; a configured one is used at once', () => {
+    const cfg = (y: string) => parseConfig(y).dgd.owners;
+    const kinds = (y: string) =>
+      [...ownerAdapters(cfg(y))].map(([o, a]) => `${o}:${a.auto ? 'found' : 'configured'}`);
+    assert.deepEqual(kinds('dgd: {}\n'), ['frr:found', 'bird:found']);
+    assert.deepEqual(kinds('dgd:\n  owners:\n    frr: false\n'), ['bird:found']);
+    assert.deepEqual(kinds('dgd:\n  owners:\n    frr:\n    bird: false\n'), ['frr:configured']);
+    assert.throws(
+      () => cfg('dgd:\n  owners:\n    frr: true\n'),
+      /dgd\.owners\.frr: must be false \(never tell FRR\) or a section/,
+    );
+    assert.throws(
+      () => cfg('dgd:\n  owners:\n    frr:\n      vtysh: 5\n'),
+      /dgd\.owners\.frr: vtysh: Expected string/,
+    );
+  });
+
+  it('RouteOwners: a found daemon is used only once it answers; until then its routes are unprotected, in status with the reason and what to set', async () => {
+    let answering = false;
+    const told: string[][] = [];
+    const found: OwnerAdapter = {
+      owner: 'frr',
+      auto: true,
+      check: async () => {
+        if (!answering) throw new Error('vtysh: failed to connect to any daemons');
+        return 'FRRouting 10.3';
+      },
+      converge: async (dead) => {
+        told.push(dead);
+        return { state: null, changed: false, applied: [], kept: [], problems: [] };
+      },
+    };
+    const log = new MemoryEventLog();
+    const owners = new RouteOwners(new Map([['frr', found]]), new MemoryOwnerStore(), log, true);
+    await owners.checkAll();
+    // Not installed or not reachable: no warning by itself (most hosts have no FRR) ...
+    assert.equal(log.named('owner_unreachable').length, 0);
+    assert.equal(owners.adapterFor(196), null, 'not used while it does not answer');
+    assert.deepEqual(owners.status([]), [], 'nothing to show without its routes');
+    // ... but its routes are unprotected, and status says which, why and what to set.
+    const routes = [
+      { dst: '198.18.2.0/24', protocol: 196 },
+      { dst: '198.18.3.0/24', protocol: 4 },
+    ];
+    const st = owners.status(routes, (r) => r.dst);
+    assert.equal(st.length, 1);
+    assert.equal(st[0]!.mode, 'unreachable');
+    assert.deepEqual(st[0]!.unprotected_routes, ['198.18.2.0/24']);
+    assert.match(String(st[0]!.last_error), /failed to connect/);
+    assert.match(String(st[0]!.hint), /frrvty/);
+    assert.match(String(st[0]!.hint), /dgd\.owners\.frr: false/);
+    // Asked again (not more often than every 10 s); once it answers it is used.
+    assert.deepEqual(await owners.recheck(['frr'], Date.now() + 20_000), []);
+    answering = true;
+    assert.deepEqual(await owners.recheck(['frr'], Date.now()), [], 'asked too recently');
+    assert.deepEqual(await owners.recheck(['frr'], Date.now() + 20_000), ['frr']);
+    assert.equal(log.named('owner_ready')[0]!.mode, 'found');
+    assert.equal(owners.adapterFor(196), 'frr');
+    assert.deepEqual(owners.status(routes, (r) => r.dst)[0]!.unprotected_routes, []);
+    assert.equal(owners.status(routes, (r) => r.dst)[0]!.mode, 'found');
+    await owners.markDead('frr', `${R1}%lan0`, 'test');
+    assert.deepEqual(told, [[R1]]);
   });
 
   it('RouteOwners: a daemon taken out of dgd.owners (SIGHUP) is put back first, with its old adapter', async () => {

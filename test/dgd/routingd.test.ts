@@ -23,7 +23,15 @@ import {
   startFrr,
   type BirdInstance,
   type FrrInstance,
+  asOwnUser,
+  atDefaultPaths,
 } from '../lab/routingd';
+import * as fs from 'node:fs';
+
+/** The real uid of a process (the daemon's, under setpriv). */
+function procUid(pid: number): number {
+  return Number(/^Uid:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
+}
 
 const PORT = 7100;
 const esc = (s: string) => s.replace(/\./g, '\\.');
@@ -103,7 +111,18 @@ describe('routing daemons own their routes: FRR in the lab', function () {
     configBefore = await frr.runningConfig();
   });
 
+  /** Daemons a failed case may have left running (each case stops its own when it passes). */
+  const started: LabDaemon[] = [];
+  const start = async (yml: string, wrap: string[] = []) => {
+    // Its own user gets a state directory of its own (the root daemons' is root's).
+    const own = wrap.includes('setpriv') ? ['--state-dir', lab.tempPath('client-state-own')] : [];
+    const d = await LabDaemon.start(lab, 'client', yml, own, wrap);
+    started.push(d);
+    return d;
+  };
+
   afterEach(async () => {
+    for (const d of started.splice(0)) await d.stop().catch(() => undefined);
     // Every case leaves r1 alive and FRR as it found it (checked inside the cases).
     await lab?.revive('r1', 'lan0').catch(() => undefined);
   });
@@ -222,12 +241,69 @@ describe('routing daemons own their routes: FRR in the lab', function () {
     assert.equal(await d.stop(), 0);
   });
 
+  it("with the default config, FRR at its own paths is found and fails over zebra's static route (the daemon as its own user: not root, two capabilities, group frrvty)", async () => {
+    // FRR's vty sockets at /run/frr as a host has them (0755: Debian's tmpfiles.d/frr.conf makes it
+    // at boot; the sockets in it are frr:frrvty 0770); nothing about FRR in the config.
+    fs.chmodSync(frr.dir, 0o755);
+    const d = await start('dgd:\n  slow_poll_interval: 2s\n', [
+      ...atDefaultPaths({ frr: frr.dir }),
+      ...asOwnUser(['frrvty']),
+    ]);
+    const ready = await d.waitFor((e) => e.event === 'owner_ready', 10_000, 'FRR found at start');
+    assert.equal(ready.owner, 'frr');
+    assert.equal(ready.mode, 'found');
+    assert.equal(d.named('routes_unprotected').length, 0);
+    assert.notEqual(procUid(d.child.pid!), 0, 'not root');
+    const fl = flows(lab);
+    await flowsRunning(lab, fl, 10);
+    await lab.killSilently('r1', 'lan0');
+    const handed = await d.waitFor((e) => e.event === 'routes_handed_over', 15_000, 'routes handed to FRR');
+    assert.equal(handed.owner, 'frr');
+    assert.equal(handed.ok, true);
+    await waitFor(() => failedOver(lab), 5000, 'zebra to install its backups');
+    await resumedAfter(fl, Date.parse(handed.time), 'the flows');
+    const st = await d.status();
+    const owners = st.route_owners as { owner: string; mode: string; unprotected_routes: string[] }[];
+    assert.deepEqual(
+      owners.map((o) => [o.owner, o.mode, o.unprotected_routes.length]),
+      [['frr', 'found', 0]],
+    );
+    await lab.revive('r1', 'lan0');
+    await d.waitFor((e) => e.event === 'routes_restored' && e.gateway === RD.r1, 20_000, 'r1 revived');
+    await waitFor(async () => (await kernelRoutes(lab)) === routesBefore, 5000, 'the routes back exactly');
+    assert.equal(await frr.runningConfig(), configBefore);
+    assert.equal(await d.stop(), 0);
+  });
+
+  it("when vtysh cannot reach FRR (its sockets elsewhere), FRR's routes are shown unprotected in status and a start-time warning, with what to set", async () => {
+    const d = await start('dgd:\n  slow_poll_interval: 2s\n');
+    const warned = await d.waitFor((e) => e.event === 'routes_unprotected', 10_000, 'the warning at start');
+    assert.equal(warned.level, 'warn');
+    assert.equal(warned.owner, 'frr');
+    const routes = (warned.routes as string[]).join(' | ');
+    assert.match(routes, /198\.18\.2\.0\/24/);
+    assert.match(routes, /198\.18\.3\.0\/24/);
+    assert.match(String(warned.error), /vtysh/);
+    assert.match(String(warned.hint), /vty_socket/);
+    const st = await d.status();
+    const frrSt = (
+      st.route_owners as { owner: string; mode: string; unprotected_routes: string[]; hint: string }[]
+    ).find((o) => o.owner === 'frr')!;
+    assert.equal(frrSt.mode, 'unreachable');
+    assert.equal(frrSt.unprotected_routes.length, 2, frrSt.unprotected_routes.join(' | '));
+    const text = (await d.cli(['status'])).stdout;
+    assert.match(text, /routing daemon frr \(found, NOT ANSWERING\)/);
+    assert.match(text, /UNPROTECTED .*: 2 route\(s\)\n +198\.18\.2\.0\/24/);
+    assert.match(text, /to fix: .*frrvty/);
+    assert.equal(await d.stop(), 0);
+  });
+
   it("without an adapter, withdrawing zebra's route is a fight: bounded re-withdrawals, one event, shown in status, never a loop", async () => {
     const limit = 2;
     const d = await LabDaemon.start(
       lab,
       'client',
-      `dgd:\n  slow_poll_interval: 2s\n  keep_last_route: false\n  rewithdraw_limit: ${limit}\n  rewithdraw_window: 1m\n`,
+      `dgd:\n  slow_poll_interval: 2s\n  keep_last_route: false\n  rewithdraw_limit: ${limit}\n  rewithdraw_window: 1m\n  owners:\n    frr: false\n`,
     );
     const fl = flows(lab);
     await flowsRunning(lab, fl, 5);
@@ -335,6 +411,32 @@ describe('routing daemons own their routes: BIRD in the lab', function () {
     assert.equal(await kernelRoutes(lab), before);
     assert.match((await bird.birdc('show protocols')).stdout, /via_r1\s+Static\s+master4\s+up/);
     await lab.revive('r1', 'lan0');
+  });
+
+  it('with the default config, BIRD at its own socket is found and fails over (the daemon as its own user: not root, two capabilities, group bird)', async () => {
+    const before = await kernelRoutes(lab);
+    const d = await LabDaemon.start(
+      lab,
+      'client',
+      'dgd:\n  slow_poll_interval: 2s\n',
+      ['--state-dir', lab.tempPath('client-state-own')],
+      [...atDefaultPaths({ bird: bird.dir }), ...asOwnUser(['bird'])],
+    );
+    const ready = await d.waitFor((e) => e.event === 'owner_ready', 10_000, 'BIRD found at start');
+    assert.equal(ready.owner, 'bird');
+    assert.equal(ready.mode, 'found');
+    assert.notEqual(procUid(d.child.pid!), 0, 'not root');
+    const fl = flows(lab);
+    await flowsRunning(lab, fl, 10);
+    await lab.killSilently('r1', 'lan0');
+    const handed = await d.waitFor((e) => e.event === 'routes_handed_over', 15_000, 'routes handed to BIRD');
+    assert.equal(handed.owner, 'bird');
+    await waitFor(() => failedOver(lab), 5000, 'BIRD to export its backups');
+    await resumedAfter(fl, Date.parse(handed.time), 'the flows');
+    await lab.revive('r1', 'lan0');
+    await d.waitFor((e) => e.event === 'routes_restored' && e.gateway === RD.r1, 20_000, 'r1 revived');
+    await waitFor(async () => (await kernelRoutes(lab)) === before, 5000, 'the routes back exactly');
+    assert.equal(await d.stop(), 0);
   });
 
   it('BIRD: off enables the protocol again; after kill -9 the restart keeps it disabled while r1 is dead, and revival enables it', async () => {

@@ -13,11 +13,19 @@ export interface DaemonEvent {
   [k: string]: unknown;
 }
 
+/** The CLI in a lab host, under `wrap` (a command that execs its arguments) when given. */
+function spawnWrapped(lab: Lab, host: string, wrap: string[], args: string[]): ChildProcess {
+  if (wrap.length === 0) return lab.spawnCli(host, args);
+  return lab.spawn(host, [...wrap, process.execPath, path.join(REPO_ROOT, 'bin', 'ipdeadgate'), ...args]);
+}
+
 export class LabDaemon {
   readonly events: DaemonEvent[] = [];
   readonly stderr: string[] = [];
   private waiters: { pred: (e: DaemonEvent) => boolean; resolve: (e: DaemonEvent) => void }[] = [];
   exitCode: number | null = null;
+  /** A command line the daemon runs under (another mount namespace, another user); kept by restart. */
+  wrap: string[] = [];
   private exited: Promise<number | null>;
 
   constructor(
@@ -59,17 +67,13 @@ export class LabDaemon {
     );
   }
 
-  /**
-   * Start the daemon in `host` with a YAML config; resolves once it reports dgd_started. `wrap`
-   * puts a command in front of it (prlimit, unshare...), given the state dir; it must exec the
-   * daemon, so that the child's pid is the daemon's.
-   */
+  /** Start the daemon in `host` with a YAML config; resolves once it reports dgd_started. */
   static async start(
     lab: Lab,
     host: string,
     yaml: string | null,
     extraArgs: string[] = [],
-    opts: { wrap?: (stateDir: string) => string[] } = {},
+    wrap: string[] = [],
   ): Promise<LabDaemon> {
     const control = lab.tempPath(`${host}-ctl.sock`);
     const stateDir = lab.tempPath(`${host}-state`);
@@ -79,15 +83,8 @@ export class LabDaemon {
       fs.writeFileSync(cfg, yaml);
       args.push('--config', cfg);
     }
-    const child = opts.wrap
-      ? lab.spawn(host, [
-          ...opts.wrap(stateDir),
-          process.execPath,
-          path.join(REPO_ROOT, 'bin', 'ipdeadgate'),
-          ...args,
-        ])
-      : lab.spawnCli(host, args);
-    const d = new LabDaemon(lab, host, child, control, stateDir);
+    const d = new LabDaemon(lab, host, spawnWrapped(lab, host, wrap, args), control, stateDir);
+    d.wrap = wrap;
     await d.waitFor((e) => e.event === 'daemon_started', 15_000, 'the daemon to start');
     return d;
   }
@@ -103,10 +100,11 @@ export class LabDaemon {
     const d = new LabDaemon(
       prev.lab,
       prev.host,
-      prev.lab.spawnCli(prev.host, args),
+      spawnWrapped(prev.lab, prev.host, prev.wrap, args),
       prev.control,
       prev.stateDir,
     );
+    d.wrap = prev.wrap;
     await d.waitFor((e) => e.event === 'daemon_started', 15_000, 'the daemon to restart');
     return d;
   }

@@ -356,3 +356,49 @@ protocol bgp bgp_r2 {
   ipv4 { import all; export none; };
 }
 `;
+
+/**
+ * A command line that runs its arguments where FRR's and BIRD's default paths (/run/frr,
+ * /run/bird) are the lab instances' directories: a private mount namespace with its own /run.
+ * The daemon under it finds them as it finds a host's own FRR and BIRD, with nothing configured.
+ */
+export function atDefaultPaths(dirs: { frr?: string; bird?: string }): string[] {
+  const script = [
+    'set -e',
+    'mount -t tmpfs -o mode=0755 ipdg-run /run',
+    ...(dirs.frr ? ['mkdir /run/frr', `mount --bind '${dirs.frr}' /run/frr`] : []),
+    ...(dirs.bird ? ['mkdir /run/bird', `mount --bind '${dirs.bird}' /run/bird`] : []),
+    'exec "$@"',
+  ].join('\n');
+  return ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', script, 'sh'];
+}
+
+/**
+ * A command line that runs its arguments as the packaged unit runs the daemon: a non-zero uid
+ * (nobody here), only CAP_NET_ADMIN and CAP_NET_RAW (ambient, so they survive the exec of node),
+ * and the routing daemons' groups that exist (FRR's frrvty, BIRD's bird), as the unit's
+ * ExecStartPre adds them to the ipdeadgate user.
+ */
+export function asOwnUser(groups: string[] = []): string[] {
+  const have = groups.filter((g) => {
+    try {
+      return fs
+        .readFileSync('/etc/group', 'utf8')
+        .split('\n')
+        .some((l) => l.startsWith(`${g}:`));
+    } catch {
+      return false;
+    }
+  });
+  const caps = '-all,+net_admin,+net_raw';
+  return [
+    'setpriv',
+    '--reuid=65534',
+    '--regid=65534',
+    have.length > 0 ? `--groups=${have.join(',')}` : '--clear-groups',
+    `--inh-caps=${caps}`,
+    `--ambient-caps=${caps}`,
+    `--bounding-set=${caps}`,
+    '--no-new-privs',
+  ];
+}

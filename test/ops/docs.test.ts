@@ -46,6 +46,15 @@ function schemaKeys(): Map<string, z.ZodTypeAny> {
   const out = new Map<string, z.ZodTypeAny>();
   const walk = (prefix: string, s: z.ZodTypeAny) => {
     const u = unwrap(s);
+    // `false` or a section (dgd.owners.frr): the key itself, and the section's keys.
+    if (u instanceof z.ZodUnion) {
+      const section = (u.options as z.ZodTypeAny[]).map(unwrap).find((o) => o instanceof z.ZodObject);
+      if (section) {
+        out.set(prefix, s);
+        walk(prefix, section);
+        return;
+      }
+    }
     if (u instanceof z.ZodObject) {
       for (const [k, v] of Object.entries(u.shape as Record<string, z.ZodTypeAny>))
         walk(prefix ? `${prefix}.${k}` : k, v);

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { loadTunnelConfig } from '../../src/daemon/config';
 import { defaultConfig, loadConfig } from '../../src/daemon/config';
 import { ConfigError } from '../../src/errors';
-import { REPO_ROOT } from '../lab/lab';
+import { REPO_ROOT, requireRoot } from '../lab/lab';
 
 const EXAMPLES = path.join(REPO_ROOT, 'examples');
 const UNIT = path.join(REPO_ROOT, 'packaging', 'ipdeadgate.service');
@@ -109,10 +109,56 @@ describe('systemd unit', () => {
       '/usr/bin/ipdeadgate check-config --quiet /etc/ipdeadgate/ipdeadgate.yaml',
       '/bin/kill -HUP $MAINPID',
     ]);
-    assert.equal(
-      one('ExecStartPre'),
+    assert.deepEqual(s.get('ExecStartPre'), [
+      '+/usr/lib/ipdeadgate/bin/join-routing-groups ipdeadgate',
       '/usr/bin/ipdeadgate check-config --quiet /etc/ipdeadgate/ipdeadgate.yaml',
-    );
+    ]);
+  });
+
+  it('runs as its own user; operators reach the control socket through its group; no fixed routing-daemon groups', () => {
+    assert.equal(one('User'), 'ipdeadgate');
+    assert.equal(one('Group'), 'ipdeadgate');
+    assert.ok(!s.has('DynamicUser'), "a fixed user: its group is the operators' way to the control socket");
+    assert.match(one('ExecStart'), /--control-group ipdeadgate(\s|$)/);
+    assert.equal(one('RuntimeDirectoryMode'), '0750');
+    assert.equal(one('StateDirectoryMode'), '0700');
+    // SupplementaryGroups=frrvty would fail the unit on a host without FRR.
+    assert.ok(!s.has('SupplementaryGroups'));
+    const sysusers = fs.readFileSync(path.join(REPO_ROOT, 'packaging', 'ipdeadgate.sysusers'), 'utf8');
+    assert.match(sysusers, /^u ipdeadgate - /m);
+  });
+
+  it("join-routing-groups adds the user to the routing daemons' groups that exist and skips the others", function () {
+    requireRoot(this);
+    // A copy of /etc in a mount namespace of its own (usermod replaces files by renaming, so the
+    // whole directory is bound): the host's user database stays as it is.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'idg-groups-'));
+    try {
+      const join = `${path.join(REPO_ROOT, 'packaging', 'join-routing-groups')} ipdeadgate`;
+      const script = [
+        'set -e',
+        `cp -a /etc ${dir}/etc`,
+        `mount --bind ${dir}/etc /etc`,
+        'useradd --system --user-group --no-create-home ipdeadgate',
+        // BIRD is installed, FRR is not.
+        'getent group bird >/dev/null || groupadd --system bird',
+        'if getent group frrvty >/dev/null; then groupdel frrvty; fi',
+        join,
+        // Idempotent: a second run changes nothing.
+        join,
+        'id -nG ipdeadgate',
+      ].join('\n');
+      const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script], {
+        encoding: 'utf8',
+      });
+      assert.equal(r.status, 0, r.stdout + r.stderr);
+      assert.equal(r.stderr, '');
+      const lines = r.stdout.trim().split('\n');
+      assert.deepEqual(lines.at(-1)!.split(' ').sort(), ['bird', 'ipdeadgate'], r.stdout);
+      assert.equal(lines.filter((l) => /joined group bird/.test(l)).length, 1, r.stdout);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('is Type=notify with a watchdog, and log priorities from the line prefix', () => {
@@ -145,7 +191,11 @@ describe('systemd unit', () => {
           unit,
           fs
             .readFileSync(src, 'utf8')
-            .replace(/\/usr\/bin\/ipdeadgate/g, path.join(REPO_ROOT, 'bin', 'ipdeadgate')),
+            .replace(/\/usr\/bin\/ipdeadgate/g, path.join(REPO_ROOT, 'bin', 'ipdeadgate'))
+            .replace(
+              /\/usr\/lib\/ipdeadgate\/bin\/join-routing-groups/g,
+              path.join(REPO_ROOT, 'packaging', 'join-routing-groups'),
+            ),
         );
         const v = spawnSync('systemd-analyze', ['verify', '--man=no', unit], { encoding: 'utf8' });
         assert.equal(v.status, 0, `systemd-analyze verify ${name}: ${v.stdout}${v.stderr}`);
@@ -155,7 +205,10 @@ describe('systemd unit', () => {
         });
         const m = /Overall exposure level for \S+: ([\d.]+)/.exec(sec);
         assert.ok(m, sec.slice(-500));
-        assert.ok(Number(m[1]) <= 3.0, `${name}: exposure ${m[1]}`);
+        // ipdeadgate.service scored 2.5 (this machine's systemd) while it ran as root; its own user
+        // brought it to 2.1: never worse than that root service again.
+        const limit = name === 'ipdeadgate.service' ? 2.5 : 3.0;
+        assert.ok(Number(m[1]) <= limit, `${name}: exposure ${m[1]} > ${limit}`);
       }
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });

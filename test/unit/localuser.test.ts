@@ -116,7 +116,7 @@ describe('a local user and the daemon', () => {
     it('closes a refused client completely, caps clients and drops idle ones', async () => {
       const sock = path.join(dir, 'c.sock');
       let uid = 1000;
-      const server = new ControlServer(sock, () => uid, new Set([0]), { maxClients: 2, idleMs: 300 });
+      const server = new ControlServer(sock, () => uid, new Set([0]), null, { maxClients: 2, idleMs: 300 });
       await server.listen();
       const clients: net.Socket[] = [];
       try {
