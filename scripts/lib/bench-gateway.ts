@@ -7,6 +7,9 @@
 //   - deadserver: 300 forwarded flows whose server stops answering (it drops everything on their
 //     port), through live r1, for 20 s: the daemon's verdicts (none may be dead), the ARP requests r1 received, the
 //     daemon's CPU.
+//   - localdead: 300 sockets of the daemon's own host (gw) to a server that then goes silent,
+//     through live r1, for 60 s at the defaults (flow resume on): the daemon's CPU, the ARP requests
+//     r1 received, the verdicts and resends. --profile DIR writes the daemon's V8 CPU profile there.
 //   - load: iperf3 from the LAN host through gw for 10 s, the daemon with the wire watch on and
 //     then off (dgd.forwarded.enabled false) in the same run: the daemon's CPU, its event loop's
 //     longest stall (Node's monitorEventLoopDelay via the metrics endpoint), iperf3's throughput,
@@ -14,7 +17,7 @@
 //     N entries (100000), so the watch is measured on a gateway with a big table; --rounds N
 //     alternations of on and off (2).
 // Every loop is bounded; labs are torn down on exit.
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { REPO_ROOT, waitFor, type Lab } from '../../test/lab/lab';
 import { LabDaemon } from '../../test/lab/daemon';
@@ -34,7 +37,12 @@ const TRIALS = opt('trials', 10);
 const CONNTRACK = opt('conntrack', 100_000);
 const ROUNDS = opt('rounds', 2);
 const FAMILIES = listOpt('families', '4,6').map(Number) as (4 | 6)[];
-const CASES = new Set(listOpt('cases', 'forwarded,deadserver,load'));
+const CASES = new Set(listOpt('cases', 'forwarded,deadserver,localdead,load'));
+const PROFILE = (() => {
+  const i = args.indexOf('--profile');
+  return i >= 0 ? args[i + 1]! : null;
+})();
+const LOCAL_SECONDS = opt('local-seconds', 60);
 const PORT = 7000;
 const METRICS = '127.0.0.1:9741';
 const CT_OP = path.join(REPO_ROOT, 'dist', 'test', 'fixtures', 'conntrack-op.js');
@@ -51,6 +59,22 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 function cpuTicks(pid: number): number {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
   return Number(f[11]) + Number(f[12]);
+}
+
+/** Each thread's CPU ticks (utime + stime) by name (threads of one name added up). */
+function threadTicks(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const f = stat.slice(stat.lastIndexOf(') ') + 2).split(' ');
+      out.set(name, (out.get(name) ?? 0) + Number(f[11]) + Number(f[12]));
+    } catch {
+      /* the thread ended */
+    }
+  }
+  return out;
 }
 
 /** The daemon's CPU share (of one core) while fn runs. */
@@ -137,6 +161,67 @@ async function deadServer(): Promise<string[]> {
       `| dead server: triggers / downstream_problem events | ${triggers} / ${downstream} | | |`,
       `| dead server: ARP requests r1 received in 20 s | ${arp} | | bounded |`,
       `| dead server: daemon CPU | ${(cpu * 100).toFixed(2)}% of a core | | < 10% |`,
+    ];
+  } finally {
+    await lab.close();
+  }
+}
+
+/** 300 of the daemon host's own sockets retransmitting to a silent server behind live r1. */
+async function localDead(): Promise<string[]> {
+  const lab = await forwardLab({ routing: 'metric' });
+  try {
+    await startFlowServer(lab, 'server', PORT).listening;
+    await loadNft(
+      lab,
+      'r1',
+      'arpcount',
+      'table arp count {\n  chain in { type filter hook input priority 0; arp operation request counter; }\n}\n',
+    );
+    const nodeArgs = PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE}`] : [];
+    const d = await LabDaemon.start(lab, 'gw', null, [], [], nodeArgs);
+    const flows = await startManyFlows(lab, 'gw', GW.server4, PORT, 300, {
+      durationMs: (LOCAL_SECONDS + 20) * 1000,
+    });
+    await sleep(1000);
+    const arpBefore = await arpRequests(lab);
+    await loadNft(
+      lab,
+      'server',
+      'dead',
+      `table inet dead {\n  chain in { type filter hook input priority 0; tcp dport ${PORT} drop; }\n}\n`,
+    );
+    const dumps = async (): Promise<number> => {
+      const st = (await d.status()) as {
+        last_scan?: { dumps?: number };
+        dgd?: { last_scan?: { dumps?: number } };
+      };
+      return st.last_scan?.dumps ?? st.dgd?.last_scan?.dumps ?? NaN;
+    };
+    const dumpsBefore = await dumps();
+    const threadsBefore = threadTicks(d.child.pid!);
+    const { cpu } = await cpuDuring(d.child.pid!, () => sleep(LOCAL_SECONDS * 1000));
+    const threadsAfter = threadTicks(d.child.pid!);
+    const perThread = [...threadsAfter]
+      .map(([name, t]) => [name, (t - (threadsBefore.get(name) ?? 0)) / 100 / LOCAL_SECONDS] as const)
+      .filter(([, c]) => c > 0.0005)
+      .sort((a, b) => b[1] - a[1])
+      .map(([name, c]) => `${name} ${(c * 100).toFixed(2)}%`);
+    say(
+      `  localdead: CPU per thread: ${perThread.join(', ')}; sock_diag scans: ${(await dumps()) - dumpsBefore}`,
+    );
+    const arp = (await arpRequests(lab)) - arpBefore;
+    flows.kill();
+    const count = (name: string, f: (e: Record<string, unknown>) => boolean = () => true) =>
+      d.events.filter((e) => e.event === name && f(e)).length;
+    const verifications = count('verdict');
+    const dead = count('verdict', (e) => e.alive === false);
+    const resent = count('flows_resent');
+    await d.stop();
+    return [
+      `| dead server, 300 local sockets, ${LOCAL_SECONDS} s: verdicts dead / verifications / flows_resent | ${dead} / ${verifications} / ${resent} | | 0 dead |`,
+      `| dead server, 300 local sockets: ARP requests r1 received in ${LOCAL_SECONDS} s | ${arp} | | <= 15 |`,
+      `| dead server, 300 local sockets: daemon CPU | ${(cpu * 100).toFixed(2)}% of a core | | < 5% |`,
     ];
   } finally {
     await lab.close();
@@ -256,6 +341,7 @@ async function main(): Promise<void> {
     }
   }
   if (CASES.has('deadserver')) rows.push(...(await deadServer()));
+  if (CASES.has('localdead')) rows.push(...(await localDead()));
   const tail = CASES.has('load') ? await load() : [];
   say('');
   say('| case | median | worst | target |');

@@ -147,13 +147,15 @@ export class DgdEngine {
         })
       : null;
     this.links.attach(this.keeper);
-    const { watchFlows, resendSegment } = ports;
+    const { watchFlows, forgetFlow, resendSegment } = ports;
     this.flowResumer =
-      watchFlows && resendSegment
+      watchFlows && forgetFlow && resendSegment
         ? new FlowResumer(
             {
               lookupRoute: (dst, src, key) => ports.lookupRoute(dst, src, key),
+              scanSockets: () => ports.scanSockets({ minRetransmits: 1 }),
               watchFlows: watchFlows.bind(ports),
+              forgetFlow: forgetFlow.bind(ports),
               resendSegment: resendSegment.bind(ports),
             },
             log,
@@ -260,6 +262,7 @@ export class DgdEngine {
     if (this.closed) return;
     this.closed = true;
     this.triggers.stop();
+    this.flowResumer?.stop();
     this.refreshTimer?.cancel();
     this.links.close();
     for (const g of this.gateways.values()) this.cancelGatewayTimers(g);
@@ -279,6 +282,7 @@ export class DgdEngine {
     this.enabled = enabled;
     emit(this.log, { event: enabled ? 'dgd_on' : 'dgd_off' });
     if (!enabled) {
+      this.flowResumer?.stop();
       // Every trigger stops whole (the scan, active probing, the polls), so that `on` can start
       // each again from nothing.
       this.triggers.stop();
@@ -302,6 +306,8 @@ export class DgdEngine {
     this.cfg = cfg;
     this.tables = tables;
     this.keeper.configure({ limit: cfg.rewithdraw_limit, windowMs: cfg.rewithdraw_window });
+    // Recorders left open would capture for nothing: resend off, or detection off.
+    if (!cfg.resend_on_switch || !this.enabled) this.flowResumer?.stop();
     this.triggers.forgetLookups();
     await this.refreshRoutes();
     this.prober.stopAll();

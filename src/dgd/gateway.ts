@@ -95,6 +95,12 @@ export interface Incident {
   lastJoinAt: number;
   sockets: Set<string>;
   samples: SocketSample[];
+  /**
+   * Sockets already in the incident ask the gateway again no sooner than this (clock ms), the gap
+   * doubling each time (./triggers.ts); absent: at the next stale verdict.
+   */
+  recheckAt?: number;
+  recheckGapMs?: number;
 }
 
 export interface InflightVerification {

@@ -51,7 +51,8 @@ export function flowEvidenceKey(src: string, srcPort: number, dst: string, dstPo
 export function addEvidence(
   g: Gateway,
   key: string,
-  sample: SocketSample,
+  /** The flow as events show it; a function is called only for a flow not counted yet. */
+  sample: SocketSample | (() => SocketSample),
   now: number,
   windowMs: number,
 ): number {
@@ -59,7 +60,8 @@ export function addEvidence(
     if (now - e.at <= windowMs) break;
     g.aggregate.delete(k);
   }
-  if (!g.aggregate.has(key)) g.aggregate.set(key, { at: now, socket: sample });
+  if (!g.aggregate.has(key))
+    g.aggregate.set(key, { at: now, socket: typeof sample === 'function' ? sample() : sample });
   return g.aggregate.size;
 }
 

@@ -135,9 +135,16 @@ export type ResendOutcome =
 /** What resuming stuck flows needs from the system (./resume.ts; src/dgd/systemports.ts; fakes in tests). */
 export interface ResumePorts {
   lookupRoute(dst: string, src: string | null, key?: FlowKey): Promise<RouteChoice>;
-  /** Record the segments these flows send on this interface (replaces the interface's set). */
+  /** The sockets retransmitting now (the detection scan's dump, minRetransmits 1). */
+  scanSockets(): Promise<ScannedSocket[]>;
+  /**
+   * Record the segments these flows send on this interface (replaces the interface's set; an empty
+   * set closes its capture). Called after every scan: also what reopens a capture that went down.
+   */
   watchFlows(ifname: string, flows: ResumeFlow[]): void;
-  /** Send the flow's latest recorded segment again, through the routes as they are now. */
+  /** Forget what was recorded of a flow: its socket moved on. */
+  forgetFlow(ifname: string, flow: ResumeFlow): void;
+  /** Send the flow's recorded segment again, through the routes as they are now. */
   resendSegment(ifname: string, flow: ResumeFlow): Promise<ResendOutcome>;
 }
 
@@ -210,6 +217,7 @@ export interface DgdPorts {
   ifname(ifindex: number): string;
   /** Record retransmitting flows' segments on an interface (./resume.ts); absent: flows are not resumed. */
   watchFlows?: ResumePorts['watchFlows'];
+  forgetFlow?: ResumePorts['forgetFlow'];
   /** Send a flow's latest recorded segment again through the current routes (./resume.ts). */
   resendSegment?: ResumePorts['resendSegment'];
   /** The conntrack table (./conntrackfollow.ts); absent: entries never follow the routes. */

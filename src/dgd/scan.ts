@@ -142,7 +142,11 @@ export class SocketScanner {
         retransmitting++;
         // The next retransmission of a socket that is one or two short of the threshold matters
         // to the millisecond: look again just after its timer fires.
-        if (retrans >= threshold - 2) due = Math.min(due, Math.max(0, s.timerExpiresMs) + TIMER_SLACK_MS);
+        // Past the threshold it has blamed its gateway already: its later retransmissions are not
+        // worth a scan of their own (300 sockets retransmitting to a dead server behind a live
+        // gateway had the scan run at every one of their timers).
+        if (retrans >= threshold - 2 && retrans < threshold)
+          due = Math.min(due, Math.max(0, s.timerExpiresMs) + TIMER_SLACK_MS);
         live.add(key);
         this.retransmitSeen.set(key, retrans);
       }

@@ -9,6 +9,7 @@ import {
   EchoSocket,
   SegmentRecorder,
   SegmentSender,
+  type RecorderStats,
   TCP_FLAG_SYN,
   WireWatch,
   type WireRetransmission,
@@ -65,6 +66,8 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
   private readonly neighbourLinks = new Map<string, Promise<NeighbourLink>>();
   private readonly echo = new Map<4 | 6, EchoSocket>();
   private names = new Map<number, string>();
+  /** Each interface's MAC as last read by refreshLinks (the recorder keeps only frames from it). */
+  private macs = new Map<string, string | null>();
   private links: InterfaceInfo[] = [];
   private readonly recorders = new Map<string, SegmentRecorder>();
   private sender: SegmentSender | null = null;
@@ -86,6 +89,7 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     const links = await this.rtnl.listLinks();
     this.names = new Map(links.map((l) => [l.ifindex, l.ifname]));
     this.links = links.map((l) => ({ ifindex: l.ifindex, ifname: l.ifname, up: l.up }));
+    this.macs = new Map(links.map((l) => [l.ifname, l.mac]));
     return this.links;
   }
 
@@ -189,17 +193,36 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
   watchFlows(ifname: string, flows: ResumeFlow[]): void {
     if (this.closed) return;
     let r = this.recorders.get(ifname);
+    if (flows.length === 0) {
+      // Nothing to record on it: its capture closes (a recorder is cheap to make again).
+      r?.close();
+      this.recorders.delete(ifname);
+      return;
+    }
     if (!r) {
-      if (flows.length === 0) return;
-      r = new SegmentRecorder(ifname, (err) => this.emit('error', err));
+      r = new SegmentRecorder(
+        ifname,
+        () => this.macs.get(ifname) ?? null,
+        (err) => this.emit('error', err),
+      );
       this.recorders.set(ifname, r);
     }
     r.watch(flows);
   }
 
+  forgetFlow(ifname: string, flow: ResumeFlow): void {
+    this.recorders.get(ifname)?.forget(flow);
+  }
+
+  /** Each recorder's counts (status and tests). */
+  recorderStats(): Record<string, RecorderStats> {
+    return Object.fromEntries([...this.recorders].map(([i, r]) => [i, r.stats()]));
+  }
+
   async resendSegment(ifname: string, flow: ResumeFlow): Promise<ResendOutcome> {
     const seg = this.recorders.get(ifname)?.segment(flow);
-    if (!seg) return { sent: false, reason: 'no segment of it was seen on the wire' };
+    if (!seg) return { sent: false, reason: 'nothing of it was recorded' };
+    if (typeof seg === 'string') return { sent: false, reason: seg };
     this.sender ??= new SegmentSender();
     const now = performance.now();
     await this.sender.send(seg, now);

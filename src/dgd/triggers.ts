@@ -69,6 +69,9 @@ export interface TriggerOptions {
 
 /** Re-verify a gateway for a socket still retransmitting past the threshold at most this often. */
 const RETRIGGER_MS = 10_000;
+/** Within one incident, sockets already in it re-verify its gateway after this gap, doubling up to the max. */
+const RECHECK_FIRST_MS = 2000;
+const RECHECK_MAX_MS = 30_000;
 /** A sighting of a dead gateway polls it at once, but at most once per this interval. */
 const SIGHTING_POLL_MS = 1000;
 /** Lookups cached between route events; past this many the cache starts afresh. */
@@ -166,7 +169,9 @@ export class Triggers {
     const g = this.o.gateways.get(gatewayKey(choice.gateway, choice.ifindex));
     if (!g || g.state !== 'active') return;
     const key = flowEvidenceKey(s.src, s.srcPort, s.dst, s.dstPort);
-    addEvidence(g, key, socketSample(s), this.o.clock.now(), this.o.config().aggregate_window);
+    // The sample (two formatted endpoints) only for a flow not counted yet: most scans count the
+    // same failing sockets again.
+    addEvidence(g, key, () => socketSample(s), this.o.clock.now(), this.o.config().aggregate_window);
   }
 
   /**
@@ -194,6 +199,18 @@ export class Triggers {
     if (joining && covered) {
       g.triggers[kind]++;
       return;
+    }
+    // Sockets that blamed g before and blame it again (a dead server's keep retransmitting) have
+    // nothing new to say each time its verdict goes stale: they ask again with a doubling gap. A
+    // socket new to the incident (a new connection failing: maybe g died after all) asks at once.
+    if (joining && added.length === 0) {
+      const now = this.o.clock.now();
+      if (now < (inc.recheckAt ?? 0)) {
+        g.triggers[kind]++;
+        return;
+      }
+      inc.recheckGapMs = Math.min(RECHECK_MAX_MS, (inc.recheckGapMs ?? RECHECK_FIRST_MS / 2) * 2);
+      inc.recheckAt = now + inc.recheckGapMs;
     }
     const detail = { socket: inc.samples[0], sockets: inc.sockets.size, samples: inc.samples };
     await this.o.sink.suspect(g, kind, detail, joining);

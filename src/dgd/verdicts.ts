@@ -296,7 +296,7 @@ export class Verdicts implements GatewayHost {
   private async withdrawAndRelease(g: Gateway, reason: string, death: boolean): Promise<void> {
     const done = await this.o.keeper.withdraw(g, reason);
     if (!death && done.length === 0) return;
-    // Flows that were retransmitting through g get their latest segment resent through the new
+    // Flows that were retransmitting through g get their first unacknowledged segment resent through the new
     // route now, before the neighbour flush below.
     await this.o.routesSwitched(g);
     if (!this.o.running() || !isDead(g)) return;

@@ -2,7 +2,7 @@ import { FakeClock, MemoryEventLog, MemoryStore } from '../doubles';
 import { strict as assert } from 'node:assert';
 import { parseConfig, type DgdConfig } from '../../src/daemon/config';
 import { DgdEngine } from '../../src/dgd/engine';
-import type { KernelRoute } from '../../src/dgd/ports';
+import type { KernelRoute, ResendOutcome, ResumeFlow } from '../../src/dgd/ports';
 import { FakePorts, multipath, route } from './fakes';
 
 const R1 = '198.18.1.1';
@@ -627,5 +627,62 @@ describe('DGD engine: aggregate_sockets 0 turns the aggregate off', () => {
     assert.deepEqual(s.log.named('trigger'), []);
     assert.equal(s.ports.verifications.length, 0);
     await s.engine.stop({ restore: true });
+  });
+});
+
+describe('DGD engine: flow resume follows the config', () => {
+  /** FakePorts that record flows: the interface sets each watchFlows call was given. */
+  class RecordingPorts extends FakePorts {
+    watchCalls: [string, number][] = [];
+    watchFlows(ifname: string, flows: ResumeFlow[]): void {
+      this.watchCalls.push([ifname, flows.length]);
+    }
+    forgetFlow(): void {}
+    async resendSegment(): Promise<ResendOutcome> {
+      return { sent: false, reason: 'fake' };
+    }
+  }
+
+  async function recording(
+    yaml = '',
+  ): Promise<{ clock: FakeClock; ports: RecordingPorts; engine: DgdEngine }> {
+    const clock = new FakeClock();
+    const ports = new RecordingPorts(clock, twoDefaults());
+    ports.alive.add(R1);
+    ports.alive.add(R2);
+    const engine = new DgdEngine({
+      config: parseConfig(yaml).dgd,
+      tables: [254],
+      ports,
+      store: new MemoryStore(),
+      log: new MemoryEventLog(),
+      clock,
+    });
+    await engine.start();
+    return { clock, ports, engine };
+  }
+
+  it('a reload turning resend_on_switch off closes the recorders at once', async () => {
+    const { clock, ports, engine } = await recording();
+    ports.setRetransmitting(SERVER, 1);
+    await clock.advance(400);
+    assert.deepEqual(ports.watchCalls.at(-1), ['lan0', 1], 'the retransmitting flow is recorded');
+    await engine.reload(parseConfig('dgd:\n  resend_on_switch: false\n').dgd, [254]);
+    assert.deepEqual(ports.watchCalls.at(-1), ['lan0', 0], 'its capture is closed by the reload');
+    const calls = ports.watchCalls.length;
+    ports.setRetransmitting(SERVER, 2);
+    await clock.advance(400);
+    assert.equal(ports.watchCalls.length, calls, 'and nothing is recorded while it is off');
+    await engine.stop({ restore: false });
+  });
+
+  it('ipdeadgate off closes the recorders', async () => {
+    const { clock, ports, engine } = await recording();
+    ports.setRetransmitting(SERVER, 1);
+    await clock.advance(400);
+    assert.deepEqual(ports.watchCalls.at(-1), ['lan0', 1]);
+    await engine.setEnabled(false);
+    assert.deepEqual(ports.watchCalls.at(-1), ['lan0', 0]);
+    await engine.stop({ restore: false });
   });
 });

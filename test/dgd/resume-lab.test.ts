@@ -4,6 +4,7 @@
 // retransmitting through r2 (alive, a server behind it silent) gets nothing from us; a connection
 // whose SYN retransmits through r1 connects through r2 right after the switch.
 import { strict as assert } from 'node:assert';
+import { writeFileSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
 import { Lab, requireRoot, waitFor } from '../lab/lab';
 import { LabDaemon } from '../lab/daemon';
@@ -11,6 +12,72 @@ import { DGD, dgdLabSpec } from '../lab/topologies';
 import { startFlowClient, startFlowServer } from '../lab/flows';
 
 const PORT = 7000;
+
+/**
+ * A TCP_MD5SIG echo pair in Python (Node cannot set the option): `server PORT PEER` echoes each
+ * 8-byte message of a client at PEER; `client PORT SERVER` sends one every 50 ms for 30 s and
+ * prints "echo <epoch ms>" per answer. Both sign with the same key (RFC 2385).
+ */
+const MD5_FLOW = `
+import socket, struct, sys, time
+TCP_MD5SIG = 14
+def key(sock, peer):
+    fam = socket.AF_INET
+    addr = struct.pack('=H', fam) + struct.pack('!H', 0) + socket.inet_aton(peer)
+    addr += bytes(128 - len(addr))
+    k = b'ipdeadgate-lab-md5'
+    sock.setsockopt(socket.IPPROTO_TCP, TCP_MD5SIG, addr + struct.pack('=BBHI', 0, 0, len(k), 0) + k + bytes(80 - len(k)))
+role, port, peer = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if role == 'server':
+    l = socket.socket()
+    l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    key(l, peer)
+    l.bind(('0.0.0.0', port))
+    l.listen(4)
+    print('listening', flush=True)
+    c, _ = l.accept()
+    while True:
+        d = c.recv(4096)
+        if not d:
+            break
+        c.sendall(d)
+else:
+    c = socket.socket()
+    key(c, peer)
+    c.connect((peer, port))
+    c.setblocking(False)
+    end = time.time() + 30
+    while time.time() < end:
+        c.send(b'md5echo!')
+        time.sleep(0.05)
+        try:
+            while c.recv(4096):
+                print('echo', int(time.time() * 1000), flush=True)
+        except BlockingIOError:
+            pass
+`;
+
+/**
+ * A Python one-shot forging `count` TCP segments of the client's flow, `gap` ms apart, as a LAN
+ * station's frame flooded by the bridge arrives at the client: Ethernet source the client's own
+ * MAC, destination a MAC no station has. Sent from the switch's own side of the client's port
+ * (what the bridge does with a flooded frame), so no bridge learns the client's MAC elsewhere. The
+ * checksum is left wrong on purpose: flow resume used to fix it.
+ */
+const FORGE = `
+import socket, struct, sys, time
+src_mac, src, sport, dst, dport, seq, count, gap = sys.argv[1:9]
+mac = bytes.fromhex(src_mac.replace(':', ''))
+payload = b'FORGED!!'
+tcp = struct.pack('!HHIIBBHHH', int(sport), int(dport), int(seq), 1, 5 << 4, 0x18, 502, 0, 0) + payload
+ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst))
+frame = bytes.fromhex('02feedbeef99') + mac + bytes.fromhex('0800') + ip + tcp
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(('p-client', 0))
+for _ in range(int(count)):
+    s.send(frame)
+    time.sleep(int(gap) / 1000)
+`;
 
 interface WirePacket {
   t: number;
@@ -65,54 +132,65 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
     await lab?.close();
   });
 
-  it('IPv4: a connection whose SYN retransmits through the dead gateway connects through r2 right after the switch', async () => {
-    lab = await Lab.create(dgdLabSpec());
-    await startFlowServer(lab, 'server', PORT).listening;
-    await lab.blockPing('r1');
-    const r2Mac = (await lab.execOk('r2', ['cat', '/sys/class/net/lan0/address'])).trim();
-    const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
-    // A first flow through r1, so r1's neighbour entry is valid (a host that was using r1).
-    const warm = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 300 });
-    await waitFor(() => warm.echoes.length >= 3, 5000, 'a first flow through r1');
-    await new Promise((r) => warm.child.once('exit', r));
-    const dump = lab.spawn('client', [
-      'tcpdump',
-      '-i',
-      'lan0',
-      '-l',
-      '--immediate-mode',
-      '-n',
-      '-e',
-      '-tt',
-      '-S',
-      `tcp port ${PORT} and tcp[tcpflags] & tcp-syn != 0`,
-    ]);
-    const wire = tcpdumpLines(dump);
-    await new Promise((r) => setTimeout(r, 300));
-    await lab.killSilently('r1', 'lan0');
-    const c = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 20_000 });
-    const withdrawn = await d.waitFor((e) => e.event === 'routes_withdrawn', 15_000, 'routes withdrawn');
-    const tw = Date.parse(withdrawn.time);
-    await waitFor(() => c.connectedAt !== null || c.errors.length > 0, 5000, 'the connection');
-    assert.deepEqual(c.errors, [], 'the connection was not aborted');
-    const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
-    const detail = (resent.detail as { resent: boolean; syn?: boolean; seq?: number }[])[0]!;
-    assert.deepEqual([detail.resent, detail.syn], [true, true], JSON.stringify(resent));
-    const syns = wire.filter((p) => p.dst === DGD.server4 && p.dstPort === PORT);
-    const before = syns.filter((p) => p.t < tw && p.dstMac !== r2Mac);
-    const after = syns.find((p) => p.t >= tw - 5 && p.dstMac === r2Mac);
-    assert.ok(before.length >= 1 && after, `SYNs on the wire: ${JSON.stringify(syns)}`);
-    assert.equal(after.seq, before.at(-1)!.seq, 'the same SYN, through r2');
-    assert.equal(after.seq, detail.seq);
-    // Without the resend the connection is mostly aborted (EHOSTUNREACH) when the neighbour entry
-    // holding its parked SYN is flushed; otherwise its next SYN leaves 1 s or more later.
-    assert.ok(c.connectedAt! - tw < 300, `connected ${c.connectedAt! - tw} ms after the switch`);
-    await d.stop();
-  });
-
-  for (const family of [4, 6] as const) {
-    it(`IPv${family}: the flow through the dead gateway retransmits through the new route at once; a flow through another gateway is left alone`, async () => {
+  for (const family of [4, 6] as const)
+    it(`IPv${family}: a connection whose SYN retransmits through the dead gateway connects through r2 right after the switch`, async () => {
+      const server = family === 4 ? DGD.server4 : DGD.server6;
       lab = await Lab.create(dgdLabSpec());
+      await startFlowServer(lab, 'server', PORT).listening;
+      await lab.blockPing('r1');
+      const r2Mac = (await lab.execOk('r2', ['cat', '/sys/class/net/lan0/address'])).trim();
+      const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
+      // A first flow through r1, so r1's neighbour entry is valid (a host that was using r1).
+      const warm = startFlowClient(lab, 'client', server, PORT, { durationMs: 300 });
+      await waitFor(() => warm.echoes.length >= 3, 5000, 'a first flow through r1');
+      await new Promise((r) => warm.child.once('exit', r));
+      const dump = lab.spawn('client', [
+        'tcpdump',
+        '-i',
+        'lan0',
+        '-l',
+        '--immediate-mode',
+        '-n',
+        '-e',
+        '-tt',
+        '-S',
+        // libpcap's tcp[] does not reach into IPv6: the flags byte is at 40 + 13 without extension headers.
+        family === 4
+          ? `tcp port ${PORT} and tcp[tcpflags] & tcp-syn != 0`
+          : `tcp port ${PORT} and ip6[53] & 2 != 0`,
+      ]);
+      const wire = tcpdumpLines(dump);
+      await new Promise((r) => setTimeout(r, 300));
+      await lab.killSilently('r1', 'lan0');
+      const c = startFlowClient(lab, 'client', server, PORT, { durationMs: 20_000 });
+      const withdrawn = await d.waitFor((e) => e.event === 'routes_withdrawn', 15_000, 'routes withdrawn');
+      const tw = Date.parse(withdrawn.time);
+      await waitFor(() => c.connectedAt !== null || c.errors.length > 0, 5000, 'the connection');
+      assert.deepEqual(c.errors, [], 'the connection was not aborted');
+      const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+      const detail = (resent.detail as { resent: boolean; syn?: boolean; seq?: number }[])[0]!;
+      assert.deepEqual([detail.resent, detail.syn], [true, true], JSON.stringify(resent));
+      const syns = wire.filter((p) => p.dst === server && p.dstPort === PORT);
+      const before = syns.filter((p) => p.t < tw && p.dstMac !== r2Mac);
+      const after = syns.find((p) => p.t >= tw - 5 && p.dstMac === r2Mac);
+      assert.ok(before.length >= 1 && after, `SYNs on the wire: ${JSON.stringify(syns)}`);
+      assert.equal(after.seq, before.at(-1)!.seq, 'the same SYN, through r2');
+      assert.equal(after.seq, detail.seq);
+      // Without the resend the connection is mostly aborted (EHOSTUNREACH) when the neighbour entry
+      // holding its parked SYN is flushed; otherwise its next SYN leaves 1 s or more later.
+      assert.ok(c.connectedAt! - tw < 300, `connected ${c.connectedAt! - tw} ms after the switch`);
+      await d.stop();
+    });
+
+  for (const [family, timestamps] of [
+    [4, true],
+    [6, true],
+    [4, false],
+  ] as const) {
+    it(`IPv${family}${timestamps ? '' : ', tcp_timestamps=0'}: the flow through the dead gateway retransmits through the new route at once; a flow through another gateway is left alone`, async () => {
+      lab = await Lab.create(dgdLabSpec());
+      // Without timestamps the copy carries none to advance (in the lab's namespace only).
+      if (!timestamps) await lab.execOk('client', ['sysctl', '-qw', 'net.ipv4.tcp_timestamps=0']);
       const server = family === 4 ? DGD.server4 : DGD.server6;
       const viaR2 = family === 4 ? DGD.r2s4 : DGD.r2s6; // r2's own WAN address, routed via r2 below
       const r2 = family === 4 ? DGD.r2_4 : DGD.r2_6;
@@ -215,4 +293,140 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
       await d.stop();
     });
   }
+
+  it("IPv4: a forged segment of a stuck flow, flooded by a LAN station with the host's own MAC, is never resent", async () => {
+    lab = await Lab.create(dgdLabSpec());
+    await startFlowServer(lab, 'server', PORT).listening;
+    await lab.blockPing('r1');
+    const clientMac = (await lab.execOk('client', ['cat', '/sys/class/net/lan0/address'])).trim();
+    const r2Mac = (await lab.execOk('r2', ['cat', '/sys/class/net/lan0/address'])).trim();
+    const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
+    const dump = lab.spawn('client', [
+      'tcpdump',
+      '-i',
+      'lan0',
+      '-l',
+      '--immediate-mode',
+      '-n',
+      '-e',
+      '-tt',
+      '-S',
+      `tcp port ${PORT}`,
+    ]);
+    const wire = tcpdumpLines(dump);
+    const a = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 30_000 });
+    await waitFor(() => a.echoes.length >= 10, 8000, 'the flow to run');
+    const aPort = wire.find((p) => p.dst === DGD.server4 && p.payload > 0)!.srcPort;
+    await lab.killSilently('r1', 'lan0');
+    // Once a has sent a segment twice (it is stuck), forge segments below its snd_una, the kind a
+    // recorder keeping "the lowest sequence number" would take if it believed them.
+    const stuck = await waitFor(
+      () => {
+        const out = wire.filter((p) => p.srcPort === aPort && p.payload > 0);
+        return out.find((p, i) => out.findIndex((q) => q.seq === p.seq) !== i);
+      },
+      8000,
+      'a retransmission of a',
+    );
+    const forgedSeq = (stuck!.seq - 100_000) >>> 0;
+    const forger = lab.spawn('sw-lan', [
+      'python3',
+      '-c',
+      FORGE,
+      clientMac,
+      DGD.client4,
+      String(aPort),
+      DGD.server4,
+      String(PORT),
+      String(forgedSeq),
+      '300',
+      '20',
+    ]);
+    const withdrawn = await d.waitFor(
+      (e) => e.event === 'routes_withdrawn' && e.gateway === DGD.r1_4,
+      15_000,
+      'routes withdrawn',
+    );
+    const tw = Date.parse(withdrawn.time);
+    const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+    forger.kill();
+    await waitFor(() => a.echoes.some((e) => e.t > tw), 5000, 'flow a to resume');
+    const forgedSeen = wire.filter((p) => p.srcPort === aPort && p.seq === forgedSeq && p.t < tw);
+    assert.ok(forgedSeen.length > 0, 'the forged segments reached the client (flooded)');
+    const detail = (resent.detail as { resent: boolean; seq?: number }[])[0]!;
+    assert.equal(detail.resent, true, JSON.stringify(resent));
+    assert.equal(detail.seq, stuck!.seq, 'the segment a was retransmitting, not the forged one');
+    const outAfter = wire.filter((p) => p.srcPort === aPort && p.t >= tw - 5 && p.dstMac === r2Mac);
+    assert.ok(outAfter.length > 0);
+    assert.ok(
+      outAfter.every((p) => p.seq !== forgedSeq),
+      `nothing forged left towards r2: ${JSON.stringify(outAfter)}`,
+    );
+    await d.stop();
+  });
+
+  it('IPv4: a TCP_MD5SIG flow gets its signed segment again byte for byte with a right checksum, and resumes', async () => {
+    lab = await Lab.create(dgdLabSpec());
+    await lab.blockPing('r1');
+    const server = lab.spawn('server', ['python3', '-c', MD5_FLOW, 'server', String(PORT), DGD.client4]);
+    await waitFor(() => server.stdout!.read() !== null, 5000, 'the MD5 server to listen');
+    const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
+    const client = lab.spawn('client', ['python3', '-c', MD5_FLOW, 'client', String(PORT), DGD.server4]);
+    const echoes: number[] = [];
+    client.stdout!.setEncoding('utf8');
+    client.stdout!.on('data', (c: string) => {
+      for (const m of c.matchAll(/echo (\d+)/g)) echoes.push(Number(m[1]));
+    });
+    await waitFor(() => echoes.length >= 10, 8000, 'the signed flow to run');
+    const csumErrors = async () =>
+      Number(
+        /TcpInCsumErrors\s+(\d+)/.exec(
+          (await lab.exec('server', ['nstat', '-az', 'TcpInCsumErrors'])).stdout,
+        )?.[1] ?? 0,
+      );
+    const before = await csumErrors();
+    await lab.killSilently('r1', 'lan0');
+    const withdrawn = await d.waitFor(
+      (e) => e.event === 'routes_withdrawn' && e.gateway === DGD.r1_4,
+      15_000,
+      'routes withdrawn',
+    );
+    const tw = Date.parse(withdrawn.time);
+    const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+    const detail = (resent.detail as { resent: boolean; bytes?: number }[])[0]!;
+    assert.equal(detail.resent, true, JSON.stringify(resent));
+    await waitFor(() => echoes.some((t) => t > tw), 5000, 'the signed flow to resume');
+    // The copy reached the server with a checksum it accepts (it used to carry the NIC-offload
+    // partial sum, which the peer drops before checking the signature).
+    assert.equal(await csumErrors(), before, 'no TCP checksum error at the server');
+    await d.stop();
+  });
+
+  it('IPv4: a flow under source NAT is not resent, and says why', async () => {
+    lab = await Lab.create(dgdLabSpec());
+    // The client's own connections leave as 198.18.1.11: the wire never shows the socket's address.
+    await lab.ip('client', ['addr', 'add', '198.18.1.11/24', 'dev', 'lan0']);
+    const nat = lab.tempPath('nft-snat');
+    writeFileSync(
+      nat,
+      `table ip idgsnat {\n  chain post {\n    type nat hook postrouting priority 100;\n    ip daddr ${DGD.server4} tcp dport ${PORT} snat to 198.18.1.11\n  }\n}\n`,
+    );
+    await lab.execOk('client', ['nft', '-f', nat]);
+    await startFlowServer(lab, 'server', PORT).listening;
+    await lab.blockPing('r1');
+    const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
+    const a = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 30_000 });
+    await waitFor(() => a.echoes.length >= 10, 8000, 'the flow to run');
+    await lab.killSilently('r1', 'lan0');
+    await d.waitFor(
+      (e) => e.event === 'routes_withdrawn' && e.gateway === DGD.r1_4,
+      15_000,
+      'routes withdrawn',
+    );
+    const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+    const detail = (resent.detail as { resent: boolean; reason?: string }[])[0]!;
+    assert.equal(detail.resent, false, JSON.stringify(resent));
+    assert.match(String(detail.reason), /NAT/);
+    await d.stop();
+  });
 });

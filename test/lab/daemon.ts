@@ -14,9 +14,21 @@ export interface DaemonEvent {
 }
 
 /** The CLI in a lab host, under `wrap` (a command that execs its arguments) when given. */
-function spawnWrapped(lab: Lab, host: string, wrap: string[], args: string[]): ChildProcess {
-  if (wrap.length === 0) return lab.spawnCli(host, args);
-  return lab.spawn(host, [...wrap, process.execPath, path.join(REPO_ROOT, 'bin', 'ipdeadgate'), ...args]);
+function spawnWrapped(
+  lab: Lab,
+  host: string,
+  wrap: string[],
+  args: string[],
+  nodeArgs: string[] = [],
+): ChildProcess {
+  if (wrap.length === 0) return lab.spawnCli(host, args, {}, nodeArgs);
+  return lab.spawn(host, [
+    ...wrap,
+    process.execPath,
+    ...nodeArgs,
+    path.join(REPO_ROOT, 'bin', 'ipdeadgate'),
+    ...args,
+  ]);
 }
 
 export class LabDaemon {
@@ -74,6 +86,8 @@ export class LabDaemon {
     yaml: string | null,
     extraArgs: string[] = [],
     wrap: string[] = [],
+    /** Node's own options before the script (--cpu-prof for a benchmark's profile). */
+    nodeArgs: string[] = [],
   ): Promise<LabDaemon> {
     const control = lab.tempPath(`${host}-ctl.sock`);
     const stateDir = lab.tempPath(`${host}-state`);
@@ -83,7 +97,7 @@ export class LabDaemon {
       fs.writeFileSync(cfg, yaml);
       args.push('--config', cfg);
     }
-    const d = new LabDaemon(lab, host, spawnWrapped(lab, host, wrap, args), control, stateDir);
+    const d = new LabDaemon(lab, host, spawnWrapped(lab, host, wrap, args, nodeArgs), control, stateDir);
     d.wrap = wrap;
     await d.waitFor((e) => e.event === 'daemon_started', 15_000, 'the daemon to start');
     return d;

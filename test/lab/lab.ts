@@ -246,8 +246,12 @@ export class Lab {
   }
 
   /** Start ./bin/ipdeadgate (e.g. the daemon) inside a host's namespace; killed at close(). */
-  spawnCli(host: string, args: string[], opts: SpawnOptions = {}): ChildProcess {
-    return this.spawn(host, [process.execPath, path.join(REPO_ROOT, 'bin', 'ipdeadgate'), ...args], opts);
+  spawnCli(host: string, args: string[], opts: SpawnOptions = {}, nodeArgs: string[] = []): ChildProcess {
+    return this.spawn(
+      host,
+      [process.execPath, ...nodeArgs, path.join(REPO_ROOT, 'bin', 'ipdeadgate'), ...args],
+      opts,
+    );
   }
 
   /** `ip -n HOST ...` */

@@ -52,6 +52,7 @@ export {
   TCP_FLAG_SYN,
   flowKey,
   type SegmentSource,
+  type RecorderStats,
   type TcpFlow,
   type TcpSegment,
 } from './tcpreplay';

@@ -2,25 +2,33 @@
 // the kernel now chooses: what lets a flow stuck behind a dead gateway resume the moment its
 // routes switch instead of when its backed-off retransmission timer fires (docs/failover.md).
 //
-// Recording: one libpcap handle per gateway interface, filtered to the few flows that are
-// retransmitting through that gateway (the detection scan names them), keeping the latest segment
-// of each. An RTO retransmission carries the first unacknowledged byte (snd_una), so the latest
-// segment seen while a flow retransmits is the one its peer is missing.
+// Recording: one libpcap handle per gateway interface, open only while flows on it retransmit,
+// filtered in the kernel to exactly those flows with the interface's own MAC as Ethernet source
+// (checked again here), keeping only frames this host sent (pcap_setdirection PCAP_D_OUT: the
+// packet socket's PACKET_OUTGOING, which no frame from the LAN ever is, whatever addresses a LAN
+// station forges), cut at RECORD_SNAPLEN (a full standard Ethernet frame; a flow seen cut there,
+// on a jumbo-frame link, is captured whole from then on). Of
+// each flow it keeps the data, SYN or FIN segment with the lowest sequence number since the flow was
+// added; pure ACKs and resets are never kept. Once a socket's retransmission timer has fired and no
+// ACK has moved it on, the kernel sends nothing but retransmissions of snd_una, so that lowest
+// segment is snd_una's: the caller (src/dgd/resume.ts) makes sure of both from sock_diag.
 //
-// Replay: the recorded IP packet, byte for byte, through a raw IPPROTO_RAW socket (raw(7): the
-// header is ours, the kernel routes it by destination and fills in the IPv4 header checksum), with
-// two changes: the TCP timestamp (RFC 7323) is advanced by the time elapsed since it was recorded,
-// never past the socket's own clock, so the peer's echo gives the socket a true RTT sample instead
-// of one as long as the outage; and the TCP checksum is computed again (a segment captured on its
-// way out may carry only the pseudo-header sum the NIC was to complete). A segment signed with
-// TCP-MD5 or TCP-AO is sent unchanged. To the peer it is one more copy of a segment it has not
-// acknowledged, which TCP accepts (RFC 9293 3.10.7.4).
+// Replay: the recorded IP packet, whole, through a raw IPPROTO_RAW socket (raw(7): the header is
+// ours, the kernel routes it by destination and fills in the IPv4 header checksum), with the TCP
+// timestamp (RFC 7323) advanced by the time elapsed since it was recorded, never past the socket's
+// own clock, and the TCP checksum computed again (a segment captured on its way out may carry only
+// the pseudo-header sum the NIC was to complete). Whole, because a part of it does not restart the
+// socket: the peer acknowledges the part, the rest of the segment stays in flight with the
+// congestion window of one segment that loss recovery leaves, and the socket waits for its backed-off
+// timer all the same (measured in the lab: 1.6 s after a one-byte copy). A segment signed with
+// TCP-MD5 (RFC 2385) or TCP-AO (RFC 5925) is sent byte for byte as it left, only its checksum made
+// right (neither signature covers the checksum).
 import { isIPv4, isIPv6 } from 'node:net';
 import { IpdeadgateError, type SystemError, errorMessage, systemError } from '../../errors';
 import { normalizeIp, type Family } from '../ipaddr';
 import { ETHERTYPE_IPV4, ETHERTYPE_IPV6, decodeEthernet } from './ethernet';
 import { IPPROTO_TCP, decodeIpv4, decodeIpv6, internetChecksum, ipv6PseudoHeaderSum } from './ip';
-import { openCaptureHandle, type LivePacket } from './pcap';
+import { PcapHandle, type LivePacket } from './pcap';
 
 /** One direction of a TCP connection: the host's end (src) to its peer (dst). */
 export interface TcpFlow {
@@ -35,7 +43,9 @@ export function flowKey(f: TcpFlow): string {
   return `${normalizeIp(f.src)}|${f.srcPort}|${normalizeIp(f.dst)}|${f.dstPort}`;
 }
 
+export const TCP_FLAG_FIN = 0x01;
 export const TCP_FLAG_SYN = 0x02;
+export const TCP_FLAG_RST = 0x04;
 const TCP_OPT_EOL = 0;
 const TCP_OPT_NOP = 1;
 const TCP_OPT_TIMESTAMP = 8;
@@ -56,13 +66,18 @@ export interface TcpSegment {
   tsvalOffset: number;
   /** Carries a TCP-MD5 (RFC 2385) or TCP-AO (RFC 5925) option: must leave unchanged. */
   signed: boolean;
+  /** The whole packet was captured (else `packet` stops at the snap length, its IP length says more). */
+  whole: boolean;
+  /** The Ethernet source, aa:bb:cc:dd:ee:ff. */
+  ethSrc: string;
   /** performance.now() when the segment reached JavaScript (after the kernel sent it). */
   recordedAt: number;
 }
 
 /**
  * Decode an Ethernet frame carrying a TCP segment (IPv4, or IPv6 without extension headers).
- * Null for anything else, a fragment or a frame cut short.
+ * Null for anything else, a fragment, or a frame cut short before the end of its TCP header; a
+ * frame cut in its payload (at the snap length) decodes with `whole` false.
  */
 export function decodeTcpFrame(frame: Uint8Array, recordedAt: number): TcpSegment | null {
   try {
@@ -89,8 +104,10 @@ export function decodeTcpFrame(frame: Uint8Array, recordedAt: number): TcpSegmen
       tcpOffset = ip.payloadOffset;
       end = tcpOffset + ip.value.payloadLength;
     } else return null;
-    if (end > frame.length || tcpOffset + 20 > end) return null;
-    const packet = Buffer.from(frame.subarray(ipOffset, end));
+    if (tcpOffset + 20 > end || tcpOffset + 20 > frame.length) return null;
+    const whole = end <= frame.length;
+    const packet = Buffer.from(frame.subarray(ipOffset, Math.min(end, frame.length)));
+    const declared = end - ipOffset;
     const t = tcpOffset - ipOffset;
     const dataOffset = (packet[t + 12]! >> 4) * 4;
     if (dataOffset < 20 || t + dataOffset > packet.length) return null;
@@ -119,11 +136,13 @@ export function decodeTcpFrame(frame: Uint8Array, recordedAt: number): TcpSegmen
       },
       seq: packet.readUInt32BE(t + 4),
       flags: packet[t + 13]!,
-      payloadLength: packet.length - t - dataOffset,
+      payloadLength: declared - t - dataOffset,
       packet,
       tcpOffset: t,
       tsvalOffset,
       signed,
+      whole,
+      ethSrc: eth.value.src,
       recordedAt,
     };
   } catch {
@@ -147,15 +166,16 @@ export function tcpChecksum(packet: Buffer, family: Family, tcpOffset: number): 
 }
 
 /**
- * The packet to send again `nowMs` (performance.now()) later: TSval advanced by the whole
- * milliseconds elapsed since it was recorded, which never passes the socket's own timestamp clock
- * (it ticks at least once per millisecond, RFC 7323 5.4, and the segment left before it was
- * recorded), and the TCP checksum computed again. A signed segment comes back unchanged.
+ * The packet to send again `nowMs` (performance.now()) later: the captured packet, which must be
+ * whole, its TSval (unsigned segments only) advanced by the whole milliseconds elapsed since it was
+ * recorded, which never passes the socket's own timestamp clock (it ticks at least once per
+ * millisecond, RFC 7323 5.4, and the segment left before it was recorded), and its TCP checksum
+ * computed again.
  */
 export function replayPacket(seg: TcpSegment, nowMs: number): Buffer {
+  if (!seg.whole) throw new RangeError('a segment can only be sent again whole');
   const p = Buffer.from(seg.packet);
-  if (seg.signed) return p;
-  if (seg.tsvalOffset >= 0) {
+  if (!seg.signed && seg.tsvalOffset >= 0) {
     const elapsed = Math.max(0, Math.floor(nowMs - seg.recordedAt));
     p.writeUInt32BE((p.readUInt32BE(seg.tsvalOffset) + elapsed) >>> 0, seg.tsvalOffset);
   }
@@ -163,8 +183,12 @@ export function replayPacket(seg: TcpSegment, nowMs: number): Buffer {
   return p;
 }
 
-/** A tcpdump filter for exactly these flows, in the host-to-peer direction. */
-export function flowsFilter(flows: TcpFlow[]): string {
+/**
+ * A tcpdump filter for exactly these flows, in the host-to-peer direction; with `mac`, only frames
+ * from that Ethernet source. (Direction is the handle's, PCAP_D_OUT: the filter's `outbound`
+ * missed some of the host's own frames in the lab.)
+ */
+export function flowsFilter(flows: TcpFlow[], mac?: string): string {
   if (flows.length === 0) throw new RangeError('flowsFilter needs at least one flow');
   const one = (f: TcpFlow): string => {
     const src = normalizeIp(f.src);
@@ -174,81 +198,246 @@ export function flowsFilter(flows: TcpFlow[]): string {
     const proto = f.family === 4 ? 'ip' : 'ip6';
     return `(${proto} src ${src} and ${proto} dst ${dst} and tcp src port ${f.srcPort} and tcp dst port ${f.dstPort})`;
   };
-  return `tcp and (${flows.map(one).join(' or ')})`;
+  const own = mac === undefined ? '' : `ether src ${checkedMac(mac)} and `;
+  return `${own}tcp and (${flows.map(one).join(' or ')})`;
 }
 
-/** Most flows one recorder filters for (the BPF program grows with each). */
+const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+
+function checkedMac(mac: string): string {
+  const m = mac.toLowerCase();
+  if (!MAC.test(m)) throw new TypeError(`not an Ethernet address: ${mac}`);
+  return m;
+}
+
+/**
+ * Most flows one recorder filters for, and so most flows resumed per interface in one incident:
+ * the one cap of flow resume (the BPF program grows with each flow; flows past it are left to the
+ * kernel's own timers).
+ */
 export const MAX_RECORDED_FLOWS = 64;
+
+/**
+ * Bytes a recorder captures of a frame: an Ethernet frame of the standard 1500-byte MTU with a
+ * VLAN tag. A retransmission timeout sends at most one MSS (tcp_retransmit_skb), so on such a link
+ * every segment worth sending again fits; a larger one (a jumbo-frame link, a TSO super-packet of
+ * a flow that is still sending) switches the recorder to WHOLE_SNAPLEN.
+ */
+export const RECORD_SNAPLEN = 14 + 4 + 1500;
+/** After a data segment was seen cut at RECORD_SNAPLEN. */
+export const WHOLE_SNAPLEN = 65535;
+/** A capture that failed to open (interface down) is tried again at most this often. */
+export const REOPEN_AFTER_MS = 1000;
 
 /** What SegmentRecorder needs of a capture handle (a PcapHandle; a fake in tests). */
 export interface SegmentSource {
   on(event: 'packet', listener: (p: LivePacket) => void): unknown;
+  on(event: 'down', listener: (err: Error) => void): unknown;
   close(): void;
 }
 
+export type OpenSegmentSource = (ifname: string, filter: string, snaplen: number) => SegmentSource;
+
+const openRecorderHandle: OpenSegmentSource = (ifname, filter, snaplen) =>
+  PcapHandle.open(ifname, {
+    filter,
+    snaplen,
+    bufferBytes: 256 << 10,
+    direction: 'out',
+    purpose: ' for flow resume',
+  });
+
+/** Why a flow has no segment to send again (for the flows_resent event). */
+export type NoSegmentReason =
+  | 'nothing of it was seen leaving (source or destination NAT rewrote it after the socket, or it left elsewhere)'
+  | 'only pure ACKs or resets of it were seen'
+  | 'it was not yet captured whole (larger than a standard frame)';
+
+interface FlowRecord {
+  /** Frames of the flow seen since it was added (any kind). */
+  frames: number;
+  /** The data, SYN or FIN segment with the lowest sequence number. */
+  lowest: TcpSegment | null;
+  /** A segment of it was seen cut short: capture it whole. */
+  cut: boolean;
+}
+
+/** Counts since the recorder was made (status and tests). */
+export interface RecorderStats {
+  /** Frames handed to JavaScript. */
+  frames: number;
+  /** Frames dropped because their Ethernet source was not this interface's. */
+  foreign: number;
+  /** Captures opened. */
+  opens: number;
+  /** Flows recorded now. */
+  flows: number;
+  open: boolean;
+}
+
 /**
- * The latest segment of each watched flow on one interface. watch() replaces the set (the capture
- * is reopened with a filter for exactly those flows; an empty set closes it). Failures to open a
- * capture, and anything thrown while recording a packet, go to `onError`; recording is best effort
- * and never throws from a packet callback.
+ * The lowest data/SYN/FIN segment of each watched flow on one interface. watch() replaces the set:
+ * the capture is reopened when its filter changes (an empty set closes it). A capture that went
+ * down (the interface went down or away) is opened again by the next watch(), at most once per
+ * REOPEN_AFTER_MS. Failures to open, and anything thrown while recording, go to `onError` (each
+ * failure once until a capture opens again); recording never throws from a packet callback.
  */
 export class SegmentRecorder {
   private capture: SegmentSource | null = null;
   private filter = '';
-  private readonly latest = new Map<string, TcpSegment>();
+  private snaplen = RECORD_SNAPLEN;
+  private flows: TcpFlow[] = [];
+  /** The flows last given to watch(), as one string. */
+  private sig = '';
+  private readonly records = new Map<string, FlowRecord>();
+  private failedAt = -Infinity;
+  private lastError = '';
   private closed = false;
+  private readonly counts = { frames: 0, foreign: 0, opens: 0 };
 
   constructor(
     readonly ifname: string,
+    /** The interface's MAC now (aa:bb:..), null when it has none or is not known. */
+    private readonly mac: () => string | null,
     private readonly onError: (err: Error) => void = () => undefined,
-    private readonly open: (ifname: string, filter: string) => SegmentSource = openCaptureHandle,
+    private readonly open: OpenSegmentSource = openRecorderHandle,
+    private readonly now: () => number = () => performance.now(),
   ) {}
 
   watch(flows: TcpFlow[]): void {
     if (this.closed) return;
-    const chosen = flows.slice(0, MAX_RECORDED_FLOWS);
-    const keys = new Set(chosen.map(flowKey));
-    for (const k of this.latest.keys()) if (!keys.has(k)) this.latest.delete(k);
-    const filter = chosen.length > 0 ? flowsFilter(chosen) : '';
-    if (filter === this.filter) return;
-    this.capture?.close();
-    this.capture = null;
+    // Called after every scan: the same flows with the capture open cost one string compare.
+    const sig = flows.map((f) => `${f.src}|${f.srcPort}|${f.dst}|${f.dstPort}`).join(',');
+    if (sig === this.sig && this.capture !== null) return;
+    this.sig = sig;
+    this.flows = flows.slice(0, MAX_RECORDED_FLOWS);
+    const keys = new Set(this.flows.map(flowKey));
+    for (const k of this.records.keys()) if (!keys.has(k)) this.records.delete(k);
+    for (const k of keys)
+      if (!this.records.has(k)) this.records.set(k, { frames: 0, lowest: null, cut: false });
+    this.reopen();
+  }
+
+  /** Forget what was recorded of a flow (its socket moved on): record it afresh. */
+  forget(flow: TcpFlow): void {
+    const r = this.records.get(flowKey(flow));
+    if (r) {
+      r.frames = 0;
+      r.lowest = null;
+    }
+  }
+
+  /** The lowest data/SYN/FIN segment recorded of a flow, or why there is none. */
+  segment(flow: TcpFlow): TcpSegment | NoSegmentReason {
+    const r = this.records.get(flowKey(flow));
+    if (!r || r.frames === 0)
+      return 'nothing of it was seen leaving (source or destination NAT rewrote it after the socket, or it left elsewhere)';
+    if (r.lowest) return r.lowest;
+    return r.cut
+      ? 'it was not yet captured whole (larger than a standard frame)'
+      : 'only pure ACKs or resets of it were seen';
+  }
+
+  stats(): RecorderStats {
+    return { ...this.counts, flows: this.flows.length, open: this.capture !== null };
+  }
+
+  private reopen(): void {
+    const mac = this.mac();
+    let filter = '';
+    if (this.flows.length > 0) {
+      if (!mac) {
+        this.fail(
+          new Error(`${this.ifname} has no Ethernet address: its frames cannot be told from others'`),
+        );
+        this.stop();
+        return;
+      }
+      filter = flowsFilter(this.flows, mac);
+    }
+    const whole = [...this.records.values()].some((r) => r.cut);
+    const snaplen = whole ? WHOLE_SNAPLEN : RECORD_SNAPLEN;
+    if (filter === this.filter && snaplen === this.snaplen && (this.capture !== null || !filter)) return;
+    this.stop();
     this.filter = filter;
+    this.snaplen = snaplen;
     if (!filter) return;
+    if (this.now() - this.failedAt < REOPEN_AFTER_MS) return;
     try {
-      const capture = this.open(this.ifname, filter);
+      const capture = this.open(this.ifname, filter, snaplen);
       capture.on('packet', (p: LivePacket) => {
         try {
-          this.record(p);
+          this.record(p, mac!);
         } catch (err) {
           // Nothing thrown here may unwind through libpcap's packet callback.
           this.onError(err instanceof Error ? err : new Error(String(err)));
         }
       });
+      capture.on('down', (err: Error) => {
+        if (this.capture !== capture) return;
+        this.capture = null;
+        this.failedAt = this.now();
+        this.fail(err);
+      });
       this.capture = capture;
+      this.counts.opens++;
+      this.lastError = '';
+      this.failedAt = -Infinity;
     } catch (err) {
-      this.filter = '';
-      this.onError(err instanceof Error ? err : new Error(String(err)));
+      this.failedAt = this.now();
+      this.fail(err instanceof Error ? err : new Error(String(err)));
     }
   }
 
-  /** The latest recorded segment of a flow, if any. */
-  segment(flow: TcpFlow): TcpSegment | undefined {
-    return this.latest.get(flowKey(flow));
+  private fail(err: Error): void {
+    if (err.message === this.lastError) return;
+    this.lastError = err.message;
+    this.onError(err);
   }
 
-  private record(p: LivePacket): void {
-    const seg = decodeTcpFrame(p.data, performance.now());
+  private stop(): void {
+    this.capture?.close();
+    this.capture = null;
+    this.filter = '';
+  }
+
+  private record(p: LivePacket, mac: string): void {
+    this.counts.frames++;
+    const seg = decodeTcpFrame(p.data, this.now());
     if (!seg) return;
-    this.latest.set(flowKey(seg.flow), seg);
+    if (seg.ethSrc !== mac) {
+      this.counts.foreign++;
+      return;
+    }
+    const r = this.records.get(flowKey(seg.flow));
+    if (!r) return;
+    r.frames++;
+    const pure = (seg.flags & (TCP_FLAG_SYN | TCP_FLAG_FIN)) === 0 && seg.payloadLength === 0;
+    if (pure || seg.flags & TCP_FLAG_RST) return;
+    if (!seg.whole) {
+      if (!r.cut) {
+        r.cut = true;
+        // Not from inside libpcap's callback: the handle is closed and opened again.
+        setImmediate(() => {
+          if (!this.closed) {
+            this.stop();
+            this.reopen();
+          }
+        });
+      }
+      return;
+    }
+    // Serial-number order (RFC 1982): the lowest is snd_una's once the flow only retransmits; of
+    // equal ones the latest, whose timestamp is the freshest.
+    if (!r.lowest || ((seg.seq - r.lowest.seq) | 0) <= 0) r.lowest = seg;
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.capture?.close();
-    this.capture = null;
-    this.latest.clear();
+    this.stop();
+    this.records.clear();
+    this.flows = [];
   }
 }
 
