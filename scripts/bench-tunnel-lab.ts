@@ -27,6 +27,13 @@ const PATHS = (args.includes('--paths') ? String(args[args.indexOf('--paths') + 
   .split(',')
   .filter(Boolean);
 const PROXY_NODE_ARGS = (process.env.BENCH_TUNNEL_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+/**
+ * Another built checkout (e.g. a worktree of main): its proxies run a second tunnel (path
+ * "tunnel (baseline)") measured in the same rounds, so that a change is compared in one run.
+ */
+const BASELINE = args.includes('--baseline')
+  ? path.resolve(String(args[args.indexOf('--baseline') + 1]))
+  : '';
 
 const log = (s: string): void => void process.stderr.write(`bench-tunnel: ${s}\n`);
 
@@ -188,11 +195,11 @@ async function main(): Promise<void> {
       stunnelConf('a', ['client = yes', `accept = ${A}:7200`, `connect = ${B}:9500`]),
     ]);
     // Our tunnel: a on a dials b; forwards on a, services on b.
-    const cfgFile = (name: string, lines: string[]): string => {
+    const cfgFile = (name: string, lines: string[], suffix = ''): string => {
       fs.copyFileSync(pki.nodes[name]!.cert, k(`${name}.pem`));
       fs.copyFileSync(pki.nodes[name]!.key, k(`${name}.key`));
       fs.copyFileSync(pki.ca, k('ca.pem'));
-      const f = k(`${name}.yaml`);
+      const f = k(`${name}${suffix}.yaml`);
       fs.writeFileSync(
         f,
         [
@@ -245,6 +252,60 @@ async function main(): Promise<void> {
       k('a.sock'),
     ]);
     proxies.push(ta, tb);
+    // The baseline checkout's proxies: the same setup on other ports, its own link.
+    const baseline: ChildProcess[] = [];
+    if (BASELINE) {
+      const bin0 = path.join(BASELINE, 'bin', 'ipdeadgate');
+      const cfg = (name: string, lines: string[]): string => cfgFile(name, lines, '-baseline');
+      const b0 = cfg('b', [
+        '  role: endpoint-proxy',
+        `  listen: ${B}:9402`,
+        '  services:',
+        `    iperf: ${B}:5201`,
+      ]);
+      const a0 = cfg('a', [
+        '  role: gateway-proxy',
+        '  links:',
+        `    - { connect: ${B}:9402 }`,
+        '  forwards:',
+        `    - { listen: ${A}:8100, service: iperf }`,
+      ]);
+      const tb0 = bg('b', [
+        process.execPath,
+        ...PROXY_NODE_ARGS,
+        bin0,
+        'tunnel',
+        '--config',
+        b0,
+        '--control',
+        k('b0.sock'),
+      ]);
+      const ta0 = bg('a', [
+        process.execPath,
+        ...PROXY_NODE_ARGS,
+        bin0,
+        'tunnel',
+        '--config',
+        a0,
+        '--control',
+        k('a0.sock'),
+      ]);
+      baseline.push(ta0, tb0);
+      proxies.push(ta0, tb0);
+      await waitFor(
+        async () => {
+          const s = (await controlRequest(k('a0.sock'), 'status').catch(() => undefined)) as
+            { tunnel: { links: { state: string }[] } } | undefined;
+          return s?.tunnel.links[0]?.state === 'up';
+        },
+        15_000,
+        'the baseline tunnel link',
+        100,
+      );
+      log(
+        `baseline: ${BASELINE} (${execFileSync('git', ['-C', BASELINE, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim()})`,
+      );
+    }
     await waitFor(
       async () => {
         const s = (await controlRequest(k('a.sock'), 'status').catch(() => undefined)) as
@@ -277,6 +338,7 @@ async function main(): Promise<void> {
         ['ssh -L (AES-GCM)', A, 7100],
         ['stunnel4', A, 7200],
         ['tunnel (TLS)', A, 8000],
+        ...(BASELINE ? [['tunnel (baseline)', A, 8100]] : []),
       ] as [string, string, number][]
     ).filter(([name]) => !PATHS.length || PATHS.some((p) => name.startsWith(p)));
     // The processes that relay each path, for their CPU time per GB (a measure that other work on
@@ -291,6 +353,7 @@ async function main(): Promise<void> {
       // stunnel4: one process per side, a thread per connection (its stat counts every thread).
       stunnel4: () => [stunnelA.pid!, stunnelB.pid!],
       'tunnel (TLS)': () => [ta.pid!, tb.pid!],
+      'tunnel (baseline)': () => baseline.map((c) => c.pid!),
     };
     // gbps[round][path][streams], cpuPerGB[round][path][streams] (CPU seconds of the relays per GB received)
     const gbps: Record<string, Record<number, number>>[] = [];
@@ -352,7 +415,10 @@ async function main(): Promise<void> {
       `tunnel / ssh -L (AES-GCM) ${f(ratio(g[T]?.[1], g[G]?.[1]))}, ${f(ratio(g[T]?.[8], g[G]?.[8]))}; ` +
       `tunnel / stunnel4 ${f(ratio(g[T]?.[1], g[S]?.[1]))}, ${f(ratio(g[T]?.[8], g[S]?.[8]))}; ` +
       `tunnel / socat ${f(ratio(g[T]?.[1], g.socat?.[1]))}, ${f(ratio(g[T]?.[8], g.socat?.[8]))}; ` +
-      `tunnel / direct ${f(ratio(g[T]?.[1], g.direct?.[1]))}, ${f(ratio(g[T]?.[8], g.direct?.[8]))}`;
+      `tunnel / direct ${f(ratio(g[T]?.[1], g.direct?.[1]))}, ${f(ratio(g[T]?.[8], g.direct?.[8]))}` +
+      (BASELINE
+        ? `; tunnel / baseline ${f(ratio(g[T]?.[1], g['tunnel (baseline)']?.[1]))}, ${f(ratio(g[T]?.[8], g['tunnel (baseline)']?.[8]))}`
+        : '');
     const lines = [
       `Measured ${new Date().toISOString().slice(0, 10)} on ${os.cpus().length} cores (${os.cpus()[0]?.model ?? '?'}), Node ${process.version}, iperf3 -t ${SECONDS}, ${ROUNDS} round(s), lab veth pair (RTT ${rtt} ms).`,
       '',

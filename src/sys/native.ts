@@ -106,7 +106,7 @@ export interface NativeAddon {
   // sd_notify datagram (native/sdnotify.cc); throws NativeSystemError
   sdNotify(socketPath: string, message: string): void;
 
-  // the tunnel link's TLS (native/tlslink.cc): OpenSSL's handshake, then our TLS 1.3 record layer
+  // the tunnel link's TLS (native/tlslink.cc): an OpenSSL TLS 1.3 session with batched I/O
   tlsContext(o: TlsContextOptions): number;
   tlsContextFree(id: number): void;
   /** Duplicates `fd`; the callback gets (kind, arg, length) with kind one of tlsEvents. */
@@ -130,6 +130,8 @@ export interface NativeAddon {
         keyUpdatesSent: number;
         keyUpdatesReceived: number;
         queued: number;
+        /** The output buffer's allocation (the bounded-memory tests). */
+        outCapacity: number;
       }
     | undefined;
   tlsCount(): number;

@@ -1,6 +1,6 @@
-// A link's TLS in the addon (native/tlslink.cc): OpenSSL's TLS 1.3 handshake on the connected
-// socket, then the addon's own record layer with the handshake's traffic keys: what the kernel's
-// `tls` ULP would do, on kernels built without it. The wire is plain TLS 1.3.
+// A link's TLS in the addon (native/tlslink.cc): an OpenSSL TLS 1.3 session on the connected
+// socket, driven by the addon so that a batch of writes leaves in one send(2) and a wake-up's
+// records come up in one callback. The wire is plain TLS 1.3.
 //
 // TlsLinkSocket is a Duplex over that, shaped like the parts of tls.TLSSocket the link uses
 // (remoteAddress, alpnProtocol, authorized, getPeerCertificate): a MuxSession runs on it as on any
@@ -40,8 +40,6 @@ export class TlsLinkContext {
 
 interface SecureInfo {
   peerCertificate?: Buffer;
-  verifyError?: string;
-  verifyMessage?: string;
   alpn?: string;
   cipher: string;
 }
@@ -79,20 +77,18 @@ export interface TlsLinkSocketOptions {
  * TLS over a connected TCP socket, in the addon. The TCP socket is taken over at once (its
  * descriptor is duplicated and the Node socket destroyed), so it must not have read anything: a
  * client socket right after 'connect', a server's socket accepted with pauseOnConnect.
- * Events: 'secure' after the handshake (the peer's certificate is NOT checked here: see
- * `authorized`), 'error' (handshake or link failure, with Node's codes where Node has one), and a
- * Duplex's own.
+ * Events: 'secure' after the handshake (the peer's certificate required and verified in it: a
+ * peer without a good one fails the handshake with an alert, and the 'error' names why:
+ * CERT_HAS_EXPIRED, ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE, ...), 'error' (handshake or link
+ * failure, with Node's codes where Node has one), and a Duplex's own.
  */
 export class TlsLinkSocket extends Duplex {
   readonly remoteAddress: string | undefined;
   readonly remotePort: number | undefined;
   /** The ALPN protocol agreed on, or false. */
   alpnProtocol: string | false = false;
-  /** Whether the peer's certificate chains to our CA (false also when it sent none). */
+  /** Whether the handshake verified the peer's certificate (always, once 'secure'). */
   authorized = false;
-  /** Why the peer's certificate was not accepted: Node's code ('CERT_HAS_EXPIRED', ...). */
-  authorizationError: string | undefined;
-  authorizationMessage: string | undefined;
   cipher = '';
   secure = false;
   private peerDer: Buffer | undefined;
@@ -172,9 +168,7 @@ export class TlsLinkSocket extends Duplex {
     this.alpnProtocol = info.alpn ?? false;
     this.cipher = info.cipher;
     this.peerDer = info.peerCertificate;
-    this.authorizationError = info.verifyError;
-    this.authorizationMessage = info.verifyMessage;
-    this.authorized = !!info.peerCertificate && !info.verifyError;
+    this.authorized = !!info.peerCertificate;
     this.emit('secure');
     if (this.id !== undefined && this.readWanted) loadNative().tlsRead(this.id, true);
   }

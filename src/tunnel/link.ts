@@ -19,7 +19,6 @@ import {
   encodeOpen,
   readAnswer,
   readOpen,
-  Refusal,
   type ControlMessage,
 } from './protocol';
 import { DialerLife, type DialerEventType, type DialerLifeHost, type DialerState } from './dialerlife';
@@ -140,7 +139,17 @@ export class Link extends EventEmitter implements LinkLifeHost {
       maxUnsent: opts.maxUnsent,
       holdInboundWindow: true,
     });
-    this.session.on('close', (error?: Error) => this.life.dispatch({ type: 'closed', error }));
+    this.session.on('close', (error?: Error) => {
+      // In TLS 1.3 the acceptor checks our certificate after our side of the handshake is over:
+      // its alert (certificate_expired, unknown_ca, ...) is its refusal of this link.
+      const refusedAs = dialer && this.state === 'handshake' ? peerRefusalOf(error) : undefined;
+      if (refusedAs)
+        this.life.dispatch({
+          type: 'bye',
+          detail: `the peer refused the link: ${refusedAs}: ${error!.message}`,
+        });
+      this.life.dispatch({ type: 'closed', error });
+    });
     this.session.on('stream', (s: MuxStream) => this.onStream(s));
     this.life = new LinkLife(this);
     if (dialer) {
@@ -428,11 +437,9 @@ export class LinkDialer extends EventEmitter implements DialerLifeHost<Link> {
       s.once('secure', () => {
         s.off('error', fail);
         s.on('error', () => undefined); // the session reports it
-        // As Node's TLS client with rejectUnauthorized: the server's chain does not verify.
-        if (s.authorizationError)
-          return fail(
-            new IpdeadgateError(s.authorizationError, s.authorizationMessage ?? s.authorizationError),
-          );
+        // The server's chain was verified in the handshake (a bad one fails it, with the reason).
+        if (!s.authorized)
+          return failed('bad_certificate', `${this.address} presented no verified certificate`);
         if (s.alpnProtocol !== LINK_ALPN)
           return failed(
             'protocol_version',
@@ -483,31 +490,12 @@ export class LinkDialer extends EventEmitter implements DialerLifeHost<Link> {
   }
 }
 
-/**
- * A peer refused for its certificate still has a TLS channel to us (Node checks the certificate
- * after the handshake, and cannot send the TLS alert that would say why): answer its control
- * stream with a refusal that names the reason, so the dialer logs it too, and close. Nothing else
- * is read from it; the whole exchange is bounded by one second.
- */
-function tellRefusedAndClose(socket: TlsLinkSocket, reason: LinkRefusal, detail: string, clock: Clock): void {
-  const m = new MuxSession(socket, { role: 'server', clock, maxStreams: 1, lingerMs: 500 });
-  // A peer that opens no control stream (it does not speak the protocol) gets no byte at all.
-  const timer = clock.setTimeout(() => socket.destroy(), 1000);
-  m.once('close', () => {
-    timer.cancel();
-    socket.destroy();
-  });
-  m.once('stream', (s: MuxStream) => {
-    readOpen(s, 1000).then(
-      (req) => {
-        if (req.service !== CONTROL_SERVICE) return void socket.destroy();
-        s.resume();
-        s.end(encodeAnswer(Refusal.LinkRefused, `${reason}: ${detail}`));
-        setImmediate(() => m.close());
-      },
-      () => socket.destroy(),
-    );
-  });
+/** A fatal TLS alert about our certificate, as the refusal reason it names; undefined for anything else. */
+function peerRefusalOf(err: Error | undefined): LinkRefusal | undefined {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (!code || !/^ERR_SSL_.*ALERT/.test(code)) return undefined;
+  const reason = classifyTlsError(code, err!.message);
+  return reason === 'tls_error' || reason === 'protocol_version' ? undefined : reason;
 }
 
 /**
@@ -602,26 +590,19 @@ export class LinkListener extends EventEmitter {
   private onSecure(socket: TlsLinkSocket, remote: string): void {
     this.backoff.accepted();
     socket.on('error', () => undefined);
-    const cert = socket.getPeerCertificate();
+    // The certificate was checked in the handshake (a peer without a good one got the alert that
+    // says why and never gets here); its name is bound at the hello.
     let refusal: [LinkRefusal, string] | undefined;
-    if (!cert || !Object.keys(cert).length)
-      refusal = ['no_certificate', `the peer at ${remote} sent no certificate`];
-    else if (!socket.authorized) {
-      const code = String(socket.authorizationError ?? '');
-      refusal = [
-        classifyTlsError(code) === 'tls_error' ? 'bad_certificate' : classifyTlsError(code),
-        `the certificate of the peer at ${remote} (CN ${String(cert.subject?.CN)}) was refused: ${code}`,
-      ];
-    } else if (socket.alpnProtocol !== LINK_ALPN)
+    if (!socket.authorized)
+      refusal = ['bad_certificate', `the peer at ${remote} has no verified certificate`];
+    else if (socket.alpnProtocol !== LINK_ALPN)
       refusal = [
         'protocol_version',
         `the peer at ${remote} does not offer ${LINK_ALPN} (ALPN: ${String(socket.alpnProtocol)})`,
       ];
     if (refusal) {
       this.handshakeFailures++;
-      if (refusal[0] === 'protocol_version')
-        socket.destroy(); // it does not speak our protocol
-      else tellRefusedAndClose(socket, refusal[0], refusal[1], this.opts.clock ?? systemClock);
+      socket.destroy(); // no mux session for it
       const ev: RefusalEvent = { remote, reason: refusal[0], detail: refusal[1], direction: 'accept' };
       this.emit('refused', ev);
       return;

@@ -129,11 +129,12 @@ export function loadTls(files: TlsFiles): TlsMaterial {
 }
 
 /**
- * TLS both ways, as the addon's TLS context (src/sys/tlslink.ts, native/tlslink.cc). TLS 1.3
- * only; the peer must present a certificate chaining to our CA (checked after the handshake, so
- * that a refusal can say why). Host names are not checked: links are authenticated by the CA (a
- * private CA for the tunnel), and nodes are addressed by IP across firewalls; the peer's node name
- * comes from its hello and must be one its certificate names.
+ * TLS both ways, as the addon's TLS context (src/sys/tlslink.ts, native/tls_context.cc). TLS 1.3
+ * only; the peer must present a certificate chaining to our CA, for its purpose (TLS client or
+ * server), checked in the handshake: a peer without one gets the TLS alert that says why. Host
+ * names are not checked: links are authenticated by the CA (a private CA for the tunnel), and nodes
+ * are addressed by IP across firewalls; the peer's node name comes from its hello and must be one
+ * its certificate names.
  */
 export function linkContext(m: TlsMaterial, server: boolean): TlsLinkContext {
   return new TlsLinkContext({
