@@ -16,7 +16,8 @@
         "native/tls_errors.cc",
         "native/tls_context.cc",
         "native/tls_handshake.cc",
-        "native/tls_bindings.cc"
+        "native/tls_bindings.cc",
+        "native/filelock.cc"
       ],
       "libraries": ["-lpcap"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

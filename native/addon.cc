@@ -12,6 +12,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   idg::RegisterPcap(env, exports);
   idg::RegisterSdNotify(env, exports);
   idg::RegisterTls(env, exports);
+  idg::RegisterFileLock(env, exports);
   return exports;
 }
 

@@ -29,6 +29,7 @@ export interface CaptureOptions {
   interface?: string[];
   gateways?: boolean;
   write?: string;
+  force?: boolean;
   count?: string;
   seconds?: string;
   quiet?: boolean;
@@ -133,7 +134,11 @@ export async function runCapture(filterWords: string[], opts: CaptureOptions): P
   let writer: PcapFileWriter | null = null;
   try {
     for (const [ifname, filter] of plan) handles.push(LiveCapture.open(ifname, filter));
-    if (opts.write) writer = PcapFileWriter.open(opts.write, { resolution: opts.nano ? 'nano' : 'micro' });
+    if (opts.write)
+      writer = PcapFileWriter.open(opts.write, {
+        resolution: opts.nano ? 'nano' : 'micro',
+        overwrite: opts.force === true,
+      });
   } catch (err) {
     for (const h of handles) h.close();
     throw err;
@@ -253,7 +258,11 @@ export function registerCapture(program: Command): void {
       '--gateways',
       "every interface with a gateway route in the main table, only the gateways' traffic",
     )
-    .option('-w, --write <file>', 'also write the packets to this pcap file (LINKTYPE_ETHERNET)')
+    .option(
+      '-w, --write <file>',
+      'also write the packets to this new pcap file (LINKTYPE_ETHERNET); an existing file or a symlink is refused',
+    )
+    .option('--force', 'with -w: overwrite an existing file (a symlink is still refused)')
     .option('-c, --count <n>', 'stop after n packets')
     .option(
       '-G, --seconds <n>',

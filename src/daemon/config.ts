@@ -105,7 +105,15 @@ export function parseYaml(text: string, file: string): { value: unknown; doc: Do
       file,
       1,
     );
-  return { value: doc.toJS({ maxAliasCount: 100 }) as unknown, doc, lines };
+  let value: unknown;
+  try {
+    value = doc.toJS({ maxAliasCount: 100 }) as unknown;
+  } catch (err) {
+    // An alias bomb (billion laughs) or an alias to nothing: still a config error, naming the file.
+    const what = (err as Error).message.split('\n')[0]!;
+    throw new ConfigError(`${file}: YAML error: ${what}`, file);
+  }
+  return { value, doc, lines };
 }
 
 /** Turn the first zod issue into "FILE:LINE: KEY: problem". */

@@ -4,9 +4,13 @@
 // file's permission at connect() is what admits the group's members. Protocol: one JSON request per line, one JSON response per line:
 //   -> {"cmd":"status"}            <- {"ok":true,"result":{...}}
 //   -> {"cmd":"nope"}              <- {"ok":false,"error":{"code":"ERR_UNKNOWN_COMMAND","message":"..."}}
-import { chmod, chown, stat, unlink } from 'node:fs/promises';
+// Requests are validated (zod) before anything reads them; refused and idle clients are destroyed,
+// and connections are capped, so no client can take the daemon's descriptors or stop it. Only the
+// socket this server created (same device and inode) is ever unlinked.
+import { chmod, chown, lstat, stat, unlink } from 'node:fs/promises';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { z } from 'zod';
 import { IpdeadgateError } from '../errors';
 
 export type ControlHandler = (args: Record<string, unknown>) => Promise<unknown>;
@@ -15,12 +19,32 @@ export type ControlHandler = (args: Record<string, unknown>) => Promise<unknown>
 export type PeerUid = (socket: net.Socket) => number | null;
 
 const MAX_REQUEST = 64 * 1024;
+/** Clients at once; more are closed when accepted (the CLI needs one per command). */
+export const MAX_CONTROL_CLIENTS = 32;
+/** A client that sends nothing for this long is disconnected. */
+export const CONTROL_IDLE_MS = 30_000;
+/** How long a refused client's connection may stay half-closed. */
+const REFUSED_LINGER_MS = 1000;
+/** A client that does not read its answers: disconnected once this much waits to be sent. */
+const MAX_PENDING_OUTPUT = 1024 * 1024;
+
+export const controlRequestSchema = z.object({
+  cmd: z.string().min(1).max(64),
+  args: z.record(z.unknown()).optional(),
+});
+
+interface Created {
+  dev: number;
+  ino: number;
+}
 
 export class ControlServer {
   private readonly handlers = new Map<string, ControlHandler>();
   private server: net.Server | null = null;
   private readonly sockets = new Set<net.Socket>();
   private closed = false;
+  /** The socket file this server created; null until listen() bound it. */
+  private created: Created | null = null;
 
   constructor(
     readonly path: string,
@@ -28,6 +52,10 @@ export class ControlServer {
     private readonly allowedUids: ReadonlySet<number> = new Set([0, process.getuid?.() ?? 0]),
     /** The gid whose members may use the socket too (mode 0660), or null for 0600. */
     private readonly group: number | null = null,
+    private readonly limits: { maxClients: number; idleMs: number } = {
+      maxClients: MAX_CONTROL_CLIENTS,
+      idleMs: CONTROL_IDLE_MS,
+    },
   ) {}
 
   handle(cmd: string, fn: ControlHandler): this {
@@ -35,14 +63,36 @@ export class ControlServer {
     return this;
   }
 
-  /** Listen; a stale socket file is replaced, a live one (another daemon) is an error. */
+  /**
+   * Listen. A stale socket file (nobody listening) is replaced; a live one (another daemon) is an
+   * error, and so is anything at the path that is not a socket (never unlinked: it may be the
+   * config, passed in the wrong place).
+   */
   async listen(): Promise<void> {
-    if (await isListening(this.path))
+    const existing = await lstat(this.path).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return null;
       throw new IpdeadgateError(
-        'ERR_CONTROL_IN_USE',
-        `another ipdeadgate is already listening on ${this.path}`,
+        err.code ?? 'EIO',
+        `cannot use the control socket ${this.path}: ${err.message}`,
       );
-    await unlink(this.path).catch(() => undefined);
+    });
+    if (existing && !existing.isSocket())
+      throw new IpdeadgateError(
+        'ERR_CONTROL_NOT_SOCKET',
+        `${this.path} exists and is not a socket; refusing to replace it (is --control pointing at ` +
+          'the wrong file?); pass --control PATH for the control socket',
+      );
+    if (existing) {
+      if (await isListening(this.path))
+        throw new IpdeadgateError(
+          'ERR_CONTROL_IN_USE',
+          `another ipdeadgate is already listening on ${this.path}`,
+        );
+      // A stale socket left by a daemon that died: replace it, but only if it is still that file.
+      const again = await lstat(this.path).catch(() => null);
+      if (again && again.isSocket() && again.ino === existing.ino && again.dev === existing.dev)
+        await unlink(this.path).catch(() => undefined);
+    }
     // libuv reports bind() in a missing directory as EACCES; name the real problem.
     const dir = path.dirname(path.resolve(this.path));
     const st = await stat(dir).catch(() => null);
@@ -53,6 +103,8 @@ export class ControlServer {
           '(create it, or pass --control PATH in an existing directory)',
       );
     const server = net.createServer((s) => this.onConnection(s));
+    // Beyond the cap a connection is closed as soon as it is accepted.
+    server.maxConnections = this.limits.maxClients;
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: NodeJS.ErrnoException) =>
@@ -71,6 +123,9 @@ export class ControlServer {
         process.umask(oldMask);
       }
     });
+    server.on('error', () => undefined);
+    const mine = await lstat(this.path);
+    this.created = { dev: mine.dev, ino: mine.ino };
     await chmod(this.path, 0o600);
     if (this.group !== null) {
       // Still 0600 until it is in the group: the group's members are let in only then. Under the
@@ -93,50 +148,62 @@ export class ControlServer {
     this.sockets.add(s);
     s.once('close', () => this.sockets.delete(s));
     s.on('error', () => s.destroy());
+    s.setTimeout(this.limits.idleMs, () => s.destroy());
     const uid = this.peerUid(s);
     // With a control group, whoever could connect passed the kernel's permission check on the socket.
     if (this.group === null && (uid === null || !this.allowedUids.has(uid))) {
-      s.end(
-        JSON.stringify({
-          ok: false,
-          error: {
-            code: 'EACCES',
-            message: `the control socket is root-only (your uid is ${uid ?? 'unknown'}); run the command as root`,
-          },
-        }) + '\n',
-      );
+      refuse(s, {
+        code: 'EACCES',
+        message: `the control socket is root-only (your uid is ${uid ?? 'unknown'}); run the command as root`,
+      });
       return;
     }
     let buf = '';
+    let queue: Promise<void> = Promise.resolve();
     s.setEncoding('utf8');
     s.on('data', (chunk: string) => {
       buf += chunk;
       if (buf.length > MAX_REQUEST) {
-        s.end(
-          JSON.stringify({ ok: false, error: { code: 'ERR_TOO_LARGE', message: 'request too large' } }) +
-            '\n',
-        );
+        buf = '';
+        refuse(s, { code: 'ERR_TOO_LARGE', message: `request too large (over ${MAX_REQUEST} bytes)` });
         return;
       }
       let nl;
       while ((nl = buf.indexOf('\n')) >= 0) {
         const line = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
-        void this.dispatch(line).then((resp) => {
-          if (!s.destroyed) s.write(JSON.stringify(resp) + '\n');
+        // One request at a time per client, answered in order.
+        queue = queue.then(async () => {
+          const resp = await this.dispatch(line);
+          if (s.destroyed) return;
+          s.write(JSON.stringify(resp) + '\n');
+          if (s.writableLength > MAX_PENDING_OUTPUT) s.destroy();
         });
       }
     });
   }
 
   private async dispatch(line: string): Promise<unknown> {
-    let req: { cmd?: unknown; args?: unknown };
+    let json: unknown;
     try {
-      req = JSON.parse(line) as typeof req;
+      json = JSON.parse(line) as unknown;
     } catch {
       return { ok: false, error: { code: 'ERR_BAD_REQUEST', message: 'request is not JSON' } };
     }
-    const cmd = typeof req.cmd === 'string' ? req.cmd : '';
+    const parsed = controlRequestSchema.safeParse(json);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0]!;
+      return {
+        ok: false,
+        error: {
+          code: 'ERR_BAD_REQUEST',
+          message:
+            'a request is {"cmd": "...", "args": {...}}: ' +
+            `${issue.path.join('.') || 'the request'}: ${issue.message}`,
+        },
+      };
+    }
+    const { cmd, args = {} } = parsed.data;
     const handler = this.handlers.get(cmd);
     if (!handler)
       return {
@@ -147,10 +214,9 @@ export class ControlServer {
         },
       };
     try {
-      const args = req.args && typeof req.args === 'object' ? (req.args as Record<string, unknown>) : {};
       return { ok: true, result: await handler(args) };
     } catch (err) {
-      const e = err as { code?: unknown; message?: unknown };
+      const e = (err ?? {}) as { code?: unknown; message?: unknown };
       return {
         ok: false,
         error: {
@@ -166,12 +232,32 @@ export class ControlServer {
     this.closed = true;
     for (const s of this.sockets) s.destroy();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
-    await unlink(this.path).catch(() => undefined);
+    // net.Server.close() unlinks the path it bound; whatever is there now is someone else's,
+    // unless it is still the very socket this server created.
+    const created = this.created;
+    this.created = null;
+    if (!created) return;
+    const now = await lstat(this.path).catch(() => null);
+    if (now && now.isSocket() && now.dev === created.dev && now.ino === created.ino)
+      await unlink(this.path).catch(() => undefined);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+/**
+ * Answer once and let go: the connection is destroyed when the client closes its side, or after a
+ * second at most (a refused client keeps no descriptor of the daemon's, however it behaves). Not
+ * at once: the client's request may still be on its way, and it must read the answer, not EPIPE.
+ */
+function refuse(s: net.Socket, error: { code: string; message: string }): void {
+  s.removeAllListeners('data');
+  s.resume();
+  s.end(JSON.stringify({ ok: false, error }) + '\n');
+  s.once('end', () => s.destroy());
+  setTimeout(() => s.destroy(), REFUSED_LINGER_MS).unref();
 }
 
 function isListening(path: string): Promise<boolean> {

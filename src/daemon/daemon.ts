@@ -1,9 +1,8 @@
 // The daemon's lifecycle: load the config (a bad one exits 2 and changes nothing), open the system
-// facades, start detection (and the tunnel roles of the config), serve the control socket, and
+// facades, start detection (and the tunnel roles of the config, in a child process), serve the control socket, and
 // handle signals: SIGTERM/SIGINT restore every withdrawn route and exit 0 (SIGUSR2, for a package
 // upgrade, exits 0 leaving them withdrawn and journaled for the next start); SIGHUP reloads the
 // config (a bad new config is refused and the old one stays).
-import { mkdir } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { ConfigError, IpdeadgateError } from '../errors';
 import { SystemPorts } from '../dgd/systemports';
@@ -24,8 +23,10 @@ import { createLogger, eventLog, type LogFormat } from './log';
 import type { EventLog } from '../util/eventlog';
 import { EXIT_FAULT, installFaultPolicy } from '../util/faultpolicy';
 import { DaemonOps } from './ops';
+import { checkStateDir, StateDirLock } from './stateguard';
+import { DurableWriter } from '../util/durable';
 import { resolveTables } from './tables';
-import { TunnelNode } from '../tunnel/node';
+import { TunnelChild } from './tunnelchild';
 import type { TunnelConfig } from '../tunnel/config';
 
 export interface DaemonOptions {
@@ -99,9 +100,13 @@ export class Daemon {
   private ops: DaemonOps | null = null;
   /** The event log that also counts each event for ipdeadgate_events_total (set by start()). */
   private events: EventLog | null = null;
-  /** The tunnel role(s) of the config, in the same process as detection. */
-  private tunnel: TunnelNode | null = null;
+  /** The tunnel role(s) of the config, in a child process of their own (./tunnelchild.ts). */
+  private tunnel: TunnelChild | null = null;
   private tunnelConfig: TunnelConfig | null = null;
+  /** Held from start to the process's end: one daemon per state dir. */
+  private stateLock: StateDirLock | null = null;
+  /** State files written in the background: failures logged, counted, retried (src/util/durable.ts). */
+  private writer: DurableWriter | null = null;
 
   constructor(private readonly opts: DaemonOptions) {
     this.log = createLogger({ format: opts.logFormat ?? 'json' });
@@ -116,10 +121,14 @@ export class Daemon {
     // --log-format on the command line wins over log.format in the config.
     this.log = createLogger({ format: this.opts.logFormat ?? config.log.format });
     this.log.level = config.log.level;
+    // The state dir before anything else: refused when others could write it, locked against a
+    // second daemon (which must fail before it touches any route or anyone's control socket).
+    await checkStateDir(this.opts.stateDir);
+    this.stateLock = StateDirLock.acquire(this.opts.stateDir);
     this.ops = new DaemonOps(this.opts.stateDir, config);
     const events = this.ops.wrapEvents(eventLog(this.log));
     this.events = events;
-    await mkdir(this.opts.stateDir, { recursive: true, mode: 0o700 });
+    this.writer = new DurableWriter(events);
 
     // The control socket first: a second daemon must fail before it touches any route.
     this.control = new ControlServer(
@@ -136,7 +145,7 @@ export class Daemon {
     const interfaces = await this.ports.refreshLinks();
     this.owners = new RouteOwners(
       ownerAdapters(config.dgd.owners),
-      new FileOwnerStore(this.opts.stateDir),
+      new FileOwnerStore(this.opts.stateDir, this.writer),
       events,
       config.dgd.keep_last_route,
     );
@@ -144,7 +153,7 @@ export class Daemon {
       config: config.dgd,
       tables,
       ports: this.ports,
-      store: new FileStore(this.opts.stateDir),
+      store: new FileStore(this.opts.stateDir, { writer: this.writer, log: events }),
       log: events,
       clock: systemClock,
       owners: this.owners,
@@ -159,6 +168,9 @@ export class Daemon {
     ports.on('error', (err: Error) =>
       events.event('error', { during: 'packet capture', error: err.message }, 'warn'),
     );
+    // Everything verification needs is opened now, not at the first death: when the descriptors
+    // run out later (EMFILE), a verification still runs with what it holds.
+    ports.openEchoSockets();
     ports.on('link_closed', (ifname: string, err: Error) =>
       events.event('capture_closed', { interface: ifname, purpose: 'ARP/NDP', error: err.message }, 'warn'),
     );
@@ -176,6 +188,8 @@ export class Daemon {
     // Link events: the interface list is re-read, detection follows names to new ifindexes, and
     // ARP/NDP handles are reopened on interfaces that came back. One refresh at a time; events
     // that arrive meanwhile fold into one more.
+    // Declared before the first link event can call openLinks() (below, hoisted).
+    const currentConfig = () => this.config;
     let linkRefresh: Promise<void> | null = null;
     let linkAgain = false;
     const onLinkEvent = () => {
@@ -211,13 +225,13 @@ export class Daemon {
     await engine.start();
     await this.ops.start(engine, ports);
     if (tunnel) {
-      this.tunnel = await TunnelNode.start(tunnel, { events }); // counted in ipdeadgate_events_total
+      // Its events come back through ours: counted in ipdeadgate_events_total.
+      this.tunnel = await TunnelChild.start(tunnel, { events });
       const node = this.tunnel;
       this.ops.setTunnelSource(() => node.status());
     }
     // Listen for ARP/NDP on every gateway interface, so a dead gateway announcing itself is seen,
     // and watch the TCP segments leaving on them (the trigger for forwarded traffic).
-    const currentConfig = () => this.config!;
     function openLinks(): void {
       const up = new Set(
         ports
@@ -290,7 +304,11 @@ export class Daemon {
       started_at: this.startedAt.toISOString(),
       config: this.opts.configPath ?? null,
       state_dir: this.opts.stateDir,
+      // Failed writes of state files, and the files whose latest content is not on disk yet.
+      state_writes: this.writer?.stats() ?? { failures: 0, pending: [] },
       tunnel: this.tunnel?.status() ?? null,
+      // The tunnel runs in a process of its own; null without a tunnel section (or while restarting).
+      tunnel_pid: this.tunnel?.pid ?? null,
     };
     return this.ops ? this.ops.decorateStatus(status) : status;
   }
@@ -352,16 +370,44 @@ export class Daemon {
   stop(opts: { restore?: boolean } = {}): Promise<void> {
     const restore = opts.restore ?? true;
     this.stopping ??= (async () => {
+      // Every step runs even when one before it failed: a stop always ends with nothing open.
+      const failures: string[] = [];
+      const step = async (what: string, fn: () => unknown) => {
+        try {
+          await fn();
+        } catch (err) {
+          failures.push(`${what}: ${(err as Error).message}`);
+        }
+      };
       if (this.linkTimer) clearInterval(this.linkTimer);
-      await this.engine?.stop({ restore });
-      await this.tunnel?.close();
-      await this.ops?.close();
-      this.subscription?.close();
-      await this.ports?.close();
-      this.rtnl?.close();
-      await this.control?.close();
+      // The control socket first: a stopping daemon no longer answers "detection: on".
+      await step('closing the control socket', () => this.control?.close());
+      await step(restore ? 'restoring routes' : 'stopping detection', () => this.engine?.stop({ restore }));
+      await step('closing the tunnel', () => this.tunnel?.close());
+      await step('closing metrics and the flight recorder', () => this.ops?.close());
+      await step('closing route events', () => this.subscription?.close());
+      await step('closing capture handles', () => this.ports?.close());
+      await step('closing rtnetlink', () => this.rtnl?.close());
+      this.writer?.close();
+      const pending = this.writer?.stats().pending ?? [];
+      const log = this.events ?? eventLog(this.log);
+      if (pending.length > 0)
+        log.event(
+          'state_not_written',
+          {
+            files: pending,
+            note: 'the disk refused them until the end; the next start reads what is on disk',
+          },
+          'error',
+        );
+      this.stateLock?.close();
       if (this.running)
-        (this.events ?? eventLog(this.log)).event('daemon_stopped', restore ? {} : { routes_kept: true });
+        log.event('daemon_stopped', {
+          ...(restore ? {} : { routes_kept: true }),
+          ...(failures.length > 0 ? { failures } : {}),
+        });
+      if (failures.length > 0)
+        throw new IpdeadgateError('ERR_STOP', `stopped with failures: ${failures.join('; ')}`);
     })();
     return this.stopping;
   }
@@ -449,6 +495,9 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     throw err;
   }
   started = true;
+  // Whatever still holds the event loop after a stop (a stuck handle), the process ends: a
+  // stopped daemon must not linger half-alive.
+  void stopped.then(() => setTimeout(() => process.exit(), 3000).unref());
   service.notify('READY=1', `STATUS=serving on ${opts.controlPath}`, `MAINPID=${process.pid}`);
   const stopWatchdog = service.startWatchdog();
   void stopped.then(stopWatchdog);

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { IpdeadgateError, UsageError, systemError } from '../errors';
+import { UsageError, systemError } from '../errors';
 import type { DgdStatus } from '../dgd/engine';
 import { asDgdEvent } from '../dgd/events';
 import type { TunnelStatus } from '../tunnel/node';
@@ -30,6 +30,19 @@ const RTT_BUCKETS = [
 ];
 /** A verification lasts up to verify_probes x verify_timeout (default 750 ms). */
 const VERIFY_BUCKETS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30];
+
+/** The text is rendered at most this often; requests in between get the last rendering. */
+export const RENDER_INTERVAL_MS = 1000;
+/** Connections beyond this are closed when accepted (a scraper needs one or two). */
+export const MAX_CONNECTIONS = 32;
+const MAX_REQUESTS_PER_SOCKET = 1000;
+/** Responses a second, all clients together (Prometheus asks once every 15 s or so). */
+export const MAX_RESPONSES_PER_SECOND = 20;
+const HEADERS_TIMEOUT_MS = 5000;
+const REQUEST_TIMEOUT_MS = 10_000;
+const KEEP_ALIVE_TIMEOUT_MS = 5000;
+/** A connection that sends nothing for this long is destroyed. */
+const IDLE_TIMEOUT_MS = 15_000;
 
 /** Parse "HOST:PORT" / "[V6]:PORT" (validated by the config schema) into listen() arguments. */
 export function parseListen(listen: string): { host: string; port: number } {
@@ -63,6 +76,10 @@ function setCounter(c: Counter<string>, labels: Record<string, string>, value: n
 export class DaemonMetrics {
   readonly registry = new Registry();
   private server: http.Server | null = null;
+  /** Responses per second, all clients together. */
+  private readonly budget = new TokenBucket(MAX_RESPONSES_PER_SECOND);
+  /** The last rendering (a promise, shared by requests that come while it renders). */
+  private rendered: { at: number; text: Promise<string> } | null = null;
 
   // From events.
   private readonly verifications: Counter<'gateway' | 'outcome' | 'speculative'>;
@@ -515,7 +532,7 @@ export class DaemonMetrics {
     };
   }
 
-  /** The exposition text (what GET /metrics returns). */
+  /** The exposition text, rendered now (tests; GET /metrics serves render()). */
   scrape(): Promise<string> {
     // Gateways learnt since the last refresh have their zeroes before this scrape reads them.
     try {
@@ -526,52 +543,150 @@ export class DaemonMetrics {
     return this.registry.metrics();
   }
 
-  /** Serve GET /metrics on HOST:PORT. Throws a clear error if the address is taken. */
-  async listen(listen: string): Promise<{ host: string; port: number }> {
-    if (this.server)
-      throw new IpdeadgateError('ERR_ALREADY_LISTENING', 'the metrics endpoint is already listening');
-    const { host, port } = parseListen(listen);
-    const server = http.createServer((req, res) => {
-      const url = (req.url ?? '/').split('?')[0];
-      if (req.method !== 'GET' && req.method !== 'HEAD') {
-        res.writeHead(405, { allow: 'GET, HEAD' }).end();
-        return;
-      }
-      if (url === '/metrics') {
-        this.scrape().then(
-          (body) =>
-            res
-              .writeHead(200, { 'content-type': this.registry.contentType })
-              .end(req.method === 'HEAD' ? '' : body),
-          (err: Error) =>
-            res.writeHead(500, { 'content-type': 'text/plain' }).end(`scrape failed: ${err.message}\n`),
-        );
-        return;
-      }
-      if (url === '/') {
-        res.writeHead(200, { 'content-type': 'text/plain' }).end('ipdeadgate: metrics at /metrics\n');
-        return;
-      }
-      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics\n');
+  /**
+   * What GET /metrics serves: rendered at most once per RENDER_INTERVAL_MS and shared by every
+   * request meanwhile, so however often the endpoint is asked, detection's event loop renders the
+   * text at most once a second.
+   */
+  render(): Promise<string> {
+    const now = performance.now();
+    if (this.rendered && now - this.rendered.at < RENDER_INTERVAL_MS) return this.rendered.text;
+    const text = this.scrape();
+    this.rendered = { at: now, text };
+    // A failed render is not kept: the next request tries again.
+    text.catch(() => {
+      if (this.rendered?.text === text) this.rendered = null;
     });
-    server.keepAliveTimeout = 5000;
+    return text;
+  }
+
+  /**
+   * Serve GET /metrics on HOST:PORT. Throws a clear error if the address cannot be bound; a
+   * listener already serving keeps serving until the new one is bound (a reload that moves the
+   * endpoint to an address in use keeps the old one).
+   */
+  async listen(listen: string): Promise<{ host: string; port: number }> {
+    const { host, port } = parseListen(listen);
+    const old = this.server;
+    let server: http.Server;
+    try {
+      server = await this.bind(listen, host, port);
+    } catch (err) {
+      // The same port on another address of this host may be taken by the old listener itself.
+      if (!old || (err as { code?: string }).code !== 'EADDRINUSE') throw err;
+      const oldAddr = old.address();
+      if (typeof oldAddr !== 'object' || !oldAddr || oldAddr.port !== port) throw err;
+      await closeServer(old);
+      this.server = null;
+      try {
+        server = await this.bind(listen, host, port);
+      } catch (err2) {
+        // Put the old endpoint back, as it was.
+        this.server = await this.bind(
+          `${oldAddr.address}:${oldAddr.port}`,
+          oldAddr.address,
+          oldAddr.port,
+        ).catch(() => null);
+        throw err2;
+      }
+    }
+    this.server = server;
+    if (old && old !== server) await closeServer(old);
+    const addr = server.address();
+    return { host, port: typeof addr === 'object' && addr ? addr.port : port };
+  }
+
+  private async bind(listen: string, host: string, port: number): Promise<http.Server> {
+    const server = http.createServer(
+      {
+        // A slow or idle client cannot hold a connection (and its file descriptor) for long.
+        headersTimeout: HEADERS_TIMEOUT_MS,
+        requestTimeout: REQUEST_TIMEOUT_MS,
+        keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+        maxHeaderSize: 8192,
+      },
+      (req, res) => this.serve(req, res),
+    );
+    // Connections beyond the cap are closed as soon as they are accepted: whoever holds many
+    // cannot take the descriptors detection needs (raw sockets, netlink, the journal's files).
+    server.maxConnections = MAX_CONNECTIONS;
+    server.maxRequestsPerSocket = MAX_REQUESTS_PER_SOCKET;
+    server.timeout = IDLE_TIMEOUT_MS;
+    server.on('timeout', (s: import('node:net').Socket) => s.destroy());
+    server.on('clientError', (_err, s: import('node:net').Socket) => s.destroy());
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) =>
         reject(systemError(err, 'listen', `serving metrics on ${listen} (metrics.listen)`)),
       );
       server.listen(port, host, () => resolve());
     });
-    this.server = server;
-    const addr = server.address();
-    return { host, port: typeof addr === 'object' && addr ? addr.port : port };
+    server.on('error', () => undefined);
+    return server;
+  }
+
+  private serve(req: http.IncomingMessage, res: http.ServerResponse): void {
+    // Beyond the budget a request gets a short refusal and its connection is closed: a client
+    // asking back to back (or pipelining) cannot keep the event loop writing for it.
+    if (!this.budget.take()) {
+      res.shouldKeepAlive = false;
+      res
+        .writeHead(429, { 'content-type': 'text/plain', 'retry-after': '1', connection: 'close' })
+        .end('too many requests: scrape at most a few times a second\n');
+      return;
+    }
+    const url = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { allow: 'GET, HEAD' }).end();
+      return;
+    }
+    if (url === '/metrics') {
+      this.render().then(
+        (body) => {
+          if (res.destroyed) return;
+          res
+            .writeHead(200, { 'content-type': this.registry.contentType })
+            .end(req.method === 'HEAD' ? '' : body);
+        },
+        (err: Error) => {
+          if (res.destroyed) return;
+          res.writeHead(500, { 'content-type': 'text/plain' }).end(`scrape failed: ${err.message}\n`);
+        },
+      );
+      return;
+    }
+    if (url === '/') {
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('ipdeadgate: metrics at /metrics\n');
+      return;
+    }
+    res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics\n');
   }
 
   /** Stop serving (idempotent). */
   async close(): Promise<void> {
     const s = this.server;
     this.server = null;
-    if (!s) return;
-    s.closeAllConnections();
-    await new Promise<void>((resolve) => s.close(() => resolve()));
+    if (s) await closeServer(s);
   }
+}
+
+/** At most `rate` takes per second, with bursts up to `rate`. */
+class TokenBucket {
+  private tokens: number;
+  private at = performance.now();
+  constructor(private readonly rate: number) {
+    this.tokens = rate;
+  }
+  take(): boolean {
+    const now = performance.now();
+    this.tokens = Math.min(this.rate, this.tokens + ((now - this.at) / 1000) * this.rate);
+    this.at = now;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+}
+
+function closeServer(s: http.Server): Promise<void> {
+  s.closeAllConnections();
+  return new Promise<void>((resolve) => s.close(() => resolve()));
 }

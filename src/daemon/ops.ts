@@ -105,23 +105,42 @@ export class DaemonOps {
     this.tunnel = source ?? (() => null);
   }
 
-  /** SIGHUP: new recorder bounds; the metrics endpoint moves if metrics.listen changed. */
+  /**
+   * SIGHUP: new recorder bounds; the metrics endpoint moves if metrics.listen changed. The new
+   * listener is bound before the old one closes: when it cannot be (an address in use), the old
+   * one keeps serving and the failure is logged.
+   */
   async reconfigure(config: Config): Promise<void> {
     this.config = config;
     this.recorder.configure(recorderSettings(config));
-    await this.applyListen();
+    try {
+      await this.applyListen();
+    } catch (err) {
+      this.outer?.event(
+        'metrics_listen_failed',
+        {
+          listen: config.metrics.listen ?? null,
+          error: (err as Error).message,
+          note: this.listening
+            ? `the endpoint stays on ${this.listening}`
+            : 'the metrics endpoint is off until a reload binds it',
+        },
+        'error',
+      );
+    }
   }
 
   private async applyListen(): Promise<void> {
     const want = this.config.metrics.listen ?? null;
     if (want === this.listening || this.closed) return;
-    await this.metrics.close();
-    this.listening = null;
-    if (want) {
-      const { host, port } = await this.metrics.listen(want);
-      this.listening = want;
-      this.outer?.event('metrics_listening', { listen: want, host, port });
+    if (!want) {
+      await this.metrics.close();
+      this.listening = null;
+      return;
     }
+    const { host, port } = await this.metrics.listen(want);
+    this.listening = want;
+    this.outer?.event('metrics_listening', { listen: want, host, port });
   }
 
   private refreshGateways(): void {

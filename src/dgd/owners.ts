@@ -12,6 +12,7 @@ import { emit } from './events';
 import * as path from 'node:path';
 import { readFile } from 'node:fs/promises';
 import { writeFileAtomic } from '../util/atomic';
+import type { DurableWriter } from '../util/durable';
 import { z } from 'zod';
 import { IpdeadgateError, errorMessage } from '../errors';
 import { protocolName } from '../sys/rtnl';
@@ -155,7 +156,11 @@ const OWNER_JOURNAL = 'route-owners.json';
 
 /** The owner journal in the state directory, beside the journal of withdrawn routes. */
 export class FileOwnerStore implements OwnerStore {
-  constructor(readonly dir: string) {}
+  /** With a writer, a failed save is logged and retried instead of thrown (src/util/durable.ts). */
+  constructor(
+    readonly dir: string,
+    private readonly writer?: DurableWriter,
+  ) {}
 
   get file(): string {
     return path.join(this.dir, OWNER_JOURNAL);
@@ -184,7 +189,9 @@ export class FileOwnerStore implements OwnerStore {
   }
 
   async save(j: OwnerJournal): Promise<void> {
-    await writeFileAtomic(this.file, JSON.stringify(j, null, 1) + '\n');
+    const text = JSON.stringify(j, null, 1) + '\n';
+    if (this.writer) await this.writer.write(this.file, () => writeFileAtomic(this.file, text));
+    else await writeFileAtomic(this.file, text);
   }
 }
 

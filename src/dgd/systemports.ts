@@ -343,6 +343,20 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     return p;
   }
 
+  /**
+   * Open both ICMP sockets now (and load raw-socket with them): verification must not need a new
+   * descriptor or module at the moment a gateway dies, when the descriptors may have run out.
+   * A family that cannot open is retried at its first use, as before.
+   */
+  openEchoSockets(): void {
+    for (const family of [4, 6] as const)
+      try {
+        this.echoSocket(family);
+      } catch (err) {
+        this.emit('error', err as Error);
+      }
+  }
+
   private echoSocket(family: 4 | 6): EchoSocket {
     let s = this.echo.get(family);
     if (!s) {

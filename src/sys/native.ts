@@ -80,6 +80,9 @@ export interface NativeAddon {
   // SO_PEERCRED of a connected Unix socket (native/peercred.cc); throws NativeSystemError
   peerCred(fd: number): { pid: number; uid: number; gid: number };
 
+  // flock(LOCK_EX|LOCK_NB) (native/filelock.cc): false when another holds it; throws NativeSystemError
+  flockExclusive(fd: number): boolean;
+
   // live libpcap handles (native/pcap.cc); open and send throw NativeSystemError (with pcapMessage)
   /** The callback gets (null, packets) per loop turn, or once (error) when the handle failed. */
   pcapOpen(

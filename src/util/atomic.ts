@@ -1,5 +1,6 @@
 // Crash-safe file replacement: write a temp file, fsync it, rename over the target, fsync the
-// directory. After a crash the file is either the old or the new content, never a torn mix.
+// directory. After a crash the file is either the old or the new content, never a torn mix; after
+// a failure (a full disk) the temp file is removed, so failures leave nothing behind.
 import { open, rename, rm, mkdir } from 'node:fs/promises';
 import * as path from 'node:path';
 
@@ -7,17 +8,18 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, m
   const dir = path.dirname(file);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
-  const fh = await open(tmp, 'w', mode);
   try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
+    // 'wx': a fresh file, never one that an earlier attempt (or anyone else) left at that name.
+    const fh = await open(tmp, 'wx', mode);
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
     await rename(tmp, file);
   } catch (err) {
-    await rm(tmp, { force: true });
+    await rm(tmp, { force: true }).catch(() => undefined);
     throw err;
   }
   const dh = await open(dir, 'r');

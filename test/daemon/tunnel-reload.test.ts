@@ -279,4 +279,21 @@ describe('daemon: SIGHUP with a tunnel section', function () {
     assert.deepEqual(d.named('error'), [], 'no error events');
     assert.deepEqual(flow.errors, []);
   });
+
+  it('the tunnel runs in a process of its own: killing it leaves detection running, and it is started again', async () => {
+    const st = await d.status();
+    const tunnelPid = st.tunnel_pid as number;
+    assert.equal(typeof tunnelPid, 'number');
+    assert.notEqual(tunnelPid, d.child.pid, 'not the daemon itself');
+    process.kill(tunnelPid, 'SIGKILL');
+    await d.waitFor((e) => e.event === 'tunnel_process_exited', 10_000, 'the exit to be noticed');
+    await d.waitFor((e) => e.event === 'tunnel_process_restarted', 20_000, 'the tunnel to start again');
+    const after = await d.status();
+    assert.equal(after.enabled, true);
+    assert.equal(d.exitCode, null);
+    assert.notEqual(after.tunnel_pid, tunnelPid);
+    // The restarted node dials its link again and the forward carries bytes.
+    await waitFor(async () => (await tunnel())?.links[0]?.state === 'up', 20_000, 'the link back');
+    await echoes(FWD);
+  });
 });

@@ -159,13 +159,26 @@ export class PcapFileWriter {
     this.fd = fd;
   }
 
-  /** Throws a SystemError naming the file (ENOENT, EACCES, EROFS...). */
-  static open(path: string, opts: PcapHeaderOptions = {}): PcapFileWriter {
+  /**
+   * Create the file; an existing one is refused unless `overwrite`, and a symlink is never
+   * followed (root writing where a link points could clobber any file). Throws a SystemError
+   * naming the file (EEXIST, ELOOP, ENOENT, EACCES, EROFS...).
+   */
+  static open(path: string, opts: PcapHeaderOptions & { overwrite?: boolean } = {}): PcapFileWriter {
+    const c = fs.constants;
+    const flags = c.O_WRONLY | c.O_CREAT | c.O_NOFOLLOW | (opts.overwrite ? c.O_TRUNC : c.O_EXCL);
     let fd: number;
     try {
-      fd = fs.openSync(path, 'w', 0o640);
+      fd = fs.openSync(path, flags, 0o640);
     } catch (err) {
-      throw systemError(err, 'open', `cannot write the capture file ${path}`);
+      const code = (err as NodeJS.ErrnoException).code;
+      const why =
+        code === 'EEXIST'
+          ? `cannot write the capture file ${path}: it exists (pass --force to overwrite it)`
+          : code === 'ELOOP'
+            ? `cannot write the capture file ${path}: it is a symlink, which is never followed`
+            : `cannot write the capture file ${path}`;
+      throw systemError(err, 'open', why);
     }
     const w = new PcapFileWriter(path, fd, opts.resolution ?? 'micro', opts.snaplen ?? DEFAULT_SNAPLEN);
     w.append(encodePcapHeader(opts));
