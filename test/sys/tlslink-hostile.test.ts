@@ -217,7 +217,6 @@ describe("tunnel: the link's TLS against hostile peers (records built with the c
         const h = await lab.hostile();
         h.up.write(Buffer.concat(records(h.tx)));
         await sleep(300);
-        console.log('DBG', what, h.ours.s.tlsStats(), h.ours.error, h.ours.length);
         const okFirst = what.startsWith('a handshake record in the clear') ? 'ok' : '';
         await lab.failsWith(h, code, alert, Buffer.from(okFirst));
       });
