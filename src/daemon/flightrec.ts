@@ -543,7 +543,9 @@ export function triggeringSegments(
     for (const s of all) {
       if (s.tsMs > deadAtMs || s.mac !== deadMac || s.len === 0 || flows.has(s.flow)) continue;
       if (flows.size >= SEGMENT_FLOWS) break;
-      const k = `${s.flow}|${s.seq}|${s.len}`;
+      // Keyed by the first sequence number only: the kernel may collapse several segments into
+      // one retransmission (tcp_retrans_collapse), which starts where the first one did.
+      const k = `${s.flow}|${s.seq}`;
       if (sent.has(k)) flows.add(s.flow);
       else sent.add(k);
     }

@@ -460,7 +460,7 @@ describe("flight recorder: the triggering flows' segments", () => {
     assert.equal(h.flow, '198.18.10.10|40000|198.18.2.10|7000');
     assert.equal(h.len, 100);
     assert.equal(h.mac, '00:00:00:00:00:01');
-    const seg = (t: number, mac: number, sport = 40000, seq = t): RecordedSegment => {
+    const seg = (t: number, mac: number, sport = 40000, seq = t, len = 8): RecordedSegment => {
       const x = segmentHeaders(tcpFrame(mac, '198.18.10.10', sport, '198.18.2.10', 7000, 8))!;
       return {
         ifname: 'up0',
@@ -470,11 +470,13 @@ describe("flight recorder: the triggering flows' segments", () => {
         flow: x.flow,
         mac: x.mac,
         seq,
-        len: 8,
+        len,
       };
     };
     const flows = new Set(['198.18.10.10|40000|198.18.2.10|7000']);
-    // 50000 sends one segment towards the dead MAC once: not included; 50001 sends one twice: included.
+    // 50000 sends one segment towards the dead MAC once: not included; 50001 sends one twice:
+    // included; 50002 sends one again collapsed with the next (same first sequence number, longer):
+    // included.
     const all = [
       seg(1, 1),
       seg(2, 1),
@@ -482,6 +484,9 @@ describe("flight recorder: the triggering flows' segments", () => {
       seg(4, 1),
       seg(5, 1, 50001, 100),
       seg(6, 1, 50001, 100),
+      seg(7, 1, 50002, 300),
+      seg(8, 1, 50002, 308),
+      seg(9, 1, 50002, 300, 16),
       seg(11, 1),
       seg(12, 2),
       seg(13, 2),
@@ -490,8 +495,9 @@ describe("flight recorder: the triggering flows' segments", () => {
     assert.deepEqual(r.flows, [
       '198.18.10.10:40000 > 198.18.2.10:7000',
       '198.18.10.10:50001 > 198.18.2.10:7000',
+      '198.18.10.10:50002 > 198.18.2.10:7000',
     ]);
-    assert.equal(r.segments.length, 8, 'the flow that sent nothing again is left out');
+    assert.equal(r.segments.length, 11, 'the flow that sent nothing again is left out');
     assert.deepEqual(r.firstViaNew, {
       ts_ms: 12,
       flow: '198.18.10.10:40000 > 198.18.2.10:7000',
