@@ -175,7 +175,8 @@ async function main(): Promise<void> {
     );
     console.log(row('`node -e 0` (node start alone, for scale)', times.nodeOnly!, 'nodeOnly'));
   } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
+    if (process.env.KEEP_DIR) console.log('kept', dir);
+    else fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 

@@ -384,6 +384,23 @@ describe('incident records', () => {
       (await readIncidentIndex(dir)).map((s) => s.id),
       [4, 5, 6],
     );
+    // An index with an entry that is not a summary (a bad outcome, a missing field) is not believed:
+    // the list is rebuilt from the records, and fields the summaries do not have are not shown.
+    const indexFile = path.join(incidentsDir(dir), 'index.json');
+    const good = (await readIncidentIndex(dir)).map((s) => ({ ...s, extra: 'x' }));
+    for (const bad of [{ ...good[0], outcome: 'bogus' }, { ...good[0], moved: undefined }, null]) {
+      fs.writeFileSync(indexFile, JSON.stringify({ version: 1, incidents: [bad, ...good.slice(1)] }));
+      const got = await readIncidentIndex(dir);
+      assert.deepEqual(
+        got.map((s) => [s.id, s.outcome]),
+        [
+          [4, good[0]!.outcome],
+          [5, good[1]!.outcome],
+          [6, good[2]!.outcome],
+        ],
+      );
+      assert.ok(got.every((s) => !('extra' in s)));
+    }
     await assert.rejects(readIncident(dir, 1), /no incident 1 in/);
   });
 
