@@ -2,7 +2,8 @@
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { REPO_ROOT, type Lab } from './lab';
+import { unprivilegedRoot } from '../fixtures/unprivileged';
+import { type Lab } from './lab';
 
 export interface DaemonEvent {
   time: string;
@@ -22,13 +23,10 @@ function spawnWrapped(
   nodeArgs: string[] = [],
 ): ChildProcess {
   if (wrap.length === 0) return lab.spawnCli(host, args, {}, nodeArgs);
-  return lab.spawn(host, [
-    ...wrap,
-    process.execPath,
-    ...nodeArgs,
-    path.join(REPO_ROOT, 'bin', 'ipdeadgate'),
-    ...args,
-  ]);
+  // A wrapper may run the daemon as another user, who cannot reach a clone in root's 0700 home:
+  // the world-readable copy of the built tree serves both cases.
+  const cli = path.join(unprivilegedRoot(), 'bin', 'ipdeadgate');
+  return lab.spawn(host, [...wrap, process.execPath, ...nodeArgs, cli, ...args]);
 }
 
 export class LabDaemon {

@@ -10,7 +10,8 @@ import * as path from 'node:path';
 import { ControlServer } from '../../src/daemon/control';
 import { groupId } from '../../src/cli/daemon';
 import { peerUidOf } from '../../src/sys/peercred';
-import { REPO_ROOT, requireRoot } from '../lab/lab';
+import { requireRoot } from '../lab/lab';
+import { unprivilegedRoot } from '../fixtures/unprivileged';
 
 /**
  * `ipdeadgate status --json` as uid 4242 with the given supplementary groups; its exit and output.
@@ -25,7 +26,8 @@ function statusAs(sock: string, groups: number[]): Promise<{ code: number | null
         '--regid=4242',
         groups.length ? `--groups=${groups.join(',')}` : '--clear-groups',
         process.execPath,
-        path.join(REPO_ROOT, 'bin', 'ipdeadgate'),
+        // uid 4242 cannot reach a clone in root's 0700 home: the world-readable copy of the build.
+        path.join(unprivilegedRoot(), 'bin', 'ipdeadgate'),
         'status',
         '--json',
         '--control',
