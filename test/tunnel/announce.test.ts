@@ -9,30 +9,9 @@ import { ownCertificateGaps } from '../../src/tunnel/announcetrust';
 import { tunnelConfigSchema, type TunnelConfigInput } from '../../src/tunnel/config';
 import { certificateNames, certificateServices } from '../../src/tunnel/linktls';
 import { TunnelNode } from '../../src/tunnel/node';
-import type { EventLog } from '../../src/util/eventlog';
 import { makePki, type TestPki } from '../fixtures/tunnel-pki';
 import * as fs from 'node:fs';
-import { freePort, readAll, sleep } from './helpers';
-
-type Ev = { event: string; level: string } & Record<string, unknown>;
-
-class Events implements EventLog {
-  readonly all: Ev[] = [];
-  event(name: string, fields: Record<string, unknown> = {}, level = 'info'): void {
-    this.all.push({ event: name, level, ...fields });
-  }
-  named(name: string): Ev[] {
-    return this.all.filter((e) => e.event === name);
-  }
-}
-
-async function until(fn: () => boolean, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!fn()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
+import { Events, freePort, readAll, until } from './helpers';
 
 describe('tunnel: a peer announces only the services its certificate (or tunnel.peers) allows', function () {
   this.timeout(30_000);

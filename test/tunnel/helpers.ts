@@ -2,6 +2,7 @@
 import { createHash } from 'node:crypto';
 import * as net from 'node:net';
 import type { Readable } from 'node:stream';
+import type { EventLog } from '../../src/util/eventlog';
 
 /** A connected pair of TCP sockets on 127.0.0.1: [client (dialer), server (acceptor)]. */
 export async function tcpPair(allowHalfOpen = false): Promise<[net.Socket, net.Socket]> {
@@ -67,4 +68,26 @@ export async function freePort(): Promise<number> {
   const p = (s.address() as net.AddressInfo).port;
   await new Promise((r) => s.close(r));
   return p;
+}
+
+type Ev = { event: string; level: string } & Record<string, unknown>;
+
+/** An EventLog that keeps every event, for tests that read what a node reported. */
+export class Events implements EventLog {
+  readonly all: Ev[] = [];
+  event(name: string, fields: Record<string, unknown> = {}, level = 'info'): void {
+    this.all.push({ event: name, level, ...fields });
+  }
+  named(name: string): Ev[] {
+    return this.all.filter((e) => e.event === name);
+  }
+}
+
+/** Poll fn every 20 ms until it holds; throws naming `what` after ms. */
+export async function until(fn: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
 }

@@ -11,29 +11,8 @@ import { certificateNames, LINK_ALPN } from '../../src/tunnel/link';
 import { MuxSession } from '../../src/tunnel/muxsession';
 import { TunnelNode } from '../../src/tunnel/node';
 import { CONTROL_SERVICE, encodeOpen, readAnswer, Refusal } from '../../src/tunnel/protocol';
-import type { EventLog } from '../../src/util/eventlog';
 import { makePki, type TestPki } from '../fixtures/tunnel-pki';
-import { freePort, sleep } from './helpers';
-
-type Ev = { event: string; level: string } & Record<string, unknown>;
-
-class Events implements EventLog {
-  readonly all: Ev[] = [];
-  event(name: string, fields: Record<string, unknown> = {}, level = 'info'): void {
-    this.all.push({ event: name, level, ...fields });
-  }
-  named(name: string): Ev[] {
-    return this.all.filter((e) => e.event === name);
-  }
-}
-
-async function until(fn: () => boolean, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!fn()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
+import { Events, freePort, sleep, until } from './helpers';
 
 describe('tunnel: identities bound to certificates, peers authorized, every refusal seen', function () {
   this.timeout(30_000);
