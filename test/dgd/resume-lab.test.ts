@@ -90,6 +90,26 @@ interface WirePacket {
   payload: number;
 }
 
+/**
+ * The TCP segments on the client's lan0 that match `filter`, as tcpdump -e -tt -S -n prints them
+ * (the array fills as they arrive; the lab ends tcpdump with its hosts).
+ */
+function watchWire(lab: Lab, filter: string): WirePacket[] {
+  const child = lab.spawn('client', [
+    'tcpdump',
+    '-i',
+    'lan0',
+    '-l',
+    '--immediate-mode',
+    '-n',
+    '-e',
+    '-tt',
+    '-S',
+    filter,
+  ]);
+  return tcpdumpLines(child);
+}
+
 /** tcpdump -e -tt -S -n lines of TCP segments, as they are printed. */
 function tcpdumpLines(child: ChildProcess): WirePacket[] {
   const out: WirePacket[] = [];
@@ -144,22 +164,13 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
       const warm = startFlowClient(lab, 'client', server, PORT, { durationMs: 300 });
       await waitFor(() => warm.echoes.length >= 3, 5000, 'a first flow through r1');
       await new Promise((r) => warm.child.once('exit', r));
-      const dump = lab.spawn('client', [
-        'tcpdump',
-        '-i',
-        'lan0',
-        '-l',
-        '--immediate-mode',
-        '-n',
-        '-e',
-        '-tt',
-        '-S',
+      const wire = watchWire(
+        lab,
         // libpcap's tcp[] does not reach into IPv6: the flags byte is at 40 + 13 without extension headers.
         family === 4
           ? `tcp port ${PORT} and tcp[tcpflags] & tcp-syn != 0`
           : `tcp port ${PORT} and ip6[53] & 2 != 0`,
-      ]);
-      const wire = tcpdumpLines(dump);
+      );
       await new Promise((r) => setTimeout(r, 300));
       await lab.killSilently('r1', 'lan0');
       const c = startFlowClient(lab, 'client', server, PORT, { durationMs: 20_000 });
@@ -209,19 +220,7 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
       await lab.blockPing('r1');
       const r2Mac = (await lab.execOk('r2', ['cat', '/sys/class/net/lan0/address'])).trim();
       const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
-      const dump = lab.spawn('client', [
-        'tcpdump',
-        '-i',
-        'lan0',
-        '-l',
-        '--immediate-mode',
-        '-n',
-        '-e',
-        '-tt',
-        '-S',
-        `tcp port ${PORT}`,
-      ]);
-      const wire = tcpdumpLines(dump);
+      const wire = watchWire(lab, `tcp port ${PORT}`);
       const a = startFlowClient(lab, 'client', server, PORT, { durationMs: 30_000 });
       const b = startFlowClient(lab, 'client', viaR2, PORT, { durationMs: 30_000 });
       await waitFor(() => a.echoes.length >= 10 && b.echoes.length >= 10, 8000, 'both flows to run');
@@ -301,19 +300,7 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
     const clientMac = (await lab.execOk('client', ['cat', '/sys/class/net/lan0/address'])).trim();
     const r2Mac = (await lab.execOk('r2', ['cat', '/sys/class/net/lan0/address'])).trim();
     const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
-    const dump = lab.spawn('client', [
-      'tcpdump',
-      '-i',
-      'lan0',
-      '-l',
-      '--immediate-mode',
-      '-n',
-      '-e',
-      '-tt',
-      '-S',
-      `tcp port ${PORT}`,
-    ]);
-    const wire = tcpdumpLines(dump);
+    const wire = watchWire(lab, `tcp port ${PORT}`);
     const a = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 30_000 });
     await waitFor(() => a.echoes.length >= 10, 8000, 'the flow to run');
     const aPort = wire.find((p) => p.dst === DGD.server4 && p.payload > 0)!.srcPort;
