@@ -131,23 +131,13 @@ async function deadServer(): Promise<string[]> {
   const lab = await forwardLab({ routing: 'metric' });
   try {
     await startFlowServer(lab, 'server', PORT).listening;
-    await loadNft(
-      lab,
-      'r1',
-      'arpcount',
-      'table arp count {\n  chain in { type filter hook input priority 0; arp operation request counter; }\n}\n',
-    );
+    await countArpAtR1(lab);
     const d = await LabDaemon.start(lab, 'gw', null);
     const flows = await startManyFlows(lab, 'lanhost', GW.server4, PORT, 300, { durationMs: 40_000 });
     await sleep(1000);
     // The server stops answering; r1 stays alive.
     const arpBefore = await arpRequests(lab);
-    await loadNft(
-      lab,
-      'server',
-      'dead',
-      `table inet dead {\n  chain in { type filter hook input priority 0; tcp dport ${PORT} drop; }\n}\n`,
-    );
+    await silenceServer(lab);
     const { cpu } = await cpuDuring(d.child.pid!, () => sleep(20_000));
     const arp = (await arpRequests(lab)) - arpBefore;
     flows.kill();
@@ -172,12 +162,7 @@ async function localDead(): Promise<string[]> {
   const lab = await forwardLab({ routing: 'metric' });
   try {
     await startFlowServer(lab, 'server', PORT).listening;
-    await loadNft(
-      lab,
-      'r1',
-      'arpcount',
-      'table arp count {\n  chain in { type filter hook input priority 0; arp operation request counter; }\n}\n',
-    );
+    await countArpAtR1(lab);
     const nodeArgs = PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE}`] : [];
     const d = await LabDaemon.start(lab, 'gw', null, [], [], nodeArgs);
     const flows = await startManyFlows(lab, 'gw', GW.server4, PORT, 300, {
@@ -185,12 +170,7 @@ async function localDead(): Promise<string[]> {
     });
     await sleep(1000);
     const arpBefore = await arpRequests(lab);
-    await loadNft(
-      lab,
-      'server',
-      'dead',
-      `table inet dead {\n  chain in { type filter hook input priority 0; tcp dport ${PORT} drop; }\n}\n`,
-    );
+    await silenceServer(lab);
     const dumps = async (): Promise<number> => {
       const st = (await d.status()) as {
         last_scan?: { dumps?: number };
@@ -226,6 +206,26 @@ async function localDead(): Promise<string[]> {
   } finally {
     await lab.close();
   }
+}
+
+/** An nft counter in r1 of the ARP requests it receives (read by arpRequests). */
+async function countArpAtR1(lab: Lab): Promise<void> {
+  await loadNft(
+    lab,
+    'r1',
+    'arpcount',
+    'table arp count {\n  chain in { type filter hook input priority 0; arp operation request counter; }\n}\n',
+  );
+}
+
+/** The server stops answering PORT (its packets dropped on input); the routers stay alive. */
+async function silenceServer(lab: Lab): Promise<void> {
+  await loadNft(
+    lab,
+    'server',
+    'dead',
+    `table inet dead {\n  chain in { type filter hook input priority 0; tcp dport ${PORT} drop; }\n}\n`,
+  );
 }
 
 async function arpRequests(lab: Lab): Promise<number> {
