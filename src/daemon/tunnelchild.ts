@@ -10,6 +10,7 @@ import { IpdeadgateError } from '../errors';
 import type { TunnelConfig } from '../tunnel/config';
 import type { TunnelStatus } from '../tunnel/node';
 import type { EventLog, LogLevel } from '../util/eventlog';
+import { tunnelExecWrapper } from './tunnelprivs';
 
 export type ToTunnel =
   { type: 'start'; config: unknown } | { type: 'reload'; id: number; config: unknown } | { type: 'close' };
@@ -36,6 +37,7 @@ export class TunnelChild {
   private readonly replies = new Map<number, (m: FromTunnel) => void>();
   private restartDelay = RESTART_MIN_MS;
   private restartTimer: NodeJS.Timeout | null = null;
+  private warnedPrivileges = false;
 
   private constructor(
     private config: TunnelConfig,
@@ -59,9 +61,24 @@ export class TunnelChild {
   }
 
   private spawn(): Promise<void> {
+    // Without detection's capabilities (./tunnelprivs.ts); the pid is node's (setpriv execs it).
+    const wrapper = tunnelExecWrapper();
+    if (wrapper.path === null && !this.warnedPrivileges) {
+      this.warnedPrivileges = true;
+      if (wrapper.reason !== 'the daemon holds no capabilities')
+        this.events.event(
+          'tunnel_privileges_kept',
+          { reason: wrapper.reason, note: "the tunnel process runs with the daemon's capabilities" },
+          'warn',
+        );
+    }
     const child = fork(path.join(__dirname, 'tunnelworker.js'), [], {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       serialization: 'advanced',
+      ...(wrapper.path !== null && {
+        execPath: wrapper.path,
+        execArgv: [...wrapper.args, process.execPath, ...process.execArgv],
+      }),
     });
     this.child = child;
     return new Promise<void>((resolve, reject) => {
