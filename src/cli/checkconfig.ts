@@ -3,9 +3,6 @@
 // or 2. The systemd units run it in ExecStartPre and ExecReload, so a bad config is refused before
 // the daemon is started or signalled.
 import type { Command } from 'commander';
-import { loadTunnelConfig } from '../daemon/config';
-import { loadDaemonConfig } from '../daemon/daemon';
-import { loadTls } from '../tunnel/link';
 import { action } from './common';
 
 export function registerCheckConfig(program: Command): void {
@@ -24,12 +21,17 @@ export function registerCheckConfig(program: Command): void {
     )
     .action(
       action(async (file: string, opts: { tunnel?: boolean; quiet?: boolean }) => {
+        // Loaded when the command runs (the config schema, the daemon's module, the TLS loader):
+        // every other command starts without them.
+        const { loadTunnelConfig } = await import('../daemon/config');
+        const { loadTls } = await import('../tunnel/link');
         let summary: string;
         if (opts.tunnel) {
           const t = await loadTunnelConfig(file);
           loadTls(t.tls); // readable, PEM, the key matches the certificate: as a start checks them
           summary = `tunnel ${t.role} ${t.name}`;
         } else {
+          const { loadDaemonConfig } = await import('../daemon/daemon');
           const { config, tunnel } = await loadDaemonConfig(file);
           if (tunnel) loadTls(tunnel.tls);
           summary =

@@ -3,7 +3,7 @@
 import type { Command } from 'commander';
 import { readFileSync } from 'node:fs';
 import { UsageError } from '../errors';
-import { DEFAULT_STATE_DIR, runDaemon } from '../daemon/daemon';
+import { DEFAULT_STATE_DIR } from '../daemon/statedir';
 import { action, DEFAULT_CONTROL } from './common';
 
 /** A group name (from /etc/group) or number as its gid. */
@@ -57,6 +57,9 @@ export function registerDaemon(program: Command): void {
         }) => {
           if (opts.logFormat !== undefined && opts.logFormat !== 'json' && opts.logFormat !== 'text')
             throw new UsageError(`--log-format must be json or text, not "${opts.logFormat}"`);
+          // Loaded here, not at the top: the engine is most of the CLI's start-up time, and
+          // `status`, `on`, `off` (an operator at 3 a.m.) do not need it.
+          const { runDaemon } = await import('../daemon/daemon');
           return runDaemon({
             configPath: opts.config,
             controlPath: opts.control,

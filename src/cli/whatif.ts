@@ -8,7 +8,7 @@
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
 import { controlRequest } from '../daemon/control';
-import { DEFAULT_STATE_DIR, loadDaemonConfig } from '../daemon/daemon';
+import { DEFAULT_STATE_DIR } from '../daemon/statedir';
 import { FileStore } from '../dgd/store';
 import { SystemPorts } from '../dgd/systemports';
 import { socketFlowKey } from '../dgd/flowkey';
@@ -107,6 +107,8 @@ export async function whatIf(
   opts: { config?: string; stateDir: string; control: string },
 ): Promise<WhatIfReport> {
   const { address, ifname } = parseGateway(gatewayText);
+  // The daemon's module (the whole engine) only when the command runs: see ./daemon.ts.
+  const { loadDaemonConfig } = await import('../daemon/daemon');
   const { config, tables } = await loadDaemonConfig(opts.config);
   const rtnl = await openRtnl();
   const ports = new SystemPorts(rtnl);
