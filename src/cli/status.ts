@@ -134,6 +134,12 @@ export function formatTunnel(t: TunnelStatus): string[] {
     `  sessions: ${se.count} open, ${se.opened} opened, close timeouts ${se.close_timeouts}, reaped ${se.reaped}` +
       (refusals ? `, refused: ${refusals}` : ''),
   );
+  // Services a peer announced but may not offer (its certificate or `peers:` does not name them):
+  // a peer that announces what nobody gets is a misconfiguration, or an attempt.
+  const ignored = Object.entries(t.announcements_ignored ?? {})
+    .map(([rule, n]) => `${n} by ${rule === 'peers' ? 'tunnel.peers' : 'its certificate'}`)
+    .join(', ');
+  if (ignored) lines.push(`  announced services ignored: ${ignored} (event tunnel_announcement_ignored)`);
   return lines;
 }
 

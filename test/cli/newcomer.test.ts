@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { formatStatus } from '../../src/cli/status';
+import { formatStatus, formatTunnel } from '../../src/cli/status';
 import { buildSocketRows, formatSocketTable } from '../../src/cli/sockets';
 import type { TcpSocketEntry } from '../../src/sys/sockdiag';
 import { REPO_ROOT } from '../lab/lab';
@@ -66,6 +66,25 @@ describe('newcomer papercuts (no privileges)', () => {
     assert.match(text, /route 0\.0\.0\.0\/0 via 198\.18\.1\.1 table main metric 100: active/);
     assert.match(text, /table 100 metric 100: withdrawn/);
     assert.doesNotMatch(text, /table 254/);
+  });
+
+  it('text status counts the announced services it ignored, by the rule that ignored them', () => {
+    const tunnel = {
+      name: 'gw1',
+      role: 'gateway',
+      links: [],
+      sessions: { count: 0, opened: 0, close_timeouts: 0, reaped: 0, refusals: {} },
+      announcements_ignored: { certificate: 3 },
+    };
+    const text = formatTunnel(tunnel as unknown as Parameters<typeof formatTunnel>[0]).join('\n');
+    assert.match(
+      text,
+      /announced services ignored: 3 by its certificate \(event tunnel_announcement_ignored\)/,
+    );
+    const none = formatTunnel({ ...tunnel, announcements_ignored: {} } as unknown as Parameters<
+      typeof formatTunnel
+    >[0]).join('\n');
+    assert.doesNotMatch(none, /ignored/);
   });
 
   it('sockets shows "-" for a socket with no timer pending, never "timer-0(nullms)"', async () => {
