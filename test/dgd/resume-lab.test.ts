@@ -4,8 +4,9 @@
 // retransmitting through r2 (alive, a server behind it silent) gets nothing from us; a connection
 // whose SYN retransmits through r1 connects through r2 right after the switch.
 import { strict as assert } from 'node:assert';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { Lab, requireRoot, waitFor } from '../lab/lab';
 import { LabDaemon } from '../lab/daemon';
 import { DGD, dgdLabSpec } from '../lab/topologies';
@@ -78,6 +79,84 @@ for _ in range(int(count)):
     s.send(frame)
     time.sleep(int(gap) / 1000)
 `;
+
+/**
+ * A Python echo client whose socket carries SO_MARK (Node cannot set it): `HOST PORT MARK` sends
+ * 8 bytes every 50 ms for 30 s to the lab's echo server, prints "port N" once connected and
+ * "echo <epoch ms>" per answer.
+ */
+const MARK_FLOW = `
+import socket, sys, time
+SO_MARK = 36
+host, port, mark = sys.argv[1], int(sys.argv[2]), int(sys.argv[3], 0)
+c = socket.socket()
+c.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+c.connect((host, port))
+print('port', c.getsockname()[1], flush=True)
+c.setblocking(False)
+end = time.time() + 30
+while time.time() < end:
+    try:
+        c.send(b'marked!!')
+    except BlockingIOError:
+        pass
+    time.sleep(0.05)
+    try:
+        while c.recv(4096):
+            print('echo', int(time.time() * 1000), flush=True)
+    except BlockingIOError:
+        pass
+`;
+
+interface FlowResumeStatus {
+  on: boolean;
+  recorded_flows: number;
+  recorders: { interface: string; flows: number; open: boolean; opens: number; frames: number }[];
+}
+
+async function flowResume(d: LabDaemon): Promise<FlowResumeStatus> {
+  return (await d.status()).flow_resume as FlowResumeStatus;
+}
+
+/**
+ * The daemon's packet sockets, as the kernel lists them (its namespace's /proc/net/packet, matched
+ * against its fds): the ARP/NDP and wire-watch sockets, plus one per open flow-resume capture.
+ */
+function packetSockets(d: LabDaemon): number {
+  const pid = d.child.pid!;
+  const inodes = new Set(
+    readFileSync(`/proc/${pid}/net/packet`, 'utf8')
+      .trim()
+      .split('\n')
+      .slice(1)
+      .map((l) => l.trim().split(/\s+/).at(-1)),
+  );
+  let n = 0;
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    let link: string;
+    try {
+      link = readlinkSync(`/proc/${pid}/fd/${fd}`);
+    } catch {
+      continue;
+    }
+    const m = /^socket:\[(\d+)\]$/.exec(link);
+    if (m && inodes.has(m[1])) n++;
+  }
+  return n;
+}
+
+/** Make `host` drop TCP to PORT (a server gone silent behind a live gateway); returns the undo. */
+async function silence(lab: Lab, host: string): Promise<() => Promise<void>> {
+  const file = lab.tempPath(`nft-silent-${host}`);
+  writeFileSync(
+    file,
+    `table inet idgsilent {\n  chain in { type filter hook input priority 0; policy accept;\n    tcp dport ${PORT} drop\n  }\n}\n`,
+  );
+  await lab.execOk(host, ['nft', '-f', file]);
+  return async () => {
+    await lab.execOk(host, ['nft', 'delete', 'table', 'inet', 'idgsilent']);
+  };
+}
 
 interface WirePacket {
   t: number;
@@ -360,9 +439,10 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
     const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
     const client = lab.spawn('client', ['python3', '-c', MD5_FLOW, 'client', String(PORT), DGD.server4]);
     const echoes: number[] = [];
-    client.stdout!.setEncoding('utf8');
-    client.stdout!.on('data', (c: string) => {
-      for (const m of c.matchAll(/echo (\d+)/g)) echoes.push(Number(m[1]));
+    // Python writes a print's parts one by one: read whole lines.
+    createInterface({ input: client.stdout! }).on('line', (line) => {
+      const m = /^echo (\d+)$/.exec(line);
+      if (m) echoes.push(Number(m[1]));
     });
     await waitFor(() => echoes.length >= 10, 8000, 'the signed flow to run');
     const csumErrors = async () =>
@@ -414,6 +494,127 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
     const detail = (resent.detail as { resent: boolean; reason?: string }[])[0]!;
     assert.equal(detail.resent, false, JSON.stringify(resent));
     assert.match(String(detail.reason), /NAT/);
+    await d.stop();
+  });
+  it('IPv4: a socket with a mark under `ip rule fwmark` is not resent and says why; no copy of it ever leaves through r2', async () => {
+    lab = await Lab.create(dgdLabSpec());
+    // The marked socket is routed by table 142: through r1, else into its tunnel device (wg0 here, one
+    // end of a veth pair whose other end drops what it gets): a WireGuard-style underlay pinned to one uplink. The daemon manages
+    // table 142 too, and withdraws its route through r1 when r1 dies. A raw copy would carry no
+    // mark and follow main, through r2: a path this socket never takes.
+    await lab.ip('client', ['link', 'add', 'wg0', 'type', 'veth', 'peer', 'name', 'wg0p']);
+    await lab.ip('client', ['link', 'set', 'wg0p', 'up']);
+    await lab.ip('client', ['link', 'set', 'wg0', 'up']);
+    await lab.ip('client', ['rule', 'add', 'fwmark', '0x42', 'lookup', '142', 'priority', '100']);
+    await lab.ip('client', [
+      'route',
+      'add',
+      `${DGD.server4}/32`,
+      'via',
+      DGD.r1_4,
+      'dev',
+      'lan0',
+      'table',
+      '142',
+    ]);
+    await lab.ip('client', ['route', 'add', 'default', 'dev', 'wg0', 'table', '142', 'metric', '200']);
+    await startFlowServer(lab, 'server', PORT).listening;
+    await lab.blockPing('r1');
+    const r2Mac = (await lab.execOk('r2', ['cat', '/sys/class/net/lan0/address'])).trim();
+    const d = await LabDaemon.start(
+      lab,
+      'client',
+      'dgd:\n  slow_poll_interval: 2m\n  tables: [main, 142]\n  keep_last_route: false\n',
+    );
+    const wire = watchWire(lab, `tcp port ${PORT}`);
+    const a = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 30_000 });
+    const marked = lab.spawn('client', ['python3', '-c', MARK_FLOW, DGD.server4, String(PORT), '0x42']);
+    let mPort = 0;
+    const mEchoes: number[] = [];
+    // Python writes a print's parts one by one: read whole lines.
+    createInterface({ input: marked.stdout! }).on('line', (line) => {
+      const [what, n] = line.split(' ');
+      if (what === 'port') mPort = Number(n);
+      if (what === 'echo') mEchoes.push(Number(n));
+    });
+    await waitFor(() => a.echoes.length >= 10 && mEchoes.length >= 10, 8000, 'both flows to run');
+    const aPort = wire.find((p) => p.dst === DGD.server4 && p.payload > 0 && p.srcPort !== mPort)!.srcPort;
+    await lab.killSilently('r1', 'lan0');
+    const withdrawn = await d.waitFor(
+      (e) => e.event === 'routes_withdrawn' && e.gateway === DGD.r1_4,
+      15_000,
+      'routes withdrawn',
+    );
+    const tw = Date.parse(withdrawn.time);
+    const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+    await waitFor(() => a.echoes.some((e) => e.t > tw), 5000, 'flow a to resume');
+    await new Promise((r) => setTimeout(r, 300));
+    const detail = resent.detail as { src: string; resent: boolean; reason?: string }[];
+    const of = (port: number) => detail.find((x) => x.src.endsWith(`:${port}`));
+    assert.equal(of(aPort)?.resent, true, JSON.stringify(resent));
+    const mOut = wire.filter((p) => p.srcPort === mPort && p.dst === DGD.server4 && p.payload > 0);
+    assert.ok(
+      mOut.some((p) => p.t < tw && p.dstMac !== r2Mac),
+      `the marked flow went through r1: ${JSON.stringify(mOut)}`,
+    );
+    assert.deepEqual(
+      mOut.filter((p) => p.dstMac === r2Mac),
+      [],
+      'nothing of the marked flow left through r2',
+    );
+    assert.equal(of(mPort)?.resent, false, JSON.stringify(resent));
+    assert.match(String(of(mPort)!.reason), /mark 0x42/);
+    await d.stop();
+  });
+
+  it('IPv4: a recorded flow that recovers leaves its recorder, whose capture closes; a reload turning resend_on_switch off closes it while flows still retransmit', async () => {
+    lab = await Lab.create(dgdLabSpec());
+    await startFlowServer(lab, 'server', PORT).listening;
+    const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
+    const a = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 30_000 });
+    await waitFor(() => a.echoes.length >= 5, 8000, 'the flow to run');
+    const idle = packetSockets(d);
+    assert.deepEqual((await flowResume(d)).recorders, []);
+    const recorded = async () => {
+      const r = await flowResume(d);
+      return r.recorders.some((x) => x.interface === 'lan0' && x.open && x.flows === 1) ? r : null;
+    };
+    // The server goes silent behind r1, which stays alive: the flow retransmits through r1.
+    let speak = await silence(lab, 'server');
+    assert.equal((await waitFor(recorded, 8000, 'the flow to be recorded'))!.recorded_flows, 1);
+    await waitFor(() => packetSockets(d) === idle + 1, 3000, 'one capture open');
+    await speak();
+    const back = Date.now();
+    await waitFor(() => a.echoes.some((e) => e.t > back), 8000, 'the flow to recover');
+    const closed = await waitFor(
+      async () => {
+        const r = await flowResume(d);
+        return r.recorders.length === 0 ? r : null;
+      },
+      5000,
+      'the recorder to drop the flow and close',
+    );
+    assert.deepEqual([closed!.on, closed!.recorded_flows], [true, 0]);
+    await waitFor(() => packetSockets(d) === idle, 3000, 'its capture closed');
+
+    speak = await silence(lab, 'server');
+    await waitFor(recorded, 8000, 'the flow to be recorded again');
+    writeFileSync(
+      lab.tempPath('client-config.yaml'),
+      'dgd:\n  slow_poll_interval: 2m\n  resend_on_switch: false\n',
+    );
+    await d.signal('SIGHUP');
+    await d.waitFor((e) => e.event === 'config_reloaded', 5000, 'the reload');
+    const off = await flowResume(d);
+    assert.deepEqual([off.on, off.recorded_flows, off.recorders], [false, 0, []]);
+    await waitFor(() => packetSockets(d) === idle, 3000, 'the capture closed by the reload');
+    // Scans go on while the flow still retransmits: nothing opens a capture again.
+    await new Promise((r) => setTimeout(r, 1000));
+    const later = await d.status();
+    assert.ok((later.last_scan as { retransmitting: number }).retransmitting >= 1, 'still retransmitting');
+    assert.deepEqual((later.flow_resume as FlowResumeStatus).recorders, []);
+    assert.equal(packetSockets(d), idle);
+    await speak();
     await d.stop();
   });
 });
