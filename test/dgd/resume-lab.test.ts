@@ -617,4 +617,60 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
     await speak();
     await d.stop();
   });
+  it('IPv4: the interface flaps while a flow is recorded: the capture closes with the link, opens again after and records the flow, whose segment is resent when its gateway dies; no socket is left behind', async () => {
+    lab = await Lab.create(dgdLabSpec());
+    // The flow retransmits throughout: its backed-off timer is capped at a second where the kernel
+    // allows it (6.15 and later), so that its next segment after r1's death is not 6 to 12 s away.
+    await lab.exec('client', ['sysctl', '-qw', 'net.ipv4.tcp_rto_max_ms=1000']);
+    await startFlowServer(lab, 'server', PORT).listening;
+    await lab.blockPing('r1');
+    const r2Mac = (await lab.execOk('r2', ['cat', '/sys/class/net/lan0/address'])).trim();
+    const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
+    const a = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 30_000 });
+    await waitFor(() => a.echoes.length >= 5, 8000, 'the flow to run');
+    const idle = packetSockets(d);
+    const lan0 = async () => (await flowResume(d)).recorders.find((r) => r.interface === 'lan0');
+    const recording = async () => {
+      const r = await lan0();
+      return r?.open && r.flows === 1 ? r : null;
+    };
+    // The server goes silent behind r1, which stays alive: the flow retransmits through r1.
+    const speak = await silence(lab, 'server');
+    await waitFor(recording, 8000, 'the flow to be recorded');
+    await lab.ip('client', ['link', 'set', 'lan0', 'down']);
+    await waitFor(async () => !(await lan0())?.open, 5000, 'the capture to close with the link');
+    await lab.ip('client', ['link', 'set', 'lan0', 'up']);
+    // The kernel dropped the routes through lan0 with the link; the host puts them back.
+    for (const [via, metric] of [
+      [DGD.r1_4, '100'],
+      [DGD.r2_4, '200'],
+    ])
+      await lab.ip('client', ['route', 'replace', 'default', 'via', via, 'dev', 'lan0', 'metric', metric]);
+    await waitFor(recording, 8000, 'the capture to open again after the flap');
+    // Now r1 dies and the server speaks again: what the flow sends next is recorded only by the
+    // capture opened after the flap, and it must be resent through r2.
+    const wire = watchWire(lab, `tcp port ${PORT}`);
+    await new Promise((r) => setTimeout(r, 300));
+    await lab.killSilently('r1', 'lan0');
+    await speak();
+    const withdrawn = await d.waitFor(
+      (e) => e.event === 'routes_withdrawn' && e.gateway === DGD.r1_4,
+      20_000,
+      'routes withdrawn',
+    );
+    const tw = Date.parse(withdrawn.time);
+    const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+    const detail = (resent.detail as { resent: boolean; seq?: number }[])[0]!;
+    assert.equal(detail.resent, true, JSON.stringify(resent));
+    await waitFor(() => a.echoes.some((e) => e.t > tw), 5000, 'the flow to resume');
+    assert.ok(
+      wire.some((p) => p.seq === detail.seq && p.dstMac === r2Mac && p.t >= tw - 5),
+      `the segment left through r2: ${JSON.stringify(wire.filter((p) => p.payload > 0))}`,
+    );
+    await waitFor(async () => (await lan0()) === undefined, 5000, 'the recorder to close');
+    // The packet sockets the daemon had before the flap (ARP/NDP, wire watch), and no more.
+    await waitFor(() => packetSockets(d) === idle, 5000, `${idle} packet sockets (${packetSockets(d)})`);
+    assert.equal(d.exitCode, null, 'the daemon is running');
+    await d.stop();
+  });
 });
