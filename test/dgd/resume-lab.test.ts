@@ -571,7 +571,7 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
     await d.stop();
   });
 
-  it('IPv4: a recorded flow that recovers leaves its recorder, whose capture closes; a reload turning resend_on_switch off closes it while flows still retransmit', async () => {
+  it('IPv4: a recorded flow that recovers leaves its recorder, whose capture closes; a reload turning resend_on_switch off closes it while the flow still retransmits, and so does ipdeadgate off', async () => {
     lab = await Lab.create(dgdLabSpec());
     await startFlowServer(lab, 'server', PORT).listening;
     const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
@@ -618,6 +618,13 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
     assert.ok((later.last_scan as { retransmitting: number }).retransmitting >= 1, 'still retransmitting');
     assert.deepEqual((later.flow_resume as FlowResumeStatus).recorders, []);
     assert.equal(packetSockets(d), idle);
+    // Turned on again by a reload, it records the flow again; `ipdeadgate off` closes it.
+    writeFileSync(lab.tempPath('client-config.yaml'), 'dgd:\n  slow_poll_interval: 2m\n');
+    await d.signal('SIGHUP');
+    await waitFor(recorded, 8000, 'the flow to be recorded after resume is turned on again');
+    assert.equal((await d.cli(['off'])).code, 0);
+    const detectionOff = await flowResume(d);
+    assert.deepEqual([detectionOff.on, detectionOff.recorded_flows, detectionOff.recorders], [false, 0, []]);
     await speak();
     await d.stop();
   });
