@@ -10,7 +10,8 @@ import { createInterface } from 'node:readline';
 import { Lab, requireRoot, waitFor } from '../lab/lab';
 import { LabDaemon } from '../lab/daemon';
 import { DGD, dgdLabSpec } from '../lab/topologies';
-import { startFlowClient, startFlowServer } from '../lab/flows';
+import { MAX_RECORDED_FLOWS } from '../../src/dgd/resume';
+import { startFlowClient, startFlowServer, startManyFlows } from '../lab/flows';
 
 const PORT = 7000;
 
@@ -682,6 +683,40 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
     // The packet sockets the daemon had before the flap (ARP/NDP, wire watch), and no more.
     await waitFor(() => packetSockets(d) === idle, 5000, `${idle} packet sockets (${packetSockets(d)})`);
     assert.equal(d.exitCode, null, 'the daemon is running');
+    await d.stop();
+  });
+  it('IPv4: more flows than the cap over two gateways on one interface: one recorder filters for exactly the cap, and resume watches no flow it does not record', async () => {
+    lab = await Lab.create(dgdLabSpec());
+    const viaR2 = DGD.r2s4; // r2's own WAN address, routed via r2
+    await lab.ip('client', ['route', 'add', `${viaR2}/32`, 'via', DGD.r2_4, 'dev', 'lan0']);
+    await startFlowServer(lab, 'server', PORT).listening;
+    await startFlowServer(lab, 'r2', PORT).listening;
+    await lab.blockPing('r1');
+    const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
+    const each = 40;
+    await startManyFlows(lab, 'client', viaR2, PORT, each, { durationMs: 30_000 });
+    await startManyFlows(lab, 'client', DGD.server4, PORT, each, { durationMs: 30_000 });
+    const idle = packetSockets(d);
+    const recording = (n: number) => async () => {
+      const r = await flowResume(d);
+      const lan0 = r.recorders.find((x) => x.interface === 'lan0');
+      return r.recorded_flows === n && lan0?.open && lan0.flows === n ? r : null;
+    };
+    // r2's server goes silent first: all its flows are recorded (under the cap).
+    await silence(lab, 'r2');
+    await waitFor(recording(each), 8000, `${each} flows through r2 to be recorded`);
+    // Then r1's: only what the cap leaves of them is recorded, and resume watches no more.
+    await silence(lab, 'server');
+    await waitFor(recording(MAX_RECORDED_FLOWS), 8000, `${MAX_RECORDED_FLOWS} flows to be recorded`);
+    // One capture, its filter for all of them compiled and open in the kernel.
+    await waitFor(() => packetSockets(d) === idle + 1, 3000, 'one capture open');
+    await lab.killSilently('r1', 'lan0');
+    const resent = await d.waitFor(
+      (e) => e.event === 'flows_resent' && e.gateway === DGD.r1_4,
+      15_000,
+      'flows_resent for r1',
+    );
+    assert.equal(resent.flows, MAX_RECORDED_FLOWS - each, JSON.stringify(resent));
     await d.stop();
   });
 });
