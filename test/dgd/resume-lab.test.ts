@@ -2,7 +2,11 @@
 // sockets in the lab and observed on the wire with tcpdump: after r1's routes are withdrawn, the
 // segment a flow through r1 was retransmitting leaves again at once towards r2; a flow that was
 // retransmitting through r2 (alive, a server behind it silent) gets nothing from us; a connection
-// whose SYN retransmits through r1 connects through r2 right after the switch.
+// whose SYN retransmits through r1 connects through r2 right after the switch. What can go wrong
+// on a real host: a forged segment, TCP-MD5, source NAT, a socket's mark under `ip rule fwmark`.
+// And the recorder's life, from `ipdeadgate status` and the daemon's packet sockets in the kernel:
+// it closes when its flows recover, on a reload turning resume off and on `ipdeadgate off`; it
+// follows a link flap; it records the cap and no more with flows over two gateways.
 import { strict as assert } from 'node:assert';
 import { readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
