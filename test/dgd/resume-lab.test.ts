@@ -150,6 +150,11 @@ function packetSockets(d: LabDaemon): number {
   return n;
 }
 
+/** The daemon's open file descriptors. */
+function openFds(d: LabDaemon): number {
+  return readdirSync(`/proc/${d.child.pid!}/fd`).length;
+}
+
 /** Make `host` drop TCP to PORT (a server gone silent behind a live gateway); returns the undo. */
 async function silence(lab: Lab, host: string): Promise<() => Promise<void>> {
   const file = lab.tempPath(`nft-silent-${host}`);
@@ -645,6 +650,7 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
     const a = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 30_000 });
     await waitFor(() => a.echoes.length >= 5, 8000, 'the flow to run');
     const idle = packetSockets(d);
+    const fds = openFds(d);
     const lan0 = async () => (await flowResume(d)).recorders.find((r) => r.interface === 'lan0');
     const recording = async () => {
       const r = await lan0();
@@ -686,6 +692,8 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
     await waitFor(async () => (await lan0()) === undefined, 5000, 'the recorder to close');
     // The packet sockets the daemon had before the flap (ARP/NDP, wire watch), and no more.
     await waitFor(() => packetSockets(d) === idle, 5000, `${idle} packet sockets (${packetSockets(d)})`);
+    // And one more descriptor in all: the raw socket that sent the copy (kept for the next one).
+    await waitFor(() => openFds(d) === fds + 1, 5000, `${fds + 1} descriptors (${openFds(d)})`);
     assert.equal(d.exitCode, null, 'the daemon is running');
     await d.stop();
   });
