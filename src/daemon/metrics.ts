@@ -14,6 +14,7 @@ import { asDgdEvent } from '../dgd/events';
 import type { TunnelStatus } from '../tunnel/node';
 import type { FlightRecorderStatus } from './flightrec';
 import type { IncidentObserver } from './incidents';
+import { defineResumeGauges } from './resumemetrics';
 import type { EventLog } from './log';
 
 /** What the scrape reads; each source may be absent or return null (not running). */
@@ -255,29 +256,7 @@ export class DaemonMetrics {
         this.set({ kind: 'retransmitting' }, s.last_scan.retransmitting);
       },
     });
-    // Flow resume's recorders exist only while flows retransmit through a gateway: an interface
-    // absent here has no capture open for it.
-    new Gauge({
-      name: 'ipdeadgate_resume_recorded_flows',
-      help: 'Flows flow resume records now (retransmitting through a gateway), per interface',
-      labelNames: ['interface'],
-      registers,
-      collect() {
-        this.reset();
-        for (const r of dgd()?.flow_resume?.recorders ?? []) this.set({ interface: r.interface }, r.flows);
-      },
-    });
-    new Gauge({
-      name: 'ipdeadgate_resume_captures_open',
-      help: "1 while flow resume's capture on an interface is open",
-      labelNames: ['interface'],
-      registers,
-      collect() {
-        this.reset();
-        for (const r of dgd()?.flow_resume?.recorders ?? [])
-          this.set({ interface: r.interface }, r.open ? 1 : 0);
-      },
-    });
+    defineResumeGauges(registers, dgd);
     // Tunnel: present only while the daemon runs a tunnel node.
     new Gauge({
       name: 'ipdeadgate_tunnel_links',
