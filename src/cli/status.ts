@@ -48,6 +48,13 @@ export function formatStatus(s: Status): string {
       `forwarded traffic: ${f.method === 'capture' ? `capture on ${per.join(', ') || 'no interface yet'}` : 'not watched'}`,
     );
   }
+  if (s.flow_resume) {
+    const r = s.flow_resume;
+    const per = r.recorders.map((x) => `${x.interface} ${x.flows} (capture ${x.open ? 'open' : 'closed'})`);
+    lines.push(
+      `flow resume: ${r.on ? `${r.recorded_flows} flows recorded${per.length ? `: ${per.join(', ')}` : ''}` : 'off'}`,
+    );
+  }
   const ct = conntrackLine(s.conntrack);
   if (ct) lines.push(ct);
   if (s.gateways.length === 0) lines.push('no gateways in the managed tables');

@@ -14,6 +14,7 @@ import { asDgdEvent } from '../dgd/events';
 import type { TunnelStatus } from '../tunnel/node';
 import type { FlightRecorderStatus } from './flightrec';
 import type { IncidentObserver } from './incidents';
+import { defineResumeGauges } from './resumemetrics';
 import type { EventLog } from './log';
 
 /** What the scrape reads; each source may be absent or return null (not running). */
@@ -255,6 +256,7 @@ export class DaemonMetrics {
         this.set({ kind: 'retransmitting' }, s.last_scan.retransmitting);
       },
     });
+    defineResumeGauges(registers, dgd);
     // Tunnel: present only while the daemon runs a tunnel node.
     new Gauge({
       name: 'ipdeadgate_tunnel_links',

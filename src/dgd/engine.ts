@@ -450,6 +450,14 @@ export class DgdEngine {
         dumps: scan.dumps,
       },
       forwarded: this.forwardedStatus(),
+      flow_resume: {
+        on: this.cfg.resend_on_switch && this.enabled && this.flowResumer !== null,
+        recorded_flows: this.flowResumer?.watching ?? 0,
+        recorders: Object.entries(this.ports.recorderStats?.() ?? {}).map(([ifname, r]) => ({
+          interface: ifname,
+          ...r,
+        })),
+      },
     };
   }
 

@@ -224,6 +224,20 @@ export interface DgdPorts {
   conntrack?: ConntrackPorts;
   /** The wire watch per interface (the forwarded-traffic trigger); absent or empty: not watching. */
   wireStatus?(): WireStatus[];
+  /** Flow resume's recorder per interface that has one now (one exists only while it has flows). */
+  recorderStats?(): Record<string, RecorderStatus>;
+}
+
+/** One interface's flow-resume recorder, as status and metrics show it. */
+export interface RecorderStatus {
+  /** Flows it records now. */
+  flows: number;
+  /** Its capture (a packet socket) is open. */
+  open: boolean;
+  /** Captures it opened (its filter changed, or it came back after its interface went down). */
+  opens: number;
+  /** Frames it read. */
+  frames: number;
 }
 
 /** Where withdrawn routes and the on/off switch are kept across restarts. */

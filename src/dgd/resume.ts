@@ -77,6 +77,11 @@ export class FlowResumer {
   private readonly ignored = new Set<string>();
   /** Interfaces whose recorder has flows. */
   private readonly recording = new Set<string>();
+  /**
+   * Flows a switch is resending now: out of `watched` (once per withdrawal), still in their
+   * recorder, which holds the segment to send, until they are sent.
+   */
+  private readonly resending = new Map<string, Watched>();
   /** The latest scan not yet taken in (a scan arriving while one is taken in replaces it). */
   private pending: readonly ScannedSocket[] | null = null;
   private observing: Promise<void> | null = null;
@@ -122,6 +127,7 @@ export class FlowResumer {
     this.pending = null;
     this.watched.clear();
     this.ignored.clear();
+    this.resending.clear();
     this.syncWatchers();
   }
 
@@ -194,11 +200,29 @@ export class FlowResumer {
     const gKey = gatewayKey(gateway.address, gateway.ifindex);
     const mine = [...this.watched.entries()].filter(([, w]) => w.gatewayKey === gKey);
     if (mine.length === 0) return;
-    for (const [key] of mine) {
-      // Once per withdrawal: a flow still stuck afterwards is the kernel's to retransmit.
+    for (const [key, w] of mine) {
+      // Once per withdrawal: a flow still stuck afterwards is the kernel's to retransmit. A scan
+      // taken in while the switch awaits (the dump, the lookups) must not drop the flow from its
+      // recorder before its segment is sent: it stays there as `resending`.
       this.watched.delete(key);
       this.ignored.add(key);
+      this.resending.set(key, w);
     }
+    let synSent: boolean;
+    try {
+      synSent = await this.resendAll(gateway, mine);
+    } finally {
+      for (const [key, w] of mine) if (this.resending.get(key) === w) this.resending.delete(key);
+      this.syncWatchers();
+    }
+    if (synSent) await this.sleep(SYN_ANSWER_GRACE_MS);
+  }
+
+  /** Send each flow's segment again (or say why not) and log it; true when a SYN was sent. */
+  private async resendAll(
+    gateway: { address: string; ifindex: number; ifname: string },
+    mine: [string, Watched][],
+  ): Promise<boolean> {
     let synSent = false;
     let resent = 0;
     const results: Record<string, unknown>[] = [];
@@ -237,7 +261,6 @@ export class FlowResumer {
             : { resent: false, reason: outcome.reason }),
         });
     }
-    this.syncWatchers();
     emit(this.log, {
       event: 'flows_resent',
       gateway: gateway.address,
@@ -246,7 +269,7 @@ export class FlowResumer {
       resent,
       detail: results,
     });
-    if (synSent) await this.sleep(SYN_ANSWER_GRACE_MS);
+    return synSent;
   }
 
   /** One flow: still stuck, routed the socket's way, then its recorded segment. */
@@ -292,7 +315,7 @@ export class FlowResumer {
   private syncWatchers(): void {
     const byInterface = new Map<string, ResumeFlow[]>();
     for (const i of this.recording) byInterface.set(i, []);
-    for (const w of this.watched.values()) {
+    for (const w of [...this.watched.values(), ...this.resending.values()]) {
       const list = byInterface.get(w.ifname) ?? [];
       list.push(w.flow);
       byInterface.set(w.ifname, list);

@@ -6,7 +6,7 @@ import type { GatewayState, TriggerKind } from './events';
 import type { Gateway, GatewayPhase, Transition } from './gateway';
 import type { InterfacePresence } from './interfaces';
 import type { OwnerStatus } from './owners';
-import type { JournalEntry, KernelRoute, WireStatus } from './ports';
+import type { JournalEntry, KernelRoute, RecorderStatus, WireStatus } from './ports';
 import { gatewaysOf, routeIdentity } from './routeplan';
 
 export interface GatewayRouteStatus {
@@ -83,6 +83,16 @@ export interface DgdStatus {
    * MACs, per interface) or `off` (dgd.forwarded.enabled false, or detection off).
    */
   forwarded: { method: 'capture' | 'off'; interfaces: WireStatus[] };
+  /**
+   * Flow resume (dgd.resend_on_switch): `on` unless it or detection is off; the flows recorded now
+   * (retransmitting through a gateway); and each interface's recorder while it has flows (none is
+   * left open once no flow retransmits).
+   */
+  flow_resume: {
+    on: boolean;
+    recorded_flows: number;
+    recorders: ({ interface: string } & RecorderStatus)[];
+  };
 }
 
 export type GatewayStatus = DgdStatus['gateways'][number];

@@ -9,7 +9,6 @@ import {
   EchoSocket,
   SegmentRecorder,
   SegmentSender,
-  type RecorderStats,
   TCP_FLAG_SYN,
   WireWatch,
   type WireRetransmission,
@@ -28,6 +27,7 @@ import type {
   DgdPorts,
   KernelNexthopObject,
   KernelRoute,
+  RecorderStatus,
   RouteChoice,
   ScannedSocket,
   Verification,
@@ -214,9 +214,14 @@ export class SystemPorts extends EventEmitter implements DgdPorts {
     this.recorders.get(ifname)?.forget(flow);
   }
 
-  /** Each recorder's counts (status and tests). */
-  recorderStats(): Record<string, RecorderStats> {
-    return Object.fromEntries([...this.recorders].map(([i, r]) => [i, r.stats()]));
+  /** Each recorder's counts (status and metrics). */
+  recorderStats(): Record<string, RecorderStatus> {
+    return Object.fromEntries(
+      [...this.recorders].map(([i, r]) => {
+        const { flows, open, opens, frames } = r.stats();
+        return [i, { flows, open, opens, frames }];
+      }),
+    );
   }
 
   async resendSegment(ifname: string, flow: ResumeFlow): Promise<ResendOutcome> {

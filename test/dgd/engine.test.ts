@@ -667,8 +667,14 @@ describe('DGD engine: flow resume follows the config', () => {
     ports.setRetransmitting(SERVER, 1);
     await clock.advance(400);
     assert.deepEqual(ports.watchCalls.at(-1), ['lan0', 1], 'the retransmitting flow is recorded');
+    assert.deepEqual([engine.status().flow_resume.on, engine.status().flow_resume.recorded_flows], [true, 1]);
     await engine.reload(parseConfig('dgd:\n  resend_on_switch: false\n').dgd, [254]);
     assert.deepEqual(ports.watchCalls.at(-1), ['lan0', 0], 'its capture is closed by the reload');
+    assert.deepEqual(
+      [engine.status().flow_resume.on, engine.status().flow_resume.recorded_flows],
+      [false, 0],
+      'and status says so',
+    );
     const calls = ports.watchCalls.length;
     ports.setRetransmitting(SERVER, 2);
     await clock.advance(400);

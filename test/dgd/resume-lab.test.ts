@@ -2,14 +2,20 @@
 // sockets in the lab and observed on the wire with tcpdump: after r1's routes are withdrawn, the
 // segment a flow through r1 was retransmitting leaves again at once towards r2; a flow that was
 // retransmitting through r2 (alive, a server behind it silent) gets nothing from us; a connection
-// whose SYN retransmits through r1 connects through r2 right after the switch.
+// whose SYN retransmits through r1 connects through r2 right after the switch. What can go wrong
+// on a real host: a forged segment, TCP-MD5, source NAT, a socket's mark under `ip rule fwmark`.
+// And the recorder's life, from `ipdeadgate status` and the daemon's packet sockets in the kernel:
+// it closes when its flows recover, on a reload turning resume off and on `ipdeadgate off`; it
+// follows a link flap; it records the cap and no more with flows over two gateways.
 import { strict as assert } from 'node:assert';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { Lab, requireRoot, waitFor } from '../lab/lab';
 import { LabDaemon } from '../lab/daemon';
 import { DGD, dgdLabSpec } from '../lab/topologies';
-import { startFlowClient, startFlowServer } from '../lab/flows';
+import { MAX_RECORDED_FLOWS } from '../../src/dgd/resume';
+import { startFlowClient, startFlowServer, startManyFlows } from '../lab/flows';
 
 const PORT = 7000;
 
@@ -78,6 +84,89 @@ for _ in range(int(count)):
     s.send(frame)
     time.sleep(int(gap) / 1000)
 `;
+
+/**
+ * A Python echo client whose socket carries SO_MARK (Node cannot set it): `HOST PORT MARK` sends
+ * 8 bytes every 50 ms for 30 s to the lab's echo server, prints "port N" once connected and
+ * "echo <epoch ms>" per answer.
+ */
+const MARK_FLOW = `
+import socket, sys, time
+SO_MARK = 36
+host, port, mark = sys.argv[1], int(sys.argv[2]), int(sys.argv[3], 0)
+c = socket.socket()
+c.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+c.connect((host, port))
+print('port', c.getsockname()[1], flush=True)
+c.setblocking(False)
+end = time.time() + 30
+while time.time() < end:
+    try:
+        c.send(b'marked!!')
+    except BlockingIOError:
+        pass
+    time.sleep(0.05)
+    try:
+        while c.recv(4096):
+            print('echo', int(time.time() * 1000), flush=True)
+    except BlockingIOError:
+        pass
+`;
+
+interface FlowResumeStatus {
+  on: boolean;
+  recorded_flows: number;
+  recorders: { interface: string; flows: number; open: boolean; opens: number; frames: number }[];
+}
+
+async function flowResume(d: LabDaemon): Promise<FlowResumeStatus> {
+  return (await d.status()).flow_resume as FlowResumeStatus;
+}
+
+/**
+ * The daemon's packet sockets, as the kernel lists them (its namespace's /proc/net/packet, matched
+ * against its fds): the ARP/NDP and wire-watch sockets, plus one per open flow-resume capture.
+ */
+function packetSockets(d: LabDaemon): number {
+  const pid = d.child.pid!;
+  const inodes = new Set(
+    readFileSync(`/proc/${pid}/net/packet`, 'utf8')
+      .trim()
+      .split('\n')
+      .slice(1)
+      .map((l) => l.trim().split(/\s+/).at(-1)),
+  );
+  let n = 0;
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    let link: string;
+    try {
+      link = readlinkSync(`/proc/${pid}/fd/${fd}`);
+    } catch {
+      continue;
+    }
+    const m = /^socket:\[(\d+)\]$/.exec(link);
+    if (m && inodes.has(m[1])) n++;
+  }
+  return n;
+}
+
+/** The daemon's open file descriptors. */
+function openFds(d: LabDaemon): number {
+  return readdirSync(`/proc/${d.child.pid!}/fd`).length;
+}
+
+/** Make `host` drop TCP to PORT (a server gone silent behind a live gateway); returns the undo. */
+async function silence(lab: Lab, host: string): Promise<() => Promise<void>> {
+  const file = lab.tempPath(`nft-silent-${host}`);
+  writeFileSync(
+    file,
+    `table inet idgsilent {\n  chain in { type filter hook input priority 0; policy accept;\n    tcp dport ${PORT} drop\n  }\n}\n`,
+  );
+  await lab.execOk(host, ['nft', '-f', file]);
+  return async () => {
+    await lab.execOk(host, ['nft', 'delete', 'table', 'inet', 'idgsilent']);
+  };
+}
 
 interface WirePacket {
   t: number;
@@ -360,9 +449,10 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
     const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
     const client = lab.spawn('client', ['python3', '-c', MD5_FLOW, 'client', String(PORT), DGD.server4]);
     const echoes: number[] = [];
-    client.stdout!.setEncoding('utf8');
-    client.stdout!.on('data', (c: string) => {
-      for (const m of c.matchAll(/echo (\d+)/g)) echoes.push(Number(m[1]));
+    // Python writes a print's parts one by one: read whole lines.
+    createInterface({ input: client.stdout! }).on('line', (line) => {
+      const m = /^echo (\d+)$/.exec(line);
+      if (m) echoes.push(Number(m[1]));
     });
     await waitFor(() => echoes.length >= 10, 8000, 'the signed flow to run');
     const csumErrors = async () =>
@@ -414,6 +504,231 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
     const detail = (resent.detail as { resent: boolean; reason?: string }[])[0]!;
     assert.equal(detail.resent, false, JSON.stringify(resent));
     assert.match(String(detail.reason), /NAT/);
+    await d.stop();
+  });
+  it('IPv4: a socket with a mark under `ip rule fwmark` is not resent and says why; no copy of it ever leaves through r2', async () => {
+    lab = await Lab.create(dgdLabSpec());
+    // The marked socket is routed by table 142: through r1, else into its tunnel device (wg0 here, one
+    // end of a veth pair whose other end drops what it gets): a WireGuard-style underlay pinned to one uplink. The daemon manages
+    // table 142 too, and withdraws its route through r1 when r1 dies. A raw copy would carry no
+    // mark and follow main, through r2: a path this socket never takes.
+    await lab.ip('client', ['link', 'add', 'wg0', 'type', 'veth', 'peer', 'name', 'wg0p']);
+    await lab.ip('client', ['link', 'set', 'wg0p', 'up']);
+    await lab.ip('client', ['link', 'set', 'wg0', 'up']);
+    await lab.ip('client', ['rule', 'add', 'fwmark', '0x42', 'lookup', '142', 'priority', '100']);
+    await lab.ip('client', [
+      'route',
+      'add',
+      `${DGD.server4}/32`,
+      'via',
+      DGD.r1_4,
+      'dev',
+      'lan0',
+      'table',
+      '142',
+    ]);
+    await lab.ip('client', ['route', 'add', 'default', 'dev', 'wg0', 'table', '142', 'metric', '200']);
+    await startFlowServer(lab, 'server', PORT).listening;
+    await lab.blockPing('r1');
+    const r2Mac = (await lab.execOk('r2', ['cat', '/sys/class/net/lan0/address'])).trim();
+    const d = await LabDaemon.start(
+      lab,
+      'client',
+      'dgd:\n  slow_poll_interval: 2m\n  tables: [main, 142]\n  keep_last_route: false\n',
+    );
+    const wire = watchWire(lab, `tcp port ${PORT}`);
+    const a = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 30_000 });
+    const marked = lab.spawn('client', ['python3', '-c', MARK_FLOW, DGD.server4, String(PORT), '0x42']);
+    let mPort = 0;
+    const mEchoes: number[] = [];
+    // Python writes a print's parts one by one: read whole lines.
+    createInterface({ input: marked.stdout! }).on('line', (line) => {
+      const [what, n] = line.split(' ');
+      if (what === 'port') mPort = Number(n);
+      if (what === 'echo') mEchoes.push(Number(n));
+    });
+    await waitFor(() => a.echoes.length >= 10 && mEchoes.length >= 10, 8000, 'both flows to run');
+    const aPort = wire.find((p) => p.dst === DGD.server4 && p.payload > 0 && p.srcPort !== mPort)!.srcPort;
+    await lab.killSilently('r1', 'lan0');
+    const withdrawn = await d.waitFor(
+      (e) => e.event === 'routes_withdrawn' && e.gateway === DGD.r1_4,
+      15_000,
+      'routes withdrawn',
+    );
+    const tw = Date.parse(withdrawn.time);
+    const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+    // Copies leave before the event; tcpdump prints them within a moment.
+    await new Promise((r) => setTimeout(r, 300));
+    const detail = resent.detail as { src: string; resent: boolean; reason?: string }[];
+    const of = (port: number) => detail.find((x) => x.src.endsWith(`:${port}`));
+    // The unmarked flow beside it was recorded against r1 too, and is judged on its own (resent,
+    // unless its only retransmission since recording was parked in r1's neighbour entry, a limit
+    // failover.md describes; seen once in a dozen runs here).
+    assert.ok(of(aPort), JSON.stringify(resent));
+    assert.doesNotMatch(String(of(aPort)!.reason), /mark/);
+    const mOut = wire.filter((p) => p.srcPort === mPort && p.dst === DGD.server4 && p.payload > 0);
+    assert.ok(
+      mOut.some((p) => p.t < tw && p.dstMac !== r2Mac),
+      `the marked flow went through r1: ${JSON.stringify(mOut)}`,
+    );
+    assert.deepEqual(
+      mOut.filter((p) => p.dstMac === r2Mac),
+      [],
+      'nothing of the marked flow left through r2',
+    );
+    assert.equal(of(mPort)?.resent, false, JSON.stringify(resent));
+    assert.match(String(of(mPort)!.reason), /mark 0x42/);
+    await d.stop();
+  });
+
+  it('IPv4: a recorded flow that recovers leaves its recorder, whose capture closes; a reload turning resend_on_switch off closes it while the flow still retransmits, and so does ipdeadgate off', async () => {
+    lab = await Lab.create(dgdLabSpec());
+    await startFlowServer(lab, 'server', PORT).listening;
+    const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
+    const a = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 30_000 });
+    await waitFor(() => a.echoes.length >= 5, 8000, 'the flow to run');
+    const idle = packetSockets(d);
+    assert.deepEqual((await flowResume(d)).recorders, []);
+    const recorded = async () => {
+      const r = await flowResume(d);
+      return r.recorders.some((x) => x.interface === 'lan0' && x.open && x.flows === 1) ? r : null;
+    };
+    // The server goes silent behind r1, which stays alive: the flow retransmits through r1.
+    let speak = await silence(lab, 'server');
+    assert.equal((await waitFor(recorded, 8000, 'the flow to be recorded'))!.recorded_flows, 1);
+    await waitFor(() => packetSockets(d) === idle + 1, 3000, 'one capture open');
+    await speak();
+    const back = Date.now();
+    await waitFor(() => a.echoes.some((e) => e.t > back), 8000, 'the flow to recover');
+    const closed = await waitFor(
+      async () => {
+        const r = await flowResume(d);
+        return r.recorders.length === 0 ? r : null;
+      },
+      5000,
+      'the recorder to drop the flow and close',
+    );
+    assert.deepEqual([closed!.on, closed!.recorded_flows], [true, 0]);
+    await waitFor(() => packetSockets(d) === idle, 3000, 'its capture closed');
+
+    speak = await silence(lab, 'server');
+    await waitFor(recorded, 8000, 'the flow to be recorded again');
+    writeFileSync(
+      lab.tempPath('client-config.yaml'),
+      'dgd:\n  slow_poll_interval: 2m\n  resend_on_switch: false\n',
+    );
+    await d.signal('SIGHUP');
+    await d.waitFor((e) => e.event === 'config_reloaded', 5000, 'the reload');
+    const off = await flowResume(d);
+    assert.deepEqual([off.on, off.recorded_flows, off.recorders], [false, 0, []]);
+    await waitFor(() => packetSockets(d) === idle, 3000, 'the capture closed by the reload');
+    // Scans go on while the flow still retransmits: nothing opens a capture again.
+    await new Promise((r) => setTimeout(r, 1000));
+    const later = await d.status();
+    assert.ok((later.last_scan as { retransmitting: number }).retransmitting >= 1, 'still retransmitting');
+    assert.deepEqual((later.flow_resume as FlowResumeStatus).recorders, []);
+    assert.equal(packetSockets(d), idle);
+    // Turned on again by a reload, it records the flow again; `ipdeadgate off` closes it.
+    writeFileSync(lab.tempPath('client-config.yaml'), 'dgd:\n  slow_poll_interval: 2m\n');
+    await d.signal('SIGHUP');
+    await waitFor(recorded, 8000, 'the flow to be recorded after resume is turned on again');
+    assert.equal((await d.cli(['off'])).code, 0);
+    const detectionOff = await flowResume(d);
+    assert.deepEqual([detectionOff.on, detectionOff.recorded_flows, detectionOff.recorders], [false, 0, []]);
+    await speak();
+    await d.stop();
+  });
+  it('IPv4: the interface flaps while a flow is recorded: the capture closes with the link, opens again after and records the flow, whose segment is resent when its gateway dies; no socket is left behind', async () => {
+    lab = await Lab.create(dgdLabSpec());
+    // The flow retransmits throughout: its backed-off timer is capped at a second where the kernel
+    // allows it (6.15 and later), so that its next segment after r1's death is not 6 to 12 s away.
+    await lab.exec('client', ['sysctl', '-qw', 'net.ipv4.tcp_rto_max_ms=1000']);
+    await startFlowServer(lab, 'server', PORT).listening;
+    await lab.blockPing('r1');
+    const r2Mac = (await lab.execOk('r2', ['cat', '/sys/class/net/lan0/address'])).trim();
+    const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
+    const a = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 30_000 });
+    await waitFor(() => a.echoes.length >= 5, 8000, 'the flow to run');
+    const idle = packetSockets(d);
+    const fds = openFds(d);
+    const lan0 = async () => (await flowResume(d)).recorders.find((r) => r.interface === 'lan0');
+    const recording = async () => {
+      const r = await lan0();
+      return r?.open && r.flows === 1 ? r : null;
+    };
+    // The server goes silent behind r1, which stays alive: the flow retransmits through r1.
+    const speak = await silence(lab, 'server');
+    await waitFor(recording, 8000, 'the flow to be recorded');
+    await lab.ip('client', ['link', 'set', 'lan0', 'down']);
+    await waitFor(async () => !(await lan0())?.open, 5000, 'the capture to close with the link');
+    await lab.ip('client', ['link', 'set', 'lan0', 'up']);
+    // The kernel dropped the routes through lan0 with the link; the host puts them back.
+    for (const [via, metric] of [
+      [DGD.r1_4, '100'],
+      [DGD.r2_4, '200'],
+    ])
+      await lab.ip('client', ['route', 'replace', 'default', 'via', via, 'dev', 'lan0', 'metric', metric]);
+    await waitFor(recording, 8000, 'the capture to open again after the flap');
+    // Now r1 dies and the server speaks again: what the flow sends next is recorded only by the
+    // capture opened after the flap, and it must be resent through r2.
+    const wire = watchWire(lab, `tcp port ${PORT}`);
+    await new Promise((r) => setTimeout(r, 300));
+    await lab.killSilently('r1', 'lan0');
+    await speak();
+    const withdrawn = await d.waitFor(
+      (e) => e.event === 'routes_withdrawn' && e.gateway === DGD.r1_4,
+      20_000,
+      'routes withdrawn',
+    );
+    const tw = Date.parse(withdrawn.time);
+    const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+    const detail = (resent.detail as { resent: boolean; seq?: number }[])[0]!;
+    assert.equal(detail.resent, true, JSON.stringify(resent));
+    await waitFor(() => a.echoes.some((e) => e.t > tw), 5000, 'the flow to resume');
+    assert.ok(
+      wire.some((p) => p.seq === detail.seq && p.dstMac === r2Mac && p.t >= tw - 5),
+      `the segment left through r2: ${JSON.stringify(wire.filter((p) => p.payload > 0))}`,
+    );
+    await waitFor(async () => (await lan0()) === undefined, 5000, 'the recorder to close');
+    // The packet sockets the daemon had before the flap (ARP/NDP, wire watch), and no more.
+    await waitFor(() => packetSockets(d) === idle, 5000, `${idle} packet sockets (${packetSockets(d)})`);
+    // And one more descriptor in all: the raw socket that sent the copy (kept for the next one).
+    await waitFor(() => openFds(d) === fds + 1, 5000, `${fds + 1} descriptors (${openFds(d)})`);
+    assert.equal(d.exitCode, null, 'the daemon is running');
+    await d.stop();
+  });
+  it('IPv4: more flows than the cap over two gateways on one interface: one recorder filters for exactly the cap, and resume watches no flow it does not record', async () => {
+    lab = await Lab.create(dgdLabSpec());
+    const viaR2 = DGD.r2s4; // r2's own WAN address, routed via r2
+    await lab.ip('client', ['route', 'add', `${viaR2}/32`, 'via', DGD.r2_4, 'dev', 'lan0']);
+    await startFlowServer(lab, 'server', PORT).listening;
+    await startFlowServer(lab, 'r2', PORT).listening;
+    await lab.blockPing('r1');
+    const d = await LabDaemon.start(lab, 'client', 'dgd:\n  slow_poll_interval: 2m\n');
+    const each = 40;
+    await startManyFlows(lab, 'client', viaR2, PORT, each, { durationMs: 30_000 });
+    await startManyFlows(lab, 'client', DGD.server4, PORT, each, { durationMs: 30_000 });
+    const idle = packetSockets(d);
+    const recording = (n: number) => async () => {
+      const r = await flowResume(d);
+      const lan0 = r.recorders.find((x) => x.interface === 'lan0');
+      return r.recorded_flows === n && lan0?.open && lan0.flows === n ? r : null;
+    };
+    // r2's server goes silent first: all its flows are recorded (under the cap).
+    await silence(lab, 'r2');
+    await waitFor(recording(each), 8000, `${each} flows through r2 to be recorded`);
+    // Then r1's: only what the cap leaves of them is recorded, and resume watches no more.
+    await silence(lab, 'server');
+    await waitFor(recording(MAX_RECORDED_FLOWS), 8000, `${MAX_RECORDED_FLOWS} flows to be recorded`);
+    // One capture, its filter for all of them compiled and open in the kernel.
+    await waitFor(() => packetSockets(d) === idle + 1, 3000, 'one capture open');
+    await lab.killSilently('r1', 'lan0');
+    const resent = await d.waitFor(
+      (e) => e.event === 'flows_resent' && e.gateway === DGD.r1_4,
+      15_000,
+      'flows_resent for r1',
+    );
+    assert.equal(resent.flows, MAX_RECORDED_FLOWS - each, JSON.stringify(resent));
     await d.stop();
   });
 });

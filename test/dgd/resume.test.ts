@@ -68,7 +68,10 @@ class FakeResumePorts implements ResumePorts {
     this.forgotten.push(flow.srcPort);
   }
 
-  async resendSegment(_ifname: string, flow: ResumeFlow): Promise<ResendOutcome> {
+  async resendSegment(ifname: string, flow: ResumeFlow): Promise<ResendOutcome> {
+    // As the daemon's: what was recorded of a flow goes with its recorder.
+    if (!this.watched.get(ifname)?.some((f) => f.srcPort === flow.srcPort && f.dst === flow.dst))
+      return { sent: false, reason: 'nothing of it was recorded' };
     this.resent.push(`${flow.dst}:${flow.srcPort}`);
     return { sent: true, seq: 1, syn: false, bytes: 8, ageMs: 10 };
   }
@@ -216,6 +219,22 @@ describe('flow resume: which flows are resent', () => {
     assert.deepEqual(ports.resent, ['198.18.2.10:1']);
     ports.unblock();
     await Promise.all([stuck, sw]);
+  });
+
+  it('a scan taken in while the switch asks the sockets again leaves the flows being resent in their recorder', async () => {
+    const { ports, resumer, observe } = setup();
+    const s = sock(1, '198.18.2.10');
+    await observe([s]);
+    ports.routes.set('198.18.2.10', R2);
+    // The periodic scan comes while the switch waits for its own dump of the sockets.
+    const dump = ports.scanSockets.bind(ports);
+    ports.scanSockets = async () => {
+      await observe([{ ...s, timerRetransmits: 3 }]);
+      return dump();
+    };
+    await switchR1(resumer);
+    assert.deepEqual(ports.resent, ['198.18.2.10:1']);
+    assert.deepEqual(ports.watched.get('lan0'), [], 'and its recorder closes once they are sent');
   });
 
   it('waits for the SYN-ACK of a resent SYN before returning (the caller flushes the neighbour next)', async () => {

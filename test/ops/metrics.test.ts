@@ -94,6 +94,11 @@ function gatewayStatus(state: 'active' | 'suspect' | 'dead'): DgdStatus {
           ]
         : [],
     last_scan: { at: new Date().toISOString(), duration_ms: 1.5, sockets: 42, retransmitting: 2 },
+    flow_resume: {
+      on: true,
+      recorded_flows: 2,
+      recorders: [{ interface: 'lan0', flows: 2, open: true, opens: 1, frames: 7 }],
+    },
   } as unknown as DgdStatus;
 }
 
@@ -163,6 +168,8 @@ describe('metrics', () => {
     assert.equal(build.labels!.node_version, process.versions.node);
     assert.equal(value(fams, 'ipdeadgate_scan_sockets', { kind: 'scanned' }), 42);
     assert.equal(value(fams, 'ipdeadgate_scan_duration_seconds'), 0.0015);
+    assert.equal(value(fams, 'ipdeadgate_resume_recorded_flows', { interface: 'lan0' }), 2);
+    assert.equal(value(fams, 'ipdeadgate_resume_captures_open', { interface: 'lan0' }), 1);
     assert.equal(
       fams.get('ipdeadgate_tunnel_sessions')?.metrics.length ?? 0,
       0,
