@@ -23,6 +23,8 @@ export interface NativeSockDiagResult {
   /** Distinct addresses as text, back to back; address j is addrs[addrOffsets[j]..addrOffsets[j+1]). */
   readonly addrs: Uint8Array;
   readonly addrOffsets: Uint32Array;
+  /** Dump requests the kernel answered, each one walk of its TCP tables (1 when both families came in one). */
+  readonly requests: number;
 }
 
 /** An SSL_CTX for tunnel links (native/tlslink.cc; src/sys/tlslink.ts). */
