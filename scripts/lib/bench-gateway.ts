@@ -10,7 +10,8 @@
 //   - localdead: 300 sockets of the daemon's own host (gw) to a server that then goes silent,
 //     through live r1, for 60 s at the defaults (flow resume on): the daemon's CPU, the ARP requests
 //     r1 received, the verdicts and resends. --profile DIR writes the daemon's V8 CPU profile there;
-//     --perf DIR a `perf record -g` of the daemon (native and kernel time too) over the window.
+//     --perf DIR a `perf record -g` of the daemon (native and kernel time too) over the window;
+//     --daemon-node-args A,B more Node/V8 options for the daemon (--trace-deopt, ...).
 //   - load: iperf3 from the LAN host through gw for 10 s, the daemon with the wire watch on and
 //     then off (dgd.forwarded.enabled false) in the same run: the daemon's CPU, its event loop's
 //     longest stall (Node's monitorEventLoopDelay via the metrics endpoint), iperf3's throughput,
@@ -173,6 +174,7 @@ async function localDead(): Promise<string[]> {
     const nodeArgs = [
       ...(PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE}`] : []),
       ...(PERF ? ['--perf-basic-prof'] : []),
+      ...listOpt('daemon-node-args', ''),
     ];
     const d = await LabDaemon.start(lab, 'gw', null, [], [], nodeArgs);
     const flows = await startManyFlows(lab, 'gw', GW.server4, PORT, 300, {
