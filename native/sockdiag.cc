@@ -445,6 +445,13 @@ Napi::Value SockDiagCount(const Napi::CallbackInfo& info) {
   return CancelFunction(env, cancelled);
 }
 
+// sockDiagOneWalk(enabled?: boolean): boolean. Whether dumps ask for both families in one walk;
+// false makes them take the two-request path a kernel without the compat request gets (tests).
+Napi::Value SockDiagOneWalk(const Napi::CallbackInfo& info) {
+  if (info.Length() >= 1 && info[0].IsBoolean()) compatWorks.store(info[0].As<Napi::Boolean>().Value());
+  return Napi::Boolean::New(info.Env(), compatWorks.load());
+}
+
 Napi::Array ColumnNames(Napi::Env env, bool withInfo) {
   static const char* const base[] = {IDG_SOCK_COLUMNS(IDG_NAME_STRING)};
   static const char* const tcpInfo[] = {IDG_TCP_INFO_COLUMNS(IDG_NAME_STRING)};
@@ -461,6 +468,7 @@ Napi::Array ColumnNames(Napi::Env env, bool withInfo) {
 void RegisterSockDiag(Napi::Env env, Napi::Object exports) {
   exports.Set("sockDiagDump", Napi::Function::New(env, SockDiagDump, "sockDiagDump"));
   exports.Set("sockDiagCount", Napi::Function::New(env, SockDiagCount, "sockDiagCount"));
+  exports.Set("sockDiagOneWalk", Napi::Function::New(env, SockDiagOneWalk, "sockDiagOneWalk"));
   exports.Set("sockDiagColumns", ColumnNames(env, true));
 }
 

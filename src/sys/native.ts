@@ -64,6 +64,11 @@ export interface NativeAddon {
     states: number,
     callback: (err: NativeSystemError | null, counts?: Uint32Array) => void,
   ): () => void;
+  /**
+   * Whether dumps take both families in one kernel walk (the compat request), after setting it when
+   * given: false forces the two-request path that a kernel refusing it gets (for tests).
+   */
+  sockDiagOneWalk(enabled?: boolean): boolean;
   /** Column names of a dump row with tcp_info: base columns, then tcpInfoColumns. */
   readonly sockDiagColumns: readonly string[];
 
