@@ -20,7 +20,7 @@
 //     alternations of on and off (2).
 // Every loop is bounded; labs are torn down on exit.
 import { spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, readdirSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import * as path from 'node:path';
 import { REPO_ROOT, waitFor, type Lab } from '../../test/lab/lab';
 import { LabDaemon } from '../../test/lab/daemon';
@@ -212,6 +212,7 @@ async function localDead(): Promise<string[]> {
     const dead = count('verdict', (e) => e.alive === false);
     const resent = count('flows_resent');
     await d.stop();
+    if (PERF) keepPerfMap(d.child.pid!, PERF);
     return [
       `| dead server, 300 local sockets, ${LOCAL_SECONDS} s: verdicts dead / verifications / flows_resent | ${dead} / ${verifications} / ${resent} | | 0 dead |`,
       `| dead server, 300 local sockets: ARP requests r1 received in ${LOCAL_SECONDS} s | ${arp} | | <= 15 |`,
@@ -243,6 +244,23 @@ function startPerf(pid: number, dir: string): { stop: () => Promise<void> } {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     },
   };
+}
+
+/**
+ * The daemon's JavaScript symbol map (/tmp/perf-PID.map, written until it exits) moves next to
+ * perf.data, so nothing is left in /tmp; perf reads it from /tmp, hence the hint.
+ */
+function keepPerfMap(pid: number, dir: string): void {
+  const map = `/tmp/perf-${pid}.map`;
+  try {
+    copyFileSync(map, path.join(dir, path.basename(map)));
+    rmSync(map);
+    say(
+      `  perf: ${dir}/perf.data; to name JavaScript frames: cp ${dir}/${path.basename(map)} /tmp/ && perf report -i ${dir}/perf.data`,
+    );
+  } catch (err) {
+    say(`  perf: no ${map} (${(err as Error).message})`);
+  }
 }
 
 /** An nft counter in r1 of the ARP requests it receives (read by arpRequests). */
