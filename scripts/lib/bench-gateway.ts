@@ -173,7 +173,8 @@ async function localDead(): Promise<string[]> {
     await countArpAtR1(lab);
     const nodeArgs = [
       ...(PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE}`] : []),
-      ...(PERF ? ['--perf-basic-prof'] : []),
+      // --perf-basic-prof also turns on V8's log, written to the working directory otherwise.
+      ...(PERF ? ['--perf-basic-prof', '--no-logfile-per-isolate', '--logfile=/dev/null'] : []),
       ...listOpt('daemon-node-args', ''),
     ];
     const d = await LabDaemon.start(lab, 'gw', null, [], [], nodeArgs);
