@@ -9,7 +9,9 @@
 //     daemon's CPU.
 //   - localdead: 300 sockets of the daemon's own host (gw) to a server that then goes silent,
 //     through live r1, for 60 s at the defaults (flow resume on): the daemon's CPU, the ARP requests
-//     r1 received, the verdicts and resends. --profile DIR writes the daemon's V8 CPU profile there.
+//     r1 received, the verdicts and resends. --profile DIR writes the daemon's V8 CPU profile there;
+//     --perf DIR a `perf record -g` of the daemon (native and kernel time too) over the window;
+//     --daemon-node-args A,B more Node/V8 options for the daemon (--trace-deopt, ...).
 //   - load: iperf3 from the LAN host through gw for 10 s, the daemon with the wire watch on and
 //     then off (dgd.forwarded.enabled false) in the same run: the daemon's CPU, its event loop's
 //     longest stall (Node's monitorEventLoopDelay via the metrics endpoint), iperf3's throughput,
@@ -17,7 +19,8 @@
 //     N entries (100000), so the watch is measured on a gateway with a big table; --rounds N
 //     alternations of on and off (2).
 // Every loop is bounded; labs are torn down on exit.
-import { readFileSync, readdirSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import * as path from 'node:path';
 import { REPO_ROOT, waitFor, type Lab } from '../../test/lab/lab';
 import { LabDaemon } from '../../test/lab/daemon';
@@ -43,6 +46,11 @@ const PROFILE = (() => {
   return i >= 0 ? args[i + 1]! : null;
 })();
 const LOCAL_SECONDS = opt('local-seconds', 60);
+/** --perf DIR: `perf record -g` of the daemon (Node with --perf-basic-prof) over localdead's window. */
+const PERF = (() => {
+  const i = args.indexOf('--perf');
+  return i >= 0 ? args[i + 1]! : null;
+})();
 const PORT = 7000;
 const METRICS = '127.0.0.1:9741';
 const CT_OP = path.join(REPO_ROOT, 'dist', 'test', 'fixtures', 'conntrack-op.js');
@@ -163,7 +171,12 @@ async function localDead(): Promise<string[]> {
   try {
     await startFlowServer(lab, 'server', PORT).listening;
     await countArpAtR1(lab);
-    const nodeArgs = PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE}`] : [];
+    const nodeArgs = [
+      ...(PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE}`] : []),
+      // --perf-basic-prof also turns on V8's log, written to the working directory otherwise.
+      ...(PERF ? ['--perf-basic-prof', '--no-logfile-per-isolate', '--logfile=/dev/null'] : []),
+      ...listOpt('daemon-node-args', ''),
+    ];
     const d = await LabDaemon.start(lab, 'gw', null, [], [], nodeArgs);
     const flows = await startManyFlows(lab, 'gw', GW.server4, PORT, 300, {
       durationMs: (LOCAL_SECONDS + 20) * 1000,
@@ -180,7 +193,9 @@ async function localDead(): Promise<string[]> {
     };
     const dumpsBefore = await dumps();
     const threadsBefore = threadTicks(d.child.pid!);
+    const perf = PERF ? startPerf(d.child.pid!, PERF) : null;
     const { cpu } = await cpuDuring(d.child.pid!, () => sleep(LOCAL_SECONDS * 1000));
+    await perf?.stop();
     const threadsAfter = threadTicks(d.child.pid!);
     const perThread = [...threadsAfter]
       .map(([name, t]) => [name, (t - (threadsBefore.get(name) ?? 0)) / 100 / LOCAL_SECONDS] as const)
@@ -198,6 +213,7 @@ async function localDead(): Promise<string[]> {
     const dead = count('verdict', (e) => e.alive === false);
     const resent = count('flows_resent');
     await d.stop();
+    if (PERF) keepPerfMap(d.child.pid!, PERF);
     return [
       `| dead server, 300 local sockets, ${LOCAL_SECONDS} s: verdicts dead / verifications / flows_resent | ${dead} / ${verifications} / ${resent} | | 0 dead |`,
       `| dead server, 300 local sockets: ARP requests r1 received in ${LOCAL_SECONDS} s | ${arp} | | <= 15 |`,
@@ -205,6 +221,46 @@ async function localDead(): Promise<string[]> {
     ];
   } finally {
     await lab.close();
+  }
+}
+
+/**
+ * `perf record -g` of pid (its threads too) into DIR/perf.data until stop(); the daemon's
+ * /tmp/perf-PID.map (from --perf-basic-prof) names its JavaScript frames for `perf report`.
+ */
+function startPerf(pid: number, dir: string): { stop: () => Promise<void> } {
+  mkdirSync(dir, { recursive: true });
+  const child = spawn(
+    'perf',
+    ['record', '-g', '-F', '997', '-p', String(pid), '-o', path.join(dir, 'perf.data')],
+    {
+      stdio: 'ignore',
+    },
+  );
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  return {
+    stop: async () => {
+      child.kill('SIGINT');
+      await Promise.race([exited, sleep(10_000)]);
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    },
+  };
+}
+
+/**
+ * The daemon's JavaScript symbol map (/tmp/perf-PID.map, written until it exits) moves next to
+ * perf.data, so nothing is left in /tmp; perf reads it from /tmp, hence the hint.
+ */
+function keepPerfMap(pid: number, dir: string): void {
+  const map = `/tmp/perf-${pid}.map`;
+  try {
+    copyFileSync(map, path.join(dir, path.basename(map)));
+    rmSync(map);
+    say(
+      `  perf: ${dir}/perf.data; to name JavaScript frames: cp ${dir}/${path.basename(map)} /tmp/ && perf report -i ${dir}/perf.data`,
+    );
+  } catch (err) {
+    say(`  perf: no ${map} (${(err as Error).message})`);
   }
 }
 

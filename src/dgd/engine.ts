@@ -183,6 +183,7 @@ export class DgdEngine {
         suspect: (g, kind, detail, quiet) => this.verdicts.suspect(g, kind, detail, quiet),
         speculate: (g, quiet) => this.verdicts.speculate(g, quiet),
         verdictFresh: (g) => this.verdicts.verdictFresh(g),
+        freshUntil: (g) => this.verdicts.freshUntil(g),
         deadGatewayUsed: async (g) => {
           // The kernel still sends through a gateway we know is dead: a route through it is back
           // (put there by someone else) and its event was missed or is still to come.

@@ -13,6 +13,12 @@ const TIMER_SLACK_MS = 4;
 /** Never dump more often than this. */
 const MIN_SCAN_GAP_MS = 10;
 /**
+ * While sockets retransmit but RetransSegs stands still (none of them retransmitted since the last
+ * look, and none is near the threshold), look at them at least this often anyway: a socket that
+ * recovered leaves the flow recorder (./resume.ts) and status within this long.
+ */
+export const QUIET_RESCAN_MS = 1000;
+/**
  * TCP_TIMEOUT_INIT (include/net/tcp.h): the first SYN's retransmission timer. A SYN-SENT socket
  * that has not retransmitted yet has been waiting this minus idiag_expires.
  */
@@ -63,6 +69,11 @@ export class SocketScanner {
   /** Sockets counted for status (the kernel's walk alone, every FULL_SCAN_MS). */
   private socketCount = 0;
   private retransmitting = 0;
+  /** The last dump had a socket one or two retransmissions short of the threshold. */
+  private nearThreshold = false;
+  private lastDumpAt = -Infinity;
+  /** A dump is wanted at the first tick from this time on (lookAgainAt). */
+  private lookAt = Infinity;
   private lastScan = { at: 0, durationMs: 0, sockets: 0, retransmitting: 0 };
   private dumps = 0;
 
@@ -74,9 +85,15 @@ export class SocketScanner {
 
   /**
    * One tick. The counters are read every scan_interval (microseconds); sockets are dumped with
-   * sock_diag only when RetransSegs moved, while sockets are retransmitting or connecting, and once
-   * in a while for status. Returns null when nothing needed a dump; else the dump's sockets, what
-   * each did, and the delay to the next tick.
+   * sock_diag only when RetransSegs moved, while a socket is near the threshold or connecting, every
+   * QUIET_RESCAN_MS while sockets retransmit, and once in a while for status. Returns null when
+   * nothing needed a dump; else the dump's sockets, what each did, and the delay to the next tick.
+   *
+   * A socket can reach the threshold, or add a retransmission of any kind, only by retransmitting,
+   * which moves RetransSegs: a tick whose counter stands still has nothing new to show about
+   * retransmissions. Sockets stuck past the threshold (a dead server behind a live gateway, in
+   * backoff for tens of seconds) were dumped at every tick all the same: 300 of them made five
+   * dumps a second for nothing, the largest part of the daemon's CPU.
    */
   async tick(
     cfg: ScanSettings,
@@ -92,8 +109,13 @@ export class SocketScanner {
       connecting = opens !== this.lastActiveOpens || this.synFirstSeen.size > 0;
       this.lastActiveOpens = opens;
     }
-    const stale = this.clock.now() - this.lastFullDumpAt >= FULL_SCAN_MS;
-    if (!moved && this.retransmitting === 0 && !stale && !connecting) return null;
+    const now = this.clock.now();
+    const stale = now - this.lastFullDumpAt >= FULL_SCAN_MS;
+    const quietDue =
+      this.retransmitting > 0 &&
+      (now >= this.lookAt || now - this.lastDumpAt >= Math.max(QUIET_RESCAN_MS, cfg.scan_interval));
+    if (!moved && !this.nearThreshold && !quietDue && !stale && !connecting) return null;
+    this.lookAt = Infinity;
     return this.dump(cfg, stale, connecting);
   }
 
@@ -122,6 +144,7 @@ export class SocketScanner {
     );
     const threshold = cfg.retransmit_threshold;
     let retransmitting = 0;
+    let nearThreshold = false;
     let due = Infinity;
     const live = new Set<string>();
     const synLive = new Set<string>();
@@ -136,8 +159,11 @@ export class SocketScanner {
         const seen = now - this.synFirstSeen.get(key)!;
         synWaitedMs = s.timerRetransmits === 0 ? Math.max(seen, SYN_RTO_INIT_MS - s.timerExpiresMs) : seen;
       }
-      const before = this.retransmitSeen.get(key) ?? 0;
       const retrans = s.timer === 1 ? s.timerRetransmits : 0;
+      // Fewer than at the last look: an ACK reset the count in between (dumps can be a second
+      // apart), and every retransmission it shows now is new.
+      const seen = this.retransmitSeen.get(key) ?? 0;
+      const before = retrans < seen ? 0 : seen;
       if (retrans > 0) {
         retransmitting++;
         // The next retransmission of a socket that is one or two short of the threshold matters
@@ -145,8 +171,10 @@ export class SocketScanner {
         // Past the threshold it has blamed its gateway already: its later retransmissions are not
         // worth a scan of their own (300 sockets retransmitting to a dead server behind a live
         // gateway had the scan run at every one of their timers).
-        if (retrans >= threshold - 2 && retrans < threshold)
+        if (retrans >= threshold - 2 && retrans < threshold) {
           due = Math.min(due, Math.max(0, s.timerExpiresMs) + TIMER_SLACK_MS);
+          nearThreshold = true;
+        }
         live.add(key);
         this.retransmitSeen.set(key, retrans);
       }
@@ -156,6 +184,8 @@ export class SocketScanner {
     if (connecting)
       for (const k of this.synFirstSeen.keys()) if (!synLive.has(k)) this.synFirstSeen.delete(k);
     this.retransmitting = retransmitting;
+    this.nearThreshold = nearThreshold;
+    this.lastDumpAt = now;
     this.lastScan = {
       at: this.clock.wallNow(),
       durationMs: this.clock.now() - t0,
@@ -168,6 +198,16 @@ export class SocketScanner {
       observations,
       nextMs: Math.max(MIN_SCAN_GAP_MS, Math.min(cfg.scan_interval, due)),
     };
+  }
+
+  /**
+   * Dump again at the first tick from `at` on, even if RetransSegs stands still: what the sockets
+   * said at the last dump was set aside until then (a fresh verdict covered them, or their
+   * incident's re-verification gap), and at `at` the same sockets say it again, as they did when
+   * every tick dumped.
+   */
+  lookAgainAt(at: number): void {
+    this.lookAt = Math.min(this.lookAt, at);
   }
 
   /** The last dump, for status. */

@@ -48,6 +48,8 @@ export interface TriggerSink {
   speculate(g: Gateway, quiet: boolean): void;
   /** Its last verdict is recent enough to stand for a new trigger. */
   verdictFresh(g: Gateway): boolean;
+  /** Until when its last verdict stays fresh (-Infinity without one). */
+  freshUntil(g: Gateway): number;
   /** The kernel still sends through dead g: a route through it is back; re-read and withdraw. */
   deadGatewayUsed(g: Gateway): Promise<void>;
   /** An ARP/NDP packet from dead g: poll it now. */
@@ -198,6 +200,10 @@ export class Triggers {
       (g.inflight === null && this.o.sink.verdictFresh(g) && g.lastVerification?.alive === true);
     if (joining && covered) {
       g.triggers[kind]++;
+      // A fresh "alive" verdict covers it only for a while: the scan looks again when it goes
+      // stale (sockets stuck past the threshold are otherwise dumped only every QUIET_RESCAN_MS,
+      // and g may have died since it answered).
+      if (g.state === 'active' && g.inflight === null) this.scanner.lookAgainAt(this.o.sink.freshUntil(g));
       return;
     }
     // Sockets that blamed g before and blame it again (a dead server's keep retransmitting) have
@@ -207,6 +213,7 @@ export class Triggers {
       const now = this.o.clock.now();
       if (now < (inc.recheckAt ?? 0)) {
         g.triggers[kind]++;
+        this.scanner.lookAgainAt(inc.recheckAt!);
         return;
       }
       inc.recheckGapMs = Math.min(RECHECK_MAX_MS, (inc.recheckGapMs ?? RECHECK_FIRST_MS / 2) * 2);

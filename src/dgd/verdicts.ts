@@ -67,8 +67,13 @@ export class Verdicts implements GatewayHost {
   }
 
   verdictFresh(g: Gateway): boolean {
+    return this.o.clock.now() <= this.freshUntil(g);
+  }
+
+  /** Until when g's last verdict is fresh (-Infinity without one). */
+  freshUntil(g: Gateway): number {
     const last = g.lastVerification;
-    return !!last && this.o.clock.now() - last.at <= this.freshMs();
+    return last ? last.at + this.freshMs() : -Infinity;
   }
 
   macTrusted(g: Gateway, mac: string): boolean {

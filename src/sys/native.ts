@@ -23,6 +23,8 @@ export interface NativeSockDiagResult {
   /** Distinct addresses as text, back to back; address j is addrs[addrOffsets[j]..addrOffsets[j+1]). */
   readonly addrs: Uint8Array;
   readonly addrOffsets: Uint32Array;
+  /** Dump requests the kernel answered, each one walk of its TCP tables (1 when both families came in one). */
+  readonly requests: number;
 }
 
 /** An SSL_CTX for tunnel links (native/tlslink.cc; src/sys/tlslink.ts). */
@@ -62,6 +64,11 @@ export interface NativeAddon {
     states: number,
     callback: (err: NativeSystemError | null, counts?: Uint32Array) => void,
   ): () => void;
+  /**
+   * Whether dumps take both families in one kernel walk (the compat request), after setting it when
+   * given: false forces the two-request path that a kernel refusing it gets (for tests).
+   */
+  sockDiagOneWalk(enabled?: boolean): boolean;
   /** Column names of a dump row with tcp_info: base columns, then tcpInfoColumns. */
   readonly sockDiagColumns: readonly string[];
 

@@ -546,6 +546,75 @@ describe('DGD engine', () => {
     await s.engine.stop({ restore: true });
   });
 
+  it('sockets stuck past the threshold are dumped once a second while RetransSegs stands still, at once when it moves', async () => {
+    const s = await setup(twoDefaults());
+    // A dead server behind live R1: 50 sockets past the threshold, in backoff.
+    for (let i = 0; i < 50; i++) s.ports.setRetransmitting(SERVER, 5, 41000 + i, 20_000);
+    await s.clock.advance(200);
+    await s.clock.advance(3000); // the verdict (alive) and the first dumps
+    const from = s.ports.dumps.length;
+    await s.clock.advance(5000);
+    const quiet = s.ports.dumps.length - from;
+    // scan_interval is 200 ms: 25 dumps in 5 s before; now one per QUIET_RESCAN_MS.
+    assert.ok(quiet >= 4 && quiet <= 6, `dumps in 5 s with the counter still: ${quiet}`);
+    const at = s.clock.now();
+    s.ports.setRetransmitting(SERVER, 6, 41000, 20_000);
+    await s.clock.advance(200);
+    assert.ok(
+      s.ports.dumps.some((t) => t > at && t <= at + 200),
+      'a dump within one scan interval of the counter moving',
+    );
+    assert.equal(gw(s, R1).state, 'active');
+    await s.engine.stop({ restore: true });
+  });
+
+  it('among sockets stuck past the threshold, a gateway death is still seen as soon as new sockets fail', async () => {
+    const s = await setup(twoDefaults());
+    for (let i = 0; i < 50; i++) s.ports.setRetransmitting(SERVER, 5, 41000 + i, 20_000);
+    await s.clock.advance(3000);
+    assert.equal(gw(s, R1).state, 'active', 'the dead server behind live R1');
+    // R1 dies now: a new connection's retransmissions climb, one per 200 ms.
+    s.ports.alive.delete(R1);
+    const deathAt = s.clock.now();
+    for (let n = 1; n <= 3; n++) {
+      s.ports.setRetransmitting(SERVER, n, 40000, 200);
+      await s.clock.advance(200);
+    }
+    // Each retransmission is dumped within a scan interval, not at the next quiet rescan.
+    assert.ok(
+      [0, 200, 400].every((t) => s.ports.dumps.some((d) => d > deathAt + t && d <= deathAt + t + 200)),
+      `a dump at each of its retransmissions: ${s.ports.dumps.filter((t) => t > deathAt).join(', ')}`,
+    );
+    // The alive verdict of 3 s ago covers the new sockets until it goes stale; then the next tick
+    // looks again (lookAgainAt), the aggregate asks R1, and the verdict (750 ms) is in at 1760 ms
+    // of the fake clock, as when every tick dumped. Waiting for the next quiet rescan instead
+    // made it 2160 ms.
+    let deadAt = -1;
+    for (let t = 0; t < 5000 && deadAt < 0; t += 10) {
+      await s.clock.advance(10);
+      if (gw(s, R1).state === 'dead') deadAt = s.clock.now() - deathAt;
+    }
+    assert.ok(deadAt > 0 && deadAt <= 1760, `R1 found dead ${deadAt} ms after it died`);
+    assert.equal(s.log.named('routes_withdrawn').length, 1);
+    await s.engine.stop({ restore: true });
+  });
+
+  it('a socket that recovered and failed again between two dumps counts its new retransmissions', async () => {
+    const s = await setup(twoDefaults(), '', { alive: [R2] });
+    s.ports.setRetransmitting(SERVER, 5, 40000, 20_000);
+    s.ports.alive.add(R1);
+    await s.clock.advance(3000);
+    assert.equal(gw(s, R1).state, 'active');
+    // Between two dumps an ACK reset its count and it failed again three times: R1 died since.
+    s.ports.alive.delete(R1);
+    s.ports.sockets = [];
+    s.ports.setRetransmitting(SERVER, 3, 40000, 200);
+    s.ports.retransSegs += 3;
+    await s.clock.advance(1200);
+    assert.equal(gw(s, R1).state, 'dead', 'its climb to 3 crossed the threshold again');
+    await s.engine.stop({ restore: true });
+  });
+
   it('status counts sockets every 30 s without dumping every socket', async () => {
     const s = await setup(twoDefaults());
     s.ports.sockets.push(

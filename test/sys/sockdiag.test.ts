@@ -160,6 +160,17 @@ describe('sock_diag dump in the lab', function () {
       assert.equal(e.timer, 0, 'an idle connection has no timer pending');
     }
     assert.ok(!all.some((e) => e.state === 'LISTEN'), 'LISTEN is not in the default states');
+    // Both kernel families (IPv4 and IPv6 sockets, and the IPv4-mapped) in one walk of the
+    // kernel's tables, whatever family is reported: the walk is what a dump costs.
+    assert.deepEqual(r.requests, { 0: 1, 4: 1, 6: 1 }, 'one dump request per dump');
+    // A kernel refusing that request gets one per family: the same sockets.
+    assert.deepEqual(r.twoRequests, { 0: 2, 4: 2, 6: 1 });
+    const key = (e: TcpSocketEntry) => `${e.family} ${e.src}:${e.srcPort} ${e.dst}:${e.dstPort} ${e.state}`;
+    assert.deepEqual((r.twoRequestAll as TcpSocketEntry[]).map(key).sort(), all.map(key).sort());
+    assert.deepEqual(
+      (r.twoRequestOnly4 as TcpSocketEntry[]).map(key).sort(),
+      (r.only4 as TcpSocketEntry[]).map(key).sort(),
+    );
     const only4 = r.only4 as TcpSocketEntry[];
     const only6 = r.only6 as TcpSocketEntry[];
     assert.ok(
