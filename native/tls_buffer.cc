@@ -1,10 +1,5 @@
 #include "tls_buffer.h"
 
-#include <sys/socket.h>
-#include <sys/uio.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 
@@ -60,28 +55,8 @@ int InRead(BIO* bio, char* data, size_t len, size_t* readbytes) {
   BIO_clear_retry_flags(bio);
   if (in == nullptr) return 0;
   const size_t n = len < in->available() ? len : in->available();
-  if (n == 0 && in->readFd >= 0 && !in->eof && in->readErrno == 0) {
-    for (;;) {
-      const ssize_t r = ::read(in->readFd, data, len);
-      if (r > 0) {
-        *readbytes = static_cast<size_t>(r);
-        return 1;
-      }
-      if (r == 0) {
-        in->eof = true;  // OpenSSL asks BIO_eof() next: a truncation unless close_notify came
-        return 0;
-      }
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        BIO_set_retry_read(bio);
-        return 0;
-      }
-      in->readErrno = errno;
-      return 0;
-    }
-  }
   if (n == 0) {
-    if (!in->eof && in->readErrno == 0) BIO_set_retry_read(bio);
+    if (!in->eof) BIO_set_retry_read(bio);
     return 0;
   }
   std::memcpy(data, in->buf.data() + in->off, n);
@@ -104,44 +79,13 @@ long InCtrl(BIO* bio, int cmd, long, void*) {
   }
 }
 
-/** A whole record from OpenSSL's buffer, with what is queued before it; false when it was not sent. */
-bool SendDirect(OutBuffer* out, const char*& data, size_t& len) {
-  iovec iov[2];
-  int n = 0;
-  const size_t queued = out->queued();
-  if (queued > 0) iov[n++] = {out->buf.data() + out->off, queued};
-  iov[n++] = {const_cast<char*>(data), len};
-  msghdr msg{};
-  msg.msg_iov = iov;
-  msg.msg_iovlen = static_cast<size_t>(n);
-  for (;;) {
-    ssize_t sent = ::sendmsg(out->sendFd, &msg, MSG_NOSIGNAL | MSG_MORE);
-    if (sent >= 0) {
-      out->morePending = true;
-      const size_t fromQueue = static_cast<size_t>(sent) < queued ? static_cast<size_t>(sent) : queued;
-      out->off += fromQueue;
-      data += sent - static_cast<ssize_t>(fromQueue);
-      len -= static_cast<size_t>(sent) - fromQueue;
-      if (len > 0) out->sendFd = -1;  // the kernel is full: the rest of the write queues
-      if (out->empty()) out->consumed();
-      return true;
-    }
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) out->sendErrno = errno;
-    out->sendFd = -1;
-    return false;
-  }
-}
-
 int OutWrite(BIO* bio, const char* data, size_t len, size_t* written) {
   auto* out = static_cast<OutBuffer*>(BIO_get_data(bio));
   if (out == nullptr) return 0;
   if (out->empty() && out->off > 0) out->consumed();
-  *written = len;
-  if (out->sendFd >= 0 && len >= kSendDirect && out->sendErrno == 0 && SendDirect(out, data, len) && len == 0)
-    return 1;
   out->buf.append(data, len);
   if (out->reading) out->addedWhileReading += len;
+  *written = len;
   return 1;
 }
 

@@ -1,14 +1,10 @@
-// The link's output and input buffers and the OpenSSL BIOs on them.
+// The link's output buffer and the OpenSSL BIO that writes into it.
 //
 // OpenSSL seals records (and writes its handshake messages, KeyUpdates and alerts) into a BIO; ours
-// appends to the output buffer instead of writing to the socket, so that every record of a batched
-// write leaves in one send(2) (native/tlslink.cc flushes it). While the link seals JavaScript's
-// writes, a whole record goes to the kernel from OpenSSL's own buffer instead (with the small
-// records queued before it, one sendmsg(2)), and only what the kernel does not take is copied: the
-// copy from OpenSSL's buffer into ours was a tenth of the link's CPU. The BIO never refuses bytes:
-// what bounds the buffer is the link's backpressure (JavaScript stops writing at its high-water
-// mark, and the link stops reading while OpenSSL's own answers pile up; see
-// OutBuffer::addedWhileReading).
+// appends to this buffer instead of writing to the socket, so that every record of a batched write
+// leaves in one send(2) (native/tlslink.cc flushes it). The BIO never refuses bytes: what bounds the
+// buffer is the link's backpressure (JavaScript stops writing at its high-water mark, and the link
+// stops reading while OpenSSL's own answers pile up; see OutBuffer::addedWhileReading).
 #pragma once
 
 #include <openssl/bio.h>
@@ -49,17 +45,6 @@ struct OutBuffer {
   bool reading = false;
   /** OpenSSL's own bytes appended since the buffer was last empty. */
   size_t addedWhileReading = 0;
-  /**
-   * The link's socket while it seals JavaScript's writes (else -1): a record of kSendDirect bytes
-   * or more is sent from OpenSSL's buffer with what is queued before it, with MSG_MORE (the
-   * flush after the write pushes); what the kernel does not take is queued, and then so is the
-   * rest of the write.
-   */
-  int sendFd = -1;
-  /** A send with MSG_MORE went last: the flush pushes it even with nothing queued. */
-  bool morePending = false;
-  /** An error of such a send: the link fails with it at its next flush. */
-  int sendErrno = 0;
 
   size_t queued() const { return buf.size() - off; }
   bool empty() const { return off == buf.size(); }
@@ -67,26 +52,19 @@ struct OutBuffer {
   void consumed();
 };
 
-/** Records of at least this many bytes go to the socket from OpenSSL's buffer (OutBuffer::sendFd). */
-constexpr size_t kSendDirect = 4096;
-
-/** A BIO whose writes append to `out` (not owned), or go to out->sendFd first (see there). */
+/** A BIO whose writes append to `out` (not owned). */
 BIO* NewOutBio(OutBuffer* out);
 
 /**
- * Received bytes not yet taken by OpenSSL: buf[off, size). During the handshake the link fills it
- * with one read(2) per wake-up and OpenSSL takes each message from it. After the handshake the
- * BIO reads the socket itself once this is empty (readFd): with OpenSSL's read-ahead and its
- * default buffer of one record, each read(2) brings a record straight into OpenSSL's buffer, where
- * it is opened, instead of a copy of it from ours. (A read-ahead buffer of many records would
- * move what is left of it to the front before every record: a multiple of the data.)
+ * Received bytes not yet taken by OpenSSL: buf[off, size). The link fills it with one read(2) per
+ * wake-up; OpenSSL (without read-ahead) takes each record from it. OpenSSL's own read-ahead on the
+ * socket would move what is left in its buffer to the front before every record, which costs a
+ * multiple of the data with a buffer of many records.
  */
 struct InBuffer {
   ByteBuf buf;
   size_t off = 0;
   bool eof = false;  // the peer's FIN: read(2) returned 0
-  int readFd = -1;   // the socket, once the BIO reads it itself
-  int readErrno = 0; // its read(2) failed with this: OpenSSL sees SSL_ERROR_SYSCALL
 
   size_t available() const { return buf.size() - off; }
   /** Room for `n` more bytes at the end (what was taken is dropped first). */
@@ -94,7 +72,7 @@ struct InBuffer {
   void added(size_t n) { buf.resize_to(buf.size() + n); }
 };
 
-/** A BIO whose reads take from `in` (not owned), then from in->readFd if set: retry when there is nothing, EOF after the peer's FIN. */
+/** A BIO whose reads take from `in` (not owned): retry when it is empty, EOF after the peer's FIN. */
 BIO* NewInBio(InBuffer* in);
 
 }  // namespace idg

@@ -8,20 +8,11 @@
 // alerts, close_notify; its limits on KeyUpdates and empty records, its max_fragment_length) and
 // the addon does the I/O around it:
 //   - a batched write is SSL_write_ex'd piece by piece (small pieces gathered into whole records)
-//     into a BIO on the link's output buffer (tls_buffer.h). While nothing is queued, each whole
-//     record goes to the kernel from OpenSSL's buffer with sendmsg(2) and MSG_MORE (the small
-//     records before it, a frame's header, in the same call), pushed once the batch is sealed;
-//     only what the kernel does not take is copied into the output buffer and sent later;
-//   - after the handshake OpenSSL reads the socket itself through a BIO with its read-ahead and a
-//     buffer of about one record: a read(2) per record, straight into the buffer it opens the
-//     record in; the link SSL_read_ex's into one buffer until the socket has nothing more, handed
-//     up with one callback.
-// Why records go straight between the socket and OpenSSL's buffers: OpenSSL's API copies each
-// record's plaintext in (into its write buffer, to seal in place) and out (from its read buffer),
-// and our buffers between it and the socket made two more copies of every byte; with the read(2)
-// and send(2) per record they cost more CPU than the extra system calls (docs/BENCHMARKS.md,
-// "Fewer copies around OpenSSL's record layer"). A read-ahead buffer of many records would cost
-// more still: OpenSSL moves what is left of it to the front before every record.
+//     into a BIO that appends to one output buffer (tls_buffer.h), sent with one send(2);
+//   - a wake-up reads the socket with one read(2) of up to 256 KiB of records into the link's
+//     input buffer, which OpenSSL reads through a BIO, and SSL_read_ex's into one buffer until
+//     WANT_READ, handed up with one callback. (OpenSSL's own read-ahead on the socket would do
+//     the same read, but moves what is left of its buffer to the front before every record.)
 // We send a KeyUpdate before AES-GCM's record limit (RFC 8446 5.5), which Node's TLS never does
 // for a long-lived link.
 //
@@ -34,8 +25,6 @@
 // a fatal error, or the environment's cleanup hook): the poll and idle handles are stopped and
 // uv_close()d, and the socket is closed once libuv is done with both.
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
@@ -66,7 +55,7 @@ namespace {
 
 constexpr size_t kMaxPlain = 16384;          // RFC 8446 5.1: 2^14
 constexpr size_t kReadBuffer = 256 * 1024;   // plaintext handed up per callback, at most
-constexpr size_t kHandshakeRead = 16 * 1024;  // one read(2) in the handshake takes at most this much
+constexpr size_t kReadSize = 256 * 1024;     // one read(2) takes at most this much
 constexpr int kMaxReadPasses = 4;            // callbacks per wake-up before yielding to the loop
 // What OpenSSL may queue on its own (KeyUpdate answers, alerts) before the link stops reading.
 constexpr size_t kMaxOwnOutput = 64 * 1024;
@@ -182,14 +171,11 @@ class TlsRegistry final : public TlsLinks {
       Napi::Value v = bufs.Get(i);
       if (!v.IsBuffer()) return ThrowMsg("tlsWrite: not a Buffer");
     }
-    // Whole records go to the kernel from OpenSSL's buffer while nothing waits for it (tls_buffer.h).
-    l->out.sendFd = l->out.empty() ? l->fd : -1;
     for (uint32_t i = 0; i < bufs.Length(); i++) {
       auto b = bufs.Get(i).As<Napi::Buffer<uint8_t>>();
       if (!Feed(*l, b.Data(), b.Length())) return Napi::Number::New(env_, 0);  // failed: reported
     }
     if (l->gather.size() > 0 && !WriteGathered(*l)) return Napi::Number::New(env_, 0);
-    l->out.sendFd = -1;
     if (!Flush(*l)) return Napi::Number::New(env_, 0);
     const size_t queued = l->out.queued();
     if (queued > 0) l->drainWanted = true;
@@ -400,10 +386,6 @@ class TlsRegistry final : public TlsLinks {
     if (r != 1) return SetPoll(*l, UV_READABLE | (l->out.empty() ? 0 : UV_WRITABLE));
     // Done: the peer's certificate was verified in the handshake (tls_context.cc).
     l->context.reset();
-    // Records from now on: OpenSSL's BIO reads them from the socket into its own buffer, one
-    // read(2) of about a record each, once our input buffer is empty (tls_buffer.h).
-    SSL_set_read_ahead(l->ssl, 1);
-    l->in.readFd = l->fd;
     l->secure = true;
     l->counters.secure = true;
     Napi::HandleScope scope(env_);
@@ -477,12 +459,8 @@ class TlsRegistry final : public TlsLinks {
     return true;
   }
 
-  /** Write what is queued and push what MSG_MORE held back; false when the link failed (reported). */
+  /** Write what is queued; false when the link failed (reported). */
   bool Flush(Link& l) {
-    if (l.out.sendErrno != 0) {
-      Fail(l.id, SysError(l.out.sendErrno, "write", "writing to the link"));
-      return false;
-    }
     while (!l.out.empty()) {
       const ssize_t n = ::send(l.fd, l.out.buf.data() + l.out.off, l.out.queued(), MSG_NOSIGNAL);
       if (n < 0) {
@@ -492,14 +470,6 @@ class TlsRegistry final : public TlsLinks {
         return false;
       }
       l.out.off += static_cast<size_t>(n);
-      l.out.morePending = false;  // a send without MSG_MORE pushes what came before it
-    }
-    if (l.out.empty() && l.out.morePending) {
-      // Records sent with MSG_MORE and nothing after them: setting TCP_NODELAY (set already)
-      // pushes what the kernel holds back.
-      const int one = 1;
-      ::setsockopt(l.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-      l.out.morePending = false;
     }
     if (l.out.empty()) l.out.consumed();
     if (l.secure) UpdatePoll(l);
@@ -533,15 +503,12 @@ class TlsRegistry final : public TlsLinks {
 
   // ------------------------------------------------------------ receiving
 
-  /**
-   * In the handshake, one read(2) into the input buffer: the bytes read, 0 at the peer's FIN, else
-   * -errno (-EAGAIN: nothing yet). Afterwards OpenSSL's BIO reads the socket itself.
-   */
+  /** One read(2) into the input buffer: the bytes read, 0 at the peer's FIN, else -errno (-EAGAIN: nothing yet). */
   int FillIn(Link& l) {
     if (l.in.eof) return -EAGAIN;  // OpenSSL has seen the end already
-    uint8_t* at = l.in.room(kHandshakeRead);
+    uint8_t* at = l.in.room(kReadSize);
     for (;;) {
-      const ssize_t n = ::read(l.fd, at, kHandshakeRead);
+      const ssize_t n = ::read(l.fd, at, kReadSize);
       if (n > 0) {
         l.in.added(static_cast<size_t>(n));
         return static_cast<int>(n);
@@ -556,9 +523,8 @@ class TlsRegistry final : public TlsLinks {
   }
 
   /**
-   * SSL_read_ex into one buffer until the socket has nothing more (or the buffer is full), then
-   * one data callback; at most kMaxReadPasses of them per wake-up. OpenSSL reads the socket through
-   * its BIO, a record per read(2), into its own buffer (tls_buffer.h).
+   * SSL_read_ex into one buffer until OpenSSL wants the socket again (or the buffer is full), then
+   * one data callback; at most kMaxReadPasses of them per wake-up.
    */
   void ReadPass(uint32_t id) {
     for (int pass = 0; pass < kMaxReadPasses; pass++) {
@@ -581,8 +547,18 @@ class TlsRegistry final : public TlsLinks {
           continue;
         }
         stop = SSL_get_error(l->ssl, r);
-        sys = l->in.readErrno != 0 ? l->in.readErrno : errno;
-        break;  // WANT_READ: the BIO found the socket empty
+        sys = errno;
+        if (stop == SSL_ERROR_WANT_READ) {
+          const int more = FillIn(*l);
+          if (more == -EAGAIN) break;
+          if (more < 0) {
+            stop = SSL_ERROR_SYSCALL;
+            sys = -more;
+            break;
+          }
+          continue;  // bytes or the peer's FIN: OpenSSL takes them
+        }
+        break;
       }
       // The peer asked for our KeyUpdate: one answer for every request of this pass (RFC 8446
       // 4.6.3 asks for one before our next application data; OpenSSL would wait for our next write).
