@@ -13,6 +13,12 @@
 //     input buffer, which OpenSSL reads through a BIO, and SSL_read_ex's into one buffer until
 //     WANT_READ, handed up with one callback. (OpenSSL's own read-ahead on the socket would do
 //     the same read, but moves what is left of its buffer to the front before every record.)
+// Our buffers cost two copies of every byte (a sealed record into the output buffer, a received
+// record into OpenSSL's), on top of the two OpenSSL's API makes. Sending each record from
+// OpenSSL's buffer (sendmsg, MSG_MORE) and letting OpenSSL read the socket itself (read-ahead, a
+// read(2) per record) saves them, but on a veth pair the system call per record cost as much or
+// more (docs/BENCHMARKS.md, "Copies around OpenSSL's record layer"): one send(2) per batch and one
+// read(2) per wake-up stay.
 // We send a KeyUpdate before AES-GCM's record limit (RFC 8446 5.5), which Node's TLS never does
 // for a long-lived link.
 //
