@@ -17,6 +17,7 @@
         "native/tls_context.cc",
         "native/tls_handshake.cc",
         "native/tls_bindings.cc",
+        "native/relay.cc",
         "native/filelock.cc"
       ],
       "libraries": ["-lpcap"],
