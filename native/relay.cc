@@ -284,6 +284,11 @@ class RelayRegistry final : public RelayHooks {
     relays_[id] = std::move(r);
     s->streams[stream] = id;
     UpdatePoll(*raw);
+    // Bytes Node had read give the socket no readable edge: they go in the check phase.
+    if (raw->early.size() > 0) {
+      kicks_.push_back(id);
+      StartDelivery();
+    }
     return Napi::Number::New(env_, id);
   }
 
@@ -570,6 +575,7 @@ class RelayRegistry final : public RelayHooks {
   void OnPoll(uint32_t id, int status, int events) {
     Relay* r = Find(id);
     if (r == nullptr) return;
+    Napi::HandleScope scope(env_);  // a send that fails the link reports it from here
     if (status < 0) {
       int soErr = 0;
       socklen_t len = sizeof soErr;
@@ -593,16 +599,27 @@ class RelayRegistry final : public RelayHooks {
       uv_check_init(loop, check_);
       check_->data = this;
       uv_unref(reinterpret_cast<uv_handle_t*>(check_));
+      // An active idle handle keeps the loop from blocking in poll before the check phase (when
+      // this is asked outside the poll phase: JavaScript's relayOpen from a timer).
+      awake_ = new uv_idle_t;
+      uv_idle_init(loop, awake_);
+      uv_unref(reinterpret_cast<uv_handle_t*>(awake_));
     }
     if (checkOn_) return;
+    if (pending_.empty() && kicks_.empty()) return;
     checkOn_ = true;
     uv_check_start(check_, [](uv_check_t* h) { static_cast<RelayRegistry*>(h->data)->Deliver(); });
+    uv_idle_start(awake_, [](uv_idle_t*) {});
   }
 
   void Deliver() {
     checkOn_ = false;
     uv_check_stop(check_);
+    uv_idle_stop(awake_);
     Napi::HandleScope scope(env_);
+    std::vector<uint32_t> kicks;
+    kicks.swap(kicks_);
+    for (uint32_t id : kicks) ReadSocket(id);
     std::vector<PendingEvent> events;
     events.swap(pending_);
     for (const PendingEvent& e : events) {
@@ -639,6 +656,9 @@ class RelayRegistry final : public RelayHooks {
       uv_close(reinterpret_cast<uv_handle_t*>(check_),
                [](uv_handle_t* h) { delete reinterpret_cast<uv_check_t*>(h); });
       check_ = nullptr;
+      uv_idle_stop(awake_);
+      uv_close(reinterpret_cast<uv_handle_t*>(awake_), [](uv_handle_t* h) { delete reinterpret_cast<uv_idle_t*>(h); });
+      awake_ = nullptr;
     }
     context_.reset();
   }
@@ -655,7 +675,9 @@ class RelayRegistry final : public RelayHooks {
   std::unordered_map<uint32_t, std::unique_ptr<Relay>> relays_;
   std::unordered_map<uint32_t, LinkState> links_;
   std::vector<PendingEvent> pending_;
+  std::vector<uint32_t> kicks_;  // relays with bytes to frame that no poll will announce
   uv_check_t* check_ = nullptr;
+  uv_idle_t* awake_ = nullptr;
   bool checkOn_ = false;
   ByteBuf scratch_;  // one wake-up's frames (used and emptied within one call)
   std::unique_ptr<Napi::AsyncContext> context_;

@@ -578,6 +578,7 @@ class TlsRegistry final : public TlsLinks, public RelayLinkPort {
         const int r = SSL_read_ex(l->ssl, l->plain + got, kReadBuffer - got, &n);
         if (r == 1) {
           got += n;
+          stop = SSL_ERROR_NONE;  // a WANT_READ before this read is over: the buffer may fill
           continue;
         }
         stop = SSL_get_error(l->ssl, r);
