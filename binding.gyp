@@ -18,6 +18,7 @@
         "native/tls_handshake.cc",
         "native/tls_bindings.cc",
         "native/relay.cc",
+        "native/relay_bindings.cc",
         "native/filelock.cc"
       ],
       "libraries": ["-lpcap"],

@@ -34,7 +34,6 @@
 
 #include "env_data.h"
 #include "errors.h"
-#include "exports.h"
 #include "tls_buffer.h"
 
 namespace idg {
@@ -46,17 +45,6 @@ constexpr size_t kLinkHigh = 1024 * 1024;  // relays pause while this much waits
 constexpr size_t kKeepQueue = 256 * 1024;  // a drained queue keeps at most this much memory
 constexpr uint16_t kSyn = 0x1, kFin = 0x4, kRst = 0x8;
 
-/** What a relay's callback gets as its first argument (relayEvents in JavaScript). */
-enum RelayEvent {
-  kLocalEof = 1,    // the socket's peer sent FIN, and every byte before it went out as frames
-  kPeerFin = 2,     // the stream's peer sent FIN (its data before it is queued for the socket)
-  kFinSent = 3,     // after halfClose: the queue went to the socket, then our FIN
-  kLocalError = 4,  // reading or writing the socket failed (arg: errno)
-  kPeerReset = 5,   // the stream's peer sent RST
-  kWindowError = 6, // the peer sent past the receive window: a protocol error (the link goes)
-  kDataAfterFin = 7,// the peer sent data after its FIN: the stream is broken
-  kStall = 8,       // the receive window is used up with bytes still waiting for the socket
-};
 
 void PutHeader(uint8_t* h, uint8_t type, uint16_t flags, uint32_t stream, uint32_t len) {
   h[0] = 0;
@@ -111,7 +99,7 @@ struct LinkState {
   std::vector<uint32_t> waiting;                   // relays paused until the link drains
 };
 
-class RelayRegistry final : public RelayHooks {
+class RelayRegistry final : public RelayTable {
  public:
   explicit RelayRegistry(Napi::Env env) : env_(env) {
     env.AddCleanupHook([this] { Teardown(); });
@@ -225,14 +213,14 @@ class RelayRegistry final : public RelayHooks {
    * Whether `stream` of `link` can be relayed now: the link tracks frames, and no frame of the
    * stream is half-way up to JavaScript (its rest would go up too: the caller keeps its own path).
    */
-  bool CanOpen(uint32_t link, uint32_t stream) {
+  bool CanOpen(uint32_t link, uint32_t stream) override {
     LinkState* s = FindLink(link);
     if (s == nullptr || tornDown_ || s->streams.count(stream)) return false;
     return !(s->remaining > 0 && s->curRelay == 0 && s->curStream == stream);
   }
 
   /** A relay for `stream` of `link` on a dup() of `fd`; 0 when the link cannot take it now. */
-  Napi::Value Open(const Napi::CallbackInfo& info) {
+  Napi::Value Open(const Napi::CallbackInfo& info) override {
     const uint32_t link = info[0].As<Napi::Number>().Uint32Value();
     const uint32_t stream = info[1].As<Napi::Number>().Uint32Value();
     const int fdIn = info[2].As<Napi::Number>().Int32Value();
@@ -293,7 +281,7 @@ class RelayRegistry final : public RelayHooks {
   }
 
   /** The stream's peer ended: once the queue is written, FIN to the socket's peer (kFinSent). */
-  void HalfClose(uint32_t id) {
+  void HalfClose(uint32_t id) override {
     Relay* r = Find(id);
     if (r == nullptr || r->halfClose) return;
     r->halfClose = true;
@@ -303,7 +291,7 @@ class RelayRegistry final : public RelayHooks {
   }
 
   /** Stop relaying and close our descriptor; `reset`: the socket's peer gets an RST. */
-  void Close(uint32_t id, bool reset) {
+  void Close(uint32_t id, bool reset) override {
     auto it = relays_.find(id);
     if (it == relays_.end()) return;
     std::unique_ptr<Relay> r = std::move(it->second);
@@ -330,7 +318,7 @@ class RelayRegistry final : public RelayHooks {
     });
   }
 
-  Napi::Value Stats(uint32_t id) {
+  Napi::Value Stats(uint32_t id) override {
     Relay* r = Find(id);
     if (r == nullptr) return env_.Undefined();
     Napi::Object o = Napi::Object::New(env_);
@@ -344,12 +332,12 @@ class RelayRegistry final : public RelayHooks {
   }
 
   /** Bytes moved both ways (the session's idle measure), cheaper than Stats. */
-  double Bytes(uint32_t id) {
+  double Bytes(uint32_t id) override {
     Relay* r = Find(id);
     return r == nullptr ? -1 : static_cast<double>(r->bytesIn + r->bytesOut);
   }
 
-  size_t Count() const { return relays_.size(); }
+  size_t Count() const override { return relays_.size(); }
 
  private:
   Relay* Find(uint32_t id) {
@@ -683,73 +671,10 @@ class RelayRegistry final : public RelayHooks {
   std::unique_ptr<Napi::AsyncContext> context_;
 };
 
-RelayRegistry& Registry(Napi::Env env) { return EnvData::Get<RelayRegistry>(env); }
-
-uint32_t U32(const Napi::CallbackInfo& info, size_t i) { return info[i].As<Napi::Number>().Uint32Value(); }
-
-// relayOpen(link, stream, fd, { recvWindow, recvTarget, maxWindow, sendWindow, frameSize, rttMs,
-// toSocket, toPeer }, callback(kind, errno)): id, or 0 when the link cannot relay the stream now
-Napi::Value RelayOpen(const Napi::CallbackInfo& info) {
-  if (info.Length() < 5 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber() ||
-      !info[3].IsObject() || !info[4].IsFunction())
-    return ThrowTypeError(info.Env(), "relayOpen(link, stream, fd, options, callback): bad arguments");
-  return Registry(info.Env()).Open(info);
-}
-
-Napi::Value RelayCanOpen(const Napi::CallbackInfo& info) {
-  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber())
-    return ThrowTypeError(info.Env(), "relayCanOpen(link, stream)");
-  return Napi::Boolean::New(info.Env(), Registry(info.Env()).CanOpen(U32(info, 0), U32(info, 1)));
-}
-
-Napi::Value RelayHalfClose(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "relayHalfClose(id)");
-  Registry(info.Env()).HalfClose(U32(info, 0));
-  return info.Env().Undefined();
-}
-
-Napi::Value RelayClose(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "relayClose(id, reset)");
-  Registry(info.Env()).Close(U32(info, 0), info.Length() > 1 && info[1].ToBoolean());
-  return info.Env().Undefined();
-}
-
-Napi::Value RelayStats(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "relayStats(id)");
-  return Registry(info.Env()).Stats(U32(info, 0));
-}
-
-Napi::Value RelayBytes(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "relayBytes(id)");
-  return Napi::Number::New(info.Env(), Registry(info.Env()).Bytes(U32(info, 0)));
-}
-
-Napi::Value RelayCount(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), static_cast<double>(Registry(info.Env()).Count()));
-}
-
 }  // namespace
 
-RelayHooks& RelayHooksOf(Napi::Env env) { return Registry(env); }
+RelayHooks& RelayHooksOf(Napi::Env env) { return EnvData::Get<RelayRegistry>(env); }
 
-void RegisterRelay(Napi::Env env, Napi::Object exports) {
-  exports.Set("relayOpen", Napi::Function::New(env, RelayOpen, "relayOpen"));
-  exports.Set("relayCanOpen", Napi::Function::New(env, RelayCanOpen, "relayCanOpen"));
-  exports.Set("relayHalfClose", Napi::Function::New(env, RelayHalfClose, "relayHalfClose"));
-  exports.Set("relayClose", Napi::Function::New(env, RelayClose, "relayClose"));
-  exports.Set("relayStats", Napi::Function::New(env, RelayStats, "relayStats"));
-  exports.Set("relayBytes", Napi::Function::New(env, RelayBytes, "relayBytes"));
-  exports.Set("relayCount", Napi::Function::New(env, RelayCount, "relayCount"));
-  Napi::Object ev = Napi::Object::New(env);
-  ev.Set("localEof", static_cast<double>(kLocalEof));
-  ev.Set("peerFin", static_cast<double>(kPeerFin));
-  ev.Set("finSent", static_cast<double>(kFinSent));
-  ev.Set("localError", static_cast<double>(kLocalError));
-  ev.Set("peerReset", static_cast<double>(kPeerReset));
-  ev.Set("windowError", static_cast<double>(kWindowError));
-  ev.Set("dataAfterFin", static_cast<double>(kDataAfterFin));
-  ev.Set("stall", static_cast<double>(kStall));
-  exports.Set("relayEvents", ev);
-}
+RelayTable& RelaysOf(Napi::Env env) { return EnvData::Get<RelayRegistry>(env); }
 
 }  // namespace idg

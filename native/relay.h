@@ -52,6 +52,37 @@ class RelayHooks {
 
 RelayHooks& RelayHooksOf(Napi::Env env);
 
+/** What a relay's callback gets as its first argument (relayEvents in JavaScript). */
+enum RelayEvent {
+  kLocalEof = 1,    // the socket's peer sent FIN, and every byte before it went out as frames
+  kPeerFin = 2,     // the stream's peer sent FIN (its data before it is queued for the socket)
+  kFinSent = 3,     // after halfClose: the queue went to the socket, then our FIN
+  kLocalError = 4,  // reading or writing the socket failed (arg: errno)
+  kPeerReset = 5,   // the stream's peer sent RST
+  kWindowError = 6, // the peer sent past the receive window: a protocol error (the link goes)
+  kDataAfterFin = 7,// the peer sent data after its FIN: the stream is broken
+  kStall = 8,       // the receive window is used up with bytes still waiting for the socket
+};
+
+/** The environment's relays, as JavaScript drives them (native/relay_bindings.cc). */
+class RelayTable : public RelayHooks {
+ public:
+  /** relayOpen(link, stream, fd, options, callback): the relay's id, or 0 when it cannot be now. */
+  virtual Napi::Value Open(const Napi::CallbackInfo& info) = 0;
+  /** Whether the link tracks frames and none of the stream's is half-way up to JavaScript. */
+  virtual bool CanOpen(uint32_t link, uint32_t stream) = 0;
+  /** The stream's peer ended: FIN to the socket once its queue is written (kFinSent). */
+  virtual void HalfClose(uint32_t id) = 0;
+  /** Stop relaying and close the relay's descriptor; `reset`: SO_LINGER 0 first. */
+  virtual void Close(uint32_t id, bool reset) = 0;
+  virtual Napi::Value Stats(uint32_t id) = 0;
+  /** Bytes moved both ways, or -1 once closed. */
+  virtual double Bytes(uint32_t id) = 0;
+  virtual size_t Count() const = 0;
+};
+
+RelayTable& RelaysOf(Napi::Env env);
+
 void RegisterRelay(Napi::Env env, Napi::Object exports);
 
 }  // namespace idg
