@@ -63,7 +63,7 @@ describe('tunnel: the native relay of bridged sessions', function () {
   });
 
   /** Two nodes' ends of one link: the addon's TLS on loopback, a mux and a close guard each. */
-  async function link(mux: Partial<MuxOptions> = {}): Promise<{ a: Side; b: Side }> {
+  async function link(mux: Partial<MuxOptions> = {}, closeTimeoutMs = 30_000): Promise<{ a: Side; b: Side }> {
     const server = net.createServer({ pauseOnConnect: true });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const accepted = once<net.Socket>(server, 'connection');
@@ -82,7 +82,7 @@ describe('tunnel: the native relay of bridged sessions', function () {
     const side = (l: TlsLinkSocket, role: 'client' | 'server'): Side => ({
       link: l,
       mux: new MuxSession(l, { role, closeTimeoutMs: 30_000, ...mux }),
-      guard: new CloseGuard({ closeTimeoutMs: 30_000 }),
+      guard: new CloseGuard({ closeTimeoutMs }),
     });
     const a = side(la, 'client');
     const b = side(lb, 'server');
@@ -192,6 +192,26 @@ describe('tunnel: the native relay of bridged sessions', function () {
     // The reader comes back: every byte arrives, in order.
     slow.appB.resume();
     assert.equal(sha256(await gotSlow), sha256(stalled));
+  });
+
+  it('a local FIN behind bytes the shut window holds back: the watcher sees it, close_timeout ends the session', async () => {
+    const w = 256 * 1024;
+    const { a, b } = await link({ initialWindow: w, maxWindow: w, closeTimeoutMs: 400 }, 400);
+    const [appA, proxyA] = await tcpPair(true);
+    cleanups.push(() => [appA, proxyA].forEach((x) => x.destroy()));
+    appA.on('error', () => undefined);
+    const accepted = once<MuxStream>(b.mux, 'stream');
+    let done = false;
+    const sa = a.guard.bridge(proxyA, a.mux.open(), () => (done = true));
+    assert.ok(sa.relay, 'relayed natively');
+    await accepted; // the far end never reads: the stream's window shuts after 256 KiB
+    // The window's worth, then a tail the socket's receive queue holds, and FIN behind it.
+    appA.end(Buffer.alloc(w + 64 * 1024));
+    await until(() => done, 10_000, 'the session to end');
+    assert.ok(a.guard.stats.watcherFins >= 1, 'the watcher reported the FIN');
+    assert.equal(a.guard.stats.exits.close_timeout, 1);
+    assert.ok(proxyA.destroyed);
+    assert.ok(sa.relay.bytes() <= w, `no more than the window left: ${sa.relay.bytes()}`);
   });
 
   it('two streams on one link take turns: neither waits for the other to finish', async () => {
