@@ -42,7 +42,6 @@ namespace {
 constexpr size_t kHeader = 12;
 constexpr size_t kBudget = 256 * 1024;     // socket bytes one relay frames per wake-up
 constexpr size_t kLinkHigh = 1024 * 1024;  // relays pause while this much waits on their link
-constexpr size_t kKeepQueue = 256 * 1024;  // a drained queue keeps at most this much memory
 constexpr uint16_t kSyn = 0x1, kFin = 0x4, kRst = 0x8;
 
 
@@ -79,7 +78,9 @@ struct Relay {
   // socket -> peer
   int64_t sendWindow = 0;
   size_t frameSize = 64 * 1024;
-  ByteBuf early;  // socket bytes Node read before the handover: framed before anything read here
+  // Socket bytes Node read before the handover, framed before anything read here (exactly sized:
+  // an idle session keeps no buffer).
+  std::vector<uint8_t> early;
   size_t earlyOff = 0;
   bool localEof = false, waitingLink = false;
   bool broken = false;  // an error was reported: nothing moves any more
@@ -260,11 +261,18 @@ class RelayRegistry final : public RelayTable {
     r->frameSize = static_cast<size_t>(std::max(1.0, num("frameSize", 64 * 1024)));
     r->rttMs = num("rttMs", -1);
     r->lastUpdate = static_cast<double>(uv_now(loop));
-    for (const char* k : {"toSocket", "toPeer"}) {
-      Napi::Value v = o.Get(k);
-      if (!v.IsBuffer()) continue;
-      auto b = v.As<Napi::Buffer<uint8_t>>();
-      (k[2] == 'S' ? r->q : r->early).append(b.Data(), b.Length());
+    Napi::Value toPeer = o.Get("toPeer");
+    if (toPeer.IsBuffer()) {
+      auto b = toPeer.As<Napi::Buffer<uint8_t>>();
+      r->early.assign(b.Data(), b.Data() + b.Length());
+    }
+    // What the stream held for the reader goes to the (fresh) socket at once; only what it does
+    // not take is queued.
+    Napi::Value toSocket = o.Get("toSocket");
+    if (toSocket.IsBuffer()) {
+      auto b = toSocket.As<Napi::Buffer<uint8_t>>();
+      const ssize_t x = WriteSome(*r, b.Data(), b.Length());
+      if (x >= 0 && static_cast<size_t>(x) < b.Length()) r->q.append(b.Data() + x, b.Length() - static_cast<size_t>(x));
     }
     r->callback = Napi::Persistent(info[4].As<Napi::Function>());
     const uint32_t id = r->id;
@@ -273,10 +281,8 @@ class RelayRegistry final : public RelayTable {
     s->streams[stream] = id;
     UpdatePoll(*raw);
     // Bytes Node had read give the socket no readable edge: they go in the check phase.
-    if (raw->early.size() > 0) {
-      kicks_.push_back(id);
-      StartDelivery();
-    }
+    if (raw->early.size() > 0) kicks_.push_back(id);
+    StartDelivery();  // the kick, or an error writing what the stream held
     return Napi::Number::New(env_, id);
   }
 
@@ -464,7 +470,7 @@ class RelayRegistry final : public RelayTable {
       if (r->queued() == 0) {
         r->q.clear();
         r->qOff = 0;
-        if (r->q.capacity() > kKeepQueue) r->q.release();
+        r->q.release();  // an idle session keeps no buffer
       }
     }
     if (r->halfClose && r->queued() == 0) ShutdownWrite(*r);
@@ -508,7 +514,10 @@ class RelayRegistry final : public RelayTable {
       r->earlyOff += k;
       r->sendWindow -= static_cast<int64_t>(k);
       r->bytesOut += k;
-      if (r->earlyOff == r->early.size()) r->early.release();
+      if (r->earlyOff == r->early.size()) {
+        std::vector<uint8_t>().swap(r->early);
+        r->earlyOff = 0;
+      }
     }
     while (budget > 0 && r->sendWindow > 0 && r->earlyOff >= r->early.size()) {
       const size_t want = std::min<size_t>({budget, static_cast<size_t>(r->sendWindow), r->frameSize});
