@@ -244,9 +244,14 @@ export class MuxSession extends EventEmitter implements StreamHost {
     return this.state === 'closed';
   }
 
-  /** StreamHost: the addon's link, when this session's streams can be relayed natively. */
+  /**
+   * StreamHost: the addon's link, when this session's streams can be relayed natively now: not
+   * while frames the addon handed up wait unread in the transport (one of them may be the
+   * stream's, and after the handover it would be dropped).
+   */
   get relayLink(): number | undefined {
-    return this.framesTracked && this.state !== 'closed' ? this.sink?.linkId : undefined;
+    if (!this.framesTracked || this.state === 'closed' || this.transport.readableLength > 0) return undefined;
+    return this.sink?.linkId;
   }
 
   /** StreamHost */
