@@ -68,7 +68,6 @@ struct Relay {
   RelayRegistry* registry = nullptr;
   uv_poll_t* poll = nullptr;
   int pollEvents = 0;
-  Napi::FunctionReference callback;
   // peer -> socket
   ByteBuf q;  // bytes for the socket: q[qOff, size)
   size_t qOff = 0;
@@ -274,7 +273,6 @@ class RelayRegistry final : public RelayTable {
       const ssize_t x = WriteSome(*r, b.Data(), b.Length());
       if (x >= 0 && static_cast<size_t>(x) < b.Length()) r->q.append(b.Data() + x, b.Length() - static_cast<size_t>(x));
     }
-    r->callback = Napi::Persistent(info[4].As<Napi::Function>());
     const uint32_t id = r->id;
     Relay* raw = r.get();
     relays_[id] = std::move(r);
@@ -311,7 +309,6 @@ class RelayRegistry final : public RelayTable {
       struct linger lg = {1, 0};
       ::setsockopt(r->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
-    r->callback.Reset();
     uv_poll_stop(r->poll);
     r->poll->data = r.get();
     Relay* raw = r.release();
@@ -344,6 +341,9 @@ class RelayRegistry final : public RelayTable {
   }
 
   size_t Count() const override { return relays_.size(); }
+
+  /** One function gets every relay's events (no reference per relay: idle sessions cost less). */
+  void SetDispatch(Napi::Function fn) override { dispatch_ = Napi::Persistent(fn); }
 
  private:
   Relay* Find(uint32_t id) {
@@ -621,9 +621,11 @@ class RelayRegistry final : public RelayTable {
     events.swap(pending_);
     for (const PendingEvent& e : events) {
       Relay* r = Find(e.relay);
-      if (r == nullptr || r->callback.IsEmpty()) continue;
-      r->callback.Value().MakeCallback(
-          env_.Global(), {Napi::Number::New(env_, e.kind), Napi::Number::New(env_, e.err)}, context());
+      if (r == nullptr || dispatch_.IsEmpty()) continue;
+      dispatch_.Value().MakeCallback(env_.Global(),
+                                     {Napi::Number::New(env_, e.relay), Napi::Number::New(env_, e.kind),
+                                      Napi::Number::New(env_, e.err)},
+                                     context());
       if (env_.IsExceptionPending()) {
         Napi::Error error = env_.GetAndClearPendingException();
         napi_fatal_exception(env_, error.Value());
@@ -658,6 +660,7 @@ class RelayRegistry final : public RelayTable {
       awake_ = nullptr;
     }
     context_.reset();
+    dispatch_.Reset();
   }
 
   struct PendingEvent {
@@ -678,6 +681,7 @@ class RelayRegistry final : public RelayTable {
   bool checkOn_ = false;
   ByteBuf scratch_;  // one wake-up's frames (used and emptied within one call)
   std::unique_ptr<Napi::AsyncContext> context_;
+  Napi::FunctionReference dispatch_;  // (relay, kind, errno)
 };
 
 }  // namespace

@@ -67,7 +67,7 @@ enum RelayEvent {
 /** The environment's relays, as JavaScript drives them (native/relay_bindings.cc). */
 class RelayTable : public RelayHooks {
  public:
-  /** relayOpen(link, stream, fd, options, callback): the relay's id, or 0 when it cannot be now. */
+  /** relayOpen(link, stream, fd, options): the relay's id, or 0 when it cannot be now. */
   virtual Napi::Value Open(const Napi::CallbackInfo& info) = 0;
   /** Whether the link tracks frames and none of the stream's is half-way up to JavaScript. */
   virtual bool CanOpen(uint32_t link, uint32_t stream) = 0;
@@ -79,6 +79,8 @@ class RelayTable : public RelayHooks {
   /** Bytes moved both ways, or -1 once closed. */
   virtual double Bytes(uint32_t id) = 0;
   virtual size_t Count() const = 0;
+  /** The function that gets every relay's events: (relay id, RelayEvent, errno). */
+  virtual void SetDispatch(Napi::Function fn) = 0;
 };
 
 RelayTable& RelaysOf(Napi::Env env);

@@ -14,11 +14,12 @@ RelayTable& Registry(Napi::Env env) { return RelaysOf(env); }
 uint32_t U32(const Napi::CallbackInfo& info, size_t i) { return info[i].As<Napi::Number>().Uint32Value(); }
 
 // relayOpen(link, stream, fd, { recvWindow, recvTarget, maxWindow, sendWindow, frameSize, rttMs,
-// toSocket, toPeer }, callback(kind, errno)): id, or 0 when the link cannot relay the stream now
+// toSocket, toPeer }): id, or 0 when the link cannot relay the stream now; its events go to the
+// function given to relayDispatch()
 Napi::Value RelayOpen(const Napi::CallbackInfo& info) {
-  if (info.Length() < 5 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber() ||
-      !info[3].IsObject() || !info[4].IsFunction())
-    return ThrowTypeError(info.Env(), "relayOpen(link, stream, fd, options, callback): bad arguments");
+  if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber() ||
+      !info[3].IsObject())
+    return ThrowTypeError(info.Env(), "relayOpen(link, stream, fd, options): bad arguments");
   return Registry(info.Env()).Open(info);
 }
 
@@ -26,6 +27,13 @@ Napi::Value RelayCanOpen(const Napi::CallbackInfo& info) {
   if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber())
     return ThrowTypeError(info.Env(), "relayCanOpen(link, stream)");
   return Napi::Boolean::New(info.Env(), Registry(info.Env()).CanOpen(U32(info, 0), U32(info, 1)));
+}
+
+// relayDispatch(fn(relay, kind, errno)): every relay's events, in the loop's check phase
+Napi::Value RelayDispatch(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsFunction()) return ThrowTypeError(info.Env(), "relayDispatch(fn)");
+  Registry(info.Env()).SetDispatch(info[0].As<Napi::Function>());
+  return info.Env().Undefined();
 }
 
 Napi::Value RelayHalfClose(const Napi::CallbackInfo& info) {
@@ -59,6 +67,7 @@ Napi::Value RelayCount(const Napi::CallbackInfo& info) {
 void RegisterRelay(Napi::Env env, Napi::Object exports) {
   exports.Set("relayOpen", Napi::Function::New(env, RelayOpen, "relayOpen"));
   exports.Set("relayCanOpen", Napi::Function::New(env, RelayCanOpen, "relayCanOpen"));
+  exports.Set("relayDispatch", Napi::Function::New(env, RelayDispatch, "relayDispatch"));
   exports.Set("relayHalfClose", Napi::Function::New(env, RelayHalfClose, "relayHalfClose"));
   exports.Set("relayClose", Napi::Function::New(env, RelayClose, "relayClose"));
   exports.Set("relayStats", Napi::Function::New(env, RelayStats, "relayStats"));

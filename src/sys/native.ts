@@ -163,8 +163,9 @@ export interface NativeAddon {
       toSocket?: Buffer;
       toPeer?: Buffer;
     },
-    callback: (kind: number, errno: number) => void,
   ): number;
+  /** The one function that gets every relay's events (per environment). */
+  relayDispatch(fn: (relay: number, kind: number, errno: number) => void): void;
   /** Whether the stream can be relayed now (the link tracks frames; none of the stream's is half-way up). */
   relayCanOpen(link: number, stream: number): boolean;
   relayHalfClose(id: number): void;

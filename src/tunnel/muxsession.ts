@@ -460,7 +460,7 @@ export class MuxSession extends EventEmitter implements StreamHost {
   /** Payload bytes natively relayed streams moved (they bypass bytesIn and bytesOut). */
   private relayedBytes(which: 'bytesIn' | 'bytesOut'): number {
     let n = this.relayedDone[which];
-    for (const s of this.streams.values()) if (s.relayCounters) n += s.relayCounters()[which];
+    for (const s of this.streams.values()) if (s.relayCounters) n += s.relayCounters.counters()[which];
     return n;
   }
 
@@ -469,7 +469,7 @@ export class MuxSession extends EventEmitter implements StreamHost {
   /** @internal */
   forget(s: MuxStream): void {
     if (s.relayCounters && this.streams.get(s.id) === s) {
-      const c = s.relayCounters();
+      const c = s.relayCounters.counters();
       this.relayedDone.bytesIn += c.bytesIn;
       this.relayedDone.bytesOut += c.bytesOut;
     }

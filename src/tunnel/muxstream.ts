@@ -168,7 +168,7 @@ export class MuxStream extends Duplex {
   /** A native relay moves this stream's data and keeps its windows (handOver()). */
   private relayed = false;
   /** @internal The relay's byte counts (the session's status counts them). */
-  relayCounters: (() => { bytesIn: number; bytesOut: number }) | undefined;
+  relayCounters: { counters(): { bytesIn: number; bytesOut: number } } | undefined;
   bytesIn = 0;
   bytesOut = 0;
 

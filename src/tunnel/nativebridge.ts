@@ -41,6 +41,16 @@ function handleOf(socket: net.Socket): NodeSocketHandle | undefined {
   return (socket as unknown as { _handle?: NodeSocketHandle })._handle ?? undefined;
 }
 
+/** The open relays by id: the addon's one dispatch function finds each event's relay here. */
+const live = new Map<number, NativeRelay>();
+let dispatching = false;
+
+function dispatchOnce(): void {
+  if (dispatching) return;
+  dispatching = true;
+  loadNative().relayDispatch((id, kind, errno) => live.get(id)?.onEvent(kind, errno));
+}
+
 /** One session's relay in the addon. */
 export class NativeRelay {
   /** The local peer's FIN was read and passed on; our FIN went to it after the stream's data. */
@@ -54,6 +64,7 @@ export class NativeRelay {
     private id: number | undefined,
     readonly stream: MuxStream,
     readonly socket: net.Socket,
+    private readonly events: RelayEvents,
   ) {}
 
   /**
@@ -76,6 +87,7 @@ export class NativeRelay {
     if (stream.isRelayed || stream.streamState !== 'open' || stream.writableLength > 0) return undefined;
     const native = loadNative();
     if (!native.relayCanOpen(link, stream.id)) return undefined;
+    dispatchOnce();
     // Node reads no more: no read starts again (Readable.read() would call _read), the handle's
     // read is stopped, and what it had read goes to the relay first.
     socket.unpipe(stream);
@@ -96,58 +108,58 @@ export class NativeRelay {
     // Frames queued for the link (the stream's opening, its last window update) go before any the
     // relay writes.
     stream.flushFrames();
-    const ev = native.relayEvents;
-    const relay = new NativeRelay(undefined, stream, socket);
-    const id = native.relayOpen(
-      link,
-      stream.id,
-      fd,
-      {
-        recvWindow: h.recvWindow,
-        recvTarget: h.recvTarget,
-        maxWindow: h.maxWindow,
-        sendWindow: h.sendWindow,
-        frameSize: h.frameSize,
-        rttMs: h.rttMs ?? -1,
-        toSocket: h.buffered,
-        toPeer: early.length ? Buffer.concat(early) : undefined,
-      },
-      (kind, errno) => {
-        switch (kind) {
-          case ev.localEof:
-            relay.localEof = true;
-            events.localEnd();
-            stream.end(); // the stream's FIN, after every frame the relay wrote
-            return relay.maybeDone();
-          case ev.peerFin:
-            stream.relayPeerFin();
-            if (relay.id !== undefined) native.relayHalfClose(relay.id); // FIN after the queue
-            return;
-          case ev.finSent:
-            relay.finSent = true;
-            return relay.maybeDone();
-          case ev.localError:
-            return events.localError(
-              new IpdeadgateError(
-                errno === 104 ? 'ECONNRESET' : 'ERR_TUNNEL_LOCAL',
-                `the local socket failed (errno ${errno})`,
-              ),
-            );
-          case ev.peerReset:
-            return stream.relayPeerReset();
-          case ev.windowError:
-            return stream.relayViolation('window');
-          case ev.dataAfterFin:
-            return stream.relayViolation('after_fin');
-          case ev.stall:
-            return events.stall?.();
-        }
-      },
-    );
+    const relay = new NativeRelay(undefined, stream, socket, events);
+    const id = native.relayOpen(link, stream.id, fd, {
+      recvWindow: h.recvWindow,
+      recvTarget: h.recvTarget,
+      maxWindow: h.maxWindow,
+      sendWindow: h.sendWindow,
+      frameSize: h.frameSize,
+      rttMs: h.rttMs ?? -1,
+      toSocket: h.buffered,
+      toPeer: early.length ? Buffer.concat(early) : undefined,
+    });
     if (!id) throw new IpdeadgateError('ERR_TUNNEL_RELAY', 'the link refused the relay after checking it');
     relay.id = id;
-    stream.relayCounters = () => relay.counters();
+    live.set(id, relay);
+    stream.relayCounters = relay;
     return relay;
+  }
+
+  /** @internal An event of this relay from the addon (relayEvents). */
+  onEvent(kind: number, errno: number): void {
+    const native = loadNative();
+    const ev = native.relayEvents;
+    const stream = this.stream;
+    switch (kind) {
+      case ev.localEof:
+        this.localEof = true;
+        this.events.localEnd();
+        stream.end(); // the stream's FIN, after every frame the relay wrote
+        return this.maybeDone();
+      case ev.peerFin:
+        stream.relayPeerFin();
+        if (this.id !== undefined) native.relayHalfClose(this.id); // FIN after the queue
+        return;
+      case ev.finSent:
+        this.finSent = true;
+        return this.maybeDone();
+      case ev.localError:
+        return this.events.localError(
+          new IpdeadgateError(
+            errno === 104 ? 'ECONNRESET' : 'ERR_TUNNEL_LOCAL',
+            `the local socket failed (errno ${errno})`,
+          ),
+        );
+      case ev.peerReset:
+        return stream.relayPeerReset();
+      case ev.windowError:
+        return stream.relayViolation('window');
+      case ev.dataAfterFin:
+        return stream.relayViolation('after_fin');
+      case ev.stall:
+        return this.events.stall?.();
+    }
   }
 
   /** Both ways ended cleanly: our descriptor goes, then Node's (its 'close' counts as clean). */
@@ -186,6 +198,7 @@ export class NativeRelay {
     this.bytes();
     this.counters();
     loadNative().relayClose(this.id, reset);
+    live.delete(this.id);
     this.id = undefined;
   }
 }
