@@ -17,6 +17,8 @@
         "native/tls_context.cc",
         "native/tls_handshake.cc",
         "native/tls_bindings.cc",
+        "native/relay.cc",
+        "native/relay_bindings.cc",
         "native/filelock.cc"
       ],
       "libraries": ["-lpcap"],

@@ -2,6 +2,7 @@
 #include <napi.h>
 
 #include "exports.h"
+#include "relay.h"
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("abiVersion", Napi::Number::New(env, 1));
@@ -12,6 +13,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   idg::RegisterPcap(env, exports);
   idg::RegisterSdNotify(env, exports);
   idg::RegisterTls(env, exports);
+  idg::RegisterRelay(env, exports);
   idg::RegisterFileLock(env, exports);
   return exports;
 }

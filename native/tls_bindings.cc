@@ -66,6 +66,11 @@ Napi::Value TlsStats(const Napi::CallbackInfo& info) {
   return TlsLinksOf(info.Env()).Stats(IdArg(info));
 }
 
+Napi::Value TlsTrackFrames(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "tlsTrackFrames(id)");
+  return Napi::Boolean::New(info.Env(), TlsLinksOf(info.Env()).TrackFrames(IdArg(info)));
+}
+
 Napi::Value TlsCount(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(TlsLinksOf(info.Env()).Count()));
 }
@@ -81,6 +86,7 @@ void RegisterTls(Napi::Env env, Napi::Object exports) {
   exports.Set("tlsEnd", Napi::Function::New(env, TlsEnd, "tlsEnd"));
   exports.Set("tlsClose", Napi::Function::New(env, TlsClose, "tlsClose"));
   exports.Set("tlsStats", Napi::Function::New(env, TlsStats, "tlsStats"));
+  exports.Set("tlsTrackFrames", Napi::Function::New(env, TlsTrackFrames, "tlsTrackFrames"));
   exports.Set("tlsCount", Napi::Function::New(env, TlsCount, "tlsCount"));
   exports.Set("tlsEvents", [&] {
     Napi::Object o = Napi::Object::New(env);

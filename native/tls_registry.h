@@ -22,6 +22,8 @@ class TlsLinks {
   virtual void SetReading(uint32_t id, bool on) = 0;
   virtual Napi::Value End(uint32_t id) = 0;
   virtual Napi::Value Stats(uint32_t id) = 0;
+  /** Split the link's plaintext into yamux frames (native/relay.h); false once any went up. */
+  virtual bool TrackFrames(uint32_t id) = 0;
   virtual void Close(uint32_t id) = 0;
   virtual size_t Count() const = 0;
 };

@@ -49,6 +49,7 @@
 #include "env_data.h"
 #include "errors.h"
 #include "exports.h"
+#include "relay.h"
 #include "tls_buffer.h"
 #include "tls_context.h"
 #include "tls_errors.h"
@@ -99,10 +100,13 @@ struct Link {
   bool endPending = false;  // end() asked while output was pending or before the handshake
   bool wroteEnd = false;    // close_notify written: nothing more is written
   bool finPending = false;  // ... and FIN waits for the queue to empty
+  bool frames = false;      // the plaintext is split into yamux frames first (native/relay.h)
+  uint64_t handedUp = 0;    // plaintext bytes handed to JavaScript
+  uint64_t sent = 0;        // bytes the kernel took
   ~Link() { std::free(plain); }
 };
 
-class TlsRegistry final : public TlsLinks {
+class TlsRegistry final : public TlsLinks, public RelayLinkPort {
  public:
   explicit TlsRegistry(Napi::Env env) : env_(env) { env.AddCleanupHook([this] { Teardown(); }); }
 
@@ -214,6 +218,29 @@ class TlsRegistry final : public TlsLinks {
     return Napi::Number::New(env_, static_cast<double>(l->secure ? l->out.queued() : 0));
   }
 
+  /** Split the plaintext into frames from now on: only before any of it went up (false then). */
+  bool TrackFrames(uint32_t id) override {
+    Link* l = Find(id);
+    if (l == nullptr || l->handedUp > 0) return false;
+    if (!l->frames) RelayHooksOf(env_).Track(id, this);
+    l->frames = true;
+    return true;
+  }
+
+  bool SendFrames(uint32_t id, const uint8_t* p, size_t n) override {
+    Link* l = Find(id);
+    if (l == nullptr) return false;
+    if (!l->secure || l->wroteEnd) return true;  // the mux is ending the link: nothing more goes
+    if (!Feed(*l, p, n)) return false;
+    if (l->gather.size() > 0 && !WriteGathered(*l)) return false;
+    return Flush(*l);
+  }
+
+  size_t Unsent(uint32_t id) override {
+    Link* l = Find(id);
+    return l == nullptr ? SIZE_MAX : l->out.queued() + l->gather.size();
+  }
+
   Napi::Value Stats(uint32_t id) override {
     Link* l = Find(id);
     if (l == nullptr) return env_.Undefined();
@@ -225,6 +252,7 @@ class TlsRegistry final : public TlsLinks {
     o.Set("keyUpdatesReceived", Napi::Number::New(env_, static_cast<double>(c.keyUpdatesReceived)));
     o.Set("queued", Napi::Number::New(env_, static_cast<double>(l->out.queued())));
     o.Set("outCapacity", Napi::Number::New(env_, static_cast<double>(l->out.buf.capacity())));
+    o.Set("sent", Napi::Number::New(env_, static_cast<double>(l->sent)));
     return o;
   }
 
@@ -245,6 +273,7 @@ class TlsRegistry final : public TlsLinks {
   }
 
   static void Release(std::unique_ptr<Link> link) {
+    if (link->frames) RelayHooksOf(link->registry->env_).LinkGone(link->id);
     if (link->ssl) {
       SSL_free(link->ssl);  // OpenSSL wipes its keys
       link->ssl = nullptr;
@@ -476,8 +505,12 @@ class TlsRegistry final : public TlsLinks {
         return false;
       }
       l.out.off += static_cast<size_t>(n);
+      l.sent += static_cast<uint64_t>(n);
     }
-    if (l.out.empty()) l.out.consumed();
+    if (l.out.empty()) {
+      l.out.consumed();
+      if (l.frames) RelayHooksOf(env_).Drained(l.id);  // relays waiting for room read again
+    }
     if (l.secure) UpdatePoll(l);
     return true;
   }
@@ -540,7 +573,8 @@ class TlsRegistry final : public TlsLinks {
         l->plain = static_cast<uint8_t*>(std::malloc(kReadBuffer));
         if (l->plain == nullptr) std::abort();  // as operator new would
       }
-      size_t got = 0;
+      // A frame header held back from the last pass comes first (native/relay.h).
+      size_t got = l->frames ? RelayHooksOf(env_).Prefix(id, l->plain) : 0;
       int stop = SSL_ERROR_NONE, sys = 0;
       l->out.reading = true;
       while (got < kReadBuffer && !OwnOutputFull(*l)) {
@@ -550,6 +584,7 @@ class TlsRegistry final : public TlsLinks {
         const int r = SSL_read_ex(l->ssl, l->plain + got, kReadBuffer - got, &n);
         if (r == 1) {
           got += n;
+          stop = SSL_ERROR_NONE;  // a WANT_READ before this read is over: the buffer may fill
           continue;
         }
         stop = SSL_get_error(l->ssl, r);
@@ -573,6 +608,13 @@ class TlsRegistry final : public TlsLinks {
           SSL_key_update(l->ssl, SSL_KEY_UPDATE_NOT_REQUESTED) == 1)
         SSL_do_handshake(l->ssl);
       l->out.reading = false;
+      // Relayed streams' frames are handled natively; the rest goes up. Window updates for them
+      // leave with the next send.
+      if (l->frames && got > 0) {
+        ByteBuf ctrl;
+        got = RelayHooksOf(env_).Demux(id, l->plain, got, ctrl);
+        if (ctrl.size() > 0 && !SslWrite(*l, ctrl.data(), ctrl.size())) return;
+      }
       // A failure is reported after the data that authenticated before it, and after the alert
       // OpenSSL wrote for it (Fail sends what is queued).
       Napi::Error err;
@@ -581,6 +623,7 @@ class TlsRegistry final : public TlsLinks {
       else if (!Flush(*l))
         return;
       if (got > 0) {
+        l->handedUp += got;
         Emit(id, kData, TakePlain(*l, got), static_cast<double>(got));
         l = Find(id);
         if (l == nullptr) return;

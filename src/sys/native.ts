@@ -139,6 +139,8 @@ export interface NativeAddon {
         queued: number;
         /** The output buffer's allocation (the bounded-memory tests). */
         outCapacity: number;
+        /** Bytes the kernel took so far. */
+        sent: number;
       }
     | undefined;
   tlsCount(): number;
@@ -148,6 +150,55 @@ export interface NativeAddon {
     readonly end: number;
     readonly drain: number;
     readonly error: number;
+  };
+  /** Split the link's plaintext into yamux frames for native relays; false once any went up. */
+  tlsTrackFrames(id: number): boolean;
+
+  // the native relay of bridged tunnel sessions (native/relay.cc; src/tunnel/nativebridge.ts)
+  /** A relay on a dup() of `fd` for `stream` of TLS link `link`; 0 when the link cannot take it now. */
+  relayOpen(
+    link: number,
+    stream: number,
+    fd: number,
+    o: {
+      recvWindow: number;
+      recvTarget: number;
+      maxWindow: number;
+      sendWindow: number;
+      frameSize: number;
+      rttMs: number;
+      toSocket?: Buffer;
+      toPeer?: Buffer;
+    },
+  ): number;
+  /** The one function that gets every relay's events (per environment). */
+  relayDispatch(fn: (relay: number, kind: number, errno: number) => void): void;
+  /** Whether the stream can be relayed now (the link tracks frames; none of the stream's is half-way up). */
+  relayCanOpen(link: number, stream: number): boolean;
+  relayHalfClose(id: number): void;
+  relayClose(id: number, reset: boolean): void;
+  relayStats(id: number):
+    | {
+        bytesIn: number;
+        bytesOut: number;
+        queued: number;
+        recvWindow: number;
+        recvTarget: number;
+        sendWindow: number;
+      }
+    | undefined;
+  /** Bytes moved both ways, or -1 when the relay is closed. */
+  relayBytes(id: number): number;
+  relayCount(): number;
+  readonly relayEvents: {
+    readonly localEof: number;
+    readonly peerFin: number;
+    readonly finSent: number;
+    readonly localError: number;
+    readonly peerReset: number;
+    readonly windowError: number;
+    readonly dataAfterFin: number;
+    readonly stall: number;
   };
 }
 

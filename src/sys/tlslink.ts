@@ -177,6 +177,30 @@ export class TlsLinkSocket extends Duplex {
     return peerCertificateOf(this.peerDer);
   }
 
+  /**
+   * Have the addon split this link's plaintext into yamux frames, so that native relays
+   * (src/tunnel/nativebridge.ts) can take over streams: only before any plaintext went up.
+   */
+  trackFrames(): boolean {
+    if (this.id === undefined || this.readableLength > 0) return false;
+    return loadNative().tlsTrackFrames(this.id);
+  }
+
+  /** The addon's id of the link (native relays attach to it), while it is open. */
+  get linkId(): number | undefined {
+    return this.id;
+  }
+
+  /** Frames queued by queueFrame() go to the addon now (before a relay writes behind them). */
+  flushFrames(): void {
+    this.flushBatch();
+  }
+
+  /** Bytes the kernel took so far (the mux's write-stall check: relays send on the link too). */
+  get sentBytes(): number | undefined {
+    return this.id === undefined ? undefined : loadNative().tlsStats(this.id)?.sent;
+  }
+
   /** Records and key updates so far, and the bytes the kernel has not taken (tests). */
   tlsStats(): ReturnType<ReturnType<typeof loadNative>['tlsStats']> {
     return this.id === undefined ? undefined : loadNative().tlsStats(this.id);

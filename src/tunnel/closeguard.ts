@@ -17,6 +17,7 @@ import { IpdeadgateError } from '../errors';
 import { systemClock, type Clock } from '../util/clock';
 import type { HostPort } from './config';
 import type { MuxStream } from './muxstream';
+import { NativeRelay, type RelayEvents } from './nativebridge';
 import { Reaper } from './reaper';
 import {
   SessionLife,
@@ -82,6 +83,9 @@ export interface GuardStats {
   watcherResets: number;
   watcherFins: number;
   closeTimeouts: number;
+  /** Sessions whose bytes moved in the addon, and stalls of their receive window. */
+  relayed: number;
+  relayStalls: number;
   /** Sessions ended, by why. */
   exits: Partial<Record<SessionExit, number>>;
 }
@@ -97,6 +101,8 @@ export interface GuardOptions {
   ports?: SocketPorts;
   /** Called once per session when it reaches closed. */
   onEnded?: (s: SessionLife, exit: SessionExit) => void;
+  /** Bridged sessions' bytes move in the addon when the link allows (default true). */
+  nativeRelay?: boolean;
 }
 
 /**
@@ -104,7 +110,15 @@ export interface GuardOptions {
  * reach closed, and reaps what slips through. One per node.
  */
 export class CloseGuard implements SessionHost {
-  readonly stats: GuardStats = { reaped: 0, watcherResets: 0, watcherFins: 0, closeTimeouts: 0, exits: {} };
+  readonly stats: GuardStats = {
+    reaped: 0,
+    watcherResets: 0,
+    watcherFins: 0,
+    closeTimeouts: 0,
+    relayed: 0,
+    relayStalls: 0,
+    exits: {},
+  };
   private readonly sessions = new Set<SessionLife>();
   private readonly onDone = new WeakMap<SessionLife, () => void>();
   private readonly reaper: Reaper;
@@ -232,6 +246,30 @@ export class CloseGuard implements SessionHost {
       else if (ev.rdhup || ev.hup) this.stats.watcherFins++;
       onEvent(ev);
     });
+  }
+
+  /**
+   * @internal SessionHost: hand a bridged session's bytes to the addon (src/tunnel/nativebridge.ts),
+   * or undefined: it stays on the JavaScript path (relaying off, a link that cannot, the addon
+   * missing, or something still in flight).
+   */
+  nativeRelay(stream: MuxStream, socket: net.Socket, events: RelayEvents): NativeRelay | undefined {
+    if (this.opts.nativeRelay === false) return undefined;
+    let r: NativeRelay | undefined;
+    try {
+      r = NativeRelay.start(stream, socket, {
+        ...events,
+        stall: () => {
+          this.stats.relayStalls++;
+          events.stall?.();
+        },
+      });
+    } catch (err) {
+      if ((err as { code?: string }).code === 'ERR_NATIVE_MISSING') this.opts.nativeRelay = false;
+      else throw err;
+    }
+    if (r) this.stats.relayed++;
+    return r;
   }
 
   /**

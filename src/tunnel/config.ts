@@ -134,6 +134,8 @@ export const tunnelConfigSchema = z
     max_handshakes: intIn(1, 100_000, 256),
     max_handshakes_per_address: intIn(1, 100_000, 16),
     first_byte_timeout: durationIn(100, 600_000, '3s'),
+    // Bridged sessions' bytes move in the addon (src/tunnel/nativebridge.ts); false: in JavaScript.
+    native_relay: z.boolean().default(true),
     peers: z.record(serviceName, peerRule).optional(),
   })
   .strict()

@@ -95,6 +95,8 @@ export interface MuxOptions {
    * hashicorp/yamux's ConnectionWriteTimeout): a peer that stops reading costs a link, not memory.
    */
   writeTimeoutMs?: number;
+  /** Let native relays take bridged streams when the transport can (default true). */
+  nativeRelay?: boolean;
   /**
    * Most bytes that may wait on the transport (default 16 MiB). Reading from the peer stops at a
    * quarter of it (only frames we must answer can grow the queue past the streams' own threshold:
@@ -109,6 +111,14 @@ export interface FrameSink {
   queueFrame(buf: Buffer, highWater: number): boolean;
   /** Bytes queued and not yet taken by the kernel. */
   readonly queuedBytes?: number;
+  /** Bytes the kernel took so far (relays write on the transport too). */
+  readonly sentBytes?: number | undefined;
+  /** Have the transport split its plaintext into frames for native relays (src/sys/tlslink.ts). */
+  trackFrames?(): boolean;
+  /** The addon's id of the link, while it is open. */
+  readonly linkId?: number | undefined;
+  /** Queued frames go to the addon now. */
+  flushFrames?(): void;
 }
 
 /** Pings from the peer answered per turn of the event loop; more in the same turn go unanswered. */
@@ -177,6 +187,8 @@ export class MuxSession extends EventEmitter implements StreamHost {
   private corked = false;
   /** A transport that batches frames itself (the link's TlsLinkSocket): no Writable machinery per frame. */
   private readonly sink: FrameSink | undefined;
+  /** The transport splits its plaintext into frames: streams can be relayed natively. */
+  private readonly framesTracked: boolean;
   rttMs: number | undefined;
   bytesIn = 0;
   bytesOut = 0;
@@ -198,6 +210,8 @@ export class MuxSession extends EventEmitter implements StreamHost {
     this.sink = typeof sink.queueFrame === 'function' ? (sink as FrameSink & Duplex) : undefined;
     this.remoteParity = opts.role === 'client' ? 0 : 1;
     this.maxUnsent = opts.maxUnsent ?? 16 * 1024 * 1024;
+    // Before the first byte is read: the addon must see every frame from the start.
+    this.framesTracked = opts.nativeRelay !== false && (this.sink?.trackFrames?.() ?? false);
     transport.on('data', (chunk: Buffer) => this.onData(chunk));
     transport.on('drain', () => this.onDrain());
     transport.once('end', () =>
@@ -230,6 +244,26 @@ export class MuxSession extends EventEmitter implements StreamHost {
     return this.state === 'closed';
   }
 
+  /**
+   * StreamHost: the addon's link, when this session's streams can be relayed natively now: not
+   * while frames the addon handed up wait unread in the transport (one of them may be the
+   * stream's, and after the handover it would be dropped).
+   */
+  get relayLink(): number | undefined {
+    if (!this.framesTracked || this.state === 'closed' || this.transport.readableLength > 0) return undefined;
+    return this.sink?.linkId;
+  }
+
+  /** StreamHost */
+  flushFrames(): void {
+    this.sink?.flushFrames?.();
+  }
+
+  /** StreamHost: a relayed stream's peer broke the protocol. */
+  protocolError(err: ProtocolError): void {
+    this.close(err);
+  }
+
   /** Where the session is in its life (the table above). */
   get muxState(): MuxState {
     return this.state;
@@ -246,8 +280,8 @@ export class MuxSession extends EventEmitter implements StreamHost {
 
   stats(): MuxStats {
     return {
-      bytesIn: this.bytesIn,
-      bytesOut: this.bytesOut,
+      bytesIn: this.bytesIn + this.relayedBytes('bytesIn'),
+      bytesOut: this.bytesOut + this.relayedBytes('bytesOut'),
       streamsOpen: this.streams.size,
       closeTimeouts: this.closeTimeouts,
       rttMs: this.rttMs,
@@ -394,7 +428,8 @@ export class MuxSession extends EventEmitter implements StreamHost {
     const check = (): void => {
       if (this.closed) return;
       const unsent = this.unsentBytes;
-      const sent = this.bytesOut - unsent;
+      // What the kernel took, when the transport counts it: relays send on it past bytesOut.
+      const sent = this.sink?.sentBytes ?? this.bytesOut - unsent;
       const now = this.clock.now();
       if (unsent === 0 || sent > this.sentSeen) {
         this.sentSeen = Math.max(this.sentSeen, sent);
@@ -422,8 +457,22 @@ export class MuxSession extends EventEmitter implements StreamHost {
     this.drainWaiters.add(s);
   }
 
+  /** Payload bytes natively relayed streams moved (they bypass bytesIn and bytesOut). */
+  private relayedBytes(which: 'bytesIn' | 'bytesOut'): number {
+    let n = this.relayedDone[which];
+    for (const s of this.streams.values()) if (s.relayCounters) n += s.relayCounters.counters()[which];
+    return n;
+  }
+
+  private readonly relayedDone = { bytesIn: 0, bytesOut: 0 };
+
   /** @internal */
   forget(s: MuxStream): void {
+    if (s.relayCounters && this.streams.get(s.id) === s) {
+      const c = s.relayCounters.counters();
+      this.relayedDone.bytesIn += c.bytesIn;
+      this.relayedDone.bytesOut += c.bytesOut;
+    }
     if (this.streams.get(s.id) === s) this.streams.delete(s.id);
     this.drainWaiters.delete(s);
   }

@@ -63,6 +63,24 @@ export interface StreamHost {
   forget(s: MuxStream): void;
   /** A stream was reset by its own close_timeout: count it for status. */
   countCloseTimeout(): void;
+  /** The addon's link this session runs on, when its frames can be relayed natively. */
+  readonly relayLink?: number | undefined;
+  /** Queued frames go to the link now (before a native relay writes behind them). */
+  flushFrames?(): void;
+  /** The peer broke the protocol on a natively relayed stream: the session ends. */
+  protocolError?(err: ProtocolError): void;
+}
+
+/** What a stream hands to a native relay (src/tunnel/nativebridge.ts). */
+export interface HandOver {
+  recvWindow: number;
+  recvTarget: number;
+  maxWindow: number;
+  sendWindow: number;
+  frameSize: number;
+  rttMs: number | undefined;
+  /** The peer's bytes this stream received and nobody read yet: they go to the socket first. */
+  buffered: Buffer | undefined;
 }
 
 /**
@@ -147,6 +165,10 @@ export class MuxStream extends Duplex {
   private needFlags: number;
   /** An inbound stream whose window stays at 256 KiB until openWindow(). */
   private windowHeld = false;
+  /** A native relay moves this stream's data and keeps its windows (handOver()). */
+  private relayed = false;
+  /** @internal The relay's byte counts (the session's status counts them). */
+  relayCounters: { counters(): { bytesIn: number; bytesOut: number } } | undefined;
   bytesIn = 0;
   bytesOut = 0;
 
@@ -261,9 +283,81 @@ export class MuxStream extends Duplex {
     this.session.writeFrame(encodeHeader(FrameType.WindowUpdate, flags, this.id, delta));
   }
 
+  /** The link this stream's frames could be relayed on natively (undefined: not possible). */
+  get relayLink(): number | undefined {
+    return this.session.relayLink;
+  }
+
+  /** Frames queued on the link go to it now (before a native relay writes behind them). */
+  flushFrames(): void {
+    this.session.flushFrames?.();
+  }
+
+  /** Whether a native relay moves this stream's data. */
+  get isRelayed(): boolean {
+    return this.relayed;
+  }
+
+  /**
+   * Give the data path to a native relay: its windows and the bytes it holds for the reader, or
+   * undefined when the stream is not in a state to hand over (not open both ways, a write or its
+   * opening flags still pending, its window still held). From now on this stream sends no window
+   * update and takes no data; its FIN, RST and state stay here (relayPeerFin(), end(), reset()).
+   */
+  handOver(): HandOver | undefined {
+    if (this.relayed || this.state !== 'open' || this.needFlags !== 0 || this.windowHeld) return undefined;
+    if (this.pending || this.writableLength > 0 || this.writableEnded || this.readableEnded) return undefined;
+    const chunks: Buffer[] = [];
+    for (let c = this.read() as Buffer | null; c !== null; c = this.read() as Buffer | null) chunks.push(c);
+    this.relayed = true;
+    const buffered = chunks.length ? Buffer.concat(chunks) : undefined;
+    // Nothing more is pushed but the peer's FIN (relayPeerFin): flowing, so that 'end' is emitted.
+    this.resume();
+    return {
+      recvWindow: this.recvWindow,
+      recvTarget: this.recvTarget,
+      maxWindow: this.session.maxWindow,
+      sendWindow: this.sendWindow,
+      frameSize: this.session.sendFrameSize,
+      rttMs: this.session.rttMs,
+      buffered,
+    };
+  }
+
+  /** The relay saw the peer's FIN (after its data, which the relay writes to the socket). */
+  relayPeerFin(): void {
+    this.touch();
+    this.fire('peer_fin');
+  }
+
+  /** The relay saw the peer's RST. */
+  relayPeerReset(): void {
+    this.resetByPeer();
+  }
+
+  /** The relay saw the peer break the stream's rules: data past the window ends the session. */
+  relayViolation(kind: 'window' | 'after_fin'): void {
+    if (kind === 'after_fin')
+      return this.reset(
+        new IpdeadgateError('ERR_TUNNEL_DATA_AFTER_FIN', `yamux stream ${this.id}: data after FIN`),
+      );
+    const err = new ProtocolError(
+      'ERR_YAMUX_WINDOW',
+      `yamux stream ${this.id}: the peer sent past the receive window`,
+    );
+    if (this.session.protocolError) this.session.protocolError(err);
+    else this.reset(err);
+  }
+
   /** @internal A frame for this stream from the peer. Returns a ProtocolError to end the session. */
   onFrame(f: Frame): ProtocolError | undefined {
     if (this.state === 'reset') return undefined;
+    if (this.relayed) {
+      // The relay takes this stream's frames; one that still comes here (the relay already
+      // closed by the session's end) changes nothing but a reset.
+      if (f.flags & Flag.RST) this.resetByPeer();
+      return undefined;
+    }
     if (f.flags & Flag.RST) {
       this.resetByPeer();
       return undefined;
@@ -302,7 +396,7 @@ export class MuxStream extends Duplex {
 
   /** Credit the peer with what our consumer has taken, once that is a quarter of the target. */
   private maybeUpdateWindow(): void {
-    if (this.state !== 'open' && this.state !== 'local_fin') return;
+    if (this.relayed || (this.state !== 'open' && this.state !== 'local_fin')) return;
     const credit = this.recvTarget - this.recvWindow - this.readableLength;
     if (credit <= 0 || credit < this.recvTarget / 4) return;
     const now = this.session.clock.now();

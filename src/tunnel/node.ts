@@ -85,6 +85,8 @@ export interface TunnelStatus {
     ends?: Partial<Record<SessionExit, number>>;
     reaped: number;
     watcher_resets: number;
+    /** Sessions whose bytes moved in the addon (tunnel.native_relay), since start. */
+    relayed?: number;
     refusals: Record<string, number>;
     refused_by_peer: Record<string, number>;
     accept_errors: number;
@@ -163,6 +165,7 @@ export class TunnelNode extends EventEmitter {
       openTimeoutMs: cfg.open_timeout,
       clock: this.clock,
       ports: opts.ports,
+      nativeRelay: cfg.native_relay,
     });
   }
 
@@ -660,6 +663,7 @@ export class TunnelNode extends EventEmitter {
         ends: { ...this.guard.stats.exits },
         reaped: this.guard.stats.reaped,
         watcher_resets: this.guard.stats.watcherResets,
+        relayed: this.guard.stats.relayed,
         refusals: { ...this.refusals },
         refused_by_peer: { ...this.refusedByPeer },
         accept_errors:

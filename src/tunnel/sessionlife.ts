@@ -30,6 +30,7 @@ import type { Clock, Timer } from '../util/clock';
 import { RunToCompletion } from '../util/runqueue';
 import type { HostPort } from './config';
 import { MuxStream } from './muxstream';
+import type { NativeRelay, RelayEvents } from './nativebridge';
 
 export type SessionState =
   'opening' | 'dialing' | 'answered' | 'bridged' | 'half_closed' | 'closing' | 'closed';
@@ -108,6 +109,11 @@ export interface SessionHost {
   endedByReset(socket: net.Socket): boolean;
   /** @internal the session reached closed: free its slot. */
   ended(s: SessionLife, exit: SessionExit): void;
+  /**
+   * Hand a bridged session's bytes to the addon (src/tunnel/nativebridge.ts); undefined: they stay
+   * on the JavaScript path. The session keeps its state and bounds here either way.
+   */
+  nativeRelay?(stream: MuxStream, socket: net.Socket, events: RelayEvents): NativeRelay | undefined;
 }
 
 /** How a service session refuses (writes the refusal answer and ends its side of the stream). */
@@ -275,6 +281,8 @@ export class SessionLife {
   answerOk: Buffer = Buffer.alloc(0);
   /** Called once when the session is bridged (its owner's budget for waiting sessions). */
   onBridged: (() => void) | undefined;
+  /** The addon moves the bytes between the local socket and the stream (bridged sessions only). */
+  relay: NativeRelay | undefined;
 
   /** @internal use CloseGuard's forward(), service() or relay(). */
   constructor(
@@ -323,6 +331,7 @@ export class SessionLife {
         if (this.gone.local && this.gone.stream) return this.enter('closed');
         return this.arm(CLOSING_MS, false);
       case 'closed':
+        this.relay?.close(false);
         this.watcher?.close();
         this.watcher = undefined;
         this.host.ended(this, this.exit ?? 'completed');
@@ -354,7 +363,7 @@ export class SessionLife {
   }
 
   private sampleActivity(now: number): void {
-    const b = bytesOf(this.local) + bytesOf(this.stream);
+    const b = bytesOf(this.local) + bytesOf(this.stream) + (this.relay?.bytes() ?? 0);
     if (b !== this.lastBytes) {
       this.lastBytes = b;
       this.lastChange = now;
@@ -382,6 +391,8 @@ export class SessionLife {
   /** Reset every end that is still open (closing's entry action). */
   private resetOpenEnds(): void {
     const err = this.error ?? new IpdeadgateError('ECONNRESET', 'the session was reset');
+    // The relay's descriptor first: the local peer's RST goes out when the last one closes.
+    this.relay?.close(true);
     const l = this.local;
     if (l && !l.destroyed) {
       if (l instanceof MuxStream) l.reset(err);
@@ -479,8 +490,9 @@ export class SessionLife {
     if (e instanceof MuxStream) {
       e.on('close', () => this.dispatch({ type: 'gone', end, clean: e.closedCleanly }));
     } else {
+      // A relayed socket ends cleanly in the addon (FIN read and sent), not in Node.
       e.on('close', (hadError: boolean) =>
-        this.dispatch({ type: 'gone', end, clean: !hadError && e.readableEnded }),
+        this.dispatch({ type: 'gone', end, clean: !hadError && (e.readableEnded || !!this.relay?.done) }),
       );
     }
   }
@@ -584,7 +596,8 @@ export class SessionLife {
       l.pipe(this.stream);
     } else {
       if (l.destroyed) return this.abort('local_reset', new IpdeadgateError('ECONNRESET', 'socket gone'));
-      streamToSocket(this.stream, l);
+      if (!this.startNativeRelay(l)) streamToSocket(this.stream, l);
+      if (this.state !== 'answered') return;
       this.watcher = this.host.watch(l, (ev) => {
         if (ev.err) {
           // The local peer reset the connection: seen even if Node is not reading (backpressure).
@@ -602,6 +615,22 @@ export class SessionLife {
     }
     if (this.state !== 'answered') return;
     this.enter(this.fins.local || this.fins.stream ? 'half_closed' : 'bridged');
+  }
+
+  /** The addon takes the bytes (src/tunnel/nativebridge.ts); false: they stay on the pipes here. */
+  private startNativeRelay(l: net.Socket): boolean {
+    if (!this.host.nativeRelay) return false;
+    try {
+      this.relay = this.host.nativeRelay(this.stream, l, {
+        localEnd: () => this.dispatch({ type: 'fin', end: 'local' }),
+        localError: (error) => this.dispatch({ type: 'reset', end: 'local', error }),
+      });
+    } catch (err) {
+      // Half handed over: neither path can carry the session any more.
+      this.abort('local_reset', err as Error);
+      return true;
+    }
+    return this.relay !== undefined;
   }
 
   /** How long no byte has moved either way (ms): the one measure of idleness for close_timeout. */

@@ -229,3 +229,78 @@ describe('tunnel: a concurrent, reordering opener against a tunnel node (raw fra
     }
   });
 });
+
+// The same independent implementation against a node whose bridged sessions move in the addon
+// (native/relay.cc): yamux-js dials a TunnelNode over TLS, says hello on the control stream and
+// opens sessions to an echo service; its frames, windows and SYNs meet the native relay.
+describe('tunnel: yamux-js over TLS against a node relaying natively', function () {
+  this.timeout(60_000);
+  let pki: TestPki;
+  before(() => {
+    pki = makePki(['gw1', 'ep'], { gw1: ['echo'] });
+  });
+  after(() => pki.cleanup());
+
+  it('4 sessions of 4 MiB each echoed with sha256 through relayed streams, their windows honoured', async () => {
+    const echo = net.createServer((s) => {
+      s.on('error', () => undefined);
+      s.pipe(s);
+    });
+    await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
+    const port = await freePort();
+    const gw = await TunnelNode.start(
+      tunnelConfigSchema.parse({
+        name: 'gw1',
+        role: 'gateway-proxy',
+        tls: { ca: pki.ca, ...pki.nodes.gw1! },
+        listen: `127.0.0.1:${port}`,
+        services: { echo: `127.0.0.1:${(echo.address() as net.AddressInfo).port}` },
+      }),
+    );
+    const sock = tls.connect({
+      host: '127.0.0.1',
+      port,
+      ca: fs.readFileSync(pki.ca),
+      cert: fs.readFileSync(pki.nodes.ep!.cert),
+      key: fs.readFileSync(pki.nodes.ep!.key),
+      checkServerIdentity: () => undefined,
+      ALPNProtocols: [LINK_ALPN],
+    });
+    const theirs = new YamuxJsClient(quiet);
+    theirs.on('error', () => undefined);
+    try {
+      await new Promise<void>((r, j) => sock.once('secureConnect', () => r()).once('error', j));
+      sock.pipe(wholeFrames()).pipe(theirs).pipe(sock);
+      const control = theirs.open();
+      control.on('error', () => undefined);
+      const answer = readN(control, 2);
+      control.write(encodeOpen(CONTROL_SERVICE));
+      assert.equal((await answer)[0], 0, 'the control stream is accepted');
+      control.write(
+        JSON.stringify({ type: 'hello', name: 'ep', role: 'endpoint-proxy', services: {} }) + '\n',
+      );
+      for (let i = 0; i < 250 && !gw.status().links.some((l) => l.peer === 'ep' && l.state === 'up'); i++)
+        await sleep(20);
+      const payload = randomBytes(4 * 1024 * 1024);
+      const replies = Array.from({ length: 4 }, () => {
+        const s = theirs.open();
+        s.on('error', () => undefined);
+        const reply = readN(s, 2 + payload.length);
+        s.write(encodeOpen('echo'));
+        s.write(payload);
+        return reply;
+      });
+      for (const r of replies) {
+        const got = await r;
+        assert.equal(got[0], 0, 'the session is answered OK');
+        assert.equal(sha256(got.subarray(2)), sha256(payload));
+      }
+      assert.ok(gw.status().sessions.relayed! >= 4, `relayed natively: ${gw.status().sessions.relayed}`);
+    } finally {
+      theirs.close();
+      sock.destroy();
+      await gw.close();
+      echo.close();
+    }
+  });
+});

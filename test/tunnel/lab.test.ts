@@ -100,6 +100,13 @@ describe('tunnel lab: firewall, gateway proxies, endpoint proxy', function () {
     ]);
     assert.equal(r.got, r.sent);
     assert.equal(r.sha_got, r.sha_sent);
+    // The bridged bytes moved in the addon at both proxies (the faults below run on that path).
+    assert.ok(((await status(ep)).sessions.relayed ?? 0) >= 1, 'relayed natively at the endpoint proxy');
+    const gws = await Promise.all([status(gw1), status(gw2)]);
+    assert.ok(
+      gws.some((g) => (g.sessions.relayed ?? 0) >= 1),
+      'relayed natively at a gateway proxy',
+    );
   });
 
   it('downcall: 64 MiB from the gateway through the endpoint proxy to the endpoint, sha256 intact', async () => {

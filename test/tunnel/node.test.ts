@@ -76,6 +76,7 @@ describe('tunnel: nodes over TLS on loopback', function () {
 
   async function pair(
     maxSessions = 100,
+    extra: Partial<TunnelConfigInput> = {},
   ): Promise<{ gw: TunnelNode; ep: TunnelNode; fwd: number; gwPort: number }> {
     const svc = await replyServer('gateway:');
     servers.push(svc.server);
@@ -85,11 +86,13 @@ describe('tunnel: nodes over TLS on loopback', function () {
       listen: `127.0.0.1:${gwPort}`,
       services: { gateway: `127.0.0.1:${svc.port}` },
       max_sessions: maxSessions,
+      ...extra,
     });
     const ep = await start('ep', {
       role: 'endpoint-proxy',
       links: [{ connect: `127.0.0.1:${gwPort}` }],
       forwards: [{ listen: `127.0.0.1:${fwd}`, service: 'gateway' }],
+      ...extra,
     });
     await until(
       () => ep.status().links.some((l) => l.state === 'up' && 'gateway' in l.services),
@@ -116,7 +119,21 @@ describe('tunnel: nodes over TLS on loopback', function () {
     assert.equal(st.links[0]!.state, 'up');
     assert.ok(st.links[0]!.bytes_out > data.length);
     assert.equal(st.sessions.opened, 51);
+    // The bridged bytes moved in the addon on both sides (the 8 MiB session at least).
+    assert.ok(st.sessions.relayed! >= 1, `relayed natively at the endpoint: ${st.sessions.relayed}`);
+    assert.ok(gw.status().sessions.relayed! >= 1, `relayed natively at the gateway`);
     assert.equal(gw.status().links[0]!.peer, 'ep');
+  });
+
+  it('tunnel.native_relay false: the same sessions move in JavaScript, none relayed natively', async () => {
+    const { gw, ep, fwd } = await pair(100, { native_relay: false });
+    const data = randomBytes(2 * 1024 * 1024);
+    const got = await call(fwd, data);
+    assert.equal(sha256(got), sha256(Buffer.concat([Buffer.from('gateway:'), data])));
+    await until(() => ep.status().sessions.count === 0, 3000, 'the session to end');
+    assert.equal(ep.status().sessions.relayed, 0);
+    assert.equal(gw.status().sessions.relayed, 0);
+    assert.deepEqual(ep.status().sessions.ends, { completed: 1 });
   });
 
   it('refuses an unlisted service on the stream with a reason (no open proxy)', async () => {
