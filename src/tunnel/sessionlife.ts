@@ -30,6 +30,7 @@ import type { Clock, Timer } from '../util/clock';
 import { RunToCompletion } from '../util/runqueue';
 import type { HostPort } from './config';
 import { MuxStream } from './muxstream';
+import { prepareSocket, resetSocket, streamToSocket } from './localsocket';
 import type { NativeRelay, RelayEvents } from './nativebridge';
 
 export type SessionState =
@@ -90,6 +91,10 @@ export interface SessionBounds {
 
 /** closing: how long ends may take to close after being reset, or a refused opener to reset. */
 export const CLOSING_MS = 2000;
+/** A session not handed to the native relay at its bridging is tried again this often at most... */
+const RELAY_RETRIES = 12;
+/** ...on each drain, or after this (doubling to 64 times it), while the JavaScript path carries it. */
+const RELAY_RETRY_MS = 10;
 
 /** What a session needs from the table that holds it (CloseGuard). */
 export interface SessionHost {
@@ -283,6 +288,9 @@ export class SessionLife {
   onBridged: (() => void) | undefined;
   /** The addon moves the bytes between the local socket and the stream (bridged sessions only). */
   relay: NativeRelay | undefined;
+  /** Undoes the JavaScript path's stream -> socket pipe (a later handover to the addon). */
+  private jsPath: (() => void) | undefined;
+  private relayRetries = 0;
 
   /** @internal use CloseGuard's forward(), service() or relay(). */
   constructor(
@@ -596,7 +604,10 @@ export class SessionLife {
       l.pipe(this.stream);
     } else {
       if (l.destroyed) return this.abort('local_reset', new IpdeadgateError('ECONNRESET', 'socket gone'));
-      if (!this.startNativeRelay(l)) streamToSocket(this.stream, l);
+      if (!this.startNativeRelay(l)) {
+        this.jsPath = streamToSocket(this.stream, l);
+        this.retryNativeRelay(l);
+      }
       if (this.state !== 'answered') return;
       this.watcher = this.host.watch(l, (ev) => {
         if (ev.err) {
@@ -615,6 +626,35 @@ export class SessionLife {
     }
     if (this.state !== 'answered') return;
     this.enter(this.fins.local || this.fins.stream ? 'half_closed' : 'bridged');
+  }
+
+  /**
+   * A session not handed over at its bridging is tried again: the usual reason is a write still in
+   * flight (a client that sends at once fills the stream's window before the far end answers, and
+   * a bulk upload keeps it full), which ends when the stream or the socket drains. So each drain,
+   * or a timer, tries again, RELAY_RETRIES times at most; meanwhile the JavaScript path carries
+   * the bytes, so nothing waits for the handover. The check and the switch are synchronous: no
+   * byte moves between the JavaScript path's undoing and the relay's start (or its redoing).
+   */
+  private retryNativeRelay(l: net.Socket): void {
+    if (!this.host.nativeRelay || this.relayRetries >= RELAY_RETRIES) return;
+    const delay = RELAY_RETRY_MS * 2 ** Math.min(this.relayRetries, 6);
+    this.relayRetries++;
+    const attempt = (): void => {
+      clearTimeout(timer);
+      this.stream.off('drain', attempt);
+      l.off('drain', attempt);
+      if (this.relay || this.state !== 'bridged' || l.destroyed || this.stream.destroyed) return;
+      this.jsPath?.();
+      this.jsPath = undefined;
+      if (this.startNativeRelay(l)) return;
+      this.jsPath = streamToSocket(this.stream, l);
+      this.retryNativeRelay(l);
+    };
+    const timer = setTimeout(attempt, delay);
+    timer.unref();
+    this.stream.once('drain', attempt);
+    l.once('drain', attempt);
   }
 
   /** The addon takes the bytes (src/tunnel/nativebridge.ts); false: they stay on the pipes here. */
@@ -643,46 +683,4 @@ export class SessionLife {
   idlePastCloseTimeout(now: number): boolean {
     return this.idleMs(now) >= this.bounds.closeTimeoutMs;
   }
-}
-
-/**
- * Reset a socket (RST to its peer) and close its descriptor, whatever its state. Node's
- * resetAndDestroy() alone is not enough: on a socket still connecting it waits for 'connect' (a
- * service that never accepts never sends one), and on a socket whose write side was already shut
- * (our FIN sent: libuv's uv_tcp_close_reset() answers EINVAL for a handle shutting down) Node
- * reports the error and drops the handle without closing it, leaking the descriptor (seen in the
- * churn test). Those two are closed with destroy(); the kernel still sends an RST if unread data
- * is left in the socket.
- */
-export function resetSocket(s: net.Socket): void {
-  if (s.destroyed) return;
-  if (s.connecting || s.writableEnded) s.destroy();
-  else s.resetAndDestroy();
-}
-
-/** Keepalive finds a local peer that vanished without FIN or RST; no Nagle delay on a relay. */
-function prepareSocket(s: net.Socket): void {
-  if (s.destroyed) return;
-  s.setKeepAlive(true, 60_000);
-  s.setNoDelay(true);
-}
-
-/**
- * stream -> socket. TLS hands a link's bytes to JavaScript one 16 KiB record at a time, each in its
- * own callback: the pieces bound for this socket are gathered until the loop's check phase and
- * leave in one writev, instead of a write system call per record.
- */
-function streamToSocket(stream: MuxStream, local: net.Socket): void {
-  let corked = false;
-  const uncork = (): void => {
-    corked = false;
-    local.uncork();
-  };
-  stream.on('data', () => {
-    if (corked) return;
-    corked = true;
-    local.cork();
-    setImmediate(uncork);
-  }); // before pipe's own listener, so the first piece is corked too
-  stream.pipe(local); // yamux FIN -> local.end() -> TCP FIN
 }

@@ -161,6 +161,36 @@ describe('tunnel: the native relay of bridged sessions', function () {
     await until(() => s.done.a && s.done.b, 5000, 'both sessions to close');
   });
 
+  it('a session with a write still in flight at its bridging is handed over once it drains, bytes in order', async () => {
+    const { a, b } = await link();
+    const [appA, proxyA] = await tcpPair(true);
+    const [appB, proxyB] = await tcpPair(true);
+    for (const x of [appA, appB]) x.on('error', () => undefined);
+    cleanups.push(() => [appA, appB, proxyA, proxyB].forEach((x) => x.destroy()));
+    const done = { a: false, b: false };
+    const accepted = once<MuxStream>(b.mux, 'stream');
+    // As a client that sends at once: more than the stream's window is written before A's end is
+    // bridged, so a write is still in flight then and the session starts on the JavaScript path.
+    const st = a.mux.open();
+    const first = randomBytes(2 * MiB);
+    st.write(first);
+    const sa = a.guard.bridge(proxyA, st, () => (done.a = true));
+    assert.equal(sa.relay, undefined, 'not handed over with a write in flight');
+    const sb = b.guard.bridge(proxyB, await accepted, () => (done.b = true));
+    const gotB = readAll(appB);
+    await until(() => sa.relay !== undefined, 5000, "A's end handed over once its writes drained");
+    const later = randomBytes(2 * MiB);
+    await send(appA, later);
+    assert.equal(sha256(await gotB), sha256(Buffer.concat([first, later])));
+    const down = randomBytes(MiB);
+    const gotA = readAll(appA);
+    await send(appB, down);
+    assert.equal(sha256(await gotA), sha256(down));
+    await until(() => done.a && done.b, 5000, 'both sessions to close');
+    assert.ok(sb.relay, 'B relayed natively');
+    assert.deepEqual(a.guard.stats.exits, { completed: 1 });
+  });
+
   it('a reader that stops holds only its own window: the link and the other session go on', async () => {
     const { a, b } = await link({ initialWindow: 256 * 1024, maxWindow: 1 * MiB });
     const slow = await session(a, b);
