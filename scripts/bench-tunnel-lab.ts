@@ -195,6 +195,10 @@ async function main(): Promise<void> {
       stunnelConf('a', ['client = yes', `accept = ${A}:7200`, `connect = ${B}:9500`]),
     ]);
     // Our tunnel: a on a dials b; forwards on a, services on b.
+    const knowsPeerCap =
+      BASELINE !== '' &&
+      fs.existsSync(path.join(BASELINE, 'src/tunnel/config.ts')) &&
+      fs.readFileSync(path.join(BASELINE, 'src/tunnel/config.ts'), 'utf8').includes('peer_max_sessions');
     const cfgFile = (name: string, lines: string[], suffix = ''): string => {
       fs.copyFileSync(pki.nodes[name]!.cert, k(`${name}.pem`));
       fs.copyFileSync(pki.nodes[name]!.key, k(`${name}.key`));
@@ -208,6 +212,10 @@ async function main(): Promise<void> {
           `  name: ${name}`,
           `  tls: { ca: ca.pem, cert: ${name}.pem, key: ${name}.key }`,
           '  max_sessions: 30000',
+          // One peer opens all the idle sessions: its own cap (default 5 000) would refuse half of
+          // them, and the refused attempts' garbage would count as per-session memory. A baseline
+          // checkout older than the key gets the file without it.
+          ...(suffix === '' || knowsPeerCap ? ['  peer_max_sessions: 30000'] : []),
           '',
         ].join('\n'),
       );
