@@ -17,6 +17,7 @@ const opt = (name: string, dflt: number): number => {
 };
 const SECONDS = opt('--seconds', 5);
 const SESSIONS = opt('--sessions', 10_000);
+const UNIT_NOFILE = ['prlimit', '--nofile=65536:65536', '--'];
 /** Throughput rounds (each measures every path once, in turn, so the ratios come from one round). */
 const ROUNDS = opt('--rounds', 1);
 /** Only throughput: no session-open latency, no idle sessions. */
@@ -239,7 +240,11 @@ async function main(): Promise<void> {
       `    - { listen: ${A}:8002, service: hold }`,
     ]);
     const bin = path.join(REPO_ROOT, 'bin', 'ipdeadgate');
+    // The proxies get the packaged unit's descriptor limit (LimitNOFILE=65536), not the shell's: a
+    // relayed session holds two descriptors at each proxy, and the idle-session measure opens
+    // SESSIONS of them.
     const tb = bg('b', [
+      ...UNIT_NOFILE,
       process.execPath,
       ...PROXY_NODE_ARGS,
       bin,
@@ -250,6 +255,7 @@ async function main(): Promise<void> {
       k('b.sock'),
     ]);
     const ta = bg('a', [
+      ...UNIT_NOFILE,
       process.execPath,
       ...PROXY_NODE_ARGS,
       bin,
@@ -279,6 +285,7 @@ async function main(): Promise<void> {
         `    - { listen: ${A}:8100, service: iperf }`,
       ]);
       const tb0 = bg('b', [
+        ...UNIT_NOFILE,
         process.execPath,
         ...PROXY_NODE_ARGS,
         bin0,
@@ -289,6 +296,7 @@ async function main(): Promise<void> {
         k('b0.sock'),
       ]);
       const ta0 = bg('a', [
+        ...UNIT_NOFILE,
         process.execPath,
         ...PROXY_NODE_ARGS,
         bin0,
