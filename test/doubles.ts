@@ -1,5 +1,5 @@
 // Test doubles of the ports and the clock: a manual clock, an in-memory store of the journal and
-// the switch, and an event log that keeps what it is told. They live with the tests (issue 8);
+// the switch, and an event log that keeps what it is told. They live with the tests;
 // nothing under src/ uses them.
 import type { Clock, Timer } from '../src/util/clock';
 import type { DgdStore, GroupJournalEntry, JournalEntry } from '../src/dgd/ports';

@@ -1,4 +1,4 @@
-// What a newcomer hit on the first day (issue 10), one test each, through the real CLI where the
+// What a newcomer hit on the first day, one test each, through the real CLI where the
 // problem showed there: a table number where `routes` says its name, "timer-0(nullms)", an EPIPE
 // stack trace from `--help | head`, a stray daemon_stopped line before a failed start's error, an
 // extra argument ignored, a missing control socket directory reported as EACCES. And check-config.

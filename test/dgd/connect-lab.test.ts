@@ -1,4 +1,4 @@
-// Connect-only traffic and one incident's events, on real kernels (issue 8): short connections
+// Connect-only traffic and one incident's events, on real kernels: short connections
 // with a 1 s connect timeout never bring one socket to the retransmit threshold; the aggregate
 // trigger sees them across sockets, and ARP/NDP still decides. One lab for all cases.
 import { strict as assert } from 'node:assert';

@@ -1,4 +1,4 @@
-// Detection in the field (issue 8): interfaces that go down, come back, are deleted and re-created
+// Detection in the field: interfaces that go down, come back, are deleted and re-created
 // with a new ifindex, a reboot that hands out ifindexes in another order, and a daemon started
 // without the capabilities it needs. Real kernels, one lab shared by every case:
 //

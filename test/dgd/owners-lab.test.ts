@@ -1,4 +1,4 @@
-// Other route owners on real kernels (issue 8): a route put back through a dead gateway by
+// Other route owners on real kernels: a route put back through a dead gateway by
 // `ip route add` and by a real DHCP client (Debian's dhcpcd, leases from dnsmasq), and routes
 // through nexthop objects and groups (IPv4 and IPv6). One lab for all cases; each starts its own
 // daemon and leaves r1 alive again.

@@ -1,4 +1,4 @@
-// Living with other route owners (issue 8): routes put back through a dead gateway, the bound on
+// Living with other route owners: routes put back through a dead gateway, the bound on
 // fights, nexthop objects and groups. Fakes and a fake clock; the lab tests are in lab.test.ts
 // and owners-lab.test.ts.
 import { FakeClock, MemoryEventLog, MemoryStore } from '../doubles';

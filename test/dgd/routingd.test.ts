@@ -1,4 +1,4 @@
-// Routing daemons own their routes (issue 12): with FRR and BIRD as Debian 12 packages them running
+// Routing daemons own their routes: with FRR and BIRD as Debian 12 packages them running
 // on the client, a silent death of the preferred gateway under a live flow is failed over by the
 // routing daemon itself (told by ipdeadgate through vtysh / BIRD's control socket); revival, `off`,
 // SIGTERM and a crash put everything back exactly. Without an adapter, the daemon's withdrawal

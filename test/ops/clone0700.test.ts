@@ -1,4 +1,4 @@
-// Issue 13: the suite must pass from a clone that only root can reach, as in /root (mode 0700). The
+// The suite must pass from a clone that only root can reach, as in /root (mode 0700). The
 // tests that run a command as nobody once failed there ("Cannot find module
 // '/root/ipdeadgate/bin/ipdeadgate'"). This runs exactly those tests again from a copy of the built
 // tree inside a fresh 0700 directory, as a separate mocha run, and expects them to pass.
@@ -30,7 +30,7 @@ function copyInto(dir: string): void {
   }
 }
 
-describe('tests run from a clone in a 0700 directory (issue 13)', function () {
+describe('tests run from a clone in a 0700 directory ', function () {
   this.timeout(240_000);
   let home: string | null = null;
 

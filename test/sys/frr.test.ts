@@ -1,5 +1,5 @@
-// FRR as Debian 12 packages it, in a lab namespace: what zebra does with routes (the facts issue 12
-// reports, checked here so a new FRR that behaves differently is noticed), and the FIB filter of
+// FRR as Debian 12 packages it, in a lab namespace: what zebra does with routes (the facts the
+// daemon relies on, checked here so a new FRR that behaves differently is noticed), and the FIB filter of
 // src/sys/frr.ts failing over and back through zebra's own election.
 import { strict as assert } from 'node:assert';
 import { Lab, requireRoot, waitFor } from '../lab/lab';

@@ -21,6 +21,41 @@ import { freePort, sha256, tcpPair, sleep } from './helpers';
 const quiet = { enableKeepAlive: false, logger: () => undefined };
 
 /**
+ * A gateway proxy (`gw1`) serving an echo service, and a raw TLS connection to its link port
+ * with `ep`'s certificate: the peer side is the test's to speak, frame by frame or through
+ * another yamux implementation.
+ */
+async function echoGatewayOverTls(
+  pki: TestPki,
+): Promise<{ echo: net.Server; gw: TunnelNode; sock: tls.TLSSocket }> {
+  const echo = net.createServer((s) => {
+    s.on('error', () => undefined);
+    s.pipe(s);
+  });
+  await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
+  const port = await freePort();
+  const gw = await TunnelNode.start(
+    tunnelConfigSchema.parse({
+      name: 'gw1',
+      role: 'gateway-proxy',
+      tls: { ca: pki.ca, ...pki.nodes.gw1! },
+      listen: `127.0.0.1:${port}`,
+      services: { echo: `127.0.0.1:${(echo.address() as net.AddressInfo).port}` },
+    }),
+  );
+  const sock = tls.connect({
+    host: '127.0.0.1',
+    port,
+    ca: fs.readFileSync(pki.ca),
+    cert: fs.readFileSync(pki.nodes.ep!.cert),
+    key: fs.readFileSync(pki.nodes.ep!.key),
+    checkServerIdentity: () => undefined,
+    ALPNProtocols: [LINK_ALPN],
+  });
+  return { echo, gw, sock };
+}
+
+/**
  * yamux-js 0.2.0 loses bytes when a frame is split across two reads of its input (it drops the
  * partial payload and desynchronises). TCP may split anywhere, so its input is re-chunked to one
  * whole frame per write. The bytes are unchanged: our encoder's frames, parsed by their parser.
@@ -133,7 +168,7 @@ describe('tunnel: mux interop with yamux-js over TCP', function () {
   });
 });
 
-// issue 9: a spec-conforming peer whose threads open streams concurrently puts SYNs on the wire out
+// A spec-conforming peer whose threads open streams concurrently puts SYNs on the wire out
 // of ID order. Played here by hand, frame by frame, over a real TLS link to a TunnelNode: it must
 // serve every session, and answer a duplicate or wrong-parity SYN with a stream RST only.
 describe('tunnel: a concurrent, reordering opener against a tunnel node (raw frames over TLS)', function () {
@@ -145,30 +180,7 @@ describe('tunnel: a concurrent, reordering opener against a tunnel node (raw fra
   after(() => pki.cleanup());
 
   it('100 sessions opened with SYNs in shuffled ID order are all served; a duplicate live ID and a wrong parity get a stream RST; the link and the other sessions stay', async () => {
-    const echo = net.createServer((s) => {
-      s.on('error', () => undefined);
-      s.pipe(s);
-    });
-    await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
-    const port = await freePort();
-    const gw = await TunnelNode.start(
-      tunnelConfigSchema.parse({
-        name: 'gw1',
-        role: 'gateway-proxy',
-        tls: { ca: pki.ca, ...pki.nodes.gw1! },
-        listen: `127.0.0.1:${port}`,
-        services: { echo: `127.0.0.1:${(echo.address() as net.AddressInfo).port}` },
-      }),
-    );
-    const sock = tls.connect({
-      host: '127.0.0.1',
-      port,
-      ca: fs.readFileSync(pki.ca),
-      cert: fs.readFileSync(pki.nodes.ep!.cert),
-      key: fs.readFileSync(pki.nodes.ep!.key),
-      checkServerIdentity: () => undefined,
-      ALPNProtocols: [LINK_ALPN],
-    });
+    const { echo, gw, sock } = await echoGatewayOverTls(pki);
     try {
       await new Promise<void>((r, j) => sock.once('secureConnect', () => r()).once('error', j));
       const dec = new FrameDecoder({ maxFrameSize: 16 * 1024 * 1024 });
@@ -242,30 +254,7 @@ describe('tunnel: yamux-js over TLS against a node relaying natively', function 
   after(() => pki.cleanup());
 
   it('4 sessions of 4 MiB each echoed with sha256 through relayed streams, their windows honoured', async () => {
-    const echo = net.createServer((s) => {
-      s.on('error', () => undefined);
-      s.pipe(s);
-    });
-    await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
-    const port = await freePort();
-    const gw = await TunnelNode.start(
-      tunnelConfigSchema.parse({
-        name: 'gw1',
-        role: 'gateway-proxy',
-        tls: { ca: pki.ca, ...pki.nodes.gw1! },
-        listen: `127.0.0.1:${port}`,
-        services: { echo: `127.0.0.1:${(echo.address() as net.AddressInfo).port}` },
-      }),
-    );
-    const sock = tls.connect({
-      host: '127.0.0.1',
-      port,
-      ca: fs.readFileSync(pki.ca),
-      cert: fs.readFileSync(pki.nodes.ep!.cert),
-      key: fs.readFileSync(pki.nodes.ep!.key),
-      checkServerIdentity: () => undefined,
-      ALPNProtocols: [LINK_ALPN],
-    });
+    const { echo, gw, sock } = await echoGatewayOverTls(pki);
     const theirs = new YamuxJsClient(quiet);
     theirs.on('error', () => undefined);
     try {

@@ -1,4 +1,4 @@
-// A session's life in the lab (issue 9, the IY55176 leak in ESTABLISHED form): clients that reset
+// A session's life in the lab (the IY55176 leak in ESTABLISHED form): clients that reset
 // 0-5 ms after connecting, while the far proxy is still dialing the service; a link cut during the
 // dial; a service slow to accept; and a churn of thousands of sessions with random resets, link
 // cuts and refusals. After each: zero sessions, zero sockets of a session in any TCP state
