@@ -432,8 +432,10 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
     const detail = (resent.detail as { resent: boolean; seq?: number }[])[0]!;
     assert.equal(detail.resent, true, JSON.stringify(resent));
     assert.equal(detail.seq, stuck!.seq, 'the segment a was retransmitting, not the forged one');
-    const outAfter = wire.filter((p) => p.srcPort === aPort && p.t >= tw - 5 && p.dstMac === r2Mac);
-    assert.ok(outAfter.length > 0);
+    // tcpdump's lines arrive after the flow's own echo: wait for a's segments towards r2 to show.
+    const towardsR2 = () => wire.filter((p) => p.srcPort === aPort && p.t >= tw - 5 && p.dstMac === r2Mac);
+    await waitFor(() => towardsR2().length > 0, 5000, "a's segments towards r2 on the wire");
+    const outAfter = towardsR2();
     assert.ok(
       outAfter.every((p) => p.seq !== forgedSeq),
       `nothing forged left towards r2: ${JSON.stringify(outAfter)}`,
@@ -685,10 +687,14 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
     const detail = (resent.detail as { resent: boolean; seq?: number }[])[0]!;
     assert.equal(detail.resent, true, JSON.stringify(resent));
     await waitFor(() => a.echoes.some((e) => e.t > tw), 5000, 'the flow to resume');
-    assert.ok(
-      wire.some((p) => p.seq === detail.seq && p.dstMac === r2Mac && p.t >= tw - 5),
-      `the segment left through r2: ${JSON.stringify(wire.filter((p) => p.payload > 0))}`,
-    );
+    // tcpdump's lines arrive after the flow's own echo: wait for the segment to show.
+    await waitFor(
+      () => wire.some((p) => p.seq === detail.seq && p.dstMac === r2Mac && p.t >= tw - 5),
+      5000,
+      'the segment through r2 on the wire',
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}: ${JSON.stringify(wire.filter((p) => p.payload > 0))}`);
+    });
     await waitFor(async () => (await lan0()) === undefined, 5000, 'the recorder to close');
     // The packet sockets the daemon had before the flap (ARP/NDP, wire watch), and no more.
     await waitFor(() => packetSockets(d) === idle, 5000, `${idle} packet sockets (${packetSockets(d)})`);
