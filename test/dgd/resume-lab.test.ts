@@ -12,7 +12,7 @@ import { readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs'
 import type { ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { Lab, requireRoot, waitFor } from '../lab/lab';
-import { LabDaemon } from '../lab/daemon';
+import { LabDaemon, type DaemonEvent } from '../lab/daemon';
 import { DGD, dgdLabSpec } from '../lab/topologies';
 import { MAX_RECORDED_FLOWS } from '../../src/dgd/resume';
 import { startFlowClient, startFlowServer, startManyFlows } from '../lab/flows';
@@ -229,6 +229,21 @@ function tcpdumpLines(child: ChildProcess): WirePacket[] {
   return out;
 }
 
+/** Waits for the daemon to withdraw `gateway`'s routes, then for its flows_resent event. */
+async function switchedAndResent(
+  d: LabDaemon,
+  gateway: string,
+  withdrawTimeoutMs = 15_000,
+): Promise<{ tw: number; resent: DaemonEvent }> {
+  const withdrawn = await d.waitFor(
+    (e) => e.event === 'routes_withdrawn' && e.gateway === gateway,
+    withdrawTimeoutMs,
+    'routes withdrawn',
+  );
+  const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+  return { tw: Date.parse(withdrawn.time), resent };
+}
+
 describe('flows resume when routes switch (lab, on the wire)', function () {
   this.timeout(60_000);
   let lab: Lab;
@@ -340,13 +355,7 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
       ]);
       await new Promise((r) => setTimeout(r, 500));
       await lab.killSilently('r1', 'lan0');
-      const withdrawn = await d.waitFor(
-        (e) => e.event === 'routes_withdrawn' && e.gateway === (family === 4 ? DGD.r1_4 : DGD.r1_6),
-        15_000,
-        'routes withdrawn',
-      );
-      const tw = Date.parse(withdrawn.time);
-      const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+      const { tw, resent } = await switchedAndResent(d, family === 4 ? DGD.r1_4 : DGD.r1_6);
       await waitFor(() => a.echoes.some((e) => e.t > tw), 5000, 'flow a to resume');
       await new Promise((r) => setTimeout(r, 300));
 
@@ -418,13 +427,7 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
       '300',
       '20',
     ]);
-    const withdrawn = await d.waitFor(
-      (e) => e.event === 'routes_withdrawn' && e.gateway === DGD.r1_4,
-      15_000,
-      'routes withdrawn',
-    );
-    const tw = Date.parse(withdrawn.time);
-    const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+    const { tw, resent } = await switchedAndResent(d, DGD.r1_4);
     forger.kill();
     await waitFor(() => a.echoes.some((e) => e.t > tw), 5000, 'flow a to resume');
     const forgedSeen = wire.filter((p) => p.srcPort === aPort && p.seq === forgedSeq && p.t < tw);
@@ -465,13 +468,7 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
       );
     const before = await csumErrors();
     await lab.killSilently('r1', 'lan0');
-    const withdrawn = await d.waitFor(
-      (e) => e.event === 'routes_withdrawn' && e.gateway === DGD.r1_4,
-      15_000,
-      'routes withdrawn',
-    );
-    const tw = Date.parse(withdrawn.time);
-    const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+    const { tw, resent } = await switchedAndResent(d, DGD.r1_4);
     const detail = (resent.detail as { resent: boolean; bytes?: number }[])[0]!;
     assert.equal(detail.resent, true, JSON.stringify(resent));
     await waitFor(() => echoes.some((t) => t > tw), 5000, 'the signed flow to resume');
@@ -497,12 +494,7 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
     const a = startFlowClient(lab, 'client', DGD.server4, PORT, { durationMs: 30_000 });
     await waitFor(() => a.echoes.length >= 10, 8000, 'the flow to run');
     await lab.killSilently('r1', 'lan0');
-    await d.waitFor(
-      (e) => e.event === 'routes_withdrawn' && e.gateway === DGD.r1_4,
-      15_000,
-      'routes withdrawn',
-    );
-    const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+    const { resent } = await switchedAndResent(d, DGD.r1_4);
     const detail = (resent.detail as { resent: boolean; reason?: string }[])[0]!;
     assert.equal(detail.resent, false, JSON.stringify(resent));
     assert.match(String(detail.reason), /NAT/);
@@ -552,13 +544,7 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
     await waitFor(() => a.echoes.length >= 10 && mEchoes.length >= 10, 8000, 'both flows to run');
     const aPort = wire.find((p) => p.dst === DGD.server4 && p.payload > 0 && p.srcPort !== mPort)!.srcPort;
     await lab.killSilently('r1', 'lan0');
-    const withdrawn = await d.waitFor(
-      (e) => e.event === 'routes_withdrawn' && e.gateway === DGD.r1_4,
-      15_000,
-      'routes withdrawn',
-    );
-    const tw = Date.parse(withdrawn.time);
-    const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+    const { tw, resent } = await switchedAndResent(d, DGD.r1_4);
     // Copies leave before the event; tcpdump prints them within a moment.
     await new Promise((r) => setTimeout(r, 300));
     const detail = resent.detail as { src: string; resent: boolean; reason?: string }[];
@@ -677,13 +663,7 @@ describe('flows resume when routes switch (lab, on the wire)', function () {
     await new Promise((r) => setTimeout(r, 300));
     await lab.killSilently('r1', 'lan0');
     await speak();
-    const withdrawn = await d.waitFor(
-      (e) => e.event === 'routes_withdrawn' && e.gateway === DGD.r1_4,
-      20_000,
-      'routes withdrawn',
-    );
-    const tw = Date.parse(withdrawn.time);
-    const resent = await d.waitFor((e) => e.event === 'flows_resent', 5000, 'flows_resent');
+    const { tw, resent } = await switchedAndResent(d, DGD.r1_4, 20_000);
     const detail = (resent.detail as { resent: boolean; seq?: number }[])[0]!;
     assert.equal(detail.resent, true, JSON.stringify(resent));
     await waitFor(() => a.echoes.some((e) => e.t > tw), 5000, 'the flow to resume');
