@@ -250,28 +250,21 @@ async function main(): Promise<void> {
     // The proxies get the packaged unit's descriptor limit (LimitNOFILE=65536), not the shell's: a
     // relayed session holds two descriptors at each proxy, and the idle-session measure opens
     // SESSIONS of them.
-    const tb = bg('b', [
-      ...UNIT_NOFILE,
-      process.execPath,
-      ...PROXY_NODE_ARGS,
-      bin,
-      'tunnel',
-      '--config',
-      bCfg,
-      '--control',
-      k('b.sock'),
-    ]);
-    const ta = bg('a', [
-      ...UNIT_NOFILE,
-      process.execPath,
-      ...PROXY_NODE_ARGS,
-      bin,
-      'tunnel',
-      '--config',
-      aCfg,
-      '--control',
-      k('a.sock'),
-    ]);
+    /** One tunnel proxy of a build (its bin/ipdeadgate) on `host`, with its config and control socket. */
+    const proxy = (host: string, cli: string, cfg: string, sock: string): ChildProcess =>
+      bg(host, [
+        ...UNIT_NOFILE,
+        process.execPath,
+        ...PROXY_NODE_ARGS,
+        cli,
+        'tunnel',
+        '--config',
+        cfg,
+        '--control',
+        k(sock),
+      ]);
+    const tb = proxy('b', bin, bCfg, 'b.sock');
+    const ta = proxy('a', bin, aCfg, 'a.sock');
     proxies.push(ta, tb);
     // The baseline checkout's proxies: the same setup on other ports, its own link.
     const baseline: ChildProcess[] = [];
@@ -291,28 +284,8 @@ async function main(): Promise<void> {
         '  forwards:',
         `    - { listen: ${A}:8100, service: iperf }`,
       ]);
-      const tb0 = bg('b', [
-        ...UNIT_NOFILE,
-        process.execPath,
-        ...PROXY_NODE_ARGS,
-        bin0,
-        'tunnel',
-        '--config',
-        b0,
-        '--control',
-        k('b0.sock'),
-      ]);
-      const ta0 = bg('a', [
-        ...UNIT_NOFILE,
-        process.execPath,
-        ...PROXY_NODE_ARGS,
-        bin0,
-        'tunnel',
-        '--config',
-        a0,
-        '--control',
-        k('a0.sock'),
-      ]);
+      const tb0 = proxy('b', bin0, b0, 'b0.sock');
+      const ta0 = proxy('a', bin0, a0, 'a0.sock');
       baseline.push(ta0, tb0);
       proxies.push(ta0, tb0);
       await waitFor(
