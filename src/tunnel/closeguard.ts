@@ -20,6 +20,7 @@ import type { MuxStream } from './muxstream';
 import { NativeRelay, type RelayEvents } from './nativebridge';
 import { Reaper } from './reaper';
 import {
+  RELAY_AFTER_BYTES,
   SessionLife,
   type SessionBounds,
   type SessionExit,
@@ -103,6 +104,8 @@ export interface GuardOptions {
   onEnded?: (s: SessionLife, exit: SessionExit) => void;
   /** Bridged sessions' bytes move in the addon when the link allows (default true). */
   nativeRelay?: boolean;
+  /** ...once a session has moved this many bytes (default RELAY_AFTER_BYTES; 0: at its bridging). */
+  relayAfterBytes?: number;
 }
 
 /**
@@ -246,6 +249,11 @@ export class CloseGuard implements SessionHost {
       else if (ev.rdhup || ev.hup) this.stats.watcherFins++;
       onEvent(ev);
     });
+  }
+
+  /** @internal SessionHost: when a bridged session goes to the addon; undefined: never. */
+  get relayAfterBytes(): number | undefined {
+    return this.opts.nativeRelay === false ? undefined : (this.opts.relayAfterBytes ?? RELAY_AFTER_BYTES);
   }
 
   /**

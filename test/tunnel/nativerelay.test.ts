@@ -8,10 +8,10 @@ import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import { loadNative } from '../../src/sys/native';
 import { TlsLinkSocket } from '../../src/sys/tlslink';
-import { CloseGuard } from '../../src/tunnel/closeguard';
+import { CloseGuard, type GuardOptions } from '../../src/tunnel/closeguard';
 import { linkContext, loadTls } from '../../src/tunnel/linktls';
 import { MuxSession, type MuxOptions, type MuxStream } from '../../src/tunnel/muxsession';
-import type { SessionLife } from '../../src/tunnel/sessionlife';
+import { RELAY_AFTER_BYTES, type SessionExit, type SessionLife } from '../../src/tunnel/sessionlife';
 import { makePki, type TestPki } from '../fixtures/tunnel-pki';
 import { once, readAll, sha256, tcpPair, until } from './helpers';
 
@@ -63,7 +63,11 @@ describe('tunnel: the native relay of bridged sessions', function () {
   });
 
   /** Two nodes' ends of one link: the addon's TLS on loopback, a mux and a close guard each. */
-  async function link(mux: Partial<MuxOptions> = {}, closeTimeoutMs = 30_000): Promise<{ a: Side; b: Side }> {
+  async function link(
+    mux: Partial<MuxOptions> = {},
+    closeTimeoutMs = 30_000,
+    guard: Partial<GuardOptions> = { relayAfterBytes: 0 }, // most tests hand over at bridging
+  ): Promise<{ a: Side; b: Side }> {
     const server = net.createServer({ pauseOnConnect: true });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const accepted = once<net.Socket>(server, 'connection');
@@ -82,7 +86,7 @@ describe('tunnel: the native relay of bridged sessions', function () {
     const side = (l: TlsLinkSocket, role: 'client' | 'server'): Side => ({
       link: l,
       mux: new MuxSession(l, { role, closeTimeoutMs: 30_000, ...mux }),
-      guard: new CloseGuard({ closeTimeoutMs }),
+      guard: new CloseGuard({ closeTimeoutMs, ...guard }),
     });
     const a = side(la, 'client');
     const b = side(lb, 'server');
@@ -116,10 +120,47 @@ describe('tunnel: the native relay of bridged sessions', function () {
     const stream = await accepted;
     await before?.streamB?.(stream);
     const sb = b.guard.bridge(proxyB, stream, () => (done.b = true));
-    assert.ok(sa.relay, 'relayed natively at A');
-    assert.ok(sb.relay, 'relayed natively at B');
+    if (a.guard.relayAfterBytes === 0) assert.ok(sa.relay, 'relayed natively at A');
+    if (b.guard.relayAfterBytes === 0) assert.ok(sb.relay, 'relayed natively at B');
     return { appA, appB, sa, sb, done };
   }
+
+  it('by default a session is handed over once it has moved RELAY_AFTER_BYTES: a short one never, a bulk one mid-stream, either way', async () => {
+    const { a, b } = await link({}, 30_000, {});
+    // A short exchange stays on the JavaScript path at both ends: no relay, no second descriptor.
+    const short = await session(a, b);
+    const echoed = new Promise<Buffer>((r) => short.appA.once('data', r));
+    short.appB.once('data', (c: Buffer) => short.appB.write(c));
+    short.appA.write('x');
+    assert.equal((await echoed).toString(), 'x');
+    assert.equal(short.sa.relay, undefined, 'A: one byte each way is not worth a handover');
+    assert.equal(short.sb.relay, undefined, 'B: the same');
+    assert.equal(native.relayCount(), 0);
+    // Bulk each way: handed over while the bytes flow, every byte in order.
+    for (const dir of ['up', 'down'] as const) {
+      const s = await session(a, b);
+      const [from, to] = dir === 'up' ? [s.appA, s.appB] : [s.appB, s.appA];
+      const data = randomBytes(8 * MiB);
+      const got = readAll(to);
+      await send(from, data);
+      assert.equal(sha256(await got), sha256(data), `${dir}: intact and in order`);
+      assert.ok(s.sa.relay && s.sb.relay, `${dir}: handed over at both ends`);
+      const moved = s.sa.relay.counters();
+      assert.ok(
+        moved.bytesIn + moved.bytesOut > 0 &&
+          moved.bytesIn + moved.bytesOut <= data.length - RELAY_AFTER_BYTES,
+        `${dir}: the relay took over after the first ${RELAY_AFTER_BYTES} bytes: ${JSON.stringify(moved)}`,
+      );
+      to.end();
+      await until(() => s.done.a && s.done.b, 5000, `${dir}: both sessions to close`);
+    }
+    short.appA.end();
+    short.appB.end();
+    await until(() => short.done.a && short.done.b, 5000, 'the short session to close');
+    assert.deepEqual(a.guard.stats.exits, { completed: 3 });
+    assert.equal(a.guard.stats.relayed, 2);
+    assert.equal(b.guard.stats.relayed, 2);
+  });
 
   it('moves bytes both ways with half-close each way, and both sessions complete', async () => {
     const { a, b } = await link();
@@ -314,4 +355,65 @@ describe('tunnel: the native relay of bridged sessions', function () {
     assert.equal(a.guard.stats.exits.stream_reset, 1);
     assert.equal(native.relayCount(), 0);
   });
+
+  // The fault matrix of test/tunnel/sessionlife.test.ts for the states a relayed session is in
+  // (bridged, half_closed), with the session's bytes in the addon: the same outcome every time.
+  const MATRIX: { state: 'bridged' | 'half_closed'; fault: string; exit: SessionExit }[] = [
+    { state: 'bridged', fault: 'client reset', exit: 'local_reset' },
+    { state: 'bridged', fault: 'stream reset', exit: 'stream_reset' },
+    { state: 'bridged', fault: 'link death', exit: 'stream_reset' },
+    { state: 'bridged', fault: 'stop', exit: 'stopped' },
+    { state: 'half_closed', fault: 'client reset', exit: 'local_reset' },
+    { state: 'half_closed', fault: 'stream reset', exit: 'stream_reset' },
+    { state: 'half_closed', fault: 'link death', exit: 'stream_reset' },
+    { state: 'half_closed', fault: 'bound', exit: 'close_timeout' },
+    { state: 'half_closed', fault: 'stop', exit: 'stopped' },
+  ];
+  for (const c of MATRIX) {
+    it(`relayed, ${c.state}: ${c.fault} -> closed (${c.exit}), both ends destroyed, no relay left`, async () => {
+      const { a, b } = await link({}, 300);
+      const [client, local] = await tcpPair(true);
+      cleanups.push(() => [client, local].forEach((x) => x.destroy()));
+      client.on('error', () => undefined);
+      const accepted = once<MuxStream>(b.mux, 'stream');
+      const ended: SessionExit[] = [];
+      const session: SessionLife = a.guard.bridge(local, a.mux.open(), () => ended.push(session.exit!));
+      const remote = await accepted;
+      remote.on('error', () => undefined);
+      remote.pipe(remote); // the far end echoes
+      assert.ok(session.relay, 'relayed natively');
+      const echoed = new Promise<void>((r) => client.once('data', () => r()));
+      client.write('hello');
+      await echoed;
+      if (c.state === 'half_closed') {
+        client.end(); // our client's FIN: the session is half-closed, the far end never ends
+        remote.unpipe(remote);
+        await until(() => session.state === 'half_closed', 2000, 'half_closed');
+      }
+      assert.equal(session.state, c.state);
+      switch (c.fault) {
+        case 'client reset':
+          client.resetAndDestroy();
+          break;
+        case 'stream reset':
+          remote.reset();
+          break;
+        case 'link death':
+          b.link.destroy(); // the far end of the link is gone without a word
+          break;
+        case 'stop':
+          a.guard.close();
+          break;
+        case 'bound':
+          break; // close_timeout does it
+      }
+      await until(() => a.guard.size === 0, 3000, `the session to close (state ${session.state})`);
+      assert.equal(session.state, 'closed');
+      assert.deepEqual(ended, [c.exit]);
+      assert.ok(session.stream.destroyed, 'the stream is destroyed');
+      assert.ok(session.local!.destroyed, 'the local end is destroyed');
+      await until(() => client.destroyed, 3000, 'the local client to be closed or reset');
+      assert.equal(native.relayCount(), 0, 'the relay closed with its session');
+    });
+  }
 });
