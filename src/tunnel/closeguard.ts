@@ -126,6 +126,8 @@ export class CloseGuard implements SessionHost {
   private readonly onDone = new WeakMap<SessionLife, () => void>();
   private readonly reaper: Reaper;
   private closed = false;
+  /** The addon cannot relay here: no reload turns relaying back on. */
+  private nativeMissing = false;
   readonly clock: Clock;
   readonly bounds: SessionBounds;
   readonly ports: SocketPorts;
@@ -153,6 +155,12 @@ export class CloseGuard implements SessionHost {
   /** Change the bounds (a reload); sessions pick them up at their next state change. */
   setBounds(b: Partial<SessionBounds>): void {
     Object.assign(this.bounds, b);
+  }
+
+  /** Change native relaying (a reload): sessions bridged from now on follow it. */
+  setRelaying(on: boolean, afterBytes: number): void {
+    this.opts.nativeRelay = on && !this.nativeMissing;
+    this.opts.relayAfterBytes = afterBytes;
   }
 
   /** Sessions not yet closed: the slots in use. */
@@ -273,8 +281,10 @@ export class CloseGuard implements SessionHost {
         },
       });
     } catch (err) {
-      if ((err as { code?: string }).code === 'ERR_NATIVE_MISSING') this.opts.nativeRelay = false;
-      else throw err;
+      if ((err as { code?: string }).code === 'ERR_NATIVE_MISSING') {
+        this.opts.nativeRelay = false;
+        this.nativeMissing = true;
+      } else throw err;
     }
     if (r) this.stats.relayed++;
     return r;

@@ -136,6 +136,8 @@ export const tunnelConfigSchema = z
     first_byte_timeout: durationIn(100, 600_000, '3s'),
     // Bridged sessions' bytes move in the addon (src/tunnel/nativebridge.ts); false: in JavaScript.
     native_relay: z.boolean().default(true),
+    // ...once a session has moved this much (0: at once); short and idle sessions stay in JavaScript.
+    native_relay_after: sizeIn(0, 64 * 1024 ** 2, '256KiB'),
     peers: z.record(serviceName, peerRule).optional(),
   })
   .strict()

@@ -166,6 +166,7 @@ export class TunnelNode extends EventEmitter {
       clock: this.clock,
       ports: opts.ports,
       nativeRelay: cfg.native_relay,
+      relayAfterBytes: cfg.native_relay_after,
     });
   }
 
@@ -350,6 +351,7 @@ export class TunnelNode extends EventEmitter {
       dialMs: next.dial_timeout,
       openMs: next.open_timeout,
     });
+    this.guard.setRelaying(next.native_relay, next.native_relay_after);
     Object.assign(this.lo!, {
       heartbeatMs: next.heartbeat,
       heartbeatMisses: next.heartbeat_misses,

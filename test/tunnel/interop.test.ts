@@ -9,7 +9,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import { tunnelConfigSchema } from '../../src/tunnel/config';
+import { tunnelConfigSchema, type TunnelConfigInput } from '../../src/tunnel/config';
 import { encodeFrame, encodeHeader, Flag, FrameDecoder, FrameType, type Frame } from '../../src/tunnel/frame';
 import { LINK_ALPN } from '../../src/tunnel/link';
 import { TunnelNode } from '../../src/tunnel/node';
@@ -27,6 +27,7 @@ const quiet = { enableKeepAlive: false, logger: () => undefined };
  */
 async function echoGatewayOverTls(
   pki: TestPki,
+  extra: Partial<TunnelConfigInput> = {},
 ): Promise<{ echo: net.Server; gw: TunnelNode; sock: tls.TLSSocket }> {
   const echo = net.createServer((s) => {
     s.on('error', () => undefined);
@@ -41,6 +42,7 @@ async function echoGatewayOverTls(
       tls: { ca: pki.ca, ...pki.nodes.gw1! },
       listen: `127.0.0.1:${port}`,
       services: { echo: `127.0.0.1:${(echo.address() as net.AddressInfo).port}` },
+      ...extra,
     }),
   );
   const sock = tls.connect({
@@ -180,7 +182,8 @@ describe('tunnel: a concurrent, reordering opener against a tunnel node (raw fra
   after(() => pki.cleanup());
 
   it('100 sessions opened with SYNs in shuffled ID order are all served; a duplicate live ID and a wrong parity get a stream RST; the link and the other sessions stay', async () => {
-    const { echo, gw, sock } = await echoGatewayOverTls(pki);
+    // Every session goes to the native relay at its bridging: the raw frames meet the addon.
+    const { echo, gw, sock } = await echoGatewayOverTls(pki, { native_relay_after: 0 });
     try {
       await new Promise<void>((r, j) => sock.once('secureConnect', () => r()).once('error', j));
       const dec = new FrameDecoder({ maxFrameSize: 16 * 1024 * 1024 });
@@ -221,6 +224,7 @@ describe('tunnel: a concurrent, reordering opener against a tunnel node (raw fra
         'every session answered OK and echoed',
       );
       assert.equal(gw.status().sessions.count, 100);
+      await until(() => gw.status().sessions.relayed === 100, 'every session relayed natively');
       assert.ok(!seen.some((f) => f.flags & Flag.RST), 'no stream reset');
       // A duplicate SYN for live stream 7 and a SYN of the server's parity.
       sock.write(Buffer.concat([syn(7), syn(400)]));

@@ -52,6 +52,7 @@ describe('tunnel lab: firewall, gateway proxies, endpoint proxy', function () {
       forwards: [{ listen: `${TUN[name]}:${TUN.gatewayPort}`, service: 'gateway' }],
       // downcalls: the gateway's connections to the endpoint are dialed from here
       services: { 'endpoint-e': `${TUN.endpoint}:${TUN.endpointPort}` },
+      relayAfter: '0', // the faults below meet sessions on the native relay, short ones too
     });
     gw1 = startNode(lab, pki, gwSpec('gw1'));
     gw2 = startNode(lab, pki, gwSpec('gw2'));
@@ -63,6 +64,7 @@ describe('tunnel lab: firewall, gateway proxies, endpoint proxy', function () {
       links: [`${TUN.gw1}:${TUN.linkPort}`, `${TUN.gw2}:${TUN.linkPort}`],
       services: { gateway: `${TUN.gateway}:${TUN.gatewayPort}` },
       forwards: [{ listen: `${TUN.ep}:${TUN.endpointPort}`, service: 'endpoint-e' }],
+      relayAfter: '0',
     });
     await waitStatus(
       ep,
@@ -356,7 +358,7 @@ describe('tunnel lab: a relay chain of two', function () {
       listen: '198.18.3.32:9401',
       links: ['198.18.3.31:9401'],
     });
-    startNode(lab, pki, {
+    const epp = startNode(lab, pki, {
       host: 'epp',
       name: 'epp',
       role: 'endpoint-proxy',
@@ -390,6 +392,10 @@ describe('tunnel lab: a relay chain of two', function () {
       const s = await waitStatus(relay, (x) => x.sessions.count === 0, 10_000, 'relay sessions to end');
       assert.equal(s.sessions.opened, 201, `${relay.spec.name} relayed every session`);
     }
+    // At the default native_relay_after, the 16 MiB transfer went to the native relay mid-stream at
+    // both proxies and the 200 short sessions stayed in JavaScript.
+    for (const proxy of [gwp, epp])
+      assert.equal((await status(proxy)).sessions.relayed, 1, `${proxy.spec.name}: one session relayed`);
     for (const host of ['gwp', 'r1', 'r2', 'epp'])
       assert.deepEqual(await closeWait(lab, host), [], `CLOSE_WAIT in ${host}`);
   });

@@ -86,6 +86,8 @@ export interface NodeSpec {
   heartbeat?: string;
   /** Run the node with this descriptor limit (prlimit), e.g. the packaged unit's LimitNOFILE. */
   nofile?: number;
+  /** tunnel.native_relay_after ("0": every bridged session goes to the native relay at once). */
+  relayAfter?: string;
 }
 
 export interface RunningNode {
@@ -113,6 +115,7 @@ export function writeConfig(pki: TestPki, n: NodeSpec): string {
     `  close_timeout: ${n.closeTimeout ?? '3s'}`,
     `  max_sessions: ${n.maxSessions ?? 10000}`,
     ...(n.dialTimeout ? [`  dial_timeout: ${n.dialTimeout}`] : []),
+    ...(n.relayAfter ? [`  native_relay_after: ${n.relayAfter}`] : []),
   ];
   const file = path.join(pki.dir, `${n.name}.yaml`);
   fs.writeFileSync(file, lines.join('\n') + '\n');

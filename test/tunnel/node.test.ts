@@ -77,29 +77,39 @@ describe('tunnel: nodes over TLS on loopback', function () {
   async function pair(
     maxSessions = 100,
     extra: Partial<TunnelConfigInput> = {},
-  ): Promise<{ gw: TunnelNode; ep: TunnelNode; fwd: number; gwPort: number }> {
+  ): Promise<{
+    gw: TunnelNode;
+    ep: TunnelNode;
+    fwd: number;
+    gwPort: number;
+    inputs: { gw: Partial<TunnelConfigInput>; ep: Partial<TunnelConfigInput> };
+  }> {
     const svc = await replyServer('gateway:');
     servers.push(svc.server);
     const gwPort = await freePort();
     const fwd = await freePort();
-    const gw = await start('gw1', {
-      listen: `127.0.0.1:${gwPort}`,
-      services: { gateway: `127.0.0.1:${svc.port}` },
-      max_sessions: maxSessions,
-      ...extra,
-    });
-    const ep = await start('ep', {
-      role: 'endpoint-proxy',
-      links: [{ connect: `127.0.0.1:${gwPort}` }],
-      forwards: [{ listen: `127.0.0.1:${fwd}`, service: 'gateway' }],
-      ...extra,
-    });
+    const inputs = {
+      gw: {
+        listen: `127.0.0.1:${gwPort}`,
+        services: { gateway: `127.0.0.1:${svc.port}` },
+        max_sessions: maxSessions,
+        ...extra,
+      },
+      ep: {
+        role: 'endpoint-proxy' as const,
+        links: [{ connect: `127.0.0.1:${gwPort}` }],
+        forwards: [{ listen: `127.0.0.1:${fwd}`, service: 'gateway' }],
+        ...extra,
+      },
+    };
+    const gw = await start('gw1', inputs.gw);
+    const ep = await start('ep', inputs.ep);
     await until(
       () => ep.status().links.some((l) => l.state === 'up' && 'gateway' in l.services),
       5000,
       'the link and its announcement',
     );
-    return { gw, ep, fwd, gwPort };
+    return { gw, ep, fwd, gwPort, inputs };
   }
 
   it('carries sessions end to end with sha256 integrity and half-close, and reports status', async () => {
@@ -126,7 +136,7 @@ describe('tunnel: nodes over TLS on loopback', function () {
   });
 
   it('tunnel.native_relay false: the same sessions move in JavaScript, none relayed natively', async () => {
-    const { gw, ep, fwd } = await pair(100, { native_relay: false });
+    const { gw, ep, fwd, inputs } = await pair(100, { native_relay: false });
     const data = randomBytes(2 * 1024 * 1024);
     const got = await call(fwd, data);
     assert.equal(sha256(got), sha256(Buffer.concat([Buffer.from('gateway:'), data])));
@@ -134,6 +144,26 @@ describe('tunnel: nodes over TLS on loopback', function () {
     assert.equal(ep.status().sessions.relayed, 0);
     assert.equal(gw.status().sessions.relayed, 0);
     assert.deepEqual(ep.status().sessions.ends, { completed: 1 });
+    // A reload turns relaying on for the sessions bridged after it: with native_relay_after 0, a
+    // short one too; and off again.
+    const relayed = (): number[] => [ep.status().sessions.relayed!, gw.status().sessions.relayed!];
+    const reloadBoth = async (c: Partial<TunnelConfigInput>): Promise<void> => {
+      await ep.reload(cfg('ep', { ...inputs.ep, ...c }));
+      await gw.reload(cfg('gw1', { ...inputs.gw, ...c }));
+    };
+    await reloadBoth({ native_relay: true, native_relay_after: 0 });
+    const c = net.connect({ port: fwd, host: '127.0.0.1', allowHalfOpen: true });
+    await new Promise<void>((r, j) => c.once('connect', r).once('error', j));
+    const reply = readAll(c);
+    c.write('x');
+    await until(() => relayed().join() === '1,1', 3000, 'a one-byte session relayed at both ends');
+    c.end();
+    assert.equal((await reply).toString(), 'gateway:x');
+    await until(() => ep.status().sessions.count === 0, 3000, 'the session to end');
+    await reloadBoth({ native_relay: false });
+    assert.equal((await call(fwd, randomBytes(1024 * 1024))).length, 'gateway:'.length + 1024 * 1024);
+    await until(() => ep.status().sessions.count === 0, 3000, 'the session to end');
+    assert.deepEqual(relayed(), [1, 1], 'none relayed after relaying was turned off again');
   });
 
   it('refuses an unlisted service on the stream with a reason (no open proxy)', async () => {

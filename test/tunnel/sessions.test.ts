@@ -100,6 +100,7 @@ describe('tunnel lab: every session ends (resets during the dial, link cuts, slo
         { listen: `${A.gwp}:${A.deadPort}`, service: 'dead' },
       ],
       closeTimeout: '2s',
+      relayAfter: '0', // every bridged session ends on the native relay's path
     });
     await sleep(200);
     epp = startNode(lab, pki, {
@@ -114,6 +115,7 @@ describe('tunnel lab: every session ends (resets during the dial, link cuts, slo
       },
       closeTimeout: '2s',
       dialTimeout: '3s',
+      relayAfter: '0',
     });
     await waitStatus(
       gwp,
