@@ -278,6 +278,10 @@ class RelayRegistry final : public RelayTable {
     relays_[id] = std::move(r);
     s->streams[stream] = id;
     UpdatePoll(*raw);
+    // A session handed over mid-stream may owe the peer credit: bytes the JavaScript path took
+    // without crediting yet (it credits a quarter of the window at a time). With the window spent
+    // the peer sends nothing more, so no later frame would bring the credit: it goes now.
+    if (raw->queued() == 0) SendCredit(*raw);
     // Bytes Node had read give the socket no readable edge: they go in the check phase.
     if (raw->early.size() > 0) kicks_.push_back(id);
     StartDelivery();  // the kick, or an error writing what the stream held
@@ -474,13 +478,17 @@ class RelayRegistry final : public RelayTable {
       }
     }
     if (r->halfClose && r->queued() == 0) ShutdownWrite(*r);
+    SendCredit(*r);
+  }
+
+  /** The peer's credit for what the socket took, if it is due, straight to the link. */
+  void SendCredit(Relay& r) {
     ByteBuf& wu = scratch_;
     wu.clear();
-    Credit(*r, wu);
-    if (wu.size() > 0) {
-      RelayLinkPort* port = PortOf(*r);
-      if (port == nullptr || !port->SendFrames(r->link, wu.data(), wu.size())) return;
-    }
+    Credit(r, wu);
+    if (wu.size() == 0) return;
+    RelayLinkPort* port = PortOf(r);
+    if (port != nullptr) port->SendFrames(r.link, wu.data(), wu.size());
   }
 
   // ------------------------------------------------------------ socket -> peer

@@ -52,24 +52,3 @@ export function streamToSocket(stream: MuxStream, local: net.Socket): () => void
     uncork();
   };
 }
-
-/**
- * Call `fn` once, when `bytes` have moved between the socket and the stream either way (counted as
- * they pass on the JavaScript path); the returned function stops counting without calling it.
- */
-export function whenMoved(stream: MuxStream, local: net.Socket, bytes: number, fn: () => void): () => void {
-  let moved = 0;
-  const stop = (): void => {
-    stream.off('data', count);
-    local.off('data', count);
-  };
-  const count = (chunk: Buffer): void => {
-    moved += chunk.length;
-    if (moved < bytes) return;
-    stop();
-    fn();
-  };
-  stream.on('data', count);
-  local.on('data', count);
-  return stop;
-}

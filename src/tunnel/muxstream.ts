@@ -171,6 +171,9 @@ export class MuxStream extends Duplex {
   relayCounters: { counters(): { bytesIn: number; bytesOut: number } } | undefined;
   bytesIn = 0;
   bytesOut = 0;
+  /** bytesIn + bytesOut at which `moveWatcher` hears of it, once (watchMoved()). */
+  private moveMark = Infinity;
+  private moveWatcher: { movedPast(): void } | undefined;
 
   /** @internal */
   constructor(
@@ -383,6 +386,7 @@ export class MuxStream extends Duplex {
       this.recvWindow -= f.data.length;
       this.bytesIn += f.data.length;
       this.touch();
+      if (this.bytesIn + this.bytesOut >= this.moveMark) this.movedPast();
       this.push(f.data);
       this.maybeUpdateWindow();
     }
@@ -392,6 +396,23 @@ export class MuxStream extends Duplex {
 
   private touch(): void {
     this.lastActivity = this.session.clock.now();
+  }
+
+  /**
+   * @internal `watcher` hears once when this stream has carried `bytes` more payload either way
+   * (the session's handover to the native relay). Two fields, where 'data' listeners on both ends
+   * would cost an idle session three closures and two listener arrays.
+   */
+  watchMoved(bytes: number, watcher: { movedPast(): void }): void {
+    this.moveMark = this.bytesIn + this.bytesOut + bytes;
+    this.moveWatcher = watcher;
+  }
+
+  private movedPast(): void {
+    const w = this.moveWatcher;
+    this.moveMark = Infinity;
+    this.moveWatcher = undefined;
+    w?.movedPast();
   }
 
   /** Credit the peer with what our consumer has taken, once that is a quarter of the target. */
@@ -445,6 +466,7 @@ export class MuxStream extends Duplex {
       this.sendWindow -= n;
       this.bytesOut += n;
       this.touch();
+      if (this.bytesIn + this.bytesOut >= this.moveMark) this.movedPast();
       if (n === p.buf.length) {
         this.pending = undefined;
         p.cb();

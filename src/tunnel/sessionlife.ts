@@ -30,7 +30,7 @@ import type { Clock, Timer } from '../util/clock';
 import { RunToCompletion } from '../util/runqueue';
 import type { HostPort } from './config';
 import { MuxStream } from './muxstream';
-import { prepareSocket, resetSocket, streamToSocket, whenMoved } from './localsocket';
+import { prepareSocket, resetSocket, streamToSocket } from './localsocket';
 import type { NativeRelay, RelayEvents } from './nativebridge';
 
 export type SessionState =
@@ -618,7 +618,7 @@ export class SessionLife {
       if (after !== 0 || !this.startNativeRelay(l)) {
         this.jsPath = streamToSocket(this.stream, l);
         if (after === 0) this.retryNativeRelay(l);
-        else if (after !== undefined) whenMoved(this.stream, l, after, () => this.retryNativeRelay(l));
+        else if (after !== undefined) this.stream.watchMoved(after, this);
       }
       if (this.state !== 'answered') return;
       this.watcher = this.host.watch(l, (ev) => {
@@ -638,6 +638,12 @@ export class SessionLife {
     }
     if (this.state !== 'answered') return;
     this.enter(this.fins.local || this.fins.stream ? 'half_closed' : 'bridged');
+  }
+
+  /** @internal The stream has carried relayAfterBytes: time to hand the session to the addon. */
+  movedPast(): void {
+    const l = this.local;
+    if (l && !(l instanceof MuxStream) && !this.relay) this.retryNativeRelay(l);
   }
 
   /**

@@ -11,7 +11,7 @@ import { TlsLinkSocket } from '../../src/sys/tlslink';
 import { CloseGuard, type GuardOptions } from '../../src/tunnel/closeguard';
 import { linkContext, loadTls } from '../../src/tunnel/linktls';
 import { MuxSession, type MuxOptions, type MuxStream } from '../../src/tunnel/muxsession';
-import { RELAY_AFTER_BYTES, type SessionExit, type SessionLife } from '../../src/tunnel/sessionlife';
+import type { SessionExit, SessionLife } from '../../src/tunnel/sessionlife';
 import { makePki, type TestPki } from '../fixtures/tunnel-pki';
 import { once, readAll, sha256, tcpPair, until } from './helpers';
 
@@ -145,12 +145,11 @@ describe('tunnel: the native relay of bridged sessions', function () {
       await send(from, data);
       assert.equal(sha256(await got), sha256(data), `${dir}: intact and in order`);
       assert.ok(s.sa.relay && s.sb.relay, `${dir}: handed over at both ends`);
+      // Handed over mid-stream: what the stream held unread at the handover went on through the
+      // relay, so the relay's count is below the transfer but may exceed its last 256 KiB.
       const moved = s.sa.relay.counters();
-      assert.ok(
-        moved.bytesIn + moved.bytesOut > 0 &&
-          moved.bytesIn + moved.bytesOut <= data.length - RELAY_AFTER_BYTES,
-        `${dir}: the relay took over after the first ${RELAY_AFTER_BYTES} bytes: ${JSON.stringify(moved)}`,
-      );
+      const total = moved.bytesIn + moved.bytesOut;
+      assert.ok(total > 0 && total < data.length, `${dir}: relayed mid-stream: ${JSON.stringify(moved)}`);
       to.end();
       await until(() => s.done.a && s.done.b, 5000, `${dir}: both sessions to close`);
     }
