@@ -1,6 +1,9 @@
 // Errors from system calls, shaped like Node's own: `code` (the errno name from uv_err_name_r),
 // `errno` (positive), `syscall`, and
 // `description` (strerror). The TypeScript facades turn them into SystemError with advice.
+//
+// Exceptions are disabled (NAPI_DISABLE_CPP_EXCEPTIONS): a binding throws by setting the pending
+// JavaScript exception and returning, so the Throw* helpers return undefined for `return Throw...`.
 #pragma once
 
 #include <napi.h>
@@ -15,7 +18,22 @@ std::string ErrnoName(int err);
 /** A JS Error with code/errno/syscall; `what` says what was being done ("TCP_INFO on fd 12"). */
 Napi::Error MakeSystemError(Napi::Env env, int err, const char* syscall, const std::string& what);
 
+/** Throw `error`; returns undefined. */
+Napi::Value Throw(const Napi::Error& error);
+
+/** Throw MakeSystemError(env, err, syscall, what); returns undefined. */
+Napi::Value ThrowSystemError(Napi::Env env, int err, const char* syscall, const std::string& what);
+
+/** Throw a plain Error (a call the object's state does not allow); returns undefined. */
+Napi::Value ThrowError(Napi::Env env, const std::string& message);
+
 /** Throw a TypeError and return an empty value (for argument checks; exceptions are disabled). */
 Napi::Value ThrowTypeError(Napi::Env env, const char* message);
+
+/**
+ * After calling JavaScript from a libuv callback: what it threw becomes an uncaught exception, as
+ * in any Node event callback. False when it threw.
+ */
+bool ReportUncaught(Napi::Env env);
 
 }  // namespace idg

@@ -228,18 +228,15 @@ class RelayRegistry final : public RelayTable {
     if (!CanOpen(link, stream)) return Napi::Number::New(env_, 0);
     LinkState* s = FindLink(link);
     uv_loop_t* loop = nullptr;
-    if (napi_get_uv_event_loop(env_, &loop) != napi_ok || loop == nullptr) return ThrowMsg("no libuv loop");
+    if (napi_get_uv_event_loop(env_, &loop) != napi_ok || loop == nullptr) return ThrowError(env_, "no libuv loop");
     const int fd = ::fcntl(fdIn, F_DUPFD_CLOEXEC, 3);
-    if (fd < 0) {
-      MakeSystemError(env_, errno, "fcntl", "duplicating a bridged socket").ThrowAsJavaScriptException();
-      return env_.Undefined();
-    }
+    if (fd < 0) return ThrowSystemError(env_, errno, "fcntl", "duplicating a bridged socket");
     ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
     auto poll = std::make_unique<uv_poll_t>();
     const int rc = uv_poll_init(loop, poll.get(), fd);
     if (rc != 0) {
       ::close(fd);
-      return ThrowMsg(std::string("uv_poll_init: ") + uv_strerror(rc));
+      return ThrowError(env_, std::string("uv_poll_init: ") + uv_strerror(rc));
     }
     auto r = std::make_unique<Relay>();
     r->id = nextId_++;
@@ -626,21 +623,13 @@ class RelayRegistry final : public RelayTable {
                                      {Napi::Number::New(env_, e.relay), Napi::Number::New(env_, e.kind),
                                       Napi::Number::New(env_, e.err)},
                                      context());
-      if (env_.IsExceptionPending()) {
-        Napi::Error error = env_.GetAndClearPendingException();
-        napi_fatal_exception(env_, error.Value());
-      }
+      ReportUncaught(env_);
     }
   }
 
   napi_async_context context() {
     if (context_ == nullptr) context_ = std::make_unique<Napi::AsyncContext>(env_, "ipdeadgate:relay");
     return *context_;
-  }
-
-  Napi::Value ThrowMsg(const std::string& what) {
-    Napi::Error::New(env_, what).ThrowAsJavaScriptException();
-    return env_.Undefined();
   }
 
   void Teardown() {
