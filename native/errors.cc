@@ -40,6 +40,12 @@ Napi::Value ThrowTypeError(Napi::Env env, const char* message) {
   return env.Undefined();
 }
 
+bool NumberArgs(const Napi::CallbackInfo& info, size_t count) {
+  for (size_t i = 0; i < count; i++)
+    if (!info[i].IsNumber()) return false;  // past the last argument: undefined
+  return true;
+}
+
 bool ReportUncaught(Napi::Env env) {
   if (!env.IsExceptionPending()) return true;
   Napi::Error error = env.GetAndClearPendingException();

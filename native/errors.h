@@ -4,10 +4,14 @@
 //
 // Exceptions are disabled (NAPI_DISABLE_CPP_EXCEPTIONS): a binding throws by setting the pending
 // JavaScript exception and returning, so the Throw* helpers return undefined for `return Throw...`.
+// A binding checks its arguments before any work (NumberArgs) and throws a TypeError naming its
+// signature.
 #pragma once
 
 #include <napi.h>
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace idg {
@@ -29,6 +33,12 @@ Napi::Value ThrowError(Napi::Env env, const std::string& message);
 
 /** Throw a TypeError and return an empty value (for argument checks; exceptions are disabled). */
 Napi::Value ThrowTypeError(Napi::Env env, const char* message);
+
+/** A binding's argument check: its first `count` arguments are numbers (ids, descriptors). */
+bool NumberArgs(const Napi::CallbackInfo& info, size_t count);
+
+/** Argument `i` as an id, once NumberArgs() has passed it. */
+inline uint32_t IdArg(const Napi::CallbackInfo& info, size_t i = 0) { return info[i].As<Napi::Number>().Uint32Value(); }
 
 /**
  * After calling JavaScript from a libuv callback: what it threw becomes an uncaught exception, as

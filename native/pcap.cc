@@ -320,33 +320,33 @@ Napi::Value PcapOpen(const Napi::CallbackInfo& info) {
 // pcapSend(id, buffer)
 Napi::Value PcapSend(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsBuffer())
+  if (!NumberArgs(info, 1) || !info[1].IsBuffer())
     return ThrowTypeError(env, "pcapSend(id, buffer): bad arguments");
   auto buf = info[1].As<Napi::Buffer<uint8_t>>();
-  return Registry(env).Send(info[0].As<Napi::Number>().Uint32Value(), buf.Data(), buf.Length());
+  return Registry(env).Send(IdArg(info), buf.Data(), buf.Length());
 }
 
 // pcapClose(id): idempotent
 Napi::Value PcapClose(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(env, "pcapClose(id): bad arguments");
-  Registry(env).Close(info[0].As<Napi::Number>().Uint32Value());
+  if (!NumberArgs(info, 1)) return ThrowTypeError(env, "pcapClose(id): bad arguments");
+  Registry(env).Close(IdArg(info));
   return env.Undefined();
 }
 
 // pcapSetFilter(id, filter)
 Napi::Value PcapSetFilter(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsString())
+  if (!NumberArgs(info, 1) || !info[1].IsString())
     return ThrowTypeError(env, "pcapSetFilter(id, filter): bad arguments");
-  return Registry(env).SetFilter(info[0].As<Napi::Number>().Uint32Value(), info[1].As<Napi::String>().Utf8Value());
+  return Registry(env).SetFilter(IdArg(info), info[1].As<Napi::String>().Utf8Value());
 }
 
 // pcapStats(id): { received, dropped } or null for a closed handle
 Napi::Value PcapStats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(env, "pcapStats(id): bad arguments");
-  return Registry(env).Stats(info[0].As<Napi::Number>().Uint32Value());
+  if (!NumberArgs(info, 1)) return ThrowTypeError(env, "pcapStats(id): bad arguments");
+  return Registry(env).Stats(IdArg(info));
 }
 
 // pcapCount(): open handles in this environment (tests, leak checks)

@@ -221,8 +221,8 @@ class RelayRegistry final : public RelayTable {
 
   /** A relay for `stream` of `link` on a dup() of `fd`; 0 when the link cannot take it now. */
   Napi::Value Open(const Napi::CallbackInfo& info) override {
-    const uint32_t link = info[0].As<Napi::Number>().Uint32Value();
-    const uint32_t stream = info[1].As<Napi::Number>().Uint32Value();
+    const uint32_t link = IdArg(info, 0);
+    const uint32_t stream = IdArg(info, 1);
     const int fdIn = info[2].As<Napi::Number>().Int32Value();
     Napi::Object o = info[3].As<Napi::Object>();
     if (!CanOpen(link, stream)) return Napi::Number::New(env_, 0);

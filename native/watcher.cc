@@ -206,7 +206,7 @@ WatcherRegistry& Registry(Napi::Env env) { return EnvData::Get<WatcherRegistry>(
 // watchOpen(fd, callback(bits)): id
 Napi::Value WatchOpen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsFunction())
+  if (!NumberArgs(info, 1) || !info[1].IsFunction())
     return ThrowTypeError(env, "watchOpen(fd, callback): bad arguments");
   return Registry(env).Open(info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::Function>());
 }
@@ -214,8 +214,8 @@ Napi::Value WatchOpen(const Napi::CallbackInfo& info) {
 // watchClose(id): idempotent
 Napi::Value WatchClose(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(env, "watchClose(id): bad arguments");
-  Registry(env).Close(info[0].As<Napi::Number>().Uint32Value());
+  if (!NumberArgs(info, 1)) return ThrowTypeError(env, "watchClose(id): bad arguments");
+  Registry(env).Close(IdArg(info));
   return env.Undefined();
 }
 
