@@ -28,11 +28,13 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "env_data.h"
 #include "errors.h"
 #include "exports.h"
+#include "uv_close.h"
 
 namespace idg {
 namespace {
@@ -113,7 +115,7 @@ class PcapRegistry {
       self->OnReadable(h, status);
     });
     if (rc != 0) {
-      uv_close(reinterpret_cast<uv_handle_t*>(poll), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+      CloseHandles(nullptr, poll);
       return ThrowPcap(-rc, "uv_poll_start", ifname, uv_strerror(rc));
     }
     Handle& handle = handles_[id];
@@ -199,14 +201,8 @@ class PcapRegistry {
   void Release(Handle& h) {
     if (h.poll == nullptr) return;
     byPoll_.erase(h.poll);
-    uv_poll_stop(h.poll);
-    h.poll->data = h.pcap;
-    uv_close(reinterpret_cast<uv_handle_t*>(h.poll), [](uv_handle_t* uh) {
-      if (uh->data != nullptr) pcap_close(static_cast<pcap_t*>(uh->data));
-      delete reinterpret_cast<uv_poll_t*>(uh);
-    });
-    h.poll = nullptr;
-    h.pcap = nullptr;
+    pcap_t* p = std::exchange(h.pcap, nullptr);
+    CloseHandles([p] { if (p != nullptr) pcap_close(p); }, std::exchange(h.poll, nullptr));
     h.callback.Reset();
   }
 

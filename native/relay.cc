@@ -30,11 +30,13 @@
 #include <cstring>
 #include <memory>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "env_data.h"
 #include "errors.h"
 #include "tls_buffer.h"
+#include "uv_close.h"
 
 namespace idg {
 namespace {
@@ -306,16 +308,14 @@ class RelayRegistry final : public RelayTable {
       struct linger lg = {1, 0};
       ::setsockopt(r->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
-    uv_poll_stop(r->poll);
-    r->poll->data = r.get();
-    Relay* raw = r.release();
     // The descriptor and the relay go once libuv has let go of the poll (never under a caller).
-    uv_close(reinterpret_cast<uv_handle_t*>(raw->poll), [](uv_handle_t* h) {
-      auto* rl = static_cast<Relay*>(h->data);
-      ::close(rl->fd);
-      delete reinterpret_cast<uv_poll_t*>(h);
-      delete rl;
-    });
+    Relay* raw = r.release();
+    CloseHandles(
+        [raw] {
+          ::close(raw->fd);
+          delete raw;
+        },
+        raw->poll);
   }
 
   Napi::Value Stats(uint32_t id) override {
@@ -640,13 +640,7 @@ class RelayRegistry final : public RelayTable {
     links_.clear();
     pending_.clear();
     if (check_ != nullptr) {
-      uv_check_stop(check_);
-      uv_close(reinterpret_cast<uv_handle_t*>(check_),
-               [](uv_handle_t* h) { delete reinterpret_cast<uv_check_t*>(h); });
-      check_ = nullptr;
-      uv_idle_stop(awake_);
-      uv_close(reinterpret_cast<uv_handle_t*>(awake_), [](uv_handle_t* h) { delete reinterpret_cast<uv_idle_t*>(h); });
-      awake_ = nullptr;
+      CloseHandles(nullptr, std::exchange(check_, nullptr), std::exchange(awake_, nullptr));
     }
     context_.reset();
     dispatch_.Reset();

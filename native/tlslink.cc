@@ -45,6 +45,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 
 #include "env_data.h"
 #include "errors.h"
@@ -56,6 +57,7 @@
 #include "tls_handshake.h"
 #include "tls_registry.h"
 #include "unique_fd.h"
+#include "uv_close.h"
 
 namespace idg {
 namespace {
@@ -276,39 +278,9 @@ class TlsRegistry final : public TlsLinks, public RelayLinkPort {
     }
     link->context.reset();
     // The descriptor is closed once libuv has let go of both handles.
-    struct Closing {
-      int fd;
-      int handles;
-    };
-    auto* closing = new Closing{link->fd, 0};
-    auto done = [](uv_handle_t* h) {
-      auto* c = static_cast<Closing*>(h->data);
-      if (h->type == UV_POLL) delete reinterpret_cast<uv_poll_t*>(h);
-      else delete reinterpret_cast<uv_idle_t*>(h);
-      if (--c->handles == 0) {
-        ::close(c->fd);
-        delete c;
-      }
-    };
-    if (link->poll) {
-      uv_poll_stop(link->poll);
-      link->poll->data = closing;
-      closing->handles++;
-      uv_close(reinterpret_cast<uv_handle_t*>(link->poll), done);
-      link->poll = nullptr;
-    }
-    if (link->idle) {
-      uv_idle_stop(link->idle);
-      link->idle->data = closing;
-      closing->handles++;
-      uv_close(reinterpret_cast<uv_handle_t*>(link->idle), done);
-      link->idle = nullptr;
-    }
-    if (closing->handles == 0) {
-      if (link->fd >= 0) ::close(link->fd);
-      delete closing;
-    }
-    link->fd = -1;
+    const int fd = std::exchange(link->fd, -1);
+    CloseHandles([fd] { if (fd >= 0) ::close(fd); }, std::exchange(link->poll, nullptr),
+                 std::exchange(link->idle, nullptr));
   }
 
   void SetPoll(Link& l, int events) {

@@ -29,11 +29,13 @@
 #include <cstdint>
 #include <string>
 #include <unordered_map>
+#include <utility>
 
 #include "env_data.h"
 #include "errors.h"
 #include "exports.h"
 #include "unique_fd.h"
+#include "uv_close.h"
 
 namespace idg {
 namespace {
@@ -120,8 +122,7 @@ class WatcherRegistry {
       static_cast<WatcherRegistry*>(handle->data)->Dispatch(status);
     });
     if (rc != 0) {
-      // The handle is initialised: it must go through uv_close before it is freed.
-      uv_close(reinterpret_cast<uv_handle_t*>(poll), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+      CloseHandles(nullptr, poll);  // initialised: it goes through uv_close before it is freed
       ThrowSystemError(env_, -rc, "uv_poll_start", "polling the socket watcher's epoll instance");
       return false;
     }
@@ -181,14 +182,9 @@ class WatcherRegistry {
     watchers_.clear();
     context_.reset();
     if (poll_ != nullptr) {
-      // The uv handle is closed first; the epoll fd only in its close callback, once libuv is done.
-      uv_poll_stop(poll_);
-      poll_->data = new UniqueFd(epoll_.Release());
-      uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) {
-        delete static_cast<UniqueFd*>(h->data);
-        delete reinterpret_cast<uv_poll_t*>(h);
-      });
-      poll_ = nullptr;
+      // The uv handle is closed first; the epoll fd only once libuv is done with it.
+      const int epoll = epoll_.Release();
+      CloseHandles([epoll] { ::close(epoll); }, std::exchange(poll_, nullptr));
     }
   }
 
