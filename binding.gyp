@@ -19,7 +19,8 @@
         "native/tls_bindings.cc",
         "native/relay.cc",
         "native/relay_bindings.cc",
-        "native/filelock.cc"
+        "native/filelock.cc",
+        "native/uv_close.cc"
       ],
       "libraries": ["-lpcap"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

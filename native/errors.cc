@@ -24,9 +24,33 @@ Napi::Error MakeSystemError(Napi::Env env, int err, const char* syscall, const s
   return error;
 }
 
+Napi::Value Throw(const Napi::Error& error) {
+  error.ThrowAsJavaScriptException();
+  return error.Env().Undefined();
+}
+
+Napi::Value ThrowSystemError(Napi::Env env, int err, const char* syscall, const std::string& what) {
+  return Throw(MakeSystemError(env, err, syscall, what));
+}
+
+Napi::Value ThrowError(Napi::Env env, const std::string& message) { return Throw(Napi::Error::New(env, message)); }
+
 Napi::Value ThrowTypeError(Napi::Env env, const char* message) {
   Napi::TypeError::New(env, message).ThrowAsJavaScriptException();
   return env.Undefined();
+}
+
+bool NumberArgs(const Napi::CallbackInfo& info, size_t count) {
+  for (size_t i = 0; i < count; i++)
+    if (!info[i].IsNumber()) return false;  // past the last argument: undefined
+  return true;
+}
+
+bool ReportUncaught(Napi::Env env) {
+  if (!env.IsExceptionPending()) return true;
+  Napi::Error error = env.GetAndClearPendingException();
+  napi_fatal_exception(env, error.Value());
+  return false;
 }
 
 }  // namespace idg

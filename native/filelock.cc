@@ -15,7 +15,7 @@ namespace {
 // flockExclusive(fd): true when locked, false when another open file description holds it.
 Napi::Value FlockExclusive(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(env, "flockExclusive(fd): fd must be a number");
+  if (!NumberArgs(info, 1)) return ThrowTypeError(env, "flockExclusive(fd): fd must be a number");
   const int fd = info[0].As<Napi::Number>().Int32Value();
   int rc;
   do {

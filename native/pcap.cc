@@ -28,11 +28,13 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "env_data.h"
 #include "errors.h"
 #include "exports.h"
+#include "uv_close.h"
 
 namespace idg {
 namespace {
@@ -62,13 +64,10 @@ class PcapRegistry {
 
   Napi::Value Open(const std::string& ifname, const std::string& filter, int snaplen, int bufferBytes,
                    pcap_direction_t direction, Napi::Function callback) {
-    if (tornDown_) {
-      Napi::Error::New(env_, "libpcap handles are shut down (environment teardown)").ThrowAsJavaScriptException();
-      return env_.Undefined();
-    }
+    if (tornDown_) return ThrowError(env_, "libpcap handles are shut down (environment teardown)");
     char errbuf[PCAP_ERRBUF_SIZE] = {0};
     pcap_t* p = pcap_create(ifname.c_str(), errbuf);
-    if (p == nullptr) return Throw(EIO, "pcap_create", ifname, errbuf);
+    if (p == nullptr) return ThrowPcap(EIO, "pcap_create", ifname, errbuf);
     // Released on every failure path below.
     std::unique_ptr<pcap_t, void (*)(pcap_t*)> owned(p, pcap_close);
     pcap_set_snaplen(p, snaplen);
@@ -85,31 +84,29 @@ class PcapRegistry {
       else if (st == PCAP_ERROR_PERM_DENIED) err = EPERM;
       else if (st == PCAP_ERROR_IFACE_NOT_UP) err = ENETDOWN;
       const char* text = st == PCAP_ERROR ? pcap_geterr(p) : pcap_statustostr(st);
-      return Throw(err, "pcap_activate", ifname, text);
+      return ThrowPcap(err, "pcap_activate", ifname, text);
     }
     if (direction != PCAP_D_INOUT && pcap_setdirection(p, direction) != 0)
-      return Throw(EINVAL, "pcap_setdirection", ifname, pcap_geterr(p));
+      return ThrowPcap(EINVAL, "pcap_setdirection", ifname, pcap_geterr(p));
     if (!filter.empty()) {
       struct bpf_program prog;
       if (pcap_compile(p, &prog, filter.c_str(), 1, PCAP_NETMASK_UNKNOWN) != 0)
-        return Throw(EINVAL, "pcap_compile", ifname, pcap_geterr(p));
+        return ThrowPcap(EINVAL, "pcap_compile", ifname, pcap_geterr(p));
       const int rc = pcap_setfilter(p, &prog);
       pcap_freecode(&prog);
-      if (rc != 0) return Throw(EINVAL, "pcap_setfilter", ifname, pcap_geterr(p));
+      if (rc != 0) return ThrowPcap(EINVAL, "pcap_setfilter", ifname, pcap_geterr(p));
     }
-    if (pcap_setnonblock(p, 1, errbuf) != 0) return Throw(EIO, "pcap_setnonblock", ifname, errbuf);
+    if (pcap_setnonblock(p, 1, errbuf) != 0) return ThrowPcap(EIO, "pcap_setnonblock", ifname, errbuf);
     const int fd = pcap_get_selectable_fd(p);
-    if (fd < 0) return Throw(EIO, "pcap_get_selectable_fd", ifname, "no selectable descriptor");
+    if (fd < 0) return ThrowPcap(EIO, "pcap_get_selectable_fd", ifname, "no selectable descriptor");
     uv_loop_t* loop = nullptr;
-    if (napi_get_uv_event_loop(env_, &loop) != napi_ok || loop == nullptr) {
-      Napi::Error::New(env_, "no libuv loop for this environment").ThrowAsJavaScriptException();
-      return env_.Undefined();
-    }
+    if (napi_get_uv_event_loop(env_, &loop) != napi_ok || loop == nullptr)
+      return ThrowError(env_, "no libuv loop for this environment");
     auto* poll = new uv_poll_t;
     int rc = uv_poll_init(loop, poll, fd);
     if (rc != 0) {
       delete poll;
-      return Throw(-rc, "uv_poll_init", ifname, uv_strerror(rc));
+      return ThrowPcap(-rc, "uv_poll_init", ifname, uv_strerror(rc));
     }
     const uint32_t id = nextId_++;
     poll->data = this;
@@ -118,8 +115,8 @@ class PcapRegistry {
       self->OnReadable(h, status);
     });
     if (rc != 0) {
-      uv_close(reinterpret_cast<uv_handle_t*>(poll), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
-      return Throw(-rc, "uv_poll_start", ifname, uv_strerror(rc));
+      CloseHandles(nullptr, poll);
+      return ThrowPcap(-rc, "uv_poll_start", ifname, uv_strerror(rc));
     }
     Handle& handle = handles_[id];
     handle.id = id;
@@ -138,15 +135,13 @@ class PcapRegistry {
   Napi::Value Send(uint32_t id, const uint8_t* data, size_t length) {
     auto it = handles_.find(id);
     if (it == handles_.end()) {
-      Napi::Error e = MakeSystemError(env_, EBADF, "pcap_inject", "sending on a closed libpcap handle");
-      e.ThrowAsJavaScriptException();
-      return env_.Undefined();
+      return ThrowSystemError(env_, EBADF, "pcap_inject", "sending on a closed libpcap handle");
     }
     Handle& h = it->second;
     if (pcap_inject(h.pcap, data, length) < 0) {
       // libpcap keeps errno from send(2); its text has the detail.
       const int err = errno != 0 ? errno : EIO;
-      return Throw(err, "pcap_inject", h.ifname, pcap_geterr(h.pcap));
+      return ThrowPcap(err, "pcap_inject", h.ifname, pcap_geterr(h.pcap));
     }
     return env_.Undefined();
   }
@@ -155,17 +150,15 @@ class PcapRegistry {
   Napi::Value SetFilter(uint32_t id, const std::string& filter) {
     auto it = handles_.find(id);
     if (it == handles_.end() || it->second.pcap == nullptr) {
-      Napi::Error e = MakeSystemError(env_, EBADF, "pcap_setfilter", "filtering on a closed libpcap handle");
-      e.ThrowAsJavaScriptException();
-      return env_.Undefined();
+      return ThrowSystemError(env_, EBADF, "pcap_setfilter", "filtering on a closed libpcap handle");
     }
     Handle& h = it->second;
     struct bpf_program prog;
     if (pcap_compile(h.pcap, &prog, filter.c_str(), 1, PCAP_NETMASK_UNKNOWN) != 0)
-      return Throw(EINVAL, "pcap_compile", h.ifname, pcap_geterr(h.pcap));
+      return ThrowPcap(EINVAL, "pcap_compile", h.ifname, pcap_geterr(h.pcap));
     const int rc = pcap_setfilter(h.pcap, &prog);
     pcap_freecode(&prog);
-    if (rc != 0) return Throw(EINVAL, "pcap_setfilter", h.ifname, pcap_geterr(h.pcap));
+    if (rc != 0) return ThrowPcap(EINVAL, "pcap_setfilter", h.ifname, pcap_geterr(h.pcap));
     return env_.Undefined();
   }
 
@@ -192,25 +185,24 @@ class PcapRegistry {
   size_t Count() const { return handles_.size(); }
 
  private:
-  Napi::Value Throw(int err, const char* syscall, const std::string& ifname, const char* text) {
-    Napi::Error e = MakeSystemError(env_, err, syscall, "libpcap on " + ifname);
+  /** A system error with libpcap's own text as `pcapMessage` (its errbuf or pcap_geterr: the detail). */
+  Napi::Error PcapError(int err, const char* syscall, const std::string& what, const char* text) {
+    Napi::Error e = MakeSystemError(env_, err, syscall, what);
     e.Set("pcapMessage", Napi::String::New(env_, text ? text : ""));
-    e.ThrowAsJavaScriptException();
-    return env_.Undefined();
+    return e;
+  }
+
+  /** A libpcap call on `ifname` failed. */
+  Napi::Value ThrowPcap(int err, const char* syscall, const std::string& ifname, const char* text) {
+    return Throw(PcapError(err, syscall, "libpcap on " + ifname, text));
   }
 
   /** The uv handle goes through uv_close; the pcap handle (and its fd) only once libuv is done with it. */
   void Release(Handle& h) {
     if (h.poll == nullptr) return;
     byPoll_.erase(h.poll);
-    uv_poll_stop(h.poll);
-    h.poll->data = h.pcap;
-    uv_close(reinterpret_cast<uv_handle_t*>(h.poll), [](uv_handle_t* uh) {
-      if (uh->data != nullptr) pcap_close(static_cast<pcap_t*>(uh->data));
-      delete reinterpret_cast<uv_poll_t*>(uh);
-    });
-    h.poll = nullptr;
-    h.pcap = nullptr;
+    pcap_t* p = std::exchange(h.pcap, nullptr);
+    CloseHandles([p] { if (p != nullptr) pcap_close(p); }, std::exchange(h.poll, nullptr));
     h.callback.Reset();
   }
 
@@ -266,7 +258,7 @@ class PcapRegistry {
         arr.Set(static_cast<uint32_t>(i), o);
       }
       callback.MakeCallback(env_.Global(), {env_.Null(), arr}, context());
-      if (!Rethrow()) return;
+      if (!ReportUncaught(env_)) return;
     }
     if (err != 0) {
       // The handle is useless from here on: stop reading and report once.
@@ -274,20 +266,11 @@ class PcapRegistry {
       if (again == handles_.end() || again->second.poll == nullptr) return;  // closed by the callback
       again->second.failed = true;
       uv_poll_stop(again->second.poll);
-      Napi::Error e = MakeSystemError(env_, err, syscall, "reading packets on " + again->second.ifname);
-      e.Set("pcapMessage", Napi::String::New(env_, text));
+      Napi::Error e = PcapError(err, syscall, "reading packets on " + again->second.ifname, text.c_str());
       Napi::Function cb = again->second.callback.Value();
       cb.MakeCallback(env_.Global(), {e.Value()}, context());
-      Rethrow();
+      ReportUncaught(env_);
     }
-  }
-
-  /** An exception from a callback is an uncaught exception, as in any Node event callback. */
-  bool Rethrow() {
-    if (!env_.IsExceptionPending()) return true;
-    Napi::Error error = env_.GetAndClearPendingException();
-    napi_fatal_exception(env_, error.Value());
-    return false;
   }
 
   napi_async_context context() {
@@ -333,33 +316,33 @@ Napi::Value PcapOpen(const Napi::CallbackInfo& info) {
 // pcapSend(id, buffer)
 Napi::Value PcapSend(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsBuffer())
+  if (!NumberArgs(info, 1) || !info[1].IsBuffer())
     return ThrowTypeError(env, "pcapSend(id, buffer): bad arguments");
   auto buf = info[1].As<Napi::Buffer<uint8_t>>();
-  return Registry(env).Send(info[0].As<Napi::Number>().Uint32Value(), buf.Data(), buf.Length());
+  return Registry(env).Send(IdArg(info), buf.Data(), buf.Length());
 }
 
 // pcapClose(id): idempotent
 Napi::Value PcapClose(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(env, "pcapClose(id): bad arguments");
-  Registry(env).Close(info[0].As<Napi::Number>().Uint32Value());
+  if (!NumberArgs(info, 1)) return ThrowTypeError(env, "pcapClose(id): bad arguments");
+  Registry(env).Close(IdArg(info));
   return env.Undefined();
 }
 
 // pcapSetFilter(id, filter)
 Napi::Value PcapSetFilter(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsString())
+  if (!NumberArgs(info, 1) || !info[1].IsString())
     return ThrowTypeError(env, "pcapSetFilter(id, filter): bad arguments");
-  return Registry(env).SetFilter(info[0].As<Napi::Number>().Uint32Value(), info[1].As<Napi::String>().Utf8Value());
+  return Registry(env).SetFilter(IdArg(info), info[1].As<Napi::String>().Utf8Value());
 }
 
 // pcapStats(id): { received, dropped } or null for a closed handle
 Napi::Value PcapStats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(env, "pcapStats(id): bad arguments");
-  return Registry(env).Stats(info[0].As<Napi::Number>().Uint32Value());
+  if (!NumberArgs(info, 1)) return ThrowTypeError(env, "pcapStats(id): bad arguments");
+  return Registry(env).Stats(IdArg(info));
 }
 
 // pcapCount(): open handles in this environment (tests, leak checks)

@@ -14,7 +14,7 @@ namespace {
 // peerCred(fd): { pid, uid, gid }
 Napi::Value PeerCred(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(env, "peerCred(fd): fd must be a number");
+  if (!NumberArgs(info, 1)) return ThrowTypeError(env, "peerCred(fd): fd must be a number");
   const int fd = info[0].As<Napi::Number>().Int32Value();
   struct ucred cred {};
   socklen_t len = sizeof cred;

@@ -30,11 +30,13 @@
 #include <cstring>
 #include <memory>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "env_data.h"
 #include "errors.h"
 #include "tls_buffer.h"
+#include "uv_close.h"
 
 namespace idg {
 namespace {
@@ -221,25 +223,22 @@ class RelayRegistry final : public RelayTable {
 
   /** A relay for `stream` of `link` on a dup() of `fd`; 0 when the link cannot take it now. */
   Napi::Value Open(const Napi::CallbackInfo& info) override {
-    const uint32_t link = info[0].As<Napi::Number>().Uint32Value();
-    const uint32_t stream = info[1].As<Napi::Number>().Uint32Value();
+    const uint32_t link = IdArg(info, 0);
+    const uint32_t stream = IdArg(info, 1);
     const int fdIn = info[2].As<Napi::Number>().Int32Value();
     Napi::Object o = info[3].As<Napi::Object>();
     if (!CanOpen(link, stream)) return Napi::Number::New(env_, 0);
     LinkState* s = FindLink(link);
     uv_loop_t* loop = nullptr;
-    if (napi_get_uv_event_loop(env_, &loop) != napi_ok || loop == nullptr) return ThrowMsg("no libuv loop");
+    if (napi_get_uv_event_loop(env_, &loop) != napi_ok || loop == nullptr) return ThrowError(env_, "no libuv loop");
     const int fd = ::fcntl(fdIn, F_DUPFD_CLOEXEC, 3);
-    if (fd < 0) {
-      MakeSystemError(env_, errno, "fcntl", "duplicating a bridged socket").ThrowAsJavaScriptException();
-      return env_.Undefined();
-    }
+    if (fd < 0) return ThrowSystemError(env_, errno, "fcntl", "duplicating a bridged socket");
     ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
     auto poll = std::make_unique<uv_poll_t>();
     const int rc = uv_poll_init(loop, poll.get(), fd);
     if (rc != 0) {
       ::close(fd);
-      return ThrowMsg(std::string("uv_poll_init: ") + uv_strerror(rc));
+      return ThrowError(env_, std::string("uv_poll_init: ") + uv_strerror(rc));
     }
     auto r = std::make_unique<Relay>();
     r->id = nextId_++;
@@ -313,16 +312,14 @@ class RelayRegistry final : public RelayTable {
       struct linger lg = {1, 0};
       ::setsockopt(r->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
-    uv_poll_stop(r->poll);
-    r->poll->data = r.get();
-    Relay* raw = r.release();
     // The descriptor and the relay go once libuv has let go of the poll (never under a caller).
-    uv_close(reinterpret_cast<uv_handle_t*>(raw->poll), [](uv_handle_t* h) {
-      auto* rl = static_cast<Relay*>(h->data);
-      ::close(rl->fd);
-      delete reinterpret_cast<uv_poll_t*>(h);
-      delete rl;
-    });
+    Relay* raw = r.release();
+    CloseHandles(
+        [raw] {
+          ::close(raw->fd);
+          delete raw;
+        },
+        raw->poll);
   }
 
   Napi::Value Stats(uint32_t id) override {
@@ -634,21 +631,13 @@ class RelayRegistry final : public RelayTable {
                                      {Napi::Number::New(env_, e.relay), Napi::Number::New(env_, e.kind),
                                       Napi::Number::New(env_, e.err)},
                                      context());
-      if (env_.IsExceptionPending()) {
-        Napi::Error error = env_.GetAndClearPendingException();
-        napi_fatal_exception(env_, error.Value());
-      }
+      ReportUncaught(env_);
     }
   }
 
   napi_async_context context() {
     if (context_ == nullptr) context_ = std::make_unique<Napi::AsyncContext>(env_, "ipdeadgate:relay");
     return *context_;
-  }
-
-  Napi::Value ThrowMsg(const std::string& what) {
-    Napi::Error::New(env_, what).ThrowAsJavaScriptException();
-    return env_.Undefined();
   }
 
   void Teardown() {
@@ -659,13 +648,7 @@ class RelayRegistry final : public RelayTable {
     links_.clear();
     pending_.clear();
     if (check_ != nullptr) {
-      uv_check_stop(check_);
-      uv_close(reinterpret_cast<uv_handle_t*>(check_),
-               [](uv_handle_t* h) { delete reinterpret_cast<uv_check_t*>(h); });
-      check_ = nullptr;
-      uv_idle_stop(awake_);
-      uv_close(reinterpret_cast<uv_handle_t*>(awake_), [](uv_handle_t* h) { delete reinterpret_cast<uv_idle_t*>(h); });
-      awake_ = nullptr;
+      CloseHandles(nullptr, std::exchange(check_, nullptr), std::exchange(awake_, nullptr));
     }
     context_.reset();
     dispatch_.Reset();

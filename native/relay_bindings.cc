@@ -11,22 +11,18 @@ namespace {
 
 RelayTable& Registry(Napi::Env env) { return RelaysOf(env); }
 
-uint32_t U32(const Napi::CallbackInfo& info, size_t i) { return info[i].As<Napi::Number>().Uint32Value(); }
-
 // relayOpen(link, stream, fd, { recvWindow, recvTarget, maxWindow, sendWindow, frameSize, rttMs,
 // toSocket, toPeer }): id, or 0 when the link cannot relay the stream now; its events go to the
 // function given to relayDispatch()
 Napi::Value RelayOpen(const Napi::CallbackInfo& info) {
-  if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber() ||
-      !info[3].IsObject())
+  if (!NumberArgs(info, 3) || !info[3].IsObject())
     return ThrowTypeError(info.Env(), "relayOpen(link, stream, fd, options): bad arguments");
   return Registry(info.Env()).Open(info);
 }
 
 Napi::Value RelayCanOpen(const Napi::CallbackInfo& info) {
-  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber())
-    return ThrowTypeError(info.Env(), "relayCanOpen(link, stream)");
-  return Napi::Boolean::New(info.Env(), Registry(info.Env()).CanOpen(U32(info, 0), U32(info, 1)));
+  if (!NumberArgs(info, 2)) return ThrowTypeError(info.Env(), "relayCanOpen(link, stream)");
+  return Napi::Boolean::New(info.Env(), Registry(info.Env()).CanOpen(IdArg(info, 0), IdArg(info, 1)));
 }
 
 // relayDispatch(fn(relay, kind, errno)): every relay's events, in the loop's check phase
@@ -37,25 +33,25 @@ Napi::Value RelayDispatch(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value RelayHalfClose(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "relayHalfClose(id)");
-  Registry(info.Env()).HalfClose(U32(info, 0));
+  if (!NumberArgs(info, 1)) return ThrowTypeError(info.Env(), "relayHalfClose(id)");
+  Registry(info.Env()).HalfClose(IdArg(info, 0));
   return info.Env().Undefined();
 }
 
 Napi::Value RelayClose(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "relayClose(id, reset)");
-  Registry(info.Env()).Close(U32(info, 0), info.Length() > 1 && info[1].ToBoolean());
+  if (!NumberArgs(info, 1)) return ThrowTypeError(info.Env(), "relayClose(id, reset)");
+  Registry(info.Env()).Close(IdArg(info, 0), info.Length() > 1 && info[1].ToBoolean());
   return info.Env().Undefined();
 }
 
 Napi::Value RelayStats(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "relayStats(id)");
-  return Registry(info.Env()).Stats(U32(info, 0));
+  if (!NumberArgs(info, 1)) return ThrowTypeError(info.Env(), "relayStats(id)");
+  return Registry(info.Env()).Stats(IdArg(info, 0));
 }
 
 Napi::Value RelayBytes(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "relayBytes(id)");
-  return Napi::Number::New(info.Env(), Registry(info.Env()).Bytes(U32(info, 0)));
+  if (!NumberArgs(info, 1)) return ThrowTypeError(info.Env(), "relayBytes(id)");
+  return Napi::Number::New(info.Env(), Registry(info.Env()).Bytes(IdArg(info, 0)));
 }
 
 Napi::Value RelayCount(const Napi::CallbackInfo& info) {

@@ -417,8 +417,7 @@ Napi::Function CancelFunction(Napi::Env env, std::shared_ptr<std::atomic<bool>> 
 // sockDiagDump(family: 0|4|6, states, withInfo, minRetransmits, callback(err, result)): cancel()
 Napi::Value SockDiagDump(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 5 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsBoolean() ||
-      !info[3].IsNumber() || !info[4].IsFunction())
+  if (!NumberArgs(info, 2) || !info[2].IsBoolean() || !info[3].IsNumber() || !info[4].IsFunction())
     return ThrowTypeError(env, "sockDiagDump(family, states, withInfo, minRetransmits, callback): bad arguments");
   const int family = info[0].As<Napi::Number>().Int32Value();
   if (family != 0 && family != 4 && family != 6) return ThrowTypeError(env, "sockDiagDump: family must be 0, 4 or 6");
@@ -434,7 +433,7 @@ Napi::Value SockDiagDump(const Napi::CallbackInfo& info) {
 // counts[f * 16 + state]: f 0 = IPv4 (IPv4-mapped included), 1 = IPv6; state = kernel TCP state number.
 Napi::Value SockDiagCount(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsFunction())
+  if (!NumberArgs(info, 2) || !info[2].IsFunction())
     return ThrowTypeError(env, "sockDiagCount(family, states, callback): bad arguments");
   const int family = info[0].As<Napi::Number>().Int32Value();
   if (family != 0 && family != 4 && family != 6) return ThrowTypeError(env, "sockDiagCount: family must be 0, 4 or 6");

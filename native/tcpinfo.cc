@@ -16,7 +16,7 @@ namespace {
 // tcpInfo(fd): Uint32Array of the tcp_info row (tcp_info_row.h)
 Napi::Value TcpInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(env, "tcpInfo(fd): fd must be a number");
+  if (!NumberArgs(info, 1)) return ThrowTypeError(env, "tcpInfo(fd): fd must be a number");
   const int fd = info[0].As<Napi::Number>().Int32Value();
   struct tcp_info ti;
   socklen_t len = sizeof ti;
@@ -32,7 +32,7 @@ Napi::Value TcpInfo(const Napi::CallbackInfo& info) {
 // socketError(fd): the pending error (0 or an errno). Reading SO_ERROR clears it in the kernel.
 Napi::Value SocketError(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(env, "socketError(fd): fd must be a number");
+  if (!NumberArgs(info, 1)) return ThrowTypeError(env, "socketError(fd): fd must be a number");
   const int fd = info[0].As<Napi::Number>().Int32Value();
   int value = 0;
   socklen_t len = sizeof value;

@@ -9,9 +9,6 @@
 namespace idg {
 namespace {
 
-
-uint32_t IdArg(const Napi::CallbackInfo& info) { return info[0].As<Napi::Number>().Uint32Value(); }
-
 // tlsContext({ server, ca, cert, key, alpn, ciphersuites }): id
 Napi::Value TlsContext(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -23,7 +20,7 @@ Napi::Value TlsContext(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value TlsContextFree(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "tlsContextFree(id)");
+  if (!NumberArgs(info, 1)) return ThrowTypeError(info.Env(), "tlsContextFree(id)");
   TlsLinksOf(info.Env()).FreeContext(IdArg(info));
   return info.Env().Undefined();
 }
@@ -31,43 +28,42 @@ Napi::Value TlsContextFree(const Napi::CallbackInfo& info) {
 // tlsOpen(ctx, fd, server, rekeyRecords, callback(kind, arg)): id
 Napi::Value TlsOpen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 5 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsBoolean() ||
-      !info[3].IsNumber() || !info[4].IsFunction())
+  if (!NumberArgs(info, 2) || !info[2].IsBoolean() || !info[3].IsNumber() || !info[4].IsFunction())
     return ThrowTypeError(env, "tlsOpen(ctx, fd, server, rekeyRecords, callback): bad arguments");
   return TlsLinksOf(env).Open(IdArg(info), info[1].As<Napi::Number>().Int32Value(), info[2].As<Napi::Boolean>(),
                             info[3].As<Napi::Number>().DoubleValue(), info[4].As<Napi::Function>());
 }
 
 Napi::Value TlsWrite(const Napi::CallbackInfo& info) {
-  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsArray())
+  if (!NumberArgs(info, 1) || !info[1].IsArray())
     return ThrowTypeError(info.Env(), "tlsWrite(id, buffers): bad arguments");
   return TlsLinksOf(info.Env()).Write(IdArg(info), info[1].As<Napi::Array>());
 }
 
 Napi::Value TlsRead(const Napi::CallbackInfo& info) {
-  if (info.Length() < 2 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "tlsRead(id, on)");
+  if (info.Length() < 2 || !NumberArgs(info, 1)) return ThrowTypeError(info.Env(), "tlsRead(id, on)");
   TlsLinksOf(info.Env()).SetReading(IdArg(info), info[1].ToBoolean());
   return info.Env().Undefined();
 }
 
 Napi::Value TlsEnd(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "tlsEnd(id)");
+  if (!NumberArgs(info, 1)) return ThrowTypeError(info.Env(), "tlsEnd(id)");
   return TlsLinksOf(info.Env()).End(IdArg(info));
 }
 
 Napi::Value TlsClose(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "tlsClose(id)");
+  if (!NumberArgs(info, 1)) return ThrowTypeError(info.Env(), "tlsClose(id)");
   TlsLinksOf(info.Env()).Close(IdArg(info));
   return info.Env().Undefined();
 }
 
 Napi::Value TlsStats(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "tlsStats(id)");
+  if (!NumberArgs(info, 1)) return ThrowTypeError(info.Env(), "tlsStats(id)");
   return TlsLinksOf(info.Env()).Stats(IdArg(info));
 }
 
 Napi::Value TlsTrackFrames(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(info.Env(), "tlsTrackFrames(id)");
+  if (!NumberArgs(info, 1)) return ThrowTypeError(info.Env(), "tlsTrackFrames(id)");
   return Napi::Boolean::New(info.Env(), TlsLinksOf(info.Env()).TrackFrames(IdArg(info)));
 }
 

@@ -53,6 +53,10 @@ Napi::Error TlsError(Napi::Env env, const std::string& code, const std::string& 
   return e;
 }
 
+Napi::Error OpenSslError(Napi::Env env, const std::string& what) {
+  return TlsError(env, OpenSslCode(ERR_peek_last_error()), what + ": " + PendingOpenSslError());
+}
+
 Napi::Error SslCallError(Napi::Env env, SSL* ssl, int sslError, int sysErrno, const char* during) {
   if (sslError == SSL_ERROR_SSL) {
     // Our verification refused the peer's chain: the result names why (CERT_HAS_EXPIRED, ...), as

@@ -21,6 +21,9 @@ std::string PendingOpenSslError();
 /** An Error with `code`; clears OpenSSL's error queue. */
 Napi::Error TlsError(Napi::Env env, const std::string& code, const std::string& message);
 
+/** `what` failed: OpenSSL's most recent error, its text after `what` and its code; clears the queue. */
+Napi::Error OpenSslError(Napi::Env env, const std::string& what);
+
 /**
  * The error of an SSL call that failed with SSL_get_error() == `sslError` (not WANT_*): OpenSSL's
  * reason (a peer's alert, a bad record, an unexpected EOF, a refused certificate with its

@@ -45,6 +45,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 
 #include "env_data.h"
 #include "errors.h"
@@ -56,6 +57,7 @@
 #include "tls_handshake.h"
 #include "tls_registry.h"
 #include "unique_fd.h"
+#include "uv_close.h"
 
 namespace idg {
 namespace {
@@ -113,12 +115,8 @@ class TlsRegistry final : public TlsLinks, public RelayLinkPort {
   Napi::Value NewContext(const Napi::Object& o) override {
     ContextError err;
     std::shared_ptr<Context> c = MakeContext(o, err);
-    if (c == nullptr) {
-      Napi::Error e = Napi::Error::New(env_, err.what);
-      if (err.sslError != 0) e.Set("code", Napi::String::New(env_, OpenSslCode(err.sslError)));
-      e.ThrowAsJavaScriptException();
-      return env_.Undefined();
-    }
+    if (c == nullptr && err.sslError != 0) return Throw(TlsError(env_, OpenSslCode(err.sslError), err.what));
+    if (c == nullptr) return ThrowError(env_, err.what);
     const uint32_t id = nextId_++;
     contexts_[id] = std::move(c);
     return Napi::Number::New(env_, id);
@@ -128,12 +126,12 @@ class TlsRegistry final : public TlsLinks, public RelayLinkPort {
 
   Napi::Value Open(uint32_t ctxId, int fdIn, bool server, double rekey, Napi::Function callback) override {
     auto cit = contexts_.find(ctxId);
-    if (cit == contexts_.end()) return ThrowMsg("tlsOpen: unknown context");
-    if (tornDown_) return ThrowMsg("TLS links are shut down (environment teardown)");
+    if (cit == contexts_.end()) return ThrowError(env_, "tlsOpen: unknown context");
+    if (tornDown_) return ThrowError(env_, "TLS links are shut down (environment teardown)");
     // Our own descriptor: the caller's socket object may be destroyed (closing its descriptor)
     // without touching the connection.
     UniqueFd fd(::fcntl(fdIn, F_DUPFD_CLOEXEC, 3));  // closed on every failure below
-    if (!fd.Valid()) return Throw(errno, "fcntl", "duplicating the link's socket");
+    if (!fd.Valid()) return ThrowSystemError(env_, errno, "fcntl", "duplicating the link's socket");
     ::fcntl(fd.Get(), F_SETFL, ::fcntl(fd.Get(), F_GETFL) | O_NONBLOCK);
     auto link = std::make_unique<Link>();
     link->server = server;
@@ -141,17 +139,17 @@ class TlsRegistry final : public TlsLinks, public RelayLinkPort {
     if (rekey >= 1) link->rekeyRecords = static_cast<uint64_t>(rekey);
     link->context = cit->second;
     link->ssl = NewLinkSsl(cit->second->ctx, server, &link->in, &link->out, &link->counters);
-    if (link->ssl == nullptr) return ThrowSsl("SSL_new");
+    if (link->ssl == nullptr) return Throw(OpenSslError(env_, "SSL_new"));
     uv_loop_t* loop = nullptr;
     if (napi_get_uv_event_loop(env_, &loop) != napi_ok || loop == nullptr) {
       SSL_free(link->ssl);
-      return ThrowMsg("no libuv loop for this environment");
+      return ThrowError(env_, "no libuv loop for this environment");
     }
     auto poll = std::make_unique<uv_poll_t>();
     const int rc = uv_poll_init(loop, poll.get(), fd.Get());
     if (rc != 0) {
       SSL_free(link->ssl);
-      return Throw(-rc, "uv_poll_init", uv_strerror(rc));
+      return ThrowSystemError(env_, -rc, "uv_poll_init", uv_strerror(rc));
     }
     auto idle = std::make_unique<uv_idle_t>();
     uv_idle_init(loop, idle.get());
@@ -174,12 +172,12 @@ class TlsRegistry final : public TlsLinks, public RelayLinkPort {
   /** Seal and send; the bytes the kernel did not take yet (0: all went; otherwise kDrain follows). */
   Napi::Value Write(uint32_t id, const Napi::Array& bufs) override {
     Link* l = Find(id);
-    if (l == nullptr) return ThrowMsg("tlsWrite: the link is closed");
-    if (!l->secure) return ThrowMsg("tlsWrite: the handshake has not finished");
-    if (l->wroteEnd) return ThrowMsg("tlsWrite: write after end");
+    if (l == nullptr) return ThrowError(env_, "tlsWrite: the link is closed");
+    if (!l->secure) return ThrowError(env_, "tlsWrite: the handshake has not finished");
+    if (l->wroteEnd) return ThrowError(env_, "tlsWrite: write after end");
     for (uint32_t i = 0; i < bufs.Length(); i++) {
       Napi::Value v = bufs.Get(i);
-      if (!v.IsBuffer()) return ThrowMsg("tlsWrite: not a Buffer");
+      if (!v.IsBuffer()) return ThrowError(env_, "tlsWrite: not a Buffer");
     }
     for (uint32_t i = 0; i < bufs.Length(); i++) {
       auto b = bufs.Get(i).As<Napi::Buffer<uint8_t>>();
@@ -280,39 +278,9 @@ class TlsRegistry final : public TlsLinks, public RelayLinkPort {
     }
     link->context.reset();
     // The descriptor is closed once libuv has let go of both handles.
-    struct Closing {
-      int fd;
-      int handles;
-    };
-    auto* closing = new Closing{link->fd, 0};
-    auto done = [](uv_handle_t* h) {
-      auto* c = static_cast<Closing*>(h->data);
-      if (h->type == UV_POLL) delete reinterpret_cast<uv_poll_t*>(h);
-      else delete reinterpret_cast<uv_idle_t*>(h);
-      if (--c->handles == 0) {
-        ::close(c->fd);
-        delete c;
-      }
-    };
-    if (link->poll) {
-      uv_poll_stop(link->poll);
-      link->poll->data = closing;
-      closing->handles++;
-      uv_close(reinterpret_cast<uv_handle_t*>(link->poll), done);
-      link->poll = nullptr;
-    }
-    if (link->idle) {
-      uv_idle_stop(link->idle);
-      link->idle->data = closing;
-      closing->handles++;
-      uv_close(reinterpret_cast<uv_handle_t*>(link->idle), done);
-      link->idle = nullptr;
-    }
-    if (closing->handles == 0) {
-      if (link->fd >= 0) ::close(link->fd);
-      delete closing;
-    }
-    link->fd = -1;
+    const int fd = std::exchange(link->fd, -1);
+    CloseHandles([fd] { if (fd >= 0) ::close(fd); }, std::exchange(link->poll, nullptr),
+                 std::exchange(link->idle, nullptr));
   }
 
   void SetPoll(Link& l, int events) {
@@ -367,7 +335,7 @@ class TlsRegistry final : public TlsLinks, public RelayLinkPort {
       int soErr = 0;
       socklen_t len = sizeof soErr;
       if (::getsockopt(l->fd, SOL_SOCKET, SO_ERROR, &soErr, &len) != 0 || soErr == 0) soErr = -status;
-      return Fail(id, SysError(soErr, "poll", "polling the link's socket"));
+      return Fail(id, MakeSystemError(env_, soErr, "poll", "polling the link's socket"));
     }
     if (!l->secure) return Handshake(id);
     if (events & UV_WRITABLE) {
@@ -501,7 +469,7 @@ class TlsRegistry final : public TlsLinks, public RelayLinkPort {
       if (n < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-        Fail(l.id, SysError(errno, "write", "writing to the link"));
+        Fail(l.id, MakeSystemError(env_, errno, "write", "writing to the link"));
         return false;
       }
       l.out.off += static_cast<size_t>(n);
@@ -681,33 +649,7 @@ class TlsRegistry final : public TlsLinks, public RelayLinkPort {
     Napi::HandleScope scope(env_);
     cb.Value().MakeCallback(env_.Global(), {Napi::Number::New(env_, kind), arg, Napi::Number::New(env_, extra)},
                             context());
-    if (env_.IsExceptionPending()) {
-      Napi::Error error = env_.GetAndClearPendingException();
-      napi_fatal_exception(env_, error.Value());
-    }
-  }
-
-  Napi::Error SysError(int err, const char* syscall, const std::string& what) {
-    return MakeSystemError(env_, err, syscall, what);
-  }
-
-  Napi::Value Throw(int err, const char* syscall, const std::string& what) {
-    MakeSystemError(env_, err, syscall, what).ThrowAsJavaScriptException();
-    return env_.Undefined();
-  }
-
-  Napi::Value ThrowSsl(const std::string& what) {
-    const unsigned long e = ERR_peek_last_error();
-    Napi::Error err = Napi::Error::New(env_, what + ": " + PendingOpenSslError());
-    err.Set("code", Napi::String::New(env_, OpenSslCode(e)));
-    ERR_clear_error();
-    err.ThrowAsJavaScriptException();
-    return env_.Undefined();
-  }
-
-  Napi::Value ThrowMsg(const std::string& what) {
-    Napi::Error::New(env_, what).ThrowAsJavaScriptException();
-    return env_.Undefined();
+    ReportUncaught(env_);
   }
 
   napi_async_context context() {

@@ -29,11 +29,13 @@
 #include <cstdint>
 #include <string>
 #include <unordered_map>
+#include <utility>
 
 #include "env_data.h"
 #include "errors.h"
 #include "exports.h"
 #include "unique_fd.h"
+#include "uv_close.h"
 
 namespace idg {
 namespace {
@@ -62,14 +64,14 @@ class WatcherRegistry {
   Napi::Value Open(int fd, Napi::Function callback) {
     if (!EnsurePoller()) return env_.Undefined();
     struct stat st;
-    if (::fstat(fd, &st) != 0) return Throw(errno, "fstat", "watching fd " + std::to_string(fd));
-    if (!S_ISSOCK(st.st_mode)) return Throw(ENOTSOCK, "fstat", "watching fd " + std::to_string(fd) + " (not a socket)");
+    if (::fstat(fd, &st) != 0) return ThrowSystemError(env_, errno, "fstat", "watching fd " + std::to_string(fd));
+    if (!S_ISSOCK(st.st_mode)) return ThrowSystemError(env_, ENOTSOCK, "fstat", "watching fd " + std::to_string(fd) + " (not a socket)");
     const uint32_t id = nextId_++;
     struct epoll_event ev = {};
     ev.events = EPOLLRDHUP | EPOLLET;  // EPOLLHUP and EPOLLERR are always reported
     ev.data.u64 = id;
     if (::epoll_ctl(epoll_.Get(), EPOLL_CTL_ADD, fd, &ev) != 0)
-      return Throw(errno, "epoll_ctl",
+      return ThrowSystemError(env_, errno, "epoll_ctl",
                    errno == EEXIST ? "watching fd " + std::to_string(fd) + " (it already has a watcher)"
                                    : "watching fd " + std::to_string(fd));
     Watcher& w = watchers_[id];
@@ -92,32 +94,27 @@ class WatcherRegistry {
   size_t Count() const { return watchers_.size(); }
 
  private:
-  Napi::Value Throw(int err, const char* syscall, const std::string& what) {
-    MakeSystemError(env_, err, syscall, what).ThrowAsJavaScriptException();
-    return env_.Undefined();
-  }
-
   bool EnsurePoller() {
     if (poll_ != nullptr) return true;
     if (tornDown_) {
-      Napi::Error::New(env_, "the socket watcher is shut down (environment teardown)").ThrowAsJavaScriptException();
+      ThrowError(env_, "the socket watcher is shut down (environment teardown)");
       return false;
     }
     UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
     if (!epoll.Valid()) {
-      Throw(errno, "epoll_create1", "creating the socket watcher's epoll instance");
+      ThrowSystemError(env_, errno, "epoll_create1", "creating the socket watcher's epoll instance");
       return false;
     }
     uv_loop_t* loop = nullptr;
     if (napi_get_uv_event_loop(env_, &loop) != napi_ok || loop == nullptr) {
-      Napi::Error::New(env_, "no libuv loop for this environment").ThrowAsJavaScriptException();
+      ThrowError(env_, "no libuv loop for this environment");
       return false;
     }
     auto* poll = new uv_poll_t;
     int rc = uv_poll_init(loop, poll, epoll.Get());
     if (rc != 0) {
       delete poll;
-      Throw(-rc, "uv_poll_init", "polling the socket watcher's epoll instance");
+      ThrowSystemError(env_, -rc, "uv_poll_init", "polling the socket watcher's epoll instance");
       return false;
     }
     poll->data = this;
@@ -125,9 +122,8 @@ class WatcherRegistry {
       static_cast<WatcherRegistry*>(handle->data)->Dispatch(status);
     });
     if (rc != 0) {
-      // The handle is initialised: it must go through uv_close before it is freed.
-      uv_close(reinterpret_cast<uv_handle_t*>(poll), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
-      Throw(-rc, "uv_poll_start", "polling the socket watcher's epoll instance");
+      CloseHandles(nullptr, poll);  // initialised: it goes through uv_close before it is freed
+      ThrowSystemError(env_, -rc, "uv_poll_start", "polling the socket watcher's epoll instance");
       return false;
     }
     uv_unref(reinterpret_cast<uv_handle_t*>(poll));
@@ -171,11 +167,7 @@ class WatcherRegistry {
       Napi::Function callback = w.callback.Value();
       const uint32_t bits = w.reported;
       callback.MakeCallback(env_.Global(), {Napi::Number::New(env_, bits)}, context());
-      if (env_.IsExceptionPending()) {
-        // An exception from an event handler is an uncaught exception, as in any Node event callback.
-        Napi::Error error = env_.GetAndClearPendingException();
-        napi_fatal_exception(env_, error.Value());
-      }
+      ReportUncaught(env_);
     }
   }
 
@@ -190,14 +182,9 @@ class WatcherRegistry {
     watchers_.clear();
     context_.reset();
     if (poll_ != nullptr) {
-      // The uv handle is closed first; the epoll fd only in its close callback, once libuv is done.
-      uv_poll_stop(poll_);
-      poll_->data = new UniqueFd(epoll_.Release());
-      uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) {
-        delete static_cast<UniqueFd*>(h->data);
-        delete reinterpret_cast<uv_poll_t*>(h);
-      });
-      poll_ = nullptr;
+      // The uv handle is closed first; the epoll fd only once libuv is done with it.
+      const int epoll = epoll_.Release();
+      CloseHandles([epoll] { ::close(epoll); }, std::exchange(poll_, nullptr));
     }
   }
 
@@ -215,7 +202,7 @@ WatcherRegistry& Registry(Napi::Env env) { return EnvData::Get<WatcherRegistry>(
 // watchOpen(fd, callback(bits)): id
 Napi::Value WatchOpen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsFunction())
+  if (!NumberArgs(info, 1) || !info[1].IsFunction())
     return ThrowTypeError(env, "watchOpen(fd, callback): bad arguments");
   return Registry(env).Open(info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::Function>());
 }
@@ -223,8 +210,8 @@ Napi::Value WatchOpen(const Napi::CallbackInfo& info) {
 // watchClose(id): idempotent
 Napi::Value WatchClose(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowTypeError(env, "watchClose(id): bad arguments");
-  Registry(env).Close(info[0].As<Napi::Number>().Uint32Value());
+  if (!NumberArgs(info, 1)) return ThrowTypeError(env, "watchClose(id): bad arguments");
+  Registry(env).Close(IdArg(info));
   return env.Undefined();
 }
 

@@ -92,6 +92,20 @@ export interface HandOver {
  */
 const STREAM_WRITE_HIGH_WATER = 256 * 1024;
 
+/**
+ * The data of a frame a stream keeps for a consumer that is not reading (none yet, or paused): a
+ * copy when it is under half of the buffer it is a slice of. A received frame's data is a slice of
+ * one read of the link (up to 256 KiB of plaintext, src/sys/tlslink.ts), which holds other streams'
+ * frames too. A flowing stream hands each slice on at once and the read is freed behind it; a
+ * stream that holds its slices holds their whole reads, so many waiting streams with a few small
+ * frames each could hold several times what their windows allow. With the copy, what a waiting
+ * stream holds in memory is at most twice its bytes (a slice of at least half its parent, or a
+ * copy; copies under 4 KiB share Node's 8 KiB pool slabs).
+ */
+function keepable(data: Buffer): Buffer {
+  return data.length * 2 < data.buffer.byteLength ? Buffer.from(data) : data;
+}
+
 export type StreamState = 'open' | 'local_fin' | 'remote_fin' | 'closed' | 'reset';
 export type StreamEvent = 'end' | 'peer_fin' | 'peer_rst' | 'destroy' | 'abort';
 
@@ -387,7 +401,8 @@ export class MuxStream extends Duplex {
       this.bytesIn += f.data.length;
       this.touch();
       if (this.bytesIn + this.bytesOut >= this.moveMark) this.movedPast();
-      this.push(f.data);
+      // Flowing (bridged, read by pipe): the data goes on at once, uncopied; else it waits here.
+      this.push(this.readableFlowing === true ? f.data : keepable(f.data));
       this.maybeUpdateWindow();
     }
     if (f.flags & Flag.FIN) this.fire('peer_fin');

@@ -2,6 +2,7 @@ import { FakeClock } from '../doubles';
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
 import type * as net from 'node:net';
+import { Duplex } from 'node:stream';
 import {
   encodeHeader,
   FrameDecoder,
@@ -12,7 +13,7 @@ import {
   type Frame,
 } from '../../src/tunnel/frame';
 import { MuxSession, type MuxStream, type MuxOptions } from '../../src/tunnel/muxsession';
-import { nextError, once, readAll, sha256, sleep, tcpPair } from './helpers';
+import { nextError, once, readAll, sha256, sleep, tcpPair, until } from './helpers';
 
 async function sessions(
   opts: Partial<MuxOptions> = {},
@@ -174,6 +175,53 @@ describe('tunnel: mux (hand-written yamux)', function () {
     const got = readAll(remote);
     s.end();
     assert.equal(sha256(await got), sha256(big));
+  });
+
+  it("a stream nobody reads keeps its frames, not the link's reads they came in; a stream read at once gets them uncopied", async () => {
+    // The peer by hand, on a transport that hands each of its chunks to the session as one read of
+    // the link: 1 KiB for stream 1, which nobody reads, and 200 KiB for stream 3, read at once.
+    const link = new Duplex({ read: () => undefined, write: (_c, _e, cb: () => void) => cb() });
+    const a = new MuxSession(link, { role: 'server' });
+    open.push(a);
+    const streams = new Map<number, MuxStream>();
+    a.on('stream', (s: MuxStream) => streams.set(s.id, s));
+    link.push(
+      Buffer.concat([
+        encodeHeader(FrameType.WindowUpdate, Flag.SYN, 1, 0),
+        encodeHeader(FrameType.WindowUpdate, Flag.SYN, 3, 0),
+      ]),
+    );
+    await until(() => streams.size === 2, 2000, 'both streams');
+    const reads: Buffer[] = [];
+    const bulkChunks: Buffer[] = [];
+    streams.get(3)!.on('data', (c: Buffer) => bulkChunks.push(c));
+    const small = randomBytes(32 * 1024);
+    for (let i = 0; i < 32; i++) {
+      const read = Buffer.concat([
+        encodeHeader(FrameType.Data, 0, 1, 1024),
+        small.subarray(i * 1024, (i + 1) * 1024),
+        encodeHeader(FrameType.Data, 0, 3, 200 * 1024),
+        Buffer.alloc(200 * 1024),
+      ]);
+      reads.push(read);
+      link.push(read);
+      await new Promise((r) => setImmediate(r)); // a read per turn of the loop, as from a socket
+    }
+    await until(() => bulkChunks.length === 32, 2000, "stream 3's frames");
+    assert.ok(
+      bulkChunks.every((c, i) => c.buffer === reads[i]!.buffer),
+      'a flowing stream gets slices of the reads, no copies',
+    );
+    const waiting = streams.get(1)!;
+    assert.equal(waiting.readableLength, small.length);
+    const held: Buffer[] = [];
+    waiting.on('data', (c: Buffer) => held.push(c));
+    await until(() => held.reduce((n, c) => n + c.length, 0) === small.length, 2000, "stream 1's bytes");
+    assert.ok(Buffer.concat(held).equals(small));
+    // What the waiting stream held pinned: every distinct buffer under its chunks (32 reads of
+    // 201 KiB if it kept slices; copies of 1 KiB share Node's 8 KiB pool slabs).
+    const pinned = [...new Set(held.map((c) => c.buffer))].reduce((n, b) => n + b.byteLength, 0);
+    assert.ok(pinned <= 2 * small.length + 16 * 1024, `32 KiB held ${pinned} bytes in memory`);
   });
 
   it('close_timeout: a half-closed stream left idle is reset and counted', async () => {
