@@ -1,8 +1,7 @@
-// A bridged session's local TCP socket on the JavaScript path (src/tunnel/sessionlife.ts): how it
-// is reset, prepared, and fed from its stream. The native relay (./nativebridge.ts) replaces the
-// last of these for a session the addon carries.
+// A bridged session's local TCP socket (src/tunnel/sessionlife.ts): how it is reset and prepared.
+// Its bytes flow to and from its stream through ./flow.ts, or through the native relay
+// (./nativebridge.ts) for a session the addon carries.
 import type * as net from 'node:net';
-import type { MuxStream } from './muxstream';
 
 /**
  * Reset a socket (RST to its peer) and close its descriptor, whatever its state. Node's
@@ -24,31 +23,4 @@ export function prepareSocket(s: net.Socket): void {
   if (s.destroyed) return;
   s.setKeepAlive(true, 60_000);
   s.setNoDelay(true);
-}
-
-/**
- * stream -> socket. TLS hands a link's bytes to JavaScript one 16 KiB record at a time, each in its
- * own callback: the pieces bound for this socket are gathered until the loop's check phase and
- * leave in one writev, instead of a write system call per record.
- */
-export function streamToSocket(stream: MuxStream, local: net.Socket): () => void {
-  let corked = false;
-  const uncork = (): void => {
-    if (!corked) return;
-    corked = false;
-    local.uncork();
-  };
-  const onData = (): void => {
-    if (corked) return;
-    corked = true;
-    local.cork();
-    setImmediate(uncork);
-  };
-  stream.on('data', onData); // before pipe's own listener, so the first piece is corked too
-  stream.pipe(local); // yamux FIN -> local.end() -> TCP FIN
-  return () => {
-    stream.off('data', onData);
-    stream.unpipe(local);
-    uncork();
-  };
 }

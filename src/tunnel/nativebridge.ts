@@ -18,6 +18,7 @@
 import type * as net from 'node:net';
 import { IpdeadgateError } from '../errors';
 import { loadNative } from '../sys/native';
+import { unflow } from './flow';
 import type { MuxStream } from './muxstream';
 
 /** What a native relay tells the session it belongs to. */
@@ -90,7 +91,7 @@ export class NativeRelay {
     dispatchOnce();
     // Node reads no more: no read starts again (Readable.read() would call _read), the handle's
     // read is stopped, and what it had read goes to the relay first.
-    socket.unpipe(stream);
+    unflow(socket);
     socket.pause();
     (socket as unknown as { _read: () => void })._read = () => undefined;
     if (handle.reading !== false) {

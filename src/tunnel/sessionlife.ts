@@ -30,7 +30,8 @@ import type { Clock, Timer } from '../util/clock';
 import { RunToCompletion } from '../util/runqueue';
 import type { HostPort } from './config';
 import { MuxStream } from './muxstream';
-import { prepareSocket, resetSocket, streamToSocket } from './localsocket';
+import { flow, unflow } from './flow';
+import { prepareSocket, resetSocket } from './localsocket';
 import type { NativeRelay, RelayEvents } from './nativebridge';
 
 export type SessionState =
@@ -160,7 +161,7 @@ const HANDLERS: HandlerTable = {
     dialed: ignore,
     answer_ok: (s) => s.bridge(),
     answer_refused: (s, ev) => s.refusedByFarEnd(ev),
-    fin: (s, ev) => s.noteFin(ev.end), // a short request already ended: the pipe passed the FIN on
+    fin: (s, ev) => s.noteFin(ev.end), // a short request already ended: the flow passed the FIN on
     reset: onReset,
     gone: onGoneEarly,
     timeout: (s) =>
@@ -298,8 +299,6 @@ export class SessionLife {
   onBridged: (() => void) | undefined;
   /** The addon moves the bytes between the local socket and the stream (bridged sessions only). */
   relay: NativeRelay | undefined;
-  /** Undoes the JavaScript path's stream -> socket pipe (a later handover to the addon). */
-  private jsPath: (() => void) | undefined;
   private relayRetries = 0;
 
   /** @internal use CloseGuard's forward(), service() or relay(). */
@@ -453,7 +452,7 @@ export class SessionLife {
         new IpdeadgateError('ECONNRESET', `the ${ev.end} end closed before the session ended`),
       );
     // A clean close of one end (FIN read and sent) races the other's last FIN, already asked for
-    // by pipe(): let it go out; half_closed's bound covers the wait.
+    // by the flow (./flow.ts): let it go out; half_closed's bound covers the wait.
     if (this.gone.local && this.gone.stream) {
       this.exit = 'completed';
       this.enter('closing');
@@ -495,7 +494,7 @@ export class SessionLife {
       // read (a forward reads its client only once the stream is open), it reads the data, sees the
       // socket hung up and stops there, without the read that would have returned ECONNRESET. A FIN
       // passed on for it would leave the far end waiting (dialing until dial_timeout): the socket's
-      // TCP state tells the two apart. This listener runs before pipe()'s, so no FIN goes first.
+      // TCP state tells the two apart. This listener runs before the flow's, so no FIN goes first.
       if (!(e instanceof MuxStream) && this.host.endedByReset(e))
         return this.dispatch({
           type: 'reset',
@@ -520,7 +519,7 @@ export class SessionLife {
     if (this.openLocal(local)) this.awaitAnswer(answer);
   }
 
-  /** Enter opening with a local socket and pipe it into the stream; false if that already ended it. */
+  /** Enter opening with a local socket flowing into the stream; false if that already ended it. */
   private openLocal(local: net.Socket): boolean {
     this.local = local;
     this.enter('opening');
@@ -528,7 +527,7 @@ export class SessionLife {
     this.watchEnd('local', local);
     if (this.state !== 'opening') return false;
     prepareSocket(local);
-    local.pipe(this.stream); // the request flows at once: opening costs no round trip
+    flow(local, this.stream); // the request flows at once: opening costs no round trip
     return true;
   }
 
@@ -539,7 +538,7 @@ export class SessionLife {
     this.watchEnd('stream', this.stream);
     this.watchEnd('local', down);
     if (this.state !== 'opening') return;
-    this.stream.pipe(down);
+    flow(this.stream, down);
     answer.then(
       (a) =>
         this.dispatch(
@@ -593,7 +592,7 @@ export class SessionLife {
     const sock = this.local as net.Socket;
     prepareSocket(sock);
     this.stream.write(this.answerOk);
-    sock.pipe(this.stream);
+    flow(sock, this.stream);
     this.bridge();
   }
 
@@ -611,12 +610,12 @@ export class SessionLife {
     const l = this.local!;
     if (l instanceof MuxStream) {
       if (!this.stream.destroyed) this.stream.write(this.answerOk); // the far end's OK, passed back
-      l.pipe(this.stream);
+      flow(l, this.stream);
     } else {
       if (l.destroyed) return this.abort('local_reset', new IpdeadgateError('ECONNRESET', 'socket gone'));
       const after = this.host.relayAfterBytes;
       if (after !== 0 || !this.startNativeRelay(l)) {
-        this.jsPath = streamToSocket(this.stream, l);
+        flow(this.stream, l, true); // yamux FIN -> local.end() -> TCP FIN
         if (after === 0) this.retryNativeRelay(l);
         else if (after !== undefined) this.stream.watchMoved(after, this);
       }
@@ -642,17 +641,14 @@ export class SessionLife {
 
   /** @internal The stream has carried relayAfterBytes: time to hand the session to the addon. */
   movedPast(): void {
-    const l = this.local;
-    if (l && !(l instanceof MuxStream) && !this.relay) this.retryNativeRelay(l);
+    if (this.local && !(this.local instanceof MuxStream) && !this.relay) this.retryNativeRelay(this.local);
   }
 
   /**
-   * A session not handed over when first tried is tried again: the usual reason is a write still in
-   * flight (a client that sends at once fills the stream's window before the far end answers, and
-   * a bulk upload keeps it full), which ends when the stream or the socket drains. So each drain,
-   * or a timer, tries again, RELAY_RETRIES times at most; meanwhile the JavaScript path carries
-   * the bytes, so nothing waits for the handover. The check and the switch are synchronous: no
-   * byte moves between the JavaScript path's undoing and the relay's start (or its redoing).
+   * Try the handover again at the next drain of the stream or the socket, or on a doubling timer,
+   * RELAY_RETRIES times at most: what refuses it is a write in flight, which ends with a drain. The
+   * JavaScript path carries the bytes meanwhile; the check and the switch are synchronous, so no
+   * byte moves between the undoing of one path and the start of the other.
    */
   private retryNativeRelay(l: net.Socket): void {
     if (!this.host.nativeRelay || this.relayRetries >= RELAY_RETRIES) return;
@@ -663,10 +659,9 @@ export class SessionLife {
       this.stream.off('drain', attempt);
       l.off('drain', attempt);
       if (this.relay || this.state !== 'bridged' || l.destroyed || this.stream.destroyed) return;
-      this.jsPath?.();
-      this.jsPath = undefined;
+      unflow(this.stream);
       if (this.startNativeRelay(l)) return;
-      this.jsPath = streamToSocket(this.stream, l);
+      flow(this.stream, l, true);
       this.retryNativeRelay(l);
     };
     const timer = setTimeout(attempt, delay);
@@ -675,7 +670,7 @@ export class SessionLife {
     l.once('drain', attempt);
   }
 
-  /** The addon takes the bytes (src/tunnel/nativebridge.ts); false: they stay on the pipes here. */
+  /** The addon takes the bytes (src/tunnel/nativebridge.ts); false: they stay on the flows here. */
   private startNativeRelay(l: net.Socket): boolean {
     if (!this.host.nativeRelay) return false;
     try {
