@@ -17,10 +17,9 @@ import { IpdeadgateError } from '../errors';
 import { systemClock, type Clock } from '../util/clock';
 import type { HostPort } from './config';
 import type { MuxStream } from './muxstream';
-import { NativeRelay, type RelayEvents } from './nativebridge';
+import { NativeRelay, RELAY_AFTER_BYTES, type RelayEvents } from './nativebridge';
 import { Reaper } from './reaper';
 import {
-  RELAY_AFTER_BYTES,
   SessionLife,
   type SessionBounds,
   type SessionExit,

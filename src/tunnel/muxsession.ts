@@ -246,11 +246,12 @@ export class MuxSession extends EventEmitter implements StreamHost {
 
   /**
    * StreamHost: the addon's link, when this session's streams can be relayed natively now: not
-   * while frames the addon handed up wait unread in the transport (one of them may be the
-   * stream's, and after the handover it would be dropped).
+   * while frames the addon handed up wait unread in the transport or are being handled (one of
+   * them may be the stream's, and after the handover it would be dropped).
    */
   get relayLink(): number | undefined {
-    if (!this.framesTracked || this.state === 'closed' || this.transport.readableLength > 0) return undefined;
+    if (!this.framesTracked || this.decoding || this.state === 'closed' || this.transport.readableLength > 0)
+      return undefined;
     return this.sink?.linkId;
   }
 
@@ -504,6 +505,7 @@ export class MuxSession extends EventEmitter implements StreamHost {
     this.bytesIn += chunk.length;
     // Whatever a handler of the peer's frames throws costs this link (Go Away 2), never the process.
     try {
+      this.decoding = true;
       let failed: ProtocolError | undefined;
       const error = this.decoder.decode(chunk, (f) => {
         if (this.closed) return true;
@@ -520,8 +522,16 @@ export class MuxSession extends EventEmitter implements StreamHost {
           `handling the peer's frames failed: ${(err as Error).message}`,
         ),
       );
+    } finally {
+      this.decoding = false;
     }
   }
+
+  /**
+   * Frames of one read are being handled: a handover now (from a 'drain' one of them emitted)
+   * would leave the stream's next frames in this read to a stream that no longer takes them.
+   */
+  private decoding = false;
 
   /** Errors thrown while handling the peer's frames (each closed the session). */
   internalErrors = 0;

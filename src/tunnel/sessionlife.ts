@@ -32,7 +32,7 @@ import type { HostPort } from './config';
 import { MuxStream } from './muxstream';
 import { flow, unflow } from './flow';
 import { prepareSocket, resetSocket } from './localsocket';
-import type { NativeRelay, RelayEvents } from './nativebridge';
+import { RELAY_RETRIES, RELAY_RETRY_MS, type NativeRelay, type RelayEvents } from './nativebridge';
 
 export type SessionState =
   'opening' | 'dialing' | 'answered' | 'bridged' | 'half_closed' | 'closing' | 'closed';
@@ -92,12 +92,6 @@ export interface SessionBounds {
 
 /** closing: how long ends may take to close after being reset, or a refused opener to reset. */
 export const CLOSING_MS = 2000;
-/** Bytes a bridged session moves on the JavaScript path before it is handed to the native relay. */
-export const RELAY_AFTER_BYTES = 256 * 1024;
-/** A session not handed to the native relay when first tried is tried again this often at most... */
-const RELAY_RETRIES = 12;
-/** ...on each drain, or after this (doubling to 64 times it), while the JavaScript path carries it. */
-const RELAY_RETRY_MS = 10;
 
 /** What a session needs from the table that holds it (CloseGuard). */
 export interface SessionHost {
@@ -645,10 +639,8 @@ export class SessionLife {
   }
 
   /**
-   * Try the handover again at the next drain of the stream or the socket, or on a doubling timer,
-   * RELAY_RETRIES times at most: what refuses it is a write in flight, which ends with a drain. The
-   * JavaScript path carries the bytes meanwhile; the check and the switch are synchronous, so no
-   * byte moves between the undoing of one path and the start of the other.
+   * Try the handover again after a drain (a write in flight refuses it) or a doubling timer, a few
+   * times. The check and the switch are synchronous: no byte moves between the two paths.
    */
   private retryNativeRelay(l: net.Socket): void {
     if (!this.host.nativeRelay || this.relayRetries >= RELAY_RETRIES) return;
@@ -658,11 +650,14 @@ export class SessionLife {
       clearTimeout(timer);
       this.stream.off('drain', attempt);
       l.off('drain', attempt);
-      if (this.relay || this.state !== 'bridged' || l.destroyed || this.stream.destroyed) return;
-      unflow(this.stream);
-      if (this.startNativeRelay(l)) return;
-      flow(this.stream, l, true);
-      this.retryNativeRelay(l);
+      // In the check phase: a stream's 'drain' comes from a frame of a read still being handled.
+      setImmediate(() => {
+        if (this.relay || this.state !== 'bridged' || l.destroyed || this.stream.destroyed) return;
+        unflow(this.stream);
+        if (this.startNativeRelay(l)) return;
+        flow(this.stream, l, true);
+        this.retryNativeRelay(l);
+      });
     };
     const timer = setTimeout(attempt, delay);
     timer.unref();
