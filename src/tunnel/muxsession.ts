@@ -533,6 +533,11 @@ export class MuxSession extends EventEmitter implements StreamHost {
    */
   private decoding = false;
 
+  /** StreamHost */
+  get inRead(): boolean {
+    return this.decoding;
+  }
+
   /** Errors thrown while handling the peer's frames (each closed the session). */
   internalErrors = 0;
 

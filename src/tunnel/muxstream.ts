@@ -65,6 +65,8 @@ export interface StreamHost {
   countCloseTimeout(): void;
   /** The addon's link this session runs on, when its frames can be relayed natively. */
   readonly relayLink?: number | undefined;
+  /** The frames of a read are being handled now (no handover until they are). */
+  readonly inRead?: boolean;
   /** Queued frames go to the link now (before a native relay writes behind them). */
   flushFrames?(): void;
   /** The peer broke the protocol on a natively relayed stream: the session ends. */
@@ -303,6 +305,11 @@ export class MuxStream extends Duplex {
   /** The link this stream's frames could be relayed on natively (undefined: not possible). */
   get relayLink(): number | undefined {
     return this.session.relayLink;
+  }
+
+  /** The session is handling the frames of a read (a handover waits until it is done). */
+  get inRead(): boolean {
+    return this.session.inRead === true;
   }
 
   /** Frames queued on the link go to it now (before a native relay writes behind them). */

@@ -646,18 +646,20 @@ export class SessionLife {
     if (!this.host.nativeRelay || this.relayRetries >= RELAY_RETRIES) return;
     const delay = RELAY_RETRY_MS * 2 ** Math.min(this.relayRetries, 6);
     this.relayRetries++;
+    const now = (): void => {
+      if (this.relay || this.state !== 'bridged' || l.destroyed || this.stream.destroyed) return;
+      unflow(this.stream);
+      if (this.startNativeRelay(l)) return;
+      flow(this.stream, l, true);
+      this.retryNativeRelay(l);
+    };
     const attempt = (): void => {
       clearTimeout(timer);
       this.stream.off('drain', attempt);
       l.off('drain', attempt);
-      // In the check phase: a stream's 'drain' comes from a frame of a read still being handled.
-      setImmediate(() => {
-        if (this.relay || this.state !== 'bridged' || l.destroyed || this.stream.destroyed) return;
-        unflow(this.stream);
-        if (this.startNativeRelay(l)) return;
-        flow(this.stream, l, true);
-        this.retryNativeRelay(l);
-      });
+      // A window update's 'drain' comes while its read is handled: the handover waits for its end.
+      if (this.stream.inRead) setImmediate(now);
+      else now();
     };
     const timer = setTimeout(attempt, delay);
     timer.unref();
