@@ -259,9 +259,9 @@ async function main(): Promise<void> {
       `    - { listen: ${A}:8002, service: hold }`,
     ]);
     const bin = path.join(REPO_ROOT, 'bin', 'ipdeadgate');
-    // The proxies get the packaged unit's descriptor limit (LimitNOFILE=65536), not the shell's: a
-    // relayed session holds two descriptors at each proxy, and the idle-session measure opens
-    // SESSIONS of them.
+    // The proxies get the packaged unit's descriptor limit (LimitNOFILE=65536), not the shell's: the
+    // idle-session measure opens SESSIONS sessions (one descriptor each at each proxy; a session
+    // the native relay carries holds two).
     /** One tunnel proxy of a build (its bin/ipdeadgate) on `host`, with its config and control socket. */
     const proxy = (host: string, cli: string, cfg: string, sock: string): ChildProcess =>
       bg(host, [
@@ -514,7 +514,7 @@ async function main(): Promise<void> {
       `Idle sessions: ${ready.ready} open (${ready.failed} failed): RSS of the dialing proxy ${before.a} -> ${during.a} KiB (${perA} KiB per session), of the accepting proxy ${before.b} -> ${during.b} KiB (${perB} KiB per session).` +
         (UNIT_NOFILE.length
           ? ''
-          : ` The proxies ran with this shell's descriptor limit (${HARD_NOFILE}; raising it needs CAP_SYS_RESOURCE), not the packaged unit's 65536: a relayed session holds two descriptors at each proxy, so size --sessions below 40 % of it.`),
+          : ` The proxies ran with this shell's descriptor limit (${HARD_NOFILE}; raising it needs CAP_SYS_RESOURCE), not the packaged unit's 65536: an idle session holds one descriptor at each proxy (a relayed one two), so size --sessions below 80 % of it.`),
     );
     process.stdout.write(lines.join('\n') + '\n');
   } finally {
