@@ -275,6 +275,18 @@ async function main(): Promise<void> {
         '--control',
         k(sock),
       ]);
+    /** The dialing proxy behind control socket `sock` has its link up. */
+    const linkUp = (sock: string, what: string): Promise<unknown> =>
+      waitFor(
+        async () => {
+          const s = (await controlRequest(k(sock), 'status').catch(() => undefined)) as
+            { tunnel: { links: { state: string }[] } } | undefined;
+          return s?.tunnel.links[0]?.state === 'up';
+        },
+        15_000,
+        what,
+        100,
+      );
     let tb = proxy('b', bin, bCfg, 'b.sock');
     let ta = proxy('a', bin, aCfg, 'a.sock');
     proxies.push(ta, tb);
@@ -300,31 +312,12 @@ async function main(): Promise<void> {
       const ta0 = proxy('a', bin0, a0, 'a0.sock');
       baseline.push(ta0, tb0);
       proxies.push(ta0, tb0);
-      await waitFor(
-        async () => {
-          const s = (await controlRequest(k('a0.sock'), 'status').catch(() => undefined)) as
-            { tunnel: { links: { state: string }[] } } | undefined;
-          return s?.tunnel.links[0]?.state === 'up';
-        },
-        15_000,
-        'the baseline tunnel link',
-        100,
-      );
+      await linkUp('a0.sock', 'the baseline tunnel link');
       log(
         `baseline: ${BASELINE} (${execFileSync('git', ['-C', BASELINE, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim()})`,
       );
     }
-    const tunnelUp = (): Promise<unknown> =>
-      waitFor(
-        async () => {
-          const s = (await controlRequest(k('a.sock'), 'status').catch(() => undefined)) as
-            { tunnel: { links: { state: string }[] } } | undefined;
-          return s?.tunnel.links[0]?.state === 'up';
-        },
-        15_000,
-        'the tunnel link',
-        100,
-      );
+    const tunnelUp = (): Promise<unknown> => linkUp('a.sock', 'the tunnel link');
     await tunnelUp();
     await Promise.all([
       listening('a', 6000),

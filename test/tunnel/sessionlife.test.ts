@@ -6,38 +6,9 @@ import { strict as assert } from 'node:assert';
 import * as net from 'node:net';
 import { CloseGuard } from '../../src/tunnel/closeguard';
 import { MuxSession, type MuxStream } from '../../src/tunnel/muxsession';
-import type { SessionExit, SessionLife, SessionState } from '../../src/tunnel/sessionlife';
+import type { SessionExit, SessionLife } from '../../src/tunnel/sessionlife';
+import { FAULT_CASES as CASES } from './faultcases';
 import { once, sleep, tcpPair } from './helpers';
-
-type Fault = 'client reset' | 'stream reset' | 'link death' | 'bound' | 'stop' | 'service refused';
-
-interface Case {
-  state: SessionState;
-  fault: Fault;
-  exit: SessionExit;
-}
-
-const CASES: Case[] = [
-  { state: 'opening', fault: 'client reset', exit: 'local_reset' },
-  { state: 'opening', fault: 'stream reset', exit: 'stream_reset' },
-  { state: 'opening', fault: 'link death', exit: 'stream_reset' },
-  { state: 'opening', fault: 'bound', exit: 'open_timeout' },
-  { state: 'opening', fault: 'stop', exit: 'stopped' },
-  { state: 'dialing', fault: 'service refused', exit: 'dial_failed' },
-  { state: 'dialing', fault: 'stream reset', exit: 'stream_reset' },
-  { state: 'dialing', fault: 'link death', exit: 'stream_reset' },
-  { state: 'dialing', fault: 'bound', exit: 'dial_timeout' },
-  { state: 'dialing', fault: 'stop', exit: 'stopped' },
-  { state: 'bridged', fault: 'client reset', exit: 'local_reset' },
-  { state: 'bridged', fault: 'stream reset', exit: 'stream_reset' },
-  { state: 'bridged', fault: 'link death', exit: 'stream_reset' },
-  { state: 'bridged', fault: 'stop', exit: 'stopped' },
-  { state: 'half_closed', fault: 'client reset', exit: 'local_reset' },
-  { state: 'half_closed', fault: 'stream reset', exit: 'stream_reset' },
-  { state: 'half_closed', fault: 'link death', exit: 'stream_reset' },
-  { state: 'half_closed', fault: 'bound', exit: 'close_timeout' },
-  { state: 'half_closed', fault: 'stop', exit: 'stopped' },
-];
 
 const BOUND_MS = 300;
 
