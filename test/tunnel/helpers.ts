@@ -4,6 +4,17 @@ import * as net from 'node:net';
 import type { Readable } from 'node:stream';
 import type { EventLog } from '../../src/util/eventlog';
 
+/** The socket drained or closed (listeners removed either way: a long write loop adds none). */
+export function drainedOrClosed(s: net.Socket): Promise<void> {
+  return new Promise((r) => {
+    const go = (): void => {
+      s.off('drain', go).off('close', go);
+      r();
+    };
+    s.on('drain', go).on('close', go);
+  });
+}
+
 /** A connected pair of TCP sockets on 127.0.0.1: [client (dialer), server (acceptor)]. */
 export async function tcpPair(allowHalfOpen = false): Promise<[net.Socket, net.Socket]> {
   const server = net.createServer({ allowHalfOpen });
