@@ -17,7 +17,8 @@ import { IpdeadgateError } from '../errors';
 import { systemClock, type Clock } from '../util/clock';
 import type { HostPort } from './config';
 import type { MuxStream } from './muxstream';
-import { NativeRelay, RELAY_AFTER_BYTES, type RelayEvents } from './nativebridge';
+import { RELAY_AFTER_BYTES } from './handover';
+import { NativeRelay, type RelayEvents } from './nativebridge';
 import { Reaper } from './reaper';
 import {
   SessionLife,

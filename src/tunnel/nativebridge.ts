@@ -21,13 +21,6 @@ import { loadNative } from '../sys/native';
 import { unflow } from './flow';
 import type { MuxStream } from './muxstream';
 
-/** Bytes a bridged session moves on the JavaScript path before it is handed to the native relay. */
-export const RELAY_AFTER_BYTES = 256 * 1024;
-/** A session not handed to the native relay when first tried is tried again this often at most... */
-export const RELAY_RETRIES = 12;
-/** ...after a drain, or after this (doubling to 64 times it), while the JavaScript path carries it. */
-export const RELAY_RETRY_MS = 10;
-
 /** What a native relay tells the session it belongs to. */
 export interface RelayEvents {
   /** The local peer sent FIN; every byte before it went to the stream (the stream's FIN follows). */

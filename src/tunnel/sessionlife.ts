@@ -30,9 +30,10 @@ import type { Clock, Timer } from '../util/clock';
 import { RunToCompletion } from '../util/runqueue';
 import type { HostPort } from './config';
 import { MuxStream } from './muxstream';
-import { flow, unflow } from './flow';
+import { flow } from './flow';
 import { prepareSocket, resetSocket } from './localsocket';
-import { RELAY_RETRIES, RELAY_RETRY_MS, type NativeRelay, type RelayEvents } from './nativebridge';
+import { bridgeBytes, retryHandover } from './handover';
+import type { NativeRelay, RelayEvents } from './nativebridge';
 
 export type SessionState =
   'opening' | 'dialing' | 'answered' | 'bridged' | 'half_closed' | 'closing' | 'closed';
@@ -293,7 +294,8 @@ export class SessionLife {
   onBridged: (() => void) | undefined;
   /** The addon moves the bytes between the local socket and the stream (bridged sessions only). */
   relay: NativeRelay | undefined;
-  private relayRetries = 0;
+  /** @internal HandoverTarget: handover tries so far. */
+  relayTries = 0;
 
   /** @internal use CloseGuard's forward(), service() or relay(). */
   constructor(
@@ -607,12 +609,7 @@ export class SessionLife {
       flow(l, this.stream);
     } else {
       if (l.destroyed) return this.abort('local_reset', new IpdeadgateError('ECONNRESET', 'socket gone'));
-      const after = this.host.relayAfterBytes;
-      if (after !== 0 || !this.startNativeRelay(l)) {
-        flow(this.stream, l, true); // yamux FIN -> local.end() -> TCP FIN
-        if (after === 0) this.retryNativeRelay(l);
-        else if (after !== undefined) this.stream.watchMoved(after, this);
-      }
+      bridgeBytes(this, l, this.host.relayAfterBytes);
       if (this.state !== 'answered') return;
       this.watcher = this.host.watch(l, (ev) => {
         if (ev.err) {
@@ -635,40 +632,22 @@ export class SessionLife {
 
   /** @internal The stream has carried relayAfterBytes: time to hand the session to the addon. */
   movedPast(): void {
-    if (this.local && !(this.local instanceof MuxStream) && !this.relay) this.retryNativeRelay(this.local);
+    if (this.local && !(this.local instanceof MuxStream) && !this.relay) retryHandover(this, this.local);
   }
 
-  /**
-   * Try the handover again after a drain (a write in flight refuses it) or a doubling timer, a few
-   * times. The check and the switch are synchronous: no byte moves between the two paths.
-   */
-  private retryNativeRelay(l: net.Socket): void {
-    if (!this.host.nativeRelay || this.relayRetries >= RELAY_RETRIES) return;
-    const delay = RELAY_RETRY_MS * 2 ** Math.min(this.relayRetries, 6);
-    this.relayRetries++;
-    const now = (): void => {
-      if (this.relay || this.state !== 'bridged' || l.destroyed || this.stream.destroyed) return;
-      unflow(this.stream);
-      if (this.startNativeRelay(l)) return;
-      flow(this.stream, l, true);
-      this.retryNativeRelay(l);
-    };
-    const attempt = (): void => {
-      clearTimeout(timer);
-      this.stream.off('drain', attempt);
-      l.off('drain', attempt);
-      // A window update's 'drain' comes while its read is handled: the handover waits for its end.
-      if (this.stream.inRead) setImmediate(now);
-      else now();
-    };
-    const timer = setTimeout(attempt, delay);
-    timer.unref();
-    this.stream.once('drain', attempt);
-    l.once('drain', attempt);
+  /** @internal HandoverTarget */
+  handoverDue(l: net.Socket): boolean {
+    return (
+      !!this.host.nativeRelay &&
+      !this.relay &&
+      this.state === 'bridged' &&
+      !l.destroyed &&
+      !this.stream.destroyed
+    );
   }
 
-  /** The addon takes the bytes (src/tunnel/nativebridge.ts); false: they stay on the flows here. */
-  private startNativeRelay(l: net.Socket): boolean {
+  /** @internal The addon takes the bytes (./nativebridge.ts); false: they stay on the flows here. */
+  startNativeRelay(l: net.Socket): boolean {
     if (!this.host.nativeRelay) return false;
     try {
       this.relay = this.host.nativeRelay(this.stream, l, {
