@@ -80,11 +80,19 @@ async function fdsBackTo(d: LabDaemon, n: number, what: string): Promise<void> {
   await waitFor(() => fdCount(d) <= n, 3000, `${what}: ${n} descriptors expected, ${fdTargets(d)}`);
 }
 
+/** What each descriptor is, for a failure's message; one closed while listed is left out. */
 function fdTargets(d: LabDaemon): string {
   const dir = `/proc/${d.child.pid}/fd`;
   return fs
     .readdirSync(dir)
-    .map((f) => `${f}:${fs.readlinkSync(path.join(dir, f))}`)
+    .map((f) => {
+      try {
+        return `${f}:${fs.readlinkSync(path.join(dir, f))}`;
+      } catch {
+        return ''; // closed between the listing and the read (the daemon's own work goes on)
+      }
+    })
+    .filter(Boolean)
     .join(' ');
 }
 
