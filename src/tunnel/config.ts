@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { duration, intIn as wholeNumber } from '../util/schema';
+import { RELAY_AFTER_BYTES } from './handover';
 
 export interface HostPort {
   host: string;
@@ -137,7 +138,7 @@ export const tunnelConfigSchema = z
     // Bridged sessions' bytes move in the addon (src/tunnel/nativebridge.ts); false: in JavaScript.
     native_relay: z.boolean().default(true),
     // ...once a session has moved this much (0: at once); short and idle sessions stay in JavaScript.
-    native_relay_after: sizeIn(0, 64 * 1024 ** 2, '256KiB'),
+    native_relay_after: sizeIn(0, 64 * 1024 ** 2, String(RELAY_AFTER_BYTES)),
     peers: z.record(serviceName, peerRule).optional(),
   })
   .strict()
